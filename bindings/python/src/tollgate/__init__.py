@@ -1,0 +1,64 @@
+"""Tollgate: per-(account, model) RPM/RPD rate limits for LLM inference APIs.
+
+A thin ctypes layer over libtollgate.so; every decision is the shared
+library's. Quick start::
+
+    import tollgate
+    limiter = tollgate.Limiter(tollgate.Policy.default())
+    d = limiter.check("acct-1", "DeepSeek-V3.1")
+    if not d.allowed:
+        status, headers, body = 429, d.headers, d.error_body
+
+Set ``TOLLGATE_LIBRARY`` to load another copy of the library.
+"""
+
+from ._core import DEFAULT_SLOTS, Decision, Limiter, Policy, Stats, Tier, now_ms
+from ._ffi import ACCOUNT_MAX, LAYOUT_VERSION, MODEL_NAME_MAX, VERSION_NUMBER
+from ._ffi import library_path as _library_path
+from ._ffi import tg_version as _tg_version
+from .errors import (
+    CostTooLarge,
+    InvalidArgument,
+    NoLimitConfigured,
+    PolicyError,
+    RegionError,
+    TableFull,
+    TollgateError,
+    UnknownModel,
+)
+
+__version__ = "0.1.0"
+
+#: Path of the loaded shared library.
+library_path: str = str(_library_path)
+
+
+def library_version() -> str:
+    """Version string of the loaded libtollgate (tg_version)."""
+    raw = _tg_version()
+    return raw.decode("ascii", "replace") if raw else ""
+
+
+__all__ = [
+    "Policy",
+    "Limiter",
+    "Decision",
+    "Stats",
+    "Tier",
+    "DEFAULT_SLOTS",
+    "now_ms",
+    "library_path",
+    "library_version",
+    "ACCOUNT_MAX",
+    "MODEL_NAME_MAX",
+    "VERSION_NUMBER",
+    "LAYOUT_VERSION",
+    "TollgateError",
+    "InvalidArgument",
+    "UnknownModel",
+    "NoLimitConfigured",
+    "CostTooLarge",
+    "TableFull",
+    "PolicyError",
+    "RegionError",
+]

@@ -1,0 +1,575 @@
+"""Policy, Limiter and Decision: a thin, typed layer over the C ABI."""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import os
+import struct
+import sys
+import threading
+from ctypes import byref, c_size_t, c_uint32, c_uint64, c_void_p, create_string_buffer
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Optional, Union
+
+from . import _ffi
+from .errors import InvalidArgument, PolicyError, RegionError, TollgateError, error_for
+
+__all__ = ["Tier", "Policy", "Limiter", "Decision", "Stats", "DEFAULT_SLOTS", "now_ms"]
+
+StrOrBytes = Union[str, bytes]
+TierLike = Union[str, int]
+PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+
+#: Slot count used when none is given: one slot per (account, model) key
+#: seen today, so 65536 keys in a region of a few MiB.
+DEFAULT_SLOTS = 65536
+
+
+class Tier(enum.IntEnum):
+    """Account tiers (TG_TIER_*). Anywhere a tier is taken, its lower-case
+    name ("free", "developer", "enterprise") or its number works too."""
+
+    FREE = _ffi.TG_TIER_FREE
+    DEVELOPER = _ffi.TG_TIER_DEVELOPER
+    ENTERPRISE = _ffi.TG_TIER_ENTERPRISE
+
+
+# IntEnum members hash and compare like their ints, so one dict serves names,
+# numbers and members.
+_TIERS: dict[Any, int] = {t.name.lower(): int(t) for t in Tier}
+_TIERS.update({int(t): int(t) for t in Tier})
+
+
+def _tier_value(tier: object) -> int:
+    if isinstance(tier, str):
+        v = _TIERS.get(tier.lower())
+        if v is not None:
+            return v
+        raise InvalidArgument(_ffi.TG_E_INVALID, f"unknown tier {tier!r}: use free, developer or enterprise")
+    if isinstance(tier, int) and not isinstance(tier, bool):
+        # Out-of-range numbers go to the library, which refuses them itself.
+        if 0 <= tier <= 0xFFFFFFFF:
+            return int(tier)
+        raise InvalidArgument(_ffi.TG_E_INVALID, f"tier {tier} out of range")
+    raise TypeError(f"tier must be a str or int, not {type(tier).__name__}")
+
+
+def _as_bytes(value: object, what: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
+
+
+# Encoded model names, cached: a service sees a dozen models, and the cache
+# saves an encode (and, for bytes input, a decode) per call. Entries are
+# (utf-8 bytes, str); bounded so that junk names cannot grow it forever.
+_models: dict[object, tuple[bytes, str]] = {}
+_MODELS_CACHED = 1024
+
+
+def _model_entry(model: object) -> tuple[bytes, str]:
+    mb = _as_bytes(model, "model")
+    entry = (mb, mb.decode("utf-8", "surrogateescape"))
+    if len(mb) <= _SCRATCH_FIELD and type(model) in (str, bytes):
+        if len(_models) >= _MODELS_CACHED:
+            _models.clear()
+        _models[model] = entry
+    return entry
+
+
+def now_ms() -> int:
+    """The library's clock (CLOCK_REALTIME) in epoch milliseconds."""
+    return int(_ffi.tg_now_ms())
+
+
+def _ms(now: float) -> int:
+    ms = int(now * 1000)
+    if not 0 <= ms < 1 << 64:
+        raise InvalidArgument(_ffi.TG_E_INVALID, f"now={now!r} is not a valid epoch time in seconds")
+    return ms
+
+
+# --- per-thread scratch memory for the hot path ----------------------------
+#
+# One buffer per thread holds a tg_request whose account/model pointers point
+# into the same buffer, the account and model bytes, and the tg_decision the
+# library writes. A single struct.pack_into fills the request and the names;
+# a single unpack_from reads the decision. No ctypes objects are made per call.
+_SCRATCH_FIELD = 64  # bytes reserved for account and for model (>= the ABI maxima)
+_REQ_NAMES = struct.Struct(_ffi.REQUEST_STRUCT.format + f"{_SCRATCH_FIELD}s{_SCRATCH_FIELD}s")
+_ACCOUNT_OFF = _ffi.REQUEST_STRUCT.size
+_MODEL_OFF = _ACCOUNT_OFF + _SCRATCH_FIELD
+_DECISION_OFF = (_MODEL_OFF + _SCRATCH_FIELD + 15) // 16 * 16
+_SCRATCH_SIZE = _DECISION_OFF + ctypes.sizeof(_ffi.TgDecision)
+assert _REQ_NAMES.size == _MODEL_OFF + _SCRATCH_FIELD
+
+_tls = threading.local()
+
+
+def _scratch() -> tuple[Any, c_void_p, c_void_p, int, int]:
+    buf = create_string_buffer(_SCRATCH_SIZE)
+    base = ctypes.addressof(buf)
+    sc = (buf, c_void_p(base), c_void_p(base + _DECISION_OFF), base + _ACCOUNT_OFF, base + _MODEL_OFF)
+    _tls.sc = sc
+    return sc
+
+
+_LIMITED_BY = (None, "minute", "day")
+_new = object.__new__
+_set = object.__setattr__
+_pack = _REQ_NAMES.pack_into
+_unpack = _ffi.DECISION_STRUCT.unpack_from
+_fast_check = _ffi.fast_check
+_fast_check_now = _ffi.fast_check_now
+
+
+def _render(fn: Any, dec: Any, *extra: Any) -> bytes:
+    """Calls a tg_decision_* renderer, growing the buffer once if needed."""
+    cap = 512
+    for _ in range(2):
+        buf = create_string_buffer(cap)
+        written = c_size_t(0)
+        st = fn(dec, *extra, buf, cap, byref(written))
+        if st == _ffi.TG_OK:
+            return buf.raw[: written.value]
+        if st != _ffi.TG_E_BUFFER_TOO_SMALL:
+            raise error_for(st, fn.__name__)
+        cap = written.value + 1
+    raise TollgateError(_ffi.TG_E_BUFFER_TOO_SMALL, f"{fn.__name__}: buffer size keeps growing")
+
+
+def _parse_header_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
+    out = []
+    for line in raw.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            out.append((name.strip(), value.strip()))
+    return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one check. ``allowed`` is the verdict; ``limited_by`` is
+    "minute", "day" or None; resets are epoch seconds; ``retry_after`` is in
+    whole seconds (0 when allowed). Truthy when allowed."""
+
+    allowed: bool
+    limited_by: Optional[str]
+    minute_limit: int
+    minute_remaining: int
+    minute_reset: int
+    day_limit: int
+    day_remaining: int
+    day_reset: int
+    retry_after: int
+    model: str
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    def _c(self) -> _ffi.TgDecision:
+        d = _ffi.TgDecision()
+        _ffi.DECISION_STRUCT.pack_into(
+            d,
+            0,
+            1 if self.allowed else 0,
+            _LIMITED_BY.index(self.limited_by),
+            self.minute_limit,
+            self.minute_remaining,
+            self.minute_reset,
+            self.day_limit,
+            self.day_remaining,
+            self.day_reset,
+            self.retry_after,
+        )
+        return d
+
+    @cached_property
+    def header_items(self) -> list[tuple[bytes, bytes]]:
+        """The headers as (name, value) byte pairs in the library's order,
+        names in lower case (the shape ASGI and WSGI servers take)."""
+        return _parse_header_lines(_render(_ffi.tg_decision_headers, self._c()))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The six ``x-ratelimit-*`` headers, plus ``retry-after`` when denied
+        (tg_decision_headers)."""
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.header_items}
+
+    def ietf_headers(self, now: Optional[float] = None) -> dict[str, str]:
+        """``RateLimit-Policy`` and ``RateLimit`` fields of the IETF draft
+        (tg_decision_ietf_headers); ``t`` counts from ``now`` (epoch seconds,
+        None = the library's clock)."""
+        ms = int(_ffi.tg_now_ms()) if now is None else _ms(now)
+        raw = _render(_ffi.tg_decision_ietf_headers, self._c(), ms)
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in _parse_header_lines(raw)}
+
+    @cached_property
+    def error_body(self) -> str:
+        """The OpenAI-shaped 429 JSON body naming the model and the limit hit
+        (tg_decision_error_body)."""
+        mb = self.model.encode("utf-8", "surrogateescape")
+        return _render(_ffi.tg_decision_error_body, self._c(), mb, len(mb)).decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters of a limiter's region (tg_limiter_stats)."""
+
+    slots: int
+    used: int
+    table_full: int
+    region_bytes: int
+    layout_version: int
+
+
+class _Handle:
+    """Owns one library pointer; freed once, by close() or at collection.
+
+    At interpreter shutdown nothing is freed: module globals may already be
+    gone and daemon threads may still be inside the library; the process is
+    ending and the kernel reclaims memory (a file-backed region is kept by
+    the file itself).
+    """
+
+    __slots__ = ("_h", "_free", "__weakref__")
+    _is_finalizing = staticmethod(sys.is_finalizing)
+
+    def __init__(self, h: c_void_p, free: Any) -> None:
+        self._h: Optional[c_void_p] = h
+        self._free = free
+
+    @property
+    def closed(self) -> bool:
+        """True once close() has run."""
+        return self._h is None
+
+    def close(self) -> None:
+        """Frees the native object now. Idempotent. Must not race with calls
+        on the same object in other threads."""
+        h, self._h = self._h, None
+        if h is not None:
+            self._free(h)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._is_finalizing():
+                return
+            self.close()
+        except Exception:
+            pass
+
+    def _ptr(self) -> c_void_p:
+        h = self._h
+        if h is None:
+            raise InvalidArgument(_ffi.TG_E_NULL, f"{type(self).__name__} is closed")
+        return h
+
+
+class Policy(_Handle):
+    """A validated rate-limit policy: models, and per-tier limits per model.
+
+    Build one with :meth:`default`, :meth:`load` or :meth:`parse`.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, *_: object) -> None:
+        raise TypeError("use Policy.default(), Policy.load(path) or Policy.parse(text)")
+
+    @classmethod
+    def _wrap(cls, h: c_void_p) -> "Policy":
+        p = _new(cls)
+        _Handle.__init__(p, h, _ffi.tg_policy_free)
+        return p
+
+    @classmethod
+    def default(cls) -> "Policy":
+        """The built-in policy: the published Developer tier table."""
+        h = c_void_p()
+        st = _ffi.tg_policy_default(byref(h))
+        if st:
+            raise error_for(st, "tg_policy_default")
+        return cls._wrap(h)
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Policy":
+        """Reads a TOML policy file. Raises PolicyError (with ``file`` and
+        ``line``) when it is unreadable or invalid."""
+        raw = os.fsencode(path)
+        err = create_string_buffer(1024)
+        h = c_void_p()
+        st = _ffi.tg_policy_load(raw, byref(h), err, len(err))
+        if st:
+            raise error_for(st, f"tg_policy_load({os.fsdecode(raw)})", err.value.decode("utf-8", "replace"), PolicyError)
+        return cls._wrap(h)
+
+    @classmethod
+    def parse(cls, text: StrOrBytes) -> "Policy":
+        """Parses TOML policy text. Raises PolicyError on invalid text."""
+        raw = _as_bytes(text, "text")
+        err = create_string_buffer(1024)
+        h = c_void_p()
+        st = _ffi.tg_policy_parse(raw, len(raw), byref(h), err, len(err))
+        if st:
+            raise error_for(st, "tg_policy_parse", err.value.decode("utf-8", "replace"), PolicyError)
+        return cls._wrap(h)
+
+    def limits(self, model: StrOrBytes, tier: TierLike = "developer", account: Optional[StrOrBytes] = None) -> tuple[int, int]:
+        """``(rpm, rpd)`` this policy gives ``tier`` on ``model``; enterprise
+        tiers look up ``account``'s plan first (tg_policy_limits)."""
+        mb = _as_bytes(model, "model")
+        ab = b"" if account is None else _as_bytes(account, "account")
+        rpm, rpd = c_uint32(), c_uint32()
+        st = _ffi.tg_policy_limits(
+            self._ptr(), _tier_value(tier), mb, len(mb), ab or None, len(ab), byref(rpm), byref(rpd)
+        )
+        if st:
+            raise error_for(st, f"limits for model {mb.decode('utf-8', 'replace')!r}")
+        return int(rpm.value), int(rpd.value)
+
+    @property
+    def models(self) -> list[str]:
+        """The model ids this policy names, in its order."""
+        h = self._ptr()
+        count = c_uint32()
+        st = _ffi.tg_policy_model_count(h, byref(count))
+        if st:
+            raise error_for(st, "tg_policy_model_count")
+        out = []
+        for i in range(count.value):
+            name, n = c_void_p(), c_size_t()
+            st = _ffi.tg_policy_model_name(h, i, byref(name), byref(n))
+            if st:
+                raise error_for(st, "tg_policy_model_name")
+            out.append(ctypes.string_at(name.value or 0, n.value).decode("utf-8", "surrogateescape"))
+        return out
+
+    def __repr__(self) -> str:
+        return f"<tollgate.Policy{' closed' if self.closed else ''}>"
+
+
+class Limiter(_Handle):
+    """Per-(account, model) RPM and RPD limits over fixed UTC minute and day
+    windows, decided by libtollgate. Thread-safe: share one per process (or,
+    with :meth:`open`, one table file across processes).
+
+    ``Limiter(policy, slots=...)`` keeps its counters in process memory.
+    """
+
+    __slots__ = ("_policy", "_path")
+
+    def __init__(self, policy: Optional[Policy] = None, slots: int = DEFAULT_SLOTS) -> None:
+        if policy is None:
+            policy = Policy.default()
+        h = c_void_p()
+        st = _ffi.tg_limiter_new(policy._ptr(), _u32(slots, "slots"), byref(h))
+        if st:
+            raise error_for(st, f"tg_limiter_new(slots={slots})")
+        _Handle.__init__(self, h, _ffi.tg_limiter_free)
+        self._policy: Policy = policy
+        self._path: Optional[str] = None
+
+    @classmethod
+    def open(
+        cls, path: PathLike, policy: Optional[Policy] = None, slots: int = DEFAULT_SLOTS, create: bool = True
+    ) -> "Limiter":
+        """A limiter whose counters live in the file at ``path``, mapped
+        shared: every process (e.g. each worker of a server) that opens the
+        same file shares the same limits. ``create`` makes and formats the
+        file if it does not exist. Raises RegionError if the file cannot be
+        used."""
+        if policy is None:
+            policy = Policy.default()
+        raw = os.fsencode(path)
+        h = c_void_p()
+        flags = _ffi.TG_OPEN_CREATE if create else 0
+        st = _ffi.tg_limiter_open(policy._ptr(), raw, _u32(slots, "slots"), flags, byref(h))
+        if st:
+            raise error_for(st, f"tg_limiter_open({os.fsdecode(raw)}, slots={slots})", io_class=RegionError)
+        lim = _new(cls)
+        _Handle.__init__(lim, h, _ffi.tg_limiter_free)
+        lim._policy = policy
+        lim._path = os.fsdecode(raw)
+        return lim
+
+    @property
+    def policy(self) -> Policy:
+        """The policy last given to this limiter."""
+        return self._policy
+
+    @property
+    def path(self) -> Optional[str]:
+        """The table file for a limiter made by :meth:`open`, else None."""
+        return self._path
+
+    def check(
+        self,
+        account: StrOrBytes,
+        model: StrOrBytes,
+        tier: TierLike = "developer",
+        cost: int = 1,
+        now: Optional[float] = None,
+        rpm: Optional[int] = None,
+        rpd: Optional[int] = None,
+    ) -> Decision:
+        """Decides one request and counts it if admitted (both windows or
+        neither). ``now`` is epoch seconds (float); None reads the library's
+        clock. ``rpm``/``rpd`` override the policy's limits (None or 0: from
+        the policy). ``cost`` 0 looks without counting (see :meth:`peek`).
+
+        Raises UnknownModel, NoLimitConfigured, CostTooLarge, TableFull or
+        InvalidArgument; a denial is not an error but a Decision with
+        ``allowed`` False.
+        """
+        # Hot path: keep it flat; see _scratch() for the memory layout.
+        try:
+            mb, ms = _models[model]
+        except (KeyError, TypeError):
+            mb, ms = _model_entry(model)
+        if type(account) is str:
+            a = account.encode("utf-8", "surrogateescape")
+        elif type(account) is bytes:
+            a = account
+        else:
+            a = _as_bytes(account, "account")
+        try:
+            t = _TIERS[tier]
+        except (KeyError, TypeError):
+            t = _tier_value(tier)
+        try:
+            buf, reqp, decp, aaddr, maddr = _tls.sc
+        except AttributeError:
+            buf, reqp, decp, aaddr, maddr = _scratch()
+        la = len(a)
+        lm = len(mb)
+        if la > _SCRATCH_FIELD or lm > _SCRATCH_FIELD:
+            return self._check_long(a, mb, ms, t, cost, now, rpm, rpd)
+        try:
+            _pack(buf, 0, aaddr, la, maddr, lm, t, cost, rpm or 0, rpd or 0, a, mb)
+        except struct.error:
+            raise _bad_numbers(cost, rpm, rpd) from None
+        if now is None:
+            st = _fast_check_now(self._h, reqp, decp)
+        else:
+            st = _fast_check(self._h, reqp, c_uint64(_ms(now)), decp)
+        if st:
+            raise self._error(st, a, mb)
+        al, lb, ml, mr, mrs, dl, dr, drs, ra = _unpack(buf, _DECISION_OFF)
+        d = _new(Decision)
+        _set(
+            d,
+            "__dict__",
+            {
+                "allowed": al == 1,
+                "limited_by": _LIMITED_BY[lb],
+                "minute_limit": ml,
+                "minute_remaining": mr,
+                "minute_reset": mrs,
+                "day_limit": dl,
+                "day_remaining": dr,
+                "day_reset": drs,
+                "retry_after": ra,
+                "model": ms,
+            },
+        )
+        return d
+
+    def _check_long(
+        self, a: bytes, mb: bytes, ms: str, t: int, cost: int, now: Optional[float], rpm: Optional[int], rpd: Optional[int]
+    ) -> Decision:
+        # Names longer than the scratch fields: the library refuses them
+        # (account > 64 bytes, model > 56 bytes) and must be the one to say so.
+        req = _ffi.TgRequest()
+        try:
+            req.account, req.account_len, req.model, req.model_len = a, len(a), mb, len(mb)
+            req.tier, req.cost, req.rpm, req.rpd = t, _u32(cost, "cost"), _u32(rpm or 0, "rpm"), _u32(rpd or 0, "rpd")
+        except (TypeError, ValueError):
+            raise _bad_numbers(cost, rpm, rpd) from None
+        out = _ffi.TgDecision()
+        h = self._h
+        if now is None:
+            st = _ffi.tg_check_now(h, byref(req), byref(out))
+        else:
+            st = _ffi.tg_check(h, byref(req), _ms(now), byref(out))
+        if st:
+            raise self._error(st, a, mb)
+        return Decision(
+            bool(out.allowed),
+            _LIMITED_BY[out.limited_by],
+            out.minute_limit,
+            out.minute_remaining,
+            out.minute_reset,
+            out.day_limit,
+            out.day_remaining,
+            out.day_reset,
+            out.retry_after,
+            ms,
+        )
+
+    def _error(self, st: int, a: bytes, mb: bytes) -> TollgateError:
+        if self._h is None:
+            return InvalidArgument(_ffi.TG_E_NULL, "Limiter is closed")
+        acc = a.decode("utf-8", "replace")
+        model = mb.decode("utf-8", "replace")
+        return error_for(st, f"account {acc!r}, model {model!r}")
+
+    def peek(
+        self,
+        account: StrOrBytes,
+        model: StrOrBytes,
+        tier: TierLike = "developer",
+        now: Optional[float] = None,
+        rpm: Optional[int] = None,
+        rpd: Optional[int] = None,
+    ) -> Decision:
+        """Where (account, model) stands, without counting anything (cost 0)."""
+        return self.check(account, model, tier, 0, now, rpm, rpd)
+
+    def set_policy(self, policy: Policy) -> None:
+        """Swaps in a new policy; counters are kept."""
+        st = _ffi.tg_limiter_set_policy(self._ptr(), policy._ptr())
+        if st:
+            raise error_for(st, "tg_limiter_set_policy")
+        self._policy = policy
+
+    def stats(self, now: Optional[float] = None) -> Stats:
+        """Slot usage of the region as of ``now`` (epoch seconds; None = the
+        library's clock)."""
+        out = _ffi.TgStats()
+        ms = int(_ffi.tg_now_ms()) if now is None else _ms(now)
+        st = _ffi.tg_limiter_stats(self._ptr(), ms, byref(out))
+        if st:
+            raise error_for(st, "tg_limiter_stats")
+        return Stats(out.slots, out.used, out.table_full, out.region_bytes, out.layout_version)
+
+    def __repr__(self) -> str:
+        where = f" path={self._path!r}" if self._path else ""
+        return f"<tollgate.Limiter{where}{' closed' if self.closed else ''}>"
+
+
+def _u32(v: object, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{what} must be an int, not {type(v).__name__}")
+    if not 0 <= v <= 0xFFFFFFFF:
+        raise InvalidArgument(_ffi.TG_E_INVALID, f"{what}={v} out of range 0..{0xFFFFFFFF}")
+    return v
+
+
+def _bad_numbers(cost: object, rpm: object, rpd: object) -> Exception:
+    for name, v in (("cost", cost), ("rpm", rpm or 0), ("rpd", rpd or 0)):
+        try:
+            _u32(v, name)
+        except (TypeError, InvalidArgument) as e:
+            return e
+    return InvalidArgument(_ffi.TG_E_INVALID, "bad numeric argument")

@@ -1,0 +1,224 @@
+"""Loading libtollgate.so and declaring its C ABI for ctypes.
+
+Everything here mirrors include/tollgate.h. The package holds no limiting
+logic of its own: every decision is made by the shared library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from ctypes import (
+    POINTER,
+    Structure,
+    c_char_p,
+    c_int32,
+    c_size_t,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from pathlib import Path
+
+# What this package was written for (include/tollgate.h). A library whose
+# major.minor differs, whose patch is older, or whose region layout differs
+# is refused at import: struct layouts and semantics could differ silently.
+VERSION_NUMBER = 1000  # 0.1.0 = major*1000000 + minor*1000 + patch
+LAYOUT_VERSION = 1
+ACCOUNT_MAX = 64
+MODEL_NAME_MAX = 56
+
+TG_OK = 0
+TG_E_NULL = 1
+TG_E_INVALID = 2
+TG_E_ACCOUNT = 3
+TG_E_UNKNOWN_MODEL = 4
+TG_E_NO_LIMIT = 5
+TG_E_COST_TOO_LARGE = 6
+TG_E_TABLE_FULL = 7
+TG_E_BUFFER_TOO_SMALL = 8
+TG_E_POLICY = 9
+TG_E_IO = 10
+TG_E_REGION_MAGIC = 11
+TG_E_REGION_VERSION = 12
+TG_E_REGION_SIZE = 13
+TG_E_REGION_CORRUPT = 14
+TG_E_ALIGNMENT = 15
+TG_E_UNSUPPORTED = 16
+TG_E_MODEL_TABLE_FULL = 17
+TG_E_PANIC = 99
+
+TG_TIER_FREE = 0
+TG_TIER_DEVELOPER = 1
+TG_TIER_ENTERPRISE = 2
+
+TG_LIMIT_NONE = 0
+TG_LIMIT_MINUTE = 1
+TG_LIMIT_DAY = 2
+
+TG_OPEN_CREATE = 1
+
+LIBRARY_ENV = "TOLLGATE_LIBRARY"
+LIBRARY_NAME = "libtollgate.so"
+
+
+class TgRequest(Structure):
+    _fields_ = [
+        ("account", c_char_p),
+        ("account_len", c_size_t),
+        ("model", c_char_p),
+        ("model_len", c_size_t),
+        ("tier", c_uint32),
+        ("cost", c_uint32),
+        ("rpm", c_uint32),
+        ("rpd", c_uint32),
+    ]
+
+
+class TgDecision(Structure):
+    _fields_ = [
+        ("allowed", c_uint32),
+        ("limited_by", c_uint32),
+        ("minute_limit", c_uint32),
+        ("minute_remaining", c_uint32),
+        ("minute_reset", c_uint64),
+        ("day_limit", c_uint32),
+        ("day_remaining", c_uint32),
+        ("day_reset", c_uint64),
+        ("retry_after", c_uint32),
+    ]
+
+
+class TgStats(Structure):
+    _fields_ = [
+        ("slots", c_uint32),
+        ("used", c_uint32),
+        ("table_full", c_uint64),
+        ("region_bytes", c_uint64),
+        ("layout_version", c_uint32),
+    ]
+
+
+# The hot path packs a request and unpacks a decision with `struct` in one
+# call each instead of touching ctypes fields one by one (several times
+# cheaper per call). Native alignment ("@") matches the C layout; the checks
+# below make sure of it against the ctypes Structures.
+REQUEST_STRUCT = struct.Struct("@PNPNIIII")
+DECISION_STRUCT = struct.Struct("@IIIIQIIQI")
+assert REQUEST_STRUCT.size == ctypes.sizeof(TgRequest)
+assert DECISION_STRUCT.size <= ctypes.sizeof(TgDecision)
+assert [TgDecision.minute_reset.offset, TgDecision.day_reset.offset, TgDecision.retry_after.offset] == [
+    struct.calcsize("@IIII"),
+    struct.calcsize("@IIIIQII"),
+    struct.calcsize("@IIIIQIIQ"),
+]
+
+
+def version_string(n: int) -> str:
+    return f"{n // 1000000}.{n // 1000 % 1000}.{n % 1000}"
+
+
+def _library_path() -> Path:
+    env = os.environ.get(LIBRARY_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent / LIBRARY_NAME
+
+
+def _load() -> tuple[ctypes.CDLL, Path]:
+    path = _library_path()
+    source = f"${LIBRARY_ENV}" if os.environ.get(LIBRARY_ENV) else "the package"
+    if not path.exists():
+        raise ImportError(
+            f"tollgate: shared library not found at {path} (from {source}); "
+            f"build it with `cargo build --release` and reinstall the package, "
+            f"or set {LIBRARY_ENV} to the path of {LIBRARY_NAME}"
+        )
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise ImportError(f"tollgate: cannot load {path} (from {source}) as a shared library: {e}") from None
+    try:
+        ver = lib.tg_version_number
+        lay = lib.tg_layout_version
+    except AttributeError:
+        raise ImportError(
+            f"tollgate: {path} (from {source}) is not libtollgate: it exports no tg_version_number/tg_layout_version"
+        ) from None
+    ver.argtypes = []
+    ver.restype = c_uint32
+    lay.argtypes = []
+    lay.restype = c_uint32
+    found, layout = int(ver()), int(lay())
+    want = VERSION_NUMBER
+    if found // 1000 != want // 1000 or found < want or layout != LAYOUT_VERSION:
+        raise ImportError(
+            f"tollgate: {path} (from {source}) is libtollgate {version_string(found)} with region layout "
+            f"{layout}, but this package was written for {version_string(want // 1000 * 1000)}.x "
+            f"(at least {version_string(want)}) with layout {LAYOUT_VERSION}; rebuild the library or the package"
+        )
+    return lib, path
+
+
+lib, library_path = _load()
+
+_i32 = c_int32
+_PP = POINTER(c_void_p)
+
+
+def _proto(name: str, restype: object, argtypes: list[object]) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    try:
+        fn = getattr(lib, name)
+    except AttributeError:
+        raise ImportError(f"tollgate: {library_path} lacks {name}; rebuild the library") from None
+    fn.restype = restype
+    fn.argtypes = argtypes
+    return fn
+
+
+tg_version_number = lib.tg_version_number
+tg_layout_version = lib.tg_layout_version
+tg_version = _proto("tg_version", c_char_p, [])
+tg_status_str = _proto("tg_status_str", c_char_p, [c_int32])
+tg_policy_default = _proto("tg_policy_default", _i32, [_PP])
+tg_policy_load = _proto("tg_policy_load", _i32, [c_char_p, _PP, c_char_p, c_size_t])
+tg_policy_parse = _proto("tg_policy_parse", _i32, [c_char_p, c_size_t, _PP, c_char_p, c_size_t])
+tg_policy_free = _proto("tg_policy_free", None, [c_void_p])
+tg_policy_limits = _proto(
+    "tg_policy_limits",
+    _i32,
+    [c_void_p, c_uint32, c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_uint32), POINTER(c_uint32)],
+)
+tg_policy_model_count = _proto("tg_policy_model_count", _i32, [c_void_p, POINTER(c_uint32)])
+tg_policy_model_name = _proto(
+    "tg_policy_model_name", _i32, [c_void_p, c_uint32, POINTER(c_void_p), POINTER(c_size_t)]
+)
+tg_region_size = _proto("tg_region_size", c_size_t, [c_uint32])
+tg_limiter_new = _proto("tg_limiter_new", _i32, [c_void_p, c_uint32, _PP])
+tg_limiter_open = _proto("tg_limiter_open", _i32, [c_void_p, c_char_p, c_uint32, c_uint32, _PP])
+tg_limiter_set_policy = _proto("tg_limiter_set_policy", _i32, [c_void_p, c_void_p])
+tg_limiter_stats = _proto("tg_limiter_stats", _i32, [c_void_p, c_uint64, POINTER(TgStats)])
+tg_limiter_free = _proto("tg_limiter_free", None, [c_void_p])
+tg_check = _proto("tg_check", _i32, [c_void_p, POINTER(TgRequest), c_uint64, POINTER(TgDecision)])
+tg_check_now = _proto("tg_check_now", _i32, [c_void_p, POINTER(TgRequest), POINTER(TgDecision)])
+tg_now_ms = _proto("tg_now_ms", c_uint64, [])
+tg_decision_headers = _proto(
+    "tg_decision_headers", _i32, [POINTER(TgDecision), c_char_p, c_size_t, POINTER(c_size_t)]
+)
+tg_decision_ietf_headers = _proto(
+    "tg_decision_ietf_headers", _i32, [POINTER(TgDecision), c_uint64, c_char_p, c_size_t, POINTER(c_size_t)]
+)
+tg_decision_error_body = _proto(
+    "tg_decision_error_body",
+    _i32,
+    [POINTER(TgDecision), c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)],
+)
+
+# Hot-path twins of tg_check/tg_check_now without argtypes: each call then
+# skips per-argument from_param conversion (about 200 ns). They are only ever
+# called with c_void_p / c_uint64 instances, which ctypes passes as the exact
+# C types, so nothing is lost. The default restype (C int) reads the int32
+# status correctly.
+fast_check = lib["tg_check"]
+fast_check_now = lib["tg_check_now"]

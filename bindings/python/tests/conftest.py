@@ -1,0 +1,129 @@
+"""Shared fixtures. The package under test is whatever `import tollgate`
+finds: test.sh installs it (or points TOLLGATE_LIBRARY at a fresh build)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent.parent
+
+# One small policy for the tests that need a limit of their own.
+SMALL_POLICY = """
+[models]
+"DeepSeek-V3.1" = { region = "EU" }
+"tiny" = { region = "Global" }
+
+[tiers.developer]
+"DeepSeek-V3.1" = { rpm = 30, rpd = 15000 }
+"tiny" = { rpm = 5, rpd = 8 }
+
+[tiers.enterprise]
+"tiny" = { rpm = 50, rpd = 80 }
+
+[accounts."big-corp"]
+"tiny" = { rpm = 500, rpd = 800 }
+"""
+
+# A fixed instant, 5 s into a minute, for deterministic window tests.
+T0 = 1_800_000_000.0 + 5  # 1800000000 is a multiple of 60
+
+
+@pytest.fixture
+def small_policy():
+    import tollgate
+
+    with tollgate.Policy.parse(SMALL_POLICY) as p:
+        yield p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def away_from_minute_edge(margin: float = 8.0) -> None:
+    """Sleeps past the next UTC minute boundary when one is near, so a burst
+    of real-clock requests lands in one minute window."""
+    left = 60 - time.time() % 60
+    if left < margin:
+        time.sleep(left + 0.2)
+
+
+class Server:
+    """uvicorn serving tests/app_server.py in a subprocess on 127.0.0.1."""
+
+    def __init__(self, tmp_path: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log_path = tmp_path / f"uvicorn-{self.port}.log"
+        self.workers = workers
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), full_env.get("PYTHONPATH")]))
+        cmd = [
+            sys.executable, "-m", "uvicorn", "app_server:app",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(workers), "--log-level", "info", "--no-access-log",
+        ]
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(HERE),
+                                     start_new_session=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"uvicorn exited early:\n{self.log_path.read_text()}")
+            ready = self.log_path.read_text(errors="replace").count("Application startup complete")
+            if ready >= self.workers:
+                try:
+                    if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"uvicorn not ready in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                # The whole session: the supervisor and its workers.
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(timeout=5)
+        self.log.close()
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    servers: list[Server] = []
+
+    def start(workers: int = 1, env: dict[str, str] | None = None) -> Server:
+        s = Server(tmp_path, workers, env)
+        servers.append(s)
+        try:
+            s.wait_ready()
+        except Exception:
+            s.stop()
+            raise
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()

@@ -1,0 +1,235 @@
+"""RateLimitMiddleware driven directly through the ASGI interface."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+import tollgate
+from tollgate.asgi import RateLimitMiddleware, bearer_token, bearer_token_digest, header
+
+from conftest import SMALL_POLICY
+
+SIX = {
+    b"x-ratelimit-limit-requests",
+    b"x-ratelimit-remaining-requests",
+    b"x-ratelimit-reset-requests",
+    b"x-ratelimit-limit-requests-day",
+    b"x-ratelimit-remaining-requests-day",
+    b"x-ratelimit-reset-requests-day",
+}
+
+
+class EchoApp:
+    """Answers 200 with the body it received, in two body messages."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            self.calls.append({"type": scope["type"]})
+            return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        self.calls.append({"path": scope["path"], "body": body, "decision": scope.get("tollgate.decision")})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"x-ratelimit-limit-requests", b"999")]})
+        await send({"type": "http.response.body", "body": b"part1:", "more_body": True})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def request(app, body: bytes | None, *, method="POST", path="/v1/chat/completions", key="sk-test",
+            chunks: int = 1, scope_type="http", disconnect=False):
+    headers = [(b"content-type", b"application/json")]
+    if key is not None:
+        headers.append((b"authorization", f"Bearer {key}".encode()))
+    scope = {"type": scope_type, "method": method, "path": path, "headers": headers}
+    body = body or b""
+    parts = [body[i * len(body) // chunks:(i + 1) * len(body) // chunks] for i in range(chunks)]
+    incoming = [{"type": "http.request", "body": p, "more_body": i < chunks - 1} for i, p in enumerate(parts)]
+    if disconnect:
+        incoming = incoming[:1]
+        incoming[0]["more_body"] = True
+        incoming.append({"type": "http.disconnect"})
+    sent: list[dict[str, Any]] = []
+
+    async def receive():
+        if incoming:
+            return incoming.pop(0)
+        await asyncio.sleep(3600)
+
+    async def send(msg):
+        sent.append(msg)
+
+    asyncio.run(app(scope, receive, send))
+    if not sent:
+        return None, {}, b""
+    start = sent[0]
+    assert start["type"] == "http.response.start"
+    hdrs: dict[bytes, bytes] = {}
+    for k, v in start["headers"]:
+        assert k not in hdrs, f"duplicate header {k!r}"
+        hdrs[k] = v
+    return start["status"], hdrs, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def chat(model="tiny", **extra) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}).encode()
+
+
+@pytest.fixture
+def limiter():
+    with tollgate.Limiter(tollgate.Policy.parse(SMALL_POLICY), slots=64) as lim:
+        yield lim
+
+
+@pytest.fixture
+def app():
+    return EchoApp()
+
+
+def test_allowed_requests_reach_the_app_with_body_and_headers(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token)
+    body = chat(padding="x" * 10000)
+    status, hdrs, out = request(mw, body, chunks=4)
+    assert status == 200
+    assert out == b"part1:" + body  # body replayed whole; response passed through
+    assert app.calls[0]["body"] == body
+    assert SIX <= set(hdrs)
+    assert hdrs[b"x-ratelimit-limit-requests"] == b"5"  # ours replace the app's
+    assert hdrs[b"x-ratelimit-remaining-requests"] == b"4"
+    assert b"retry-after" not in hdrs
+    assert app.calls[0]["decision"].allowed
+
+
+def test_over_the_limit_is_a_429_with_headers_and_openai_body(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token)
+    for _ in range(5):
+        assert request(mw, chat())[0] == 200
+    status, hdrs, out = request(mw, chat())
+    assert status == 429
+    assert SIX <= set(hdrs) and int(hdrs[b"retry-after"]) > 0
+    assert hdrs[b"x-ratelimit-remaining-requests"] == b"0"
+    assert hdrs[b"content-type"] == b"application/json"
+    err = json.loads(out)["error"]
+    assert err["type"] == "rate_limit_exceeded" and err["code"] == "rate_limit_exceeded" and "tiny" in err["message"]
+    assert len(app.calls) == 5
+    # Another key has its own counters.
+    assert request(mw, chat(), key="sk-other")[0] == 200
+
+
+def test_unknown_model_is_an_openai_404(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token)
+    status, hdrs, out = request(mw, chat("gpt-9"))
+    assert status == 404
+    err = json.loads(out)["error"]
+    assert err["code"] == "model_not_found" and "gpt-9" in err["message"] and err["param"] == "model"
+    assert not app.calls
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"", b"[1,2]", b'{"messages": []}', b'{"model": 5}', b'{"model": ""}',
+                                  b"\xff\xfe"])
+def test_bad_bodies_are_400(limiter, app, body):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token)
+    status, _, out = request(mw, body)
+    assert status == 400
+    assert json.loads(out)["error"]["type"] == "invalid_request_error"
+    assert not app.calls
+
+
+def test_non_http_and_unselected_requests_pass_through(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token, paths=["/v1/chat/completions", "/v1/batch/*"])
+    request(mw, None, scope_type="lifespan")
+    request(mw, None, scope_type="websocket")
+    assert [c["type"] for c in app.calls] == ["lifespan", "websocket"]
+    status, hdrs, _ = request(mw, None, method="GET", path="/v1/models")
+    assert status == 200 and b"x-ratelimit-remaining-requests" not in hdrs
+    status, hdrs, _ = request(mw, b"not json", path="/v1/files")
+    assert status == 200 and b"x-ratelimit-remaining-requests" not in hdrs
+    assert request(mw, b"not json", path="/v1/batch/x")[0] == 400
+    assert request(mw, chat(), path="/v1/batch/x")[0] == 200
+
+
+def test_paths_callable_and_methods(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token, paths=lambda s: s["path"].endswith("/limited"),
+                             methods=["post", "PUT"])
+    assert request(mw, b"x", path="/free")[0] == 200
+    assert request(mw, b"x", path="/a/limited", method="PUT")[0] == 400
+
+
+def test_no_account_means_unlimited(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token)
+    for _ in range(8):
+        status, hdrs, _ = request(mw, chat(), key=None)
+        assert status == 200 and b"x-ratelimit-remaining-requests" not in hdrs
+
+
+def test_async_callables_tier_and_cost(limiter, app):
+    async def account(scope):
+        return header(scope, "authorization").split()[-1].encode()
+
+    async def tier(scope):
+        return "enterprise"
+
+    mw = RateLimitMiddleware(app, limiter, account=account, tier=tier, cost=lambda scope, body: body.get("n", 1))
+    status, hdrs, _ = request(mw, chat(n=10))
+    assert status == 200 and hdrs[b"x-ratelimit-limit-requests"] == b"50"
+    assert hdrs[b"x-ratelimit-remaining-requests"] == b"40"
+    status, _, out = request(mw, chat(n=51))
+    assert status == 400 and json.loads(out)["error"]["code"] == "cost_too_large"
+
+
+def test_no_limit_configured(limiter, app):
+    deny = RateLimitMiddleware(app, limiter, account=bearer_token, tier="free")
+    status, _, out = request(deny, chat())
+    assert status == 403 and json.loads(out)["error"]["code"] == "no_limit_configured"
+    allow = RateLimitMiddleware(app, limiter, account=bearer_token, tier=tollgate.Tier.FREE, on_no_limit="allow")
+    status, hdrs, _ = request(allow, chat())
+    assert status == 200 and b"x-ratelimit-remaining-requests" not in hdrs
+
+
+def test_table_full(app):
+    with tollgate.Limiter(tollgate.Policy.parse(SMALL_POLICY), slots=4) as lim:
+        slots = lim.stats().slots
+        deny = RateLimitMiddleware(app, lim, account=bearer_token)
+        for i in range(slots):
+            assert request(deny, chat(), key=f"k{i}")[0] == 200
+        status, _, out = request(deny, chat(), key="new")
+        assert status == 503 and json.loads(out)["error"]["code"] == "rate_limiter_full"
+        allow = RateLimitMiddleware(app, lim, account=bearer_token, on_table_full="allow")
+        assert request(allow, chat(), key="new")[0] == 200
+
+
+def test_invalid_account_is_400(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token)
+    assert request(mw, chat(), key="k" * 100)[0] == 400
+    digest = RateLimitMiddleware(app, limiter, account=bearer_token_digest)
+    assert request(digest, chat(), key="k" * 100)[0] == 200
+
+
+def test_body_cap_and_disconnect(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token, max_body_bytes=100)
+    assert request(mw, chat(padding="x" * 200), chunks=3)[0] == 413
+    assert request(mw, chat(), disconnect=True) == (None, {}, b"")
+    assert not app.calls
+
+
+def test_helpers():
+    scope = {"headers": [(b"Authorization", b"Bearer  sk-abc "), (b"x-a", b"1")]}
+    assert header(scope, "X-A") == "1" and header(scope, "x-b") is None
+    assert bearer_token(scope) == "sk-abc"
+    assert len(bearer_token_digest(scope)) == 32
+    assert bearer_token({"headers": [(b"authorization", b"Basic abc")]}) is None
+    assert bearer_token({"headers": []}) is None and bearer_token_digest({"headers": []}) is None
+    with pytest.raises(TypeError):
+        RateLimitMiddleware(EchoApp(), None, account="nope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        RateLimitMiddleware(EchoApp(), None, account=bearer_token, on_table_full="maybe")  # type: ignore[arg-type]

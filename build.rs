@@ -1,0 +1,25 @@
+//! Writes include/tollgate.h from src/ffi.rs with cbindgen. The header is
+//! committed; CI regenerates it and fails if it differs.
+
+use std::path::Path;
+
+fn main() {
+    println!("cargo:rerun-if-changed=src/ffi.rs");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let config =
+        cbindgen::Config::from_file(Path::new(&dir).join("cbindgen.toml")).expect("cbindgen.toml");
+    let header = cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(Path::new(&dir).join("src/ffi.rs"))
+        .generate()
+        .expect("cbindgen could not read src/ffi.rs");
+    let out = Path::new(&dir).join("include/tollgate.h");
+    let mut bytes = Vec::new();
+    header.write(&mut bytes);
+    // Only touch the file when it changes, so builds don't dirty the tree.
+    if std::fs::read(&out).ok().as_deref() != Some(&bytes[..]) {
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        std::fs::write(&out, &bytes).unwrap();
+    }
+}

@@ -1,0 +1,68 @@
+//! Errors, and the numeric status each one is across the C ABI.
+
+use std::fmt;
+
+use crate::policy::PolicyError;
+use crate::region::RegionError;
+
+/// Everything that can go wrong, short of a bug.
+#[derive(Debug)]
+pub enum Error {
+    /// An argument out of range; the text says which.
+    Invalid(&'static str),
+    /// Account id empty or longer than [`crate::ACCOUNT_MAX`] bytes.
+    Account,
+    /// The model is not in the policy (answer 404/400, not 429).
+    UnknownModel,
+    /// No limit configured for this tier and model (or enterprise account).
+    NoLimit,
+    /// The request costs more than a whole window allows: never admissible.
+    CostTooLarge,
+    /// No free slot for a new key; the caller chooses open or closed.
+    TableFull,
+    /// The region's model table (256 names) is full.
+    ModelTableFull,
+    Policy(PolicyError),
+    Region(RegionError),
+    /// Opening, creating or mapping a file failed.
+    Io {
+        path: String,
+        op: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Invalid(what) => write!(f, "invalid argument: {what}"),
+            Error::Account => write!(
+                f,
+                "account id must be 1 to {} bytes",
+                crate::key::ACCOUNT_MAX
+            ),
+            Error::UnknownModel => write!(f, "unknown model"),
+            Error::NoLimit => write!(f, "no limit configured for this tier and model"),
+            Error::CostTooLarge => write!(f, "cost exceeds the limit itself"),
+            Error::TableFull => write!(f, "table full: no free slot for a new key"),
+            Error::ModelTableFull => write!(f, "the region's model table is full"),
+            Error::Policy(e) => write!(f, "{e}"),
+            Error::Region(e) => write!(f, "{e}"),
+            Error::Io { path, op, source } => write!(f, "{path}: {op}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<PolicyError> for Error {
+    fn from(e: PolicyError) -> Error {
+        Error::Policy(e)
+    }
+}
+
+impl From<RegionError> for Error {
+    fn from(e: RegionError) -> Error {
+        Error::Region(e)
+    }
+}

@@ -1,0 +1,208 @@
+//! A region in a file, mapped MAP_SHARED by every process that opens it.
+//!
+//! Creation is race-free without locks: the creator formats a private
+//! temporary file beside the target and `link(2)`s it into place, which
+//! fails if the name already exists. So the path only ever names a fully
+//! formatted region, and every racing creator but one attaches to it.
+//! A file is checked through `pread` before it is mapped, and its size must
+//! be exactly what its header's slot count needs, so a truncated or foreign
+//! file is an error, never a SIGBUS or an out-of-bounds read.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::error::Error;
+use crate::region::{self, Region, RegionError, HEADER_SIZE};
+
+/// An mmap of a whole region file; unmapped on drop.
+pub(crate) struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory reached through atomics.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned; nothing uses the
+        // region after its limiter (which owns this mapping) is dropped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+struct Fd(libc::c_int);
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: we own this descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn io_err(path: &Path, op: &'static str) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        op,
+        source: io::Error::last_os_error(),
+    }
+}
+
+fn cpath(path: &Path) -> Result<CString, Error> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::Invalid("path contains a NUL byte"))
+}
+
+/// Opens (and with `create`, creates) the region file at `path`.
+pub(crate) fn open(path: &Path, slots: u32, create: bool) -> Result<(Mapping, Region), Error> {
+    if create && region::size_for(slots).is_none() {
+        return Err(Error::Invalid(
+            "slot count must be 1 to 2^30 to create a region",
+        ));
+    }
+    let c = cpath(path)?;
+    // A creator that loses the race attaches; one more round covers a file
+    // removed between our failed link and our open.
+    for _ in 0..3 {
+        // SAFETY: `c` is a valid NUL-terminated path.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fd >= 0 {
+            return attach_fd(path, Fd(fd), slots);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) || !create {
+            return Err(Error::Io {
+                path: path.display().to_string(),
+                op: "open",
+                source: e,
+            });
+        }
+        if let Some(done) = create_new(path, &c, slots)? {
+            return Ok(done);
+        }
+    }
+    Err(io_err(path, "open"))
+}
+
+fn attach_fd(path: &Path, fd: Fd, slots: u32) -> Result<(Mapping, Region), Error> {
+    // SAFETY: zeroed stat is a valid out-parameter for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open; st is writable.
+    if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
+        return Err(io_err(path, "stat"));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Error::Io {
+            path: path.display().to_string(),
+            op: "open",
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+        });
+    }
+    let len = st.st_size as usize;
+    let mut header = [0u8; HEADER_SIZE];
+    if len < header.len() {
+        return Err(Error::Region(RegionError::Size {
+            len,
+            needed: region::size_for(1).unwrap(),
+        }));
+    }
+    // SAFETY: fd is open and `header` is writable for its length.
+    let n = unsafe { libc::pread(fd.0, header.as_mut_ptr().cast(), header.len(), 0) };
+    if n != header.len() as isize {
+        return Err(io_err(path, "read"));
+    }
+    let found = Region::check_header_bytes(&header)?;
+    let needed = region::size_for(found).expect("checked slot count");
+    if len != needed {
+        return Err(Error::Region(RegionError::Size { len, needed }));
+    }
+    if slots != 0 && slots != found {
+        return Err(Error::Region(RegionError::SlotCount {
+            found,
+            asked: slots,
+        }));
+    }
+    let mapping = map(path, &fd, len)?;
+    // SAFETY: the mapping covers `len` bytes, is page-aligned, and lives in
+    // the returned Mapping for as long as the Region is used.
+    let region = unsafe { Region::attach(mapping.ptr, mapping.len) }?;
+    Ok((mapping, region))
+}
+
+fn map(path: &Path, fd: &Fd, len: usize) -> Result<Mapping, Error> {
+    // SAFETY: a fresh shared mapping of an open descriptor; the kernel
+    // chooses the address.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.0,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io_err(path, "mmap"));
+    }
+    Ok(Mapping {
+        ptr: ptr.cast(),
+        len,
+    })
+}
+
+/// Formats a temporary file and links it into place. `None` if another
+/// process got there first (then the caller attaches to theirs).
+fn create_new(path: &Path, c: &CString, slots: u32) -> Result<Option<(Mapping, Region)>, Error> {
+    let len = region::size_for(slots).expect("checked by open");
+    let name = path
+        .file_name()
+        .ok_or(Error::Invalid("path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.{}.tmp", std::process::id(), crate::now_ms()));
+    let tmp = path.with_file_name(tmp_name);
+    let ctmp = cpath(&tmp)?;
+    // SAFETY: valid path; O_EXCL makes the file ours alone.
+    let fd = unsafe {
+        libc::open(
+            ctmp.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o666 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io_err(&tmp, "create"));
+    }
+    let fd = Fd(fd);
+    let result = (|| {
+        // SAFETY: fd is open for writing.
+        if unsafe { libc::ftruncate(fd.0, len as libc::off_t) } != 0 {
+            return Err(io_err(&tmp, "resize"));
+        }
+        let mapping = map(&tmp, &fd, len)?;
+        // SAFETY: a fresh file extended with ftruncate reads as zeros; the
+        // mapping is ours alone until the link below publishes it.
+        let region = unsafe { Region::format(mapping.ptr, mapping.len, crate::now_ms(), true) }?;
+        // SAFETY: both paths are valid C strings.
+        if unsafe { libc::link(ctmp.as_ptr(), c.as_ptr()) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                return Ok(None);
+            }
+            return Err(Error::Io {
+                path: path.display().to_string(),
+                op: "link",
+                source: e,
+            });
+        }
+        Ok(Some((mapping, region)))
+    })();
+    // SAFETY: valid path; the temporary name is ours.
+    unsafe { libc::unlink(ctmp.as_ptr()) };
+    result
+}

@@ -1,0 +1,60 @@
+//! Tollgate: per-(account, model) requests-per-minute and requests-per-day
+//! limits in one flat region of fixed slots, shared by threads and by
+//! processes, decided with one lock-free 128-bit compare-and-swap.
+//!
+//! ```
+//! use tollgate::{Limiter, Policy, Request, Tier};
+//!
+//! let limiter = Limiter::new(&Policy::builtin(), 1024).unwrap();
+//! let req = Request::new(b"acct-42", b"DeepSeek-V3.1", Tier::Developer);
+//! let now_ms = 1_764_288_000_000; // any epoch-ms clock; tests drive it
+//! for _ in 0..30 {
+//!     assert!(limiter.check(&req, now_ms).unwrap().allowed);
+//! }
+//! let d = limiter.check(&req, now_ms).unwrap();
+//! assert!(!d.allowed);
+//! assert_eq!(d.retry_after, 60);
+//! ```
+//!
+//! Modules, one concern each: [`policy`] (tiers, models, TOML), `window`
+//! (minute/day arithmetic), `key` (seeded hashing), `region` (layout,
+//! format, attach), `slot` (the packed state and the CAS: the decision
+//! path), [`decision`] (headers, error body), `ffi` (the C ABI).
+
+pub mod decision;
+mod error;
+pub mod ffi;
+mod file;
+mod key;
+mod limiter;
+mod ops;
+pub mod policy;
+mod region;
+mod slot;
+mod window;
+
+pub use decision::{Decision, Window};
+pub use error::Error;
+pub use key::ACCOUNT_MAX;
+pub use limiter::{Limiter, Request, Stats};
+pub use policy::{Limits, Model, Policy, PolicyError, Tier};
+pub use region::{RegionError, BYTES_PER_SLOT, LAYOUT_VERSION, REGION_ALIGN};
+pub use slot::{LimitedBy, PROBE_MAX};
+
+/// Bytes a region of `slots` slots needs; `None` for 0 or more than 2^30.
+pub fn region_size(slots: u32) -> Option<usize> {
+    region::size_for(slots)
+}
+
+/// Most slots a region of `len` bytes holds (0 if too small).
+pub fn region_slots_for(len: usize) -> u32 {
+    region::slots_for(len)
+}
+
+/// The real-time clock in epoch milliseconds (0 if it reads before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

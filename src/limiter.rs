@@ -1,0 +1,269 @@
+//! The limiter: a policy bound to a region. This is the Rust API; the C ABI
+//! in `ffi` is a thin layer over it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::decision::Decision;
+use crate::error::Error;
+use crate::file::Mapping;
+use crate::key::{self, ACCOUNT_MAX};
+use crate::policy::{Limits, Policy, Tier};
+use crate::region::{self, HeapMem, Region};
+use crate::slot;
+use crate::window::Instant;
+
+/// One request to decide.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// Account id, 1 to 64 bytes.
+    pub account: &'a [u8],
+    /// Model id, exactly as in the policy.
+    pub model: &'a [u8],
+    pub tier: Tier,
+    /// Requests this call counts for; 0 = look without counting.
+    pub cost: u32,
+    /// Explicit requests-per-minute limit; 0 = from the policy.
+    pub rpm: u32,
+    /// Explicit requests-per-day limit; 0 = from the policy.
+    pub rpd: u32,
+}
+
+impl<'a> Request<'a> {
+    /// A request of cost 1 with the policy's limits.
+    pub fn new(account: &'a [u8], model: &'a [u8], tier: Tier) -> Request<'a> {
+        Request {
+            account,
+            model,
+            tier,
+            cost: 1,
+            rpm: 0,
+            rpd: 0,
+        }
+    }
+
+    pub fn cost(mut self, cost: u32) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// Limits from the caller (say, its billing database) instead of the
+    /// policy; 0 leaves that one to the policy.
+    pub fn limits(mut self, rpm: u32, rpd: u32) -> Self {
+        self.rpm = rpm;
+        self.rpd = rpd;
+        self
+    }
+}
+
+/// What keeps the region's memory alive.
+enum Backing {
+    Heap(#[allow(dead_code)] HeapMem),
+    /// The caller's memory: never resized or freed by us.
+    Caller,
+    File(#[allow(dead_code)] Mapping),
+}
+
+/// A policy with each of its models' region ids resolved.
+pub(crate) struct Bound {
+    pub(crate) policy: Policy,
+    model_ids: Vec<u16>,
+}
+
+/// A rate limiter over one region. `Send + Sync`: share it by reference or
+/// `Arc` between threads; processes share the region itself.
+pub struct Limiter {
+    region: Region,
+    bound: ArcSwap<Bound>,
+    // Declared last so the region view is dropped before its memory.
+    _backing: Backing,
+}
+
+/// Table usage, for operators and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub slots: u32,
+    /// Slots holding counts for the current day.
+    pub used: u32,
+    /// Decisions refused for want of a free slot, since formatting.
+    pub table_full: u64,
+    pub bytes: usize,
+    pub layout_version: u32,
+}
+
+impl Limiter {
+    /// A limiter whose region is one heap allocation of
+    /// [`region_size`](crate::region_size)`(slots)` bytes.
+    pub fn new(policy: &Policy, slots: u32) -> Result<Limiter, Error> {
+        let len = region::size_for(slots).ok_or(Error::Invalid("slot count must be 1 to 2^30"))?;
+        let mem = HeapMem::new(len).ok_or(Error::Invalid("cannot allocate the region"))?;
+        // SAFETY: `mem` is a fresh, zeroed, exclusively owned allocation of
+        // `len` bytes, kept alive by the limiter's backing.
+        let region = unsafe { Region::format(mem.as_ptr(), mem.len(), crate::now_ms(), true) }?;
+        Limiter::with(policy, region, Backing::Heap(mem))
+    }
+
+    /// Formats caller memory as an empty region holding as many slots as
+    /// fit ([`slots_for`](crate::region_slots_for)). The memory stays the
+    /// caller's: we never resize or free it.
+    ///
+    /// # Safety
+    /// `mem` must be valid for reads and writes of `len` bytes, aligned to
+    /// [`REGION_ALIGN`](crate::REGION_ALIGN), not in use by another limiter
+    /// while this formats it, and must outlive the limiter. Other processes
+    /// may map the same memory (MAP_SHARED) and attach to it.
+    pub unsafe fn init_in(policy: &Policy, mem: *mut u8, len: usize) -> Result<Limiter, Error> {
+        // SAFETY: forwarded from this function's contract.
+        let region = unsafe { Region::format(mem, len, crate::now_ms(), false) }?;
+        Limiter::with(policy, region, Backing::Caller)
+    }
+
+    /// Uses memory already formatted by [`Limiter::init_in`] (in this
+    /// process or another), after validating magic, version and size.
+    ///
+    /// # Safety
+    /// As for [`Limiter::init_in`], except that other limiters may be using
+    /// the region at the same time (that is the point).
+    pub unsafe fn attach(policy: &Policy, mem: *mut u8, len: usize) -> Result<Limiter, Error> {
+        // SAFETY: forwarded from this function's contract.
+        let region = unsafe { Region::attach(mem, len) }?;
+        Limiter::with(policy, region, Backing::Caller)
+    }
+
+    /// Maps a region file shared by every process that opens the same path
+    /// (under /dev/shm for speed, or on disk to survive reboots). With
+    /// `create`, a missing file is created with `slots` slots, race-free:
+    /// concurrent openers all end up on one formatted region. `slots` = 0
+    /// accepts whatever size the file has.
+    pub fn open(
+        policy: &Policy,
+        path: impl AsRef<Path>,
+        slots: u32,
+        create: bool,
+    ) -> Result<Limiter, Error> {
+        let (mapping, region) = crate::file::open(path.as_ref(), slots, create)?;
+        Limiter::with(policy, region, Backing::File(mapping))
+    }
+
+    fn with(policy: &Policy, region: Region, backing: Backing) -> Result<Limiter, Error> {
+        let bound = bind(&region, policy)?;
+        Ok(Limiter {
+            region,
+            bound: ArcSwap::from_pointee(bound),
+            _backing: backing,
+        })
+    }
+
+    /// Replaces the policy. Counters are kept: they are counts, compared
+    /// against whatever limits are in force. Safe while other threads decide.
+    pub fn set_policy(&self, policy: &Policy) -> Result<(), Error> {
+        let bound = bind(&self.region, policy)?;
+        self.bound.store(Arc::new(bound));
+        Ok(())
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        self.bound.load().policy.clone()
+    }
+
+    /// Decides one request at `now_ms` (epoch milliseconds). `Ok` either
+    /// way; [`Decision::allowed`] says which. Allocates nothing, takes no
+    /// lock, makes no syscall.
+    #[inline]
+    pub fn check(&self, req: &Request<'_>, now_ms: u64) -> Result<Decision, Error> {
+        if req.account.is_empty() || req.account.len() > ACCOUNT_MAX {
+            return Err(Error::Account);
+        }
+        let now =
+            Instant::from_ms(now_ms).ok_or(Error::Invalid("now_ms is past the year 47000"))?;
+        let bound = self.bound.load();
+        let model = bound
+            .policy
+            .model_index(req.model)
+            .ok_or(Error::UnknownModel)?;
+        let limits = resolve(&bound.policy, req, model)?;
+        if req.cost > limits.rpm.min(limits.rpd) {
+            return Err(Error::CostTooLarge);
+        }
+        let key = key::hash(self.region.seed(), req.account, bound.model_ids[model]);
+        let outcome = slot::decide(&self.region, &key, req.account, limits, req.cost, now)
+            .map_err(|_| Error::TableFull)?;
+        Ok(Decision::new(outcome, limits, now_ms))
+    }
+
+    /// [`Limiter::check`] at the real-time clock.
+    pub fn check_now(&self, req: &Request<'_>) -> Result<Decision, Error> {
+        self.check(req, crate::now_ms())
+    }
+
+    /// Table usage at `now_ms` (walks every slot: for operators, not for
+    /// the request path).
+    pub fn stats(&self, now_ms: u64) -> Stats {
+        let now = Instant::from_ms(now_ms).unwrap_or(Instant {
+            day: u32::MAX,
+            minute: 0,
+        });
+        let used = crate::ops::entries(&self.region)
+            .filter(|e| !e.state.stale(now))
+            .count() as u32;
+        Stats {
+            slots: self.region.slot_count(),
+            used,
+            table_full: self
+                .region
+                .header()
+                .table_full
+                .load(std::sync::atomic::Ordering::Relaxed),
+            bytes: self.region.bytes(),
+            layout_version: region::LAYOUT_VERSION,
+        }
+    }
+
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("slots", &self.region.slot_count())
+            .finish_non_exhaustive()
+    }
+}
+
+fn bind(region: &Region, policy: &Policy) -> Result<Bound, Error> {
+    let model_ids = policy
+        .models()
+        .iter()
+        .map(|m| {
+            region
+                .model_id(m.name.as_bytes())
+                .ok_or(Error::ModelTableFull)
+        })
+        .collect::<Result<Vec<u16>, Error>>()?;
+    Ok(Bound {
+        policy: policy.clone(),
+        model_ids,
+    })
+}
+
+#[inline]
+fn resolve(policy: &Policy, req: &Request<'_>, model: usize) -> Result<Limits, Error> {
+    if req.rpm != 0 && req.rpd != 0 {
+        return Ok(Limits {
+            rpm: req.rpm,
+            rpd: req.rpd,
+        });
+    }
+    let from = policy
+        .limits(req.tier, model, req.account)
+        .ok_or(Error::NoLimit)?;
+    Ok(Limits {
+        rpm: if req.rpm != 0 { req.rpm } else { from.rpm },
+        rpd: if req.rpd != 0 { req.rpd } else { from.rpd },
+    })
+}

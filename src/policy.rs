@@ -1,0 +1,528 @@
+//! The policy: which models exist and what each tier (or enterprise account)
+//! may send to each. Loading may allocate; the lookups used while deciding
+//! ([`Policy::model_index`], [`Policy::limits`]) do not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Longest model id the region's model table can name.
+pub const MODEL_NAME_MAX: usize = 56;
+/// Most models one policy (and one region) can hold.
+pub const MODELS_MAX: usize = 256;
+
+/// The built-in policy: the Developer tier of the published Infercom page.
+pub const BUILTIN_TOML: &str = include_str!("../policy/infercom.toml");
+
+/// Account tiers. Free: no payment method; Developer: payment method linked;
+/// Enterprise: per-account plans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Tier {
+    Free = 0,
+    Developer = 1,
+    Enterprise = 2,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Free, Tier::Developer, Tier::Enterprise];
+
+    pub fn from_u32(v: u32) -> Option<Tier> {
+        Tier::ALL.get(v as usize).copied()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Free => "free",
+            Tier::Developer => "developer",
+            Tier::Enterprise => "enterprise",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Tier> {
+        Tier::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+    }
+}
+
+/// Requests per minute and per day; both at least 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub rpm: u32,
+    pub rpd: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Model {
+    pub name: String,
+    /// Where it is hosted, as the policy says ("EU", "Global").
+    pub region: String,
+    /// Who made it, if the policy says.
+    pub developer: Option<String>,
+}
+
+/// A loaded, validated policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    models: Vec<Model>,
+    index: ModelIndex,
+    /// `tiers[tier][model]`; `None` = no limit configured.
+    tiers: [Vec<Option<Limits>>; 3],
+    /// Enterprise plans by account id; a model missing from a plan falls back
+    /// to the enterprise tier table.
+    accounts: HashMap<Box<[u8]>, Vec<Option<Limits>>>,
+}
+
+/// Why a policy was refused: where, which field, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    pub file: String,
+    pub line: Option<u32>,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+impl Policy {
+    /// The built-in policy (Developer tier table, 12 models, no Free tier).
+    pub fn builtin() -> Policy {
+        Policy::parse(BUILTIN_TOML, "<built-in policy>").expect("built-in policy is valid")
+    }
+
+    /// Reads and validates a TOML policy file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let text = std::fs::read(path).map_err(|e| PolicyError {
+            file: shown.clone(),
+            line: None,
+            field: String::new(),
+            message: format!("cannot read the policy file: {e}"),
+        })?;
+        let text = String::from_utf8(text).map_err(|e| PolicyError {
+            file: shown.clone(),
+            line: Some(line_of(
+                &String::from_utf8_lossy(e.as_bytes()),
+                e.utf8_error().valid_up_to(),
+            )),
+            field: String::new(),
+            message: "the policy file is not valid UTF-8".into(),
+        })?;
+        Policy::parse(&text, &shown)
+    }
+
+    /// Parses and validates policy text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        let err =
+            |span: Option<std::ops::Range<usize>>, field: &str, message: String| PolicyError {
+                file: origin.to_string(),
+                line: span.map(|s| line_of(text, s.start)),
+                field: field.to_string(),
+                message,
+            };
+        let file: FileDef =
+            toml::from_str(text).map_err(|e| err(e.span(), "", e.message().trim().to_string()))?;
+
+        if file.models.is_empty() {
+            return Err(err(None, "models", "the policy names no models".into()));
+        }
+        if file.models.len() > MODELS_MAX {
+            return Err(err(None, "models", format!("at most {MODELS_MAX} models")));
+        }
+        let mut models = Vec::with_capacity(file.models.len());
+        for (name, def) in &file.models {
+            let field = format!("models.{}", quoted(name));
+            if name.is_empty() || name.len() > MODEL_NAME_MAX {
+                return Err(err(
+                    Some(def.span()),
+                    &field,
+                    format!("a model id must be 1 to {MODEL_NAME_MAX} bytes"),
+                ));
+            }
+            let def = def.get_ref();
+            if def.region.get_ref().trim().is_empty() {
+                return Err(err(
+                    Some(def.region.span()),
+                    &format!("{field}.region"),
+                    "must not be empty".into(),
+                ));
+            }
+            models.push(Model {
+                name: name.clone(),
+                region: def.region.get_ref().clone(),
+                developer: def.developer.clone(),
+            });
+        }
+        let index = ModelIndex::new(&models);
+
+        let table = |section: &str, defs: &BTreeMap<String, Spanned<LimitsDef>>| {
+            let mut out = vec![None; models.len()];
+            for (name, def) in defs {
+                let field = format!("{section}.{}", quoted(name));
+                let Some(i) = index.get(&models, name.as_bytes()) else {
+                    return Err(err(
+                        Some(def.span()),
+                        &field,
+                        format!(
+                            "unknown model {}: add it under [models] first",
+                            quoted(name)
+                        ),
+                    ));
+                };
+                out[i] = Some(limits_of(def.get_ref(), &field, &err)?);
+            }
+            Ok(out)
+        };
+        let tiers = [
+            table("tiers.free", &file.tiers.free)?,
+            table("tiers.developer", &file.tiers.developer)?,
+            table("tiers.enterprise", &file.tiers.enterprise)?,
+        ];
+        let mut accounts = HashMap::with_capacity(file.accounts.len());
+        for (account, plan) in &file.accounts {
+            let field = format!("accounts.{}", quoted(account));
+            if account.is_empty() || account.len() > crate::key::ACCOUNT_MAX {
+                return Err(err(
+                    Some(plan.span()),
+                    &field,
+                    format!(
+                        "an account id must be 1 to {} bytes",
+                        crate::key::ACCOUNT_MAX
+                    ),
+                ));
+            }
+            let limits = table(&field, plan.get_ref())?;
+            accounts.insert(account.as_bytes().into(), limits);
+        }
+        Ok(Policy {
+            models,
+            index,
+            tiers,
+            accounts,
+        })
+    }
+
+    pub fn models(&self) -> &[Model] {
+        &self.models
+    }
+
+    /// Index of a model by its id, exact bytes. No allocation.
+    #[inline]
+    pub fn model_index(&self, name: &[u8]) -> Option<usize> {
+        self.index.get(&self.models, name)
+    }
+
+    /// The limits in force for `tier` on model `model` (an index from
+    /// [`Policy::model_index`]); enterprise looks up the account's plan first.
+    #[inline]
+    pub fn limits(&self, tier: Tier, model: usize, account: &[u8]) -> Option<Limits> {
+        if tier == Tier::Enterprise {
+            if let Some(plan) = self.accounts.get(account) {
+                if let Some(l) = plan.get(model).copied().flatten() {
+                    return Some(l);
+                }
+            }
+        }
+        self.tiers[tier as usize].get(model).copied().flatten()
+    }
+
+    /// Enterprise account ids that have a plan, sorted.
+    pub fn accounts(&self) -> Vec<&[u8]> {
+        let mut v: Vec<&[u8]> = self.accounts.keys().map(|k| &k[..]).collect();
+        v.sort();
+        v
+    }
+}
+
+fn limits_of(
+    def: &LimitsDef,
+    field: &str,
+    err: &impl Fn(Option<std::ops::Range<usize>>, &str, String) -> PolicyError,
+) -> Result<Limits, PolicyError> {
+    let one = |v: &Spanned<i64>, name: &str| -> Result<u32, PolicyError> {
+        let n = *v.get_ref();
+        if n < 1 || n > u32::MAX as i64 {
+            return Err(err(
+                Some(v.span()),
+                &format!("{field}.{name}"),
+                format!("must be a whole number from 1 to {}, not {n}", u32::MAX),
+            ));
+        }
+        Ok(n as u32)
+    };
+    let rpm = one(&def.rpm, "rpm")?;
+    let rpd = one(&def.rpd, "rpd")?;
+    if rpm > rpd {
+        return Err(err(
+            Some(def.rpm.span()),
+            &format!("{field}.rpm"),
+            format!("rpm {rpm} is more than rpd {rpd}: a minute cannot allow more than its day"),
+        ));
+    }
+    Ok(Limits { rpm, rpd })
+}
+
+fn quoted(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        s.to_string()
+    } else {
+        format!("{s:?}")
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> u32 {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count() as u32
+        + 1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDef {
+    #[serde(default)]
+    models: BTreeMap<String, Spanned<ModelDef>>,
+    #[serde(default)]
+    tiers: TiersDef,
+    #[serde(default)]
+    accounts: BTreeMap<String, Spanned<BTreeMap<String, Spanned<LimitsDef>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelDef {
+    region: Spanned<String>,
+    #[serde(default)]
+    developer: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TiersDef {
+    #[serde(default)]
+    free: BTreeMap<String, Spanned<LimitsDef>>,
+    #[serde(default)]
+    developer: BTreeMap<String, Spanned<LimitsDef>>,
+    #[serde(default)]
+    enterprise: BTreeMap<String, Spanned<LimitsDef>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsDef {
+    rpm: Spanned<i64>,
+    rpd: Spanned<i64>,
+}
+
+/// Open-addressed name -> model index, keyed on the length and the first and
+/// last eight bytes, so a lookup is a few instructions and one compare.
+#[derive(Clone, Debug)]
+struct ModelIndex {
+    mask: usize,
+    buckets: Vec<u16>, // model index + 1; 0 = empty
+}
+
+impl ModelIndex {
+    fn new(models: &[Model]) -> ModelIndex {
+        let cap = (models.len() * 2).next_power_of_two().max(8);
+        let mut buckets = vec![0u16; cap];
+        for (i, m) in models.iter().enumerate() {
+            let mut b = Self::bucket(m.name.as_bytes()) & (cap - 1);
+            while buckets[b] != 0 {
+                b = (b + 1) & (cap - 1);
+            }
+            buckets[b] = i as u16 + 1;
+        }
+        ModelIndex {
+            mask: cap - 1,
+            buckets,
+        }
+    }
+
+    #[inline]
+    fn bucket(name: &[u8]) -> usize {
+        let n = name.len();
+        let mut head = [0u8; 8];
+        let mut tail = [0u8; 8];
+        let k = n.min(8);
+        head[..k].copy_from_slice(&name[..k]);
+        tail[..k].copy_from_slice(&name[n - k..]);
+        let h = (u64::from_le_bytes(head) ^ (n as u64).rotate_left(56))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ u64::from_le_bytes(tail).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        (h ^ (h >> 29)) as usize
+    }
+
+    #[inline]
+    fn get(&self, models: &[Model], name: &[u8]) -> Option<usize> {
+        let mut b = Self::bucket(name) & self.mask;
+        loop {
+            let e = self.buckets[b];
+            if e == 0 {
+                return None;
+            }
+            let i = e as usize - 1;
+            if models[i].name.as_bytes() == name {
+                return Some(i);
+            }
+            b = (b + 1) & self.mask;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_matches_the_published_table() {
+        let p = Policy::builtin();
+        assert_eq!(p.models().len(), 12);
+        let table: &[(&str, &str, u32, u32)] = &[
+            ("DeepSeek-V3.1", "EU", 30, 15_000),
+            ("Meta-Llama-3.3-70B-Instruct", "EU", 120, 30_000),
+            ("gpt-oss-120b", "EU", 150, 50_000),
+            ("Qwen3-32B", "Global", 30, 6_000),
+            ("Qwen3-235B", "Global", 30, 6_000),
+            ("DeepSeek-R1-0528", "Global", 60, 12_000),
+            ("DeepSeek-R1-Distill-Llama-70B", "Global", 240, 48_000),
+            ("DeepSeek-V3-0324", "Global", 60, 12_000),
+            ("DeepSeek-V3.1-Terminus", "Global", 60, 12_000),
+            ("DeepSeek-V3.2", "Global", 60, 12_000),
+            ("Llama-4-Maverick-17B-128E-Instruct", "Global", 60, 12_000),
+            ("Meta-Llama-3.1-8B-Instruct", "Global", 1_440, 288_000),
+        ];
+        for &(name, region, rpm, rpd) in table {
+            let i = p.model_index(name.as_bytes()).unwrap();
+            assert_eq!(p.models()[i].region, region);
+            assert_eq!(
+                p.limits(Tier::Developer, i, b"a"),
+                Some(Limits { rpm, rpd })
+            );
+            assert_eq!(p.limits(Tier::Free, i, b"a"), None, "no invented free tier");
+            assert_eq!(p.limits(Tier::Enterprise, i, b"a"), None);
+        }
+        assert_eq!(p.model_index(b"deepseek-v3.1"), None);
+        assert_eq!(p.model_index(b""), None);
+    }
+
+    #[test]
+    fn enterprise_plans_override_the_tier() {
+        let p = Policy::parse(
+            r#"
+[models]
+"m" = { region = "EU" }
+"n" = { region = "EU" }
+[tiers.enterprise]
+"m" = { rpm = 100, rpd = 1000 }
+"n" = { rpm = 5, rpd = 50 }
+[accounts."acme"]
+"m" = { rpm = 600, rpd = 90000 }
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        let m = p.model_index(b"m").unwrap();
+        let n = p.model_index(b"n").unwrap();
+        assert_eq!(
+            p.limits(Tier::Enterprise, m, b"acme"),
+            Some(Limits {
+                rpm: 600,
+                rpd: 90_000
+            })
+        );
+        assert_eq!(
+            p.limits(Tier::Enterprise, n, b"acme"),
+            Some(Limits { rpm: 5, rpd: 50 })
+        );
+        assert_eq!(
+            p.limits(Tier::Enterprise, m, b"other"),
+            Some(Limits {
+                rpm: 100,
+                rpd: 1000
+            })
+        );
+        assert_eq!(p.limits(Tier::Developer, m, b"acme"), None);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = Policy::parse("[models]\n\"m\" = { region = \"EU\" }\n[tiers.developer]\n\"m\" = { rpm = 0, rpd = 5 }\n", "p.toml")
+            .unwrap_err();
+        assert_eq!(e.file, "p.toml");
+        assert_eq!(e.line, Some(4));
+        assert_eq!(e.field, "tiers.developer.m.rpm");
+        assert!(
+            e.to_string()
+                .starts_with("p.toml:4: tiers.developer.m.rpm: must be"),
+            "{e}"
+        );
+
+        let e = Policy::parse("[models]\n\"m\" = { region = \"EU\" }\n[tiers.developer]\n\"x\" = { rpm = 1, rpd = 5 }\n", "p.toml")
+            .unwrap_err();
+        assert_eq!(e.line, Some(4));
+        assert!(e.message.contains("unknown model"), "{e}");
+
+        let e = Policy::parse("[models]\n\"m\" = { region = \"EU\" }\n[tierz]\n", "p.toml")
+            .unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+
+        let e = Policy::parse("[models\n", "p.toml").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+
+        let e = Policy::parse("", "p.toml").unwrap_err();
+        assert!(e.message.contains("no models"));
+
+        let e = Policy::parse(
+            "[models]\n\"m\" = { region = \"EU\" }\n[tiers.free]\n\"m\" = { rpm = 10, rpd = 5 }\n",
+            "p.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("more than rpd"), "{e}");
+
+        let e = Policy::load("/nonexistent/policy.toml").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/policy.toml: cannot read"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn model_index_handles_many_models() {
+        let mut text = String::from("[models]\n");
+        for i in 0..200 {
+            text += &format!("\"model-{i}\" = {{ region = \"EU\" }}\n");
+        }
+        let p = Policy::parse(&text, "t").unwrap();
+        for i in 0..200 {
+            let name = format!("model-{i}");
+            let idx = p.model_index(name.as_bytes()).unwrap();
+            assert_eq!(p.models()[idx].name, name);
+        }
+        assert_eq!(p.model_index(b"model-200"), None);
+    }
+}

@@ -1,0 +1,617 @@
+//! The region: one flat block of memory holding the whole table, with no
+//! pointers inside, so the same bytes work wherever each process maps them.
+//!
+//! ```text
+//! offset 0       Header (128 B): magic, layout version, sizes, seed, checksum,
+//!                table-full counter
+//! offset 128     model table: 256 x 64 B (name of each model id)
+//! offset 16 512  hot slots: N x 32 B  (what a decision reads and CASes)
+//! then           cold names: N x 64 B (account id bytes, for operators only)
+//! ```
+//! A slot's ident and state share one 32-byte half of a cache line; account
+//! names sit apart so decisions never pull them in.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use portable_atomic::AtomicU128;
+
+use crate::key::{self, ACCOUNT_MAX};
+use crate::policy::{MODELS_MAX, MODEL_NAME_MAX};
+
+pub const MAGIC: [u8; 8] = *b"TOLLGATE";
+/// Bumped whenever the meaning of any byte of the region changes.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Alignment a caller's memory must have.
+pub const REGION_ALIGN: usize = 64;
+pub const HEADER_SIZE: usize = 128;
+pub const MODEL_ENTRY_SIZE: usize = 64;
+pub const SLOTS_OFFSET: usize = HEADER_SIZE + MODELS_MAX * MODEL_ENTRY_SIZE;
+pub const SLOT_SIZE: usize = 32;
+pub const NAME_SIZE: usize = 64;
+/// Bytes per slot, hot state and account name together.
+pub const BYTES_PER_SLOT: usize = SLOT_SIZE + NAME_SIZE;
+/// Largest slot count (keeps sizes and indexes comfortably in range).
+pub const SLOTS_MAX: u32 = 1 << 30;
+
+const READY: u32 = 0x5245_4459; // "READY": written last when formatting
+
+/// Bytes a region of `slots` slots occupies; `None` for 0 or over the max.
+pub fn size_for(slots: u32) -> Option<usize> {
+    if slots == 0 || slots > SLOTS_MAX {
+        return None;
+    }
+    SLOTS_OFFSET.checked_add((slots as usize).checked_mul(BYTES_PER_SLOT)?)
+}
+
+/// Most slots a region of `len` bytes can hold (0 if too small).
+pub fn slots_for(len: usize) -> u32 {
+    if len < SLOTS_OFFSET + BYTES_PER_SLOT {
+        return 0;
+    }
+    ((len - SLOTS_OFFSET) / BYTES_PER_SLOT).min(SLOTS_MAX as usize) as u32
+}
+
+#[repr(C)]
+pub(crate) struct Header {
+    magic: [u8; 8],
+    layout_version: u32,
+    header_size: u32,
+    slot_count: u32,
+    slot_size: u32,
+    name_size: u32,
+    ready: AtomicU32,
+    seed: [u64; 4],
+    created_ms: u64,
+    checksum: u64,
+    pub(crate) table_full: AtomicU64,
+    _reserved: [u64; 5],
+}
+
+/// One model id: its name, registered on first use by any attached process.
+#[repr(C)]
+pub(crate) struct ModelEntry {
+    /// hash (48) | name length (8) | state (8): 0 empty, 1 writing, 2 ready.
+    word: AtomicU64,
+    name: [AtomicU64; 7],
+}
+
+/// The hot half of a key's state. `ident` names the key and the generation
+/// of its binding; `state` holds the generation and the windows' counts.
+#[repr(C, align(32))]
+pub(crate) struct Slot {
+    pub(crate) ident: AtomicU128,
+    pub(crate) state: AtomicU128,
+}
+
+/// The account id bytes of a slot's key (length is in the key id).
+#[repr(C)]
+pub(crate) struct Name {
+    bytes: [AtomicU64; 8],
+}
+
+const _: () = {
+    assert!(std::mem::offset_of!(Header, ready) == 28);
+    assert!(std::mem::offset_of!(Header, checksum) == 72);
+    assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
+    assert!(std::mem::size_of::<ModelEntry>() == MODEL_ENTRY_SIZE);
+    assert!(std::mem::size_of::<Slot>() == SLOT_SIZE);
+    assert!(std::mem::size_of::<Name>() == NAME_SIZE);
+    assert!(NAME_SIZE >= ACCOUNT_MAX);
+    assert!(7 * 8 >= MODEL_NAME_MAX);
+    assert!(SLOTS_OFFSET % REGION_ALIGN == 0);
+};
+
+/// Why memory is not a usable region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionError {
+    /// Pointer not aligned to [`REGION_ALIGN`].
+    Alignment,
+    /// Too small, or not the size its header's slot count needs.
+    Size { len: usize, needed: usize },
+    /// The file holds `found` slots but `asked` were requested.
+    SlotCount { found: u32, asked: u32 },
+    /// Not a tollgate region (or never finished formatting).
+    Magic,
+    /// Formatted by a different layout version.
+    Version { found: u32 },
+    /// Header fields disagree with each other or with their checksum.
+    Corrupt,
+    /// The CPU has no lock-free 128-bit compare-and-swap; sharing counters
+    /// through a lock would not hold across processes, so we refuse.
+    Unsupported,
+}
+
+impl std::fmt::Display for RegionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            RegionError::Alignment => write!(f, "region memory is not aligned to {REGION_ALIGN} bytes"),
+            RegionError::Size { len, needed } => write!(
+                f,
+                "region is {len} bytes but its table needs {needed}; recreate it, or carry the counters over with `tollgate resize`"
+            ),
+            RegionError::SlotCount { found, asked } => write!(
+                f,
+                "region holds {found} slots, not the {asked} asked for; open it with 0 slots to take it as it is, or grow it with `tollgate resize`"
+            ),
+            RegionError::Magic => write!(f, "not a tollgate region (bad magic or never finished formatting)"),
+            RegionError::Version { found } => write!(
+                f,
+                "region layout version {found}, this library reads {LAYOUT_VERSION}; use a matching library or recreate the region"
+            ),
+            RegionError::Corrupt => write!(f, "region header is corrupt (checksum or sizes disagree); recreate the region"),
+            RegionError::Unsupported => write!(f, "this CPU has no lock-free 128-bit compare-and-swap"),
+        }
+    }
+}
+
+impl std::error::Error for RegionError {}
+
+/// A view of a formatted region. It does not own the memory; whoever made
+/// it (heap, caller, file mapping) keeps the memory alive for as long as
+/// the view is used.
+#[derive(Clone, Copy)]
+pub(crate) struct Region {
+    base: NonNull<u8>,
+    slots: u32,
+}
+
+// SAFETY: every byte a Region exposes is reached through atomics (or header
+// fields that are immutable after formatting), so sharing it between threads
+// is as safe as sharing the atomics themselves.
+unsafe impl Send for Region {}
+// SAFETY: as above; no method hands out `&mut` to region memory.
+unsafe impl Sync for Region {}
+
+fn checksum(h: &Header) -> u64 {
+    let mut x = 0xA076_1D64_78BD_642Fu64;
+    let mut mix = |v: u64| {
+        let p = (x ^ v) as u128 * 0xE703_7ED1_A0B4_28DB_u128;
+        x = (p as u64) ^ ((p >> 64) as u64);
+    };
+    mix(u64::from_le_bytes(h.magic));
+    mix(h.layout_version as u64 | (h.header_size as u64) << 32);
+    mix(h.slot_count as u64 | (h.slot_size as u64) << 32);
+    mix(h.name_size as u64);
+    for s in h.seed {
+        mix(s);
+    }
+    mix(h.created_ms);
+    x
+}
+
+fn check_cpu() -> Result<(), RegionError> {
+    if AtomicU128::is_lock_free() {
+        Ok(())
+    } else {
+        Err(RegionError::Unsupported)
+    }
+}
+
+fn check_mem(mem: *mut u8, len: usize) -> Result<NonNull<u8>, RegionError> {
+    let base = NonNull::new(mem).ok_or(RegionError::Alignment)?;
+    if (mem as usize) % REGION_ALIGN != 0 {
+        return Err(RegionError::Alignment);
+    }
+    if len < SLOTS_OFFSET + BYTES_PER_SLOT {
+        return Err(RegionError::Size {
+            len,
+            needed: SLOTS_OFFSET + BYTES_PER_SLOT,
+        });
+    }
+    Ok(base)
+}
+
+impl Region {
+    /// Formats `len` bytes at `mem` as an empty region of `slots_for(len)`
+    /// slots with a fresh random seed. `zeroed` says the memory is known to
+    /// be zero already (fresh heap or file pages), which spares touching it.
+    ///
+    /// # Safety
+    /// `mem` must be valid for reads and writes of `len` bytes, not used by
+    /// anyone else while this runs, and outlive every use of the result.
+    pub(crate) unsafe fn format(
+        mem: *mut u8,
+        len: usize,
+        now_ms: u64,
+        zeroed: bool,
+    ) -> Result<Region, RegionError> {
+        check_cpu()?;
+        let base = check_mem(mem, len)?;
+        let slots = slots_for(len);
+        let used = size_for(slots).expect("slots_for gives a valid count");
+        if !zeroed {
+            // SAFETY: the caller grants exclusive access to `len` >= `used` bytes.
+            unsafe { std::ptr::write_bytes(mem, 0, used) };
+        }
+        let mut h = Header {
+            magic: MAGIC,
+            layout_version: LAYOUT_VERSION,
+            header_size: SLOTS_OFFSET as u32,
+            slot_count: slots,
+            slot_size: SLOT_SIZE as u32,
+            name_size: NAME_SIZE as u32,
+            ready: AtomicU32::new(0),
+            seed: key::random_seed(),
+            created_ms: now_ms,
+            checksum: 0,
+            table_full: AtomicU64::new(0),
+            _reserved: [0; 5],
+        };
+        h.checksum = checksum(&h);
+        let ready = READY;
+        // SAFETY: `mem` is aligned to 64 and holds at least HEADER_SIZE bytes;
+        // nobody else reads it until `ready` is published below.
+        unsafe { std::ptr::write(mem.cast::<Header>(), h) };
+        let r = Region { base, slots };
+        r.header().ready.store(ready, Ordering::Release);
+        Ok(r)
+    }
+
+    /// Validates an already formatted region: magic, version, sizes and the
+    /// header checksum. Reads only the header before trusting the sizes.
+    ///
+    /// # Safety
+    /// `mem` must be valid for reads and writes of `len` bytes and outlive
+    /// every use of the result.
+    pub(crate) unsafe fn attach(mem: *mut u8, len: usize) -> Result<Region, RegionError> {
+        check_cpu()?;
+        let base = check_mem(mem, len)?;
+        // SAFETY: check_mem proved `len` covers the header and `mem` is aligned.
+        let h = unsafe { &*mem.cast::<Header>() };
+        if h.magic != MAGIC {
+            return Err(RegionError::Magic);
+        }
+        if h.layout_version != LAYOUT_VERSION {
+            return Err(RegionError::Version {
+                found: h.layout_version,
+            });
+        }
+        if h.ready.load(Ordering::Acquire) != READY {
+            return Err(RegionError::Magic);
+        }
+        if h.header_size as usize != SLOTS_OFFSET
+            || h.slot_size as usize != SLOT_SIZE
+            || h.name_size as usize != NAME_SIZE
+            || h.checksum != checksum(h)
+        {
+            return Err(RegionError::Corrupt);
+        }
+        let needed = size_for(h.slot_count).ok_or(RegionError::Corrupt)?;
+        if needed > len {
+            return Err(RegionError::Size { len, needed });
+        }
+        Ok(Region {
+            base,
+            slots: h.slot_count,
+        })
+    }
+
+    /// Checks a copy of a header read from a file, before anything is
+    /// mapped, and returns the slot count it describes.
+    pub(crate) fn check_header_bytes(bytes: &[u8; HEADER_SIZE]) -> Result<u32, RegionError> {
+        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+        if bytes[..8] != MAGIC {
+            return Err(RegionError::Magic);
+        }
+        let version = u32_at(8);
+        if version != LAYOUT_VERSION {
+            return Err(RegionError::Version { found: version });
+        }
+        if u32_at(28) != READY {
+            return Err(RegionError::Magic);
+        }
+        let h = Header {
+            magic: MAGIC,
+            layout_version: version,
+            header_size: u32_at(12),
+            slot_count: u32_at(16),
+            slot_size: u32_at(20),
+            name_size: u32_at(24),
+            ready: AtomicU32::new(READY),
+            seed: [u64_at(32), u64_at(40), u64_at(48), u64_at(56)],
+            created_ms: u64_at(64),
+            checksum: u64_at(72),
+            table_full: AtomicU64::new(0),
+            _reserved: [0; 5],
+        };
+        if h.header_size as usize != SLOTS_OFFSET
+            || h.slot_size as usize != SLOT_SIZE
+            || h.name_size as usize != NAME_SIZE
+            || h.checksum != checksum(&h)
+            || size_for(h.slot_count).is_none()
+        {
+            return Err(RegionError::Corrupt);
+        }
+        Ok(h.slot_count)
+    }
+
+    #[inline]
+    pub(crate) fn slot_count(&self) -> u32 {
+        self.slots
+    }
+
+    #[inline]
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: construction checked size and alignment; the header's
+        // mutable fields are atomics.
+        unsafe { &*self.base.as_ptr().cast::<Header>() }
+    }
+
+    #[inline]
+    pub(crate) fn seed(&self) -> &[u64; 4] {
+        &self.header().seed
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        size_for(self.slots).expect("valid slot count")
+    }
+
+    pub(crate) fn created_ms(&self) -> u64 {
+        self.header().created_ms
+    }
+
+    #[inline]
+    pub(crate) fn slot(&self, i: usize) -> &Slot {
+        assert!(i < self.slots as usize);
+        // SAFETY: i < slots, and the region holds `slots` Slots from
+        // SLOTS_OFFSET (a multiple of 64, so each Slot is 32-aligned).
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(SLOTS_OFFSET + i * SLOT_SIZE)
+                .cast::<Slot>()
+        }
+    }
+
+    #[inline]
+    fn name(&self, i: usize) -> &Name {
+        assert!(i < self.slots as usize);
+        let off = SLOTS_OFFSET + self.slots as usize * SLOT_SIZE + i * NAME_SIZE;
+        // SAFETY: i < slots; the name array follows the slot array and the
+        // region's size covers it; offsets are multiples of 8.
+        unsafe { &*self.base.as_ptr().add(off).cast::<Name>() }
+    }
+
+    fn model_entry(&self, i: usize) -> &ModelEntry {
+        assert!(i < MODELS_MAX);
+        // SAFETY: the model table has MODELS_MAX entries after the header.
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(HEADER_SIZE + i * MODEL_ENTRY_SIZE)
+                .cast::<ModelEntry>()
+        }
+    }
+
+    /// Writes the account id of slot `i`. Done once, by the process that
+    /// binds the slot, after the bind; readers check it against the key's
+    /// fingerprint, so a half-written name is seen as unnamed, not as wrong.
+    pub(crate) fn write_name(&self, i: usize, account: &[u8]) {
+        let n = self.name(i);
+        for (k, w) in n.bytes.iter().enumerate() {
+            w.store(word_at(account, k * 8), Ordering::Relaxed);
+        }
+    }
+
+    /// The account id stored for slot `i`, `len` bytes.
+    pub(crate) fn read_name(&self, i: usize, len: usize) -> ([u8; ACCOUNT_MAX], usize) {
+        let mut out = [0u8; ACCOUNT_MAX];
+        for (k, w) in self.name(i).bytes.iter().enumerate() {
+            out[k * 8..k * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        (out, len.min(ACCOUNT_MAX))
+    }
+
+    /// The region's id for model `name`, registering it if this region has
+    /// not seen it. Ids are stable for the region's life, whatever policy
+    /// each process loads, so keys keep their slots across policy changes.
+    /// Lock-free: a registrant that dies mid-write is finished by the next
+    /// one with the same name (the bytes it writes are the same).
+    pub(crate) fn model_id(&self, name: &[u8]) -> Option<u16> {
+        debug_assert!(!name.is_empty() && name.len() <= MODEL_NAME_MAX);
+        let h = key::hash(self.seed(), name, u16::MAX).home >> 16;
+        let want = h << 16 | (name.len() as u64) << 8;
+        for i in 0..MODELS_MAX {
+            let e = self.model_entry(i);
+            let mut w = e.word.load(Ordering::Acquire);
+            if w == 0 {
+                match e
+                    .word
+                    .compare_exchange(0, want | 1, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => w = want | 1,
+                    Err(cur) => w = cur,
+                }
+            }
+            if w & !0xFF != want {
+                continue;
+            }
+            if w & 0xFF == 1 {
+                for (k, slot) in e.name.iter().enumerate() {
+                    slot.store(word_at(name, k * 8), Ordering::Relaxed);
+                }
+                let _ = e.word.compare_exchange(
+                    want | 1,
+                    want | 2,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            if self.model_name(i as u16).as_deref() == Some(name) {
+                return Some(i as u16);
+            }
+        }
+        None
+    }
+
+    /// The name registered for model id `id`, if any.
+    pub(crate) fn model_name(&self, id: u16) -> Option<Vec<u8>> {
+        if id as usize >= MODELS_MAX {
+            return None;
+        }
+        let e = self.model_entry(id as usize);
+        let w = e.word.load(Ordering::Acquire);
+        if w & 0xFF != 2 {
+            return None;
+        }
+        let len = ((w >> 8) & 0xFF) as usize;
+        let mut out = Vec::with_capacity(56);
+        for s in &e.name {
+            out.extend_from_slice(&s.load(Ordering::Relaxed).to_le_bytes());
+        }
+        out.truncate(len.min(MODEL_NAME_MAX));
+        Some(out)
+    }
+}
+
+fn word_at(b: &[u8], i: usize) -> u64 {
+    let mut t = [0u8; 8];
+    if i < b.len() {
+        let n = (b.len() - i).min(8);
+        t[..n].copy_from_slice(&b[i..i + n]);
+    }
+    u64::from_le_bytes(t)
+}
+
+/// Heap memory for a region owned by one limiter.
+pub(crate) struct HeapMem {
+    ptr: NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl HeapMem {
+    pub(crate) fn new(len: usize) -> Option<HeapMem> {
+        let layout = std::alloc::Layout::from_size_align(len, REGION_ALIGN).ok()?;
+        // SAFETY: len > 0 (callers pass a region size), layout is valid.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        Some(HeapMem {
+            ptr: NonNull::new(ptr)?,
+            layout,
+        })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.layout.size()
+    }
+}
+
+impl Drop for HeapMem {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this very layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+// SAFETY: HeapMem is a uniquely owned allocation; the region view over it
+// only reaches it through atomics.
+unsafe impl Send for HeapMem {}
+// SAFETY: as above.
+unsafe impl Sync for HeapMem {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heap(slots: u32) -> (HeapMem, Region) {
+        let m = HeapMem::new(size_for(slots).unwrap()).unwrap();
+        // SAFETY: fresh exclusive allocation of the right size.
+        let r = unsafe { Region::format(m.as_ptr(), m.len(), 1, true) }.unwrap();
+        (m, r)
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size_for(0), None);
+        assert_eq!(size_for(SLOTS_MAX + 1), None);
+        assert_eq!(size_for(1), Some(SLOTS_OFFSET + 96));
+        assert_eq!(slots_for(size_for(1000).unwrap()), 1000);
+        assert_eq!(slots_for(size_for(1000).unwrap() + 95), 1000);
+        assert_eq!(slots_for(100), 0);
+    }
+
+    #[test]
+    fn attach_validates() {
+        let (m, r) = heap(10);
+        // SAFETY (all below): `m` is live and sized for the region.
+        let a = unsafe { Region::attach(m.as_ptr(), m.len()) }.unwrap();
+        assert_eq!(a.slot_count(), 10);
+        assert_eq!(a.seed(), r.seed());
+        assert_eq!(
+            unsafe { Region::attach(m.as_ptr(), m.len() - 1) }.err(),
+            Some(RegionError::Size {
+                len: m.len() - 1,
+                needed: m.len()
+            })
+        );
+        assert_eq!(
+            unsafe { Region::attach(m.as_ptr().add(8), m.len() - 64) }.err(),
+            Some(RegionError::Alignment)
+        );
+        assert_eq!(
+            unsafe { Region::attach(m.as_ptr(), 10) }
+                .err()
+                .map(|e| matches!(e, RegionError::Size { .. })),
+            Some(true)
+        );
+        unsafe {
+            *m.as_ptr().add(8) = 9; // layout version byte
+            assert_eq!(
+                Region::attach(m.as_ptr(), m.len()).err(),
+                Some(RegionError::Version { found: 9 })
+            );
+            *m.as_ptr().add(8) = LAYOUT_VERSION as u8;
+            *m.as_ptr().add(16) ^= 1; // slot count
+            assert_eq!(
+                Region::attach(m.as_ptr(), m.len()).err(),
+                Some(RegionError::Corrupt)
+            );
+            *m.as_ptr().add(16) ^= 1;
+            *m.as_ptr() = b'X';
+            assert_eq!(
+                Region::attach(m.as_ptr(), m.len()).err(),
+                Some(RegionError::Magic)
+            );
+        }
+    }
+
+    #[test]
+    fn model_ids_are_stable_and_named() {
+        let (_m, r) = heap(4);
+        let a = r.model_id(b"DeepSeek-V3.1").unwrap();
+        let b = r.model_id(b"gpt-oss-120b").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(r.model_id(b"DeepSeek-V3.1"), Some(a));
+        assert_eq!(r.model_name(a).unwrap(), b"DeepSeek-V3.1");
+        assert_eq!(r.model_name(200), None);
+    }
+
+    #[test]
+    fn model_table_fills_up() {
+        let (_m, r) = heap(4);
+        for i in 0..MODELS_MAX {
+            assert!(r.model_id(format!("m{i}").as_bytes()).is_some());
+        }
+        assert_eq!(r.model_id(b"one-too-many"), None);
+        assert!(r.model_id(b"m7").is_some());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        let (_m, r) = heap(4);
+        let name = [b'a'; ACCOUNT_MAX];
+        r.write_name(3, &name);
+        let (buf, n) = r.read_name(3, ACCOUNT_MAX);
+        assert_eq!(&buf[..n], &name[..]);
+        r.write_name(2, b"short");
+        let (buf, n) = r.read_name(2, 5);
+        assert_eq!(&buf[..n], b"short");
+    }
+}

@@ -1,0 +1,380 @@
+//! The decision path: find (or bind) a key's slot and charge both windows
+//! with one 128-bit compare-and-swap. No allocation, no lock, no syscall.
+//!
+//! Each slot holds two atomic words:
+//! - `ident`: key id (112 bits: fingerprint, model id, account length) and
+//!   the generation (16 bits) of the binding. 0 = never used.
+//! - `state`: the generation again, the UTC day and minute-of-day the counts
+//!   belong to, and the minute and day counts.
+//!
+//! `state.gen == ident.gen` means the slot is bound to the key in `ident`;
+//! `state.gen == ident.gen + 1` means it is open (released, any key may bind
+//! it). Binding is: (1) if bound-but-stale, CAS `state` to the next
+//! generation with zero counts (opening it); (2) CAS `ident` to the new key
+//! with that generation. Every step is one CAS from a state any process can
+//! recognise and continue from, so a process killed anywhere leaves nothing
+//! locked: an open slot is simply free.
+//!
+//! Charging CASes `state` only if its generation is the one read beside the
+//! key's ident, so counts can never land on a slot that was rebound meanwhile
+//! (a rebind first moves `state` to a new generation).
+//!
+//! Probing is linear from the key's home, at most [`PROBE_MAX`] slots, and
+//! stops at a never-used slot: keys are only ever bound at the first free
+//! slot of their chain, so none lies beyond one. A new key takes the first
+//! free slot it saw (never-used, open, or bound to a key with no counts for
+//! the current day); racing first requests of one key all aim at that same
+//! slot, the CAS lets one bind it and the others find it bound on retry.
+
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
+
+use crate::key::KeyHash;
+use crate::policy::Limits;
+use crate::region::{Region, Slot};
+use crate::window::Instant;
+
+/// Longest probe chain; a key that finds no free slot within it is refused
+/// with TABLE_FULL. At the recommended load (<= 80%) chains are short.
+pub const PROBE_MAX: usize = 64;
+
+/// Unpacked `state` word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct State {
+    pub gen: u16,
+    /// Minute of the day (0..1440) the minute count belongs to.
+    pub minute: u16,
+    /// Epoch day the counts belong to; 0 = never counted.
+    pub day: u32,
+    pub minute_count: u32,
+    pub day_count: u32,
+}
+
+impl State {
+    #[inline]
+    pub fn pack(self) -> u128 {
+        self.gen as u128
+            | (self.minute as u128) << 16
+            | (self.day as u128) << 27
+            | (self.minute_count as u128) << 51
+            | (self.day_count as u128) << 83
+    }
+
+    #[inline]
+    pub fn unpack(w: u128) -> State {
+        State {
+            gen: w as u16,
+            minute: ((w >> 16) & 0x7FF) as u16,
+            day: ((w >> 27) & 0xFF_FFFF) as u32,
+            minute_count: (w >> 51) as u32,
+            day_count: (w >> 83) as u32,
+        }
+    }
+
+    #[inline]
+    fn at(self) -> Instant {
+        Instant {
+            day: self.day,
+            minute: self.minute as u32,
+        }
+    }
+
+    /// Counts as seen at `now`: windows never move backwards (a clock that
+    /// steps back gives no quota back), and a window that has passed counts
+    /// zero.
+    #[inline]
+    pub fn view(self, now: Instant) -> (Instant, u32, u32) {
+        let at = self.at().max(now);
+        let day_count = if self.day == at.day {
+            self.day_count
+        } else {
+            0
+        };
+        let minute_count = if self.at() == at {
+            self.minute_count
+        } else {
+            0
+        };
+        (at, minute_count, day_count)
+    }
+
+    /// Counts from a day that has passed (or none ever): nothing useful.
+    /// Only the passing of a day makes a slot stale, never anything within
+    /// one, which is what keeps racing first requests of a key on one slot.
+    #[inline]
+    pub fn stale(self, now: Instant) -> bool {
+        self.day < now.day
+    }
+}
+
+/// Which window refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum LimitedBy {
+    None = 0,
+    Minute = 1,
+    Day = 2,
+}
+
+/// What one decision saw and did, before rendering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub allowed: bool,
+    pub limited_by: LimitedBy,
+    /// The windows the counts belong to (never earlier than the stored ones).
+    pub at: Instant,
+    /// Counts after this decision (charged only if allowed and cost > 0).
+    pub minute_count: u32,
+    pub day_count: u32,
+}
+
+/// The table had no free slot in the key's probe chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableFull;
+
+/// Decides one request of cost `cost` (0 = peek) for `key`, charging both
+/// windows together or neither.
+#[inline]
+pub(crate) fn decide(
+    region: &Region,
+    key: &KeyHash,
+    account: &[u8],
+    limits: Limits,
+    cost: u32,
+    now: Instant,
+) -> Result<Outcome, TableFull> {
+    let n = region.slot_count() as usize;
+    let home = ((key.home as u128 * n as u128) >> 64) as usize;
+    let probes = PROBE_MAX.min(n);
+    'retry: loop {
+        let mut free: Option<(usize, u128, u128)> = None;
+        let mut i = home;
+        for _ in 0..probes {
+            let slot = region.slot(i);
+            let ident = slot.ident.load(Acquire);
+            let state = slot.state.load(Acquire);
+            if ident == 0 {
+                // Never used: the key is not further along.
+                free.get_or_insert((i, ident, state));
+                break;
+            }
+            let bound = state as u16 == ident as u16;
+            if bound && ident >> 16 == key.id {
+                match charge(slot, ident as u16, state, limits, cost, now) {
+                    Some(o) => return Ok(o),
+                    None => continue 'retry,
+                }
+            }
+            if free.is_none() && (!bound || State::unpack(state).stale(now)) {
+                free = Some((i, ident, state));
+            }
+            i += 1;
+            if i == n {
+                i = 0;
+            }
+        }
+        if cost == 0 {
+            // A peek at an absent key: fresh windows, and no slot taken.
+            return Ok(judge(State::default(), limits, 0, now).0);
+        }
+        let Some((i, ident, state)) = free else {
+            region
+                .header()
+                .table_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(TableFull);
+        };
+        let slot = region.slot(i);
+        let mut gen = state as u16;
+        if gen == ident as u16 {
+            // Bound to a key with nothing current (or never used): open it.
+            gen = gen.wrapping_add(1);
+            let open = State {
+                gen,
+                ..State::default()
+            }
+            .pack();
+            if slot
+                .state
+                .compare_exchange(state, open, AcqRel, Acquire)
+                .is_err()
+            {
+                continue 'retry;
+            }
+        }
+        let mine = key.id << 16 | gen as u128;
+        if slot
+            .ident
+            .compare_exchange(ident, mine, AcqRel, Acquire)
+            .is_err()
+        {
+            continue 'retry;
+        }
+        region.write_name(i, account);
+        let state = slot.state.load(Acquire);
+        match charge(slot, gen, state, limits, cost, now) {
+            Some(o) => return Ok(o),
+            None => continue 'retry,
+        }
+    }
+}
+
+/// The one CAS: charge both windows of a bound slot, or refuse. `None` if
+/// the slot stopped being generation `gen` (rebound): look the key up again.
+#[inline]
+fn charge(
+    slot: &Slot,
+    gen: u16,
+    mut word: u128,
+    limits: Limits,
+    cost: u32,
+    now: Instant,
+) -> Option<Outcome> {
+    loop {
+        let s = State::unpack(word);
+        if s.gen != gen {
+            return None;
+        }
+        let (outcome, next) = judge(s, limits, cost, now);
+        if !outcome.allowed || cost == 0 {
+            return Some(outcome);
+        }
+        match slot
+            .state
+            .compare_exchange_weak(word, next.pack(), AcqRel, Acquire)
+        {
+            Ok(_) => return Some(outcome),
+            Err(cur) => word = cur,
+        }
+    }
+}
+
+/// Pure decision on a state: the outcome and the state to store if allowed.
+/// A peek (cost 0) reports whether one more request would pass.
+#[inline]
+pub fn judge(s: State, limits: Limits, cost: u32, now: Instant) -> (Outcome, State) {
+    let (at, minute_count, day_count) = s.view(now);
+    let need = cost.max(1) as u64;
+    let day_room = day_count as u64 + need <= limits.rpd as u64;
+    let minute_room = minute_count as u64 + need <= limits.rpm as u64;
+    let limited_by = if !day_room {
+        LimitedBy::Day
+    } else if !minute_room {
+        LimitedBy::Minute
+    } else {
+        LimitedBy::None
+    };
+    let allowed = limited_by == LimitedBy::None;
+    let charged = if allowed { cost } else { 0 };
+    let next = State {
+        gen: s.gen,
+        minute: at.minute as u16,
+        day: at.day,
+        minute_count: minute_count + charged,
+        day_count: day_count + charged,
+    };
+    let outcome = Outcome {
+        allowed,
+        limited_by,
+        at,
+        minute_count: next.minute_count,
+        day_count: next.day_count,
+    };
+    (outcome, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_packs_losslessly() {
+        let s = State {
+            gen: 0xBEEF,
+            minute: 1439,
+            day: 0xFF_FFFF,
+            minute_count: u32::MAX,
+            day_count: u32::MAX - 1,
+        };
+        assert_eq!(State::unpack(s.pack()), s);
+        let z = State {
+            gen: 1,
+            minute: 0,
+            day: 20_419,
+            minute_count: 0,
+            day_count: 7,
+        };
+        assert_eq!(State::unpack(z.pack()), z);
+    }
+
+    #[test]
+    fn judge_all_or_nothing() {
+        let lim = Limits { rpm: 3, rpd: 5 };
+        let now = Instant { day: 10, minute: 5 };
+        let s = State {
+            gen: 1,
+            minute: 5,
+            day: 10,
+            minute_count: 2,
+            day_count: 4,
+        };
+        // cost 2: minute has room for 1 only, day for 1 only -> day wins.
+        let (o, n) = judge(s, lim, 2, now);
+        assert!(!o.allowed);
+        assert_eq!(o.limited_by, LimitedBy::Day);
+        assert_eq!(
+            (n.minute_count, n.day_count),
+            (2, 4),
+            "refused charges nothing"
+        );
+        let (o, _) = judge(s, Limits { rpm: 3, rpd: 10 }, 2, now);
+        assert_eq!(o.limited_by, LimitedBy::Minute);
+        let (o, n) = judge(s, lim, 1, now);
+        assert!(o.allowed);
+        assert_eq!((n.minute_count, n.day_count), (3, 5));
+    }
+
+    #[test]
+    fn windows_roll_and_never_go_back() {
+        let lim = Limits { rpm: 3, rpd: 100 };
+        let s = State {
+            gen: 1,
+            minute: 5,
+            day: 10,
+            minute_count: 3,
+            day_count: 50,
+        };
+        let (o, _) = judge(s, lim, 1, Instant { day: 10, minute: 6 });
+        assert!(o.allowed);
+        assert_eq!((o.minute_count, o.day_count), (1, 51));
+        let (o, _) = judge(s, lim, 1, Instant { day: 11, minute: 5 });
+        assert_eq!((o.minute_count, o.day_count), (1, 1));
+        // Clock stepped back a minute: still the stored (later) window.
+        let (o, _) = judge(s, lim, 1, Instant { day: 10, minute: 4 });
+        assert!(!o.allowed);
+        assert_eq!(o.at, Instant { day: 10, minute: 5 });
+    }
+
+    #[test]
+    fn peek_counts_nothing() {
+        let lim = Limits { rpm: 3, rpd: 100 };
+        let s = State {
+            gen: 1,
+            minute: 5,
+            day: 10,
+            minute_count: 2,
+            day_count: 2,
+        };
+        let (o, n) = judge(s, lim, 0, Instant { day: 10, minute: 5 });
+        assert!(o.allowed);
+        assert_eq!(n.minute_count, 2);
+        let full = State {
+            minute_count: 3,
+            ..s
+        };
+        assert!(
+            !judge(full, lim, 0, Instant { day: 10, minute: 5 })
+                .0
+                .allowed
+        );
+    }
+}

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# C and C++ users' tests, against the real library:
+#  1. tests/c/test_capi.c linked to libtollgate.so and, separately, statically
+#     to libtollgate.a (both built with -std=c11 -Wall -Wextra -Werror -pedantic);
+#  2. bindings/cpp/test_tollgate.cpp (C++17 wrapper);
+#  3. bindings/c/install.sh into a temporary prefix, then bindings/c/example.c
+#     built against the installed copy through pkg-config and run.
+# Builds into target/ctest/. Set TOLLGATE_NO_BUILD=1 to skip `cargo build --release`.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=$root/target/ctest
+rel=$root/target/release
+cd "$root"
+
+fail=0
+step() { printf '\n== %s\n' "$*"; }
+bad() { echo "FAIL: $*" >&2; fail=1; }
+
+# Runs a test binary (bounded in time) and requires its last line to read "N passed, 0 failed".
+run_counted() {
+    local name=$1; shift
+    local log=$out/$name.log rc=0
+    timeout 90 "$@" >"$log" 2>&1 || rc=$?
+    cat "$log"
+    local last
+    last=$(tail -n 1 "$log")
+    if [ "$rc" -ne 0 ] || ! [[ "$last" =~ ^[0-9]+\ passed,\ 0\ failed$ ]]; then
+        bad "$name (exit $rc, last line: '$last')"
+    fi
+}
+
+if [ "${TOLLGATE_NO_BUILD:-0}" != 1 ]; then
+    step "cargo build --release"
+    cargo build --release
+fi
+for f in include/tollgate.h "$rel/libtollgate.so" "$rel/libtollgate.a"; do
+    [ -f "$f" ] || { echo "missing $f" >&2; exit 1; }
+done
+mkdir -p "$out"
+
+CC=${CC:-gcc}
+CXX=${CXX:-g++}
+CFLAGS=(-std=c11 -Wall -Wextra -Werror -pedantic -O1 -g)
+# What a Rust staticlib needs from the system (rustc --print native-static-libs).
+NATIVE_LIBS=(-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc)
+
+step "C test, shared library"
+"$CC" "${CFLAGS[@]}" -Iinclude tests/c/test_capi.c -o "$out/test_capi_shared" \
+    -L"$rel" -ltollgate -Wl,-rpath,"$rel" -lpthread
+grep -q "$rel/libtollgate.so" <<<"$(ldd "$out/test_capi_shared")" || bad "test_capi_shared does not load $rel/libtollgate.so"
+run_counted test_capi_shared "$out/test_capi_shared"
+
+step "C test, static library"
+"$CC" "${CFLAGS[@]}" -Iinclude tests/c/test_capi.c -o "$out/test_capi_static" \
+    "$rel/libtollgate.a" "${NATIVE_LIBS[@]}"
+if grep -q libtollgate <<<"$(ldd "$out/test_capi_static")"; then bad "test_capi_static links libtollgate dynamically"; fi
+run_counted test_capi_static "$out/test_capi_static"
+
+step "C++ wrapper test"
+"$CXX" -std=c++17 -Wall -Wextra -Werror -O1 -g -Iinclude -Ibindings/cpp bindings/cpp/test_tollgate.cpp \
+    -o "$out/test_tollgate_cpp" -L"$rel" -ltollgate -Wl,-rpath,"$rel" -pthread
+run_counted test_tollgate_cpp "$out/test_tollgate_cpp"
+
+step "install into a temporary prefix, build example.c with pkg-config"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/tg-install-XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+prefix=$tmp/prefix
+bindings/c/install.sh --prefix "$prefix" --no-build
+for f in lib/libtollgate.so lib/libtollgate.a include/tollgate.h include/tollgate.hpp lib/pkgconfig/tollgate.pc; do
+    [ -e "$prefix/$f" ] || bad "install did not create $f"
+done
+if [ -x "$rel/tollgate" ]; then [ -x "$prefix/bin/tollgate" ] || bad "install did not copy bin/tollgate"; fi
+export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
+pkg-config --exists tollgate || bad "pkg-config does not find tollgate"
+[ "$(pkg-config --modversion tollgate)" = "$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml | head -n 1)" ] \
+    || bad "pkg-config version differs from Cargo.toml"
+echo "pkg-config --cflags --libs tollgate: $(pkg-config --cflags --libs tollgate)"
+
+# shellcheck disable=SC2046  # word splitting of pkg-config output is intended
+cc -std=c11 -Wall -Wextra -Werror -pedantic bindings/c/example.c $(pkg-config --cflags --libs tollgate) -o "$tmp/example"
+grep -q "$prefix/lib/libtollgate.so" <<<"$(LD_LIBRARY_PATH=$prefix/lib ldd "$tmp/example")" \
+    || bad "example does not load the installed libtollgate.so"
+LD_LIBRARY_PATH=$prefix/lib timeout 20 "$tmp/example" >"$out/example.out" || bad "example exited non-zero"
+cat "$out/example.out"
+check_out() { grep -qF -- "$1" "$out/example.out" || bad "example output lacks: $1"; }
+check_out "30 allowed, 1 denied (limited by minute)"
+check_out "HTTP/1.1 429 Too Many Requests"
+check_out "x-ratelimit-limit-requests: 30"
+check_out "x-ratelimit-remaining-requests: 0"
+check_out "x-ratelimit-limit-requests-day: 15000"
+check_out "x-ratelimit-remaining-requests-day: 14970"
+check_out "retry-after: "
+check_out '"type":"rate_limit_exceeded"'
+check_out '"code":"rate_limit_exceeded"'
+check_out "DeepSeek-V3.1"
+
+# The same example linked statically through the .pc file's Libs.private.
+# shellcheck disable=SC2046
+cc -std=c11 bindings/c/example.c $(pkg-config --cflags tollgate) -o "$tmp/example_static" \
+    -L"$prefix/lib" -Wl,-Bstatic -ltollgate -Wl,-Bdynamic \
+    $(pkg-config --static --libs-only-l tollgate | sed 's/-ltollgate//')
+if grep -q libtollgate <<<"$(ldd "$tmp/example_static")"; then bad "example_static links libtollgate dynamically"; fi
+grep -qF "30 allowed, 1 denied" <<<"$(timeout 20 "$tmp/example_static")" || bad "static example output"
+
+# C++ through the installed headers.
+cat >"$tmp/hello.cpp" <<'CPP'
+#include <tollgate.hpp>
+#include <cstdio>
+int main() {
+    tollgate::Limiter lim(tollgate::Policy::builtin(), 16);
+    tollgate::Request r;
+    r.account = "installed";
+    r.model = "gpt-oss-120b";
+    auto d = lim.check(r);
+    std::printf("%s %u\n", d.allowed ? "allowed" : "denied", d.minute_limit);
+    return tollgate::version_number() == TG_VERSION_NUMBER && d.allowed ? 0 : 1;
+}
+CPP
+# shellcheck disable=SC2046
+c++ -std=c++17 -Wall -Wextra -Werror "$tmp/hello.cpp" $(pkg-config --cflags --libs tollgate) -o "$tmp/hello"
+grep -qx "allowed 150" <<<"$(LD_LIBRARY_PATH=$prefix/lib timeout 20 "$tmp/hello")" || bad "installed C++ hello"
+
+echo
+if [ "$fail" -ne 0 ]; then
+    echo "tests/c/run.sh: FAILED"
+    exit 1
+fi
+echo "tests/c/run.sh: all passed"
