@@ -314,9 +314,9 @@ tg_status tg_policy_default(struct tg_policy **out);
 
 /**
  * Loads a TOML policy file (`path` NUL-terminated). On TG_OK `*out` owns a
- * policy (release with tg_policy_free); on TG_E_POLICY `err` (if not NULL,
- * `err_cap` bytes) receives "file:line: field: reason", NUL-terminated,
- * and `*out` is set to NULL.
+ * policy (release with tg_policy_free). On TG_E_POLICY (invalid) or
+ * TG_E_IO (unreadable) `err` (if not NULL, `err_cap` bytes) receives
+ * "file:line: field: reason", NUL-terminated, and `*out` is set to NULL.
  */
 tg_status tg_policy_load(const char *path, struct tg_policy **out, char *err, size_t err_cap);
 

@@ -272,9 +272,9 @@ pub extern "C" fn tg_policy_default(out: *mut *mut tg_policy) -> tg_status {
 }
 
 /// Loads a TOML policy file (`path` NUL-terminated). On TG_OK `*out` owns a
-/// policy (release with tg_policy_free); on TG_E_POLICY `err` (if not NULL,
-/// `err_cap` bytes) receives "file:line: field: reason", NUL-terminated,
-/// and `*out` is set to NULL.
+/// policy (release with tg_policy_free). On TG_E_POLICY (invalid) or
+/// TG_E_IO (unreadable) `err` (if not NULL, `err_cap` bytes) receives
+/// "file:line: field: reason", NUL-terminated, and `*out` is set to NULL.
 #[no_mangle]
 pub extern "C" fn tg_policy_load(
     path: *const c_char,
@@ -296,7 +296,11 @@ pub extern "C" fn tg_policy_load(
             Ok(p) => give(out, tg_policy { inner: p }),
             Err(e) => {
                 write_err(err, err_cap, &e.to_string());
-                TG_E_POLICY
+                if e.io.is_some() {
+                    TG_E_IO
+                } else {
+                    TG_E_POLICY
+                }
             }
         }
     })

@@ -84,6 +84,8 @@ pub struct PolicyError {
     pub line: Option<u32>,
     pub field: String,
     pub message: String,
+    /// Set when the file could not be read at all (as opposed to invalid).
+    pub io: Option<std::io::ErrorKind>,
 }
 
 impl fmt::Display for PolicyError {
@@ -116,6 +118,7 @@ impl Policy {
             line: None,
             field: String::new(),
             message: format!("cannot read the policy file: {e}"),
+            io: Some(e.kind()),
         })?;
         let text = String::from_utf8(text).map_err(|e| PolicyError {
             file: shown.clone(),
@@ -125,6 +128,7 @@ impl Policy {
             )),
             field: String::new(),
             message: "the policy file is not valid UTF-8".into(),
+            io: None,
         })?;
         Policy::parse(&text, &shown)
     }
@@ -137,6 +141,7 @@ impl Policy {
                 line: span.map(|s| line_of(text, s.start)),
                 field: field.to_string(),
                 message,
+                io: None,
             };
         let file: FileDef =
             toml::from_str(text).map_err(|e| err(e.span(), "", e.message().trim().to_string()))?;
