@@ -6,10 +6,6 @@ use std::path::Path;
 fn main() {
     println!("cargo:rerun-if-changed=src/ffi.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
-    // A soname lets installed copies be versioned (libtollgate.so.0).
-    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
-        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libtollgate.so.0");
-    }
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
     let config =
         cbindgen::Config::from_file(Path::new(&dir).join("cbindgen.toml")).expect("cbindgen.toml");

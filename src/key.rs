@@ -139,6 +139,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "statistical; too slow under miri")]
     fn no_collisions_over_many_keys() {
         let mut ids = HashSet::new();
         let mut homes = HashSet::new();
@@ -152,6 +153,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "statistical; too slow under miri")]
     fn home_bits_spread_over_a_table() {
         // Sequential names must not cluster: count buckets hit in a 1024 table.
         let mut hit = vec![0u32; 1024];

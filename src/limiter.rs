@@ -267,3 +267,75 @@ fn resolve(policy: &Policy, req: &Request<'_>, model: usize) -> Result<Limits, E
         rpd: if req.rpd != 0 { req.rpd } else { from.rpd },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    const T0: u64 = 1_764_237_600_000;
+
+    /// Small enough for miri, which checks the atomics' orderings and
+    /// explores thread interleavings: racing first requests on one key in
+    /// a tiny table bind one slot and admit exactly the limit.
+    #[test]
+    fn racing_threads_admit_exactly_the_limit() {
+        let rounds = if cfg!(miri) { 3 } else { 200 };
+        for round in 0..rounds {
+            let l = Limiter::new(&Policy::builtin(), 4).unwrap();
+            let admitted = AtomicU32::new(0);
+            let account = format!("k{round}");
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| {
+                        for _ in 0..3 {
+                            let r =
+                                Request::new(account.as_bytes(), b"DeepSeek-V3.1", Tier::Developer)
+                                    .limits(5, 100);
+                            if l.check(&r, T0).unwrap().allowed {
+                                admitted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            assert_eq!(admitted.load(Ordering::Relaxed), 5);
+            assert_eq!(l.stats(T0).used, 1);
+        }
+    }
+
+    /// Two keys racing for the same stale slot on a new day: each ends
+    /// with its own counts, neither lost nor shared.
+    #[test]
+    fn racing_rebinds_keep_keys_apart() {
+        let rounds = if cfg!(miri) { 2 } else { 200 };
+        for _ in 0..rounds {
+            let l = Limiter::new(&Policy::builtin(), 2).unwrap();
+            for a in [&b"old-a"[..], b"old-b"] {
+                l.check(&Request::new(a, b"DeepSeek-V3.1", Tier::Developer), T0)
+                    .unwrap();
+            }
+            let next_day = T0 + 86_400_000;
+            std::thread::scope(|s| {
+                for a in [&b"new-a"[..], b"new-b"] {
+                    let l = &l;
+                    s.spawn(move || {
+                        for _ in 0..2 {
+                            let r = Request::new(a, b"DeepSeek-V3.1", Tier::Developer);
+                            assert!(l.check(&r, next_day).unwrap().allowed);
+                        }
+                    });
+                }
+            });
+            for a in [&b"new-a"[..], b"new-b"] {
+                let peek = l
+                    .check(
+                        &Request::new(a, b"DeepSeek-V3.1", Tier::Developer).cost(0),
+                        next_day,
+                    )
+                    .unwrap();
+                assert_eq!(peek.minute.remaining, 28);
+            }
+        }
+    }
+}

@@ -594,6 +594,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "256 x 256 probes: slow under miri")]
     fn model_table_fills_up() {
         let (_m, r) = heap(4);
         for i in 0..MODELS_MAX {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # C and C++ users' tests, against the real library:
 #  1. tests/c/test_capi.c linked to libtollgate.so and, separately, statically
-#     to libtollgate.a (both built with -std=c11 -Wall -Wextra -Werror -pedantic);
+#     to libtollgate.a (both built with -std=c11 -Wall -Wextra -Werror -pedantic),
+#     plus a sanitizer build against the shared library;
 #  2. bindings/cpp/test_tollgate.cpp (C++17 wrapper);
 #  3. bindings/c/install.sh into a temporary prefix, then bindings/c/example.c
 #     built against the installed copy through pkg-config and run.
@@ -56,6 +57,18 @@ step "C test, static library"
     "$rel/libtollgate.a" "${NATIVE_LIBS[@]}"
 if grep -q libtollgate <<<"$(ldd "$out/test_capi_static")"; then bad "test_capi_static links libtollgate dynamically"; fi
 run_counted test_capi_static "$out/test_capi_static"
+
+step "C test, shared library, AddressSanitizer + UBSan + LeakSanitizer"
+# Catches the library writing past a caller's buffer (its copies go through
+# the intercepted memcpy) and handles the C side leaks.
+if "$CC" "${CFLAGS[@]}" -fsanitize=address,undefined -fno-omit-frame-pointer -Iinclude tests/c/test_capi.c \
+    -o "$out/test_capi_asan" -L"$rel" -ltollgate -Wl,-rpath,"$rel" -lpthread 2>"$out/asan-build.log"; then
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        run_counted test_capi_asan "$out/test_capi_asan"
+else
+    cat "$out/asan-build.log"
+    echo "SKIP: this compiler cannot build with -fsanitize=address,undefined (install libasan/libubsan)"
+fi
 
 step "C++ wrapper test"
 "$CXX" -std=c++17 -Wall -Wextra -Werror -O1 -g -Iinclude -Ibindings/cpp bindings/cpp/test_tollgate.cpp \

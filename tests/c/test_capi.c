@@ -960,6 +960,12 @@ static void test_regions(void) {
     CHECK_ST(tg_limiter_attach(p, mem, len, &l), TG_E_REGION_VERSION);
     memcpy(mem + TG_TEST_VERSION_OFFSET, &ver, sizeof ver);
 
+    /* header fields covered by the checksum (the slot count, after the
+     * version and the header size): corrupt */
+    mem[TG_TEST_VERSION_OFFSET + 8] ^= 1;
+    CHECK_ST(tg_limiter_attach(p, mem, len, &l), TG_E_REGION_CORRUPT);
+    mem[TG_TEST_VERSION_OFFSET + 8] ^= 1;
+
     /* restored: attaches again, counters intact */
     CHECK_ST(tg_limiter_attach(p, mem, len, &l), TG_OK);
     if (l) {
@@ -1227,6 +1233,66 @@ static void test_set_policy(void) {
     tg_policy_free(p);
 }
 
+/* A policy text naming n models "<prefix>-0" .. "<prefix>-(n-1)". */
+static char *many_models(const char *prefix, int n) {
+    size_t cap = 64 + (size_t)n * 64;
+    char *t = malloc(cap);
+    if (!t) return NULL;
+    size_t len = (size_t)snprintf(t, cap, "[models]\n");
+    for (int i = 0; i < n; i++) len += (size_t)snprintf(t + len, cap - len, "\"%s-%d\" = { region = \"EU\" }\n", prefix, i);
+    return t;
+}
+
+/* The region remembers every model name it has seen (256 at most, so keys
+ * keep their slots across policy changes); going past that is refused. */
+static void test_model_table_full(void) {
+    char *ta = many_models("a", 200), *tb = many_models("b", 200);
+    REQUIRE(ta != NULL && tb != NULL);
+    tg_policy *pa = NULL, *pb = NULL;
+    char err[256];
+    CHECK_ST(tg_policy_parse(ta, strlen(ta), &pa, err, sizeof err), TG_OK);
+    CHECK_ST(tg_policy_parse(tb, strlen(tb), &pb, err, sizeof err), TG_OK);
+    free(ta);
+    free(tb);
+    if (!pa || !pb) {
+        tg_policy_free(pa);
+        tg_policy_free(pb);
+        return;
+    }
+    uint32_t count = 0;
+    CHECK_ST(tg_policy_model_count(pa, &count), TG_OK);
+    CHECK_EQ(count, 200);
+
+    const size_t len = tg_region_size(16);
+    void *mem = aligned_region(len);
+    REQUIRE(mem != NULL);
+    tg_limiter *l = NULL, *l2 = NULL;
+    CHECK_ST(tg_limiter_init_in(pa, mem, len, &l), TG_OK);
+    if (l) {
+        CHECK_ST(tg_limiter_set_policy(l, pb), TG_E_MODEL_TABLE_FULL);
+        CHECK_ST(tg_limiter_attach(pb, mem, len, &l2), TG_E_MODEL_TABLE_FULL);
+        CHECK(l2 == NULL);
+        /* the old policy stays in force */
+        tg_request r = dev_req("mtf", "a-7");
+        r.rpm = 3;
+        r.rpd = 9;
+        tg_decision d;
+        CHECK_ST(tg_check(l, &r, T0 + 1000, &d), TG_OK);
+        CHECK_EQ(d.minute_limit, 3);
+        tg_request rb = dev_req("mtf", "b-7");
+        rb.rpm = 3;
+        rb.rpd = 9;
+        CHECK_ST(tg_check(l, &rb, T0 + 1000, &d), TG_E_UNKNOWN_MODEL);
+        tg_limiter_free(l);
+    }
+    /* a heap limiter of its own is fine with either */
+    CHECK_ST(tg_limiter_new(pb, 8, &l), TG_OK);
+    tg_limiter_free(l);
+    free(mem);
+    tg_policy_free(pa);
+    tg_policy_free(pb);
+}
+
 static void test_check_now(void) {
     tg_policy *p = NULL;
     REQUIRE(tg_policy_default(&p) == TG_OK);
@@ -1458,6 +1524,7 @@ int main(void) {
         {"open_processes", test_open_processes},
         {"threads", test_threads},
         {"set_policy", test_set_policy},
+        {"model_table_full", test_model_table_full},
         {"check_now", test_check_now},
         {"renderers", test_renderers},
         {"real_decision_headers", test_real_decision_headers},
