@@ -83,8 +83,8 @@
 #define TG_OPEN_CREATE 1
 
 /**
- * A limiter over one region (opaque). Thread-safe: many threads may call
- * tg_check on one handle at once.
+ * A limiter over one region (opaque). Many threads may call tg_check on
+ * one handle at once; only tg_limiter_set_policy needs the handle alone.
  */
 typedef struct tg_limiter tg_limiter;
 
@@ -395,9 +395,20 @@ tg_status tg_limiter_open(const struct tg_policy *policy, const char *path, uint
 
 /**
  * Replaces the limiter's policy (copied); counters are kept and compared
- * against the new limits. Safe while other threads call tg_check.
+ * against the new limits. The decision path reads the policy without
+ * synchronisation, so this call must not overlap any other call on the
+ * same handle. To change limits while other threads keep deciding, use
+ * tg_limiter_share and move the threads to the new handle.
  */
 tg_status tg_limiter_set_policy(struct tg_limiter *limiter, const struct tg_policy *policy);
+
+/**
+ * A second handle on the same table with another policy (copied): counters
+ * are shared, limits are the new policy's. On TG_OK `*out` owns it (release
+ * with tg_limiter_free); the table stays alive until its last handle is
+ * freed. Safe while other threads use `limiter`.
+ */
+tg_status tg_limiter_share(const struct tg_limiter *limiter, const struct tg_policy *policy, struct tg_limiter **out);
 
 /**
  * Table usage at `now_ms`. Walks every slot: for metrics and operators,

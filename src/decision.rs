@@ -33,6 +33,7 @@ pub struct Decision {
 }
 
 impl Decision {
+    #[inline]
     pub(crate) fn new(o: Outcome, limits: Limits, now_ms: u64) -> Decision {
         let minute = Window {
             limit: limits.rpm,

@@ -22,7 +22,7 @@ pub enum Error {
     TableFull,
     /// The region's model table (256 names) is full.
     ModelTableFull,
-    Policy(PolicyError),
+    Policy(Box<PolicyError>),
     Region(RegionError),
     /// Opening, creating or mapping a file failed.
     Io {
@@ -57,7 +57,7 @@ impl std::error::Error for Error {}
 
 impl From<PolicyError> for Error {
     fn from(e: PolicyError) -> Error {
-        Error::Policy(e)
+        Error::Policy(Box::new(e))
     }
 }
 

@@ -91,8 +91,8 @@ pub struct tg_policy {
     inner: Policy,
 }
 
-/// A limiter over one region (opaque). Thread-safe: many threads may call
-/// tg_check on one handle at once.
+/// A limiter over one region (opaque). Many threads may call tg_check on
+/// one handle at once; only tg_limiter_set_policy needs the handle alone.
 pub struct tg_limiter {
     inner: Limiter,
 }
@@ -567,7 +567,10 @@ pub extern "C" fn tg_limiter_open(
 }
 
 /// Replaces the limiter's policy (copied); counters are kept and compared
-/// against the new limits. Safe while other threads call tg_check.
+/// against the new limits. The decision path reads the policy without
+/// synchronisation, so this call must not overlap any other call on the
+/// same handle. To change limits while other threads keep deciding, use
+/// tg_limiter_share and move the threads to the new handle.
 #[no_mangle]
 pub extern "C" fn tg_limiter_set_policy(
     limiter: *mut tg_limiter,
@@ -577,14 +580,39 @@ pub extern "C" fn tg_limiter_set_policy(
         let Some(p) = policy_ref(policy) else {
             return TG_E_NULL;
         };
-        // SAFETY: NULL or a live limiter from this library.
-        let Some(l) = (unsafe { limiter.as_ref() }) else {
+        // SAFETY: NULL or a live limiter from this library, used by no other
+        // call while this one runs (the function's contract).
+        let Some(l) = (unsafe { limiter.as_mut() }) else {
             return TG_E_NULL;
         };
         match l.inner.set_policy(p) {
             Ok(()) => TG_OK,
             Err(e) => status_of(&e),
         }
+    })
+}
+
+/// A second handle on the same table with another policy (copied): counters
+/// are shared, limits are the new policy's. On TG_OK `*out` owns it (release
+/// with tg_limiter_free); the table stays alive until its last handle is
+/// freed. Safe while other threads use `limiter`.
+#[no_mangle]
+pub extern "C" fn tg_limiter_share(
+    limiter: *const tg_limiter,
+    policy: *const tg_policy,
+    out: *mut *mut tg_limiter,
+) -> tg_status {
+    guard(|| {
+        clear(out);
+        // SAFETY: NULL or a live limiter from this library.
+        let (Some(l), Some(p), false) = (
+            unsafe { limiter.as_ref() },
+            policy_ref(policy),
+            out.is_null(),
+        ) else {
+            return TG_E_NULL;
+        };
+        make(out, l.inner.share(p))
     })
 }
 

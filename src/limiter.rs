@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use crate::decision::Decision;
 use crate::error::Error;
 use crate::file::Mapping;
@@ -58,7 +56,7 @@ impl<'a> Request<'a> {
     }
 }
 
-/// What keeps the region's memory alive.
+/// What keeps the region's memory alive; shared by sibling handles.
 enum Backing {
     Heap(#[allow(dead_code)] HeapMem),
     /// The caller's memory: never resized or freed by us.
@@ -66,19 +64,20 @@ enum Backing {
     File(#[allow(dead_code)] Mapping),
 }
 
-/// A policy with each of its models' region ids resolved.
-pub(crate) struct Bound {
-    pub(crate) policy: Policy,
-    model_ids: Vec<u16>,
-}
-
-/// A rate limiter over one region. `Send + Sync`: share it by reference or
-/// `Arc` between threads; processes share the region itself.
+/// A rate limiter: a policy over one region. `Send + Sync`: share it by
+/// reference or `Arc` between threads; processes share the region itself.
+///
+/// The decision path reads the policy without any synchronisation, which
+/// is why [`Limiter::set_policy`] takes `&mut self`. To change the policy
+/// while other threads keep deciding, make a sibling with
+/// [`Limiter::share`] (same table, new policy) and switch over to it.
 pub struct Limiter {
     region: Region,
-    bound: ArcSwap<Bound>,
+    policy: Policy,
+    /// The region's id for each of the policy's models, by policy index.
+    model_ids: Vec<u16>,
     // Declared last so the region view is dropped before its memory.
-    _backing: Backing,
+    _backing: Arc<Backing>,
 }
 
 /// Table usage, for operators and metrics.
@@ -148,25 +147,38 @@ impl Limiter {
     }
 
     fn with(policy: &Policy, region: Region, backing: Backing) -> Result<Limiter, Error> {
-        let bound = bind(&region, policy)?;
+        let model_ids = model_ids(&region, policy)?;
         Ok(Limiter {
             region,
-            bound: ArcSwap::from_pointee(bound),
-            _backing: backing,
+            policy: policy.clone(),
+            model_ids,
+            _backing: Arc::new(backing),
+        })
+    }
+
+    /// A second handle on the same table with another policy: counters are
+    /// shared, limits are the new policy's. The table's memory lives until
+    /// the last handle is dropped.
+    pub fn share(&self, policy: &Policy) -> Result<Limiter, Error> {
+        Ok(Limiter {
+            region: self.region,
+            policy: policy.clone(),
+            model_ids: model_ids(&self.region, policy)?,
+            _backing: self._backing.clone(),
         })
     }
 
     /// Replaces the policy. Counters are kept: they are counts, compared
-    /// against whatever limits are in force. Safe while other threads decide.
-    pub fn set_policy(&self, policy: &Policy) -> Result<(), Error> {
-        let bound = bind(&self.region, policy)?;
-        self.bound.store(Arc::new(bound));
+    /// against whatever limits are in force.
+    pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
+        self.model_ids = model_ids(&self.region, policy)?;
+        self.policy = policy.clone();
         Ok(())
     }
 
     /// The policy in force.
-    pub fn policy(&self) -> Policy {
-        self.bound.load().policy.clone()
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// Decides one request at `now_ms` (epoch milliseconds). `Ok` either
@@ -177,18 +189,17 @@ impl Limiter {
         if req.account.is_empty() || req.account.len() > ACCOUNT_MAX {
             return Err(Error::Account);
         }
-        let now =
-            Instant::from_ms(now_ms).ok_or(Error::Invalid("now_ms is past the year 47000"))?;
-        let bound = self.bound.load();
-        let model = bound
+        let now = Instant::from_ms(now_ms)
+            .ok_or_else(|| Error::Invalid("now_ms is past the year 47000"))?;
+        let model = self
             .policy
             .model_index(req.model)
-            .ok_or(Error::UnknownModel)?;
-        let limits = resolve(&bound.policy, req, model)?;
+            .ok_or_else(|| Error::UnknownModel)?;
+        let limits = resolve(&self.policy, req, model)?;
         if req.cost > limits.rpm.min(limits.rpd) {
             return Err(Error::CostTooLarge);
         }
-        let key = key::hash(self.region.seed(), req.account, bound.model_ids[model]);
+        let key = key::hash(self.region.seed(), req.account, self.model_ids[model]);
         let outcome = slot::decide(&self.region, &key, req.account, limits, req.cost, now)
             .map_err(|_| Error::TableFull)?;
         Ok(Decision::new(outcome, limits, now_ms))
@@ -235,8 +246,8 @@ impl std::fmt::Debug for Limiter {
     }
 }
 
-fn bind(region: &Region, policy: &Policy) -> Result<Bound, Error> {
-    let model_ids = policy
+fn model_ids(region: &Region, policy: &Policy) -> Result<Vec<u16>, Error> {
+    policy
         .models()
         .iter()
         .map(|m| {
@@ -244,11 +255,7 @@ fn bind(region: &Region, policy: &Policy) -> Result<Bound, Error> {
                 .model_id(m.name.as_bytes())
                 .ok_or(Error::ModelTableFull)
         })
-        .collect::<Result<Vec<u16>, Error>>()?;
-    Ok(Bound {
-        policy: policy.clone(),
-        model_ids,
-    })
+        .collect()
 }
 
 #[inline]
@@ -261,7 +268,7 @@ fn resolve(policy: &Policy, req: &Request<'_>, model: usize) -> Result<Limits, E
     }
     let from = policy
         .limits(req.tier, model, req.account)
-        .ok_or(Error::NoLimit)?;
+        .ok_or_else(|| Error::NoLimit)?;
     Ok(Limits {
         rpm: if req.rpm != 0 { req.rpm } else { from.rpm },
         rpd: if req.rpd != 0 { req.rpd } else { from.rpd },

@@ -370,14 +370,10 @@ impl ModelIndex {
     #[inline]
     fn bucket(name: &[u8]) -> usize {
         let n = name.len();
-        let mut head = [0u8; 8];
-        let mut tail = [0u8; 8];
-        let k = n.min(8);
-        head[..k].copy_from_slice(&name[..k]);
-        tail[..k].copy_from_slice(&name[n - k..]);
-        let h = (u64::from_le_bytes(head) ^ (n as u64).rotate_left(56))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ u64::from_le_bytes(tail).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let head = crate::key::word(name, 0);
+        let tail = crate::key::word(name, n.saturating_sub(8));
+        let h = (head ^ (n as u64).rotate_left(56)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ tail.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         (h ^ (h >> 29)) as usize
     }
 

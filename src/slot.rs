@@ -144,6 +144,17 @@ pub(crate) fn decide(
 ) -> Result<Outcome, TableFull> {
     let n = region.slot_count() as usize;
     let home = ((key.home as u128 * n as u128) >> 64) as usize;
+    // Fast path: most keys sit in their home slot.
+    let slot = region.slot(home);
+    let ident = slot.ident.load(Acquire);
+    if ident >> 16 == key.id {
+        let state = slot.state.load(Acquire);
+        if state as u16 == ident as u16 {
+            if let Some(o) = charge(slot, ident as u16, state, limits, cost, now) {
+                return Ok(o);
+            }
+        }
+    }
     let probes = PROBE_MAX.min(n);
     'retry: loop {
         let mut free: Option<(usize, u128, u128)> = None;

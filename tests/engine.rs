@@ -193,7 +193,7 @@ fn enterprise_plans_and_live_policy_change_keep_counters() {
 "m" = { rpm = 50, rpd = 1000 }
 "#;
     let p = Policy::parse(text, "p.toml").unwrap();
-    let l = Limiter::new(&p, 64).unwrap();
+    let mut l = Limiter::new(&p, 64).unwrap();
     let ent = Request::new(b"acme", b"m", Tier::Enterprise);
     assert_eq!(l.check(&ent, T0).unwrap().minute.limit, 50);
     let r = Request::new(b"dev", b"m", Tier::Developer);
@@ -211,6 +211,13 @@ fn enterprise_plans_and_live_policy_change_keep_counters() {
     l.set_policy(&higher).unwrap();
     let d = l.check(&r, T0).unwrap();
     assert_eq!(d.minute.remaining, 11);
+    // A sibling handle shares the table under its own policy, and outlives
+    // the handle it came from.
+    let sibling = l.share(&lower).unwrap();
+    drop(l);
+    let d = sibling.check(&r, T0).unwrap();
+    assert!(!d.allowed);
+    assert_eq!((d.minute.limit, d.minute.remaining), (5, 0));
 }
 
 #[test]
@@ -226,7 +233,7 @@ fn a_policy_that_reorders_models_keeps_each_models_counters() {
         "b",
     )
     .unwrap();
-    let l = Limiter::new(&a, 64).unwrap();
+    let mut l = Limiter::new(&a, 64).unwrap();
     for _ in 0..5 {
         l.check(&Request::new(b"u", b"b", Tier::Developer), T0)
             .unwrap();
