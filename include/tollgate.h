@@ -122,6 +122,42 @@ typedef struct tg_stats {
 } tg_stats;
 
 /**
+ * What tg_limiter_verify found walking every slot.
+ */
+typedef struct tg_verify_report {
+  uint32_t slots;
+  /**
+   * Slots bound to a key (with or without counts for today).
+   */
+  uint32_t bound;
+  /**
+   * Bound slots with counts for the current day.
+   */
+  uint32_t live;
+  /**
+   * Slots released and free for any key.
+   */
+  uint32_t open;
+  /**
+   * Slots never used.
+   */
+  uint32_t never_used;
+  /**
+   * Bound slots without an account name (a binder stopped before writing
+   * it): counts work, operator views cannot name the key.
+   */
+  uint32_t unnamed;
+  /**
+   * Models registered in the region.
+   */
+  uint32_t models;
+  /**
+   * Broken invariants found; 0 means the table is sound.
+   */
+  uint32_t problems;
+} tg_verify_report;
+
+/**
  * One request. Strings are bytes with a length, not NUL-terminated.
  */
 typedef struct tg_request {
@@ -417,6 +453,15 @@ tg_status tg_limiter_share(const struct tg_limiter *limiter, const struct tg_pol
 tg_status tg_limiter_stats(const struct tg_limiter *limiter, uint64_t now_ms, struct tg_stats *out);
 
 /**
+ * Walks every slot and checks the table's invariants (generations, windows,
+ * no key bound twice, every key reachable by its probe chain). Safe while
+ * other processes decide. The first problem, if any, is written to `text`
+ * (`cap` bytes, NUL-terminated, truncated; `text` may be NULL with cap 0).
+ * TG_OK whether or not problems were found: `out->problems` says.
+ */
+tg_status tg_limiter_verify(const struct tg_limiter *limiter, uint64_t now_ms, struct tg_verify_report *out, char *text, size_t cap);
+
+/**
  * Releases a limiter. NULL is a no-op. Memory given to tg_limiter_init_in
  * or _attach is not freed; a file region is unmapped and the file kept.
  */
@@ -459,6 +504,14 @@ tg_status tg_decision_ietf_headers(const struct tg_decision *decision, uint64_t 
  * "rate_limit_exceeded","param":null,"code":"rate_limit_exceeded"}}.
  */
 tg_status tg_decision_error_body(const struct tg_decision *decision, const char *model, size_t model_len, char *buf, size_t cap, size_t *written);
+
+/**
+ * The OpenAI-shaped JSON body for a request naming a model the policy does
+ * not have (TG_E_UNKNOWN_MODEL), to send with a 404:
+ * {"error":{"message":...,"type":"invalid_request_error","param":"model",
+ * "code":"model_not_found"}}. Buffer protocol as tg_decision_headers.
+ */
+tg_status tg_unknown_model_body(const char *model, size_t model_len, char *buf, size_t cap, size_t *written);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -133,6 +133,16 @@ impl Decision {
     }
 }
 
+/// The OpenAI-shaped body for a request naming a model the policy does not
+/// have (answered with 404, as OpenAI does).
+pub fn write_unknown_model_body(model: &[u8], out: &mut impl Write) -> fmt::Result {
+    out.write_str("{\"error\":{\"message\":\"The model `")?;
+    write_json_escaped(out, model)?;
+    out.write_str(
+        "` does not exist or you do not have access to it.\",\"type\":\"invalid_request_error\",\"param\":\"model\",\"code\":\"model_not_found\"}}",
+    )
+}
+
 /// JSON string contents for arbitrary bytes: escapes quotes, backslashes and
 /// control characters; invalid UTF-8 becomes U+FFFD.
 fn write_json_escaped(out: &mut impl Write, bytes: &[u8]) -> fmt::Result {
@@ -237,6 +247,16 @@ mod tests {
         assert!(s.ends_with(
             "\"type\":\"rate_limit_exceeded\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}"
         ));
+    }
+
+    #[test]
+    fn unknown_model_body() {
+        let mut s = String::new();
+        write_unknown_model_body(b"gpt-\"5", &mut s).unwrap();
+        assert_eq!(
+            s,
+            "{\"error\":{\"message\":\"The model `gpt-\\\"5` does not exist or you do not have access to it.\",\"type\":\"invalid_request_error\",\"param\":\"model\",\"code\":\"model_not_found\"}}"
+        );
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! lengths, converts types, and catches any panic so none unwinds into C.
 //! cbindgen reads this file (from build.rs) to write include/tollgate.h.
 #![allow(non_camel_case_types)]
+// C callers cannot see a Rust `unsafe`: each function checks its pointers
+// for NULL and documents what else it trusts the caller for.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -136,6 +139,27 @@ pub struct tg_decision {
     /// Whole seconds, rounded up, until the refusing window resets; 0 when
     /// allowed.
     pub retry_after: u32,
+}
+
+/// What tg_limiter_verify found walking every slot.
+#[repr(C)]
+pub struct tg_verify_report {
+    pub slots: u32,
+    /// Slots bound to a key (with or without counts for today).
+    pub bound: u32,
+    /// Bound slots with counts for the current day.
+    pub live: u32,
+    /// Slots released and free for any key.
+    pub open: u32,
+    /// Slots never used.
+    pub never_used: u32,
+    /// Bound slots without an account name (a binder stopped before writing
+    /// it): counts work, operator views cannot name the key.
+    pub unnamed: u32,
+    /// Models registered in the region.
+    pub models: u32,
+    /// Broken invariants found; 0 means the table is sound.
+    pub problems: u32,
 }
 
 /// Table usage.
@@ -644,6 +668,50 @@ pub extern "C" fn tg_limiter_stats(
     })
 }
 
+/// Walks every slot and checks the table's invariants (generations, windows,
+/// no key bound twice, every key reachable by its probe chain). Safe while
+/// other processes decide. The first problem, if any, is written to `text`
+/// (`cap` bytes, NUL-terminated, truncated; `text` may be NULL with cap 0).
+/// TG_OK whether or not problems were found: `out->problems` says.
+#[no_mangle]
+pub extern "C" fn tg_limiter_verify(
+    limiter: *const tg_limiter,
+    now_ms: u64,
+    out: *mut tg_verify_report,
+    text: *mut c_char,
+    cap: usize,
+) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or a live limiter from this library.
+        let (Some(l), false) = (unsafe { limiter.as_ref() }, out.is_null()) else {
+            return TG_E_NULL;
+        };
+        if text.is_null() && cap != 0 {
+            return TG_E_NULL;
+        }
+        let r = l.inner.verify(now_ms);
+        if let Some(p) = r.problems.first() {
+            write_err(text, cap, &p.to_string());
+        } else {
+            write_err(text, cap, "");
+        }
+        // SAFETY: non-null, writable by contract.
+        unsafe {
+            *out = tg_verify_report {
+                slots: r.slots,
+                bound: r.bound,
+                live: r.live,
+                open: r.open,
+                never_used: r.never_used,
+                unnamed: r.unnamed,
+                models: r.models,
+                problems: r.problems.len() as u32,
+            }
+        };
+        TG_OK
+    })
+}
+
 /// Releases a limiter. NULL is a no-op. Memory given to tg_limiter_init_in
 /// or _attach is not freed; a file region is unmapped and the file kept.
 #[no_mangle]
@@ -892,6 +960,37 @@ pub extern "C" fn tg_decision_error_body(
             unsafe { std::slice::from_raw_parts(model.cast::<u8>(), model_len) }
         };
         render(buf, cap, written, |s| d.write_error_body(model, s))
+    })
+}
+
+/// The OpenAI-shaped JSON body for a request naming a model the policy does
+/// not have (TG_E_UNKNOWN_MODEL), to send with a 404:
+/// {"error":{"message":...,"type":"invalid_request_error","param":"model",
+/// "code":"model_not_found"}}. Buffer protocol as tg_decision_headers.
+#[no_mangle]
+pub extern "C" fn tg_unknown_model_body(
+    model: *const c_char,
+    model_len: usize,
+    buf: *mut c_char,
+    cap: usize,
+    written: *mut usize,
+) -> tg_status {
+    guard(|| {
+        if model.is_null() && model_len != 0 {
+            return TG_E_NULL;
+        }
+        if model_len > isize::MAX as usize {
+            return TG_E_INVALID;
+        }
+        let model = if model_len == 0 {
+            &[][..]
+        } else {
+            // SAFETY: non-null with `model_len` readable bytes by contract.
+            unsafe { std::slice::from_raw_parts(model.cast::<u8>(), model_len) }
+        };
+        render(buf, cap, written, |s| {
+            crate::decision::write_unknown_model_body(model, s)
+        })
     })
 }
 

@@ -37,6 +37,7 @@ pub use decision::{Decision, Window};
 pub use error::Error;
 pub use key::ACCOUNT_MAX;
 pub use limiter::{Limiter, Request, Stats};
+pub use ops::{KeyUsage, Problem, ResizeReport, VerifyReport};
 pub use policy::{Limits, Model, Policy, PolicyError, Tier};
 pub use region::{RegionError, BYTES_PER_SLOT, LAYOUT_VERSION, REGION_ALIGN};
 pub use slot::{LimitedBy, PROBE_MAX};

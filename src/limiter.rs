@@ -185,6 +185,9 @@ impl Limiter {
     /// way; [`Decision::allowed`] says which. Allocates nothing, takes no
     /// lock, makes no syscall.
     #[inline]
+    // Lazily built errors: an eager one would be built and dropped on every
+    // successful decision.
+    #[allow(clippy::unnecessary_lazy_evaluations)]
     pub fn check(&self, req: &Request<'_>, now_ms: u64) -> Result<Decision, Error> {
         if req.account.is_empty() || req.account.len() > ACCOUNT_MAX {
             return Err(Error::Account);
@@ -259,6 +262,7 @@ fn model_ids(region: &Region, policy: &Policy) -> Result<Vec<u16>, Error> {
 }
 
 #[inline]
+#[allow(clippy::unnecessary_lazy_evaluations)]
 fn resolve(policy: &Policy, req: &Request<'_>, model: usize) -> Result<Limits, Error> {
     if req.rpm != 0 && req.rpd != 0 {
         return Ok(Limits {

@@ -1,17 +1,24 @@
 //! Operator views of a region: walk the bound slots, verify invariants,
-//! reset one key. None of this is on the decision path.
+//! reset one key, carry live counters into a bigger (or smaller) table.
+//! None of this is on the decision path; all of it is safe to run while
+//! other threads and processes decide on the same region.
 
-use std::sync::atomic::Ordering::Acquire;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
 
-use crate::key::{self, id_parts};
+use crate::error::Error;
+use crate::key::{self, id_parts, KeyHash, ACCOUNT_MAX};
+use crate::limiter::Limiter;
+use crate::policy::{Limits, MODELS_MAX, MODEL_NAME_MAX};
 use crate::region::Region;
-use crate::slot::State;
+use crate::slot::{self, State, PROBE_MAX};
+use crate::window::{Instant, MINUTES_PER_DAY};
 
 /// One bound slot as read at one moment.
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
     pub index: usize,
-    pub ident: u128,
     pub state: State,
     pub model_id: u16,
     /// The account id, if its stored bytes hash back to the key (a binder
@@ -19,25 +26,752 @@ pub(crate) struct Entry {
     pub account: Option<Vec<u8>>,
 }
 
+/// Reads a slot's two words as one consistent pair: `ident` is read on both
+/// sides of `state`, and only an unchanged `ident` vouches for the pair
+/// (every rebind changes `ident`'s generation, so an unchanged one means the
+/// state read belongs to that binding or its opening). `None` if the slot
+/// kept changing under us (a busy rebind storm; callers skip it).
+fn read_pair(region: &Region, i: usize) -> Option<(u128, u128)> {
+    let slot = region.slot(i);
+    for _ in 0..64 {
+        let ident = slot.ident.load(Acquire);
+        let state = slot.state.load(Acquire);
+        if slot.ident.load(Acquire) == ident {
+            return Some((ident, state));
+        }
+        std::hint::spin_loop();
+    }
+    None
+}
+
+fn entry_at(region: &Region, i: usize) -> Option<Entry> {
+    let (ident, state) = read_pair(region, i)?;
+    let state = State::unpack(state);
+    if ident == 0 || state.gen != ident as u16 {
+        return None;
+    }
+    let (model_id, _) = id_parts(ident >> 16);
+    let account = verified_name(region, i, ident);
+    Some(Entry {
+        index: i,
+        state,
+        model_id,
+        account,
+    })
+}
+
+/// The stored account id of slot `i`, if it hashes back to the key in
+/// `ident` (so a torn or missing name never passes for a real one).
+fn verified_name(region: &Region, i: usize, ident: u128) -> Option<Vec<u8>> {
+    let (model_id, len) = id_parts(ident >> 16);
+    if len == 0 || len > ACCOUNT_MAX {
+        return None;
+    }
+    let (buf, n) = region.read_name(i, len);
+    (key::hash(region.seed(), &buf[..n], model_id).id == ident >> 16).then(|| buf[..n].to_vec())
+}
+
 /// Every slot bound to a key (counts current or not), in slot order.
 pub(crate) fn entries(region: &Region) -> impl Iterator<Item = Entry> + '_ {
-    (0..region.slot_count() as usize).filter_map(move |i| {
+    (0..region.slot_count() as usize).filter_map(move |i| entry_at(region, i))
+}
+
+/// Where a key's probe chain starts (the same multiply-shift as the
+/// decision path).
+fn home_of(region: &Region, key: &KeyHash) -> usize {
+    ((key.home as u128 * region.slot_count() as u128) >> 64) as usize
+}
+
+/// The slot bound to `key`, if any: walks its probe chain as a decision
+/// would, stopping at a never-used slot.
+fn find(region: &Region, key: &KeyHash) -> Option<(usize, u16)> {
+    let n = region.slot_count() as usize;
+    let mut i = home_of(region, key);
+    for _ in 0..PROBE_MAX.min(n) {
         let slot = region.slot(i);
         let ident = slot.ident.load(Acquire);
-        let state = State::unpack(slot.state.load(Acquire));
-        if ident == 0 || state.gen != ident as u16 {
+        if ident == 0 {
             return None;
         }
-        let (model_id, len) = id_parts(ident >> 16);
-        let (buf, n) = region.read_name(i, len);
-        let account = (key::hash(region.seed(), &buf[..n], model_id).id == ident >> 16)
-            .then(|| buf[..n].to_vec());
-        Some(Entry {
-            index: i,
-            ident,
-            state,
-            model_id,
-            account,
+        let state = slot.state.load(Acquire);
+        if ident >> 16 == key.id && state as u16 == ident as u16 {
+            return Some((i, ident as u16));
+        }
+        i = if i + 1 == n { 0 } else { i + 1 };
+    }
+    None
+}
+
+/// The region's id for a model name, without registering it.
+fn lookup_model(region: &Region, name: &[u8]) -> Option<u16> {
+    (0..MODELS_MAX as u16).find(|&id| region.model_name(id).as_deref() == Some(name))
+}
+
+/// Stores `f(state)` into slot `i` while it stays generation `gen`; `false`
+/// if the slot was rebound first (then the key no longer lives there).
+fn update_state(region: &Region, i: usize, gen: u16, f: impl Fn(State) -> State) -> bool {
+    let slot = region.slot(i);
+    let mut word = slot.state.load(Acquire);
+    loop {
+        let s = State::unpack(word);
+        if s.gen != gen {
+            return false;
+        }
+        let next = State { gen, ..f(s) }.pack();
+        match slot
+            .state
+            .compare_exchange_weak(word, next, AcqRel, Acquire)
+        {
+            Ok(_) => return true,
+            Err(cur) => word = cur,
+        }
+    }
+}
+
+/// Why slot `i`, bound to `key`, could not be found by a decision for it
+/// (then the key's counts are ignored and it would be bound a second time):
+/// too far from its home, or past a never-used slot, where probing stops.
+fn unreachable(region: &Region, i: usize, key: &KeyHash) -> Option<String> {
+    let n = region.slot_count() as usize;
+    let home = home_of(region, key);
+    let dist = (i + n - home) % n;
+    if dist >= PROBE_MAX.min(n) {
+        return Some(format!(
+            "key sits {dist} slots past its home slot {home}, beyond the probe limit {PROBE_MAX}: decisions cannot find it"
+        ));
+    }
+    (0..dist)
+        .map(|d| (home + d) % n)
+        .find(|&j| region.slot(j).ident.load(Acquire) == 0)
+        .map(|j| {
+            format!("never-used slot {j} lies between the key's home slot {home} and it: decisions stop there and cannot find it")
         })
-    })
+}
+
+fn instant(now_ms: u64) -> Result<Instant, Error> {
+    Instant::from_ms(now_ms).ok_or(Error::Invalid("now_ms is past the year 47000"))
+}
+
+/// One (account, model) key with its counts as seen at some moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// Slot index in the table.
+    pub slot: u32,
+    /// The account id, or `None` if the slot's stored name does not hash
+    /// back to its key (its binder was killed before writing it).
+    pub account: Option<Vec<u8>>,
+    /// The model's name in the region's model table (`None` only if the
+    /// table is damaged; `verify` reports it).
+    pub model: Option<String>,
+    /// Requests counted in the current UTC minute.
+    pub minute: u32,
+    /// Requests counted in the current UTC day.
+    pub day: u32,
+}
+
+impl KeyUsage {
+    /// The account id for display (invalid UTF-8 shown as U+FFFD).
+    pub fn account_lossy(&self) -> Option<String> {
+        self.account
+            .as_deref()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+    }
+}
+
+/// What [`Limiter::verify`] found. Counts above the policy's limits are not
+/// problems (the policy may have changed since they were made).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub slots: u32,
+    /// Slots bound to a key (with or without counts for today).
+    pub bound: u32,
+    /// Bound slots with counts for the current day.
+    pub live: u32,
+    /// Slots released by an earlier key, free for any key.
+    pub open: u32,
+    /// Slots no key has ever bound.
+    pub never_used: u32,
+    /// Bound slots whose account name is missing (a binder killed between
+    /// binding and writing the name). The counts still work; only the
+    /// operator views cannot name the key, and `resize` cannot carry it.
+    pub unnamed: u32,
+    /// Models registered in the region's model table.
+    pub models: u32,
+    /// Broken invariants: any entry here means the table is damaged.
+    pub problems: Vec<Problem>,
+    /// Worth knowing, not damage (unnamed slots, an interrupted model
+    /// registration).
+    pub notes: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// One broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The slot concerned, if it is about one slot.
+    pub slot: Option<u32>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.slot {
+            Some(s) => write!(f, "slot {s}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// What [`Limiter::resize`] carried over.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResizeReport {
+    /// Live keys whose counts now sit in the new table.
+    pub carried: u32,
+    /// Live keys left behind because their account name was never written
+    /// (their binder was killed mid-bind): the new table starts them at 0.
+    pub unnamed: u32,
+    /// Live keys left behind because their model id has no name.
+    pub unknown_model: u32,
+    /// Bound keys with nothing counted for the current day (nothing to
+    /// carry).
+    pub stale: u32,
+}
+
+impl Limiter {
+    /// Every bound key with its counts as seen at `now_ms` (counts of past
+    /// windows read as 0), in slot order. Walks the whole table.
+    pub fn usage(&self, now_ms: u64) -> Result<Vec<KeyUsage>, Error> {
+        let now = instant(now_ms)?;
+        let region = self.region();
+        let mut names: HashMap<u16, Option<String>> = HashMap::new();
+        Ok(entries(region)
+            .map(|e| {
+                let (_, minute, day) = e.state.view(now);
+                let model = names
+                    .entry(e.model_id)
+                    .or_insert_with(|| {
+                        region
+                            .model_name(e.model_id)
+                            .map(|n| String::from_utf8_lossy(&n).into_owned())
+                    })
+                    .clone();
+                KeyUsage {
+                    slot: e.index as u32,
+                    account: e.account,
+                    model,
+                    minute,
+                    day,
+                }
+            })
+            .collect())
+    }
+
+    /// Model names registered in the region (by any process, under any
+    /// policy), by region model id.
+    pub fn region_models(&self) -> Vec<(u16, String)> {
+        (0..MODELS_MAX as u16)
+            .filter_map(|id| {
+                self.region()
+                    .model_name(id)
+                    .map(|n| (id, String::from_utf8_lossy(&n).into_owned()))
+            })
+            .collect()
+    }
+
+    /// When the region was formatted, epoch milliseconds.
+    pub fn created_ms(&self) -> u64 {
+        self.region().created_ms()
+    }
+
+    /// Walks every slot and checks the slot protocol's invariants at
+    /// `now_ms`. Exact on a quiet table; on a busy one each slot is read
+    /// consistently (see `read_pair`) and a suspected duplicate is re-read
+    /// before it is reported, so live traffic does not raise false alarms.
+    pub fn verify(&self, now_ms: u64) -> VerifyReport {
+        let region = self.region();
+        let now = Instant::from_ms(now_ms);
+        let mut r = VerifyReport {
+            slots: region.slot_count(),
+            ..VerifyReport::default()
+        };
+        let mut models = [false; MODELS_MAX];
+        for (id, seen) in models.iter_mut().enumerate() {
+            *seen = region.model_name(id as u16).is_some();
+        }
+        r.models = models.iter().filter(|&&m| m).count() as u32;
+        let mut seen: HashMap<u128, u32> = HashMap::new();
+        let mut dups: Vec<(u128, u32, u32)> = Vec::new();
+        for i in 0..region.slot_count() as usize {
+            let bad = |r: &mut VerifyReport, m: String| {
+                r.problems.push(Problem {
+                    slot: Some(i as u32),
+                    message: m,
+                })
+            };
+            let Some((ident, word)) = read_pair(region, i) else {
+                // Changed 64 times in a row while we looked: alive, not broken.
+                continue;
+            };
+            let s = State::unpack(word);
+            if ident == 0 {
+                r.never_used += 1;
+                // A binder killed after opening a never-used slot leaves it
+                // at generation 1 with no counts: still free for anyone.
+                let opened = State {
+                    gen: 1,
+                    ..State::default()
+                };
+                if s != State::default() && s != opened {
+                    bad(
+                        &mut r,
+                        format!("never bound, yet its state word is not empty ({s:?})"),
+                    );
+                }
+                continue;
+            }
+            let gen = ident as u16;
+            let id = ident >> 16;
+            let (model_id, len) = id_parts(id);
+            if id == 0 || len == 0 || len > ACCOUNT_MAX {
+                bad(
+                    &mut r,
+                    format!("ident word holds no valid key (account length {len})"),
+                );
+                continue;
+            }
+            if (model_id as usize) >= MODELS_MAX || !models[model_id as usize] {
+                bad(
+                    &mut r,
+                    format!("key's model id {model_id} is not registered in the model table"),
+                );
+            }
+            if s.gen == gen.wrapping_add(1) {
+                r.open += 1;
+                if s != (State {
+                    gen: s.gen,
+                    ..State::default()
+                }) {
+                    bad(&mut r, format!("open slot holds counts ({s:?})"));
+                }
+                continue;
+            }
+            if s.gen != gen {
+                bad(
+                    &mut r,
+                    format!(
+                        "state generation {} is neither the binding's ({gen}) nor the next",
+                        s.gen
+                    ),
+                );
+                continue;
+            }
+            r.bound += 1;
+            if s.minute as u32 >= MINUTES_PER_DAY {
+                bad(
+                    &mut r,
+                    format!("minute of day {} is not below 1440", s.minute),
+                );
+            }
+            if let Some(now) = now {
+                if s.day > now.day.saturating_add(1) {
+                    bad(
+                        &mut r,
+                        format!(
+                            "counts dated day {} but today is day {} (a clock far ahead, or damage)",
+                            s.day, now.day
+                        ),
+                    );
+                }
+                if !s.stale(now) {
+                    r.live += 1;
+                }
+            }
+            if s.minute_count > s.day_count && s.day != 0 {
+                bad(
+                    &mut r,
+                    format!(
+                        "minute count {} exceeds its day count {}",
+                        s.minute_count, s.day_count
+                    ),
+                );
+            }
+            match verified_name(region, i, ident) {
+                None => r.unnamed += 1,
+                Some(name) => {
+                    if let Some(m) =
+                        unreachable(region, i, &key::hash(region.seed(), &name, model_id))
+                    {
+                        bad(&mut r, m);
+                    }
+                }
+            }
+            if let Some(&j) = seen.get(&id) {
+                dups.push((id, j, i as u32));
+            } else {
+                seen.insert(id, i as u32);
+            }
+        }
+        for (id, a, b) in dups {
+            // Re-read both: a key whose old slot was rebound while we walked
+            // can look doubled for an instant; a real duplicate stays.
+            let still = |k: u32| {
+                read_pair(region, k as usize)
+                    .is_some_and(|(ident, word)| ident >> 16 == id && word as u16 == ident as u16)
+            };
+            if still(a) && still(b) {
+                r.problems.push(Problem {
+                    slot: Some(b),
+                    message: format!(
+                        "duplicate: the key bound here is also bound in slot {a} (its counts are split)"
+                    ),
+                });
+            }
+        }
+        if r.unnamed > 0 {
+            r.notes.push(format!(
+                "{} bound slot{} without an account name (binder stopped before writing it): counts work, but operator views cannot name {} and resize cannot carry {}",
+                r.unnamed,
+                if r.unnamed == 1 { "" } else { "s" },
+                if r.unnamed == 1 { "it" } else { "them" },
+                if r.unnamed == 1 { "it" } else { "them" },
+            ));
+        }
+        r
+    }
+
+    /// Zeroes the minute and day counts of `account` on `model` (or on every
+    /// model the region knows, if `None`), keeping each slot's binding and
+    /// generation. Safe while other processes decide: one CAS per key, and
+    /// requests landing meanwhile are counted after it. Returns how many
+    /// keys had a slot.
+    pub fn reset(&self, account: &[u8], model: Option<&[u8]>) -> Result<u32, Error> {
+        if account.is_empty() || account.len() > ACCOUNT_MAX {
+            return Err(Error::Account);
+        }
+        let region = self.region();
+        let ids: Vec<u16> = match model {
+            Some(m) => lookup_model(region, m).into_iter().collect(),
+            None => (0..MODELS_MAX as u16)
+                .filter(|&id| region.model_name(id).is_some())
+                .collect(),
+        };
+        let mut n = 0;
+        for id in ids {
+            let key = key::hash(region.seed(), account, id);
+            if let Some((i, gen)) = find(region, &key) {
+                let zeroed = update_state(region, i, gen, |s| State {
+                    minute_count: 0,
+                    day_count: 0,
+                    ..s
+                });
+                n += zeroed as u32;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Creates a new region file at `new_path` with `slots` slots and the
+    /// same policy, and carries every live (current-day) counter into it.
+    /// See [`Limiter::resize_with_progress`].
+    pub fn resize(
+        &self,
+        new_path: impl AsRef<Path>,
+        slots: u32,
+        now_ms: u64,
+    ) -> Result<(Limiter, ResizeReport), Error> {
+        self.resize_with_progress(new_path, slots, now_ms, |_, _| {})
+    }
+
+    /// As [`Limiter::resize`], calling `progress(slots_done, slots_total)`
+    /// now and then while it walks the old table.
+    ///
+    /// The new table is built under a temporary name beside `new_path` and
+    /// linked into place only when complete, so nobody can open it half
+    /// filled, and an existing `new_path` is never overwritten. Keys are
+    /// re-hashed with the new region's seed; each is bound through the
+    /// ordinary decision path and then given its old counts with one CAS.
+    /// The carried counts are a snapshot: requests the old table admits
+    /// after its key was copied are not carried, so switch proxies over
+    /// promptly (or stop them) for an exact hand-over.
+    pub fn resize_with_progress(
+        &self,
+        new_path: impl AsRef<Path>,
+        slots: u32,
+        now_ms: u64,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<(Limiter, ResizeReport), Error> {
+        let now = instant(now_ms)?;
+        let new_path = new_path.as_ref();
+        let shown = new_path.display().to_string();
+        if new_path.symlink_metadata().is_ok() {
+            return Err(Error::Io {
+                path: shown,
+                op: "create",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "already exists; resize never overwrites a region",
+                ),
+            });
+        }
+        let file = new_path
+            .file_name()
+            .ok_or(Error::Invalid("path has no file name"))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(file);
+        tmp_name.push(format!(".resize.{}.tmp", std::process::id()));
+        let tmp = new_path.with_file_name(tmp_name);
+        let _ = std::fs::remove_file(&tmp);
+        let new = Limiter::open(self.policy(), &tmp, slots, true)?;
+        let result = self.carry_into(&new, now, &mut progress);
+        let result = result.and_then(|report| {
+            std::fs::hard_link(&tmp, new_path).map_err(|e| Error::Io {
+                path: shown.clone(),
+                op: "link",
+                source: e,
+            })?;
+            Ok(report)
+        });
+        let _ = std::fs::remove_file(&tmp);
+        result.map(|report| (new, report))
+    }
+
+    fn carry_into(
+        &self,
+        new: &Limiter,
+        now: Instant,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Result<ResizeReport, Error> {
+        let old = self.region();
+        let dst = new.region();
+        let total = old.slot_count() as u64;
+        let mut report = ResizeReport::default();
+        let mut ids: HashMap<u16, Option<u16>> = HashMap::new();
+        let big = Limits {
+            rpm: u32::MAX,
+            rpd: u32::MAX,
+        };
+        for i in 0..old.slot_count() as usize {
+            if i % 65_536 == 0 {
+                progress(i as u64, total);
+            }
+            let Some(e) = entry_at(old, i) else {
+                continue;
+            };
+            let (_, minute, day) = e.state.view(now);
+            if e.state.stale(now) || (minute == 0 && day == 0) {
+                report.stale += 1;
+                continue;
+            }
+            let Some(account) = e.account else {
+                report.unnamed += 1;
+                continue;
+            };
+            let new_id = *ids.entry(e.model_id).or_insert_with(|| {
+                old.model_name(e.model_id)
+                    .filter(|name| !name.is_empty() && name.len() <= MODEL_NAME_MAX)
+                    .and_then(|name| dst.model_id(&name))
+            });
+            let Some(new_id) = new_id else {
+                report.unknown_model += 1;
+                continue;
+            };
+            let key = key::hash(dst.seed(), &account, new_id);
+            // Bind through the decision path itself (one request of cost 1),
+            // then replace that state with the carried one.
+            slot::decide(dst, &key, &account, big, 1, now).map_err(|_| {
+                Error::Invalid("the new table is too small for the live keys: nothing was created")
+            })?;
+            let (j, gen) = find(dst, &key).ok_or(Error::Invalid(
+                "a key bound in the new table could not be found again",
+            ))?;
+            let carried = e.state;
+            update_state(dst, j, gen, |_| carried);
+            report.carried += 1;
+        }
+        progress(total, total);
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Policy, Tier};
+    use crate::Request;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    const NOW: u64 = 1_795_773_600_000; // 2026-11-27T10:00:00Z
+
+    fn limiter() -> Limiter {
+        Limiter::new(&Policy::builtin(), 256).unwrap()
+    }
+
+    #[test]
+    fn usage_names_keys_and_counts() {
+        let l = limiter();
+        let r = Request::new(b"acct-1", b"DeepSeek-V3.1", Tier::Developer);
+        for _ in 0..5 {
+            assert!(l.check(&r, NOW).unwrap().allowed);
+        }
+        let u = l.usage(NOW).unwrap();
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].account.as_deref(), Some(&b"acct-1"[..]));
+        assert_eq!(u[0].model.as_deref(), Some("DeepSeek-V3.1"));
+        assert_eq!((u[0].minute, u[0].day), (5, 5));
+        let later = l.usage(NOW + 60_000).unwrap();
+        assert_eq!((later[0].minute, later[0].day), (0, 5));
+        let v = l.verify(NOW);
+        assert!(v.ok(), "{:?}", v.problems);
+        assert_eq!((v.bound, v.live, v.slots), (1, 1, 256));
+        assert_eq!(v.never_used, 255);
+    }
+
+    #[test]
+    fn reset_zeroes_counts_and_keeps_binding() {
+        let l = limiter();
+        let a = Request::new(b"acct-1", b"DeepSeek-V3.1", Tier::Developer);
+        let b = Request::new(b"acct-1", b"Qwen3-32B", Tier::Developer);
+        for _ in 0..30 {
+            l.check(&a, NOW).unwrap();
+            l.check(&b, NOW).unwrap();
+        }
+        assert!(!l.check(&a, NOW).unwrap().allowed);
+        assert_eq!(l.reset(b"acct-1", Some(b"DeepSeek-V3.1")).unwrap(), 1);
+        assert!(l.check(&a, NOW).unwrap().allowed);
+        assert!(!l.check(&b, NOW).unwrap().allowed);
+        assert_eq!(l.reset(b"acct-1", None).unwrap(), 2);
+        assert!(l.check(&b, NOW).unwrap().allowed);
+        assert_eq!(l.reset(b"nobody", None).unwrap(), 0);
+        assert_eq!(l.reset(b"acct-1", Some(b"gpt-5")).unwrap(), 0);
+        assert!(matches!(l.reset(b"", None), Err(Error::Account)));
+        assert_eq!(l.usage(NOW).unwrap().len(), 2);
+        assert!(l.verify(NOW).ok());
+    }
+
+    #[test]
+    fn verify_finds_damage() {
+        let l = limiter();
+        let r = Request::new(b"acct-1", b"DeepSeek-V3.1", Tier::Developer);
+        l.check(&r, NOW).unwrap();
+        let region = l.region();
+        let i = entries(region).next().unwrap().index;
+        let slot = region.slot(i);
+        let ident = slot.ident.load(Acquire);
+        let state = slot.state.load(Acquire);
+        // Duplicate the binding into another slot.
+        let j = (i + 7) % 256;
+        region.slot(j).ident.store(ident, Relaxed);
+        region.slot(j).state.store(state, Relaxed);
+        let v = l.verify(NOW);
+        assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
+        assert!(v.problems[0].message.contains("duplicate"));
+        // Break the generation relation there instead.
+        let mut s = State::unpack(state);
+        s.gen = s.gen.wrapping_add(5);
+        region.slot(j).state.store(s.pack(), Relaxed);
+        let v = l.verify(NOW);
+        assert!(
+            v.problems[0].message.contains("generation"),
+            "{:?}",
+            v.problems
+        );
+        // Minute out of range.
+        let mut s = State::unpack(state);
+        s.minute = 1500;
+        region.slot(j).state.store(s.pack(), Relaxed);
+        region.slot(j).ident.store(ident ^ (1 << 40), Relaxed);
+        let v = l.verify(NOW);
+        assert!(
+            v.problems.iter().any(|p| p.message.contains("1440")),
+            "{:?}",
+            v.problems
+        );
+        // The name of that copy does not hash to its (altered) key: a note.
+        assert_eq!(v.unnamed, 1);
+        region.slot(j).ident.store(0, Relaxed);
+        region.slot(j).state.store(0, Relaxed);
+        assert!(l.verify(NOW).ok());
+    }
+
+    #[test]
+    fn verify_finds_unreachable_keys() {
+        let l = limiter();
+        let r = Request::new(b"acct-1", b"DeepSeek-V3.1", Tier::Developer);
+        l.check(&r, NOW).unwrap();
+        let region = l.region();
+        let i = entries(region).next().unwrap().index;
+        let (ident, state) = read_pair(region, i).unwrap();
+        let move_to = |j: usize| {
+            region.slot(i).ident.store(0, Relaxed);
+            region.slot(i).state.store(0, Relaxed);
+            region.slot(j).ident.store(ident, Relaxed);
+            region.slot(j).state.store(state, Relaxed);
+            region.write_name(j, b"acct-1");
+        };
+        // Two slots on, with never-used slots between: probing stops short.
+        move_to((i + 2) % 256);
+        let v = l.verify(NOW);
+        assert!(
+            v.problems[0].message.contains("never-used"),
+            "{:?}",
+            v.problems
+        );
+        region.slot((i + 2) % 256).ident.store(0, Relaxed);
+        region.slot((i + 2) % 256).state.store(0, Relaxed);
+        move_to((i + 100) % 256);
+        let v = l.verify(NOW);
+        assert!(
+            v.problems[0].message.contains("probe limit"),
+            "{:?}",
+            v.problems
+        );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "miri has no file-backed mmap")]
+    fn resize_carries_live_counts() {
+        let dir = std::env::temp_dir().join(format!("tg-ops-resize-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let l = limiter();
+        for k in 0..40 {
+            let acct = format!("acct-{k}");
+            let r = Request::new(acct.as_bytes(), b"DeepSeek-V3.1", Tier::Developer);
+            for _ in 0..=(k % 7) {
+                l.check(&r, NOW).unwrap();
+            }
+        }
+        // Yesterday's key: not carried.
+        let r = Request::new(b"old", b"Qwen3-32B", Tier::Developer);
+        l.check(&r, NOW - 86_400_000).unwrap();
+        let path = dir.join("new.tg");
+        let (n, rep) = l.resize(&path, 100, NOW).unwrap();
+        assert_eq!(rep.carried, 40);
+        assert_eq!(rep.stale, 1);
+        let n2 = Limiter::open(&Policy::builtin(), &path, 0, false).unwrap();
+        for k in 0..40 {
+            let acct = format!("acct-{k}");
+            let r = Request::new(acct.as_bytes(), b"DeepSeek-V3.1", Tier::Developer).cost(0);
+            let d = n2.check(&r, NOW).unwrap();
+            assert_eq!(d.day.remaining, 15_000 - (k % 7 + 1), "{acct}");
+        }
+        assert!(n.verify(NOW).ok());
+        assert_eq!(n.stats(NOW).slots, 100);
+        // Never overwrites, and a too-small table creates nothing.
+        assert!(matches!(l.resize(&path, 100, NOW), Err(Error::Io { .. })));
+        let small = dir.join("small.tg");
+        assert!(l.resize(&small, 10, NOW).is_err());
+        assert!(!small.exists());
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temp files left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

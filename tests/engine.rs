@@ -2,7 +2,7 @@
 
 use tollgate::{Error, LimitedBy, Limiter, Policy, Request, Tier};
 
-/// 2026-11-27T10:00:00Z
+/// 2025-11-27T10:00:00Z
 const T0: u64 = 1_764_237_600_000;
 const MIN: u64 = 60_000;
 const DAY: u64 = 86_400_000;

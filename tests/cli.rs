@@ -1,0 +1,571 @@
+//! The `tollgate` operator command, run as a process: every subcommand, its
+//! `--json` output parsed as JSON, and exit codes (0 ok, 1 failure, 2 usage).
+
+mod procs;
+
+use procs::*;
+use serde_json::Value;
+
+fn json(o: &std::process::Output) -> Value {
+    assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(o));
+    serde_json::from_str(stdout(o).trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().expect("exited normally")
+}
+
+/// A region with known traffic: alice 25 on DeepSeek-V3.1, bob-0..4 20 each
+/// on Qwen3-32B, all at NOW; carol 3 on gpt-oss-120b the day before.
+fn fixture(dir: &Scratch) -> String {
+    let f = dir.file("t.tg");
+    let now = NOW.to_string();
+    let day_before = (NOW - DAY).to_string();
+    for args in [
+        vec![
+            "--account",
+            "alice",
+            "--count",
+            "25",
+            "--create-slots",
+            "1000",
+            "--now-ms",
+            &now,
+        ],
+        vec![
+            "--account",
+            "bob",
+            "--accounts",
+            "5",
+            "--count",
+            "100",
+            "--model",
+            "Qwen3-32B",
+            "--now-ms",
+            &now,
+        ],
+        vec![
+            "--account",
+            "carol",
+            "--count",
+            "3",
+            "--model",
+            "gpt-oss-120b",
+            "--now-ms",
+            &day_before,
+        ],
+    ] {
+        let mut a = vec!["__hammer", f.as_str()];
+        a.extend(args);
+        let o = run(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    f
+}
+
+const POLICY: &str = r#"
+[models]
+"m-one" = { region = "EU" }
+"DeepSeek-V3.1" = { region = "EU" }
+[tiers.free]
+"m-one" = { rpm = 2, rpd = 20 }
+[tiers.developer]
+"m-one" = { rpm = 30, rpd = 1000 }
+"DeepSeek-V3.1" = { rpm = 40, rpd = 2000 }
+[tiers.enterprise]
+"m-one" = { rpm = 300, rpd = 10000 }
+[accounts."acme"]
+"m-one" = { rpm = 600, rpd = 90000 }
+"#;
+
+#[test]
+fn help_and_usage_errors() {
+    let o = run(&["--help"]);
+    assert_eq!(code(&o), 0);
+    let help = stdout(&o);
+    for cmd in [
+        "demo",
+        "stats",
+        "top",
+        "inspect",
+        "reset",
+        "resize",
+        "verify",
+        "policy check",
+        "--json",
+        "--policy",
+    ] {
+        assert!(help.contains(cmd), "help lacks {cmd}");
+    }
+    assert!(!help.contains("__hammer"), "the test worker stays hidden");
+    assert_eq!(code(&run(&["stats", "--help"])), 0);
+
+    for (args, what) in [
+        (vec![], "no command given"),
+        (vec!["frobnicate"], "unknown command"),
+        (vec!["stats"], "missing FILE"),
+        (vec!["stats", "a", "b"], "unexpected argument"),
+        (vec!["stats", "a", "--bogus"], "unknown option --bogus"),
+        (vec!["top", "a", "--by", "week"], "--by"),
+        (vec!["top", "a", "-n", "many"], "not a valid number"),
+        (vec!["top", "a", "--tier", "gold"], "--tier"),
+        (vec!["inspect", "a"], "--account is required"),
+        (vec!["reset", "a"], "--account is required"),
+        (vec!["resize", "a", "b"], "--slots"),
+        (vec!["resize", "a", "b", "--slots", "0"], "--slots"),
+        (vec!["policy"], "policy check"),
+        (vec!["policy", "lint"], "unknown policy command"),
+        (vec!["top", "a", "--by"], "--by needs a value"),
+    ] {
+        let o = run(&args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(what), "{args:?}: {err}");
+        assert!(err.contains("--help"), "{args:?} points at --help");
+    }
+}
+
+#[test]
+fn demo_tells_the_story_with_engine_numbers() {
+    let o = run(&["demo"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.lines().count() <= 70, "{} lines", out.lines().count());
+    assert!(!out.contains('\r'));
+    // Request 1's headers: 2026-11-27T10:00:00Z, resets at 10:01 and midnight.
+    assert!(out.contains("x-ratelimit-remaining-requests: 29\n"));
+    assert!(out.contains("x-ratelimit-reset-requests: 1795773660\n"));
+    assert!(out.contains("x-ratelimit-reset-requests-day: 1795824000\n"));
+    assert!(out.contains("requests 1-30: all allowed"));
+    assert!(out.contains("request 31 -> refused (limited_by=minute)"));
+    assert!(out.contains("HTTP/1.1 429 Too Many Requests"));
+    assert!(out.contains("retry-after: 30\n"));
+    assert!(out.contains("a new minute: request 32 -> allowed"));
+    // The day: 15000 in 500 minutes, then refused by the day in a fresh minute.
+    assert!(out.contains("15000 allowed in 500 minutes"));
+    assert!(out.contains("[18:20:00] request 15001 of the day -> refused (limited_by=day)"));
+    assert!(out.contains("x-ratelimit-remaining-requests: 30\n"));
+    assert!(out.contains("x-ratelimit-remaining-requests-day: 0\n"));
+    assert!(out.contains("retry-after: 20400\n"), "5h40m to midnight");
+    assert!(out.contains("HTTP/1.1 404 Not Found"));
+    assert!(out.contains("no limit configured"));
+    // Every body shown is valid JSON in the OpenAI shape.
+    let bodies: Vec<Value> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(bodies[0]["error"]["type"], "rate_limit_exceeded");
+    assert!(bodies[1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("per day"));
+    assert_eq!(bodies[2]["error"]["code"], "model_not_found");
+}
+
+#[test]
+fn stats_reports_the_table() {
+    let dir = Scratch::new("cli-stats");
+    let f = fixture(&dir);
+    let now = NOW.to_string();
+    let o = run(&["stats", &f, "--now-ms", &now]);
+    assert_eq!(code(&o), 0);
+    let out = stdout(&o);
+    assert!(out.contains("6 used today"), "{out}");
+    assert!(out.contains("994 free"), "{out}");
+    assert!(out.contains("96 per slot x 1000 slots"), "{out}");
+    let j = json(&run(&["stats", &f, "--json", "--now-ms", &now]));
+    assert_eq!(j["slots"], 1000);
+    assert_eq!(j["used"], 6);
+    assert_eq!(j["free"], 994);
+    assert_eq!(j["table_full"], 0);
+    assert_eq!(j["bytes_per_slot"], 96);
+    assert_eq!(
+        j["bytes"].as_u64().unwrap() as usize,
+        tollgate::region_size(1000).unwrap()
+    );
+    assert_eq!(j["layout_version"], tollgate::LAYOUT_VERSION);
+    assert_eq!(code(&run(&["stats", &dir.file("missing.tg")])), 1);
+}
+
+#[test]
+fn top_lists_the_busiest_keys() {
+    let dir = Scratch::new("cli-top");
+    let f = fixture(&dir);
+    let now = NOW.to_string();
+    let out = stdout(&run(&["top", &f, "--now-ms", &now]));
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(rows[1].starts_with("ACCOUNT"), "{out}");
+    assert!(
+        rows[2].starts_with("alice") && rows[2].contains("25/30") && rows[2].contains("25/15000"),
+        "{out}"
+    );
+    assert!(!out.contains("carol"), "yesterday's counts are not today's");
+    let j = json(&run(&[
+        "top", &f, "--by", "day", "-n", "3", "--json", "--now-ms", &now,
+    ]));
+    assert_eq!(j["keys"], 6);
+    let top = j["top"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    assert_eq!(top[0]["account"], "alice");
+    assert_eq!(top[0]["model"], "DeepSeek-V3.1");
+    assert_eq!(
+        (top[0]["day"].as_u64(), top[0]["rpd"].as_u64()),
+        (Some(25), Some(15000))
+    );
+    assert_eq!(
+        (top[1]["account"].as_str(), top[1]["minute"].as_u64()),
+        (Some("bob-0"), Some(20))
+    );
+    // A minute later the minute counts are gone, the day counts stay.
+    let later = (NOW + 60_000).to_string();
+    let j = json(&run(&["top", &f, "--json", "--now-ms", &later]));
+    assert_eq!(j["top"][0]["minute"], 0);
+    assert_eq!(j["top"][0]["day"], 25);
+    // Limits come from the chosen policy and tier.
+    let p = dir.path("p.toml");
+    std::fs::write(&p, POLICY).unwrap();
+    let j = json(&run(&[
+        "top",
+        &f,
+        "--json",
+        "--now-ms",
+        &now,
+        "--policy",
+        p.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        (j["top"][0]["rpm"].as_u64(), j["top"][0]["rpd"].as_u64()),
+        (Some(40), Some(2000))
+    );
+    assert_eq!(
+        j["top"][1]["rpm"],
+        Value::Null,
+        "Qwen3-32B is not in that policy"
+    );
+    let j = json(&run(&[
+        "top", &f, "--json", "--now-ms", &now, "--tier", "free",
+    ]));
+    assert_eq!(
+        j["top"][0]["rpm"],
+        Value::Null,
+        "the built-in policy has no free tier"
+    );
+}
+
+#[test]
+fn inspect_peeks_without_counting() {
+    let dir = Scratch::new("cli-inspect");
+    let f = fixture(&dir);
+    let now = NOW.to_string();
+    let args = [
+        "inspect",
+        &f,
+        "--account",
+        "alice",
+        "--model",
+        "DeepSeek-V3.1",
+        "--now-ms",
+        &now,
+    ];
+    let out = stdout(&run(&args));
+    assert!(out.contains("minute  25 of 30 used, 5 left"), "{out}");
+    assert!(out.contains("x-ratelimit-remaining-requests: 5\n"), "{out}");
+    let mut jargs = args.to_vec();
+    jargs.push("--json");
+    for _ in 0..3 {
+        let j = json(&run(&jargs));
+        let m = &j["models"][0];
+        assert_eq!(
+            (m["minute_used"].as_u64(), m["day_used"].as_u64()),
+            (Some(25), Some(25)),
+            "peeks count nothing"
+        );
+        assert_eq!(m["allowed"], true);
+        assert_eq!(m["headers"]["x-ratelimit-remaining-requests-day"], 14975);
+        assert_eq!(m["headers"]["x-ratelimit-reset-requests"], 1_795_773_660u64);
+        assert!(m["headers"].get("retry-after").is_none());
+    }
+    // Fill the minute: now the peek shows the refusal and its retry-after.
+    let o = run(&[
+        "__hammer",
+        &f,
+        "--account",
+        "alice",
+        "--count",
+        "10",
+        "--now-ms",
+        &now,
+    ]);
+    assert_eq!(tally(&o).0, 5);
+    let t = (NOW + 15_000).to_string();
+    let j = json(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "alice",
+        "--model",
+        "DeepSeek-V3.1",
+        "--json",
+        "--now-ms",
+        &t,
+    ]));
+    let m = &j["models"][0];
+    assert_eq!(m["allowed"], false);
+    assert_eq!(m["limited_by"], "minute");
+    assert_eq!(m["retry_after"], 45);
+    assert_eq!(m["headers"]["retry-after"], 45);
+    // Without --model: every model of the policy.
+    let j = json(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "bob-3",
+        "--json",
+        "--now-ms",
+        &now,
+    ]));
+    let models = j["models"].as_array().unwrap();
+    assert_eq!(models.len(), 12);
+    let qwen = models.iter().find(|m| m["model"] == "Qwen3-32B").unwrap();
+    assert_eq!(qwen["day_used"], 20);
+    // Errors.
+    let o = run(&["inspect", &f, "--account", "alice", "--model", "gpt-5"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("unknown model"), "{}", stderr(&o));
+    let long = "x".repeat(65);
+    assert_eq!(code(&run(&["inspect", &f, "--account", &long])), 1);
+    // Enterprise plans from a policy file.
+    let p = dir.path("p.toml");
+    std::fs::write(&p, POLICY).unwrap();
+    let j = json(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "acme",
+        "--model",
+        "m-one",
+        "--tier",
+        "enterprise",
+        "--json",
+        "--policy",
+        p.to_str().unwrap(),
+    ]));
+    assert_eq!(j["models"][0]["headers"]["x-ratelimit-limit-requests"], 600);
+    let j = json(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "alice",
+        "--model",
+        "DeepSeek-V3.1",
+        "--tier",
+        "free",
+        "--json",
+    ]));
+    assert!(j["models"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("no limit configured"));
+}
+
+#[test]
+fn reset_zeroes_an_account() {
+    let dir = Scratch::new("cli-reset");
+    let f = fixture(&dir);
+    let now = NOW.to_string();
+    let j = json(&run(&["reset", &f, "--account", "alice", "--json"]));
+    assert_eq!(j["reset"], 1);
+    let j = json(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "alice",
+        "--model",
+        "DeepSeek-V3.1",
+        "--json",
+        "--now-ms",
+        &now,
+    ]));
+    assert_eq!(j["models"][0]["day_used"], 0);
+    let out = stdout(&run(&[
+        "reset",
+        &f,
+        "--account",
+        "bob-2",
+        "--model",
+        "Qwen3-32B",
+    ]));
+    assert!(out.contains("1 key zeroed"), "{out}");
+    let out = stdout(&run(&["reset", &f, "--account", "nobody"]));
+    assert!(out.contains("nothing to reset"), "{out}");
+    let j = json(&run(&["top", &f, "--json", "--now-ms", &now]));
+    assert_eq!(j["keys"], 4, "alice and bob-2 have no counts left");
+    assert_eq!(code(&run(&["reset", &f, "--account", ""])), 1);
+}
+
+#[test]
+fn resize_carries_counters() {
+    let dir = Scratch::new("cli-resize");
+    let f = fixture(&dir);
+    let g = dir.file("big.tg");
+    let now = NOW.to_string();
+    let j = json(&run(&[
+        "resize", &f, &g, "--slots", "5000", "--json", "--now-ms", &now,
+    ]));
+    assert_eq!(j["slots"], 5000);
+    assert_eq!(j["carried"], 6);
+    assert_eq!(j["stale"], 1);
+    assert_eq!(j["unnamed"], 0);
+    let j = json(&run(&[
+        "top", &g, "--by", "day", "--json", "--now-ms", &now,
+    ]));
+    assert_eq!(j["keys"], 6);
+    assert_eq!(j["top"][0]["account"], "alice");
+    assert_eq!(j["top"][0]["day"], 25);
+    // The limit carries on in the new table: alice has 5 left this minute.
+    let o = run(&[
+        "__hammer",
+        &g,
+        "--account",
+        "alice",
+        "--count",
+        "10",
+        "--now-ms",
+        &now,
+    ]);
+    assert_eq!(tally(&o).0, 5);
+    assert_eq!(code(&run(&["verify", &g, "--now-ms", &now])), 0);
+    // Human output, and the failures.
+    let h = dir.file("small.tg");
+    let out = stdout(&run(&["resize", &f, &h, "--slots", "64", "--now-ms", &now]));
+    assert!(out.contains("carried 6 live keys"), "{out}");
+    let o = run(&["resize", &f, &g, "--slots", "64"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    let o = run(&[
+        "resize",
+        &f,
+        &dir.file("tiny.tg"),
+        "--slots",
+        "2",
+        "--now-ms",
+        &now,
+    ]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("too small"), "{}", stderr(&o));
+    assert!(!dir.path("tiny.tg").exists());
+    assert_eq!(
+        code(&run(&[
+            "resize",
+            &dir.file("none.tg"),
+            &dir.file("x.tg"),
+            "--slots",
+            "64"
+        ])),
+        1
+    );
+}
+
+#[test]
+fn verify_reports_damage_with_exit_1() {
+    let dir = Scratch::new("cli-verify");
+    let f = fixture(&dir);
+    let now = NOW.to_string();
+    let o = run(&["verify", &f, "--now-ms", &now]);
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains(": OK"), "{}", stdout(&o));
+    let j = json(&run(&["verify", &f, "--json", "--now-ms", &now]));
+    assert_eq!(j["ok"], true);
+    assert_eq!(
+        (j["bound"].as_u64(), j["live"].as_u64()),
+        (Some(7), Some(6))
+    );
+    assert_eq!(j["never_used"], 993);
+    assert_eq!(j["problems"].as_array().unwrap().len(), 0);
+
+    // Copy one bound slot (key and counts) onto a never-used one: a
+    // duplicate key, which the protocol must never produce.
+    let mut bytes = std::fs::read(&f).unwrap();
+    let base = tollgate::region_size(1).unwrap() - tollgate::BYTES_PER_SLOT;
+    let slot = |i: usize| base + i * 32;
+    let bound = (0..1000)
+        .find(|&i| bytes[slot(i)..slot(i) + 16].iter().any(|&b| b != 0))
+        .unwrap();
+    let free = (0..1000)
+        .find(|&i| bytes[slot(i)..slot(i) + 32].iter().all(|&b| b == 0))
+        .unwrap();
+    let word: Vec<u8> = bytes[slot(bound)..slot(bound) + 32].to_vec();
+    bytes[slot(free)..slot(free) + 32].copy_from_slice(&word);
+    std::fs::write(&f, &bytes).unwrap();
+    let o = run(&["verify", &f, "--now-ms", &now]);
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("PROBLEM"), "{}", stdout(&o));
+    let o = run(&["verify", &f, "--json", "--now-ms", &now]);
+    assert_eq!(code(&o), 1);
+    let j: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(j["ok"], false);
+    let problems = j["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["message"].as_str().unwrap().contains("duplicate")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn policy_check_validates_and_tabulates() {
+    let builtin = concat!(env!("CARGO_MANIFEST_DIR"), "/policy/infercom.toml");
+    let o = run(&["policy", "check", builtin]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("OK, 12 models, 0 enterprise accounts"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("DeepSeek-V3.1 ") && l.contains("30/15000")),
+        "{out}"
+    );
+    let j = json(&run(&["policy", "check", builtin, "--json"]));
+    assert_eq!(j["models"].as_array().unwrap().len(), 12);
+    assert_eq!(j["models"][0]["free"], Value::Null);
+
+    let dir = Scratch::new("cli-policy");
+    let p = dir.path("p.toml");
+    std::fs::write(&p, POLICY).unwrap();
+    let out = stdout(&run(&["policy", "check", p.to_str().unwrap()]));
+    assert!(out.contains("1 enterprise account"), "{out}");
+    assert!(out.contains("acme: m-one 600/90000"), "{out}");
+    let j = json(&run(&["policy", "check", p.to_str().unwrap(), "--json"]));
+    assert_eq!(j["accounts"][0]["account"], "acme");
+    assert_eq!(j["accounts"][0]["plan"][0]["rpd"], 90000);
+    let m_one = j["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "m-one")
+        .unwrap();
+    assert_eq!(m_one["free"]["rpm"], 2);
+
+    let bad = dir.path("bad.toml");
+    std::fs::write(
+        &bad,
+        "[models]\n\"m\" = { region = \"EU\" }\n[tiers.developer]\n\"m\" = { rpm = 0, rpd = 5 }\n",
+    )
+    .unwrap();
+    let o = run(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert!(err.contains("bad.toml:4: tiers.developer.m.rpm: "), "{err}");
+    let o = run(&["policy", "check", dir.file("none.toml").as_str()]);
+    assert_eq!(code(&o), 1);
+    // A bad --policy on any command is a failure, not a usage error.
+    let o = run(&["top", "x.tg", "--policy", bad.to_str().unwrap()]);
+    assert_eq!(code(&o), 1);
+}
