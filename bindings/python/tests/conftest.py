@@ -58,6 +58,15 @@ def away_from_minute_edge(margin: float = 8.0) -> None:
         time.sleep(left + 0.2)
 
 
+def subprocess_pythonpath(env: dict[str, str]) -> str:
+    """PYTHONPATH for child processes: the tests' directory, and the
+    directory the tests imported tollgate from, so children use the same."""
+    import tollgate
+
+    pkg_parent = str(Path(tollgate.__file__).resolve().parent.parent)
+    return os.pathsep.join(filter(None, [str(HERE), pkg_parent, env.get("PYTHONPATH")]))
+
+
 class Server:
     """uvicorn serving tests/app_server.py in a subprocess on 127.0.0.1."""
 
@@ -67,14 +76,14 @@ class Server:
         self.workers = workers
         full_env = dict(os.environ)
         full_env.update(env or {})
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), full_env.get("PYTHONPATH")]))
+        full_env["PYTHONPATH"] = subprocess_pythonpath(full_env)
         cmd = [
             sys.executable, "-m", "uvicorn", "app_server:app",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", str(workers), "--log-level", "info", "--no-access-log",
         ]
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(HERE),
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(HERE), env=full_env,
                                      start_new_session=True)
 
     @property

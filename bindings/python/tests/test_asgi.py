@@ -6,7 +6,9 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request
 
 import tollgate
 from tollgate.asgi import RateLimitMiddleware, bearer_token, bearer_token_digest, header
@@ -233,3 +235,34 @@ def test_helpers():
         RateLimitMiddleware(EchoApp(), None, account="nope")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         RateLimitMiddleware(EchoApp(), None, account=bearer_token, on_table_full="maybe")  # type: ignore[arg-type]
+
+
+def test_fastapi_add_middleware(limiter):
+    # The README's way of installing it, through Starlette's middleware stack.
+    api = FastAPI()
+
+    @api.post("/v1/chat/completions")
+    async def chat_endpoint(request: Request):
+        body = await request.json()
+        return {"model": body["model"], "remaining": request.scope["tollgate.decision"].minute_remaining}
+
+    @api.get("/v1/models")
+    async def models():
+        return {"data": []}
+
+    api.add_middleware(RateLimitMiddleware, limiter=limiter, account=bearer_token_digest, tier=lambda s: "developer")
+
+    async def go():
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            auth = {"Authorization": "Bearer sk-" + "z" * 120}
+            got = [await c.post("/v1/chat/completions", json={"model": "tiny"}, headers=auth) for _ in range(6)]
+            models = await c.get("/v1/models", headers=auth)
+            return got, models
+
+    got, models = asyncio.run(go())
+    assert [r.status_code for r in got] == [200] * 5 + [429]
+    assert got[0].json() == {"model": "tiny", "remaining": 4}
+    assert got[4].headers["x-ratelimit-remaining-requests"] == "0"
+    assert got[5].json()["error"]["type"] == "rate_limit_exceeded" and "retry-after" in got[5].headers
+    assert models.status_code == 200 and "x-ratelimit-limit-requests" not in models.headers

@@ -31,7 +31,7 @@ from tollgate import (
     UnknownModel,
 )
 
-from conftest import REPO, SMALL_POLICY, T0
+from conftest import REPO, SMALL_POLICY, T0, subprocess_pythonpath
 
 SIX = [
     "x-ratelimit-limit-requests",
@@ -242,6 +242,10 @@ def test_str_and_bytes_are_the_same_key():
         d2 = lim.check(bytearray("ключ".encode()), memoryview(b"DeepSeek-V3.1"), now=T0)
     assert d.minute_remaining == 28 and d2.minute_remaining == 27
     assert d2.model == "DeepSeek-V3.1"
+    # Undecodable bytes round-trip through str as surrogate escapes (os.fsdecode style).
+    with Limiter() as lim:
+        lim.check(b"\xff\xfe", "DeepSeek-V3.1", now=T0)
+        assert lim.check("\udcff\udcfe", "DeepSeek-V3.1", now=T0).minute_remaining == 28
 
 
 def test_errors():
@@ -313,6 +317,50 @@ def test_set_policy_keeps_counters(small_policy):
             lim.set_policy(bigger)
 
 
+def test_set_policy_while_threads_check(small_policy):
+    policies = [Policy.parse(SMALL_POLICY.replace("rpm = 5, rpd = 8", f"rpm = {n}, rpd = 1000")) for n in (100, 200)]
+    stop = threading.Event()
+    seen: set[int] = set()
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            while not stop.is_set():
+                seen.add(lim.check(f"w{i}", "tiny", now=T0, cost=0).minute_limit)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    with Limiter(policies[0]) as lim:
+        ts = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in ts:
+            t.start()
+        for k in range(200):
+            lim.set_policy(policies[k % 2])
+        stop.set()
+        for t in ts:
+            t.join(30)
+    assert not errors and seen <= {100, 200} and seen
+
+
+def test_share_gives_a_second_handle_on_the_same_counters(small_policy):
+    lim = Limiter(small_policy)
+    for _ in range(3):
+        lim.check("a", "tiny", now=T0)
+    bigger = Policy.parse(SMALL_POLICY.replace("rpm = 5, rpd = 8", "rpm = 10, rpd = 80"))
+    other = lim.share(bigger)
+    assert other.policy is bigger and other is not lim
+    d = other.check("a", "tiny", now=T0)
+    assert d.minute_limit == 10 and d.minute_remaining == 6  # 3 counted through the first handle
+    lim.close()  # the table lives on in the second handle
+    assert other.check("a", "tiny", now=T0).minute_remaining == 5
+    same = other.share()
+    assert same.peek("a", "tiny", now=T0).minute_limit == 10
+    other.close()
+    same.close()
+    with pytest.raises(InvalidArgument):
+        lim.share()
+
+
 def test_close_is_idempotent_and_use_after_close_raises():
     lim = Limiter()
     lim.close()
@@ -333,7 +381,29 @@ def test_close_is_idempotent_and_use_after_close_raises():
     gc.collect()
 
 
-def test_long_names_take_the_slow_path_to_the_library():
+def test_portable_path_gives_the_same_answers(monkeypatch):
+    # Where the CPython fast path is unavailable, checks go through ctypes
+    # Structures: same results, same errors.
+    monkeypatch.setattr(tollgate._core, "_DATA", None)
+    with Limiter() as lim:
+        for i in range(30):
+            d = lim.check("p", "DeepSeek-V3.1", now=T0)
+            assert d.allowed and d.minute_remaining == 29 - i
+        d = lim.check(b"p", "DeepSeek-V3.1", now=T0)
+        assert not d.allowed and d.limited_by == "minute" and d.retry_after == MINUTE_END - int(T0)
+        assert lim.check("q", "DeepSeek-V3.1", rpm=1).minute_limit == 1  # real clock
+        assert lim.peek("p", "DeepSeek-V3.1", now=T0 + 60).minute_remaining == 30
+        with pytest.raises(UnknownModel):
+            lim.check("p", "nope", now=T0)
+        with pytest.raises(InvalidArgument):
+            lim.check("p" * 65, "DeepSeek-V3.1", now=T0)
+        with pytest.raises(InvalidArgument):
+            lim.check("p", "DeepSeek-V3.1", cost=-1, now=T0)
+    with pytest.raises(InvalidArgument, match="closed"):
+        lim.check("p", "DeepSeek-V3.1")
+
+
+def test_long_names_reach_the_library():
     with Limiter() as lim:
         with pytest.raises(InvalidArgument):
             lim.check("x" * 100, "DeepSeek-V3.1", now=T0)
@@ -425,6 +495,7 @@ def test_processes_share_limits_through_the_file(tmp_path):
 
 def _import_with(lib: Path | str) -> subprocess.CompletedProcess:
     env = dict(os.environ, TOLLGATE_LIBRARY=str(lib))
+    env["PYTHONPATH"] = subprocess_pythonpath(env)
     return subprocess.run([sys.executable, "-c", "import tollgate"], env=env, capture_output=True, text=True,
                           timeout=60)
 
@@ -487,6 +558,8 @@ cycle = [tollgate.Limiter(slots=64)]
 cycle.append(cycle)  # freed only by the final collection
 print("ok")
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = subprocess_pythonpath(env)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok" and r.stderr == ""

@@ -10,7 +10,6 @@ import sys
 import threading
 from ctypes import byref, c_size_t, c_uint32, c_uint64, c_void_p, create_string_buffer
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, Optional, Union
 
 from . import _ffi
@@ -74,7 +73,7 @@ _MODELS_CACHED = 1024
 def _model_entry(model: object) -> tuple[bytes, str]:
     mb = _as_bytes(model, "model")
     entry = (mb, mb.decode("utf-8", "surrogateescape"))
-    if len(mb) <= _SCRATCH_FIELD and type(model) in (str, bytes):
+    if type(model) in (str, bytes):
         if len(_models) >= _MODELS_CACHED:
             _models.clear()
         _models[model] = entry
@@ -93,27 +92,57 @@ def _ms(now: float) -> int:
     return ms
 
 
-# --- per-thread scratch memory for the hot path ----------------------------
+# --- the hot path -----------------------------------------------------------
 #
-# One buffer per thread holds a tg_request whose account/model pointers point
-# into the same buffer, the account and model bytes, and the tg_decision the
-# library writes. A single struct.pack_into fills the request and the names;
-# a single unpack_from reads the decision. No ctypes objects are made per call.
-_SCRATCH_FIELD = 64  # bytes reserved for account and for model (>= the ABI maxima)
-_REQ_NAMES = struct.Struct(_ffi.REQUEST_STRUCT.format + f"{_SCRATCH_FIELD}s{_SCRATCH_FIELD}s")
-_ACCOUNT_OFF = _ffi.REQUEST_STRUCT.size
-_MODEL_OFF = _ACCOUNT_OFF + _SCRATCH_FIELD
-_DECISION_OFF = (_MODEL_OFF + _SCRATCH_FIELD + 15) // 16 * 16
+# ctypes Structures cost a Python-level conversion per field. Instead, each
+# thread owns one small buffer holding a tg_request and the tg_decision the
+# library writes: one struct.pack_into fills the request, one unpack_from
+# reads the decision, and no ctypes object is made per call.
+#
+# The request's account/model pointers point straight at the bytes objects'
+# own storage (CPython keeps it at a fixed offset from id()); the objects are
+# held by local variables for the whole call, and bytes are immutable. The
+# offset is verified at import; elsewhere (not CPython) every call takes the
+# ctypes Structure path instead, which is slower but needs no such knowledge.
+#
+# The buffer is per thread, so threads never share one. The one way to clobber
+# it is re-entry on the same thread between pack and unpack, i.e. calling
+# check() from a signal handler or a finalizer: don't.
+
+
+def _bytes_data_offset() -> Optional[int]:
+    if sys.implementation.name != "cpython":
+        return None
+    off = bytes.__basicsize__ - 1  # offsetof(PyBytesObject, ob_sval)
+    probe = b"tollgate \x00\xff probe"
+    try:
+        if ctypes.string_at(id(probe) + off, len(probe)) == probe:
+            return off
+    except Exception:
+        pass
+    return None
+
+
+_DATA = _bytes_data_offset()  # also None when _draft_works() is False (set below)
+_DECISION_OFF = (_ffi.REQUEST_STRUCT.size + 15) // 16 * 16
 _SCRATCH_SIZE = _DECISION_OFF + ctypes.sizeof(_ffi.TgDecision)
-assert _REQ_NAMES.size == _MODEL_OFF + _SCRATCH_FIELD
 
 _tls = threading.local()
 
 
-def _scratch() -> tuple[Any, c_void_p, c_void_p, int, int]:
-    buf = create_string_buffer(_SCRATCH_SIZE)
-    base = ctypes.addressof(buf)
-    sc = (buf, c_void_p(base), c_void_p(base + _DECISION_OFF), base + _ACCOUNT_OFF, base + _MODEL_OFF)
+def _scratch() -> tuple[Any, c_void_p, c_void_p, Any]:
+    # A bytearray, not a ctypes buffer: struct reads and writes it without
+    # ctypes computing a buffer format on every call. The ctypes view pins it
+    # (a bytearray with an exported buffer cannot be resized or moved) and
+    # gives its address.
+    buf = bytearray(_SCRATCH_SIZE)
+    view = (ctypes.c_char * _SCRATCH_SIZE).from_buffer(buf)
+    base = ctypes.addressof(view)
+    if base % 8:  # not aligned for the structs: take ctypes' own memory
+        view = create_string_buffer(_SCRATCH_SIZE)
+        buf = view
+        base = ctypes.addressof(view)
+    sc = (buf, c_void_p(base), c_void_p(base + _DECISION_OFF), view)
     _tls.sc = sc
     return sc
 
@@ -121,7 +150,7 @@ def _scratch() -> tuple[Any, c_void_p, c_void_p, int, int]:
 _LIMITED_BY = (None, "minute", "day")
 _new = object.__new__
 _set = object.__setattr__
-_pack = _REQ_NAMES.pack_into
+_pack = _ffi.REQUEST_STRUCT.pack_into
 _unpack = _ffi.DECISION_STRUCT.unpack_from
 _fast_check = _ffi.fast_check
 _fast_check_now = _ffi.fast_check_now
@@ -151,11 +180,30 @@ def _parse_header_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
+_DECISION_FIELDS = (
+    "allowed",
+    "limited_by",
+    "minute_limit",
+    "minute_remaining",
+    "minute_reset",
+    "day_limit",
+    "day_remaining",
+    "day_reset",
+    "retry_after",
+    "model",
+)
+# Slots past the fields cache what the library rendered (not fields: they
+# take no part in equality, hashing or repr).
+_DECISION_SLOTS = _DECISION_FIELDS + ("_header_items", "_error_body")
+
+
 @dataclass(frozen=True)
 class Decision:
     """The outcome of one check. ``allowed`` is the verdict; ``limited_by`` is
     "minute", "day" or None; resets are epoch seconds; ``retry_after`` is in
     whole seconds (0 when allowed). Truthy when allowed."""
+
+    __slots__ = _DECISION_SLOTS
 
     allowed: bool
     limited_by: Optional[str]
@@ -188,11 +236,15 @@ class Decision:
         )
         return d
 
-    @cached_property
+    @property
     def header_items(self) -> list[tuple[bytes, bytes]]:
         """The headers as (name, value) byte pairs in the library's order,
         names in lower case (the shape ASGI and WSGI servers take)."""
-        return _parse_header_lines(_render(_ffi.tg_decision_headers, self._c()))
+        cached = getattr(self, "_header_items", None)
+        if cached is None:
+            cached = tuple(_parse_header_lines(_render(_ffi.tg_decision_headers, self._c())))
+            _set(self, "_header_items", cached)
+        return list(cached)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -208,12 +260,49 @@ class Decision:
         raw = _render(_ffi.tg_decision_ietf_headers, self._c(), ms)
         return {k.decode("latin-1"): v.decode("latin-1") for k, v in _parse_header_lines(raw)}
 
-    @cached_property
+    @property
     def error_body(self) -> str:
         """The OpenAI-shaped 429 JSON body naming the model and the limit hit
         (tg_decision_error_body)."""
-        mb = self.model.encode("utf-8", "surrogateescape")
-        return _render(_ffi.tg_decision_error_body, self._c(), mb, len(mb)).decode("utf-8", "replace")
+        body: Optional[str] = getattr(self, "_error_body", None)
+        if body is None:
+            mb = self.model.encode("utf-8", "surrogateescape")
+            body = _render(_ffi.tg_decision_error_body, self._c(), mb, len(mb)).decode("utf-8", "replace")
+            _set(self, "_error_body", body)
+        return body
+
+
+class _DecisionDraft:
+    """A Decision under construction: the same slots, without the frozen
+    dataclass's __setattr__ (a Python function that refuses every store).
+    The hot path fills one with plain slot stores, then makes it a Decision
+    by assigning __class__ (allowed: identical layouts), well under half the
+    cost of going through Decision's own __init__."""
+
+    __slots__ = _DECISION_SLOTS
+
+    allowed: bool
+    limited_by: Optional[str]
+    minute_limit: int
+    minute_remaining: int
+    minute_reset: int
+    day_limit: int
+    day_remaining: int
+    day_reset: int
+    retry_after: int
+    model: str
+
+
+def _draft_works() -> bool:
+    try:
+        d: Any = _new(_DecisionDraft)
+        names: list[Any] = list(_DECISION_FIELDS)
+        for name in names:
+            setattr(d, name, name)
+        d.__class__ = Decision
+        return type(d) is Decision and bool(d == Decision(*names))
+    except TypeError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -432,13 +521,16 @@ class Limiter(_Handle):
         InvalidArgument; a denial is not an error but a Decision with
         ``allowed`` False.
         """
-        # Hot path: keep it flat; see _scratch() for the memory layout.
+        # Hot path, kept flat: see "the hot path" above.
         try:
             mb, ms = _models[model]
         except (KeyError, TypeError):
             mb, ms = _model_entry(model)
         if type(account) is str:
-            a = account.encode("utf-8", "surrogateescape")
+            try:
+                a = account.encode()
+            except UnicodeEncodeError:  # lone surrogates, e.g. from os.fsdecode
+                a = account.encode("utf-8", "surrogateescape")
         elif type(account) is bytes:
             a = account
         else:
@@ -447,16 +539,14 @@ class Limiter(_Handle):
             t = _TIERS[tier]
         except (KeyError, TypeError):
             t = _tier_value(tier)
+        if _DATA is None:
+            return self._check_struct(a, mb, ms, t, cost, now, rpm, rpd)
         try:
-            buf, reqp, decp, aaddr, maddr = _tls.sc
+            buf, reqp, decp, _ = _tls.sc
         except AttributeError:
-            buf, reqp, decp, aaddr, maddr = _scratch()
-        la = len(a)
-        lm = len(mb)
-        if la > _SCRATCH_FIELD or lm > _SCRATCH_FIELD:
-            return self._check_long(a, mb, ms, t, cost, now, rpm, rpd)
+            buf, reqp, decp, _ = _scratch()
         try:
-            _pack(buf, 0, aaddr, la, maddr, lm, t, cost, rpm or 0, rpd or 0, a, mb)
+            _pack(buf, 0, id(a) + _DATA, len(a), id(mb) + _DATA, len(mb), t, cost, rpm or 0, rpd or 0)
         except struct.error:
             raise _bad_numbers(cost, rpm, rpd) from None
         if now is None:
@@ -466,30 +556,24 @@ class Limiter(_Handle):
         if st:
             raise self._error(st, a, mb)
         al, lb, ml, mr, mrs, dl, dr, drs, ra = _unpack(buf, _DECISION_OFF)
-        d = _new(Decision)
-        _set(
-            d,
-            "__dict__",
-            {
-                "allowed": al == 1,
-                "limited_by": _LIMITED_BY[lb],
-                "minute_limit": ml,
-                "minute_remaining": mr,
-                "minute_reset": mrs,
-                "day_limit": dl,
-                "day_remaining": dr,
-                "day_reset": drs,
-                "retry_after": ra,
-                "model": ms,
-            },
-        )
-        return d
+        d = _new(_DecisionDraft)
+        d.allowed = al == 1
+        d.limited_by = _LIMITED_BY[lb]
+        d.minute_limit = ml
+        d.minute_remaining = mr
+        d.minute_reset = mrs
+        d.day_limit = dl
+        d.day_remaining = dr
+        d.day_reset = drs
+        d.retry_after = ra
+        d.model = ms
+        d.__class__ = Decision  # type: ignore[assignment]
+        return d  # type: ignore[return-value]
 
-    def _check_long(
+    def _check_struct(
         self, a: bytes, mb: bytes, ms: str, t: int, cost: int, now: Optional[float], rpm: Optional[int], rpd: Optional[int]
     ) -> Decision:
-        # Names longer than the scratch fields: the library refuses them
-        # (account > 64 bytes, model > 56 bytes) and must be the one to say so.
+        # The portable path (see "the hot path"): ctypes Structures throughout.
         req = _ffi.TgRequest()
         try:
             req.account, req.account_len, req.model, req.model_len = a, len(a), mb, len(mb)
@@ -537,11 +621,30 @@ class Limiter(_Handle):
         return self.check(account, model, tier, 0, now, rpm, rpd)
 
     def set_policy(self, policy: Policy) -> None:
-        """Swaps in a new policy; counters are kept."""
+        """Swaps in a new policy (copied); counters are kept and compared
+        against the new limits. Safe while other threads of this process
+        call check(): every call on a limiter holds the GIL, so none overlap.
+        Other processes sharing the table keep their own policies."""
         st = _ffi.tg_limiter_set_policy(self._ptr(), policy._ptr())
         if st:
             raise error_for(st, "tg_limiter_set_policy")
         self._policy = policy
+
+    def share(self, policy: Optional[Policy] = None) -> "Limiter":
+        """A second Limiter on the same counters with another policy (copied;
+        None: this one's). The table lives until its last Limiter is closed
+        (tg_limiter_share)."""
+        if policy is None:
+            policy = self._policy
+        h = c_void_p()
+        st = _ffi.tg_limiter_share(self._ptr(), policy._ptr(), byref(h))
+        if st:
+            raise error_for(st, "tg_limiter_share")
+        lim = _new(type(self))
+        _Handle.__init__(lim, h, _ffi.tg_limiter_free)
+        lim._policy = policy
+        lim._path = self._path
+        return lim
 
     def stats(self, now: Optional[float] = None) -> Stats:
         """Slot usage of the region as of ``now`` (epoch seconds; None = the
@@ -556,6 +659,10 @@ class Limiter(_Handle):
     def __repr__(self) -> str:
         where = f" path={self._path!r}" if self._path else ""
         return f"<tollgate.Limiter{where}{' closed' if self.closed else ''}>"
+
+
+if not _draft_works():
+    _DATA = None
 
 
 def _u32(v: object, what: str) -> int:

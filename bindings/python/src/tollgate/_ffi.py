@@ -167,9 +167,18 @@ _i32 = c_int32
 _PP = POINTER(c_void_p)
 
 
-def _proto(name: str, restype: object, argtypes: list[object]) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+# Calls on a limiter handle keep the GIL (PyDLL): tg_limiter_set_policy must
+# not overlap any other call on the same handle, and with every such call
+# holding the GIL, none can overlap within this process. They are all short
+# (tg_check is ~100 ns of lock-free C, cheaper than dropping and retaking the
+# GIL; tg_limiter_stats walks the table once). Everything else (opening
+# files, parsing policies, rendering) goes through CDLL and releases the GIL.
+_pylib = ctypes.PyDLL(str(library_path))
+
+
+def _proto(name: str, restype: object, argtypes: list[object], hold_gil: bool = False) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
     try:
-        fn = getattr(lib, name)
+        fn = getattr(_pylib if hold_gil else lib, name)
     except AttributeError:
         raise ImportError(f"tollgate: {library_path} lacks {name}; rebuild the library") from None
     fn.restype = restype
@@ -197,11 +206,12 @@ tg_policy_model_name = _proto(
 tg_region_size = _proto("tg_region_size", c_size_t, [c_uint32])
 tg_limiter_new = _proto("tg_limiter_new", _i32, [c_void_p, c_uint32, _PP])
 tg_limiter_open = _proto("tg_limiter_open", _i32, [c_void_p, c_char_p, c_uint32, c_uint32, _PP])
-tg_limiter_set_policy = _proto("tg_limiter_set_policy", _i32, [c_void_p, c_void_p])
-tg_limiter_stats = _proto("tg_limiter_stats", _i32, [c_void_p, c_uint64, POINTER(TgStats)])
-tg_limiter_free = _proto("tg_limiter_free", None, [c_void_p])
-tg_check = _proto("tg_check", _i32, [c_void_p, POINTER(TgRequest), c_uint64, POINTER(TgDecision)])
-tg_check_now = _proto("tg_check_now", _i32, [c_void_p, POINTER(TgRequest), POINTER(TgDecision)])
+tg_limiter_set_policy = _proto("tg_limiter_set_policy", _i32, [c_void_p, c_void_p], hold_gil=True)
+tg_limiter_share = _proto("tg_limiter_share", _i32, [c_void_p, c_void_p, _PP], hold_gil=True)
+tg_limiter_stats = _proto("tg_limiter_stats", _i32, [c_void_p, c_uint64, POINTER(TgStats)], hold_gil=True)
+tg_limiter_free = _proto("tg_limiter_free", None, [c_void_p], hold_gil=True)
+tg_check = _proto("tg_check", _i32, [c_void_p, POINTER(TgRequest), c_uint64, POINTER(TgDecision)], hold_gil=True)
+tg_check_now = _proto("tg_check_now", _i32, [c_void_p, POINTER(TgRequest), POINTER(TgDecision)], hold_gil=True)
 tg_now_ms = _proto("tg_now_ms", c_uint64, [])
 tg_decision_headers = _proto(
     "tg_decision_headers", _i32, [POINTER(TgDecision), c_char_p, c_size_t, POINTER(c_size_t)]
@@ -215,10 +225,10 @@ tg_decision_error_body = _proto(
     [POINTER(TgDecision), c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)],
 )
 
-# Hot-path twins of tg_check/tg_check_now without argtypes: each call then
-# skips per-argument from_param conversion (about 200 ns). They are only ever
-# called with c_void_p / c_uint64 instances, which ctypes passes as the exact
-# C types, so nothing is lost. The default restype (C int) reads the int32
-# status correctly.
-fast_check = lib["tg_check"]
-fast_check_now = lib["tg_check_now"]
+# Hot-path twins of tg_check/tg_check_now without argtypes: each call skips
+# per-argument from_param conversion. They are only ever called with
+# c_void_p / c_uint64 instances, which ctypes passes as the exact C types;
+# the default restype (C int) reads the int32 status. Like the others on a
+# limiter handle, they keep the GIL.
+fast_check = _pylib["tg_check"]
+fast_check_now = _pylib["tg_check_now"]
