@@ -513,6 +513,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "parses 200 models: slow under miri")]
     fn model_index_handles_many_models() {
         let mut text = String::from("[models]\n");
         for i in 0..200 {
