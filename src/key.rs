@@ -61,9 +61,12 @@ pub fn hash(seed: &[u64; 4], account: &[u8], model: u16) -> KeyHash {
     debug_assert!(account.len() <= ACCOUNT_MAX);
     let len = account.len() as u64;
     let tag = len | (model as u64) << 8;
-    let mut h1 = fold(seed[0] ^ tag, 0x9E37_79B9_7F4A_7C15);
-    let mut h2 = fold(seed[1] ^ tag, 0xC2B2_AE3D_27D4_EB4F);
-    let mut i = 0;
+    // The first block absorbs the tag; each further block chains through
+    // both lanes; one last multiply per lane mixes the result.
+    let (a, b) = (word(account, 0), word(account, 8));
+    let mut h1 = fold(a ^ seed[0] ^ tag, b ^ seed[1]);
+    let mut h2 = fold(b ^ seed[2] ^ tag.rotate_left(32), a ^ seed[3]);
+    let mut i = 16;
     while i < account.len() {
         let a = word(account, i);
         let b = word(account, i + 8);
