@@ -700,7 +700,8 @@ mod tests {
 
     #[test]
     fn verify_finds_unreachable_keys() {
-        let l = limiter();
+        const N: usize = 1024; // longer than a probe chain
+        let l = Limiter::new(&Policy::builtin(), N as u32).unwrap();
         let r = Request::new(b"acct-1", b"DeepSeek-V3.1", Tier::Developer);
         l.check(&r, NOW).unwrap();
         let region = l.region();
@@ -714,16 +715,16 @@ mod tests {
             region.write_name(j, b"acct-1");
         };
         // Two slots on, with never-used slots between: probing stops short.
-        move_to((i + 2) % 256);
+        move_to((i + 2) % N);
         let v = l.verify(NOW);
         assert!(
             v.problems[0].message.contains("never-used"),
             "{:?}",
             v.problems
         );
-        region.slot((i + 2) % 256).ident.store(0, Relaxed);
-        region.slot((i + 2) % 256).state.store(0, Relaxed);
-        move_to((i + 100) % 256);
+        region.slot((i + 2) % N).ident.store(0, Relaxed);
+        region.slot((i + 2) % N).state.store(0, Relaxed);
+        move_to((i + PROBE_MAX + 10) % N);
         let v = l.verify(NOW);
         assert!(
             v.problems[0].message.contains("probe limit"),

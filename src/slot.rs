@@ -35,7 +35,7 @@ use crate::window::Instant;
 
 /// Longest probe chain; a key that finds no free slot within it is refused
 /// with TABLE_FULL. At the recommended load (<= 80%) chains are short.
-pub const PROBE_MAX: usize = 64;
+pub const PROBE_MAX: usize = 256;
 
 /// Unpacked `state` word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
