@@ -252,15 +252,18 @@ void test_check_and_render() {
     auto v = lim.check(view, now);
     CHECK(!v.allowed);  // the same key as req: its minute is spent
 
-    // Wall-clock form.
+    // Wall-clock form, in a table of its own: seen from today's clock the
+    // keys above (counted on day 20000) are stale, so a key checked at the
+    // real time may rightly take over one of their slots.
+    tollgate::Limiter wall_lim(policy, 16);
     tollgate::Request wall = req;
     wall.account = "cpp-wall";
-    CHECK(lim.check(wall).allowed);
+    CHECK(wall_lim.check(wall).allowed);
 
     // Stats.
     auto st = lim.stats(now);
     CHECK(st.slots >= 256u);
-    CHECK(st.used >= 4u);
+    CHECK(st.used >= 3u);
     CHECK_EQ(st.layout_version, static_cast<uint32_t>(TG_LAYOUT_VERSION));
 
     // Move the limiter: the counters go with it.
