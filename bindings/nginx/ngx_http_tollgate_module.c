@@ -31,6 +31,9 @@
 #define NGX_HTTP_TOLLGATE_TABLE_OPEN      0
 #define NGX_HTTP_TOLLGATE_TABLE_CLOSED    1
 
+#define NGX_HTTP_TOLLGATE_NO_LIMIT_PASS   0
+#define NGX_HTTP_TOLLGATE_NO_LIMIT_REFUSE 1
+
 /* metric rows per zone; row 0 counts requests whose model is not (yet) in
  * the table, so the table cannot be grown by clients sending random names */
 #define NGX_HTTP_TOLLGATE_ROWS            64
@@ -40,6 +43,7 @@
 #define NGX_HTTP_TOLLGATE_JSON_DEPTH      1024
 #define NGX_HTTP_TOLLGATE_CHUNK           16384
 #define NGX_HTTP_TOLLGATE_HEADERS_LEN     512
+#define NGX_HTTP_TOLLGATE_HEADERS_MAX     8
 
 
 typedef struct {
@@ -83,6 +87,7 @@ typedef struct {
     ngx_uint_t                    status_code;
     ngx_flag_t                    dry_run;
     ngx_uint_t                    table_full;
+    ngx_uint_t                    no_limit;
 } ngx_http_tollgate_loc_conf_t;
 
 
@@ -253,6 +258,28 @@ static ngx_str_t  ngx_http_tollgate_metric_outcomes[] = {
 };
 
 
+#define NGX_HTTP_TOLLGATE_DECISIONS_HELP                                      \
+    "# HELP tollgate_decisions_total Requests decided, by zone, model and "  \
+    "outcome.\n# TYPE tollgate_decisions_total counter\n"
+
+
+static ngx_str_t  ngx_http_tollgate_table_metrics[] = {
+    ngx_string("tollgate_table_slots"),
+    ngx_string("tollgate_table_used"),
+    ngx_string("tollgate_table_full_total"),
+    ngx_string("tollgate_region_bytes")
+};
+
+
+static ngx_str_t  ngx_http_tollgate_table_help[] = {
+    ngx_string("tollgate_table_slots Slots in the zone's table."),
+    ngx_string("tollgate_table_used Slots holding a key counted today."),
+    ngx_string("tollgate_table_full_total Requests that found no free "
+               "slot."),
+    ngx_string("tollgate_region_bytes Bytes of the zone's table.")
+};
+
+
 static ngx_str_t  ngx_http_tollgate_limited_by[] = {
     ngx_string("NONE"),
     ngx_string("MINUTE"),
@@ -263,6 +290,13 @@ static ngx_str_t  ngx_http_tollgate_limited_by[] = {
 static ngx_conf_enum_t  ngx_http_tollgate_table_full_modes[] = {
     { ngx_string("open"), NGX_HTTP_TOLLGATE_TABLE_OPEN },
     { ngx_string("closed"), NGX_HTTP_TOLLGATE_TABLE_CLOSED },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_tollgate_no_limit_modes[] = {
+    { ngx_string("pass"), NGX_HTTP_TOLLGATE_NO_LIMIT_PASS },
+    { ngx_string("refuse"), NGX_HTTP_TOLLGATE_NO_LIMIT_REFUSE },
     { ngx_null_string, 0 }
 };
 
@@ -330,6 +364,13 @@ static ngx_command_t  ngx_http_tollgate_commands[] = {
       offsetof(ngx_http_tollgate_loc_conf_t, table_full),
       &ngx_http_tollgate_table_full_modes },
 
+    { ngx_string("tollgate_no_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_tollgate_loc_conf_t, no_limit),
+      &ngx_http_tollgate_no_limit_modes },
+
     { ngx_string("tollgate_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_tollgate_metrics,
@@ -393,6 +434,28 @@ static ngx_http_variable_t  ngx_http_tollgate_vars[] = {
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+
+
+/* bytes that may stand in a JSON string as they are: all but '"', '\\' and
+ * the control characters */
+static u_char  ngx_http_tollgate_json_plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
+};
 
 
 static ngx_int_t
@@ -607,15 +670,32 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         break;
 
     case TG_E_NO_LIMIT:
-        /* the policy sets no limit for this tier and model */
-        ctx->outcome = NGX_HTTP_TOLLGATE_NO_LIMIT;
+
+        /*
+         * the policy sets no limit for this tier (or enterprise account)
+         * and model: no numbers are invented, so either no limit at all
+         * or no access
+         */
+
+        if (tlcf->no_limit == NGX_HTTP_TOLLGATE_NO_LIMIT_PASS) {
+            ctx->outcome = NGX_HTTP_TOLLGATE_NO_LIMIT;
+            break;
+        }
+
+        (void) ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_NO_LIMIT,
+                                  NGX_HTTP_FORBIDDEN,
+                                  "invalid_request_error",
+                                  "no_limit_configured",
+                                  "No rate limit is configured for the model "
+                                  "`%s` on your tier, so it is not available "
+                                  "to you.", &ctx->model);
         break;
 
     case TG_E_TABLE_FULL:
+        /* no account in the log: it may well be an API key */
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "tollgate: zone \"%V\" has no free slot for "
-                      "account \"%V\" model \"%V\"",
-                      &zone->name, &account, &ctx->model);
+                      "tollgate: zone \"%V\" has no free slot for a new "
+                      "key, model \"%V\"", &zone->name, &ctx->model);
 
         if (tlcf->table_full == NGX_HTTP_TOLLGATE_TABLE_OPEN) {
             ctx->outcome = NGX_HTTP_TOLLGATE_TABLE_FULL;
@@ -830,7 +910,7 @@ invalid:
                                     "invalid_request_error", NULL,
                                     "We could not parse the JSON body of your "
                                     "request. The API expects a JSON object "
-                                    "with a \"model\" field.", NULL);
+                                    "with a 'model' field.", NULL);
 
 failed:
 
@@ -891,9 +971,9 @@ ngx_http_tollgate_tier(ngx_http_request_t *r,
 
 
 /*
- * Records a refusal answered with an OpenAI-shaped error body.  fmt may
- * hold one "%s", replaced by arg JSON-escaped.  Always returns NGX_DECLINED
- * so callers can return it as "no model".
+ * Records a refusal answered with an OpenAI-shaped error body.  fmt is
+ * JSON-safe text that may hold one "%s", replaced by arg JSON-escaped.
+ * Returns NGX_DECLINED, so callers can return it as "no model found".
  */
 
 static ngx_int_t
@@ -1132,26 +1212,26 @@ static ngx_int_t
 ngx_http_tollgate_add_headers(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx)
 {
-    u_char           *p, *last, *name, *colon, *eol;
-    size_t            len, n;
+    u_char            c, *p, *last, *colon, *eol;
+    u_char            buf[NGX_HTTP_TOLLGATE_HEADERS_LEN];
+    size_t            len;
     tg_status         st;
-    ngx_uint_t        i;
+    ngx_str_t         names[NGX_HTTP_TOLLGATE_HEADERS_MAX];
+    ngx_str_t         values[NGX_HTTP_TOLLGATE_HEADERS_MAX];
+    ngx_uint_t        i, k, n;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h, *header;
 
-    len = NGX_HTTP_TOLLGATE_HEADERS_LEN;
+    p = buf;
+    st = tg_decision_headers(&ctx->decision, (char *) buf, sizeof(buf), &len);
 
-    for ( ;; ) {
+    if (st == TG_E_BUFFER_TOO_SMALL) {
         p = ngx_pnalloc(r->pool, len + 1);
         if (p == NULL) {
             return NGX_ERROR;
         }
 
         st = tg_decision_headers(&ctx->decision, (char *) p, len + 1, &len);
-
-        if (st != TG_E_BUFFER_TOO_SMALL) {
-            break;
-        }
     }
 
     if (st != TG_OK) {
@@ -1161,54 +1241,92 @@ ngx_http_tollgate_add_headers(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
+    /* the headers outlive this call ($sent_http_* in the log): copy them */
+
+    if (p == buf) {
+        p = ngx_pnalloc(r->pool, len);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(p, buf, len);
+    }
+
     last = p + len;
 
     /* "name: value\r\n" lines, the names already lowercase */
 
-    for (name = p; name < last; name = eol + 2) {
-        eol = ngx_strlchr(name, last, '\r');
+    for (n = 0; p < last && n < NGX_HTTP_TOLLGATE_HEADERS_MAX; p = eol + 2) {
+        colon = memchr(p, ':', last - p);
+        if (colon == NULL) {
+            break;
+        }
+
+        eol = memchr(colon, '\r', last - colon);
         if (eol == NULL || eol + 1 == last || eol[1] != '\n') {
             break;
         }
 
-        colon = ngx_strlchr(name, eol, ':');
-        if (colon == NULL) {
-            continue;
-        }
-
-        n = colon - name;
+        names[n].data = p;
+        names[n].len = colon - p;
 
         /* Retry-After only goes with a refusal, not a dry run's pass */
-        if (!ctx->refused && n == sizeof("retry-after") - 1
-            && ngx_strncasecmp(name, (u_char *) "retry-after", n) == 0)
+        if (!ctx->refused && names[n].len == sizeof("retry-after") - 1
+            && ngx_strncmp(p, "retry-after", names[n].len) == 0)
         {
             continue;
         }
 
-        /* ours replace any the upstream sent under the same name */
-
-        part = &r->headers_out.headers.part;
-        header = part->elts;
-
-        for (i = 0; /* void */ ; i++) {
-
-            if (i >= part->nelts) {
-                if (part->next == NULL) {
-                    break;
-                }
-
-                part = part->next;
-                header = part->elts;
-                i = 0;
-            }
-
-            if (header[i].hash != 0 && header[i].key.len == n
-                && ngx_strncasecmp(header[i].key.data, name, n) == 0)
-            {
-                header[i].hash = 0;
-            }
+        for (colon++; colon < eol && *colon == ' '; colon++) {
+            /* void */
         }
 
+        values[n].data = colon;
+        values[n].len = eol - colon;
+        n++;
+    }
+
+    /* ours replace any the upstream sent under the same names */
+
+    part = &r->headers_out.headers.part;
+    header = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            header = part->elts;
+            i = 0;
+        }
+
+        if (header[i].hash == 0 || header[i].key.len == 0) {
+            continue;
+        }
+
+        /* a quick test first: our names start with "x" or "r" */
+        c = header[i].key.data[0] | 0x20;
+
+        if (c != 'x' && c != 'r') {
+            continue;
+        }
+
+        for (k = 0; k < n; k++) {
+            if (header[i].key.len == names[k].len
+                && ngx_strncasecmp(header[i].key.data, names[k].data,
+                                   names[k].len)
+                   == 0)
+            {
+                header[i].hash = 0;
+                break;
+            }
+        }
+    }
+
+    for (k = 0; k < n; k++) {
         h = ngx_list_push(&r->headers_out.headers);
         if (h == NULL) {
             return NGX_ERROR;
@@ -1218,17 +1336,9 @@ ngx_http_tollgate_add_headers(ngx_http_request_t *r,
 #if (nginx_version >= 1023000)
         h->next = NULL;
 #endif
-        h->key.data = name;
-        h->key.len = n;
-        h->lowcase_key = name;
-
-        colon++;
-        while (colon < eol && *colon == ' ') {
-            colon++;
-        }
-
-        h->value.data = colon;
-        h->value.len = eol - colon;
+        h->key = names[k];
+        h->lowcase_key = names[k].data;
+        h->value = values[k];
     }
 
     return NGX_OK;
@@ -1263,6 +1373,48 @@ ngx_http_tollgate_json_put(ngx_http_tollgate_json_t *js, u_char c)
         } else {
             js->model_overflow = 1;
         }
+    }
+}
+
+
+static void
+ngx_http_tollgate_json_append(ngx_http_tollgate_json_t *js, u_char *p,
+    size_t n)
+{
+    u_char  *buf;
+    size_t   len, cap, room;
+
+    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_KEY) {
+        buf = js->key;
+        len = js->key_len;
+        cap = sizeof(js->key);
+
+    } else {
+        buf = js->model;
+        len = js->model_len;
+        cap = NGX_HTTP_TOLLGATE_MODEL_LEN;
+    }
+
+    room = cap - len;
+
+    if (n > room) {
+        n = room;
+
+        if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_KEY) {
+            js->key_overflow = 1;
+
+        } else {
+            js->model_overflow = 1;
+        }
+    }
+
+    ngx_memcpy(buf + len, p, n);
+
+    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_KEY) {
+        js->key_len += n;
+
+    } else {
+        js->model_len += n;
     }
 }
 
@@ -1412,7 +1564,7 @@ static ngx_int_t
 ngx_http_tollgate_json_feed(ngx_http_tollgate_json_t *js, u_char *p,
     u_char *last)
 {
-    u_char      c;
+    u_char      c, *start;
     ngx_uint_t  in_array, hex;
 
     while (p < last) {
@@ -1507,6 +1659,31 @@ ngx_http_tollgate_json_feed(ngx_http_tollgate_json_t *js, u_char *p,
             goto invalid;
 
         case tg_json_string:
+            if (ngx_http_tollgate_json_plain[c]) {
+
+                /* the bulk of a body: a run of bytes that stand as they are */
+
+                start = p;
+
+                do {
+                    if (++p == last) {
+                        break;
+                    }
+
+                    c = *p;
+
+                } while (ngx_http_tollgate_json_plain[c]);
+
+                if (js->capture != NGX_HTTP_TOLLGATE_CAPTURE_NONE) {
+                    ngx_http_tollgate_json_flush_high(js);
+                    ngx_http_tollgate_json_append(js, start, p - start);
+                }
+
+                if (p == last) {
+                    return NGX_OK;
+                }
+            }
+
             if (c == '"') {
                 ngx_http_tollgate_json_flush_high(js);
 
@@ -1536,17 +1713,8 @@ ngx_http_tollgate_json_feed(ngx_http_tollgate_json_t *js, u_char *p,
                 break;
             }
 
-            if (c < 0x20) {
-                goto invalid;
-            }
-
-            ngx_http_tollgate_json_flush_high(js);
-
-            if (js->capture != NGX_HTTP_TOLLGATE_CAPTURE_NONE) {
-                ngx_http_tollgate_json_put(js, c);
-            }
-
-            break;
+            /* a control character */
+            goto invalid;
 
         case tg_json_escape:
             js->state = tg_json_string;
@@ -1792,7 +1960,7 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
     ngx_int_t                       rc;
     ngx_buf_t                      *b;
     ngx_str_t                       name;
-    tg_stats                        stats;
+    tg_stats                       *stats;
     tg_status                       st;
     ngx_uint_t                      z, i, k, n;
     ngx_chain_t                     out;
@@ -1814,19 +1982,13 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
     tmcf = ngx_http_get_module_main_conf(r, ngx_http_tollgate_module);
     zones = tmcf->zones.elts;
 
-    len = sizeof("# HELP tollgate_decisions_total Requests decided, "
-                 "by zone, model and outcome.\n"
-                 "# TYPE tollgate_decisions_total counter\n"
-                 "# HELP tollgate_table_slots Slots in the zone's table.\n"
-                 "# TYPE tollgate_table_slots gauge\n"
-                 "# HELP tollgate_table_used Slots holding a key counted "
-                 "today.\n"
-                 "# TYPE tollgate_table_used gauge\n"
-                 "# HELP tollgate_table_full_total Requests that found no "
-                 "free slot.\n"
-                 "# TYPE tollgate_table_full_total counter\n"
-                 "# HELP tollgate_region_bytes Size of the zone's region.\n"
-                 "# TYPE tollgate_region_bytes gauge\n");
+    len = sizeof(NGX_HTTP_TOLLGATE_DECISIONS_HELP);
+
+    for (k = 0; k < 4; k++) {
+        len += sizeof("# HELP \n# TYPE  counter\n")
+               + ngx_http_tollgate_table_help[k].len
+               + ngx_http_tollgate_table_metrics[k].len;
+    }
 
     for (z = 0; z < tmcf->zones.nelts; z++) {
         line = sizeof("tollgate_decisions_total{zone=\"\",model=\"\","
@@ -1846,12 +2008,8 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
 
     p = b->last;
 
-    p = ngx_cpymem(p, "# HELP tollgate_decisions_total Requests decided, "
-                   "by zone, model and outcome.\n"
-                   "# TYPE tollgate_decisions_total counter\n",
-                   sizeof("# HELP tollgate_decisions_total Requests decided, "
-                          "by zone, model and outcome.\n"
-                          "# TYPE tollgate_decisions_total counter\n") - 1);
+    p = ngx_cpymem(p, NGX_HTTP_TOLLGATE_DECISIONS_HELP,
+                   sizeof(NGX_HTTP_TOLLGATE_DECISIONS_HELP) - 1);
 
     for (z = 0; z < tmcf->zones.nelts; z++) {
         zone = zones[z];
@@ -1886,85 +2044,41 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
         }
     }
 
-    for (k = 0; k < 4; k++) {
+    /* each call walks the whole table: once per zone */
 
-        switch (k) {
-        case 0:
-            p = ngx_cpymem(p, "# HELP tollgate_table_slots Slots in the "
-                           "zone's table.\n"
-                           "# TYPE tollgate_table_slots gauge\n",
-                           sizeof("# HELP tollgate_table_slots Slots in the "
-                                  "zone's table.\n"
-                                  "# TYPE tollgate_table_slots gauge\n")
-                           - 1);
-            break;
-        case 1:
-            p = ngx_cpymem(p, "# HELP tollgate_table_used Slots holding a "
-                           "key counted today.\n"
-                           "# TYPE tollgate_table_used gauge\n",
-                           sizeof("# HELP tollgate_table_used Slots holding "
-                                  "a key counted today.\n"
-                                  "# TYPE tollgate_table_used gauge\n")
-                           - 1);
-            break;
-        case 2:
-            p = ngx_cpymem(p, "# HELP tollgate_table_full_total Requests "
-                           "that found no free slot.\n"
-                           "# TYPE tollgate_table_full_total counter\n",
-                           sizeof("# HELP tollgate_table_full_total Requests "
-                                  "that found no free slot.\n"
-                                  "# TYPE tollgate_table_full_total "
-                                  "counter\n") - 1);
-            break;
-        default:
-            p = ngx_cpymem(p, "# HELP tollgate_region_bytes Size of the "
-                           "zone's region.\n"
-                           "# TYPE tollgate_region_bytes gauge\n",
-                           sizeof("# HELP tollgate_region_bytes Size of the "
-                                  "zone's region.\n"
-                                  "# TYPE tollgate_region_bytes gauge\n")
-                           - 1);
+    stats = ngx_palloc(r->pool, (tmcf->zones.nelts + 1) * sizeof(tg_stats));
+    if (stats == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (z = 0; z < tmcf->zones.nelts; z++) {
+        st = tg_limiter_stats(zones[z]->limiter, tg_now_ms(), &stats[z]);
+
+        if (st != TG_OK) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "tollgate: tg_limiter_stats() failed "
+                          "in zone \"%V\": %s",
+                          &zones[z]->name, tg_status_str(st));
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+    }
+
+    for (k = 0; k < 4; k++) {
+        p = ngx_sprintf(p, "# HELP %V\n# TYPE %V %s\n",
+                        &ngx_http_tollgate_table_help[k],
+                        &ngx_http_tollgate_table_metrics[k],
+                        k == 2 ? "counter" : "gauge");
 
         for (z = 0; z < tmcf->zones.nelts; z++) {
-            zone = zones[z];
-
-            st = tg_limiter_stats(zone->limiter, tg_now_ms(), &stats);
-            if (st != TG_OK) {
-                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                              "tollgate: tg_limiter_stats() failed "
-                              "in zone \"%V\": %s",
-                              &zone->name, tg_status_str(st));
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            switch (k) {
-            case 0:
-                p = ngx_cpymem(p, "tollgate_table_slots{zone=\"",
-                               sizeof("tollgate_table_slots{zone=\"") - 1);
-                break;
-            case 1:
-                p = ngx_cpymem(p, "tollgate_table_used{zone=\"",
-                               sizeof("tollgate_table_used{zone=\"") - 1);
-                break;
-            case 2:
-                p = ngx_cpymem(p, "tollgate_table_full_total{zone=\"",
-                               sizeof("tollgate_table_full_total{zone=\"")
-                               - 1);
-                break;
-            default:
-                p = ngx_cpymem(p, "tollgate_region_bytes{zone=\"",
-                               sizeof("tollgate_region_bytes{zone=\"") - 1);
-            }
-
-            p = ngx_http_tollgate_escape(p, zone->name.data, zone->name.len,
-                                         1);
-
+            p = ngx_sprintf(p, "%V{zone=\"",
+                            &ngx_http_tollgate_table_metrics[k]);
+            p = ngx_http_tollgate_escape(p, zones[z]->name.data,
+                                         zones[z]->name.len, 1);
             p = ngx_sprintf(p, "\"} %uL\n",
-                            k == 0 ? (uint64_t) stats.slots
-                            : k == 1 ? (uint64_t) stats.used
-                            : k == 2 ? stats.table_full
-                            : stats.region_bytes);
+                            k == 0 ? (uint64_t) stats[z].slots
+                            : k == 1 ? (uint64_t) stats[z].used
+                            : k == 2 ? stats[z].table_full
+                            : stats[z].region_bytes);
         }
     }
 
@@ -2284,6 +2398,7 @@ ngx_http_tollgate_create_loc_conf(ngx_conf_t *cf)
     conf->status_code = NGX_CONF_UNSET_UINT;
     conf->dry_run = NGX_CONF_UNSET;
     conf->table_full = NGX_CONF_UNSET_UINT;
+    conf->no_limit = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -2304,6 +2419,8 @@ ngx_http_tollgate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
     ngx_conf_merge_uint_value(conf->table_full, prev->table_full,
                               NGX_HTTP_TOLLGATE_TABLE_CLOSED);
+    ngx_conf_merge_uint_value(conf->no_limit, prev->no_limit,
+                              NGX_HTTP_TOLLGATE_NO_LIMIT_REFUSE);
 
     return NGX_CONF_OK;
 }
