@@ -342,17 +342,12 @@ pub extern "C" fn tg_policy_parse(
 ) -> tg_status {
     guard(|| {
         clear(out);
-        if (text.is_null() && len != 0) || out.is_null() {
+        if out.is_null() {
             return TG_E_NULL;
         }
-        if len > isize::MAX as usize {
-            return TG_E_INVALID;
-        }
-        let bytes = if len == 0 {
-            &[][..]
-        } else {
-            // SAFETY: non-null, `len` readable bytes by contract.
-            unsafe { std::slice::from_raw_parts(text.cast::<u8>(), len) }
+        let bytes = match any_bytes(text, len) {
+            Ok(b) => b,
+            Err(s) => return s,
         };
         let Ok(text) = std::str::from_utf8(bytes) else {
             write_err(err, err_cap, "<policy text>: the policy is not valid UTF-8");
@@ -757,6 +752,29 @@ fn to_c(d: &Decision) -> tg_decision {
     }
 }
 
+/// The caller's decision, checked: TG_E_NULL for NULL, TG_E_INVALID for a
+/// `limited_by` that is not a TG_LIMIT_* value.
+fn decision_arg(decision: *const tg_decision) -> Result<Decision, tg_status> {
+    // SAFETY: NULL or a readable tg_decision by contract.
+    let d = unsafe { decision.as_ref() }.ok_or(TG_E_NULL)?;
+    from_c(d).ok_or(TG_E_INVALID)
+}
+
+/// `len` bytes at `ptr` (which may be NULL when `len` is 0), any length.
+fn any_bytes<'a>(ptr: *const c_char, len: usize) -> Result<&'a [u8], tg_status> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(TG_E_NULL);
+    }
+    if len > isize::MAX as usize {
+        return Err(TG_E_INVALID);
+    }
+    // SAFETY: non-null with `len` readable bytes by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+}
+
 fn from_c(d: &tg_decision) -> Option<Decision> {
     let limited_by = match d.limited_by {
         TG_LIMIT_NONE => LimitedBy::None,
@@ -893,12 +911,9 @@ pub extern "C" fn tg_decision_headers(
     written: *mut usize,
 ) -> tg_status {
     guard(|| {
-        // SAFETY: NULL or a readable tg_decision by contract.
-        let Some(d) = (unsafe { decision.as_ref() }) else {
-            return TG_E_NULL;
-        };
-        let Some(d) = from_c(d) else {
-            return TG_E_INVALID;
+        let d = match decision_arg(decision) {
+            Ok(d) => d,
+            Err(s) => return s,
         };
         render(buf, cap, written, |s| d.write_headers(s))
     })
@@ -916,12 +931,9 @@ pub extern "C" fn tg_decision_ietf_headers(
     written: *mut usize,
 ) -> tg_status {
     guard(|| {
-        // SAFETY: NULL or a readable tg_decision by contract.
-        let Some(d) = (unsafe { decision.as_ref() }) else {
-            return TG_E_NULL;
-        };
-        let Some(d) = from_c(d) else {
-            return TG_E_INVALID;
+        let d = match decision_arg(decision) {
+            Ok(d) => d,
+            Err(s) => return s,
         };
         render(buf, cap, written, |s| d.write_ietf_headers(now_ms, s))
     })
@@ -940,24 +952,13 @@ pub extern "C" fn tg_decision_error_body(
     written: *mut usize,
 ) -> tg_status {
     guard(|| {
-        // SAFETY: NULL or a readable tg_decision by contract.
-        let Some(d) = (unsafe { decision.as_ref() }) else {
-            return TG_E_NULL;
+        let d = match decision_arg(decision) {
+            Ok(d) => d,
+            Err(s) => return s,
         };
-        let Some(d) = from_c(d) else {
-            return TG_E_INVALID;
-        };
-        if model.is_null() && model_len != 0 {
-            return TG_E_NULL;
-        }
-        if model_len > isize::MAX as usize {
-            return TG_E_INVALID;
-        }
-        let model = if model_len == 0 {
-            &[][..]
-        } else {
-            // SAFETY: non-null with `model_len` readable bytes by contract.
-            unsafe { std::slice::from_raw_parts(model.cast::<u8>(), model_len) }
+        let model = match any_bytes(model, model_len) {
+            Ok(m) => m,
+            Err(s) => return s,
         };
         render(buf, cap, written, |s| d.write_error_body(model, s))
     })
@@ -976,17 +977,9 @@ pub extern "C" fn tg_unknown_model_body(
     written: *mut usize,
 ) -> tg_status {
     guard(|| {
-        if model.is_null() && model_len != 0 {
-            return TG_E_NULL;
-        }
-        if model_len > isize::MAX as usize {
-            return TG_E_INVALID;
-        }
-        let model = if model_len == 0 {
-            &[][..]
-        } else {
-            // SAFETY: non-null with `model_len` readable bytes by contract.
-            unsafe { std::slice::from_raw_parts(model.cast::<u8>(), model_len) }
+        let model = match any_bytes(model, model_len) {
+            Ok(m) => m,
+            Err(s) => return s,
         };
         render(buf, cap, written, |s| {
             crate::decision::write_unknown_model_body(model, s)
