@@ -83,6 +83,14 @@
 #define TG_OPEN_CREATE 1
 
 /**
+ * tg_limiter_open flag: map an existing file for reading only (operator
+ * views), with `slots` 0. Nothing done through the handle reaches the
+ * file, model names are not registered, and writing calls give
+ * TG_E_READ_ONLY. Not with TG_OPEN_CREATE.
+ */
+#define TG_OPEN_READ_ONLY 2
+
+/**
  * A limiter over one region (opaque). Many threads may call tg_check on
  * one handle at once; only tg_limiter_set_policy needs the handle alone.
  */
@@ -311,6 +319,17 @@ typedef struct tg_decision {
  * The region's table of model names (256) is full.
  */
 #define TG_E_MODEL_TABLE_FULL 17
+
+/**
+ * The file system has no room to reserve the region file; nothing was
+ * left behind (tg_limiter_open's detail names the bytes needed and free).
+ */
+#define TG_E_NO_SPACE 18
+
+/**
+ * The handle was opened with TG_OPEN_READ_ONLY and the call would write.
+ */
+#define TG_E_READ_ONLY 19
 
 /**
  * An internal error was caught at the boundary (a bug: please report it).

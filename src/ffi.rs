@@ -56,6 +56,11 @@ pub const TG_E_ALIGNMENT: tg_status = 15;
 pub const TG_E_UNSUPPORTED: tg_status = 16;
 /// The region's table of model names (256) is full.
 pub const TG_E_MODEL_TABLE_FULL: tg_status = 17;
+/// The file system has no room to reserve the region file; nothing was
+/// left behind (tg_limiter_open's detail names the bytes needed and free).
+pub const TG_E_NO_SPACE: tg_status = 18;
+/// The handle was opened with TG_OPEN_READ_ONLY and the call would write.
+pub const TG_E_READ_ONLY: tg_status = 19;
 /// An internal error was caught at the boundary (a bug: please report it).
 pub const TG_E_PANIC: tg_status = 99;
 
@@ -88,6 +93,11 @@ pub const TG_LIMIT_DAY: u32 = 2;
 
 /// tg_limiter_open flag: create and format the file if it does not exist.
 pub const TG_OPEN_CREATE: u32 = 1;
+/// tg_limiter_open flag: map an existing file for reading only (operator
+/// views), with `slots` 0. Nothing done through the handle reaches the
+/// file, model names are not registered, and writing calls give
+/// TG_E_READ_ONLY. Not with TG_OPEN_CREATE.
+pub const TG_OPEN_READ_ONLY: u32 = 2;
 
 /// A loaded policy (opaque). Immutable; may be shared between threads.
 pub struct tg_policy {
@@ -189,6 +199,8 @@ fn status_of(e: &Error) -> tg_status {
         Error::CostTooLarge => TG_E_COST_TOO_LARGE,
         Error::TableFull => TG_E_TABLE_FULL,
         Error::ModelTableFull => TG_E_MODEL_TABLE_FULL,
+        Error::NoSpace { .. } => TG_E_NO_SPACE,
+        Error::ReadOnly => TG_E_READ_ONLY,
         Error::Policy(_) => TG_E_POLICY,
         Error::Io { .. } => TG_E_IO,
         Error::Region(r) => match r {
@@ -272,6 +284,8 @@ pub extern "C" fn tg_status_str(status: tg_status) -> *const c_char {
         TG_E_ALIGNMENT => c"region memory is not aligned to 64 bytes",
         TG_E_UNSUPPORTED => c"no lock-free 128-bit compare-and-swap on this CPU",
         TG_E_MODEL_TABLE_FULL => c"the region's model table is full",
+        TG_E_NO_SPACE => c"no space to reserve the region file",
+        TG_E_READ_ONLY => c"the handle was opened read-only",
         TG_E_PANIC => c"internal error (caught panic)",
         _ => c"unknown status",
     };
@@ -570,7 +584,9 @@ pub extern "C" fn tg_limiter_open(
         let (Some(p), false, false) = (policy_ref(policy), path.is_null(), out.is_null()) else {
             return TG_E_NULL;
         };
-        if flags & !TG_OPEN_CREATE != 0 {
+        if flags & !(TG_OPEN_CREATE | TG_OPEN_READ_ONLY) != 0
+            || flags == TG_OPEN_CREATE | TG_OPEN_READ_ONLY
+        {
             return TG_E_INVALID;
         }
         // SAFETY: non-null and NUL-terminated by contract.
@@ -578,6 +594,12 @@ pub extern "C" fn tg_limiter_open(
         let path = std::path::Path::new(
             <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes()),
         );
+        if flags & TG_OPEN_READ_ONLY != 0 {
+            if slots != 0 {
+                return TG_E_INVALID;
+            }
+            return make(out, Limiter::open_read_only(p, path));
+        }
         make(
             out,
             Limiter::open(p, path, slots, flags & TG_OPEN_CREATE != 0),

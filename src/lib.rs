@@ -19,9 +19,11 @@
 //! Modules, one concern each: [`policy`] (tiers, models, TOML), `window`
 //! (minute/day arithmetic), `key` (seeded hashing), `region` (layout,
 //! format, attach), `slot` (the packed state and the CAS: the decision
-//! path), [`decision`] (headers, error body), `ffi` (the C ABI).
+//! path), [`decision`] (headers, error body), `digest` (account ids from
+//! API keys), `ffi` (the C ABI).
 
 pub mod decision;
+mod digest;
 mod error;
 pub mod ffi;
 mod file;
@@ -34,6 +36,7 @@ mod slot;
 mod window;
 
 pub use decision::{Decision, Window};
+pub use digest::account_digest;
 pub use error::Error;
 pub use key::ACCOUNT_MAX;
 pub use limiter::{Limiter, Request, Stats};

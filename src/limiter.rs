@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::decision::Decision;
 use crate::error::Error;
-use crate::file::Mapping;
+use crate::file::{Access, Mapping};
 use crate::key::{self, ACCOUNT_MAX};
 use crate::policy::{Limits, Policy, Tier};
 use crate::region::{self, HeapMem, Region};
@@ -76,6 +76,8 @@ pub struct Limiter {
     policy: Policy,
     /// The region's id for each of the policy's models, by policy index.
     model_ids: Vec<u16>,
+    /// Opened with [`Limiter::open_read_only`]: operator writes are refused.
+    read_only: bool,
     // Declared last so the region view is dropped before its memory.
     _backing: Arc<Backing>,
 }
@@ -142,8 +144,31 @@ impl Limiter {
         slots: u32,
         create: bool,
     ) -> Result<Limiter, Error> {
-        let (mapping, region) = crate::file::open(path.as_ref(), slots, create)?;
+        let access = Access::Write { create };
+        let (mapping, region) = crate::file::open(path.as_ref(), slots, access)?;
         Limiter::with(policy, region, Backing::File(mapping))
+    }
+
+    /// Maps an existing region file for reading only, for operator views:
+    /// the descriptor is read-only and the mapping private, so nothing done
+    /// through this handle (not even a decision) reaches the file, and the
+    /// policy's model names are looked up, never registered. Counts read
+    /// are the live ones at the moment each page is first read.
+    /// [`Limiter::reset`] through it is [`Error::ReadOnly`].
+    pub fn open_read_only(policy: &Policy, path: impl AsRef<Path>) -> Result<Limiter, Error> {
+        let (mapping, region) = crate::file::open(path.as_ref(), 0, Access::ReadOnly)?;
+        Ok(Limiter {
+            region,
+            policy: policy.clone(),
+            model_ids: found_ids(&region, policy),
+            read_only: true,
+            _backing: Arc::new(Backing::File(mapping)),
+        })
+    }
+
+    /// Whether this handle was opened with [`Limiter::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     fn with(policy: &Policy, region: Region, backing: Backing) -> Result<Limiter, Error> {
@@ -152,6 +177,7 @@ impl Limiter {
             region,
             policy: policy.clone(),
             model_ids,
+            read_only: false,
             _backing: Arc::new(backing),
         })
     }
@@ -163,7 +189,8 @@ impl Limiter {
         Ok(Limiter {
             region: self.region,
             policy: policy.clone(),
-            model_ids: model_ids(&self.region, policy)?,
+            model_ids: self.ids_for(policy)?,
+            read_only: self.read_only,
             _backing: self._backing.clone(),
         })
     }
@@ -171,7 +198,7 @@ impl Limiter {
     /// Replaces the policy. Counters are kept: they are counts, compared
     /// against whatever limits are in force.
     pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
-        self.model_ids = model_ids(&self.region, policy)?;
+        self.model_ids = self.ids_for(policy)?;
         self.policy = policy.clone();
         Ok(())
     }
@@ -239,6 +266,22 @@ impl Limiter {
     pub(crate) fn region(&self) -> &Region {
         &self.region
     }
+
+    fn ids_for(&self, policy: &Policy) -> Result<Vec<u16>, Error> {
+        if self.read_only {
+            return Ok(found_ids(&self.region, policy));
+        }
+        model_ids(&self.region, policy)
+    }
+
+    /// `Err(ReadOnly)` on a read-only handle: for operations that write.
+    pub(crate) fn writable(&self) -> Result<(), Error> {
+        if self.read_only {
+            Err(Error::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl std::fmt::Debug for Limiter {
@@ -258,6 +301,17 @@ fn model_ids(region: &Region, policy: &Policy) -> Result<Vec<u16>, Error> {
                 .model_id(m.name.as_bytes())
                 .ok_or(Error::ModelTableFull)
         })
+        .collect()
+}
+
+/// As [`model_ids`] without registering: a model no process registered has
+/// no slots, and an id no region hands out (ids are below MODELS_MAX) finds
+/// none.
+fn found_ids(region: &Region, policy: &Policy) -> Vec<u16> {
+    policy
+        .models()
+        .iter()
+        .map(|m| region.find_model(m.name.as_bytes()).unwrap_or(u16::MAX))
         .collect()
 }
 

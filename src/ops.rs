@@ -450,6 +450,7 @@ impl Limiter {
     /// requests landing meanwhile are counted after it. Returns how many
     /// keys had a slot.
     pub fn reset(&self, account: &[u8], model: Option<&[u8]>) -> Result<u32, Error> {
+        self.writable()?;
         if account.is_empty() || account.len() > ACCOUNT_MAX {
             return Err(Error::Account);
         }

@@ -412,12 +412,26 @@ impl Region {
     /// Lock-free: a registrant that dies mid-write is finished by the next
     /// one with the same name (the bytes it writes are the same).
     pub(crate) fn model_id(&self, name: &[u8]) -> Option<u16> {
+        self.model_lookup(name, true)
+    }
+
+    /// The region's id for model `name` if some process registered it;
+    /// registers nothing (read-only handles, operator views).
+    pub(crate) fn find_model(&self, name: &[u8]) -> Option<u16> {
+        self.model_lookup(name, false)
+    }
+
+    fn model_lookup(&self, name: &[u8], register: bool) -> Option<u16> {
         debug_assert!(!name.is_empty() && name.len() <= MODEL_NAME_MAX);
         let h = key::hash(self.seed(), name, u16::MAX).home >> 16;
         let want = h << 16 | (name.len() as u64) << 8;
         for i in 0..MODELS_MAX {
             let e = self.model_entry(i);
             let mut w = e.word.load(Ordering::Acquire);
+            if w == 0 && !register {
+                // Entries are taken in order: the name is in none further on.
+                return None;
+            }
             if w == 0 {
                 match e
                     .word
@@ -430,7 +444,7 @@ impl Region {
             if w & !0xFF != want {
                 continue;
             }
-            if w & 0xFF == 1 {
+            if w & 0xFF == 1 && register {
                 for (k, slot) in e.name.iter().enumerate() {
                     slot.store(word_at(name, k * 8), Ordering::Relaxed);
                 }
