@@ -19,10 +19,11 @@
 //! Modules, one concern each: [`policy`] (tiers, models, TOML), `window`
 //! (minute/day arithmetic), `key` (seeded hashing), `region` (layout,
 //! format, attach), `refusals` (the ring of latest refusals), `slot` (the
-//! packed state and the CAS: the decision
-//! path), [`decision`] (headers, error body), `digest` (account ids from
-//! API keys), `ffi` (the C ABI).
+//! packed state and the CAS: the decision path), [`decision`] (headers,
+//! error body), [`body`] (the streaming JSON scan of a request body for its
+//! model), `digest` (account ids from API keys), `ffi` (the C ABI).
 
+pub mod body;
 pub mod decision;
 mod digest;
 mod error;
@@ -37,6 +38,7 @@ mod region;
 mod slot;
 mod window;
 
+pub use body::BodyError;
 pub use decision::{Decision, Window};
 pub use digest::account_digest;
 pub use error::Error;
