@@ -17,7 +17,9 @@ use crate::policy::{Policy, Tier, MODEL_NAME_MAX};
 use crate::region::{RegionError, LAYOUT_VERSION};
 use crate::slot::LimitedBy;
 
+mod answer;
 mod body;
+pub use answer::*;
 pub use body::*;
 
 /// Result code of every function: TG_OK (0) or one of the TG_E_* values.
@@ -317,6 +319,9 @@ pub extern "C" fn tg_status_str(status: tg_status) -> *const c_char {
         TG_E_BODY_NO_MODEL => c"the request body has no top-level \"model\" string",
         TG_E_BODY_AMBIGUOUS_MODEL => c"the request body names the model more than once",
         TG_E_BODY_TOO_DEEP => c"the request body nests deeper than 1024 levels",
+        TG_E_NO_ACCOUNT => c"the request carries no account id",
+        TG_E_NOT_LIMITED => c"the request's method is not limited",
+        TG_E_ABORTED => c"a callback asked to stop",
         TG_E_PANIC => c"internal error (caught panic)",
         _ => c"unknown status",
     };

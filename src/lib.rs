@@ -21,8 +21,11 @@
 //! format, attach), `refusals` (the ring of latest refusals), `slot` (the
 //! packed state and the CAS: the decision path), [`decision`] (headers,
 //! error body), [`body`] (the streaming JSON scan of a request body for its
-//! model), `digest` (account ids from API keys), `ffi` (the C ABI).
+//! model), [`answer`] (the whole HTTP answer for every outcome, one wording
+//! for every binding), `digest` (account ids from API keys), `ffi` (the C
+//! ABI).
 
+pub mod answer;
 pub mod body;
 pub mod decision;
 mod digest;
