@@ -27,12 +27,23 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from typing import Any, Awaitable, Callable, Collection, Iterable, MutableMapping, Optional, Union
+from collections.abc import Awaitable, Collection, Iterable, MutableMapping
+from typing import (
+    Any,
+    Callable,
+    Union,
+)
 
 from ._core import Decision, Limiter
-from .errors import CostTooLarge, InvalidArgument, NoLimitConfigured, TableFull, UnknownModel
+from .errors import (
+    CostTooLarge,
+    InvalidArgument,
+    NoLimitConfigured,
+    TableFull,
+    UnknownModel,
+)
 
-__all__ = ["RateLimitMiddleware", "header", "bearer_token", "bearer_token_digest", "DECISION_SCOPE_KEY"]
+__all__ = ["DECISION_SCOPE_KEY", "RateLimitMiddleware", "bearer_token", "bearer_token_digest", "header"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,7 +63,7 @@ PathsFn = Callable[[Scope], bool]
 DECISION_SCOPE_KEY = "tollgate.decision"
 
 
-def header(scope: Scope, name: str) -> Optional[str]:
+def header(scope: Scope, name: str) -> str | None:
     """The first request header called ``name`` (case-insensitive), decoded
     as latin-1, or None."""
     want = name.lower().encode("latin-1")
@@ -62,7 +73,7 @@ def header(scope: Scope, name: str) -> Optional[str]:
     return None
 
 
-def bearer_token(scope: Scope) -> Optional[str]:
+def bearer_token(scope: Scope) -> str | None:
     """The key of an ``Authorization: Bearer <key>`` header, or None. Keys
     longer than 64 bytes are refused by the limiter as accounts: use
     :func:`bearer_token_digest` for those."""
@@ -76,7 +87,7 @@ def bearer_token(scope: Scope) -> Optional[str]:
     return token
 
 
-def bearer_token_digest(scope: Scope) -> Optional[str]:
+def bearer_token_digest(scope: Scope) -> str | None:
     """A 32-hex-digit BLAKE2b digest of the bearer key (fits the limiter's
     64-byte account ids whatever the key's length, and keeps raw keys out of
     the shared table file), or None without a bearer key."""
@@ -86,7 +97,7 @@ def bearer_token_digest(scope: Scope) -> Optional[str]:
     return hashlib.blake2b(token.encode("latin-1"), digest_size=16).hexdigest()
 
 
-def _error_json(message: str, type_: str, param: Optional[str], code: Optional[str]) -> bytes:
+def _error_json(message: str, type_: str, param: str | None, code: str | None) -> bytes:
     return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
 
 
@@ -135,13 +146,13 @@ class RateLimitMiddleware:
         limiter: Limiter,
         *,
         account: AccountFn,
-        tier: Union[TierValue, TierFn] = "developer",
-        cost: Union[int, CostFn] = 1,
-        paths: Union[None, Collection[str], PathsFn] = None,
+        tier: TierValue | TierFn = "developer",
+        cost: int | CostFn = 1,
+        paths: None | Collection[str] | PathsFn = None,
         methods: Iterable[str] = ("POST",),
         on_table_full: str = "deny",
         on_no_limit: str = "deny",
-        max_body_bytes: Optional[int] = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         if not callable(account):
             raise TypeError("account must be a callable taking the ASGI scope")
@@ -157,8 +168,8 @@ class RateLimitMiddleware:
         self.on_table_full = on_table_full
         self.on_no_limit = on_no_limit
         self.max_body_bytes = max_body_bytes
-        self._paths_fn: Optional[PathsFn] = None
-        self._exact: Optional[frozenset[str]] = None
+        self._paths_fn: PathsFn | None = None
+        self._exact: frozenset[str] | None = None
         self._prefixes: tuple[str, ...] = ()
         if callable(paths):
             self._paths_fn = paths
@@ -307,7 +318,7 @@ class _Replay:
     __slots__ = ("_body", "_receive")
 
     def __init__(self, body: bytes, receive: Receive) -> None:
-        self._body: Optional[bytes] = body
+        self._body: bytes | None = body
         self._receive = receive
 
     async def __call__(self) -> Message:
@@ -322,7 +333,7 @@ class _HeaderInjector:
     (replacing any of the same name the app set) and passes every other
     message straight through, so streamed bodies stay streamed."""
 
-    __slots__ = ("_send", "_decision")
+    __slots__ = ("_decision", "_send")
 
     def __init__(self, send: Send, decision: Decision) -> None:
         self._send = send
