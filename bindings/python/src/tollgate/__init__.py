@@ -12,6 +12,7 @@ library's. Quick start::
 Set ``TOLLGATE_LIBRARY`` to load another copy of the library.
 """
 
+from ._body import body_model
 from ._core import (
     DEFAULT_SLOTS,
     Decision,
@@ -22,7 +23,7 @@ from ._core import (
     now_ms,
     unknown_model_body,
 )
-from ._ffi import ACCOUNT_MAX, LAYOUT_VERSION, MODEL_NAME_MAX, VERSION_NUMBER
+from ._ffi import ACCOUNT_MAX, BODY_DEPTH_MAX, BODY_MODEL_MAX, LAYOUT_VERSION, MODEL_NAME_MAX, VERSION_NUMBER
 from ._ffi import library_path as _library_path
 from ._ffi import tg_version as _tg_version
 from .errors import (
@@ -52,6 +53,8 @@ def library_version() -> str:
 
 __all__ = [
     "ACCOUNT_MAX",
+    "BODY_DEPTH_MAX",
+    "BODY_MODEL_MAX",
     "DEFAULT_SLOTS",
     "LAYOUT_VERSION",
     "MODEL_NAME_MAX",
@@ -71,6 +74,7 @@ __all__ = [
     "Tier",
     "TollgateError",
     "UnknownModel",
+    "body_model",
     "library_path",
     "library_version",
     "now_ms",

@@ -28,6 +28,8 @@ VERSION_NUMBER = 1000  # 0.1.0 = major*1000000 + minor*1000 + patch
 LAYOUT_VERSION = 1
 ACCOUNT_MAX = 64
 MODEL_NAME_MAX = 56
+BODY_MODEL_MAX = 64
+BODY_DEPTH_MAX = 1024
 
 TG_OK = 0
 TG_E_NULL = 1
@@ -237,6 +239,11 @@ tg_decision_error_body = _proto(
 )
 tg_unknown_model_body = _proto(
     "tg_unknown_model_body", _i32, [c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)]
+)
+# Scanning a body reads all of it (up to the server's body cap): without the
+# GIL, other threads run meanwhile.
+tg_body_model = _proto(
+    "tg_body_model", _i32, [c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)]
 )
 
 # Hot-path twins of tg_check/tg_check_now without argtypes: each call skips
