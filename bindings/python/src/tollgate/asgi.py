@@ -2,8 +2,8 @@
 
 Works with any ASGI app (Starlette, FastAPI, plain ASGI callables); neither
 framework is needed. For each limited request it buffers the body, has the
-library's scanner find its model (:func:`tollgate.body_model`: the same
-parse, and the same refusals, as the nginx module), asks the Limiter, and
+library's scanner find its model (:func:`tollgate.body_model`: the core's
+parse and refusals, shared by every binding), asks the Limiter, and
 either answers itself (429, 404, 403, 401, 400) or calls the app with the
 body replayed and the six ``x-ratelimit-*`` headers added to the response
 start. Response bodies are never buffered, so streamed (SSE) responses keep
@@ -268,7 +268,7 @@ class RateLimitMiddleware:
 
         acct = await _maybe_await(self.account(scope))
         replay = _Replay(body, receive)
-        if acct is None or not acct:
+        if not acct:  # None, "" or b"": no API key
             if self.on_no_account == "allow":
                 await self.app(scope, replay, send)
             else:
