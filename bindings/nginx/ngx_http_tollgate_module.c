@@ -5,8 +5,8 @@
  *
  * Every decision is made by libtollgate through its C ABI; this module only
  * finds the account, tier and model of a request, keeps the limiter's region
- * in an nginx shared zone (so all workers share exact counters) and renders
- * the answer.
+ * in an nginx shared zone or a region file mapped by the master (so all
+ * workers share exact counters) and renders the answer.
  */
 
 
@@ -45,6 +45,11 @@
 #define NGX_HTTP_TOLLGATE_HEADERS_LEN     512
 #define NGX_HTTP_TOLLGATE_HEADERS_MAX     8
 
+/* client bytes shown per log field (more than any valid account or model),
+ * and the room one escaped field takes: \xHH per byte, "..." if cut */
+#define NGX_HTTP_TOLLGATE_LOG_MAX         64
+#define NGX_HTTP_TOLLGATE_LOG_LEN         (NGX_HTTP_TOLLGATE_LOG_MAX * 4 + 3)
+
 
 typedef struct {
     ngx_atomic_t                  count[NGX_HTTP_TOLLGATE_NOUTCOMES];
@@ -66,6 +71,7 @@ typedef struct {
 typedef struct {
     ngx_str_t                     name;
     ngx_str_t                     policy_path;
+    ngx_str_t                     file;       /* NUL-terminated; empty: shm */
     tg_policy                    *policy;
     tg_limiter                   *limiter;
     ngx_slab_pool_t              *shpool;
@@ -159,6 +165,7 @@ typedef struct {
 typedef struct {
     ngx_http_tollgate_zone_t     *zone;
     ngx_str_t                     model;
+    ngx_str_t                     account;
     ngx_str_t                     body;       /* refusal body */
     ngx_uint_t                    outcome;    /* NGX_HTTP_TOLLGATE_* */
     ngx_uint_t                    code;       /* refusal status, 0: pass */
@@ -202,6 +209,8 @@ static ngx_int_t ngx_http_tollgate_json_feed(ngx_http_tollgate_json_t *js,
     u_char *p, u_char *last);
 static u_char *ngx_http_tollgate_escape(u_char *dst, u_char *src, size_t len,
     ngx_uint_t prometheus);
+static ngx_str_t *ngx_http_tollgate_log_escape(ngx_str_t *dst, u_char *buf,
+    ngx_str_t *src);
 
 static ngx_int_t ngx_http_tollgate_metrics_handler(ngx_http_request_t *r);
 
@@ -217,6 +226,8 @@ static ngx_int_t ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone,
 static ngx_int_t ngx_http_tollgate_attach(ngx_shm_zone_t *shm_zone,
     ngx_http_tollgate_zone_t *zone);
 static void ngx_http_tollgate_zone_cleanup(void *data);
+static ngx_int_t ngx_http_tollgate_open_file(ngx_conf_t *cf,
+    ngx_http_tollgate_zone_t *zone, ngx_str_t *size_arg, ssize_t size);
 
 static ngx_int_t ngx_http_tollgate_add_variables(ngx_conf_t *cf);
 static void *ngx_http_tollgate_create_main_conf(ngx_conf_t *cf);
@@ -554,9 +565,11 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     ngx_http_tollgate_loc_conf_t *tlcf)
 {
     u_char                    *p;
+    u_char                     abuf[NGX_HTTP_TOLLGATE_LOG_LEN];
+    u_char                     mbuf[NGX_HTTP_TOLLGATE_LOG_LEN];
     size_t                     len;
     uint32_t                   tier;
-    ngx_str_t                  account;
+    ngx_str_t                  account, a, m;
     ngx_int_t                  rc;
     ngx_uint_t                 outcome, code;
     tg_status                  st;
@@ -565,6 +578,15 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
     ctx->decided = 1;
     zone = ctx->zone;
+
+    /* first, so every log line of this request can name the account */
+    if (tlcf->account
+        && ngx_http_complex_value(r, tlcf->account, &ctx->account) != NGX_OK)
+    {
+        goto failed;
+    }
+
+    account = ctx->account;
 
     if (tlcf->model == NULL) {
         rc = ngx_http_tollgate_body_model(r, ctx);
@@ -593,10 +615,6 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     if (tlcf->account == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tollgate: \"tollgate_account\" is not set");
-        goto failed;
-    }
-
-    if (ngx_http_complex_value(r, tlcf->account, &account) != NGX_OK) {
         goto failed;
     }
 
@@ -692,10 +710,11 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         break;
 
     case TG_E_TABLE_FULL:
-        /* no account in the log: it may well be an API key */
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "tollgate: zone \"%V\" has no free slot for a new "
-                      "key, model \"%V\"", &zone->name, &ctx->model);
+                      "key, account \"%V\", model \"%V\"", &zone->name,
+                      ngx_http_tollgate_log_escape(&a, abuf, &account),
+                      ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model));
 
         if (tlcf->table_full == NGX_HTTP_TOLLGATE_TABLE_OPEN) {
             ctx->outcome = NGX_HTTP_TOLLGATE_TABLE_FULL;
@@ -713,8 +732,10 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
     case TG_E_ACCOUNT:
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "tollgate: unusable account id of %uz bytes "
-                      "(1..%d allowed)", account.len, TG_ACCOUNT_MAX);
+                      "tollgate: unusable account id \"%V\" of %uz bytes "
+                      "(1..%d allowed)",
+                      ngx_http_tollgate_log_escape(&a, abuf, &account),
+                      account.len, TG_ACCOUNT_MAX);
 
         (void) ngx_http_tollgate_refuse(r, ctx,
                                   NGX_HTTP_TOLLGATE_NO_ACCOUNT,
@@ -758,17 +779,21 @@ done:
 
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "tollgate: dry run, would answer %ui (%V) "
-                      "for model \"%V\" in zone \"%V\"",
+                      "for account \"%V\", model \"%V\" in zone \"%V\"",
                       code, &ngx_http_tollgate_outcomes[ctx->outcome],
-                      &ctx->model, &zone->name);
+                      ngx_http_tollgate_log_escape(&a, abuf, &ctx->account),
+                      ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model),
+                      &zone->name);
 
         ctx->outcome = outcome;
         ctx->code = 0;
 
     } else if (outcome == NGX_HTTP_TOLLGATE_REJECTED) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "tollgate: rejected, model \"%V\" limited by %V "
-                      "in zone \"%V\"", &ctx->model,
+                      "tollgate: rejected, account \"%V\", model \"%V\" "
+                      "limited by %V in zone \"%V\"",
+                      ngx_http_tollgate_log_escape(&a, abuf, &ctx->account),
+                      ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model),
                       &ngx_http_tollgate_limited_by[
                           ctx->decision.limited_by <= TG_LIMIT_DAY
                           ? ctx->decision.limited_by : 0],
@@ -926,7 +951,8 @@ static ngx_int_t
 ngx_http_tollgate_tier(ngx_http_request_t *r,
     ngx_http_tollgate_loc_conf_t *tlcf, uint32_t *tier)
 {
-    ngx_str_t  value;
+    u_char     buf[NGX_HTTP_TOLLGATE_LOG_LEN];
+    ngx_str_t  value, v;
 
     *tier = TG_TIER_DEVELOPER;
 
@@ -964,7 +990,8 @@ ngx_http_tollgate_tier(ngx_http_request_t *r,
 
     ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                   "tollgate: unknown tier \"%V\" "
-                  "(free, developer or enterprise)", &value);
+                  "(free, developer or enterprise)",
+                  ngx_http_tollgate_log_escape(&v, buf, &value));
 
     return NGX_ERROR;
 }
@@ -1952,6 +1979,50 @@ ngx_http_tollgate_escape(u_char *dst, u_char *src, size_t len,
 }
 
 
+/*
+ * Client bytes for a log line, in the style of nginx's own log escaping:
+ * control bytes, non-ASCII, '"' and '\\' as \xHH, cut after
+ * NGX_HTTP_TOLLGATE_LOG_MAX bytes with "...", so no client can forge a log
+ * line, send escape sequences to a terminal or flood the log.  buf holds
+ * NGX_HTTP_TOLLGATE_LOG_LEN bytes; returns dst, which points into it.
+ */
+
+static ngx_str_t *
+ngx_http_tollgate_log_escape(ngx_str_t *dst, u_char *buf, ngx_str_t *src)
+{
+    u_char   c, *p;
+    size_t   i, n;
+
+    static u_char  hex[] = "0123456789ABCDEF";
+
+    n = ngx_min(src->len, NGX_HTTP_TOLLGATE_LOG_MAX);
+    p = buf;
+
+    for (i = 0; i < n; i++) {
+        c = src->data[i];
+
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+            *p++ = '\\';
+            *p++ = 'x';
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 0xf];
+
+        } else {
+            *p++ = c;
+        }
+    }
+
+    if (src->len > n) {
+        p = ngx_cpymem(p, "...", 3);
+    }
+
+    dst->data = buf;
+    dst->len = p - buf;
+
+    return dst;
+}
+
+
 static ngx_int_t
 ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
 {
@@ -2211,6 +2282,11 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         zone->sh = ozone->sh;
         zone->shpool = ozone->shpool;
 
+        if (zone->file.len) {
+            /* the table is the file's, opened with the configuration */
+            return ngx_http_tollgate_add_rows(zone, shm_zone->shm.log);
+        }
+
         return ngx_http_tollgate_attach(shm_zone, zone);
     }
 
@@ -2219,6 +2295,10 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     if (shm_zone->shm.exists) {
         zone->sh = shpool->data;
+
+        if (zone->file.len) {
+            return ngx_http_tollgate_add_rows(zone, shm_zone->shm.log);
+        }
 
         return ngx_http_tollgate_attach(shm_zone, zone);
     }
@@ -2242,6 +2322,13 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_sprintf(shpool->log_ctx, " in tollgate_zone \"%V\"%Z",
                 &shm_zone->shm.name);
+
+    if (zone->file.len) {
+        /* a file zone keeps only its metric rows in shared memory */
+        shpool->data = sh;
+
+        return ngx_http_tollgate_add_rows(zone, shm_zone->shm.log);
+    }
 
     /*
      * The region takes the largest run of free pages; slab pages are page
@@ -2326,12 +2413,89 @@ ngx_http_tollgate_attach(ngx_shm_zone_t *shm_zone,
 }
 
 
+/*
+ * Maps the zone's region file, creating it with the slots "size" holds if
+ * it is missing (without "size" the file must exist and is taken as it
+ * is).  The master does this while it reads the configuration, before it
+ * forks: workers inherit the MAP_SHARED mapping, so every worker, the
+ * workers of older cycles still finishing requests after a reload, a new
+ * binary after USR2 and the tollgate command all count in the same table,
+ * and the worker user needs no access to the file of its own.
+ */
+
+static ngx_int_t
+ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone,
+    ngx_str_t *size_arg, ssize_t size)
+{
+    uint32_t     slots, found;
+    tg_stats     stats;
+    tg_status    st;
+    tg_limiter  *other;
+
+    slots = 0;
+
+    if (size) {
+        slots = tg_region_slots_for((size_t) size);
+
+        if (slots == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "tollgate_zone \"%V\" is too small to hold "
+                               "a table", &zone->name);
+            return NGX_ERROR;
+        }
+    }
+
+    st = tg_limiter_open(zone->policy, (const char *) zone->file.data, slots,
+                         slots ? TG_OPEN_CREATE : 0, &zone->limiter);
+
+    if (st == TG_OK) {
+        return NGX_OK;
+    }
+
+    if (st == TG_E_REGION_SIZE && slots) {
+
+        /* an intact table of another size: say which, so it can be resized */
+
+        found = 0;
+
+        if (tg_limiter_open(zone->policy, (const char *) zone->file.data, 0,
+                            0, &other)
+            == TG_OK)
+        {
+            if (tg_limiter_stats(other, tg_now_ms(), &stats) == TG_OK) {
+                found = stats.slots;
+            }
+
+            tg_limiter_free(other);
+        }
+
+        if (found) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "tollgate_zone \"%V\": file \"%V\" holds a "
+                               "table of %uD slots, \"%V\" asks for %uD: "
+                               "%s; resize it with \"tollgate resize %V NEW "
+                               "--slots %uD\" and point \"file\" at NEW, or "
+                               "leave \"size\" out to take the file as it is",
+                               &zone->name, &zone->file, found, size_arg,
+                               slots, tg_status_str(st), &zone->file, slots);
+            return NGX_ERROR;
+        }
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "tollgate_zone \"%V\": cannot open file \"%V\": %s",
+                       &zone->name, &zone->file, tg_status_str(st));
+
+    return NGX_ERROR;
+}
+
+
 static void
 ngx_http_tollgate_zone_cleanup(void *data)
 {
     ngx_http_tollgate_zone_t  *zone = data;
 
-    /* the handles only; the region stays in the shared zone */
+    /* the handles only; the region stays in the shared zone or the file */
 
     tg_limiter_free(zone->limiter);
     zone->limiter = NULL;
@@ -2434,7 +2598,7 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     char                       err[1024];
     u_char                    *path;
     ssize_t                    size;
-    ngx_str_t                 *value, name, policy, s;
+    ngx_str_t                 *value, name, policy, file, s, size_arg;
     tg_status                  st;
     ngx_uint_t                 i;
     ngx_shm_zone_t            *shm_zone;
@@ -2446,6 +2610,8 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     size = 0;
     ngx_str_null(&name);
     ngx_str_null(&policy);
+    ngx_str_null(&file);
+    ngx_str_null(&size_arg);
 
     for (i = 1; i < cf->args->nelts; i++) {
 
@@ -2473,6 +2639,20 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 return NGX_CONF_ERROR;
             }
 
+            size_arg = value[i];
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "file=", 5) == 0) {
+            file.data = value[i].data + 5;
+            file.len = value[i].len - 5;
+
+            if (file.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid file \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
             continue;
         }
 
@@ -2494,7 +2674,7 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (name.len == 0 || size == 0) {
+    if (name.len == 0 || (size == 0 && file.len == 0)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%V\" must have \"name\" and \"size\" parameters",
                            &cmd->name);
@@ -2549,7 +2729,29 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    shm_zone = ngx_shared_memory_add(cf, &name, size,
+    if (file.len) {
+        if (ngx_conf_full_name(cf->cycle, &file, 0) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        zone->file.data = ngx_pnalloc(cf->pool, file.len + 1);
+        if (zone->file.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        (void) ngx_cpystrn(zone->file.data, file.data, file.len + 1);
+        zone->file.len = file.len;
+    }
+
+    /*
+     * A file zone keeps its metric rows in a small shared zone of the
+     * same name; 8 pages is too small for a zone holding a table, so a
+     * zone that changes kind on reload is never taken for the old one.
+     */
+
+    shm_zone = ngx_shared_memory_add(cf, &name,
+                                     file.len ? 8 * ngx_pagesize
+                                              : (size_t) size,
                                      &ngx_http_tollgate_module);
     if (shm_zone == NULL) {
         return NGX_CONF_ERROR;
@@ -2558,6 +2760,12 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (shm_zone->data) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "duplicate tollgate_zone \"%V\"", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (file.len
+        && ngx_http_tollgate_open_file(cf, zone, &size_arg, size) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 

@@ -22,6 +22,12 @@ MODULE = pathlib.Path(os.environ.get(
     "TOLLGATE_NGINX_MODULE",
     HERE.parent / "build" / "ngx_http_tollgate_module.so"))
 NGINX = os.environ.get("NGINX", shutil.which("nginx") or "/usr/sbin/nginx")
+ROOT = HERE.parents[2]
+# the operator command, built by test.sh (cargo build --release --bin tollgate)
+TOLLGATE = pathlib.Path(os.environ.get(
+    "TOLLGATE", pathlib.Path(os.environ.get("CARGO_TARGET_DIR",
+                                            ROOT / "target"))
+    .joinpath("release", "tollgate")))
 
 # How long a test may wait for nginx to start, reload or stop. A bound on
 # waiting, never an assertion about speed.
