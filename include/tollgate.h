@@ -83,6 +83,44 @@
 #define TG_OPEN_CREATE 1
 
 /**
+ * Bytes of the decoded model value kept; longer values are cut there (on
+ * a character boundary). Longer than any policy model name, so a cut
+ * value is an unknown model, and the echo in the answer stays bounded.
+ */
+#define MODEL_MAX 64
+
+/**
+ * Most nesting levels accepted (the top-level object is level 1).
+ */
+#define DEPTH_MAX 1024
+
+/**
+ * Most bytes of the decoded model a body scan keeps; longer values are cut
+ * there, on a character boundary (they exceed TG_MODEL_NAME_MAX, so they
+ * are an unknown model for every policy). A model buffer of this many
+ * bytes always suffices.
+ */
+#define TG_BODY_MODEL_MAX 64
+
+/**
+ * Most nesting levels a body may have (the top-level object is level 1);
+ * deeper is TG_E_BODY_TOO_DEEP.
+ */
+#define TG_BODY_DEPTH_MAX 1024
+
+/**
+ * Alignment the memory given to tg_body_scan_init must have.
+ */
+#define TG_BODY_SCAN_ALIGN 8
+
+/**
+ * A streaming scan of one request body (opaque), in caller memory of
+ * tg_body_scan_size() bytes. Fixed size: no allocation whatever the body.
+ * One thread at a time.
+ */
+typedef struct tg_body_scan tg_body_scan;
+
+/**
  * A limiter over one region (opaque). Many threads may call tg_check on
  * one handle at once; only tg_limiter_set_policy needs the handle alone.
  */
@@ -298,7 +336,8 @@ typedef struct tg_decision {
 #define TG_E_REGION_CORRUPT 14
 
 /**
- * The memory is not aligned to TG_REGION_ALIGN.
+ * The memory is not aligned to TG_REGION_ALIGN (a region) or
+ * TG_BODY_SCAN_ALIGN (a body scanner).
  */
 #define TG_E_ALIGNMENT 15
 
@@ -311,6 +350,30 @@ typedef struct tg_decision {
  * The region's table of model names (256) is full.
  */
 #define TG_E_MODEL_TABLE_FULL 17
+
+/**
+ * The request body is not a JSON object: a syntax error, invalid UTF-8 or
+ * a lone surrogate in a string, bytes after the value, an empty body, or a
+ * top-level value that is not an object (answer 400, invalid_json).
+ */
+#define TG_E_BODY_NOT_JSON 20
+
+/**
+ * The body has no top-level "model" key, or its value is not a string.
+ */
+#define TG_E_BODY_NO_MODEL 21
+
+/**
+ * More than one top-level key names the model: equal to "model" after
+ * unescaping and ASCII case folding ("model", "Model", "\u006dodel"...).
+ * Refused because upstream parsers disagree on which one wins.
+ */
+#define TG_E_BODY_AMBIGUOUS_MODEL 22
+
+/**
+ * The body nests deeper than TG_BODY_DEPTH_MAX levels.
+ */
+#define TG_E_BODY_TOO_DEEP 23
 
 /**
  * An internal error was caught at the boundary (a bug: please report it).
@@ -512,6 +575,50 @@ tg_status tg_decision_error_body(const struct tg_decision *decision, const char 
  * "code":"model_not_found"}}. Buffer protocol as tg_decision_headers.
  */
 tg_status tg_unknown_model_body(const char *model, size_t model_len, char *buf, size_t cap, size_t *written);
+
+/**
+ * Bytes of memory tg_body_scan_init needs (aligned to TG_BODY_SCAN_ALIGN).
+ */
+size_t tg_body_scan_size(void);
+
+/**
+ * Starts a scan in `len` bytes at `mem` (at least tg_body_scan_size(),
+ * aligned to TG_BODY_SCAN_ALIGN) and sets `*out` to it (it is `mem`). The
+ * memory stays the caller's: there is nothing to free, and init may be
+ * called on it again for the next body. TG_E_NULL for NULL pointers,
+ * TG_E_INVALID when `len` is too small, TG_E_ALIGNMENT when `mem` is not
+ * aligned; `*out` is then NULL.
+ */
+tg_status tg_body_scan_init(void *mem, size_t len, struct tg_body_scan **out);
+
+/**
+ * Scans the next `len` bytes of the body (`chunk` may be NULL when `len`
+ * is 0). Chunks may be of any size and split the body anywhere. TG_OK:
+ * keep feeding. A TG_E_BODY_* status: the body is refused already
+ * (TG_E_BODY_NOT_JSON or TG_E_BODY_TOO_DEEP), and every later feed or
+ * finish returns the same status.
+ */
+tg_status tg_body_scan_feed(struct tg_body_scan *scan, const uint8_t *chunk, size_t len);
+
+/**
+ * The body has ended. TG_OK: `*model` points at the decoded model value
+ * (UTF-8, not NUL-terminated, at most TG_BODY_MODEL_MAX bytes) inside the
+ * scan's memory, valid until that memory is initialised again or freed;
+ * `*model_len` is its length. Otherwise a TG_E_BODY_* status says why the
+ * body is refused, and `*model` is NULL, `*model_len` 0. May be called
+ * again: it answers the same.
+ */
+tg_status tg_body_scan_finish(struct tg_body_scan *scan, const uint8_t **model, size_t *model_len);
+
+/**
+ * The model of a whole body of `len` bytes at `body` in one call (no
+ * scan memory needed). TG_OK: the decoded model is copied to `model_out`
+ * (`cap` bytes; a NUL follows when room remains, not counted) and
+ * `*model_len` is its length. TG_E_BUFFER_TOO_SMALL: `*model_len` is the
+ * length needed (a `cap` of TG_BODY_MODEL_MAX always suffices). A
+ * TG_E_BODY_* status: the body is refused, `*model_len` is 0.
+ */
+tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, size_t cap, size_t *model_len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::body::BodyError;
 use crate::policy::PolicyError;
 use crate::region::RegionError;
 
@@ -23,6 +24,8 @@ pub enum Error {
     /// The region's model table (256 names) is full.
     ModelTableFull,
     Policy(Box<PolicyError>),
+    /// A request body refused by the model scan ([`crate::body`]).
+    Body(BodyError),
     Region(RegionError),
     /// Opening, creating or mapping a file failed.
     Io {
@@ -47,6 +50,7 @@ impl fmt::Display for Error {
             Error::TableFull => write!(f, "table full: no free slot for a new key"),
             Error::ModelTableFull => write!(f, "the region's model table is full"),
             Error::Policy(e) => write!(f, "{e}"),
+            Error::Body(e) => write!(f, "{e}"),
             Error::Region(e) => write!(f, "{e}"),
             Error::Io { path, op, source } => write!(f, "{path}: {op}: {source}"),
         }
@@ -58,6 +62,12 @@ impl std::error::Error for Error {}
 impl From<PolicyError> for Error {
     fn from(e: PolicyError) -> Error {
         Error::Policy(Box::new(e))
+    }
+}
+
+impl From<BodyError> for Error {
+    fn from(e: BodyError) -> Error {
+        Error::Body(e)
     }
 }
 

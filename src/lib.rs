@@ -19,8 +19,10 @@
 //! Modules, one concern each: [`policy`] (tiers, models, TOML), `window`
 //! (minute/day arithmetic), `key` (seeded hashing), `region` (layout,
 //! format, attach), `slot` (the packed state and the CAS: the decision
-//! path), [`decision`] (headers, error body), `ffi` (the C ABI).
+//! path), [`decision`] (headers, error body), [`body`] (the streaming
+//! JSON scan of a request body for its model), `ffi` (the C ABI).
 
+pub mod body;
 pub mod decision;
 mod error;
 pub mod ffi;
@@ -33,6 +35,7 @@ mod region;
 mod slot;
 mod window;
 
+pub use body::BodyError;
 pub use decision::{Decision, Window};
 pub use error::Error;
 pub use key::ACCOUNT_MAX;
