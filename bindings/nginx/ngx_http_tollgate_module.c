@@ -38,9 +38,7 @@
  * the table, so the table cannot be grown by clients sending random names */
 #define NGX_HTTP_TOLLGATE_ROWS            64
 
-/* longest model string captured from a body; longer is never a model */
-#define NGX_HTTP_TOLLGATE_MODEL_LEN       256
-#define NGX_HTTP_TOLLGATE_JSON_DEPTH      1024
+/* a spooled body is read back and scanned in chunks of this size */
 #define NGX_HTTP_TOLLGATE_CHUNK           16384
 #define NGX_HTTP_TOLLGATE_HEADERS_LEN     512
 #define NGX_HTTP_TOLLGATE_HEADERS_MAX     8
@@ -49,6 +47,9 @@
  * and the room one escaped field takes: \xHH per byte, "..." if cut */
 #define NGX_HTTP_TOLLGATE_LOG_MAX         64
 #define NGX_HTTP_TOLLGATE_LOG_LEN         (NGX_HTTP_TOLLGATE_LOG_MAX * 4 + 3)
+
+#define NGX_HTTP_TOLLGATE_STR_(x)         #x
+#define NGX_HTTP_TOLLGATE_STR(x)          NGX_HTTP_TOLLGATE_STR_(x)
 
 
 typedef struct {
@@ -97,71 +98,6 @@ typedef struct {
 } ngx_http_tollgate_loc_conf_t;
 
 
-typedef enum {
-    tg_json_value = 0,
-    tg_json_object_first,
-    tg_json_object_key,
-    tg_json_colon,
-    tg_json_array_first,
-    tg_json_after,
-    tg_json_string,
-    tg_json_escape,
-    tg_json_unicode,
-    tg_json_num_minus,
-    tg_json_num_zero,
-    tg_json_num_int,
-    tg_json_num_dot,
-    tg_json_num_frac,
-    tg_json_num_e,
-    tg_json_num_esign,
-    tg_json_num_exp,
-    tg_json_literal,
-    tg_json_end,
-    tg_json_error
-} ngx_http_tollgate_json_state_e;
-
-
-#define NGX_HTTP_TOLLGATE_CAPTURE_NONE    0
-#define NGX_HTTP_TOLLGATE_CAPTURE_KEY     1
-#define NGX_HTTP_TOLLGATE_CAPTURE_MODEL   2
-
-#define NGX_HTTP_TOLLGATE_MODEL_ABSENT    0
-#define NGX_HTTP_TOLLGATE_MODEL_STRING    1
-#define NGX_HTTP_TOLLGATE_MODEL_OTHER     2
-
-
-/*
- * A streaming JSON validator that also picks out the string value of the
- * top-level "model" key (the last one wins, as in Python's json module).
- * It is fed the body buffer by buffer, so a body spooled to a temporary
- * file is read in chunks and never held in memory whole.
- */
-typedef struct {
-    ngx_http_tollgate_json_state_e  state;
-    ngx_uint_t                    depth;
-    u_char                        arrays[NGX_HTTP_TOLLGATE_JSON_DEPTH / 8];
-
-    const char                   *literal;
-    ngx_uint_t                    literal_pos;
-
-    ngx_uint_t                    capture;
-    ngx_uint_t                    string_is_key;
-    ngx_uint_t                    key_is_model;
-    uint32_t                      code;
-    uint32_t                      high;
-    ngx_uint_t                    hex;
-
-    u_char                        key[8];
-    size_t                        key_len;
-    ngx_uint_t                    key_overflow;
-
-    ngx_uint_t                    model_state;
-    u_char                        model[NGX_HTTP_TOLLGATE_MODEL_LEN];
-    size_t                        model_len;
-    ngx_uint_t                    model_overflow;
-} ngx_http_tollgate_json_t;
-
-
 typedef struct {
     ngx_http_tollgate_zone_t     *zone;
     ngx_str_t                     model;
@@ -189,8 +125,10 @@ static ngx_int_t ngx_http_tollgate_tier(ngx_http_request_t *r,
     ngx_http_tollgate_loc_conf_t *tlcf, uint32_t *tier);
 static ngx_int_t ngx_http_tollgate_refuse(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_uint_t outcome, ngx_uint_t code,
-    const char *type, const char *code_name, const char *fmt,
-    ngx_str_t *model);
+    const char *type, const char *param, const char *code_name,
+    const char *fmt, ngx_str_t *model);
+static ngx_int_t ngx_http_tollgate_body_refuse(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx, tg_status st);
 static ngx_int_t ngx_http_tollgate_send_refusal(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx);
 static void ngx_http_tollgate_count(ngx_http_tollgate_zone_t *zone,
@@ -204,9 +142,6 @@ static ngx_int_t ngx_http_tollgate_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_tollgate_add_headers(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx);
 
-static void ngx_http_tollgate_json_init(ngx_http_tollgate_json_t *js);
-static ngx_int_t ngx_http_tollgate_json_feed(ngx_http_tollgate_json_t *js,
-    u_char *p, u_char *last);
 static u_char *ngx_http_tollgate_escape(u_char *dst, u_char *src, size_t len,
     ngx_uint_t prometheus);
 static ngx_str_t *ngx_http_tollgate_log_escape(ngx_str_t *dst, u_char *buf,
@@ -447,28 +382,6 @@ static ngx_http_variable_t  ngx_http_tollgate_vars[] = {
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 
 
-/* bytes that may stand in a JSON string as they are: all but '"', '\\' and
- * the control characters */
-static u_char  ngx_http_tollgate_json_plain[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
-};
-
-
 static ngx_int_t
 ngx_http_tollgate_handler(ngx_http_request_t *r)
 {
@@ -605,7 +518,7 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
             (void) ngx_http_tollgate_refuse(r, ctx,
                                    NGX_HTTP_TOLLGATE_BAD_REQUEST,
                                    NGX_HTTP_BAD_REQUEST,
-                                   "invalid_request_error", NULL,
+                                   "invalid_request_error", NULL, NULL,
                                    "you must provide a model parameter",
                                    NULL);
             goto done;
@@ -682,7 +595,8 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         (void) ngx_http_tollgate_refuse(r, ctx,
                                   NGX_HTTP_TOLLGATE_UNKNOWN_MODEL,
                                   NGX_HTTP_NOT_FOUND,
-                                  "invalid_request_error", "model_not_found",
+                                  "invalid_request_error", NULL,
+                                  "model_not_found",
                                   "The model `%s` does not exist or you do "
                                   "not have access to it.", &ctx->model);
         break;
@@ -702,7 +616,7 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
         (void) ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_NO_LIMIT,
                                   NGX_HTTP_FORBIDDEN,
-                                  "invalid_request_error",
+                                  "invalid_request_error", NULL,
                                   "no_limit_configured",
                                   "No rate limit is configured for the model "
                                   "`%s` on your tier, so it is not available "
@@ -724,7 +638,7 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         (void) ngx_http_tollgate_refuse(r, ctx,
                                   NGX_HTTP_TOLLGATE_TABLE_FULL,
                                   NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "server_error", "rate_limiter_full",
+                                  "server_error", NULL, "rate_limiter_full",
                                   "The rate limiter has no room to track "
                                   "this request right now; please retry "
                                   "shortly.", NULL);
@@ -740,7 +654,8 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         (void) ngx_http_tollgate_refuse(r, ctx,
                                   NGX_HTTP_TOLLGATE_NO_ACCOUNT,
                                   NGX_HTTP_UNAUTHORIZED,
-                                  "invalid_request_error", "invalid_api_key",
+                                  "invalid_request_error", NULL,
+                                  "invalid_api_key",
                                   "You didn't provide a usable API key. "
                                   "Provide your API key in an Authorization "
                                   "header using Bearer auth "
@@ -760,7 +675,7 @@ failed:
 
     (void) ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_ERROR,
                                     NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                    "server_error", NULL,
+                                    "server_error", NULL, NULL,
                                     "The rate limiter failed on this "
                                     "request.", NULL);
 
@@ -807,43 +722,53 @@ done:
 
 
 /*
- * Finds the model in the request body.  NGX_OK: ctx->model is set;
- * anything else: ctx holds the refusal.
+ * Finds the model in the request body with the library's scanner, so the
+ * module parses no client input itself.  NGX_OK: ctx->model is set (it
+ * points into the scan's memory, from the request pool); anything else:
+ * ctx holds the refusal.
  */
 
 static ngx_int_t
 ngx_http_tollgate_body_model(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx)
 {
-    off_t                      offset, saved;
-    size_t                     size;
-    ssize_t                    n;
-    u_char                    *chunk;
-    ngx_buf_t                 *b;
-    ngx_chain_t               *cl;
-    ngx_http_tollgate_json_t  *js;
+    off_t           offset, saved;
+    void           *mem;
+    size_t          size, model_len;
+    u_char         *chunk;
+    ssize_t         n;
+    ngx_buf_t      *b;
+    tg_status       st;
+    ngx_chain_t    *cl;
+    tg_body_scan   *scan;
+    const uint8_t  *model;
 
-    js = ngx_palloc(r->pool, sizeof(ngx_http_tollgate_json_t));
-    if (js == NULL) {
+    size = tg_body_scan_size();
+
+    /* the pool aligns to NGX_ALIGNMENT, at least TG_BODY_SCAN_ALIGN */
+    mem = ngx_palloc(r->pool, size);
+    if (mem == NULL) {
         goto failed;
     }
 
-    ngx_http_tollgate_json_init(js);
+    st = tg_body_scan_init(mem, size, &scan);
+    if (st != TG_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tollgate: tg_body_scan_init() failed: %s",
+                      tg_status_str(st));
+        goto failed;
+    }
 
     chunk = NULL;
 
-    if (r->request_body == NULL) {
-        goto invalid;
-    }
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+    for (cl = r->request_body ? r->request_body->bufs : NULL;
+         cl && st == TG_OK;
+         cl = cl->next)
+    {
         b = cl->buf;
 
         if (ngx_buf_in_memory(b)) {
-            if (ngx_http_tollgate_json_feed(js, b->pos, b->last) != NGX_OK) {
-                goto invalid;
-            }
-
+            st = tg_body_scan_feed(scan, b->pos, b->last - b->pos);
             continue;
         }
 
@@ -863,7 +788,9 @@ ngx_http_tollgate_body_model(ngx_http_request_t *r,
         /* ngx_read_file() moves the offset the body writer keeps */
         saved = b->file->offset;
 
-        for (offset = b->file_pos; offset < b->file_last; offset += n) {
+        for (offset = b->file_pos; offset < b->file_last && st == TG_OK;
+             offset += n)
+        {
             size = (size_t) ngx_min(b->file_last - offset,
                                     NGX_HTTP_TOLLGATE_CHUNK);
 
@@ -878,72 +805,96 @@ ngx_http_tollgate_body_model(ngx_http_request_t *r,
                 goto failed;
             }
 
-            if (ngx_http_tollgate_json_feed(js, chunk, chunk + n) != NGX_OK)
-            {
-                b->file->offset = saved;
-                goto invalid;
-            }
+            st = tg_body_scan_feed(scan, chunk, n);
         }
 
         b->file->offset = saved;
     }
 
-    if (js->state != tg_json_end) {
-        goto invalid;
+    if (st == TG_OK) {
+        st = tg_body_scan_finish(scan, &model, &model_len);
     }
 
-    if (js->model_state == NGX_HTTP_TOLLGATE_MODEL_ABSENT) {
-        return ngx_http_tollgate_refuse(r, ctx,
-                                        NGX_HTTP_TOLLGATE_BAD_REQUEST,
-                                        NGX_HTTP_BAD_REQUEST,
-                                        "invalid_request_error", NULL,
-                                        "you must provide a model parameter",
-                                        NULL);
+    if (st != TG_OK) {
+        return ngx_http_tollgate_body_refuse(r, ctx, st);
     }
 
-    if (js->model_state == NGX_HTTP_TOLLGATE_MODEL_OTHER) {
-        return ngx_http_tollgate_refuse(r, ctx,
-                                        NGX_HTTP_TOLLGATE_BAD_REQUEST,
-                                        NGX_HTTP_BAD_REQUEST,
-                                        "invalid_request_error",
-                                        "invalid_type",
-                                        "Invalid type for 'model': expected "
-                                        "a string.", NULL);
-    }
-
-    ctx->model.data = js->model;
-    ctx->model.len = js->model_len;
-
-    if (js->model_overflow) {
-        /* longer than any model id can be */
-        return ngx_http_tollgate_refuse(r, ctx,
-                                        NGX_HTTP_TOLLGATE_UNKNOWN_MODEL,
-                                        NGX_HTTP_NOT_FOUND,
-                                        "invalid_request_error",
-                                        "model_not_found",
-                                        "The model `%s...` does not exist or "
-                                        "you do not have access to it.",
-                                        &ctx->model);
-    }
+    ctx->model.data = (u_char *) model;
+    ctx->model.len = model_len;
 
     return NGX_OK;
-
-invalid:
-
-    return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
-                                    NGX_HTTP_BAD_REQUEST,
-                                    "invalid_request_error", NULL,
-                                    "We could not parse the JSON body of your "
-                                    "request. The API expects a JSON object "
-                                    "with a 'model' field.", NULL);
 
 failed:
 
     return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_ERROR,
                                     NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                    "server_error", NULL,
+                                    "server_error", NULL, NULL,
                                     "The rate limiter failed on this "
                                     "request.", NULL);
+}
+
+
+/* the 400 for a body the scanner refused */
+
+static ngx_int_t
+ngx_http_tollgate_body_refuse(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx, tg_status st)
+{
+    switch (st) {
+
+    case TG_E_BODY_NO_MODEL:
+        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
+                                        NGX_HTTP_BAD_REQUEST,
+                                        "invalid_request_error", NULL, NULL,
+                                        "you must provide a model parameter",
+                                        NULL);
+
+    case TG_E_BODY_AMBIGUOUS_MODEL:
+
+        /*
+         * upstream parsers disagree on which of two "model" keys wins:
+         * charging one and serving another would be a cheap model's price
+         * for an expensive one
+         */
+
+        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
+                                        NGX_HTTP_BAD_REQUEST,
+                                        "invalid_request_error", "model",
+                                        "ambiguous_model",
+                                        "The request body names the model "
+                                        "more than once (keys equal to "
+                                        "\\\"model\\\" ignoring case or "
+                                        "escapes); send exactly one "
+                                        "\\\"model\\\" key.", NULL);
+
+    case TG_E_BODY_TOO_DEEP:
+        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
+                                        NGX_HTTP_BAD_REQUEST,
+                                        "invalid_request_error", NULL,
+                                        "invalid_json",
+                                        "The request body nests deeper than "
+                                        NGX_HTTP_TOLLGATE_STR(
+                                            TG_BODY_DEPTH_MAX)
+                                        " levels.", NULL);
+
+    case TG_E_BODY_NOT_JSON:
+        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
+                                        NGX_HTTP_BAD_REQUEST,
+                                        "invalid_request_error", NULL, NULL,
+                                        "We could not parse the JSON body of "
+                                        "your request. The API expects a JSON "
+                                        "object with a 'model' field.", NULL);
+
+    default:
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tollgate: body scan failed: %s", tg_status_str(st));
+
+        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_ERROR,
+                                        NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                        "server_error", NULL, NULL,
+                                        "The rate limiter failed on this "
+                                        "request.", NULL);
+    }
 }
 
 
@@ -1005,7 +956,7 @@ ngx_http_tollgate_tier(ngx_http_request_t *r,
 
 static ngx_int_t
 ngx_http_tollgate_refuse(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
-    ngx_uint_t outcome, ngx_uint_t code, const char *type,
+    ngx_uint_t outcome, ngx_uint_t code, const char *type, const char *param,
     const char *code_name, const char *fmt, ngx_str_t *arg)
 {
     u_char      *p, *s;
@@ -1016,8 +967,9 @@ ngx_http_tollgate_refuse(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     ctx->code = code;
 
     len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"\","
-                 "\"param\":null,\"code\":\"\"}}") - 1
+                 "\"param\":\"\",\"code\":\"\"}}") - 1
           + ngx_strlen(fmt) + ngx_strlen(type)
+          + (param ? ngx_strlen(param) : sizeof("null") - 1)
           + (code_name ? ngx_strlen(code_name) : sizeof("null") - 1);
 
     if (arg) {
@@ -1044,7 +996,14 @@ ngx_http_tollgate_refuse(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         *s++ = (u_char) *q;
     }
 
-    s = ngx_sprintf(s, "\",\"type\":\"%s\",\"param\":null,\"code\":", type);
+    s = ngx_sprintf(s, "\",\"type\":\"%s\",\"param\":", type);
+
+    if (param) {
+        s = ngx_sprintf(s, "\"%s\",\"code\":", param);
+
+    } else {
+        s = ngx_cpymem(s, "null,\"code\":", sizeof("null,\"code\":") - 1);
+    }
 
     if (code_name) {
         s = ngx_sprintf(s, "\"%s\"}}", code_name);
@@ -1369,570 +1328,6 @@ ngx_http_tollgate_add_headers(ngx_http_request_t *r,
     }
 
     return NGX_OK;
-}
-
-
-static void
-ngx_http_tollgate_json_init(ngx_http_tollgate_json_t *js)
-{
-    ngx_memzero(js, offsetof(ngx_http_tollgate_json_t, model));
-    js->model_len = 0;
-    js->model_overflow = 0;
-    js->state = tg_json_value;
-}
-
-
-static void
-ngx_http_tollgate_json_put(ngx_http_tollgate_json_t *js, u_char c)
-{
-    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_KEY) {
-        if (js->key_len < sizeof(js->key)) {
-            js->key[js->key_len++] = c;
-
-        } else {
-            js->key_overflow = 1;
-        }
-
-    } else if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_MODEL) {
-        if (js->model_len < NGX_HTTP_TOLLGATE_MODEL_LEN) {
-            js->model[js->model_len++] = c;
-
-        } else {
-            js->model_overflow = 1;
-        }
-    }
-}
-
-
-static void
-ngx_http_tollgate_json_append(ngx_http_tollgate_json_t *js, u_char *p,
-    size_t n)
-{
-    u_char  *buf;
-    size_t   len, cap, room;
-
-    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_KEY) {
-        buf = js->key;
-        len = js->key_len;
-        cap = sizeof(js->key);
-
-    } else {
-        buf = js->model;
-        len = js->model_len;
-        cap = NGX_HTTP_TOLLGATE_MODEL_LEN;
-    }
-
-    room = cap - len;
-
-    if (n > room) {
-        n = room;
-
-        if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_KEY) {
-            js->key_overflow = 1;
-
-        } else {
-            js->model_overflow = 1;
-        }
-    }
-
-    ngx_memcpy(buf + len, p, n);
-
-    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_KEY) {
-        js->key_len += n;
-
-    } else {
-        js->model_len += n;
-    }
-}
-
-
-static void
-ngx_http_tollgate_json_put_code(ngx_http_tollgate_json_t *js, uint32_t cp)
-{
-    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_NONE) {
-        return;
-    }
-
-    if (cp < 0x80) {
-        ngx_http_tollgate_json_put(js, (u_char) cp);
-
-    } else if (cp < 0x800) {
-        ngx_http_tollgate_json_put(js, (u_char) (0xc0 | (cp >> 6)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | (cp & 0x3f)));
-
-    } else if (cp < 0x10000) {
-        ngx_http_tollgate_json_put(js, (u_char) (0xe0 | (cp >> 12)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | ((cp >> 6) & 0x3f)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | (cp & 0x3f)));
-
-    } else {
-        ngx_http_tollgate_json_put(js, (u_char) (0xf0 | (cp >> 18)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | ((cp >> 12) & 0x3f)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | ((cp >> 6) & 0x3f)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | (cp & 0x3f)));
-    }
-}
-
-
-/* a high surrogate not followed by a low one stands for U+FFFD */
-
-static void
-ngx_http_tollgate_json_flush_high(ngx_http_tollgate_json_t *js)
-{
-    if (js->high) {
-        js->high = 0;
-        ngx_http_tollgate_json_put_code(js, 0xfffd);
-    }
-}
-
-
-/* a value starts with c; NGX_ERROR if none can */
-
-static ngx_int_t
-ngx_http_tollgate_json_value(ngx_http_tollgate_json_t *js, u_char c)
-{
-    ngx_uint_t  model;
-
-    /* the value of a top-level "model" key? */
-    model = (js->depth == 1 && js->key_is_model);
-    js->key_is_model = 0;
-
-    if (model && c != '"') {
-        js->model_state = NGX_HTTP_TOLLGATE_MODEL_OTHER;
-    }
-
-    if (js->depth == 0 && c != '{') {
-        /* the body must be an object */
-        return NGX_ERROR;
-    }
-
-    switch (c) {
-
-    case '{':
-    case '[':
-        if (js->depth == NGX_HTTP_TOLLGATE_JSON_DEPTH) {
-            return NGX_ERROR;
-        }
-
-        if (c == '[') {
-            js->arrays[js->depth / 8] |= (u_char) (1 << (js->depth % 8));
-            js->state = tg_json_array_first;
-
-        } else {
-            js->arrays[js->depth / 8] &= (u_char) ~(1 << (js->depth % 8));
-            js->state = tg_json_object_first;
-        }
-
-        js->depth++;
-        return NGX_OK;
-
-    case '"':
-        js->string_is_key = 0;
-        js->high = 0;
-
-        if (model) {
-            js->capture = NGX_HTTP_TOLLGATE_CAPTURE_MODEL;
-            js->model_len = 0;
-            js->model_overflow = 0;
-
-        } else {
-            js->capture = NGX_HTTP_TOLLGATE_CAPTURE_NONE;
-        }
-
-        js->state = tg_json_string;
-        return NGX_OK;
-
-    case '-':
-        js->state = tg_json_num_minus;
-        return NGX_OK;
-
-    case '0':
-        js->state = tg_json_num_zero;
-        return NGX_OK;
-
-    case 't':
-        js->literal = "true";
-        break;
-
-    case 'f':
-        js->literal = "false";
-        break;
-
-    case 'n':
-        js->literal = "null";
-        break;
-
-    default:
-        if (c >= '1' && c <= '9') {
-            js->state = tg_json_num_int;
-            return NGX_OK;
-        }
-
-        return NGX_ERROR;
-    }
-
-    js->literal_pos = 1;
-    js->state = tg_json_literal;
-
-    return NGX_OK;
-}
-
-
-/* a value (or a container) has ended */
-
-static void
-ngx_http_tollgate_json_ended(ngx_http_tollgate_json_t *js)
-{
-    js->state = (js->depth == 0) ? tg_json_end : tg_json_after;
-}
-
-
-static ngx_int_t
-ngx_http_tollgate_json_feed(ngx_http_tollgate_json_t *js, u_char *p,
-    u_char *last)
-{
-    u_char      c, *start;
-    ngx_uint_t  in_array, hex;
-
-    while (p < last) {
-        c = *p;
-
-        switch (js->state) {
-
-        case tg_json_value:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            if (ngx_http_tollgate_json_value(js, c) != NGX_OK) {
-                goto invalid;
-            }
-
-            break;
-
-        case tg_json_object_first:
-        case tg_json_object_key:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            if (c == '}' && js->state == tg_json_object_first) {
-                js->depth--;
-                ngx_http_tollgate_json_ended(js);
-                break;
-            }
-
-            if (c != '"') {
-                goto invalid;
-            }
-
-            js->string_is_key = 1;
-            js->high = 0;
-            js->key_len = 0;
-            js->key_overflow = 0;
-            js->capture = (js->depth == 1) ? NGX_HTTP_TOLLGATE_CAPTURE_KEY
-                                           : NGX_HTTP_TOLLGATE_CAPTURE_NONE;
-            js->state = tg_json_string;
-            break;
-
-        case tg_json_colon:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            if (c != ':') {
-                goto invalid;
-            }
-
-            js->state = tg_json_value;
-            break;
-
-        case tg_json_array_first:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            if (c == ']') {
-                js->depth--;
-                ngx_http_tollgate_json_ended(js);
-                break;
-            }
-
-            if (ngx_http_tollgate_json_value(js, c) != NGX_OK) {
-                goto invalid;
-            }
-
-            break;
-
-        case tg_json_after:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            in_array = js->arrays[(js->depth - 1) / 8]
-                       & (1 << ((js->depth - 1) % 8));
-
-            if (c == ',') {
-                js->state = in_array ? tg_json_value : tg_json_object_key;
-                break;
-            }
-
-            if ((c == ']' && in_array) || (c == '}' && !in_array)) {
-                js->depth--;
-                ngx_http_tollgate_json_ended(js);
-                break;
-            }
-
-            goto invalid;
-
-        case tg_json_string:
-            if (ngx_http_tollgate_json_plain[c]) {
-
-                /* the bulk of a body: a run of bytes that stand as they are */
-
-                start = p;
-
-                do {
-                    if (++p == last) {
-                        break;
-                    }
-
-                    c = *p;
-
-                } while (ngx_http_tollgate_json_plain[c]);
-
-                if (js->capture != NGX_HTTP_TOLLGATE_CAPTURE_NONE) {
-                    ngx_http_tollgate_json_flush_high(js);
-                    ngx_http_tollgate_json_append(js, start, p - start);
-                }
-
-                if (p == last) {
-                    return NGX_OK;
-                }
-            }
-
-            if (c == '"') {
-                ngx_http_tollgate_json_flush_high(js);
-
-                if (js->string_is_key) {
-                    js->key_is_model = (js->capture
-                                        == NGX_HTTP_TOLLGATE_CAPTURE_KEY
-                                        && !js->key_overflow
-                                        && js->key_len == 5
-                                        && ngx_memcmp(js->key, "model", 5)
-                                           == 0);
-                    js->state = tg_json_colon;
-
-                } else {
-                    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_MODEL) {
-                        js->model_state = NGX_HTTP_TOLLGATE_MODEL_STRING;
-                    }
-
-                    ngx_http_tollgate_json_ended(js);
-                }
-
-                js->capture = NGX_HTTP_TOLLGATE_CAPTURE_NONE;
-                break;
-            }
-
-            if (c == '\\') {
-                js->state = tg_json_escape;
-                break;
-            }
-
-            /* a control character */
-            goto invalid;
-
-        case tg_json_escape:
-            js->state = tg_json_string;
-
-            switch (c) {
-            case '"':
-            case '\\':
-            case '/':
-                break;
-            case 'b':
-                c = '\b';
-                break;
-            case 'f':
-                c = '\f';
-                break;
-            case 'n':
-                c = '\n';
-                break;
-            case 'r':
-                c = '\r';
-                break;
-            case 't':
-                c = '\t';
-                break;
-            case 'u':
-                js->code = 0;
-                js->hex = 4;
-                js->state = tg_json_unicode;
-                break;
-            default:
-                goto invalid;
-            }
-
-            if (js->state == tg_json_string) {
-                ngx_http_tollgate_json_flush_high(js);
-                ngx_http_tollgate_json_put_code(js, c);
-            }
-
-            break;
-
-        case tg_json_unicode:
-            if (c >= '0' && c <= '9') {
-                hex = c - '0';
-
-            } else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') {
-                hex = (c | 0x20) - 'a' + 10;
-
-            } else {
-                goto invalid;
-            }
-
-            js->code = (js->code << 4) | (uint32_t) hex;
-
-            if (--js->hex) {
-                break;
-            }
-
-            js->state = tg_json_string;
-
-            if (js->code >= 0xdc00 && js->code <= 0xdfff && js->high) {
-                ngx_http_tollgate_json_put_code(js, 0x10000
-                                       + ((js->high - 0xd800) << 10)
-                                       + (js->code - 0xdc00));
-                js->high = 0;
-                break;
-            }
-
-            ngx_http_tollgate_json_flush_high(js);
-
-            if (js->code >= 0xd800 && js->code <= 0xdbff) {
-                js->high = js->code;
-
-            } else if (js->code >= 0xdc00 && js->code <= 0xdfff) {
-                ngx_http_tollgate_json_put_code(js, 0xfffd);
-
-            } else {
-                ngx_http_tollgate_json_put_code(js, js->code);
-            }
-
-            break;
-
-        case tg_json_num_minus:
-            if (c == '0') {
-                js->state = tg_json_num_zero;
-
-            } else if (c >= '1' && c <= '9') {
-                js->state = tg_json_num_int;
-
-            } else {
-                goto invalid;
-            }
-
-            break;
-
-        case tg_json_num_zero:
-        case tg_json_num_int:
-            if (c >= '0' && c <= '9' && js->state == tg_json_num_int) {
-                break;
-            }
-
-            if (c == '.') {
-                js->state = tg_json_num_dot;
-                break;
-            }
-
-            if (c == 'e' || c == 'E') {
-                js->state = tg_json_num_e;
-                break;
-            }
-
-            /* the number ended: look at c again as what follows it */
-            ngx_http_tollgate_json_ended(js);
-            continue;
-
-        case tg_json_num_dot:
-            if (c < '0' || c > '9') {
-                goto invalid;
-            }
-
-            js->state = tg_json_num_frac;
-            break;
-
-        case tg_json_num_frac:
-            if (c >= '0' && c <= '9') {
-                break;
-            }
-
-            if (c == 'e' || c == 'E') {
-                js->state = tg_json_num_e;
-                break;
-            }
-
-            ngx_http_tollgate_json_ended(js);
-            continue;
-
-        case tg_json_num_e:
-            if (c == '+' || c == '-') {
-                js->state = tg_json_num_esign;
-                break;
-            }
-
-            /* fall through */
-
-        case tg_json_num_esign:
-            if (c < '0' || c > '9') {
-                goto invalid;
-            }
-
-            js->state = tg_json_num_exp;
-            break;
-
-        case tg_json_num_exp:
-            if (c >= '0' && c <= '9') {
-                break;
-            }
-
-            ngx_http_tollgate_json_ended(js);
-            continue;
-
-        case tg_json_literal:
-            if (c != (u_char) js->literal[js->literal_pos]) {
-                goto invalid;
-            }
-
-            if (js->literal[++js->literal_pos] == '\0') {
-                ngx_http_tollgate_json_ended(js);
-            }
-
-            break;
-
-        case tg_json_end:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            goto invalid;
-
-        default: /* tg_json_error */
-            return NGX_ERROR;
-        }
-
-        p++;
-    }
-
-    return NGX_OK;
-
-invalid:
-
-    js->state = tg_json_error;
-
-    return NGX_ERROR;
 }
 
 

@@ -48,7 +48,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         digest = hashlib.sha256(body).hexdigest()
         try:
             model = json.loads(body).get("model", "")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             model = ""
         self._send(200, {
             "id": "chatcmpl-test",
