@@ -40,6 +40,11 @@ def test_counts_survive_stop_and_start(nginx):
         assert r.status == 200
         assert r.header("x-ratelimit-remaining-requests") == str(29 - i)
 
+    # the real "nginx -s stop": the master and its workers exit, the
+    # mapping goes with them, the file stays
+    subprocess.run([NGINX, "-p", str(nginx.prefix), "-c", str(nginx.conf),
+                    "-s", "stop"], check=True, timeout=WAIT)
+    nginx.proc.wait(WAIT)
     nginx.stop()
     nginx.start(zone=zone, workers=2)
     r = nginx.chat("acct-file")

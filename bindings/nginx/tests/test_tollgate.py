@@ -415,7 +415,7 @@ def _slots(nginx):
 
 
 def test_table_full_closed(nginx):
-    nginx.start(zone="size=40k", extra="tollgate_table_full closed;")
+    nginx.start(zone="size=48k", extra="tollgate_table_full closed;")
     slots = _slots(nginx)
     assert 0 < slots < 200
     results = _fill_table(nginx, slots + 20)
@@ -435,7 +435,7 @@ def test_table_full_closed(nginx):
 
 def test_table_full_open(nginx):
     fresh_minute()
-    nginx.start(zone="size=40k", extra="tollgate_table_full open;")
+    nginx.start(zone="size=48k", extra="tollgate_table_full open;")
     slots = _slots(nginx)
     results = _fill_table(nginx, slots + 20)
     assert all(r.status == 200 for r in results)
