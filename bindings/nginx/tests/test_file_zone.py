@@ -254,3 +254,16 @@ def test_counts_survive_a_binary_upgrade(nginx):
         deadline = time.time() + WAIT
         while any(alive(p) for p in masters) and time.time() < deadline:
             time.sleep(0.05)
+
+
+def test_reload_to_another_size_keeps_the_running_table(nginx):
+    fresh_minute()
+    policy, region, zone = setup(nginx)
+    nginx.start(zone=zone)
+    assert nginx.chat("acct-resize").status == 200
+    nginx.write(zone=f"size=2m file={region} policy={policy}")
+    nginx.signal_reload()
+    assert nginx.wait_log(f'file "{region}" holds a table of')
+    r = nginx.chat("acct-resize")
+    assert r.status == 200
+    assert r.header("x-ratelimit-remaining-requests") == "28"
