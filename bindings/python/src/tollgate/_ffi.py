@@ -25,7 +25,7 @@ from pathlib import Path
 # major.minor differs, whose patch is older, or whose region layout differs
 # is refused at import: struct layouts and semantics could differ silently.
 VERSION_NUMBER = 1000  # 0.1.0 = major*1000000 + minor*1000 + patch
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 ACCOUNT_MAX = 64
 MODEL_NAME_MAX = 56
 BODY_MODEL_MAX = 64
