@@ -4,9 +4,24 @@
  * Conventions (sqlite-like): opaque handles made by *_new / *_load / *_open
  * and released by the matching *_free, where *_free(NULL) is a no-op; every
  * function returns a tg_status (TG_OK = 0) and writes results through
- * pointers; tg_status_str() names a status; TG_VERSION_NUMBER is the version
- * this header describes, tg_version_number() the library's. No function
- * unwinds into C: internal errors come back as TG_E_PANIC.
+ * pointers; tg_status_str() names a status. No function unwinds into C:
+ * internal errors come back as TG_E_PANIC.
+ *
+ * Statuses are stable: a TG_E_* value keeps its number and meaning in every
+ * later version; new ones get new numbers. tg_last_error() says in words why
+ * the last limiter constructor failed on this thread.
+ *
+ * Structs that grow: every struct passed by pointer starts with
+ * `uint32_t size`. Set it to sizeof(the struct) as this header defines it,
+ * or leave it 0 (zero-initialised), which means this first layout. A later
+ * library reads and writes only the fields that `size` covers, so a program
+ * built against this header keeps working; fields are only ever added at
+ * the end. A `size` smaller than any layout is TG_E_INVALID.
+ *
+ * Versions: TG_VERSION_MAJOR / _MINOR / _PATCH, TG_VERSION_NUMBER and
+ * TG_VERSION_STRING describe this header; tg_version_number() and
+ * tg_version_string() the library. The shared library's SONAME is
+ * libtollgate.so.0.
  */
 
 #ifndef TOLLGATE_H
@@ -17,10 +32,25 @@
 #include <stdint.h>
 #include <stddef.h>
 
+/** The version this header describes, as text (tg_version_string() gives the library's). */
+#define TG_VERSION_STRING "0.2.0"
+
 /**
- * The version this header describes: major * 1000000 + minor * 1000 + patch.
+ * The version this header describes. A program built against this header
+ * runs with a library of the same major version and at least its minor
+ * version; before 1.0, of the same minor version (tg_version_number()
+ * says which the library is; its SONAME is libtollgate.so.0).
  */
-#define TG_VERSION_NUMBER 1000
+#define TG_VERSION_MAJOR 0
+
+#define TG_VERSION_MINOR 2
+
+#define TG_VERSION_PATCH 0
+
+/**
+ * major * 1000000 + minor * 1000 + patch.
+ */
+#define TG_VERSION_NUMBER 2000
 
 /**
  * The region layout version this header describes.
@@ -210,9 +240,13 @@ typedef struct tg_policy tg_policy;
 typedef int32_t tg_status;
 
 /**
- * Table usage.
+ * Table usage. Set `size` (or 0) before the call.
  */
 typedef struct tg_stats {
+  /**
+   * sizeof(tg_stats) as the caller's header has it, or 0.
+   */
+  uint32_t size;
   /**
    * Slots in the region.
    */
@@ -230,12 +264,23 @@ typedef struct tg_stats {
    */
   uint64_t region_bytes;
   uint32_t layout_version;
+  /**
+   * Decisions that met counts dated beyond the clock-fault bound (a
+   * wrong clock, since corrected) and re-dated them to the current
+   * window, since the region was formatted: a metric to alert on.
+   */
+  uint64_t clock_faults;
 } tg_stats;
 
 /**
- * What tg_limiter_verify found walking every slot.
+ * What tg_limiter_verify found walking every slot. Set `size` (or 0)
+ * before the call.
  */
 typedef struct tg_verify_report {
+  /**
+   * sizeof(tg_verify_report) as the caller's header has it, or 0.
+   */
+  uint32_t size;
   uint32_t slots;
   /**
    * Slots bound to a key (with or without counts for today).
@@ -273,6 +318,12 @@ typedef struct tg_verify_report {
  */
 typedef struct tg_request {
   /**
+   * sizeof(tg_request) as the caller's header has it, or 0 (this first
+   * layout: zero-initialised requests work). Also says which layout of
+   * tg_decision the caller has.
+   */
+  uint32_t size;
+  /**
    * Account id, 1 to TG_ACCOUNT_MAX bytes.
    */
   const char *account;
@@ -303,8 +354,15 @@ typedef struct tg_request {
 
 /**
  * The answer for one request: everything a proxy needs for its headers.
+ * Written by tg_check, which sets `size` to the bytes it wrote (the
+ * layout of the request's `size`); renderers read no more than `size`.
  */
 typedef struct tg_decision {
+  /**
+   * Bytes of this struct in use (see "Structs that grow"); 0 = this
+   * first layout.
+   */
+  uint32_t size;
   /**
    * 1 if admitted (and counted), 0 if refused (and nothing counted).
    */
@@ -334,10 +392,8 @@ typedef struct tg_decision {
 
 /**
  * The answer to one request, in the caller's memory. Set `size` to
- * sizeof(tg_answer) before calling tg_answer_for: the struct may grow at
- * its end in later versions, and the library reads and writes only what
- * `size` covers (a smaller size than this version's is TG_E_INVALID).
- * Read the public fields; leave the rest to the library.
+ * sizeof(tg_answer), or 0, before calling tg_answer_for (see "Structs that
+ * grow"). Read the public fields; leave the rest to the library.
  */
 typedef struct tg_answer {
   uint32_t size;
@@ -372,8 +428,8 @@ typedef struct tg_answer {
 
 /**
  * A request as an HTTP binding holding the whole body sees it, for
- * tg_answer_request. Set `size` to sizeof(tg_http_request): fields may be
- * added at the end in later versions.
+ * tg_answer_request. Set `size` to sizeof(tg_http_request), or 0 (see
+ * "Structs that grow").
  */
 typedef struct tg_http_request {
   uint32_t size;
@@ -568,7 +624,12 @@ extern "C" {
 uint32_t tg_version_number(void);
 
 /**
- * The library's version as a static string ("0.1.0"); never free it.
+ * The library's version as a static string ("0.2.0"); never free it.
+ */
+const char *tg_version_string(void);
+
+/**
+ * Same as tg_version_string() (the older name).
  */
 const char *tg_version(void);
 
@@ -638,6 +699,15 @@ size_t tg_region_size(uint32_t slots);
 uint32_t tg_region_slots_for(size_t len);
 
 /**
+ * What went wrong, in words, in this thread's last call that made (or
+ * failed to make) a limiter: tg_limiter_new, _init_in, _attach, _open,
+ * _share. Names the path, the OS's reason, the sizes and what to do
+ * ("... grow it with `tollgate resize`"); "" after a success. The string
+ * belongs to the thread and stays valid until its next such call.
+ */
+const char *tg_last_error(void);
+
+/**
  * A limiter whose region (tg_region_size(slots) bytes) the library
  * allocates and frees. On TG_OK `*out` owns it: release with
  * tg_limiter_free. The policy is copied.
@@ -694,14 +764,6 @@ tg_status tg_limiter_share(const struct tg_limiter *limiter, const struct tg_pol
 tg_status tg_limiter_stats(const struct tg_limiter *limiter, uint64_t now_ms, struct tg_stats *out);
 
 /**
- * Decisions that met counts dated beyond the clock-fault bound (a wrong
- * clock, since corrected) and re-dated them to the current window, since
- * the region was formatted: a metric to alert on. (A separate call because
- * tg_stats has no room to grow.)
- */
-tg_status tg_limiter_clock_faults(const struct tg_limiter *limiter, uint64_t *out);
-
-/**
  * Sets the clock-fault bound in seconds (default: the policy's
  * `[clock] max_skew_seconds`, itself 60 by default; at most 86400, rounded
  * up to whole minutes). Counts dated further than this ahead of a
@@ -733,13 +795,13 @@ void tg_limiter_free(struct tg_limiter *limiter);
  * TG_OK means a decision was made either way: `out->allowed` says which.
  * Other statuses leave `*out` untouched. No allocation, lock or syscall.
  */
-tg_status tg_check(struct tg_limiter *limiter, const struct tg_request *req, uint64_t now_ms, struct tg_decision *out);
+tg_status tg_check(const struct tg_limiter *limiter, const struct tg_request *req, uint64_t now_ms, struct tg_decision *out);
 
 /**
  * tg_check at the real-time clock (CLOCK_REALTIME). The one syscall-free
  * path stays tg_check; this reads the clock (a vDSO call on Linux).
  */
-tg_status tg_check_now(struct tg_limiter *limiter, const struct tg_request *req, struct tg_decision *out);
+tg_status tg_check_now(const struct tg_limiter *limiter, const struct tg_request *req, struct tg_decision *out);
 
 /**
  * The real-time clock in epoch milliseconds.

@@ -83,8 +83,17 @@ pub const TG_E_BODY_TOO_DEEP: tg_status = 23;
 /// An internal error was caught at the boundary (a bug: please report it).
 pub const TG_E_PANIC: tg_status = 99;
 
-/// The version this header describes: major * 1000000 + minor * 1000 + patch.
-pub const TG_VERSION_NUMBER: u32 = 1000;
+/// The version this header describes. A program built against this header
+/// runs with a library of the same major version and at least its minor
+/// version; before 1.0, of the same minor version (tg_version_number()
+/// says which the library is; its SONAME is libtollgate.so.0).
+pub const TG_VERSION_MAJOR: u32 = 0;
+pub const TG_VERSION_MINOR: u32 = 2;
+pub const TG_VERSION_PATCH: u32 = 0;
+/// major * 1000000 + minor * 1000 + patch.
+pub const TG_VERSION_NUMBER: u32 = 2000;
+// TG_VERSION_STRING, the version as text, is written into the header by
+// build.rs from the crate's version (cbindgen emits no string constants).
 /// The region layout version this header describes.
 pub const TG_LAYOUT_VERSION: u32 = 2;
 /// Alignment caller memory must have for tg_limiter_init_in / _attach.
@@ -132,6 +141,10 @@ pub struct tg_limiter {
 /// One request. Strings are bytes with a length, not NUL-terminated.
 #[repr(C)]
 pub struct tg_request {
+    /// sizeof(tg_request) as the caller's header has it, or 0 (this first
+    /// layout: zero-initialised requests work). Also says which layout of
+    /// tg_decision the caller has.
+    pub size: u32,
     /// Account id, 1 to TG_ACCOUNT_MAX bytes.
     pub account: *const c_char,
     pub account_len: usize,
@@ -150,9 +163,14 @@ pub struct tg_request {
 }
 
 /// The answer for one request: everything a proxy needs for its headers.
+/// Written by tg_check, which sets `size` to the bytes it wrote (the
+/// layout of the request's `size`); renderers read no more than `size`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct tg_decision {
+    /// Bytes of this struct in use (see "Structs that grow"); 0 = this
+    /// first layout.
+    pub size: u32,
     /// 1 if admitted (and counted), 0 if refused (and nothing counted).
     pub allowed: u32,
     /// TG_LIMIT_NONE, TG_LIMIT_MINUTE or TG_LIMIT_DAY.
@@ -170,9 +188,12 @@ pub struct tg_decision {
     pub retry_after: u32,
 }
 
-/// What tg_limiter_verify found walking every slot.
+/// What tg_limiter_verify found walking every slot. Set `size` (or 0)
+/// before the call.
 #[repr(C)]
 pub struct tg_verify_report {
+    /// sizeof(tg_verify_report) as the caller's header has it, or 0.
+    pub size: u32,
     pub slots: u32,
     /// Slots bound to a key (with or without counts for today).
     pub bound: u32,
@@ -191,9 +212,11 @@ pub struct tg_verify_report {
     pub problems: u32,
 }
 
-/// Table usage.
+/// Table usage. Set `size` (or 0) before the call.
 #[repr(C)]
 pub struct tg_stats {
+    /// sizeof(tg_stats) as the caller's header has it, or 0.
+    pub size: u32,
     /// Slots in the region.
     pub slots: u32,
     /// Slots holding counts for the current day.
@@ -203,6 +226,10 @@ pub struct tg_stats {
     /// Bytes the region occupies.
     pub region_bytes: u64,
     pub layout_version: u32,
+    /// Decisions that met counts dated beyond the clock-fault bound (a
+    /// wrong clock, since corrected) and re-dated them to the current
+    /// window, since the region was formatted: a metric to alert on.
+    pub clock_faults: u64,
 }
 
 fn guard(f: impl FnOnce() -> tg_status) -> tg_status {
@@ -243,6 +270,15 @@ fn body_status(e: BodyError) -> tg_status {
     }
 }
 
+/// Whether a caller's struct `size` covers this library's layout of `T`: 0
+/// stands for the first sized layout (this one), so zero-initialised
+/// structs work. When a struct grows, the sizes of its earlier layouts are
+/// accepted here too and only their fields are read and written.
+#[inline]
+fn sized<T>(size: u32) -> bool {
+    size == 0 || size as usize >= std::mem::size_of::<T>()
+}
+
 /// Copies `msg` into a caller's error buffer, truncated, NUL-terminated.
 fn write_err(err: *mut c_char, cap: usize, msg: &str) {
     if err.is_null() || cap == 0 {
@@ -278,10 +314,16 @@ pub extern "C" fn tg_version_number() -> u32 {
     TG_VERSION_NUMBER
 }
 
-/// The library's version as a static string ("0.1.0"); never free it.
+/// The library's version as a static string ("0.2.0"); never free it.
+#[no_mangle]
+pub extern "C" fn tg_version_string() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// Same as tg_version_string() (the older name).
 #[no_mangle]
 pub extern "C" fn tg_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    tg_version_string()
 }
 
 /// The region layout version this library reads and writes.
@@ -536,9 +578,37 @@ fn policy_ref<'a>(policy: *const tg_policy) -> Option<&'a Policy> {
 
 fn make(out: *mut *mut tg_limiter, r: Result<Limiter, Error>) -> tg_status {
     match r {
-        Ok(l) => give(out, tg_limiter { inner: l }),
-        Err(e) => status_of(&e),
+        Ok(l) => {
+            set_last_error("");
+            give(out, tg_limiter { inner: l })
+        }
+        Err(e) => {
+            set_last_error(&e.to_string());
+            status_of(&e)
+        }
     }
+}
+
+thread_local! {
+    /// The message of this thread's last failed constructor call.
+    static LAST_ERROR: std::cell::RefCell<std::ffi::CString> =
+        std::cell::RefCell::new(std::ffi::CString::default());
+}
+
+fn set_last_error(msg: &str) {
+    // A message never holds a NUL (paths are refused with one); strip any.
+    let c = std::ffi::CString::new(msg.replace('\0', "")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+/// What went wrong, in words, in this thread's last call that made (or
+/// failed to make) a limiter: tg_limiter_new, _init_in, _attach, _open,
+/// _share. Names the path, the OS's reason, the sizes and what to do
+/// ("... grow it with `tollgate resize`"); "" after a success. The string
+/// belongs to the thread and stays valid until its next such call.
+#[no_mangle]
+pub extern "C" fn tg_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
 /// A limiter whose region (tg_region_size(slots) bytes) the library
@@ -706,10 +776,16 @@ pub extern "C" fn tg_limiter_stats(
         let (Some(l), false) = (unsafe { limiter.as_ref() }, out.is_null()) else {
             return TG_E_NULL;
         };
+        // SAFETY: non-null, readable by contract.
+        if !sized::<tg_stats>(unsafe { (*out).size }) {
+            return TG_E_INVALID;
+        }
         let s = l.inner.stats(now_ms);
-        // SAFETY: non-null, writable by contract.
+        // SAFETY: non-null, writable for at least this layout (checked).
         unsafe {
             *out = tg_stats {
+                size: std::mem::size_of::<tg_stats>() as u32,
+                clock_faults: s.clock_faults,
                 slots: s.slots,
                 used: s.used,
                 table_full: s.table_full,
@@ -717,23 +793,6 @@ pub extern "C" fn tg_limiter_stats(
                 layout_version: s.layout_version,
             }
         };
-        TG_OK
-    })
-}
-
-/// Decisions that met counts dated beyond the clock-fault bound (a wrong
-/// clock, since corrected) and re-dated them to the current window, since
-/// the region was formatted: a metric to alert on. (A separate call because
-/// tg_stats has no room to grow.)
-#[no_mangle]
-pub extern "C" fn tg_limiter_clock_faults(limiter: *const tg_limiter, out: *mut u64) -> tg_status {
-    guard(|| {
-        // SAFETY: NULL or a live limiter from this library.
-        let (Some(l), false) = (unsafe { limiter.as_ref() }, out.is_null()) else {
-            return TG_E_NULL;
-        };
-        // SAFETY: non-null, writable by contract.
-        unsafe { *out = l.inner.stats_counters().1 };
         TG_OK
     })
 }
@@ -782,6 +841,10 @@ pub extern "C" fn tg_limiter_verify(
         if text.is_null() && cap != 0 {
             return TG_E_NULL;
         }
+        // SAFETY: non-null, readable by contract.
+        if !sized::<tg_verify_report>(unsafe { (*out).size }) {
+            return TG_E_INVALID;
+        }
         let r = l.inner.verify(now_ms);
         if let Some(p) = r.problems.first() {
             write_err(text, cap, &p.to_string());
@@ -791,6 +854,7 @@ pub extern "C" fn tg_limiter_verify(
         // SAFETY: non-null, writable by contract.
         unsafe {
             *out = tg_verify_report {
+                size: std::mem::size_of::<tg_verify_report>() as u32,
                 slots: r.slots,
                 bound: r.bound,
                 live: r.live,
@@ -838,6 +902,7 @@ fn bytes_arg<'a>(
 
 fn to_c(d: &Decision) -> tg_decision {
     tg_decision {
+        size: std::mem::size_of::<tg_decision>() as u32,
         allowed: d.allowed as u32,
         limited_by: d.limited_by as u32,
         minute_limit: d.minute.limit,
@@ -855,6 +920,9 @@ fn to_c(d: &Decision) -> tg_decision {
 fn decision_arg(decision: *const tg_decision) -> Result<Decision, tg_status> {
     // SAFETY: NULL or a readable tg_decision by contract.
     let d = unsafe { decision.as_ref() }.ok_or(TG_E_NULL)?;
+    if !sized::<tg_decision>(d.size) {
+        return Err(TG_E_INVALID);
+    }
     from_c(d).ok_or(TG_E_INVALID)
 }
 
@@ -902,7 +970,7 @@ fn from_c(d: &tg_decision) -> Option<Decision> {
 /// Other statuses leave `*out` untouched. No allocation, lock or syscall.
 #[no_mangle]
 pub extern "C" fn tg_check(
-    limiter: *mut tg_limiter,
+    limiter: *const tg_limiter,
     req: *const tg_request,
     now_ms: u64,
     out: *mut tg_decision,
@@ -916,6 +984,9 @@ pub extern "C" fn tg_check(
         ) else {
             return TG_E_NULL;
         };
+        if !sized::<tg_request>(r.size) {
+            return TG_E_INVALID;
+        }
         let account = match bytes_arg(r.account, r.account_len, crate::ACCOUNT_MAX, TG_E_ACCOUNT) {
             Ok(a) => a,
             Err(s) => return s,
@@ -950,7 +1021,7 @@ pub extern "C" fn tg_check(
 /// path stays tg_check; this reads the clock (a vDSO call on Linux).
 #[no_mangle]
 pub extern "C" fn tg_check_now(
-    limiter: *mut tg_limiter,
+    limiter: *const tg_limiter,
     req: *const tg_request,
     out: *mut tg_decision,
 ) -> tg_status {
@@ -1096,6 +1167,16 @@ mod tests {
             .map(|x| x.parse().unwrap())
             .collect();
         assert_eq!(TG_VERSION_NUMBER, v[0] * 1_000_000 + v[1] * 1000 + v[2]);
+        assert_eq!(
+            [TG_VERSION_MAJOR, TG_VERSION_MINOR, TG_VERSION_PATCH],
+            [v[0], v[1], v[2]]
+        );
+        let header = include_str!("../include/tollgate.h");
+        let line = format!(
+            "#define TG_VERSION_STRING \"{}\"",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(header.contains(&line), "{line}");
         assert_eq!(TG_LAYOUT_VERSION, LAYOUT_VERSION);
         assert_eq!(TG_REGION_ALIGN as usize, crate::REGION_ALIGN);
         assert_eq!(TG_ACCOUNT_MAX as usize, crate::ACCOUNT_MAX);

@@ -301,11 +301,12 @@ impl Limiter {
         let used = crate::ops::entries(&self.region)
             .filter(|e| !e.state.stale(now))
             .count() as u32;
+        let h = self.region.header();
         Stats {
             slots: self.region.slot_count(),
             used,
-            table_full: self.stats_counters().0,
-            clock_faults: self.stats_counters().1,
+            table_full: h.table_full.load(std::sync::atomic::Ordering::Relaxed),
+            clock_faults: h.clock_faults.load(std::sync::atomic::Ordering::Relaxed),
             bytes: self.region.bytes(),
             layout_version: region::LAYOUT_VERSION,
         }
@@ -320,15 +321,6 @@ impl Limiter {
             return Ok(found_ids(&self.region, policy));
         }
         model_ids(&self.region, policy)
-    }
-
-    /// The table-full and clock-fault counters, without walking the table.
-    pub fn stats_counters(&self) -> (u64, u64) {
-        let h = self.region.header();
-        (
-            h.table_full.load(std::sync::atomic::Ordering::Relaxed),
-            h.clock_faults.load(std::sync::atomic::Ordering::Relaxed),
-        )
     }
 
     pub(crate) fn skew_minutes(&self) -> u32 {

@@ -1518,6 +1518,7 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
     }
 
     for (z = 0; z < tmcf->zones.nelts; z++) {
+        stats[z].size = sizeof(tg_stats);
         st = tg_limiter_stats(zones[z]->limiter, tg_now_ms(), &stats[z]);
 
         if (st != TG_OK) {
@@ -1857,6 +1858,8 @@ ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone,
                             0, &other)
             == TG_OK)
         {
+            stats.size = sizeof(tg_stats);
+
             if (tg_limiter_stats(other, tg_now_ms(), &stats) == TG_OK) {
                 found = stats.slots;
             }

@@ -56,10 +56,8 @@ const _: () = assert!(TG_ANSWER_MODEL_MAX as usize == MODEL_ECHO_MAX);
 const _: () = assert!(TG_OUTCOMES as usize == Outcome::ALL.len());
 
 /// The answer to one request, in the caller's memory. Set `size` to
-/// sizeof(tg_answer) before calling tg_answer_for: the struct may grow at
-/// its end in later versions, and the library reads and writes only what
-/// `size` covers (a smaller size than this version's is TG_E_INVALID).
-/// Read the public fields; leave the rest to the library.
+/// sizeof(tg_answer), or 0, before calling tg_answer_for (see "Structs that
+/// grow"). Read the public fields; leave the rest to the library.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct tg_answer {
@@ -182,7 +180,7 @@ fn write_answer(a: &Answer, out: *mut tg_answer) -> tg_status {
     let Some(out) = (unsafe { out.as_mut() }) else {
         return TG_E_NULL;
     };
-    if (out.size as usize) < std::mem::size_of::<tg_answer>() {
+    if !super::sized::<tg_answer>(out.size) {
         return TG_E_INVALID;
     }
     let p = a.parts();
@@ -220,8 +218,8 @@ const EMPTY: crate::Decision = crate::Decision {
 };
 
 /// A request as an HTTP binding holding the whole body sees it, for
-/// tg_answer_request. Set `size` to sizeof(tg_http_request): fields may be
-/// added at the end in later versions.
+/// tg_answer_request. Set `size` to sizeof(tg_http_request), or 0 (see
+/// "Structs that grow").
 #[repr(C)]
 pub struct tg_http_request {
     pub size: u32,
@@ -261,7 +259,7 @@ pub extern "C" fn tg_answer_request(
         else {
             return TG_E_NULL;
         };
-        if (req.size as usize) < std::mem::size_of::<tg_http_request>() {
+        if !super::sized::<tg_http_request>(req.size) {
             return TG_E_INVALID;
         }
         let opts = match options(flags, refuse_status) {
@@ -301,8 +299,7 @@ pub extern "C" fn tg_answer_request(
 fn answer_arg(answer: *const tg_answer) -> Result<Answer, tg_status> {
     // SAFETY: NULL or a readable tg_answer by contract.
     let a = unsafe { answer.as_ref() }.ok_or(TG_E_NULL)?;
-    if (a.size as usize) < std::mem::size_of::<tg_answer>() || a.model_len as usize > MODEL_ECHO_MAX
-    {
+    if !super::sized::<tg_answer>(a.size) || a.model_len as usize > MODEL_ECHO_MAX {
         return Err(TG_E_INVALID);
     }
     let decision = match a.has_decision {

@@ -287,6 +287,7 @@ class Decision:
         _ffi.DECISION_STRUCT.pack_into(
             d,
             0,
+            0,
             1 if self.allowed else 0,
             _LIMITED_BY.index(self.limited_by),
             self.minute_limit,
@@ -377,6 +378,9 @@ class Stats:
     table_full: int
     region_bytes: int
     layout_version: int
+    #: Decisions that met counts a wrong clock had dated beyond the
+    #: clock-fault bound and re-dated them (see the README's guarantees).
+    clock_faults: int = 0
 
 
 class _Handle:
@@ -626,7 +630,7 @@ class Limiter(_Handle):
         except AttributeError:
             buf, reqp, decp, _ = _scratch()
         try:
-            _pack(buf, 0, id(a) + _DATA, len(a), id(mb) + _DATA, len(mb), t, cost, rpm or 0, rpd or 0)
+            _pack(buf, 0, 0, id(a) + _DATA, len(a), id(mb) + _DATA, len(mb), t, cost, rpm or 0, rpd or 0)
         except struct.error:
             raise _bad_numbers(cost, rpm, rpd) from None
         if now is None:
@@ -637,7 +641,7 @@ class Limiter(_Handle):
             raise self._error(st, a, mb)
         if new_model:
             _remember(model, (mb, ms))
-        al, lb, ml, mr, mrs, dl, dr, drs, ra = _unpack(buf, _DECISION_OFF)
+        _, al, lb, ml, mr, mrs, dl, dr, drs, ra = _unpack(buf, _DECISION_OFF)
         d = _new(_DecisionDraft)
         d.allowed = al == 1
         d.limited_by = _LIMITED_BY[lb]
@@ -734,7 +738,7 @@ class Limiter(_Handle):
         st = _ffi.tg_limiter_stats(self._ptr(), ms, byref(out))
         if st:
             raise error_for(st, "tg_limiter_stats")
-        return Stats(out.slots, out.used, out.table_full, out.region_bytes, out.layout_version)
+        return Stats(out.slots, out.used, out.table_full, out.region_bytes, out.layout_version, out.clock_faults)
 
     def __repr__(self) -> str:
         where = f" path={self._path!r}" if self._path else ""

@@ -24,7 +24,7 @@ from pathlib import Path
 # What this package was written for (include/tollgate.h). A library whose
 # major.minor differs, whose patch is older, or whose region layout differs
 # is refused at import: struct layouts and semantics could differ silently.
-VERSION_NUMBER = 1000  # 0.1.0 = major*1000000 + minor*1000 + patch
+VERSION_NUMBER = 2000  # 0.2.0 = major*1000000 + minor*1000 + patch
 LAYOUT_VERSION = 2
 ACCOUNT_MAX = 64
 MODEL_NAME_MAX = 56
@@ -71,8 +71,11 @@ LIBRARY_ENV = "TOLLGATE_LIBRARY"
 LIBRARY_NAME = "libtollgate.so"
 
 
+# Every struct starts with its size; 0 (what ctypes and the packers below
+# write) means the first sized layout, the one written here.
 class TgRequest(Structure):
     _fields_ = [
+        ("size", c_uint32),
         ("account", c_char_p),
         ("account_len", c_size_t),
         ("model", c_char_p),
@@ -86,6 +89,7 @@ class TgRequest(Structure):
 
 class TgDecision(Structure):
     _fields_ = [
+        ("size", c_uint32),
         ("allowed", c_uint32),
         ("limited_by", c_uint32),
         ("minute_limit", c_uint32),
@@ -100,11 +104,13 @@ class TgDecision(Structure):
 
 class TgStats(Structure):
     _fields_ = [
+        ("size", c_uint32),
         ("slots", c_uint32),
         ("used", c_uint32),
         ("table_full", c_uint64),
         ("region_bytes", c_uint64),
         ("layout_version", c_uint32),
+        ("clock_faults", c_uint64),
     ]
 
 
@@ -112,14 +118,14 @@ class TgStats(Structure):
 # call each instead of touching ctypes fields one by one (several times
 # cheaper per call). Native alignment ("@") matches the C layout; the checks
 # below make sure of it against the ctypes Structures.
-REQUEST_STRUCT = struct.Struct("@PNPNIIII")
-DECISION_STRUCT = struct.Struct("@IIIIQIIQI")
+REQUEST_STRUCT = struct.Struct("@IPNPNIIII")
+DECISION_STRUCT = struct.Struct("@IIIIIQIIQI")
 assert REQUEST_STRUCT.size == ctypes.sizeof(TgRequest)
 assert DECISION_STRUCT.size <= ctypes.sizeof(TgDecision)
 assert [TgDecision.minute_reset.offset, TgDecision.day_reset.offset, TgDecision.retry_after.offset] == [
-    struct.calcsize("@IIII"),
-    struct.calcsize("@IIIIQII"),
-    struct.calcsize("@IIIIQIIQ"),
+    struct.calcsize("@IIIIIQ") - 8,
+    struct.calcsize("@IIIIIQIIQ") - 8,
+    struct.calcsize("@IIIIIQIIQ"),
 ]
 
 
