@@ -25,7 +25,7 @@
 /**
  * The region layout version this header describes.
  */
-#define TG_LAYOUT_VERSION 1
+#define TG_LAYOUT_VERSION 2
 
 /**
  * Alignment caller memory must have for tg_limiter_init_in / _attach.
@@ -470,6 +470,26 @@ tg_status tg_limiter_share(const struct tg_limiter *limiter, const struct tg_pol
  * not for each request.
  */
 tg_status tg_limiter_stats(const struct tg_limiter *limiter, uint64_t now_ms, struct tg_stats *out);
+
+/**
+ * Decisions that met counts dated beyond the clock-fault bound (a wrong
+ * clock, since corrected) and re-dated them to the current window, since
+ * the region was formatted: a metric to alert on. (A separate call because
+ * tg_stats has no room to grow.)
+ */
+tg_status tg_limiter_clock_faults(const struct tg_limiter *limiter, uint64_t *out);
+
+/**
+ * Sets the clock-fault bound in seconds (default: the policy's
+ * `[clock] max_skew_seconds`, itself 60 by default; at most 86400, rounded
+ * up to whole minutes). Counts dated further than this ahead of a
+ * decision's now_ms are taken as counts of the current window, so a clock
+ * that was wrong and is corrected locks no key out; within the bound a
+ * clock stepping back gives no quota back. Like tg_limiter_set_policy, it
+ * must not overlap any other call on the same handle; tg_limiter_share
+ * and tg_limiter_set_policy reset it to the policy's value.
+ */
+tg_status tg_limiter_set_max_skew(struct tg_limiter *limiter, uint32_t seconds);
 
 /**
  * Walks every slot and checks the table's invariants (generations, windows,

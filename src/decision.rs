@@ -229,6 +229,7 @@ mod tests {
             },
             minute_count: 30,
             day_count: 30,
+            clock_fault: false,
         };
         Decision::new(
             o,

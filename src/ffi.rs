@@ -67,7 +67,7 @@ pub const TG_E_PANIC: tg_status = 99;
 /// The version this header describes: major * 1000000 + minor * 1000 + patch.
 pub const TG_VERSION_NUMBER: u32 = 1000;
 /// The region layout version this header describes.
-pub const TG_LAYOUT_VERSION: u32 = 1;
+pub const TG_LAYOUT_VERSION: u32 = 2;
 /// Alignment caller memory must have for tg_limiter_init_in / _attach.
 pub const TG_REGION_ALIGN: u32 = 64;
 /// Longest account id, in bytes.
@@ -682,6 +682,46 @@ pub extern "C" fn tg_limiter_stats(
             }
         };
         TG_OK
+    })
+}
+
+/// Decisions that met counts dated beyond the clock-fault bound (a wrong
+/// clock, since corrected) and re-dated them to the current window, since
+/// the region was formatted: a metric to alert on. (A separate call because
+/// tg_stats has no room to grow.)
+#[no_mangle]
+pub extern "C" fn tg_limiter_clock_faults(limiter: *const tg_limiter, out: *mut u64) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or a live limiter from this library.
+        let (Some(l), false) = (unsafe { limiter.as_ref() }, out.is_null()) else {
+            return TG_E_NULL;
+        };
+        // SAFETY: non-null, writable by contract.
+        unsafe { *out = l.inner.stats_counters().1 };
+        TG_OK
+    })
+}
+
+/// Sets the clock-fault bound in seconds (default: the policy's
+/// `[clock] max_skew_seconds`, itself 60 by default; at most 86400, rounded
+/// up to whole minutes). Counts dated further than this ahead of a
+/// decision's now_ms are taken as counts of the current window, so a clock
+/// that was wrong and is corrected locks no key out; within the bound a
+/// clock stepping back gives no quota back. Like tg_limiter_set_policy, it
+/// must not overlap any other call on the same handle; tg_limiter_share
+/// and tg_limiter_set_policy reset it to the policy's value.
+#[no_mangle]
+pub extern "C" fn tg_limiter_set_max_skew(limiter: *mut tg_limiter, seconds: u32) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or a live limiter from this library, not in use by
+        // any other call meanwhile (documented).
+        let Some(l) = (unsafe { limiter.as_mut() }) else {
+            return TG_E_NULL;
+        };
+        match l.inner.set_max_skew(seconds) {
+            Ok(()) => TG_OK,
+            Err(e) => status_of(&e),
+        }
     })
 }
 

@@ -18,7 +18,8 @@
 //!
 //! Modules, one concern each: [`policy`] (tiers, models, TOML), `window`
 //! (minute/day arithmetic), `key` (seeded hashing), `region` (layout,
-//! format, attach), `slot` (the packed state and the CAS: the decision
+//! format, attach), `refusals` (the ring of latest refusals), `slot` (the
+//! packed state and the CAS: the decision
 //! path), [`decision`] (headers, error body), `digest` (account ids from
 //! API keys), `ffi` (the C ABI).
 
@@ -31,6 +32,7 @@ mod key;
 mod limiter;
 mod ops;
 pub mod policy;
+mod refusals;
 mod region;
 mod slot;
 mod window;
@@ -42,6 +44,7 @@ pub use key::ACCOUNT_MAX;
 pub use limiter::{Limiter, Request, Stats};
 pub use ops::{KeyUsage, Problem, ResizeReport, VerifyReport};
 pub use policy::{Limits, Model, Policy, PolicyError, Tier};
+pub use refusals::Refusal;
 pub use region::{RegionError, BYTES_PER_SLOT, LAYOUT_VERSION, REGION_ALIGN};
 pub use slot::{LimitedBy, PROBE_MAX};
 

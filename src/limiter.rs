@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::file::{Access, Mapping};
 use crate::key::{self, ACCOUNT_MAX};
 use crate::policy::{Limits, Policy, Tier};
+use crate::refusals;
 use crate::region::{self, HeapMem, Region};
 use crate::slot;
 use crate::window::Instant;
@@ -78,6 +79,9 @@ pub struct Limiter {
     model_ids: Vec<u16>,
     /// Opened with [`Limiter::open_read_only`]: operator writes are refused.
     read_only: bool,
+    /// The clock-fault bound in whole minutes, rounded up (see
+    /// [`Limiter::set_max_skew`]).
+    skew_minutes: u32,
     // Declared last so the region view is dropped before its memory.
     _backing: Arc<Backing>,
 }
@@ -90,6 +94,9 @@ pub struct Stats {
     pub used: u32,
     /// Decisions refused for want of a free slot, since formatting.
     pub table_full: u64,
+    /// Decisions that found counts dated beyond the clock-fault bound (a
+    /// wrong clock, since corrected) and re-dated them, since formatting.
+    pub clock_faults: u64,
     pub bytes: usize,
     pub layout_version: u32,
 }
@@ -162,6 +169,7 @@ impl Limiter {
             policy: policy.clone(),
             model_ids: found_ids(&region, policy),
             read_only: true,
+            skew_minutes: skew_minutes(policy.max_skew_seconds()),
             _backing: Arc::new(Backing::File(mapping)),
         })
     }
@@ -178,6 +186,7 @@ impl Limiter {
             policy: policy.clone(),
             model_ids,
             read_only: false,
+            skew_minutes: skew_minutes(policy.max_skew_seconds()),
             _backing: Arc::new(backing),
         })
     }
@@ -191,6 +200,7 @@ impl Limiter {
             policy: policy.clone(),
             model_ids: self.ids_for(policy)?,
             read_only: self.read_only,
+            skew_minutes: skew_minutes(policy.max_skew_seconds()),
             _backing: self._backing.clone(),
         })
     }
@@ -200,7 +210,27 @@ impl Limiter {
     pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
         self.model_ids = self.ids_for(policy)?;
         self.policy = policy.clone();
+        self.skew_minutes = skew_minutes(policy.max_skew_seconds());
         Ok(())
+    }
+
+    /// Sets the clock-fault bound, overriding the policy's
+    /// `[clock] max_skew_seconds` (default 60): counts dated further than
+    /// `seconds` ahead of a decision's `now` are taken as the current
+    /// window's, and counted in [`Stats::clock_faults`]. Windows are whole
+    /// minutes, so the bound is rounded up to one. At most a day.
+    pub fn set_max_skew(&mut self, seconds: u32) -> Result<(), Error> {
+        if seconds > crate::policy::MAX_SKEW_SECONDS_MAX {
+            return Err(Error::Invalid("max skew is at most 86400 seconds"));
+        }
+        self.skew_minutes = skew_minutes(seconds);
+        Ok(())
+    }
+
+    /// The latest refusals recorded in the table (by any process), oldest
+    /// first; a key refused again within one second is recorded once.
+    pub fn refusals(&self) -> Vec<crate::Refusal> {
+        refusals::read(&self.region)
     }
 
     /// The policy in force.
@@ -229,9 +259,30 @@ impl Limiter {
         if req.cost > limits.rpm.min(limits.rpd) {
             return Err(Error::CostTooLarge);
         }
-        let key = key::hash(self.region.seed(), req.account, self.model_ids[model]);
-        let outcome = slot::decide(&self.region, &key, req.account, limits, req.cost, now)
-            .map_err(|_| Error::TableFull)?;
+        let model_id = self.model_ids[model];
+        let key = key::hash(self.region.seed(), req.account, model_id);
+        let outcome = slot::decide(
+            &self.region,
+            &key,
+            req.account,
+            limits,
+            req.cost,
+            now,
+            self.skew_minutes,
+        )
+        .map_err(|_| Error::TableFull)?;
+        if !outcome.allowed {
+            let fingerprint = key.id as u32;
+            refusals::record(
+                &self.region,
+                fingerprint,
+                req.account,
+                model_id,
+                &outcome,
+                limits,
+                now_ms,
+            );
+        }
         Ok(Decision::new(outcome, limits, now_ms))
     }
 
@@ -253,11 +304,8 @@ impl Limiter {
         Stats {
             slots: self.region.slot_count(),
             used,
-            table_full: self
-                .region
-                .header()
-                .table_full
-                .load(std::sync::atomic::Ordering::Relaxed),
+            table_full: self.stats_counters().0,
+            clock_faults: self.stats_counters().1,
             bytes: self.region.bytes(),
             layout_version: region::LAYOUT_VERSION,
         }
@@ -272,6 +320,19 @@ impl Limiter {
             return Ok(found_ids(&self.region, policy));
         }
         model_ids(&self.region, policy)
+    }
+
+    /// The table-full and clock-fault counters, without walking the table.
+    pub fn stats_counters(&self) -> (u64, u64) {
+        let h = self.region.header();
+        (
+            h.table_full.load(std::sync::atomic::Ordering::Relaxed),
+            h.clock_faults.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    pub(crate) fn skew_minutes(&self) -> u32 {
+        self.skew_minutes
     }
 
     /// `Err(ReadOnly)` on a read-only handle: for operations that write.
@@ -302,6 +363,10 @@ fn model_ids(region: &Region, policy: &Policy) -> Result<Vec<u16>, Error> {
                 .ok_or(Error::ModelTableFull)
         })
         .collect()
+}
+
+fn skew_minutes(seconds: u32) -> u32 {
+    seconds.div_ceil(60)
 }
 
 /// As [`model_ids`] without registering: a model no process registered has

@@ -251,7 +251,8 @@ impl Limiter {
         let mut names: HashMap<u16, Option<String>> = HashMap::new();
         Ok(entries(region)
             .map(|e| {
-                let (_, minute, day) = e.state.view(now);
+                let v = e.state.view(now, self.skew_minutes());
+                let (minute, day) = (v.minute_count, v.day_count);
                 let model = names
                     .entry(e.model_id)
                     .or_insert_with(|| {
@@ -563,7 +564,8 @@ impl Limiter {
             let Some(e) = entry_at(old, i) else {
                 continue;
             };
-            let (_, minute, day) = e.state.view(now);
+            let v = e.state.view(now, self.skew_minutes());
+            let (minute, day) = (v.minute_count, v.day_count);
             if e.state.stale(now) || (minute == 0 && day == 0) {
                 report.stale += 1;
                 continue;
@@ -584,7 +586,7 @@ impl Limiter {
             let key = key::hash(dst.seed(), &account, new_id);
             // Bind through the decision path itself (one request of cost 1),
             // then replace that state with the carried one.
-            slot::decide(dst, &key, &account, big, 1, now).map_err(|_| {
+            slot::decide(dst, &key, &account, big, 1, now, self.skew_minutes()).map_err(|_| {
                 Error::Invalid("the new table is too small for the live keys: nothing was created")
             })?;
             let (j, gen) = find(dst, &key).ok_or(Error::Invalid(

@@ -171,7 +171,7 @@ static void test_status_str(void) {
             CHECK(!o || strcmp(s, o) != 0);
         }
     }
-    static const tg_status unknown[] = {18, 50, 98, 100, -1, INT32_MAX, INT32_MIN};
+    static const tg_status unknown[] = {50, 98, 100, -1, INT32_MAX, INT32_MIN};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         const char *s = tg_status_str(unknown[i]);
         CHECK(s != NULL && strcmp(s, "unknown status") == 0);
@@ -772,33 +772,58 @@ static void test_clock_backwards(void) {
     tg_decision d;
     const uint64_t m = T0 + 42 * MS_MIN;
 
-    /* minute window: use all 5 in minute m+1, then ask at minute m */
+    uint64_t faults = 99;
+
+    /* minute window: use all 5 in minute m+1, then step back */
     tg_request r = dev_req("backwards", DSV31);
     r.rpm = 5;
     r.rpd = 1000;
     for (int i = 0; i < 5; i++) CHECK(admitted(l, &r, m + MS_MIN + 1000));
+    /* within the clock-fault bound (60 s): nothing is given back */
     CHECK(!admitted(l, &r, m + 30000));
     CHECK(!admitted(l, &r, m));
-    CHECK(!admitted(l, &r, T0));
     CHECK(!admitted(l, &r, m + MS_MIN + 500)); /* earlier within the same minute */
     CHECK_ST(tg_check(l, &r, m + MS_MIN + 2000, &d), TG_OK);
     CHECK_EQ(d.allowed, 0);
     CHECK_EQ(d.minute_remaining, 0);
     CHECK_EQ(d.day_remaining, 995);
+    CHECK_ST(tg_limiter_clock_faults(l, &faults), TG_OK);
+    CHECK_EQ(faults, 0);
+    /* 43 minutes back is a clock fault: the 5 count in that minute now,
+       so the key is refused there too, until that minute ends, not for 43 */
+    CHECK_ST(tg_check(l, &r, T0, &d), TG_OK);
+    CHECK_EQ(d.allowed, 0);
+    CHECK_EQ(d.minute_remaining, 0);
+    CHECK_EQ(d.minute_reset, T0 / 1000 + 60);
+    CHECK_ST(tg_limiter_clock_faults(l, &faults), TG_OK);
+    CHECK_EQ(faults, 1);
+    CHECK(admitted(l, &r, T0 + MS_MIN));
 
-    /* day window: use the whole day on day+1, then ask on the day before */
+    /* day window: use the whole day on day+1, then step back */
     tg_request rd = dev_req("backwards-day", DSV31);
     rd.rpm = 10;
     rd.rpd = 10;
     const uint64_t next_day = T0 + MS_DAY + 5 * MS_MIN;
     for (int i = 0; i < 10; i++) CHECK(admitted(l, &rd, next_day));
+    CHECK(!admitted(l, &rd, next_day - 30000));
+    /* past the bound, across midnight: refused all the same (the day's 10
+       are carried into the earlier day), and once back on day+1 at most
+       that one day's quota has been given back */
     uint32_t given_back = 0;
     for (uint64_t k = 1; k <= 30; k++) given_back += (uint32_t)admitted(l, &rd, next_day - k * 7 * MS_MIN);
     CHECK_EQ(given_back, 0);
+    for (int i = 0; i < 10; i++) CHECK(admitted(l, &rd, next_day + 1000));
     CHECK_ST(tg_check(l, &rd, next_day + 1000, &d), TG_OK);
     CHECK_EQ(d.allowed, 0);
     CHECK_EQ(d.limited_by, TG_LIMIT_DAY);
     CHECK_EQ(d.day_remaining, 0);
+
+    /* the bound is settable; NULL is a status */
+    CHECK_ST(tg_limiter_set_max_skew(l, 86401), TG_E_INVALID);
+    CHECK_ST(tg_limiter_set_max_skew(NULL, 60), TG_E_NULL);
+    CHECK_ST(tg_limiter_set_max_skew(l, 3600), TG_OK);
+    CHECK_ST(tg_limiter_clock_faults(NULL, &faults), TG_E_NULL);
+    CHECK_ST(tg_limiter_clock_faults(l, NULL), TG_E_NULL);
     tg_limiter_free(l);
     tg_policy_free(p);
 }
@@ -1023,6 +1048,21 @@ static void test_open_file(void) {
         tg_limiter_free(l2);
         l2 = NULL;
     }
+    /* read-only: sees the live counts, writes nothing, never creates */
+    CHECK_ST(tg_limiter_open(p, path, 0, TG_OPEN_READ_ONLY | TG_OPEN_CREATE, &l2), TG_E_INVALID);
+    CHECK_ST(tg_limiter_open(p, path, 32, TG_OPEN_READ_ONLY, &l2), TG_E_INVALID);
+    CHECK_ST(tg_limiter_open(p, nodir, 0, TG_OPEN_READ_ONLY, &l2), TG_E_IO);
+    CHECK_ST(tg_limiter_open(p, path, 0, TG_OPEN_READ_ONLY, &l2), TG_OK);
+    if (l2) {
+        CHECK_ST(tg_check(l2, &r, now, &d), TG_OK); /* lands in a private copy */
+        CHECK_EQ(d.minute_remaining, 25);
+        tg_limiter_free(l2);
+        l2 = NULL;
+    }
+    r.cost = 0;
+    CHECK_ST(tg_check(l, &r, now, &d), TG_OK);
+    CHECK_EQ(d.minute_remaining, 26);
+    r.cost = 1;
     tg_limiter_free(l);
     l = NULL;
 
