@@ -632,13 +632,13 @@ impl Limiter {
         let Some(e) = entry_at(region, i).filter(|e| e.model_id == id) else {
             return Ok(None);
         };
-        let (_, minute, day) = e.state.view(now);
+        let v = e.state.view(now, self.skew_minutes());
         Ok(Some(KeyUsage {
             slot: i as u32,
             account: Some(account.to_vec()),
             model: Some(String::from_utf8_lossy(model).into_owned()),
-            minute,
-            day,
+            minute: v.minute_count,
+            day: v.day_count,
         }))
     }
 }

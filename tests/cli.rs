@@ -101,6 +101,7 @@ fn help_and_usage_errors() {
         "verify",
         "policy check",
         "digest",
+        "refusals",
         "--json",
         "--policy",
     ] {
@@ -732,6 +733,8 @@ fn read_only_commands_change_no_byte() {
         ],
         vec!["verify", &f],
         vec!["verify", &f, "--json"],
+        vec!["refusals", &f],
+        vec!["refusals", &f, "--json", "--account", "alice"],
         // resize only reads the table it copies.
         vec!["resize", &f, &bigger, "--slots", "512", "--now-ms", &now],
     ];
@@ -1081,4 +1084,108 @@ fn client_names_are_escaped_everywhere() {
     assert_eq!(j["models"][0]["minute_used"], 3);
     let out = clean(&run(&["reset", &f, "--account", evil]));
     assert!(out.contains(shown), "{out}");
+}
+
+#[test]
+fn refusals_show_when_which_window_and_the_counts() {
+    let dir = Scratch::new("cli-refusals");
+    let f = dir.file("t.tg");
+    let now = NOW.to_string();
+    let o = run(&["refusals", &f]);
+    assert_eq!(code(&o), 1, "no table, no refusals: {}", stderr(&o));
+    // alice runs over the minute at 10:00; bob over his day at 10:02; an
+    // escape-laden account over its minute at 10:03.
+    let evil = "evil\x1b[2J\nx";
+    for (acct, extra, at) in [
+        ("alice", vec!["--count", "35", "--create-slots", "256"], NOW),
+        (
+            "bob",
+            vec!["--count", "5", "--rpm", "100", "--rpd", "3"],
+            NOW + 120_000,
+        ),
+        (evil, vec!["--count", "31"], NOW + 180_000),
+    ] {
+        let at = at.to_string();
+        let mut a = vec![f.as_str(), "--account", acct, "--now-ms", &at];
+        a.extend(extra);
+        assert!(run_worker(&a).status.success());
+    }
+    let o = run(&["refusals", &f]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!o.stdout.contains(&0x1b), "names are escaped");
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("3 refusals recorded in"), "{out}");
+    assert!(lines[1].starts_with("TIME (UTC)"), "{out}");
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        [
+            "2026-11-27T10:00:00Z",
+            "alice",
+            MODEL,
+            "minute",
+            "30/30",
+            "30/15000"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines[3].split_whitespace().collect::<Vec<_>>(),
+        ["2026-11-27T10:02:00Z", "bob", MODEL, "day", "3/100", "3/3"],
+        "{out}"
+    );
+    assert!(lines[4].contains("evil\\x1b[2J\\x0ax"), "{out}");
+    let j = json(&run(&["refusals", &f, "--json", "--account", "bob"]));
+    assert_eq!(j["recorded"], 3);
+    let r = j["refusals"].as_array().unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["account"], "bob");
+    assert_eq!(r[0]["at"], "2026-11-27T10:02:00Z");
+    assert_eq!(r[0]["at_ms"], NOW + 120_000);
+    assert_eq!(r[0]["limited_by"], "day");
+    assert_eq!(
+        (r[0]["day_count"].as_u64(), r[0]["day_limit"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let j = json(&run(&["refusals", &f, "--json", "--account", evil]));
+    assert_eq!(j["refusals"][0]["account"], "evil\\x1b[2J\\x0ax");
+    assert_eq!(j["refusals"][0]["minute_count"], 30);
+    let out = stdout(&run(&["refusals", &f, "--account", "carol"]));
+    assert!(
+        out.contains("no refusals recorded for account \"carol\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn stats_shows_clock_faults_and_table_full() {
+    let dir = Scratch::new("cli-clock");
+    let f = dir.file("t.tg");
+    // A host whose clock ran two hours fast counted first; the corrected
+    // clock then meets counts dated in its future.
+    let fast = (NOW + 2 * 3_600_000).to_string();
+    let now = NOW.to_string();
+    for (at, extra) in [(&fast, vec!["--create-slots", "2"]), (&now, vec![])] {
+        let mut a = vec![
+            f.as_str(),
+            "--account",
+            "skewed",
+            "--count",
+            "3",
+            "--now-ms",
+            at,
+        ];
+        a.extend(extra);
+        assert!(run_worker(&a).status.success());
+    }
+    // Two slots: a third key finds none (the worker reports it as an error).
+    for acct in ["a", "b"] {
+        run_worker(&[&f, "--account", acct, "--now-ms", &now]);
+    }
+    let j = json(&run(&["stats", &f, "--json", "--now-ms", &now]));
+    assert!(j["clock_faults"].as_u64().unwrap() >= 1, "{j}");
+    assert!(j["table_full"].as_u64().unwrap() >= 1, "{j}");
+    let out = stdout(&run(&["stats", &f, "--now-ms", &now]));
+    assert!(out.contains("clock       "), "{out}");
+    assert!(out.contains("table full  "), "{out}");
 }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod digest;
 pub mod inspect;
 pub mod policy;
+pub mod refusals;
 pub mod reset;
 pub mod resize;
 pub mod stats;

@@ -1,5 +1,6 @@
 //! `tollgate stats FILE`: how full the table is, what it refused for want
-//! of a slot, its layout and size, the models registered in it.
+//! of a slot, how often it met counts from a wrong clock, its layout and
+//! size, the models registered in it.
 
 use std::path::PathBuf;
 
@@ -37,6 +38,7 @@ struct Json {
     used: u32,
     free: u32,
     table_full: u64,
+    clock_faults: u64,
     models: Vec<String>,
 }
 
@@ -60,6 +62,7 @@ pub fn run(a: Args) -> Res<u8> {
             used: s.used,
             free,
             table_full: s.table_full,
+            clock_faults: s.clock_faults,
             models: models
                 .iter()
                 .map(|(_, m)| escape::json(m.as_bytes()))
@@ -85,6 +88,11 @@ pub fn run(a: Args) -> Res<u8> {
         "table full  {} refusal{} since the region was created (a new key found no free slot)",
         s.table_full,
         output::s(s.table_full)
+    );
+    println!(
+        "clock       {} fault{} since the region was created (counts dated ahead of the clock, re-dated)",
+        s.clock_faults,
+        output::s(s.clock_faults)
     );
     let names: Vec<String> = models
         .iter()
