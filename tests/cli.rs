@@ -1090,7 +1090,6 @@ fn client_names_are_escaped_everywhere() {
 fn refusals_show_when_which_window_and_the_counts() {
     let dir = Scratch::new("cli-refusals");
     let f = dir.file("t.tg");
-    let now = NOW.to_string();
     let o = run(&["refusals", &f]);
     assert_eq!(code(&o), 1, "no table, no refusals: {}", stderr(&o));
     // alice runs over the minute at 10:00; bob over his day at 10:02; an
