@@ -98,15 +98,17 @@ pub fn run(a: Args) -> Res<u8> {
         .iter()
         .map(|(_, m)| escape::term(m.as_bytes()))
         .collect();
-    if names.is_empty() {
-        println!("models      0 registered");
-    } else {
-        println!(
-            "models      {} registered: {}",
-            names.len(),
-            names.join(", ")
-        );
-    }
+    const SHOWN: usize = 20;
+    let list = match names.len() {
+        0 => String::new(),
+        n if n <= SHOWN => format!(": {}", names.join(", ")),
+        n => format!(
+            ": {}, ... and {} more (--json lists all)",
+            names[..SHOWN].join(", "),
+            n - SHOWN
+        ),
+    };
+    println!("models      {} registered{list}", names.len());
     if pct > 80.0 {
         println!("note        over 80% used: probe chains grow; grow it with `tollgate resize`");
     }
