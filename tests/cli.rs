@@ -141,6 +141,7 @@ fn help_and_usage_errors() {
         (vec!["policy", "lint"], "unrecognized subcommand 'lint'"),
         (vec!["top", "a", "--by"], "a value is required for '--by"),
         (vec!["digest", "sk-secret"], "stdin"),
+        (vec!["top", "a", "--tier", "free"], "--policy"),
     ] {
         let o = run(&args);
         assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));

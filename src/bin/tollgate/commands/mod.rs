@@ -81,7 +81,13 @@ impl Clock {
 #[derive(clap::Args, Debug)]
 pub struct TierOpt {
     /// Tier whose limits to show (with --policy): free, developer or enterprise
-    #[arg(long, value_name = "TIER", default_value = "developer", value_parser = parse_tier)]
+    #[arg(
+        long,
+        value_name = "TIER",
+        default_value = "developer",
+        value_parser = parse_tier,
+        requires = "policy"
+    )]
     pub tier: Tier,
 }
 
