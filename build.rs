@@ -1,17 +1,29 @@
-//! Writes include/tollgate.h from src/ffi.rs with cbindgen. The header is
+//! Writes include/tollgate.h from src/ffi.rs and src/ffi/*.rs with cbindgen
+//! (given each file: it does not follow `mod` declarations by itself). The header is
 //! committed; CI regenerates it and fails if it differs.
 
 use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-changed=src/ffi.rs");
+    println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
     let config =
         cbindgen::Config::from_file(Path::new(&dir).join("cbindgen.toml")).expect("cbindgen.toml");
-    let header = cbindgen::Builder::new()
+    let mut parts: Vec<_> = std::fs::read_dir(Path::new(&dir).join("src/ffi"))
+        .expect("src/ffi")
+        .map(|e| e.expect("src/ffi entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .collect();
+    parts.sort();
+    let mut builder = cbindgen::Builder::new()
         .with_config(config)
-        .with_src(Path::new(&dir).join("src/ffi.rs"))
+        .with_src(Path::new(&dir).join("src/ffi.rs"));
+    for p in parts {
+        builder = builder.with_src(p);
+    }
+    let header = builder
         .generate()
         .expect("cbindgen could not read src/ffi.rs");
     let out = Path::new(&dir).join("include/tollgate.h");

@@ -91,6 +91,109 @@
 #define TG_OPEN_READ_ONLY 2
 
 /**
+ * Most bytes of a client's model string an answer echoes.
+ */
+#define MODEL_ECHO_MAX 64
+
+/**
+ * Bytes of the decoded model value kept; longer values are cut there (on
+ * a character boundary). Longer than any policy model name, so a cut
+ * value is an unknown model, and the echo in the answer stays bounded.
+ */
+#define MODEL_MAX 64
+
+/**
+ * Most nesting levels accepted (the top-level object is level 1).
+ */
+#define DEPTH_MAX 1024
+
+/**
+ * tg_answer_for flag: decide and report, never refuse (every refusal
+ * passes upstream; `would_status` keeps what was not sent).
+ */
+#define TG_ANSWER_DRY_RUN 1
+
+/**
+ * tg_answer_for flag: no limit configured for the tier: pass, not 403.
+ */
+#define TG_ANSWER_NO_LIMIT_PASS 2
+
+/**
+ * tg_answer_for flag: table full: pass (fail open), not 503.
+ */
+#define TG_ANSWER_TABLE_FULL_OPEN 4
+
+/**
+ * tg_answer_for flag: no account id: pass unlimited, not 401.
+ */
+#define TG_ANSWER_NO_ACCOUNT_PASS 8
+
+/**
+ * tg_answer.outcome values (stable): how the request went, for logs,
+ * metrics and variables; tg_outcome_name() names them.
+ */
+#define TG_OUTCOME_PASSED 0
+
+#define TG_OUTCOME_REJECTED 1
+
+#define TG_OUTCOME_DRY_RUN 2
+
+#define TG_OUTCOME_TABLE_FULL 3
+
+#define TG_OUTCOME_UNKNOWN_MODEL 4
+
+#define TG_OUTCOME_BAD_REQUEST 5
+
+#define TG_OUTCOME_NO_LIMIT 6
+
+#define TG_OUTCOME_NO_ACCOUNT 7
+
+#define TG_OUTCOME_ERROR 8
+
+#define TG_OUTCOME_NOT_LIMITED 9
+
+/**
+ * Number of TG_OUTCOME_* values.
+ */
+#define TG_OUTCOMES 10
+
+/**
+ * Most model bytes an answer echoes.
+ */
+#define TG_ANSWER_MODEL_MAX 64
+
+/**
+ * Largest body tg_answer_body writes (a buffer this big always suffices).
+ */
+#define TG_ANSWER_BODY_MAX 1024
+
+/**
+ * Most bytes of the decoded model a body scan keeps; longer values are cut
+ * there, on a character boundary (they exceed TG_MODEL_NAME_MAX, so they
+ * are an unknown model for every policy). A model buffer of this many
+ * bytes always suffices.
+ */
+#define TG_BODY_MODEL_MAX 64
+
+/**
+ * Most nesting levels a body may have (the top-level object is level 1);
+ * deeper is TG_E_BODY_TOO_DEEP.
+ */
+#define TG_BODY_DEPTH_MAX 1024
+
+/**
+ * Alignment the memory given to tg_body_scan_init must have.
+ */
+#define TG_BODY_SCAN_ALIGN 8
+
+/**
+ * A streaming scan of one request body (opaque), in caller memory of
+ * tg_body_scan_size() bytes. Fixed size: no allocation whatever the body.
+ * One thread at a time.
+ */
+typedef struct tg_body_scan tg_body_scan;
+
+/**
  * A limiter over one region (opaque). Many threads may call tg_check on
  * one handle at once; only tg_limiter_set_policy needs the handle alone.
  */
@@ -230,6 +333,81 @@ typedef struct tg_decision {
 } tg_decision;
 
 /**
+ * The answer to one request, in the caller's memory. Set `size` to
+ * sizeof(tg_answer) before calling tg_answer_for: the struct may grow at
+ * its end in later versions, and the library reads and writes only what
+ * `size` covers (a smaller size than this version's is TG_E_INVALID).
+ * Read the public fields; leave the rest to the library.
+ */
+typedef struct tg_answer {
+  uint32_t size;
+  /**
+   * The HTTP status to answer with, or 0: pass the request upstream and
+   * add the headers (tg_answer_headers) to the upstream's response.
+   */
+  uint32_t http_status;
+  /**
+   * In a dry run, the status that was not sent; 0 otherwise.
+   */
+  uint32_t would_status;
+  /**
+   * TG_OUTCOME_*.
+   */
+  uint32_t outcome;
+  /**
+   * 1 if `decision` holds the limiter's decision.
+   */
+  uint32_t has_decision;
+  struct tg_decision decision;
+  /**
+   * Library-private: which body the answer carries.
+   */
+  uint32_t body_kind;
+  /**
+   * The model bytes echoed in the body (at most TG_ANSWER_MODEL_MAX).
+   */
+  uint32_t model_len;
+  uint8_t model[64];
+} tg_answer;
+
+/**
+ * A request as an HTTP binding holding the whole body sees it, for
+ * tg_answer_request. Set `size` to sizeof(tg_http_request): fields may be
+ * added at the end in later versions.
+ */
+typedef struct tg_http_request {
+  uint32_t size;
+  /**
+   * Requests this call counts for (1 for most calls; 0 to look only).
+   */
+  uint32_t cost;
+  const char *method;
+  size_t method_len;
+  /**
+   * The account id; NULL when the request carries none (no API key).
+   */
+  const char *account;
+  size_t account_len;
+  /**
+   * The tier's name: "free", "developer" or "enterprise" (any case).
+   */
+  const char *tier;
+  size_t tier_len;
+  /**
+   * The whole body (may be NULL with length 0).
+   */
+  const char *body;
+  size_t body_len;
+} tg_http_request;
+
+/**
+ * Called once per header: name and value, not NUL-terminated. Return 0 to
+ * go on, anything else to stop (tg_answer_headers then returns
+ * TG_E_ABORTED).
+ */
+typedef int (*tg_header_fn)(void *ctx, const char *name, size_t name_len, const char *value, size_t value_len);
+
+/**
  * Success.
  */
 #define TG_OK 0
@@ -306,7 +484,8 @@ typedef struct tg_decision {
 #define TG_E_REGION_CORRUPT 14
 
 /**
- * The memory is not aligned to TG_REGION_ALIGN.
+ * The memory is not aligned to TG_REGION_ALIGN (a region) or
+ * TG_BODY_SCAN_ALIGN (a body scanner).
  */
 #define TG_E_ALIGNMENT 15
 
@@ -332,9 +511,52 @@ typedef struct tg_decision {
 #define TG_E_READ_ONLY 19
 
 /**
+ * The request body is not a JSON object: a syntax error, invalid UTF-8 or
+ * a lone surrogate in a string, bytes after the value, an empty body, or a
+ * top-level value that is not an object (answer 400, invalid_json).
+ */
+#define TG_E_BODY_NOT_JSON 20
+
+/**
+ * The body has no top-level "model" key, or its value is not a string.
+ */
+#define TG_E_BODY_NO_MODEL 21
+
+/**
+ * More than one top-level key names the model: equal to "model" after
+ * unescaping and ASCII case folding ("model", "Model", "\u006dodel"...).
+ * Refused because upstream parsers disagree on which one wins.
+ */
+#define TG_E_BODY_AMBIGUOUS_MODEL 22
+
+/**
+ * The body nests deeper than TG_BODY_DEPTH_MAX levels.
+ */
+#define TG_E_BODY_TOO_DEEP 23
+
+/**
  * An internal error was caught at the boundary (a bug: please report it).
  */
 #define TG_E_PANIC 99
+
+#define Outcome_ALL { Passed, Rejected, DryRun, TableFull, UnknownModel, BadRequest, NoLimit, NoAccount, Error, NotLimited, }
+
+/**
+ * Not returned by any call: passed to tg_answer_for when the request
+ * carries no account id at all (no API key).
+ */
+#define TG_E_NO_ACCOUNT 30
+
+/**
+ * Not returned by any call: passed to tg_answer_for when the request's
+ * method is not limited (tg_method_limited() said 0).
+ */
+#define TG_E_NOT_LIMITED 31
+
+/**
+ * A callback asked to stop (tg_answer_headers).
+ */
+#define TG_E_ABORTED 32
 
 #ifdef __cplusplus
 extern "C" {
@@ -551,6 +773,108 @@ tg_status tg_decision_error_body(const struct tg_decision *decision, const char 
  * "code":"model_not_found"}}. Buffer protocol as tg_decision_headers.
  */
 tg_status tg_unknown_model_body(const char *model, size_t model_len, char *buf, size_t cap, size_t *written);
+
+/**
+ * Decides the whole answer to a request. `status` is what happened: TG_OK
+ * with the `decision` tg_check gave; the status of a failed tg_check or
+ * tg_body_scan_*; TG_E_NO_ACCOUNT when the request has no account id;
+ * TG_E_NOT_LIMITED for a method that is not limited. Any other status is
+ * answered as the limiter's own failure (500). `model` (may be NULL with
+ * length 0) is the client's model string, echoed in the body, cut to
+ * TG_ANSWER_MODEL_MAX bytes. `flags`: TG_ANSWER_*; `refuse_status` is the
+ * status of a refusal over a limit, 0 for 429. `decision` may be NULL
+ * unless `status` is TG_OK.
+ */
+tg_status tg_answer_for(tg_status status, const struct tg_decision *decision, const char *model, size_t model_len, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
+
+/**
+ * The whole answer to one HTTP request at `now_ms`, every step in the
+ * order all bindings share: the method (only POST is limited), the
+ * account (NULL: TG_E_NO_ACCOUNT's answer), the body's model (the core's
+ * scanner), the tier (tg_tier_parse), then tg_check. `flags` and
+ * `refuse_status` as tg_answer_for. TG_OK whenever `*out` holds an answer
+ * (including refusals); TG_E_NULL / TG_E_INVALID for bad arguments only.
+ */
+tg_status tg_answer_request(const struct tg_limiter *limiter, const struct tg_http_request *request, uint64_t now_ms, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
+
+/**
+ * Calls `fn` for each header of the answer, in order: the six
+ * x-ratelimit-* when there was a decision, retry-after when it refused,
+ * content-type when the answer has a body. Names are lower case. For an
+ * answer that passes (http_status 0) these go on the upstream's response.
+ */
+tg_status tg_answer_headers(const struct tg_answer *answer, tg_header_fn f, void *ctx);
+
+/**
+ * The answer's JSON body (empty for an answer that passes). Buffer
+ * protocol as tg_decision_headers: `*written` is the length needed, and
+ * TG_E_BUFFER_TOO_SMALL when it exceeds `cap`; a body is at most
+ * TG_ANSWER_BODY_MAX bytes.
+ */
+tg_status tg_answer_body(const struct tg_answer *answer, char *buf, size_t cap, size_t *written);
+
+/**
+ * The name of a TG_OUTCOME_* value ("PASSED", "REJECTED", ...), a static
+ * string; "" for a value that is not one.
+ */
+const char *tg_outcome_name(uint32_t outcome);
+
+/**
+ * Parses a tier name ("free", "developer", "enterprise", any case) into
+ * TG_TIER_*: the one tier parser every binding uses. TG_E_INVALID for
+ * anything else.
+ */
+tg_status tg_tier_parse(const char *name, size_t len, uint32_t *tier);
+
+/**
+ * 1 if requests with this method are limited (POST), 0 if they pass
+ * unlimited and unread (answer them with TG_E_NOT_LIMITED).
+ */
+uint32_t tg_method_limited(const char *method, size_t len);
+
+/**
+ * Bytes of memory tg_body_scan_init needs (aligned to TG_BODY_SCAN_ALIGN).
+ */
+size_t tg_body_scan_size(void);
+
+/**
+ * Starts a scan in `len` bytes at `mem` (at least tg_body_scan_size(),
+ * aligned to TG_BODY_SCAN_ALIGN) and sets `*out` to it (it is `mem`). The
+ * memory stays the caller's: there is nothing to free, and init may be
+ * called on it again for the next body. TG_E_NULL for NULL pointers,
+ * TG_E_INVALID when `len` is too small, TG_E_ALIGNMENT when `mem` is not
+ * aligned; `*out` is then NULL.
+ */
+tg_status tg_body_scan_init(void *mem, size_t len, struct tg_body_scan **out);
+
+/**
+ * Scans the next `len` bytes of the body (`chunk` may be NULL when `len`
+ * is 0). Chunks may be of any size and split the body anywhere. TG_OK:
+ * keep feeding. A TG_E_BODY_* status: the body is refused already
+ * (TG_E_BODY_NOT_JSON or TG_E_BODY_TOO_DEEP), and every later feed or
+ * finish returns the same status.
+ */
+tg_status tg_body_scan_feed(struct tg_body_scan *scan, const uint8_t *chunk, size_t len);
+
+/**
+ * The body has ended. TG_OK: `*model` points at the decoded model value
+ * (UTF-8, not NUL-terminated, at most TG_BODY_MODEL_MAX bytes) inside the
+ * scan's memory, valid until that memory is initialised again or freed;
+ * `*model_len` is its length. Otherwise a TG_E_BODY_* status says why the
+ * body is refused, and `*model` is NULL, `*model_len` 0. May be called
+ * again: it answers the same.
+ */
+tg_status tg_body_scan_finish(struct tg_body_scan *scan, const uint8_t **model, size_t *model_len);
+
+/**
+ * The model of a whole body of `len` bytes at `body` in one call (no
+ * scan memory needed). TG_OK: the decoded model is copied to `model_out`
+ * (`cap` bytes; a NUL follows when room remains, not counted) and
+ * `*model_len` is its length. TG_E_BUFFER_TOO_SMALL: `*model_len` is the
+ * length needed (a `cap` of TG_BODY_MODEL_MAX always suffices). A
+ * TG_E_BODY_* status: the body is refused, `*model_len` is 0.
+ */
+tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, size_t cap, size_t *model_len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::body::BodyError;
 use crate::policy::PolicyError;
 use crate::region::RegionError;
 
@@ -32,6 +33,8 @@ pub enum Error {
         free: u64,
     },
     Policy(Box<PolicyError>),
+    /// A request body refused by the model scan ([`crate::body`]).
+    Body(BodyError),
     Region(RegionError),
     /// Opening, creating or mapping a file failed.
     Io {
@@ -61,6 +64,7 @@ impl fmt::Display for Error {
                 "{path}: no space for the region: it needs {needed} bytes and {free} are free; free some, use another file system, or ask for fewer slots"
             ),
             Error::Policy(e) => write!(f, "{e}"),
+            Error::Body(e) => write!(f, "{e}"),
             Error::Region(e) => write!(f, "{e}"),
             Error::Io { path, op, source } => write!(f, "{path}: {op}: {source}"),
         }
@@ -72,6 +76,12 @@ impl std::error::Error for Error {}
 impl From<PolicyError> for Error {
     fn from(e: PolicyError) -> Error {
         Error::Policy(Box::new(e))
+    }
+}
+
+impl From<BodyError> for Error {
+    fn from(e: BodyError) -> Error {
+        Error::Body(e)
     }
 }
 

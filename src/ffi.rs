@@ -9,12 +9,18 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::body::BodyError;
 use crate::decision::{Decision, Sink, Window};
 use crate::error::Error;
 use crate::limiter::{Limiter, Request};
 use crate::policy::{Policy, Tier, MODEL_NAME_MAX};
 use crate::region::{RegionError, LAYOUT_VERSION};
 use crate::slot::LimitedBy;
+
+mod answer;
+mod body;
+pub use answer::*;
+pub use body::*;
 
 /// Result code of every function: TG_OK (0) or one of the TG_E_* values.
 pub type tg_status = i32;
@@ -50,7 +56,8 @@ pub const TG_E_REGION_VERSION: tg_status = 12;
 pub const TG_E_REGION_SIZE: tg_status = 13;
 /// The region's header is corrupt (checksum or sizes disagree).
 pub const TG_E_REGION_CORRUPT: tg_status = 14;
-/// The memory is not aligned to TG_REGION_ALIGN.
+/// The memory is not aligned to TG_REGION_ALIGN (a region) or
+/// TG_BODY_SCAN_ALIGN (a body scanner).
 pub const TG_E_ALIGNMENT: tg_status = 15;
 /// The CPU has no lock-free 128-bit compare-and-swap.
 pub const TG_E_UNSUPPORTED: tg_status = 16;
@@ -61,6 +68,18 @@ pub const TG_E_MODEL_TABLE_FULL: tg_status = 17;
 pub const TG_E_NO_SPACE: tg_status = 18;
 /// The handle was opened with TG_OPEN_READ_ONLY and the call would write.
 pub const TG_E_READ_ONLY: tg_status = 19;
+/// The request body is not a JSON object: a syntax error, invalid UTF-8 or
+/// a lone surrogate in a string, bytes after the value, an empty body, or a
+/// top-level value that is not an object (answer 400, invalid_json).
+pub const TG_E_BODY_NOT_JSON: tg_status = 20;
+/// The body has no top-level "model" key, or its value is not a string.
+pub const TG_E_BODY_NO_MODEL: tg_status = 21;
+/// More than one top-level key names the model: equal to "model" after
+/// unescaping and ASCII case folding ("model", "Model", "\u006dodel"...).
+/// Refused because upstream parsers disagree on which one wins.
+pub const TG_E_BODY_AMBIGUOUS_MODEL: tg_status = 22;
+/// The body nests deeper than TG_BODY_DEPTH_MAX levels.
+pub const TG_E_BODY_TOO_DEEP: tg_status = 23;
 /// An internal error was caught at the boundary (a bug: please report it).
 pub const TG_E_PANIC: tg_status = 99;
 
@@ -203,6 +222,7 @@ fn status_of(e: &Error) -> tg_status {
         Error::ReadOnly => TG_E_READ_ONLY,
         Error::Policy(_) => TG_E_POLICY,
         Error::Io { .. } => TG_E_IO,
+        Error::Body(b) => body_status(*b),
         Error::Region(r) => match r {
             RegionError::Alignment => TG_E_ALIGNMENT,
             RegionError::Size { .. } | RegionError::SlotCount { .. } => TG_E_REGION_SIZE,
@@ -211,6 +231,15 @@ fn status_of(e: &Error) -> tg_status {
             RegionError::Corrupt => TG_E_REGION_CORRUPT,
             RegionError::Unsupported => TG_E_UNSUPPORTED,
         },
+    }
+}
+
+fn body_status(e: BodyError) -> tg_status {
+    match e {
+        BodyError::NotJson => TG_E_BODY_NOT_JSON,
+        BodyError::NoModel => TG_E_BODY_NO_MODEL,
+        BodyError::AmbiguousModel => TG_E_BODY_AMBIGUOUS_MODEL,
+        BodyError::TooDeep => TG_E_BODY_TOO_DEEP,
     }
 }
 
@@ -281,11 +310,18 @@ pub extern "C" fn tg_status_str(status: tg_status) -> *const c_char {
         TG_E_REGION_VERSION => c"region has another layout version",
         TG_E_REGION_SIZE => c"region size does not match its slot count",
         TG_E_REGION_CORRUPT => c"region header is corrupt",
-        TG_E_ALIGNMENT => c"region memory is not aligned to 64 bytes",
+        TG_E_ALIGNMENT => c"memory is not aligned (64 bytes for a region, 8 for a body scanner)",
         TG_E_UNSUPPORTED => c"no lock-free 128-bit compare-and-swap on this CPU",
         TG_E_MODEL_TABLE_FULL => c"the region's model table is full",
         TG_E_NO_SPACE => c"no space to reserve the region file",
         TG_E_READ_ONLY => c"the handle was opened read-only",
+        TG_E_BODY_NOT_JSON => c"the request body is not a JSON object",
+        TG_E_BODY_NO_MODEL => c"the request body has no top-level \"model\" string",
+        TG_E_BODY_AMBIGUOUS_MODEL => c"the request body names the model more than once",
+        TG_E_BODY_TOO_DEEP => c"the request body nests deeper than 1024 levels",
+        TG_E_NO_ACCOUNT => c"the request carries no account id",
+        TG_E_NOT_LIMITED => c"the request's method is not limited",
+        TG_E_ABORTED => c"a callback asked to stop",
         TG_E_PANIC => c"internal error (caught panic)",
         _ => c"unknown status",
     };

@@ -19,10 +19,14 @@
 //! Modules, one concern each: [`policy`] (tiers, models, TOML), `window`
 //! (minute/day arithmetic), `key` (seeded hashing), `region` (layout,
 //! format, attach), `refusals` (the ring of latest refusals), `slot` (the
-//! packed state and the CAS: the decision
-//! path), [`decision`] (headers, error body), `digest` (account ids from
-//! API keys), `ffi` (the C ABI).
+//! packed state and the CAS: the decision path), [`decision`] (headers,
+//! error body), [`body`] (the streaming JSON scan of a request body for its
+//! model), [`answer`] (the whole HTTP answer for every outcome, one wording
+//! for every binding), `digest` (account ids from API keys), `ffi` (the C
+//! ABI).
 
+pub mod answer;
+pub mod body;
 pub mod decision;
 mod digest;
 mod error;
@@ -37,6 +41,7 @@ mod region;
 mod slot;
 mod window;
 
+pub use body::BodyError;
 pub use decision::{Decision, Window};
 pub use digest::account_digest;
 pub use error::Error;

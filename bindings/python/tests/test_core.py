@@ -58,9 +58,17 @@ def test_library_loaded_and_versions_match_header():
             ("TG_LAYOUT_VERSION", tollgate.LAYOUT_VERSION),
             ("TG_ACCOUNT_MAX", tollgate.ACCOUNT_MAX),
             ("TG_MODEL_NAME_MAX", tollgate.MODEL_NAME_MAX),
+            ("TG_BODY_MODEL_MAX", tollgate.BODY_MODEL_MAX),
+            ("TG_BODY_DEPTH_MAX", tollgate.BODY_DEPTH_MAX),
         ]:
             m = re.search(rf"#define {name} (\d+)", text)
             assert m and int(m.group(1)) == value, name
+        # Every status and flag the package names has the header's number
+        # (statuses reserved in CONTRACT.md may not be in this header yet).
+        for name in dir(tollgate._ffi):
+            if name.startswith("TG_"):
+                m = re.search(rf"#define {name} (\d+)", text)
+                assert m is None or int(m.group(1)) == getattr(tollgate._ffi, name), name
 
 
 def test_now_ms_is_the_library_clock():
