@@ -35,6 +35,8 @@
 /** The version this header describes, as text (tg_version_string() gives the library's). */
 #define TG_VERSION_STRING "0.2.0"
 
+/* ---- Versions, statuses and limits ------------------------------------- */
+
 /**
  * The version this header describes. A program built against this header
  * runs with a library of the same major version and at least its minor
@@ -78,390 +80,9 @@
 #define TG_BYTES_PER_SLOT 96
 
 /**
- * Free tier: accounts with no payment method.
- */
-#define TG_TIER_FREE 0
-
-/**
- * Developer tier: accounts with a payment method.
- */
-#define TG_TIER_DEVELOPER 1
-
-/**
- * Enterprise tier: per-account plans from the policy file.
- */
-#define TG_TIER_ENTERPRISE 2
-
-/**
- * Nothing refused (the request was allowed).
- */
-#define TG_LIMIT_NONE 0
-
-/**
- * The minute window refused.
- */
-#define TG_LIMIT_MINUTE 1
-
-/**
- * The day window refused (reported whenever the day is exhausted).
- */
-#define TG_LIMIT_DAY 2
-
-/**
- * tg_limiter_open flag: create and format the file if it does not exist.
- */
-#define TG_OPEN_CREATE 1
-
-/**
- * tg_limiter_open flag: map an existing file for reading only (operator
- * views), with `slots` 0. Nothing done through the handle reaches the
- * file, model names are not registered, and writing calls give
- * TG_E_READ_ONLY. Not with TG_OPEN_CREATE.
- */
-#define TG_OPEN_READ_ONLY 2
-
-/**
- * Most bytes of a client's model string an answer echoes.
- */
-#define MODEL_ECHO_MAX 64
-
-/**
- * Bytes of the decoded model value kept; longer values are cut there (on
- * a character boundary). Longer than any policy model name, so a cut
- * value is an unknown model, and the echo in the answer stays bounded.
- */
-#define MODEL_MAX 64
-
-/**
- * Most nesting levels accepted (the top-level object is level 1).
- */
-#define DEPTH_MAX 1024
-
-/**
- * tg_answer_for flag: decide and report, never refuse (every refusal
- * passes upstream; `would_status` keeps what was not sent).
- */
-#define TG_ANSWER_DRY_RUN 1
-
-/**
- * tg_answer_for flag: no limit configured for the tier: pass, not 403.
- */
-#define TG_ANSWER_NO_LIMIT_PASS 2
-
-/**
- * tg_answer_for flag: table full: pass (fail open), not 503.
- */
-#define TG_ANSWER_TABLE_FULL_OPEN 4
-
-/**
- * tg_answer_for flag: no account id: pass unlimited, not 401.
- */
-#define TG_ANSWER_NO_ACCOUNT_PASS 8
-
-/**
- * tg_answer.outcome values (stable): how the request went, for logs,
- * metrics and variables; tg_outcome_name() names them.
- */
-#define TG_OUTCOME_PASSED 0
-
-#define TG_OUTCOME_REJECTED 1
-
-#define TG_OUTCOME_DRY_RUN 2
-
-#define TG_OUTCOME_TABLE_FULL 3
-
-#define TG_OUTCOME_UNKNOWN_MODEL 4
-
-#define TG_OUTCOME_BAD_REQUEST 5
-
-#define TG_OUTCOME_NO_LIMIT 6
-
-#define TG_OUTCOME_NO_ACCOUNT 7
-
-#define TG_OUTCOME_ERROR 8
-
-#define TG_OUTCOME_NOT_LIMITED 9
-
-/**
- * Number of TG_OUTCOME_* values.
- */
-#define TG_OUTCOMES 10
-
-/**
- * Most model bytes an answer echoes.
- */
-#define TG_ANSWER_MODEL_MAX 64
-
-/**
- * Largest body tg_answer_body writes (a buffer this big always suffices).
- */
-#define TG_ANSWER_BODY_MAX 1024
-
-/**
- * Most bytes of the decoded model a body scan keeps; longer values are cut
- * there, on a character boundary (they exceed TG_MODEL_NAME_MAX, so they
- * are an unknown model for every policy). A model buffer of this many
- * bytes always suffices.
- */
-#define TG_BODY_MODEL_MAX 64
-
-/**
- * Most nesting levels a body may have (the top-level object is level 1);
- * deeper is TG_E_BODY_TOO_DEEP.
- */
-#define TG_BODY_DEPTH_MAX 1024
-
-/**
- * Alignment the memory given to tg_body_scan_init must have.
- */
-#define TG_BODY_SCAN_ALIGN 8
-
-/**
- * A streaming scan of one request body (opaque), in caller memory of
- * tg_body_scan_size() bytes. Fixed size: no allocation whatever the body.
- * One thread at a time.
- */
-typedef struct tg_body_scan tg_body_scan;
-
-/**
- * A limiter over one region (opaque). Many threads may call tg_check on
- * one handle at once; only tg_limiter_set_policy needs the handle alone.
- */
-typedef struct tg_limiter tg_limiter;
-
-/**
- * A loaded policy (opaque). Immutable; may be shared between threads.
- */
-typedef struct tg_policy tg_policy;
-
-/**
  * Result code of every function: TG_OK (0) or one of the TG_E_* values.
  */
 typedef int32_t tg_status;
-
-/**
- * Table usage. Set `size` (or 0) before the call.
- */
-typedef struct tg_stats {
-  /**
-   * sizeof(tg_stats) as the caller's header has it, or 0.
-   */
-  uint32_t size;
-  /**
-   * Slots in the region.
-   */
-  uint32_t slots;
-  /**
-   * Slots holding counts for the current day.
-   */
-  uint32_t used;
-  /**
-   * Requests refused with TG_E_TABLE_FULL since the region was formatted.
-   */
-  uint64_t table_full;
-  /**
-   * Bytes the region occupies.
-   */
-  uint64_t region_bytes;
-  uint32_t layout_version;
-  /**
-   * Decisions that met counts dated beyond the clock-fault bound (a
-   * wrong clock, since corrected) and re-dated them to the current
-   * window, since the region was formatted: a metric to alert on.
-   */
-  uint64_t clock_faults;
-} tg_stats;
-
-/**
- * What tg_limiter_verify found walking every slot. Set `size` (or 0)
- * before the call.
- */
-typedef struct tg_verify_report {
-  /**
-   * sizeof(tg_verify_report) as the caller's header has it, or 0.
-   */
-  uint32_t size;
-  uint32_t slots;
-  /**
-   * Slots bound to a key (with or without counts for today).
-   */
-  uint32_t bound;
-  /**
-   * Bound slots with counts for the current day.
-   */
-  uint32_t live;
-  /**
-   * Slots released and free for any key.
-   */
-  uint32_t open;
-  /**
-   * Slots never used.
-   */
-  uint32_t never_used;
-  /**
-   * Bound slots without an account name (a binder stopped before writing
-   * it): counts work, operator views cannot name the key.
-   */
-  uint32_t unnamed;
-  /**
-   * Models registered in the region.
-   */
-  uint32_t models;
-  /**
-   * Broken invariants found; 0 means the table is sound.
-   */
-  uint32_t problems;
-} tg_verify_report;
-
-/**
- * One request. Strings are bytes with a length, not NUL-terminated.
- */
-typedef struct tg_request {
-  /**
-   * sizeof(tg_request) as the caller's header has it, or 0 (this first
-   * layout: zero-initialised requests work). Also says which layout of
-   * tg_decision the caller has.
-   */
-  uint32_t size;
-  /**
-   * Account id, 1 to TG_ACCOUNT_MAX bytes.
-   */
-  const char *account;
-  size_t account_len;
-  /**
-   * Model id as in the policy.
-   */
-  const char *model;
-  size_t model_len;
-  /**
-   * TG_TIER_FREE, TG_TIER_DEVELOPER or TG_TIER_ENTERPRISE.
-   */
-  uint32_t tier;
-  /**
-   * Requests this call counts for; 0 = look without counting (a peek:
-   * `allowed` then says whether one more request would pass).
-   */
-  uint32_t cost;
-  /**
-   * Explicit requests-per-minute limit; 0 = from the policy.
-   */
-  uint32_t rpm;
-  /**
-   * Explicit requests-per-day limit; 0 = from the policy.
-   */
-  uint32_t rpd;
-} tg_request;
-
-/**
- * The answer for one request: everything a proxy needs for its headers.
- * Written by tg_check, which sets `size` to the bytes it wrote (the
- * layout of the request's `size`); renderers read no more than `size`.
- */
-typedef struct tg_decision {
-  /**
-   * Bytes of this struct in use (see "Structs that grow"); 0 = this
-   * first layout.
-   */
-  uint32_t size;
-  /**
-   * 1 if admitted (and counted), 0 if refused (and nothing counted).
-   */
-  uint32_t allowed;
-  /**
-   * TG_LIMIT_NONE, TG_LIMIT_MINUTE or TG_LIMIT_DAY.
-   */
-  uint32_t limited_by;
-  uint32_t minute_limit;
-  uint32_t minute_remaining;
-  /**
-   * Epoch second at which the minute window resets.
-   */
-  uint64_t minute_reset;
-  uint32_t day_limit;
-  uint32_t day_remaining;
-  /**
-   * Epoch second at which the day window resets.
-   */
-  uint64_t day_reset;
-  /**
-   * Whole seconds, rounded up, until the refusing window resets; 0 when
-   * allowed.
-   */
-  uint32_t retry_after;
-} tg_decision;
-
-/**
- * The answer to one request, in the caller's memory. Set `size` to
- * sizeof(tg_answer), or 0, before calling tg_answer_for (see "Structs that
- * grow"). Read the public fields; leave the rest to the library.
- */
-typedef struct tg_answer {
-  uint32_t size;
-  /**
-   * The HTTP status to answer with, or 0: pass the request upstream and
-   * add the headers (tg_answer_headers) to the upstream's response.
-   */
-  uint32_t http_status;
-  /**
-   * In a dry run, the status that was not sent; 0 otherwise.
-   */
-  uint32_t would_status;
-  /**
-   * TG_OUTCOME_*.
-   */
-  uint32_t outcome;
-  /**
-   * 1 if `decision` holds the limiter's decision.
-   */
-  uint32_t has_decision;
-  struct tg_decision decision;
-  /**
-   * Library-private: which body the answer carries.
-   */
-  uint32_t body_kind;
-  /**
-   * The model bytes echoed in the body (at most TG_ANSWER_MODEL_MAX).
-   */
-  uint32_t model_len;
-  uint8_t model[64];
-} tg_answer;
-
-/**
- * A request as an HTTP binding holding the whole body sees it, for
- * tg_answer_request. Set `size` to sizeof(tg_http_request), or 0 (see
- * "Structs that grow").
- */
-typedef struct tg_http_request {
-  uint32_t size;
-  /**
-   * Requests this call counts for (1 for most calls; 0 to look only).
-   */
-  uint32_t cost;
-  const char *method;
-  size_t method_len;
-  /**
-   * The account id; NULL when the request carries none (no API key).
-   */
-  const char *account;
-  size_t account_len;
-  /**
-   * The tier's name: "free", "developer" or "enterprise" (any case).
-   */
-  const char *tier;
-  size_t tier_len;
-  /**
-   * The whole body (may be NULL with length 0).
-   */
-  const char *body;
-  size_t body_len;
-} tg_http_request;
-
-/**
- * Called once per header: name and value, not NUL-terminated. Return 0 to
- * go on, anything else to stop (tg_answer_headers then returns
- * TG_E_ABORTED).
- */
-typedef int (*tg_header_fn)(void *ctx, const char *name, size_t name_len, const char *value, size_t value_len);
 
 /**
  * Success.
@@ -595,25 +216,6 @@ typedef int (*tg_header_fn)(void *ctx, const char *name, size_t name_len, const 
  */
 #define TG_E_PANIC 99
 
-#define Outcome_ALL { Passed, Rejected, DryRun, TableFull, UnknownModel, BadRequest, NoLimit, NoAccount, Error, NotLimited, }
-
-/**
- * Not returned by any call: passed to tg_answer_for when the request
- * carries no account id at all (no API key).
- */
-#define TG_E_NO_ACCOUNT 30
-
-/**
- * Not returned by any call: passed to tg_answer_for when the request's
- * method is not limited (tg_method_limited() said 0).
- */
-#define TG_E_NOT_LIMITED 31
-
-/**
- * A callback asked to stop (tg_answer_headers).
- */
-#define TG_E_ABORTED 32
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -643,6 +245,21 @@ uint32_t tg_layout_version(void);
  * that are not a tg_status); never free it.
  */
 const char *tg_status_str(tg_status status);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+/* ---- Policies ---------------------------------------------------------- */
+
+/**
+ * A loaded policy (opaque). Immutable; may be shared between threads.
+ */
+typedef struct tg_policy tg_policy;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
 
 /**
  * The built-in policy (Developer tier of the published Infercom table).
@@ -687,6 +304,109 @@ tg_status tg_policy_model_name(const struct tg_policy *policy, uint32_t index, c
  */
 tg_status tg_policy_limits(const struct tg_policy *policy, uint32_t tier, const char *model, size_t model_len, const char *account, size_t account_len, uint32_t *rpm, uint32_t *rpd);
 
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+/* ---- Limiters and their tables ----------------------------------------- */
+
+/**
+ * tg_limiter_open flag: create and format the file if it does not exist.
+ */
+#define TG_OPEN_CREATE 1
+
+/**
+ * tg_limiter_open flag: map an existing file for reading only (operator
+ * views), with `slots` 0. Nothing done through the handle reaches the
+ * file, model names are not registered, and writing calls give
+ * TG_E_READ_ONLY. Not with TG_OPEN_CREATE.
+ */
+#define TG_OPEN_READ_ONLY 2
+
+/**
+ * A limiter over one region (opaque). Many threads may call tg_check on
+ * one handle at once; only tg_limiter_set_policy needs the handle alone.
+ */
+typedef struct tg_limiter tg_limiter;
+
+/**
+ * Table usage. Set `size` (or 0) before the call.
+ */
+typedef struct tg_stats {
+  /**
+   * sizeof(tg_stats) as the caller's header has it, or 0.
+   */
+  uint32_t size;
+  /**
+   * Slots in the region.
+   */
+  uint32_t slots;
+  /**
+   * Slots holding counts for the current day.
+   */
+  uint32_t used;
+  /**
+   * Requests refused with TG_E_TABLE_FULL since the region was formatted.
+   */
+  uint64_t table_full;
+  /**
+   * Bytes the region occupies.
+   */
+  uint64_t region_bytes;
+  uint32_t layout_version;
+  /**
+   * Decisions that met counts dated beyond the clock-fault bound (a
+   * wrong clock, since corrected) and re-dated them to the current
+   * window, since the region was formatted: a metric to alert on.
+   */
+  uint64_t clock_faults;
+} tg_stats;
+
+/**
+ * What tg_limiter_verify found walking every slot. Set `size` (or 0)
+ * before the call.
+ */
+typedef struct tg_verify_report {
+  /**
+   * sizeof(tg_verify_report) as the caller's header has it, or 0.
+   */
+  uint32_t size;
+  uint32_t slots;
+  /**
+   * Slots bound to a key (with or without counts for today).
+   */
+  uint32_t bound;
+  /**
+   * Bound slots with counts for the current day.
+   */
+  uint32_t live;
+  /**
+   * Slots released and free for any key.
+   */
+  uint32_t open;
+  /**
+   * Slots never used.
+   */
+  uint32_t never_used;
+  /**
+   * Bound slots without an account name (a binder stopped before writing
+   * it): counts work, operator views cannot name the key.
+   */
+  uint32_t unnamed;
+  /**
+   * Models registered in the region.
+   */
+  uint32_t models;
+  /**
+   * Broken invariants found; 0 means the table is sound.
+   */
+  uint32_t problems;
+} tg_verify_report;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
 /**
  * Bytes a region of `slots` slots needs; 0 for an invalid count (0 or more
  * than 2^30).
@@ -712,7 +432,7 @@ const char *tg_last_error(void);
  * allocates and frees. On TG_OK `*out` owns it: release with
  * tg_limiter_free. The policy is copied.
  */
-tg_status tg_limiter_new(const struct tg_policy *policy, uint32_t slots, struct tg_limiter **out);
+tg_status tg_limiter_new(const tg_policy *policy, uint32_t slots, struct tg_limiter **out);
 
 /**
  * Formats `len` bytes at `mem` (aligned to TG_REGION_ALIGN) as an empty
@@ -721,7 +441,7 @@ tg_status tg_limiter_new(const struct tg_policy *policy, uint32_t slots, struct 
  * Memory shared with other processes (MAP_SHARED, an nginx zone) may then
  * be attached by them with tg_limiter_attach.
  */
-tg_status tg_limiter_init_in(const struct tg_policy *policy, void *mem, size_t len, struct tg_limiter **out);
+tg_status tg_limiter_init_in(const tg_policy *policy, void *mem, size_t len, struct tg_limiter **out);
 
 /**
  * Uses `len` bytes at `mem` that tg_limiter_init_in (here or in another
@@ -729,7 +449,7 @@ tg_status tg_limiter_init_in(const struct tg_policy *policy, void *mem, size_t l
  * checksum and size. Never reads outside `len` bytes. Memory ownership as
  * tg_limiter_init_in.
  */
-tg_status tg_limiter_attach(const struct tg_policy *policy, void *mem, size_t len, struct tg_limiter **out);
+tg_status tg_limiter_attach(const tg_policy *policy, void *mem, size_t len, struct tg_limiter **out);
 
 /**
  * Maps the region file at `path` (NUL-terminated), shared by every process
@@ -738,7 +458,7 @@ tg_status tg_limiter_attach(const struct tg_policy *policy, void *mem, size_t le
  * otherwise a file of another slot count is TG_E_REGION_SIZE. On TG_OK
  * `*out` owns the handle (tg_limiter_free unmaps; the file stays).
  */
-tg_status tg_limiter_open(const struct tg_policy *policy, const char *path, uint32_t slots, uint32_t flags, struct tg_limiter **out);
+tg_status tg_limiter_open(const tg_policy *policy, const char *path, uint32_t slots, uint32_t flags, struct tg_limiter **out);
 
 /**
  * Replaces the limiter's policy (copied); counters are kept and compared
@@ -747,7 +467,7 @@ tg_status tg_limiter_open(const struct tg_policy *policy, const char *path, uint
  * same handle. To change limits while other threads keep deciding, use
  * tg_limiter_share and move the threads to the new handle.
  */
-tg_status tg_limiter_set_policy(struct tg_limiter *limiter, const struct tg_policy *policy);
+tg_status tg_limiter_set_policy(struct tg_limiter *limiter, const tg_policy *policy);
 
 /**
  * A second handle on the same table with another policy (copied): counters
@@ -755,7 +475,7 @@ tg_status tg_limiter_set_policy(struct tg_limiter *limiter, const struct tg_poli
  * with tg_limiter_free); the table stays alive until its last handle is
  * freed. Safe while other threads use `limiter`.
  */
-tg_status tg_limiter_share(const struct tg_limiter *limiter, const struct tg_policy *policy, struct tg_limiter **out);
+tg_status tg_limiter_share(const struct tg_limiter *limiter, const tg_policy *policy, struct tg_limiter **out);
 
 /**
  * Table usage at `now_ms`. Walks every slot: for metrics and operators,
@@ -790,43 +510,170 @@ tg_status tg_limiter_verify(const struct tg_limiter *limiter, uint64_t now_ms, s
  */
 void tg_limiter_free(struct tg_limiter *limiter);
 
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+/* ---- Deciding: requests and decisions ---------------------------------- */
+
+/**
+ * Free tier: accounts with no payment method.
+ */
+#define TG_TIER_FREE 0
+
+/**
+ * Developer tier: accounts with a payment method.
+ */
+#define TG_TIER_DEVELOPER 1
+
+/**
+ * Enterprise tier: per-account plans from the policy file.
+ */
+#define TG_TIER_ENTERPRISE 2
+
+/**
+ * Nothing refused (the request was allowed).
+ */
+#define TG_LIMIT_NONE 0
+
+/**
+ * The minute window refused.
+ */
+#define TG_LIMIT_MINUTE 1
+
+/**
+ * The day window refused (reported whenever the day is exhausted).
+ */
+#define TG_LIMIT_DAY 2
+
+/**
+ * One request. Strings are bytes with a length, not NUL-terminated.
+ */
+typedef struct tg_request {
+  /**
+   * sizeof(tg_request) as the caller's header has it, or 0 (this first
+   * layout: zero-initialised requests work). Also says which layout of
+   * tg_decision the caller has.
+   */
+  uint32_t size;
+  /**
+   * Account id, 1 to TG_ACCOUNT_MAX bytes.
+   */
+  const char *account;
+  size_t account_len;
+  /**
+   * Model id as in the policy.
+   */
+  const char *model;
+  size_t model_len;
+  /**
+   * TG_TIER_FREE, TG_TIER_DEVELOPER or TG_TIER_ENTERPRISE.
+   */
+  uint32_t tier;
+  /**
+   * Requests this call counts for; 0 = look without counting (a peek:
+   * `allowed` then says whether one more request would pass).
+   */
+  uint32_t cost;
+  /**
+   * Explicit requests-per-minute limit; 0 = from the policy.
+   */
+  uint32_t rpm;
+  /**
+   * Explicit requests-per-day limit; 0 = from the policy.
+   */
+  uint32_t rpd;
+} tg_request;
+
+/**
+ * The answer for one request: everything a proxy needs for its headers.
+ * Written by tg_check, which sets `size` to the bytes it wrote (the
+ * layout of the request's `size`); renderers read no more than `size`.
+ */
+typedef struct tg_decision {
+  /**
+   * Bytes of this struct in use (see "Structs that grow"); 0 = this
+   * first layout.
+   */
+  uint32_t size;
+  /**
+   * 1 if admitted (and counted), 0 if refused (and nothing counted).
+   */
+  uint32_t allowed;
+  /**
+   * TG_LIMIT_NONE, TG_LIMIT_MINUTE or TG_LIMIT_DAY.
+   */
+  uint32_t limited_by;
+  uint32_t minute_limit;
+  uint32_t minute_remaining;
+  /**
+   * Epoch second at which the minute window resets.
+   */
+  uint64_t minute_reset;
+  uint32_t day_limit;
+  uint32_t day_remaining;
+  /**
+   * Epoch second at which the day window resets.
+   */
+  uint64_t day_reset;
+  /**
+   * Whole seconds, rounded up, until the refusing window resets; 0 when
+   * allowed.
+   */
+  uint32_t retry_after;
+} tg_decision;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
 /**
  * Decides one request at `now_ms` (epoch milliseconds) and fills `*out`.
  * TG_OK means a decision was made either way: `out->allowed` says which.
  * Other statuses leave `*out` untouched. No allocation, lock or syscall.
  */
-tg_status tg_check(const struct tg_limiter *limiter, const struct tg_request *req, uint64_t now_ms, struct tg_decision *out);
+tg_status tg_check(const tg_limiter *limiter, const struct tg_request *req, uint64_t now_ms, struct tg_decision *out);
 
 /**
  * tg_check at the real-time clock (CLOCK_REALTIME). The one syscall-free
  * path stays tg_check; this reads the clock (a vDSO call on Linux).
  */
-tg_status tg_check_now(const struct tg_limiter *limiter, const struct tg_request *req, struct tg_decision *out);
+tg_status tg_check_now(const tg_limiter *limiter, const struct tg_request *req, struct tg_decision *out);
 
 /**
  * The real-time clock in epoch milliseconds.
  */
 uint64_t tg_now_ms(void);
 
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+/* ---- Rendering a decision ---------------------------------------------- */
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
 /**
  * The six x-ratelimit-* headers, plus retry-after when refused, as
  * "name: value\r\n" lines.
  */
-tg_status tg_decision_headers(const struct tg_decision *decision, char *buf, size_t cap, size_t *written);
+tg_status tg_decision_headers(const tg_decision *decision, char *buf, size_t cap, size_t *written);
 
 /**
  * The same decision as the IETF draft's RateLimit-Policy and RateLimit
  * fields (draft-ietf-httpapi-ratelimit-headers-10), one line each; `t` is
  * counted from `now_ms`.
  */
-tg_status tg_decision_ietf_headers(const struct tg_decision *decision, uint64_t now_ms, char *buf, size_t cap, size_t *written);
+tg_status tg_decision_ietf_headers(const tg_decision *decision, uint64_t now_ms, char *buf, size_t cap, size_t *written);
 
 /**
  * The OpenAI-shaped JSON body of a 429 for `model` (`model_len` bytes,
  * JSON-escaped in the output): {"error":{"message":...,"type":
  * "rate_limit_exceeded","param":null,"code":"rate_limit_exceeded"}}.
  */
-tg_status tg_decision_error_body(const struct tg_decision *decision, const char *model, size_t model_len, char *buf, size_t cap, size_t *written);
+tg_status tg_decision_error_body(const tg_decision *decision, const char *model, size_t model_len, char *buf, size_t cap, size_t *written);
 
 /**
  * The OpenAI-shaped JSON body for a request naming a model the policy does
@@ -836,63 +683,41 @@ tg_status tg_decision_error_body(const struct tg_decision *decision, const char 
  */
 tg_status tg_unknown_model_body(const char *model, size_t model_len, char *buf, size_t cap, size_t *written);
 
-/**
- * Decides the whole answer to a request. `status` is what happened: TG_OK
- * with the `decision` tg_check gave; the status of a failed tg_check or
- * tg_body_scan_*; TG_E_NO_ACCOUNT when the request has no account id;
- * TG_E_NOT_LIMITED for a method that is not limited. Any other status is
- * answered as the limiter's own failure (500). `model` (may be NULL with
- * length 0) is the client's model string, echoed in the body, cut to
- * TG_ANSWER_MODEL_MAX bytes. `flags`: TG_ANSWER_*; `refuse_status` is the
- * status of a refusal over a limit, 0 for 429. `decision` may be NULL
- * unless `status` is TG_OK.
- */
-tg_status tg_answer_for(tg_status status, const struct tg_decision *decision, const char *model, size_t model_len, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+/* ---- Request bodies: the model, scanned once --------------------------- */
 
 /**
- * The whole answer to one HTTP request at `now_ms`, every step in the
- * order all bindings share: the method (only POST is limited), the
- * account (NULL: TG_E_NO_ACCOUNT's answer), the body's model (the core's
- * scanner), the tier (tg_tier_parse), then tg_check. `flags` and
- * `refuse_status` as tg_answer_for. TG_OK whenever `*out` holds an answer
- * (including refusals); TG_E_NULL / TG_E_INVALID for bad arguments only.
+ * Most bytes of the decoded model a body scan keeps; longer values are cut
+ * there, on a character boundary (they exceed TG_MODEL_NAME_MAX, so they
+ * are an unknown model for every policy). A model buffer of this many
+ * bytes always suffices.
  */
-tg_status tg_answer_request(const struct tg_limiter *limiter, const struct tg_http_request *request, uint64_t now_ms, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
+#define TG_BODY_MODEL_MAX 64
 
 /**
- * Calls `fn` for each header of the answer, in order: the six
- * x-ratelimit-* when there was a decision, retry-after when it refused,
- * content-type when the answer has a body. Names are lower case. For an
- * answer that passes (http_status 0) these go on the upstream's response.
+ * Most nesting levels a body may have (the top-level object is level 1);
+ * deeper is TG_E_BODY_TOO_DEEP.
  */
-tg_status tg_answer_headers(const struct tg_answer *answer, tg_header_fn f, void *ctx);
+#define TG_BODY_DEPTH_MAX 1024
 
 /**
- * The answer's JSON body (empty for an answer that passes). Buffer
- * protocol as tg_decision_headers: `*written` is the length needed, and
- * TG_E_BUFFER_TOO_SMALL when it exceeds `cap`; a body is at most
- * TG_ANSWER_BODY_MAX bytes.
+ * Alignment the memory given to tg_body_scan_init must have.
  */
-tg_status tg_answer_body(const struct tg_answer *answer, char *buf, size_t cap, size_t *written);
+#define TG_BODY_SCAN_ALIGN 8
 
 /**
- * The name of a TG_OUTCOME_* value ("PASSED", "REJECTED", ...), a static
- * string; "" for a value that is not one.
+ * A streaming scan of one request body (opaque), in caller memory of
+ * tg_body_scan_size() bytes. Fixed size: no allocation whatever the body.
+ * One thread at a time.
  */
-const char *tg_outcome_name(uint32_t outcome);
+typedef struct tg_body_scan tg_body_scan;
 
-/**
- * Parses a tier name ("free", "developer", "enterprise", any case) into
- * TG_TIER_*: the one tier parser every binding uses. TG_E_INVALID for
- * anything else.
- */
-tg_status tg_tier_parse(const char *name, size_t len, uint32_t *tier);
-
-/**
- * 1 if requests with this method are limited (POST), 0 if they pass
- * unlimited and unread (answer them with TG_E_NOT_LIMITED).
- */
-uint32_t tg_method_limited(const char *method, size_t len);
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
 
 /**
  * Bytes of memory tg_body_scan_init needs (aligned to TG_BODY_SCAN_ALIGN).
@@ -942,4 +767,228 @@ tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, siz
 }  // extern "C"
 #endif  // __cplusplus
 
-#endif  /* TOLLGATE_H */
+/* ---- Whole answers: status, headers and body for every outcome --------- */
+
+/**
+ * tg_answer_for flag: decide and report, never refuse (every refusal
+ * passes upstream; `would_status` keeps what was not sent).
+ */
+#define TG_ANSWER_DRY_RUN 1
+
+/**
+ * tg_answer_for flag: no limit configured for the tier: pass, not 403.
+ */
+#define TG_ANSWER_NO_LIMIT_PASS 2
+
+/**
+ * tg_answer_for flag: table full: pass (fail open), not 503.
+ */
+#define TG_ANSWER_TABLE_FULL_OPEN 4
+
+/**
+ * tg_answer_for flag: no account id: pass unlimited, not 401.
+ */
+#define TG_ANSWER_NO_ACCOUNT_PASS 8
+
+/**
+ * tg_answer.outcome values (stable): how the request went, for logs,
+ * metrics and variables; tg_outcome_name() names them.
+ */
+#define TG_OUTCOME_PASSED 0
+
+#define TG_OUTCOME_REJECTED 1
+
+#define TG_OUTCOME_DRY_RUN 2
+
+#define TG_OUTCOME_TABLE_FULL 3
+
+#define TG_OUTCOME_UNKNOWN_MODEL 4
+
+#define TG_OUTCOME_BAD_REQUEST 5
+
+#define TG_OUTCOME_NO_LIMIT 6
+
+#define TG_OUTCOME_NO_ACCOUNT 7
+
+#define TG_OUTCOME_ERROR 8
+
+#define TG_OUTCOME_NOT_LIMITED 9
+
+/**
+ * Number of TG_OUTCOME_* values.
+ */
+#define TG_OUTCOMES 10
+
+/**
+ * Most model bytes an answer echoes.
+ */
+#define TG_ANSWER_MODEL_MAX 64
+
+/**
+ * Largest body tg_answer_body writes (a buffer this big always suffices).
+ */
+#define TG_ANSWER_BODY_MAX 1024
+
+/**
+ * The answer to one request, in the caller's memory. Set `size` to
+ * sizeof(tg_answer), or 0, before calling tg_answer_for (see "Structs that
+ * grow"). Read the public fields; leave the rest to the library.
+ */
+typedef struct tg_answer {
+  uint32_t size;
+  /**
+   * The HTTP status to answer with, or 0: pass the request upstream and
+   * add the headers (tg_answer_headers) to the upstream's response.
+   */
+  uint32_t http_status;
+  /**
+   * In a dry run, the status that was not sent; 0 otherwise.
+   */
+  uint32_t would_status;
+  /**
+   * TG_OUTCOME_*.
+   */
+  uint32_t outcome;
+  /**
+   * 1 if `decision` holds the limiter's decision.
+   */
+  uint32_t has_decision;
+  tg_decision decision;
+  /**
+   * Library-private: which body the answer carries.
+   */
+  uint32_t body_kind;
+  /**
+   * The model bytes echoed in the body (at most TG_ANSWER_MODEL_MAX).
+   */
+  uint32_t model_len;
+  uint8_t model[64];
+} tg_answer;
+
+/**
+ * A request as an HTTP binding holding the whole body sees it, for
+ * tg_answer_request. Set `size` to sizeof(tg_http_request), or 0 (see
+ * "Structs that grow").
+ */
+typedef struct tg_http_request {
+  uint32_t size;
+  /**
+   * Requests this call counts for (1 for most calls; 0 to look only).
+   */
+  uint32_t cost;
+  const char *method;
+  size_t method_len;
+  /**
+   * The account id; NULL when the request carries none (no API key).
+   */
+  const char *account;
+  size_t account_len;
+  /**
+   * The tier's name: "free", "developer" or "enterprise" (any case).
+   */
+  const char *tier;
+  size_t tier_len;
+  /**
+   * The whole body (may be NULL with length 0).
+   */
+  const char *body;
+  size_t body_len;
+} tg_http_request;
+
+/**
+ * Called once per header: name and value, not NUL-terminated. Return 0 to
+ * go on, anything else to stop (tg_answer_headers then returns
+ * TG_E_ABORTED).
+ */
+typedef int (*tg_header_fn)(void *ctx, const char *name, size_t name_len, const char *value, size_t value_len);
+
+/**
+ * Not returned by any call: passed to tg_answer_for when the request
+ * carries no account id at all (no API key).
+ */
+#define TG_E_NO_ACCOUNT 30
+
+/**
+ * Not returned by any call: passed to tg_answer_for when the request's
+ * method is not limited (tg_method_limited() said 0).
+ */
+#define TG_E_NOT_LIMITED 31
+
+/**
+ * A callback asked to stop (tg_answer_headers).
+ */
+#define TG_E_ABORTED 32
+
+/**
+ * Not returned by any call: passed to tg_answer_for when the body is
+ * larger than the binding reads to find the model (answered 413).
+ */
+#define TG_E_BODY_TOO_LARGE 33
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * Decides the whole answer to a request. `status` is what happened: TG_OK
+ * with the `decision` tg_check gave; the status of a failed tg_check or
+ * tg_body_scan_*; TG_E_NO_ACCOUNT when the request has no account id;
+ * TG_E_NOT_LIMITED for a method that is not limited. Any other status is
+ * answered as the limiter's own failure (500). `model` (may be NULL with
+ * length 0) is the client's model string, echoed in the body, cut to
+ * TG_ANSWER_MODEL_MAX bytes. `flags`: TG_ANSWER_*; `refuse_status` is the
+ * status of a refusal over a limit, 0 for 429. `decision` may be NULL
+ * unless `status` is TG_OK.
+ */
+tg_status tg_answer_for(tg_status status, const tg_decision *decision, const char *model, size_t model_len, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
+
+/**
+ * The whole answer to one HTTP request at `now_ms`, every step in the
+ * order all bindings share: the method (only POST is limited), the
+ * account (NULL: TG_E_NO_ACCOUNT's answer), the body's model (the core's
+ * scanner), the tier (tg_tier_parse), then tg_check. `flags` and
+ * `refuse_status` as tg_answer_for. TG_OK whenever `*out` holds an answer
+ * (including refusals); TG_E_NULL / TG_E_INVALID for bad arguments only.
+ */
+tg_status tg_answer_request(const tg_limiter *limiter, const struct tg_http_request *request, uint64_t now_ms, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
+
+/**
+ * Calls `fn` for each header of the answer, in order: the six
+ * x-ratelimit-* when there was a decision, retry-after when it refused,
+ * content-type when the answer has a body. Names are lower case. For an
+ * answer that passes (http_status 0) these go on the upstream's response.
+ */
+tg_status tg_answer_headers(const struct tg_answer *answer, tg_header_fn f, void *ctx);
+
+/**
+ * The answer's JSON body (empty for an answer that passes). Buffer
+ * protocol as tg_decision_headers: `*written` is the length needed, and
+ * TG_E_BUFFER_TOO_SMALL when it exceeds `cap`; a body is at most
+ * TG_ANSWER_BODY_MAX bytes.
+ */
+tg_status tg_answer_body(const struct tg_answer *answer, char *buf, size_t cap, size_t *written);
+
+/**
+ * The name of a TG_OUTCOME_* value ("PASSED", "REJECTED", ...), a static
+ * string; "" for a value that is not one.
+ */
+const char *tg_outcome_name(uint32_t outcome);
+
+/**
+ * Parses a tier name ("free", "developer", "enterprise", any case) into
+ * TG_TIER_*: the one tier parser every binding uses. TG_E_INVALID for
+ * anything else.
+ */
+tg_status tg_tier_parse(const char *name, size_t len, uint32_t *tier);
+
+/**
+ * 1 if requests with this method are limited (POST), 0 if they pass
+ * unlimited and unread (answer them with TG_E_NOT_LIMITED).
+ */
+uint32_t tg_method_limited(const char *method, size_t len);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+#endif /* TOLLGATE_H */

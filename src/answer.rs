@@ -36,6 +36,9 @@ pub enum Event<'a> {
     Failed(&'a Error),
     /// The method is not one that is limited ([`method_is_limited`]).
     MethodNotLimited,
+    /// The body is larger than the binding is configured to read to find
+    /// the model.
+    BodyTooLarge,
 }
 
 /// What the gateway's operator chose where the answer is a choice.
@@ -129,6 +132,7 @@ enum Kind {
     NoAccount,
     Request(BodyError),
     CostTooLarge,
+    TooLarge,
     Failed,
 }
 
@@ -238,6 +242,7 @@ impl Answer {
             Event::Decided(d) if d.allowed => (0, O::Passed, Kind::None, Some(*d)),
             Event::Decided(d) => (opts.refuse_status, O::Rejected, Kind::RateLimited, Some(*d)),
             Event::MethodNotLimited => (0, O::NotLimited, Kind::None, None),
+            Event::BodyTooLarge => (413, O::BadRequest, Kind::TooLarge, None),
             Event::NoAccount if opts.no_account_pass => (0, O::NoAccount, Kind::None, None),
             Event::NoAccount => (401, O::NoAccount, Kind::NoAccount, None),
             Event::Failed(e) => match e {
@@ -308,9 +313,13 @@ impl Answer {
     /// `content-type` when the answer has a body. A passing answer's
     /// headers go on the upstream's response.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, HeaderValue)> + '_ {
-        let limits = self.decision.iter().flat_map(|d| {
+        // retry-after goes with a refusal that is sent, not with a dry
+        // run's pass.
+        let refused = self.status != 0;
+        let limits = self.decision.iter().flat_map(move |d| {
             d.header_pairs()
                 .into_iter()
+                .filter(move |(n, _)| refused || *n != "retry-after")
                 .filter_map(|(n, v)| v.map(|v| (n, HeaderValue::Num(v))))
         });
         let typed = (self.status != 0 && self.body != Kind::None)
@@ -397,6 +406,13 @@ impl Answer {
                     " levels.\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"invalid_json\"}}",
                 )
             }
+            Kind::TooLarge => error(
+                out,
+                "The request body is larger than this gateway accepts.",
+                invalid,
+                None,
+                Some("request_too_large"),
+            ),
             Kind::CostTooLarge => error(
                 out,
                 "This request counts for more requests than a whole window of your limit allows.",
@@ -426,7 +442,7 @@ pub struct Parts {
     pub body: u32,
 }
 
-const BODIES: [Kind; 12] = [
+const BODIES: [Kind; 13] = [
     Kind::None,
     Kind::RateLimited,
     Kind::UnknownModel,
@@ -439,6 +455,7 @@ const BODIES: [Kind; 12] = [
     Kind::Request(BodyError::TooDeep),
     Kind::CostTooLarge,
     Kind::Failed,
+    Kind::TooLarge,
 ];
 
 impl Answer {
@@ -531,6 +548,7 @@ mod tests {
             Event::Failed(&Error::Body(BodyError::TooDeep)),
             Event::Failed(&Error::CostTooLarge),
             Event::Failed(&Error::ModelTableFull),
+            Event::BodyTooLarge,
         ];
         for e in events {
             let a = Answer::new(e, b"m\"\n\x1b", &Options::default());
@@ -556,7 +574,11 @@ mod tests {
         let a = Answer::new(Event::Decided(&d), b"m", &dry);
         assert!(a.passes());
         assert_eq!((a.would_status(), a.outcome()), (429, Outcome::DryRun));
-        assert_eq!(a.headers().count(), 7, "six and retry-after, no body type");
+        assert_eq!(
+            a.headers().count(),
+            6,
+            "the six, no retry-after, no body type"
+        );
         assert_eq!(body(&a), "");
         let open = Options {
             table_full_open: true,

@@ -240,7 +240,7 @@ fn create_new(path: &Path, c: &CString, slots: u32) -> Result<Option<(Mapping, R
         )
     };
     if fd < 0 {
-        return Err(io_err(&tmp, "create"));
+        return Err(io_err(path, "create"));
     }
     let fd = Fd(fd);
     let result = (|| {

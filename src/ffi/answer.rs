@@ -23,6 +23,9 @@ pub const TG_E_NO_ACCOUNT: tg_status = 30;
 pub const TG_E_NOT_LIMITED: tg_status = 31;
 /// A callback asked to stop (tg_answer_headers).
 pub const TG_E_ABORTED: tg_status = 32;
+/// Not returned by any call: passed to tg_answer_for when the body is
+/// larger than the binding reads to find the model (answered 413).
+pub const TG_E_BODY_TOO_LARGE: tg_status = 33;
 
 /// tg_answer_for flag: decide and report, never refuse (every refusal
 /// passes upstream; `would_status` keeps what was not sent).
@@ -146,6 +149,7 @@ pub extern "C" fn tg_answer_for(
                 Event::Decided(&d)
             }
             TG_E_NO_ACCOUNT => Event::NoAccount,
+            TG_E_BODY_TOO_LARGE => Event::BodyTooLarge,
             TG_E_NOT_LIMITED => Event::MethodNotLimited,
             s => {
                 err = event_error(s);

@@ -1,0 +1,192 @@
+//! Deciding: a request in, a decision out (the decision path's C face).
+
+use std::ffi::c_char;
+
+use super::*;
+use crate::decision::{Decision, Window};
+use crate::limiter::Request;
+use crate::policy::{Tier, MODEL_NAME_MAX};
+use crate::slot::LimitedBy;
+
+/// Free tier: accounts with no payment method.
+pub const TG_TIER_FREE: u32 = 0;
+/// Developer tier: accounts with a payment method.
+pub const TG_TIER_DEVELOPER: u32 = 1;
+/// Enterprise tier: per-account plans from the policy file.
+pub const TG_TIER_ENTERPRISE: u32 = 2;
+
+/// Nothing refused (the request was allowed).
+pub const TG_LIMIT_NONE: u32 = 0;
+/// The minute window refused.
+pub const TG_LIMIT_MINUTE: u32 = 1;
+/// The day window refused (reported whenever the day is exhausted).
+pub const TG_LIMIT_DAY: u32 = 2;
+
+/// One request. Strings are bytes with a length, not NUL-terminated.
+#[repr(C)]
+pub struct tg_request {
+    /// sizeof(tg_request) as the caller's header has it, or 0 (this first
+    /// layout: zero-initialised requests work). Also says which layout of
+    /// tg_decision the caller has.
+    pub size: u32,
+    /// Account id, 1 to TG_ACCOUNT_MAX bytes.
+    pub account: *const c_char,
+    pub account_len: usize,
+    /// Model id as in the policy.
+    pub model: *const c_char,
+    pub model_len: usize,
+    /// TG_TIER_FREE, TG_TIER_DEVELOPER or TG_TIER_ENTERPRISE.
+    pub tier: u32,
+    /// Requests this call counts for; 0 = look without counting (a peek:
+    /// `allowed` then says whether one more request would pass).
+    pub cost: u32,
+    /// Explicit requests-per-minute limit; 0 = from the policy.
+    pub rpm: u32,
+    /// Explicit requests-per-day limit; 0 = from the policy.
+    pub rpd: u32,
+}
+
+/// The answer for one request: everything a proxy needs for its headers.
+/// Written by tg_check, which sets `size` to the bytes it wrote (the
+/// layout of the request's `size`); renderers read no more than `size`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct tg_decision {
+    /// Bytes of this struct in use (see "Structs that grow"); 0 = this
+    /// first layout.
+    pub size: u32,
+    /// 1 if admitted (and counted), 0 if refused (and nothing counted).
+    pub allowed: u32,
+    /// TG_LIMIT_NONE, TG_LIMIT_MINUTE or TG_LIMIT_DAY.
+    pub limited_by: u32,
+    pub minute_limit: u32,
+    pub minute_remaining: u32,
+    /// Epoch second at which the minute window resets.
+    pub minute_reset: u64,
+    pub day_limit: u32,
+    pub day_remaining: u32,
+    /// Epoch second at which the day window resets.
+    pub day_reset: u64,
+    /// Whole seconds, rounded up, until the refusing window resets; 0 when
+    /// allowed.
+    pub retry_after: u32,
+}
+
+pub(super) fn to_c(d: &Decision) -> tg_decision {
+    tg_decision {
+        size: std::mem::size_of::<tg_decision>() as u32,
+        allowed: d.allowed as u32,
+        limited_by: d.limited_by as u32,
+        minute_limit: d.minute.limit,
+        minute_remaining: d.minute.remaining,
+        minute_reset: d.minute.reset,
+        day_limit: d.day.limit,
+        day_remaining: d.day.remaining,
+        day_reset: d.day.reset,
+        retry_after: d.retry_after,
+    }
+}
+
+/// The caller's decision, checked: TG_E_NULL for NULL, TG_E_INVALID for a
+/// `limited_by` that is not a TG_LIMIT_* value.
+pub(super) fn decision_arg(decision: *const tg_decision) -> Result<Decision, tg_status> {
+    // SAFETY: NULL or a readable tg_decision by contract.
+    let d = unsafe { decision.as_ref() }.ok_or(TG_E_NULL)?;
+    if !sized::<tg_decision>(d.size) {
+        return Err(TG_E_INVALID);
+    }
+    from_c(d).ok_or(TG_E_INVALID)
+}
+
+pub(super) fn from_c(d: &tg_decision) -> Option<Decision> {
+    let limited_by = match d.limited_by {
+        TG_LIMIT_NONE => LimitedBy::None,
+        TG_LIMIT_MINUTE => LimitedBy::Minute,
+        TG_LIMIT_DAY => LimitedBy::Day,
+        _ => return None,
+    };
+    Some(Decision {
+        allowed: d.allowed != 0,
+        limited_by,
+        minute: Window {
+            limit: d.minute_limit,
+            remaining: d.minute_remaining,
+            reset: d.minute_reset,
+        },
+        day: Window {
+            limit: d.day_limit,
+            remaining: d.day_remaining,
+            reset: d.day_reset,
+        },
+        retry_after: d.retry_after,
+    })
+}
+
+/// Decides one request at `now_ms` (epoch milliseconds) and fills `*out`.
+/// TG_OK means a decision was made either way: `out->allowed` says which.
+/// Other statuses leave `*out` untouched. No allocation, lock or syscall.
+#[no_mangle]
+pub extern "C" fn tg_check(
+    limiter: *const tg_limiter,
+    req: *const tg_request,
+    now_ms: u64,
+    out: *mut tg_decision,
+) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or live objects by contract.
+        let (Some(l), Some(r), false) = (
+            unsafe { limiter.as_ref() },
+            unsafe { req.as_ref() },
+            out.is_null(),
+        ) else {
+            return TG_E_NULL;
+        };
+        if !sized::<tg_request>(r.size) {
+            return TG_E_INVALID;
+        }
+        let account = match bytes_arg(r.account, r.account_len, crate::ACCOUNT_MAX, TG_E_ACCOUNT) {
+            Ok(a) => a,
+            Err(s) => return s,
+        };
+        let model = match bytes_arg(r.model, r.model_len, MODEL_NAME_MAX, TG_E_UNKNOWN_MODEL) {
+            Ok(m) => m,
+            Err(s) => return s,
+        };
+        let Some(tier) = Tier::from_u32(r.tier) else {
+            return TG_E_INVALID;
+        };
+        let request = Request {
+            account,
+            model,
+            tier,
+            cost: r.cost,
+            rpm: r.rpm,
+            rpd: r.rpd,
+        };
+        match l.inner.check(&request, now_ms) {
+            Ok(d) => {
+                // SAFETY: non-null, writable by contract.
+                unsafe { *out = to_c(&d) };
+                TG_OK
+            }
+            Err(e) => status_of(&e),
+        }
+    })
+}
+
+/// tg_check at the real-time clock (CLOCK_REALTIME). The one syscall-free
+/// path stays tg_check; this reads the clock (a vDSO call on Linux).
+#[no_mangle]
+pub extern "C" fn tg_check_now(
+    limiter: *const tg_limiter,
+    req: *const tg_request,
+    out: *mut tg_decision,
+) -> tg_status {
+    tg_check(limiter, req, crate::now_ms(), out)
+}
+
+/// The real-time clock in epoch milliseconds.
+#[no_mangle]
+pub extern "C" fn tg_now_ms() -> u64 {
+    crate::now_ms()
+}

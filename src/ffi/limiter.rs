@@ -1,0 +1,399 @@
+//! The limiter object: its region in heap, caller or file memory, its
+//! policy, its counters, and the one error channel of its constructors.
+
+use std::ffi::{c_char, c_void, CStr};
+
+use super::*;
+use crate::error::Error;
+use crate::limiter::Limiter;
+
+/// tg_limiter_open flag: create and format the file if it does not exist.
+pub const TG_OPEN_CREATE: u32 = 1;
+/// tg_limiter_open flag: map an existing file for reading only (operator
+/// views), with `slots` 0. Nothing done through the handle reaches the
+/// file, model names are not registered, and writing calls give
+/// TG_E_READ_ONLY. Not with TG_OPEN_CREATE.
+pub const TG_OPEN_READ_ONLY: u32 = 2;
+
+/// A limiter over one region (opaque). Many threads may call tg_check on
+/// one handle at once; only tg_limiter_set_policy needs the handle alone.
+pub struct tg_limiter {
+    pub(super) inner: Limiter,
+}
+
+/// What tg_limiter_verify found walking every slot. Set `size` (or 0)
+/// before the call.
+#[repr(C)]
+pub struct tg_verify_report {
+    /// sizeof(tg_verify_report) as the caller's header has it, or 0.
+    pub size: u32,
+    pub slots: u32,
+    /// Slots bound to a key (with or without counts for today).
+    pub bound: u32,
+    /// Bound slots with counts for the current day.
+    pub live: u32,
+    /// Slots released and free for any key.
+    pub open: u32,
+    /// Slots never used.
+    pub never_used: u32,
+    /// Bound slots without an account name (a binder stopped before writing
+    /// it): counts work, operator views cannot name the key.
+    pub unnamed: u32,
+    /// Models registered in the region.
+    pub models: u32,
+    /// Broken invariants found; 0 means the table is sound.
+    pub problems: u32,
+}
+
+/// Table usage. Set `size` (or 0) before the call.
+#[repr(C)]
+pub struct tg_stats {
+    /// sizeof(tg_stats) as the caller's header has it, or 0.
+    pub size: u32,
+    /// Slots in the region.
+    pub slots: u32,
+    /// Slots holding counts for the current day.
+    pub used: u32,
+    /// Requests refused with TG_E_TABLE_FULL since the region was formatted.
+    pub table_full: u64,
+    /// Bytes the region occupies.
+    pub region_bytes: u64,
+    pub layout_version: u32,
+    /// Decisions that met counts dated beyond the clock-fault bound (a
+    /// wrong clock, since corrected) and re-dated them to the current
+    /// window, since the region was formatted: a metric to alert on.
+    pub clock_faults: u64,
+}
+
+/// Bytes a region of `slots` slots needs; 0 for an invalid count (0 or more
+/// than 2^30).
+#[no_mangle]
+pub extern "C" fn tg_region_size(slots: u32) -> usize {
+    crate::region_size(slots).unwrap_or(0)
+}
+
+/// Most slots a region of `len` bytes holds; 0 if it is too small.
+#[no_mangle]
+pub extern "C" fn tg_region_slots_for(len: usize) -> u32 {
+    crate::region_slots_for(len)
+}
+
+pub(super) fn make(out: *mut *mut tg_limiter, r: Result<Limiter, Error>) -> tg_status {
+    make_at(out, r, "")
+}
+
+/// As [`make`], for a limiter over the file `path`: every message names the
+/// file (a region error alone, "not a tollgate region", does not say which).
+fn make_at(out: *mut *mut tg_limiter, r: Result<Limiter, Error>, path: &str) -> tg_status {
+    match r {
+        Ok(l) => {
+            set_last_error("");
+            give(out, tg_limiter { inner: l })
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if msg.contains(path) {
+                set_last_error(&msg);
+            } else {
+                set_last_error(&format!("{path}: {msg}"));
+            }
+            status_of(&e)
+        }
+    }
+}
+
+thread_local! {
+    /// The message of this thread's last failed constructor call.
+    static LAST_ERROR: std::cell::RefCell<std::ffi::CString> =
+        std::cell::RefCell::new(std::ffi::CString::default());
+}
+
+pub(super) fn set_last_error(msg: &str) {
+    // A message never holds a NUL (paths are refused with one); strip any.
+    let c = std::ffi::CString::new(msg.replace('\0', "")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+/// What went wrong, in words, in this thread's last call that made (or
+/// failed to make) a limiter: tg_limiter_new, _init_in, _attach, _open,
+/// _share. Names the path, the OS's reason, the sizes and what to do
+/// ("... grow it with `tollgate resize`"); "" after a success. The string
+/// belongs to the thread and stays valid until its next such call.
+#[no_mangle]
+pub extern "C" fn tg_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// A limiter whose region (tg_region_size(slots) bytes) the library
+/// allocates and frees. On TG_OK `*out` owns it: release with
+/// tg_limiter_free. The policy is copied.
+#[no_mangle]
+pub extern "C" fn tg_limiter_new(
+    policy: *const tg_policy,
+    slots: u32,
+    out: *mut *mut tg_limiter,
+) -> tg_status {
+    guard(|| {
+        set_last_error("");
+        clear(out);
+        let (Some(p), false) = (policy_ref(policy), out.is_null()) else {
+            return TG_E_NULL;
+        };
+        make(out, Limiter::new(p, slots))
+    })
+}
+
+/// Formats `len` bytes at `mem` (aligned to TG_REGION_ALIGN) as an empty
+/// region of tg_region_slots_for(len) slots. The memory stays the caller's:
+/// the library never resizes or frees it, and it must outlive the handle.
+/// Memory shared with other processes (MAP_SHARED, an nginx zone) may then
+/// be attached by them with tg_limiter_attach.
+#[no_mangle]
+pub extern "C" fn tg_limiter_init_in(
+    policy: *const tg_policy,
+    mem: *mut c_void,
+    len: usize,
+    out: *mut *mut tg_limiter,
+) -> tg_status {
+    guard(|| {
+        set_last_error("");
+        clear(out);
+        let (Some(p), false, false) = (policy_ref(policy), mem.is_null(), out.is_null()) else {
+            return TG_E_NULL;
+        };
+        // SAFETY: the caller grants `len` bytes at `mem` for the handle's life.
+        make(out, unsafe { Limiter::init_in(p, mem.cast(), len) })
+    })
+}
+
+/// Uses `len` bytes at `mem` that tg_limiter_init_in (here or in another
+/// process) already formatted, after checking magic, layout version, header
+/// checksum and size. Never reads outside `len` bytes. Memory ownership as
+/// tg_limiter_init_in.
+#[no_mangle]
+pub extern "C" fn tg_limiter_attach(
+    policy: *const tg_policy,
+    mem: *mut c_void,
+    len: usize,
+    out: *mut *mut tg_limiter,
+) -> tg_status {
+    guard(|| {
+        set_last_error("");
+        clear(out);
+        let (Some(p), false, false) = (policy_ref(policy), mem.is_null(), out.is_null()) else {
+            return TG_E_NULL;
+        };
+        // SAFETY: the caller grants `len` bytes at `mem` for the handle's life.
+        make(out, unsafe { Limiter::attach(p, mem.cast(), len) })
+    })
+}
+
+/// Maps the region file at `path` (NUL-terminated), shared by every process
+/// that opens it. With TG_OPEN_CREATE a missing file is created with
+/// `slots` slots, race-free. `slots` = 0 takes an existing file as it is;
+/// otherwise a file of another slot count is TG_E_REGION_SIZE. On TG_OK
+/// `*out` owns the handle (tg_limiter_free unmaps; the file stays).
+#[no_mangle]
+pub extern "C" fn tg_limiter_open(
+    policy: *const tg_policy,
+    path: *const c_char,
+    slots: u32,
+    flags: u32,
+    out: *mut *mut tg_limiter,
+) -> tg_status {
+    guard(|| {
+        set_last_error("");
+        clear(out);
+        let (Some(p), false, false) = (policy_ref(policy), path.is_null(), out.is_null()) else {
+            return TG_E_NULL;
+        };
+        if flags & !(TG_OPEN_CREATE | TG_OPEN_READ_ONLY) != 0
+            || flags == TG_OPEN_CREATE | TG_OPEN_READ_ONLY
+        {
+            return TG_E_INVALID;
+        }
+        // SAFETY: non-null and NUL-terminated by contract.
+        let path = unsafe { CStr::from_ptr(path) };
+        let path = std::path::Path::new(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes()),
+        );
+        let r = if flags & TG_OPEN_READ_ONLY != 0 {
+            if slots != 0 {
+                return TG_E_INVALID;
+            }
+            Limiter::open_read_only(p, path)
+        } else {
+            Limiter::open(p, path, slots, flags & TG_OPEN_CREATE != 0)
+        };
+        make_at(out, r, &path.display().to_string())
+    })
+}
+
+/// Replaces the limiter's policy (copied); counters are kept and compared
+/// against the new limits. The decision path reads the policy without
+/// synchronisation, so this call must not overlap any other call on the
+/// same handle. To change limits while other threads keep deciding, use
+/// tg_limiter_share and move the threads to the new handle.
+#[no_mangle]
+pub extern "C" fn tg_limiter_set_policy(
+    limiter: *mut tg_limiter,
+    policy: *const tg_policy,
+) -> tg_status {
+    guard(|| {
+        let Some(p) = policy_ref(policy) else {
+            return TG_E_NULL;
+        };
+        // SAFETY: NULL or a live limiter from this library, used by no other
+        // call while this one runs (the function's contract).
+        let Some(l) = (unsafe { limiter.as_mut() }) else {
+            return TG_E_NULL;
+        };
+        match l.inner.set_policy(p) {
+            Ok(()) => TG_OK,
+            Err(e) => status_of(&e),
+        }
+    })
+}
+
+/// A second handle on the same table with another policy (copied): counters
+/// are shared, limits are the new policy's. On TG_OK `*out` owns it (release
+/// with tg_limiter_free); the table stays alive until its last handle is
+/// freed. Safe while other threads use `limiter`.
+#[no_mangle]
+pub extern "C" fn tg_limiter_share(
+    limiter: *const tg_limiter,
+    policy: *const tg_policy,
+    out: *mut *mut tg_limiter,
+) -> tg_status {
+    guard(|| {
+        set_last_error("");
+        clear(out);
+        // SAFETY: NULL or a live limiter from this library.
+        let (Some(l), Some(p), false) = (
+            unsafe { limiter.as_ref() },
+            policy_ref(policy),
+            out.is_null(),
+        ) else {
+            return TG_E_NULL;
+        };
+        make(out, l.inner.share(p))
+    })
+}
+
+/// Table usage at `now_ms`. Walks every slot: for metrics and operators,
+/// not for each request.
+#[no_mangle]
+pub extern "C" fn tg_limiter_stats(
+    limiter: *const tg_limiter,
+    now_ms: u64,
+    out: *mut tg_stats,
+) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or a live limiter from this library.
+        let (Some(l), false) = (unsafe { limiter.as_ref() }, out.is_null()) else {
+            return TG_E_NULL;
+        };
+        // SAFETY: non-null, readable by contract.
+        if !sized::<tg_stats>(unsafe { (*out).size }) {
+            return TG_E_INVALID;
+        }
+        let s = l.inner.stats(now_ms);
+        // SAFETY: non-null, writable for at least this layout (checked).
+        unsafe {
+            *out = tg_stats {
+                size: std::mem::size_of::<tg_stats>() as u32,
+                clock_faults: s.clock_faults,
+                slots: s.slots,
+                used: s.used,
+                table_full: s.table_full,
+                region_bytes: s.bytes as u64,
+                layout_version: s.layout_version,
+            }
+        };
+        TG_OK
+    })
+}
+
+/// Sets the clock-fault bound in seconds (default: the policy's
+/// `[clock] max_skew_seconds`, itself 60 by default; at most 86400, rounded
+/// up to whole minutes). Counts dated further than this ahead of a
+/// decision's now_ms are taken as counts of the current window, so a clock
+/// that was wrong and is corrected locks no key out; within the bound a
+/// clock stepping back gives no quota back. Like tg_limiter_set_policy, it
+/// must not overlap any other call on the same handle; tg_limiter_share
+/// and tg_limiter_set_policy reset it to the policy's value.
+#[no_mangle]
+pub extern "C" fn tg_limiter_set_max_skew(limiter: *mut tg_limiter, seconds: u32) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or a live limiter from this library, not in use by
+        // any other call meanwhile (documented).
+        let Some(l) = (unsafe { limiter.as_mut() }) else {
+            return TG_E_NULL;
+        };
+        match l.inner.set_max_skew(seconds) {
+            Ok(()) => TG_OK,
+            Err(e) => status_of(&e),
+        }
+    })
+}
+
+/// Walks every slot and checks the table's invariants (generations, windows,
+/// no key bound twice, every key reachable by its probe chain). Safe while
+/// other processes decide. The first problem, if any, is written to `text`
+/// (`cap` bytes, NUL-terminated, truncated; `text` may be NULL with cap 0).
+/// TG_OK whether or not problems were found: `out->problems` says.
+#[no_mangle]
+pub extern "C" fn tg_limiter_verify(
+    limiter: *const tg_limiter,
+    now_ms: u64,
+    out: *mut tg_verify_report,
+    text: *mut c_char,
+    cap: usize,
+) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or a live limiter from this library.
+        let (Some(l), false) = (unsafe { limiter.as_ref() }, out.is_null()) else {
+            return TG_E_NULL;
+        };
+        if text.is_null() && cap != 0 {
+            return TG_E_NULL;
+        }
+        // SAFETY: non-null, readable by contract.
+        if !sized::<tg_verify_report>(unsafe { (*out).size }) {
+            return TG_E_INVALID;
+        }
+        let r = l.inner.verify(now_ms);
+        if let Some(p) = r.problems.first() {
+            write_err(text, cap, &p.to_string());
+        } else {
+            write_err(text, cap, "");
+        }
+        // SAFETY: non-null, writable by contract.
+        unsafe {
+            *out = tg_verify_report {
+                size: std::mem::size_of::<tg_verify_report>() as u32,
+                slots: r.slots,
+                bound: r.bound,
+                live: r.live,
+                open: r.open,
+                never_used: r.never_used,
+                unnamed: r.unnamed,
+                models: r.models,
+                problems: r.problems.len() as u32,
+            }
+        };
+        TG_OK
+    })
+}
+
+/// Releases a limiter. NULL is a no-op. Memory given to tg_limiter_init_in
+/// or _attach is not freed; a file region is unmapped and the file kept.
+#[no_mangle]
+pub extern "C" fn tg_limiter_free(limiter: *mut tg_limiter) {
+    guard_free(|| {
+        if !limiter.is_null() {
+            // SAFETY: made by Box::into_raw in this library and not yet freed.
+            drop(unsafe { Box::from_raw(limiter) });
+        }
+    });
+}
