@@ -1632,7 +1632,7 @@ ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone,
                        &zone->name, &zone->file, slots, size_arg,
                        tg_last_error(),
                        st == TG_E_REGION_SIZE
-                       ? " (leave \"size\" out to take the file as it is)"
+                       ? " (in nginx, 0 slots is a zone without \"size\")"
                        : "");
 
     return NGX_ERROR;

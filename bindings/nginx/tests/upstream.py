@@ -78,6 +78,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                if self.headers.get("X-Upstream-Ratelimit") else []))
 
     def do_GET(self):
+        # a GET may carry a body: read it, or it would be taken for the
+        # next request on this kept-alive connection
+        self._body()
         out = b"ok\n"
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
