@@ -808,6 +808,9 @@ ngx_http_tollgate_send_refusal(ngx_http_request_t *r,
     tg_status                  st;
     ngx_http_complex_value_t   cv;
 
+    /* the header filter adds nothing to this response, nor to a 500 */
+    ctx->headers_done = 1;
+
     if (ctx->failed) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -825,9 +828,6 @@ ngx_http_tollgate_send_refusal(ngx_http_request_t *r,
                       tg_status_str(st));
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    /* the header filter adds nothing more to this response */
-    ctx->headers_done = 1;
 
     if (ngx_http_tollgate_add_headers(r, ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

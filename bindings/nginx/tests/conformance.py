@@ -8,13 +8,27 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-TABLE = ROOT / "tests" / "conformance.json"
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
-def load(path: pathlib.Path = TABLE) -> Tuple[pathlib.Path, List[Dict[str, Any]]]:
+def _table() -> pathlib.Path:
+    """tests/conformance.json in the nearest directory above this file that
+    has one, so the module works wherever in the repository it sits."""
+    here = pathlib.Path(__file__).resolve()
+    for d in here.parents:
+        t = d / "tests" / "conformance.json"
+        if t.is_file():
+            return t
+    raise FileNotFoundError(f"no tests/conformance.json above {here}")
+
+
+TABLE = _table()
+
+
+def load(
+    path: pathlib.Path = TABLE,
+) -> tuple[pathlib.Path, list[dict[str, Any]]]:
     """(the policy file, the cases) of the table at `path`."""
     doc = json.loads(path.read_text(encoding="utf-8"))
     root = path.resolve().parents[1]
@@ -35,8 +49,8 @@ def matches(want: Any, got: Any) -> bool:
     return bool(want == got) and type(want) is type(got)
 
 
-def check(case: Mapping[str, Any], status: int, outcome: Optional[str],
-          headers: Mapping[str, Sequence[str]], body: Optional[bytes]) -> None:
+def check(case: Mapping[str, Any], status: int, outcome: str | None,
+          headers: Mapping[str, Sequence[str]], body: bytes | None) -> None:
     """Asserts that an answer is the case's. `headers` maps lower-case
     names to every value sent; `body` is None when the request reached the
     upstream (the binding's own test says how it knows); `outcome` is the
