@@ -3,10 +3,12 @@
  * ngx_http_tollgate_module: per-(account, model) requests-per-minute and
  * requests-per-day limits for an OpenAI-compatible API.
  *
- * Every decision is made by libtollgate through its C ABI; this module only
- * finds the account, tier and model of a request, keeps the limiter's region
- * in an nginx shared zone or a region file mapped by the master (so all
- * workers share exact counters) and renders the answer.
+ * Every decision and every answer is libtollgate's, through its C ABI: this
+ * module takes the steps in the order all bindings share (method, account,
+ * the body's model, tier, check), hands what happened to tg_answer_for and
+ * sends the status, headers and body the core renders.  It keeps the
+ * limiter's region in an nginx shared zone or a region file mapped by the
+ * master, so all workers share exact counters.
  */
 
 
@@ -17,16 +19,15 @@
 #include <tollgate.h>
 
 
-#define NGX_HTTP_TOLLGATE_PASSED          0
-#define NGX_HTTP_TOLLGATE_REJECTED        1
-#define NGX_HTTP_TOLLGATE_DRY_RUN         2
-#define NGX_HTTP_TOLLGATE_TABLE_FULL      3
-#define NGX_HTTP_TOLLGATE_UNKNOWN_MODEL   4
-#define NGX_HTTP_TOLLGATE_BAD_REQUEST     5
-#define NGX_HTTP_TOLLGATE_NO_LIMIT        6
-#define NGX_HTTP_TOLLGATE_NO_ACCOUNT      7
-#define NGX_HTTP_TOLLGATE_ERROR           8
-#define NGX_HTTP_TOLLGATE_NOUTCOMES       9
+/* the metric label of every TG_OUTCOME_*, in their order (stable values) */
+#if (TG_OUTCOME_PASSED != 0 || TG_OUTCOME_REJECTED != 1                      \
+     || TG_OUTCOME_DRY_RUN != 2 || TG_OUTCOME_TABLE_FULL != 3                \
+     || TG_OUTCOME_UNKNOWN_MODEL != 4 || TG_OUTCOME_BAD_REQUEST != 5         \
+     || TG_OUTCOME_NO_LIMIT != 6 || TG_OUTCOME_NO_ACCOUNT != 7               \
+     || TG_OUTCOME_ERROR != 8 || TG_OUTCOME_NOT_LIMITED != 9                 \
+     || TG_OUTCOMES != 10)
+#error "TG_OUTCOME_* changed: update ngx_http_tollgate_metric_outcomes"
+#endif
 
 #define NGX_HTTP_TOLLGATE_TABLE_OPEN      0
 #define NGX_HTTP_TOLLGATE_TABLE_CLOSED    1
@@ -40,20 +41,15 @@
 
 /* a spooled body is read back and scanned in chunks of this size */
 #define NGX_HTTP_TOLLGATE_CHUNK           16384
-#define NGX_HTTP_TOLLGATE_HEADERS_LEN     512
-#define NGX_HTTP_TOLLGATE_HEADERS_MAX     8
 
 /* client bytes shown per log field (more than any valid account or model),
  * and the room one escaped field takes: \xHH per byte, "..." if cut */
 #define NGX_HTTP_TOLLGATE_LOG_MAX         64
 #define NGX_HTTP_TOLLGATE_LOG_LEN         (NGX_HTTP_TOLLGATE_LOG_MAX * 4 + 3)
 
-#define NGX_HTTP_TOLLGATE_STR_(x)         #x
-#define NGX_HTTP_TOLLGATE_STR(x)          NGX_HTTP_TOLLGATE_STR_(x)
-
 
 typedef struct {
-    ngx_atomic_t                  count[NGX_HTTP_TOLLGATE_NOUTCOMES];
+    ngx_atomic_t                  count[TG_OUTCOMES];
     size_t                        len;
     u_char                        name[TG_MODEL_NAME_MAX];
 } ngx_http_tollgate_row_t;
@@ -102,14 +98,10 @@ typedef struct {
     ngx_http_tollgate_zone_t     *zone;
     ngx_str_t                     model;
     ngx_str_t                     account;
-    ngx_str_t                     body;       /* refusal body */
-    ngx_uint_t                    outcome;    /* NGX_HTTP_TOLLGATE_* */
-    ngx_uint_t                    code;       /* refusal status, 0: pass */
-    tg_decision                   decision;
+    tg_answer                     answer;     /* the core's, once decided */
 
     unsigned                      decided:1;
-    unsigned                      has_decision:1;
-    unsigned                      refused:1;
+    unsigned                      failed:1;   /* no answer from the core */
     unsigned                      sent:1;
     unsigned                      headers_done:1;
 } ngx_http_tollgate_ctx_t;
@@ -117,18 +109,15 @@ typedef struct {
 
 static ngx_int_t ngx_http_tollgate_handler(ngx_http_request_t *r);
 static void ngx_http_tollgate_body_handler(ngx_http_request_t *r);
-static void ngx_http_tollgate_decide(ngx_http_request_t *r,
+static ngx_int_t ngx_http_tollgate_first_steps(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf);
-static ngx_int_t ngx_http_tollgate_body_model(ngx_http_request_t *r,
+static tg_status ngx_http_tollgate_body_model(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx);
-static ngx_int_t ngx_http_tollgate_tier(ngx_http_request_t *r,
-    ngx_http_tollgate_loc_conf_t *tlcf, uint32_t *tier);
-static ngx_int_t ngx_http_tollgate_refuse(ngx_http_request_t *r,
-    ngx_http_tollgate_ctx_t *ctx, ngx_uint_t outcome, ngx_uint_t code,
-    const char *type, const char *param, const char *code_name,
-    const char *fmt, ngx_str_t *model);
-static ngx_int_t ngx_http_tollgate_body_refuse(ngx_http_request_t *r,
-    ngx_http_tollgate_ctx_t *ctx, tg_status st);
+static void ngx_http_tollgate_check(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf);
+static void ngx_http_tollgate_answer(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf,
+    tg_status st, tg_decision *decision);
 static ngx_int_t ngx_http_tollgate_send_refusal(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx);
 static void ngx_http_tollgate_count(ngx_http_tollgate_zone_t *zone,
@@ -141,9 +130,11 @@ static void ngx_http_tollgate_cleanup(void *data);
 static ngx_int_t ngx_http_tollgate_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_tollgate_add_headers(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx);
+static int ngx_http_tollgate_header(void *data, const char *name,
+    size_t name_len, const char *value, size_t value_len);
 
-static u_char *ngx_http_tollgate_escape(u_char *dst, u_char *src, size_t len,
-    ngx_uint_t prometheus);
+static u_char *ngx_http_tollgate_escape(u_char *dst, u_char *src,
+    size_t len);
 static ngx_str_t *ngx_http_tollgate_log_escape(ngx_str_t *dst, u_char *buf,
     ngx_str_t *src);
 
@@ -178,20 +169,8 @@ static char *ngx_http_tollgate_metrics(ngx_conf_t *cf, ngx_command_t *cmd,
 static ngx_int_t ngx_http_tollgate_init(ngx_conf_t *cf);
 
 
-static ngx_str_t  ngx_http_tollgate_outcomes[] = {
-    ngx_string("PASSED"),
-    ngx_string("REJECTED"),
-    ngx_string("DRY_RUN"),
-    ngx_string("TABLE_FULL"),
-    ngx_string("UNKNOWN_MODEL"),
-    ngx_string("BAD_REQUEST"),
-    ngx_string("NO_LIMIT"),
-    ngx_string("NO_ACCOUNT"),
-    ngx_string("ERROR")
-};
-
-
-static ngx_str_t  ngx_http_tollgate_metric_outcomes[] = {
+/* indexed by TG_OUTCOME_* (checked above) */
+static ngx_str_t  ngx_http_tollgate_metric_outcomes[TG_OUTCOMES] = {
     ngx_string("passed"),
     ngx_string("rejected"),
     ngx_string("dry_run"),
@@ -200,7 +179,8 @@ static ngx_str_t  ngx_http_tollgate_metric_outcomes[] = {
     ngx_string("bad_request"),
     ngx_string("no_limit"),
     ngx_string("no_account"),
-    ngx_string("error")
+    ngx_string("error"),
+    ngx_string("not_limited")
 };
 
 
@@ -209,11 +189,14 @@ static ngx_str_t  ngx_http_tollgate_metric_outcomes[] = {
     "outcome.\n# TYPE tollgate_decisions_total counter\n"
 
 
+#define NGX_HTTP_TOLLGATE_TABLE_METRICS   5
+
 static ngx_str_t  ngx_http_tollgate_table_metrics[] = {
     ngx_string("tollgate_table_slots"),
     ngx_string("tollgate_table_used"),
     ngx_string("tollgate_table_full_total"),
-    ngx_string("tollgate_region_bytes")
+    ngx_string("tollgate_region_bytes"),
+    ngx_string("tollgate_clock_faults_total")
 };
 
 
@@ -222,7 +205,9 @@ static ngx_str_t  ngx_http_tollgate_table_help[] = {
     ngx_string("tollgate_table_used Slots holding a key counted today."),
     ngx_string("tollgate_table_full_total Requests that found no free "
                "slot."),
-    ngx_string("tollgate_region_bytes Bytes of the zone's table.")
+    ngx_string("tollgate_region_bytes Bytes of the zone's table."),
+    ngx_string("tollgate_clock_faults_total Decisions that met counts "
+               "dated ahead of the clock and re-dated them.")
 };
 
 
@@ -425,7 +410,7 @@ ngx_http_tollgate_handler(ngx_http_request_t *r)
 
         ngx_http_set_ctx(r, ctx, ngx_http_tollgate_module);
 
-        if (tlcf->model == NULL) {
+        if (ngx_http_tollgate_first_steps(r, ctx, tlcf) == NGX_AGAIN) {
 
             /* the model is in the body: read it, then resume the phases */
 
@@ -439,11 +424,9 @@ ngx_http_tollgate_handler(ngx_http_request_t *r)
             ngx_http_finalize_request(r, NGX_DONE);
             return NGX_DONE;
         }
-
-        ngx_http_tollgate_decide(r, ctx, tlcf);
     }
 
-    if (!ctx->decided || ctx->code == 0 || ctx->sent) {
+    if (!ctx->decided || ctx->answer.http_status == 0 || ctx->sent) {
         return NGX_DECLINED;
     }
 
@@ -460,275 +443,265 @@ ngx_http_tollgate_handler(ngx_http_request_t *r)
 static void
 ngx_http_tollgate_body_handler(ngx_http_request_t *r)
 {
+    tg_status                      st;
     ngx_http_tollgate_ctx_t       *ctx;
     ngx_http_tollgate_loc_conf_t  *tlcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_tollgate_module);
     tlcf = ngx_http_get_module_loc_conf(r, ngx_http_tollgate_module);
 
-    ngx_http_tollgate_decide(r, ctx, tlcf);
+    st = ngx_http_tollgate_body_model(r, ctx);
+
+    if (st == TG_OK) {
+        ngx_http_tollgate_check(r, ctx, tlcf);
+
+    } else {
+        ngx_http_tollgate_answer(r, ctx, tlcf, st, NULL);
+    }
 
     r->write_event_handler = ngx_http_core_run_phases;
     ngx_http_core_run_phases(r);
 }
 
 
-static void
-ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
-    ngx_http_tollgate_loc_conf_t *tlcf)
+/*
+ * The steps before the body, in the order every binding takes them (the
+ * order of tg_answer_request): the method (only what tg_method_limited()
+ * names is limited; the rest passes unread), then the account.  NGX_AGAIN:
+ * the model is in the body, read it; NGX_OK: ctx->answer is decided.
+ */
+
+static ngx_int_t
+ngx_http_tollgate_first_steps(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf)
 {
-    u_char                    *p;
-    u_char                     abuf[NGX_HTTP_TOLLGATE_LOG_LEN];
-    u_char                     mbuf[NGX_HTTP_TOLLGATE_LOG_LEN];
-    size_t                     len;
-    uint32_t                   tier;
-    ngx_str_t                  account, a, m;
-    ngx_int_t                  rc;
-    ngx_uint_t                 outcome, code;
-    tg_status                  st;
-    tg_request                 req;
-    ngx_http_tollgate_zone_t  *zone;
-
-    ctx->decided = 1;
-    zone = ctx->zone;
-
-    /* first, so every log line of this request can name the account */
-    if (tlcf->account
-        && ngx_http_complex_value(r, tlcf->account, &ctx->account) != NGX_OK)
+    if (!tg_method_limited((const char *) r->method_name.data,
+                           r->method_name.len))
     {
-        goto failed;
-    }
-
-    account = ctx->account;
-
-    if (tlcf->model == NULL) {
-        rc = ngx_http_tollgate_body_model(r, ctx);
-
-        if (rc != NGX_OK) {
-            /* refused or failed: the reason is in ctx */
-            goto done;
-        }
-
-    } else {
-        if (ngx_http_complex_value(r, tlcf->model, &ctx->model) != NGX_OK) {
-            goto failed;
-        }
-
-        if (ctx->model.len == 0) {
-            (void) ngx_http_tollgate_refuse(r, ctx,
-                                   NGX_HTTP_TOLLGATE_BAD_REQUEST,
-                                   NGX_HTTP_BAD_REQUEST,
-                                   "invalid_request_error", NULL, NULL,
-                                   "you must provide a model parameter",
-                                   NULL);
-            goto done;
-        }
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_NOT_LIMITED, NULL);
+        return NGX_OK;
     }
 
     if (tlcf->account == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tollgate: \"tollgate_account\" is not set");
-        goto failed;
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL);
+        return NGX_OK;
     }
 
-    if (ngx_http_tollgate_tier(r, tlcf, &tier) != NGX_OK) {
-        goto failed;
+    if (ngx_http_complex_value(r, tlcf->account, &ctx->account) != NGX_OK) {
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL);
+        return NGX_OK;
+    }
+
+    if (ctx->account.len == 0) {
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_NO_ACCOUNT, NULL);
+        return NGX_OK;
+    }
+
+    if (tlcf->model == NULL) {
+        return NGX_AGAIN;
+    }
+
+    if (ngx_http_complex_value(r, tlcf->model, &ctx->model) != NGX_OK) {
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL);
+        return NGX_OK;
+    }
+
+    if (ctx->model.len == 0) {
+        /* the variable names no model: the core's "no model" answer */
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_BODY_NO_MODEL, NULL);
+        return NGX_OK;
+    }
+
+    ngx_http_tollgate_check(r, ctx, tlcf);
+
+    return NGX_OK;
+}
+
+
+/* the steps after the model: the tier (tg_tier_parse), then tg_check */
+
+static void
+ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
+    ngx_http_tollgate_loc_conf_t *tlcf)
+{
+    u_char        buf[NGX_HTTP_TOLLGATE_LOG_LEN];
+    uint32_t      tier;
+    ngx_str_t     value, v;
+    tg_status     st;
+    tg_request    req;
+    tg_decision   decision;
+
+    /* no tollgate_tier, or an empty value: the developer tier */
+    tier = TG_TIER_DEVELOPER;
+
+    if (tlcf->tier) {
+        if (ngx_http_complex_value(r, tlcf->tier, &value) != NGX_OK) {
+            ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL);
+            return;
+        }
+
+        if (value.len) {
+            st = tg_tier_parse((const char *) value.data, value.len, &tier);
+
+            if (st != TG_OK) {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "tollgate: unknown tier \"%V\" "
+                              "(free, developer or enterprise)",
+                              ngx_http_tollgate_log_escape(&v, buf, &value));
+
+                ngx_http_tollgate_answer(r, ctx, tlcf, st, NULL);
+                return;
+            }
+        }
     }
 
     ngx_memzero(&req, sizeof(tg_request));
+    ngx_memzero(&decision, sizeof(tg_decision));
 
-    req.account = (const char *) account.data;
-    req.account_len = account.len;
+    req.size = sizeof(tg_request);
+    req.account = (const char *) ctx->account.data;
+    req.account_len = ctx->account.len;
     req.model = (const char *) ctx->model.data;
     req.model_len = ctx->model.len;
     req.tier = tier;
     req.cost = 1;
 
-    st = tg_check_now(zone->limiter, &req, &ctx->decision);
+    decision.size = sizeof(tg_decision);
+
+    st = tg_check_now(ctx->zone->limiter, &req, &decision);
 
     switch (st) {
 
     case TG_OK:
-        ctx->has_decision = 1;
-
-        if (ctx->decision.allowed) {
-            ctx->outcome = NGX_HTTP_TOLLGATE_PASSED;
-            break;
-        }
-
-        ctx->outcome = NGX_HTTP_TOLLGATE_REJECTED;
-        ctx->code = tlcf->status_code;
-
-        if (tlcf->dry_run) {
-            break;
-        }
-
-        len = NGX_HTTP_TOLLGATE_HEADERS_LEN;
-
-        for ( ;; ) {
-            p = ngx_pnalloc(r->pool, len + 1);
-            if (p == NULL) {
-                goto failed;
-            }
-
-            st = tg_decision_error_body(&ctx->decision,
-                                        (const char *) ctx->model.data,
-                                        ctx->model.len, (char *) p, len + 1,
-                                        &len);
-            if (st != TG_E_BUFFER_TOO_SMALL) {
-                break;
-            }
-        }
-
-        if (st != TG_OK) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "tollgate: tg_decision_error_body() failed: %s",
-                          tg_status_str(st));
-            goto failed;
-        }
-
-        ctx->body.data = p;
-        ctx->body.len = len;
-        break;
-
     case TG_E_UNKNOWN_MODEL:
-        (void) ngx_http_tollgate_refuse(r, ctx,
-                                  NGX_HTTP_TOLLGATE_UNKNOWN_MODEL,
-                                  NGX_HTTP_NOT_FOUND,
-                                  "invalid_request_error", NULL,
-                                  "model_not_found",
-                                  "The model `%s` does not exist or you do "
-                                  "not have access to it.", &ctx->model);
-        break;
-
     case TG_E_NO_LIMIT:
-
-        /*
-         * the policy sets no limit for this tier (or enterprise account)
-         * and model: no numbers are invented, so either no limit at all
-         * or no access
-         */
-
-        if (tlcf->no_limit == NGX_HTTP_TOLLGATE_NO_LIMIT_PASS) {
-            ctx->outcome = NGX_HTTP_TOLLGATE_NO_LIMIT;
-            break;
-        }
-
-        (void) ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_NO_LIMIT,
-                                  NGX_HTTP_FORBIDDEN,
-                                  "invalid_request_error", NULL,
-                                  "no_limit_configured",
-                                  "No rate limit is configured for the model "
-                                  "`%s` on your tier, so it is not available "
-                                  "to you.", &ctx->model);
-        break;
-
     case TG_E_TABLE_FULL:
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "tollgate: zone \"%V\" has no free slot for a new "
-                      "key, account \"%V\", model \"%V\"", &zone->name,
-                      ngx_http_tollgate_log_escape(&a, abuf, &account),
-                      ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model));
-
-        if (tlcf->table_full == NGX_HTTP_TOLLGATE_TABLE_OPEN) {
-            ctx->outcome = NGX_HTTP_TOLLGATE_TABLE_FULL;
-            break;
-        }
-
-        (void) ngx_http_tollgate_refuse(r, ctx,
-                                  NGX_HTTP_TOLLGATE_TABLE_FULL,
-                                  NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "server_error", NULL, "rate_limiter_full",
-                                  "The rate limiter has no room to track "
-                                  "this request right now; please retry "
-                                  "shortly.", NULL);
-        break;
-
     case TG_E_ACCOUNT:
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "tollgate: unusable account id \"%V\" of %uz bytes "
-                      "(1..%d allowed)",
-                      ngx_http_tollgate_log_escape(&a, abuf, &account),
-                      account.len, TG_ACCOUNT_MAX);
-
-        (void) ngx_http_tollgate_refuse(r, ctx,
-                                  NGX_HTTP_TOLLGATE_NO_ACCOUNT,
-                                  NGX_HTTP_UNAUTHORIZED,
-                                  "invalid_request_error", NULL,
-                                  "invalid_api_key",
-                                  "You didn't provide a usable API key. "
-                                  "Provide your API key in an Authorization "
-                                  "header using Bearer auth "
-                                  "(Authorization: Bearer YOUR_KEY).", NULL);
+    case TG_E_COST_TOO_LARGE:
         break;
 
     default:
+        /* the core answers it as its own failure (500) */
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tollgate: tg_check() failed in zone \"%V\": %s",
-                      &zone->name, tg_status_str(st));
-        goto failed;
+                      &ctx->zone->name, tg_status_str(st));
+        break;
     }
 
-    goto done;
+    ngx_http_tollgate_answer(r, ctx, tlcf, st, &decision);
+}
 
-failed:
 
-    (void) ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_ERROR,
-                                    NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                    "server_error", NULL, NULL,
-                                    "The rate limiter failed on this "
-                                    "request.", NULL);
+/*
+ * Asks the core for the whole answer to what happened (st: TG_OK with the
+ * decision, a failed step's status, TG_E_NO_ACCOUNT, TG_E_NOT_LIMITED),
+ * with the flags the directives set, then logs and counts it.
+ */
 
-done:
+static void
+ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
+    ngx_http_tollgate_loc_conf_t *tlcf, tg_status st, tg_decision *decision)
+{
+    u_char                     abuf[NGX_HTTP_TOLLGATE_LOG_LEN];
+    u_char                     mbuf[NGX_HTTP_TOLLGATE_LOG_LEN];
+    uint32_t                   flags, by;
+    ngx_str_t                  a, m;
+    tg_status                  rc;
+    tg_answer                 *answer;
+    ngx_http_tollgate_zone_t  *zone;
 
-    outcome = ctx->outcome;
-    code = ctx->code;
+    ctx->decided = 1;
+    zone = ctx->zone;
+    answer = &ctx->answer;
 
-    if (tlcf->dry_run && code) {
+    flags = 0;
 
-        /* dry run: decide and report, never refuse */
+    if (tlcf->dry_run) {
+        flags |= TG_ANSWER_DRY_RUN;
+    }
 
-        if (outcome == NGX_HTTP_TOLLGATE_REJECTED) {
-            outcome = NGX_HTTP_TOLLGATE_DRY_RUN;
-        }
+    if (tlcf->no_limit == NGX_HTTP_TOLLGATE_NO_LIMIT_PASS) {
+        flags |= TG_ANSWER_NO_LIMIT_PASS;
+    }
+
+    if (tlcf->table_full == NGX_HTTP_TOLLGATE_TABLE_OPEN) {
+        flags |= TG_ANSWER_TABLE_FULL_OPEN;
+    }
+
+    if (st == TG_E_TABLE_FULL) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "tollgate: zone \"%V\" has no free slot for a new "
+                      "key, account \"%V\", model \"%V\"", &zone->name,
+                      ngx_http_tollgate_log_escape(&a, abuf, &ctx->account),
+                      ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model));
+
+    } else if (st == TG_E_ACCOUNT) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "tollgate: unusable account id \"%V\" of %uz bytes "
+                      "(1..%d allowed)",
+                      ngx_http_tollgate_log_escape(&a, abuf, &ctx->account),
+                      ctx->account.len, TG_ACCOUNT_MAX);
+    }
+
+    ngx_memzero(answer, sizeof(tg_answer));
+    answer->size = sizeof(tg_answer);
+
+    rc = tg_answer_for(st, st == TG_OK ? decision : NULL,
+                       (const char *) ctx->model.data, ctx->model.len,
+                       flags, tlcf->status_code, answer);
+
+    if (rc != TG_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tollgate: tg_answer_for() failed: %s",
+                      tg_status_str(rc));
+
+        /* nginx's own 500 (ngx_http_tollgate_send_refusal) */
+        ngx_memzero(answer, sizeof(tg_answer));
+        answer->size = sizeof(tg_answer);
+        answer->http_status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        answer->outcome = TG_OUTCOME_ERROR;
+        ctx->failed = 1;
+    }
+
+    if (answer->would_status) {
+
+        /* dry run: decided and reported, never refused */
 
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "tollgate: dry run, would answer %ui (%V) "
+                      "tollgate: dry run, would answer %uD (%s) "
                       "for account \"%V\", model \"%V\" in zone \"%V\"",
-                      code, &ngx_http_tollgate_outcomes[ctx->outcome],
+                      answer->would_status, tg_outcome_name(answer->outcome),
                       ngx_http_tollgate_log_escape(&a, abuf, &ctx->account),
                       ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model),
                       &zone->name);
 
-        ctx->outcome = outcome;
-        ctx->code = 0;
+    } else if (answer->outcome == TG_OUTCOME_REJECTED) {
+        by = answer->decision.limited_by;
 
-    } else if (outcome == NGX_HTTP_TOLLGATE_REJECTED) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "tollgate: rejected, account \"%V\", model \"%V\" "
                       "limited by %V in zone \"%V\"",
                       ngx_http_tollgate_log_escape(&a, abuf, &ctx->account),
                       ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model),
                       &ngx_http_tollgate_limited_by[
-                          ctx->decision.limited_by <= TG_LIMIT_DAY
-                          ? ctx->decision.limited_by : 0],
+                          by <= TG_LIMIT_DAY ? by : TG_LIMIT_NONE],
                       &zone->name);
     }
 
-    ctx->refused = (ctx->code != 0);
-
-    ngx_http_tollgate_count(zone, &ctx->model, outcome);
+    ngx_http_tollgate_count(zone, &ctx->model, answer->outcome);
 }
 
 
 /*
  * Finds the model in the request body with the library's scanner, so the
- * module parses no client input itself.  NGX_OK: ctx->model is set (it
- * points into the scan's memory, from the request pool); anything else:
- * ctx holds the refusal.
+ * module parses no client input itself.  TG_OK: ctx->model is set (it
+ * points into the scan's memory, from the request pool); otherwise the
+ * status to answer (the scanner's refusal, TG_E_INVALID for a failure).
  */
 
-static ngx_int_t
+static tg_status
 ngx_http_tollgate_body_model(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx)
 {
@@ -748,7 +721,7 @@ ngx_http_tollgate_body_model(ngx_http_request_t *r,
     /* the pool aligns to NGX_ALIGNMENT, at least TG_BODY_SCAN_ALIGN */
     mem = ngx_palloc(r->pool, size);
     if (mem == NULL) {
-        goto failed;
+        return TG_E_INVALID;
     }
 
     st = tg_body_scan_init(mem, size, &scan);
@@ -756,7 +729,7 @@ ngx_http_tollgate_body_model(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tollgate: tg_body_scan_init() failed: %s",
                       tg_status_str(st));
-        goto failed;
+        return TG_E_INVALID;
     }
 
     chunk = NULL;
@@ -781,7 +754,7 @@ ngx_http_tollgate_body_model(ngx_http_request_t *r,
         if (chunk == NULL) {
             chunk = ngx_palloc(r->pool, NGX_HTTP_TOLLGATE_CHUNK);
             if (chunk == NULL) {
-                goto failed;
+                return TG_E_INVALID;
             }
         }
 
@@ -802,7 +775,7 @@ ngx_http_tollgate_body_model(ngx_http_request_t *r,
                 ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                               "tollgate: cannot read the request body "
                               "from \"%V\"", &b->file->name);
-                goto failed;
+                return TG_E_INVALID;
             }
 
             st = tg_body_scan_feed(scan, chunk, n);
@@ -815,228 +788,58 @@ ngx_http_tollgate_body_model(ngx_http_request_t *r,
         st = tg_body_scan_finish(scan, &model, &model_len);
     }
 
-    if (st != TG_OK) {
-        return ngx_http_tollgate_body_refuse(r, ctx, st);
+    if (st == TG_OK) {
+        ctx->model.data = (u_char *) model;
+        ctx->model.len = model_len;
     }
 
-    ctx->model.data = (u_char *) model;
-    ctx->model.len = model_len;
-
-    return NGX_OK;
-
-failed:
-
-    return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_ERROR,
-                                    NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                    "server_error", NULL, NULL,
-                                    "The rate limiter failed on this "
-                                    "request.", NULL);
+    return st;
 }
 
 
-/* the 400 for a body the scanner refused */
-
-static ngx_int_t
-ngx_http_tollgate_body_refuse(ngx_http_request_t *r,
-    ngx_http_tollgate_ctx_t *ctx, tg_status st)
-{
-    switch (st) {
-
-    case TG_E_BODY_NO_MODEL:
-        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
-                                        NGX_HTTP_BAD_REQUEST,
-                                        "invalid_request_error", NULL, NULL,
-                                        "you must provide a model parameter",
-                                        NULL);
-
-    case TG_E_BODY_AMBIGUOUS_MODEL:
-
-        /*
-         * upstream parsers disagree on which of two "model" keys wins:
-         * charging one and serving another would be a cheap model's price
-         * for an expensive one
-         */
-
-        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
-                                        NGX_HTTP_BAD_REQUEST,
-                                        "invalid_request_error", "model",
-                                        "ambiguous_model",
-                                        "The request body names the model "
-                                        "more than once (keys equal to "
-                                        "\\\"model\\\" ignoring case or "
-                                        "escapes); send exactly one "
-                                        "\\\"model\\\" key.", NULL);
-
-    case TG_E_BODY_TOO_DEEP:
-        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
-                                        NGX_HTTP_BAD_REQUEST,
-                                        "invalid_request_error", NULL,
-                                        "invalid_json",
-                                        "The request body nests deeper than "
-                                        NGX_HTTP_TOLLGATE_STR(
-                                            TG_BODY_DEPTH_MAX)
-                                        " levels.", NULL);
-
-    case TG_E_BODY_NOT_JSON:
-        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
-                                        NGX_HTTP_BAD_REQUEST,
-                                        "invalid_request_error", NULL, NULL,
-                                        "We could not parse the JSON body of "
-                                        "your request. The API expects a JSON "
-                                        "object with a 'model' field.", NULL);
-
-    default:
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "tollgate: body scan failed: %s", tg_status_str(st));
-
-        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_ERROR,
-                                        NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                        "server_error", NULL, NULL,
-                                        "The rate limiter failed on this "
-                                        "request.", NULL);
-    }
-}
-
-
-static ngx_int_t
-ngx_http_tollgate_tier(ngx_http_request_t *r,
-    ngx_http_tollgate_loc_conf_t *tlcf, uint32_t *tier)
-{
-    u_char     buf[NGX_HTTP_TOLLGATE_LOG_LEN];
-    ngx_str_t  value, v;
-
-    *tier = TG_TIER_DEVELOPER;
-
-    if (tlcf->tier == NULL) {
-        return NGX_OK;
-    }
-
-    if (ngx_http_complex_value(r, tlcf->tier, &value) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    if (value.len == 0) {
-        return NGX_OK;
-    }
-
-    if (value.len == 4 && ngx_strncasecmp(value.data, (u_char *) "free", 4)
-                          == 0)
-    {
-        *tier = TG_TIER_FREE;
-        return NGX_OK;
-    }
-
-    if (value.len == 9
-        && ngx_strncasecmp(value.data, (u_char *) "developer", 9) == 0)
-    {
-        return NGX_OK;
-    }
-
-    if (value.len == 10
-        && ngx_strncasecmp(value.data, (u_char *) "enterprise", 10) == 0)
-    {
-        *tier = TG_TIER_ENTERPRISE;
-        return NGX_OK;
-    }
-
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                  "tollgate: unknown tier \"%V\" "
-                  "(free, developer or enterprise)",
-                  ngx_http_tollgate_log_escape(&v, buf, &value));
-
-    return NGX_ERROR;
-}
-
-
-/*
- * Records a refusal answered with an OpenAI-shaped error body.  fmt is
- * JSON-safe text that may hold one "%s", replaced by arg JSON-escaped.
- * Returns NGX_DECLINED, so callers can return it as "no model found".
- */
-
-static ngx_int_t
-ngx_http_tollgate_refuse(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
-    ngx_uint_t outcome, ngx_uint_t code, const char *type, const char *param,
-    const char *code_name, const char *fmt, ngx_str_t *arg)
-{
-    u_char      *p, *s;
-    size_t       len;
-    const char  *q;
-
-    ctx->outcome = outcome;
-    ctx->code = code;
-
-    len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"\","
-                 "\"param\":\"\",\"code\":\"\"}}") - 1
-          + ngx_strlen(fmt) + ngx_strlen(type)
-          + (param ? ngx_strlen(param) : sizeof("null") - 1)
-          + (code_name ? ngx_strlen(code_name) : sizeof("null") - 1);
-
-    if (arg) {
-        /* every byte escapes to at most \u00XX */
-        len += arg->len * 6;
-    }
-
-    p = ngx_pnalloc(r->pool, len);
-    if (p == NULL) {
-        ngx_str_null(&ctx->body);
-        return NGX_DECLINED;
-    }
-
-    s = ngx_cpymem(p, "{\"error\":{\"message\":\"",
-                   sizeof("{\"error\":{\"message\":\"") - 1);
-
-    for (q = fmt; *q; q++) {
-        if (q[0] == '%' && q[1] == 's' && arg) {
-            s = ngx_http_tollgate_escape(s, arg->data, arg->len, 0);
-            q++;
-            continue;
-        }
-
-        *s++ = (u_char) *q;
-    }
-
-    s = ngx_sprintf(s, "\",\"type\":\"%s\",\"param\":", type);
-
-    if (param) {
-        s = ngx_sprintf(s, "\"%s\",\"code\":", param);
-
-    } else {
-        s = ngx_cpymem(s, "null,\"code\":", sizeof("null,\"code\":") - 1);
-    }
-
-    if (code_name) {
-        s = ngx_sprintf(s, "\"%s\"}}", code_name);
-
-    } else {
-        s = ngx_cpymem(s, "null}}", sizeof("null}}") - 1);
-    }
-
-    ctx->body.data = p;
-    ctx->body.len = s - p;
-
-    return NGX_DECLINED;
-}
-
+/* a refusal: the core's status, headers and body */
 
 static ngx_int_t
 ngx_http_tollgate_send_refusal(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx)
 {
-    ngx_str_t                 type;
-    ngx_http_complex_value_t  cv;
+    u_char                    *p;
+    size_t                     len;
+    tg_status                  st;
+    ngx_http_complex_value_t   cv;
 
-    if (ctx->body.data == NULL) {
+    /* the header filter adds nothing to this response, nor to a 500 */
+    ctx->headers_done = 1;
+
+    if (ctx->failed) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, TG_ANSWER_BODY_MAX);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    st = tg_answer_body(&ctx->answer, (char *) p, TG_ANSWER_BODY_MAX, &len);
+
+    if (st != TG_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tollgate: tg_answer_body() failed: %s",
+                      tg_status_str(st));
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_tollgate_add_headers(r, ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     /* a complex value with no lengths is its value, as is */
     ngx_memzero(&cv, sizeof(ngx_http_complex_value_t));
-    cv.value = ctx->body;
+    cv.value.data = p;
+    cv.value.len = len;
 
-    ngx_str_set(&type, "application/json");
-
-    return ngx_http_send_response(r, ctx->code, &type, &cv);
+    /* no type given: the content-type the core's headers set is kept */
+    return ngx_http_send_response(r, ctx->answer.http_status, NULL, &cv);
 }
 
 
@@ -1047,6 +850,10 @@ ngx_http_tollgate_count(ngx_http_tollgate_zone_t *zone, ngx_str_t *model,
     ngx_uint_t                  i, n;
     ngx_http_tollgate_row_t    *row;
     ngx_http_tollgate_shctx_t  *sh;
+
+    if (outcome >= TG_OUTCOMES) {
+        return;
+    }
 
     sh = zone->sh;
     row = &sh->rows[0];
@@ -1180,7 +987,7 @@ ngx_http_tollgate_header_filter(ngx_http_request_t *r)
 
     ctx = ngx_http_tollgate_get_ctx(r);
 
-    if (ctx == NULL || !ctx->has_decision || ctx->headers_done) {
+    if (ctx == NULL || !ctx->decided || ctx->headers_done) {
         return ngx_http_next_header_filter(r);
     }
 
@@ -1194,85 +1001,66 @@ ngx_http_tollgate_header_filter(ngx_http_request_t *r)
 }
 
 
+/* the answer's headers, one by one from the core (tg_answer_headers) */
+
 static ngx_int_t
 ngx_http_tollgate_add_headers(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx)
 {
-    u_char            c, *p, *last, *colon, *eol;
-    u_char            buf[NGX_HTTP_TOLLGATE_HEADERS_LEN];
-    size_t            len;
-    tg_status         st;
-    ngx_str_t         names[NGX_HTTP_TOLLGATE_HEADERS_MAX];
-    ngx_str_t         values[NGX_HTTP_TOLLGATE_HEADERS_MAX];
-    ngx_uint_t        i, k, n;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h, *header;
+    tg_status  st;
 
-    p = buf;
-    st = tg_decision_headers(&ctx->decision, (char *) buf, sizeof(buf), &len);
-
-    if (st == TG_E_BUFFER_TOO_SMALL) {
-        p = ngx_pnalloc(r->pool, len + 1);
-        if (p == NULL) {
-            return NGX_ERROR;
-        }
-
-        st = tg_decision_headers(&ctx->decision, (char *) p, len + 1, &len);
+    if (ctx->failed) {
+        return NGX_OK;
     }
+
+    st = tg_answer_headers(&ctx->answer, ngx_http_tollgate_header, r);
 
     if (st != TG_OK) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "tollgate: tg_decision_headers() failed: %s",
+                      "tollgate: tg_answer_headers() failed: %s",
                       tg_status_str(st));
         return NGX_ERROR;
     }
 
+    return NGX_OK;
+}
+
+
+/*
+ * One header of the answer (a lower-case name): it replaces any the
+ * upstream sent under the same name; content-type is nginx's own field.
+ */
+
+static int
+ngx_http_tollgate_header(void *data, const char *name, size_t name_len,
+    const char *value, size_t value_len)
+{
+    ngx_http_request_t *r = data;
+
+    u_char           *p;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *header;
+
     /* the headers outlive this call ($sent_http_* in the log): copy them */
 
-    if (p == buf) {
-        p = ngx_pnalloc(r->pool, len);
-        if (p == NULL) {
-            return NGX_ERROR;
-        }
-
-        ngx_memcpy(p, buf, len);
+    p = ngx_pnalloc(r->pool, name_len + value_len);
+    if (p == NULL) {
+        return 1;
     }
 
-    last = p + len;
+    ngx_memcpy(p, name, name_len);
+    ngx_memcpy(p + name_len, value, value_len);
 
-    /* "name: value\r\n" lines, the names already lowercase */
-
-    for (n = 0; p < last && n < NGX_HTTP_TOLLGATE_HEADERS_MAX; p = eol + 2) {
-        colon = memchr(p, ':', last - p);
-        if (colon == NULL) {
-            break;
-        }
-
-        eol = memchr(colon, '\r', last - colon);
-        if (eol == NULL || eol + 1 == last || eol[1] != '\n') {
-            break;
-        }
-
-        names[n].data = p;
-        names[n].len = colon - p;
-
-        /* Retry-After only goes with a refusal, not a dry run's pass */
-        if (!ctx->refused && names[n].len == sizeof("retry-after") - 1
-            && ngx_strncmp(p, "retry-after", names[n].len) == 0)
-        {
-            continue;
-        }
-
-        for (colon++; colon < eol && *colon == ' '; colon++) {
-            /* void */
-        }
-
-        values[n].data = colon;
-        values[n].len = eol - colon;
-        n++;
+    if (name_len == sizeof("content-type") - 1
+        && ngx_strncmp(p, "content-type", name_len) == 0)
+    {
+        r->headers_out.content_type.data = p + name_len;
+        r->headers_out.content_type.len = value_len;
+        r->headers_out.content_type_len = value_len;
+        r->headers_out.content_type_lowcase = NULL;
+        return 0;
     }
-
-    /* ours replace any the upstream sent under the same names */
 
     part = &r->headers_out.headers.part;
     header = part->elts;
@@ -1289,60 +1077,42 @@ ngx_http_tollgate_add_headers(ngx_http_request_t *r,
             i = 0;
         }
 
-        if (header[i].hash == 0 || header[i].key.len == 0) {
-            continue;
-        }
-
-        /* a quick test first: our names start with "x" or "r" */
-        c = header[i].key.data[0] | 0x20;
-
-        if (c != 'x' && c != 'r') {
-            continue;
-        }
-
-        for (k = 0; k < n; k++) {
-            if (header[i].key.len == names[k].len
-                && ngx_strncasecmp(header[i].key.data, names[k].data,
-                                   names[k].len)
-                   == 0)
-            {
-                header[i].hash = 0;
-                break;
-            }
+        if (header[i].hash != 0 && header[i].key.len == name_len
+            && ngx_strncasecmp(header[i].key.data, p, name_len) == 0)
+        {
+            header[i].hash = 0;
         }
     }
 
-    for (k = 0; k < n; k++) {
-        h = ngx_list_push(&r->headers_out.headers);
-        if (h == NULL) {
-            return NGX_ERROR;
-        }
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return 1;
+    }
 
-        h->hash = 1;
+    h->hash = 1;
 #if (nginx_version >= 1023000)
-        h->next = NULL;
+    h->next = NULL;
 #endif
-        h->key = names[k];
-        h->lowcase_key = names[k].data;
-        h->value = values[k];
-    }
+    h->key.data = p;
+    h->key.len = name_len;
+    h->lowcase_key = p;
+    h->value.data = p + name_len;
+    h->value.len = value_len;
 
-    return NGX_OK;
+    return 0;
 }
 
 
 /*
- * Escapes for a JSON string or a Prometheus label value; dst needs room
- * for 6 bytes per source byte.
+ * Escapes a Prometheus label value (the exposition format's rule: \\, \"
+ * and \n; other control bytes become '?'); dst needs room for 2 bytes per
+ * source byte.
  */
 
 static u_char *
-ngx_http_tollgate_escape(u_char *dst, u_char *src, size_t len,
-    ngx_uint_t prometheus)
+ngx_http_tollgate_escape(u_char *dst, u_char *src, size_t len)
 {
     u_char  c;
-
-    static u_char  hex[] = "0123456789abcdef";
 
     while (len--) {
         c = *src++;
@@ -1356,14 +1126,7 @@ ngx_http_tollgate_escape(u_char *dst, u_char *src, size_t len,
             *dst++ = 'n';
 
         } else if (c < 0x20 || c == 0x7f) {
-            if (prometheus) {
-                *dst++ = '?';
-
-            } else {
-                dst = ngx_cpymem(dst, "\\u00", 4);
-                *dst++ = hex[c >> 4];
-                *dst++ = hex[c & 0xf];
-            }
+            *dst++ = '?';
 
         } else {
             *dst++ = c;
@@ -1450,7 +1213,7 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
 
     len = sizeof(NGX_HTTP_TOLLGATE_DECISIONS_HELP);
 
-    for (k = 0; k < 4; k++) {
+    for (k = 0; k < NGX_HTTP_TOLLGATE_TABLE_METRICS; k++) {
         len += sizeof("# HELP \n# TYPE  counter\n")
                + ngx_http_tollgate_table_help[k].len
                + ngx_http_tollgate_table_metrics[k].len;
@@ -1462,8 +1225,9 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
                + zones[z]->name.len * 6 + TG_MODEL_NAME_MAX * 6
                + NGX_ATOMIC_T_LEN;
 
-        len += line * NGX_HTTP_TOLLGATE_ROWS * NGX_HTTP_TOLLGATE_NOUTCOMES
-               + 4 * (sizeof("tollgate_table_full_total{zone=\"\"} \n")
+        len += line * NGX_HTTP_TOLLGATE_ROWS * TG_OUTCOMES
+               + NGX_HTTP_TOLLGATE_TABLE_METRICS
+                 * (sizeof("tollgate_clock_faults_total{zone=\"\"} \n")
                       + zones[z]->name.len * 6 + NGX_INT64_LEN);
     }
 
@@ -1495,14 +1259,14 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
                 name.len = row->len;
             }
 
-            for (k = 0; k < NGX_HTTP_TOLLGATE_NOUTCOMES; k++) {
+            for (k = 0; k < TG_OUTCOMES; k++) {
                 p = ngx_cpymem(p, "tollgate_decisions_total{zone=\"",
                                sizeof("tollgate_decisions_total{zone=\"")
                                - 1);
                 p = ngx_http_tollgate_escape(p, zone->name.data,
-                                             zone->name.len, 1);
+                                             zone->name.len);
                 p = ngx_cpymem(p, "\",model=\"", sizeof("\",model=\"") - 1);
-                p = ngx_http_tollgate_escape(p, name.data, name.len, 1);
+                p = ngx_http_tollgate_escape(p, name.data, name.len);
                 p = ngx_sprintf(p, "\",outcome=\"%V\"} %uA\n",
                                 &ngx_http_tollgate_metric_outcomes[k],
                                 row->count[k]);
@@ -1530,22 +1294,23 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
         }
     }
 
-    for (k = 0; k < 4; k++) {
+    for (k = 0; k < NGX_HTTP_TOLLGATE_TABLE_METRICS; k++) {
         p = ngx_sprintf(p, "# HELP %V\n# TYPE %V %s\n",
                         &ngx_http_tollgate_table_help[k],
                         &ngx_http_tollgate_table_metrics[k],
-                        k == 2 ? "counter" : "gauge");
+                        (k == 2 || k == 4) ? "counter" : "gauge");
 
         for (z = 0; z < tmcf->zones.nelts; z++) {
             p = ngx_sprintf(p, "%V{zone=\"",
                             &ngx_http_tollgate_table_metrics[k]);
             p = ngx_http_tollgate_escape(p, zones[z]->name.data,
-                                         zones[z]->name.len, 1);
+                                         zones[z]->name.len);
             p = ngx_sprintf(p, "\"} %uL\n",
                             k == 0 ? (uint64_t) stats[z].slots
                             : k == 1 ? (uint64_t) stats[z].used
                             : k == 2 ? stats[z].table_full
-                            : stats[z].region_bytes);
+                            : k == 3 ? stats[z].region_bytes
+                            : stats[z].clock_faults);
         }
     }
 
@@ -1577,6 +1342,7 @@ static ngx_int_t
 ngx_http_tollgate_status_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
+    const char               *name;
     ngx_http_tollgate_ctx_t  *ctx;
 
     ctx = ngx_http_tollgate_get_ctx(r->main);
@@ -1586,11 +1352,14 @@ ngx_http_tollgate_status_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    v->len = ngx_http_tollgate_outcomes[ctx->outcome].len;
+    /* the core's name of the outcome, a static string */
+    name = tg_outcome_name(ctx->answer.outcome);
+
+    v->len = ngx_strlen(name);
     v->valid = 1;
     v->no_cacheable = 0;
     v->not_found = 0;
-    v->data = ngx_http_tollgate_outcomes[ctx->outcome].data;
+    v->data = (u_char *) name;
 
     return NGX_OK;
 }
@@ -1605,12 +1374,12 @@ ngx_http_tollgate_limited_by_variable(ngx_http_request_t *r,
 
     ctx = ngx_http_tollgate_get_ctx(r->main);
 
-    if (ctx == NULL || !ctx->has_decision) {
+    if (ctx == NULL || !ctx->decided || !ctx->answer.has_decision) {
         v->not_found = 1;
         return NGX_OK;
     }
 
-    by = ctx->decision.limited_by;
+    by = ctx->answer.decision.limited_by;
 
     if (by > TG_LIMIT_DAY) {
         by = TG_LIMIT_NONE;
@@ -1636,7 +1405,7 @@ ngx_http_tollgate_remaining_variable(ngx_http_request_t *r,
 
     ctx = ngx_http_tollgate_get_ctx(r->main);
 
-    if (ctx == NULL || !ctx->has_decision) {
+    if (ctx == NULL || !ctx->decided || !ctx->answer.has_decision) {
         v->not_found = 1;
         return NGX_OK;
     }
@@ -1646,7 +1415,7 @@ ngx_http_tollgate_remaining_variable(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    value = *(uint32_t *) ((u_char *) &ctx->decision + data);
+    value = *(uint32_t *) ((u_char *) &ctx->answer.decision + data);
 
     v->len = ngx_sprintf(p, "%uD", value) - p;
     v->valid = 1;
@@ -1770,7 +1539,7 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     if (st != TG_OK) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
                       "tollgate_zone \"%V\": tg_limiter_init_in() failed: %s",
-                      &zone->name, tg_status_str(st));
+                      &zone->name, tg_last_error());
         return NGX_ERROR;
     }
 
@@ -1801,7 +1570,7 @@ ngx_http_tollgate_attach(ngx_shm_zone_t *shm_zone,
     if (st != TG_OK) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
                       "tollgate_zone \"%V\": tg_limiter_attach() failed: %s",
-                      &zone->name, tg_status_str(st));
+                      &zone->name, tg_last_error());
         return NGX_ERROR;
     }
 
@@ -1823,10 +1592,8 @@ static ngx_int_t
 ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone,
     ngx_str_t *size_arg, ssize_t size)
 {
-    uint32_t     slots, found;
-    tg_stats     stats;
-    tg_status    st;
-    tg_limiter  *other;
+    uint32_t   slots;
+    tg_status  st;
 
     slots = 0;
 
@@ -1848,41 +1615,25 @@ ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone,
         return NGX_OK;
     }
 
-    if (st == TG_E_REGION_SIZE && slots) {
+    /* the core's words: path, OS reason, sizes, what to do */
 
-        /* an intact table of another size: say which, so it can be resized */
-
-        found = 0;
-
-        if (tg_limiter_open(zone->policy, (const char *) zone->file.data, 0,
-                            0, &other)
-            == TG_OK)
-        {
-            stats.size = sizeof(tg_stats);
-
-            if (tg_limiter_stats(other, tg_now_ms(), &stats) == TG_OK) {
-                found = stats.slots;
-            }
-
-            tg_limiter_free(other);
-        }
-
-        if (found) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "tollgate_zone \"%V\": file \"%V\" holds a "
-                               "table of %uD slots, \"%V\" asks for %uD: "
-                               "%s; resize it with \"tollgate resize %V NEW "
-                               "--slots %uD\" and point \"file\" at NEW, or "
-                               "leave \"size\" out to take the file as it is",
-                               &zone->name, &zone->file, found, size_arg,
-                               slots, tg_status_str(st), &zone->file, slots);
-            return NGX_ERROR;
-        }
+    if (slots == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "tollgate_zone \"%V\": cannot open file \"%V\": "
+                           "%s", &zone->name, &zone->file, tg_last_error());
+        return NGX_ERROR;
     }
 
+    /* "0 slots" in the core's words is a zone without "size" here */
+
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "tollgate_zone \"%V\": cannot open file \"%V\": %s",
-                       &zone->name, &zone->file, tg_status_str(st));
+                       "tollgate_zone \"%V\": cannot open file \"%V\" with "
+                       "the %uD slots \"%V\" holds: %s%s",
+                       &zone->name, &zone->file, slots, size_arg,
+                       tg_last_error(),
+                       st == TG_E_REGION_SIZE
+                       ? " (in nginx, 0 slots is a zone without \"size\")"
+                       : "");
 
     return NGX_ERROR;
 }

@@ -3,15 +3,17 @@ region file the master maps before it forks, so counters survive a stop and
 start and a binary upgrade, and the real `tollgate` command works on the
 table nginx is counting in."""
 
+import ctypes
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import NGINX, TOLLGATE, WAIT, fresh_minute
+from conftest import NGINX, ROOT, TOLLGATE, WAIT, fresh_minute
 from test_tollgate import FREE_POLICY, HEADERS, assert_six
 
 
@@ -132,6 +134,8 @@ def test_file_of_another_size_is_refused(nginx):
     policy, region, zone = setup(nginx)
     nginx.start(zone=zone)
     assert nginx.chat("acct-size").status == 200
+    held = nginx.metrics()[("tollgate_table_slots",
+                            frozenset({"zone": "tg"}.items()))]
     nginx.stop()
     before = region.read_bytes()
 
@@ -139,9 +143,11 @@ def test_file_of_another_size_is_refused(nginx):
     res = nginx.test_config()
     assert res.returncode != 0
     line = next(x for x in res.stderr.splitlines() if "[emerg]" in x)
-    assert f'file "{region}" holds a table of' in line, line
-    assert f'tollgate resize {region} NEW --slots' in line, line
-    assert "region size does not match its slot count" in line, line
+    # the core's words (tg_last_error): the sizes and what to do
+    assert f'cannot open file "{region}" with the ' in line, line
+    assert f'region holds {held} slots, not the ' in line, line
+    assert "grow it with `tollgate resize`" in line, line
+    assert 'in nginx, 0 slots is a zone without "size"' in line, line
     # the file is left as it was
     assert region.read_bytes() == before
 
@@ -150,10 +156,13 @@ def test_file_of_another_size_is_refused(nginx):
     nginx.write(zone=f"file={missing}")
     res = nginx.test_config()
     assert res.returncode != 0
-    assert f'cannot open file "{missing}"' in res.stderr, res.stderr
+    # the OS's reason, in the core's words
+    assert f'cannot open file "{missing}": {missing}: open: No such file' \
+        in res.stderr, res.stderr
     nginx.write(zone=f"size=1m file={missing}")
     res = nginx.test_config()
-    assert f'cannot open file "{missing}"' in res.stderr, res.stderr
+    assert f'cannot open file "{missing}" with the ' in res.stderr, res.stderr
+    assert "No such file or directory" in res.stderr, res.stderr
 
     # a file that is not a region
     junk = nginx.prefix / "junk.region"
@@ -162,6 +171,75 @@ def test_file_of_another_size_is_refused(nginx):
     res = nginx.test_config()
     assert res.returncode != 0
     assert f'cannot open file "{junk}"' in res.stderr, res.stderr
+    assert "not a tollgate region" in res.stderr, res.stderr
+
+
+class Library:
+    """The real libtollgate.so through ctypes, as a second process on the
+    region file (another gateway with a wrong clock)."""
+
+    class Request(ctypes.Structure):
+        _fields_ = [("size", ctypes.c_uint32),
+                    ("account", ctypes.c_char_p),
+                    ("account_len", ctypes.c_size_t),
+                    ("model", ctypes.c_char_p),
+                    ("model_len", ctypes.c_size_t),
+                    ("tier", ctypes.c_uint32),
+                    ("cost", ctypes.c_uint32),
+                    ("rpm", ctypes.c_uint32),
+                    ("rpd", ctypes.c_uint32)]
+
+    def __init__(self):
+        path = pathlib.Path(os.environ.get(
+            "CARGO_TARGET_DIR", ROOT / "target")) / "release" / \
+            "libtollgate.so"
+        if not path.exists():
+            pytest.fail(f"{path} is missing: cargo build --release --lib")
+        self.lib = ctypes.CDLL(str(path))
+        self.lib.tg_check.argtypes = [ctypes.c_void_p,
+                                      ctypes.POINTER(self.Request),
+                                      ctypes.c_uint64, ctypes.c_void_p]
+
+    def open(self, policy, region):
+        p = ctypes.c_void_p()
+        err = ctypes.create_string_buffer(512)
+        assert self.lib.tg_policy_load(str(policy).encode(),
+                                       ctypes.byref(p), err, 512) == 0, \
+            err.value
+        lim = ctypes.c_void_p()
+        assert self.lib.tg_limiter_open(p, str(region).encode(), 0, 0,
+                                        ctypes.byref(lim)) == 0
+        self.lib.tg_policy_free(p)
+        return lim
+
+    def check(self, lim, account, model, now_ms):
+        req = self.Request(0, account, len(account), model, len(model),
+                           1, 1, 0, 0)
+        decision = ctypes.create_string_buffer(256)
+        return self.lib.tg_check(lim, ctypes.byref(req), now_ms, decision)
+
+
+def test_clock_faults_are_a_metric(nginx):
+    """tollgate_clock_faults_total is tg_stats.clock_faults: nginx reads its
+    own clock, so the fault comes from another process on the same table
+    counting with a clock an hour fast; nginx's next decision on that key
+    meets counts dated ahead, re-dates them and the metric says so."""
+    policy, region, zone = setup(nginx)
+    nginx.start(zone=zone)
+    label = frozenset({"zone": "tg"}.items())
+    assert nginx.metrics()[("tollgate_clock_faults_total", label)] == 0
+
+    lib = Library()
+    lim = lib.open(policy, region)
+    try:
+        ahead = int(time.time() * 1000) + 3600 * 1000
+        assert lib.check(lim, b"acct-clock", b"DeepSeek-V3.1", ahead) == 0
+    finally:
+        lib.lib.tg_limiter_free(lim)
+    assert nginx.metrics()[("tollgate_clock_faults_total", label)] == 0
+
+    assert nginx.chat("acct-clock").status == 200
+    assert nginx.metrics()[("tollgate_clock_faults_total", label)] >= 1
 
 
 def wait_pid(pid_file, not_pid=None):
@@ -263,7 +341,7 @@ def test_reload_to_another_size_keeps_the_running_table(nginx):
     assert nginx.chat("acct-resize").status == 200
     nginx.write(zone=f"size=2m file={region} policy={policy}")
     nginx.signal_reload()
-    assert nginx.wait_log(f'file "{region}" holds a table of')
+    assert nginx.wait_log(f'cannot open file "{region}" with the ')
     r = nginx.chat("acct-resize")
     assert r.status == 200
     assert r.header("x-ratelimit-remaining-requests") == "28"

@@ -3,6 +3,8 @@
 It answers every POST like /v1/chat/completions and reports what body
 arrived (X-Body-Length, X-Body-Sha256 headers and the same in the JSON), so
 tests can check that nginx passed the body on whole. GET answers "ok".
+Every answer carries X-Upstream: answered, so a test can tell the
+upstream's answers from the module's.
 
 Run standalone: python3 upstream.py PORT
 """
@@ -38,6 +40,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
+        self.send_header("X-Upstream", "answered")
         for name, value in extra:
             self.send_header(name, value)
         if self.close_connection:
@@ -75,10 +78,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                if self.headers.get("X-Upstream-Ratelimit") else []))
 
     def do_GET(self):
+        # a GET may carry a body: read it, or it would be taken for the
+        # next request on this kept-alive connection
+        self._body()
         out = b"ok\n"
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(out)))
+        self.send_header("X-Upstream", "answered")
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()

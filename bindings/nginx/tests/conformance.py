@@ -1,0 +1,78 @@
+"""The conformance table (tests/conformance.json at the repository root):
+loading it and matching a received answer against a case, by the rules of
+its "about" text and of tests/conformance.rs. Standard library only and
+independent of nginx, so any binding's tests can import it by path."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _table() -> pathlib.Path:
+    """tests/conformance.json in the nearest directory above this file that
+    has one, so the module works wherever in the repository it sits."""
+    here = pathlib.Path(__file__).resolve()
+    for d in here.parents:
+        t = d / "tests" / "conformance.json"
+        if t.is_file():
+            return t
+    raise FileNotFoundError(f"no tests/conformance.json above {here}")
+
+
+TABLE = _table()
+
+
+def load(
+    path: pathlib.Path = TABLE,
+) -> tuple[pathlib.Path, list[dict[str, Any]]]:
+    """(the policy file, the cases) of the table at `path`."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    root = path.resolve().parents[1]
+    return root / doc["policy"], list(doc["cases"])
+
+
+def matches(want: Any, got: Any) -> bool:
+    """`got` matches `want`: strings equal, or a 're:' regular expression
+    that matches; objects with the same keys, each matching; anything else
+    equal."""
+    if isinstance(want, str) and isinstance(got, str):
+        if want.startswith("re:"):
+            return re.search(want[3:], got) is not None
+        return want == got
+    if isinstance(want, dict) and isinstance(got, dict):
+        return want.keys() == got.keys() and all(
+            matches(v, got[k]) for k, v in want.items())
+    return bool(want == got) and type(want) is type(got)
+
+
+def check(case: Mapping[str, Any], status: int, outcome: str | None,
+          headers: Mapping[str, Sequence[str]], body: bytes | None) -> None:
+    """Asserts that an answer is the case's. `headers` maps lower-case
+    names to every value sent; `body` is None when the request reached the
+    upstream (the binding's own test says how it knows); `outcome` is the
+    binding's name of it, or None when the binding does not expose one."""
+    name = case["name"]
+    want = case["expect"]
+    assert status == want["status"], \
+        f"{name}: status {status}, want {want['status']}"
+    if outcome is not None:
+        assert outcome == want["outcome"], \
+            f"{name}: outcome {outcome}, want {want['outcome']}"
+    for h, v in want["headers"].items():
+        got = headers.get(h)
+        assert got, f"{name}: no header {h} in {dict(headers)}"
+        assert len(got) == 1, f"{name}: {h} sent {len(got)} times: {got}"
+        assert matches(v, got[0]), f"{name}: {h}: {got[0]!r}, want {v!r}"
+    for h in want.get("absent", []):
+        assert h not in headers, f"{name}: header {h} sent: {headers[h]}"
+    if want["body"] is None:
+        assert body is None, f"{name}: answered {body!r}, want upstream"
+        return
+    assert body is not None, f"{name}: reached the upstream, want an answer"
+    doc = json.loads(body)
+    assert matches(want["body"], doc), \
+        f"{name}: body {body!r}\nwant {want['body']!r}"
