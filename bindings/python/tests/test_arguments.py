@@ -152,6 +152,11 @@ def test_open_failures_give_the_os_reason(tmp_path, small_policy):
         assert err.errno == code, (path, err)
         assert err.strerror == os.strerror(code)
         assert err.filename == str(path)
+        # The library's own message (tg_last_error), whole: the path it
+        # worked on (the table, or the temporary file it creates it as),
+        # what it did and the OS's reason; the table's path first if the
+        # library named only the temporary file.
+        assert str(err).endswith(tollgate._ffi.tg_last_error().decode())
         assert os.strerror(code) in str(err) and str(path) in str(err)
     os.chmod(tmp_path, 0o500)
     try:
@@ -166,7 +171,7 @@ def test_open_failures_give_the_os_reason(tmp_path, small_policy):
     junk.write_bytes(b"not a region" * 10000)
     with pytest.raises(RegionError) as e:
         Limiter.open(junk, small_policy, slots=0, create=False)
-    assert e.value.errno is None and "region" in str(e.value)
+    assert e.value.errno is None and "region" in str(e.value) and str(junk) in str(e.value)
 
 
 @pytest.mark.parametrize("as_type", [str, bytes, "pathlib"])

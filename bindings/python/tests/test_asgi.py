@@ -138,8 +138,7 @@ def test_unknown_model_is_an_openai_404(limiter, app):
     assert not app.calls
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"", b"[1,2]", b'{"messages": []}', b'{"model": 5}', b'{"model": ""}',
-                                  b"\xff\xfe"])
+@pytest.mark.parametrize("body", [b"{not json", b"", b"[1,2]", b'{"messages": []}', b'{"model": 5}', b"\xff\xfe"])
 def test_bad_bodies_are_400(limiter, app, body):
     mw = RateLimitMiddleware(app, limiter, account=bearer_token)
     status, _, out = request(mw, body)
@@ -161,11 +160,35 @@ def test_non_http_and_unselected_requests_pass_through(limiter, app):
     assert request(mw, chat(), path="/v1/batch/x")[0] == 200
 
 
-def test_paths_callable_and_methods(limiter, app):
-    mw = RateLimitMiddleware(app, limiter, account=bearer_token, paths=lambda s: s["path"].endswith("/limited"),
-                             methods=["post", "PUT"])
+def test_an_empty_model_is_the_cores_unknown_model(limiter, app):
+    # The old middleware answered 400 itself; the library says 404.
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token)
+    status, _, out = request(mw, b'{"model": ""}')
+    assert status == 404 and json.loads(out)["error"]["code"] == "model_not_found"
+
+
+def test_paths_callable(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token, paths=lambda s: s["path"].endswith("/limited"))
     assert request(mw, b"x", path="/free")[0] == 200
-    assert request(mw, b"x", path="/a/limited", method="PUT")[0] == 400
+    assert request(mw, b"x", path="/a/limited")[0] == 400
+
+
+def test_the_library_decides_which_methods_are_limited(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token)
+    for method in ("GET", "PUT", "DELETE", "PATCH", "post"):
+        # Unlimited and unread: the body is not even looked at.
+        status, hdrs, _ = request(mw, b"not json", method=method)
+        assert status == 200 and b"x-ratelimit-remaining-requests" not in hdrs, method
+    assert request(mw, b"not json")[0] == 400
+    # methods= is deprecated and can only narrow the library's rule.
+    with pytest.warns(DeprecationWarning):
+        none = RateLimitMiddleware(app, limiter, account=bearer_token, methods=[])
+    assert request(none, b"not json")[0] == 200
+    with pytest.warns(DeprecationWarning):
+        post = RateLimitMiddleware(app, limiter, account=bearer_token, methods=["post"])
+    assert request(post, b"not json")[0] == 400
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="PUT"):
+        RateLimitMiddleware(app, limiter, account=bearer_token, methods=["POST", "PUT"])
 
 
 def nginx_401_message() -> str:
