@@ -208,3 +208,18 @@ def test_unknown_model_body_is_the_librarys():
         "code": "model_not_found",
     }
     assert json.loads(tollgate.unknown_model_body(b'q"\xff'))["error"]["message"].startswith("The model `q\"\ufffd`")
+
+
+def test_constructor_errors_are_the_librarys_words():
+    with pytest.raises(InvalidArgument) as e:
+        Limiter(slots=0)
+    assert str(e.value) == tollgate._ffi.tg_last_error().decode() and "slot" in str(e.value)
+
+
+def test_tiers_are_parsed_by_the_library(small_policy):
+    with Limiter(small_policy, slots=64) as lim:
+        for tier in ("developer", "Developer", "DEVELOPER", Tier.DEVELOPER, 1):
+            assert lim.check(f"t-{tier}", "tiny", tier, now=T0).minute_limit == 5
+        for bad in ("gold", "", "developer ", "d\u00e9veloper"):
+            with pytest.raises(InvalidArgument, match="unknown tier"):
+                lim.check("a", "tiny", bad, now=T0)

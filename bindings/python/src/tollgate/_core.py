@@ -376,20 +376,28 @@ class Decision:
         return body
 
 
-def decision_from_c(c: _ffi.TgDecision, model: str) -> Decision:
-    """A Decision from the library's tg_decision (e.g. inside a tg_answer)."""
-    return Decision(
-        bool(c.allowed),
-        _LIMITED_BY[c.limited_by],
-        c.minute_limit,
-        c.minute_remaining,
-        c.minute_reset,
-        c.day_limit,
-        c.day_remaining,
-        c.day_reset,
-        c.retry_after,
-        model,
-    )
+_ANSWER_DECISION_OFF = _ffi.TgAnswer.decision.offset
+
+
+def decision_from_answer(answer: _ffi.TgAnswer, model: str) -> Decision:
+    """The Decision inside a tg_answer (one unpack, and the draft's plain
+    slot stores when they work: see "the hot path")."""
+    _, al, lb, ml, mr, mrs, dl, dr, drs, ra = _unpack(answer, _ANSWER_DECISION_OFF)
+    if not _DRAFT_WORKS:
+        return Decision(al == 1, _LIMITED_BY[lb], ml, mr, mrs, dl, dr, drs, ra, model)
+    d = _new(_DecisionDraft)
+    d.allowed = al == 1
+    d.limited_by = _LIMITED_BY[lb]
+    d.minute_limit = ml
+    d.minute_remaining = mr
+    d.minute_reset = mrs
+    d.day_limit = dl
+    d.day_remaining = dr
+    d.day_reset = drs
+    d.retry_after = ra
+    d.model = model
+    d.__class__ = Decision  # type: ignore[assignment]
+    return d  # type: ignore[return-value]
 
 
 class _DecisionDraft:
@@ -798,7 +806,8 @@ class Limiter(_Handle):
         return f"<tollgate.Limiter{where}{' closed' if self.closed else ''}>"
 
 
-if not _draft_works():
+_DRAFT_WORKS = _draft_works()
+if not _DRAFT_WORKS:
     _DATA = None
 
 

@@ -326,10 +326,12 @@ tg_outcome_name = _proto("tg_outcome_name", c_char_p, [c_uint32], hold_gil=True)
 tg_tier_parse = _proto("tg_tier_parse", _i32, [c_char_p, c_size_t, POINTER(c_uint32)], hold_gil=True)
 tg_method_limited = _proto("tg_method_limited", c_uint32, [c_char_p, c_size_t], hold_gil=True)
 
-# Hot-path twins of tg_check/tg_check_now without argtypes: each call skips
-# per-argument from_param conversion. They are only ever called with
-# c_void_p / c_uint64 instances, which ctypes passes as the exact C types;
+# Hot-path twins of tg_check, tg_check_now and tg_answer_request without
+# argtypes: each call skips per-argument from_param conversion. They are
+# only ever called with c_void_p / c_uint64 / c_uint32 instances and byref()
+# of the declared structs, which ctypes passes as the exact C types;
 # the default restype (C int) reads the int32 status. Like the others on a
 # limiter handle, they keep the GIL.
 fast_check = _pylib["tg_check"]
+fast_answer_request = _pylib["tg_answer_request"]
 fast_check_now = _pylib["tg_check_now"]

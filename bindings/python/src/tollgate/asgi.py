@@ -186,7 +186,8 @@ class RateLimitMiddleware:
         limit for the tier and model (e.g. the Free tier by default).
       dry_run: decide and count, but pass every request upstream; the Answer
         in ``scope["tollgate.answer"]`` keeps the ``would_status``.
-      refuse_status: the status of a refusal over a limit (default 429).
+      refuse_status: the status of a refusal over a limit, 100..999
+        (default 429; 0 is the library's default, 429).
       max_body_bytes: largest body buffered to find the model; above it the
         answer is a bare 413 (no body: the library has no answer for it).
         None for no cap beyond the server's.
@@ -233,9 +234,12 @@ class RateLimitMiddleware:
         if isinstance(refuse_status, bool) or not isinstance(refuse_status, int):
             raise TypeError(f"refuse_status must be an int, not {type(refuse_status).__name__}")
         try:
-            # The library checks the options: ask it for any answer once.
+            # The library checks the options: ask it for any answer once
+            # (ctypes would wrap a number past 32 bits, so not those).
+            if not 0 <= refuse_status <= 0xFFFFFFFF:
+                raise InvalidArgument(_ffi.TG_E_INVALID, "refuse_status")
             answer_for(_ffi.TG_E_NO_ACCOUNT, b"", flags, refuse_status)
-        except (InvalidArgument, OverflowError):
+        except InvalidArgument:
             raise ValueError(f"refuse_status must be an HTTP status 100..999, not {refuse_status}") from None
         if not callable(tier):
             tname = _tier_name(tier)
