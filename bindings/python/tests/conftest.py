@@ -68,9 +68,11 @@ def subprocess_pythonpath(env: dict[str, str]) -> str:
 
 
 class Server:
-    """uvicorn serving tests/app_server.py in a subprocess on 127.0.0.1."""
+    """uvicorn serving ``app`` (default tests/app_server.py) in a subprocess
+    on 127.0.0.1."""
 
-    def __init__(self, tmp_path: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp_path: Path, workers: int = 1, env: dict[str, str] | None = None,
+                 app: str = "app_server:app") -> None:
         self.port = free_port()
         self.log_path = tmp_path / f"uvicorn-{self.port}.log"
         self.workers = workers
@@ -78,7 +80,7 @@ class Server:
         full_env.update(env or {})
         full_env["PYTHONPATH"] = subprocess_pythonpath(full_env)
         cmd = [
-            sys.executable, "-m", "uvicorn", "app_server:app",
+            sys.executable, "-m", "uvicorn", app,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", str(workers), "--log-level", "info", "--no-access-log",
         ]
@@ -123,8 +125,8 @@ class Server:
 def start_server(tmp_path):
     servers: list[Server] = []
 
-    def start(workers: int = 1, env: dict[str, str] | None = None) -> Server:
-        s = Server(tmp_path, workers, env)
+    def start(workers: int = 1, env: dict[str, str] | None = None, app: str = "app_server:app") -> Server:
+        s = Server(tmp_path, workers, env, app)
         servers.append(s)
         try:
             s.wait_ready()

@@ -152,6 +152,11 @@ def test_open_failures_give_the_os_reason(tmp_path, small_policy):
         assert err.errno == code, (path, err)
         assert err.strerror == os.strerror(code)
         assert err.filename == str(path)
+        # The library's own message (tg_last_error), whole: the path it
+        # worked on (the table, or the temporary file it creates it as),
+        # what it did and the OS's reason; the table's path first if the
+        # library named only the temporary file.
+        assert str(err).endswith(tollgate._ffi.tg_last_error().decode())
         assert os.strerror(code) in str(err) and str(path) in str(err)
     os.chmod(tmp_path, 0o500)
     try:
@@ -166,7 +171,7 @@ def test_open_failures_give_the_os_reason(tmp_path, small_policy):
     junk.write_bytes(b"not a region" * 10000)
     with pytest.raises(RegionError) as e:
         Limiter.open(junk, small_policy, slots=0, create=False)
-    assert e.value.errno is None and "region" in str(e.value)
+    assert e.value.errno is None and "region" in str(e.value) and str(junk) in str(e.value)
 
 
 @pytest.mark.parametrize("as_type", [str, bytes, "pathlib"])
@@ -203,3 +208,18 @@ def test_unknown_model_body_is_the_librarys():
         "code": "model_not_found",
     }
     assert json.loads(tollgate.unknown_model_body(b'q"\xff'))["error"]["message"].startswith("The model `q\"\ufffd`")
+
+
+def test_constructor_errors_are_the_librarys_words():
+    with pytest.raises(InvalidArgument) as e:
+        Limiter(slots=0)
+    assert str(e.value) == tollgate._ffi.tg_last_error().decode() and "slot" in str(e.value)
+
+
+def test_tiers_are_parsed_by_the_library(small_policy):
+    with Limiter(small_policy, slots=64) as lim:
+        for tier in ("developer", "Developer", "DEVELOPER", Tier.DEVELOPER, 1):
+            assert lim.check(f"t-{tier}", "tiny", tier, now=T0).minute_limit == 5
+        for bad in ("gold", "", "developer ", "d\u00e9veloper"):
+            with pytest.raises(InvalidArgument, match="unknown tier"):
+                lim.check("a", "tiny", bad, now=T0)

@@ -42,7 +42,8 @@ class EchoApp:
             body += msg.get("body", b"")
             if not msg.get("more_body"):
                 break
-        self.calls.append({"path": scope["path"], "body": body, "decision": scope.get("tollgate.decision")})
+        self.calls.append({"path": scope["path"], "body": body, "decision": scope.get("tollgate.decision"),
+                           "answer": scope.get("tollgate.answer")})
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain"), (b"x-ratelimit-limit-requests", b"999")]})
         await send({"type": "http.response.body", "body": b"part1:", "more_body": True})
@@ -138,8 +139,7 @@ def test_unknown_model_is_an_openai_404(limiter, app):
     assert not app.calls
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"", b"[1,2]", b'{"messages": []}', b'{"model": 5}', b'{"model": ""}',
-                                  b"\xff\xfe"])
+@pytest.mark.parametrize("body", [b"{not json", b"", b"[1,2]", b'{"messages": []}', b'{"model": 5}', b"\xff\xfe"])
 def test_bad_bodies_are_400(limiter, app, body):
     mw = RateLimitMiddleware(app, limiter, account=bearer_token)
     status, _, out = request(mw, body)
@@ -161,11 +161,35 @@ def test_non_http_and_unselected_requests_pass_through(limiter, app):
     assert request(mw, chat(), path="/v1/batch/x")[0] == 200
 
 
-def test_paths_callable_and_methods(limiter, app):
-    mw = RateLimitMiddleware(app, limiter, account=bearer_token, paths=lambda s: s["path"].endswith("/limited"),
-                             methods=["post", "PUT"])
+def test_an_empty_model_is_the_cores_unknown_model(limiter, app):
+    # The old middleware answered 400 itself; the library says 404.
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token)
+    status, _, out = request(mw, b'{"model": ""}')
+    assert status == 404 and json.loads(out)["error"]["code"] == "model_not_found"
+
+
+def test_paths_callable(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token, paths=lambda s: s["path"].endswith("/limited"))
     assert request(mw, b"x", path="/free")[0] == 200
-    assert request(mw, b"x", path="/a/limited", method="PUT")[0] == 400
+    assert request(mw, b"x", path="/a/limited")[0] == 400
+
+
+def test_the_library_decides_which_methods_are_limited(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token)
+    for method in ("GET", "PUT", "DELETE", "PATCH", "post"):
+        # Unlimited and unread: the body is not even looked at.
+        status, hdrs, _ = request(mw, b"not json", method=method)
+        assert status == 200 and b"x-ratelimit-remaining-requests" not in hdrs, method
+    assert request(mw, b"not json")[0] == 400
+    # methods= is deprecated and can only narrow the library's rule.
+    with pytest.warns(DeprecationWarning):
+        none = RateLimitMiddleware(app, limiter, account=bearer_token, methods=[])
+    assert request(none, b"not json")[0] == 200
+    with pytest.warns(DeprecationWarning):
+        post = RateLimitMiddleware(app, limiter, account=bearer_token, methods=["post"])
+    assert request(post, b"not json")[0] == 400
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="PUT"):
+        RateLimitMiddleware(app, limiter, account=bearer_token, methods=["POST", "PUT"])
 
 
 def nginx_401_message() -> str:
@@ -307,3 +331,53 @@ def test_fastapi_add_middleware(limiter):
     assert got[4].headers["x-ratelimit-remaining-requests"] == "0"
     assert got[5].json()["error"]["type"] == "rate_limit_exceeded" and "retry-after" in got[5].headers
     assert models.status_code == 200 and "x-ratelimit-limit-requests" not in models.headers
+
+
+def test_options_are_checked_by_the_library(limiter, app):
+    for bad in (99, 1000, -1, 1 << 40, (1 << 32) + 429):
+        with pytest.raises(ValueError, match="refuse_status"):
+            RateLimitMiddleware(app, limiter, account=bearer_token, refuse_status=bad)
+    with pytest.raises(TypeError):
+        RateLimitMiddleware(app, limiter, account=bearer_token, refuse_status="429")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="gold"):
+        RateLimitMiddleware(app, limiter, account=bearer_token, tier="gold")
+    # Any case, as the library parses it; a Tier or its number by name.
+    for tier in ("Developer", "DEVELOPER", tollgate.Tier.DEVELOPER, 1):
+        mw = RateLimitMiddleware(app, limiter, account=bearer_token, tier=tier)
+        assert request(mw, chat(), key=f"tier-{tier}")[1][b"x-ratelimit-limit-requests"] == b"5"
+
+
+def test_refuse_status_and_dry_run(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token, refuse_status=503)
+    for _ in range(5):
+        assert request(mw, chat())[0] == 200
+    status, hdrs, out = request(mw, chat())
+    assert status == 503 and b"retry-after" in hdrs
+    assert json.loads(out)["error"]["code"] == "rate_limit_exceeded"
+    dry = RateLimitMiddleware(app, limiter, account=bearer_token, dry_run=True)
+    status, hdrs, _ = request(dry, chat())
+    assert status == 200 and b"retry-after" in hdrs and hdrs[b"x-ratelimit-remaining-requests"] == b"0"
+    answer = app.calls[-1]["answer"]
+    assert (answer.outcome, answer.status, answer.would_status) == ("DRY_RUN", 0, 429)
+    assert not app.calls[-1]["decision"].allowed
+    status, _, _ = request(dry, chat("gpt-9"))
+    assert status == 200 and app.calls[-1]["answer"].would_status == 404
+
+
+def test_cost_is_asked_only_when_the_library_would_count(limiter, app):
+    asked = []
+
+    def cost(scope, body):
+        asked.append(body)
+        return 2
+
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token, cost=cost)
+    assert request(mw, chat(), key=None)[0] == 401
+    assert request(mw, b"[1]")[0] == 400
+    assert request(mw, b'{"model":"a","Model":"b"}')[0] == 400
+    assert not asked
+    status, hdrs, _ = request(mw, chat())
+    assert status == 200 and hdrs[b"x-ratelimit-remaining-requests"] == b"3" and len(asked) == 1
+    bad = RateLimitMiddleware(app, limiter, account=bearer_token, cost=lambda scope, body: "two")
+    with pytest.raises(TypeError):
+        request(bad, chat())

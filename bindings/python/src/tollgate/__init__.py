@@ -12,6 +12,7 @@ library's. Quick start::
 Set ``TOLLGATE_LIBRARY`` to load another copy of the library.
 """
 
+from ._answer import Answer
 from ._body import body_model
 from ._core import (
     DEFAULT_SLOTS,
@@ -59,6 +60,7 @@ __all__ = [
     "LAYOUT_VERSION",
     "MODEL_NAME_MAX",
     "VERSION_NUMBER",
+    "Answer",
     "BodyError",
     "CostTooLarge",
     "Decision",

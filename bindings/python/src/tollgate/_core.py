@@ -20,6 +20,7 @@ from .errors import (
     PolicyError,
     RegionError,
     TollgateError,
+    constructor_error,
     error_for,
     shown,
 )
@@ -36,29 +37,41 @@ DEFAULT_SLOTS = 65536
 
 
 class Tier(enum.IntEnum):
-    """Account tiers (TG_TIER_*). Anywhere a tier is taken, its lower-case
-    name ("free", "developer", "enterprise") or its number works too."""
+    """Account tiers (TG_TIER_*). Anywhere a tier is taken, its name
+    ("free", "developer", "enterprise", any case, as the library parses it)
+    or its number works too."""
 
     FREE = _ffi.TG_TIER_FREE
     DEVELOPER = _ffi.TG_TIER_DEVELOPER
     ENTERPRISE = _ffi.TG_TIER_ENTERPRISE
 
 
-# IntEnum members hash and compare like their ints, so one dict serves names,
-# numbers and members. So would True and 1.0: the hot path looks a tier up
-# only when its type is one of _TIER_TYPES.
-_TIERS: dict[Any, int] = {t.name.lower(): int(t) for t in Tier}
-_TIERS.update({int(t): int(t) for t in Tier})
+# Tier names are the library's to parse (tg_tier_parse, the one parser every
+# binding uses); what it answered is remembered here, so the hot path asks
+# once per spelling. IntEnum members hash and compare like their ints, so one
+# dict serves names, numbers and members. So would True and 1.0: the hot path
+# looks a tier up only when its type is one of _TIER_TYPES.
+_TIERS: dict[Any, int] = {int(t): int(t) for t in Tier}
 _TIER_TYPES = frozenset({str, int, Tier})
+_TIERS_CACHED = 64
+
+
+def tier_parse(name: bytes) -> int | None:
+    """TG_TIER_* for a tier name (tg_tier_parse), or None if it names none."""
+    t = c_uint32()
+    return int(t.value) if _ffi.tg_tier_parse(name, len(name), byref(t)) == _ffi.TG_OK else None
 
 
 def _tier_value(tier: object) -> int:
     if isinstance(tier, str):
-        v = _TIERS.get(tier.lower())
+        name = tier.encode("utf-8", "replace")
+        v = tier_parse(name)
         if v is not None:
+            if type(tier) is str and len(_TIERS) < _TIERS_CACHED:
+                _TIERS[tier] = v
             return v
         raise InvalidArgument(
-            _ffi.TG_E_INVALID, f"unknown tier {shown(tier.encode('utf-8', 'replace'))}: use free, developer or enterprise"
+            _ffi.TG_E_INVALID, f"unknown tier {shown(name)}: use free, developer or enterprise"
         )
     if isinstance(tier, int) and not isinstance(tier, bool):
         # Out-of-range numbers go to the library, which refuses them itself.
@@ -234,7 +247,28 @@ def _render(fn: Any, dec: Any, *extra: Any) -> bytes:
     raise TollgateError(_ffi.TG_E_BUFFER_TOO_SMALL, f"{fn.__name__}: buffer size keeps growing")
 
 
+def _collect_header(out: list[tuple[bytes, bytes]], name: int, name_len: int, value: int, value_len: int) -> int:
+    out.append((_string_at(name, name_len), _string_at(value, value_len)))
+    return 0
+
+
+_string_at = ctypes.string_at
+# One tg_header_fn for every call: ``ctx`` is the list a call collects into.
+_COLLECT = _ffi.HEADER_FN(_collect_header)
+
+
+def answer_headers(answer: _ffi.TgAnswer) -> list[tuple[bytes, bytes]]:
+    """The headers of a tg_answer as (name, value) byte pairs, in the
+    library's order, names in lower case (tg_answer_headers)."""
+    out: list[tuple[bytes, bytes]] = []
+    st = _ffi.tg_answer_headers(byref(answer), _COLLECT, out)
+    if st:
+        raise error_for(st, "tg_answer_headers")
+    return out
+
+
 def _parse_header_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
+    # Only for the IETF fields, which the library renders as text alone.
     out = []
     for line in raw.split(b"\r\n"):
         if line:
@@ -306,7 +340,13 @@ class Decision:
         names in lower case (the shape ASGI and WSGI servers take)."""
         cached = getattr(self, "_header_items", None)
         if cached is None:
-            cached = tuple(_parse_header_lines(_render(_ffi.tg_decision_headers, self._c())))
+            # The core's pairs for this decision: a dry-run answer carries
+            # the six and retry-after, and (passing) no content-type.
+            ans = _ffi.TgAnswer()
+            st = _ffi.tg_answer_for(_ffi.TG_OK, byref(self._c()), None, 0, _ffi.TG_ANSWER_DRY_RUN, 0, byref(ans))
+            if st:
+                raise error_for(st, "tg_answer_for")
+            cached = tuple(answer_headers(ans))
             _set(self, "_header_items", cached)
         return list(cached)
 
@@ -334,6 +374,30 @@ class Decision:
             body = _render(_ffi.tg_decision_error_body, self._c(), mb, len(mb)).decode("utf-8", "replace")
             _set(self, "_error_body", body)
         return body
+
+
+_ANSWER_DECISION_OFF = _ffi.TgAnswer.decision.offset
+
+
+def decision_from_answer(answer: _ffi.TgAnswer, model: str) -> Decision:
+    """The Decision inside a tg_answer (one unpack, and the draft's plain
+    slot stores when they work: see "the hot path")."""
+    _, al, lb, ml, mr, mrs, dl, dr, drs, ra = _unpack(answer, _ANSWER_DECISION_OFF)
+    if not _DRAFT_WORKS:
+        return Decision(al == 1, _LIMITED_BY[lb], ml, mr, mrs, dl, dr, drs, ra, model)
+    d = _new(_DecisionDraft)
+    d.allowed = al == 1
+    d.limited_by = _LIMITED_BY[lb]
+    d.minute_limit = ml
+    d.minute_remaining = mr
+    d.minute_reset = mrs
+    d.day_limit = dl
+    d.day_remaining = dr
+    d.day_reset = drs
+    d.retry_after = ra
+    d.model = model
+    d.__class__ = Decision  # type: ignore[assignment]
+    return d  # type: ignore[return-value]
 
 
 class _DecisionDraft:
@@ -531,7 +595,7 @@ class Limiter(_Handle):
         h = c_void_p()
         st = _ffi.tg_limiter_new(policy._ptr(), _u32(slots, "slots"), byref(h))
         if st:
-            raise error_for(st, f"tg_limiter_new(slots={slots})")
+            raise constructor_error(st, f"tg_limiter_new(slots={slots})")
         _Handle.__init__(self, h, _ffi.tg_limiter_free)
         self._policy: Policy = policy
         self._path: str | None = None
@@ -551,13 +615,10 @@ class Limiter(_Handle):
         h = c_void_p()
         flags = _ffi.TG_OPEN_CREATE if create else 0
         n = _u32(slots, "slots")
-        ctypes.set_errno(0)
         st = _ffi.tg_limiter_open(policy._ptr(), raw, n, flags, byref(h))
         if st:
             name = os.fsdecode(raw)
-            raise error_for(
-                st, f"tg_limiter_open({name}, slots={slots})", io_class=RegionError, os_errno=ctypes.get_errno(), filename=name
-            )
+            raise constructor_error(st, f"tg_limiter_open({name}, slots={slots})", RegionError, name)
         lim = _new(cls)
         _Handle.__init__(lim, h, _ffi.tg_limiter_free)
         lim._policy = policy
@@ -723,7 +784,7 @@ class Limiter(_Handle):
         h = c_void_p()
         st = _ffi.tg_limiter_share(self._ptr(), policy._ptr(), byref(h))
         if st:
-            raise error_for(st, "tg_limiter_share")
+            raise constructor_error(st, "tg_limiter_share", RegionError, self._path)
         lim = _new(type(self))
         _Handle.__init__(lim, h, _ffi.tg_limiter_free)
         lim._policy = policy
@@ -745,7 +806,8 @@ class Limiter(_Handle):
         return f"<tollgate.Limiter{where}{' closed' if self.closed else ''}>"
 
 
-if not _draft_works():
+_DRAFT_WORKS = _draft_works()
+if not _DRAFT_WORKS:
     _DATA = None
 
 

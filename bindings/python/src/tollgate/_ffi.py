@@ -55,6 +55,11 @@ TG_E_BODY_NOT_JSON = 20
 TG_E_BODY_NO_MODEL = 21
 TG_E_BODY_AMBIGUOUS_MODEL = 22
 TG_E_BODY_TOO_DEEP = 23
+# Not returned by any call: what tg_answer_for is told when a request has
+# no account id, or a method that is not limited.
+TG_E_NO_ACCOUNT = 30
+TG_E_NOT_LIMITED = 31
+TG_E_ABORTED = 32
 TG_E_PANIC = 99
 
 TG_TIER_FREE = 0
@@ -66,6 +71,14 @@ TG_LIMIT_MINUTE = 1
 TG_LIMIT_DAY = 2
 
 TG_OPEN_CREATE = 1
+
+TG_ANSWER_DRY_RUN = 1
+TG_ANSWER_NO_LIMIT_PASS = 2
+TG_ANSWER_TABLE_FULL_OPEN = 4
+TG_ANSWER_NO_ACCOUNT_PASS = 8
+TG_ANSWER_BODY_MAX = 1024
+TG_ANSWER_MODEL_MAX = 64
+TG_OUTCOME_PASSED = 0
 
 LIBRARY_ENV = "TOLLGATE_LIBRARY"
 LIBRARY_NAME = "libtollgate.so"
@@ -112,6 +125,41 @@ class TgStats(Structure):
         ("layout_version", c_uint32),
         ("clock_faults", c_uint64),
     ]
+
+
+class TgAnswer(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("http_status", c_uint32),
+        ("would_status", c_uint32),
+        ("outcome", c_uint32),
+        ("has_decision", c_uint32),
+        ("decision", TgDecision),
+        ("body_kind", c_uint32),
+        ("model_len", c_uint32),
+        ("model", ctypes.c_uint8 * TG_ANSWER_MODEL_MAX),
+    ]
+
+
+class TgHttpRequest(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("cost", c_uint32),
+        ("method", c_char_p),
+        ("method_len", c_size_t),
+        ("account", c_char_p),
+        ("account_len", c_size_t),
+        ("tier", c_char_p),
+        ("tier_len", c_size_t),
+        ("body", c_char_p),
+        ("body_len", c_size_t),
+    ]
+
+
+# tg_header_fn: (ctx, name, name_len, value, value_len) -> 0 to go on. The
+# ctx is a Python object (the list a call collects into), so concurrent
+# calls from several threads never share one.
+HEADER_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.py_object, c_void_p, c_size_t, c_void_p, c_size_t)
 
 
 # The hot path packs a request and unpacks a decision with `struct` in one
@@ -188,16 +236,13 @@ _PP = POINTER(c_void_p)
 # GIL; tg_limiter_stats walks the table once). Everything else (opening
 # files, parsing policies, rendering) goes through CDLL and releases the GIL.
 _pylib = ctypes.PyDLL(str(library_path))
-# Calls whose failure has an OS reason (opening files) keep the C errno they
-# leave, for ctypes.get_errno(): the status alone says only "I/O error".
-_errlib = ctypes.CDLL(str(library_path), use_errno=True)
 
 
 def _proto(
-    name: str, restype: object, argtypes: list[object], hold_gil: bool = False, errno: bool = False
+    name: str, restype: object, argtypes: list[object], hold_gil: bool = False
 ) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
     try:
-        fn = getattr(_pylib if hold_gil else _errlib if errno else lib, name)
+        fn = getattr(_pylib if hold_gil else lib, name)
     except AttributeError:
         raise ImportError(f"tollgate: {library_path} lacks {name}; rebuild the library") from None
     fn.restype = restype
@@ -223,8 +268,12 @@ tg_policy_model_name = _proto(
     "tg_policy_model_name", _i32, [c_void_p, c_uint32, POINTER(c_void_p), POINTER(c_size_t)]
 )
 tg_region_size = _proto("tg_region_size", c_size_t, [c_uint32])
+# The message of this thread's last failed limiter constructor (path, OS
+# reason, sizes, what to do). Thread-local in the library, and ctypes calls
+# run on the calling thread, so it is read right after the failed call.
+tg_last_error = _proto("tg_last_error", c_char_p, [])
 tg_limiter_new = _proto("tg_limiter_new", _i32, [c_void_p, c_uint32, _PP])
-tg_limiter_open = _proto("tg_limiter_open", _i32, [c_void_p, c_char_p, c_uint32, c_uint32, _PP], errno=True)
+tg_limiter_open = _proto("tg_limiter_open", _i32, [c_void_p, c_char_p, c_uint32, c_uint32, _PP])
 tg_limiter_set_policy = _proto("tg_limiter_set_policy", _i32, [c_void_p, c_void_p], hold_gil=True)
 tg_limiter_share = _proto("tg_limiter_share", _i32, [c_void_p, c_void_p, _PP], hold_gil=True)
 tg_limiter_stats = _proto("tg_limiter_stats", _i32, [c_void_p, c_uint64, POINTER(TgStats)], hold_gil=True)
@@ -252,10 +301,37 @@ tg_body_model = _proto(
     "tg_body_model", _i32, [c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)]
 )
 
-# Hot-path twins of tg_check/tg_check_now without argtypes: each call skips
-# per-argument from_param conversion. They are only ever called with
-# c_void_p / c_uint64 instances, which ctypes passes as the exact C types;
+# The whole HTTP answer (src/ffi/answer.rs): decided on a limiter handle,
+# so it keeps the GIL like tg_check. So does tg_answer_headers, whose
+# callback then re-enters Python without waiting for the GIL.
+tg_answer_request = _proto(
+    "tg_answer_request",
+    _i32,
+    [c_void_p, POINTER(TgHttpRequest), c_uint64, c_uint32, c_uint32, POINTER(TgAnswer)],
+    hold_gil=True,
+)
+tg_answer_for = _proto(
+    "tg_answer_for",
+    _i32,
+    [c_int32, POINTER(TgDecision), c_char_p, c_size_t, c_uint32, c_uint32, POINTER(TgAnswer)],
+    hold_gil=True,
+)
+tg_answer_headers = _proto(
+    "tg_answer_headers", _i32, [POINTER(TgAnswer), HEADER_FN, ctypes.py_object], hold_gil=True
+)
+tg_answer_body = _proto(
+    "tg_answer_body", _i32, [POINTER(TgAnswer), c_char_p, c_size_t, POINTER(c_size_t)], hold_gil=True
+)
+tg_outcome_name = _proto("tg_outcome_name", c_char_p, [c_uint32], hold_gil=True)
+tg_tier_parse = _proto("tg_tier_parse", _i32, [c_char_p, c_size_t, POINTER(c_uint32)], hold_gil=True)
+tg_method_limited = _proto("tg_method_limited", c_uint32, [c_char_p, c_size_t], hold_gil=True)
+
+# Hot-path twins of tg_check, tg_check_now and tg_answer_request without
+# argtypes: each call skips per-argument from_param conversion. They are
+# only ever called with c_void_p / c_uint64 / c_uint32 instances and byref()
+# of the declared structs, which ctypes passes as the exact C types;
 # the default restype (C int) reads the int32 status. Like the others on a
 # limiter handle, they keep the GIL.
 fast_check = _pylib["tg_check"]
+fast_answer_request = _pylib["tg_answer_request"]
 fast_check_now = _pylib["tg_check_now"]

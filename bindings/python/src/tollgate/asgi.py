@@ -1,13 +1,17 @@
 """ASGI middleware: rate limits an OpenAI-compatible API with a Limiter.
 
 Works with any ASGI app (Starlette, FastAPI, plain ASGI callables); neither
-framework is needed. For each limited request it buffers the body, has the
-library's scanner find its model (:func:`tollgate.body_model`: the core's
-parse and refusals, shared by every binding), asks the Limiter, and
-either answers itself (429, 404, 403, 401, 400) or calls the app with the
-body replayed and the six ``x-ratelimit-*`` headers added to the response
-start. Response bodies are never buffered, so streamed (SSE) responses keep
-streaming.
+framework is needed. Every answer is the library's: for each request whose
+method the core limits (POST) it buffers the body and hands method, account,
+tier, cost and body to one ``tg_answer_request`` call, which takes every
+step in the order all bindings share (method, account, the body's model,
+tier, the limit) and says what to send: a status, headers and a JSON body
+(429, 404, 403, 401, 400, 503, 500), or pass upstream with the six
+``x-ratelimit-*`` headers added to the app's response start. The middleware
+holds no answer text and parses nothing: the same request gets the same
+answer from nginx, the C++ header and this middleware (tests/conformance.json
+is run through each). Response bodies are never buffered, so streamed (SSE)
+responses keep streaming.
 
 Example::
 
@@ -29,15 +33,24 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import warnings
 from collections.abc import Awaitable, Collection, Iterable, MutableMapping
 from typing import Any, Callable, Union
 
 from . import _ffi
+from ._answer import answer_for, answer_request, method_limited
 from ._body import body_model
-from ._core import Decision, Limiter, unknown_model_body
-from .errors import BodyError, CostTooLarge, InvalidArgument, NoLimitConfigured, TableFull, UnknownModel
+from ._core import Limiter, Tier, tier_parse
+from .errors import BodyError, InvalidArgument, InvalidArgumentType
 
-__all__ = ["DECISION_SCOPE_KEY", "RateLimitMiddleware", "bearer_token", "bearer_token_digest", "header"]
+__all__ = [
+    "ANSWER_SCOPE_KEY",
+    "DECISION_SCOPE_KEY",
+    "RateLimitMiddleware",
+    "bearer_token",
+    "bearer_token_digest",
+    "header",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,6 +68,10 @@ PathsFn = Callable[[Scope], bool]
 #: Key under which the Decision of an admitted request is put in the ASGI
 #: scope, for the app to read (``request.scope["tollgate.decision"]``).
 DECISION_SCOPE_KEY = "tollgate.decision"
+#: Key under which the core's Answer for a request passed to the app is put
+#: in the scope: ``outcome`` (PASSED, DRY_RUN, NO_LIMIT, ...) and, in a dry
+#: run, ``would_status``.
+ANSWER_SCOPE_KEY = "tollgate.answer"
 
 
 def header(scope: Scope, name: str) -> str | None:
@@ -91,45 +108,44 @@ def bearer_token_digest(scope: Scope) -> str | None:
     return hashlib.blake2b(token.encode("latin-1"), digest_size=16).hexdigest()
 
 
-def _error_json(message: str, type_: str, param: str | None, code: str | None) -> bytes:
-    # Compact, in the nginx module's key order: the same refusal reads the
-    # same from either.
-    error = {"message": message, "type": type_, "param": param, "code": code}
-    return json.dumps({"error": error}, separators=(",", ":")).encode()
+def _tier_name(tier: object) -> bytes:
+    """The tier as the name the core parses: a str as given (the core
+    parses it; an unknown name is its 500), a Tier or its number by name."""
+    if isinstance(tier, str):
+        return tier.encode("utf-8", "replace")
+    if isinstance(tier, int) and not isinstance(tier, bool):
+        try:
+            return Tier(tier).name.encode("ascii")
+        except ValueError:
+            return str(tier).encode("ascii")  # no tier: the core says so
+    raise InvalidArgumentType(_ffi.TG_E_INVALID, f"tier must be a str, int or Tier, not {type(tier).__name__}")
 
 
-# Refusals that quote nothing of the request. The wording is the nginx
-# module's (and CONTRACT.md's) until the library renders every answer.
-_NOT_JSON = _error_json(
-    "We could not parse the JSON body of your request. The API expects a JSON object with a 'model' field.",
-    "invalid_request_error",
-    None,
-    "invalid_json",
-)
-_TOO_DEEP = _error_json(
-    f"The request body nests deeper than {_ffi.BODY_DEPTH_MAX} levels.", "invalid_request_error", None, "invalid_json"
-)
-_NO_MODEL = _error_json("you must provide a model parameter", "invalid_request_error", None, None)
-_AMBIGUOUS_MODEL = _error_json(
-    'The request body names the model more than once (keys equal to "model" ignoring case or escapes); '
-    'send exactly one "model" key.',
-    "invalid_request_error",
-    "model",
-    "ambiguous_model",
-)
-_NO_API_KEY = _error_json(
-    "You didn't provide a usable API key. Provide your API key in an Authorization header using Bearer auth "
-    "(Authorization: Bearer YOUR_KEY).",
-    "invalid_request_error",
-    None,
-    "invalid_api_key",
-)
-_BODY_REFUSALS = {
-    _ffi.TG_E_BODY_NOT_JSON: _NOT_JSON,
-    _ffi.TG_E_BODY_NO_MODEL: _NO_MODEL,
-    _ffi.TG_E_BODY_AMBIGUOUS_MODEL: _AMBIGUOUS_MODEL,
-    _ffi.TG_E_BODY_TOO_DEEP: _TOO_DEEP,
-}
+def _account_bytes(acct: object) -> bytes | None:
+    if acct is None:
+        return None
+    if isinstance(acct, str):
+        b = acct.encode("utf-8", "surrogateescape")
+    elif isinstance(acct, (bytes, bytearray, memoryview)):
+        b = bytes(acct)
+    else:
+        raise InvalidArgumentType(_ffi.TG_E_INVALID, f"account must be str or bytes, not {type(acct).__name__}")
+    return b or None  # "" or b"": no API key
+
+
+def _cost_value(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidArgumentType(_ffi.TG_E_INVALID, f"cost must be an int, not {type(v).__name__}")
+    if not 0 <= v <= 0xFFFFFFFF:
+        raise InvalidArgument(_ffi.TG_E_INVALID, f"cost={v} out of range 0..{0xFFFFFFFF}")
+    return int(v)
+
+
+def _body_model_or_none(body: bytes) -> bytes | None:
+    try:
+        return body_model(body)
+    except BodyError:
+        return None
 
 
 async def _maybe_await(v: Any) -> Any:
@@ -139,7 +155,8 @@ async def _maybe_await(v: Any) -> Any:
 
 
 class RateLimitMiddleware:
-    """Limits requests per (account, model) with a :class:`tollgate.Limiter`.
+    """Limits requests per (account, model) with a :class:`tollgate.Limiter`;
+    every answer (status, headers, body) is the library's.
 
     Parameters:
       app: the ASGI app to wrap.
@@ -148,32 +165,39 @@ class RateLimitMiddleware:
       account: ``account(scope)`` gives the account id (str or bytes, at most
         64 bytes); may be async. None (or empty) means the request has no API
         key: see ``on_no_account``.
-      tier: a tier ("free", "developer", "enterprise", or a Tier), or
-        ``tier(scope)`` giving one; may be async.
+      tier: a tier ("free", "developer", "enterprise" in any case, or a
+        Tier), or ``tier(scope)`` giving one; may be async. The library
+        parses the name; one it does not know is its 500 answer.
       cost: requests this call counts for, or ``cost(scope, body)`` giving it
-        from the parsed JSON body (a body Python's json cannot parse, e.g.
-        nested past its recursion limit, is then a 400).
+        from the parsed JSON body, called only for a request with an account
+        whose body the library's scanner took (a body Python's json cannot
+        parse, e.g. nested past its recursion limit, then gets the library's
+        400 for a body that is not JSON).
       paths: which paths are limited: None (all), a collection of exact paths
         (an entry ending in ``*`` is a prefix), or ``paths(scope) -> bool``.
-      methods: HTTP methods limited (default POST only).
-      on_no_account: "deny" (401, default, as the nginx module answers) or
-        "allow" (the request passes, unlimited) when ``account`` gives None.
-      on_table_full: "deny" (503, default) or "allow" when the table has no
-        slot for a new key.
+      methods: deprecated. Which methods are limited is the library's rule
+        (only POST, as in nginx); ``methods`` can only narrow it (a listed
+        method the library does not limit is a ValueError).
+      on_no_account: "deny" (401, default) or "allow" (the request passes,
+        unlimited) when ``account`` gives None.
+      on_table_full: "deny" (503, default) or "allow" (fail open) when the
+        table has no slot for a new key.
       on_no_limit: "deny" (403, default) or "allow" when the policy has no
         limit for the tier and model (e.g. the Free tier by default).
-      max_body_bytes: largest body buffered to find the model (413 above);
+      dry_run: decide and count, but pass every request upstream; the Answer
+        in ``scope["tollgate.answer"]`` keeps the ``would_status``.
+      refuse_status: the status of a refusal over a limit, 100..999
+        (default 429; 0 is the library's default, 429).
+      max_body_bytes: largest body buffered to find the model; above it the
+        answer is a bare 413 (no body: the library has no answer for it).
         None for no cap beyond the server's.
 
-    Answers, all OpenAI-shaped JSON errors: 429 with the six headers,
-    ``retry-after`` and the library's body when over a limit; 404 for a model
-    the policy does not know; 401 ``invalid_api_key`` without a usable
-    account; 400 for a body the library's scanner refuses (not one JSON
-    object, no string ``"model"``, the model named twice: code
-    ``ambiguous_model``, nested too deep). Admitted requests get the six
-    headers added to the response, and their Decision in
-    ``scope["tollgate.decision"]``. Non-HTTP scopes (lifespan, websocket)
-    pass through untouched.
+    A request passed to the app gets the library's headers (the six
+    ``x-ratelimit-*`` when it was decided) added to the response start, its
+    Decision in ``scope["tollgate.decision"]`` and the Answer in
+    ``scope["tollgate.answer"]``. Requests the library does not limit (not
+    POST), paths not selected, and non-HTTP scopes (lifespan, websocket)
+    pass through untouched and unread.
     """
 
     def __init__(
@@ -185,27 +209,65 @@ class RateLimitMiddleware:
         tier: TierValue | TierFn = "developer",
         cost: int | CostFn = 1,
         paths: None | Collection[str] | PathsFn = None,
-        methods: Iterable[str] = ("POST",),
+        methods: Iterable[str] | None = None,
         on_no_account: str = "deny",
         on_table_full: str = "deny",
         on_no_limit: str = "deny",
+        dry_run: bool = False,
+        refuse_status: int = 429,
         max_body_bytes: int | None = None,
     ) -> None:
         if not callable(account):
             raise TypeError("account must be a callable taking the ASGI scope")
-        for name, v in (("on_no_account", on_no_account), ("on_table_full", on_table_full), ("on_no_limit", on_no_limit)):
+        flags = 0
+        for name, v, flag in (
+            ("on_no_account", on_no_account, _ffi.TG_ANSWER_NO_ACCOUNT_PASS),
+            ("on_table_full", on_table_full, _ffi.TG_ANSWER_TABLE_FULL_OPEN),
+            ("on_no_limit", on_no_limit, _ffi.TG_ANSWER_NO_LIMIT_PASS),
+        ):
             if v not in ("deny", "allow"):
                 raise ValueError(f"{name} must be 'deny' or 'allow', not {v!r}")
+            if v == "allow":
+                flags |= flag
+        if dry_run:
+            flags |= _ffi.TG_ANSWER_DRY_RUN
+        if isinstance(refuse_status, bool) or not isinstance(refuse_status, int):
+            raise TypeError(f"refuse_status must be an int, not {type(refuse_status).__name__}")
+        try:
+            # The library checks the options: ask it for any answer once
+            # (ctypes would wrap a number past 32 bits, so not those).
+            if not 0 <= refuse_status <= 0xFFFFFFFF:
+                raise InvalidArgument(_ffi.TG_E_INVALID, "refuse_status")
+            answer_for(_ffi.TG_E_NO_ACCOUNT, b"", flags, refuse_status)
+        except InvalidArgument:
+            raise ValueError(f"refuse_status must be an HTTP status 100..999, not {refuse_status}") from None
+        if not callable(tier):
+            tname = _tier_name(tier)
+            if tier_parse(tname) is None:
+                raise ValueError(f"unknown tier {tier!r}: use free, developer or enterprise")
+            self._tier_bytes = tname
+        self._methods: frozenset[bytes] | None = None
+        if methods is not None:
+            warnings.warn(
+                "RateLimitMiddleware(methods=...) is deprecated: the library decides which methods are "
+                "limited (POST); methods can only narrow that",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            ms = frozenset(m.upper().encode("latin-1") for m in methods)
+            wrong = sorted(m.decode("latin-1") for m in ms if not method_limited(m))
+            if wrong:
+                raise ValueError(f"methods {wrong} are not limited by the library (only POST is); leave them out")
+            self._methods = ms
         self.app = app
         self.limiter = limiter
         self.account = account
         self.tier = tier
         self.cost = cost
-        self.methods = frozenset(m.upper() for m in methods)
-        self.on_no_account = on_no_account
-        self.on_table_full = on_table_full
-        self.on_no_limit = on_no_limit
+        self.flags = flags
+        self.refuse_status = refuse_status
         self.max_body_bytes = max_body_bytes
+        self._limited_methods: dict[str, bool] = {}
         self._paths_fn: PathsFn | None = None
         self._exact: frozenset[str] | None = None
         self._prefixes: tuple[str, ...] = ()
@@ -218,7 +280,15 @@ class RateLimitMiddleware:
             self._prefixes = tuple(p[:-1] for p in paths if p.endswith("*"))
 
     def _limited(self, scope: Scope) -> bool:
-        if scope.get("method", "GET").upper() not in self.methods:
+        method = scope.get("method", "GET")
+        limited = self._limited_methods.get(method)
+        if limited is None:
+            # The library's rule, remembered per spelling (a handful).
+            mb = method.encode("latin-1", "replace")
+            limited = method_limited(mb) and (self._methods is None or mb in self._methods)
+            if len(self._limited_methods) < 64:
+                self._limited_methods[method] = limited
+        if not limited:
             return False
         if self._paths_fn is not None:
             return bool(self._paths_fn(scope))
@@ -242,114 +312,44 @@ class RateLimitMiddleware:
             if chunk:
                 size += len(chunk)
                 if self.max_body_bytes is not None and size > self.max_body_bytes:
-                    await _respond(
-                        send,
-                        413,
-                        _error_json(
-                            f"Request body larger than {self.max_body_bytes} bytes.", "invalid_request_error", None, None
-                        ),
-                    )
+                    await _respond(send, 413, [], b"")
                     return
                 chunks.append(chunk)
             if not msg.get("more_body", False):
                 break
         body = b"".join(chunks)
 
-        # The library's parse, not json.loads: the model it limits is the
-        # model every binding (and, unambiguously, the upstream) reads.
-        try:
-            model = body_model(body)
-        except BodyError as e:
-            await _respond(send, 400, _BODY_REFUSALS.get(e.status, _NOT_JSON))
-            return
-        if not model:
-            await _respond(send, 400, _NO_MODEL)
-            return
-
-        acct = await _maybe_await(self.account(scope))
-        replay = _Replay(body, receive)
-        if not acct:  # None, "" or b"": no API key
-            if self.on_no_account == "allow":
-                await self.app(scope, replay, send)
-            else:
-                await _respond(send, 401, _NO_API_KEY)
-            return
-        tier = await _maybe_await(self.tier(scope)) if callable(self.tier) else self.tier
-        if callable(self.cost):
+        acct = _account_bytes(await _maybe_await(self.account(scope)))
+        if callable(self.tier):
+            tier = _tier_name(await _maybe_await(self.tier(scope)))
+        else:
+            tier = self._tier_bytes
+        cost_fn = self.cost
+        cost = 0 if callable(cost_fn) else cost_fn
+        # A cost callable is asked only when the library would go on to
+        # count: the request has an account and a body its scanner takes
+        # (otherwise it refuses before the limit, and the cost is unused).
+        model = _body_model_or_none(body) if callable(cost_fn) and acct is not None else None
+        if model is not None and callable(cost_fn):
             try:
                 parsed = json.loads(body)
             except (ValueError, RecursionError):
                 # The scanner took it, Python's json cannot (nesting past
                 # the recursion limit, integers past int_max_str_digits).
-                await _respond(send, 400, _NOT_JSON)
+                ans = answer_for(_ffi.TG_E_BODY_NOT_JSON, model, self.flags, self.refuse_status)
+                await _respond(send, ans.status, ans.headers, ans.body)
                 return
-            cost = await _maybe_await(self.cost(scope, parsed))
-        else:
-            cost = self.cost
-
-        # At most BODY_MODEL_MAX bytes (the scanner cuts longer values), so
-        # quoting it keeps every answer small.
-        model_text = model.decode("utf-8", "replace")
-        try:
-            decision = self.limiter.check(acct, model, tier, cost)
-        except UnknownModel:
-            await _respond(send, 404, unknown_model_body(model))
+            cost = _cost_value(await _maybe_await(cost_fn(scope, parsed)))
+        ans = answer_request(self.limiter, b"POST", acct, tier, body, cost, self.flags, self.refuse_status)
+        if ans.status:
+            await _respond(send, ans.status, ans.headers, ans.body)
             return
-        except NoLimitConfigured:
-            if self.on_no_limit == "allow":
-                await self.app(scope, replay, send)
-                return
-            await _respond(
-                send,
-                403,
-                _error_json(
-                    f"Your tier has no access to the model `{model_text}`: no rate limit is configured for it.",
-                    "invalid_request_error",
-                    "model",
-                    "no_limit_configured",
-                ),
-            )
-            return
-        except TableFull:
-            if self.on_table_full == "allow":
-                await self.app(scope, replay, send)
-                return
-            await _respond(
-                send,
-                503,
-                _error_json(
-                    "The rate limiter is at capacity; please retry later.", "server_error", None, "rate_limiter_full"
-                ),
-            )
-            return
-        except CostTooLarge:
-            await _respond(
-                send,
-                400,
-                _error_json(
-                    f"This request counts for {cost} requests, more than the rate limit for `{model_text}` can ever "
-                    "admit.",
-                    "invalid_request_error",
-                    None,
-                    "cost_too_large",
-                ),
-            )
-            return
-        except InvalidArgument as e:
-            if e.status == _ffi.TG_E_ACCOUNT:
-                # Empty or longer than 64 bytes: no usable key, as nginx says.
-                await _respond(send, 401, _NO_API_KEY)
-                return
-            # The library's messages quote at most a bounded prefix of a value.
-            await _respond(send, 400, _error_json(f"Invalid request: {e}", "invalid_request_error", None, None))
-            return
-
-        if not decision.allowed:
-            await _respond(send, 429, decision.error_body.encode("utf-8"), decision.header_items)
-            return
-
-        scope[DECISION_SCOPE_KEY] = decision
-        await self.app(scope, replay, _HeaderInjector(send, decision))
+        decision = ans.decision
+        if decision is not None:
+            scope[DECISION_SCOPE_KEY] = decision
+        scope[ANSWER_SCOPE_KEY] = ans
+        ours = ans.headers
+        await self.app(scope, _Replay(body, receive), _HeaderInjector(send, ours) if ours else send)
 
 
 class _Replay:
@@ -370,19 +370,19 @@ class _Replay:
 
 
 class _HeaderInjector:
-    """The app's send: adds the decision's headers to http.response.start
+    """The app's send: adds the library's headers to http.response.start
     (replacing any of the same name the app set) and passes every other
     message straight through, so streamed bodies stay streamed."""
 
-    __slots__ = ("_decision", "_send")
+    __slots__ = ("_headers", "_send")
 
-    def __init__(self, send: Send, decision: Decision) -> None:
+    def __init__(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
         self._send = send
-        self._decision = decision
+        self._headers = headers
 
     async def __call__(self, message: Message) -> None:
         if message.get("type") == "http.response.start":
-            ours = self._decision.header_items
+            ours = self._headers
             names = {k for k, _ in ours}
             headers = [(k, v) for k, v in message.get("headers") or () if bytes(k).lower() not in names]
             headers.extend(ours)
@@ -391,10 +391,9 @@ class _HeaderInjector:
         await self._send(message)
 
 
-async def _respond(
-    send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
-    out = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    out.extend(headers)
+async def _respond(send: Send, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
+    # The library's status, headers and body; content-length is framing.
+    out = list(headers)
+    out.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -95,8 +95,10 @@ class RegionError(TollgateError, OSError):
     it is not a tollgate region, has another layout version or size, is
     corrupt or misaligned, or the CPU lacks 128-bit compare-and-swap.
 
-    When the operating system gave a reason, ``errno`` and ``strerror`` carry
-    it (as for any OSError) and the message ends with it; ``filename`` is the
+    The message is the library's (tg_last_error): the path, the operating
+    system's reason, sizes, and what to do. When the operating system gave a
+    reason, ``errno`` and ``strerror`` carry it (as for any OSError; the
+    code the library reported, ENOSPC for a full disk); ``filename`` is the
     file's path when one was involved."""
 
     def __init__(self, status: int, message: str, errno: int | None = None, filename: str | None = None) -> None:
@@ -168,13 +170,11 @@ def error_for(
     context: str = "",
     detail: str = "",
     io_class: type[TollgateError] | None = None,
-    os_errno: int = 0,
     filename: str | None = None,
 ) -> TollgateError:
     """The exception for a non-zero status. ``detail`` is the library's own
-    message when it wrote one (policy errors); otherwise the message is
-    tg_status_str plus ``context``. ``os_errno`` is the C errno the call
-    left (0: none), the OS reason of a TG_E_IO; ``filename`` the file
+    message when it wrote one (policy errors, tg_last_error); otherwise the
+    message is tg_status_str plus ``context``. ``filename`` is the file
     involved, for RegionError."""
     cls = _BY_STATUS.get(status, TollgateError)
     if status == _ffi.TG_E_IO and io_class is not None:
@@ -187,12 +187,33 @@ def error_for(
         if context:
             message = f"{context}: {message}"
     if cls is RegionError:
-        code: int | None = None
-        if status == _ffi.TG_E_NO_SPACE:
-            code = _errno.ENOSPC
-        elif status == _ffi.TG_E_IO and os_errno:
-            code = os_errno
-        if code and not detail:
-            message = f"{message}: [Errno {code}] {os.strerror(code)}"
-        return RegionError(status, message, code, filename)
+        return RegionError(status, message, _os_code(status, detail), filename)
     return cls(status, message)
+
+
+# How Rust's std shows an OS error in the library's messages
+# ("No such file or directory (os error 2)"): the code the OS gave.
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _os_code(status: int, detail: str) -> int | None:
+    if status == _ffi.TG_E_NO_SPACE:
+        return _errno.ENOSPC
+    m = _OS_ERROR.search(detail) if status == _ffi.TG_E_IO else None
+    return int(m.group(1)) if m else None
+
+
+def constructor_error(
+    status: int, context: str, io_class: type[TollgateError] | None = None, filename: str | None = None
+) -> TollgateError:
+    """The exception for a failed limiter constructor (tg_limiter_new,
+    _open, _share): the library's own account of it (tg_last_error: the
+    path, the OS's reason, the sizes, what to do), read on the thread that
+    made the call."""
+    raw = _ffi.tg_last_error()
+    detail = raw.decode("utf-8", "replace") if raw else ""
+    if detail and filename and filename not in detail:
+        # Some region faults are told without the path ("not a tollgate
+        # region ..."): say which file.
+        detail = f"{filename}: {detail}"
+    return error_for(status, context, detail, io_class, filename)

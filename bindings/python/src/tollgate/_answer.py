@@ -1,0 +1,162 @@
+"""The core's whole HTTP answer (tg_answer_request, tg_answer_for): status,
+headers and body for every outcome, decided and rendered by the library, so
+this package holds no answer text of its own."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import threading
+from ctypes import byref, c_size_t, c_uint32, c_uint64, c_void_p, create_string_buffer
+from typing import Any
+
+from . import _core, _ffi
+from ._core import Decision, Limiter, answer_headers, decision_from_answer
+from .errors import InvalidArgument, error_for
+
+__all__ = ["Answer", "answer_for", "answer_request", "method_limited", "outcome_name"]
+
+
+def outcome_name(outcome: int) -> str:
+    """The name of a TG_OUTCOME_* value ("PASSED", "REJECTED", ...)."""
+    raw = _ffi.tg_outcome_name(outcome)
+    return raw.decode("ascii") if raw else ""
+
+
+def method_limited(method: str | bytes) -> bool:
+    """True if the core limits requests with this method (only POST)."""
+    m = method.encode("latin-1") if isinstance(method, str) else method
+    return bool(_ffi.tg_method_limited(m, len(m)))
+
+
+class Answer:
+    """What the core decided for one request. ``status`` is the HTTP status
+    to answer with, or 0: pass upstream with ``headers`` added to the
+    upstream's response. ``headers`` are (name, value) byte pairs, names in
+    lower case, in the library's order; ``body`` is the JSON body (empty
+    when passing)."""
+
+    __slots__ = ("_c", "_decision", "_headers")
+
+    def __init__(self, c: _ffi.TgAnswer) -> None:
+        self._c = c
+        self._headers: list[tuple[bytes, bytes]] | None = None
+        self._decision: Decision | None = None
+
+    @property
+    def status(self) -> int:
+        return int(self._c.http_status)
+
+    @property
+    def would_status(self) -> int:
+        """In a dry run, the status that was not sent; 0 otherwise."""
+        return int(self._c.would_status)
+
+    @property
+    def outcome(self) -> str:
+        """TG_OUTCOME_* by name: PASSED, REJECTED, DRY_RUN, TABLE_FULL,
+        UNKNOWN_MODEL, BAD_REQUEST, NO_LIMIT, NO_ACCOUNT, ERROR, NOT_LIMITED."""
+        return outcome_name(self._c.outcome)
+
+    @property
+    def decision(self) -> Decision | None:
+        """The limiter's decision, when there was one."""
+        c = self._c
+        if self._decision is None and c.has_decision:
+            model = ctypes.string_at(ctypes.addressof(c) + _MODEL_OFF, c.model_len).decode("utf-8", "surrogateescape")
+            self._decision = decision_from_answer(c, model)
+        return self._decision
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The answer's headers (tg_answer_headers)."""
+        if self._headers is None:
+            self._headers = answer_headers(self._c)
+        return list(self._headers)
+
+    @property
+    def body(self) -> bytes:
+        """The answer's JSON body (tg_answer_body); b"" when it passes."""
+        if not self._c.http_status:
+            return b""
+        buf = create_string_buffer(_ffi.TG_ANSWER_BODY_MAX)
+        n = c_size_t(0)
+        st = _ffi.tg_answer_body(byref(self._c), buf, _ffi.TG_ANSWER_BODY_MAX, byref(n))
+        if st:
+            raise error_for(st, "tg_answer_body")
+        return buf.raw[: n.value]
+
+
+def answer_request(
+    limiter: Limiter,
+    method: bytes,
+    account: bytes | None,
+    tier: bytes,
+    body: bytes,
+    cost: int,
+    flags: int,
+    refuse_status: int,
+    now: int | None = None,
+) -> Answer:
+    """The core's answer to a whole request (tg_answer_request: method,
+    account, body model, tier, then the limit, in the order every binding
+    takes them). ``now`` is epoch milliseconds (None: the library's clock)."""
+    out = _ffi.TgAnswer()
+    h: Any = limiter._ptr()
+    ms = c_uint64(_now() if now is None else now)
+    if _DATA is None:
+        req = _ffi.TgHttpRequest(
+            0, cost, method, len(method), account, len(account or b""), tier, len(tier), body, len(body)
+        )
+        st = _ffi.tg_answer_request(h, byref(req), ms, flags, refuse_status, byref(out))
+    else:
+        # The request packed in one call into this thread's buffer, its
+        # pointers at the bytes objects' own storage (held by this frame's
+        # arguments for the whole call): see _core's "the hot path".
+        try:
+            buf, reqp, _ = _tls.req
+        except AttributeError:
+            buf, reqp = _request_scratch()
+        a = 0 if account is None else id(account) + _DATA
+        _pack(buf, 0, 0, cost, id(method) + _DATA, len(method), a, len(account or b""),
+              id(tier) + _DATA, len(tier), id(body) + _DATA, len(body))
+        st = _fast_answer_request(h, reqp, ms, c_uint32(flags), c_uint32(refuse_status), byref(out))
+    if st:
+        raise error_for(st, "tg_answer_request")
+    return Answer(out)
+
+
+_MODEL_OFF = _ffi.TgAnswer.model.offset
+_DATA = _core._DATA
+_REQUEST = struct.Struct("@IIPNPNPNPN")
+assert _REQUEST.size == ctypes.sizeof(_ffi.TgHttpRequest)
+_pack = _REQUEST.pack_into
+_now = _ffi.tg_now_ms
+_fast_answer_request = _ffi.fast_answer_request
+_tls = threading.local()
+
+
+def _request_scratch() -> tuple[Any, c_void_p]:
+    # A bytearray pinned by a ctypes view, as _core's scratch (struct packs
+    # it without ctypes computing a buffer format per call).
+    buf: Any = bytearray(_REQUEST.size)
+    view: Any = (ctypes.c_char * _REQUEST.size).from_buffer(buf)
+    base = ctypes.addressof(view)
+    if base % 8:  # not aligned for the struct: take ctypes' own memory
+        view = create_string_buffer(_REQUEST.size)
+        buf = view
+        base = ctypes.addressof(view)
+    _tls.req = sc = (buf, c_void_p(base), view)
+    return sc[0], sc[1]
+
+
+def answer_for(status: int, model: bytes, flags: int, refuse_status: int) -> Answer:
+    """The core's answer to what happened without a decision (``status``: a
+    TG_E_BODY_* refusal, TG_E_NO_ACCOUNT, ...) on ``model`` (echoed)."""
+    if status == _ffi.TG_OK:
+        raise InvalidArgument(_ffi.TG_E_INVALID, "answer_for needs a failure status")
+    out = _ffi.TgAnswer()
+    st = _ffi.tg_answer_for(status, None, model, len(model), flags, refuse_status, byref(out))
+    if st:
+        raise error_for(st, "tg_answer_for")
+    return Answer(out)
