@@ -242,7 +242,7 @@ struct Decision {
 // What the gateway's operator chose where the answer is a choice
 // (the TG_ANSWER_* flags and the refusal status).
 struct Options {
-    uint32_t refuse_status = 429;  // status of a refusal over a limit (100..999; 0 = 429)
+    uint32_t refuse_status = 0;    // status of a refusal over a limit: 100..999, or 0 for the library's (429)
     bool dry_run = false;          // decide and report, never refuse
     bool no_limit_pass = false;    // no limit for the tier: pass instead of 403
     bool table_full_open = false;  // table full: pass (fail open) instead of 503
