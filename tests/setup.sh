@@ -14,6 +14,7 @@ say() { printf '== setup: %s\n' "$*"; }
 
 apt_packages=(
     build-essential pkg-config binutils libc6-dev        # C/C++ tests, install test
+    nlohmann-json3-dev                                   # C++ test reads tests/conformance.json
     nginx nginx-dev libpcre2-dev zlib1g-dev libssl-dev   # nginx module build
     libxslt1-dev libgd-dev libgeoip-dev                  # nginx-dev's configure needs these
     valgrind                                             # instruction counts

@@ -1,12 +1,19 @@
 // Test of tollgate.hpp against the real library. Built and run by tests/c/run.sh:
 //   g++ -std=c++17 -Wall -Wextra -Werror -Iinclude -Ibindings/cpp bindings/cpp/test_tollgate.cpp -ltollgate
+//   ./test_tollgate [tests/conformance.json]   (or TOLLGATE_CONFORMANCE=<path>)
 // Times are explicit, so nothing depends on the wall clock. Last line: "N passed, M failed".
 #include "tollgate.hpp"
+
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <optional>
+#include <regex>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -84,6 +91,26 @@ void test_types() {
     CHECK(tollgate::region_size(8) > 0);
     CHECK(tollgate::region_slots_for(tollgate::region_size(8)) >= 8);
     CHECK(tollgate::now_ms() > T0);
+
+    // Versions: this header's, at build time, and the library's, at run time
+    // (one build here, so they agree).
+    static_assert(tollgate::header_version_number() == TG_VERSION_NUMBER);
+    CHECK(std::string(tollgate::header_version_string()) == TG_VERSION_STRING);
+    CHECK(std::string(tollgate::version_string()) == tollgate::header_version_string());
+    CHECK(std::string(tollgate::version()) == tollgate::version_string());
+
+    // Answers are values, the body scan a move-only owner of its memory.
+    static_assert(std::is_nothrow_copy_constructible_v<tollgate::Answer>);
+    static_assert(std::is_nothrow_default_constructible_v<tollgate::Answer>);
+    static_assert(!std::is_copy_constructible_v<tollgate::BodyScan>);
+    static_assert(std::is_nothrow_move_constructible_v<tollgate::BodyScan>);
+    static_assert(std::is_nothrow_move_assignable_v<tollgate::BodyScan>);
+    static_assert(std::is_nothrow_destructible_v<tollgate::Limiter>);
+    static_assert(std::is_nothrow_destructible_v<tollgate::BodyScan>);
+    static_assert(TG_OUTCOMES == 10, "a new TG_OUTCOME_*: add it to tollgate::Outcome");
+    for (uint32_t o = 0; o < TG_OUTCOMES; ++o) CHECK(std::strlen(tollgate::outcome_name(tollgate::Outcome(o))) > 0);
+    CHECK(std::string(tollgate::outcome_name(tollgate::Outcome::DryRun)) == "DRY_RUN");
+    CHECK(std::string(tollgate::outcome_name(tollgate::Outcome(TG_OUTCOMES))).empty());
 }
 
 void test_policy() {
@@ -352,15 +379,444 @@ void test_threads() {
     CHECK_EQ(total, 150);
 }
 
+// Limiter constructors carry the library's reason (tg_last_error) in detail().
+void test_constructor_errors() {
+    auto policy = tollgate::Policy::builtin();
+    const std::string missing = "/nonexistent-tollgate-cpp/dir/r.region";
+    try {
+        (void)tollgate::Limiter::open(policy, missing, 8, false);
+        report(false, __FILE__, __LINE__, "open of a missing file did not throw");
+    } catch (const tollgate::Error &e) {
+        CHECK_EQ(e.code(), TG_E_IO);
+        CHECK(contains(e.detail(), missing));
+        CHECK(contains(e.what(), e.detail()));
+    }
+    try {
+        tollgate::Limiter none(policy, 0);
+        report(false, __FILE__, __LINE__, "a limiter of 0 slots did not throw");
+    } catch (const tollgate::Error &e) {
+        CHECK_EQ(e.code(), TG_E_INVALID);
+        CHECK(!e.detail().empty());
+    }
+    const size_t len = tollgate::region_size(8);
+    AlignedBuf mem(len);
+    try {
+        (void)tollgate::Limiter::attach(policy, mem.p, len);
+        report(false, __FILE__, __LINE__, "attach to zeroed memory did not throw");
+    } catch (const tollgate::Error &e) {
+        CHECK_EQ(e.code(), TG_E_REGION_MAGIC);
+        CHECK(!e.detail().empty());
+    }
+    // An empty policy right after a failure: TG_E_NULL, and not the message
+    // of the failure before (the library leaves it in place on that path).
+    auto gone = std::move(policy);
+    try {
+        tollgate::Limiter l(policy, 8);  // NOLINT(bugprone-use-after-move): testing the moved-from state
+        report(false, __FILE__, __LINE__, "a limiter from an empty policy did not throw");
+    } catch (const tollgate::Error &e) {
+        CHECK_EQ(e.code(), TG_E_NULL);
+        CHECK(e.detail().empty());
+    }
+    // And a success after a failure works as before.
+    tollgate::Limiter ok(gone, 8);
+    CHECK(static_cast<bool>(ok));
+}
+
+constexpr const char *TINY_POLICY =
+    "[models]\n\"tiny\" = { region = \"EU\" }\n[tiers.developer]\n\"tiny\" = { rpm = 1, rpd = 10 }\n";
+
+void test_answer() {
+    auto policy = tollgate::Policy::parse(TINY_POLICY);
+    tollgate::Limiter lim(policy, 64);
+    const uint64_t now = T0 + 13 * MS_MIN;
+    tollgate::HttpRequest r;
+    r.account = "cpp-answer";
+    r.body = R"({"model":"tiny","messages":[]})";
+
+    const auto a = lim.answer(r, now);
+    CHECK(a.passes());
+    CHECK_EQ(a.http_status(), 0u);
+    CHECK_EQ(a.would_status(), 0u);
+    CHECK(a.outcome() == tollgate::Outcome::Passed);
+    CHECK(std::string(a.outcome_name()) == "PASSED");
+    CHECK(a.decision().has_value() && a.decision()->allowed && a.decision()->minute_remaining == 0);
+    const auto ah = a.headers();
+    CHECK_EQ(ah.size(), size_t{6});
+    CHECK(!ah.empty() && ah.front().first == "x-ratelimit-limit-requests" && ah.front().second == "1");
+    CHECK(a.body().empty());
+
+    const auto b = lim.answer(r, now);
+    CHECK_EQ(b.http_status(), 429u);
+    CHECK(!b.passes());
+    CHECK(b.outcome() == tollgate::Outcome::Rejected);
+    CHECK(b.decision().has_value() && !b.decision()->allowed);
+    const auto bh = b.headers();
+    CHECK_EQ(bh.size(), size_t{8});
+    CHECK(!bh.empty() && bh.back() == std::make_pair(std::string("content-type"), std::string("application/json")));
+    bool retry = false;
+    for (const auto &h : bh) retry = retry || (h.first == "retry-after" && h.second == "60");
+    CHECK(retry);
+    // The one 429 body: the same whichever call renders it.
+    CHECK(b.body() == b.decision()->error_body("tiny"));
+    CHECK(tollgate::answer_for(*b.decision(), "tiny").body() == b.body());
+    CHECK(tollgate::Answer(b.c()).body() == b.body());
+
+    // Options.
+    tollgate::Options dry;
+    dry.dry_run = true;
+    const auto c = lim.answer(r, now, dry);
+    CHECK(c.passes());
+    CHECK_EQ(c.would_status(), 429u);
+    CHECK(c.outcome() == tollgate::Outcome::DryRun);
+    CHECK_EQ(c.headers().size(), size_t{7});  // the six and retry-after; no body, no content-type
+    CHECK(c.body().empty());
+    tollgate::Options busy;
+    busy.refuse_status = 503;
+    CHECK_EQ(lim.answer(r, now, busy).http_status(), 503u);
+    tollgate::Options bad;
+    bad.refuse_status = 42;
+    CHECK_THROWS(lim.answer(r, now, bad), TG_E_INVALID);
+    tollgate::Answer untouched = b;
+    CHECK_EQ(lim.try_answer(r, now, bad, untouched), TG_E_INVALID);
+    CHECK_EQ(untouched.http_status(), 429u);
+
+    // No account at all differs from an empty one: only the first is what
+    // no_account_pass lets through.
+    tollgate::Options pass;
+    pass.no_account_pass = true;
+    tollgate::HttpRequest anon = r;
+    anon.account = std::nullopt;
+    const auto n = lim.answer(anon, now, pass);
+    CHECK(n.passes() && n.outcome() == tollgate::Outcome::NoAccount && n.headers().empty());
+    anon.account = std::string_view();  // present, but empty (and a NULL data())
+    const auto e = lim.answer(anon, now, pass);
+    CHECK_EQ(e.http_status(), 401u);
+    CHECK(e.outcome() == tollgate::Outcome::NoAccount);
+    CHECK(!e.body().empty());
+
+    // Methods that are not limited pass unread; a moved-from handle throws.
+    tollgate::HttpRequest get = r;
+    get.method = "GET";
+    get.body = "not even JSON";
+    const auto g = lim.answer(get, now);
+    CHECK(g.passes() && g.outcome() == tollgate::Outcome::NotLimited && g.headers().empty());
+    tollgate::Limiter moved = std::move(lim);
+    CHECK_THROWS(lim.answer(r, now), TG_E_NULL);  // NOLINT(bugprone-use-after-move)
+    CHECK(!moved.answer(r, now).passes());
+
+    // The step-by-step form.
+    const auto u = tollgate::answer_for(TG_E_UNKNOWN_MODEL, nullptr, "gpt-9");
+    CHECK_EQ(u.http_status(), 404u);
+    CHECK(u.outcome() == tollgate::Outcome::UnknownModel);
+    CHECK(contains(u.body(), "gpt-9"));
+    CHECK(!u.decision().has_value());
+    CHECK_THROWS(tollgate::answer_for(TG_OK, nullptr, ""), TG_E_NULL);
+    const auto nl = tollgate::answer_for(TG_E_NOT_LIMITED, nullptr, std::string_view());
+    CHECK(nl.passes() && nl.outcome() == tollgate::Outcome::NotLimited);
+
+    // Parts that are no answer's are refused, not trusted.
+    tg_answer t = b.c();
+    t.body_kind = 99;
+    CHECK_THROWS(tollgate::Answer(t).body(), TG_E_INVALID);
+    CHECK_THROWS(tollgate::Answer(t).headers(), TG_E_INVALID);
+
+    // The one tier parser and the one rule of limited methods.
+    CHECK(tollgate::parse_tier("Developer") == tollgate::Tier::Developer);
+    CHECK(tollgate::parse_tier("FREE") == tollgate::Tier::Free);
+    CHECK(tollgate::parse_tier("enterprise") == tollgate::Tier::Enterprise);
+    CHECK_THROWS(tollgate::parse_tier("gold"), TG_E_INVALID);
+    CHECK_THROWS(tollgate::parse_tier(std::string_view()), TG_E_INVALID);
+    tollgate::Tier tier = tollgate::Tier::Enterprise;
+    CHECK_EQ(tollgate::try_parse_tier("developer ", tier), TG_E_INVALID);
+    CHECK(tier == tollgate::Tier::Enterprise);
+    CHECK(tollgate::method_limited("POST"));
+    CHECK(!tollgate::method_limited("post"));
+    CHECK(!tollgate::method_limited("GET"));
+    CHECK(!tollgate::method_limited(std::string_view()));
+}
+
+void test_body_scan() {
+    tollgate::BodyScan scan;
+    const std::string body = R"({"x":{"model":"nested"},"model":"DeepSeek-V3.1","y":[1,2]})";
+    for (char ch : body) CHECK_EQ(scan.feed(std::string_view(&ch, 1)), TG_OK);
+    std::string_view model;
+    CHECK_EQ(scan.finish(model), TG_OK);
+    CHECK(model == DSV31);
+
+    scan.reset();
+    tg_status st = scan.feed("[1]");
+    if (st == TG_OK) st = scan.finish(model);
+    CHECK_EQ(st, TG_E_BODY_NOT_JSON);
+    CHECK_EQ(scan.feed("{}"), TG_E_BODY_NOT_JSON);  // sticky
+    model = "unchanged";
+    CHECK_EQ(scan.finish(model), TG_E_BODY_NOT_JSON);
+    CHECK(model == "unchanged");
+
+    scan.reset();
+    CHECK_EQ(scan.feed(R"({"model":"a","Model":"b"})"), TG_OK);
+    CHECK_EQ(scan.finish(model), TG_E_BODY_AMBIGUOUS_MODEL);
+
+    tollgate::BodyScan other = std::move(scan);
+    other.reset();
+    CHECK_EQ(other.feed(R"({"model":"m"})"), TG_OK);
+    CHECK_EQ(other.finish(model), TG_OK);
+    CHECK(model == "m");
+    CHECK_EQ(scan.feed("{}"), TG_E_NULL);  // NOLINT(bugprone-use-after-move)
+    CHECK_THROWS(scan.reset(), TG_E_NULL);
+}
+
+// ---- The conformance table (tests/conformance.json), through this header.
+
+using json = nlohmann::json;
+constexpr uint64_t CONF_NOW = 1796126400000ULL;  // tests/conformance.rs's NOW
+const char *g_conformance = nullptr;             // argv[1] or TOLLGATE_CONFORMANCE
+
+// A received answer: status (200 = passed upstream), outcome, headers, body.
+struct Got {
+    uint32_t status = 0;
+    std::string outcome;
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::optional<std::string> body;
+};
+
+Got got_of(const tollgate::Answer &a) {
+    Got g;
+    g.status = a.passes() ? 200 : a.http_status();
+    g.outcome = a.outcome_name();
+    g.headers = a.headers();
+    if (!a.passes()) g.body = a.body();
+    return g;
+}
+
+// The table's rules (as tests/conformance.rs): strings starting "re:" are
+// ECMAScript patterns searched for; objects have exactly the wanted keys,
+// each matching; anything else is equal.
+bool matches(const json &want, const json &got) {
+    if (want.is_string() && got.is_string()) {
+        const auto &w = want.get_ref<const std::string &>();
+        const auto &g = got.get_ref<const std::string &>();
+        if (w.rfind("re:", 0) == 0) return std::regex_search(g, std::regex(w.substr(3), std::regex::ECMAScript));
+        return w == g;
+    }
+    if (want.is_object() && got.is_object()) {
+        if (want.size() != got.size()) return false;
+        for (const auto &kv : want.items()) {
+            const auto g = got.find(kv.key());
+            if (g == got.end() || !matches(kv.value(), *g)) return false;
+        }
+        return true;
+    }
+    return want == got;
+}
+
+// What differs between a case's expectation and the answer; empty = conforms.
+std::vector<std::string> mismatches(const json &c, const Got &got) {
+    std::vector<std::string> bad;
+    const json &want = c.at("expect");
+    if (got.status != want.at("status").get<uint32_t>())
+        bad.push_back("status " + std::to_string(got.status) + ", want " + want.at("status").dump());
+    if (got.outcome != want.at("outcome").get<std::string>())
+        bad.push_back("outcome " + got.outcome + ", want " + want.at("outcome").dump());
+    for (const auto &kv : want.at("headers").items()) {
+        const std::pair<std::string, std::string> *h = nullptr;
+        for (const auto &g : got.headers) {
+            if (g.first == kv.key()) {
+                h = &g;
+                break;
+            }
+        }
+        if (h == nullptr)
+            bad.push_back("no header " + kv.key());
+        else if (!matches(kv.value(), json(h->second)))
+            bad.push_back("header " + kv.key() + ": " + h->second + ", want " + kv.value().dump());
+    }
+    if (want.contains("absent")) {
+        for (const auto &a : want.at("absent")) {
+            for (const auto &g : got.headers)
+                if (g.first == a.get<std::string>()) bad.push_back("header " + g.first + " sent");
+        }
+    }
+    const json wb = want.value("body", json());
+    if (!got.body) {
+        if (!wb.is_null()) bad.push_back("passed upstream, want body " + wb.dump());
+    } else {
+        const json parsed = json::parse(*got.body, nullptr, false);
+        if (parsed.is_discarded())
+            bad.push_back("body is not JSON: " + *got.body);
+        else if (!matches(wb, parsed))
+            bad.push_back("body " + *got.body + ", want " + wb.dump());
+    }
+    return bad;
+}
+
+struct CaseRequest {
+    std::string method;
+    std::optional<std::string> account;  // null in the table: no Authorization header
+    std::string tier;
+    std::string body;
+
+    explicit CaseRequest(const json &c) {
+        const json &r = c.at("request");
+        method = r.at("method").get<std::string>();
+        if (!r.at("account").is_null()) account = r.at("account").get<std::string>();
+        tier = r.at("tier").get<std::string>();
+        body = r.at("body").get<std::string>();
+    }
+
+    tollgate::HttpRequest http() const {
+        tollgate::HttpRequest h;
+        h.method = method;
+        if (account) h.account = std::string_view(*account);
+        h.tier = tier;
+        h.body = body;
+        return h;
+    }
+};
+
+// The whole-body path: one Limiter::answer per request.
+tollgate::Answer answer_in_one_call(const tollgate::Limiter &lim, const CaseRequest &r) {
+    return lim.answer(r.http(), CONF_NOW);
+}
+
+// The streaming path (what nginx does): method, account, the body in
+// 5-byte chunks through BodyScan, the tier, check, then answer_for.
+tollgate::Answer answer_step_by_step(const tollgate::Limiter &lim, tollgate::BodyScan &scan, const CaseRequest &r) {
+    if (!tollgate::method_limited(r.method)) return tollgate::answer_for(TG_E_NOT_LIMITED, nullptr, "");
+    if (!r.account) return tollgate::answer_for(TG_E_NO_ACCOUNT, nullptr, "");
+    scan.reset();
+    tg_status st = TG_OK;
+    const std::string_view body = r.body;
+    for (size_t i = 0; i < body.size() && st == TG_OK; i += 5) st = scan.feed(body.substr(i, 5));
+    std::string_view model;
+    if (st == TG_OK) st = scan.finish(model);
+    if (st != TG_OK) return tollgate::answer_for(st, nullptr, "");
+    tollgate::Tier tier = tollgate::Tier::Developer;
+    st = tollgate::try_parse_tier(r.tier, tier);
+    if (st != TG_OK) return tollgate::answer_for(st, nullptr, model);
+    tollgate::Request q;
+    q.account = *r.account;
+    q.model = model;
+    q.tier = tier;
+    tollgate::Decision d;
+    st = lim.try_check(q, CONF_NOW, d);
+    return tollgate::answer_for(st, st == TG_OK ? &d : nullptr, model);
+}
+
+struct Table {
+    std::filesystem::path policy;
+    json cases;
+};
+
+std::optional<Table> load_table() {
+    const std::string path = g_conformance != nullptr ? g_conformance : "tests/conformance.json";
+    std::ifstream in(path);
+    if (!in) {
+        report(false, __FILE__, __LINE__, "cannot read the conformance table " + path);
+        return std::nullopt;
+    }
+    const json doc = json::parse(in);
+    // The table names its policy relative to the repository root, the
+    // directory above the table's.
+    const auto root = std::filesystem::absolute(path).parent_path().parent_path();
+    return Table{root / doc.at("policy").get<std::string>(), doc.at("cases")};
+}
+
+void test_conformance() {
+    const auto table = load_table();
+    if (!table) return;
+    CHECK(table->cases.is_array() && !table->cases.empty());
+    const auto policy = tollgate::Policy::load(table->policy.string());
+    tollgate::Limiter whole(policy, 1024), stepped(policy, 1024);
+    tollgate::BodyScan scan;
+    for (const auto &c : table->cases) {
+        const std::string name = c.at("name").get<std::string>();
+        const CaseRequest r(c);
+        const uint64_t before = c.value("before", uint64_t{0});
+        for (uint64_t i = 0; i < before; ++i) {
+            (void)answer_in_one_call(whole, r);
+            (void)answer_step_by_step(stepped, scan, r);
+        }
+        const struct {
+            const char *path;
+            tollgate::Answer answer;
+        } got[] = {{"Limiter::answer", answer_in_one_call(whole, r)},
+                   {"step by step", answer_step_by_step(stepped, scan, r)}};
+        for (const auto &g : got) {
+            std::string why;
+            for (const auto &m : mismatches(c, got_of(g.answer))) why += "\n    " + m;
+            report(why.empty(), __FILE__, __LINE__, "conformance '" + name + "' (" + g.path + "):" + why);
+        }
+    }
+    std::printf("conformance: %zu cases, 2 paths\n", table->cases.size());
+}
+
+// The table is not vacuous: a changed expectation is seen.
+void test_conformance_catches_changes() {
+    const auto table = load_table();
+    if (!table) return;
+    const auto policy = tollgate::Policy::load(table->policy.string());
+    auto find = [&](const char *name) {
+        for (const auto &c : table->cases)
+            if (c.at("name") == name) return c;
+        report(false, __FILE__, __LINE__, std::string("no case named ") + name);
+        return json();
+    };
+    auto differs = [&](json c) {
+        if (c.is_null()) return false;
+        tollgate::Limiter lim(policy, 64);
+        return !mismatches(c, got_of(answer_in_one_call(lim, CaseRequest(c)))).empty();
+    };
+    const json unknown = find("unknown model"), admitted = find("admitted");
+    CHECK(!differs(unknown));
+    CHECK(!differs(admitted));
+    json c = unknown;
+    c["expect"]["body"]["error"]["code"] = "something_else";
+    CHECK(differs(c));
+    c = unknown;
+    c["expect"]["body"]["error"].erase("param");
+    CHECK(differs(c));
+    c = unknown;
+    c["expect"]["status"] = 400;
+    CHECK(differs(c));
+    c = unknown;
+    c["expect"]["outcome"] = "BAD_REQUEST";
+    CHECK(differs(c));
+    c = unknown;
+    c["expect"]["absent"].push_back("content-type");
+    CHECK(differs(c));
+    c = admitted;
+    c["expect"]["headers"]["x-ratelimit-remaining-requests"] = "28";
+    CHECK(differs(c));
+    c = admitted;
+    c["expect"]["headers"]["x-ratelimit-reset-requests"] = "re:^[a-z]+$";
+    CHECK(differs(c));
+    c = admitted;
+    c["expect"]["headers"]["x-not-sent"] = "1";
+    CHECK(differs(c));
+    c = admitted;
+    c["expect"]["body"] = {{"error", nullptr}};
+    CHECK(differs(c));
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char **argv) {
+    g_conformance = argc > 1 ? argv[1] : std::getenv("TOLLGATE_CONFORMANCE");
     struct {
         const char *name;
         void (*fn)();
     } tests[] = {
-        {"types", test_types},         {"policy", test_policy},   {"check_and_render", test_check_and_render},
-        {"set_policy", test_set_policy}, {"regions", test_regions}, {"threads", test_threads},
+        {"types", test_types},
+        {"policy", test_policy},
+        {"check_and_render", test_check_and_render},
+        {"set_policy", test_set_policy},
+        {"regions", test_regions},
+        {"threads", test_threads},
+        {"constructor_errors", test_constructor_errors},
+        {"answer", test_answer},
+        {"body_scan", test_body_scan},
+        {"conformance", test_conformance},
+        {"conformance_changes", test_conformance_catches_changes},
     };
     for (auto &t : tests) {
         int before = g_fail;

@@ -6,20 +6,24 @@
 //  * Ownership: Policy and Limiter are move-only RAII handles (std::unique_ptr
 //    with a deleter calling tg_policy_free / tg_limiter_free). A moved-from
 //    handle is empty; using it throws Error(TG_E_NULL), it never crashes.
+//    Answer and Decision are plain values (copies of the C structs).
 //  * Errors: every non-OK tg_status becomes a thrown tollgate::Error, one class
 //    (derived from std::runtime_error) with a code() accessor holding the
 //    tg_status, status_str() the tg_status_str text, and detail() any message
-//    the library wrote (policy file:line: field: reason). There is no subclass
-//    per status: the statuses a server must react to (TG_E_UNKNOWN_MODEL ->
-//    404, TG_E_TABLE_FULL -> fail open or closed, TG_E_NO_LIMIT) are told apart
-//    by switching on code(). Hot paths that would rather not pay for an
-//    exception on those outcomes call Limiter::try_check, which returns the
-//    status and never throws.
-//  * Strings: keys and model names are std::string_view (passed as pointer +
-//    length, no NUL needed); file paths are std::string because the C API
-//    wants NUL-terminated paths. Rendered headers and bodies come back as
-//    std::string.
-//  * No limiting logic lives here: every decision is the C library's.
+//    the library wrote (a policy's "file:line: field: reason", a limiter
+//    constructor's tg_last_error() text). There is no subclass per status.
+//    Hot paths that would rather not pay for an exception call the try_*
+//    forms, which return the status and never throw.
+//  * Answers: the library renders every HTTP answer (status, headers, JSON
+//    body) for every outcome; Limiter::answer and answer_for hand back an
+//    Answer to send as it is. This header holds no answer text, parses no
+//    client input and makes no decision: a binding only translates.
+//  * Strings: keys, model names, methods, tiers and bodies are
+//    std::string_view (passed as pointer + length, no NUL needed); file paths
+//    are std::string because the C API wants NUL-terminated paths. Rendered
+//    headers and bodies come back as std::string.
+//  * Structs that grow: every C struct is value-initialised, so its leading
+//    `size` is 0 (this header's layout).
 #ifndef TOLLGATE_HPP
 #define TOLLGATE_HPP
 
@@ -27,7 +31,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -48,9 +54,31 @@ enum class LimitedBy : uint32_t {
     Day = TG_LIMIT_DAY,
 };
 
+// How a request went (TG_OUTCOME_*), for logs and metrics; outcome_name() names it.
+enum class Outcome : uint32_t {
+    Passed = TG_OUTCOME_PASSED,
+    Rejected = TG_OUTCOME_REJECTED,
+    DryRun = TG_OUTCOME_DRY_RUN,
+    TableFull = TG_OUTCOME_TABLE_FULL,
+    UnknownModel = TG_OUTCOME_UNKNOWN_MODEL,
+    BadRequest = TG_OUTCOME_BAD_REQUEST,
+    NoLimit = TG_OUTCOME_NO_LIMIT,
+    NoAccount = TG_OUTCOME_NO_ACCOUNT,
+    Error = TG_OUTCOME_ERROR,
+    NotLimited = TG_OUTCOME_NOT_LIMITED,
+};
+
 inline const char *status_str(tg_status s) noexcept { return tg_status_str(s); }
+// "PASSED", "REJECTED", ...; "" for a value that is not an outcome.
+inline const char *outcome_name(Outcome o) noexcept { return tg_outcome_name(static_cast<uint32_t>(o)); }
+
+// Versions: the library's (at run time) and this header's (at build time).
 inline uint32_t version_number() noexcept { return tg_version_number(); }
-inline const char *version() noexcept { return tg_version(); }
+inline const char *version_string() noexcept { return tg_version_string(); }
+inline const char *version() noexcept { return tg_version(); }  // the older name of version_string()
+constexpr uint32_t header_version_number() noexcept { return TG_VERSION_NUMBER; }
+constexpr const char *header_version_string() noexcept { return TG_VERSION_STRING; }
+
 inline uint32_t layout_version() noexcept { return tg_layout_version(); }
 inline uint64_t now_ms() noexcept { return tg_now_ms(); }
 inline size_t region_size(uint32_t slots) noexcept { return tg_region_size(slots); }
@@ -86,11 +114,20 @@ inline void ok_or_throw(tg_status s) {
     if (s != TG_OK) throw Error(s);
 }
 
+// For the limiter constructors: the library says in tg_last_error() why it
+// failed. Its early TG_E_NULL return (an empty Policy here) leaves the
+// previous call's message in place, so that one is not attached.
+inline void made_or_throw(tg_status s) {
+    if (s == TG_OK) return;
+    const char *why = s == TG_E_NULL ? nullptr : tg_last_error();
+    throw Error(s, why != nullptr ? std::string(why) : std::string());
+}
+
 // Calls a C renderer, retrying once with the size it reported when the first
 // buffer was too small (the library tells the exact size needed).
 template <typename Render>
-std::string render(Render &&fn) {
-    std::string out(512, '\0');
+std::string render(Render &&fn, size_t first_guess = 512) {
+    std::string out(first_guess, '\0');
     size_t written = 0;
     tg_status s = fn(&out[0], out.size(), &written);
     if (s == TG_E_BUFFER_TOO_SMALL) {
@@ -101,6 +138,10 @@ std::string render(Render &&fn) {
     out.resize(written);
     return out;
 }
+
+// A pointer for a view, never NULL when the view is meant to be present:
+// the C API reads a NULL account as "no account".
+inline const char *present(std::string_view v) noexcept { return v.data() != nullptr ? v.data() : ""; }
 
 struct PolicyDeleter {
     void operator()(tg_policy *p) const noexcept { tg_policy_free(p); }
@@ -198,6 +239,200 @@ struct Decision {
     }
 };
 
+// What the gateway's operator chose where the answer is a choice
+// (the TG_ANSWER_* flags and the refusal status).
+struct Options {
+    uint32_t refuse_status = 0;    // status of a refusal over a limit: 100..999, or 0 for the library's (429)
+    bool dry_run = false;          // decide and report, never refuse
+    bool no_limit_pass = false;    // no limit for the tier: pass instead of 403
+    bool table_full_open = false;  // table full: pass (fail open) instead of 503
+    bool no_account_pass = false;  // no account id: pass unlimited instead of 401
+
+    uint32_t flags() const noexcept {
+        return (dry_run ? TG_ANSWER_DRY_RUN : 0u) | (no_limit_pass ? TG_ANSWER_NO_LIMIT_PASS : 0u) |
+               (table_full_open ? TG_ANSWER_TABLE_FULL_OPEN : 0u) |
+               (no_account_pass ? TG_ANSWER_NO_ACCOUNT_PASS : 0u);
+    }
+};
+
+// A request as an HTTP binding holding the whole body sees it. The views
+// must stay valid for the call only.
+struct HttpRequest {
+    std::string_view method = "POST";
+    std::optional<std::string_view> account;  // std::nullopt: the request carries no API key
+    std::string_view tier = "developer";      // the tier's name, any case
+    std::string_view body;                    // the whole body
+    uint32_t cost = 1;                        // 0 = look without counting
+
+    tg_http_request to_c() const noexcept {
+        tg_http_request r{};
+        r.cost = cost;
+        r.method = method.data();
+        r.method_len = method.size();
+        if (account) {
+            r.account = detail::present(*account);
+            r.account_len = account->size();
+        }
+        r.tier = tier.data();
+        r.tier_len = tier.size();
+        r.body = body.data();
+        r.body_len = body.size();
+        return r;
+    }
+};
+
+// The whole HTTP answer to one request, as the library decided and renders
+// it. http_status() 0 (passes()) means: send the request upstream and add
+// headers() to the upstream's response; otherwise answer with that status,
+// headers() and body().
+class Answer {
+public:
+    // An answer that passes with no headers (what try_answer leaves alone).
+    Answer() noexcept : a_{} {}
+    explicit Answer(const tg_answer &a) noexcept : a_(a) {}
+
+    uint32_t http_status() const noexcept { return a_.http_status; }
+    bool passes() const noexcept { return a_.http_status == 0; }
+    // In a dry run, the status that was not sent; 0 otherwise.
+    uint32_t would_status() const noexcept { return a_.would_status; }
+    Outcome outcome() const noexcept { return static_cast<Outcome>(a_.outcome); }
+    const char *outcome_name() const noexcept { return tg_outcome_name(a_.outcome); }
+    // The limiter's decision, when there was one.
+    std::optional<Decision> decision() const noexcept {
+        if (a_.has_decision == 0) return std::nullopt;
+        return Decision::from_c(a_.decision);
+    }
+
+    // (name, value) pairs in order; names are lower case.
+    std::vector<std::pair<std::string, std::string>> headers() const {
+        struct Sink {
+            std::vector<std::pair<std::string, std::string>> out;
+            std::exception_ptr failed;
+        } sink;
+        // Nothing may unwind through the library: a failure to store a
+        // header stops the walk and is rethrown here.
+        const tg_header_fn collect = [](void *ctx, const char *name, size_t name_len, const char *value,
+                                        size_t value_len) noexcept -> int {
+            auto *s = static_cast<Sink *>(ctx);
+            try {
+                s->out.emplace_back(std::string(name, name_len), std::string(value, value_len));
+                return 0;
+            } catch (...) {
+                s->failed = std::current_exception();
+                return 1;
+            }
+        };
+        const tg_status st = tg_answer_headers(&a_, collect, &sink);
+        if (sink.failed) std::rethrow_exception(sink.failed);
+        detail::ok_or_throw(st);
+        return std::move(sink.out);
+    }
+
+    // The JSON body; empty for an answer that passes.
+    std::string body() const {
+        return detail::render([&](char *b, size_t cap, size_t *w) { return tg_answer_body(&a_, b, cap, w); },
+                              TG_ANSWER_BODY_MAX);
+    }
+
+    const tg_answer &c() const noexcept { return a_; }
+
+private:
+    tg_answer a_;
+};
+
+// The answer for what happened to a request, for callers that take the
+// steps themselves (a streaming body: BodyScan, parse_tier, Limiter::check):
+// `status` TG_OK with the decision, the status of a failed check, body scan
+// or tier parse, TG_E_NO_ACCOUNT or TG_E_NOT_LIMITED. `model` is the
+// client's model string (echoed, cut by the library). The try_ form
+// returns the status (`out` set only on TG_OK); answer_for throws Error,
+// for bad arguments only (TG_OK without a decision, an invalid refusal status).
+inline tg_status try_answer_for(tg_status status, const Decision *decision, std::string_view model,
+                                const Options &opts, Answer &out) noexcept {
+    tg_decision d{};
+    if (decision != nullptr) d = decision->to_c();
+    tg_answer a{};
+    const tg_status s = tg_answer_for(status, decision != nullptr ? &d : nullptr, model.data(), model.size(),
+                                      opts.flags(), opts.refuse_status, &a);
+    if (s == TG_OK) out = Answer(a);
+    return s;
+}
+inline Answer answer_for(tg_status status, const Decision *decision, std::string_view model,
+                         const Options &opts = Options()) {
+    Answer a;
+    detail::ok_or_throw(try_answer_for(status, decision, model, opts, a));
+    return a;
+}
+inline Answer answer_for(const Decision &decision, std::string_view model, const Options &opts = Options()) {
+    return answer_for(TG_OK, &decision, model, opts);
+}
+
+// The one tier parser ("free", "developer", "enterprise", any case):
+// TG_E_INVALID for anything else, `out` then untouched.
+inline tg_status try_parse_tier(std::string_view name, Tier &out) noexcept {
+    uint32_t t = 0;
+    const tg_status s = tg_tier_parse(name.data(), name.size(), &t);
+    if (s == TG_OK) out = static_cast<Tier>(t);
+    return s;
+}
+inline Tier parse_tier(std::string_view name) {
+    Tier t = Tier::Developer;
+    detail::ok_or_throw(try_parse_tier(name, t));
+    return t;
+}
+
+// Whether requests with this method are limited; those that are not pass
+// unlimited and unread (answer_for(TG_E_NOT_LIMITED, ...)).
+inline bool method_limited(std::string_view method) noexcept {
+    return tg_method_limited(method.data(), method.size()) != 0;
+}
+
+// The streaming scan of one request body for its model, in memory this
+// object owns (fixed size, whatever the body). Move-only; one thread at a
+// time. feed/finish return the library's status: TG_OK, or the TG_E_BODY_*
+// refusal to hand to answer_for.
+class BodyScan {
+public:
+    BodyScan() : mem_(new std::max_align_t[words()]) { reset(); }
+    // A moved-from scan is empty: feed/finish give TG_E_NULL, reset throws it.
+    BodyScan(BodyScan &&o) noexcept : mem_(std::move(o.mem_)), scan_(std::exchange(o.scan_, nullptr)) {}
+    BodyScan &operator=(BodyScan &&o) noexcept {
+        mem_ = std::move(o.mem_);
+        scan_ = std::exchange(o.scan_, nullptr);
+        return *this;
+    }
+
+    // Starts over for the next body.
+    void reset() {
+        tg_body_scan *s = nullptr;
+        detail::ok_or_throw(tg_body_scan_init(mem_.get(), words() * sizeof(std::max_align_t), &s));
+        scan_ = s;
+    }
+
+    // The next bytes of the body, split anywhere. A refusal is sticky.
+    tg_status feed(std::string_view chunk) noexcept {
+        return tg_body_scan_feed(scan_, reinterpret_cast<const uint8_t *>(chunk.data()), chunk.size());
+    }
+
+    // The body has ended: on TG_OK `model` views the decoded model inside
+    // this object, valid until reset() or destruction.
+    tg_status finish(std::string_view &model) noexcept {
+        const uint8_t *m = nullptr;
+        size_t n = 0;
+        const tg_status s = tg_body_scan_finish(scan_, &m, &n);
+        if (s == TG_OK) model = std::string_view(reinterpret_cast<const char *>(m), n);
+        return s;
+    }
+
+private:
+    static_assert(TG_BODY_SCAN_ALIGN <= alignof(std::max_align_t), "scan memory alignment");
+    static size_t words() noexcept {
+        return (tg_body_scan_size() + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t);
+    }
+    std::unique_ptr<std::max_align_t[]> mem_;
+    tg_body_scan *scan_ = nullptr;  // points into mem_, so it survives a move
+};
+
 struct Limits {
     uint32_t rpm = 0;
     uint32_t rpd = 0;
@@ -209,6 +444,7 @@ struct Stats {
     uint64_t table_full = 0;
     uint64_t region_bytes = 0;
     uint32_t layout_version = 0;
+    uint64_t clock_faults = 0;  // decisions that met counts dated beyond the clock-fault bound
 };
 
 class Policy {
@@ -269,12 +505,13 @@ private:
 };
 
 // A limiter: thread-safe; one per process (or several over shared memory).
+// The constructors throw Error with the library's reason (tg_last_error) as detail().
 class Limiter {
 public:
     // Private heap region with room for `slots` (account, model) keys.
     Limiter(const Policy &policy, uint32_t slots) {
         tg_limiter *l = nullptr;
-        detail::ok_or_throw(tg_limiter_new(policy.get(), slots, &l));
+        detail::made_or_throw(tg_limiter_new(policy.get(), slots, &l));
         l_.reset(l);
     }
 
@@ -282,21 +519,22 @@ public:
     // the memory stays the caller's and must outlive the Limiter.
     static Limiter init_in(const Policy &policy, void *mem, size_t len) {
         tg_limiter *l = nullptr;
-        detail::ok_or_throw(tg_limiter_init_in(policy.get(), mem, len, &l));
+        detail::made_or_throw(tg_limiter_init_in(policy.get(), mem, len, &l));
         return Limiter(l);
     }
 
     // Reuses an already formatted region (counters kept).
     static Limiter attach(const Policy &policy, void *mem, size_t len) {
         tg_limiter *l = nullptr;
-        detail::ok_or_throw(tg_limiter_attach(policy.get(), mem, len, &l));
+        detail::made_or_throw(tg_limiter_attach(policy.get(), mem, len, &l));
         return Limiter(l);
     }
 
     // File-backed region shared by processes; create formats it when missing.
     static Limiter open(const Policy &policy, const std::string &path, uint32_t slots, bool create = true) {
         tg_limiter *l = nullptr;
-        detail::ok_or_throw(tg_limiter_open(policy.get(), path.c_str(), slots, create ? TG_OPEN_CREATE : 0u, &l));
+        detail::made_or_throw(
+            tg_limiter_open(policy.get(), path.c_str(), slots, create ? TG_OPEN_CREATE : 0u, &l));
         return Limiter(l);
     }
 
@@ -306,19 +544,19 @@ public:
     Stats stats(uint64_t now_ms) const {
         tg_stats s{};
         detail::ok_or_throw(tg_limiter_stats(l_.get(), now_ms, &s));
-        return Stats{s.slots, s.used, s.table_full, s.region_bytes, s.layout_version};
+        return Stats{s.slots, s.used, s.table_full, s.region_bytes, s.layout_version, s.clock_faults};
     }
     Stats stats() const { return stats(tg_now_ms()); }
 
     // Decides one request at now_ms (epoch milliseconds); throws on any error status.
-    Decision check(const Request &req, uint64_t now_ms) {
+    Decision check(const Request &req, uint64_t now_ms) const {
         Decision d;
         detail::ok_or_throw(try_check(req, now_ms, d));
         return d;
     }
 
     // Same, at the current wall-clock time.
-    Decision check(const Request &req) {
+    Decision check(const Request &req) const {
         const tg_request r = req.to_c();
         tg_decision d{};
         detail::ok_or_throw(tg_check_now(l_.get(), &r, &d));
@@ -326,11 +564,31 @@ public:
     }
 
     // Non-throwing form: returns the status; `out` is set only on TG_OK.
-    tg_status try_check(const Request &req, uint64_t now_ms, Decision &out) noexcept {
+    tg_status try_check(const Request &req, uint64_t now_ms, Decision &out) const noexcept {
         const tg_request r = req.to_c();
         tg_decision d{};
         tg_status s = tg_check(l_.get(), &r, now_ms, &d);
         if (s == TG_OK) out = Decision::from_c(d);
+        return s;
+    }
+
+    // The whole answer to one HTTP request at now_ms, every step in the order
+    // all bindings share (method, account, body model, tier, check). Every
+    // outcome, refusals included, is an Answer; Error only for bad arguments
+    // (an empty handle, an invalid refusal status).
+    Answer answer(const HttpRequest &req, uint64_t now_ms, const Options &opts = Options()) const {
+        Answer a;
+        detail::ok_or_throw(try_answer(req, now_ms, opts, a));
+        return a;
+    }
+    Answer answer(const HttpRequest &req) const { return answer(req, tg_now_ms()); }
+
+    // Non-throwing form: returns the status; `out` is set only on TG_OK.
+    tg_status try_answer(const HttpRequest &req, uint64_t now_ms, const Options &opts, Answer &out) const noexcept {
+        const tg_http_request r = req.to_c();
+        tg_answer a{};
+        const tg_status s = tg_answer_request(l_.get(), &r, now_ms, opts.flags(), opts.refuse_status, &a);
+        if (s == TG_OK) out = Answer(a);
         return s;
     }
 

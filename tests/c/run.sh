@@ -3,7 +3,8 @@
 #  1. tests/c/test_capi.c linked to libtollgate.so and, separately, statically
 #     to libtollgate.a (both built with -std=c11 -Wall -Wextra -Werror -pedantic),
 #     plus a sanitizer build against the shared library;
-#  2. bindings/cpp/test_tollgate.cpp (C++17 wrapper);
+#  2. bindings/cpp/test_tollgate.cpp (C++17 wrapper, plus the conformance
+#     table tests/conformance.json), also under sanitizers;
 #  3. bindings/c/install.sh into a temporary prefix, then bindings/c/example.c
 #     built against the installed copy through pkg-config and run.
 # Builds into target/ctest/. Set TOLLGATE_NO_BUILD=1 to skip `cargo build --release`.
@@ -73,10 +74,33 @@ else
     echo "SKIP: this compiler cannot build with -fsanitize=address,undefined (install libasan/libubsan)"
 fi
 
-step "C++ wrapper test"
-"$CXX" -std=c++17 -Wall -Wextra -Werror -O1 -g -Iinclude -Ibindings/cpp bindings/cpp/test_tollgate.cpp \
-    -o "$out/test_tollgate_cpp" -L"$rel" -ltollgate -Wl,-rpath,"$rel" -pthread
-run_counted test_tollgate_cpp "$out/test_tollgate_cpp"
+step "C++ wrapper test (with tests/conformance.json)"
+# The test reads the conformance table with nlohmann/json (Debian
+# nlohmann-json3-dev, installed by tests/setup.sh).
+read -r -a JSON_CFLAGS <<<"$(pkg-config --cflags nlohmann_json 2>/dev/null || true)"
+CXXFLAGS=(-std=c++17 -Wall -Wextra -Werror -O1 -g -Iinclude -Ibindings/cpp "${JSON_CFLAGS[@]}")
+export TOLLGATE_CONFORMANCE=$root/tests/conformance.json
+if ! "$CXX" "${CXXFLAGS[@]}" -x c++ -E - <<<'#include <nlohmann/json.hpp>' >/dev/null 2>&1; then
+    bad "nlohmann/json.hpp not found: install nlohmann-json3-dev (tests/setup.sh does)"
+else
+    "$CXX" "${CXXFLAGS[@]}" bindings/cpp/test_tollgate.cpp \
+        -o "$out/test_tollgate_cpp" -L"$rel" -ltollgate -Wl,-rpath,"$rel" -pthread
+    run_counted test_tollgate_cpp "$out/test_tollgate_cpp"
+
+    step "C++ wrapper test, AddressSanitizer + UBSan + LeakSanitizer"
+    # Catches the wrapper's own memory faults (the body scan's memory, views
+    # into it, the header callback) and leaks. -Wno-maybe-uninitialized: GCC
+    # 12 warns falsely inside libstdc++'s <regex> under -fsanitize (GCC PR 105562).
+    SAN=(-fsanitize=address,undefined -fno-omit-frame-pointer)
+    if "$CXX" "${SAN[@]}" -x c++ - -o "$out/san-probe" <<<'int main() { return 0; }' 2>/dev/null; then
+        "$CXX" "${CXXFLAGS[@]}" -Wno-maybe-uninitialized "${SAN[@]}" bindings/cpp/test_tollgate.cpp \
+            -o "$out/test_tollgate_cpp_asan" -L"$rel" -ltollgate -Wl,-rpath,"$rel" -pthread
+        ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+            run_counted test_tollgate_cpp_asan "$out/test_tollgate_cpp_asan"
+    else
+        echo "SKIP: this compiler cannot build with -fsanitize=address,undefined (install libasan/libubsan)"
+    fi
+fi
 
 step "install into a temporary prefix, build example.c with pkg-config"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tg-install-XXXXXX")
