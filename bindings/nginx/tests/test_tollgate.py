@@ -443,9 +443,6 @@ def test_dry_run_never_refuses(nginx):
                           "(UNKNOWN_MODEL)")
 
 
-@pytest.mark.xfail(strict=True, reason="the core's answer to a dry-run pass "
-                   "carries retry-after (tg_answer_headers); the module "
-                   "sends the core's headers as they are")
 def test_dry_run_pass_has_no_retry_after(nginx):
     fresh_minute()
     policy = nginx.prefix / "policy.toml"
