@@ -651,9 +651,30 @@ uint64_t tg_now_ms(void);
 
 /* ---- Rendering a decision ---------------------------------------------- */
 
+/**
+ * Called once per header: name and value, not NUL-terminated. Return 0 to
+ * go on, anything else to stop (tg_answer_headers then returns
+ * TG_E_ABORTED).
+ */
+typedef int (*tg_header_fn)(void *ctx, const char *name, size_t name_len, const char *value, size_t value_len);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * The six x-ratelimit-* headers, plus retry-after when refused, as
+ * name/value pairs through `f` (names lower case): what
+ * tg_decision_headers writes as text, for bindings that set headers one
+ * by one. TG_E_ABORTED if `f` asked to stop.
+ */
+tg_status tg_decision_header_pairs(const tg_decision *decision, tg_header_fn f, void *ctx);
+
+/**
+ * The IETF draft's RateLimit-Policy and RateLimit fields as name/value
+ * pairs through `f` (what tg_decision_ietf_headers writes as text).
+ */
+tg_status tg_decision_ietf_header_pairs(const tg_decision *decision, uint64_t now_ms, tg_header_fn f, void *ctx);
 
 /**
  * The six x-ratelimit-* headers, plus retry-after when refused, as
@@ -894,13 +915,6 @@ typedef struct tg_http_request {
   const char *body;
   size_t body_len;
 } tg_http_request;
-
-/**
- * Called once per header: name and value, not NUL-terminated. Return 0 to
- * go on, anything else to stop (tg_answer_headers then returns
- * TG_E_ABORTED).
- */
-typedef int (*tg_header_fn)(void *ctx, const char *name, size_t name_len, const char *value, size_t value_len);
 
 /**
  * Not returned by any call: passed to tg_answer_for when the request

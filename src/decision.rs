@@ -103,14 +103,27 @@ impl Decision {
     /// draft-ietf-httpapi-ratelimit-headers (revision 10): one policy per
     /// window; `t` is the seconds until that window's quota returns.
     pub fn write_ietf_headers(&self, now_ms: u64, out: &mut impl Write) -> fmt::Result {
+        out.write_str("RateLimit-Policy: ")?;
+        self.write_ietf_policy(out)?;
+        out.write_str("\r\nRateLimit: ")?;
+        self.write_ietf_state(now_ms, out)?;
+        out.write_str("\r\n")
+    }
+
+    /// The `RateLimit-Policy` field's value.
+    pub fn write_ietf_policy(&self, out: &mut impl Write) -> fmt::Result {
         write!(
             out,
-            "RateLimit-Policy: \"minute\";q={};w=60, \"day\";q={};w=86400\r\n",
+            "\"minute\";q={};w=60, \"day\";q={};w=86400",
             self.minute.limit, self.day.limit
-        )?;
+        )
+    }
+
+    /// The `RateLimit` field's value at `now_ms`.
+    pub fn write_ietf_state(&self, now_ms: u64, out: &mut impl Write) -> fmt::Result {
         write!(
             out,
-            "RateLimit: \"minute\";r={};t={}, \"day\";r={};t={}\r\n",
+            "\"minute\";r={};t={}, \"day\";r={};t={}",
             self.minute.remaining,
             seconds_until(now_ms, self.minute.reset),
             self.day.remaining,

@@ -2,13 +2,13 @@
 //! binding renders no answer text of its own. Also the one tier parser and
 //! the one rule of which methods are limited.
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_void};
 
 use super::{
-    any_bytes, decision_arg, guard, render, tg_decision, tg_status, to_c, TG_E_ACCOUNT,
-    TG_E_BODY_AMBIGUOUS_MODEL, TG_E_BODY_NOT_JSON, TG_E_BODY_NO_MODEL, TG_E_BODY_TOO_DEEP,
-    TG_E_COST_TOO_LARGE, TG_E_INVALID, TG_E_NO_LIMIT, TG_E_NULL, TG_E_TABLE_FULL,
-    TG_E_UNKNOWN_MODEL, TG_OK,
+    any_bytes, decision_arg, emit, guard, render, tg_decision, tg_header_fn, tg_status, to_c,
+    TG_E_ACCOUNT, TG_E_BODY_AMBIGUOUS_MODEL, TG_E_BODY_NOT_JSON, TG_E_BODY_NO_MODEL,
+    TG_E_BODY_TOO_DEEP, TG_E_COST_TOO_LARGE, TG_E_INVALID, TG_E_NO_LIMIT, TG_E_NULL,
+    TG_E_TABLE_FULL, TG_E_UNKNOWN_MODEL, TG_OK,
 };
 use crate::answer::{self, Answer, Event, HttpRequest, Options, Outcome, Parts, MODEL_ECHO_MAX};
 use crate::body::BodyError;
@@ -81,19 +81,6 @@ pub struct tg_answer {
     pub model_len: u32,
     pub model: [u8; 64],
 }
-
-/// Called once per header: name and value, not NUL-terminated. Return 0 to
-/// go on, anything else to stop (tg_answer_headers then returns
-/// TG_E_ABORTED).
-pub type tg_header_fn = Option<
-    extern "C" fn(
-        ctx: *mut c_void,
-        name: *const c_char,
-        name_len: usize,
-        value: *const c_char,
-        value_len: usize,
-    ) -> c_int,
->;
 
 fn event_error(status: tg_status) -> Error {
     match status {
@@ -339,15 +326,7 @@ pub extern "C" fn tg_answer_headers(
         };
         let mut buf = [0u8; 20];
         for (name, value) in a.headers() {
-            let v = value.as_bytes(&mut buf);
-            let rc = f(
-                ctx,
-                name.as_ptr().cast(),
-                name.len(),
-                v.as_ptr().cast(),
-                v.len(),
-            );
-            if rc != 0 {
+            if !emit(f, ctx, name, value.as_bytes(&mut buf)) {
                 return TG_E_ABORTED;
             }
         }

@@ -1,9 +1,108 @@
 //! Rendering a decision: the six headers, the IETF draft fields, the 429
 //! body, the unknown-model body.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int, c_void};
 
 use super::*;
+use crate::answer::HeaderValue;
+use crate::decision::Sink;
+
+/// Called once per header: name and value, not NUL-terminated. Return 0 to
+/// go on, anything else to stop (tg_answer_headers then returns
+/// TG_E_ABORTED).
+pub type tg_header_fn = Option<
+    extern "C" fn(
+        ctx: *mut c_void,
+        name: *const c_char,
+        name_len: usize,
+        value: *const c_char,
+        value_len: usize,
+    ) -> c_int,
+>;
+
+/// Hands one header to the caller's callback; false if it asked to stop.
+pub(super) fn emit(
+    f: extern "C" fn(*mut c_void, *const c_char, usize, *const c_char, usize) -> c_int,
+    ctx: *mut c_void,
+    name: &str,
+    value: &[u8],
+) -> bool {
+    f(
+        ctx,
+        name.as_ptr().cast(),
+        name.len(),
+        value.as_ptr().cast(),
+        value.len(),
+    ) == 0
+}
+
+/// The six x-ratelimit-* headers, plus retry-after when refused, as
+/// name/value pairs through `f` (names lower case): what
+/// tg_decision_headers writes as text, for bindings that set headers one
+/// by one. TG_E_ABORTED if `f` asked to stop.
+#[no_mangle]
+pub extern "C" fn tg_decision_header_pairs(
+    decision: *const tg_decision,
+    f: tg_header_fn,
+    ctx: *mut c_void,
+) -> tg_status {
+    guard(|| {
+        let Some(f) = f else {
+            return TG_E_NULL;
+        };
+        let d = match decision_arg(decision) {
+            Ok(d) => d,
+            Err(s) => return s,
+        };
+        let mut buf = [0u8; 20];
+        for (name, value) in d.header_pairs() {
+            if let Some(v) = value {
+                if !emit(f, ctx, name, HeaderValue::Num(v).as_bytes(&mut buf)) {
+                    return TG_E_ABORTED;
+                }
+            }
+        }
+        TG_OK
+    })
+}
+
+/// The IETF draft's RateLimit-Policy and RateLimit fields as name/value
+/// pairs through `f` (what tg_decision_ietf_headers writes as text).
+#[no_mangle]
+pub extern "C" fn tg_decision_ietf_header_pairs(
+    decision: *const tg_decision,
+    now_ms: u64,
+    f: tg_header_fn,
+    ctx: *mut c_void,
+) -> tg_status {
+    guard(|| {
+        let Some(f) = f else {
+            return TG_E_NULL;
+        };
+        let d = match decision_arg(decision) {
+            Ok(d) => d,
+            Err(s) => return s,
+        };
+        let mut buf = [0u8; 128];
+        let mut sink = Sink::new(&mut buf);
+        if d.write_ietf_policy(&mut sink).is_err() || !sink.fits() {
+            return TG_E_PANIC;
+        }
+        let n = sink.needed();
+        if !emit(f, ctx, "RateLimit-Policy", &buf[..n]) {
+            return TG_E_ABORTED;
+        }
+        let mut sink = Sink::new(&mut buf);
+        if d.write_ietf_state(now_ms, &mut sink).is_err() || !sink.fits() {
+            return TG_E_PANIC;
+        }
+        let n = sink.needed();
+        if !emit(f, ctx, "RateLimit", &buf[..n]) {
+            return TG_E_ABORTED;
+        }
+        TG_OK
+    })
+}
 
 /// The six x-ratelimit-* headers, plus retry-after when refused, as
 /// "name: value\r\n" lines.

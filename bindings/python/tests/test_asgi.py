@@ -284,7 +284,8 @@ def test_unusable_account_is_a_401_that_quotes_nothing(limiter, app):
 
 def test_body_cap_and_disconnect(limiter, app):
     mw = RateLimitMiddleware(app, limiter, account=bearer_token, max_body_bytes=100)
-    assert request(mw, chat(padding="x" * 200), chunks=3)[0] == 413
+    status, headers, body = request(mw, chat(padding="x" * 200), chunks=3)
+    assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
     assert request(mw, chat(), disconnect=True) == (None, {}, b"")
     assert not app.calls
 

@@ -189,8 +189,7 @@ class RateLimitMiddleware:
       refuse_status: the status of a refusal over a limit, 100..999
         (default 429; 0 is the library's default, 429).
       max_body_bytes: largest body buffered to find the model; above it the
-        answer is a bare 413 (no body: the library has no answer for it).
-        None for no cap beyond the server's.
+        library's 413 answer. None for no cap beyond the server's.
 
     A request passed to the app gets the library's headers (the six
     ``x-ratelimit-*`` when it was decided) added to the response start, its
@@ -312,7 +311,8 @@ class RateLimitMiddleware:
             if chunk:
                 size += len(chunk)
                 if self.max_body_bytes is not None and size > self.max_body_bytes:
-                    await _respond(send, 413, [], b"")
+                    ans = answer_for(_ffi.TG_E_BODY_TOO_LARGE, b"", self.flags, self.refuse_status)
+                    await _respond(send, ans.status, ans.headers, ans.body)
                     return
                 chunks.append(chunk)
             if not msg.get("more_body", False):
