@@ -5,8 +5,9 @@
 
 use std::time::Instant;
 
-/// A chat request whose one message is `n` bytes of ASCII prose.
-fn prompt_body(n: usize) -> Vec<u8> {
+/// A chat request whose one message is `n` bytes of ASCII prose (with a
+/// `\n` escape every 17 words when `lines`).
+fn prompt_body(n: usize, lines: bool) -> Vec<u8> {
     let words = [
         "the",
         "limiter",
@@ -23,7 +24,7 @@ fn prompt_body(n: usize) -> Vec<u8> {
     let mut i = 0usize;
     while text.len() < n {
         text.push_str(words[i % words.len()]);
-        text.push(if i % 17 == 16 { '\n' } else { ' ' });
+        text.push(if lines && i % 17 == 16 { '\n' } else { ' ' });
         i = i.wrapping_mul(7).wrapping_add(3) % 1009;
     }
     let text = serde_json::to_string(&text).unwrap(); // \n escaped
@@ -75,9 +76,14 @@ fn rate(label: &str, body: &[u8], f: impl Fn(&[u8]) -> bool) {
 #[test]
 #[ignore = "timing, run by hand"]
 fn body_scan_throughput() {
-    let prompt = prompt_body(1 << 20);
+    let prompt = prompt_body(1 << 20, true);
+    let flat = prompt_body(1 << 20, false);
     let keys = many_keys_body(64 << 10);
-    for (name, body) in [("1 MB prompt", &prompt), ("64 KB many keys", &keys)] {
+    for (name, body) in [
+        ("1 MB prompt", &prompt),
+        ("1 MB prompt, one line", &flat),
+        ("64 KB many keys", &keys),
+    ] {
         rate(&format!("tollgate::body::model_of, {name}"), body, |b| {
             tollgate::body::model_of(b).is_ok()
         });
