@@ -9,8 +9,16 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
-    let config =
+    let mut config =
         cbindgen::Config::from_file(Path::new(&dir).join("cbindgen.toml")).expect("cbindgen.toml");
+    // The one string constant, from the crate's version.
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap();
+    config.after_includes = Some(format!(
+        "\n/** The version this header describes, as text (tg_version_string() gives the library's). */\n#define TG_VERSION_STRING \"{version}\""
+    ));
+    // The shared library's SONAME: callers record libtollgate.so.0, which
+    // changes only when the ABI does.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libtollgate.so.0");
     let mut parts: Vec<_> = std::fs::read_dir(Path::new(&dir).join("src/ffi"))
         .expect("src/ffi")
         .map(|e| e.expect("src/ffi entry").path())

@@ -4,9 +4,24 @@
  * Conventions (sqlite-like): opaque handles made by *_new / *_load / *_open
  * and released by the matching *_free, where *_free(NULL) is a no-op; every
  * function returns a tg_status (TG_OK = 0) and writes results through
- * pointers; tg_status_str() names a status; TG_VERSION_NUMBER is the version
- * this header describes, tg_version_number() the library's. No function
- * unwinds into C: internal errors come back as TG_E_PANIC.
+ * pointers; tg_status_str() names a status. No function unwinds into C:
+ * internal errors come back as TG_E_PANIC.
+ *
+ * Statuses are stable: a TG_E_* value keeps its number and meaning in every
+ * later version; new ones get new numbers. tg_last_error() says in words why
+ * the last limiter constructor failed on this thread.
+ *
+ * Structs that grow: every struct passed by pointer starts with
+ * `uint32_t size`. Set it to sizeof(the struct) as this header defines it,
+ * or leave it 0 (zero-initialised), which means this first layout. A later
+ * library reads and writes only the fields that `size` covers, so a program
+ * built against this header keeps working; fields are only ever added at
+ * the end. A `size` smaller than any layout is TG_E_INVALID.
+ *
+ * Versions: TG_VERSION_MAJOR / _MINOR / _PATCH, TG_VERSION_NUMBER and
+ * TG_VERSION_STRING describe this header; tg_version_number() and
+ * tg_version_string() the library. The shared library's SONAME is
+ * libtollgate.so.0.
  */
 
 #ifndef TOLLGATE_H
@@ -17,15 +32,30 @@
 #include <stdint.h>
 #include <stddef.h>
 
+/** The version this header describes, as text (tg_version_string() gives the library's). */
+#define TG_VERSION_STRING "0.2.0"
+
 /**
- * The version this header describes: major * 1000000 + minor * 1000 + patch.
+ * The version this header describes. A program built against this header
+ * runs with a library of the same major version and at least its minor
+ * version; before 1.0, of the same minor version (tg_version_number()
+ * says which the library is; its SONAME is libtollgate.so.0).
  */
-#define TG_VERSION_NUMBER 1000
+#define TG_VERSION_MAJOR 0
+
+#define TG_VERSION_MINOR 2
+
+#define TG_VERSION_PATCH 0
+
+/**
+ * major * 1000000 + minor * 1000 + patch.
+ */
+#define TG_VERSION_NUMBER 2000
 
 /**
  * The region layout version this header describes.
  */
-#define TG_LAYOUT_VERSION 1
+#define TG_LAYOUT_VERSION 2
 
 /**
  * Alignment caller memory must have for tg_limiter_init_in / _attach.
@@ -83,6 +113,19 @@
 #define TG_OPEN_CREATE 1
 
 /**
+ * tg_limiter_open flag: map an existing file for reading only (operator
+ * views), with `slots` 0. Nothing done through the handle reaches the
+ * file, model names are not registered, and writing calls give
+ * TG_E_READ_ONLY. Not with TG_OPEN_CREATE.
+ */
+#define TG_OPEN_READ_ONLY 2
+
+/**
+ * Most bytes of a client's model string an answer echoes.
+ */
+#define MODEL_ECHO_MAX 64
+
+/**
  * Bytes of the decoded model value kept; longer values are cut there (on
  * a character boundary). Longer than any policy model name, so a cut
  * value is an unknown model, and the echo in the answer stays bounded.
@@ -93,6 +136,66 @@
  * Most nesting levels accepted (the top-level object is level 1).
  */
 #define DEPTH_MAX 1024
+
+/**
+ * tg_answer_for flag: decide and report, never refuse (every refusal
+ * passes upstream; `would_status` keeps what was not sent).
+ */
+#define TG_ANSWER_DRY_RUN 1
+
+/**
+ * tg_answer_for flag: no limit configured for the tier: pass, not 403.
+ */
+#define TG_ANSWER_NO_LIMIT_PASS 2
+
+/**
+ * tg_answer_for flag: table full: pass (fail open), not 503.
+ */
+#define TG_ANSWER_TABLE_FULL_OPEN 4
+
+/**
+ * tg_answer_for flag: no account id: pass unlimited, not 401.
+ */
+#define TG_ANSWER_NO_ACCOUNT_PASS 8
+
+/**
+ * tg_answer.outcome values (stable): how the request went, for logs,
+ * metrics and variables; tg_outcome_name() names them.
+ */
+#define TG_OUTCOME_PASSED 0
+
+#define TG_OUTCOME_REJECTED 1
+
+#define TG_OUTCOME_DRY_RUN 2
+
+#define TG_OUTCOME_TABLE_FULL 3
+
+#define TG_OUTCOME_UNKNOWN_MODEL 4
+
+#define TG_OUTCOME_BAD_REQUEST 5
+
+#define TG_OUTCOME_NO_LIMIT 6
+
+#define TG_OUTCOME_NO_ACCOUNT 7
+
+#define TG_OUTCOME_ERROR 8
+
+#define TG_OUTCOME_NOT_LIMITED 9
+
+/**
+ * Number of TG_OUTCOME_* values.
+ */
+#define TG_OUTCOMES 10
+
+/**
+ * Most model bytes an answer echoes.
+ */
+#define TG_ANSWER_MODEL_MAX 64
+
+/**
+ * Largest body tg_answer_body writes (a buffer this big always suffices).
+ */
+#define TG_ANSWER_BODY_MAX 1024
 
 /**
  * Most bytes of the decoded model a body scan keeps; longer values are cut
@@ -137,9 +240,13 @@ typedef struct tg_policy tg_policy;
 typedef int32_t tg_status;
 
 /**
- * Table usage.
+ * Table usage. Set `size` (or 0) before the call.
  */
 typedef struct tg_stats {
+  /**
+   * sizeof(tg_stats) as the caller's header has it, or 0.
+   */
+  uint32_t size;
   /**
    * Slots in the region.
    */
@@ -157,12 +264,23 @@ typedef struct tg_stats {
    */
   uint64_t region_bytes;
   uint32_t layout_version;
+  /**
+   * Decisions that met counts dated beyond the clock-fault bound (a
+   * wrong clock, since corrected) and re-dated them to the current
+   * window, since the region was formatted: a metric to alert on.
+   */
+  uint64_t clock_faults;
 } tg_stats;
 
 /**
- * What tg_limiter_verify found walking every slot.
+ * What tg_limiter_verify found walking every slot. Set `size` (or 0)
+ * before the call.
  */
 typedef struct tg_verify_report {
+  /**
+   * sizeof(tg_verify_report) as the caller's header has it, or 0.
+   */
+  uint32_t size;
   uint32_t slots;
   /**
    * Slots bound to a key (with or without counts for today).
@@ -200,6 +318,12 @@ typedef struct tg_verify_report {
  */
 typedef struct tg_request {
   /**
+   * sizeof(tg_request) as the caller's header has it, or 0 (this first
+   * layout: zero-initialised requests work). Also says which layout of
+   * tg_decision the caller has.
+   */
+  uint32_t size;
+  /**
    * Account id, 1 to TG_ACCOUNT_MAX bytes.
    */
   const char *account;
@@ -230,8 +354,15 @@ typedef struct tg_request {
 
 /**
  * The answer for one request: everything a proxy needs for its headers.
+ * Written by tg_check, which sets `size` to the bytes it wrote (the
+ * layout of the request's `size`); renderers read no more than `size`.
  */
 typedef struct tg_decision {
+  /**
+   * Bytes of this struct in use (see "Structs that grow"); 0 = this
+   * first layout.
+   */
+  uint32_t size;
   /**
    * 1 if admitted (and counted), 0 if refused (and nothing counted).
    */
@@ -258,6 +389,79 @@ typedef struct tg_decision {
    */
   uint32_t retry_after;
 } tg_decision;
+
+/**
+ * The answer to one request, in the caller's memory. Set `size` to
+ * sizeof(tg_answer), or 0, before calling tg_answer_for (see "Structs that
+ * grow"). Read the public fields; leave the rest to the library.
+ */
+typedef struct tg_answer {
+  uint32_t size;
+  /**
+   * The HTTP status to answer with, or 0: pass the request upstream and
+   * add the headers (tg_answer_headers) to the upstream's response.
+   */
+  uint32_t http_status;
+  /**
+   * In a dry run, the status that was not sent; 0 otherwise.
+   */
+  uint32_t would_status;
+  /**
+   * TG_OUTCOME_*.
+   */
+  uint32_t outcome;
+  /**
+   * 1 if `decision` holds the limiter's decision.
+   */
+  uint32_t has_decision;
+  struct tg_decision decision;
+  /**
+   * Library-private: which body the answer carries.
+   */
+  uint32_t body_kind;
+  /**
+   * The model bytes echoed in the body (at most TG_ANSWER_MODEL_MAX).
+   */
+  uint32_t model_len;
+  uint8_t model[64];
+} tg_answer;
+
+/**
+ * A request as an HTTP binding holding the whole body sees it, for
+ * tg_answer_request. Set `size` to sizeof(tg_http_request), or 0 (see
+ * "Structs that grow").
+ */
+typedef struct tg_http_request {
+  uint32_t size;
+  /**
+   * Requests this call counts for (1 for most calls; 0 to look only).
+   */
+  uint32_t cost;
+  const char *method;
+  size_t method_len;
+  /**
+   * The account id; NULL when the request carries none (no API key).
+   */
+  const char *account;
+  size_t account_len;
+  /**
+   * The tier's name: "free", "developer" or "enterprise" (any case).
+   */
+  const char *tier;
+  size_t tier_len;
+  /**
+   * The whole body (may be NULL with length 0).
+   */
+  const char *body;
+  size_t body_len;
+} tg_http_request;
+
+/**
+ * Called once per header: name and value, not NUL-terminated. Return 0 to
+ * go on, anything else to stop (tg_answer_headers then returns
+ * TG_E_ABORTED).
+ */
+typedef int (*tg_header_fn)(void *ctx, const char *name, size_t name_len, const char *value, size_t value_len);
 
 /**
  * Success.
@@ -352,6 +556,17 @@ typedef struct tg_decision {
 #define TG_E_MODEL_TABLE_FULL 17
 
 /**
+ * The file system has no room to reserve the region file; nothing was
+ * left behind (tg_limiter_open's detail names the bytes needed and free).
+ */
+#define TG_E_NO_SPACE 18
+
+/**
+ * The handle was opened with TG_OPEN_READ_ONLY and the call would write.
+ */
+#define TG_E_READ_ONLY 19
+
+/**
  * The request body is not a JSON object: a syntax error, invalid UTF-8 or
  * a lone surrogate in a string, bytes after the value, an empty body, or a
  * top-level value that is not an object (answer 400, invalid_json).
@@ -380,6 +595,25 @@ typedef struct tg_decision {
  */
 #define TG_E_PANIC 99
 
+#define Outcome_ALL { Passed, Rejected, DryRun, TableFull, UnknownModel, BadRequest, NoLimit, NoAccount, Error, NotLimited, }
+
+/**
+ * Not returned by any call: passed to tg_answer_for when the request
+ * carries no account id at all (no API key).
+ */
+#define TG_E_NO_ACCOUNT 30
+
+/**
+ * Not returned by any call: passed to tg_answer_for when the request's
+ * method is not limited (tg_method_limited() said 0).
+ */
+#define TG_E_NOT_LIMITED 31
+
+/**
+ * A callback asked to stop (tg_answer_headers).
+ */
+#define TG_E_ABORTED 32
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -390,7 +624,12 @@ extern "C" {
 uint32_t tg_version_number(void);
 
 /**
- * The library's version as a static string ("0.1.0"); never free it.
+ * The library's version as a static string ("0.2.0"); never free it.
+ */
+const char *tg_version_string(void);
+
+/**
+ * Same as tg_version_string() (the older name).
  */
 const char *tg_version(void);
 
@@ -460,6 +699,15 @@ size_t tg_region_size(uint32_t slots);
 uint32_t tg_region_slots_for(size_t len);
 
 /**
+ * What went wrong, in words, in this thread's last call that made (or
+ * failed to make) a limiter: tg_limiter_new, _init_in, _attach, _open,
+ * _share. Names the path, the OS's reason, the sizes and what to do
+ * ("... grow it with `tollgate resize`"); "" after a success. The string
+ * belongs to the thread and stays valid until its next such call.
+ */
+const char *tg_last_error(void);
+
+/**
  * A limiter whose region (tg_region_size(slots) bytes) the library
  * allocates and frees. On TG_OK `*out` owns it: release with
  * tg_limiter_free. The policy is copied.
@@ -516,6 +764,18 @@ tg_status tg_limiter_share(const struct tg_limiter *limiter, const struct tg_pol
 tg_status tg_limiter_stats(const struct tg_limiter *limiter, uint64_t now_ms, struct tg_stats *out);
 
 /**
+ * Sets the clock-fault bound in seconds (default: the policy's
+ * `[clock] max_skew_seconds`, itself 60 by default; at most 86400, rounded
+ * up to whole minutes). Counts dated further than this ahead of a
+ * decision's now_ms are taken as counts of the current window, so a clock
+ * that was wrong and is corrected locks no key out; within the bound a
+ * clock stepping back gives no quota back. Like tg_limiter_set_policy, it
+ * must not overlap any other call on the same handle; tg_limiter_share
+ * and tg_limiter_set_policy reset it to the policy's value.
+ */
+tg_status tg_limiter_set_max_skew(struct tg_limiter *limiter, uint32_t seconds);
+
+/**
  * Walks every slot and checks the table's invariants (generations, windows,
  * no key bound twice, every key reachable by its probe chain). Safe while
  * other processes decide. The first problem, if any, is written to `text`
@@ -535,13 +795,13 @@ void tg_limiter_free(struct tg_limiter *limiter);
  * TG_OK means a decision was made either way: `out->allowed` says which.
  * Other statuses leave `*out` untouched. No allocation, lock or syscall.
  */
-tg_status tg_check(struct tg_limiter *limiter, const struct tg_request *req, uint64_t now_ms, struct tg_decision *out);
+tg_status tg_check(const struct tg_limiter *limiter, const struct tg_request *req, uint64_t now_ms, struct tg_decision *out);
 
 /**
  * tg_check at the real-time clock (CLOCK_REALTIME). The one syscall-free
  * path stays tg_check; this reads the clock (a vDSO call on Linux).
  */
-tg_status tg_check_now(struct tg_limiter *limiter, const struct tg_request *req, struct tg_decision *out);
+tg_status tg_check_now(const struct tg_limiter *limiter, const struct tg_request *req, struct tg_decision *out);
 
 /**
  * The real-time clock in epoch milliseconds.
@@ -575,6 +835,64 @@ tg_status tg_decision_error_body(const struct tg_decision *decision, const char 
  * "code":"model_not_found"}}. Buffer protocol as tg_decision_headers.
  */
 tg_status tg_unknown_model_body(const char *model, size_t model_len, char *buf, size_t cap, size_t *written);
+
+/**
+ * Decides the whole answer to a request. `status` is what happened: TG_OK
+ * with the `decision` tg_check gave; the status of a failed tg_check or
+ * tg_body_scan_*; TG_E_NO_ACCOUNT when the request has no account id;
+ * TG_E_NOT_LIMITED for a method that is not limited. Any other status is
+ * answered as the limiter's own failure (500). `model` (may be NULL with
+ * length 0) is the client's model string, echoed in the body, cut to
+ * TG_ANSWER_MODEL_MAX bytes. `flags`: TG_ANSWER_*; `refuse_status` is the
+ * status of a refusal over a limit, 0 for 429. `decision` may be NULL
+ * unless `status` is TG_OK.
+ */
+tg_status tg_answer_for(tg_status status, const struct tg_decision *decision, const char *model, size_t model_len, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
+
+/**
+ * The whole answer to one HTTP request at `now_ms`, every step in the
+ * order all bindings share: the method (only POST is limited), the
+ * account (NULL: TG_E_NO_ACCOUNT's answer), the body's model (the core's
+ * scanner), the tier (tg_tier_parse), then tg_check. `flags` and
+ * `refuse_status` as tg_answer_for. TG_OK whenever `*out` holds an answer
+ * (including refusals); TG_E_NULL / TG_E_INVALID for bad arguments only.
+ */
+tg_status tg_answer_request(const struct tg_limiter *limiter, const struct tg_http_request *request, uint64_t now_ms, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
+
+/**
+ * Calls `fn` for each header of the answer, in order: the six
+ * x-ratelimit-* when there was a decision, retry-after when it refused,
+ * content-type when the answer has a body. Names are lower case. For an
+ * answer that passes (http_status 0) these go on the upstream's response.
+ */
+tg_status tg_answer_headers(const struct tg_answer *answer, tg_header_fn f, void *ctx);
+
+/**
+ * The answer's JSON body (empty for an answer that passes). Buffer
+ * protocol as tg_decision_headers: `*written` is the length needed, and
+ * TG_E_BUFFER_TOO_SMALL when it exceeds `cap`; a body is at most
+ * TG_ANSWER_BODY_MAX bytes.
+ */
+tg_status tg_answer_body(const struct tg_answer *answer, char *buf, size_t cap, size_t *written);
+
+/**
+ * The name of a TG_OUTCOME_* value ("PASSED", "REJECTED", ...), a static
+ * string; "" for a value that is not one.
+ */
+const char *tg_outcome_name(uint32_t outcome);
+
+/**
+ * Parses a tier name ("free", "developer", "enterprise", any case) into
+ * TG_TIER_*: the one tier parser every binding uses. TG_E_INVALID for
+ * anything else.
+ */
+tg_status tg_tier_parse(const char *name, size_t len, uint32_t *tier);
+
+/**
+ * 1 if requests with this method are limited (POST), 0 if they pass
+ * unlimited and unread (answer them with TG_E_NOT_LIMITED).
+ */
+uint32_t tg_method_limited(const char *method, size_t len);
 
 /**
  * Bytes of memory tg_body_scan_init needs (aligned to TG_BODY_SCAN_ALIGN).

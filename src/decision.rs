@@ -148,7 +148,7 @@ pub fn write_unknown_model_body(model: &[u8], out: &mut impl Write) -> fmt::Resu
 
 /// Decimal digits of `v`, without `core::fmt`'s machinery: headers go out
 /// on every response, and this is most of their cost.
-fn write_u64(out: &mut impl Write, mut v: u64) -> fmt::Result {
+pub(crate) fn write_u64(out: &mut impl Write, mut v: u64) -> fmt::Result {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -164,7 +164,7 @@ fn write_u64(out: &mut impl Write, mut v: u64) -> fmt::Result {
 
 /// JSON string contents for arbitrary bytes: escapes quotes, backslashes and
 /// control characters; invalid UTF-8 becomes U+FFFD.
-fn write_json_escaped(out: &mut impl Write, bytes: &[u8]) -> fmt::Result {
+pub(crate) fn write_json_escaped(out: &mut impl Write, bytes: &[u8]) -> fmt::Result {
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
@@ -229,6 +229,7 @@ mod tests {
             },
             minute_count: 30,
             day_count: 30,
+            clock_fault: false,
         };
         Decision::new(
             o,

@@ -23,6 +23,15 @@ pub enum Error {
     TableFull,
     /// The region's model table (256 names) is full.
     ModelTableFull,
+    /// The handle was opened read-only ([`crate::Limiter::open_read_only`]).
+    ReadOnly,
+    /// The file system has no room to reserve a region file: `needed` bytes
+    /// asked for, `free` available to us.
+    NoSpace {
+        path: String,
+        needed: u64,
+        free: u64,
+    },
     Policy(Box<PolicyError>),
     /// A request body refused by the model scan ([`crate::body`]).
     Body(BodyError),
@@ -49,6 +58,11 @@ impl fmt::Display for Error {
             Error::CostTooLarge => write!(f, "cost exceeds the limit itself"),
             Error::TableFull => write!(f, "table full: no free slot for a new key"),
             Error::ModelTableFull => write!(f, "the region's model table is full"),
+            Error::ReadOnly => write!(f, "the table was opened read-only"),
+            Error::NoSpace { path, needed, free } => write!(
+                f,
+                "{path}: no space for the region: it needs {needed} bytes and {free} are free; free some, use another file system, or ask for fewer slots"
+            ),
             Error::Policy(e) => write!(f, "{e}"),
             Error::Body(e) => write!(f, "{e}"),
             Error::Region(e) => write!(f, "{e}"),

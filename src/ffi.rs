@@ -17,7 +17,9 @@ use crate::policy::{Policy, Tier, MODEL_NAME_MAX};
 use crate::region::{RegionError, LAYOUT_VERSION};
 use crate::slot::LimitedBy;
 
+mod answer;
 mod body;
+pub use answer::*;
 pub use body::*;
 
 /// Result code of every function: TG_OK (0) or one of the TG_E_* values.
@@ -61,6 +63,11 @@ pub const TG_E_ALIGNMENT: tg_status = 15;
 pub const TG_E_UNSUPPORTED: tg_status = 16;
 /// The region's table of model names (256) is full.
 pub const TG_E_MODEL_TABLE_FULL: tg_status = 17;
+/// The file system has no room to reserve the region file; nothing was
+/// left behind (tg_limiter_open's detail names the bytes needed and free).
+pub const TG_E_NO_SPACE: tg_status = 18;
+/// The handle was opened with TG_OPEN_READ_ONLY and the call would write.
+pub const TG_E_READ_ONLY: tg_status = 19;
 /// The request body is not a JSON object: a syntax error, invalid UTF-8 or
 /// a lone surrogate in a string, bytes after the value, an empty body, or a
 /// top-level value that is not an object (answer 400, invalid_json).
@@ -76,10 +83,19 @@ pub const TG_E_BODY_TOO_DEEP: tg_status = 23;
 /// An internal error was caught at the boundary (a bug: please report it).
 pub const TG_E_PANIC: tg_status = 99;
 
-/// The version this header describes: major * 1000000 + minor * 1000 + patch.
-pub const TG_VERSION_NUMBER: u32 = 1000;
+/// The version this header describes. A program built against this header
+/// runs with a library of the same major version and at least its minor
+/// version; before 1.0, of the same minor version (tg_version_number()
+/// says which the library is; its SONAME is libtollgate.so.0).
+pub const TG_VERSION_MAJOR: u32 = 0;
+pub const TG_VERSION_MINOR: u32 = 2;
+pub const TG_VERSION_PATCH: u32 = 0;
+/// major * 1000000 + minor * 1000 + patch.
+pub const TG_VERSION_NUMBER: u32 = 2000;
+// TG_VERSION_STRING, the version as text, is written into the header by
+// build.rs from the crate's version (cbindgen emits no string constants).
 /// The region layout version this header describes.
-pub const TG_LAYOUT_VERSION: u32 = 1;
+pub const TG_LAYOUT_VERSION: u32 = 2;
 /// Alignment caller memory must have for tg_limiter_init_in / _attach.
 pub const TG_REGION_ALIGN: u32 = 64;
 /// Longest account id, in bytes.
@@ -105,6 +121,11 @@ pub const TG_LIMIT_DAY: u32 = 2;
 
 /// tg_limiter_open flag: create and format the file if it does not exist.
 pub const TG_OPEN_CREATE: u32 = 1;
+/// tg_limiter_open flag: map an existing file for reading only (operator
+/// views), with `slots` 0. Nothing done through the handle reaches the
+/// file, model names are not registered, and writing calls give
+/// TG_E_READ_ONLY. Not with TG_OPEN_CREATE.
+pub const TG_OPEN_READ_ONLY: u32 = 2;
 
 /// A loaded policy (opaque). Immutable; may be shared between threads.
 pub struct tg_policy {
@@ -120,6 +141,10 @@ pub struct tg_limiter {
 /// One request. Strings are bytes with a length, not NUL-terminated.
 #[repr(C)]
 pub struct tg_request {
+    /// sizeof(tg_request) as the caller's header has it, or 0 (this first
+    /// layout: zero-initialised requests work). Also says which layout of
+    /// tg_decision the caller has.
+    pub size: u32,
     /// Account id, 1 to TG_ACCOUNT_MAX bytes.
     pub account: *const c_char,
     pub account_len: usize,
@@ -138,9 +163,14 @@ pub struct tg_request {
 }
 
 /// The answer for one request: everything a proxy needs for its headers.
+/// Written by tg_check, which sets `size` to the bytes it wrote (the
+/// layout of the request's `size`); renderers read no more than `size`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct tg_decision {
+    /// Bytes of this struct in use (see "Structs that grow"); 0 = this
+    /// first layout.
+    pub size: u32,
     /// 1 if admitted (and counted), 0 if refused (and nothing counted).
     pub allowed: u32,
     /// TG_LIMIT_NONE, TG_LIMIT_MINUTE or TG_LIMIT_DAY.
@@ -158,9 +188,12 @@ pub struct tg_decision {
     pub retry_after: u32,
 }
 
-/// What tg_limiter_verify found walking every slot.
+/// What tg_limiter_verify found walking every slot. Set `size` (or 0)
+/// before the call.
 #[repr(C)]
 pub struct tg_verify_report {
+    /// sizeof(tg_verify_report) as the caller's header has it, or 0.
+    pub size: u32,
     pub slots: u32,
     /// Slots bound to a key (with or without counts for today).
     pub bound: u32,
@@ -179,9 +212,11 @@ pub struct tg_verify_report {
     pub problems: u32,
 }
 
-/// Table usage.
+/// Table usage. Set `size` (or 0) before the call.
 #[repr(C)]
 pub struct tg_stats {
+    /// sizeof(tg_stats) as the caller's header has it, or 0.
+    pub size: u32,
     /// Slots in the region.
     pub slots: u32,
     /// Slots holding counts for the current day.
@@ -191,6 +226,10 @@ pub struct tg_stats {
     /// Bytes the region occupies.
     pub region_bytes: u64,
     pub layout_version: u32,
+    /// Decisions that met counts dated beyond the clock-fault bound (a
+    /// wrong clock, since corrected) and re-dated them to the current
+    /// window, since the region was formatted: a metric to alert on.
+    pub clock_faults: u64,
 }
 
 fn guard(f: impl FnOnce() -> tg_status) -> tg_status {
@@ -206,6 +245,8 @@ fn status_of(e: &Error) -> tg_status {
         Error::CostTooLarge => TG_E_COST_TOO_LARGE,
         Error::TableFull => TG_E_TABLE_FULL,
         Error::ModelTableFull => TG_E_MODEL_TABLE_FULL,
+        Error::NoSpace { .. } => TG_E_NO_SPACE,
+        Error::ReadOnly => TG_E_READ_ONLY,
         Error::Policy(_) => TG_E_POLICY,
         Error::Io { .. } => TG_E_IO,
         Error::Body(b) => body_status(*b),
@@ -227,6 +268,15 @@ fn body_status(e: BodyError) -> tg_status {
         BodyError::AmbiguousModel => TG_E_BODY_AMBIGUOUS_MODEL,
         BodyError::TooDeep => TG_E_BODY_TOO_DEEP,
     }
+}
+
+/// Whether a caller's struct `size` covers this library's layout of `T`: 0
+/// stands for the first sized layout (this one), so zero-initialised
+/// structs work. When a struct grows, the sizes of its earlier layouts are
+/// accepted here too and only their fields are read and written.
+#[inline]
+fn sized<T>(size: u32) -> bool {
+    size == 0 || size as usize >= std::mem::size_of::<T>()
 }
 
 /// Copies `msg` into a caller's error buffer, truncated, NUL-terminated.
@@ -264,10 +314,16 @@ pub extern "C" fn tg_version_number() -> u32 {
     TG_VERSION_NUMBER
 }
 
-/// The library's version as a static string ("0.1.0"); never free it.
+/// The library's version as a static string ("0.2.0"); never free it.
+#[no_mangle]
+pub extern "C" fn tg_version_string() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// Same as tg_version_string() (the older name).
 #[no_mangle]
 pub extern "C" fn tg_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    tg_version_string()
 }
 
 /// The region layout version this library reads and writes.
@@ -299,10 +355,15 @@ pub extern "C" fn tg_status_str(status: tg_status) -> *const c_char {
         TG_E_ALIGNMENT => c"memory is not aligned (64 bytes for a region, 8 for a body scanner)",
         TG_E_UNSUPPORTED => c"no lock-free 128-bit compare-and-swap on this CPU",
         TG_E_MODEL_TABLE_FULL => c"the region's model table is full",
+        TG_E_NO_SPACE => c"no space to reserve the region file",
+        TG_E_READ_ONLY => c"the handle was opened read-only",
         TG_E_BODY_NOT_JSON => c"the request body is not a JSON object",
         TG_E_BODY_NO_MODEL => c"the request body has no top-level \"model\" string",
         TG_E_BODY_AMBIGUOUS_MODEL => c"the request body names the model more than once",
         TG_E_BODY_TOO_DEEP => c"the request body nests deeper than 1024 levels",
+        TG_E_NO_ACCOUNT => c"the request carries no account id",
+        TG_E_NOT_LIMITED => c"the request's method is not limited",
+        TG_E_ABORTED => c"a callback asked to stop",
         TG_E_PANIC => c"internal error (caught panic)",
         _ => c"unknown status",
     };
@@ -517,9 +578,37 @@ fn policy_ref<'a>(policy: *const tg_policy) -> Option<&'a Policy> {
 
 fn make(out: *mut *mut tg_limiter, r: Result<Limiter, Error>) -> tg_status {
     match r {
-        Ok(l) => give(out, tg_limiter { inner: l }),
-        Err(e) => status_of(&e),
+        Ok(l) => {
+            set_last_error("");
+            give(out, tg_limiter { inner: l })
+        }
+        Err(e) => {
+            set_last_error(&e.to_string());
+            status_of(&e)
+        }
     }
+}
+
+thread_local! {
+    /// The message of this thread's last failed constructor call.
+    static LAST_ERROR: std::cell::RefCell<std::ffi::CString> =
+        std::cell::RefCell::new(std::ffi::CString::default());
+}
+
+fn set_last_error(msg: &str) {
+    // A message never holds a NUL (paths are refused with one); strip any.
+    let c = std::ffi::CString::new(msg.replace('\0', "")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+/// What went wrong, in words, in this thread's last call that made (or
+/// failed to make) a limiter: tg_limiter_new, _init_in, _attach, _open,
+/// _share. Names the path, the OS's reason, the sizes and what to do
+/// ("... grow it with `tollgate resize`"); "" after a success. The string
+/// belongs to the thread and stays valid until its next such call.
+#[no_mangle]
+pub extern "C" fn tg_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
 /// A limiter whose region (tg_region_size(slots) bytes) the library
@@ -601,7 +690,9 @@ pub extern "C" fn tg_limiter_open(
         let (Some(p), false, false) = (policy_ref(policy), path.is_null(), out.is_null()) else {
             return TG_E_NULL;
         };
-        if flags & !TG_OPEN_CREATE != 0 {
+        if flags & !(TG_OPEN_CREATE | TG_OPEN_READ_ONLY) != 0
+            || flags == TG_OPEN_CREATE | TG_OPEN_READ_ONLY
+        {
             return TG_E_INVALID;
         }
         // SAFETY: non-null and NUL-terminated by contract.
@@ -609,6 +700,12 @@ pub extern "C" fn tg_limiter_open(
         let path = std::path::Path::new(
             <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes()),
         );
+        if flags & TG_OPEN_READ_ONLY != 0 {
+            if slots != 0 {
+                return TG_E_INVALID;
+            }
+            return make(out, Limiter::open_read_only(p, path));
+        }
         make(
             out,
             Limiter::open(p, path, slots, flags & TG_OPEN_CREATE != 0),
@@ -679,10 +776,16 @@ pub extern "C" fn tg_limiter_stats(
         let (Some(l), false) = (unsafe { limiter.as_ref() }, out.is_null()) else {
             return TG_E_NULL;
         };
+        // SAFETY: non-null, readable by contract.
+        if !sized::<tg_stats>(unsafe { (*out).size }) {
+            return TG_E_INVALID;
+        }
         let s = l.inner.stats(now_ms);
-        // SAFETY: non-null, writable by contract.
+        // SAFETY: non-null, writable for at least this layout (checked).
         unsafe {
             *out = tg_stats {
+                size: std::mem::size_of::<tg_stats>() as u32,
+                clock_faults: s.clock_faults,
                 slots: s.slots,
                 used: s.used,
                 table_full: s.table_full,
@@ -691,6 +794,29 @@ pub extern "C" fn tg_limiter_stats(
             }
         };
         TG_OK
+    })
+}
+
+/// Sets the clock-fault bound in seconds (default: the policy's
+/// `[clock] max_skew_seconds`, itself 60 by default; at most 86400, rounded
+/// up to whole minutes). Counts dated further than this ahead of a
+/// decision's now_ms are taken as counts of the current window, so a clock
+/// that was wrong and is corrected locks no key out; within the bound a
+/// clock stepping back gives no quota back. Like tg_limiter_set_policy, it
+/// must not overlap any other call on the same handle; tg_limiter_share
+/// and tg_limiter_set_policy reset it to the policy's value.
+#[no_mangle]
+pub extern "C" fn tg_limiter_set_max_skew(limiter: *mut tg_limiter, seconds: u32) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or a live limiter from this library, not in use by
+        // any other call meanwhile (documented).
+        let Some(l) = (unsafe { limiter.as_mut() }) else {
+            return TG_E_NULL;
+        };
+        match l.inner.set_max_skew(seconds) {
+            Ok(()) => TG_OK,
+            Err(e) => status_of(&e),
+        }
     })
 }
 
@@ -715,6 +841,10 @@ pub extern "C" fn tg_limiter_verify(
         if text.is_null() && cap != 0 {
             return TG_E_NULL;
         }
+        // SAFETY: non-null, readable by contract.
+        if !sized::<tg_verify_report>(unsafe { (*out).size }) {
+            return TG_E_INVALID;
+        }
         let r = l.inner.verify(now_ms);
         if let Some(p) = r.problems.first() {
             write_err(text, cap, &p.to_string());
@@ -724,6 +854,7 @@ pub extern "C" fn tg_limiter_verify(
         // SAFETY: non-null, writable by contract.
         unsafe {
             *out = tg_verify_report {
+                size: std::mem::size_of::<tg_verify_report>() as u32,
                 slots: r.slots,
                 bound: r.bound,
                 live: r.live,
@@ -771,6 +902,7 @@ fn bytes_arg<'a>(
 
 fn to_c(d: &Decision) -> tg_decision {
     tg_decision {
+        size: std::mem::size_of::<tg_decision>() as u32,
         allowed: d.allowed as u32,
         limited_by: d.limited_by as u32,
         minute_limit: d.minute.limit,
@@ -788,6 +920,9 @@ fn to_c(d: &Decision) -> tg_decision {
 fn decision_arg(decision: *const tg_decision) -> Result<Decision, tg_status> {
     // SAFETY: NULL or a readable tg_decision by contract.
     let d = unsafe { decision.as_ref() }.ok_or(TG_E_NULL)?;
+    if !sized::<tg_decision>(d.size) {
+        return Err(TG_E_INVALID);
+    }
     from_c(d).ok_or(TG_E_INVALID)
 }
 
@@ -835,7 +970,7 @@ fn from_c(d: &tg_decision) -> Option<Decision> {
 /// Other statuses leave `*out` untouched. No allocation, lock or syscall.
 #[no_mangle]
 pub extern "C" fn tg_check(
-    limiter: *mut tg_limiter,
+    limiter: *const tg_limiter,
     req: *const tg_request,
     now_ms: u64,
     out: *mut tg_decision,
@@ -849,6 +984,9 @@ pub extern "C" fn tg_check(
         ) else {
             return TG_E_NULL;
         };
+        if !sized::<tg_request>(r.size) {
+            return TG_E_INVALID;
+        }
         let account = match bytes_arg(r.account, r.account_len, crate::ACCOUNT_MAX, TG_E_ACCOUNT) {
             Ok(a) => a,
             Err(s) => return s,
@@ -883,7 +1021,7 @@ pub extern "C" fn tg_check(
 /// path stays tg_check; this reads the clock (a vDSO call on Linux).
 #[no_mangle]
 pub extern "C" fn tg_check_now(
-    limiter: *mut tg_limiter,
+    limiter: *const tg_limiter,
     req: *const tg_request,
     out: *mut tg_decision,
 ) -> tg_status {
@@ -1029,6 +1167,16 @@ mod tests {
             .map(|x| x.parse().unwrap())
             .collect();
         assert_eq!(TG_VERSION_NUMBER, v[0] * 1_000_000 + v[1] * 1000 + v[2]);
+        assert_eq!(
+            [TG_VERSION_MAJOR, TG_VERSION_MINOR, TG_VERSION_PATCH],
+            [v[0], v[1], v[2]]
+        );
+        let header = include_str!("../include/tollgate.h");
+        let line = format!(
+            "#define TG_VERSION_STRING \"{}\"",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(header.contains(&line), "{line}");
         assert_eq!(TG_LAYOUT_VERSION, LAYOUT_VERSION);
         assert_eq!(TG_REGION_ALIGN as usize, crate::REGION_ALIGN);
         assert_eq!(TG_ACCOUNT_MAX as usize, crate::ACCOUNT_MAX);

@@ -57,8 +57,20 @@ fn cpath(path: &Path) -> Result<CString, Error> {
         .map_err(|_| Error::Invalid("path contains a NUL byte"))
 }
 
+/// How a region file is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Shared read-write mapping; with `create`, a missing file is made.
+    Write { create: bool },
+    /// A read-only descriptor mapped privately (copy-on-write): the process
+    /// reads the live table, and nothing it does, not even the stores an
+    /// atomic 128-bit load may make, can reach the file.
+    ReadOnly,
+}
+
 /// Opens (and with `create`, creates) the region file at `path`.
-pub(crate) fn open(path: &Path, slots: u32, create: bool) -> Result<(Mapping, Region), Error> {
+pub(crate) fn open(path: &Path, slots: u32, access: Access) -> Result<(Mapping, Region), Error> {
+    let create = access == Access::Write { create: true };
     if create && region::size_for(slots).is_none() {
         return Err(Error::Invalid(
             "slot count must be 1 to 2^30 to create a region",
@@ -68,10 +80,14 @@ pub(crate) fn open(path: &Path, slots: u32, create: bool) -> Result<(Mapping, Re
     // A creator that loses the race attaches; one more round covers a file
     // removed between our failed link and our open.
     for _ in 0..3 {
+        let mode = match access {
+            Access::ReadOnly => libc::O_RDONLY,
+            Access::Write { .. } => libc::O_RDWR,
+        };
         // SAFETY: `c` is a valid NUL-terminated path.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        let fd = unsafe { libc::open(c.as_ptr(), mode | libc::O_CLOEXEC) };
         if fd >= 0 {
-            return attach_fd(path, Fd(fd), slots);
+            return attach_fd(path, Fd(fd), slots, access);
         }
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::ENOENT) || !create {
@@ -88,7 +104,7 @@ pub(crate) fn open(path: &Path, slots: u32, create: bool) -> Result<(Mapping, Re
     Err(io_err(path, "open"))
 }
 
-fn attach_fd(path: &Path, fd: Fd, slots: u32) -> Result<(Mapping, Region), Error> {
+fn attach_fd(path: &Path, fd: Fd, slots: u32, access: Access) -> Result<(Mapping, Region), Error> {
     // SAFETY: zeroed stat is a valid out-parameter for fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fd is open; st is writable.
@@ -126,22 +142,31 @@ fn attach_fd(path: &Path, fd: Fd, slots: u32) -> Result<(Mapping, Region), Error
             asked: slots,
         }));
     }
-    let mapping = map(path, &fd, len)?;
+    if let Access::Write { .. } = access {
+        // A file made sparse (by an older library, `truncate`, a copy) would
+        // SIGBUS the first decision that touches a page the disk can't hold.
+        reserve(path, &fd, len, false)?;
+    }
+    let mapping = map(path, &fd, len, access)?;
     // SAFETY: the mapping covers `len` bytes, is page-aligned, and lives in
     // the returned Mapping for as long as the Region is used.
     let region = unsafe { Region::attach(mapping.ptr, mapping.len) }?;
     Ok((mapping, region))
 }
 
-fn map(path: &Path, fd: &Fd, len: usize) -> Result<Mapping, Error> {
-    // SAFETY: a fresh shared mapping of an open descriptor; the kernel
-    // chooses the address.
+fn map(path: &Path, fd: &Fd, len: usize, access: Access) -> Result<Mapping, Error> {
+    let share = match access {
+        Access::ReadOnly => libc::MAP_PRIVATE,
+        Access::Write { .. } => libc::MAP_SHARED,
+    };
+    // SAFETY: a fresh mapping of an open descriptor; the kernel chooses the
+    // address. A private mapping may be writable over a read-only descriptor.
     let ptr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
+            share,
             fd.0,
             0,
         )
@@ -153,6 +178,45 @@ fn map(path: &Path, fd: &Fd, len: usize) -> Result<Mapping, Error> {
         ptr: ptr.cast(),
         len,
     })
+}
+
+/// Gives every byte of the file's `len` blocks on disk (or in tmpfs) now, so
+/// no later store into the mapping can meet a full file system: that would
+/// be a SIGBUS in whichever process touched the page, not an error.
+/// `fresh`: the file is our new temporary one, whose partly reserved blocks
+/// are given back before the free space is measured.
+fn reserve(path: &Path, fd: &Fd, len: usize, fresh: bool) -> Result<(), Error> {
+    // SAFETY: fd is open for writing; posix_fallocate returns the error
+    // number instead of setting errno.
+    let rc = unsafe { libc::posix_fallocate(fd.0, 0, len as libc::off_t) };
+    if rc != 0 && fresh {
+        // SAFETY: fd is open for writing and the file is ours alone.
+        unsafe { libc::ftruncate(fd.0, 0) };
+    }
+    match rc {
+        0 => Ok(()),
+        libc::ENOSPC | libc::EFBIG => Err(Error::NoSpace {
+            path: path.display().to_string(),
+            needed: len as u64,
+            free: free_bytes(fd),
+        }),
+        e => Err(Error::Io {
+            path: path.display().to_string(),
+            op: "reserve",
+            source: io::Error::from_raw_os_error(e),
+        }),
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the file's file system.
+fn free_bytes(fd: &Fd) -> u64 {
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open; st is writable.
+    if unsafe { libc::fstatvfs(fd.0, &mut st) } != 0 {
+        return 0;
+    }
+    st.f_bavail as u64 * st.f_frsize as u64
 }
 
 /// Formats a temporary file and links it into place. `None` if another
@@ -180,11 +244,10 @@ fn create_new(path: &Path, c: &CString, slots: u32) -> Result<Option<(Mapping, R
     }
     let fd = Fd(fd);
     let result = (|| {
-        // SAFETY: fd is open for writing.
-        if unsafe { libc::ftruncate(fd.0, len as libc::off_t) } != 0 {
-            return Err(io_err(&tmp, "resize"));
-        }
-        let mapping = map(&tmp, &fd, len)?;
+        // Named by the path asked for: the temporary name means nothing
+        // to whoever reads the message.
+        reserve(path, &fd, len, true)?;
+        let mapping = map(&tmp, &fd, len, Access::Write { create: true })?;
         // SAFETY: a fresh file extended with ftruncate reads as zeros; the
         // mapping is ours alone until the link below publishes it.
         let region = unsafe { Region::format(mapping.ptr, mapping.len, crate::now_ms(), true) }?;

@@ -18,12 +18,17 @@
 //!
 //! Modules, one concern each: [`policy`] (tiers, models, TOML), `window`
 //! (minute/day arithmetic), `key` (seeded hashing), `region` (layout,
-//! format, attach), `slot` (the packed state and the CAS: the decision
-//! path), [`decision`] (headers, error body), [`body`] (the streaming
-//! JSON scan of a request body for its model), `ffi` (the C ABI).
+//! format, attach), `refusals` (the ring of latest refusals), `slot` (the
+//! packed state and the CAS: the decision path), [`decision`] (headers,
+//! error body), [`body`] (the streaming JSON scan of a request body for its
+//! model), [`answer`] (the whole HTTP answer for every outcome, one wording
+//! for every binding), `digest` (account ids from API keys), `ffi` (the C
+//! ABI).
 
+pub mod answer;
 pub mod body;
 pub mod decision;
+mod digest;
 mod error;
 pub mod ffi;
 mod file;
@@ -31,17 +36,20 @@ mod key;
 mod limiter;
 mod ops;
 pub mod policy;
+mod refusals;
 mod region;
 mod slot;
 mod window;
 
 pub use body::BodyError;
 pub use decision::{Decision, Window};
+pub use digest::account_digest;
 pub use error::Error;
 pub use key::ACCOUNT_MAX;
 pub use limiter::{Limiter, Request, Stats};
 pub use ops::{KeyUsage, Problem, ResizeReport, VerifyReport};
 pub use policy::{Limits, Model, Policy, PolicyError, Tier};
+pub use refusals::Refusal;
 pub use region::{RegionError, BYTES_PER_SLOT, LAYOUT_VERSION, REGION_ALIGN};
 pub use slot::{LimitedBy, PROBE_MAX};
 

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use crate::decision::Decision;
 use crate::error::Error;
-use crate::file::Mapping;
+use crate::file::{Access, Mapping};
 use crate::key::{self, ACCOUNT_MAX};
 use crate::policy::{Limits, Policy, Tier};
+use crate::refusals;
 use crate::region::{self, HeapMem, Region};
 use crate::slot;
 use crate::window::Instant;
@@ -76,6 +77,11 @@ pub struct Limiter {
     policy: Policy,
     /// The region's id for each of the policy's models, by policy index.
     model_ids: Vec<u16>,
+    /// Opened with [`Limiter::open_read_only`]: operator writes are refused.
+    read_only: bool,
+    /// The clock-fault bound in whole minutes, rounded up (see
+    /// [`Limiter::set_max_skew`]).
+    skew_minutes: u32,
     // Declared last so the region view is dropped before its memory.
     _backing: Arc<Backing>,
 }
@@ -88,6 +94,9 @@ pub struct Stats {
     pub used: u32,
     /// Decisions refused for want of a free slot, since formatting.
     pub table_full: u64,
+    /// Decisions that found counts dated beyond the clock-fault bound (a
+    /// wrong clock, since corrected) and re-dated them, since formatting.
+    pub clock_faults: u64,
     pub bytes: usize,
     pub layout_version: u32,
 }
@@ -142,8 +151,32 @@ impl Limiter {
         slots: u32,
         create: bool,
     ) -> Result<Limiter, Error> {
-        let (mapping, region) = crate::file::open(path.as_ref(), slots, create)?;
+        let access = Access::Write { create };
+        let (mapping, region) = crate::file::open(path.as_ref(), slots, access)?;
         Limiter::with(policy, region, Backing::File(mapping))
+    }
+
+    /// Maps an existing region file for reading only, for operator views:
+    /// the descriptor is read-only and the mapping private, so nothing done
+    /// through this handle (not even a decision) reaches the file, and the
+    /// policy's model names are looked up, never registered. Counts read
+    /// are the live ones at the moment each page is first read.
+    /// [`Limiter::reset`] through it is [`Error::ReadOnly`].
+    pub fn open_read_only(policy: &Policy, path: impl AsRef<Path>) -> Result<Limiter, Error> {
+        let (mapping, region) = crate::file::open(path.as_ref(), 0, Access::ReadOnly)?;
+        Ok(Limiter {
+            region,
+            policy: policy.clone(),
+            model_ids: found_ids(&region, policy),
+            read_only: true,
+            skew_minutes: skew_minutes(policy.max_skew_seconds()),
+            _backing: Arc::new(Backing::File(mapping)),
+        })
+    }
+
+    /// Whether this handle was opened with [`Limiter::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     fn with(policy: &Policy, region: Region, backing: Backing) -> Result<Limiter, Error> {
@@ -152,6 +185,8 @@ impl Limiter {
             region,
             policy: policy.clone(),
             model_ids,
+            read_only: false,
+            skew_minutes: skew_minutes(policy.max_skew_seconds()),
             _backing: Arc::new(backing),
         })
     }
@@ -163,7 +198,9 @@ impl Limiter {
         Ok(Limiter {
             region: self.region,
             policy: policy.clone(),
-            model_ids: model_ids(&self.region, policy)?,
+            model_ids: self.ids_for(policy)?,
+            read_only: self.read_only,
+            skew_minutes: skew_minutes(policy.max_skew_seconds()),
             _backing: self._backing.clone(),
         })
     }
@@ -171,9 +208,29 @@ impl Limiter {
     /// Replaces the policy. Counters are kept: they are counts, compared
     /// against whatever limits are in force.
     pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
-        self.model_ids = model_ids(&self.region, policy)?;
+        self.model_ids = self.ids_for(policy)?;
         self.policy = policy.clone();
+        self.skew_minutes = skew_minutes(policy.max_skew_seconds());
         Ok(())
+    }
+
+    /// Sets the clock-fault bound, overriding the policy's
+    /// `[clock] max_skew_seconds` (default 60): counts dated further than
+    /// `seconds` ahead of a decision's `now` are taken as the current
+    /// window's, and counted in [`Stats::clock_faults`]. Windows are whole
+    /// minutes, so the bound is rounded up to one. At most a day.
+    pub fn set_max_skew(&mut self, seconds: u32) -> Result<(), Error> {
+        if seconds > crate::policy::MAX_SKEW_SECONDS_MAX {
+            return Err(Error::Invalid("max skew is at most 86400 seconds"));
+        }
+        self.skew_minutes = skew_minutes(seconds);
+        Ok(())
+    }
+
+    /// The latest refusals recorded in the table (by any process), oldest
+    /// first; a key refused again within one second is recorded once.
+    pub fn refusals(&self) -> Vec<crate::Refusal> {
+        refusals::read(&self.region)
     }
 
     /// The policy in force.
@@ -202,9 +259,30 @@ impl Limiter {
         if req.cost > limits.rpm.min(limits.rpd) {
             return Err(Error::CostTooLarge);
         }
-        let key = key::hash(self.region.seed(), req.account, self.model_ids[model]);
-        let outcome = slot::decide(&self.region, &key, req.account, limits, req.cost, now)
-            .map_err(|_| Error::TableFull)?;
+        let model_id = self.model_ids[model];
+        let key = key::hash(self.region.seed(), req.account, model_id);
+        let outcome = slot::decide(
+            &self.region,
+            &key,
+            req.account,
+            limits,
+            req.cost,
+            now,
+            self.skew_minutes,
+        )
+        .map_err(|_| Error::TableFull)?;
+        if !outcome.allowed {
+            let fingerprint = key.id as u32;
+            refusals::record(
+                &self.region,
+                fingerprint,
+                req.account,
+                model_id,
+                &outcome,
+                limits,
+                now_ms,
+            );
+        }
         Ok(Decision::new(outcome, limits, now_ms))
     }
 
@@ -223,14 +301,12 @@ impl Limiter {
         let used = crate::ops::entries(&self.region)
             .filter(|e| !e.state.stale(now))
             .count() as u32;
+        let h = self.region.header();
         Stats {
             slots: self.region.slot_count(),
             used,
-            table_full: self
-                .region
-                .header()
-                .table_full
-                .load(std::sync::atomic::Ordering::Relaxed),
+            table_full: h.table_full.load(std::sync::atomic::Ordering::Relaxed),
+            clock_faults: h.clock_faults.load(std::sync::atomic::Ordering::Relaxed),
             bytes: self.region.bytes(),
             layout_version: region::LAYOUT_VERSION,
         }
@@ -238,6 +314,26 @@ impl Limiter {
 
     pub(crate) fn region(&self) -> &Region {
         &self.region
+    }
+
+    fn ids_for(&self, policy: &Policy) -> Result<Vec<u16>, Error> {
+        if self.read_only {
+            return Ok(found_ids(&self.region, policy));
+        }
+        model_ids(&self.region, policy)
+    }
+
+    pub(crate) fn skew_minutes(&self) -> u32 {
+        self.skew_minutes
+    }
+
+    /// `Err(ReadOnly)` on a read-only handle: for operations that write.
+    pub(crate) fn writable(&self) -> Result<(), Error> {
+        if self.read_only {
+            Err(Error::ReadOnly)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -258,6 +354,21 @@ fn model_ids(region: &Region, policy: &Policy) -> Result<Vec<u16>, Error> {
                 .model_id(m.name.as_bytes())
                 .ok_or(Error::ModelTableFull)
         })
+        .collect()
+}
+
+fn skew_minutes(seconds: u32) -> u32 {
+    seconds.div_ceil(60)
+}
+
+/// As [`model_ids`] without registering: a model no process registered has
+/// no slots, and an id no region hands out (ids are below MODELS_MAX) finds
+/// none.
+fn found_ids(region: &Region, policy: &Policy) -> Vec<u16> {
+    policy
+        .models()
+        .iter()
+        .map(|m| region.find_model(m.name.as_bytes()).unwrap_or(u16::MAX))
         .collect()
 }
 

@@ -251,7 +251,8 @@ impl Limiter {
         let mut names: HashMap<u16, Option<String>> = HashMap::new();
         Ok(entries(region)
             .map(|e| {
-                let (_, minute, day) = e.state.view(now);
+                let v = e.state.view(now, self.skew_minutes());
+                let (minute, day) = (v.minute_count, v.day_count);
                 let model = names
                     .entry(e.model_id)
                     .or_insert_with(|| {
@@ -450,6 +451,7 @@ impl Limiter {
     /// requests landing meanwhile are counted after it. Returns how many
     /// keys had a slot.
     pub fn reset(&self, account: &[u8], model: Option<&[u8]>) -> Result<u32, Error> {
+        self.writable()?;
         if account.is_empty() || account.len() > ACCOUNT_MAX {
             return Err(Error::Account);
         }
@@ -562,7 +564,8 @@ impl Limiter {
             let Some(e) = entry_at(old, i) else {
                 continue;
             };
-            let (_, minute, day) = e.state.view(now);
+            let v = e.state.view(now, self.skew_minutes());
+            let (minute, day) = (v.minute_count, v.day_count);
             if e.state.stale(now) || (minute == 0 && day == 0) {
                 report.stale += 1;
                 continue;
@@ -583,7 +586,7 @@ impl Limiter {
             let key = key::hash(dst.seed(), &account, new_id);
             // Bind through the decision path itself (one request of cost 1),
             // then replace that state with the carried one.
-            slot::decide(dst, &key, &account, big, 1, now).map_err(|_| {
+            slot::decide(dst, &key, &account, big, 1, now, self.skew_minutes()).map_err(|_| {
                 Error::Invalid("the new table is too small for the live keys: nothing was created")
             })?;
             let (j, gen) = find(dst, &key).ok_or(Error::Invalid(
@@ -595,6 +598,48 @@ impl Limiter {
         }
         progress(total, total);
         Ok(report)
+    }
+}
+
+/// Read-side views for the operator command's `inspect`.
+impl Limiter {
+    /// The counts of one (account, model) key as stored, at `now_ms`
+    /// (past windows read as 0), without binding or registering anything:
+    /// `None` if the key has no slot (never seen, or its slot was since
+    /// reused) or no process registered the model. Unlike a peek through
+    /// [`Limiter::check`], counts are not capped at any limit, and any
+    /// model the region knows can be asked about, whatever the policy.
+    pub fn key_usage(
+        &self,
+        account: &[u8],
+        model: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<KeyUsage>, Error> {
+        if account.is_empty() || account.len() > ACCOUNT_MAX {
+            return Err(Error::Account);
+        }
+        let now = instant(now_ms)?;
+        let region = self.region();
+        let Some(id) = lookup_model(region, model) else {
+            return Ok(None);
+        };
+        let key = key::hash(region.seed(), account, id);
+        let Some((i, _)) = find(region, &key) else {
+            return Ok(None);
+        };
+        // Re-read as one consistent pair; a slot rebound since `find` is no
+        // longer this key's.
+        let Some(e) = entry_at(region, i).filter(|e| e.model_id == id) else {
+            return Ok(None);
+        };
+        let v = e.state.view(now, self.skew_minutes());
+        Ok(Some(KeyUsage {
+            slot: i as u32,
+            account: Some(account.to_vec()),
+            model: Some(String::from_utf8_lossy(model).into_owned()),
+            minute: v.minute_count,
+            day: v.day_count,
+        }))
     }
 }
 
@@ -629,6 +674,29 @@ mod tests {
         assert!(v.ok(), "{:?}", v.problems);
         assert_eq!((v.bound, v.live, v.slots), (1, 1, 256));
         assert_eq!(v.never_used, 255);
+    }
+
+    #[test]
+    fn key_usage_reads_uncapped_counts_without_binding() {
+        let l = limiter();
+        let r = Request::new(b"acct-1", b"DeepSeek-V3.1", Tier::Developer).limits(35, 100);
+        for _ in 0..31 {
+            assert!(l.check(&r, NOW).unwrap().allowed);
+        }
+        let u = l
+            .key_usage(b"acct-1", b"DeepSeek-V3.1", NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!((u.minute, u.day), (31, 31), "not capped at the policy's 30");
+        let later = l.key_usage(b"acct-1", b"DeepSeek-V3.1", NOW + 60_000);
+        assert_eq!(later.unwrap().map(|u| (u.minute, u.day)), Some((0, 31)));
+        assert!(l
+            .key_usage(b"acct-2", b"DeepSeek-V3.1", NOW)
+            .unwrap()
+            .is_none());
+        assert!(l.key_usage(b"acct-1", b"gpt-5", NOW).unwrap().is_none());
+        assert!(matches!(l.key_usage(b"", b"x", NOW), Err(Error::Account)));
+        assert_eq!(l.usage(NOW).unwrap().len(), 1, "nothing was bound");
     }
 
     #[test]

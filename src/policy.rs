@@ -75,7 +75,17 @@ pub struct Policy {
     /// Enterprise plans by account id; a model missing from a plan falls back
     /// to the enterprise tier table.
     accounts: HashMap<Box<[u8]>, Vec<Option<Limits>>>,
+    /// How far ahead of `now` stored counts may be dated before they are
+    /// taken for a clock fault (see [`Policy::max_skew_seconds`]).
+    max_skew_seconds: u32,
 }
+
+/// Default for `[clock] max_skew_seconds`: a minute covers NTP steps and
+/// slews; a clock wrong by more than that is a fault, not a correction.
+pub const DEFAULT_MAX_SKEW_SECONDS: u32 = 60;
+/// Largest `max_skew_seconds` accepted: a day (a larger bound would let one
+/// bad clock reading lock a key out of whole days).
+pub const MAX_SKEW_SECONDS_MAX: u32 = 86_400;
 
 /// Why a policy was refused: where, which field, and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,12 +227,38 @@ impl Policy {
             let limits = table(&field, plan.get_ref())?;
             accounts.insert(account.as_bytes().into(), limits);
         }
+        let max_skew_seconds = match &file.clock {
+            None => DEFAULT_MAX_SKEW_SECONDS,
+            Some(c) => {
+                let v = &c.get_ref().max_skew_seconds;
+                match u32::try_from(*v.get_ref()) {
+                    Ok(n) if n <= MAX_SKEW_SECONDS_MAX => n,
+                    _ => {
+                        return Err(err(
+                            Some(v.span()),
+                            "clock.max_skew_seconds",
+                            format!("must be 0 to {MAX_SKEW_SECONDS_MAX} seconds"),
+                        ))
+                    }
+                }
+            }
+        };
         Ok(Policy {
             models,
             index,
             tiers,
             accounts,
+            max_skew_seconds,
         })
+    }
+
+    /// Counts dated further than this ahead of `now` are a clock fault (a
+    /// host or caller clock that was wrong, then corrected): they are taken
+    /// as counts of the current window instead of locking the key out until
+    /// the faulty time comes round. Within the bound a clock that steps back
+    /// gives no quota back. `[clock] max_skew_seconds`, default 60.
+    pub fn max_skew_seconds(&self) -> u32 {
+        self.max_skew_seconds
     }
 
     pub fn models(&self) -> &[Model] {
@@ -314,6 +350,14 @@ struct FileDef {
     tiers: TiersDef,
     #[serde(default)]
     accounts: BTreeMap<String, Spanned<BTreeMap<String, Spanned<LimitsDef>>>>,
+    #[serde(default)]
+    clock: Option<Spanned<ClockDef>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockDef {
+    max_skew_seconds: Spanned<i64>,
 }
 
 #[derive(Deserialize)]

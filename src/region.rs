@@ -3,9 +3,10 @@
 //!
 //! ```text
 //! offset 0       Header (128 B): magic, layout version, sizes, seed, checksum,
-//!                table-full counter
+//!                table-full and clock-fault counters, refusal ring cursor
 //! offset 128     model table: 256 x 64 B (name of each model id)
-//! offset 16 512  hot slots: N x 32 B  (what a decision reads and CASes)
+//! offset 16 512  refusal ring: 64 x 128 B (the latest refusals, for operators)
+//! offset 24 704  hot slots: N x 32 B  (what a decision reads and CASes)
 //! then           cold names: N x 64 B (account id bytes, for operators only)
 //! ```
 //! A slot's ident and state share one 32-byte half of a cache line; account
@@ -21,14 +22,19 @@ use crate::policy::{MODELS_MAX, MODEL_NAME_MAX};
 
 pub const MAGIC: [u8; 8] = *b"TOLLGATE";
 /// Bumped whenever the meaning of any byte of the region changes.
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: the refusal ring and the clock-fault counter.
+pub const LAYOUT_VERSION: u32 = 2;
 /// Alignment a caller's memory must have.
 pub const REGION_ALIGN: usize = 64;
 pub const HEADER_SIZE: usize = 128;
 pub const MODEL_ENTRY_SIZE: usize = 64;
-pub const SLOTS_OFFSET: usize = HEADER_SIZE + MODELS_MAX * MODEL_ENTRY_SIZE;
+pub const RING_OFFSET: usize = HEADER_SIZE + MODELS_MAX * MODEL_ENTRY_SIZE;
+pub const SLOTS_OFFSET: usize = RING_OFFSET + RING_ENTRIES * RING_ENTRY_SIZE;
 pub const SLOT_SIZE: usize = 32;
 pub const NAME_SIZE: usize = 64;
+/// Refusals the ring keeps (the latest ones).
+pub const RING_ENTRIES: usize = 64;
+pub const RING_ENTRY_SIZE: usize = 128;
 /// Bytes per slot, hot state and account name together.
 pub const BYTES_PER_SLOT: usize = SLOT_SIZE + NAME_SIZE;
 /// Largest slot count (keeps sizes and indexes comfortably in range).
@@ -65,7 +71,14 @@ pub(crate) struct Header {
     created_ms: u64,
     checksum: u64,
     pub(crate) table_full: AtomicU64,
-    _reserved: [u64; 5],
+    /// Decisions that re-dated counts a wrong clock had put in the future.
+    pub(crate) clock_faults: AtomicU64,
+    /// Refusals recorded in the ring, ever (the next entry's ticket).
+    pub(crate) ring_head: AtomicU64,
+    /// Key fingerprint and second of the last refusal recorded, so that a
+    /// key refused many times a second takes one entry, not the whole ring.
+    pub(crate) ring_last: AtomicU64,
+    _reserved: [u64; 2],
 }
 
 /// One model id: its name, registered on first use by any attached process.
@@ -74,6 +87,25 @@ pub(crate) struct ModelEntry {
     /// hash (48) | name length (8) | state (8): 0 empty, 1 writing, 2 ready.
     word: AtomicU64,
     name: [AtomicU64; 7],
+}
+
+/// One recorded refusal. `seq` is a sequence lock: odd while its writer
+/// fills the entry, `2 * (ticket + 1)` once it is whole, so a reader keeps
+/// an entry only if it read the same even `seq` before and after.
+#[repr(C, align(64))]
+pub(crate) struct RingEntry {
+    pub(crate) seq: AtomicU64,
+    pub(crate) at_ms: AtomicU64,
+    /// model id (16) | limited_by (8) | account length (8)
+    pub(crate) what: AtomicU32,
+    pub(crate) minute_count: AtomicU32,
+    pub(crate) minute_limit: AtomicU32,
+    pub(crate) day_count: AtomicU32,
+    pub(crate) day_limit: AtomicU32,
+    /// A mix of the fields above and the account, written with them.
+    pub(crate) check: AtomicU32,
+    pub(crate) account: [AtomicU64; 8],
+    _tail: [u64; 3],
 }
 
 /// The hot half of a key's state. `ident` names the key and the generation
@@ -96,6 +128,8 @@ const _: () = {
     assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
     assert!(std::mem::size_of::<ModelEntry>() == MODEL_ENTRY_SIZE);
     assert!(std::mem::size_of::<Slot>() == SLOT_SIZE);
+    assert!(std::mem::size_of::<RingEntry>() == RING_ENTRY_SIZE);
+    assert!(RING_OFFSET % REGION_ALIGN == 0);
     assert!(std::mem::size_of::<Name>() == NAME_SIZE);
     assert!(NAME_SIZE >= ACCOUNT_MAX);
     assert!(7 * 8 >= MODEL_NAME_MAX);
@@ -236,7 +270,10 @@ impl Region {
             created_ms: now_ms,
             checksum: 0,
             table_full: AtomicU64::new(0),
-            _reserved: [0; 5],
+            clock_faults: AtomicU64::new(0),
+            ring_head: AtomicU64::new(0),
+            ring_last: AtomicU64::new(0),
+            _reserved: [0; 2],
         };
         h.checksum = checksum(&h);
         let ready = READY;
@@ -314,7 +351,10 @@ impl Region {
             created_ms: u64_at(64),
             checksum: u64_at(72),
             table_full: AtomicU64::new(0),
-            _reserved: [0; 5],
+            clock_faults: AtomicU64::new(0),
+            ring_head: AtomicU64::new(0),
+            ring_last: AtomicU64::new(0),
+            _reserved: [0; 2],
         };
         if h.header_size as usize != SLOTS_OFFSET
             || h.slot_size as usize != SLOT_SIZE
@@ -375,6 +415,20 @@ impl Region {
         unsafe { &*self.base.as_ptr().add(off).cast::<Name>() }
     }
 
+    #[inline]
+    pub(crate) fn ring_entry(&self, i: usize) -> &RingEntry {
+        assert!(i < RING_ENTRIES);
+        // SAFETY: the ring has RING_ENTRIES entries at RING_OFFSET, a
+        // multiple of 64, inside every region (SLOTS_OFFSET lies past it).
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(RING_OFFSET + i * RING_ENTRY_SIZE)
+                .cast::<RingEntry>()
+        }
+    }
+
     fn model_entry(&self, i: usize) -> &ModelEntry {
         assert!(i < MODELS_MAX);
         // SAFETY: the model table has MODELS_MAX entries after the header.
@@ -412,12 +466,26 @@ impl Region {
     /// Lock-free: a registrant that dies mid-write is finished by the next
     /// one with the same name (the bytes it writes are the same).
     pub(crate) fn model_id(&self, name: &[u8]) -> Option<u16> {
+        self.model_lookup(name, true)
+    }
+
+    /// The region's id for model `name` if some process registered it;
+    /// registers nothing (read-only handles, operator views).
+    pub(crate) fn find_model(&self, name: &[u8]) -> Option<u16> {
+        self.model_lookup(name, false)
+    }
+
+    fn model_lookup(&self, name: &[u8], register: bool) -> Option<u16> {
         debug_assert!(!name.is_empty() && name.len() <= MODEL_NAME_MAX);
         let h = key::hash(self.seed(), name, u16::MAX).home >> 16;
         let want = h << 16 | (name.len() as u64) << 8;
         for i in 0..MODELS_MAX {
             let e = self.model_entry(i);
             let mut w = e.word.load(Ordering::Acquire);
+            if w == 0 && !register {
+                // Entries are taken in order: the name is in none further on.
+                return None;
+            }
             if w == 0 {
                 match e
                     .word
@@ -430,7 +498,7 @@ impl Region {
             if w & !0xFF != want {
                 continue;
             }
-            if w & 0xFF == 1 {
+            if w & 0xFF == 1 && register {
                 for (k, slot) in e.name.iter().enumerate() {
                     slot.store(word_at(name, k * 8), Ordering::Relaxed);
                 }
@@ -468,7 +536,7 @@ impl Region {
     }
 }
 
-fn word_at(b: &[u8], i: usize) -> u64 {
+pub(crate) fn word_at(b: &[u8], i: usize) -> u64 {
     let mut t = [0u8; 8];
     if i < b.len() {
         let n = (b.len() - i).min(8);

@@ -31,7 +31,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use crate::key::KeyHash;
 use crate::policy::Limits;
 use crate::region::{Region, Slot};
-use crate::window::Instant;
+use crate::window::{Instant, MINUTES_PER_DAY};
 
 /// Longest probe chain; a key that finds no free slot within it is refused
 /// with TABLE_FULL. At the recommended load (<= 80%) chains are short.
@@ -78,23 +78,40 @@ impl State {
         }
     }
 
-    /// Counts as seen at `now`: windows never move backwards (a clock that
-    /// steps back gives no quota back), and a window that has passed counts
-    /// zero.
+    /// Counts as seen at `now`: the window they count in, the minute and
+    /// day counts, and whether they were a clock fault.
+    ///
+    /// Windows never move backwards, so a clock that steps back gives no
+    /// quota back, but only within `skew` minutes: counts dated further
+    /// ahead than that were made by a wrong clock (a host's or a caller's
+    /// `now`), and trusting them would refuse the key until that time comes
+    /// round, for years perhaps. They are taken as the current window's
+    /// counts instead: at most one window's quota is given back, and the
+    /// fault is counted. A window that has passed counts zero.
     #[inline]
-    pub fn view(self, now: Instant) -> (Instant, u32, u32) {
-        let at = self.at().max(now);
+    pub fn view(self, now: Instant, skew: u32) -> View {
+        let stored = self.at();
+        if stored > now && minutes(stored) - minutes(now) > skew as u64 {
+            return View {
+                at: now,
+                minute_count: self.minute_count,
+                day_count: self.day_count,
+                clock_fault: true,
+            };
+        }
+        let at = stored.max(now);
         let day_count = if self.day == at.day {
             self.day_count
         } else {
             0
         };
-        let minute_count = if self.at() == at {
-            self.minute_count
-        } else {
-            0
-        };
-        (at, minute_count, day_count)
+        let minute_count = if stored == at { self.minute_count } else { 0 };
+        View {
+            at,
+            minute_count,
+            day_count,
+            clock_fault: false,
+        }
     }
 
     /// Counts from a day that has passed (or none ever): nothing useful.
@@ -104,6 +121,23 @@ impl State {
     pub fn stale(self, now: Instant) -> bool {
         self.day < now.day
     }
+}
+
+/// Minutes since the epoch: the distance between two instants.
+#[inline]
+fn minutes(i: Instant) -> u64 {
+    i.day as u64 * MINUTES_PER_DAY as u64 + i.minute as u64
+}
+
+/// A slot's counts as one decision sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    /// The windows the counts belong to (never earlier than `now`'s).
+    pub at: Instant,
+    pub minute_count: u32,
+    pub day_count: u32,
+    /// The stored windows lay beyond the skew bound and were re-dated.
+    pub clock_fault: bool,
 }
 
 /// Which window refused.
@@ -125,6 +159,8 @@ pub struct Outcome {
     /// Counts after this decision (charged only if allowed and cost > 0).
     pub minute_count: u32,
     pub day_count: u32,
+    /// This decision re-dated counts a wrong clock had put in the future.
+    pub clock_fault: bool,
 }
 
 /// The table had no free slot in the key's probe chain.
@@ -141,7 +177,9 @@ pub(crate) fn decide(
     limits: Limits,
     cost: u32,
     now: Instant,
+    skew: u32,
 ) -> Result<Outcome, TableFull> {
+    let clock = Clock { now, skew };
     let n = region.slot_count() as usize;
     let home = ((key.home as u128 * n as u128) >> 64) as usize;
     // Fast path: most keys sit in their home slot.
@@ -150,7 +188,7 @@ pub(crate) fn decide(
     if ident >> 16 == key.id {
         let state = slot.state.load(Acquire);
         if state as u16 == ident as u16 {
-            if let Some(o) = charge(slot, ident as u16, state, limits, cost, now) {
+            if let Some(o) = charge(region, slot, ident as u16, state, limits, cost, clock) {
                 return Ok(o);
             }
         }
@@ -170,7 +208,7 @@ pub(crate) fn decide(
             }
             let bound = state as u16 == ident as u16;
             if bound && ident >> 16 == key.id {
-                match charge(slot, ident as u16, state, limits, cost, now) {
+                match charge(region, slot, ident as u16, state, limits, cost, clock) {
                     Some(o) => return Ok(o),
                     None => continue 'retry,
                 }
@@ -185,7 +223,7 @@ pub(crate) fn decide(
         }
         if cost == 0 {
             // A peek at an absent key: fresh windows, and no slot taken.
-            return Ok(judge(State::default(), limits, 0, now).0);
+            return Ok(judge(State::default(), limits, 0, clock).0);
         }
         let Some((i, ident, state)) = free else {
             region
@@ -222,38 +260,61 @@ pub(crate) fn decide(
         }
         region.write_name(i, account);
         let state = slot.state.load(Acquire);
-        match charge(slot, gen, state, limits, cost, now) {
+        match charge(region, slot, gen, state, limits, cost, clock) {
             Some(o) => return Ok(o),
             None => continue 'retry,
         }
     }
 }
 
+/// The time a decision is made at, and how far ahead of it stored counts
+/// may be dated (minutes) before they are a clock fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clock {
+    pub now: Instant,
+    pub skew: u32,
+}
+
 /// The one CAS: charge both windows of a bound slot, or refuse. `None` if
 /// the slot stopped being generation `gen` (rebound): look the key up again.
 #[inline]
 fn charge(
+    region: &Region,
     slot: &Slot,
     gen: u16,
     mut word: u128,
     limits: Limits,
     cost: u32,
-    now: Instant,
+    clock: Clock,
 ) -> Option<Outcome> {
     loop {
         let s = State::unpack(word);
         if s.gen != gen {
             return None;
         }
-        let (outcome, next) = judge(s, limits, cost, now);
-        if !outcome.allowed || cost == 0 {
-            return Some(outcome);
+        let (outcome, next) = judge(s, limits, cost, clock);
+        // A refusal or a peek stores nothing, except that a refusal stores
+        // re-dated counts once, so a clock fault is repaired and counted
+        // once, not on every request.
+        if cost == 0 || (!outcome.allowed && !outcome.clock_fault) {
+            return Some(Outcome {
+                clock_fault: false,
+                ..outcome
+            });
         }
         match slot
             .state
             .compare_exchange_weak(word, next.pack(), AcqRel, Acquire)
         {
-            Ok(_) => return Some(outcome),
+            Ok(_) => {
+                if outcome.clock_fault {
+                    region
+                        .header()
+                        .clock_faults
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Some(outcome);
+            }
             Err(cur) => word = cur,
         }
     }
@@ -262,8 +323,13 @@ fn charge(
 /// Pure decision on a state: the outcome and the state to store if allowed.
 /// A peek (cost 0) reports whether one more request would pass.
 #[inline]
-pub fn judge(s: State, limits: Limits, cost: u32, now: Instant) -> (Outcome, State) {
-    let (at, minute_count, day_count) = s.view(now);
+pub fn judge(s: State, limits: Limits, cost: u32, clock: Clock) -> (Outcome, State) {
+    let View {
+        at,
+        minute_count,
+        day_count,
+        clock_fault,
+    } = s.view(clock.now, clock.skew);
     let need = cost.max(1) as u64;
     let day_room = day_count as u64 + need <= limits.rpd as u64;
     let minute_room = minute_count as u64 + need <= limits.rpm as u64;
@@ -289,6 +355,7 @@ pub fn judge(s: State, limits: Limits, cost: u32, now: Instant) -> (Outcome, Sta
         at,
         minute_count: next.minute_count,
         day_count: next.day_count,
+        clock_fault,
     };
     (outcome, next)
 }
@@ -296,6 +363,10 @@ pub fn judge(s: State, limits: Limits, cost: u32, now: Instant) -> (Outcome, Sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn c(now: Instant) -> Clock {
+        Clock { now, skew: 1 }
+    }
 
     #[test]
     fn state_packs_losslessly() {
@@ -329,7 +400,7 @@ mod tests {
             day_count: 4,
         };
         // cost 2: minute has room for 1 only, day for 1 only -> day wins.
-        let (o, n) = judge(s, lim, 2, now);
+        let (o, n) = judge(s, lim, 2, c(now));
         assert!(!o.allowed);
         assert_eq!(o.limited_by, LimitedBy::Day);
         assert_eq!(
@@ -337,9 +408,9 @@ mod tests {
             (2, 4),
             "refused charges nothing"
         );
-        let (o, _) = judge(s, Limits { rpm: 3, rpd: 10 }, 2, now);
+        let (o, _) = judge(s, Limits { rpm: 3, rpd: 10 }, 2, c(now));
         assert_eq!(o.limited_by, LimitedBy::Minute);
-        let (o, n) = judge(s, lim, 1, now);
+        let (o, n) = judge(s, lim, 1, c(now));
         assert!(o.allowed);
         assert_eq!((n.minute_count, n.day_count), (3, 5));
     }
@@ -354,13 +425,13 @@ mod tests {
             minute_count: 3,
             day_count: 50,
         };
-        let (o, _) = judge(s, lim, 1, Instant { day: 10, minute: 6 });
+        let (o, _) = judge(s, lim, 1, c(Instant { day: 10, minute: 6 }));
         assert!(o.allowed);
         assert_eq!((o.minute_count, o.day_count), (1, 51));
-        let (o, _) = judge(s, lim, 1, Instant { day: 11, minute: 5 });
+        let (o, _) = judge(s, lim, 1, c(Instant { day: 11, minute: 5 }));
         assert_eq!((o.minute_count, o.day_count), (1, 1));
         // Clock stepped back a minute: still the stored (later) window.
-        let (o, _) = judge(s, lim, 1, Instant { day: 10, minute: 4 });
+        let (o, _) = judge(s, lim, 1, c(Instant { day: 10, minute: 4 }));
         assert!(!o.allowed);
         assert_eq!(o.at, Instant { day: 10, minute: 5 });
     }
@@ -375,7 +446,7 @@ mod tests {
             minute_count: 2,
             day_count: 2,
         };
-        let (o, n) = judge(s, lim, 0, Instant { day: 10, minute: 5 });
+        let (o, n) = judge(s, lim, 0, c(Instant { day: 10, minute: 5 }));
         assert!(o.allowed);
         assert_eq!(n.minute_count, 2);
         let full = State {
@@ -383,9 +454,48 @@ mod tests {
             ..s
         };
         assert!(
-            !judge(full, lim, 0, Instant { day: 10, minute: 5 })
+            !judge(full, lim, 0, c(Instant { day: 10, minute: 5 }))
                 .0
                 .allowed
         );
+    }
+
+    #[test]
+    fn counts_beyond_the_skew_are_a_clock_fault() {
+        let lim = Limits { rpm: 30, rpd: 100 };
+        let now = Instant { day: 10, minute: 5 };
+        let counted = |day, minute| State {
+            gen: 1,
+            minute,
+            day,
+            minute_count: 30,
+            day_count: 40,
+        };
+        // A step of one minute (within the skew): the later window stands.
+        let (o, _) = judge(counted(10, 6), lim, 1, c(now));
+        assert!(!o.allowed && !o.clock_fault);
+        assert_eq!(o.at, Instant { day: 10, minute: 6 });
+        // An hour ahead: the counts are taken as this minute's.
+        let (o, n) = judge(counted(10, 65), lim, 1, c(now));
+        assert!(o.clock_fault && !o.allowed);
+        assert_eq!(o.at, now);
+        assert_eq!(
+            (n.minute, n.day, n.minute_count, n.day_count),
+            (5, 10, 30, 40)
+        );
+        // Five years ahead, minute not full: admitted in the current window.
+        let years = State {
+            minute_count: 1,
+            day_count: 1,
+            ..counted(10 + 5 * 365, 5)
+        };
+        let (o, n) = judge(years, lim, 1, c(now));
+        assert!(o.allowed && o.clock_fault);
+        assert_eq!((n.day, n.minute_count, n.day_count), (10, 2, 2));
+        // Skew 0: any future window is a fault.
+        let strict = Clock { now, skew: 0 };
+        assert!(judge(counted(10, 6), lim, 1, strict).0.clock_fault);
+        // The past is never a fault.
+        assert!(!judge(counted(9, 1439), lim, 1, c(now)).0.clock_fault);
     }
 }

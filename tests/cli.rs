@@ -3,8 +3,15 @@
 
 mod procs;
 
+use std::io::Write as _;
+use std::process::Stdio;
+
 use procs::*;
 use serde_json::Value;
+
+/// The built-in policy's own file: `--policy` with the numbers the
+/// fixture's traffic was judged by.
+const BUILTIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policy/infercom.toml");
 
 fn json(o: &std::process::Output) -> Value {
     assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(o));
@@ -56,9 +63,9 @@ fn fixture(dir: &Scratch) -> String {
             &day_before,
         ],
     ] {
-        let mut a = vec!["__hammer", f.as_str()];
+        let mut a = vec![f.as_str()];
         a.extend(args);
-        let o = run(&a);
+        let o = run_worker(&a);
         assert!(o.status.success(), "{}", stderr(&o));
     }
     f
@@ -93,37 +100,61 @@ fn help_and_usage_errors() {
         "resize",
         "verify",
         "policy check",
+        "digest",
+        "refusals",
         "--json",
         "--policy",
     ] {
         assert!(help.contains(cmd), "help lacks {cmd}");
     }
-    assert!(!help.contains("__hammer"), "the test worker stays hidden");
+    assert!(
+        !help.contains("hammer"),
+        "no test worker in the shipped command"
+    );
     assert_eq!(code(&run(&["stats", "--help"])), 0);
+    // The worker of the multi-process tests is not a subcommand.
+    assert_eq!(code(&run(&["__hammer", "x.tg", "--account", "a"])), 2);
 
     for (args, what) in [
-        (vec![], "no command given"),
-        (vec!["frobnicate"], "unknown command"),
-        (vec!["stats"], "missing FILE"),
-        (vec!["stats", "a", "b"], "unexpected argument"),
-        (vec!["stats", "a", "--bogus"], "unknown option --bogus"),
+        (vec![], "Usage"),
+        (vec!["frobnicate"], "unrecognized subcommand 'frobnicate'"),
+        (vec!["stats"], "<FILE>"),
+        (vec!["stats", "a", "b"], "unexpected argument 'b'"),
+        (
+            vec!["stats", "a", "--bogus"],
+            "unexpected argument '--bogus'",
+        ),
         (vec!["top", "a", "--by", "week"], "--by"),
-        (vec!["top", "a", "-n", "many"], "not a valid number"),
-        (vec!["top", "a", "--tier", "gold"], "--tier"),
-        (vec!["inspect", "a"], "--account is required"),
-        (vec!["reset", "a"], "--account is required"),
+        (
+            vec!["top", "a", "-n", "many"],
+            "invalid value 'many' for '-n",
+        ),
+        (
+            vec!["top", "a", "--tier", "gold"],
+            "not free, developer or enterprise",
+        ),
+        (vec!["inspect", "a"], "--account"),
+        (vec!["reset", "a"], "--account"),
         (vec!["resize", "a", "b"], "--slots"),
         (vec!["resize", "a", "b", "--slots", "0"], "--slots"),
-        (vec!["policy"], "policy check"),
-        (vec!["policy", "lint"], "unknown policy command"),
-        (vec!["top", "a", "--by"], "--by needs a value"),
+        (vec!["policy"], "check"),
+        (vec!["policy", "lint"], "unrecognized subcommand 'lint'"),
+        (vec!["top", "a", "--by"], "a value is required for '--by"),
+        (vec!["digest", "sk-secret"], "stdin"),
+        (vec!["top", "a", "--tier", "free"], "--policy"),
     ] {
         let o = run(&args);
         assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
         let err = stderr(&o);
         assert!(err.contains(what), "{args:?}: {err}");
-        assert!(err.contains("--help"), "{args:?} points at --help");
+        assert!(
+            err.contains("--help") || err.contains("help"),
+            "{args:?} points at --help"
+        );
     }
+    // Options given twice: the last wins, as before.
+    let o = run(&["policy", "check", BUILTIN, "--json", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
 #[test]
@@ -196,29 +227,48 @@ fn top_lists_the_busiest_keys() {
     let dir = Scratch::new("cli-top");
     let f = fixture(&dir);
     let now = NOW.to_string();
+    // Without --policy: counts as stored, and no limits anyone did not name.
     let out = stdout(&run(&["top", &f, "--now-ms", &now]));
     let rows: Vec<&str> = out.lines().collect();
-    assert!(rows[1].starts_with("ACCOUNT"), "{out}");
     assert!(
-        rows[2].starts_with("alice") && rows[2].contains("25/30") && rows[2].contains("25/15000"),
+        rows[0].contains("counts only: --policy FILE adds the limits"),
         "{out}"
     );
+    assert!(rows[1].starts_with("ACCOUNT"), "{out}");
+    assert_eq!(
+        rows[2].split_whitespace().collect::<Vec<_>>(),
+        ["alice", "DeepSeek-V3.1", "25", "25"],
+        "{out}"
+    );
+    assert!(!out.contains("/30"), "{out}");
     assert!(!out.contains("carol"), "yesterday's counts are not today's");
     let j = json(&run(&[
         "top", &f, "--by", "day", "-n", "3", "--json", "--now-ms", &now,
     ]));
     assert_eq!(j["keys"], 6);
+    assert_eq!(j["policy"], Value::Null);
     let top = j["top"].as_array().unwrap();
     assert_eq!(top.len(), 3);
     assert_eq!(top[0]["account"], "alice");
     assert_eq!(top[0]["model"], "DeepSeek-V3.1");
     assert_eq!(
         (top[0]["day"].as_u64(), top[0]["rpd"].as_u64()),
-        (Some(25), Some(15000))
+        (Some(25), None)
     );
     assert_eq!(
         (top[1]["account"].as_str(), top[1]["minute"].as_u64()),
         (Some("bob-0"), Some(20))
+    );
+    // With the policy the proxies run: its limits, and its name.
+    let out = stdout(&run(&["top", &f, "--now-ms", &now, "--policy", BUILTIN]));
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(
+        rows[0].contains("limits: developer tier of ") && rows[0].contains("infercom.toml"),
+        "{out}"
+    );
+    assert!(
+        rows[2].starts_with("alice") && rows[2].contains("25/30") && rows[2].contains("25/15000"),
+        "{out}"
     );
     // A minute later the minute counts are gone, the day counts stay.
     let later = (NOW + 60_000).to_string();
@@ -237,6 +287,7 @@ fn top_lists_the_busiest_keys() {
         "--policy",
         p.to_str().unwrap(),
     ]));
+    assert!(j["policy"].as_str().unwrap().ends_with("p.toml"));
     assert_eq!(
         (j["top"][0]["rpm"].as_u64(), j["top"][0]["rpd"].as_u64()),
         (Some(40), Some(2000))
@@ -247,7 +298,7 @@ fn top_lists_the_busiest_keys() {
         "Qwen3-32B is not in that policy"
     );
     let j = json(&run(&[
-        "top", &f, "--json", "--now-ms", &now, "--tier", "free",
+        "top", &f, "--json", "--now-ms", &now, "--tier", "free", "--policy", BUILTIN,
     ]));
     assert_eq!(
         j["top"][0]["rpm"],
@@ -270,9 +321,15 @@ fn inspect_peeks_without_counting() {
         "DeepSeek-V3.1",
         "--now-ms",
         &now,
+        "--policy",
+        BUILTIN,
     ];
     let out = stdout(&run(&args));
     assert!(out.contains("minute  25 of 30 used, 5 left"), "{out}");
+    assert!(
+        out.contains("policy  ") && out.contains("infercom.toml"),
+        "{out}"
+    );
     assert!(out.contains("x-ratelimit-remaining-requests: 5\n"), "{out}");
     let mut jargs = args.to_vec();
     jargs.push("--json");
@@ -290,16 +347,7 @@ fn inspect_peeks_without_counting() {
         assert!(m["headers"].get("retry-after").is_none());
     }
     // Fill the minute: now the peek shows the refusal and its retry-after.
-    let o = run(&[
-        "__hammer",
-        &f,
-        "--account",
-        "alice",
-        "--count",
-        "10",
-        "--now-ms",
-        &now,
-    ]);
+    let o = run_worker(&[&f, "--account", "alice", "--count", "10", "--now-ms", &now]);
     assert_eq!(tally(&o).0, 5);
     let t = (NOW + 15_000).to_string();
     let j = json(&run(&[
@@ -312,8 +360,11 @@ fn inspect_peeks_without_counting() {
         "--json",
         "--now-ms",
         &t,
+        "--policy",
+        BUILTIN,
     ]));
     let m = &j["models"][0];
+    assert_eq!(m["minute_used"], 30);
     assert_eq!(m["allowed"], false);
     assert_eq!(m["limited_by"], "minute");
     assert_eq!(m["retry_after"], 45);
@@ -327,15 +378,77 @@ fn inspect_peeks_without_counting() {
         "--json",
         "--now-ms",
         &now,
+        "--policy",
+        BUILTIN,
     ]));
     let models = j["models"].as_array().unwrap();
     assert_eq!(models.len(), 12);
     let qwen = models.iter().find(|m| m["model"] == "Qwen3-32B").unwrap();
     assert_eq!(qwen["day_used"], 20);
+    assert_eq!(qwen["counted"], true);
+    let other = models
+        .iter()
+        .find(|m| m["model"] == "gpt-oss-120b")
+        .unwrap();
+    assert_eq!(
+        (other["counted"].as_bool(), other["allowed"].as_bool()),
+        (Some(false), Some(true))
+    );
+    // Without --policy: the models the account has counts on, counts only.
+    let j = json(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "bob-3",
+        "--json",
+        "--now-ms",
+        &now,
+    ]));
+    let models = j["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1, "{models:?}");
+    assert_eq!(models[0]["model"], "Qwen3-32B");
+    assert!(models.iter().all(|m| m.get("allowed").is_none()));
+    let out = stdout(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "bob-3",
+        "--now-ms",
+        &now,
+    ]));
+    assert!(out.contains("add --policy FILE"), "{out}");
+    assert!(
+        out.contains("model   Qwen3-32B\nminute  20 counted this UTC minute\n"),
+        "{out}"
+    );
     // Errors.
-    let o = run(&["inspect", &f, "--account", "alice", "--model", "gpt-5"]);
+    let o = run(&[
+        "inspect",
+        &f,
+        "--account",
+        "alice",
+        "--model",
+        "Qwen3-32",
+        "--policy",
+        BUILTIN,
+    ]);
     assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("unknown model"), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("unknown model `Qwen3-32`"), "{err}");
+    assert!(err.contains("closest: Qwen3-32B"), "{err}");
+    // No policy to judge it by: a model nobody counted has no counts.
+    let out = stdout(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "alice",
+        "--model",
+        "gpt-5",
+    ]));
+    assert!(
+        out.contains("no counts for this key: it has no slot on gpt-5"),
+        "{out}"
+    );
     let long = "x".repeat(65);
     assert_eq!(code(&run(&["inspect", &f, "--account", &long])), 1);
     // Enterprise plans from a policy file.
@@ -365,6 +478,8 @@ fn inspect_peeks_without_counting() {
         "--tier",
         "free",
         "--json",
+        "--policy",
+        BUILTIN,
     ]));
     assert!(j["models"][0]["error"]
         .as_str()
@@ -391,6 +506,7 @@ fn reset_zeroes_an_account() {
         &now,
     ]));
     assert_eq!(j["models"][0]["day_used"], 0);
+    assert_eq!(j["models"][0]["counted"], true, "reset keeps the binding");
     let out = stdout(&run(&[
         "reset",
         &f,
@@ -427,16 +543,7 @@ fn resize_carries_counters() {
     assert_eq!(j["top"][0]["account"], "alice");
     assert_eq!(j["top"][0]["day"], 25);
     // The limit carries on in the new table: alice has 5 left this minute.
-    let o = run(&[
-        "__hammer",
-        &g,
-        "--account",
-        "alice",
-        "--count",
-        "10",
-        "--now-ms",
-        &now,
-    ]);
+    let o = run_worker(&[&g, "--account", "alice", "--count", "10", "--now-ms", &now]);
     assert_eq!(tally(&o).0, 5);
     assert_eq!(code(&run(&["verify", &g, "--now-ms", &now])), 0);
     // Human output, and the failures.
@@ -568,4 +675,517 @@ fn policy_check_validates_and_tabulates() {
     // A bad --policy on any command is a failure, not a usage error.
     let o = run(&["top", "x.tg", "--policy", bad.to_str().unwrap()]);
     assert_eq!(code(&o), 1);
+}
+
+/// The file's bytes, hashed: what a read-only command must leave alone.
+fn checksum(path: &str) -> (usize, u64) {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).unwrap();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    (bytes.len(), h.finish())
+}
+
+#[test]
+fn read_only_commands_change_no_byte() {
+    let dir = Scratch::new("cli-ro");
+    let f = dir.file("t.tg");
+    let p = dir.path("p.toml");
+    std::fs::write(&p, POLICY).unwrap();
+    let p = p.to_str().unwrap();
+    let now = NOW.to_string();
+    // Proxies running a two-model policy made this table.
+    for args in [
+        vec![
+            "--account",
+            "alice",
+            "--count",
+            "5",
+            "--create-slots",
+            "256",
+        ],
+        vec!["--account", "bob", "--model", "m-one", "--count", "3"],
+    ] {
+        let mut a = vec![f.as_str(), "--policy", p, "--now-ms", &now];
+        a.extend(args);
+        assert!(run_worker(&a).status.success());
+    }
+    let before = checksum(&f);
+    let bigger = dir.file("bigger.tg");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["stats", &f],
+        vec!["stats", &f, "--json"],
+        vec!["top", &f],
+        vec!["top", &f, "--json", "--policy", BUILTIN],
+        vec!["inspect", &f, "--account", "alice"],
+        vec!["inspect", &f, "--account", "alice", "--json"],
+        vec!["inspect", &f, "--account", "alice", "--policy", BUILTIN],
+        vec!["inspect", &f, "--account", "nobody", "--policy", BUILTIN],
+        vec![
+            "inspect",
+            &f,
+            "--account",
+            "carol",
+            "--model",
+            "Qwen3-32B",
+            "--policy",
+            BUILTIN,
+            "--json",
+        ],
+        vec!["verify", &f],
+        vec!["verify", &f, "--json"],
+        vec!["refusals", &f],
+        vec!["refusals", &f, "--json", "--account", "alice"],
+        // resize only reads the table it copies.
+        vec!["resize", &f, &bigger, "--slots", "512", "--now-ms", &now],
+    ];
+    for args in &commands {
+        let o = run(args);
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+        assert_eq!(checksum(&f), before, "{args:?} changed the table");
+    }
+    let out = stdout(&run(&["stats", &f]));
+    assert!(
+        out.contains("models      2 registered: DeepSeek-V3.1, m-one"),
+        "{out}"
+    );
+    assert_eq!(
+        json(&run(&["stats", &f, "--json"]))["models"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // A write command still writes.
+    let o = run(&["reset", &f, "--account", "alice", "--policy", p]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_ne!(checksum(&f), before);
+}
+
+#[test]
+fn counts_are_shown_as_stored_and_limits_only_from_a_named_policy() {
+    let dir = Scratch::new("cli-counts");
+    let f = dir.file("t.tg");
+    let now = NOW.to_string();
+    // The application runs DeepSeek-V3.1 at rpm = 35 (built-in: 30).
+    let o = run_worker(&[
+        &f,
+        "--account",
+        "app35",
+        "--rpm",
+        "35",
+        "--rpd",
+        "1000",
+        "--count",
+        "31",
+        "--create-slots",
+        "256",
+        "--now-ms",
+        &now,
+    ]);
+    assert_eq!(tally(&o).0, 31);
+    let peek = [
+        "inspect",
+        &f,
+        "--account",
+        "app35",
+        "--model",
+        "DeepSeek-V3.1",
+        "--now-ms",
+        &now,
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = peek.to_vec();
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    // No policy named: the counts, and no limit or verdict made up.
+    let out = stdout(&with(&[]));
+    assert!(out.contains("minute  31 counted this UTC minute"), "{out}");
+    assert!(out.contains("day     31 counted this UTC day"), "{out}");
+    assert!(!out.contains("of 30") && !out.contains("refused"), "{out}");
+    assert!(out.contains("add --policy FILE"), "{out}");
+    let j = json(&with(&["--json"]));
+    assert_eq!(j["policy"], Value::Null);
+    let m = &j["models"][0];
+    assert_eq!(
+        (m["minute_used"].as_u64(), m["day_used"].as_u64()),
+        (Some(31), Some(31))
+    );
+    assert!(
+        m.get("allowed").is_none() && m.get("headers").is_none(),
+        "{m}"
+    );
+    // The application's own policy: 31 of 35, allowed, and named.
+    let p35 = dir.path("app35.toml");
+    std::fs::write(
+        &p35,
+        "[models]\n\"DeepSeek-V3.1\" = { region = \"EU\" }\n[tiers.developer]\n\"DeepSeek-V3.1\" = { rpm = 35, rpd = 1000 }\n",
+    )
+    .unwrap();
+    let p35 = p35.to_str().unwrap();
+    let out = stdout(&with(&["--policy", p35]));
+    assert!(out.contains(&format!("policy  {p35}\n")), "{out}");
+    assert!(out.contains("minute  31 of 35 used, 4 left"), "{out}");
+    assert!(out.contains("day     31 of 1000 used, 969 left"), "{out}");
+    assert!(out.contains("next request: allowed"), "{out}");
+    let j = json(&with(&["--policy", p35, "--json"]));
+    assert_eq!(j["policy"], p35);
+    let m = &j["models"][0];
+    assert_eq!(
+        (m["minute_used"].as_u64(), m["rpm"].as_u64()),
+        (Some(31), Some(35))
+    );
+    assert_eq!(m["allowed"], true);
+    assert_eq!(m["headers"]["x-ratelimit-remaining-requests"], 4);
+    // Judged by the built-in table instead: refused, and still 31, not 30.
+    let out = stdout(&with(&["--policy", BUILTIN]));
+    assert!(out.contains("minute  31 of 30 used, 0 left"), "{out}");
+    assert!(
+        out.contains("next request: refused (limited_by=minute"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_unseen_account_is_not_an_idle_one() {
+    let dir = Scratch::new("cli-unseen");
+    let f = fixture(&dir);
+    let now = NOW.to_string();
+    // A typo: no counts, and the accounts it was probably meant to be.
+    let o = run(&["inspect", &f, "--account", "alcie", "--now-ms", &now]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("no counts for this key: it has no slot on any model"),
+        "{out}"
+    );
+    assert!(
+        out.contains("closest accounts with counts: alice\n"),
+        "{out}"
+    );
+    let j = json(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "alcie",
+        "--json",
+        "--now-ms",
+        &now,
+    ]));
+    assert_eq!(j["counted"], false);
+    assert_eq!(j["suggestions"], serde_json::json!(["alice"]));
+    let j = json(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "bob-9",
+        "--json",
+        "--now-ms",
+        &now,
+    ]));
+    assert_eq!(
+        j["suggestions"],
+        serde_json::json!(["bob-0", "bob-1", "bob-2"])
+    );
+    let out = stdout(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "zzzzzzzz",
+        "--now-ms",
+        &now,
+    ]));
+    assert!(
+        out.contains("no counts for this key") && !out.contains("closest"),
+        "{out}"
+    );
+    // With a model and a policy: no counts, and what its first request gets.
+    let out = stdout(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "alcie",
+        "--model",
+        MODEL,
+        "--policy",
+        BUILTIN,
+        "--now-ms",
+        &now,
+    ]));
+    assert!(out.contains("it has no slot on DeepSeek-V3.1"), "{out}");
+    assert!(
+        out.contains("x-ratelimit-remaining-requests: 30\n"),
+        "{out}"
+    );
+    // carol counted yesterday: idle today, but seen.
+    let out = stdout(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "carol",
+        "--now-ms",
+        &now,
+    ]));
+    assert!(!out.contains("no counts for this key"), "{out}");
+    assert!(
+        out.contains("model   gpt-oss-120b\nminute  0 counted"),
+        "{out}"
+    );
+    let j = json(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "carol",
+        "--json",
+        "--now-ms",
+        &now,
+    ]));
+    assert_eq!(j["counted"], true);
+    assert_eq!(j["models"][0]["day_used"], 0);
+}
+
+/// `tollgate digest ARGS` with `input` on stdin.
+fn digest(input: &[u8], args: &[&str]) -> std::process::Output {
+    let mut c = tollgate(&[&["digest"], args].concat())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command that refuses its arguments reads nothing: ignore EPIPE.
+    let _ = c.stdin.take().unwrap().write_all(input);
+    c.wait_with_output().unwrap()
+}
+
+/// What the Python middleware's bearer_token_digest stores for `key`.
+fn python_digest(key: &[u8]) -> String {
+    let mut c = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib, sys\ntoken = sys.stdin.buffer.read().decode('latin-1')\nprint(hashlib.blake2b(token.encode('latin-1'), digest_size=16).hexdigest())",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    c.stdin.take().unwrap().write_all(key).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success());
+    stdout(&o).trim().to_string()
+}
+
+#[test]
+fn digest_is_the_middlewares_account_id_read_from_stdin() {
+    let long = "k".repeat(300);
+    let keys: [&[u8]; 5] = [
+        b"sk-proj-abc123",
+        b"x",
+        long.as_bytes(),
+        b"key with spaces\tand tab",
+        b"caf\xe9-latin-1",
+    ];
+    for key in keys {
+        let want = python_digest(key);
+        assert_eq!(want.len(), 32);
+        // One trailing newline (as `echo` adds) is not part of the key.
+        for input in [key.to_vec(), [key, b"\n"].concat()] {
+            let o = digest(&input, &[]);
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            assert_eq!(stdout(&o), format!("{want}\n"), "{key:?}");
+        }
+        let j = json(&digest(key, &["--json"]));
+        assert_eq!(j["digest"], want.as_str());
+    }
+    // Only one newline is stripped: the rest is the key's.
+    let o = digest(b"sk-1\n\n", &[]);
+    assert_eq!(stdout(&o).trim(), python_digest(b"sk-1\n"));
+    // Nothing on stdin is a failure; a key in argv is refused unread.
+    let o = digest(b"", &[]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("no key on stdin"), "{}", stderr(&o));
+    let o = digest(b"sk-1\n", &["sk-secret-in-argv"]);
+    assert_eq!(code(&o), 2);
+    assert!(stdout(&o).is_empty());
+    assert!(!stderr(&o).contains("sk-secret"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stdin"), "{}", stderr(&o));
+}
+
+#[test]
+fn client_names_are_escaped_everywhere() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let dir = Scratch::new("cli-escape");
+    let f = dir.file("t.tg");
+    let now = NOW.to_string();
+    let evil = "evil\x1b[2J\nx";
+    let shown = "evil\\x1b[2J\\x0ax";
+    for (acct, count) in [
+        (OsStr::new(evil), "3"),
+        (OsStr::from_bytes(b"bad\xff"), "2"),
+        (OsStr::new("rtl\u{202e}gpj"), "1"),
+    ] {
+        let o = worker(&[])
+            .args([OsStr::new(&f), OsStr::new("--account"), acct])
+            .args(["--count", count, "--create-slots", "64", "--now-ms", &now])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let clean = |o: &std::process::Output| {
+        assert_eq!(code(o), 0, "{}", stderr(o));
+        assert!(!o.stdout.contains(&0x1b), "raw ESC reached the terminal");
+        assert!(
+            !o.stdout.contains(&0xff),
+            "raw non-UTF-8 byte reached the terminal"
+        );
+        stdout(o)
+    };
+    let out = clean(&run(&["top", &f, "--now-ms", &now]));
+    assert_eq!(out.lines().count(), 5, "one line per key: {out}");
+    assert!(out.contains(shown), "{out}");
+    assert!(out.contains("bad\\xff "), "{out}");
+    assert!(out.contains("rtl\\u{202e}gpj "), "{out}");
+    let j: Value =
+        serde_json::from_str(&clean(&run(&["top", &f, "--json", "--now-ms", &now]))).unwrap();
+    let accounts: Vec<&str> = j["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["account"].as_str().unwrap())
+        .collect();
+    assert_eq!(accounts, [shown, "bad\\xff", "rtl\u{202e}gpj"]);
+    // inspect, reset: the same escaping, text and JSON.
+    let out = clean(&run(&["inspect", &f, "--account", evil, "--now-ms", &now]));
+    assert!(out.starts_with(&format!("account \"{shown}\" at")), "{out}");
+    let out = clean(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "evil\x1b[2J",
+        "--now-ms",
+        &now,
+    ]));
+    assert!(
+        out.contains(&format!("closest accounts with counts: {shown}")),
+        "{out}"
+    );
+    let j: Value = serde_json::from_str(&clean(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        evil,
+        "--json",
+        "--now-ms",
+        &now,
+    ])))
+    .unwrap();
+    assert_eq!(j["account"], shown);
+    assert_eq!(j["models"][0]["minute_used"], 3);
+    let out = clean(&run(&["reset", &f, "--account", evil]));
+    assert!(out.contains(shown), "{out}");
+}
+
+#[test]
+fn refusals_show_when_which_window_and_the_counts() {
+    let dir = Scratch::new("cli-refusals");
+    let f = dir.file("t.tg");
+    let o = run(&["refusals", &f]);
+    assert_eq!(code(&o), 1, "no table, no refusals: {}", stderr(&o));
+    // alice runs over the minute at 10:00; bob over his day at 10:02; an
+    // escape-laden account over its minute at 10:03.
+    let evil = "evil\x1b[2J\nx";
+    for (acct, extra, at) in [
+        ("alice", vec!["--count", "35", "--create-slots", "256"], NOW),
+        (
+            "bob",
+            vec!["--count", "5", "--rpm", "100", "--rpd", "3"],
+            NOW + 120_000,
+        ),
+        (evil, vec!["--count", "31"], NOW + 180_000),
+    ] {
+        let at = at.to_string();
+        let mut a = vec![f.as_str(), "--account", acct, "--now-ms", &at];
+        a.extend(extra);
+        assert!(run_worker(&a).status.success());
+    }
+    let o = run(&["refusals", &f]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!o.stdout.contains(&0x1b), "names are escaped");
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("3 refusals recorded in"), "{out}");
+    assert!(lines[1].starts_with("TIME (UTC)"), "{out}");
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        [
+            "2026-11-27T10:00:00Z",
+            "alice",
+            MODEL,
+            "minute",
+            "30/30",
+            "30/15000"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines[3].split_whitespace().collect::<Vec<_>>(),
+        ["2026-11-27T10:02:00Z", "bob", MODEL, "day", "3/100", "3/3"],
+        "{out}"
+    );
+    assert!(lines[4].contains("evil\\x1b[2J\\x0ax"), "{out}");
+    let j = json(&run(&["refusals", &f, "--json", "--account", "bob"]));
+    assert_eq!(j["recorded"], 3);
+    let r = j["refusals"].as_array().unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["account"], "bob");
+    assert_eq!(r[0]["at"], "2026-11-27T10:02:00Z");
+    assert_eq!(r[0]["at_ms"], NOW + 120_000);
+    assert_eq!(r[0]["limited_by"], "day");
+    assert_eq!(
+        (r[0]["day_count"].as_u64(), r[0]["day_limit"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let j = json(&run(&["refusals", &f, "--json", "--account", evil]));
+    assert_eq!(j["refusals"][0]["account"], "evil\\x1b[2J\\x0ax");
+    assert_eq!(j["refusals"][0]["minute_count"], 30);
+    let out = stdout(&run(&["refusals", &f, "--account", "carol"]));
+    assert!(
+        out.contains("no refusals recorded for account \"carol\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn stats_shows_clock_faults_and_table_full() {
+    let dir = Scratch::new("cli-clock");
+    let f = dir.file("t.tg");
+    // A host whose clock ran two hours fast counted first; the corrected
+    // clock then meets counts dated in its future.
+    let fast = (NOW + 2 * 3_600_000).to_string();
+    let now = NOW.to_string();
+    for (at, extra) in [(&fast, vec!["--create-slots", "2"]), (&now, vec![])] {
+        let mut a = vec![
+            f.as_str(),
+            "--account",
+            "skewed",
+            "--count",
+            "3",
+            "--now-ms",
+            at,
+        ];
+        a.extend(extra);
+        assert!(run_worker(&a).status.success());
+    }
+    // Two slots: a third key finds none (the worker reports it as an error).
+    for acct in ["a", "b"] {
+        run_worker(&[&f, "--account", acct, "--now-ms", &now]);
+    }
+    let j = json(&run(&["stats", &f, "--json", "--now-ms", &now]));
+    assert!(j["clock_faults"].as_u64().unwrap() >= 1, "{j}");
+    assert!(j["table_full"].as_u64().unwrap() >= 1, "{j}");
+    let out = stdout(&run(&["stats", &f, "--now-ms", &now]));
+    assert!(out.contains("clock       "), "{out}");
+    assert!(out.contains("table full  "), "{out}");
 }

@@ -131,11 +131,19 @@ fn clock_stepping_back_gives_nothing_back() {
     for _ in 0..30 {
         assert!(l.check(&r, T0 + 5 * MIN).unwrap().allowed);
     }
-    // An hour earlier: still the later window, still refused.
-    let d = l.check(&r, T0 + 5 * MIN - 3_600_000).unwrap();
+    // Half a minute earlier (within the clock-fault bound): still the later
+    // window, still refused.
+    let d = l.check(&r, T0 + 5 * MIN - 30_000).unwrap();
     assert!(!d.allowed);
     assert_eq!(d.minute.reset, (T0 + 6 * MIN) / 1000);
-    assert!(d.retry_after as u64 >= 3_600);
+    // An hour earlier is past the bound: the later counts were a clock
+    // fault and are taken as this minute's: still refused, but only until
+    // this minute ends, not for the hour.
+    let back = T0 + 5 * MIN - 3_600_000;
+    let d = l.check(&r, back).unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.minute.reset, (back / MIN + 1) * 60);
+    assert!(d.retry_after <= 60);
     // A day earlier: the day count stays too.
     let d = l.check(&r, T0 - DAY).unwrap();
     assert!(!d.allowed);

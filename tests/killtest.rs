@@ -52,7 +52,6 @@ fn spawn(file: &str, now: u64, churn: Option<String>) -> Worker {
     let keys = KEYS.to_string();
     let big = BIG.to_string();
     let mut args: Vec<String> = [
-        "__hammer",
         file,
         "--count",
         "1000",
@@ -90,7 +89,7 @@ fn spawn(file: &str, now: u64, churn: Option<String>) -> Worker {
         ),
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = tollgate(&args)
+    let mut child = worker(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

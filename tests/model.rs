@@ -32,9 +32,16 @@ struct Expect {
 
 fn reference(k: &mut RefKey, rpm: u64, rpd: u64, cost: u64, now_ms: u64) -> Expect {
     let now = (now_ms / DAY, now_ms % DAY / MIN);
-    let at = k.at.max(now);
-    let day_used = if k.at.0 == at.0 { k.day } else { 0 };
-    let minute_used = if k.at == at { k.minute } else { 0 };
+    // Counts dated more than the clock-fault bound (60 s: one minute) ahead
+    // are taken as the current window's; a refusal stores them re-dated.
+    let minutes = |(d, m): (u64, u64)| d * 1440 + m;
+    let fault = k.at > now && minutes(k.at) - minutes(now) > 1;
+    if fault && cost > 0 {
+        k.at = now;
+    }
+    let at = if fault { now } else { k.at.max(now) };
+    let day_used = if fault || k.at.0 == at.0 { k.day } else { 0 };
+    let minute_used = if fault || k.at == at { k.minute } else { 0 };
     let want = cost.max(1);
     let limited_by = if day_used + want > rpd {
         LimitedBy::Day

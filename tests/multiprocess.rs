@@ -1,6 +1,6 @@
 //! One region file shared by many processes: exact limits across processes,
 //! counters that outlive every opener, racing creators, and files that are
-//! not regions. Workers are real processes (`tollgate __hammer`).
+//! not regions. Workers are real processes (`tollgate-test-worker`).
 
 mod procs;
 
@@ -120,8 +120,7 @@ fn counters_persist_after_every_opener_exits() {
     let f = dir.file("t.tg");
     let now = NOW.to_string();
     // The first worker creates the file; nothing else has it open.
-    let o = run(&[
-        "__hammer",
+    let o = run_worker(&[
         &f,
         "--account",
         "keep",
@@ -133,16 +132,7 @@ fn counters_persist_after_every_opener_exits() {
         &now,
     ]);
     assert_eq!(tally(&o).0, 7);
-    let o = run(&[
-        "__hammer",
-        &f,
-        "--account",
-        "keep",
-        "--count",
-        "5",
-        "--now-ms",
-        &now,
-    ]);
+    let o = run_worker(&[&f, "--account", "keep", "--count", "5", "--now-ms", &now]);
     assert_eq!(tally(&o).0, 5);
     // A third process (the operator's command) sees all twelve.
     let o = run(&[
@@ -163,16 +153,7 @@ fn counters_persist_after_every_opener_exits() {
         stdout(&o)
     );
     // And the limit still holds across restarts: 30 a minute in all.
-    let o = run(&[
-        "__hammer",
-        &f,
-        "--account",
-        "keep",
-        "--count",
-        "40",
-        "--now-ms",
-        &now,
-    ]);
+    let o = run_worker(&[&f, "--account", "keep", "--count", "40", "--now-ms", &now]);
     assert_eq!(tally(&o).0, 18);
     let l = Limiter::open(&Policy::builtin(), &f, 0, false).unwrap();
     assert_eq!(counts(&l, "keep", MODEL, BIG, BIG, NOW), (30, 30));
@@ -187,8 +168,7 @@ fn racing_creators_all_end_on_one_region() {
         let now = NOW.to_string();
         let children: Vec<_> = (0..8)
             .map(|_| {
-                tollgate(&[
-                    "__hammer",
+                worker(&[
                     &f,
                     "--account",
                     "race",

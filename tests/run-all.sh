@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Every test of the project, in one command (the README's, and CI's).
+# Every test of the project, in one command (the README's, and CI's). It
+# first installs what the tests need (tests/setup.sh: Debian packages when
+# root, miri, the pinned Python venv), then runs every suite.
 #   bash tests/run-all.sh            all suites
 #   SKIP="nginx python" bash tests/run-all.sh   leave some out (local use)
+#   bash tests/quick.sh              the library's tests only, in seconds
 # Each suite prints its own closing lines; the last line here sums the suites.
 set -u
 cd "$(dirname "$0")/.."
+if ! bash tests/setup.sh; then
+    echo "suites: 0 passed, 1 failed (set-up: tests/setup.sh)"
+    exit 1
+fi
+export TOLLGATE_VENV="${TOLLGATE_VENV:-$PWD/.venv}"
+export PATH="$TOLLGATE_VENV/bin:$PATH"
 skip=" ${SKIP:-} "
 passed=0
 failed=0
@@ -36,17 +45,13 @@ header_is_generated() {
 }
 
 miri() {
-    if ! cargo +nightly miri --version >/dev/null 2>&1; then
-        echo "miri is not installed: rustup component add --toolchain nightly miri" >&2
-        return 1
-    fi
     # The core's unit tests (slot protocol, region, keys, decisions, the C
     # ABI's helpers, racing threads sized for miri). Operator walks over
     # whole tables (ops::) are too slow interpreted and run natively above.
     MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test --lib -- --skip ops::
 }
 
-suite format cargo fmt --all -- --check
+suite lint bash tests/lint.sh
 suite header header_is_generated
 suite rust cargo test --release
 suite miri miri

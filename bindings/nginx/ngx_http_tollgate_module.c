@@ -5,8 +5,8 @@
  *
  * Every decision is made by libtollgate through its C ABI; this module only
  * finds the account, tier and model of a request, keeps the limiter's region
- * in an nginx shared zone (so all workers share exact counters) and renders
- * the answer.
+ * in an nginx shared zone or a region file mapped by the master (so all
+ * workers share exact counters) and renders the answer.
  */
 
 
@@ -38,12 +38,18 @@
  * the table, so the table cannot be grown by clients sending random names */
 #define NGX_HTTP_TOLLGATE_ROWS            64
 
-/* longest model string captured from a body; longer is never a model */
-#define NGX_HTTP_TOLLGATE_MODEL_LEN       256
-#define NGX_HTTP_TOLLGATE_JSON_DEPTH      1024
+/* a spooled body is read back and scanned in chunks of this size */
 #define NGX_HTTP_TOLLGATE_CHUNK           16384
 #define NGX_HTTP_TOLLGATE_HEADERS_LEN     512
 #define NGX_HTTP_TOLLGATE_HEADERS_MAX     8
+
+/* client bytes shown per log field (more than any valid account or model),
+ * and the room one escaped field takes: \xHH per byte, "..." if cut */
+#define NGX_HTTP_TOLLGATE_LOG_MAX         64
+#define NGX_HTTP_TOLLGATE_LOG_LEN         (NGX_HTTP_TOLLGATE_LOG_MAX * 4 + 3)
+
+#define NGX_HTTP_TOLLGATE_STR_(x)         #x
+#define NGX_HTTP_TOLLGATE_STR(x)          NGX_HTTP_TOLLGATE_STR_(x)
 
 
 typedef struct {
@@ -66,6 +72,7 @@ typedef struct {
 typedef struct {
     ngx_str_t                     name;
     ngx_str_t                     policy_path;
+    ngx_str_t                     file;       /* NUL-terminated; empty: shm */
     tg_policy                    *policy;
     tg_limiter                   *limiter;
     ngx_slab_pool_t              *shpool;
@@ -91,74 +98,10 @@ typedef struct {
 } ngx_http_tollgate_loc_conf_t;
 
 
-typedef enum {
-    tg_json_value = 0,
-    tg_json_object_first,
-    tg_json_object_key,
-    tg_json_colon,
-    tg_json_array_first,
-    tg_json_after,
-    tg_json_string,
-    tg_json_escape,
-    tg_json_unicode,
-    tg_json_num_minus,
-    tg_json_num_zero,
-    tg_json_num_int,
-    tg_json_num_dot,
-    tg_json_num_frac,
-    tg_json_num_e,
-    tg_json_num_esign,
-    tg_json_num_exp,
-    tg_json_literal,
-    tg_json_end,
-    tg_json_error
-} ngx_http_tollgate_json_state_e;
-
-
-#define NGX_HTTP_TOLLGATE_CAPTURE_NONE    0
-#define NGX_HTTP_TOLLGATE_CAPTURE_KEY     1
-#define NGX_HTTP_TOLLGATE_CAPTURE_MODEL   2
-
-#define NGX_HTTP_TOLLGATE_MODEL_ABSENT    0
-#define NGX_HTTP_TOLLGATE_MODEL_STRING    1
-#define NGX_HTTP_TOLLGATE_MODEL_OTHER     2
-
-
-/*
- * A streaming JSON validator that also picks out the string value of the
- * top-level "model" key (the last one wins, as in Python's json module).
- * It is fed the body buffer by buffer, so a body spooled to a temporary
- * file is read in chunks and never held in memory whole.
- */
-typedef struct {
-    ngx_http_tollgate_json_state_e  state;
-    ngx_uint_t                    depth;
-    u_char                        arrays[NGX_HTTP_TOLLGATE_JSON_DEPTH / 8];
-
-    const char                   *literal;
-    ngx_uint_t                    literal_pos;
-
-    ngx_uint_t                    capture;
-    ngx_uint_t                    string_is_key;
-    ngx_uint_t                    key_is_model;
-    uint32_t                      code;
-    uint32_t                      high;
-    ngx_uint_t                    hex;
-
-    u_char                        key[8];
-    size_t                        key_len;
-    ngx_uint_t                    key_overflow;
-
-    ngx_uint_t                    model_state;
-    u_char                        model[NGX_HTTP_TOLLGATE_MODEL_LEN];
-    size_t                        model_len;
-    ngx_uint_t                    model_overflow;
-} ngx_http_tollgate_json_t;
-
-
 typedef struct {
     ngx_http_tollgate_zone_t     *zone;
     ngx_str_t                     model;
+    ngx_str_t                     account;
     ngx_str_t                     body;       /* refusal body */
     ngx_uint_t                    outcome;    /* NGX_HTTP_TOLLGATE_* */
     ngx_uint_t                    code;       /* refusal status, 0: pass */
@@ -182,8 +125,10 @@ static ngx_int_t ngx_http_tollgate_tier(ngx_http_request_t *r,
     ngx_http_tollgate_loc_conf_t *tlcf, uint32_t *tier);
 static ngx_int_t ngx_http_tollgate_refuse(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_uint_t outcome, ngx_uint_t code,
-    const char *type, const char *code_name, const char *fmt,
-    ngx_str_t *model);
+    const char *type, const char *param, const char *code_name,
+    const char *fmt, ngx_str_t *model);
+static ngx_int_t ngx_http_tollgate_body_refuse(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx, tg_status st);
 static ngx_int_t ngx_http_tollgate_send_refusal(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx);
 static void ngx_http_tollgate_count(ngx_http_tollgate_zone_t *zone,
@@ -197,11 +142,10 @@ static ngx_int_t ngx_http_tollgate_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_tollgate_add_headers(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx);
 
-static void ngx_http_tollgate_json_init(ngx_http_tollgate_json_t *js);
-static ngx_int_t ngx_http_tollgate_json_feed(ngx_http_tollgate_json_t *js,
-    u_char *p, u_char *last);
 static u_char *ngx_http_tollgate_escape(u_char *dst, u_char *src, size_t len,
     ngx_uint_t prometheus);
+static ngx_str_t *ngx_http_tollgate_log_escape(ngx_str_t *dst, u_char *buf,
+    ngx_str_t *src);
 
 static ngx_int_t ngx_http_tollgate_metrics_handler(ngx_http_request_t *r);
 
@@ -217,6 +161,8 @@ static ngx_int_t ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone,
 static ngx_int_t ngx_http_tollgate_attach(ngx_shm_zone_t *shm_zone,
     ngx_http_tollgate_zone_t *zone);
 static void ngx_http_tollgate_zone_cleanup(void *data);
+static ngx_int_t ngx_http_tollgate_open_file(ngx_conf_t *cf,
+    ngx_http_tollgate_zone_t *zone, ngx_str_t *size_arg, ssize_t size);
 
 static ngx_int_t ngx_http_tollgate_add_variables(ngx_conf_t *cf);
 static void *ngx_http_tollgate_create_main_conf(ngx_conf_t *cf);
@@ -436,28 +382,6 @@ static ngx_http_variable_t  ngx_http_tollgate_vars[] = {
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 
 
-/* bytes that may stand in a JSON string as they are: all but '"', '\\' and
- * the control characters */
-static u_char  ngx_http_tollgate_json_plain[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
-};
-
-
 static ngx_int_t
 ngx_http_tollgate_handler(ngx_http_request_t *r)
 {
@@ -554,9 +478,11 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     ngx_http_tollgate_loc_conf_t *tlcf)
 {
     u_char                    *p;
+    u_char                     abuf[NGX_HTTP_TOLLGATE_LOG_LEN];
+    u_char                     mbuf[NGX_HTTP_TOLLGATE_LOG_LEN];
     size_t                     len;
     uint32_t                   tier;
-    ngx_str_t                  account;
+    ngx_str_t                  account, a, m;
     ngx_int_t                  rc;
     ngx_uint_t                 outcome, code;
     tg_status                  st;
@@ -565,6 +491,15 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
     ctx->decided = 1;
     zone = ctx->zone;
+
+    /* first, so every log line of this request can name the account */
+    if (tlcf->account
+        && ngx_http_complex_value(r, tlcf->account, &ctx->account) != NGX_OK)
+    {
+        goto failed;
+    }
+
+    account = ctx->account;
 
     if (tlcf->model == NULL) {
         rc = ngx_http_tollgate_body_model(r, ctx);
@@ -583,7 +518,7 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
             (void) ngx_http_tollgate_refuse(r, ctx,
                                    NGX_HTTP_TOLLGATE_BAD_REQUEST,
                                    NGX_HTTP_BAD_REQUEST,
-                                   "invalid_request_error", NULL,
+                                   "invalid_request_error", NULL, NULL,
                                    "you must provide a model parameter",
                                    NULL);
             goto done;
@@ -593,10 +528,6 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     if (tlcf->account == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tollgate: \"tollgate_account\" is not set");
-        goto failed;
-    }
-
-    if (ngx_http_complex_value(r, tlcf->account, &account) != NGX_OK) {
         goto failed;
     }
 
@@ -664,7 +595,8 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         (void) ngx_http_tollgate_refuse(r, ctx,
                                   NGX_HTTP_TOLLGATE_UNKNOWN_MODEL,
                                   NGX_HTTP_NOT_FOUND,
-                                  "invalid_request_error", "model_not_found",
+                                  "invalid_request_error", NULL,
+                                  "model_not_found",
                                   "The model `%s` does not exist or you do "
                                   "not have access to it.", &ctx->model);
         break;
@@ -684,7 +616,7 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
         (void) ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_NO_LIMIT,
                                   NGX_HTTP_FORBIDDEN,
-                                  "invalid_request_error",
+                                  "invalid_request_error", NULL,
                                   "no_limit_configured",
                                   "No rate limit is configured for the model "
                                   "`%s` on your tier, so it is not available "
@@ -692,10 +624,11 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         break;
 
     case TG_E_TABLE_FULL:
-        /* no account in the log: it may well be an API key */
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "tollgate: zone \"%V\" has no free slot for a new "
-                      "key, model \"%V\"", &zone->name, &ctx->model);
+                      "key, account \"%V\", model \"%V\"", &zone->name,
+                      ngx_http_tollgate_log_escape(&a, abuf, &account),
+                      ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model));
 
         if (tlcf->table_full == NGX_HTTP_TOLLGATE_TABLE_OPEN) {
             ctx->outcome = NGX_HTTP_TOLLGATE_TABLE_FULL;
@@ -705,7 +638,7 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         (void) ngx_http_tollgate_refuse(r, ctx,
                                   NGX_HTTP_TOLLGATE_TABLE_FULL,
                                   NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "server_error", "rate_limiter_full",
+                                  "server_error", NULL, "rate_limiter_full",
                                   "The rate limiter has no room to track "
                                   "this request right now; please retry "
                                   "shortly.", NULL);
@@ -713,13 +646,16 @@ ngx_http_tollgate_decide(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
     case TG_E_ACCOUNT:
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "tollgate: unusable account id of %uz bytes "
-                      "(1..%d allowed)", account.len, TG_ACCOUNT_MAX);
+                      "tollgate: unusable account id \"%V\" of %uz bytes "
+                      "(1..%d allowed)",
+                      ngx_http_tollgate_log_escape(&a, abuf, &account),
+                      account.len, TG_ACCOUNT_MAX);
 
         (void) ngx_http_tollgate_refuse(r, ctx,
                                   NGX_HTTP_TOLLGATE_NO_ACCOUNT,
                                   NGX_HTTP_UNAUTHORIZED,
-                                  "invalid_request_error", "invalid_api_key",
+                                  "invalid_request_error", NULL,
+                                  "invalid_api_key",
                                   "You didn't provide a usable API key. "
                                   "Provide your API key in an Authorization "
                                   "header using Bearer auth "
@@ -739,7 +675,7 @@ failed:
 
     (void) ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_ERROR,
                                     NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                    "server_error", NULL,
+                                    "server_error", NULL, NULL,
                                     "The rate limiter failed on this "
                                     "request.", NULL);
 
@@ -758,17 +694,21 @@ done:
 
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "tollgate: dry run, would answer %ui (%V) "
-                      "for model \"%V\" in zone \"%V\"",
+                      "for account \"%V\", model \"%V\" in zone \"%V\"",
                       code, &ngx_http_tollgate_outcomes[ctx->outcome],
-                      &ctx->model, &zone->name);
+                      ngx_http_tollgate_log_escape(&a, abuf, &ctx->account),
+                      ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model),
+                      &zone->name);
 
         ctx->outcome = outcome;
         ctx->code = 0;
 
     } else if (outcome == NGX_HTTP_TOLLGATE_REJECTED) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "tollgate: rejected, model \"%V\" limited by %V "
-                      "in zone \"%V\"", &ctx->model,
+                      "tollgate: rejected, account \"%V\", model \"%V\" "
+                      "limited by %V in zone \"%V\"",
+                      ngx_http_tollgate_log_escape(&a, abuf, &ctx->account),
+                      ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model),
                       &ngx_http_tollgate_limited_by[
                           ctx->decision.limited_by <= TG_LIMIT_DAY
                           ? ctx->decision.limited_by : 0],
@@ -782,43 +722,53 @@ done:
 
 
 /*
- * Finds the model in the request body.  NGX_OK: ctx->model is set;
- * anything else: ctx holds the refusal.
+ * Finds the model in the request body with the library's scanner, so the
+ * module parses no client input itself.  NGX_OK: ctx->model is set (it
+ * points into the scan's memory, from the request pool); anything else:
+ * ctx holds the refusal.
  */
 
 static ngx_int_t
 ngx_http_tollgate_body_model(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx)
 {
-    off_t                      offset, saved;
-    size_t                     size;
-    ssize_t                    n;
-    u_char                    *chunk;
-    ngx_buf_t                 *b;
-    ngx_chain_t               *cl;
-    ngx_http_tollgate_json_t  *js;
+    off_t           offset, saved;
+    void           *mem;
+    size_t          size, model_len;
+    u_char         *chunk;
+    ssize_t         n;
+    ngx_buf_t      *b;
+    tg_status       st;
+    ngx_chain_t    *cl;
+    tg_body_scan   *scan;
+    const uint8_t  *model;
 
-    js = ngx_palloc(r->pool, sizeof(ngx_http_tollgate_json_t));
-    if (js == NULL) {
+    size = tg_body_scan_size();
+
+    /* the pool aligns to NGX_ALIGNMENT, at least TG_BODY_SCAN_ALIGN */
+    mem = ngx_palloc(r->pool, size);
+    if (mem == NULL) {
         goto failed;
     }
 
-    ngx_http_tollgate_json_init(js);
+    st = tg_body_scan_init(mem, size, &scan);
+    if (st != TG_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tollgate: tg_body_scan_init() failed: %s",
+                      tg_status_str(st));
+        goto failed;
+    }
 
     chunk = NULL;
 
-    if (r->request_body == NULL) {
-        goto invalid;
-    }
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+    for (cl = r->request_body ? r->request_body->bufs : NULL;
+         cl && st == TG_OK;
+         cl = cl->next)
+    {
         b = cl->buf;
 
         if (ngx_buf_in_memory(b)) {
-            if (ngx_http_tollgate_json_feed(js, b->pos, b->last) != NGX_OK) {
-                goto invalid;
-            }
-
+            st = tg_body_scan_feed(scan, b->pos, b->last - b->pos);
             continue;
         }
 
@@ -838,7 +788,9 @@ ngx_http_tollgate_body_model(ngx_http_request_t *r,
         /* ngx_read_file() moves the offset the body writer keeps */
         saved = b->file->offset;
 
-        for (offset = b->file_pos; offset < b->file_last; offset += n) {
+        for (offset = b->file_pos; offset < b->file_last && st == TG_OK;
+             offset += n)
+        {
             size = (size_t) ngx_min(b->file_last - offset,
                                     NGX_HTTP_TOLLGATE_CHUNK);
 
@@ -853,72 +805,96 @@ ngx_http_tollgate_body_model(ngx_http_request_t *r,
                 goto failed;
             }
 
-            if (ngx_http_tollgate_json_feed(js, chunk, chunk + n) != NGX_OK)
-            {
-                b->file->offset = saved;
-                goto invalid;
-            }
+            st = tg_body_scan_feed(scan, chunk, n);
         }
 
         b->file->offset = saved;
     }
 
-    if (js->state != tg_json_end) {
-        goto invalid;
+    if (st == TG_OK) {
+        st = tg_body_scan_finish(scan, &model, &model_len);
     }
 
-    if (js->model_state == NGX_HTTP_TOLLGATE_MODEL_ABSENT) {
-        return ngx_http_tollgate_refuse(r, ctx,
-                                        NGX_HTTP_TOLLGATE_BAD_REQUEST,
-                                        NGX_HTTP_BAD_REQUEST,
-                                        "invalid_request_error", NULL,
-                                        "you must provide a model parameter",
-                                        NULL);
+    if (st != TG_OK) {
+        return ngx_http_tollgate_body_refuse(r, ctx, st);
     }
 
-    if (js->model_state == NGX_HTTP_TOLLGATE_MODEL_OTHER) {
-        return ngx_http_tollgate_refuse(r, ctx,
-                                        NGX_HTTP_TOLLGATE_BAD_REQUEST,
-                                        NGX_HTTP_BAD_REQUEST,
-                                        "invalid_request_error",
-                                        "invalid_type",
-                                        "Invalid type for 'model': expected "
-                                        "a string.", NULL);
-    }
-
-    ctx->model.data = js->model;
-    ctx->model.len = js->model_len;
-
-    if (js->model_overflow) {
-        /* longer than any model id can be */
-        return ngx_http_tollgate_refuse(r, ctx,
-                                        NGX_HTTP_TOLLGATE_UNKNOWN_MODEL,
-                                        NGX_HTTP_NOT_FOUND,
-                                        "invalid_request_error",
-                                        "model_not_found",
-                                        "The model `%s...` does not exist or "
-                                        "you do not have access to it.",
-                                        &ctx->model);
-    }
+    ctx->model.data = (u_char *) model;
+    ctx->model.len = model_len;
 
     return NGX_OK;
-
-invalid:
-
-    return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
-                                    NGX_HTTP_BAD_REQUEST,
-                                    "invalid_request_error", NULL,
-                                    "We could not parse the JSON body of your "
-                                    "request. The API expects a JSON object "
-                                    "with a 'model' field.", NULL);
 
 failed:
 
     return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_ERROR,
                                     NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                    "server_error", NULL,
+                                    "server_error", NULL, NULL,
                                     "The rate limiter failed on this "
                                     "request.", NULL);
+}
+
+
+/* the 400 for a body the scanner refused */
+
+static ngx_int_t
+ngx_http_tollgate_body_refuse(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx, tg_status st)
+{
+    switch (st) {
+
+    case TG_E_BODY_NO_MODEL:
+        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
+                                        NGX_HTTP_BAD_REQUEST,
+                                        "invalid_request_error", NULL, NULL,
+                                        "you must provide a model parameter",
+                                        NULL);
+
+    case TG_E_BODY_AMBIGUOUS_MODEL:
+
+        /*
+         * upstream parsers disagree on which of two "model" keys wins:
+         * charging one and serving another would be a cheap model's price
+         * for an expensive one
+         */
+
+        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
+                                        NGX_HTTP_BAD_REQUEST,
+                                        "invalid_request_error", "model",
+                                        "ambiguous_model",
+                                        "The request body names the model "
+                                        "more than once (keys equal to "
+                                        "\\\"model\\\" ignoring case or "
+                                        "escapes); send exactly one "
+                                        "\\\"model\\\" key.", NULL);
+
+    case TG_E_BODY_TOO_DEEP:
+        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
+                                        NGX_HTTP_BAD_REQUEST,
+                                        "invalid_request_error", NULL,
+                                        "invalid_json",
+                                        "The request body nests deeper than "
+                                        NGX_HTTP_TOLLGATE_STR(
+                                            TG_BODY_DEPTH_MAX)
+                                        " levels.", NULL);
+
+    case TG_E_BODY_NOT_JSON:
+        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_BAD_REQUEST,
+                                        NGX_HTTP_BAD_REQUEST,
+                                        "invalid_request_error", NULL, NULL,
+                                        "We could not parse the JSON body of "
+                                        "your request. The API expects a JSON "
+                                        "object with a 'model' field.", NULL);
+
+    default:
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tollgate: body scan failed: %s", tg_status_str(st));
+
+        return ngx_http_tollgate_refuse(r, ctx, NGX_HTTP_TOLLGATE_ERROR,
+                                        NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                        "server_error", NULL, NULL,
+                                        "The rate limiter failed on this "
+                                        "request.", NULL);
+    }
 }
 
 
@@ -926,7 +902,8 @@ static ngx_int_t
 ngx_http_tollgate_tier(ngx_http_request_t *r,
     ngx_http_tollgate_loc_conf_t *tlcf, uint32_t *tier)
 {
-    ngx_str_t  value;
+    u_char     buf[NGX_HTTP_TOLLGATE_LOG_LEN];
+    ngx_str_t  value, v;
 
     *tier = TG_TIER_DEVELOPER;
 
@@ -964,7 +941,8 @@ ngx_http_tollgate_tier(ngx_http_request_t *r,
 
     ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                   "tollgate: unknown tier \"%V\" "
-                  "(free, developer or enterprise)", &value);
+                  "(free, developer or enterprise)",
+                  ngx_http_tollgate_log_escape(&v, buf, &value));
 
     return NGX_ERROR;
 }
@@ -978,7 +956,7 @@ ngx_http_tollgate_tier(ngx_http_request_t *r,
 
 static ngx_int_t
 ngx_http_tollgate_refuse(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
-    ngx_uint_t outcome, ngx_uint_t code, const char *type,
+    ngx_uint_t outcome, ngx_uint_t code, const char *type, const char *param,
     const char *code_name, const char *fmt, ngx_str_t *arg)
 {
     u_char      *p, *s;
@@ -989,8 +967,9 @@ ngx_http_tollgate_refuse(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     ctx->code = code;
 
     len = sizeof("{\"error\":{\"message\":\"\",\"type\":\"\","
-                 "\"param\":null,\"code\":\"\"}}") - 1
+                 "\"param\":\"\",\"code\":\"\"}}") - 1
           + ngx_strlen(fmt) + ngx_strlen(type)
+          + (param ? ngx_strlen(param) : sizeof("null") - 1)
           + (code_name ? ngx_strlen(code_name) : sizeof("null") - 1);
 
     if (arg) {
@@ -1017,7 +996,14 @@ ngx_http_tollgate_refuse(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         *s++ = (u_char) *q;
     }
 
-    s = ngx_sprintf(s, "\",\"type\":\"%s\",\"param\":null,\"code\":", type);
+    s = ngx_sprintf(s, "\",\"type\":\"%s\",\"param\":", type);
+
+    if (param) {
+        s = ngx_sprintf(s, "\"%s\",\"code\":", param);
+
+    } else {
+        s = ngx_cpymem(s, "null,\"code\":", sizeof("null,\"code\":") - 1);
+    }
 
     if (code_name) {
         s = ngx_sprintf(s, "\"%s\"}}", code_name);
@@ -1345,570 +1331,6 @@ ngx_http_tollgate_add_headers(ngx_http_request_t *r,
 }
 
 
-static void
-ngx_http_tollgate_json_init(ngx_http_tollgate_json_t *js)
-{
-    ngx_memzero(js, offsetof(ngx_http_tollgate_json_t, model));
-    js->model_len = 0;
-    js->model_overflow = 0;
-    js->state = tg_json_value;
-}
-
-
-static void
-ngx_http_tollgate_json_put(ngx_http_tollgate_json_t *js, u_char c)
-{
-    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_KEY) {
-        if (js->key_len < sizeof(js->key)) {
-            js->key[js->key_len++] = c;
-
-        } else {
-            js->key_overflow = 1;
-        }
-
-    } else if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_MODEL) {
-        if (js->model_len < NGX_HTTP_TOLLGATE_MODEL_LEN) {
-            js->model[js->model_len++] = c;
-
-        } else {
-            js->model_overflow = 1;
-        }
-    }
-}
-
-
-static void
-ngx_http_tollgate_json_append(ngx_http_tollgate_json_t *js, u_char *p,
-    size_t n)
-{
-    u_char  *buf;
-    size_t   len, cap, room;
-
-    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_KEY) {
-        buf = js->key;
-        len = js->key_len;
-        cap = sizeof(js->key);
-
-    } else {
-        buf = js->model;
-        len = js->model_len;
-        cap = NGX_HTTP_TOLLGATE_MODEL_LEN;
-    }
-
-    room = cap - len;
-
-    if (n > room) {
-        n = room;
-
-        if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_KEY) {
-            js->key_overflow = 1;
-
-        } else {
-            js->model_overflow = 1;
-        }
-    }
-
-    ngx_memcpy(buf + len, p, n);
-
-    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_KEY) {
-        js->key_len += n;
-
-    } else {
-        js->model_len += n;
-    }
-}
-
-
-static void
-ngx_http_tollgate_json_put_code(ngx_http_tollgate_json_t *js, uint32_t cp)
-{
-    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_NONE) {
-        return;
-    }
-
-    if (cp < 0x80) {
-        ngx_http_tollgate_json_put(js, (u_char) cp);
-
-    } else if (cp < 0x800) {
-        ngx_http_tollgate_json_put(js, (u_char) (0xc0 | (cp >> 6)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | (cp & 0x3f)));
-
-    } else if (cp < 0x10000) {
-        ngx_http_tollgate_json_put(js, (u_char) (0xe0 | (cp >> 12)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | ((cp >> 6) & 0x3f)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | (cp & 0x3f)));
-
-    } else {
-        ngx_http_tollgate_json_put(js, (u_char) (0xf0 | (cp >> 18)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | ((cp >> 12) & 0x3f)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | ((cp >> 6) & 0x3f)));
-        ngx_http_tollgate_json_put(js, (u_char) (0x80 | (cp & 0x3f)));
-    }
-}
-
-
-/* a high surrogate not followed by a low one stands for U+FFFD */
-
-static void
-ngx_http_tollgate_json_flush_high(ngx_http_tollgate_json_t *js)
-{
-    if (js->high) {
-        js->high = 0;
-        ngx_http_tollgate_json_put_code(js, 0xfffd);
-    }
-}
-
-
-/* a value starts with c; NGX_ERROR if none can */
-
-static ngx_int_t
-ngx_http_tollgate_json_value(ngx_http_tollgate_json_t *js, u_char c)
-{
-    ngx_uint_t  model;
-
-    /* the value of a top-level "model" key? */
-    model = (js->depth == 1 && js->key_is_model);
-    js->key_is_model = 0;
-
-    if (model && c != '"') {
-        js->model_state = NGX_HTTP_TOLLGATE_MODEL_OTHER;
-    }
-
-    if (js->depth == 0 && c != '{') {
-        /* the body must be an object */
-        return NGX_ERROR;
-    }
-
-    switch (c) {
-
-    case '{':
-    case '[':
-        if (js->depth == NGX_HTTP_TOLLGATE_JSON_DEPTH) {
-            return NGX_ERROR;
-        }
-
-        if (c == '[') {
-            js->arrays[js->depth / 8] |= (u_char) (1 << (js->depth % 8));
-            js->state = tg_json_array_first;
-
-        } else {
-            js->arrays[js->depth / 8] &= (u_char) ~(1 << (js->depth % 8));
-            js->state = tg_json_object_first;
-        }
-
-        js->depth++;
-        return NGX_OK;
-
-    case '"':
-        js->string_is_key = 0;
-        js->high = 0;
-
-        if (model) {
-            js->capture = NGX_HTTP_TOLLGATE_CAPTURE_MODEL;
-            js->model_len = 0;
-            js->model_overflow = 0;
-
-        } else {
-            js->capture = NGX_HTTP_TOLLGATE_CAPTURE_NONE;
-        }
-
-        js->state = tg_json_string;
-        return NGX_OK;
-
-    case '-':
-        js->state = tg_json_num_minus;
-        return NGX_OK;
-
-    case '0':
-        js->state = tg_json_num_zero;
-        return NGX_OK;
-
-    case 't':
-        js->literal = "true";
-        break;
-
-    case 'f':
-        js->literal = "false";
-        break;
-
-    case 'n':
-        js->literal = "null";
-        break;
-
-    default:
-        if (c >= '1' && c <= '9') {
-            js->state = tg_json_num_int;
-            return NGX_OK;
-        }
-
-        return NGX_ERROR;
-    }
-
-    js->literal_pos = 1;
-    js->state = tg_json_literal;
-
-    return NGX_OK;
-}
-
-
-/* a value (or a container) has ended */
-
-static void
-ngx_http_tollgate_json_ended(ngx_http_tollgate_json_t *js)
-{
-    js->state = (js->depth == 0) ? tg_json_end : tg_json_after;
-}
-
-
-static ngx_int_t
-ngx_http_tollgate_json_feed(ngx_http_tollgate_json_t *js, u_char *p,
-    u_char *last)
-{
-    u_char      c, *start;
-    ngx_uint_t  in_array, hex;
-
-    while (p < last) {
-        c = *p;
-
-        switch (js->state) {
-
-        case tg_json_value:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            if (ngx_http_tollgate_json_value(js, c) != NGX_OK) {
-                goto invalid;
-            }
-
-            break;
-
-        case tg_json_object_first:
-        case tg_json_object_key:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            if (c == '}' && js->state == tg_json_object_first) {
-                js->depth--;
-                ngx_http_tollgate_json_ended(js);
-                break;
-            }
-
-            if (c != '"') {
-                goto invalid;
-            }
-
-            js->string_is_key = 1;
-            js->high = 0;
-            js->key_len = 0;
-            js->key_overflow = 0;
-            js->capture = (js->depth == 1) ? NGX_HTTP_TOLLGATE_CAPTURE_KEY
-                                           : NGX_HTTP_TOLLGATE_CAPTURE_NONE;
-            js->state = tg_json_string;
-            break;
-
-        case tg_json_colon:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            if (c != ':') {
-                goto invalid;
-            }
-
-            js->state = tg_json_value;
-            break;
-
-        case tg_json_array_first:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            if (c == ']') {
-                js->depth--;
-                ngx_http_tollgate_json_ended(js);
-                break;
-            }
-
-            if (ngx_http_tollgate_json_value(js, c) != NGX_OK) {
-                goto invalid;
-            }
-
-            break;
-
-        case tg_json_after:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            in_array = js->arrays[(js->depth - 1) / 8]
-                       & (1 << ((js->depth - 1) % 8));
-
-            if (c == ',') {
-                js->state = in_array ? tg_json_value : tg_json_object_key;
-                break;
-            }
-
-            if ((c == ']' && in_array) || (c == '}' && !in_array)) {
-                js->depth--;
-                ngx_http_tollgate_json_ended(js);
-                break;
-            }
-
-            goto invalid;
-
-        case tg_json_string:
-            if (ngx_http_tollgate_json_plain[c]) {
-
-                /* the bulk of a body: a run of bytes that stand as they are */
-
-                start = p;
-
-                do {
-                    if (++p == last) {
-                        break;
-                    }
-
-                    c = *p;
-
-                } while (ngx_http_tollgate_json_plain[c]);
-
-                if (js->capture != NGX_HTTP_TOLLGATE_CAPTURE_NONE) {
-                    ngx_http_tollgate_json_flush_high(js);
-                    ngx_http_tollgate_json_append(js, start, p - start);
-                }
-
-                if (p == last) {
-                    return NGX_OK;
-                }
-            }
-
-            if (c == '"') {
-                ngx_http_tollgate_json_flush_high(js);
-
-                if (js->string_is_key) {
-                    js->key_is_model = (js->capture
-                                        == NGX_HTTP_TOLLGATE_CAPTURE_KEY
-                                        && !js->key_overflow
-                                        && js->key_len == 5
-                                        && ngx_memcmp(js->key, "model", 5)
-                                           == 0);
-                    js->state = tg_json_colon;
-
-                } else {
-                    if (js->capture == NGX_HTTP_TOLLGATE_CAPTURE_MODEL) {
-                        js->model_state = NGX_HTTP_TOLLGATE_MODEL_STRING;
-                    }
-
-                    ngx_http_tollgate_json_ended(js);
-                }
-
-                js->capture = NGX_HTTP_TOLLGATE_CAPTURE_NONE;
-                break;
-            }
-
-            if (c == '\\') {
-                js->state = tg_json_escape;
-                break;
-            }
-
-            /* a control character */
-            goto invalid;
-
-        case tg_json_escape:
-            js->state = tg_json_string;
-
-            switch (c) {
-            case '"':
-            case '\\':
-            case '/':
-                break;
-            case 'b':
-                c = '\b';
-                break;
-            case 'f':
-                c = '\f';
-                break;
-            case 'n':
-                c = '\n';
-                break;
-            case 'r':
-                c = '\r';
-                break;
-            case 't':
-                c = '\t';
-                break;
-            case 'u':
-                js->code = 0;
-                js->hex = 4;
-                js->state = tg_json_unicode;
-                break;
-            default:
-                goto invalid;
-            }
-
-            if (js->state == tg_json_string) {
-                ngx_http_tollgate_json_flush_high(js);
-                ngx_http_tollgate_json_put_code(js, c);
-            }
-
-            break;
-
-        case tg_json_unicode:
-            if (c >= '0' && c <= '9') {
-                hex = c - '0';
-
-            } else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') {
-                hex = (c | 0x20) - 'a' + 10;
-
-            } else {
-                goto invalid;
-            }
-
-            js->code = (js->code << 4) | (uint32_t) hex;
-
-            if (--js->hex) {
-                break;
-            }
-
-            js->state = tg_json_string;
-
-            if (js->code >= 0xdc00 && js->code <= 0xdfff && js->high) {
-                ngx_http_tollgate_json_put_code(js, 0x10000
-                                       + ((js->high - 0xd800) << 10)
-                                       + (js->code - 0xdc00));
-                js->high = 0;
-                break;
-            }
-
-            ngx_http_tollgate_json_flush_high(js);
-
-            if (js->code >= 0xd800 && js->code <= 0xdbff) {
-                js->high = js->code;
-
-            } else if (js->code >= 0xdc00 && js->code <= 0xdfff) {
-                ngx_http_tollgate_json_put_code(js, 0xfffd);
-
-            } else {
-                ngx_http_tollgate_json_put_code(js, js->code);
-            }
-
-            break;
-
-        case tg_json_num_minus:
-            if (c == '0') {
-                js->state = tg_json_num_zero;
-
-            } else if (c >= '1' && c <= '9') {
-                js->state = tg_json_num_int;
-
-            } else {
-                goto invalid;
-            }
-
-            break;
-
-        case tg_json_num_zero:
-        case tg_json_num_int:
-            if (c >= '0' && c <= '9' && js->state == tg_json_num_int) {
-                break;
-            }
-
-            if (c == '.') {
-                js->state = tg_json_num_dot;
-                break;
-            }
-
-            if (c == 'e' || c == 'E') {
-                js->state = tg_json_num_e;
-                break;
-            }
-
-            /* the number ended: look at c again as what follows it */
-            ngx_http_tollgate_json_ended(js);
-            continue;
-
-        case tg_json_num_dot:
-            if (c < '0' || c > '9') {
-                goto invalid;
-            }
-
-            js->state = tg_json_num_frac;
-            break;
-
-        case tg_json_num_frac:
-            if (c >= '0' && c <= '9') {
-                break;
-            }
-
-            if (c == 'e' || c == 'E') {
-                js->state = tg_json_num_e;
-                break;
-            }
-
-            ngx_http_tollgate_json_ended(js);
-            continue;
-
-        case tg_json_num_e:
-            if (c == '+' || c == '-') {
-                js->state = tg_json_num_esign;
-                break;
-            }
-
-            /* fall through */
-
-        case tg_json_num_esign:
-            if (c < '0' || c > '9') {
-                goto invalid;
-            }
-
-            js->state = tg_json_num_exp;
-            break;
-
-        case tg_json_num_exp:
-            if (c >= '0' && c <= '9') {
-                break;
-            }
-
-            ngx_http_tollgate_json_ended(js);
-            continue;
-
-        case tg_json_literal:
-            if (c != (u_char) js->literal[js->literal_pos]) {
-                goto invalid;
-            }
-
-            if (js->literal[++js->literal_pos] == '\0') {
-                ngx_http_tollgate_json_ended(js);
-            }
-
-            break;
-
-        case tg_json_end:
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-                break;
-            }
-
-            goto invalid;
-
-        default: /* tg_json_error */
-            return NGX_ERROR;
-        }
-
-        p++;
-    }
-
-    return NGX_OK;
-
-invalid:
-
-    js->state = tg_json_error;
-
-    return NGX_ERROR;
-}
-
-
 /*
  * Escapes for a JSON string or a Prometheus label value; dst needs room
  * for 6 bytes per source byte.
@@ -1947,6 +1369,50 @@ ngx_http_tollgate_escape(u_char *dst, u_char *src, size_t len,
             *dst++ = c;
         }
     }
+
+    return dst;
+}
+
+
+/*
+ * Client bytes for a log line, in the style of nginx's own log escaping:
+ * control bytes, non-ASCII, '"' and '\\' as \xHH, cut after
+ * NGX_HTTP_TOLLGATE_LOG_MAX bytes with "...", so no client can forge a log
+ * line, send escape sequences to a terminal or flood the log.  buf holds
+ * NGX_HTTP_TOLLGATE_LOG_LEN bytes; returns dst, which points into it.
+ */
+
+static ngx_str_t *
+ngx_http_tollgate_log_escape(ngx_str_t *dst, u_char *buf, ngx_str_t *src)
+{
+    u_char   c, *p;
+    size_t   i, n;
+
+    static u_char  hex[] = "0123456789ABCDEF";
+
+    n = ngx_min(src->len, NGX_HTTP_TOLLGATE_LOG_MAX);
+    p = buf;
+
+    for (i = 0; i < n; i++) {
+        c = src->data[i];
+
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+            *p++ = '\\';
+            *p++ = 'x';
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 0xf];
+
+        } else {
+            *p++ = c;
+        }
+    }
+
+    if (src->len > n) {
+        p = ngx_cpymem(p, "...", 3);
+    }
+
+    dst->data = buf;
+    dst->len = p - buf;
 
     return dst;
 }
@@ -2052,6 +1518,7 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
     }
 
     for (z = 0; z < tmcf->zones.nelts; z++) {
+        stats[z].size = sizeof(tg_stats);
         st = tg_limiter_stats(zones[z]->limiter, tg_now_ms(), &stats[z]);
 
         if (st != TG_OK) {
@@ -2211,6 +1678,11 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         zone->sh = ozone->sh;
         zone->shpool = ozone->shpool;
 
+        if (zone->file.len) {
+            /* the table is the file's, opened with the configuration */
+            return ngx_http_tollgate_add_rows(zone, shm_zone->shm.log);
+        }
+
         return ngx_http_tollgate_attach(shm_zone, zone);
     }
 
@@ -2219,6 +1691,10 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     if (shm_zone->shm.exists) {
         zone->sh = shpool->data;
+
+        if (zone->file.len) {
+            return ngx_http_tollgate_add_rows(zone, shm_zone->shm.log);
+        }
 
         return ngx_http_tollgate_attach(shm_zone, zone);
     }
@@ -2242,6 +1718,13 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_sprintf(shpool->log_ctx, " in tollgate_zone \"%V\"%Z",
                 &shm_zone->shm.name);
+
+    if (zone->file.len) {
+        /* a file zone keeps only its metric rows in shared memory */
+        shpool->data = sh;
+
+        return ngx_http_tollgate_add_rows(zone, shm_zone->shm.log);
+    }
 
     /*
      * The region takes the largest run of free pages; slab pages are page
@@ -2326,12 +1809,91 @@ ngx_http_tollgate_attach(ngx_shm_zone_t *shm_zone,
 }
 
 
+/*
+ * Maps the zone's region file, creating it with the slots "size" holds if
+ * it is missing (without "size" the file must exist and is taken as it
+ * is).  The master does this while it reads the configuration, before it
+ * forks: workers inherit the MAP_SHARED mapping, so every worker, the
+ * workers of older cycles still finishing requests after a reload, a new
+ * binary after USR2 and the tollgate command all count in the same table,
+ * and the worker user needs no access to the file of its own.
+ */
+
+static ngx_int_t
+ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone,
+    ngx_str_t *size_arg, ssize_t size)
+{
+    uint32_t     slots, found;
+    tg_stats     stats;
+    tg_status    st;
+    tg_limiter  *other;
+
+    slots = 0;
+
+    if (size) {
+        slots = tg_region_slots_for((size_t) size);
+
+        if (slots == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "tollgate_zone \"%V\" is too small to hold "
+                               "a table", &zone->name);
+            return NGX_ERROR;
+        }
+    }
+
+    st = tg_limiter_open(zone->policy, (const char *) zone->file.data, slots,
+                         slots ? TG_OPEN_CREATE : 0, &zone->limiter);
+
+    if (st == TG_OK) {
+        return NGX_OK;
+    }
+
+    if (st == TG_E_REGION_SIZE && slots) {
+
+        /* an intact table of another size: say which, so it can be resized */
+
+        found = 0;
+
+        if (tg_limiter_open(zone->policy, (const char *) zone->file.data, 0,
+                            0, &other)
+            == TG_OK)
+        {
+            stats.size = sizeof(tg_stats);
+
+            if (tg_limiter_stats(other, tg_now_ms(), &stats) == TG_OK) {
+                found = stats.slots;
+            }
+
+            tg_limiter_free(other);
+        }
+
+        if (found) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "tollgate_zone \"%V\": file \"%V\" holds a "
+                               "table of %uD slots, \"%V\" asks for %uD: "
+                               "%s; resize it with \"tollgate resize %V NEW "
+                               "--slots %uD\" and point \"file\" at NEW, or "
+                               "leave \"size\" out to take the file as it is",
+                               &zone->name, &zone->file, found, size_arg,
+                               slots, tg_status_str(st), &zone->file, slots);
+            return NGX_ERROR;
+        }
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "tollgate_zone \"%V\": cannot open file \"%V\": %s",
+                       &zone->name, &zone->file, tg_status_str(st));
+
+    return NGX_ERROR;
+}
+
+
 static void
 ngx_http_tollgate_zone_cleanup(void *data)
 {
     ngx_http_tollgate_zone_t  *zone = data;
 
-    /* the handles only; the region stays in the shared zone */
+    /* the handles only; the region stays in the shared zone or the file */
 
     tg_limiter_free(zone->limiter);
     zone->limiter = NULL;
@@ -2434,7 +1996,7 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     char                       err[1024];
     u_char                    *path;
     ssize_t                    size;
-    ngx_str_t                 *value, name, policy, s;
+    ngx_str_t                 *value, name, policy, file, s, size_arg;
     tg_status                  st;
     ngx_uint_t                 i;
     ngx_shm_zone_t            *shm_zone;
@@ -2446,6 +2008,8 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     size = 0;
     ngx_str_null(&name);
     ngx_str_null(&policy);
+    ngx_str_null(&file);
+    ngx_str_null(&size_arg);
 
     for (i = 1; i < cf->args->nelts; i++) {
 
@@ -2473,6 +2037,20 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 return NGX_CONF_ERROR;
             }
 
+            size_arg = value[i];
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "file=", 5) == 0) {
+            file.data = value[i].data + 5;
+            file.len = value[i].len - 5;
+
+            if (file.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid file \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
             continue;
         }
 
@@ -2494,7 +2072,7 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (name.len == 0 || size == 0) {
+    if (name.len == 0 || (size == 0 && file.len == 0)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%V\" must have \"name\" and \"size\" parameters",
                            &cmd->name);
@@ -2549,7 +2127,29 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    shm_zone = ngx_shared_memory_add(cf, &name, size,
+    if (file.len) {
+        if (ngx_conf_full_name(cf->cycle, &file, 0) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        zone->file.data = ngx_pnalloc(cf->pool, file.len + 1);
+        if (zone->file.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        (void) ngx_cpystrn(zone->file.data, file.data, file.len + 1);
+        zone->file.len = file.len;
+    }
+
+    /*
+     * A file zone keeps its metric rows in a small shared zone of the
+     * same name; 8 pages is too small for a zone holding a table, so a
+     * zone that changes kind on reload is never taken for the old one.
+     */
+
+    shm_zone = ngx_shared_memory_add(cf, &name,
+                                     file.len ? 8 * ngx_pagesize
+                                              : (size_t) size,
                                      &ngx_http_tollgate_module);
     if (shm_zone == NULL) {
         return NGX_CONF_ERROR;
@@ -2558,6 +2158,12 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (shm_zone->data) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "duplicate tollgate_zone \"%V\"", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (file.len
+        && ngx_http_tollgate_open_file(cf, zone, &size_arg, size) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 

@@ -39,6 +39,9 @@ for f in include/tollgate.h "$rel/libtollgate.so" "$rel/libtollgate.a"; do
     [ -f "$f" ] || { echo "missing $f" >&2; exit 1; }
 done
 mkdir -p "$out"
+# Programs linked to the build tree's libtollgate.so record its SONAME,
+# libtollgate.so.0, and look for that name at run time.
+ln -sf libtollgate.so "$rel/libtollgate.so.0"
 
 CC=${CC:-gcc}
 CXX=${CXX:-g++}

@@ -140,12 +140,89 @@ static char g_tmpdir[256];
 static void test_version(void) {
     CHECK_EQ(tg_version_number(), TG_VERSION_NUMBER);
     CHECK_EQ(tg_layout_version(), TG_LAYOUT_VERSION);
+    CHECK(strcmp(tg_version_string(), TG_VERSION_STRING) == 0);
+    CHECK_EQ(TG_VERSION_NUMBER, TG_VERSION_MAJOR * 1000000 + TG_VERSION_MINOR * 1000 + TG_VERSION_PATCH);
     const char *v = tg_version();
     REQUIRE(v != NULL);
     char want[32];
     snprintf(want, sizeof want, "%u.%u.%u", (unsigned)(TG_VERSION_NUMBER / 1000000),
              (unsigned)(TG_VERSION_NUMBER / 1000 % 1000), (unsigned)(TG_VERSION_NUMBER % 1000));
     CHECK(strcmp(v, want) == 0);
+}
+
+/*
+ * Structs that grow: a caller's `size` says which layout it has. 0 and
+ * sizeof are this layout; a bigger struct (a caller built against a later
+ * header) keeps its extra bytes untouched; a smaller one (no such layout)
+ * is TG_E_INVALID with nothing written. Buffers are exactly the size the
+ * caller claims, on the heap, so the ASan build catches any overrun.
+ */
+static void test_struct_sizes(void) {
+    tg_policy *p = NULL;
+    tg_limiter *l = NULL;
+    REQUIRE(tg_policy_default(&p) == TG_OK);
+    REQUIRE(tg_limiter_new(p, 64, &l) == TG_OK);
+
+    size_t big = sizeof(tg_stats) + 32;
+    unsigned char *buf = malloc(big);
+    REQUIRE(buf != NULL);
+    memset(buf, 0xAB, big);
+    tg_stats *st = (tg_stats *) buf;
+    st->size = (uint32_t) big;
+    CHECK_ST(tg_limiter_stats(l, T0, st), TG_OK);
+    CHECK_EQ(st->slots, 64);
+    for (size_t i = sizeof(tg_stats); i < big; i++) CHECK_EQ(buf[i], 0xAB);
+    free(buf);
+
+    tg_stats *exact = malloc(sizeof *exact);
+    REQUIRE(exact != NULL);
+    exact->size = 0;
+    CHECK_ST(tg_limiter_stats(l, T0, exact), TG_OK);
+    CHECK_EQ(exact->size, sizeof *exact);
+    free(exact);
+
+    unsigned char small[8];
+    memset(small, 0xCD, sizeof small);
+    ((tg_stats *) (void *) small)->size = 4;
+    /* the library reads `size` (4 bytes) and stops there */
+    CHECK_ST(tg_limiter_stats(l, T0, (tg_stats *) (void *) small), TG_E_INVALID);
+    for (size_t i = 4; i < sizeof small; i++) CHECK_EQ(small[i], 0xCD);
+
+    tg_verify_report vr = {.size = 4};
+    CHECK_ST(tg_limiter_verify(l, T0, &vr, NULL, 0), TG_E_INVALID);
+    vr.size = sizeof vr;
+    CHECK_ST(tg_limiter_verify(l, T0, &vr, NULL, 0), TG_OK);
+
+    tg_request r = dev_req("sizes", DSV31);
+    tg_decision d;
+    memset(&d, 0xEE, sizeof d);
+    r.size = 4;
+    CHECK_ST(tg_check(l, &r, T0, &d), TG_E_INVALID);
+    CHECK_EQ(d.allowed, 0xEEEEEEEEu); /* untouched */
+    r.size = sizeof r;
+    CHECK_ST(tg_check(l, &r, T0, &d), TG_OK);
+    CHECK_EQ(d.size, sizeof d);
+    r.size = 0;
+    CHECK_ST(tg_check(l, &r, T0, &d), TG_OK);
+    CHECK_EQ(d.minute_remaining, 28);
+
+    /* a decision handed back to a renderer is checked the same way */
+    char out[512];
+    size_t n;
+    d.size = 4;
+    CHECK_ST(tg_decision_headers(&d, out, sizeof out, &n), TG_E_INVALID);
+    d.size = 0;
+    CHECK_ST(tg_decision_headers(&d, out, sizeof out, &n), TG_OK);
+
+    /* the error channel of constructors */
+    CHECK(strcmp(tg_last_error(), "") == 0);
+    tg_limiter *bad = NULL;
+    CHECK_ST(tg_limiter_open(p, "/nonexistent/dir/t.tg", 0, 0, &bad), TG_E_IO);
+    CHECK_STR_HAS(tg_last_error(), "/nonexistent/dir/t.tg");
+    CHECK_STR_HAS(tg_last_error(), "No such file");
+
+    tg_limiter_free(l);
+    tg_policy_free(p);
 }
 
 static void test_status_str(void) {
@@ -171,7 +248,7 @@ static void test_status_str(void) {
             CHECK(!o || strcmp(s, o) != 0);
         }
     }
-    static const tg_status unknown[] = {18, 50, 98, 100, -1, INT32_MAX, INT32_MIN};
+    static const tg_status unknown[] = {50, 98, 100, -1, INT32_MAX, INT32_MIN};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         const char *s = tg_status_str(unknown[i]);
         CHECK(s != NULL && strcmp(s, "unknown status") == 0);
@@ -391,7 +468,7 @@ static void test_limiter_new_and_stats(void) {
     tg_policy_free(p);
     REQUIRE(l != NULL);
 
-    tg_stats st;
+    tg_stats st = {0};
     memset(&st, 0xAB, sizeof st);
     CHECK_ST(tg_limiter_stats(l, T0, &st), TG_OK);
     CHECK(st.slots >= 64);
@@ -764,6 +841,11 @@ static int admitted(tg_limiter *l, const tg_request *r, uint64_t now) {
     return tg_check(l, r, now, &d) == TG_OK && d.allowed;
 }
 
+static uint64_t clock_faults(const tg_limiter *l) {
+    tg_stats st = {.size = sizeof st};
+    return tg_limiter_stats(l, T0, &st) == TG_OK ? st.clock_faults : UINT64_MAX;
+}
+
 static void test_clock_backwards(void) {
     tg_policy *p = NULL;
     REQUIRE(tg_policy_default(&p) == TG_OK);
@@ -772,33 +854,52 @@ static void test_clock_backwards(void) {
     tg_decision d;
     const uint64_t m = T0 + 42 * MS_MIN;
 
-    /* minute window: use all 5 in minute m+1, then ask at minute m */
+    /* minute window: use all 5 in minute m+1, then step back */
     tg_request r = dev_req("backwards", DSV31);
     r.rpm = 5;
     r.rpd = 1000;
     for (int i = 0; i < 5; i++) CHECK(admitted(l, &r, m + MS_MIN + 1000));
+    /* within the clock-fault bound (60 s): nothing is given back */
     CHECK(!admitted(l, &r, m + 30000));
     CHECK(!admitted(l, &r, m));
-    CHECK(!admitted(l, &r, T0));
     CHECK(!admitted(l, &r, m + MS_MIN + 500)); /* earlier within the same minute */
     CHECK_ST(tg_check(l, &r, m + MS_MIN + 2000, &d), TG_OK);
     CHECK_EQ(d.allowed, 0);
     CHECK_EQ(d.minute_remaining, 0);
     CHECK_EQ(d.day_remaining, 995);
+    CHECK_EQ(clock_faults(l), 0);
+    /* 43 minutes back is a clock fault: the 5 count in that minute now,
+       so the key is refused there too, until that minute ends, not for 43 */
+    CHECK_ST(tg_check(l, &r, T0, &d), TG_OK);
+    CHECK_EQ(d.allowed, 0);
+    CHECK_EQ(d.minute_remaining, 0);
+    CHECK_EQ(d.minute_reset, T0 / 1000 + 60);
+    CHECK_EQ(clock_faults(l), 1);
+    CHECK(admitted(l, &r, T0 + MS_MIN));
 
-    /* day window: use the whole day on day+1, then ask on the day before */
+    /* day window: use the whole day on day+1, then step back */
     tg_request rd = dev_req("backwards-day", DSV31);
     rd.rpm = 10;
     rd.rpd = 10;
     const uint64_t next_day = T0 + MS_DAY + 5 * MS_MIN;
     for (int i = 0; i < 10; i++) CHECK(admitted(l, &rd, next_day));
+    CHECK(!admitted(l, &rd, next_day - 30000));
+    /* past the bound, across midnight: refused all the same (the day's 10
+       are carried into the earlier day), and once back on day+1 at most
+       that one day's quota has been given back */
     uint32_t given_back = 0;
     for (uint64_t k = 1; k <= 30; k++) given_back += (uint32_t)admitted(l, &rd, next_day - k * 7 * MS_MIN);
     CHECK_EQ(given_back, 0);
+    for (int i = 0; i < 10; i++) CHECK(admitted(l, &rd, next_day + 1000));
     CHECK_ST(tg_check(l, &rd, next_day + 1000, &d), TG_OK);
     CHECK_EQ(d.allowed, 0);
     CHECK_EQ(d.limited_by, TG_LIMIT_DAY);
     CHECK_EQ(d.day_remaining, 0);
+
+    /* the bound is settable; NULL is a status */
+    CHECK_ST(tg_limiter_set_max_skew(l, 86401), TG_E_INVALID);
+    CHECK_ST(tg_limiter_set_max_skew(NULL, 60), TG_E_NULL);
+    CHECK_ST(tg_limiter_set_max_skew(l, 3600), TG_OK);
     tg_limiter_free(l);
     tg_policy_free(p);
 }
@@ -819,7 +920,7 @@ static void test_table_full(void) {
         tg_policy_free(p);
         return;
     }
-    tg_stats st;
+    tg_stats st = {0};
     CHECK_ST(tg_limiter_stats(l, T0, &st), TG_OK);
     const uint32_t slots = st.slots;
     CHECK_EQ(slots, tg_region_slots_for(len));
@@ -918,7 +1019,7 @@ static void test_regions(void) {
     CHECK_EQ(d.minute_remaining, 28);
     CHECK_ST(tg_check(l, &r, now, &d), TG_OK);
     CHECK_EQ(d.minute_remaining, 27);
-    tg_stats s1, s2;
+    tg_stats s1 = {0}, s2 = {0};
     CHECK_ST(tg_limiter_stats(l, now, &s1), TG_OK);
     CHECK_ST(tg_limiter_stats(l2, now, &s2), TG_OK);
     CHECK_EQ(s1.used, 1);
@@ -1023,6 +1124,21 @@ static void test_open_file(void) {
         tg_limiter_free(l2);
         l2 = NULL;
     }
+    /* read-only: sees the live counts, writes nothing, never creates */
+    CHECK_ST(tg_limiter_open(p, path, 0, TG_OPEN_READ_ONLY | TG_OPEN_CREATE, &l2), TG_E_INVALID);
+    CHECK_ST(tg_limiter_open(p, path, 32, TG_OPEN_READ_ONLY, &l2), TG_E_INVALID);
+    CHECK_ST(tg_limiter_open(p, nodir, 0, TG_OPEN_READ_ONLY, &l2), TG_E_IO);
+    CHECK_ST(tg_limiter_open(p, path, 0, TG_OPEN_READ_ONLY, &l2), TG_OK);
+    if (l2) {
+        CHECK_ST(tg_check(l2, &r, now, &d), TG_OK); /* lands in a private copy */
+        CHECK_EQ(d.minute_remaining, 25);
+        tg_limiter_free(l2);
+        l2 = NULL;
+    }
+    r.cost = 0;
+    CHECK_ST(tg_check(l, &r, now, &d), TG_OK);
+    CHECK_EQ(d.minute_remaining, 26);
+    r.cost = 1;
     tg_limiter_free(l);
     l = NULL;
 
@@ -1032,7 +1148,7 @@ static void test_open_file(void) {
         r.cost = 0;
         CHECK_ST(tg_check(l, &r, now, &d), TG_OK);
         CHECK_EQ(d.minute_remaining, 26);
-        tg_stats st;
+        tg_stats st = {0};
         CHECK_ST(tg_limiter_stats(l, now, &st), TG_OK);
         CHECK_EQ(st.used, 1);
         CHECK(st.slots >= 32);
@@ -1051,7 +1167,7 @@ static void test_open_file(void) {
     /* slots 0 takes the file as it is; another count is refused */
     CHECK_ST(tg_limiter_open(p, path, 0, 0, &l), TG_OK);
     if (l) {
-        tg_stats st;
+        tg_stats st = {0};
         CHECK_ST(tg_limiter_stats(l, now, &st), TG_OK);
         CHECK_EQ(st.slots, 32);
         tg_limiter_free(l);
@@ -1507,6 +1623,7 @@ int main(void) {
     static const struct { const char *name; void (*fn)(void); } tests[] = {
         {"version", test_version},
         {"status_str", test_status_str},
+        {"struct_sizes", test_struct_sizes},
         {"free_null", test_free_null},
         {"policy_default_and_limits", test_policy_default_and_limits},
         {"policy_parse_load", test_policy_parse_load},

@@ -1,6 +1,6 @@
-//! Helpers shared by the multi-process tests: the `tollgate` binary (whose
-//! hidden `__hammer` subcommand is the worker process), scratch directories
-//! that clean up after themselves, and a fixed clock.
+//! Helpers shared by the multi-process tests: the `tollgate` binary, the
+//! test-only worker process (`tollgate-test-worker`, tests/worker/worker.rs),
+//! scratch directories that clean up after themselves, and a fixed clock.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -28,6 +28,19 @@ pub fn tollgate(args: &[&str]) -> Command {
 /// Runs `tollgate args` to completion.
 pub fn run(args: &[&str]) -> Output {
     tollgate(args).output().expect("run tollgate")
+}
+
+/// The worker process: decides requests on a shared file and reports what
+/// it admitted (see tests/worker/worker.rs for its arguments).
+pub fn worker(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate-test-worker"));
+    c.args(args).stdin(Stdio::null());
+    c
+}
+
+/// Runs a worker to completion.
+pub fn run_worker(args: &[&str]) -> Output {
+    worker(args).output().expect("run worker")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -74,7 +87,7 @@ pub fn create(path: &Path, slots: u32) {
     Limiter::open(&Policy::builtin(), path, slots, true).expect("create region");
 }
 
-/// Parses a hammer's "admitted A denied D errors E" line.
+/// Parses a worker's "admitted A denied D errors E" line.
 pub fn tally(o: &Output) -> (u64, u64, u64) {
     assert!(
         o.status.success(),
@@ -92,14 +105,12 @@ pub fn tally(o: &Output) -> (u64, u64, u64) {
     )
 }
 
-/// Spawns `n` hammer workers with the same arguments and sums their
+/// Spawns `n` workers with the same arguments and sums their
 /// admissions once all have exited.
 pub fn hammer_all(n: usize, args: &[&str]) -> (u64, u64) {
     let children: Vec<_> = (0..n)
         .map(|_| {
-            let mut a = vec!["__hammer"];
-            a.extend_from_slice(args);
-            tollgate(&a)
+            worker(args)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()

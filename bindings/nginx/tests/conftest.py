@@ -22,6 +22,12 @@ MODULE = pathlib.Path(os.environ.get(
     "TOLLGATE_NGINX_MODULE",
     HERE.parent / "build" / "ngx_http_tollgate_module.so"))
 NGINX = os.environ.get("NGINX", shutil.which("nginx") or "/usr/sbin/nginx")
+ROOT = HERE.parents[2]
+# the operator command, built by test.sh (cargo build --release --bin tollgate)
+TOLLGATE = pathlib.Path(os.environ.get(
+    "TOLLGATE", pathlib.Path(os.environ.get("CARGO_TARGET_DIR",
+                                            ROOT / "target"))
+    .joinpath("release", "tollgate")))
 
 # How long a test may wait for nginx to start, reload or stop. A bound on
 # waiting, never an assertion about speed.
@@ -170,16 +176,33 @@ http {{
             time.sleep(0.05)
         raise RuntimeError("nginx did not start\n" + self.log())
 
+    def workers(self):
+        """Pids of the master's children (its workers)."""
+        out = set()
+        for d in pathlib.Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                out.add(int(d.name))
+        return out
+
     def reload(self, **params):
         """Rewrites the configuration (same parameters unless given) and
-        reloads; returns once new workers answer with the new generation."""
+        reloads; returns once new workers answer with the new generation
+        and the old workers are gone (so none answers a later request)."""
         self.gen += 1
         self.write(**(params or self.params))
+        old = self.workers()
         self.proc.send_signal(signal.SIGHUP)
         deadline = time.time() + WAIT
         while time.time() < deadline:
             try:
-                if self.get("/__gen").body == str(self.gen).encode():
+                if self.get("/__gen").body == str(self.gen).encode() \
+                        and not old & self.workers():
                     return
             except OSError:
                 pass

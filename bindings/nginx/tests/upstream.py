@@ -40,6 +40,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(out)))
         for name, value in extra:
             self.send_header(name, value)
+        if self.close_connection:
+            # say so: nginx would otherwise keep the connection for its
+            # keepalive cache, and a POST on it after we close is a 502
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(out)
 
@@ -48,7 +52,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         digest = hashlib.sha256(body).hexdigest()
         try:
             model = json.loads(body).get("model", "")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             model = ""
         self._send(200, {
             "id": "chatcmpl-test",
@@ -75,6 +79,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(out)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(out)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from fastapi import FastAPI, Request
 import tollgate
 from tollgate.asgi import RateLimitMiddleware, bearer_token, bearer_token_digest, header
 
-from conftest import SMALL_POLICY
+from conftest import REPO, SMALL_POLICY
 
 SIX = {
     b"x-ratelimit-limit-requests",
@@ -167,11 +168,45 @@ def test_paths_callable_and_methods(limiter, app):
     assert request(mw, b"x", path="/a/limited", method="PUT")[0] == 400
 
 
-def test_no_account_means_unlimited(limiter, app):
+def nginx_401_message() -> str:
+    """The message the nginx module sends with its 401, from its source."""
+    src = (REPO / "bindings" / "nginx" / "ngx_http_tollgate_module.c").read_text()
+    call = src[src.index("NGX_HTTP_UNAUTHORIZED,"):]
+    call = call[: call.index(");")]
+    literals = re.findall(r'"((?:[^"\\]|\\.)*)"', call)
+    assert literals[:2] == ["invalid_request_error", "invalid_api_key"], literals
+    return "".join(literals[2:]).replace('\\"', '"')
+
+
+def test_no_api_key_is_a_401_like_nginx(limiter, app):
     mw = RateLimitMiddleware(app, limiter, account=bearer_token)
+    for key in (None, ""):
+        status, hdrs, out = request(mw, chat(), key=key)
+        assert status == 401
+        assert hdrs[b"content-type"] == b"application/json" and int(hdrs[b"content-length"]) == len(out)
+        assert json.loads(out) == {"error": {
+            "message": nginx_401_message(),
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }}
+        assert b"x-ratelimit-remaining-requests" not in hdrs
+    # An account function answering "" has no key either.
+    status, _, _ = request(RateLimitMiddleware(app, limiter, account=lambda s: b""), chat())
+    assert status == 401
+    assert not app.calls
+
+
+def test_no_api_key_passes_unlimited_only_when_asked(limiter, app):
+    mw = RateLimitMiddleware(app, limiter, account=bearer_token, on_no_account="allow")
     for _ in range(8):
         status, hdrs, _ = request(mw, chat(), key=None)
         assert status == 200 and b"x-ratelimit-remaining-requests" not in hdrs
+    assert len(app.calls) == 8
+    # A key that is present but unusable is never let through.
+    assert request(mw, chat(), key="k" * 100)[0] == 401
+    with pytest.raises(ValueError):
+        RateLimitMiddleware(app, limiter, account=bearer_token, on_no_account="maybe")
 
 
 def test_async_callables_tier_and_cost(limiter, app):
@@ -210,9 +245,15 @@ def test_table_full(app):
         assert request(allow, chat(), key="new")[0] == 200
 
 
-def test_invalid_account_is_400(limiter, app):
+def test_unusable_account_is_a_401_that_quotes_nothing(limiter, app):
+    # Longer than 64 bytes: no usable key (nginx answers the same); the
+    # answer never carries the client's input back, however big.
     mw = RateLimitMiddleware(app, limiter, account=bearer_token)
-    assert request(mw, chat(), key="k" * 100)[0] == 400
+    status, _, out = request(mw, chat(), key="k" * 100)
+    assert status == 401 and json.loads(out)["error"]["code"] == "invalid_api_key"
+    huge = RateLimitMiddleware(app, limiter, account=lambda scope: "a" * (1 << 20))
+    status, _, out = request(huge, chat())
+    assert status == 401 and len(out) < 1000
     digest = RateLimitMiddleware(app, limiter, account=bearer_token_digest)
     assert request(digest, chat(), key="k" * 100)[0] == 200
 

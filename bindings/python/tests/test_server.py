@@ -125,3 +125,32 @@ def test_workers_share_one_table_file(start_server, tmp_path):
             break
     # The exact count above only shows sharing if both workers took part.
     assert both_workers_seen, "every burst was served by one worker"
+
+
+def test_refusals_through_a_real_server_and_client(start_server):
+    # What a client sees from uvicorn: a 4xx for every body, never a 500, and
+    # the official client's own error types.
+    server = start_server()
+    url = server.url + "/v1/chat/completions"
+    auth = {"Authorization": f"Bearer sk-{uuid.uuid4().hex[:16]}", "Content-Type": "application/json"}
+    with httpx.Client(timeout=30) as h:
+        for body, code in [
+            (b"[" * 100_000, "invalid_json"),
+            (b'{"model":"\\ud800","messages":[]}', "invalid_json"),
+            (b'{"model":"DeepSeek-V3.1","Model":"gpt-9","messages":[]}', "ambiguous_model"),
+        ]:
+            r = h.post(url, content=body, headers=auth)
+            assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text[:200]
+        r = h.post(url, content=json.dumps({"model": "x" * (1 << 20)}), headers=auth)
+        assert r.status_code == 404 and len(r.content) < 400
+        r = h.post(url, json={"model": "DeepSeek-V3.1", "messages": MESSAGES})  # no key
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    # The app limits raw bearer keys: one past 64 bytes is no usable key.
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(server, "sk-" + "x" * 100).chat.completions.create(model="DeepSeek-V3.1", messages=MESSAGES)
+    assert e.value.code == "invalid_api_key"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client(server, "sk-ok").chat.completions.create(
+            model="DeepSeek-V3.1", messages=MESSAGES, extra_body={"MODEL": "gpt-9"}
+        )
+    assert bad.value.code == "ambiguous_model"

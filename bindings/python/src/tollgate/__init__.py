@@ -12,13 +12,25 @@ library's. Quick start::
 Set ``TOLLGATE_LIBRARY`` to load another copy of the library.
 """
 
-from ._core import DEFAULT_SLOTS, Decision, Limiter, Policy, Stats, Tier, now_ms
-from ._ffi import ACCOUNT_MAX, LAYOUT_VERSION, MODEL_NAME_MAX, VERSION_NUMBER
+from ._body import body_model
+from ._core import (
+    DEFAULT_SLOTS,
+    Decision,
+    Limiter,
+    Policy,
+    Stats,
+    Tier,
+    now_ms,
+    unknown_model_body,
+)
+from ._ffi import ACCOUNT_MAX, BODY_DEPTH_MAX, BODY_MODEL_MAX, LAYOUT_VERSION, MODEL_NAME_MAX, VERSION_NUMBER
 from ._ffi import library_path as _library_path
 from ._ffi import tg_version as _tg_version
 from .errors import (
+    BodyError,
     CostTooLarge,
     InvalidArgument,
+    InvalidArgumentType,
     NoLimitConfigured,
     PolicyError,
     RegionError,
@@ -40,25 +52,31 @@ def library_version() -> str:
 
 
 __all__ = [
-    "Policy",
-    "Limiter",
-    "Decision",
-    "Stats",
-    "Tier",
-    "DEFAULT_SLOTS",
-    "now_ms",
-    "library_path",
-    "library_version",
     "ACCOUNT_MAX",
+    "BODY_DEPTH_MAX",
+    "BODY_MODEL_MAX",
+    "DEFAULT_SLOTS",
+    "LAYOUT_VERSION",
     "MODEL_NAME_MAX",
     "VERSION_NUMBER",
-    "LAYOUT_VERSION",
-    "TollgateError",
-    "InvalidArgument",
-    "UnknownModel",
-    "NoLimitConfigured",
+    "BodyError",
     "CostTooLarge",
-    "TableFull",
+    "Decision",
+    "InvalidArgument",
+    "InvalidArgumentType",
+    "Limiter",
+    "NoLimitConfigured",
+    "Policy",
     "PolicyError",
     "RegionError",
+    "Stats",
+    "TableFull",
+    "Tier",
+    "TollgateError",
+    "UnknownModel",
+    "body_model",
+    "library_path",
+    "library_version",
+    "now_ms",
+    "unknown_model_body",
 ]

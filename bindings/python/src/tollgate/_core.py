@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import math
 import os
 import struct
 import sys
 import threading
 from ctypes import byref, c_size_t, c_uint32, c_uint64, c_void_p, create_string_buffer
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from . import _ffi
-from .errors import InvalidArgument, PolicyError, RegionError, TollgateError, error_for
+from .errors import (
+    InvalidArgument,
+    InvalidArgumentType,
+    PolicyError,
+    RegionError,
+    TollgateError,
+    error_for,
+    shown,
+)
 
-__all__ = ["Tier", "Policy", "Limiter", "Decision", "Stats", "DEFAULT_SLOTS", "now_ms"]
+__all__ = ["DEFAULT_SLOTS", "Decision", "Limiter", "Policy", "Stats", "Tier", "now_ms", "unknown_model_body"]
 
 StrOrBytes = Union[str, bytes]
 TierLike = Union[str, int]
@@ -36,9 +45,11 @@ class Tier(enum.IntEnum):
 
 
 # IntEnum members hash and compare like their ints, so one dict serves names,
-# numbers and members.
+# numbers and members. So would True and 1.0: the hot path looks a tier up
+# only when its type is one of _TIER_TYPES.
 _TIERS: dict[Any, int] = {t.name.lower(): int(t) for t in Tier}
 _TIERS.update({int(t): int(t) for t in Tier})
+_TIER_TYPES = frozenset({str, int, Tier})
 
 
 def _tier_value(tier: object) -> int:
@@ -46,38 +57,75 @@ def _tier_value(tier: object) -> int:
         v = _TIERS.get(tier.lower())
         if v is not None:
             return v
-        raise InvalidArgument(_ffi.TG_E_INVALID, f"unknown tier {tier!r}: use free, developer or enterprise")
+        raise InvalidArgument(
+            _ffi.TG_E_INVALID, f"unknown tier {shown(tier.encode('utf-8', 'replace'))}: use free, developer or enterprise"
+        )
     if isinstance(tier, int) and not isinstance(tier, bool):
         # Out-of-range numbers go to the library, which refuses them itself.
         if 0 <= tier <= 0xFFFFFFFF:
             return int(tier)
         raise InvalidArgument(_ffi.TG_E_INVALID, f"tier {tier} out of range")
-    raise TypeError(f"tier must be a str or int, not {type(tier).__name__}")
+    raise InvalidArgumentType(_ffi.TG_E_INVALID, f"tier must be a str or int, not {type(tier).__name__}")
+
+
+def _encode(value: str, what: str) -> bytes:
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        pass
+    try:
+        # Undecodable bytes carried through str as surrogate escapes
+        # (os.fsdecode style) get their bytes back.
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as e:
+        raise InvalidArgument(
+            _ffi.TG_E_INVALID, f"{what} is not encodable as UTF-8: lone surrogate at index {e.start}"
+        ) from None
 
 
 def _as_bytes(value: object, what: str) -> bytes:
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
+        return _encode(value, what)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
-    raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
+    raise InvalidArgumentType(_ffi.TG_E_INVALID, f"{what} must be str or bytes, not {type(value).__name__}")
+
+
+def _fs_path(path: object, what: str) -> bytes:
+    try:
+        raw = os.fsencode(path)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgumentType(
+            _ffi.TG_E_INVALID, f"{what} must be str, bytes or os.PathLike, not {type(path).__name__}"
+        ) from None
+    except UnicodeEncodeError as e:
+        raise InvalidArgument(_ffi.TG_E_INVALID, f"{what} is not encodable: {e.reason}") from None
+    if b"\0" in raw:
+        # What open() says; the C side would silently stop at the NUL.
+        raise InvalidArgument(_ffi.TG_E_INVALID, f"{what}: embedded null byte")
+    return raw
 
 
 # Encoded model names, cached: a service sees a dozen models, and the cache
 # saves an encode (and, for bytes input, a decode) per call. Entries are
-# (utf-8 bytes, str); bounded so that junk names cannot grow it forever.
+# (utf-8 bytes, str). Only names the library just decided on (so names its
+# policy has, at most MODEL_NAME_MAX bytes each) are kept: an unknown model
+# costs nothing once refused. Bounded as well, for policies with very many
+# models.
 _models: dict[object, tuple[bytes, str]] = {}
 _MODELS_CACHED = 1024
 
 
 def _model_entry(model: object) -> tuple[bytes, str]:
     mb = _as_bytes(model, "model")
-    entry = (mb, mb.decode("utf-8", "surrogateescape"))
-    if type(model) in (str, bytes):
+    return mb, mb.decode("utf-8", "surrogateescape")
+
+
+def _remember(model: object, entry: tuple[bytes, str]) -> None:
+    if type(model) is str or type(model) is bytes:
         if len(_models) >= _MODELS_CACHED:
             _models.clear()
         _models[model] = entry
-    return entry
 
 
 def now_ms() -> int:
@@ -85,11 +133,25 @@ def now_ms() -> int:
     return int(_ffi.tg_now_ms())
 
 
-def _ms(now: float) -> int:
+def _ms(now: object) -> int:
+    if isinstance(now, bool) or not isinstance(now, (int, float)):
+        raise InvalidArgumentType(
+            _ffi.TG_E_INVALID, f"now must be epoch seconds as an int or float, not {type(now).__name__}"
+        )
+    if isinstance(now, float) and not math.isfinite(now):
+        raise InvalidArgument(_ffi.TG_E_INVALID, f"now={now!r} is not a valid epoch time in seconds")
     ms = int(now * 1000)
     if not 0 <= ms < 1 << 64:
         raise InvalidArgument(_ffi.TG_E_INVALID, f"now={now!r} is not a valid epoch time in seconds")
     return ms
+
+
+def unknown_model_body(model: StrOrBytes) -> bytes:
+    """The library's OpenAI-shaped JSON body for a model the policy does not
+    know, to send with a 404 (tg_unknown_model_body). It quotes ``model``
+    whole: pass a bounded name (e.g. from :func:`tollgate.body_model`)."""
+    mb = _as_bytes(model, "model")
+    return _render(_ffi.tg_unknown_model_body, mb, len(mb))
 
 
 # --- the hot path -----------------------------------------------------------
@@ -110,7 +172,7 @@ def _ms(now: float) -> int:
 # check() from a signal handler or a finalizer: don't.
 
 
-def _bytes_data_offset() -> Optional[int]:
+def _bytes_data_offset() -> int | None:
     if sys.implementation.name != "cpython":
         return None
     off = bytes.__basicsize__ - 1  # offsetof(PyBytesObject, ob_sval)
@@ -118,8 +180,8 @@ def _bytes_data_offset() -> Optional[int]:
     try:
         if ctypes.string_at(id(probe) + off, len(probe)) == probe:
             return off
-    except Exception:
-        pass
+    except (OSError, ValueError):  # string_at refused the address
+        return None
     return None
 
 
@@ -135,7 +197,7 @@ def _scratch() -> tuple[Any, c_void_p, c_void_p, Any]:
     # ctypes computing a buffer format on every call. The ctypes view pins it
     # (a bytearray with an exported buffer cannot be resized or moved) and
     # gives its address.
-    buf = bytearray(_SCRATCH_SIZE)
+    buf: Any = bytearray(_SCRATCH_SIZE)
     view = (ctypes.c_char * _SCRATCH_SIZE).from_buffer(buf)
     base = ctypes.addressof(view)
     if base % 8:  # not aligned for the structs: take ctypes' own memory
@@ -157,7 +219,8 @@ _fast_check_now = _ffi.fast_check_now
 
 
 def _render(fn: Any, dec: Any, *extra: Any) -> bytes:
-    """Calls a tg_decision_* renderer, growing the buffer once if needed."""
+    """Calls a tg_* renderer (buffer, cap, written last), growing the buffer
+    once if needed."""
     cap = 512
     for _ in range(2):
         buf = create_string_buffer(cap)
@@ -206,7 +269,7 @@ class Decision:
     __slots__ = _DECISION_SLOTS
 
     allowed: bool
-    limited_by: Optional[str]
+    limited_by: str | None
     minute_limit: int
     minute_remaining: int
     minute_reset: int
@@ -223,6 +286,7 @@ class Decision:
         d = _ffi.TgDecision()
         _ffi.DECISION_STRUCT.pack_into(
             d,
+            0,
             0,
             1 if self.allowed else 0,
             _LIMITED_BY.index(self.limited_by),
@@ -252,7 +316,7 @@ class Decision:
         (tg_decision_headers)."""
         return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.header_items}
 
-    def ietf_headers(self, now: Optional[float] = None) -> dict[str, str]:
+    def ietf_headers(self, now: float | None = None) -> dict[str, str]:
         """``RateLimit-Policy`` and ``RateLimit`` fields of the IETF draft
         (tg_decision_ietf_headers); ``t`` counts from ``now`` (epoch seconds,
         None = the library's clock)."""
@@ -264,7 +328,7 @@ class Decision:
     def error_body(self) -> str:
         """The OpenAI-shaped 429 JSON body naming the model and the limit hit
         (tg_decision_error_body)."""
-        body: Optional[str] = getattr(self, "_error_body", None)
+        body: str | None = getattr(self, "_error_body", None)
         if body is None:
             mb = self.model.encode("utf-8", "surrogateescape")
             body = _render(_ffi.tg_decision_error_body, self._c(), mb, len(mb)).decode("utf-8", "replace")
@@ -282,7 +346,7 @@ class _DecisionDraft:
     __slots__ = _DECISION_SLOTS
 
     allowed: bool
-    limited_by: Optional[str]
+    limited_by: str | None
     minute_limit: int
     minute_remaining: int
     minute_reset: int
@@ -314,6 +378,9 @@ class Stats:
     table_full: int
     region_bytes: int
     layout_version: int
+    #: Decisions that met counts a wrong clock had dated beyond the
+    #: clock-fault bound and re-dated them (see the README's guarantees).
+    clock_faults: int = 0
 
 
 class _Handle:
@@ -325,11 +392,11 @@ class _Handle:
     the file itself).
     """
 
-    __slots__ = ("_h", "_free", "__weakref__")
+    __slots__ = ("__weakref__", "_free", "_h")
     _is_finalizing = staticmethod(sys.is_finalizing)
 
     def __init__(self, h: c_void_p, free: Any) -> None:
-        self._h: Optional[c_void_p] = h
+        self._h: c_void_p | None = h
         self._free = free
 
     @property
@@ -355,7 +422,7 @@ class _Handle:
             if self._is_finalizing():
                 return
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - a finalizer must not raise, whatever is half torn down
             pass
 
     def _ptr(self) -> c_void_p:
@@ -377,13 +444,13 @@ class Policy(_Handle):
         raise TypeError("use Policy.default(), Policy.load(path) or Policy.parse(text)")
 
     @classmethod
-    def _wrap(cls, h: c_void_p) -> "Policy":
+    def _wrap(cls, h: c_void_p) -> Policy:
         p = _new(cls)
         _Handle.__init__(p, h, _ffi.tg_policy_free)
         return p
 
     @classmethod
-    def default(cls) -> "Policy":
+    def default(cls) -> Policy:
         """The built-in policy: the published Developer tier table."""
         h = c_void_p()
         st = _ffi.tg_policy_default(byref(h))
@@ -392,10 +459,10 @@ class Policy(_Handle):
         return cls._wrap(h)
 
     @classmethod
-    def load(cls, path: PathLike) -> "Policy":
+    def load(cls, path: PathLike) -> Policy:
         """Reads a TOML policy file. Raises PolicyError (with ``file`` and
         ``line``) when it is unreadable or invalid."""
-        raw = os.fsencode(path)
+        raw = _fs_path(path, "policy path")
         err = create_string_buffer(1024)
         h = c_void_p()
         st = _ffi.tg_policy_load(raw, byref(h), err, len(err))
@@ -404,7 +471,7 @@ class Policy(_Handle):
         return cls._wrap(h)
 
     @classmethod
-    def parse(cls, text: StrOrBytes) -> "Policy":
+    def parse(cls, text: StrOrBytes) -> Policy:
         """Parses TOML policy text. Raises PolicyError on invalid text."""
         raw = _as_bytes(text, "text")
         err = create_string_buffer(1024)
@@ -414,7 +481,7 @@ class Policy(_Handle):
             raise error_for(st, "tg_policy_parse", err.value.decode("utf-8", "replace"), PolicyError)
         return cls._wrap(h)
 
-    def limits(self, model: StrOrBytes, tier: TierLike = "developer", account: Optional[StrOrBytes] = None) -> tuple[int, int]:
+    def limits(self, model: StrOrBytes, tier: TierLike = "developer", account: StrOrBytes | None = None) -> tuple[int, int]:
         """``(rpm, rpd)`` this policy gives ``tier`` on ``model``; enterprise
         tiers look up ``account``'s plan first (tg_policy_limits)."""
         mb = _as_bytes(model, "model")
@@ -424,7 +491,7 @@ class Policy(_Handle):
             self._ptr(), _tier_value(tier), mb, len(mb), ab or None, len(ab), byref(rpm), byref(rpd)
         )
         if st:
-            raise error_for(st, f"limits for model {mb.decode('utf-8', 'replace')!r}")
+            raise error_for(st, f"limits for model {shown(mb)}")
         return int(rpm.value), int(rpd.value)
 
     @property
@@ -456,9 +523,9 @@ class Limiter(_Handle):
     ``Limiter(policy, slots=...)`` keeps its counters in process memory.
     """
 
-    __slots__ = ("_policy", "_path")
+    __slots__ = ("_path", "_policy")
 
-    def __init__(self, policy: Optional[Policy] = None, slots: int = DEFAULT_SLOTS) -> None:
+    def __init__(self, policy: Policy | None = None, slots: int = DEFAULT_SLOTS) -> None:
         if policy is None:
             policy = Policy.default()
         h = c_void_p()
@@ -467,12 +534,12 @@ class Limiter(_Handle):
             raise error_for(st, f"tg_limiter_new(slots={slots})")
         _Handle.__init__(self, h, _ffi.tg_limiter_free)
         self._policy: Policy = policy
-        self._path: Optional[str] = None
+        self._path: str | None = None
 
     @classmethod
     def open(
-        cls, path: PathLike, policy: Optional[Policy] = None, slots: int = DEFAULT_SLOTS, create: bool = True
-    ) -> "Limiter":
+        cls, path: PathLike, policy: Policy | None = None, slots: int = DEFAULT_SLOTS, create: bool = True
+    ) -> Limiter:
         """A limiter whose counters live in the file at ``path``, mapped
         shared: every process (e.g. each worker of a server) that opens the
         same file shares the same limits. ``create`` makes and formats the
@@ -480,12 +547,17 @@ class Limiter(_Handle):
         used."""
         if policy is None:
             policy = Policy.default()
-        raw = os.fsencode(path)
+        raw = _fs_path(path, "path")
         h = c_void_p()
         flags = _ffi.TG_OPEN_CREATE if create else 0
-        st = _ffi.tg_limiter_open(policy._ptr(), raw, _u32(slots, "slots"), flags, byref(h))
+        n = _u32(slots, "slots")
+        ctypes.set_errno(0)
+        st = _ffi.tg_limiter_open(policy._ptr(), raw, n, flags, byref(h))
         if st:
-            raise error_for(st, f"tg_limiter_open({os.fsdecode(raw)}, slots={slots})", io_class=RegionError)
+            name = os.fsdecode(raw)
+            raise error_for(
+                st, f"tg_limiter_open({name}, slots={slots})", io_class=RegionError, os_errno=ctypes.get_errno(), filename=name
+            )
         lim = _new(cls)
         _Handle.__init__(lim, h, _ffi.tg_limiter_free)
         lim._policy = policy
@@ -498,7 +570,7 @@ class Limiter(_Handle):
         return self._policy
 
     @property
-    def path(self) -> Optional[str]:
+    def path(self) -> str | None:
         """The table file for a limiter made by :meth:`open`, else None."""
         return self._path
 
@@ -508,9 +580,9 @@ class Limiter(_Handle):
         model: StrOrBytes,
         tier: TierLike = "developer",
         cost: int = 1,
-        now: Optional[float] = None,
-        rpm: Optional[int] = None,
-        rpd: Optional[int] = None,
+        now: float | None = None,
+        rpm: int | None = None,
+        rpd: int | None = None,
     ) -> Decision:
         """Decides one request and counts it if admitted (both windows or
         neither). ``now`` is epoch seconds (float); None reads the library's
@@ -524,29 +596,41 @@ class Limiter(_Handle):
         # Hot path, kept flat: see "the hot path" above.
         try:
             mb, ms = _models[model]
+            new_model = False
         except (KeyError, TypeError):
             mb, ms = _model_entry(model)
+            new_model = True
         if type(account) is str:
             try:
                 a = account.encode()
             except UnicodeEncodeError:  # lone surrogates, e.g. from os.fsdecode
-                a = account.encode("utf-8", "surrogateescape")
+                a = _encode(account, "account")
         elif type(account) is bytes:
             a = account
         else:
             a = _as_bytes(account, "account")
-        try:
-            t = _TIERS[tier]
-        except (KeyError, TypeError):
+        if type(tier) in _TIER_TYPES:  # never bool or float (True == 1 == 1.0)
+            try:
+                t = _TIERS[tier]
+            except KeyError:
+                t = _tier_value(tier)
+        else:
             t = _tier_value(tier)
+        if type(cost) is not int or (rpm is not None and type(rpm) is not int) or (
+            rpd is not None and type(rpd) is not int
+        ):
+            cost, rpm, rpd = _numbers(cost, rpm, rpd)
         if _DATA is None:
-            return self._check_struct(a, mb, ms, t, cost, now, rpm, rpd)
+            dec = self._check_struct(a, mb, ms, t, cost, now, rpm, rpd)
+            if new_model:
+                _remember(model, (mb, ms))
+            return dec
         try:
             buf, reqp, decp, _ = _tls.sc
         except AttributeError:
             buf, reqp, decp, _ = _scratch()
         try:
-            _pack(buf, 0, id(a) + _DATA, len(a), id(mb) + _DATA, len(mb), t, cost, rpm or 0, rpd or 0)
+            _pack(buf, 0, 0, id(a) + _DATA, len(a), id(mb) + _DATA, len(mb), t, cost, rpm or 0, rpd or 0)
         except struct.error:
             raise _bad_numbers(cost, rpm, rpd) from None
         if now is None:
@@ -555,7 +639,9 @@ class Limiter(_Handle):
             st = _fast_check(self._h, reqp, c_uint64(_ms(now)), decp)
         if st:
             raise self._error(st, a, mb)
-        al, lb, ml, mr, mrs, dl, dr, drs, ra = _unpack(buf, _DECISION_OFF)
+        if new_model:
+            _remember(model, (mb, ms))
+        _, al, lb, ml, mr, mrs, dl, dr, drs, ra = _unpack(buf, _DECISION_OFF)
         d = _new(_DecisionDraft)
         d.allowed = al == 1
         d.limited_by = _LIMITED_BY[lb]
@@ -571,7 +657,7 @@ class Limiter(_Handle):
         return d  # type: ignore[return-value]
 
     def _check_struct(
-        self, a: bytes, mb: bytes, ms: str, t: int, cost: int, now: Optional[float], rpm: Optional[int], rpd: Optional[int]
+        self, a: bytes, mb: bytes, ms: str, t: int, cost: int, now: float | None, rpm: int | None, rpd: int | None
     ) -> Decision:
         # The portable path (see "the hot path"): ctypes Structures throughout.
         req = _ffi.TgRequest()
@@ -604,18 +690,16 @@ class Limiter(_Handle):
     def _error(self, st: int, a: bytes, mb: bytes) -> TollgateError:
         if self._h is None:
             return InvalidArgument(_ffi.TG_E_NULL, "Limiter is closed")
-        acc = a.decode("utf-8", "replace")
-        model = mb.decode("utf-8", "replace")
-        return error_for(st, f"account {acc!r}, model {model!r}")
+        return error_for(st, f"account {shown(a)}, model {shown(mb)}")
 
     def peek(
         self,
         account: StrOrBytes,
         model: StrOrBytes,
         tier: TierLike = "developer",
-        now: Optional[float] = None,
-        rpm: Optional[int] = None,
-        rpd: Optional[int] = None,
+        now: float | None = None,
+        rpm: int | None = None,
+        rpd: int | None = None,
     ) -> Decision:
         """Where (account, model) stands, without counting anything (cost 0)."""
         return self.check(account, model, tier, 0, now, rpm, rpd)
@@ -630,7 +714,7 @@ class Limiter(_Handle):
             raise error_for(st, "tg_limiter_set_policy")
         self._policy = policy
 
-    def share(self, policy: Optional[Policy] = None) -> "Limiter":
+    def share(self, policy: Policy | None = None) -> Limiter:
         """A second Limiter on the same counters with another policy (copied;
         None: this one's). The table lives until its last Limiter is closed
         (tg_limiter_share)."""
@@ -646,7 +730,7 @@ class Limiter(_Handle):
         lim._path = self._path
         return lim
 
-    def stats(self, now: Optional[float] = None) -> Stats:
+    def stats(self, now: float | None = None) -> Stats:
         """Slot usage of the region as of ``now`` (epoch seconds; None = the
         library's clock)."""
         out = _ffi.TgStats()
@@ -654,7 +738,7 @@ class Limiter(_Handle):
         st = _ffi.tg_limiter_stats(self._ptr(), ms, byref(out))
         if st:
             raise error_for(st, "tg_limiter_stats")
-        return Stats(out.slots, out.used, out.table_full, out.region_bytes, out.layout_version)
+        return Stats(out.slots, out.used, out.table_full, out.region_bytes, out.layout_version, out.clock_faults)
 
     def __repr__(self) -> str:
         where = f" path={self._path!r}" if self._path else ""
@@ -666,17 +750,27 @@ if not _draft_works():
 
 
 def _u32(v: object, what: str) -> int:
+    # bool is an int subclass, but True is not a count.
     if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{what} must be an int, not {type(v).__name__}")
+        raise InvalidArgumentType(_ffi.TG_E_INVALID, f"{what} must be an int, not {type(v).__name__}")
     if not 0 <= v <= 0xFFFFFFFF:
         raise InvalidArgument(_ffi.TG_E_INVALID, f"{what}={v} out of range 0..{0xFFFFFFFF}")
-    return v
+    return int(v)
+
+
+def _numbers(cost: object, rpm: object, rpd: object) -> tuple[int, int | None, int | None]:
+    """cost, rpm and rpd checked and made plain ints (int subclasses such as
+    IntEnum pass; bool does not)."""
+    return (
+        _u32(cost, "cost"),
+        None if rpm is None else _u32(rpm, "rpm"),
+        None if rpd is None else _u32(rpd, "rpd"),
+    )
 
 
 def _bad_numbers(cost: object, rpm: object, rpd: object) -> Exception:
-    for name, v in (("cost", cost), ("rpm", rpm or 0), ("rpd", rpd or 0)):
-        try:
-            _u32(v, name)
-        except (TypeError, InvalidArgument) as e:
-            return e
+    try:
+        _numbers(cost, rpm, rpd)
+    except InvalidArgument as e:
+        return e
     return InvalidArgument(_ffi.TG_E_INVALID, "bad numeric argument")

@@ -24,10 +24,12 @@ from pathlib import Path
 # What this package was written for (include/tollgate.h). A library whose
 # major.minor differs, whose patch is older, or whose region layout differs
 # is refused at import: struct layouts and semantics could differ silently.
-VERSION_NUMBER = 1000  # 0.1.0 = major*1000000 + minor*1000 + patch
-LAYOUT_VERSION = 1
+VERSION_NUMBER = 2000  # 0.2.0 = major*1000000 + minor*1000 + patch
+LAYOUT_VERSION = 2
 ACCOUNT_MAX = 64
 MODEL_NAME_MAX = 56
+BODY_MODEL_MAX = 64
+BODY_DEPTH_MAX = 1024
 
 TG_OK = 0
 TG_E_NULL = 1
@@ -47,6 +49,12 @@ TG_E_REGION_CORRUPT = 14
 TG_E_ALIGNMENT = 15
 TG_E_UNSUPPORTED = 16
 TG_E_MODEL_TABLE_FULL = 17
+TG_E_NO_SPACE = 18
+TG_E_READ_ONLY = 19
+TG_E_BODY_NOT_JSON = 20
+TG_E_BODY_NO_MODEL = 21
+TG_E_BODY_AMBIGUOUS_MODEL = 22
+TG_E_BODY_TOO_DEEP = 23
 TG_E_PANIC = 99
 
 TG_TIER_FREE = 0
@@ -63,8 +71,11 @@ LIBRARY_ENV = "TOLLGATE_LIBRARY"
 LIBRARY_NAME = "libtollgate.so"
 
 
+# Every struct starts with its size; 0 (what ctypes and the packers below
+# write) means the first sized layout, the one written here.
 class TgRequest(Structure):
     _fields_ = [
+        ("size", c_uint32),
         ("account", c_char_p),
         ("account_len", c_size_t),
         ("model", c_char_p),
@@ -78,6 +89,7 @@ class TgRequest(Structure):
 
 class TgDecision(Structure):
     _fields_ = [
+        ("size", c_uint32),
         ("allowed", c_uint32),
         ("limited_by", c_uint32),
         ("minute_limit", c_uint32),
@@ -92,11 +104,13 @@ class TgDecision(Structure):
 
 class TgStats(Structure):
     _fields_ = [
+        ("size", c_uint32),
         ("slots", c_uint32),
         ("used", c_uint32),
         ("table_full", c_uint64),
         ("region_bytes", c_uint64),
         ("layout_version", c_uint32),
+        ("clock_faults", c_uint64),
     ]
 
 
@@ -104,14 +118,14 @@ class TgStats(Structure):
 # call each instead of touching ctypes fields one by one (several times
 # cheaper per call). Native alignment ("@") matches the C layout; the checks
 # below make sure of it against the ctypes Structures.
-REQUEST_STRUCT = struct.Struct("@PNPNIIII")
-DECISION_STRUCT = struct.Struct("@IIIIQIIQI")
+REQUEST_STRUCT = struct.Struct("@IPNPNIIII")
+DECISION_STRUCT = struct.Struct("@IIIIIQIIQI")
 assert REQUEST_STRUCT.size == ctypes.sizeof(TgRequest)
 assert DECISION_STRUCT.size <= ctypes.sizeof(TgDecision)
 assert [TgDecision.minute_reset.offset, TgDecision.day_reset.offset, TgDecision.retry_after.offset] == [
-    struct.calcsize("@IIII"),
-    struct.calcsize("@IIIIQII"),
-    struct.calcsize("@IIIIQIIQ"),
+    struct.calcsize("@IIIIIQ") - 8,
+    struct.calcsize("@IIIIIQIIQ") - 8,
+    struct.calcsize("@IIIIIQIIQ"),
 ]
 
 
@@ -174,11 +188,16 @@ _PP = POINTER(c_void_p)
 # GIL; tg_limiter_stats walks the table once). Everything else (opening
 # files, parsing policies, rendering) goes through CDLL and releases the GIL.
 _pylib = ctypes.PyDLL(str(library_path))
+# Calls whose failure has an OS reason (opening files) keep the C errno they
+# leave, for ctypes.get_errno(): the status alone says only "I/O error".
+_errlib = ctypes.CDLL(str(library_path), use_errno=True)
 
 
-def _proto(name: str, restype: object, argtypes: list[object], hold_gil: bool = False) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+def _proto(
+    name: str, restype: object, argtypes: list[object], hold_gil: bool = False, errno: bool = False
+) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
     try:
-        fn = getattr(_pylib if hold_gil else lib, name)
+        fn = getattr(_pylib if hold_gil else _errlib if errno else lib, name)
     except AttributeError:
         raise ImportError(f"tollgate: {library_path} lacks {name}; rebuild the library") from None
     fn.restype = restype
@@ -205,7 +224,7 @@ tg_policy_model_name = _proto(
 )
 tg_region_size = _proto("tg_region_size", c_size_t, [c_uint32])
 tg_limiter_new = _proto("tg_limiter_new", _i32, [c_void_p, c_uint32, _PP])
-tg_limiter_open = _proto("tg_limiter_open", _i32, [c_void_p, c_char_p, c_uint32, c_uint32, _PP])
+tg_limiter_open = _proto("tg_limiter_open", _i32, [c_void_p, c_char_p, c_uint32, c_uint32, _PP], errno=True)
 tg_limiter_set_policy = _proto("tg_limiter_set_policy", _i32, [c_void_p, c_void_p], hold_gil=True)
 tg_limiter_share = _proto("tg_limiter_share", _i32, [c_void_p, c_void_p, _PP], hold_gil=True)
 tg_limiter_stats = _proto("tg_limiter_stats", _i32, [c_void_p, c_uint64, POINTER(TgStats)], hold_gil=True)
@@ -223,6 +242,14 @@ tg_decision_error_body = _proto(
     "tg_decision_error_body",
     _i32,
     [POINTER(TgDecision), c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)],
+)
+tg_unknown_model_body = _proto(
+    "tg_unknown_model_body", _i32, [c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)]
+)
+# Scanning a body reads all of it (up to the server's body cap): without the
+# GIL, other threads run meanwhile.
+tg_body_model = _proto(
+    "tg_body_model", _i32, [c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)]
 )
 
 # Hot-path twins of tg_check/tg_check_now without argtypes: each call skips

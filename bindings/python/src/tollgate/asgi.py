@@ -1,11 +1,13 @@
 """ASGI middleware: rate limits an OpenAI-compatible API with a Limiter.
 
 Works with any ASGI app (Starlette, FastAPI, plain ASGI callables); neither
-framework is needed. For each limited request it buffers the JSON body, reads
-its ``"model"``, asks the Limiter, and either answers itself (429, 404, 400)
-or calls the app with the body replayed and the six ``x-ratelimit-*``
-headers added to the response start. Response bodies are never buffered, so
-streamed (SSE) responses keep streaming.
+framework is needed. For each limited request it buffers the body, has the
+library's scanner find its model (:func:`tollgate.body_model`: the core's
+parse and refusals, shared by every binding), asks the Limiter, and
+either answers itself (429, 404, 403, 401, 400) or calls the app with the
+body replayed and the six ``x-ratelimit-*`` headers added to the response
+start. Response bodies are never buffered, so streamed (SSE) responses keep
+streaming.
 
 Example::
 
@@ -27,12 +29,15 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from typing import Any, Awaitable, Callable, Collection, Iterable, MutableMapping, Optional, Union
+from collections.abc import Awaitable, Collection, Iterable, MutableMapping
+from typing import Any, Callable, Union
 
-from ._core import Decision, Limiter
-from .errors import CostTooLarge, InvalidArgument, NoLimitConfigured, TableFull, UnknownModel
+from . import _ffi
+from ._body import body_model
+from ._core import Decision, Limiter, unknown_model_body
+from .errors import BodyError, CostTooLarge, InvalidArgument, NoLimitConfigured, TableFull, UnknownModel
 
-__all__ = ["RateLimitMiddleware", "header", "bearer_token", "bearer_token_digest", "DECISION_SCOPE_KEY"]
+__all__ = ["DECISION_SCOPE_KEY", "RateLimitMiddleware", "bearer_token", "bearer_token_digest", "header"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,7 +57,7 @@ PathsFn = Callable[[Scope], bool]
 DECISION_SCOPE_KEY = "tollgate.decision"
 
 
-def header(scope: Scope, name: str) -> Optional[str]:
+def header(scope: Scope, name: str) -> str | None:
     """The first request header called ``name`` (case-insensitive), decoded
     as latin-1, or None."""
     want = name.lower().encode("latin-1")
@@ -62,7 +67,7 @@ def header(scope: Scope, name: str) -> Optional[str]:
     return None
 
 
-def bearer_token(scope: Scope) -> Optional[str]:
+def bearer_token(scope: Scope) -> str | None:
     """The key of an ``Authorization: Bearer <key>`` header, or None. Keys
     longer than 64 bytes are refused by the limiter as accounts: use
     :func:`bearer_token_digest` for those."""
@@ -76,7 +81,7 @@ def bearer_token(scope: Scope) -> Optional[str]:
     return token
 
 
-def bearer_token_digest(scope: Scope) -> Optional[str]:
+def bearer_token_digest(scope: Scope) -> str | None:
     """A 32-hex-digit BLAKE2b digest of the bearer key (fits the limiter's
     64-byte account ids whatever the key's length, and keeps raw keys out of
     the shared table file), or None without a bearer key."""
@@ -86,8 +91,45 @@ def bearer_token_digest(scope: Scope) -> Optional[str]:
     return hashlib.blake2b(token.encode("latin-1"), digest_size=16).hexdigest()
 
 
-def _error_json(message: str, type_: str, param: Optional[str], code: Optional[str]) -> bytes:
-    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+def _error_json(message: str, type_: str, param: str | None, code: str | None) -> bytes:
+    # Compact, in the nginx module's key order: the same refusal reads the
+    # same from either.
+    error = {"message": message, "type": type_, "param": param, "code": code}
+    return json.dumps({"error": error}, separators=(",", ":")).encode()
+
+
+# Refusals that quote nothing of the request. The wording is the nginx
+# module's (and CONTRACT.md's) until the library renders every answer.
+_NOT_JSON = _error_json(
+    "We could not parse the JSON body of your request. The API expects a JSON object with a 'model' field.",
+    "invalid_request_error",
+    None,
+    "invalid_json",
+)
+_TOO_DEEP = _error_json(
+    f"The request body nests deeper than {_ffi.BODY_DEPTH_MAX} levels.", "invalid_request_error", None, "invalid_json"
+)
+_NO_MODEL = _error_json("you must provide a model parameter", "invalid_request_error", None, None)
+_AMBIGUOUS_MODEL = _error_json(
+    'The request body names the model more than once (keys equal to "model" ignoring case or escapes); '
+    'send exactly one "model" key.',
+    "invalid_request_error",
+    "model",
+    "ambiguous_model",
+)
+_NO_API_KEY = _error_json(
+    "You didn't provide a usable API key. Provide your API key in an Authorization header using Bearer auth "
+    "(Authorization: Bearer YOUR_KEY).",
+    "invalid_request_error",
+    None,
+    "invalid_api_key",
+)
+_BODY_REFUSALS = {
+    _ffi.TG_E_BODY_NOT_JSON: _NOT_JSON,
+    _ffi.TG_E_BODY_NO_MODEL: _NO_MODEL,
+    _ffi.TG_E_BODY_AMBIGUOUS_MODEL: _AMBIGUOUS_MODEL,
+    _ffi.TG_E_BODY_TOO_DEEP: _TOO_DEEP,
+}
 
 
 async def _maybe_await(v: Any) -> Any:
@@ -104,16 +146,18 @@ class RateLimitMiddleware:
       limiter: the Limiter (use ``Limiter.open(path, ...)`` to share limits
         across worker processes).
       account: ``account(scope)`` gives the account id (str or bytes, at most
-        64 bytes); may be async. None leaves the request unlimited (e.g.
-        unauthenticated requests the app rejects anyway): return a fallback
-        id instead if those must be limited too.
+        64 bytes); may be async. None (or empty) means the request has no API
+        key: see ``on_no_account``.
       tier: a tier ("free", "developer", "enterprise", or a Tier), or
         ``tier(scope)`` giving one; may be async.
       cost: requests this call counts for, or ``cost(scope, body)`` giving it
-        from the parsed JSON body.
+        from the parsed JSON body (a body Python's json cannot parse, e.g.
+        nested past its recursion limit, is then a 400).
       paths: which paths are limited: None (all), a collection of exact paths
         (an entry ending in ``*`` is a prefix), or ``paths(scope) -> bool``.
       methods: HTTP methods limited (default POST only).
+      on_no_account: "deny" (401, default, as the nginx module answers) or
+        "allow" (the request passes, unlimited) when ``account`` gives None.
       on_table_full: "deny" (503, default) or "allow" when the table has no
         slot for a new key.
       on_no_limit: "deny" (403, default) or "allow" when the policy has no
@@ -123,10 +167,13 @@ class RateLimitMiddleware:
 
     Answers, all OpenAI-shaped JSON errors: 429 with the six headers,
     ``retry-after`` and the library's body when over a limit; 404 for a model
-    the policy does not know; 400 for a body that is not JSON or has no
-    string ``"model"``. Admitted requests get the six headers added to the
-    response, and their Decision in ``scope["tollgate.decision"]``.
-    Non-HTTP scopes (lifespan, websocket) pass through untouched.
+    the policy does not know; 401 ``invalid_api_key`` without a usable
+    account; 400 for a body the library's scanner refuses (not one JSON
+    object, no string ``"model"``, the model named twice: code
+    ``ambiguous_model``, nested too deep). Admitted requests get the six
+    headers added to the response, and their Decision in
+    ``scope["tollgate.decision"]``. Non-HTTP scopes (lifespan, websocket)
+    pass through untouched.
     """
 
     def __init__(
@@ -135,17 +182,18 @@ class RateLimitMiddleware:
         limiter: Limiter,
         *,
         account: AccountFn,
-        tier: Union[TierValue, TierFn] = "developer",
-        cost: Union[int, CostFn] = 1,
-        paths: Union[None, Collection[str], PathsFn] = None,
+        tier: TierValue | TierFn = "developer",
+        cost: int | CostFn = 1,
+        paths: None | Collection[str] | PathsFn = None,
         methods: Iterable[str] = ("POST",),
+        on_no_account: str = "deny",
         on_table_full: str = "deny",
         on_no_limit: str = "deny",
-        max_body_bytes: Optional[int] = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         if not callable(account):
             raise TypeError("account must be a callable taking the ASGI scope")
-        for name, v in (("on_table_full", on_table_full), ("on_no_limit", on_no_limit)):
+        for name, v in (("on_no_account", on_no_account), ("on_table_full", on_table_full), ("on_no_limit", on_no_limit)):
             if v not in ("deny", "allow"):
                 raise ValueError(f"{name} must be 'deny' or 'allow', not {v!r}")
         self.app = app
@@ -154,11 +202,12 @@ class RateLimitMiddleware:
         self.tier = tier
         self.cost = cost
         self.methods = frozenset(m.upper() for m in methods)
+        self.on_no_account = on_no_account
         self.on_table_full = on_table_full
         self.on_no_limit = on_no_limit
         self.max_body_bytes = max_body_bytes
-        self._paths_fn: Optional[PathsFn] = None
-        self._exact: Optional[frozenset[str]] = None
+        self._paths_fn: PathsFn | None = None
+        self._exact: frozenset[str] | None = None
         self._prefixes: tuple[str, ...] = ()
         if callable(paths):
             self._paths_fn = paths
@@ -206,48 +255,45 @@ class RateLimitMiddleware:
                 break
         body = b"".join(chunks)
 
+        # The library's parse, not json.loads: the model it limits is the
+        # model every binding (and, unambiguously, the upstream) reads.
         try:
-            parsed = json.loads(body)
-        except ValueError:
-            await _respond(
-                send,
-                400,
-                _error_json(
-                    "We could not parse the JSON body of your request. Send a JSON object with a \"model\" field.",
-                    "invalid_request_error",
-                    None,
-                    None,
-                ),
-            )
+            model = body_model(body)
+        except BodyError as e:
+            await _respond(send, 400, _BODY_REFUSALS.get(e.status, _NOT_JSON))
             return
-        model = parsed.get("model") if isinstance(parsed, dict) else None
-        if not isinstance(model, str) or not model:
-            await _respond(
-                send, 400, _error_json("you must provide a model parameter", "invalid_request_error", "model", None)
-            )
+        if not model:
+            await _respond(send, 400, _NO_MODEL)
             return
 
         acct = await _maybe_await(self.account(scope))
         replay = _Replay(body, receive)
-        if acct is None:
-            await self.app(scope, replay, send)
+        if not acct:  # None, "" or b"": no API key
+            if self.on_no_account == "allow":
+                await self.app(scope, replay, send)
+            else:
+                await _respond(send, 401, _NO_API_KEY)
             return
         tier = await _maybe_await(self.tier(scope)) if callable(self.tier) else self.tier
-        cost = await _maybe_await(self.cost(scope, parsed)) if callable(self.cost) else self.cost
+        if callable(self.cost):
+            try:
+                parsed = json.loads(body)
+            except (ValueError, RecursionError):
+                # The scanner took it, Python's json cannot (nesting past
+                # the recursion limit, integers past int_max_str_digits).
+                await _respond(send, 400, _NOT_JSON)
+                return
+            cost = await _maybe_await(self.cost(scope, parsed))
+        else:
+            cost = self.cost
 
+        # At most BODY_MODEL_MAX bytes (the scanner cuts longer values), so
+        # quoting it keeps every answer small.
+        model_text = model.decode("utf-8", "replace")
         try:
             decision = self.limiter.check(acct, model, tier, cost)
         except UnknownModel:
-            await _respond(
-                send,
-                404,
-                _error_json(
-                    f"The model `{model}` does not exist or you do not have access to it.",
-                    "invalid_request_error",
-                    "model",
-                    "model_not_found",
-                ),
-            )
+            await _respond(send, 404, unknown_model_body(model))
             return
         except NoLimitConfigured:
             if self.on_no_limit == "allow":
@@ -257,7 +303,7 @@ class RateLimitMiddleware:
                 send,
                 403,
                 _error_json(
-                    f"Your tier has no access to the model `{model}`: no rate limit is configured for it.",
+                    f"Your tier has no access to the model `{model_text}`: no rate limit is configured for it.",
                     "invalid_request_error",
                     "model",
                     "no_limit_configured",
@@ -281,7 +327,8 @@ class RateLimitMiddleware:
                 send,
                 400,
                 _error_json(
-                    f"This request counts for {cost} requests, more than the rate limit for `{model}` can ever admit.",
+                    f"This request counts for {cost} requests, more than the rate limit for `{model_text}` can ever "
+                    "admit.",
                     "invalid_request_error",
                     None,
                     "cost_too_large",
@@ -289,6 +336,11 @@ class RateLimitMiddleware:
             )
             return
         except InvalidArgument as e:
+            if e.status == _ffi.TG_E_ACCOUNT:
+                # Empty or longer than 64 bytes: no usable key, as nginx says.
+                await _respond(send, 401, _NO_API_KEY)
+                return
+            # The library's messages quote at most a bounded prefix of a value.
             await _respond(send, 400, _error_json(f"Invalid request: {e}", "invalid_request_error", None, None))
             return
 
@@ -307,7 +359,7 @@ class _Replay:
     __slots__ = ("_body", "_receive")
 
     def __init__(self, body: bytes, receive: Receive) -> None:
-        self._body: Optional[bytes] = body
+        self._body: bytes | None = body
         self._receive = receive
 
     async def __call__(self) -> Message:
@@ -322,7 +374,7 @@ class _HeaderInjector:
     (replacing any of the same name the app set) and passes every other
     message straight through, so streamed bodies stay streamed."""
 
-    __slots__ = ("_send", "_decision")
+    __slots__ = ("_decision", "_send")
 
     def __init__(self, send: Send, decision: Decision) -> None:
         self._send = send

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import errno as _errno
+import os
 import re
-from typing import Optional
 
 from . import _ffi
 
 __all__ = [
-    "TollgateError",
-    "InvalidArgument",
-    "UnknownModel",
-    "NoLimitConfigured",
+    "BodyError",
     "CostTooLarge",
-    "TableFull",
+    "InvalidArgument",
+    "InvalidArgumentType",
+    "NoLimitConfigured",
     "PolicyError",
     "RegionError",
+    "TableFull",
+    "TollgateError",
+    "UnknownModel",
 ]
 
 
@@ -39,6 +42,19 @@ class InvalidArgument(TollgateError, ValueError):
     """An argument is out of range: tier, lengths, slot count, clock, or an
     account id that is empty or longer than 64 bytes (TG_E_NULL, TG_E_INVALID,
     TG_E_ACCOUNT)."""
+
+
+class InvalidArgumentType(InvalidArgument, TypeError):
+    """An argument of the wrong type (e.g. a bool where a number or tier is
+    taken): an InvalidArgument that is also a TypeError."""
+
+
+class BodyError(TollgateError, ValueError):
+    """A request body the library refuses to take a model from
+    (TG_E_BODY_*, see :func:`tollgate.body_model`): not a JSON object
+    (``TG_E_BODY_NOT_JSON``), no string ``"model"`` (``TG_E_BODY_NO_MODEL``),
+    more than one key naming the model (``TG_E_BODY_AMBIGUOUS_MODEL``), or
+    nested too deep (``TG_E_BODY_TOO_DEEP``); ``status`` says which."""
 
 
 class UnknownModel(TollgateError, LookupError):
@@ -66,8 +82,8 @@ class PolicyError(TollgateError, ValueError):
     TG_E_IO while loading). ``file`` and ``line`` come from the library's
     ``file:line: field: reason`` message; either may be None."""
 
-    file: Optional[str]
-    line: Optional[int]
+    file: str | None
+    line: int | None
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(status, message)
@@ -77,18 +93,29 @@ class PolicyError(TollgateError, ValueError):
 class RegionError(TollgateError, OSError):
     """The counter region cannot be used: the file cannot be opened or mapped,
     it is not a tollgate region, has another layout version or size, is
-    corrupt or misaligned, or the CPU lacks 128-bit compare-and-swap."""
+    corrupt or misaligned, or the CPU lacks 128-bit compare-and-swap.
 
-    def __init__(self, status: int, message: str) -> None:
+    When the operating system gave a reason, ``errno`` and ``strerror`` carry
+    it (as for any OSError) and the message ends with it; ``filename`` is the
+    file's path when one was involved."""
+
+    def __init__(self, status: int, message: str, errno: int | None = None, filename: str | None = None) -> None:
         # OSError's own constructor would reinterpret the arguments.
         TollgateError.__init__(self, status, message)
+        self.errno = errno
+        self.strerror = os.strerror(errno) if errno else None
+        self.filename = filename
+
+    def __str__(self) -> str:
+        # OSError's __str__ would show only errno, strerror and filename.
+        return str(self.args[0]) if self.args else ""
 
 
-_WHERE_LINE = re.compile(r"^(.*?):(\d+): ", re.S)
-_WHERE_FILE = re.compile(r"^(.*?): ", re.S)
+_WHERE_LINE = re.compile(r"^(.*?):(\d+): ", re.DOTALL)
+_WHERE_FILE = re.compile(r"^(.*?): ", re.DOTALL)
 
 
-def _where(message: str) -> tuple[Optional[str], Optional[int]]:
+def _where(message: str) -> tuple[str | None, int | None]:
     m = _WHERE_LINE.match(message)
     if m:
         return m.group(1), int(m.group(2))
@@ -115,13 +142,40 @@ _BY_STATUS: dict[int, type[TollgateError]] = {
     _ffi.TG_E_REGION_CORRUPT: RegionError,
     _ffi.TG_E_ALIGNMENT: RegionError,
     _ffi.TG_E_UNSUPPORTED: RegionError,
+    _ffi.TG_E_NO_SPACE: RegionError,
+    _ffi.TG_E_BODY_NOT_JSON: BodyError,
+    _ffi.TG_E_BODY_NO_MODEL: BodyError,
+    _ffi.TG_E_BODY_AMBIGUOUS_MODEL: BodyError,
+    _ffi.TG_E_BODY_TOO_DEEP: BodyError,
 }
 
+#: How much of a caller's value (an account id, a model name) an error
+#: message shows: enough to recognise it, never a client's whole input.
+SHOWN_BYTES = 64
 
-def error_for(status: int, context: str = "", detail: str = "", io_class: Optional[type[TollgateError]] = None) -> TollgateError:
+
+def shown(value: bytes) -> str:
+    """``value`` for an error message: its repr, cut after SHOWN_BYTES bytes
+    with the full length noted."""
+    if len(value) <= SHOWN_BYTES:
+        return repr(value.decode("utf-8", "replace"))
+    head = value[:SHOWN_BYTES].decode("utf-8", "ignore")
+    return f"{head!r}... ({len(value)} bytes)"
+
+
+def error_for(
+    status: int,
+    context: str = "",
+    detail: str = "",
+    io_class: type[TollgateError] | None = None,
+    os_errno: int = 0,
+    filename: str | None = None,
+) -> TollgateError:
     """The exception for a non-zero status. ``detail`` is the library's own
     message when it wrote one (policy errors); otherwise the message is
-    tg_status_str plus ``context``."""
+    tg_status_str plus ``context``. ``os_errno`` is the C errno the call
+    left (0: none), the OS reason of a TG_E_IO; ``filename`` the file
+    involved, for RegionError."""
     cls = _BY_STATUS.get(status, TollgateError)
     if status == _ffi.TG_E_IO and io_class is not None:
         cls = io_class
@@ -132,4 +186,13 @@ def error_for(status: int, context: str = "", detail: str = "", io_class: Option
         message = raw.decode("utf-8", "replace") if raw else f"status {status}"
         if context:
             message = f"{context}: {message}"
+    if cls is RegionError:
+        code: int | None = None
+        if status == _ffi.TG_E_NO_SPACE:
+            code = _errno.ENOSPC
+        elif status == _ffi.TG_E_IO and os_errno:
+            code = os_errno
+        if code and not detail:
+            message = f"{message}: [Errno {code}] {os.strerror(code)}"
+        return RegionError(status, message, code, filename)
     return cls(status, message)

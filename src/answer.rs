@@ -1,0 +1,607 @@
+//! The whole HTTP answer to a limited request, for every way it can go:
+//! the status (or "pass it upstream"), the headers, and the OpenAI-shaped
+//! body, each in one wording. nginx, the ASGI middleware, the C++ header
+//! and the tower layer all answer through this, so a request gets the same
+//! answer whichever binding sees it; `tests/conformance.json` holds them
+//! to it.
+//!
+//! A binding that holds the whole body hands the request to
+//! [`Limiter::answer`], which takes every step in the one order all
+//! bindings share: the method (only POST is limited), the account (none is
+//! a 401), the body's model, the tier, then the decision. A binding that
+//! streams the body (nginx) takes the same steps itself and reports what
+//! happened ([`Event`]) to [`Answer::new`].
+
+use std::fmt::{self, Write};
+
+use crate::body::BodyError;
+use crate::decision::{write_json_escaped, write_u64, write_unknown_model_body, Decision};
+use crate::error::Error;
+use crate::limiter::{Limiter, Request};
+use crate::policy::Tier;
+
+/// Most bytes of a client's model string an answer echoes.
+pub const MODEL_ECHO_MAX: usize = 64;
+
+/// What happened to a request, as far as its answer goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    /// The limiter decided: admitted, or refused over a limit.
+    Decided(&'a Decision),
+    /// The request carries no account id (no API key at all).
+    NoAccount,
+    /// Reading the model or deciding failed: a body error, an unknown
+    /// model, no limit for the tier, a full table, an unusable account id,
+    /// or anything else (answered as the limiter's own failure).
+    Failed(&'a Error),
+    /// The method is not one that is limited ([`method_is_limited`]).
+    MethodNotLimited,
+}
+
+/// What the gateway's operator chose where the answer is a choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The status of a refusal over a limit (nginx `tollgate_status`).
+    pub refuse_status: u16,
+    /// Decide and report, never refuse: every refusal passes upstream.
+    pub dry_run: bool,
+    /// No limit configured for the tier and model: pass unlimited instead
+    /// of 403.
+    pub no_limit_pass: bool,
+    /// Table full: pass unlimited (fail open) instead of 503.
+    pub table_full_open: bool,
+    /// No account id: pass unlimited instead of 401.
+    pub no_account_pass: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            refuse_status: 429,
+            dry_run: false,
+            no_limit_pass: false,
+            table_full_open: false,
+            no_account_pass: false,
+        }
+    }
+}
+
+/// How a request went, named for logs, metrics and `$tollgate_status`.
+/// Values are stable (they cross the C ABI as TG_OUTCOME_*).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Outcome {
+    Passed = 0,
+    Rejected = 1,
+    DryRun = 2,
+    TableFull = 3,
+    UnknownModel = 4,
+    BadRequest = 5,
+    NoLimit = 6,
+    NoAccount = 7,
+    Error = 8,
+    NotLimited = 9,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Passed,
+        Outcome::Rejected,
+        Outcome::DryRun,
+        Outcome::TableFull,
+        Outcome::UnknownModel,
+        Outcome::BadRequest,
+        Outcome::NoLimit,
+        Outcome::NoAccount,
+        Outcome::Error,
+        Outcome::NotLimited,
+    ];
+
+    /// Upper-case name: `PASSED`, `REJECTED`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Passed => "PASSED",
+            Outcome::Rejected => "REJECTED",
+            Outcome::DryRun => "DRY_RUN",
+            Outcome::TableFull => "TABLE_FULL",
+            Outcome::UnknownModel => "UNKNOWN_MODEL",
+            Outcome::BadRequest => "BAD_REQUEST",
+            Outcome::NoLimit => "NO_LIMIT",
+            Outcome::NoAccount => "NO_ACCOUNT",
+            Outcome::Error => "ERROR",
+            Outcome::NotLimited => "NOT_LIMITED",
+        }
+    }
+
+    pub fn from_u32(v: u32) -> Option<Outcome> {
+        Outcome::ALL.get(v as usize).copied()
+    }
+}
+
+/// Which body an answer carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    None,
+    RateLimited,
+    UnknownModel,
+    NoLimit,
+    TableFull,
+    NoAccount,
+    Request(BodyError),
+    CostTooLarge,
+    Failed,
+}
+
+/// The answer to one request. Small and `Copy`: it holds the decision and
+/// at most [`MODEL_ECHO_MAX`] bytes of the model, not references.
+#[derive(Clone, Copy, Debug)]
+pub struct Answer {
+    status: u16,
+    would: u16,
+    outcome: Outcome,
+    decision: Option<Decision>,
+    body: Kind,
+    model: [u8; MODEL_ECHO_MAX],
+    model_len: u8,
+}
+
+/// One header value: a number or a fixed text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderValue {
+    Num(u64),
+    Text(&'static str),
+}
+
+impl fmt::Display for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            HeaderValue::Num(n) => write_u64(f, n),
+            HeaderValue::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl HeaderValue {
+    /// The value's bytes, formatted into `buf` when it is a number.
+    pub fn as_bytes<'b>(&'b self, buf: &'b mut [u8; 20]) -> &'b [u8] {
+        match *self {
+            HeaderValue::Text(t) => t.as_bytes(),
+            HeaderValue::Num(mut n) => {
+                let mut i = buf.len();
+                loop {
+                    i -= 1;
+                    buf[i] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                &buf[i..]
+            }
+        }
+    }
+}
+
+/// Only POST requests are limited: the inference endpoints take their
+/// model from a POST body; a GET (model listings, health checks) is passed
+/// through unlimited and unread, whichever binding sees it.
+pub fn method_is_limited(method: &[u8]) -> bool {
+    method == b"POST"
+}
+
+/// A request as an HTTP binding sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpRequest<'a> {
+    pub method: &'a [u8],
+    /// The account id; `None` when the request carries none (no API key).
+    pub account: Option<&'a [u8]>,
+    /// The tier's name ("free", "developer", "enterprise", any case).
+    pub tier: &'a [u8],
+    /// The whole request body.
+    pub body: &'a [u8],
+    /// Requests this call counts for (1 for most calls).
+    pub cost: u32,
+}
+
+impl Limiter {
+    /// The whole answer to one HTTP request at `now_ms`: every step a
+    /// binding would take, in the order every binding takes them.
+    pub fn answer(&self, req: &HttpRequest<'_>, now_ms: u64, opts: &Options) -> Answer {
+        if !method_is_limited(req.method) {
+            return Answer::new(Event::MethodNotLimited, b"", opts);
+        }
+        let Some(account) = req.account else {
+            return Answer::new(Event::NoAccount, b"", opts);
+        };
+        let model = match crate::body::model_of(req.body) {
+            Ok(m) => m,
+            Err(e) => return Answer::new(Event::Failed(&Error::Body(e)), b"", opts),
+        };
+        let model = model.as_bytes();
+        let Some(tier) = std::str::from_utf8(req.tier).ok().and_then(Tier::parse) else {
+            return Answer::new(Event::Failed(&Error::Invalid("unknown tier")), model, opts);
+        };
+        let r = Request::new(account, model, tier).cost(req.cost);
+        match self.check(&r, now_ms) {
+            Ok(d) => Answer::new(Event::Decided(&d), model, opts),
+            Err(e) => Answer::new(Event::Failed(&e), model, opts),
+        }
+    }
+}
+
+impl Answer {
+    /// Decides the answer to `event` for a request on `model` (the bytes
+    /// the client sent, if any; only echoed, cut to [`MODEL_ECHO_MAX`]).
+    pub fn new(event: Event<'_>, model: &[u8], opts: &Options) -> Answer {
+        use Outcome as O;
+        let (status, outcome, body, decision) = match event {
+            Event::Decided(d) if d.allowed => (0, O::Passed, Kind::None, Some(*d)),
+            Event::Decided(d) => (opts.refuse_status, O::Rejected, Kind::RateLimited, Some(*d)),
+            Event::MethodNotLimited => (0, O::NotLimited, Kind::None, None),
+            Event::NoAccount if opts.no_account_pass => (0, O::NoAccount, Kind::None, None),
+            Event::NoAccount => (401, O::NoAccount, Kind::NoAccount, None),
+            Event::Failed(e) => match e {
+                Error::UnknownModel => (404, O::UnknownModel, Kind::UnknownModel, None),
+                Error::NoLimit if opts.no_limit_pass => (0, O::NoLimit, Kind::None, None),
+                Error::NoLimit => (403, O::NoLimit, Kind::NoLimit, None),
+                Error::TableFull if opts.table_full_open => (0, O::TableFull, Kind::None, None),
+                Error::TableFull => (503, O::TableFull, Kind::TableFull, None),
+                Error::Account => (401, O::NoAccount, Kind::NoAccount, None),
+                Error::Body(b) => (400, O::BadRequest, Kind::Request(*b), None),
+                Error::CostTooLarge => (400, O::BadRequest, Kind::CostTooLarge, None),
+                _ => (500, O::Error, Kind::Failed, None),
+            },
+        };
+        let mut a = Answer {
+            status,
+            would: 0,
+            outcome,
+            decision,
+            body,
+            model: [0; MODEL_ECHO_MAX],
+            model_len: 0,
+        };
+        let n = model.len().min(MODEL_ECHO_MAX);
+        a.model[..n].copy_from_slice(&model[..n]);
+        a.model_len = n as u8;
+        if opts.dry_run && a.status != 0 {
+            a.would = a.status;
+            a.status = 0;
+            if a.outcome == O::Rejected {
+                a.outcome = O::DryRun;
+            }
+        }
+        a
+    }
+
+    /// The HTTP status to answer with; 0 means pass the request upstream
+    /// and add [`Answer::headers`] to the upstream's response.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// In a dry run, the status that was not sent (0 otherwise).
+    pub fn would_status(&self) -> u16 {
+        self.would
+    }
+
+    pub fn passes(&self) -> bool {
+        self.status == 0
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// The limiter's decision, when there was one.
+    pub fn decision(&self) -> Option<&Decision> {
+        self.decision.as_ref()
+    }
+
+    /// The model bytes echoed (at most [`MODEL_ECHO_MAX`]).
+    pub fn model(&self) -> &[u8] {
+        &self.model[..self.model_len as usize]
+    }
+
+    /// The headers of the answer, in order: the six `x-ratelimit-*` when
+    /// there was a decision, `retry-after` when it refused, and
+    /// `content-type` when the answer has a body. A passing answer's
+    /// headers go on the upstream's response.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, HeaderValue)> + '_ {
+        let limits = self.decision.iter().flat_map(|d| {
+            d.header_pairs()
+                .into_iter()
+                .filter_map(|(n, v)| v.map(|v| (n, HeaderValue::Num(v))))
+        });
+        let typed = (self.status != 0 && self.body != Kind::None)
+            .then_some(("content-type", HeaderValue::Text("application/json")));
+        limits.chain(typed)
+    }
+
+    /// The JSON body; nothing for an answer that passes.
+    pub fn write_body(&self, out: &mut impl Write) -> fmt::Result {
+        if self.status == 0 {
+            return Ok(());
+        }
+        let model = self.model();
+        let error = |out: &mut dyn Write,
+                     message: &str,
+                     kind: &str,
+                     param: Option<&str>,
+                     code: Option<&str>|
+         -> fmt::Result {
+            out.write_str("{\"error\":{\"message\":\"")?;
+            out.write_str(message)?;
+            out.write_str("\",\"type\":\"")?;
+            out.write_str(kind)?;
+            out.write_str("\",\"param\":")?;
+            json_opt(out, param)?;
+            out.write_str(",\"code\":")?;
+            json_opt(out, code)?;
+            out.write_str("}}")
+        };
+        let invalid = "invalid_request_error";
+        match self.body {
+            Kind::None => Ok(()),
+            Kind::RateLimited => match &self.decision {
+                Some(d) => d.write_error_body(model, out),
+                None => Ok(()),
+            },
+            Kind::UnknownModel => write_unknown_model_body(model, out),
+            Kind::NoLimit => {
+                out.write_str("{\"error\":{\"message\":\"No rate limit is configured for the model `")?;
+                write_json_escaped(out, model)?;
+                out.write_str(
+                    "` on your tier, so it is not available to you.\",\"type\":\"invalid_request_error\",\"param\":\"model\",\"code\":\"no_limit_configured\"}}",
+                )
+            }
+            Kind::TableFull => error(
+                out,
+                "The rate limiter has no room to track this request right now; please retry shortly.",
+                "server_error",
+                None,
+                Some("rate_limiter_full"),
+            ),
+            Kind::NoAccount => error(
+                out,
+                "You didn't provide a usable API key. Provide your API key in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY).",
+                invalid,
+                None,
+                Some("invalid_api_key"),
+            ),
+            Kind::Request(BodyError::NotJson) => error(
+                out,
+                "We could not parse the JSON body of your request. The API expects a JSON object with a 'model' field.",
+                invalid,
+                None,
+                Some("invalid_json"),
+            ),
+            Kind::Request(BodyError::NoModel) => error(
+                out,
+                "you must provide a model parameter",
+                invalid,
+                Some("model"),
+                None,
+            ),
+            Kind::Request(BodyError::AmbiguousModel) => error(
+                out,
+                "The request body names the model more than once (keys equal to \\\"model\\\" ignoring case or escapes); send exactly one \\\"model\\\" key.",
+                invalid,
+                Some("model"),
+                Some("ambiguous_model"),
+            ),
+            Kind::Request(BodyError::TooDeep) => {
+                out.write_str("{\"error\":{\"message\":\"The request body nests deeper than ")?;
+                write_u64(out, crate::body::DEPTH_MAX as u64)?;
+                out.write_str(
+                    " levels.\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"invalid_json\"}}",
+                )
+            }
+            Kind::CostTooLarge => error(
+                out,
+                "This request counts for more requests than a whole window of your limit allows.",
+                invalid,
+                None,
+                Some("cost_too_large"),
+            ),
+            Kind::Failed => error(
+                out,
+                "The rate limiter failed on this request.",
+                "server_error",
+                None,
+                None,
+            ),
+        }
+    }
+}
+
+/// The parts of an answer as plain numbers, for callers that keep it in
+/// their own memory (the C ABI's `tg_answer`), and back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts {
+    pub status: u16,
+    pub would: u16,
+    pub outcome: u32,
+    /// Which body: a private code, checked on the way back.
+    pub body: u32,
+}
+
+const BODIES: [Kind; 12] = [
+    Kind::None,
+    Kind::RateLimited,
+    Kind::UnknownModel,
+    Kind::NoLimit,
+    Kind::TableFull,
+    Kind::NoAccount,
+    Kind::Request(BodyError::NotJson),
+    Kind::Request(BodyError::NoModel),
+    Kind::Request(BodyError::AmbiguousModel),
+    Kind::Request(BodyError::TooDeep),
+    Kind::CostTooLarge,
+    Kind::Failed,
+];
+
+impl Answer {
+    pub fn parts(&self) -> Parts {
+        Parts {
+            status: self.status,
+            would: self.would,
+            outcome: self.outcome as u32,
+            body: BODIES.iter().position(|b| *b == self.body).unwrap_or(0) as u32,
+        }
+    }
+
+    /// Rebuilds an answer from its parts; `None` if they are not parts of
+    /// any answer (a body needing a decision without one, unknown codes).
+    pub fn from_parts(p: Parts, decision: Option<Decision>, model: &[u8]) -> Option<Answer> {
+        let outcome = Outcome::from_u32(p.outcome)?;
+        let body = *BODIES.get(p.body as usize)?;
+        if body == Kind::RateLimited && decision.is_none() {
+            return None;
+        }
+        let n = model.len().min(MODEL_ECHO_MAX);
+        let mut a = Answer {
+            status: p.status,
+            would: p.would,
+            outcome,
+            decision,
+            body,
+            model: [0; MODEL_ECHO_MAX],
+            model_len: n as u8,
+        };
+        a.model[..n].copy_from_slice(&model[..n]);
+        Some(a)
+    }
+}
+
+fn json_opt(out: &mut dyn Write, v: Option<&str>) -> fmt::Result {
+    match v {
+        Some(s) => {
+            out.write_char('"')?;
+            out.write_str(s)?;
+            out.write_char('"')
+        }
+        None => out.write_str("null"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Window;
+    use crate::slot::LimitedBy;
+
+    fn refused() -> Decision {
+        Decision {
+            allowed: false,
+            limited_by: LimitedBy::Minute,
+            minute: Window {
+                limit: 30,
+                remaining: 0,
+                reset: 120,
+            },
+            day: Window {
+                limit: 100,
+                remaining: 70,
+                reset: 86_400,
+            },
+            retry_after: 7,
+        }
+    }
+
+    fn body(a: &Answer) -> String {
+        let mut s = String::new();
+        a.write_body(&mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn every_body_is_json_with_an_error_object() {
+        let d = refused();
+        let events = [
+            Event::Decided(&d),
+            Event::NoAccount,
+            Event::Failed(&Error::UnknownModel),
+            Event::Failed(&Error::NoLimit),
+            Event::Failed(&Error::TableFull),
+            Event::Failed(&Error::Account),
+            Event::Failed(&Error::Body(BodyError::NotJson)),
+            Event::Failed(&Error::Body(BodyError::NoModel)),
+            Event::Failed(&Error::Body(BodyError::AmbiguousModel)),
+            Event::Failed(&Error::Body(BodyError::TooDeep)),
+            Event::Failed(&Error::CostTooLarge),
+            Event::Failed(&Error::ModelTableFull),
+        ];
+        for e in events {
+            let a = Answer::new(e, b"m\"\n\x1b", &Options::default());
+            assert_ne!(a.status(), 0, "{e:?}");
+            let b = body(&a);
+            let v: serde_json::Value = serde_json::from_str(&b).unwrap_or_else(|_| panic!("{b}"));
+            assert!(v["error"]["message"].is_string(), "{b}");
+            assert!(v["error"]["type"].is_string(), "{b}");
+            assert_eq!(
+                a.headers().last(),
+                Some(("content-type", HeaderValue::Text("application/json")))
+            );
+        }
+    }
+
+    #[test]
+    fn options_turn_refusals_into_passes() {
+        let d = refused();
+        let dry = Options {
+            dry_run: true,
+            ..Options::default()
+        };
+        let a = Answer::new(Event::Decided(&d), b"m", &dry);
+        assert!(a.passes());
+        assert_eq!((a.would_status(), a.outcome()), (429, Outcome::DryRun));
+        assert_eq!(a.headers().count(), 7, "six and retry-after, no body type");
+        assert_eq!(body(&a), "");
+        let open = Options {
+            table_full_open: true,
+            no_limit_pass: true,
+            no_account_pass: true,
+            ..Options::default()
+        };
+        for e in [
+            Event::Failed(&Error::TableFull),
+            Event::Failed(&Error::NoLimit),
+            Event::NoAccount,
+            Event::MethodNotLimited,
+        ] {
+            let a = Answer::new(e, b"m", &open);
+            assert!(a.passes() && a.headers().count() == 0, "{e:?}");
+        }
+        let teapot = Options {
+            refuse_status: 503,
+            ..Options::default()
+        };
+        assert_eq!(Answer::new(Event::Decided(&d), b"m", &teapot).status(), 503);
+    }
+
+    #[test]
+    fn the_echo_is_bounded() {
+        let long = vec![b'x'; 10_000];
+        let a = Answer::new(
+            Event::Failed(&Error::UnknownModel),
+            &long,
+            &Options::default(),
+        );
+        assert_eq!(a.model().len(), MODEL_ECHO_MAX);
+        assert!(body(&a).len() < 300);
+    }
+
+    #[test]
+    fn header_values_format() {
+        let mut buf = [0u8; 20];
+        assert_eq!(HeaderValue::Num(0).as_bytes(&mut buf), b"0");
+        assert_eq!(
+            HeaderValue::Num(u64::MAX).as_bytes(&mut buf),
+            b"18446744073709551615"
+        );
+        assert_eq!(HeaderValue::Text("a/b").as_bytes(&mut buf), b"a/b");
+        assert!(method_is_limited(b"POST"));
+        assert!(!method_is_limited(b"GET") && !method_is_limited(b"post"));
+    }
+}

@@ -1,0 +1,134 @@
+//! `tollgate refusals FILE [--account A]`: the latest refusals, kept in the
+//! table's ring by whichever process refused, so "why was this customer
+//! refused at 3 a.m." has an answer after the fact: when (UTC), which
+//! window, and the counts and limits at that moment.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{json_path, limited_by, of, open_read_only, shown, Res};
+use crate::escape;
+use crate::output::{self, table};
+use crate::time::utc;
+
+/// The latest refusals recorded in the table, oldest first (reads the
+/// table; changes nothing)
+///
+/// The table keeps a small fixed ring of the most recent refusals; a key
+/// refused again within the same second is recorded once.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Region file
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Only this account's refusals
+    #[arg(long, value_name = "A")]
+    account: Option<OsString>,
+    /// Machine-readable output
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Json {
+    path: String,
+    /// The filter, if any.
+    account: Option<String>,
+    /// Refusals in the ring, before filtering.
+    recorded: usize,
+    refusals: Vec<Row>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    at_ms: u64,
+    /// `at_ms` as ISO 8601 UTC.
+    at: String,
+    account: String,
+    model: Option<String>,
+    limited_by: &'static str,
+    minute_count: u32,
+    minute_limit: u32,
+    day_count: u32,
+    day_limit: u32,
+}
+
+pub fn run(a: Args) -> Res<u8> {
+    let l = open_read_only(None, &a.file)?;
+    let all = l.refusals();
+    let recorded = all.len();
+    let want = a.account.as_ref().map(|w| w.as_bytes());
+    let rows: Vec<_> = all
+        .into_iter()
+        .filter(|r| want.is_none_or(|w| r.account == w))
+        .collect();
+    if a.json {
+        output::json(&Json {
+            path: json_path(&a.file),
+            account: want.map(escape::json),
+            recorded,
+            refusals: rows
+                .iter()
+                .map(|r| Row {
+                    at_ms: r.at_ms,
+                    at: utc(r.at_ms),
+                    account: escape::json(&r.account),
+                    model: r.model.as_deref().map(|m| escape::json(m.as_bytes())),
+                    limited_by: limited_by(r.limited_by),
+                    minute_count: r.minute_count,
+                    minute_limit: r.minute_limit,
+                    day_count: r.day_count,
+                    day_limit: r.day_limit,
+                })
+                .collect(),
+        });
+        return Ok(0);
+    }
+    let file = shown(&a.file);
+    if rows.is_empty() {
+        match want {
+            Some(w) => println!(
+                "no refusals recorded for account \"{}\" in {file} ({recorded} for other accounts)",
+                escape::term(w)
+            ),
+            None => println!("no refusals recorded in {file}"),
+        }
+        return Ok(0);
+    }
+    println!(
+        "{} refusal{} recorded in {file}{}, oldest first (the ring keeps only the latest; a key refused again within a second is recorded once)",
+        rows.len(),
+        output::s(rows.len() as u64),
+        match want {
+            Some(w) => format!(" for account \"{}\"", escape::term(w)),
+            None => String::new(),
+        }
+    );
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                utc(r.at_ms),
+                escape::term(&r.account),
+                r.model
+                    .as_deref()
+                    .map_or("(unknown)".into(), |m| escape::term(m.as_bytes())),
+                limited_by(r.limited_by).to_string(),
+                of(r.minute_count, Some(r.minute_limit)),
+                of(r.day_count, Some(r.day_limit)),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["TIME (UTC)", "ACCOUNT", "MODEL", "WINDOW", "MINUTE", "DAY"],
+            &body
+        )
+    );
+    println!("MINUTE and DAY: counts when refused (nothing was charged) / the limits in force");
+    Ok(0)
+}

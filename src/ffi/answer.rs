@@ -1,0 +1,549 @@
+//! The C ABI of `answer`: the whole HTTP answer for every outcome, so a
+//! binding renders no answer text of its own. Also the one tier parser and
+//! the one rule of which methods are limited.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use super::{
+    any_bytes, decision_arg, guard, render, tg_decision, tg_status, to_c, TG_E_ACCOUNT,
+    TG_E_BODY_AMBIGUOUS_MODEL, TG_E_BODY_NOT_JSON, TG_E_BODY_NO_MODEL, TG_E_BODY_TOO_DEEP,
+    TG_E_COST_TOO_LARGE, TG_E_INVALID, TG_E_NO_LIMIT, TG_E_NULL, TG_E_TABLE_FULL,
+    TG_E_UNKNOWN_MODEL, TG_OK,
+};
+use crate::answer::{self, Answer, Event, HttpRequest, Options, Outcome, Parts, MODEL_ECHO_MAX};
+use crate::body::BodyError;
+use crate::error::Error;
+use crate::policy::Tier;
+
+/// Not returned by any call: passed to tg_answer_for when the request
+/// carries no account id at all (no API key).
+pub const TG_E_NO_ACCOUNT: tg_status = 30;
+/// Not returned by any call: passed to tg_answer_for when the request's
+/// method is not limited (tg_method_limited() said 0).
+pub const TG_E_NOT_LIMITED: tg_status = 31;
+/// A callback asked to stop (tg_answer_headers).
+pub const TG_E_ABORTED: tg_status = 32;
+
+/// tg_answer_for flag: decide and report, never refuse (every refusal
+/// passes upstream; `would_status` keeps what was not sent).
+pub const TG_ANSWER_DRY_RUN: u32 = 1;
+/// tg_answer_for flag: no limit configured for the tier: pass, not 403.
+pub const TG_ANSWER_NO_LIMIT_PASS: u32 = 2;
+/// tg_answer_for flag: table full: pass (fail open), not 503.
+pub const TG_ANSWER_TABLE_FULL_OPEN: u32 = 4;
+/// tg_answer_for flag: no account id: pass unlimited, not 401.
+pub const TG_ANSWER_NO_ACCOUNT_PASS: u32 = 8;
+
+/// tg_answer.outcome values (stable): how the request went, for logs,
+/// metrics and variables; tg_outcome_name() names them.
+pub const TG_OUTCOME_PASSED: u32 = 0;
+pub const TG_OUTCOME_REJECTED: u32 = 1;
+pub const TG_OUTCOME_DRY_RUN: u32 = 2;
+pub const TG_OUTCOME_TABLE_FULL: u32 = 3;
+pub const TG_OUTCOME_UNKNOWN_MODEL: u32 = 4;
+pub const TG_OUTCOME_BAD_REQUEST: u32 = 5;
+pub const TG_OUTCOME_NO_LIMIT: u32 = 6;
+pub const TG_OUTCOME_NO_ACCOUNT: u32 = 7;
+pub const TG_OUTCOME_ERROR: u32 = 8;
+pub const TG_OUTCOME_NOT_LIMITED: u32 = 9;
+/// Number of TG_OUTCOME_* values.
+pub const TG_OUTCOMES: u32 = 10;
+
+/// Most model bytes an answer echoes.
+pub const TG_ANSWER_MODEL_MAX: u32 = 64;
+
+const _: () = assert!(TG_ANSWER_MODEL_MAX as usize == MODEL_ECHO_MAX);
+const _: () = assert!(TG_OUTCOMES as usize == Outcome::ALL.len());
+
+/// The answer to one request, in the caller's memory. Set `size` to
+/// sizeof(tg_answer), or 0, before calling tg_answer_for (see "Structs that
+/// grow"). Read the public fields; leave the rest to the library.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct tg_answer {
+    pub size: u32,
+    /// The HTTP status to answer with, or 0: pass the request upstream and
+    /// add the headers (tg_answer_headers) to the upstream's response.
+    pub http_status: u32,
+    /// In a dry run, the status that was not sent; 0 otherwise.
+    pub would_status: u32,
+    /// TG_OUTCOME_*.
+    pub outcome: u32,
+    /// 1 if `decision` holds the limiter's decision.
+    pub has_decision: u32,
+    pub decision: tg_decision,
+    /// Library-private: which body the answer carries.
+    pub body_kind: u32,
+    /// The model bytes echoed in the body (at most TG_ANSWER_MODEL_MAX).
+    pub model_len: u32,
+    pub model: [u8; 64],
+}
+
+/// Called once per header: name and value, not NUL-terminated. Return 0 to
+/// go on, anything else to stop (tg_answer_headers then returns
+/// TG_E_ABORTED).
+pub type tg_header_fn = Option<
+    extern "C" fn(
+        ctx: *mut c_void,
+        name: *const c_char,
+        name_len: usize,
+        value: *const c_char,
+        value_len: usize,
+    ) -> c_int,
+>;
+
+fn event_error(status: tg_status) -> Error {
+    match status {
+        TG_E_UNKNOWN_MODEL => Error::UnknownModel,
+        TG_E_NO_LIMIT => Error::NoLimit,
+        TG_E_TABLE_FULL => Error::TableFull,
+        TG_E_ACCOUNT => Error::Account,
+        TG_E_COST_TOO_LARGE => Error::CostTooLarge,
+        TG_E_BODY_NOT_JSON => Error::Body(BodyError::NotJson),
+        TG_E_BODY_NO_MODEL => Error::Body(BodyError::NoModel),
+        TG_E_BODY_AMBIGUOUS_MODEL => Error::Body(BodyError::AmbiguousModel),
+        TG_E_BODY_TOO_DEEP => Error::Body(BodyError::TooDeep),
+        _ => Error::Invalid("the limiter failed"),
+    }
+}
+
+/// Decides the whole answer to a request. `status` is what happened: TG_OK
+/// with the `decision` tg_check gave; the status of a failed tg_check or
+/// tg_body_scan_*; TG_E_NO_ACCOUNT when the request has no account id;
+/// TG_E_NOT_LIMITED for a method that is not limited. Any other status is
+/// answered as the limiter's own failure (500). `model` (may be NULL with
+/// length 0) is the client's model string, echoed in the body, cut to
+/// TG_ANSWER_MODEL_MAX bytes. `flags`: TG_ANSWER_*; `refuse_status` is the
+/// status of a refusal over a limit, 0 for 429. `decision` may be NULL
+/// unless `status` is TG_OK.
+#[no_mangle]
+pub extern "C" fn tg_answer_for(
+    status: tg_status,
+    decision: *const tg_decision,
+    model: *const c_char,
+    model_len: usize,
+    flags: u32,
+    refuse_status: u32,
+    out: *mut tg_answer,
+) -> tg_status {
+    guard(|| {
+        let opts = match options(flags, refuse_status) {
+            Ok(o) => o,
+            Err(s) => return s,
+        };
+        let model = match any_bytes(model, model_len) {
+            Ok(m) => m,
+            Err(s) => return s,
+        };
+        let d;
+        let err;
+        let event = match status {
+            TG_OK => {
+                d = match decision_arg(decision) {
+                    Ok(d) => d,
+                    Err(s) => return s,
+                };
+                Event::Decided(&d)
+            }
+            TG_E_NO_ACCOUNT => Event::NoAccount,
+            TG_E_NOT_LIMITED => Event::MethodNotLimited,
+            s => {
+                err = event_error(s);
+                Event::Failed(&err)
+            }
+        };
+        write_answer(&Answer::new(event, model, &opts), out)
+    })
+}
+
+fn options(flags: u32, refuse_status: u32) -> Result<Options, tg_status> {
+    if flags & !0xF != 0 || refuse_status > 999 || (refuse_status != 0 && refuse_status < 100) {
+        return Err(TG_E_INVALID);
+    }
+    Ok(Options {
+        refuse_status: if refuse_status == 0 {
+            429
+        } else {
+            refuse_status as u16
+        },
+        dry_run: flags & TG_ANSWER_DRY_RUN != 0,
+        no_limit_pass: flags & TG_ANSWER_NO_LIMIT_PASS != 0,
+        table_full_open: flags & TG_ANSWER_TABLE_FULL_OPEN != 0,
+        no_account_pass: flags & TG_ANSWER_NO_ACCOUNT_PASS != 0,
+    })
+}
+
+/// Stores `a` in the caller's tg_answer, whose `size` must cover this
+/// version's struct.
+fn write_answer(a: &Answer, out: *mut tg_answer) -> tg_status {
+    // SAFETY: NULL or a writable tg_answer of at least `size` bytes.
+    let Some(out) = (unsafe { out.as_mut() }) else {
+        return TG_E_NULL;
+    };
+    if !super::sized::<tg_answer>(out.size) {
+        return TG_E_INVALID;
+    }
+    let p = a.parts();
+    let echoed = a.model();
+    let mut m = [0u8; MODEL_ECHO_MAX];
+    m[..echoed.len()].copy_from_slice(echoed);
+    *out = tg_answer {
+        size: out.size,
+        http_status: p.status as u32,
+        would_status: p.would as u32,
+        outcome: p.outcome,
+        has_decision: a.decision().is_some() as u32,
+        decision: a.decision().map(to_c).unwrap_or(to_c(&EMPTY)),
+        body_kind: p.body,
+        model_len: echoed.len() as u32,
+        model: m,
+    };
+    TG_OK
+}
+
+const EMPTY: crate::Decision = crate::Decision {
+    allowed: false,
+    limited_by: crate::LimitedBy::None,
+    minute: crate::Window {
+        limit: 0,
+        remaining: 0,
+        reset: 0,
+    },
+    day: crate::Window {
+        limit: 0,
+        remaining: 0,
+        reset: 0,
+    },
+    retry_after: 0,
+};
+
+/// A request as an HTTP binding holding the whole body sees it, for
+/// tg_answer_request. Set `size` to sizeof(tg_http_request), or 0 (see
+/// "Structs that grow").
+#[repr(C)]
+pub struct tg_http_request {
+    pub size: u32,
+    /// Requests this call counts for (1 for most calls; 0 to look only).
+    pub cost: u32,
+    pub method: *const c_char,
+    pub method_len: usize,
+    /// The account id; NULL when the request carries none (no API key).
+    pub account: *const c_char,
+    pub account_len: usize,
+    /// The tier's name: "free", "developer" or "enterprise" (any case).
+    pub tier: *const c_char,
+    pub tier_len: usize,
+    /// The whole body (may be NULL with length 0).
+    pub body: *const c_char,
+    pub body_len: usize,
+}
+
+/// The whole answer to one HTTP request at `now_ms`, every step in the
+/// order all bindings share: the method (only POST is limited), the
+/// account (NULL: TG_E_NO_ACCOUNT's answer), the body's model (the core's
+/// scanner), the tier (tg_tier_parse), then tg_check. `flags` and
+/// `refuse_status` as tg_answer_for. TG_OK whenever `*out` holds an answer
+/// (including refusals); TG_E_NULL / TG_E_INVALID for bad arguments only.
+#[no_mangle]
+pub extern "C" fn tg_answer_request(
+    limiter: *const super::tg_limiter,
+    request: *const tg_http_request,
+    now_ms: u64,
+    flags: u32,
+    refuse_status: u32,
+    out: *mut tg_answer,
+) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or live objects of this library / the caller's.
+        let (Some(l), Some(req)) = (unsafe { limiter.as_ref() }, unsafe { request.as_ref() })
+        else {
+            return TG_E_NULL;
+        };
+        if !super::sized::<tg_http_request>(req.size) {
+            return TG_E_INVALID;
+        }
+        let opts = match options(flags, refuse_status) {
+            Ok(o) => o,
+            Err(s) => return s,
+        };
+        let bytes = |p, n| any_bytes(p, n);
+        let (method, tier, body) = match (
+            bytes(req.method, req.method_len),
+            bytes(req.tier, req.tier_len),
+            bytes(req.body, req.body_len),
+        ) {
+            (Ok(m), Ok(t), Ok(b)) => (m, t, b),
+            _ => return TG_E_NULL,
+        };
+        let account = if req.account.is_null() {
+            None
+        } else {
+            match bytes(req.account, req.account_len) {
+                Ok(a) => Some(a),
+                Err(s) => return s,
+            }
+        };
+        let http = HttpRequest {
+            method,
+            account,
+            tier,
+            body,
+            cost: req.cost,
+        };
+        let a = l.inner.answer(&http, now_ms, &opts);
+        write_answer(&a, out)
+    })
+}
+
+/// The caller's answer, checked.
+fn answer_arg(answer: *const tg_answer) -> Result<Answer, tg_status> {
+    // SAFETY: NULL or a readable tg_answer by contract.
+    let a = unsafe { answer.as_ref() }.ok_or(TG_E_NULL)?;
+    if !super::sized::<tg_answer>(a.size) || a.model_len as usize > MODEL_ECHO_MAX {
+        return Err(TG_E_INVALID);
+    }
+    let decision = match a.has_decision {
+        0 => None,
+        _ => Some(decision_arg(&a.decision)?),
+    };
+    let parts = Parts {
+        status: u16::try_from(a.http_status).map_err(|_| TG_E_INVALID)?,
+        would: u16::try_from(a.would_status).map_err(|_| TG_E_INVALID)?,
+        outcome: a.outcome,
+        body: a.body_kind,
+    };
+    Answer::from_parts(parts, decision, &a.model[..a.model_len as usize]).ok_or(TG_E_INVALID)
+}
+
+/// Calls `fn` for each header of the answer, in order: the six
+/// x-ratelimit-* when there was a decision, retry-after when it refused,
+/// content-type when the answer has a body. Names are lower case. For an
+/// answer that passes (http_status 0) these go on the upstream's response.
+#[no_mangle]
+pub extern "C" fn tg_answer_headers(
+    answer: *const tg_answer,
+    f: tg_header_fn,
+    ctx: *mut c_void,
+) -> tg_status {
+    guard(|| {
+        let Some(f) = f else {
+            return TG_E_NULL;
+        };
+        let a = match answer_arg(answer) {
+            Ok(a) => a,
+            Err(s) => return s,
+        };
+        let mut buf = [0u8; 20];
+        for (name, value) in a.headers() {
+            let v = value.as_bytes(&mut buf);
+            let rc = f(
+                ctx,
+                name.as_ptr().cast(),
+                name.len(),
+                v.as_ptr().cast(),
+                v.len(),
+            );
+            if rc != 0 {
+                return TG_E_ABORTED;
+            }
+        }
+        TG_OK
+    })
+}
+
+/// The answer's JSON body (empty for an answer that passes). Buffer
+/// protocol as tg_decision_headers: `*written` is the length needed, and
+/// TG_E_BUFFER_TOO_SMALL when it exceeds `cap`; a body is at most
+/// TG_ANSWER_BODY_MAX bytes.
+#[no_mangle]
+pub extern "C" fn tg_answer_body(
+    answer: *const tg_answer,
+    buf: *mut c_char,
+    cap: usize,
+    written: *mut usize,
+) -> tg_status {
+    guard(|| {
+        let a = match answer_arg(answer) {
+            Ok(a) => a,
+            Err(s) => return s,
+        };
+        render(buf, cap, written, |s| a.write_body(s))
+    })
+}
+
+/// Largest body tg_answer_body writes (a buffer this big always suffices).
+pub const TG_ANSWER_BODY_MAX: u32 = 1024;
+
+/// The name of a TG_OUTCOME_* value ("PASSED", "REJECTED", ...), a static
+/// string; "" for a value that is not one.
+#[no_mangle]
+pub extern "C" fn tg_outcome_name(outcome: u32) -> *const c_char {
+    const NAMES: [&std::ffi::CStr; 10] = [
+        c"PASSED",
+        c"REJECTED",
+        c"DRY_RUN",
+        c"TABLE_FULL",
+        c"UNKNOWN_MODEL",
+        c"BAD_REQUEST",
+        c"NO_LIMIT",
+        c"NO_ACCOUNT",
+        c"ERROR",
+        c"NOT_LIMITED",
+    ];
+    NAMES.get(outcome as usize).copied().unwrap_or(c"").as_ptr()
+}
+
+/// Parses a tier name ("free", "developer", "enterprise", any case) into
+/// TG_TIER_*: the one tier parser every binding uses. TG_E_INVALID for
+/// anything else.
+#[no_mangle]
+pub extern "C" fn tg_tier_parse(name: *const c_char, len: usize, tier: *mut u32) -> tg_status {
+    guard(|| {
+        if tier.is_null() {
+            return TG_E_NULL;
+        }
+        let name = match any_bytes(name, len) {
+            Ok(n) => n,
+            Err(s) => return s,
+        };
+        let Some(t) = std::str::from_utf8(name).ok().and_then(Tier::parse) else {
+            return TG_E_INVALID;
+        };
+        // SAFETY: non-null, writable by contract.
+        unsafe { *tier = t as u32 };
+        TG_OK
+    })
+}
+
+/// 1 if requests with this method are limited (POST), 0 if they pass
+/// unlimited and unread (answer them with TG_E_NOT_LIMITED).
+#[no_mangle]
+pub extern "C" fn tg_method_limited(method: *const c_char, len: usize) -> u32 {
+    match any_bytes(method, len) {
+        Ok(m) => answer::method_is_limited(m) as u32,
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blank() -> tg_answer {
+        tg_answer {
+            size: std::mem::size_of::<tg_answer>() as u32,
+            http_status: 0,
+            would_status: 0,
+            outcome: 0,
+            has_decision: 0,
+            decision: to_c(&EMPTY),
+            body_kind: 0,
+            model_len: 0,
+            model: [0; 64],
+        }
+    }
+
+    extern "C" fn collect(
+        ctx: *mut c_void,
+        name: *const c_char,
+        name_len: usize,
+        value: *const c_char,
+        value_len: usize,
+    ) -> c_int {
+        // SAFETY: ctx is the test's String; name/value point at len bytes.
+        unsafe {
+            let out = &mut *ctx.cast::<String>();
+            let n = std::slice::from_raw_parts(name.cast::<u8>(), name_len);
+            let v = std::slice::from_raw_parts(value.cast::<u8>(), value_len);
+            out.push_str(std::str::from_utf8(n).unwrap());
+            out.push_str(": ");
+            out.push_str(std::str::from_utf8(v).unwrap());
+            out.push('\n');
+        }
+        0
+    }
+
+    #[test]
+    fn unknown_model_round_trips_through_c() {
+        let mut a = blank();
+        let m = b"nope";
+        assert_eq!(
+            tg_answer_for(
+                TG_E_UNKNOWN_MODEL,
+                std::ptr::null(),
+                m.as_ptr().cast(),
+                4,
+                0,
+                0,
+                &mut a
+            ),
+            TG_OK
+        );
+        assert_eq!((a.http_status, a.outcome), (404, TG_OUTCOME_UNKNOWN_MODEL));
+        let mut h = String::new();
+        assert_eq!(
+            tg_answer_headers(&a, Some(collect), (&mut h as *mut String).cast()),
+            TG_OK
+        );
+        assert_eq!(h, "content-type: application/json\n");
+        let mut buf = [0u8; 1024];
+        let mut n = 0;
+        assert_eq!(
+            tg_answer_body(&a, buf.as_mut_ptr().cast(), buf.len(), &mut n),
+            TG_OK
+        );
+        assert!(std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .contains("model_not_found"));
+        // Tampered parts are refused, not trusted.
+        a.body_kind = 99;
+        assert_eq!(
+            tg_answer_body(&a, buf.as_mut_ptr().cast(), buf.len(), &mut n),
+            TG_E_INVALID
+        );
+        let mut small = blank();
+        small.size = 8;
+        assert_eq!(
+            tg_answer_for(
+                TG_E_NO_ACCOUNT,
+                std::ptr::null(),
+                std::ptr::null(),
+                0,
+                0,
+                0,
+                &mut small
+            ),
+            TG_E_INVALID
+        );
+        assert_eq!(
+            tg_answer_for(
+                TG_OK,
+                std::ptr::null(),
+                std::ptr::null(),
+                0,
+                0,
+                0,
+                &mut blank()
+            ),
+            TG_E_NULL
+        );
+    }
+
+    #[test]
+    fn tiers_and_methods() {
+        let mut t = 9;
+        assert_eq!(tg_tier_parse(c"Developer".as_ptr(), 9, &mut t), TG_OK);
+        assert_eq!(t, 1);
+        assert_eq!(tg_tier_parse(c"gold".as_ptr(), 4, &mut t), TG_E_INVALID);
+        assert_eq!(tg_tier_parse(std::ptr::null(), 0, &mut t), TG_E_INVALID);
+        assert_eq!(tg_method_limited(c"POST".as_ptr(), 4), 1);
+        assert_eq!(tg_method_limited(c"GET".as_ptr(), 3), 0);
+        // SAFETY: static NUL-terminated strings.
+        let name = unsafe { std::ffi::CStr::from_ptr(tg_outcome_name(TG_OUTCOME_DRY_RUN)) };
+        assert_eq!(name.to_bytes(), b"DRY_RUN");
+        // SAFETY: as above.
+        assert!(unsafe { std::ffi::CStr::from_ptr(tg_outcome_name(77)) }
+            .to_bytes()
+            .is_empty());
+    }
+}

@@ -1,0 +1,269 @@
+//! The refusal ring: the latest refusals, kept in the region so an operator
+//! can answer "why was this customer refused at 3 a.m." from any process,
+//! after the fact (`tollgate refusals`).
+//!
+//! Written on the refuse path only; the allow path never touches it. Each
+//! writer takes a ticket from the header and fills the entry the ticket
+//! names under a sequence lock, with a check word over the fields, so a
+//! writer killed (or stalled and overtaken) mid-entry costs that entry and
+//! nothing else: readers skip entries that are odd, changed under them, or
+//! fail their check. A key refused again within the same second is not
+//! recorded again, so one client hammering a limit cannot flush the ring.
+
+use std::sync::atomic::{fence, Ordering};
+
+use crate::key::ACCOUNT_MAX;
+use crate::policy::Limits;
+use crate::region::{word_at, Region, RingEntry, RING_ENTRIES};
+use crate::slot::{LimitedBy, Outcome};
+
+/// One refusal as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// When, epoch milliseconds (the `now` the decision was made at).
+    pub at_ms: u64,
+    pub account: Vec<u8>,
+    /// The model's name, if the region still knows its id.
+    pub model: Option<String>,
+    pub limited_by: LimitedBy,
+    /// Counts when refused (nothing was charged) and the limits in force.
+    pub minute_count: u32,
+    pub minute_limit: u32,
+    pub day_count: u32,
+    pub day_limit: u32,
+}
+
+/// Records a refusal. `fingerprint` tells keys apart for the once-a-second
+/// rule (the key id's low bits suffice).
+#[cold]
+#[inline(never)]
+pub(crate) fn record(
+    region: &Region,
+    fingerprint: u32,
+    account: &[u8],
+    model_id: u16,
+    o: &Outcome,
+    limits: Limits,
+    now_ms: u64,
+) {
+    let h = region.header();
+    let mark = (fingerprint as u64) << 32 | (now_ms / 1000) as u32 as u64;
+    if h.ring_last.load(Ordering::Relaxed) == mark {
+        return;
+    }
+    h.ring_last.store(mark, Ordering::Relaxed);
+    let ticket = h.ring_head.fetch_add(1, Ordering::Relaxed);
+    let e = region.ring_entry((ticket % RING_ENTRIES as u64) as usize);
+    let cur = e.seq.load(Ordering::Relaxed);
+    // An odd seq is an earlier ticket's writer that is still at it (or was
+    // killed at it): take the entry over only from a writer a whole ring
+    // behind, whose entry is lost either way.
+    if cur & 1 == 1 && (cur >> 1) + RING_ENTRIES as u64 > ticket {
+        return;
+    }
+    let writing = ticket << 1 | 1;
+    if e.seq
+        .compare_exchange(cur, writing, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    fence(Ordering::Release);
+    let len = account.len().min(ACCOUNT_MAX);
+    let fields = Fields {
+        at_ms: now_ms,
+        what: (model_id as u32) << 16 | (o.limited_by as u32) << 8 | len as u32,
+        minute_count: o.minute_count,
+        minute_limit: limits.rpm,
+        day_count: o.day_count,
+        day_limit: limits.rpd,
+        account: std::array::from_fn(|k| word_at(&account[..len], k * 8)),
+    };
+    fields.store(e);
+    let _ = e.seq.compare_exchange(
+        writing,
+        (ticket + 1) << 1,
+        Ordering::Release,
+        Ordering::Relaxed,
+    );
+}
+
+/// Every whole entry, oldest first.
+pub(crate) fn read(region: &Region) -> Vec<Refusal> {
+    let mut out: Vec<(u64, Refusal)> = Vec::with_capacity(RING_ENTRIES);
+    for i in 0..RING_ENTRIES {
+        let e = region.ring_entry(i);
+        let before = e.seq.load(Ordering::Acquire);
+        if before == 0 || before & 1 == 1 {
+            continue;
+        }
+        let f = Fields::load(e);
+        fence(Ordering::Acquire);
+        if e.seq.load(Ordering::Relaxed) != before || !f.checks(e) {
+            continue;
+        }
+        let len = (f.what & 0xFF) as usize;
+        let mut account = Vec::with_capacity(ACCOUNT_MAX);
+        for w in f.account {
+            account.extend_from_slice(&w.to_le_bytes());
+        }
+        account.truncate(len.min(ACCOUNT_MAX));
+        let limited_by = match (f.what >> 8) & 0xFF {
+            1 => LimitedBy::Minute,
+            2 => LimitedBy::Day,
+            _ => LimitedBy::None,
+        };
+        let model = region
+            .model_name((f.what >> 16) as u16)
+            .map(|n| String::from_utf8_lossy(&n).into_owned());
+        out.push((
+            (before >> 1) - 1,
+            Refusal {
+                at_ms: f.at_ms,
+                account,
+                model,
+                limited_by,
+                minute_count: f.minute_count,
+                minute_limit: f.minute_limit,
+                day_count: f.day_count,
+                day_limit: f.day_limit,
+            },
+        ));
+    }
+    out.sort_by_key(|(ticket, _)| *ticket);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// An entry's fields, as plain values.
+struct Fields {
+    at_ms: u64,
+    what: u32,
+    minute_count: u32,
+    minute_limit: u32,
+    day_count: u32,
+    day_limit: u32,
+    account: [u64; 8],
+}
+
+impl Fields {
+    /// A mix of every field, stored beside them: two overlapping writers
+    /// (one stalled a whole ring behind) cannot leave a mixed entry that
+    /// passes for a real one.
+    fn check(&self) -> u32 {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ self.at_ms;
+        let mut mix = |v: u64| {
+            x = (x ^ v).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x ^= x >> 31;
+        };
+        mix(self.what as u64 | (self.minute_count as u64) << 32);
+        mix(self.minute_limit as u64 | (self.day_count as u64) << 32);
+        mix(self.day_limit as u64);
+        for w in self.account {
+            mix(w);
+        }
+        (x >> 32) as u32 | 1
+    }
+
+    fn store(&self, e: &RingEntry) {
+        let r = Ordering::Relaxed;
+        e.at_ms.store(self.at_ms, r);
+        e.what.store(self.what, r);
+        e.minute_count.store(self.minute_count, r);
+        e.minute_limit.store(self.minute_limit, r);
+        e.day_count.store(self.day_count, r);
+        e.day_limit.store(self.day_limit, r);
+        for (slot, w) in e.account.iter().zip(self.account) {
+            slot.store(w, r);
+        }
+        e.check.store(self.check(), r);
+    }
+
+    fn load(e: &RingEntry) -> Fields {
+        let r = Ordering::Relaxed;
+        Fields {
+            at_ms: e.at_ms.load(r),
+            what: e.what.load(r),
+            minute_count: e.minute_count.load(r),
+            minute_limit: e.minute_limit.load(r),
+            day_count: e.day_count.load(r),
+            day_limit: e.day_limit.load(r),
+            account: std::array::from_fn(|k| e.account[k].load(r)),
+        }
+    }
+
+    fn checks(&self, e: &RingEntry) -> bool {
+        e.check.load(Ordering::Relaxed) == self.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region::{size_for, HeapMem};
+    use crate::window::Instant;
+
+    fn refused(minute_count: u32) -> Outcome {
+        Outcome {
+            allowed: false,
+            limited_by: LimitedBy::Minute,
+            at: Instant { day: 1, minute: 0 },
+            minute_count,
+            day_count: 7,
+            clock_fault: false,
+        }
+    }
+
+    #[test]
+    fn keeps_the_latest_once_a_second_per_key() {
+        let m = HeapMem::new(size_for(4).unwrap()).unwrap();
+        // SAFETY: fresh exclusive allocation of the right size.
+        let r = unsafe { Region::format(m.as_ptr(), m.len(), 1, true) }.unwrap();
+        let lim = Limits { rpm: 3, rpd: 10 };
+        let id = r.model_id(b"m").unwrap();
+        assert!(read(&r).is_empty());
+        record(&r, 1, b"alice", id, &refused(3), lim, 5_000);
+        record(&r, 1, b"alice", id, &refused(3), lim, 5_999); // same second
+        record(&r, 2, b"bob", id, &refused(3), lim, 5_999);
+        let got = read(&r);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].account, b"alice");
+        assert_eq!(got[0].model.as_deref(), Some("m"));
+        assert_eq!(got[0].limited_by, LimitedBy::Minute);
+        assert_eq!((got[0].minute_count, got[0].minute_limit), (3, 3));
+        assert_eq!((got[0].day_count, got[0].day_limit), (7, 10));
+        assert_eq!(got[1].account, b"bob");
+        // Wrapping: only the latest RING_ENTRIES stay, oldest first.
+        let n = if cfg!(miri) {
+            RING_ENTRIES + 3
+        } else {
+            3 * RING_ENTRIES
+        };
+        for i in 0..n {
+            record(&r, 10 + i as u32, b"k", id, &refused(i as u32), lim, 9_000);
+        }
+        let got = read(&r);
+        assert_eq!(got.len(), RING_ENTRIES);
+        assert_eq!(got[0].minute_count as usize, n - RING_ENTRIES);
+        assert_eq!(got[RING_ENTRIES - 1].minute_count as usize, n - 1);
+    }
+
+    #[test]
+    fn torn_entries_are_skipped() {
+        let m = HeapMem::new(size_for(4).unwrap()).unwrap();
+        // SAFETY: fresh exclusive allocation of the right size.
+        let r = unsafe { Region::format(m.as_ptr(), m.len(), 1, true) }.unwrap();
+        let lim = Limits { rpm: 3, rpd: 10 };
+        record(&r, 1, b"alice", 0, &refused(3), lim, 1_000);
+        record(&r, 2, b"bob", 0, &refused(3), lim, 1_000);
+        // A writer killed mid-entry: odd seq.
+        r.ring_entry(0).seq.store(1, Ordering::Relaxed);
+        // Two writers overlapping: fields of one, check of the other.
+        r.ring_entry(1).minute_count.store(99, Ordering::Relaxed);
+        assert!(read(&r).is_empty());
+        // The killed writer's entry is taken over a ring later.
+        for i in 0..RING_ENTRIES as u32 {
+            record(&r, 100 + i, b"carol", 0, &refused(1), lim, 2_000);
+        }
+        assert_eq!(read(&r).len(), RING_ENTRIES);
+    }
+}

@@ -1,0 +1,356 @@
+//! The conformance table (tests/conformance.json) through the Rust API
+//! (`Limiter::answer`) and through the C ABI (`tg_answer_request`, the
+//! streaming `tg_body_scan_*` + `tg_answer_for` path nginx takes). Every
+//! binding's suite runs the same table through its own stack.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use serde_json::Value;
+use tollgate::answer::{Answer, HttpRequest, Options};
+use tollgate::ffi::*;
+use tollgate::{Limiter, Policy};
+
+const NOW: u64 = 1_796_126_400_000;
+
+fn table() -> (Policy, Vec<Value>) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/tests/conformance.json")).unwrap(),
+    )
+    .unwrap();
+    let policy = Policy::load(format!("{root}/{}", doc["policy"].as_str().unwrap())).unwrap();
+    (policy, doc["cases"].as_array().unwrap().clone())
+}
+
+/// A received answer: status (200 = passed upstream), outcome, headers,
+/// body.
+struct Got {
+    status: u16,
+    outcome: String,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
+}
+
+fn matches(want: &Value, got: &Value) -> bool {
+    match (want, got) {
+        (Value::String(w), Value::String(g)) => match w.strip_prefix("re:") {
+            Some(re) => regex_lite_match(re, g),
+            None => w == g,
+        },
+        (Value::Object(w), Value::Object(g)) => {
+            w.len() == g.len()
+                && w.iter()
+                    .all(|(k, v)| g.get(k).is_some_and(|gv| matches(v, gv)))
+        }
+        _ => want == got,
+    }
+}
+
+/// The few regular expressions the table uses: `^`, `$`, literal text with
+/// `\` escapes, and `[0-9]+`. Enough, and no dependency.
+fn regex_lite_match(re: &str, s: &str) -> bool {
+    fn go(re: &[u8], s: &[u8], anchored_end: bool) -> bool {
+        if re.is_empty() {
+            return !anchored_end || s.is_empty();
+        }
+        if re == b"$" {
+            return s.is_empty();
+        }
+        if let Some(rest) = re.strip_prefix(b"[0-9]+") {
+            let n = s.iter().take_while(|c| c.is_ascii_digit()).count();
+            return (1..=n).rev().any(|k| go(rest, &s[k..], anchored_end));
+        }
+        let (lit, rest) = if re[0] == b'\\' && re.len() > 1 {
+            (re[1], &re[2..])
+        } else {
+            (re[0], &re[1..])
+        };
+        !s.is_empty() && s[0] == lit && go(rest, &s[1..], anchored_end)
+    }
+    let re = re.strip_prefix('^').expect("patterns are anchored");
+    go(re.as_bytes(), s.as_bytes(), false)
+}
+
+fn check(case: &Value, got: &Got) {
+    let name = case["name"].as_str().unwrap();
+    let want = &case["expect"];
+    assert_eq!(
+        got.status as u64,
+        want["status"].as_u64().unwrap(),
+        "{name}: status"
+    );
+    assert_eq!(
+        got.outcome,
+        want["outcome"].as_str().unwrap(),
+        "{name}: outcome"
+    );
+    for (h, v) in want["headers"].as_object().unwrap() {
+        let g = got.headers.iter().find(|(n, _)| n == h);
+        let g = g.unwrap_or_else(|| panic!("{name}: no header {h} in {:?}", got.headers));
+        assert!(
+            matches(v, &Value::String(g.1.clone())),
+            "{name}: {h}: {} vs {v}",
+            g.1
+        );
+    }
+    for h in want["absent"].as_array().into_iter().flatten() {
+        let h = h.as_str().unwrap();
+        assert!(
+            !got.headers.iter().any(|(n, _)| n == h),
+            "{name}: header {h} sent"
+        );
+    }
+    match (&want["body"], &got.body) {
+        (Value::Null, None) => {}
+        (w, Some(b)) => {
+            let g: Value = serde_json::from_str(b).unwrap_or_else(|e| panic!("{name}: {e}: {b}"));
+            assert!(matches(w, &g), "{name}: body {b}\nwant {w}");
+        }
+        (w, None) => panic!("{name}: passed upstream, expected body {w}"),
+    }
+}
+
+fn from_answer(a: &Answer) -> Got {
+    let mut body = String::new();
+    a.write_body(&mut body).unwrap();
+    Got {
+        status: if a.passes() { 200 } else { a.status() },
+        outcome: a.outcome().name().to_string(),
+        headers: a
+            .headers()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        body: (!a.passes()).then_some(body),
+    }
+}
+
+fn request(case: &Value) -> (String, Option<String>, String, String) {
+    let r = &case["request"];
+    (
+        r["method"].as_str().unwrap().into(),
+        r["account"].as_str().map(String::from),
+        r["tier"].as_str().unwrap().into(),
+        r["body"].as_str().unwrap().into(),
+    )
+}
+
+#[test]
+fn the_rust_api_answers_every_case() {
+    let (policy, cases) = table();
+    let l = Limiter::new(&policy, 1024).unwrap();
+    for case in &cases {
+        let (method, account, tier, body) = request(case);
+        let req = HttpRequest {
+            method: method.as_bytes(),
+            account: account.as_deref().map(str::as_bytes),
+            tier: tier.as_bytes(),
+            body: body.as_bytes(),
+            cost: 1,
+        };
+        for _ in 0..case["before"].as_u64().unwrap_or(0) {
+            l.answer(&req, NOW, &Options::default());
+        }
+        check(
+            case,
+            &from_answer(&l.answer(&req, NOW, &Options::default())),
+        );
+    }
+}
+
+extern "C" fn push(
+    ctx: *mut c_void,
+    name: *const c_char,
+    name_len: usize,
+    value: *const c_char,
+    value_len: usize,
+) -> c_int {
+    // SAFETY: ctx is the caller's Vec; name/value point at len bytes.
+    unsafe {
+        let out = &mut *ctx.cast::<Vec<(String, String)>>();
+        let s = |p: *const c_char, n| {
+            String::from_utf8(std::slice::from_raw_parts(p.cast::<u8>(), n).to_vec()).unwrap()
+        };
+        out.push((s(name, name_len), s(value, value_len)));
+    }
+    0
+}
+
+fn blank_answer() -> tg_answer {
+    // SAFETY: tg_answer is plain data; all-zero is a valid value.
+    let mut a: tg_answer = unsafe { std::mem::zeroed() };
+    a.size = std::mem::size_of::<tg_answer>() as u32;
+    a
+}
+
+fn from_c(a: &tg_answer) -> Got {
+    let mut headers = Vec::new();
+    assert_eq!(
+        tg_answer_headers(
+            a,
+            Some(push),
+            (&mut headers as *mut Vec<(String, String)>).cast()
+        ),
+        TG_OK
+    );
+    let mut buf = vec![0u8; TG_ANSWER_BODY_MAX as usize];
+    let mut n = 0;
+    assert_eq!(
+        tg_answer_body(a, buf.as_mut_ptr().cast(), buf.len(), &mut n),
+        TG_OK
+    );
+    // SAFETY: tg_outcome_name returns a static NUL-terminated string.
+    let outcome = unsafe { std::ffi::CStr::from_ptr(tg_outcome_name(a.outcome)) };
+    Got {
+        status: if a.http_status == 0 {
+            200
+        } else {
+            a.http_status as u16
+        },
+        outcome: outcome.to_str().unwrap().into(),
+        headers,
+        body: (a.http_status != 0).then(|| String::from_utf8(buf[..n].to_vec()).unwrap()),
+    }
+}
+
+fn c_limiter() -> *mut tg_limiter {
+    let path = std::ffi::CString::new(format!(
+        "{}/tests/conformance.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mut p = std::ptr::null_mut();
+    let mut err = [0 as c_char; 256];
+    assert_eq!(
+        tg_policy_load(path.as_ptr(), &mut p, err.as_mut_ptr(), err.len()),
+        TG_OK
+    );
+    let mut l = std::ptr::null_mut();
+    assert_eq!(tg_limiter_new(p, 1024, &mut l), TG_OK);
+    tg_policy_free(p);
+    l
+}
+
+#[test]
+fn the_c_abi_answers_every_case_in_one_call() {
+    let (_, cases) = table();
+    let l = c_limiter();
+    for case in &cases {
+        let (method, account, tier, body) = request(case);
+        let req = tg_http_request {
+            size: std::mem::size_of::<tg_http_request>() as u32,
+            cost: 1,
+            method: method.as_ptr().cast(),
+            method_len: method.len(),
+            account: account
+                .as_deref()
+                .map_or(std::ptr::null(), |a| a.as_ptr().cast()),
+            account_len: account.as_deref().map_or(0, str::len),
+            tier: tier.as_ptr().cast(),
+            tier_len: tier.len(),
+            body: body.as_ptr().cast(),
+            body_len: body.len(),
+        };
+        let mut a = blank_answer();
+        for _ in 0..=case["before"].as_u64().unwrap_or(0) {
+            assert_eq!(tg_answer_request(l, &req, NOW, 0, 0, &mut a), TG_OK);
+        }
+        check(case, &from_c(&a));
+    }
+    tg_limiter_free(l);
+}
+
+/// The path nginx takes: the body fed in small chunks to the scanner, the
+/// tier parsed, tg_check, and tg_answer_for with what happened.
+#[test]
+fn the_c_abi_answers_every_case_step_by_step() {
+    let (_, cases) = table();
+    let l = c_limiter();
+    let mut mem = vec![0u64; tg_body_scan_size().div_ceil(8)];
+    for case in &cases {
+        let (method, account, tier, body) = request(case);
+        let answer = |status: tg_status, d: Option<&tg_decision>, model: &[u8]| {
+            let mut a = blank_answer();
+            let d = d.map_or(std::ptr::null(), |d| d as *const tg_decision);
+            assert_eq!(
+                tg_answer_for(status, d, model.as_ptr().cast(), model.len(), 0, 0, &mut a),
+                TG_OK
+            );
+            a
+        };
+        let mut last = None;
+        for _ in 0..=case["before"].as_u64().unwrap_or(0) {
+            let a = if tg_method_limited(method.as_ptr().cast(), method.len()) == 0 {
+                answer(TG_E_NOT_LIMITED, None, b"")
+            } else if account.is_none() {
+                answer(TG_E_NO_ACCOUNT, None, b"")
+            } else {
+                let mut scan = std::ptr::null_mut();
+                assert_eq!(
+                    tg_body_scan_init(mem.as_mut_ptr().cast(), mem.len() * 8, &mut scan),
+                    TG_OK
+                );
+                let mut st = TG_OK;
+                for chunk in body.as_bytes().chunks(7) {
+                    st = tg_body_scan_feed(scan, chunk.as_ptr(), chunk.len());
+                    if st != TG_OK {
+                        break;
+                    }
+                }
+                let (mut m, mut mlen) = (std::ptr::null(), 0usize);
+                if st == TG_OK {
+                    st = tg_body_scan_finish(scan, &mut m, &mut mlen);
+                }
+                if st != TG_OK {
+                    answer(st, None, b"")
+                } else {
+                    // SAFETY: the scanner's model, valid until the next init.
+                    let model = unsafe { std::slice::from_raw_parts(m, mlen) }.to_vec();
+                    let mut t = 0;
+                    let ts = tg_tier_parse(tier.as_ptr().cast(), tier.len(), &mut t);
+                    if ts != TG_OK {
+                        answer(ts, None, &model)
+                    } else {
+                        let acct = account.as_deref().unwrap();
+                        // SAFETY: tg_request is plain data; zero is valid.
+                        let mut r: tg_request = unsafe { std::mem::zeroed() };
+                        r.account = acct.as_ptr().cast();
+                        r.account_len = acct.len();
+                        r.model = model.as_ptr().cast();
+                        r.model_len = model.len();
+                        r.tier = t;
+                        r.cost = 1;
+                        // SAFETY: tg_decision is plain data; zero is valid.
+                        let mut d: tg_decision = unsafe { std::mem::zeroed() };
+                        match tg_check(l, &r, NOW, &mut d) {
+                            TG_OK => answer(TG_OK, Some(&d), &model),
+                            s => answer(s, None, &model),
+                        }
+                    }
+                }
+            };
+            last = Some(a);
+        }
+        check(case, &from_c(&last.unwrap()));
+    }
+    tg_limiter_free(l);
+}
+
+#[test]
+fn a_changed_answer_is_seen() {
+    // The table is not vacuous: a wrong expectation fails.
+    let (_, cases) = table();
+    let mut case = cases[4].clone();
+    case["expect"]["body"]["error"]["code"] = Value::String("something_else".into());
+    let (policy, _) = table();
+    let l = Limiter::new(&policy, 64).unwrap();
+    let (method, account, tier, body) = request(&case);
+    let req = HttpRequest {
+        method: method.as_bytes(),
+        account: account.as_deref().map(str::as_bytes),
+        tier: tier.as_bytes(),
+        body: body.as_bytes(),
+        cost: 1,
+    };
+    let got = from_answer(&l.answer(&req, NOW, &Options::default()));
+    assert!(std::panic::catch_unwind(|| check(&case, &got)).is_err());
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Installs what the tests need, and nothing when it is all there already:
+#   - Debian packages (C/C++ toolchain, nginx and its module headers,
+#     valgrind, redis-server, Go for the body-parser comparison), with
+#     apt-get when running as root, otherwise a list of what to install;
+#   - the miri component of the nightly toolchain (rustup);
+#   - the project's Python venv (TOLLGATE_VENV, default <repo>/.venv) with
+#     the pinned packages of tests/requirements.txt.
+# tests/run-all.sh runs it first; run it alone to prepare a machine.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${TOLLGATE_VENV:-$ROOT/.venv}"
+say() { printf '== setup: %s\n' "$*"; }
+
+apt_packages=(
+    build-essential pkg-config binutils libc6-dev        # C/C++ tests, install test
+    nginx nginx-dev libpcre2-dev zlib1g-dev libssl-dev   # nginx module build
+    libxslt1-dev libgd-dev libgeoip-dev                  # nginx-dev's configure needs these
+    valgrind                                             # instruction counts
+    redis-server                                         # multi-host tests
+    golang-go                                            # body parsers upstreams use
+    curl ca-certificates
+)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: missing Debian packages (run as root, or install them): ${missing[*]}" >&2
+        exit 1
+    fi
+    say "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian's packages start their own servers; the tests run their own.
+    for svc in nginx redis-server; do
+        systemctl stop "$svc" 2>/dev/null || service "$svc" stop 2>/dev/null || true
+    done
+    pkill -x nginx 2>/dev/null || true
+fi
+
+if ! cargo +nightly miri --version >/dev/null 2>&1; then
+    say "rustup: nightly toolchain with miri"
+    rustup toolchain list | grep -q '^nightly' ||
+        rustup toolchain install nightly --profile minimal >/dev/null
+    rustup component add --toolchain nightly miri rust-src >/dev/null
+fi
+
+want="$(sha256sum "$ROOT/tests/requirements.txt" | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    py="${PYTHON:-python3}"
+    say "venv $VENV ($("$py" -V 2>&1)) from tests/requirements.txt"
+    rm -rf "$VENV"
+    "$py" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/tests/requirements.txt"
+    echo "$want" >"$VENV/.requirements.sha256"
+fi
+say "ready"

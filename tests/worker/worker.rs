@@ -1,0 +1,176 @@
+//! The worker process of the multi-process tests (`tollgate-test-worker`,
+//! a test-only binary: not the operator's command, not installed). Decides
+//! requests against a shared region file and reports what was admitted:
+//! `admitted A denied D errors E` (or that as JSON with `--json`).
+//!
+//! With `--stream`, writes `R` once the table is open, then the key index
+//! (two bytes, little-endian, in one atomic pipe write) the moment each
+//! request is admitted, so a parent that SIGKILLs it knows every admission
+//! but the one in flight.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tollgate::{Limiter, Policy, Request, Tier};
+
+#[derive(Parser)]
+#[command(name = "tollgate-test-worker", args_override_self = true)]
+struct Args {
+    /// Region file
+    file: PathBuf,
+    /// Account id (with --accounts K: ACCOUNT-0 .. ACCOUNT-(K-1))
+    #[arg(long)]
+    account: OsString,
+    #[arg(long, default_value = "DeepSeek-V3.1")]
+    model: String,
+    #[arg(long, default_value = "developer", value_parser = parse_tier)]
+    tier: Tier,
+    /// Requests per minute simulated (cycling over the accounts)
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    #[arg(long, default_value_t = 1)]
+    accounts: u32,
+    /// Explicit limits (0: the policy's)
+    #[arg(long, default_value_t = 0)]
+    rpm: u32,
+    #[arg(long, default_value_t = 0)]
+    rpd: u32,
+    #[arg(long = "now-ms")]
+    now_ms: Option<u64>,
+    /// Consecutive minutes to send `count` requests in
+    #[arg(long, default_value_t = 1)]
+    minutes: u64,
+    /// Create the file with this many slots if it is missing
+    #[arg(long = "create-slots", default_value_t = 0)]
+    create_slots: u32,
+    /// Start only once this path exists (lines racing workers up)
+    #[arg(long = "wait-for")]
+    wait_for: Option<PathBuf>,
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    stream: bool,
+    /// Repeat until killed
+    #[arg(long)]
+    forever: bool,
+    /// Every request a new key, each a day after the last
+    #[arg(long)]
+    churn: bool,
+}
+
+fn parse_tier(s: &str) -> Result<Tier, String> {
+    Tier::parse(s).ok_or_else(|| "not free, developer or enterprise".into())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(code) => ExitCode::from(code),
+        Err(m) => {
+            eprintln!("tollgate-test-worker: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Unbuffered on purpose: each admission must leave before the next
+/// decision.
+fn put(b: &[u8]) {
+    // SAFETY: writes from a live slice to stdout.
+    unsafe { libc::write(1, b.as_ptr().cast(), b.len()) };
+}
+
+fn run(a: Args) -> Result<u8, String> {
+    let now = a.now_ms.unwrap_or_else(tollgate::now_ms);
+    let keys = a.accounts.max(1);
+    let minutes = a.minutes.max(1);
+    if a.stream && keys > u16::MAX as u32 {
+        return Err("--stream handles at most 65535 accounts".into());
+    }
+    if let Some(w) = &a.wait_for {
+        let until = Instant::now() + Duration::from_secs(30);
+        while !w.exists() {
+            if Instant::now() > until {
+                return Err(format!("{} did not appear within 30 s", w.display()));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let policy = match &a.policy {
+        Some(p) => Policy::load(p).map_err(|e| e.to_string())?,
+        None => Policy::builtin(),
+    };
+    let create = a.create_slots;
+    let l = Limiter::open(&policy, &a.file, create, create > 0)
+        .map_err(|e| format!("{}: {e}", a.file.display()))?;
+    if a.stream {
+        put(b"R");
+    }
+    let (mut admitted, mut denied, mut errors) = (0u64, 0u64, 0u64);
+    let mut tally = |r: Result<tollgate::Decision, tollgate::Error>| match r {
+        Ok(d) if d.allowed => {
+            admitted += 1;
+            true
+        }
+        Ok(_) => {
+            denied += 1;
+            false
+        }
+        Err(_) => {
+            errors += 1;
+            false
+        }
+    };
+    let model = a.model.as_bytes();
+    let account = a.account.as_bytes();
+    // `ACCOUNT-suffix`, byte for byte (accounts need not be UTF-8).
+    let named = |suffix: String| [account, b"-", suffix.as_bytes()].concat();
+    if a.churn {
+        // Every decision binds a slot, mostly one left stale by an earlier key.
+        let mut j = 0u64;
+        while a.forever || j < a.count {
+            let name = named(j.to_string());
+            let req = Request::new(&name, model, a.tier).limits(a.rpm, a.rpd);
+            tally(l.check(&req, now + j * 86_400_000));
+            j += 1;
+        }
+    } else {
+        let names: Vec<Vec<u8>> = (0..keys)
+            .map(|k| {
+                if keys == 1 {
+                    account.to_vec()
+                } else {
+                    named(k.to_string())
+                }
+            })
+            .collect();
+        loop {
+            for m in 0..minutes {
+                let t = now + m * 60_000;
+                for i in 0..a.count {
+                    let k = (i % keys as u64) as usize;
+                    let req = Request::new(&names[k], model, a.tier).limits(a.rpm, a.rpd);
+                    if tally(l.check(&req, t)) && a.stream {
+                        put(&(k as u16).to_le_bytes());
+                    }
+                }
+            }
+            if !a.forever {
+                break;
+            }
+        }
+    }
+    if !a.stream {
+        if a.json {
+            println!("{{\"admitted\":{admitted},\"denied\":{denied},\"errors\":{errors}}}");
+        } else {
+            println!("admitted {admitted} denied {denied} errors {errors}");
+        }
+    }
+    Ok(if errors > 0 { 1 } else { 0 })
+}
