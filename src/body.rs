@@ -594,7 +594,8 @@ impl ModelScanner {
     }
 
     /// Decoded string bytes: compared if a top-level key, kept if the
-    /// model.
+    /// model. ASCII folding matches Go's too: its only non-ASCII folds onto
+    /// ASCII are to i, k and s, none of them in "model".
     fn take(&mut self, bytes: &[u8]) {
         match self.role {
             Role::TopKey => {
