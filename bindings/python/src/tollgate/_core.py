@@ -267,13 +267,17 @@ def answer_headers(answer: _ffi.TgAnswer) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _parse_header_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
-    # Only for the IETF fields, which the library renders as text alone.
-    out = []
-    for line in raw.split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b":")
-            out.append((name.strip(), value.strip()))
+def _decision_pairs(d: _ffi.TgDecision, now_ms: int | None = None) -> list[tuple[bytes, bytes]]:
+    """The library's header pairs for a decision: the six (and retry-after)
+    (tg_decision_header_pairs), or with ``now_ms`` the IETF fields
+    (tg_decision_ietf_header_pairs)."""
+    out: list[tuple[bytes, bytes]] = []
+    if now_ms is None:
+        st = _ffi.tg_decision_header_pairs(byref(d), _COLLECT, out)
+    else:
+        st = _ffi.tg_decision_ietf_header_pairs(byref(d), c_uint64(now_ms), _COLLECT, out)
+    if st:
+        raise error_for(st, "tg_decision_header_pairs")
     return out
 
 
@@ -340,13 +344,7 @@ class Decision:
         names in lower case (the shape ASGI and WSGI servers take)."""
         cached = getattr(self, "_header_items", None)
         if cached is None:
-            # The core's pairs for this decision: a dry-run answer carries
-            # the six and retry-after, and (passing) no content-type.
-            ans = _ffi.TgAnswer()
-            st = _ffi.tg_answer_for(_ffi.TG_OK, byref(self._c()), None, 0, _ffi.TG_ANSWER_DRY_RUN, 0, byref(ans))
-            if st:
-                raise error_for(st, "tg_answer_for")
-            cached = tuple(answer_headers(ans))
+            cached = tuple(_decision_pairs(self._c()))
             _set(self, "_header_items", cached)
         return list(cached)
 
@@ -361,8 +359,7 @@ class Decision:
         (tg_decision_ietf_headers); ``t`` counts from ``now`` (epoch seconds,
         None = the library's clock)."""
         ms = int(_ffi.tg_now_ms()) if now is None else _ms(now)
-        raw = _render(_ffi.tg_decision_ietf_headers, self._c(), ms)
-        return {k.decode("latin-1"): v.decode("latin-1") for k, v in _parse_header_lines(raw)}
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in _decision_pairs(self._c(), ms)}
 
     @property
     def error_body(self) -> str:

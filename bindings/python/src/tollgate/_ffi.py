@@ -320,6 +320,15 @@ tg_answer_for = _proto(
 tg_answer_headers = _proto(
     "tg_answer_headers", _i32, [POINTER(TgAnswer), HEADER_FN, ctypes.py_object], hold_gil=True
 )
+tg_decision_header_pairs = _proto(
+    "tg_decision_header_pairs", _i32, [POINTER(TgDecision), HEADER_FN, ctypes.py_object], hold_gil=True
+)
+tg_decision_ietf_header_pairs = _proto(
+    "tg_decision_ietf_header_pairs",
+    _i32,
+    [POINTER(TgDecision), c_uint64, HEADER_FN, ctypes.py_object],
+    hold_gil=True,
+)
 tg_answer_body = _proto(
     "tg_answer_body", _i32, [POINTER(TgAnswer), c_char_p, c_size_t, POINTER(c_size_t)], hold_gil=True
 )
