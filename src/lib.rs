@@ -16,14 +16,17 @@
 //! assert_eq!(d.retry_after, 60);
 //! ```
 //!
-//! Modules, one concern each: [`policy`] (tiers, models, TOML), `window`
-//! (minute/day arithmetic), `key` (seeded hashing), `region` (layout,
-//! format, attach), `refusals` (the ring of latest refusals), `slot` (the
-//! packed state and the CAS: the decision path), [`decision`] (headers,
-//! error body), [`body`] (the streaming JSON scan of a request body for its
-//! model), [`answer`] (the whole HTTP answer for every outcome, one wording
-//! for every binding), `digest` (account ids from API keys), `ffi` (the C
-//! ABI).
+//! Modules, one concern each, in reading order: [`policy`] (tiers, models,
+//! TOML), `window` (minute/day arithmetic), `key` (seeded hashing),
+//! `region` (layout, format, attach), `file` (region files shared by
+//! processes), `slot` (the packed state, the probe walk and the CAS: the
+//! decision path), `refusals` (the ring of latest refusals), `limiter` (the
+//! Rust API), [`decision`] (a decision and its headers and 429 body),
+//! [`body`] (the streaming JSON scan of a request body for its model),
+//! [`answer`] (the whole HTTP answer for every outcome, one wording for
+//! every binding), `digest` (account ids from API keys), `operator` (views
+//! and repairs for operators), `error`, [`ffi`] (the C ABI, one file per
+//! object).
 
 pub mod answer;
 pub mod body;
@@ -34,7 +37,7 @@ pub mod ffi;
 mod file;
 mod key;
 mod limiter;
-mod ops;
+mod operator;
 pub mod policy;
 mod refusals;
 mod region;
@@ -47,7 +50,7 @@ pub use digest::account_digest;
 pub use error::Error;
 pub use key::ACCOUNT_MAX;
 pub use limiter::{Limiter, Request, Stats};
-pub use ops::{KeyUsage, Problem, ResizeReport, VerifyReport};
+pub use operator::{KeyUsage, Problem, ResizeReport, VerifyReport};
 pub use policy::{Limits, Model, Policy, PolicyError, Tier};
 pub use refusals::Refusal;
 pub use region::{RegionError, BYTES_PER_SLOT, LAYOUT_VERSION, REGION_ALIGN};

@@ -298,7 +298,7 @@ impl Limiter {
             day: u32::MAX,
             minute: 0,
         });
-        let used = crate::ops::entries(&self.region)
+        let used = crate::operator::entries(&self.region)
             .filter(|e| !e.state.stale(now))
             .count() as u32;
         let h = self.region.header();

@@ -181,7 +181,7 @@ pub(crate) fn decide(
 ) -> Result<Outcome, TableFull> {
     let clock = Clock { now, skew };
     let n = region.slot_count() as usize;
-    let home = ((key.home as u128 * n as u128) >> 64) as usize;
+    let home = home(region, key);
     // Fast path: most keys sit in their home slot.
     let slot = region.slot(home);
     let ident = slot.ident.load(Acquire);
@@ -273,6 +273,53 @@ pub(crate) fn decide(
 pub struct Clock {
     pub now: Instant,
     pub skew: u32,
+}
+
+/// Where a key's probe chain starts: a multiply-shift of the key's home
+/// hash onto the slot count.
+pub(crate) fn home(region: &Region, key: &KeyHash) -> usize {
+    ((key.home as u128 * region.slot_count() as u128) >> 64) as usize
+}
+
+/// The slot bound to `key` and its generation, if any: the probe walk of
+/// a decision without binding, for operator views (reset, inspect).
+pub(crate) fn find(region: &Region, key: &KeyHash) -> Option<(usize, u16)> {
+    let n = region.slot_count() as usize;
+    let mut i = home(region, key);
+    for _ in 0..PROBE_MAX.min(n) {
+        let slot = region.slot(i);
+        let ident = slot.ident.load(Acquire);
+        if ident == 0 {
+            return None;
+        }
+        let state = slot.state.load(Acquire);
+        if ident >> 16 == key.id && state as u16 == ident as u16 {
+            return Some((i, ident as u16));
+        }
+        i = if i + 1 == n { 0 } else { i + 1 };
+    }
+    None
+}
+
+/// Stores `f(state)` into slot `i` while it stays generation `gen`; `false`
+/// if the slot was rebound first (then the key no longer lives there).
+pub(crate) fn update(region: &Region, i: usize, gen: u16, f: impl Fn(State) -> State) -> bool {
+    let slot = region.slot(i);
+    let mut word = slot.state.load(Acquire);
+    loop {
+        let s = State::unpack(word);
+        if s.gen != gen {
+            return false;
+        }
+        let next = State { gen, ..f(s) }.pack();
+        match slot
+            .state
+            .compare_exchange_weak(word, next, AcqRel, Acquire)
+        {
+            Ok(_) => return true,
+            Err(cur) => word = cur,
+        }
+    }
 }
 
 /// The one CAS: charge both windows of a bound slot, or refuse. `None` if

@@ -47,8 +47,8 @@ header_is_generated() {
 miri() {
     # The core's unit tests (slot protocol, region, keys, decisions, the C
     # ABI's helpers, racing threads sized for miri). Operator walks over
-    # whole tables (ops::) are too slow interpreted and run natively above.
-    MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test --lib -- --skip ops::
+    # whole tables (operator::) are too slow interpreted and run natively above.
+    MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test --lib -- --skip operator::
 }
 
 suite lint bash tests/lint.sh

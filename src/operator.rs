@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::sync::atomic::Ordering::Acquire;
 
 use crate::error::Error;
 use crate::key::{self, id_parts, KeyHash, ACCOUNT_MAX};
@@ -76,64 +76,12 @@ pub(crate) fn entries(region: &Region) -> impl Iterator<Item = Entry> + '_ {
     (0..region.slot_count() as usize).filter_map(move |i| entry_at(region, i))
 }
 
-/// Where a key's probe chain starts (the same multiply-shift as the
-/// decision path).
-fn home_of(region: &Region, key: &KeyHash) -> usize {
-    ((key.home as u128 * region.slot_count() as u128) >> 64) as usize
-}
-
-/// The slot bound to `key`, if any: walks its probe chain as a decision
-/// would, stopping at a never-used slot.
-fn find(region: &Region, key: &KeyHash) -> Option<(usize, u16)> {
-    let n = region.slot_count() as usize;
-    let mut i = home_of(region, key);
-    for _ in 0..PROBE_MAX.min(n) {
-        let slot = region.slot(i);
-        let ident = slot.ident.load(Acquire);
-        if ident == 0 {
-            return None;
-        }
-        let state = slot.state.load(Acquire);
-        if ident >> 16 == key.id && state as u16 == ident as u16 {
-            return Some((i, ident as u16));
-        }
-        i = if i + 1 == n { 0 } else { i + 1 };
-    }
-    None
-}
-
-/// The region's id for a model name, without registering it.
-fn lookup_model(region: &Region, name: &[u8]) -> Option<u16> {
-    (0..MODELS_MAX as u16).find(|&id| region.model_name(id).as_deref() == Some(name))
-}
-
-/// Stores `f(state)` into slot `i` while it stays generation `gen`; `false`
-/// if the slot was rebound first (then the key no longer lives there).
-fn update_state(region: &Region, i: usize, gen: u16, f: impl Fn(State) -> State) -> bool {
-    let slot = region.slot(i);
-    let mut word = slot.state.load(Acquire);
-    loop {
-        let s = State::unpack(word);
-        if s.gen != gen {
-            return false;
-        }
-        let next = State { gen, ..f(s) }.pack();
-        match slot
-            .state
-            .compare_exchange_weak(word, next, AcqRel, Acquire)
-        {
-            Ok(_) => return true,
-            Err(cur) => word = cur,
-        }
-    }
-}
-
 /// Why slot `i`, bound to `key`, could not be found by a decision for it
 /// (then the key's counts are ignored and it would be bound a second time):
 /// too far from its home, or past a never-used slot, where probing stops.
 fn unreachable(region: &Region, i: usize, key: &KeyHash) -> Option<String> {
     let n = region.slot_count() as usize;
-    let home = home_of(region, key);
+    let home = slot::home(region, key);
     let dist = (i + n - home) % n;
     if dist >= PROBE_MAX.min(n) {
         return Some(format!(
@@ -457,7 +405,7 @@ impl Limiter {
         }
         let region = self.region();
         let ids: Vec<u16> = match model {
-            Some(m) => lookup_model(region, m).into_iter().collect(),
+            Some(m) => region.find_model(m).into_iter().collect(),
             None => (0..MODELS_MAX as u16)
                 .filter(|&id| region.model_name(id).is_some())
                 .collect(),
@@ -465,8 +413,8 @@ impl Limiter {
         let mut n = 0;
         for id in ids {
             let key = key::hash(region.seed(), account, id);
-            if let Some((i, gen)) = find(region, &key) {
-                let zeroed = update_state(region, i, gen, |s| State {
+            if let Some((i, gen)) = slot::find(region, &key) {
+                let zeroed = slot::update(region, i, gen, |s| State {
                     minute_count: 0,
                     day_count: 0,
                     ..s
@@ -589,11 +537,11 @@ impl Limiter {
             slot::decide(dst, &key, &account, big, 1, now, self.skew_minutes()).map_err(|_| {
                 Error::Invalid("the new table is too small for the live keys: nothing was created")
             })?;
-            let (j, gen) = find(dst, &key).ok_or(Error::Invalid(
+            let (j, gen) = slot::find(dst, &key).ok_or(Error::Invalid(
                 "a key bound in the new table could not be found again",
             ))?;
             let carried = e.state;
-            update_state(dst, j, gen, |_| carried);
+            slot::update(dst, j, gen, |_| carried);
             report.carried += 1;
         }
         progress(total, total);
@@ -620,11 +568,11 @@ impl Limiter {
         }
         let now = instant(now_ms)?;
         let region = self.region();
-        let Some(id) = lookup_model(region, model) else {
+        let Some(id) = region.find_model(model) else {
             return Ok(None);
         };
         let key = key::hash(region.seed(), account, id);
-        let Some((i, _)) = find(region, &key) else {
+        let Some((i, _)) = slot::find(region, &key) else {
             return Ok(None);
         };
         // Re-read as one consistent pair; a slot rebound since `find` is no
