@@ -535,6 +535,13 @@ typedef int (*tg_header_fn)(void *ctx, const char *name, size_t name_len, const 
 #define TG_E_BODY_TOO_DEEP 23
 
 /**
+ * Not returned by the scanner (it has no size cap): passed to
+ * tg_answer_for by a binding whose own cap on the bytes it buffers was
+ * exceeded (answer 413, request_too_large).
+ */
+#define TG_E_BODY_TOO_LARGE 24
+
+/**
  * An internal error was caught at the boundary (a bug: please report it).
  */
 #define TG_E_PANIC 99

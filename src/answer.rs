@@ -247,6 +247,9 @@ impl Answer {
                 Error::TableFull if opts.table_full_open => (0, O::TableFull, Kind::None, None),
                 Error::TableFull => (503, O::TableFull, Kind::TableFull, None),
                 Error::Account => (401, O::NoAccount, Kind::NoAccount, None),
+                Error::Body(BodyError::TooLarge) => {
+                    (413, O::BadRequest, Kind::Request(BodyError::TooLarge), None)
+                }
                 Error::Body(b) => (400, O::BadRequest, Kind::Request(*b), None),
                 Error::CostTooLarge => (400, O::BadRequest, Kind::CostTooLarge, None),
                 _ => (500, O::Error, Kind::Failed, None),
@@ -264,7 +267,9 @@ impl Answer {
         let n = model.len().min(MODEL_ECHO_MAX);
         a.model[..n].copy_from_slice(&model[..n]);
         a.model_len = n as u8;
-        if opts.dry_run && a.status != 0 {
+        // A body over the binding's cap is answered even in a dry run: the
+        // binding stopped reading it, so it has no whole body to pass on.
+        if opts.dry_run && a.status != 0 && a.body != Kind::Request(BodyError::TooLarge) {
             a.would = a.status;
             a.status = 0;
             if a.outcome == O::Rejected {
@@ -397,6 +402,13 @@ impl Answer {
                     " levels.\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"invalid_json\"}}",
                 )
             }
+            Kind::Request(BodyError::TooLarge) => error(
+                out,
+                "The request body is larger than this API accepts.",
+                invalid,
+                None,
+                Some("request_too_large"),
+            ),
             Kind::CostTooLarge => error(
                 out,
                 "This request counts for more requests than a whole window of your limit allows.",
@@ -426,7 +438,7 @@ pub struct Parts {
     pub body: u32,
 }
 
-const BODIES: [Kind; 12] = [
+const BODIES: [Kind; 13] = [
     Kind::None,
     Kind::RateLimited,
     Kind::UnknownModel,
@@ -439,6 +451,7 @@ const BODIES: [Kind; 12] = [
     Kind::Request(BodyError::TooDeep),
     Kind::CostTooLarge,
     Kind::Failed,
+    Kind::Request(BodyError::TooLarge),
 ];
 
 impl Answer {
@@ -529,6 +542,7 @@ mod tests {
             Event::Failed(&Error::Body(BodyError::NoModel)),
             Event::Failed(&Error::Body(BodyError::AmbiguousModel)),
             Event::Failed(&Error::Body(BodyError::TooDeep)),
+            Event::Failed(&Error::Body(BodyError::TooLarge)),
             Event::Failed(&Error::CostTooLarge),
             Event::Failed(&Error::ModelTableFull),
         ];
@@ -578,6 +592,23 @@ mod tests {
             ..Options::default()
         };
         assert_eq!(Answer::new(Event::Decided(&d), b"m", &teapot).status(), 503);
+    }
+
+    #[test]
+    fn a_body_over_the_cap_is_413_even_in_a_dry_run() {
+        let e = Error::Body(BodyError::TooLarge);
+        let dry = Options {
+            dry_run: true,
+            ..Options::default()
+        };
+        for opts in [Options::default(), dry] {
+            let a = Answer::new(Event::Failed(&e), b"", &opts);
+            assert_eq!((a.status(), a.outcome()), (413, Outcome::BadRequest));
+            assert!(body(&a).contains("\"code\":\"request_too_large\""));
+            let p = a.parts();
+            let back = Answer::from_parts(p, None, b"").unwrap();
+            assert_eq!(body(&back), body(&a));
+        }
     }
 
     #[test]

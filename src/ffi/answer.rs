@@ -7,8 +7,8 @@ use std::ffi::{c_char, c_int, c_void};
 use super::{
     any_bytes, decision_arg, guard, render, tg_decision, tg_status, to_c, TG_E_ACCOUNT,
     TG_E_BODY_AMBIGUOUS_MODEL, TG_E_BODY_NOT_JSON, TG_E_BODY_NO_MODEL, TG_E_BODY_TOO_DEEP,
-    TG_E_COST_TOO_LARGE, TG_E_INVALID, TG_E_NO_LIMIT, TG_E_NULL, TG_E_TABLE_FULL,
-    TG_E_UNKNOWN_MODEL, TG_OK,
+    TG_E_BODY_TOO_LARGE, TG_E_COST_TOO_LARGE, TG_E_INVALID, TG_E_NO_LIMIT, TG_E_NULL,
+    TG_E_TABLE_FULL, TG_E_UNKNOWN_MODEL, TG_OK,
 };
 use crate::answer::{self, Answer, Event, HttpRequest, Options, Outcome, Parts, MODEL_ECHO_MAX};
 use crate::body::BodyError;
@@ -105,6 +105,7 @@ fn event_error(status: tg_status) -> Error {
         TG_E_BODY_NO_MODEL => Error::Body(BodyError::NoModel),
         TG_E_BODY_AMBIGUOUS_MODEL => Error::Body(BodyError::AmbiguousModel),
         TG_E_BODY_TOO_DEEP => Error::Body(BodyError::TooDeep),
+        TG_E_BODY_TOO_LARGE => Error::Body(BodyError::TooLarge),
         _ => Error::Invalid("the limiter failed"),
     }
 }
@@ -530,6 +531,31 @@ mod tests {
             ),
             TG_E_NULL
         );
+    }
+
+    #[test]
+    fn a_body_over_a_bindings_cap_is_413_through_c() {
+        let mut a = blank();
+        let st = tg_answer_for(
+            TG_E_BODY_TOO_LARGE,
+            std::ptr::null(),
+            std::ptr::null(),
+            0,
+            TG_ANSWER_DRY_RUN,
+            0,
+            &mut a,
+        );
+        assert_eq!(st, TG_OK);
+        assert_eq!((a.http_status, a.outcome), (413, TG_OUTCOME_BAD_REQUEST));
+        let mut buf = [0u8; 1024];
+        let mut n = 0;
+        assert_eq!(
+            tg_answer_body(&a, buf.as_mut_ptr().cast(), buf.len(), &mut n),
+            TG_OK
+        );
+        assert!(std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .contains("request_too_large"));
     }
 
     #[test]
