@@ -23,7 +23,8 @@
 //! error body), [`body`] (the streaming JSON scan of a request body for its
 //! model), [`answer`] (the whole HTTP answer for every outcome, one wording
 //! for every binding), `digest` (account ids from API keys), `ffi` (the C
-//! ABI).
+//! ABI), and with the `tower` feature `tower` (a `tower::Layer` for Rust
+//! gateways).
 
 pub mod answer;
 pub mod body;
@@ -39,6 +40,8 @@ pub mod policy;
 mod refusals;
 mod region;
 mod slot;
+#[cfg(feature = "tower")]
+pub mod tower;
 mod window;
 
 pub use body::BodyError;
