@@ -38,17 +38,32 @@
 //! Every response the layer returns carries the request's [`Answer`] in
 //! its extensions, for an outer layer that logs or counts outcomes.
 //!
-//! ```
-//! use std::sync::Arc;
-//! use axum::{routing::post, Router};
-//! use tollgate::tower::{bearer_digest, RateLimitLayer};
-//! use tollgate::{Limiter, Policy, Tier};
+//! The README's example:
 //!
-//! let limiter = Arc::new(Limiter::new(&Policy::builtin(), 100_000).unwrap());
+//! ```
+//! # fn main() -> Result<(), tollgate::Error> {
+//! use std::sync::Arc;
+//! use axum::{extract::Extension, routing::post, Router};
+//! use tollgate::tower::{bearer_digest, Options, RateLimitLayer};
+//! use tollgate::{Decision, Limiter, Policy, Tier};
+//!
+//! async fn chat(Extension(d): Extension<Decision>) -> String {
+//!     format!("{} left this minute", d.minute.remaining)
+//! }
+//!
+//! let limiter = Arc::new(Limiter::new(&Policy::builtin(), 125_000)?); // or Limiter::open(.., path, ..)
 //! let app: Router = Router::new()
-//!     .route("/v1/chat/completions", post(|| async { "{}" }))
-//!     .layer(RateLimitLayer::new(limiter, bearer_digest).tier(Tier::Developer));
-//! # let _ = app;
+//!     .route("/v1/chat/completions", post(chat))
+//!     .layer(
+//!         RateLimitLayer::new(limiter, bearer_digest) // account: digest of the bearer key
+//!             .tier(Tier::Developer)                  // or .tier_by(|head| ...)
+//!             .cost(1)                                // or .cost_by(|head, body| ...)
+//!             .options(Options { table_full_open: true, ..Options::default() })
+//!             .max_body_bytes(4 << 20),               // 413 above (the default)
+//!     );
+//! # drop(app);
+//! # Ok(())
+//! # }
 //! ```
 
 use std::borrow::Cow;

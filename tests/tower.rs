@@ -356,9 +356,9 @@ async fn the_body_reaches_the_handler_unchanged() {
 
 /// Bodies over the cap: 413 with the core's body, whether the length is
 /// declared or only found by reading, and even in a dry run; the account
-/// step comes first.
+/// step comes first. Bodies that break off: 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_over_the_cap_are_413() {
+async fn bodies_over_the_cap_are_413_and_broken_ones_400() {
     let client = reqwest::Client::new();
     let fits = r#"{"model":"DeepSeek-V3.1","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
     assert_eq!(fits.len(), 64);
@@ -412,6 +412,24 @@ async fn bodies_over_the_cap_are_413() {
         assert_eq!(status, 413, "{head}");
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "request_too_large");
+
+        // A body that fails to arrive (broken chunk framing) is the core's
+        // 400 invalid_json, even in a dry run, and counts nothing.
+        let req = b"POST /conformance HTTP/1.1\r\nHost: test\r\n\
+            Authorization: Bearer sk-broken\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5\r\n{\"mod\r\nzz\r\n";
+        let b = base.clone();
+        let (status, head, body) = tokio::task::spawn_blocking(move || raw(&b, req))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{head}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_json");
+        let res = post(fits, Some("sk-broken")).await.unwrap();
+        assert_eq!(
+            header(&res, "x-ratelimit-remaining-requests").as_deref(),
+            Some("29")
+        );
     }
 }
 
@@ -671,4 +689,26 @@ async fn the_axum_example_builds_and_answers() {
         assert!(out["content"].as_str().unwrap().contains("requests left"));
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The README's sample is the module's doc test, which compiles.
+#[test]
+fn the_readme_sample_is_the_doc_test() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let section = &readme[readme.find("## Rust services (tower, axum)").unwrap()..];
+    let start = section.find("```rust\n").unwrap() + 8;
+    let sample = &section[start..start + section[start..].find("```").unwrap()];
+    let module = std::fs::read_to_string(format!("{root}/src/tower.rs")).unwrap();
+    let doc: String = module
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .filter(|l| !l.starts_with("# ") && *l != "#")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        doc.contains(sample),
+        "README sample not in src/tower.rs:\n{sample}"
+    );
 }
