@@ -127,7 +127,8 @@ pub struct RateLimitLayer {
 
 impl RateLimitLayer {
     /// A layer over `limiter` taking each request's account id from
-    /// `account` (1 to 64 bytes; `None` when the request has no API key).
+    /// `account` (1 to 64 bytes; `None` or empty when the request has no
+    /// API key).
     /// Defaults: the Developer tier, cost 1, [`Options::default`], a body
     /// cap of [`MAX_BODY_BYTES`], the real-time clock.
     pub fn new<F>(limiter: Arc<Limiter>, account: F) -> RateLimitLayer
@@ -261,7 +262,8 @@ where
     let (parts, body) = req.into_parts();
     let limited = method_is_limited(parts.method.as_str().as_bytes());
     let account = if limited { (cfg.account)(&parts) } else { None };
-    let Some(account) = account else {
+    // An empty id is no API key, as the ASGI middleware takes it.
+    let Some(account) = account.filter(|a| !a.is_empty()) else {
         // The core's first two steps (method, account) need no body: its
         // answer comes before one is read, so a pass keeps it streaming.
         let early = HttpRequest {
@@ -305,7 +307,6 @@ where
         cost,
     };
     let a = cfg.limiter.answer(&req, (cfg.clock)(), &cfg.options);
-    drop(tier);
     if !a.passes() {
         return Ok(answer(a));
     }

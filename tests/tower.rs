@@ -433,6 +433,65 @@ async fn bodies_over_the_cap_are_413_and_broken_ones_400() {
     }
 }
 
+/// Tier and cost from the caller's functions (the cost parsed from the
+/// body by the caller, not the layer); an empty account is no account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_and_cost_by_function() {
+    let open = Options {
+        no_account_pass: true,
+        ..Options::default()
+    };
+    let layer = RateLimitLayer::new(conformance_limiter(), |head| {
+        head.headers.get("x-account").map(|v| v.as_bytes().to_vec())
+    })
+    .tier_by(|head| head.headers.get("x-plan").map(|v| v.as_bytes().to_vec()))
+    .cost_by(|_, body| {
+        let v: Value = serde_json::from_slice(body).unwrap_or_default();
+        v["n"].as_u64().map_or(1, |n| n as u32)
+    })
+    .options(open)
+    .clock(|| NOW);
+    let base = serve(app(layer)).await;
+    let client = reqwest::Client::new();
+    let post = |account: Option<&str>, plan: Option<&str>, n: u32| {
+        let mut r = client
+            .post(format!("{base}/conformance"))
+            .body(format!(r#"{{"model":"DeepSeek-V3.1","n":{n}}}"#));
+        if let Some(a) = account {
+            r = r.header("x-account", a);
+        }
+        if let Some(p) = plan {
+            r = r.header("x-plan", p);
+        }
+        r.send()
+    };
+    let res = post(Some("acct-e"), Some("Enterprise"), 10).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        header(&res, "x-ratelimit-remaining-requests").as_deref(),
+        Some("290")
+    );
+    let res = post(Some("acct-d"), Some("developer"), 5).await.unwrap();
+    assert_eq!(
+        header(&res, "x-ratelimit-remaining-requests").as_deref(),
+        Some("25")
+    );
+    let res = post(Some("acct-d"), Some("developer"), 31).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "cost_too_large");
+    let res = post(Some("acct-d"), None, 1).await.unwrap();
+    assert_eq!(res.status(), 500, "no tier is the core's unknown tier");
+    for account in [None, Some("")] {
+        let res = post(account, Some("developer"), 1).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            header(&res, "x-test-outcome").as_deref(),
+            Some("NO_ACCOUNT")
+        );
+    }
+}
+
 fn python_with_openai() -> Option<PathBuf> {
     let venv = std::env::var_os("TOLLGATE_VENV").map(|v| PathBuf::from(v).join("bin/python3"));
     venv.into_iter()
