@@ -28,7 +28,9 @@
 //! 5. A refusal is answered with the core's status, headers and JSON body.
 //!    An admitted request goes to the inner service with its body bytes
 //!    re-attached unchanged (as `B::from(Bytes)`, which axum's `Body` and
-//!    `Full<Bytes>` implement; trailers are not kept), the [`Answer`] and
+//!    `Full<Bytes>` implement; trailers are not kept; with hyper alone,
+//!    whose `Incoming` has no such conversion, map the request body into
+//!    axum's `Body` or your own first), the [`Answer`] and
 //!    its [`Decision`] in the request's extensions for the handler, and the
 //!    core's headers (the six `x-ratelimit-*`, and `retry-after` in a dry
 //!    run) set on the inner service's response, replacing any of the same

@@ -492,6 +492,85 @@ async fn tier_and_cost_by_function() {
     }
 }
 
+/// The operator's options pass through to the core: a full table (503
+/// or fail open), no limit for the tier (403 or pass), the refusal status,
+/// a dry run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_pass_through_to_the_core() {
+    let client = reqwest::Client::new();
+    let chat = |base: String, key: &'static str, tier: &'static str| {
+        client
+            .post(format!("{base}/conformance"))
+            .bearer_auth(key)
+            .header("x-tollgate-tier", tier)
+            .body(CHAT)
+            .send()
+    };
+    let outcome =
+        |r: &reqwest::Response| (r.status().as_u16(), header(r, "x-test-outcome").unwrap());
+    let pass_all = Options {
+        table_full_open: true,
+        no_limit_pass: true,
+        ..Options::default()
+    };
+    for opts in [Options::default(), pass_all] {
+        // One slot: a second key finds the table full.
+        let one = Arc::new(Limiter::new(&table().0, 1).unwrap());
+        let layer = RateLimitLayer::new(one, bearer_token)
+            .tier_by(tier_header("x-tollgate-tier"))
+            .options(opts)
+            .clock(|| NOW);
+        let base = serve(app(layer)).await;
+        let r = chat(base.clone(), "first", "developer").await.unwrap();
+        assert_eq!(outcome(&r), (200, "PASSED".into()));
+        let mut seen = Vec::new();
+        for key in ["second", "third", "fourth", "fifth"] {
+            let r = chat(base.clone(), key, "developer").await.unwrap();
+            seen.push(outcome(&r));
+        }
+        let full = if opts.table_full_open { 200 } else { 503 };
+        assert!(seen.contains(&(full, "TABLE_FULL".into())), "{seen:?}");
+        let r = chat(base.clone(), "first", "free").await.unwrap();
+        let no_limit = if opts.no_limit_pass { 200 } else { 403 };
+        assert_eq!(outcome(&r), (no_limit, "NO_LIMIT".into()));
+    }
+
+    let opts = Options {
+        refuse_status: 503,
+        ..Options::default()
+    };
+    let layer = RateLimitLayer::new(conformance_limiter(), bearer_token)
+        .options(opts)
+        .clock(|| NOW);
+    let base = serve(app(layer)).await;
+    for _ in 0..30 {
+        chat(base.clone(), "k", "developer").await.unwrap();
+    }
+    let r = chat(base.clone(), "k", "developer").await.unwrap();
+    assert_eq!(outcome(&r), (503, "REJECTED".into()));
+    assert!(header(&r, "retry-after").is_some());
+
+    let dry = Options {
+        dry_run: true,
+        ..Options::default()
+    };
+    let layer = RateLimitLayer::new(conformance_limiter(), bearer_token)
+        .options(dry)
+        .clock(|| NOW);
+    let base = serve(app(layer)).await;
+    for _ in 0..30 {
+        chat(base.clone(), "k", "developer").await.unwrap();
+    }
+    let r = chat(base.clone(), "k", "developer").await.unwrap();
+    assert_eq!(outcome(&r), (200, "DRY_RUN".into()));
+    assert_eq!(header(&r, "x-upstream").as_deref(), Some("1"));
+    assert!(header(&r, "retry-after").is_some(), "a dry run reports");
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-requests").as_deref(),
+        Some("0")
+    );
+}
+
 fn python_with_openai() -> Option<PathBuf> {
     let venv = std::env::var_os("TOLLGATE_VENV").map(|v| PathBuf::from(v).join("bin/python3"));
     venv.into_iter()
