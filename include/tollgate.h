@@ -212,6 +212,13 @@ typedef int32_t tg_status;
 #define TG_E_BODY_TOO_DEEP 23
 
 /**
+ * Not returned by the scanner (it has no size cap): passed to
+ * tg_answer_for by a binding whose own cap on the bytes it buffers was
+ * exceeded (answer 413, request_too_large).
+ */
+#define TG_E_BODY_TOO_LARGE 24
+
+/**
  * An internal error was caught at the boundary (a bug: please report it).
  */
 #define TG_E_PANIC 99
@@ -932,12 +939,6 @@ typedef struct tg_http_request {
  * A callback asked to stop (tg_answer_headers).
  */
 #define TG_E_ABORTED 32
-
-/**
- * Not returned by any call: passed to tg_answer_for when the body is
- * larger than the binding reads to find the model (answered 413).
- */
-#define TG_E_BODY_TOO_LARGE 33
 
 #ifdef __cplusplus
 extern "C" {

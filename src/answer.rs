@@ -36,9 +36,6 @@ pub enum Event<'a> {
     Failed(&'a Error),
     /// The method is not one that is limited ([`method_is_limited`]).
     MethodNotLimited,
-    /// The body is larger than the binding is configured to read to find
-    /// the model.
-    BodyTooLarge,
 }
 
 /// What the gateway's operator chose where the answer is a choice.
@@ -132,7 +129,6 @@ enum Kind {
     NoAccount,
     Request(BodyError),
     CostTooLarge,
-    TooLarge,
     Failed,
 }
 
@@ -242,7 +238,6 @@ impl Answer {
             Event::Decided(d) if d.allowed => (0, O::Passed, Kind::None, Some(*d)),
             Event::Decided(d) => (opts.refuse_status, O::Rejected, Kind::RateLimited, Some(*d)),
             Event::MethodNotLimited => (0, O::NotLimited, Kind::None, None),
-            Event::BodyTooLarge => (413, O::BadRequest, Kind::TooLarge, None),
             Event::NoAccount if opts.no_account_pass => (0, O::NoAccount, Kind::None, None),
             Event::NoAccount => (401, O::NoAccount, Kind::NoAccount, None),
             Event::Failed(e) => match e {
@@ -252,6 +247,9 @@ impl Answer {
                 Error::TableFull if opts.table_full_open => (0, O::TableFull, Kind::None, None),
                 Error::TableFull => (503, O::TableFull, Kind::TableFull, None),
                 Error::Account => (401, O::NoAccount, Kind::NoAccount, None),
+                Error::Body(BodyError::TooLarge) => {
+                    (413, O::BadRequest, Kind::Request(BodyError::TooLarge), None)
+                }
                 Error::Body(b) => (400, O::BadRequest, Kind::Request(*b), None),
                 Error::CostTooLarge => (400, O::BadRequest, Kind::CostTooLarge, None),
                 _ => (500, O::Error, Kind::Failed, None),
@@ -269,7 +267,9 @@ impl Answer {
         let n = model.len().min(MODEL_ECHO_MAX);
         a.model[..n].copy_from_slice(&model[..n]);
         a.model_len = n as u8;
-        if opts.dry_run && a.status != 0 {
+        // A body over the binding's cap is answered even in a dry run: the
+        // binding stopped reading it, so it has no whole body to pass on.
+        if opts.dry_run && a.status != 0 && a.body != Kind::Request(BodyError::TooLarge) {
             a.would = a.status;
             a.status = 0;
             if a.outcome == O::Rejected {
@@ -406,9 +406,9 @@ impl Answer {
                     " levels.\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"invalid_json\"}}",
                 )
             }
-            Kind::TooLarge => error(
+            Kind::Request(BodyError::TooLarge) => error(
                 out,
-                "The request body is larger than this gateway accepts.",
+                "The request body is larger than this API accepts.",
                 invalid,
                 None,
                 Some("request_too_large"),
@@ -455,7 +455,7 @@ const BODIES: [Kind; 13] = [
     Kind::Request(BodyError::TooDeep),
     Kind::CostTooLarge,
     Kind::Failed,
-    Kind::TooLarge,
+    Kind::Request(BodyError::TooLarge),
 ];
 
 impl Answer {
@@ -547,8 +547,8 @@ mod tests {
             Event::Failed(&Error::Body(BodyError::AmbiguousModel)),
             Event::Failed(&Error::Body(BodyError::TooDeep)),
             Event::Failed(&Error::CostTooLarge),
+            Event::Failed(&Error::Body(BodyError::TooLarge)),
             Event::Failed(&Error::ModelTableFull),
-            Event::BodyTooLarge,
         ];
         for e in events {
             let a = Answer::new(e, b"m\"\n\x1b", &Options::default());
@@ -600,6 +600,23 @@ mod tests {
             ..Options::default()
         };
         assert_eq!(Answer::new(Event::Decided(&d), b"m", &teapot).status(), 503);
+    }
+
+    #[test]
+    fn a_body_over_the_cap_is_413_even_in_a_dry_run() {
+        let e = Error::Body(BodyError::TooLarge);
+        let dry = Options {
+            dry_run: true,
+            ..Options::default()
+        };
+        for opts in [Options::default(), dry] {
+            let a = Answer::new(Event::Failed(&e), b"", &opts);
+            assert_eq!((a.status(), a.outcome()), (413, Outcome::BadRequest));
+            assert!(body(&a).contains("\"code\":\"request_too_large\""));
+            let p = a.parts();
+            let back = Answer::from_parts(p, None, b"").unwrap();
+            assert_eq!(body(&back), body(&a));
+        }
     }
 
     #[test]

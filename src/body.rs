@@ -40,6 +40,10 @@ pub enum BodyError {
     AmbiguousModel,
     /// Nesting deeper than [`DEPTH_MAX`] levels.
     TooDeep,
+    /// Longer than the binding holds to find the model (its own cap, e.g.
+    /// the tower layer's `max_body_bytes`): the scanner itself has none,
+    /// so only a binding that buffers reports this, before scanning.
+    TooLarge,
 }
 
 impl fmt::Display for BodyError {
@@ -57,6 +61,7 @@ impl fmt::Display for BodyError {
             BodyError::TooDeep => {
                 write!(f, "the request body nests deeper than {DEPTH_MAX} levels")
             }
+            BodyError::TooLarge => f.write_str("the request body is larger than the gateway reads"),
         }
     }
 }
@@ -1019,7 +1024,7 @@ mod tests {
 
     #[test]
     fn display_never_echoes() {
-        for e in [NotJson, NoModel, AmbiguousModel, TooDeep] {
+        for e in [NotJson, NoModel, AmbiguousModel, TooDeep, TooLarge] {
             let t = e.to_string();
             assert!(t.starts_with("the request body"), "{t}");
         }

@@ -88,6 +88,10 @@ pub const TG_E_BODY_NO_MODEL: tg_status = 21;
 pub const TG_E_BODY_AMBIGUOUS_MODEL: tg_status = 22;
 /// The body nests deeper than TG_BODY_DEPTH_MAX levels.
 pub const TG_E_BODY_TOO_DEEP: tg_status = 23;
+/// Not returned by the scanner (it has no size cap): passed to
+/// tg_answer_for by a binding whose own cap on the bytes it buffers was
+/// exceeded (answer 413, request_too_large).
+pub const TG_E_BODY_TOO_LARGE: tg_status = 24;
 /// An internal error was caught at the boundary (a bug: please report it).
 pub const TG_E_PANIC: tg_status = 99;
 
@@ -166,10 +170,10 @@ pub extern "C" fn tg_status_str(status: tg_status) -> *const c_char {
         TG_E_BODY_NO_MODEL => c"the request body has no top-level \"model\" string",
         TG_E_BODY_AMBIGUOUS_MODEL => c"the request body names the model more than once",
         TG_E_BODY_TOO_DEEP => c"the request body nests deeper than 1024 levels",
+        TG_E_BODY_TOO_LARGE => c"the request body is larger than the gateway reads",
         TG_E_NO_ACCOUNT => c"the request carries no account id",
         TG_E_NOT_LIMITED => c"the request's method is not limited",
         TG_E_ABORTED => c"a callback asked to stop",
-        TG_E_BODY_TOO_LARGE => c"the request body is larger than the gateway reads",
         TG_E_PANIC => c"internal error (caught panic)",
         _ => c"unknown status",
     };

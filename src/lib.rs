@@ -26,7 +26,8 @@
 //! [`answer`] (the whole HTTP answer for every outcome, one wording for
 //! every binding), `digest` (account ids from API keys), `operator` (views
 //! and repairs for operators), `error`, [`ffi`] (the C ABI, one file per
-//! object).
+//! object), and with the `tower` feature `tower` (a `tower::Layer` for
+//! Rust gateways).
 
 pub mod answer;
 pub mod body;
@@ -42,6 +43,8 @@ pub mod policy;
 mod refusals;
 mod region;
 mod slot;
+#[cfg(feature = "tower")]
+pub mod tower;
 mod window;
 
 pub use body::BodyError;

@@ -51,9 +51,19 @@ miri() {
     MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test --lib -- --skip operator::
 }
 
+tower_layer() {
+    # The tower layer (feature `tower`, off in the suites above): its
+    # example is built first, as its test runs it; then its unit tests and
+    # its doc test (the README's sample), which need the feature too.
+    cargo build --release --features tower --examples &&
+        cargo test --release --features tower --test tower --lib &&
+        cargo test --release --features tower --doc
+}
+
 suite lint bash tests/lint.sh
 suite header header_is_generated
 suite rust cargo test --release
+suite tower tower_layer
 suite miri miri
 suite c-cpp bash tests/c/run.sh
 suite python bash bindings/python/test.sh

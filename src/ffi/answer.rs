@@ -7,8 +7,8 @@ use std::ffi::{c_char, c_void};
 use super::{
     any_bytes, decision_arg, emit, guard, render, tg_decision, tg_header_fn, tg_status, to_c,
     TG_E_ACCOUNT, TG_E_BODY_AMBIGUOUS_MODEL, TG_E_BODY_NOT_JSON, TG_E_BODY_NO_MODEL,
-    TG_E_BODY_TOO_DEEP, TG_E_COST_TOO_LARGE, TG_E_INVALID, TG_E_NO_LIMIT, TG_E_NULL,
-    TG_E_TABLE_FULL, TG_E_UNKNOWN_MODEL, TG_OK,
+    TG_E_BODY_TOO_DEEP, TG_E_BODY_TOO_LARGE, TG_E_COST_TOO_LARGE, TG_E_INVALID, TG_E_NO_LIMIT,
+    TG_E_NULL, TG_E_TABLE_FULL, TG_E_UNKNOWN_MODEL, TG_OK,
 };
 use crate::answer::{self, Answer, Event, HttpRequest, Options, Outcome, Parts, MODEL_ECHO_MAX};
 use crate::body::BodyError;
@@ -23,9 +23,6 @@ pub const TG_E_NO_ACCOUNT: tg_status = 30;
 pub const TG_E_NOT_LIMITED: tg_status = 31;
 /// A callback asked to stop (tg_answer_headers).
 pub const TG_E_ABORTED: tg_status = 32;
-/// Not returned by any call: passed to tg_answer_for when the body is
-/// larger than the binding reads to find the model (answered 413).
-pub const TG_E_BODY_TOO_LARGE: tg_status = 33;
 
 /// tg_answer_for flag: decide and report, never refuse (every refusal
 /// passes upstream; `would_status` keeps what was not sent).
@@ -93,6 +90,7 @@ fn event_error(status: tg_status) -> Error {
         TG_E_BODY_NO_MODEL => Error::Body(BodyError::NoModel),
         TG_E_BODY_AMBIGUOUS_MODEL => Error::Body(BodyError::AmbiguousModel),
         TG_E_BODY_TOO_DEEP => Error::Body(BodyError::TooDeep),
+        TG_E_BODY_TOO_LARGE => Error::Body(BodyError::TooLarge),
         _ => Error::Invalid("the limiter failed"),
     }
 }
@@ -136,7 +134,6 @@ pub extern "C" fn tg_answer_for(
                 Event::Decided(&d)
             }
             TG_E_NO_ACCOUNT => Event::NoAccount,
-            TG_E_BODY_TOO_LARGE => Event::BodyTooLarge,
             TG_E_NOT_LIMITED => Event::MethodNotLimited,
             s => {
                 err = event_error(s);
@@ -411,6 +408,7 @@ pub extern "C" fn tg_method_limited(method: *const c_char, len: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::c_int;
 
     fn blank() -> tg_answer {
         tg_answer {

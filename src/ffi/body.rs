@@ -334,7 +334,7 @@ mod tests {
     fn constants_and_texts() {
         assert_eq!(TG_BODY_MODEL_MAX, 64);
         assert_eq!(TG_BODY_DEPTH_MAX, 1024);
-        for st in 20..=23 {
+        for st in 20..=24 {
             // SAFETY: tg_status_str returns a static NUL-terminated string.
             let s = unsafe { std::ffi::CStr::from_ptr(tg_status_str(st)) };
             assert!(s.to_str().unwrap().starts_with("the request body"), "{s:?}");

@@ -54,6 +54,7 @@ pub(super) fn body_status(e: BodyError) -> tg_status {
         BodyError::NoModel => TG_E_BODY_NO_MODEL,
         BodyError::AmbiguousModel => TG_E_BODY_AMBIGUOUS_MODEL,
         BodyError::TooDeep => TG_E_BODY_TOO_DEEP,
+        BodyError::TooLarge => TG_E_BODY_TOO_LARGE,
     }
 }
 

@@ -1,0 +1,212 @@
+//! An OpenAI-shaped gateway in axum behind `tollgate::tower::RateLimitLayer`:
+//! `POST /v1/chat/completions` is limited per (API key, model) and answers a
+//! small canned completion; `GET /v1/models` is not limited.
+//!
+//!   cargo run --release --features tower --example axum -- --help
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use axum::extract::{Extension, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tollgate::answer::Answer;
+use tollgate::tower::{bearer_digest, RateLimitLayer, MAX_BODY_BYTES};
+use tollgate::{Decision, Limiter, Policy, Tier};
+
+const USAGE: &str = "\
+An OpenAI-shaped gateway limited by tollgate (RPM and RPD per API key and model).
+
+Usage: axum [--listen ADDR] [--policy FILE] [--table FILE] [--slots N] [--tier NAME]
+
+  --listen ADDR   address to listen on (default 127.0.0.1:8080; port 0 picks a
+                  free one); the address is printed as `listening on http://ADDR`
+  --policy FILE   the policy TOML (default: the built-in Infercom policy)
+  --table FILE    keep the counters in this file, shared by every process that
+                  opens it (created with --slots if missing; /dev/shm/... is RAM);
+                  default: in this process's memory
+  --slots N       table slots (default 100000: 1.25 x the key pairs of a day)
+  --tier NAME     the tier of every request: free, developer, enterprise
+                  (default developer)
+
+Routes:
+  POST /v1/chat/completions   limited: 429 over a limit, 404 unknown model, 401 no
+                              API key, 400 bad body, 413 body over 4 MiB; admitted
+                              requests get a canned completion and the six
+                              x-ratelimit-* headers
+  GET  /v1/models             the policy's models, not limited
+
+The account is a digest of the bearer key (tollgate digest KEY finds it).
+
+Try it:
+  curl -s localhost:8080/v1/chat/completions -H 'Authorization: Bearer sk-1' \\
+       -d '{\"model\":\"DeepSeek-V3.1\",\"messages\":[]}' -i
+";
+
+struct Args {
+    listen: SocketAddr,
+    policy: Option<String>,
+    table: Option<String>,
+    slots: u32,
+    tier: Tier,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut a = Args {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        policy: None,
+        table: None,
+        slots: 100_000,
+        tier: Tier::Developer,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            return Ok(None);
+        }
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value (see --help)"))?;
+        match flag.as_str() {
+            "--listen" => {
+                a.listen = value
+                    .parse()
+                    .map_err(|e| format!("--listen {value}: {e} (want e.g. 127.0.0.1:8080)"))?
+            }
+            "--policy" => a.policy = Some(value),
+            "--table" => a.table = Some(value),
+            "--slots" => a.slots = value.parse().map_err(|e| format!("--slots {value}: {e}"))?,
+            "--tier" => {
+                a.tier = Tier::parse(&value).ok_or_else(|| {
+                    format!("--tier {value}: not a tier (free, developer, enterprise)")
+                })?
+            }
+            _ => return Err(format!("unknown argument {flag} (see --help)")),
+        }
+    }
+    Ok(Some(a))
+}
+
+/// The gateway: the limited completion route and the unlimited listing.
+fn router(limiter: Arc<Limiter>, tier: Tier) -> Router {
+    let limited = Router::new()
+        .route("/v1/chat/completions", post(completion))
+        .layer(
+            RateLimitLayer::new(limiter.clone(), bearer_digest)
+                .tier(tier)
+                .max_body_bytes(MAX_BODY_BYTES),
+        );
+    Router::new()
+        .route("/v1/models", get(models))
+        .with_state(limiter)
+        .merge(limited)
+}
+
+/// A canned completion for the model the core read from the body (the
+/// layer hands its answer and decision to the handler).
+async fn completion(
+    Extension(answer): Extension<Answer>,
+    Extension(decision): Extension<Decision>,
+) -> Json<Value> {
+    let model = String::from_utf8_lossy(answer.model()).into_owned();
+    let created = tollgate::now_ms() / 1000;
+    Json(json!({
+        "id": format!("chatcmpl-tollgate-{created}"),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": format!(
+                    "Hello from the tollgate example: {} of {} requests left this minute.",
+                    decision.minute.remaining, decision.minute.limit
+                ),
+            },
+            "finish_reason": "stop",
+        }],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 12, "total_tokens": 13},
+    }))
+}
+
+async fn models(State(limiter): State<Arc<Limiter>>) -> Json<Value> {
+    let data: Vec<Value> = limiter
+        .policy()
+        .models()
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": m.developer.as_deref().unwrap_or("tollgate"),
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("axum: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let policy = match &args.policy {
+        Some(p) => match Policy::load(p) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("axum: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Policy::builtin(),
+    };
+    let limiter = match &args.table {
+        Some(path) => Limiter::open(&policy, path, args.slots, true),
+        None => Limiter::new(&policy, args.slots),
+    };
+    let limiter = match limiter {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            eprintln!("axum: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("axum: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("axum: cannot listen on {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        match listener.local_addr() {
+            Ok(addr) => println!("listening on http://{addr}"),
+            Err(e) => eprintln!("axum: {e}"),
+        }
+        match axum::serve(listener, router(limiter, args.tier)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("axum: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

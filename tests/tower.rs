@@ -1,0 +1,852 @@
+//! The tower layer in a real hyper server (`axum::serve` on 127.0.0.1:0),
+//! driven over real HTTP: reqwest, hand-written HTTP/1.1 over TCP (for
+//! chunked bodies), the official `openai` client, and the axum example.
+
+mod conformance_table;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::response::Response;
+use axum::routing::{any, post};
+use axum::Router;
+use conformance_table::{check, request, table, Got, NOW};
+use serde_json::{json, Value};
+use tollgate::answer::{Answer, Options};
+use tollgate::tower::{bearer_digest, bearer_token, tier_header, RateLimitLayer};
+use tollgate::{Decision, Limiter, Policy};
+
+const CHAT: &str = r#"{"model":"DeepSeek-V3.1","messages":[{"role":"user","content":"hi"}]}"#;
+
+/// The upstream: says it was reached and what the layer handed it, and
+/// echoes the body it received.
+async fn upstream(req: Request) -> Response {
+    let answer = req.extensions().get::<Answer>().copied();
+    let decision = req.extensions().get::<Decision>().copied();
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let mut res = Response::new(Body::from(body));
+    let h = res.headers_mut();
+    h.insert("x-upstream", HeaderValue::from_static("1"));
+    if let Some(a) = answer {
+        h.insert(
+            "x-upstream-outcome",
+            HeaderValue::from_static(a.outcome().name()),
+        );
+    }
+    if let Some(d) = decision {
+        h.insert("x-upstream-remaining", d.minute.remaining.into());
+    }
+    res
+}
+
+/// The upstream, setting a header of the layer's own as well.
+async fn upstream_with_own_header(req: Request) -> Response {
+    let mut res = upstream(req).await;
+    res.headers_mut().insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from_static("999"),
+    );
+    res
+}
+
+/// A chat completion the `openai` client parses.
+async fn completion(req: Request) -> Response {
+    let model = req
+        .extensions()
+        .get::<Answer>()
+        .map(|a| String::from_utf8_lossy(a.model()).into_owned());
+    let body = json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": NOW / 1000,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": "canned"},
+            "finish_reason": "stop",
+        }],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    });
+    let mut res = Response::new(Body::from(body.to_string()));
+    res.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    res
+}
+
+/// An outer layer showing the outcome the limiting layer put in the
+/// response's extensions (as a logging layer would read it).
+async fn outcome_header(mut res: Response) -> Response {
+    if let Some(a) = res.extensions().get::<Answer>().copied() {
+        res.headers_mut().insert(
+            "x-test-outcome",
+            HeaderValue::from_static(a.outcome().name()),
+        );
+    }
+    res
+}
+
+fn app(layer: RateLimitLayer) -> Router {
+    Router::new()
+        .route("/conformance", any(upstream))
+        .route("/echo", post(upstream_with_own_header))
+        .route("/v1/chat/completions", post(completion))
+        .layer(layer)
+        .layer(axum::middleware::map_response(outcome_header))
+}
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn conformance_limiter() -> Arc<Limiter> {
+    Arc::new(Limiter::new(&table().0, 1024).unwrap())
+}
+
+fn header(res: &reqwest::Response, name: &str) -> Option<String> {
+    res.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+async fn got(res: reqwest::Response) -> Got {
+    let status = res.status().as_u16();
+    let headers: Vec<(String, String)> = res
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    let outcome = header(&res, "x-test-outcome").expect("every response carries its Answer");
+    let reached = header(&res, "x-upstream").is_some();
+    let text = res.text().await.unwrap();
+    Got {
+        status,
+        outcome,
+        headers,
+        body: (!reached).then_some(text),
+    }
+}
+
+/// (a) Every case of tests/conformance.json, by the table's conventions:
+/// the account as `Authorization: Bearer <account>`, the tier as
+/// `x-tollgate-tier`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_conformance_case_over_http() {
+    let (_, cases) = table();
+    let layer = RateLimitLayer::new(conformance_limiter(), bearer_token)
+        .tier_by(tier_header("x-tollgate-tier"))
+        .clock(|| NOW);
+    let base = serve(app(layer)).await;
+    let client = reqwest::Client::new();
+    for case in &cases {
+        let (method, account, tier, body) = request(case);
+        let send = || {
+            let mut r = client
+                .request(method.parse().unwrap(), format!("{base}/conformance"))
+                .header("x-tollgate-tier", &tier)
+                .body(body.clone());
+            if let Some(a) = &account {
+                r = r.header("authorization", format!("Bearer {a}"));
+            }
+            r.send()
+        };
+        for _ in 0..case["before"].as_u64().unwrap_or(0) {
+            send().await.unwrap();
+        }
+        check(case, &got(send().await.unwrap()).await);
+    }
+}
+
+/// (b) Many concurrent requests on one key: exactly the limit admitted,
+/// each with its own remaining count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_on_one_key_admit_exactly_the_limit() {
+    let layer = RateLimitLayer::new(conformance_limiter(), bearer_digest).clock(|| NOW);
+    let base = serve(app(layer)).await;
+    let client = reqwest::Client::new();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..240 {
+        let (c, url) = (client.clone(), format!("{base}/conformance"));
+        set.spawn(async move {
+            let r = c
+                .post(url)
+                .bearer_auth("sk-one-key")
+                .body(CHAT)
+                .send()
+                .await
+                .unwrap();
+            let remaining = header(&r, "x-ratelimit-remaining-requests").unwrap();
+            (r.status().as_u16(), remaining.parse::<u32>().unwrap())
+        });
+    }
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    while let Some(r) = set.join_next().await {
+        match r.unwrap() {
+            (200, remaining) => admitted.push(remaining),
+            (429, remaining) => {
+                assert_eq!(remaining, 0);
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    admitted.sort_unstable();
+    assert_eq!(admitted, (0..30).collect::<Vec<u32>>());
+    assert_eq!(refused, 240 - 30);
+}
+
+/// One HTTP/1.1 exchange written by hand: status, headers, body.
+fn raw(base: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        // The answer may come before the request is read whole; a reset
+        // after it is no error here.
+        let n = match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse::<usize>().unwrap());
+            if len.is_some_and(|len| buf.len() >= end + 4 + len) {
+                break;
+            }
+        }
+    }
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a whole response head");
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status = head[9..12].parse().unwrap();
+    (status, head.to_lowercase(), buf[end + 4..].to_vec())
+}
+
+fn chunked(path: &str, auth: Option<&str>, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+    );
+    if let Some(a) = auth {
+        r.push_str(&format!("Authorization: Bearer {a}\r\n"));
+    }
+    r.push_str("\r\n");
+    let mut r = r.into_bytes();
+    for c in chunks {
+        r.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        r.extend_from_slice(c);
+        r.extend_from_slice(b"\r\n");
+    }
+    r.extend_from_slice(b"0\r\n\r\n");
+    r
+}
+
+/// (c) The body reaches the handler byte for byte: whole, chunked, large,
+/// and unread when the request is not limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_reaches_the_handler_unchanged() {
+    let layer = RateLimitLayer::new(conformance_limiter(), bearer_digest).clock(|| NOW);
+    let base = serve(app(layer)).await;
+    let client = reqwest::Client::new();
+
+    let mut prompt = String::new();
+    while prompt.len() < (1 << 20) + 3 {
+        prompt.push_str("Ünïcödé \\\"quoted\\\" \\u00e9\\ud83d\\ude00 \\n tabs\\t 😀 ");
+    }
+    let bodies = [
+        CHAT.to_string(),
+        format!(" \r\n{{ \"messages\" : [ {{\"content\":\"{prompt}\"}} ] ,\n \"model\" : \"DeepSeek-V3.1\" }}\t"),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let res = client
+            .post(format!("{base}/echo"))
+            .bearer_auth("sk-bodies")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            header(&res, "x-upstream-outcome").as_deref(),
+            Some("PASSED")
+        );
+        let want = (29 - i).to_string();
+        assert_eq!(header(&res, "x-upstream-remaining"), Some(want.clone()));
+        // The layer's headers replace the app's own of the same name.
+        let ours: Vec<_> = res
+            .headers()
+            .get_all("x-ratelimit-remaining-requests")
+            .iter()
+            .collect();
+        assert_eq!(ours, [want.as_str()]);
+        assert_eq!(res.bytes().await.unwrap(), body.as_bytes(), "body {i}");
+    }
+
+    // Chunked, in pieces that cut the model key and a UTF-8 character.
+    let body = "{\"model\":\"DeepSeek-V3.1\",\"x\":\"é😀\"}".as_bytes();
+    let req = chunked(
+        "/echo",
+        Some("sk-bodies"),
+        &[&body[..5], &body[5..33], &body[33..]],
+    );
+    let base2 = base.clone();
+    let (status, head, echoed) = tokio::task::spawn_blocking(move || raw(&base2, &req))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("x-ratelimit-remaining-requests: 27"),
+        "{head}"
+    );
+    assert_eq!(echoed, body);
+
+    // Not limited (a GET), or no account with no_account_pass: passed on
+    // unread, so its body is the client's stream itself.
+    let res = client
+        .get(format!("{base}/conformance"))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&res, "x-upstream-outcome").as_deref(),
+        Some("NOT_LIMITED")
+    );
+    assert!(header(&res, "x-ratelimit-limit-requests").is_none());
+    assert_eq!(res.bytes().await.unwrap(), body);
+
+    let open = Options {
+        no_account_pass: true,
+        ..Options::default()
+    };
+    let layer = RateLimitLayer::new(conformance_limiter(), bearer_digest)
+        .options(open)
+        .max_body_bytes(8);
+    let base = serve(app(layer)).await;
+    let res = client
+        .post(format!("{base}/conformance"))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&res, "x-upstream-outcome").as_deref(),
+        Some("NO_ACCOUNT")
+    );
+    assert!(header(&res, "x-ratelimit-limit-requests").is_none());
+    assert_eq!(res.bytes().await.unwrap(), body, "over the cap, yet unread");
+}
+
+/// Bodies over the cap: 413 with the core's body, whether the length is
+/// declared or only found by reading, and even in a dry run; the account
+/// step comes first. Bodies that break off: 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_cap_are_413_and_broken_ones_400() {
+    let client = reqwest::Client::new();
+    let fits = r#"{"model":"DeepSeek-V3.1","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    assert_eq!(fits.len(), 64);
+    let over = r#"{"model":"DeepSeek-V3.1","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    let dry = Options {
+        dry_run: true,
+        ..Options::default()
+    };
+    for opts in [Options::default(), dry] {
+        let layer = RateLimitLayer::new(conformance_limiter(), bearer_digest)
+            .clock(|| NOW)
+            .options(opts)
+            .max_body_bytes(64);
+        let base = serve(app(layer)).await;
+        let post = |body: &'static str, key: Option<&str>| {
+            let mut r = client.post(format!("{base}/conformance")).body(body);
+            if let Some(k) = key {
+                r = r.bearer_auth(k);
+            }
+            r.send()
+        };
+        let res = post(fits, Some("sk-cap")).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(header(&res, "x-upstream").as_deref(), Some("1"));
+
+        let res = post(over, Some("sk-cap")).await.unwrap();
+        assert_eq!(res.status(), 413);
+        assert_eq!(
+            header(&res, "x-test-outcome").as_deref(),
+            Some("BAD_REQUEST")
+        );
+        assert!(header(&res, "x-upstream").is_none());
+        assert!(header(&res, "x-ratelimit-limit-requests").is_none());
+        let v: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+        assert_eq!(v["error"]["code"], "request_too_large");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+
+        let res = post(over, None).await.unwrap();
+        assert_eq!(res.status(), if opts.dry_run { 200 } else { 401 });
+
+        // No declared length: found over the cap while reading.
+        let req = chunked(
+            "/conformance",
+            Some("sk-cap"),
+            &[&over.as_bytes()[..40], &over.as_bytes()[40..]],
+        );
+        let b = base.clone();
+        let (status, head, body) = tokio::task::spawn_blocking(move || raw(&b, &req))
+            .await
+            .unwrap();
+        assert_eq!(status, 413, "{head}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "request_too_large");
+
+        // A body that fails to arrive (broken chunk framing) is the core's
+        // 400 invalid_json, even in a dry run, and counts nothing.
+        let req = b"POST /conformance HTTP/1.1\r\nHost: test\r\n\
+            Authorization: Bearer sk-broken\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5\r\n{\"mod\r\nzz\r\n";
+        let b = base.clone();
+        let (status, head, body) = tokio::task::spawn_blocking(move || raw(&b, req))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{head}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_json");
+        let res = post(fits, Some("sk-broken")).await.unwrap();
+        assert_eq!(
+            header(&res, "x-ratelimit-remaining-requests").as_deref(),
+            Some("29")
+        );
+    }
+}
+
+/// Tier and cost from the caller's functions (the cost parsed from the
+/// body by the caller, not the layer); an empty account is no account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_and_cost_by_function() {
+    let open = Options {
+        no_account_pass: true,
+        ..Options::default()
+    };
+    let layer = RateLimitLayer::new(conformance_limiter(), |head| {
+        head.headers.get("x-account").map(|v| v.as_bytes().to_vec())
+    })
+    .tier_by(|head| head.headers.get("x-plan").map(|v| v.as_bytes().to_vec()))
+    .cost_by(|_, body| {
+        let v: Value = serde_json::from_slice(body).unwrap_or_default();
+        v["n"].as_u64().map_or(1, |n| n as u32)
+    })
+    .options(open)
+    .clock(|| NOW);
+    let base = serve(app(layer)).await;
+    let client = reqwest::Client::new();
+    let post = |account: Option<&str>, plan: Option<&str>, n: u32| {
+        let mut r = client
+            .post(format!("{base}/conformance"))
+            .body(format!(r#"{{"model":"DeepSeek-V3.1","n":{n}}}"#));
+        if let Some(a) = account {
+            r = r.header("x-account", a);
+        }
+        if let Some(p) = plan {
+            r = r.header("x-plan", p);
+        }
+        r.send()
+    };
+    let res = post(Some("acct-e"), Some("Enterprise"), 10).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        header(&res, "x-ratelimit-remaining-requests").as_deref(),
+        Some("290")
+    );
+    let res = post(Some("acct-d"), Some("developer"), 5).await.unwrap();
+    assert_eq!(
+        header(&res, "x-ratelimit-remaining-requests").as_deref(),
+        Some("25")
+    );
+    let res = post(Some("acct-d"), Some("developer"), 31).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "cost_too_large");
+    let res = post(Some("acct-d"), None, 1).await.unwrap();
+    assert_eq!(res.status(), 500, "no tier is the core's unknown tier");
+    for account in [None, Some("")] {
+        let res = post(account, Some("developer"), 1).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            header(&res, "x-test-outcome").as_deref(),
+            Some("NO_ACCOUNT")
+        );
+    }
+}
+
+/// The operator's options pass through to the core: a full table (503
+/// or fail open), no limit for the tier (403 or pass), the refusal status,
+/// a dry run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_pass_through_to_the_core() {
+    let client = reqwest::Client::new();
+    let chat = |base: String, key: &'static str, tier: &'static str| {
+        client
+            .post(format!("{base}/conformance"))
+            .bearer_auth(key)
+            .header("x-tollgate-tier", tier)
+            .body(CHAT)
+            .send()
+    };
+    let outcome =
+        |r: &reqwest::Response| (r.status().as_u16(), header(r, "x-test-outcome").unwrap());
+    let pass_all = Options {
+        table_full_open: true,
+        no_limit_pass: true,
+        ..Options::default()
+    };
+    for opts in [Options::default(), pass_all] {
+        // One slot: a second key finds the table full.
+        let one = Arc::new(Limiter::new(&table().0, 1).unwrap());
+        let layer = RateLimitLayer::new(one, bearer_token)
+            .tier_by(tier_header("x-tollgate-tier"))
+            .options(opts)
+            .clock(|| NOW);
+        let base = serve(app(layer)).await;
+        let r = chat(base.clone(), "first", "developer").await.unwrap();
+        assert_eq!(outcome(&r), (200, "PASSED".into()));
+        let mut seen = Vec::new();
+        for key in ["second", "third", "fourth", "fifth"] {
+            let r = chat(base.clone(), key, "developer").await.unwrap();
+            seen.push(outcome(&r));
+        }
+        let full = if opts.table_full_open { 200 } else { 503 };
+        assert!(seen.contains(&(full, "TABLE_FULL".into())), "{seen:?}");
+        let r = chat(base.clone(), "first", "free").await.unwrap();
+        let no_limit = if opts.no_limit_pass { 200 } else { 403 };
+        assert_eq!(outcome(&r), (no_limit, "NO_LIMIT".into()));
+    }
+
+    let opts = Options {
+        refuse_status: 503,
+        ..Options::default()
+    };
+    let layer = RateLimitLayer::new(conformance_limiter(), bearer_token)
+        .options(opts)
+        .clock(|| NOW);
+    let base = serve(app(layer)).await;
+    for _ in 0..30 {
+        chat(base.clone(), "k", "developer").await.unwrap();
+    }
+    let r = chat(base.clone(), "k", "developer").await.unwrap();
+    assert_eq!(outcome(&r), (503, "REJECTED".into()));
+    assert!(header(&r, "retry-after").is_some());
+
+    let dry = Options {
+        dry_run: true,
+        ..Options::default()
+    };
+    let layer = RateLimitLayer::new(conformance_limiter(), bearer_token)
+        .options(dry)
+        .clock(|| NOW);
+    let base = serve(app(layer)).await;
+    for _ in 0..30 {
+        chat(base.clone(), "k", "developer").await.unwrap();
+    }
+    let r = chat(base.clone(), "k", "developer").await.unwrap();
+    assert_eq!(outcome(&r), (200, "DRY_RUN".into()));
+    assert_eq!(header(&r, "x-upstream").as_deref(), Some("1"));
+    assert!(header(&r, "retry-after").is_some(), "a dry run reports");
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-requests").as_deref(),
+        Some("0")
+    );
+}
+
+fn python_with_openai() -> Option<PathBuf> {
+    let venv = std::env::var_os("TOLLGATE_VENV").map(|v| PathBuf::from(v).join("bin/python3"));
+    venv.into_iter()
+        .chain([PathBuf::from("python3")])
+        .find(|py| {
+            Command::new(py)
+                .args(["-c", "import openai"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+}
+
+/// Runs `script` with the `openai` package, `base_url` as argv[1]; its
+/// stdout as JSON. `None` (a note printed) when no Python has `openai`.
+async fn with_openai(script: &str, base_url: &str) -> Option<Value> {
+    let Some(py) = python_with_openai() else {
+        eprintln!("SKIPPED: no python3 on PATH (or in $TOLLGATE_VENV) can import openai");
+        return None;
+    };
+    let out = tokio::process::Command::new(py)
+        .args(["-c", script, base_url])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")))
+}
+
+const OPENAI_31: &str = r#"
+import json, sys
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="sk-openai-client", max_retries=0)
+messages = [{"role": "user", "content": "hello"}]
+out = {"remaining": []}
+for _ in range(30):
+    raw = client.chat.completions.with_raw_response.create(model="DeepSeek-V3.1", messages=messages)
+    out["remaining"].append(int(raw.headers["x-ratelimit-remaining-requests"]))
+    out["content"] = raw.parse().choices[0].message.content
+try:
+    client.chat.completions.create(model="DeepSeek-V3.1", messages=messages)
+    out["31st"] = "admitted"
+except openai.RateLimitError as e:
+    out["31st"] = type(e).__name__
+    out["status"] = e.status_code
+    out["code"] = e.code
+    out["message"] = e.message
+    out["headers"] = {k: v for k, v in e.response.headers.items() if k.startswith("x-ratelimit") or k == "retry-after"}
+print(json.dumps(out))
+"#;
+
+/// (d) The official `openai` client: the 31st DeepSeek-V3.1 call in a
+/// minute raises RateLimitError, with the headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_client_gets_rate_limit_error_on_the_31st_call() {
+    let limiter = Arc::new(Limiter::new(&Policy::builtin(), 1024).unwrap());
+    let base = serve(app(
+        RateLimitLayer::new(limiter, bearer_digest).clock(|| NOW)
+    ))
+    .await;
+    let Some(out) = with_openai(OPENAI_31, &format!("{base}/v1")).await else {
+        return;
+    };
+    assert_eq!(out["remaining"], json!((0..30).rev().collect::<Vec<u32>>()));
+    assert_eq!(out["content"], "canned");
+    assert_eq!(out["31st"], "RateLimitError", "{out}");
+    assert_eq!(out["status"], 429);
+    assert_eq!(out["code"], "rate_limit_exceeded");
+    assert!(
+        out["message"]
+            .as_str()
+            .unwrap()
+            .contains("on model DeepSeek-V3.1: limit 30, remaining 0"),
+        "{out}"
+    );
+    let h = &out["headers"];
+    assert_eq!(h["x-ratelimit-limit-requests"], "30");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+    assert_eq!(h["x-ratelimit-limit-requests-day"], "15000");
+    assert_eq!(h["x-ratelimit-remaining-requests-day"], "14970");
+    let retry: u64 = h["retry-after"].as_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{h}");
+    let reset: u64 = h["x-ratelimit-reset-requests"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(reset, (NOW / 60_000 + 1) * 60);
+}
+
+/// The example, built by cargo as the suite builds it (a no-op when it is
+/// fresh), in the profile of this test.
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args([
+            "build",
+            "--quiet",
+            "--features",
+            "tower",
+            "--example",
+            "axum",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    assert!(build.status().unwrap().success(), "building the example");
+    profile.join("examples").join("axum")
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the example and reads the address it listens on.
+fn start_example(exe: &PathBuf, args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(exe)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
+    (Child(child), addr)
+}
+
+const OPENAI_ONE: &str = r#"
+import json, sys
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="sk-example-openai", max_retries=0)
+raw = client.chat.completions.with_raw_response.create(
+    model="DeepSeek-V3.1", messages=[{"role": "user", "content": "hello"}])
+c = raw.parse()
+print(json.dumps({"model": c.model, "content": c.choices[0].message.content,
+                  "limit": raw.headers["x-ratelimit-limit-requests"]}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_axum_example_builds_and_answers() {
+    let exe = example();
+    let help = Command::new(&exe).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for want in [
+        "--listen",
+        "--policy",
+        "--table",
+        "--slots",
+        "/v1/chat/completions",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    let bad = Command::new(&exe)
+        .args(["--slots", "many"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--slots many"));
+
+    let dir = std::env::temp_dir().join(format!("tollgate-tower-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let table_file = dir.join("table");
+    let table_arg = table_file.to_str().unwrap();
+    let client = reqwest::Client::new();
+    let chat = |base: &str, key: Option<&str>| {
+        let mut r = client
+            .post(format!("{base}/v1/chat/completions"))
+            .body(CHAT);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send()
+    };
+
+    let mut day_left = Vec::new();
+    for _ in 0..2 {
+        // Twice on one table file: the counts outlive the process.
+        let (_child, base) = start_example(&exe, &["--table", table_arg, "--slots", "4096"]);
+        let res = client
+            .get(format!("{base}/v1/models"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(header(&res, "x-ratelimit-limit-requests").is_none());
+        let models: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+        assert!(models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "DeepSeek-V3.1"));
+
+        let res = chat(&base, Some("sk-example")).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            header(&res, "x-ratelimit-limit-requests").as_deref(),
+            Some("30")
+        );
+        day_left.push(header(&res, "x-ratelimit-remaining-requests-day").unwrap());
+        let c: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+        assert_eq!(c["object"], "chat.completion");
+        assert_eq!(c["model"], "DeepSeek-V3.1");
+
+        let res = chat(&base, None).await.unwrap();
+        assert_eq!(res.status(), 401);
+        let e: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+        assert_eq!(e["error"]["code"], "invalid_api_key");
+    }
+    assert_eq!(day_left, ["14999", "14998"]);
+
+    // Another policy, in memory, and the official client.
+    let policy = format!("{}/tests/conformance.toml", env!("CARGO_MANIFEST_DIR"));
+    let (_child, base) = start_example(&exe, &["--policy", &policy]);
+    let res = chat(&base, Some("sk-other")).await.unwrap();
+    assert_eq!(
+        header(&res, "x-ratelimit-limit-requests-day").as_deref(),
+        Some("15000")
+    );
+    let res = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("sk-other")
+        .body(r#"{"model":"Qwen3-32B"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404, "not in this policy");
+    if let Some(out) = with_openai(OPENAI_ONE, &format!("{base}/v1")).await {
+        assert_eq!(out["model"], "DeepSeek-V3.1");
+        assert_eq!(out["limit"], "30");
+        assert!(out["content"].as_str().unwrap().contains("requests left"));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The README's sample is the module's doc test, which compiles.
+#[test]
+fn the_readme_sample_is_the_doc_test() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let section = &readme[readme.find("## Rust services (tower, axum)").unwrap()..];
+    let start = section.find("```rust\n").unwrap() + 8;
+    let sample = &section[start..start + section[start..].find("```").unwrap()];
+    let module = std::fs::read_to_string(format!("{root}/src/tower.rs")).unwrap();
+    let doc: String = module
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .filter(|l| !l.starts_with("# ") && *l != "#")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        doc.contains(sample),
+        "README sample not in src/tower.rs:\n{sample}"
+    );
+}
