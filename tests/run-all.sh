@@ -60,11 +60,30 @@ tower_layer() {
         cargo test --release --features tower --doc
 }
 
+fuzz() {
+    # Each libFuzzer target, seeded and bounded: a smoke run in CI (the long
+    # runs are by hand, see fuzz/Cargo.toml). The seeded corpus tests in
+    # `cargo test` (tests/region_fuzz.rs, tests/body_fuzz.rs) run too.
+    local t log
+    log=$(mktemp)
+    for t in region_attach body_scan; do
+        if ! (cd fuzz && cargo +nightly fuzz run "$t" -- -seed=1 -runs=200000 -max_total_time=20 \
+            -max_len=8192 -rss_limit_mb=2048) >"$log" 2>&1; then
+            tail -n 40 "$log"
+            rm -f "$log"
+            return 1
+        fi
+        echo "fuzz $t: $(grep -E '^Done' "$log")"
+    done
+    rm -f "$log"
+}
+
 suite lint bash tests/lint.sh
 suite header header_is_generated
 suite rust cargo test --release
 suite tower tower_layer
 suite miri miri
+suite fuzz fuzz
 suite c-cpp bash tests/c/run.sh
 suite python bash bindings/python/test.sh
 suite nginx bash bindings/nginx/test.sh

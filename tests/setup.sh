@@ -3,7 +3,7 @@
 #   - Debian packages (C/C++ toolchain, nginx and its module headers,
 #     valgrind, redis-server, Go for the body-parser comparison), with
 #     apt-get when running as root, otherwise a list of what to install;
-#   - the miri component of the nightly toolchain (rustup);
+#   - the miri component of the nightly toolchain (rustup), and cargo-fuzz;
 #   - the project's Python venv (TOLLGATE_VENV, default <repo>/.venv) with
 #     the pinned packages of tests/requirements.txt.
 # tests/run-all.sh runs it first; run it alone to prepare a machine.
@@ -47,6 +47,11 @@ if ! cargo +nightly miri --version >/dev/null 2>&1; then
     rustup toolchain list | grep -q '^nightly' ||
         rustup toolchain install nightly --profile minimal >/dev/null
     rustup component add --toolchain nightly miri rust-src >/dev/null
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    say "cargo install cargo-fuzz (libFuzzer runs of the fuzz targets)"
+    cargo install --quiet --locked cargo-fuzz
 fi
 
 want="$(sha256sum "$ROOT/tests/requirements.txt" | cut -d' ' -f1)"
