@@ -15,7 +15,7 @@
 use std::fmt::{self, Write};
 
 use crate::body::BodyError;
-use crate::decision::{write_json_escaped, write_u64, write_unknown_model_body, Decision};
+use crate::decision::{decimal, write_json_escaped, write_u64, write_unknown_model_body, Decision};
 use crate::error::Error;
 use crate::limiter::{Limiter, Request};
 use crate::policy::Tier;
@@ -166,18 +166,7 @@ impl HeaderValue {
     pub fn as_bytes<'b>(&'b self, buf: &'b mut [u8; 20]) -> &'b [u8] {
         match *self {
             HeaderValue::Text(t) => t.as_bytes(),
-            HeaderValue::Num(mut n) => {
-                let mut i = buf.len();
-                loop {
-                    i -= 1;
-                    buf[i] = b'0' + (n % 10) as u8;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                &buf[i..]
-            }
+            HeaderValue::Num(n) => decimal(n, buf),
         }
     }
 }

@@ -161,8 +161,13 @@ pub fn write_unknown_model_body(model: &[u8], out: &mut impl Write) -> fmt::Resu
 
 /// Decimal digits of `v`, without `core::fmt`'s machinery: headers go out
 /// on every response, and this is most of their cost.
-pub(crate) fn write_u64(out: &mut impl Write, mut v: u64) -> fmt::Result {
+pub(crate) fn write_u64(out: &mut impl Write, v: u64) -> fmt::Result {
     let mut buf = [0u8; 20];
+    out.write_str(std::str::from_utf8(decimal(v, &mut buf)).map_err(|_| fmt::Error)?)
+}
+
+/// The decimal digits of `v`, written at the end of `buf`.
+pub(crate) fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -172,7 +177,7 @@ pub(crate) fn write_u64(out: &mut impl Write, mut v: u64) -> fmt::Result {
             break;
         }
     }
-    out.write_str(std::str::from_utf8(&buf[i..]).map_err(|_| fmt::Error)?)
+    &buf[i..]
 }
 
 /// JSON string contents for arbitrary bytes: escapes quotes, backslashes and
