@@ -52,7 +52,7 @@ fn io_err(path: &Path, op: &'static str) -> Error {
     }
 }
 
-fn cpath(path: &Path) -> Result<CString, Error> {
+pub(crate) fn cpath(path: &Path) -> Result<CString, Error> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::Invalid("path contains a NUL byte"))
 }
@@ -219,17 +219,43 @@ fn free_bytes(fd: &Fd) -> u64 {
     st.f_bavail as u64 * st.f_frsize as u64
 }
 
+/// A name beside `path` for a file that is built in private and then
+/// published with [`publish`]: hidden, and unique to this process and `tag`.
+pub(crate) fn temp_beside(path: &Path, tag: &str) -> Result<std::path::PathBuf, Error> {
+    let name = path
+        .file_name()
+        .ok_or(Error::Invalid("path has no file name"))?;
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".{}.{tag}.tmp", std::process::id()));
+    Ok(path.with_file_name(tmp))
+}
+
+/// Links the finished temporary file `tmp` to `path` with `link(2)`, which
+/// fails if `path` exists: so `path` only ever names a whole region, and
+/// an existing one is never replaced. `false` if `path` already existed.
+/// The caller removes `tmp` either way.
+pub(crate) fn publish(tmp: &CString, c: &CString, path: &Path) -> Result<bool, Error> {
+    // SAFETY: both are valid NUL-terminated paths.
+    if unsafe { libc::link(tmp.as_ptr(), c.as_ptr()) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        return Ok(false);
+    }
+    Err(Error::Io {
+        path: path.display().to_string(),
+        op: "link",
+        source: e,
+    })
+}
+
 /// Formats a temporary file and links it into place. `None` if another
 /// process got there first (then the caller attaches to theirs).
 fn create_new(path: &Path, c: &CString, slots: u32) -> Result<Option<(Mapping, Region)>, Error> {
     let len = region::size_for(slots).expect("checked by open");
-    let name = path
-        .file_name()
-        .ok_or(Error::Invalid("path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.{}.tmp", std::process::id(), crate::now_ms()));
-    let tmp = path.with_file_name(tmp_name);
+    let tmp = temp_beside(path, &crate::now_ms().to_string())?;
     let ctmp = cpath(&tmp)?;
     // SAFETY: valid path; O_EXCL makes the file ours alone.
     let fd = unsafe {
@@ -251,17 +277,8 @@ fn create_new(path: &Path, c: &CString, slots: u32) -> Result<Option<(Mapping, R
         // SAFETY: a fresh file extended with ftruncate reads as zeros; the
         // mapping is ours alone until the link below publishes it.
         let region = unsafe { Region::format(mapping.ptr, mapping.len, crate::now_ms(), true) }?;
-        // SAFETY: both paths are valid C strings.
-        if unsafe { libc::link(ctmp.as_ptr(), c.as_ptr()) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EEXIST) {
-                return Ok(None);
-            }
-            return Err(Error::Io {
-                path: path.display().to_string(),
-                op: "link",
-                source: e,
-            });
+        if !publish(&ctmp, c, path)? {
+            return Ok(None);
         }
         Ok(Some((mapping, region)))
     })();

@@ -468,22 +468,22 @@ impl Limiter {
                 ),
             });
         }
-        let file = new_path
-            .file_name()
-            .ok_or(Error::Invalid("path has no file name"))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(file);
-        tmp_name.push(format!(".resize.{}.tmp", std::process::id()));
-        let tmp = new_path.with_file_name(tmp_name);
+        let tmp = crate::file::temp_beside(new_path, "resize")?;
         let _ = std::fs::remove_file(&tmp);
         let new = Limiter::open(self.policy(), &tmp, slots, true)?;
         let result = self.carry_into(&new, now, &mut progress);
         let result = result.and_then(|report| {
-            std::fs::hard_link(&tmp, new_path).map_err(|e| Error::Io {
-                path: shown.clone(),
-                op: "link",
-                source: e,
-            })?;
+            let (ctmp, cnew) = (crate::file::cpath(&tmp)?, crate::file::cpath(new_path)?);
+            if !crate::file::publish(&ctmp, &cnew, new_path)? {
+                return Err(Error::Io {
+                    path: shown.clone(),
+                    op: "link",
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "appeared while resizing; resize never overwrites a region",
+                    ),
+                });
+            }
             Ok(report)
         });
         let _ = std::fs::remove_file(&tmp);
