@@ -108,6 +108,13 @@ thread_local! {
         std::cell::RefCell::new(std::ffi::CString::default());
 }
 
+/// The start of every constructor: no handle in `*out` and no message in
+/// tg_last_error() until this call says otherwise.
+fn begin(out: *mut *mut tg_limiter) {
+    set_last_error("");
+    clear(out);
+}
+
 pub(super) fn set_last_error(msg: &str) {
     // A message never holds a NUL (paths are refused with one); strip any.
     let c = std::ffi::CString::new(msg.replace('\0', "")).unwrap_or_default();
@@ -134,8 +141,7 @@ pub extern "C" fn tg_limiter_new(
     out: *mut *mut tg_limiter,
 ) -> tg_status {
     guard(|| {
-        set_last_error("");
-        clear(out);
+        begin(out);
         let (Some(p), false) = (policy_ref(policy), out.is_null()) else {
             return TG_E_NULL;
         };
@@ -156,8 +162,7 @@ pub extern "C" fn tg_limiter_init_in(
     out: *mut *mut tg_limiter,
 ) -> tg_status {
     guard(|| {
-        set_last_error("");
-        clear(out);
+        begin(out);
         let (Some(p), false, false) = (policy_ref(policy), mem.is_null(), out.is_null()) else {
             return TG_E_NULL;
         };
@@ -178,8 +183,7 @@ pub extern "C" fn tg_limiter_attach(
     out: *mut *mut tg_limiter,
 ) -> tg_status {
     guard(|| {
-        set_last_error("");
-        clear(out);
+        begin(out);
         let (Some(p), false, false) = (policy_ref(policy), mem.is_null(), out.is_null()) else {
             return TG_E_NULL;
         };
@@ -202,8 +206,7 @@ pub extern "C" fn tg_limiter_open(
     out: *mut *mut tg_limiter,
 ) -> tg_status {
     guard(|| {
-        set_last_error("");
-        clear(out);
+        begin(out);
         let (Some(p), false, false) = (policy_ref(policy), path.is_null(), out.is_null()) else {
             return TG_E_NULL;
         };
@@ -266,8 +269,7 @@ pub extern "C" fn tg_limiter_share(
     out: *mut *mut tg_limiter,
 ) -> tg_status {
     guard(|| {
-        set_last_error("");
-        clear(out);
+        begin(out);
         // SAFETY: NULL or a live limiter from this library.
         let (Some(l), Some(p), false) = (
             unsafe { limiter.as_ref() },

@@ -83,22 +83,27 @@ pub extern "C" fn tg_decision_ietf_header_pairs(
             Ok(d) => d,
             Err(s) => return s,
         };
-        let mut buf = [0u8; 128];
-        let mut sink = Sink::new(&mut buf);
-        if d.write_ietf_policy(&mut sink).is_err() || !sink.fits() {
-            return TG_E_PANIC;
+        // Each value rendered into a small buffer, then handed over.
+        let field = |name: &str, write: &dyn Fn(&mut Sink<'_>) -> std::fmt::Result| {
+            let mut buf = [0u8; 128];
+            let mut sink = Sink::new(&mut buf);
+            if write(&mut sink).is_err() || !sink.fits() {
+                return TG_E_PANIC;
+            }
+            let n = sink.needed();
+            if emit(f, ctx, name, &buf[..n]) {
+                TG_OK
+            } else {
+                TG_E_ABORTED
+            }
+        };
+        let st = field("RateLimit-Policy", &|s| d.write_ietf_policy(s));
+        if st != TG_OK {
+            return st;
         }
-        let n = sink.needed();
-        if !emit(f, ctx, "RateLimit-Policy", &buf[..n]) {
-            return TG_E_ABORTED;
-        }
-        let mut sink = Sink::new(&mut buf);
-        if d.write_ietf_state(now_ms, &mut sink).is_err() || !sink.fits() {
-            return TG_E_PANIC;
-        }
-        let n = sink.needed();
-        if !emit(f, ctx, "RateLimit", &buf[..n]) {
-            return TG_E_ABORTED;
+        let st = field("RateLimit", &|s| d.write_ietf_state(now_ms, s));
+        if st != TG_OK {
+            return st;
         }
         TG_OK
     })
