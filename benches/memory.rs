@@ -21,6 +21,8 @@ struct Counting;
 
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static LIVE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
+/// Region bytes mapped with mmap rather than allocated.
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator and only counts.
 unsafe impl GlobalAlloc for Counting {
@@ -78,6 +80,9 @@ fn child(system: &str) {
                 }
             }
             eprintln!("tollgate: {refused} keys refused TABLE_FULL");
+            // Big regions are mapped (for huge pages), not allocated: count
+            // the mapping as requested bytes too.
+            MAPPED.store(lim.stats(NOW_MS).bytes, Relaxed);
             Box::new(lim)
         }
         "governor" => {
@@ -101,7 +106,8 @@ fn child(system: &str) {
         LIVE_BLOCKS.load(Relaxed),
         rss_bytes(),
     );
-    println!("{system} {} {} {}", b1 - b0, n1 - n0, r1.saturating_sub(r0));
+    let requested = b1 - b0 + MAPPED.load(Relaxed);
+    println!("{system} {requested} {} {}", n1 - n0, r1.saturating_sub(r0));
     drop(keep);
 }
 

@@ -57,7 +57,7 @@
 /**
  * The region layout version this header describes.
  */
-#define TG_LAYOUT_VERSION 2
+#define TG_LAYOUT_VERSION 3
 
 /**
  * Alignment caller memory must have for tg_limiter_init_in / _attach.
@@ -590,6 +590,12 @@ typedef struct tg_request {
    * Explicit requests-per-day limit; 0 = from the policy.
    */
   uint32_t rpd;
+  /**
+   * Since 0.3 (read only when `size` covers it): a handle from
+   * tg_model_find on this limiter, or 0 to look `model` up by name.
+   * With a handle, `model` is not read (it may be NULL).
+   */
+  uint32_t model_handle;
 } tg_request;
 
 /**
@@ -640,6 +646,15 @@ extern "C" {
  * Other statuses leave `*out` untouched. No allocation, lock or syscall.
  */
 tg_status tg_check(const tg_limiter *limiter, const struct tg_request *req, uint64_t now_ms, struct tg_decision *out);
+
+/**
+ * Resolves a policy model once: `*handle` gets a nonzero number to put in
+ * tg_request.model_handle (with `size` = sizeof(tg_request)), so that
+ * decisions skip the lookup by name. A handle is valid for this limiter
+ * until tg_limiter_set_policy; a stale one is TG_E_UNKNOWN_MODEL.
+ * TG_E_UNKNOWN_MODEL if the policy has no such model.
+ */
+tg_status tg_model_find(const tg_limiter *limiter, const char *model, size_t model_len, uint32_t *handle);
 
 /**
  * tg_check at the real-time clock (CLOCK_REALTIME). The one syscall-free

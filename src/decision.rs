@@ -33,7 +33,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(o: Outcome, limits: Limits, now_ms: u64) -> Decision {
         let minute = Window {
             limit: limits.rpm,

@@ -107,7 +107,7 @@ pub const TG_VERSION_NUMBER: u32 = 2000;
 // TG_VERSION_STRING, the version as text, is written into the header by
 // build.rs from the crate's version (cbindgen emits no string constants).
 /// The region layout version this header describes.
-pub const TG_LAYOUT_VERSION: u32 = 2;
+pub const TG_LAYOUT_VERSION: u32 = 3;
 /// Alignment caller memory must have for tg_limiter_init_in / _attach.
 pub const TG_REGION_ALIGN: u32 = 64;
 /// Longest account id, in bytes.

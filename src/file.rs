@@ -66,6 +66,9 @@ pub(crate) enum Access {
     /// reads the live table, and nothing it does, not even the stores an
     /// atomic 128-bit load may make, can reach the file.
     ReadOnly,
+    /// As `ReadOnly`, accepting a region of the previous layout version
+    /// too: only to carry its counts into a new region.
+    Migrate,
 }
 
 /// Opens (and with `create`, creates) the region file at `path`.
@@ -81,7 +84,7 @@ pub(crate) fn open(path: &Path, slots: u32, access: Access) -> Result<(Mapping, 
     // removed between our failed link and our open.
     for _ in 0..3 {
         let mode = match access {
-            Access::ReadOnly => libc::O_RDONLY,
+            Access::ReadOnly | Access::Migrate => libc::O_RDONLY,
             Access::Write { .. } => libc::O_RDWR,
         };
         // SAFETY: `c` is a valid NUL-terminated path.
@@ -131,7 +134,8 @@ fn attach_fd(path: &Path, fd: Fd, slots: u32, access: Access) -> Result<(Mapping
     if n != header.len() as isize {
         return Err(io_err(path, "read"));
     }
-    let found = Region::check_header_bytes(&header)?;
+    let legacy = access == Access::Migrate;
+    let found = Region::check_header_bytes(&header, legacy)?;
     let needed = region::size_for(found).expect("checked slot count");
     if len != needed {
         return Err(Error::Region(RegionError::Size { len, needed }));
@@ -150,13 +154,13 @@ fn attach_fd(path: &Path, fd: Fd, slots: u32, access: Access) -> Result<(Mapping
     let mapping = map(path, &fd, len, access)?;
     // SAFETY: the mapping covers `len` bytes, is page-aligned, and lives in
     // the returned Mapping for as long as the Region is used.
-    let region = unsafe { Region::attach(mapping.ptr, mapping.len) }?;
+    let region = unsafe { Region::attach_as(mapping.ptr, mapping.len, legacy) }?;
     Ok((mapping, region))
 }
 
 fn map(path: &Path, fd: &Fd, len: usize, access: Access) -> Result<Mapping, Error> {
     let share = match access {
-        Access::ReadOnly => libc::MAP_PRIVATE,
+        Access::ReadOnly | Access::Migrate => libc::MAP_PRIVATE,
         Access::Write { .. } => libc::MAP_SHARED,
     };
     // SAFETY: a fresh mapping of an open descriptor; the kernel chooses the
@@ -174,6 +178,11 @@ fn map(path: &Path, fd: &Fd, len: usize, access: Access) -> Result<Mapping, Erro
     if ptr == libc::MAP_FAILED {
         return Err(io_err(path, "mmap"));
     }
+    // Huge pages where the file system gives them (tmpfs with
+    // transparent_hugepage/shmem_enabled = advise or within_size); failure
+    // leaves ordinary pages.
+    // SAFETY: advice on the mapping just made.
+    unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
     Ok(Mapping {
         ptr: ptr.cast(),
         len,

@@ -53,12 +53,63 @@ pub(crate) fn word(b: &[u8], i: usize) -> u64 {
     }
 }
 
-/// Hashes `account` (at most [`ACCOUNT_MAX`] bytes) for model id `model`.
-/// The length and model go into the first multiply, so zero padding of the
-/// last block cannot make two different keys equal.
-#[inline]
+/// Little-endian u64 at `b[i..i + 8]`; the caller has checked the bounds.
+#[inline(always)]
+fn load(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i..i + 8].try_into().unwrap())
+}
+
+/// Hashes `account` (1 to [`ACCOUNT_MAX`] bytes) for model id `model`.
+///
+/// The account is read as 16-byte blocks, the last one overlapping the one
+/// before when the length is not a multiple of 16 (for 8 to 16 bytes the
+/// block's two words overlap; under 8 bytes the tail is zero-padded). Each
+/// block is folded into both lanes; the length and model go into the
+/// first block's seeds, so overlap and padding cannot make two different
+/// keys equal. One fold per lane per block, and one more for the home.
+#[inline(always)]
 pub fn hash(seed: &[u64; 4], account: &[u8], model: u16) -> KeyHash {
     debug_assert!(account.len() <= ACCOUNT_MAX);
+    let n = account.len();
+    let tag = n as u64 | (model as u64) << 8;
+    let (a, b) = if n >= 16 {
+        (load(account, 0), load(account, 8))
+    } else if n >= 8 {
+        (load(account, 0), load(account, n - 8))
+    } else {
+        (word(account, 0), 0)
+    };
+    let mut h1 = fold(a ^ seed[0] ^ tag, b ^ seed[1]);
+    let mut h2 = fold(b ^ seed[2] ^ tag.rotate_left(32), a ^ seed[3]);
+    if n > 16 {
+        let mut i = 16;
+        while i + 16 < n {
+            let (a, b) = (load(account, i), load(account, i + 8));
+            h1 = fold(a ^ seed[2] ^ h1, b ^ seed[3]);
+            h2 = fold(b ^ seed[1] ^ h2, a ^ seed[0] ^ h1);
+            i += 16;
+        }
+        let (a, b) = (load(account, n - 16), load(account, n - 8));
+        h1 = fold(a ^ seed[1] ^ h1, b ^ seed[0]);
+        h2 = fold(b ^ seed[3] ^ h2, a ^ seed[2] ^ h1);
+    } else {
+        h2 = fold(h2 ^ seed[1], h1 ^ seed[2]);
+    }
+    // The home slot's bits come from the top of the word (multiply-shift),
+    // so they get one more fold by a per-region constant: a block's fold
+    // alone can multiply by a small or structured value.
+    let home = fold(h1 ^ seed[3], seed[0] ^ 0x2D35_8DCC_AA6C_78A5);
+    let fp = (h2 as u128) << 24 | (h1 & 0xFF_FFFF) as u128;
+    KeyHash {
+        home,
+        id: fp << 24 | tag as u128,
+    }
+}
+
+/// The key hash of layout version 2 regions, kept only to verify the
+/// account names of such a region while `tollgate resize` carries its
+/// counts into a current one.
+pub(crate) fn hash_v2(seed: &[u64; 4], account: &[u8], model: u16) -> KeyHash {
     let len = account.len() as u64;
     let tag = len | (model as u64) << 8;
     // The first block absorbs the tag; each further block chains through

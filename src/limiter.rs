@@ -28,6 +28,39 @@ pub struct Request<'a> {
     pub rpm: u32,
     /// Explicit requests-per-day limit; 0 = from the policy.
     pub rpd: u32,
+    /// The model resolved once by [`Limiter::model`]: when set, it is the
+    /// request's model and `model` is not read (no lookup by name).
+    pub handle: Option<ModelHandle>,
+}
+
+/// A policy model resolved once ([`Limiter::model`]), so that requests for
+/// it skip the lookup by name. Valid for the limiter that made it until its
+/// policy is replaced (a [`Limiter::share`] sibling makes its own); another
+/// limiter's or a stale handle is refused as [`Error::UnknownModel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ModelHandle(u32);
+
+impl ModelHandle {
+    /// The handle as one nonzero number (the C ABI's `model_handle`).
+    pub fn raw(self) -> u32 {
+        self.0
+    }
+
+    /// A handle from [`ModelHandle::raw`]; `None` for 0.
+    pub fn from_raw(raw: u32) -> Option<ModelHandle> {
+        (raw != 0).then_some(ModelHandle(raw))
+    }
+
+    fn new(serial: u16, index: usize) -> ModelHandle {
+        ModelHandle((serial as u32) << 16 | (index as u32 + 1))
+    }
+}
+
+/// Each policy a limiter takes on gets a new serial, so handles made under
+/// one policy are told apart from another's.
+fn next_serial() -> u16 {
+    static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as u16
 }
 
 impl<'a> Request<'a> {
@@ -40,7 +73,15 @@ impl<'a> Request<'a> {
             cost: 1,
             rpm: 0,
             rpd: 0,
+            handle: None,
         }
+    }
+
+    /// The model as a handle from [`Limiter::model`] (`model` is then not
+    /// read).
+    pub fn handle(mut self, handle: ModelHandle) -> Self {
+        self.handle = Some(handle);
+        self
     }
 
     pub fn cost(mut self, cost: u32) -> Self {
@@ -77,6 +118,8 @@ pub struct Limiter {
     policy: Policy,
     /// The region's id for each of the policy's models, by policy index.
     model_ids: Vec<u16>,
+    /// Tells this policy's model handles from others' (see [`ModelHandle`]).
+    serial: u16,
     /// Opened with [`Limiter::open_read_only`]: operator writes are refused.
     read_only: bool,
     /// The clock-fault bound in whole minutes, rounded up (see
@@ -168,10 +211,41 @@ impl Limiter {
             region,
             policy: policy.clone(),
             model_ids: found_ids(&region, policy),
+            serial: next_serial(),
             read_only: true,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
             _backing: Arc::new(Backing::File(mapping)),
         })
+    }
+
+    /// Opens the region file at `path` as [`Limiter::open_read_only`] does,
+    /// and carries its live counts into a new region file (see
+    /// [`Limiter::resize_with_progress`]). Unlike every other open, this one
+    /// also reads a region of the previous layout version
+    /// ([`LEGACY_VERSION`](crate::region::LEGACY_VERSION)), which is how a
+    /// table made by an older library is moved to this one without losing
+    /// the day's counts.
+    pub fn resize_file(
+        policy: &Policy,
+        path: impl AsRef<Path>,
+        new_path: impl AsRef<Path>,
+        slots: u32,
+        now_ms: u64,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<(Limiter, crate::ResizeReport), Error> {
+        let (mapping, region) = crate::file::open(path.as_ref(), 0, Access::Migrate)?;
+        // Never decides: only the operator walk reads it, which knows both
+        // layouts. The policy supplies the skew bound and nothing else.
+        let old = Limiter {
+            region,
+            policy: policy.clone(),
+            model_ids: found_ids(&region, policy),
+            serial: next_serial(),
+            read_only: true,
+            skew_minutes: skew_minutes(policy.max_skew_seconds()),
+            _backing: Arc::new(Backing::File(mapping)),
+        };
+        old.resize_with_progress(new_path, slots, now_ms, progress)
     }
 
     /// Whether this handle was opened with [`Limiter::open_read_only`].
@@ -185,6 +259,7 @@ impl Limiter {
             region,
             policy: policy.clone(),
             model_ids,
+            serial: next_serial(),
             read_only: false,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
             _backing: Arc::new(backing),
@@ -199,6 +274,7 @@ impl Limiter {
             region: self.region,
             policy: policy.clone(),
             model_ids: self.ids_for(policy)?,
+            serial: next_serial(),
             read_only: self.read_only,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
             _backing: self._backing.clone(),
@@ -210,6 +286,7 @@ impl Limiter {
     pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
         self.model_ids = self.ids_for(policy)?;
         self.policy = policy.clone();
+        self.serial = next_serial();
         self.skew_minutes = skew_minutes(policy.max_skew_seconds());
         Ok(())
     }
@@ -251,10 +328,11 @@ impl Limiter {
         }
         let now = Instant::from_ms(now_ms)
             .ok_or_else(|| Error::Invalid("now_ms is past the year 47000"))?;
-        let model = self
-            .policy
-            .model_index(req.model)
-            .ok_or_else(|| Error::UnknownModel)?;
+        let model = match req.handle {
+            None => self.policy.model_index(req.model),
+            Some(h) => self.handle_index(h),
+        }
+        .ok_or_else(|| Error::UnknownModel)?;
         let limits = resolve(&self.policy, req, model)?;
         if req.cost > limits.rpm.min(limits.rpd) {
             return Err(Error::CostTooLarge);
@@ -284,6 +362,24 @@ impl Limiter {
             );
         }
         Ok(Decision::new(outcome, limits, now_ms))
+    }
+
+    /// The policy model named `name`, resolved once: requests that carry
+    /// the handle ([`Request::handle`]) skip the lookup by name. `None` if
+    /// the policy has no such model.
+    pub fn model(&self, name: &[u8]) -> Option<ModelHandle> {
+        let index = self.policy.model_index(name)?;
+        Some(ModelHandle::new(self.serial, index))
+    }
+
+    /// The policy index a handle names, if it is one of this policy's.
+    #[inline]
+    fn handle_index(&self, h: ModelHandle) -> Option<usize> {
+        let index = (h.0 & 0xFFFF) as usize;
+        if (h.0 >> 16) as u16 != self.serial || index == 0 || index > self.model_ids.len() {
+            return None;
+        }
+        Some(index - 1)
     }
 
     /// [`Limiter::check`] at the real-time clock.

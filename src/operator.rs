@@ -46,7 +46,11 @@ fn read_pair(region: &Region, i: usize) -> Option<(u128, u128)> {
 
 fn entry_at(region: &Region, i: usize) -> Option<Entry> {
     let (ident, state) = read_pair(region, i)?;
-    let state = State::unpack(state);
+    let state = if region.is_legacy() {
+        State::unpack_v2(state)
+    } else {
+        State::unpack(state)
+    };
     if ident == 0 || state.gen != ident as u16 {
         return None;
     }
@@ -68,7 +72,12 @@ fn verified_name(region: &Region, i: usize, ident: u128) -> Option<Vec<u8>> {
         return None;
     }
     let (buf, n) = region.read_name(i, len);
-    (key::hash(region.seed(), &buf[..n], model_id).id == ident >> 16).then(|| buf[..n].to_vec())
+    let id = if region.is_legacy() {
+        key::hash_v2(region.seed(), &buf[..n], model_id).id
+    } else {
+        key::hash(region.seed(), &buf[..n], model_id).id
+    };
+    (id == ident >> 16).then(|| buf[..n].to_vec())
 }
 
 /// Every slot bound to a key (counts current or not), in slot order.

@@ -192,7 +192,7 @@ impl Policy {
             let mut out = vec![None; models.len()];
             for (name, def) in defs {
                 let field = format!("{section}.{}", quoted(name));
-                let Some(i) = index.get(&models, name.as_bytes()) else {
+                let Some(i) = index.get(name.as_bytes()) else {
                     return Err(err(
                         Some(def.span()),
                         &field,
@@ -268,7 +268,10 @@ impl Policy {
     /// Index of a model by its id, exact bytes. No allocation.
     #[inline]
     pub fn model_index(&self, name: &[u8]) -> Option<usize> {
-        self.index.get(&self.models, name)
+        if name.len() > MODEL_NAME_MAX {
+            return None;
+        }
+        self.index.get(name)
     }
 
     /// The limits in force for `tier` on model `model` (an index from
@@ -386,55 +389,151 @@ struct LimitsDef {
     rpd: Spanned<i64>,
 }
 
-/// Open-addressed name -> model index, keyed on the length and the first and
-/// last eight bytes, so a lookup is a few instructions and one compare.
+/// Name -> model index: open addressing over a table at least twice the
+/// model count, with the hash's multiplier searched at load time so that
+/// (for policies whose names differ in length or first or last eight bytes,
+/// which is all real ones) every model sits in its own bucket. A bucket
+/// keeps the name's length and zero-padded words beside the index, so a
+/// lookup is one multiply, one bucket and a few word compares, no memcmp.
 #[derive(Clone, Debug)]
 struct ModelIndex {
-    mask: usize,
-    buckets: Vec<u16>, // model index + 1; 0 = empty
+    mult: u64,
+    shift: u32,
+    buckets: Box<[IndexEntry]>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct IndexEntry {
+    /// Model index + 1; 0 = empty.
+    model: u16,
+    len: u16,
+    /// The name's first and last eight bytes (overlapping, or both the
+    /// zero-padded name when shorter), which decide most compares.
+    head: u64,
+    tail: u64,
+    name: [u8; MODEL_NAME_MAX],
+}
+
+impl Default for IndexEntry {
+    fn default() -> Self {
+        IndexEntry {
+            model: 0,
+            len: 0,
+            head: 0,
+            tail: 0,
+            name: [0; MODEL_NAME_MAX],
+        }
+    }
+}
+
+/// Little-endian u64 at `b[i..i + 8]` (the caller has checked the bounds).
+#[inline(always)]
+fn load(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i..i + 8].try_into().unwrap())
+}
+
+/// First and last eight bytes of a name, as [`IndexEntry`] keeps them.
+#[inline(always)]
+fn ends(name: &[u8]) -> (u64, u64) {
+    let n = name.len();
+    if n >= 8 {
+        (load(name, 0), load(name, n - 8))
+    } else {
+        let w = crate::key::word(name, 0);
+        (w, w)
+    }
 }
 
 impl ModelIndex {
     fn new(models: &[Model]) -> ModelIndex {
         let cap = (models.len() * 2).next_power_of_two().max(8);
-        let mut buckets = vec![0u16; cap];
+        let shift = 64 - cap.trailing_zeros();
+        // Odd multipliers from a fixed sequence: the first that leaves no
+        // two names in one bucket wins; failing that, the fewest collisions.
+        let mut best = (usize::MAX, 0x9E37_79B9_7F4A_7C15u64);
+        let mut mult = best.1;
+        for _ in 0..256 {
+            let mut used = vec![false; cap];
+            let mut collisions = 0;
+            for m in models {
+                let name = m.name.as_bytes();
+                let (head, tail) = ends(name);
+                let b = Self::bucket(mult, shift, name.len(), head, tail);
+                collisions += used[b] as usize;
+                used[b] = true;
+            }
+            if collisions < best.0 {
+                best = (collisions, mult);
+            }
+            if collisions == 0 {
+                break;
+            }
+            mult = mult
+                .wrapping_mul(0x5851_F42D_4C95_7F2D)
+                .wrapping_add(0x1405_7B7E_F767_814F)
+                | 1;
+        }
+        let mult = best.1;
+        let mut buckets = vec![IndexEntry::default(); cap].into_boxed_slice();
         for (i, m) in models.iter().enumerate() {
-            let mut b = Self::bucket(m.name.as_bytes()) & (cap - 1);
-            while buckets[b] != 0 {
+            let name = m.name.as_bytes();
+            let (head, tail) = ends(name);
+            let mut b = Self::bucket(mult, shift, name.len(), head, tail);
+            while buckets[b].model != 0 {
                 b = (b + 1) & (cap - 1);
             }
-            buckets[b] = i as u16 + 1;
+            let mut e = IndexEntry {
+                model: i as u16 + 1,
+                len: name.len() as u16,
+                head,
+                tail,
+                ..IndexEntry::default()
+            };
+            e.name[..name.len()].copy_from_slice(name);
+            buckets[b] = e;
         }
         ModelIndex {
-            mask: cap - 1,
+            mult,
+            shift,
             buckets,
         }
     }
 
-    #[inline]
-    fn bucket(name: &[u8]) -> usize {
-        let n = name.len();
-        let head = crate::key::word(name, 0);
-        let tail = crate::key::word(name, n.saturating_sub(8));
-        let h = (head ^ (n as u64).rotate_left(56)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ tail.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        (h ^ (h >> 29)) as usize
+    #[inline(always)]
+    fn bucket(mult: u64, shift: u32, len: usize, head: u64, tail: u64) -> usize {
+        ((head ^ tail.rotate_left(29) ^ len as u64).wrapping_mul(mult) >> shift) as usize
     }
 
     #[inline]
-    fn get(&self, models: &[Model], name: &[u8]) -> Option<usize> {
-        let mut b = Self::bucket(name) & self.mask;
+    fn get(&self, name: &[u8]) -> Option<usize> {
+        let n = name.len();
+        let (head, tail) = ends(name);
+        let mask = self.buckets.len() - 1;
+        let mut b = Self::bucket(self.mult, self.shift, n, head, tail);
         loop {
-            let e = self.buckets[b];
-            if e == 0 {
+            let e = &self.buckets[b];
+            if e.model == 0 {
                 return None;
             }
-            let i = e as usize - 1;
-            if models[i].name.as_bytes() == name {
-                return Some(i);
+            if e.len as usize == n && e.head == head && e.tail == tail && Self::middle(e, name) {
+                return Some(e.model as usize - 1);
             }
-            b = (b + 1) & self.mask;
+            b = (b + 1) & mask;
         }
+    }
+
+    /// Whether the bytes between a name's first and last eight (if any)
+    /// equal the entry's; the caller has matched length and ends.
+    #[inline(always)]
+    fn middle(e: &IndexEntry, name: &[u8]) -> bool {
+        let mut i = 8;
+        while i + 8 < name.len() {
+            if load(name, i) != load(&e.name, i) {
+                return false;
+            }
+            i += 8;
+        }
+        true
     }
 }
 

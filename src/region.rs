@@ -23,7 +23,13 @@ use crate::policy::{MODELS_MAX, MODEL_NAME_MAX};
 pub const MAGIC: [u8; 8] = *b"TOLLGATE";
 /// Bumped whenever the meaning of any byte of the region changes.
 /// 2: the refusal ring and the clock-fault counter.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: the slot state on 16/32-bit field boundaries (see `slot::State`).
+pub const LAYOUT_VERSION: u32 = 3;
+/// The one earlier layout a region file may still have: read only to carry
+/// its counts into a current region (`tollgate resize`); version 3 changed
+/// only the slot state's bit positions and the key hash, so everything else
+/// reads as it is.
+pub const LEGACY_VERSION: u32 = 2;
 /// Alignment a caller's memory must have.
 pub const REGION_ALIGN: usize = 64;
 pub const HEADER_SIZE: usize = 128;
@@ -116,6 +122,54 @@ pub(crate) struct Slot {
     pub(crate) state: AtomicU128,
 }
 
+impl Slot {
+    /// `ident`, read atomically with acquire ordering.
+    #[inline(always)]
+    pub(crate) fn ident(&self) -> u128 {
+        load_acquire(&self.ident)
+    }
+
+    /// `state`, read atomically with acquire ordering.
+    #[inline(always)]
+    pub(crate) fn state(&self) -> u128 {
+        load_acquire(&self.state)
+    }
+}
+
+/// An atomic 128-bit acquire load. On x86-64 CPUs with AVX an aligned
+/// 16-byte VMOVDQA is atomic (Intel SDM vol. 3A 9.1.1, AMD APM vol. 2
+/// 7.3.2), and is what portable-atomic uses too, but it picks it through a
+/// function pointer on every load; here the (cached) CPU check is a test
+/// and a branch and the load is inlined into the decision path. Other CPUs,
+/// and miri (which runs no inline assembly), take portable-atomic's load.
+#[inline(always)]
+fn load_acquire(a: &AtomicU128) -> u128 {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    if std::arch::is_x86_feature_detected!("avx") {
+        let (lo, hi): (u64, u64);
+        // SAFETY: `a` is a live AtomicU128, which portable-atomic aligns to
+        // 16 bytes, so VMOVDQA neither faults nor tears (see above), and
+        // AVX is present (checked). The block reads memory only through
+        // `a`; it is not `readonly`/`nomem`, so the compiler keeps later
+        // memory accesses after it, and x86 loads are not reordered with
+        // later loads or stores by the CPU: the load is an acquire.
+        unsafe {
+            std::arch::asm!(
+                "vmovdqa {x}, xmmword ptr [{p}]",
+                "vmovq {lo}, {x}",
+                "vpextrq {hi}, {x}, 1",
+                p = in(reg) a.as_ptr(),
+                x = out(xmm_reg) _,
+                lo = out(reg) lo,
+                hi = out(reg) hi,
+                options(nostack, preserves_flags),
+            );
+        }
+        return lo as u128 | (hi as u128) << 64;
+    }
+    a.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// The account id bytes of a slot's key (length is in the key id).
 #[repr(C)]
 pub(crate) struct Name {
@@ -188,6 +242,8 @@ impl std::error::Error for RegionError {}
 pub(crate) struct Region {
     base: NonNull<u8>,
     slots: u32,
+    /// A [`LEGACY_VERSION`] region, open only to be carried over.
+    legacy: bool,
 }
 
 // SAFETY: every byte a Region exposes is reached through atomics (or header
@@ -280,7 +336,11 @@ impl Region {
         // SAFETY: `mem` is aligned to 64 and holds at least HEADER_SIZE bytes;
         // nobody else reads it until `ready` is published below.
         unsafe { std::ptr::write(mem.cast::<Header>(), h) };
-        let r = Region { base, slots };
+        let r = Region {
+            base,
+            slots,
+            legacy: false,
+        };
         r.header().ready.store(ready, Ordering::Release);
         Ok(r)
     }
@@ -292,6 +352,20 @@ impl Region {
     /// `mem` must be valid for reads and writes of `len` bytes and outlive
     /// every use of the result.
     pub(crate) unsafe fn attach(mem: *mut u8, len: usize) -> Result<Region, RegionError> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { Region::attach_as(mem, len, false) }
+    }
+
+    /// As [`Region::attach`]; with `legacy`, a [`LEGACY_VERSION`] region is
+    /// accepted too (for carrying its counts over, never for decisions).
+    ///
+    /// # Safety
+    /// As for [`Region::attach`].
+    pub(crate) unsafe fn attach_as(
+        mem: *mut u8,
+        len: usize,
+        legacy: bool,
+    ) -> Result<Region, RegionError> {
         check_cpu()?;
         let base = check_mem(mem, len)?;
         // SAFETY: check_mem proved `len` covers the header and `mem` is aligned.
@@ -299,7 +373,8 @@ impl Region {
         if h.magic != MAGIC {
             return Err(RegionError::Magic);
         }
-        if h.layout_version != LAYOUT_VERSION {
+        let old = legacy && h.layout_version == LEGACY_VERSION;
+        if h.layout_version != LAYOUT_VERSION && !old {
             return Err(RegionError::Version {
                 found: h.layout_version,
             });
@@ -321,19 +396,23 @@ impl Region {
         Ok(Region {
             base,
             slots: h.slot_count,
+            legacy: old,
         })
     }
 
     /// Checks a copy of a header read from a file, before anything is
     /// mapped, and returns the slot count it describes.
-    pub(crate) fn check_header_bytes(bytes: &[u8; HEADER_SIZE]) -> Result<u32, RegionError> {
+    pub(crate) fn check_header_bytes(
+        bytes: &[u8; HEADER_SIZE],
+        legacy: bool,
+    ) -> Result<u32, RegionError> {
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
         let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
         if bytes[..8] != MAGIC {
             return Err(RegionError::Magic);
         }
         let version = u32_at(8);
-        if version != LAYOUT_VERSION {
+        if version != LAYOUT_VERSION && !(legacy && version == LEGACY_VERSION) {
             return Err(RegionError::Version { found: version });
         }
         if u32_at(28) != READY {
@@ -365,6 +444,11 @@ impl Region {
             return Err(RegionError::Corrupt);
         }
         Ok(h.slot_count)
+    }
+
+    /// Whether this is a [`LEGACY_VERSION`] region (see `attach_as`).
+    pub(crate) fn is_legacy(&self) -> bool {
+        self.legacy
     }
 
     #[inline]
@@ -549,16 +633,50 @@ pub(crate) fn word_at(b: &[u8], i: usize) -> u64 {
 pub(crate) struct HeapMem {
     ptr: NonNull<u8>,
     layout: std::alloc::Layout,
+    /// Mapped with mmap (and offered huge pages), not from the allocator.
+    mapped: bool,
 }
+
+/// Regions at least this large are mapped, not allocated, so they can be
+/// backed by transparent huge pages: at a million keys a decision's slot is
+/// a random access into tens of megabytes, and 2 MiB pages take the TLB
+/// miss off most of them.
+const HUGE_MIN: usize = 4 << 20;
 
 impl HeapMem {
     pub(crate) fn new(len: usize) -> Option<HeapMem> {
         let layout = std::alloc::Layout::from_size_align(len, REGION_ALIGN).ok()?;
+        #[cfg(all(target_os = "linux", not(miri)))]
+        if len >= HUGE_MIN {
+            // SAFETY: a fresh private anonymous mapping (zero-filled, page
+            // aligned); the kernel chooses the address.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                // SAFETY: advice on the mapping just made; failure (THP
+                // off, old kernel) leaves ordinary pages, which is fine.
+                unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+                return Some(HeapMem {
+                    ptr: NonNull::new(p.cast())?,
+                    layout,
+                    mapped: true,
+                });
+            }
+        }
         // SAFETY: len > 0 (callers pass a region size), layout is valid.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         Some(HeapMem {
             ptr: NonNull::new(ptr)?,
             layout,
+            mapped: false,
         })
     }
 
@@ -573,6 +691,11 @@ impl HeapMem {
 
 impl Drop for HeapMem {
     fn drop(&mut self) {
+        if self.mapped {
+            // SAFETY: mapped in `new` with exactly this length.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.layout.size()) };
+            return;
+        }
         // SAFETY: allocated in `new` with this very layout.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }

@@ -34,8 +34,12 @@ use crate::region::{Region, Slot};
 use crate::window::{Instant, MINUTES_PER_DAY};
 
 /// Longest probe chain; a key that finds no free slot within it is refused
-/// with TABLE_FULL. At the recommended load (<= 80%) chains are short.
-pub const PROBE_MAX: usize = 256;
+/// with TABLE_FULL. At the recommended load (<= 80%) chains are short (a
+/// dozen slots on average), but with a million keys a few chains pass 256,
+/// which refused 3 keys in a million at 1.25 slots per key; at 1024 none
+/// (`cargo bench --bench memory`). Only a key whose chain is that long
+/// walks that far: lookups stop at the first never-used slot.
+pub const PROBE_MAX: usize = 1024;
 
 /// Unpacked `state` word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -50,17 +54,34 @@ pub struct State {
 }
 
 impl State {
-    #[inline]
+    /// Fields sit on 16- and 32-bit boundaries (gen 0..16, minute 16..32,
+    /// day 32..64, minute count 64..96, day count 96..128), so packing and
+    /// unpacking are register moves and shifts, not masks across halves.
+    /// Bits 27..32 (above the minute's 11) are reserved for the lease state
+    /// of a table shared across hosts (docs/multi-host.md) and stored as 0.
+    #[inline(always)]
     pub fn pack(self) -> u128 {
-        self.gen as u128
-            | (self.minute as u128) << 16
-            | (self.day as u128) << 27
-            | (self.minute_count as u128) << 51
-            | (self.day_count as u128) << 83
+        let lo = self.gen as u64 | (self.minute as u64) << 16 | (self.day as u64) << 32;
+        let hi = self.minute_count as u64 | (self.day_count as u64) << 32;
+        lo as u128 | (hi as u128) << 64
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn unpack(w: u128) -> State {
+        let (lo, hi) = (w as u64, (w >> 64) as u64);
+        State {
+            gen: lo as u16,
+            minute: (lo >> 16) as u16 & 0x7FF,
+            day: (lo >> 32) as u32,
+            minute_count: hi as u32,
+            day_count: (hi >> 32) as u32,
+        }
+    }
+
+    /// A state word of a layout version 2 region (gen 16, minute 11, day
+    /// 24, minute count 32, day count 32, packed without gaps), for
+    /// carrying such a region's counts over.
+    pub(crate) fn unpack_v2(w: u128) -> State {
         State {
             gen: w as u16,
             minute: ((w >> 16) & 0x7FF) as u16,
@@ -184,9 +205,9 @@ pub(crate) fn decide(
     let home = home(region, key);
     // Fast path: most keys sit in their home slot.
     let slot = region.slot(home);
-    let ident = slot.ident.load(Acquire);
+    let ident = slot.ident();
     if ident >> 16 == key.id {
-        let state = slot.state.load(Acquire);
+        let state = slot.state();
         if state as u16 == ident as u16 {
             if let Some(o) = charge(region, slot, ident as u16, state, limits, cost, clock) {
                 return Ok(o);
@@ -199,8 +220,8 @@ pub(crate) fn decide(
         let mut i = home;
         for _ in 0..probes {
             let slot = region.slot(i);
-            let ident = slot.ident.load(Acquire);
-            let state = slot.state.load(Acquire);
+            let ident = slot.ident();
+            let state = slot.state();
             if ident == 0 {
                 // Never used: the key is not further along.
                 free.get_or_insert((i, ident, state));
@@ -259,7 +280,7 @@ pub(crate) fn decide(
             continue 'retry;
         }
         region.write_name(i, account);
-        let state = slot.state.load(Acquire);
+        let state = slot.state();
         match charge(region, slot, gen, state, limits, cost, clock) {
             Some(o) => return Ok(o),
             None => continue 'retry,
@@ -288,11 +309,11 @@ pub(crate) fn find(region: &Region, key: &KeyHash) -> Option<(usize, u16)> {
     let mut i = home(region, key);
     for _ in 0..PROBE_MAX.min(n) {
         let slot = region.slot(i);
-        let ident = slot.ident.load(Acquire);
+        let ident = slot.ident();
         if ident == 0 {
             return None;
         }
-        let state = slot.state.load(Acquire);
+        let state = slot.state();
         if ident >> 16 == key.id && state as u16 == ident as u16 {
             return Some((i, ident as u16));
         }
@@ -305,7 +326,7 @@ pub(crate) fn find(region: &Region, key: &KeyHash) -> Option<(usize, u16)> {
 /// if the slot was rebound first (then the key no longer lives there).
 pub(crate) fn update(region: &Region, i: usize, gen: u16, f: impl Fn(State) -> State) -> bool {
     let slot = region.slot(i);
-    let mut word = slot.state.load(Acquire);
+    let mut word = slot.state();
     loop {
         let s = State::unpack(word);
         if s.gen != gen {
@@ -324,8 +345,70 @@ pub(crate) fn update(region: &Region, i: usize, gen: u16, f: impl Fn(State) -> S
 
 /// The one CAS: charge both windows of a bound slot, or refuse. `None` if
 /// the slot stopped being generation `gen` (rebound): look the key up again.
-#[inline]
+#[inline(always)]
 fn charge(
+    region: &Region,
+    slot: &Slot,
+    gen: u16,
+    mut word: u128,
+    limits: Limits,
+    cost: u32,
+    clock: Clock,
+) -> Option<Outcome> {
+    // Counts already dated `now`'s minute: the common case, decided on the
+    // packed word (bits 16..64 are day and minute, in that order).
+    let window = (clock.now.day as u64) << 16 | clock.now.minute as u64;
+    let both = (cost as u128) << 64 | (cost as u128) << 96;
+    let need = cost.max(1) as u64;
+    loop {
+        let (lo, hi) = (word as u64, (word >> 64) as u64);
+        if lo as u16 != gen {
+            return None;
+        }
+        if lo >> 16 == window {
+            let (minute_count, day_count) = (hi as u32, (hi >> 32) as u32);
+            let limited_by = if day_count as u64 + need > limits.rpd as u64 {
+                LimitedBy::Day
+            } else if minute_count as u64 + need > limits.rpm as u64 {
+                LimitedBy::Minute
+            } else {
+                LimitedBy::None
+            };
+            let allowed = limited_by == LimitedBy::None;
+            let charged = if allowed { cost } else { 0 };
+            let outcome = Outcome {
+                allowed,
+                limited_by,
+                at: clock.now,
+                minute_count: minute_count + charged,
+                day_count: day_count + charged,
+                clock_fault: false,
+            };
+            if !allowed || cost == 0 {
+                return Some(outcome);
+            }
+            // Both counts stay within their u32 limits, so one add charges
+            // both fields without a carry between them.
+            match slot
+                .state
+                .compare_exchange_weak(word, word + both, AcqRel, Acquire)
+            {
+                Ok(_) => return Some(outcome),
+                Err(cur) => {
+                    word = cur;
+                    continue;
+                }
+            }
+        }
+        return charge_slow(region, slot, gen, word, limits, cost, clock);
+    }
+}
+
+/// [`charge`] when the stored counts are not dated `now`'s minute (a new
+/// minute or day, a clock fault, a clock that stepped back): the general
+/// rule of [`judge`], out of line so the common case stays small.
+#[inline(never)]
+fn charge_slow(
     region: &Region,
     slot: &Slot,
     gen: u16,

@@ -94,3 +94,95 @@ fn racing_first_requests_bind_one_slot() {
     }
     assert_eq!(l.stats(T0).used, 150);
 }
+
+/// Threads race through the last minutes of one day and the first of the
+/// next (a barrier between minutes), with costs of 1 to 3: each minute's
+/// admitted cost is what the table counts, never over the minute limit,
+/// the day stops at its limit, and the new day starts from zero. The first
+/// decision of each minute takes the slow path (a new window) while the
+/// others race it on the packed fast path.
+#[test]
+fn threads_across_minute_and_day_boundaries_charge_each_window_exactly() {
+    const T: usize = 4;
+    let (rpm, rpd) = (50u32, 260u32);
+    let l = Arc::new(Limiter::new(&Policy::builtin(), 1024).unwrap());
+    let day_end = (T0 / 86_400_000 + 1) * 86_400_000;
+    let minutes: Arc<Vec<u64>> = Arc::new(
+        (0..12)
+            .map(|k| day_end - 6 * 60_000 + k * 60_000 + 17_000)
+            .collect(),
+    );
+    let admitted: Arc<Vec<AtomicU32>> = Arc::new((0..12).map(|_| AtomicU32::new(0)).collect());
+    let start = Arc::new(Barrier::new(T + 1));
+    let done = Arc::new(Barrier::new(T + 1));
+    let handles: Vec<_> = (0..T)
+        .map(|t| {
+            let (l, minutes, admitted, start, done) = (
+                l.clone(),
+                minutes.clone(),
+                admitted.clone(),
+                start.clone(),
+                done.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut rng = 0x9E37_79B9u32.wrapping_mul(t as u32 + 1);
+                for (m, &now) in minutes.iter().enumerate() {
+                    start.wait();
+                    for _ in 0..300 {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 17;
+                        rng ^= rng << 5;
+                        let cost = 1 + rng % 3;
+                        let r = Request::new(b"edge", b"DeepSeek-V3.1", Tier::Developer)
+                            .limits(rpm, rpd)
+                            .cost(cost);
+                        if l.check(&r, now).unwrap().allowed {
+                            admitted[m].fetch_add(cost, Ordering::Relaxed);
+                        }
+                    }
+                    done.wait();
+                }
+            })
+        })
+        .collect();
+    let mut day_total = [0u32; 2];
+    for (m, &now) in minutes.iter().enumerate() {
+        start.wait();
+        done.wait();
+        let got = admitted[m].load(Ordering::Relaxed);
+        let peek = Request::new(b"edge", b"DeepSeek-V3.1", Tier::Developer)
+            .limits(rpm, rpd)
+            .cost(0);
+        let d = l.check(&peek, now).unwrap();
+        let day = m / 6;
+        day_total[day] += got;
+        assert_eq!(
+            rpm - d.minute.remaining,
+            got,
+            "minute {m}: counted = admitted"
+        );
+        assert_eq!(
+            rpd - d.day.remaining,
+            day_total[day],
+            "minute {m}: day count"
+        );
+        assert!(got <= rpm, "minute {m}: {got} over {rpm}");
+        if day_total[day] + 3 <= rpd {
+            // 1200 attempts: the minute is filled to within one request.
+            assert!(got + 2 >= rpm, "minute {m}: only {got}");
+        }
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(
+        day_total[0] <= rpd && day_total[0] + 2 >= rpd,
+        "day 0: {}",
+        day_total[0]
+    );
+    assert!(
+        day_total[1] <= rpd && day_total[1] + 2 >= rpd,
+        "day 1: {}",
+        day_total[1]
+    );
+}

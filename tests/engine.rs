@@ -373,3 +373,34 @@ fn file_region_survives_its_openers() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A model resolved once is the same key as its name; handles are the
+/// limiter's own, and go stale when its policy is replaced.
+#[test]
+fn model_handles_stand_for_their_names() {
+    let mut l = Limiter::new(&Policy::builtin(), 64).unwrap();
+    let h = l.model(b"DeepSeek-V3.1").unwrap();
+    assert_eq!(l.model(b"no-such-model"), None);
+    assert_eq!(tollgate::ModelHandle::from_raw(h.raw()), Some(h));
+    assert_eq!(tollgate::ModelHandle::from_raw(0), None);
+    let by_name = Request::new(b"acct", b"DeepSeek-V3.1", Tier::Developer);
+    // The name is not read when a handle is given.
+    let by_handle = Request::new(b"acct", b"ignored", Tier::Developer).handle(h);
+    assert_eq!(l.check(&by_name, T0).unwrap().minute.remaining, 29);
+    assert_eq!(l.check(&by_handle, T0).unwrap().minute.remaining, 28);
+    let other = Limiter::new(&Policy::builtin(), 64).unwrap();
+    assert!(matches!(
+        other.check(&by_handle, T0),
+        Err(Error::UnknownModel)
+    ));
+    let sibling = l.share(&Policy::builtin()).unwrap();
+    assert!(matches!(
+        sibling.check(&by_handle, T0),
+        Err(Error::UnknownModel)
+    ));
+    l.set_policy(&Policy::builtin()).unwrap();
+    assert!(matches!(l.check(&by_handle, T0), Err(Error::UnknownModel)));
+    let h2 = l.model(b"DeepSeek-V3.1").unwrap();
+    let r = Request::new(b"acct", b"", Tier::Developer).handle(h2);
+    assert_eq!(l.check(&r, T0).unwrap().minute.remaining, 27);
+}

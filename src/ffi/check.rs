@@ -4,7 +4,7 @@ use std::ffi::c_char;
 
 use super::*;
 use crate::decision::{Decision, Window};
-use crate::limiter::Request;
+use crate::limiter::{ModelHandle, Request};
 use crate::policy::{Tier, MODEL_NAME_MAX};
 use crate::slot::LimitedBy;
 
@@ -44,7 +44,16 @@ pub struct tg_request {
     pub rpm: u32,
     /// Explicit requests-per-day limit; 0 = from the policy.
     pub rpd: u32,
+    /// Since 0.3 (read only when `size` covers it): a handle from
+    /// tg_model_find on this limiter, or 0 to look `model` up by name.
+    /// With a handle, `model` is not read (it may be NULL).
+    pub model_handle: u32,
 }
+
+/// sizeof(tg_request) before `model_handle` (0.2): accepted, and read
+/// without it.
+const REQUEST_SIZE_0_2: u32 = std::mem::offset_of!(tg_request, model_handle)
+    .next_multiple_of(std::mem::align_of::<tg_request>()) as u32;
 
 /// The answer for one request: everything a proxy needs for its headers.
 /// Written by tg_check, which sets `size` to the bytes it wrote (the
@@ -141,16 +150,23 @@ pub extern "C" fn tg_check(
         ) else {
             return TG_E_NULL;
         };
-        if !sized::<tg_request>(r.size) {
+        let handle = if r.size as usize >= std::mem::size_of::<tg_request>() {
+            ModelHandle::from_raw(r.model_handle)
+        } else if r.size == 0 || r.size == REQUEST_SIZE_0_2 {
+            None
+        } else {
             return TG_E_INVALID;
-        }
+        };
         let account = match bytes_arg(r.account, r.account_len, crate::ACCOUNT_MAX, TG_E_ACCOUNT) {
             Ok(a) => a,
             Err(s) => return s,
         };
-        let model = match bytes_arg(r.model, r.model_len, MODEL_NAME_MAX, TG_E_UNKNOWN_MODEL) {
-            Ok(m) => m,
-            Err(s) => return s,
+        let model = match handle {
+            Some(_) => &[][..],
+            None => match bytes_arg(r.model, r.model_len, MODEL_NAME_MAX, TG_E_UNKNOWN_MODEL) {
+                Ok(m) => m,
+                Err(s) => return s,
+            },
         };
         let Some(tier) = Tier::from_u32(r.tier) else {
             return TG_E_INVALID;
@@ -162,6 +178,7 @@ pub extern "C" fn tg_check(
             cost: r.cost,
             rpm: r.rpm,
             rpd: r.rpd,
+            handle,
         };
         match l.inner.check(&request, now_ms) {
             Ok(d) => {
@@ -170,6 +187,38 @@ pub extern "C" fn tg_check(
                 TG_OK
             }
             Err(e) => status_of(&e),
+        }
+    })
+}
+
+/// Resolves a policy model once: `*handle` gets a nonzero number to put in
+/// tg_request.model_handle (with `size` = sizeof(tg_request)), so that
+/// decisions skip the lookup by name. A handle is valid for this limiter
+/// until tg_limiter_set_policy; a stale one is TG_E_UNKNOWN_MODEL.
+/// TG_E_UNKNOWN_MODEL if the policy has no such model.
+#[no_mangle]
+pub extern "C" fn tg_model_find(
+    limiter: *const tg_limiter,
+    model: *const c_char,
+    model_len: usize,
+    handle: *mut u32,
+) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or a live limiter by contract.
+        let (Some(l), false) = (unsafe { limiter.as_ref() }, handle.is_null()) else {
+            return TG_E_NULL;
+        };
+        let name = match bytes_arg(model, model_len, MODEL_NAME_MAX, TG_E_UNKNOWN_MODEL) {
+            Ok(m) => m,
+            Err(s) => return s,
+        };
+        match l.inner.model(name) {
+            Some(h) => {
+                // SAFETY: non-null, writable by contract.
+                unsafe { *handle = h.raw() };
+                TG_OK
+            }
+            None => TG_E_UNKNOWN_MODEL,
         }
     })
 }

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1614,6 +1615,69 @@ static void test_real_decision_headers(void) {
     tg_policy_free(p);
 }
 
+/* A model resolved once (tg_model_find) stands for its name in tg_request
+ * once `size` covers model_handle; older layouts are read without it. */
+static void test_model_handle(void) {
+    tg_policy *p = NULL, *p2 = NULL;
+    REQUIRE(tg_policy_default(&p) == TG_OK);
+    char err[256];
+    REQUIRE(tg_policy_parse(POLICY_OK, strlen(POLICY_OK), &p2, err, sizeof err) == TG_OK);
+    tg_limiter *l = NULL, *other = NULL;
+    REQUIRE(tg_limiter_new(p, 64, &l) == TG_OK);
+    REQUIRE(tg_limiter_new(p, 64, &other) == TG_OK);
+    uint32_t h = 0;
+    CHECK_ST(tg_model_find(NULL, DSV31, strlen(DSV31), &h), TG_E_NULL);
+    CHECK_ST(tg_model_find(l, DSV31, strlen(DSV31), NULL), TG_E_NULL);
+    CHECK_ST(tg_model_find(l, "no-such-model", 13, &h), TG_E_UNKNOWN_MODEL);
+    CHECK_ST(tg_model_find(l, NULL, 0, &h), TG_E_UNKNOWN_MODEL);
+    CHECK_ST(tg_model_find(l, DSV31, strlen(DSV31), &h), TG_OK);
+    CHECK(h != 0);
+
+    tg_decision d;
+    tg_request byname = dev_req("handle", DSV31);
+    tg_request byhandle = dev_req("handle", NULL);
+    byhandle.size = sizeof byhandle;
+    byhandle.model_handle = h;
+    CHECK_ST(tg_check(l, &byname, T0, &d), TG_OK);
+    CHECK_EQ(d.minute_remaining, 29);
+    CHECK_ST(tg_check(l, &byhandle, T0, &d), TG_OK);
+    CHECK_EQ(d.minute_remaining, 28); /* the same key */
+    CHECK_EQ(d.minute_limit, 30);
+
+    /* size 0 and the 0.2 layout do not read model_handle: by name */
+    tg_request old = dev_req("handle", DSV31);
+    old.model_handle = 0xDEAD;
+    old.size = (uint32_t) offsetof(tg_request, model_handle);
+    old.size = (old.size + (uint32_t) _Alignof(tg_request) - 1) / (uint32_t) _Alignof(tg_request)
+               * (uint32_t) _Alignof(tg_request);
+    CHECK_ST(tg_check(l, &old, T0, &d), TG_OK);
+    CHECK_EQ(d.minute_remaining, 27);
+    old.size = 0;
+    CHECK_ST(tg_check(l, &old, T0, &d), TG_OK);
+    CHECK_EQ(d.minute_remaining, 26);
+    /* a size between layouts is no layout */
+    old.size = (uint32_t) offsetof(tg_request, model_handle) + 2;
+    CHECK_ST(tg_check(l, &old, T0, &d), TG_E_INVALID);
+
+    /* handles are the limiter's own and its policy's */
+    CHECK_ST(tg_check(other, &byhandle, T0, &d), TG_E_UNKNOWN_MODEL);
+    byhandle.model_handle = h ^ 0x10000u;
+    CHECK_ST(tg_check(l, &byhandle, T0, &d), TG_E_UNKNOWN_MODEL);
+    byhandle.model_handle = h;
+    REQUIRE(tg_limiter_set_policy(l, p2) == TG_OK);
+    CHECK_ST(tg_check(l, &byhandle, T0, &d), TG_E_UNKNOWN_MODEL);
+    CHECK_ST(tg_model_find(l, DSV31, strlen(DSV31), &h), TG_OK);
+    byhandle.model_handle = h;
+    CHECK_ST(tg_check(l, &byhandle, T0, &d), TG_OK);
+    CHECK_EQ(d.minute_limit, 40);
+    CHECK_EQ(d.minute_remaining, 35); /* counts kept across the policy change */
+
+    tg_limiter_free(other);
+    tg_limiter_free(l);
+    tg_policy_free(p2);
+    tg_policy_free(p);
+}
+
 int main(void) {
     snprintf(g_tmpdir, sizeof g_tmpdir, "%s/tg-capi-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(g_tmpdir)) {
@@ -1641,6 +1705,7 @@ int main(void) {
         {"open_processes", test_open_processes},
         {"threads", test_threads},
         {"set_policy", test_set_policy},
+        {"model_handle", test_model_handle},
         {"model_table_full", test_model_table_full},
         {"check_now", test_check_now},
         {"renderers", test_renderers},

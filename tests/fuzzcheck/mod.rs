@@ -113,9 +113,9 @@ fn protocol_edits(b: &mut [u8], slots: usize, edits: &[u8]) {
             // Shift the day, possibly far ahead.
             4 => {
                 let s = u128_at(b, si + 16);
-                let day = ((s >> 27) & 0xFF_FFFF) as u32;
-                let d = day.wrapping_add(v as u32).wrapping_sub(128) & 0xFF_FFFF;
-                put_u128(b, si + 16, (s & !(0xFF_FFFF << 27)) | (d as u128) << 27);
+                let day = (s >> 32) as u32;
+                let d = day.wrapping_add(v as u32).wrapping_sub(128);
+                put_u128(b, si + 16, (s & !(0xFFFF_FFFF << 32)) | (d as u128) << 32);
             }
             // Swap two slots: keys leave their probe chains.
             5 => {

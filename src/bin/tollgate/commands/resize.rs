@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{describe, fail, json_path, open_read_only, shown, Clock, PolicyOpt, Res};
+use super::{describe, fail, json_path, shown, Clock, PolicyOpt, Res};
 use crate::output;
 
 /// New table of N slots with the live counters carried over (OLD is only read)
@@ -45,29 +45,43 @@ struct Json {
 pub fn run(a: Args) -> Res<u8> {
     let now = a.clock.now();
     let named = a.policy.load()?;
-    let l = open_read_only(named.as_ref().map(|n| &n.policy), &a.old)?;
+    let builtin;
+    let policy = match &named {
+        Some(n) => &n.policy,
+        None => {
+            builtin = tollgate::Policy::builtin();
+            &builtin
+        }
+    };
     let began = Instant::now();
     let mut last: Option<Instant> = None;
     // SAFETY: isatty only inspects the descriptor.
     let tty = unsafe { libc::isatty(2) } == 1;
-    let result = l.resize_with_progress(&a.new, a.slots, now, |done, total| {
-        // Only copies that take over a second earn progress, twice a second
-        // at most; a terminal gets one line rewritten in place.
-        let due = match last {
-            None => began.elapsed() > Duration::from_secs(1),
-            Some(t) => t.elapsed() > Duration::from_millis(500) || done == total,
-        };
-        if due {
-            let pct = done * 100 / total.max(1);
-            let (start, end) = if tty { ("\r", "") } else { ("", "\n") };
-            eprint!("{start}resize: {pct:3}% ({done} of {total} slots read){end}");
-            last = Some(Instant::now());
-        }
-    });
+    // Reads a table of this layout version or the one before (carrying a
+    // table made by an older library over to this one).
+    let result =
+        tollgate::Limiter::resize_file(policy, &a.old, &a.new, a.slots, now, |done, total| {
+            // Only copies that take over a second earn progress, twice a second
+            // at most; a terminal gets one line rewritten in place.
+            let due = match last {
+                None => began.elapsed() > Duration::from_secs(1),
+                Some(t) => t.elapsed() > Duration::from_millis(500) || done == total,
+            };
+            if due {
+                let pct = done * 100 / total.max(1);
+                let (start, end) = if tty { ("\r", "") } else { ("", "\n") };
+                eprint!("{start}resize: {pct:3}% ({done} of {total} slots read){end}");
+                last = Some(Instant::now());
+            }
+        });
     if last.is_some() && tty {
         eprintln!();
     }
-    let (nl, rep) = result.map_err(|e| fail(describe(&e, &a.new)))?;
+    // The new file is made fresh: a region error can only be the old one's.
+    let (nl, rep) = result.map_err(|e| match e {
+        tollgate::Error::Region(_) => fail(describe(&e, &a.old)),
+        _ => fail(describe(&e, &a.new)),
+    })?;
     let st = nl.stats(now);
     if a.json {
         output::json(&Json {
