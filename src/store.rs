@@ -200,6 +200,13 @@ impl Tag {
     }
 }
 
+/// The names of the minute key and the day key of `tag` at `at`
+/// (`tg:{<tag>}:m:<epoch minute>`, `tg:{<tag>}:d:<epoch day>`), for
+/// operators and tests that look into Redis.
+pub fn key_names(tag: &Tag, at: Instant) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    script::window_keys(tag, at)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -386,13 +393,20 @@ impl Store {
         &self.opts
     }
 
+    /// The SHA1 the script is called by (`EVALSHA`), for `SCRIPT EXISTS`.
+    pub fn script_hash(&self) -> &str {
+        self.script.get_hash()
+    }
+
     /// Grants the largest n with `min <= n <= want` that fits under both
     /// limits, charging both windows of `at` by n; n = 0 (nothing charged)
     /// if even `min` does not fit. `want = min = cost` is the exact mode:
     /// one call per decision, all or nothing.
     ///
     /// A timeout leaves it unknown whether units were charged; use
-    /// [`Store::grant_once`] to be able to ask again.
+    /// [`Store::grant_once`] to be able to ask again. (On a Cluster every
+    /// grant carries an id of its own, so the client's internal retry never
+    /// charges twice.)
     pub fn grant(
         &self,
         tag: &Tag,
@@ -443,6 +457,17 @@ impl Store {
             limits.rpm as u64,
             limits.rpd as u64,
         ];
+        // The Cluster client may send a call twice (a retry after a
+        // timeout): a grant there always carries an id, so a second run
+        // answers with the first instead of charging again.
+        let auto;
+        let id = match id {
+            None if self.target.is_cluster() => {
+                auto = OpId::new();
+                Some(&auto)
+            }
+            id => id,
+        };
         let call = Call::new(Op::Grant, tag, id, at, &self.times, &args)?;
         let r = self.run(&call)?;
         Ok(Grant {
@@ -616,7 +641,7 @@ impl Store {
             }
             Err(e) => {
                 let err = classify(e, "waiting for the reply", self.opts.deadline);
-                if !err.is_transport() {
+                if conn.survives(&err) {
                     slot.conn = Some(conn);
                     slot.keep();
                 }

@@ -92,17 +92,36 @@ pub(crate) enum Conn {
 
 impl Conn {
     /// Bound the next reply (and write) by what is left of the deadline.
+    /// The Cluster client may send a command twice (one retry, to follow a
+    /// redirect or after a timeout), so each of its attempts gets half.
     pub(crate) fn set_timeouts(&mut self, left: Duration) -> Result<(), redis::RedisError> {
-        let left = Some(left.max(Duration::from_millis(1)));
+        let floor = Duration::from_millis(1);
         match self {
             Conn::Single(c) => {
+                let left = Some(left.max(floor));
                 c.set_read_timeout(left)?;
                 c.set_write_timeout(left)
             }
             Conn::Cluster(c) => {
-                c.set_read_timeout(left)?;
-                c.set_write_timeout(left)
+                let half = Some((left / 2).max(floor));
+                c.set_read_timeout(half)?;
+                c.set_write_timeout(half)
             }
+        }
+    }
+
+    /// Whether to keep this connection after `err`. A single server's
+    /// connection is dropped after any transport failure. A Cluster
+    /// connection holds one connection per node and reconnects a node by
+    /// itself; it is kept after a timeout (the late reply is skipped by the
+    /// client), so that one stalled shard does not cost the others a full
+    /// reconnection, and dropped when a node was unreachable, so the next
+    /// call starts from the seeds and a fresh slot map.
+    pub(crate) fn survives(&self, err: &StoreError) -> bool {
+        match (self, err) {
+            (_, e) if !e.is_transport() => true,
+            (Conn::Cluster(_), StoreError::Timeout { .. }) => true,
+            _ => false,
         }
     }
 
