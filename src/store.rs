@@ -348,9 +348,10 @@ impl fmt::Debug for Store {
 
 impl Store {
     /// A store for `url`, without contacting Redis yet (so a host can start
-    /// while Redis is down): `redis://host:port/db` for one server (Redis
-    /// or Valkey), `redis+cluster://host:port,host:port` for a Cluster by
-    /// its seed nodes (`user:pass@` before the first host applies to all).
+    /// while Redis is down): `redis://host:port/db` (or `valkey://`) for
+    /// one server, Redis or Valkey; `redis+cluster://host:port,host:port`
+    /// (or `valkey+cluster://`) for a Cluster by its seed nodes
+    /// (`user:pass@` before the first host applies to all).
     pub fn new(url: &str, opts: StoreOptions) -> Result<Store, StoreError> {
         if opts.deadline.is_zero() {
             return Err(StoreError::Config("deadline must be above zero".into()));
@@ -730,7 +731,15 @@ mod tests {
             Store::new("redis+cluster://", StoreOptions::default()),
             Err(StoreError::Config(_))
         ));
-        let s = Store::new("redis://127.0.0.1:1/0", StoreOptions::default()).unwrap();
+        for url in [
+            "redis+cluster://127.0.0.1:1",
+            "valkey+cluster://127.0.0.1:1,[::1]:2",
+        ] {
+            let s = Store::new(url, StoreOptions::default()).unwrap();
+            assert!(format!("{s:?}").contains("cluster: true"));
+        }
+        let s = Store::new("valkey://127.0.0.1:1/0", StoreOptions::default()).unwrap();
+        assert!(format!("{s:?}").contains("cluster: false"));
         let tag = Tag::new(b"t").unwrap();
         let at = Instant { day: 1, minute: 0 };
         let l = Limits { rpm: 10, rpd: 100 };

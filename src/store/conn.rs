@@ -11,10 +11,11 @@ use redis::ConnectionLike;
 
 use super::StoreError;
 
-/// `redis+cluster://[user:pass@]host:port[,host:port...]` names a Cluster
-/// by its seed nodes; anything else goes to the crate's single-server
-/// parser (`redis://host:port/db`, `redis+unix:///path`).
-pub(crate) const CLUSTER_SCHEME: &str = "redis+cluster://";
+/// `redis+cluster://[user:pass@]host:port[,host:port...]` (or
+/// `valkey+cluster://`) names a Cluster by its seed nodes; anything else
+/// goes to the crate's single-server parser (`redis://host:port/db`,
+/// `valkey://`, `redis+unix:///path`).
+const CLUSTER_SCHEMES: [&str; 2] = ["redis+cluster://", "valkey+cluster://"];
 
 pub(crate) enum Target {
     Single(redis::Client),
@@ -50,7 +51,8 @@ pub(crate) fn cluster_seeds(rest: &str) -> Result<Vec<String>, StoreError> {
 impl Target {
     pub(crate) fn from_url(url: &str, deadline: Duration) -> Result<Target, StoreError> {
         let config = |e: redis::RedisError| StoreError::Config(format!("{url:?}: {e}"));
-        if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
+        let cluster = CLUSTER_SCHEMES.iter().find_map(|s| url.strip_prefix(s));
+        if let Some(rest) = cluster {
             let seeds = cluster_seeds(rest)?;
             // One retry inside the crate: enough to follow a MOVED or ASK
             // redirect (it refreshes the slot map first), few enough that a
@@ -80,14 +82,15 @@ impl Target {
             Target::Single(c) => c.get_connection_with_timeout(timeout).map(Conn::Single),
             // The cluster client bounds each node connection and each reply
             // by the deadline it was built with.
-            Target::Cluster(c) => c.get_connection().map(Conn::Cluster),
+            Target::Cluster(c) => c.get_connection().map(|c| Conn::Cluster(Box::new(c))),
         }
     }
 }
 
 pub(crate) enum Conn {
     Single(redis::Connection),
-    Cluster(ClusterConnection),
+    // Boxed: a cluster connection is several times a single one's size.
+    Cluster(Box<ClusterConnection>),
 }
 
 impl Conn {
@@ -128,7 +131,7 @@ impl Conn {
     pub(crate) fn as_dyn(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Conn::Single(c) => c,
-            Conn::Cluster(c) => c,
+            Conn::Cluster(c) => c.as_mut(),
         }
     }
 }
