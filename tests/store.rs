@@ -366,6 +366,45 @@ fn script_loads(c: &mut redis::Connection) -> u64 {
         .unwrap_or(0)
 }
 
+fn evalsha_calls(c: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn each_operation_is_one_evalsha() {
+    let server = Server::start();
+    let store = Store::connect(&server.url(), roomy()).unwrap();
+    let tag = Tag::for_key(b"acct-count", "m");
+    let limits = Limits {
+        rpm: 100,
+        rpd: 1_000,
+    };
+    let at = ahead(65);
+    let mut c = server.conn();
+    let before = evalsha_calls(&mut c);
+    let loads = script_loads(&mut c);
+    for _ in 0..10 {
+        store.grant(&tag, 2, 1, limits, at).unwrap();
+    }
+    store.give_back(&tag, &OpId::new(), 1, 1, at).unwrap();
+    store.push(&tag, &OpId::new(), 1, 1, at).unwrap();
+    store
+        .grant_once(&tag, &OpId::new(), 1, 1, limits, at)
+        .unwrap();
+    store.counts(&tag, at).unwrap();
+    assert_eq!(evalsha_calls(&mut c) - before, 14);
+    assert_eq!(
+        script_loads(&mut c),
+        loads,
+        "the script was loaded once, by connect"
+    );
+}
+
 #[test]
 fn a_flushed_script_is_loaded_again() {
     let server = Server::start();

@@ -113,19 +113,22 @@ impl Conn {
         }
     }
 
-    /// Whether to keep this connection after `err`. A single server's
-    /// connection is dropped after any transport failure. A Cluster
-    /// connection holds one connection per node and reconnects a node by
-    /// itself; it is kept after a timeout (the late reply is skipped by the
-    /// client), so that one stalled shard does not cost the others a full
-    /// reconnection, and dropped when a node was unreachable, so the next
-    /// call starts from the seeds and a fresh slot map.
+    /// Whether to keep this connection after `err`. An error reply from
+    /// the server (`Script`, `Config`) leaves the stream in step: kept. A
+    /// reply the client could not parse may leave it out of step: dropped.
+    /// After a transport failure a single server's connection is dropped
+    /// (its socket may still hold the late reply). A Cluster connection
+    /// holds one connection per node and reconnects a node by itself; it
+    /// is kept after a timeout (the client skips the late reply), so that
+    /// one stalled shard does not cost the others a full reconnection, and
+    /// dropped when a node was unreachable, so the next call starts from
+    /// the seeds and a fresh slot map.
     pub(crate) fn survives(&self, err: &StoreError) -> bool {
-        match (self, err) {
-            (_, e) if !e.is_transport() => true,
-            (Conn::Cluster(_), StoreError::Timeout { .. }) => true,
-            _ => false,
-        }
+        matches!(
+            (self, err),
+            (_, StoreError::Script(_) | StoreError::Config(_))
+                | (Conn::Cluster(_), StoreError::Timeout { .. })
+        )
     }
 
     pub(crate) fn as_dyn(&mut self) -> &mut dyn ConnectionLike {
