@@ -704,6 +704,12 @@ mod tests {
     }
 
     #[test]
+    fn a_store_is_shared_by_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Store>();
+    }
+
+    #[test]
     fn op_ids_are_distinct() {
         let a = OpId::new();
         let b = OpId::new();
