@@ -26,8 +26,9 @@
 //! [`answer`] (the whole HTTP answer for every outcome, one wording for
 //! every binding), `digest` (account ids from API keys), `operator` (views
 //! and repairs for operators), `error`, [`ffi`] (the C ABI, one file per
-//! object), and with the `tower` feature `tower` (a `tower::Layer` for
-//! Rust gateways).
+//! object), with the `tower` feature `tower` (a `tower::Layer` for Rust
+//! gateways), and with the `redis` feature `store` (the global quota
+//! store in Redis, for one quota across hosts).
 
 pub mod answer;
 pub mod body;
@@ -43,6 +44,8 @@ pub mod policy;
 mod refusals;
 mod region;
 mod slot;
+#[cfg(feature = "redis")]
+pub mod store;
 #[cfg(feature = "tower")]
 pub mod tower;
 mod window;

@@ -24,7 +24,7 @@ nginx_style() {
     return $bad
 }
 step cargo fmt --all -- --check
-step cargo clippy --release --all-targets --features tower --quiet -- -D warnings
+step cargo clippy --release --all-targets --features tower,redis --quiet -- -D warnings
 if [ -f bindings/python/lint.sh ]; then
     step bash bindings/python/lint.sh
 fi

@@ -38,6 +38,14 @@ suite() {
     fi
 }
 
+redis_store() {
+    # The global quota store (feature `redis`, off in the suites above):
+    # its unit tests, then tests/store.rs against real redis-server
+    # processes (a single server and a 3-master Cluster) it starts itself.
+    cargo test --release --features redis --lib store:: &&
+        cargo test --release --features redis --test store
+}
+
 header_is_generated() {
     # build.rs regenerates include/tollgate.h; the committed one must match.
     cargo build --release --quiet &&
@@ -82,6 +90,7 @@ suite lint bash tests/lint.sh
 suite header header_is_generated
 suite rust cargo test --release
 suite tower tower_layer
+suite redis redis_store
 suite miri miri
 suite fuzz fuzz
 suite c-cpp bash tests/c/run.sh
