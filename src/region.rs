@@ -223,6 +223,10 @@ impl std::fmt::Display for RegionError {
                 "region holds {found} slots, not the {asked} asked for; open it with 0 slots to take it as it is, or grow it with `tollgate resize`"
             ),
             RegionError::Magic => write!(f, "not a tollgate region (bad magic or never finished formatting)"),
+            RegionError::Version { found } if found == LEGACY_VERSION => write!(
+                f,
+                "region layout version {found}, this library reads {LAYOUT_VERSION}; carry its counts into a new table with `tollgate resize OLD NEW --slots N` (it reads version {found}), or use a matching library"
+            ),
             RegionError::Version { found } => write!(
                 f,
                 "region layout version {found}, this library reads {LAYOUT_VERSION}; use a matching library or recreate the region"

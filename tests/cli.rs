@@ -1189,3 +1189,57 @@ fn stats_shows_clock_faults_and_table_full() {
     assert!(out.contains("clock       "), "{out}");
     assert!(out.contains("table full  "), "{out}");
 }
+
+/// A table made by the previous library (layout version 2, kept in
+/// tests/fixtures: alpha 9 requests and beta 4 on 2025-11-27, gamma 3 the
+/// day before) is refused by every open with a message naming `tollgate
+/// resize`, which carries its counts into a current table.
+#[test]
+fn resize_carries_a_layout_2_table_over() {
+    let dir = Scratch::new("cli-resize-v2");
+    let old = dir.file("old.tg");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/region-v2.tg"),
+        &old,
+    )
+    .unwrap();
+    let t0: u64 = 1_764_237_600_000;
+    let now = (t0 + 60_000).to_string();
+    let o = run(&["stats", &old]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("layout version 2"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("tollgate resize"), "{}", stderr(&o));
+    let e = tollgate::Limiter::open(&tollgate::Policy::builtin(), &old, 0, false).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            tollgate::Error::Region(tollgate::RegionError::Version { found: 2 })
+        ),
+        "{e}"
+    );
+    let new = dir.file("new.tg");
+    let j = json(&run(&[
+        "resize", &old, &new, "--slots", "256", "--json", "--now-ms", &now,
+    ]));
+    assert_eq!(j["carried"], 2, "{j}");
+    assert_eq!(j["stale"], 1, "{j}");
+    let l = tollgate::Limiter::open(&tollgate::Policy::builtin(), &new, 0, false).unwrap();
+    let peek = |acct: &[u8], model: &[u8]| {
+        let r = tollgate::Request::new(acct, model, tollgate::Tier::Developer).cost(0);
+        l.check(&r, t0 + 60_000).unwrap()
+    };
+    assert_eq!(peek(b"alpha", b"DeepSeek-V3.1").day.remaining, 15_000 - 9);
+    assert_eq!(peek(b"beta", b"Qwen3-32B").day.remaining, 6_000 - 4);
+    assert_eq!(peek(b"gamma", b"DeepSeek-V3.1").day.remaining, 15_000);
+    assert_eq!(code(&run(&["verify", &new, "--now-ms", &now])), 0);
+    // The old file is only read.
+    let bytes = std::fs::read(&old).unwrap();
+    assert_eq!(
+        bytes,
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/region-v2.tg"
+        ))
+        .unwrap()
+    );
+}
