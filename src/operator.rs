@@ -725,7 +725,7 @@ mod tests {
 
     #[test]
     fn verify_finds_unreachable_keys() {
-        const N: usize = 1024; // longer than a probe chain
+        const N: usize = 2 * PROBE_MAX; // longer than a probe chain
         let l = Limiter::new(&Policy::builtin(), N as u32).unwrap();
         let r = Request::new(b"acct-1", b"DeepSeek-V3.1", Tier::Developer);
         l.check(&r, NOW).unwrap();

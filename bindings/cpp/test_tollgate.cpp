@@ -318,6 +318,31 @@ void test_set_policy() {
     CHECK_EQ(d.minute_remaining, 2u);  // 8 - 6: counters kept
 }
 
+void test_model_handle() {
+    auto p = tollgate::Policy::builtin();
+    tollgate::Limiter lim(p, 64);
+    const uint32_t h = lim.model(DSV31);
+    CHECK(h != 0u);
+    tollgate::Request by_name;
+    by_name.account = "cpp-handle";
+    by_name.model = DSV31;
+    tollgate::Request by_handle;
+    by_handle.account = "cpp-handle";
+    by_handle.model_handle = h;  // no name: the handle is the model
+    CHECK_EQ(lim.check(by_name, T0).minute_remaining, 29u);
+    CHECK_EQ(lim.check(by_handle, T0).minute_remaining, 28u);
+    bool threw = false;
+    try {
+        lim.model("no-such-model");
+    } catch (const tollgate::Error &e) {
+        threw = e.code() == TG_E_UNKNOWN_MODEL;
+    }
+    CHECK(threw);
+    lim.set_policy(p);
+    tollgate::Decision d;
+    CHECK_EQ(lim.try_check(by_handle, T0, d), TG_E_UNKNOWN_MODEL);  // stale
+}
+
 void test_regions() {
     auto policy = tollgate::Policy::builtin();
     const size_t len = tollgate::region_size(32);
@@ -810,6 +835,7 @@ int main(int argc, char **argv) {
         {"policy", test_policy},
         {"check_and_render", test_check_and_render},
         {"set_policy", test_set_policy},
+        {"model_handle", test_model_handle},
         {"regions", test_regions},
         {"threads", test_threads},
         {"constructor_errors", test_constructor_errors},

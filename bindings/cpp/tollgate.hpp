@@ -160,9 +160,14 @@ struct Request {
     uint32_t cost = 1;  // 0 = peek: look without counting
     uint32_t rpm = 0;   // explicit limits; 0 = from the policy
     uint32_t rpd = 0;
+    // A model resolved once (Limiter::model): when nonzero it is the model,
+    // and `model` is not read.
+    uint32_t model_handle = 0;
 
     tg_request to_c() const noexcept {
         tg_request r{};
+        r.size = sizeof r;
+        r.model_handle = model_handle;
         r.account = account.data();
         r.account_len = account.size();
         r.model = model.data();
@@ -538,7 +543,16 @@ public:
         return Limiter(l);
     }
 
-    // Swaps the policy; counters are kept.
+    // A policy model resolved once, for Request::model_handle: requests that
+    // carry it skip the lookup by name. Valid until set_policy; throws Error
+    // (TG_E_UNKNOWN_MODEL) for a model the policy does not have.
+    uint32_t model(std::string_view name) const {
+        uint32_t h = 0;
+        detail::ok_or_throw(tg_model_find(l_.get(), name.data(), name.size(), &h));
+        return h;
+    }
+
+    // Swaps the policy; counters are kept (model handles go stale).
     void set_policy(const Policy &policy) { detail::ok_or_throw(tg_limiter_set_policy(l_.get(), policy.get())); }
 
     Stats stats(uint64_t now_ms) const {
