@@ -357,12 +357,18 @@ run_instr() {   # variant -> prints "instructions_per_request"
         'BEGIN {printf "%.0f", n ? (b - a) / n : 0}'
 }
 
-# callgrind_annotate's lines as instructions per request: "COUNT name"
+# callgrind_annotate's lines as instructions per request: "COUNT name",
+# each function once (its debug info names some files twice)
+root=$(cd "$here/../.." && pwd)
 per_request() {   # requests
-    awk -v n="$1" '/^ *[0-9,]+ \(/ {
-        c = $1; gsub(",", "", c); $1 = ""; $2 = ""
-        sub(/^ +/, ""); sub(/ \[.*\]$/, "")
-        printf "%8.0f  %s\n", c / n, $0 }'
+    awk -v n="$1" -v root="$root/" '/^ *[0-9,]+ +\(/ {
+        line = $0; c = $1; gsub(",", "", c)
+        sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +(\* +)?/, "", line)
+        sub(/ \[.*\]$/, "", line)
+        while ((i = index(line, root)) > 0)
+            line = substr(line, 1, i - 1) substr(line, i + length(root))
+        if (seen[line]++) next
+        printf "%8.0f  %s\n", c / n, line }'
 }
 
 if [ "${INSTR:-1}" = 1 ] && command -v valgrind > /dev/null; then
