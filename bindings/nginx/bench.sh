@@ -399,12 +399,12 @@ if [ "${INSTR:-1}" = 1 ] && command -v valgrind > /dev/null; then
         callgrind_annotate --inclusive=yes --threshold=100 "$work/keep.$v" \
             2>/dev/null | per_request $((2 * instr_n)) \
             | grep -E 'tollgate|tg_|ngx_http_(core_run_phases|read_client|upstream_init|send_header|output_filter|finalize_request)' \
-            | head -"${ANNOTATE_LINES:-40}"
+            | head -"${ANNOTATE_LINES:-40}" || true
         echo
         callgrind_annotate --inclusive=no --threshold=100 "$work/keep.$v" \
             2>/dev/null | per_request $((2 * instr_n)) \
             | grep -vE 'main|libc_start|0x000000000001ab70' \
-            | head -"${ANNOTATE_LINES:-40}"
+            | head -"${ANNOTATE_LINES:-40}" || true
         echo '```'
     done
 fi
