@@ -1883,7 +1883,7 @@ ngx_http_tollgate_value_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     /* "$name": letters, digits and '_', not a regex capture ("$1") */
 
     name.data = value[1].data + 1;
-    name.len = value[1].len - 1;
+    name.len = value[1].len > 1 ? value[1].len - 1 : 0;
 
     for (i = 0; i < name.len; i++) {
         c = ngx_tolower(name.data[i]);
@@ -1895,7 +1895,7 @@ ngx_http_tollgate_value_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
-    if (value[1].len > 1 && value[1].data[0] == '$' && i == name.len) {
+    if (name.len && value[1].data[0] == '$' && i == name.len) {
         tv->index = ngx_http_get_variable_index(cf, &name);
 
         if (tv->index == NGX_ERROR) {

@@ -258,8 +258,19 @@ def test_values_with_text_and_captures_are_complex_values(nginx):
             tollgate_model $1;
             proxy_pass http://api;
         }
+        location /empty/ {
+            tollgate tg;
+            tollgate_account "";
+            tollgate_tier "";
+            proxy_pass http://api;
+        }
 """
     nginx.start(locations=locations)
+    # an empty value is a value with no variables: no account, every time
+    r = nginx.request("POST", "/empty/", b'{"model":"DeepSeek-V3.1"}',
+                      {"Authorization": "Bearer acct-cv"})
+    assert r.status == 401
+    assert r.json()["error"]["code"] == "invalid_api_key"
     h = {"Authorization": "Bearer acct-cv", "X-Account": "acct-cv",
          "X-Family": "DeepSeek"}
     r = nginx.request("POST", "/v1/chat/completions", b"{}", h)
