@@ -868,6 +868,18 @@ tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, siz
 #define TG_ANSWER_MODEL_MAX 64
 
 /**
+ * Most headers an answer has (six x-ratelimit-*, retry-after,
+ * content-type): a `fields` array this long always suffices.
+ */
+#define TG_ANSWER_HEADERS_MAX 8
+
+/**
+ * Bytes of buffer tg_answer_header_fields needs at most (20 per number:
+ * a buffer this big always suffices).
+ */
+#define TG_ANSWER_HEADER_BYTES 160
+
+/**
  * Largest body tg_answer_body writes (a buffer this big always suffices).
  */
 #define TG_ANSWER_BODY_MAX 1024
@@ -939,6 +951,19 @@ typedef struct tg_http_request {
 } tg_http_request;
 
 /**
+ * One header of an answer, as tg_answer_header_fields hands it: `name` is
+ * the library's own lower-case text (static: valid while the library is
+ * loaded), `value` points into the caller's buffer or at static text. Not
+ * NUL-terminated.
+ */
+typedef struct tg_header_field {
+  const char *name;
+  size_t name_len;
+  const char *value;
+  size_t value_len;
+} tg_header_field;
+
+/**
  * Not returned by any call: passed to tg_answer_for when the request
  * carries no account id at all (no API key).
  */
@@ -989,6 +1014,18 @@ tg_status tg_answer_request(const tg_limiter *limiter, const struct tg_http_requ
  * answer that passes (http_status 0) these go on the upstream's response.
  */
 tg_status tg_answer_headers(const struct tg_answer *answer, tg_header_fn f, void *ctx);
+
+/**
+ * The same headers as tg_answer_headers, in the same order, in one call
+ * and without a callback: for bindings that keep the values themselves
+ * (nginx points its header list at them). Fills `fields[0..*count]`; the
+ * numbers are written into `buf` (`cap` bytes, 20 per number), which must
+ * stay alive and unchanged while the values are used.
+ * TG_E_BUFFER_TOO_SMALL (with `*count` the headers the answer has) when
+ * `max` or `cap` is too small: TG_ANSWER_HEADERS_MAX and
+ * TG_ANSWER_HEADER_BYTES always suffice.
+ */
+tg_status tg_answer_header_fields(const struct tg_answer *answer, struct tg_header_field *fields, size_t max, char *buf, size_t cap, size_t *count);
 
 /**
  * The answer's JSON body (empty for an answer that passes). Buffer

@@ -166,10 +166,47 @@ impl HeaderValue {
     pub fn as_bytes<'b>(&'b self, buf: &'b mut [u8; 20]) -> &'b [u8] {
         match *self {
             HeaderValue::Text(t) => t.as_bytes(),
-            HeaderValue::Num(n) => decimal(n, buf),
+            HeaderValue::Num(n) => digits(n, buf),
         }
     }
 }
+
+/// "00".."99": header numbers are formatted two digits a step, on every
+/// response a gateway sends.
+const PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
+/// The decimal digits of `v` at the end of `buf` (as `decimal`, faster:
+/// 32-bit steps for the values headers carry, two digits each).
+fn digits(v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let Ok(mut v) = u32::try_from(v) else {
+        return decimal(v, buf);
+    };
+    let mut i = buf.len();
+    while v >= 100 {
+        let r = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[r..r + 2]);
+    }
+    if v >= 10 {
+        let r = v as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[r..r + 2]);
+    } else {
+        i -= 1;
+        buf[i] = b'0' + v as u8;
+    }
+    &buf[i..]
+}
+
+/// Most headers an answer has: the six `x-ratelimit-*`, `retry-after` and
+/// `content-type`.
+pub const HEADERS_MAX: usize = 8;
 
 /// Only POST requests are limited: the inference endpoints take their
 /// model from a POST body; a GET (model listings, health checks) is passed
@@ -301,19 +338,36 @@ impl Answer {
     /// there was a decision, `retry-after` when it refused, and
     /// `content-type` when the answer has a body. A passing answer's
     /// headers go on the upstream's response.
-    pub fn headers(&self) -> impl Iterator<Item = (&'static str, HeaderValue)> + '_ {
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, HeaderValue)> {
+        let (list, n) = self.header_list();
+        list.into_iter().take(n)
+    }
+
+    /// [`Answer::headers`] as a fixed list and its length: what the C ABI
+    /// hands over in one call (tg_answer_header_fields).
+    pub fn header_list(&self) -> ([(&'static str, HeaderValue); HEADERS_MAX], usize) {
+        let mut list = [("", HeaderValue::Num(0)); HEADERS_MAX];
+        let mut n = 0;
         // retry-after goes with a refusal that is sent, not with a dry
         // run's pass.
         let refused = self.status != 0;
-        let limits = self.decision.iter().flat_map(move |d| {
-            d.header_pairs()
-                .into_iter()
-                .filter(move |(n, _)| refused || *n != "retry-after")
-                .filter_map(|(n, v)| v.map(|v| (n, HeaderValue::Num(v))))
-        });
-        let typed = (self.status != 0 && self.body != Kind::None)
-            .then_some(("content-type", HeaderValue::Text("application/json")));
-        limits.chain(typed)
+        if let Some(d) = &self.decision {
+            let pairs = d.header_pairs();
+            let last = pairs.len() - 1;
+            for (i, (name, value)) in pairs.into_iter().enumerate() {
+                if let Some(v) = value {
+                    if refused || i != last {
+                        list[n] = (name, HeaderValue::Num(v));
+                        n += 1;
+                    }
+                }
+            }
+        }
+        if refused && self.body != Kind::None {
+            list[n] = ("content-type", HeaderValue::Text("application/json"));
+            n += 1;
+        }
+        (list, n)
     }
 
     /// The JSON body; nothing for an answer that passes.
@@ -629,6 +683,15 @@ mod tests {
             b"18446744073709551615"
         );
         assert_eq!(HeaderValue::Text("a/b").as_bytes(&mut buf), b"a/b");
+        // two digits a step, against the one-digit loop
+        let mut one = [0u8; 20];
+        for v in (0..100_000u64)
+            .chain([u32::MAX as u64 - 1, u32::MAX as u64, u32::MAX as u64 + 1])
+            .chain((0..64).map(|b| 1u64 << b))
+            .chain((1..20).map(|e| 10u64.pow(e) - 1))
+        {
+            assert_eq!(HeaderValue::Num(v).as_bytes(&mut buf), decimal(v, &mut one));
+        }
         assert!(method_is_limited(b"POST"));
         assert!(!method_is_limited(b"GET") && !method_is_limited(b"post"));
     }

@@ -1,33 +1,48 @@
 #!/bin/bash
-# Side-by-side throughput of nginx variants on 127.0.0.1, measured with wrk:
+# Side-by-side cost of nginx variants on 127.0.0.1, measured with wrk.
 #
-#   plain          no module loaded
-#   module-off     module loaded, no tollgate in the location
-#   limit_req      two limit_req zones (account; account+model), never
-#                  refusing (burst=1000000 nodelay)
-#   tollgate       tollgate, every request allowed (limits of 10^9)
-#   tollgate-deny  tollgate with the built-in policy (30 RPM): after the
-#                  first 30 requests every answer is the module's 429
-#   post-plain     POST of a 180-byte chat completion JSON body, proxied to a
-#                  second server block of the same nginx (return 200)
-#   post-tollgate  the same with tollgate reading the model from the body
+# Every limited variant sends what the module limits: a POST of a 180-byte
+# chat completion JSON body to /v1/chat/completions, proxied (keepalive) to
+# a second server block of the same nginx that answers `return 200`:
 #
-# The GET variants serve the same 12-byte static file from a location that
-# runs the access phases (no `return`, which would skip them). The model
-# comes from a request header (tollgate_model $http_x_model), the account
-# from another ($http_x_account), for limit_req and tollgate alike: deriving
-# the key (a regex map over the bearer key, an auth subrequest) costs the
-# same whatever limiter uses it, so it is left out.
+#   plain              no module loaded
+#   module-off         module loaded, no tollgate in the location
+#   limit_req          two limit_req zones (account; account+model), never
+#                      refusing (burst=1000000 nodelay)
+#   limit_req-headers  limit_req plus add_header of six headers with the
+#                      names and value sizes of the module's: what a
+#                      hand-written config pays for the same answer
+#   tollgate           tollgate, the model read from the body, every request
+#                      allowed (limits of 10^9), six headers added
+#   tollgate-header    the same with the model from X-Model (tollgate_model
+#                      $http_x_model), as limit_req keys it: the body is not
+#                      scanned, so this is the like-for-like comparison
+#   tollgate-deny      tollgate with a policy of 1 request a minute: after
+#                      the warm-up every answer is the module's 429
+#   get-plain          GET of a 12-byte static file, no module
+#   get-tollgate       the same GET through a tollgate location: not
+#                      limited (only POST is), passed unread
+#
+# The account comes from X-Account for limit_req and tollgate alike, and
+# limit_req's second key from X-Model (nginx cannot read the body's model;
+# the module does): deriving the account (a regex map over the bearer key,
+# an auth subrequest) costs the same whatever limiter uses it.
 #
 # Each variant runs with 1 and 2 workers, REPEAT times round-robin; the
 # table shows the median requests per second and the median CPU time (user
 # + system) the nginx workers spent per request. Then (INSTR=1, the
-# default, needs valgrind) every variant runs once in a single nginx process
-# under callgrind, which counts user-space instructions per request: a
-# number the machine's load does not change.
+# default, needs valgrind) every variant runs in a single nginx process
+# (master_process off) under callgrind, which counts user-space
+# instructions per request: a number the machine's load does not change.
+# Two counts per variant, after N and after 2N more requests (curl on one
+# connection: exact counts), so what a batch costs once cancels:
+# (I(2N) - I(N)) / N. INSTR_ONLY=1 runs only this.
+# ANNOTATE="tollgate ..." (default tollgate) prints callgrind_annotate's
+# per-function view for those variants (CG_OUT=DIR keeps the files).
 #
 #   bindings/nginx/bench.sh            (DURATION=8s REPEAT=3 CONNS=50)
 #   SKIP_BUILD=1 WAIT_IDLE=0.5 bindings/nginx/bench.sh
+#   INSTR_ONLY=1 INSTR_N=4000 bindings/nginx/bench.sh
 #
 # WAIT_IDLE=L first waits (30 min at most) for the 1-minute load average to
 # drop below L; the load is printed with the results either way. Run as
@@ -43,8 +58,10 @@ duration=${DURATION:-8s}
 repeat=${REPEAT:-3}
 threads=${THREADS:-2}
 conns=${CONNS:-50}
-variants=${VARIANTS:-"plain module-off limit_req tollgate tollgate-deny post-plain post-tollgate"}
+variants=${VARIANTS:-"plain module-off limit_req limit_req-headers tollgate tollgate-header tollgate-deny get-plain get-tollgate"}
 workers_list=${WORKERS:-"1 2"}
+instr_n=${INSTR_N:-2000}
+annotate=${ANNOTATE:-tollgate}
 
 [ "${SKIP_BUILD:-0}" = 1 ] || "$here/build.sh" >&2
 if [ "$(id -u)" = 0 ]; then
@@ -74,60 +91,73 @@ free_port() {
 }
 port=$(free_port)
 port2=$(free_port)
-body='{"model":"Meta-Llama-3.1-8B-Instruct","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello."}],"max_tokens":16}'
-cat > "$work/post.lua" <<EOF
+model=Meta-Llama-3.1-8B-Instruct
+body='{"model":"'$model'","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello."}],"max_tokens":16}'
+cat > "$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '$body'
 wrk.headers["Content-Type"] = "application/json"
-EOF
-
+LUA
 mkdir -p "$work/html" "$work/tmp"
 printf "hello world\n" > "$work/html/file.txt"
-cat > "$work/allow.toml" <<'EOF'
+cat > "$work/allow.toml" <<TOML
 [models]
-"Meta-Llama-3.1-8B-Instruct" = { region = "Global" }
+"$model" = { region = "Global" }
 
 [tiers.developer]
-"Meta-Llama-3.1-8B-Instruct" = { rpm = 1000000000, rpd = 1000000000 }
-EOF
+"$model" = { rpm = 1000000000, rpd = 1000000000 }
+TOML
+# one request a minute: after the warm-up every request is refused (a
+# minute refusal, as with the built-in policy, but never a pass mid-run)
+cat > "$work/deny.toml" <<TOML
+[models]
+"$model" = { region = "Global" }
+
+[tiers.developer]
+"$model" = { rpm = 1, rpd = 1000000000 }
+TOML
+
+# the six headers of an allowed decision under allow.toml, by value size:
+# limit 10^9 (10 digits), remaining 9 digits, resets 10 digits
+add_headers='add_header x-ratelimit-limit-requests 1000000000;
+            add_header x-ratelimit-remaining-requests 999999999;
+            add_header x-ratelimit-reset-requests 1795816680;
+            add_header x-ratelimit-limit-requests-day 1000000000;
+            add_header x-ratelimit-remaining-requests-day 999999999;
+            add_header x-ratelimit-reset-requests-day 1795824000;'
 
 write_conf() {   # variant workers [single]
-    local variant=$1 workers=$2 load="" http="" loc="" post="" single=""
-    local affinity=""
+    local variant=$1 workers=$2 load="" http="" get="" post="" single=""
+    local affinity="" limit_req
     [ "${PIN:-0}" = 1 ] && [ "$workers" = 1 ] && affinity="worker_cpu_affinity 10;"
     [ -n "${3:-}" ] && single="master_process off; daemon off;"
+    limit_req='limit_req zone=acct burst=1000000 nodelay;
+            limit_req zone=am burst=1000000 nodelay;'
     case $variant in
-    plain) ;;
+    plain|get-plain) ;;
     module-off)
         load="load_module $module;" ;;
-    limit_req)
+    limit_req|limit_req-headers)
         http='limit_req_zone $http_x_account zone=acct:10m rate=100000000r/s;
     limit_req_zone "$http_x_account:$http_x_model" zone=am:10m rate=100000000r/s;'
-        loc='limit_req zone=acct burst=1000000 nodelay;
-            limit_req zone=am burst=1000000 nodelay;' ;;
-    tollgate)
+        post=$limit_req
+        [ "$variant" = limit_req-headers ] && post="$limit_req
+            $add_headers" ;;
+    tollgate|tollgate-header|tollgate-deny|get-tollgate)
         load="load_module $module;"
         http="tollgate_zone name=tg size=10m policy=$work/allow.toml;"
-        loc='tollgate tg;
-            tollgate_account $http_x_account;
-            tollgate_model $http_x_model;' ;;
-    tollgate-deny)
-        load="load_module $module;"
-        http="tollgate_zone name=tg size=10m;"
-        loc='tollgate tg;
-            tollgate_account $http_x_account;
-            tollgate_model $http_x_model;' ;;
-    post-plain) ;;
-    post-tollgate)
-        load="load_module $module;"
-        http="tollgate_zone name=tg size=10m policy=$work/allow.toml;"
+        [ "$variant" = tollgate-deny ] &&
+            http="tollgate_zone name=tg size=10m policy=$work/deny.toml;"
         post='tollgate tg;
-            tollgate_account $http_x_account;' ;;
+            tollgate_account $http_x_account;'
+        [ "$variant" = tollgate-header ] && post="$post
+            tollgate_model \$http_x_model;"
+        [ "$variant" = get-tollgate ] && get=$post ;;
     *) echo "unknown variant $variant" >&2; exit 1 ;;
     esac
     local user=""
     [ "$(id -u)" = 0 ] && user="user root;"
-    cat > "$work/nginx.conf" <<EOF
+    cat > "$work/nginx.conf" <<CONF
 $load
 $user
 $single
@@ -153,7 +183,7 @@ http {
         listen 127.0.0.1:$port;
         root $work/html;
         location / {
-            $loc
+            $get
         }
         location /v1/ {
             $post
@@ -170,7 +200,29 @@ http {
         }
     }
 }
-EOF
+CONF
+}
+
+# what a variant sends: the URL, wrk's and curl's arguments
+request_of() {   # variant
+    case $1 in
+    get-*)
+        url="http://127.0.0.1:$port/file.txt"
+        script=()
+        data=() ;;
+    *)
+        url="http://127.0.0.1:$port/v1/chat/completions"
+        script=(-s "$work/post.lua")
+        data=(-H 'Content-Type: application/json' -d "$body") ;;
+    esac
+}
+
+# warm up (and, for tollgate-deny, use up the minute)
+warm_up() {
+    for _ in $(seq 40); do
+        curl -s -o /dev/null -H 'X-Account: bench-account' \
+            -H "X-Model: $model" "${data[@]}" "$url"
+    done
 }
 
 worker_ticks() {   # user+system clock ticks of the master's children
@@ -183,29 +235,18 @@ worker_ticks() {   # user+system clock ticks of the master's children
 
 run_one() {   # variant workers -> prints "rps non2xx total cpu_us_per_req"
     write_conf "$1" "$2"
+    request_of "$1"
     "$nginx" -p "$work" -c "$work/nginx.conf"
     for _ in $(seq 100); do
         curl -s -o /dev/null "http://127.0.0.1:$port/file.txt" && break
         sleep 0.05
     done
-    local url="http://127.0.0.1:$port/file.txt" script=() data=()
-    case $1 in
-    post-*)
-        url="http://127.0.0.1:$port/v1/chat/completions"
-        script=(-s "$work/post.lua")
-        data=(-H 'Content-Type: application/json' -d "$body") ;;
-    esac
-    # warm up (and, for tollgate-deny, use up the minute)
-    for _ in $(seq 40); do
-        curl -s -o /dev/null -H 'X-Account: bench-account' \
-            -H 'X-Model: Meta-Llama-3.1-8B-Instruct' "${data[@]}" "$url"
-    done
+    warm_up
     local pin=()
     [ "${PIN:-0}" = 1 ] && pin=(taskset -c 0)
     t0=$(worker_ticks)
     out=$("${pin[@]}" wrk -t"$threads" -c"$conns" -d"$duration" "${script[@]}" \
-        -H 'X-Account: bench-account' \
-        -H 'X-Model: Meta-Llama-3.1-8B-Instruct' "$url")
+        -H 'X-Account: bench-account' -H "X-Model: $model" "$url")
     t1=$(worker_ticks)
     stop_nginx
     rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
@@ -215,6 +256,10 @@ run_one() {   # variant workers -> prints "rps non2xx total cpu_us_per_req"
         'BEGIN {printf "%.2f", n ? d * 1e6 / hz / n : 0}')
     echo "$rps ${non2xx:-0} $total $cpu"
 }
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+if [ "${INSTR_ONLY:-0}" != 1 ]; then
 
 # The machine may be shared: optionally wait (up to 30 min) for it to calm
 # down, and always report the load next to the numbers.
@@ -238,62 +283,17 @@ for r in $(seq "$repeat"); do
     done
 done
 
-# Instructions per request: the same variants in one process (master_process
-# off) under callgrind, counted between a reset after the warm-up and a dump
-# after wrk. User-space instructions only, but they do not depend on what
-# else the machine is doing.
-run_instr() {   # variant -> prints "instructions_per_request"
-    local url="http://127.0.0.1:$port/file.txt" script=() data=() pid=""
-    case $1 in
-    post-*)
-        url="http://127.0.0.1:$port/v1/chat/completions"
-        script=(-s "$work/post.lua")
-        data=(-H 'Content-Type: application/json' -d "$body") ;;
-    esac
-    write_conf "$1" 1 single
-    rm -f "$work"/cg.*
-    valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
-        "$nginx" -p "$work" -c "$work/nginx.conf" > "$work/cg.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 600); do
-        curl -s -o /dev/null "http://127.0.0.1:$port/file.txt" && break
-        sleep 0.1
-    done
-    for _ in $(seq 40); do
-        curl -s -o /dev/null -H 'X-Account: bench-account' \
-            -H 'X-Model: Meta-Llama-3.1-8B-Instruct' "${data[@]}" "$url"
-    done
-    callgrind_control -z "$pid" > /dev/null
-    out=$(wrk -t1 -c4 -d"${INSTR_DURATION:-5s}" "${script[@]}" \
-        -H 'X-Account: bench-account' \
-        -H 'X-Model: Meta-Llama-3.1-8B-Instruct' "$url")
-    callgrind_control -d "$pid" > /dev/null
-    # nginx under valgrind sometimes misses a TERM: insist, then KILL
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        kill -TERM "$pid" 2>/dev/null || true
-        sleep 0.2
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    total=$(echo "$out" | awk '/requests in/ {print $1}')
-    ir=$(awk '/^totals:/ {print $2}' "$work"/cg.*.1)
-    awk -v ir="$ir" -v n="$total" 'BEGIN {printf "%.0f", n ? ir / n : 0}'
-}
-
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-
 echo
 echo "nginx $("$nginx" -v 2>&1 | sed 's/.*\///'), wrk -t$threads -c$conns -d$duration, median of $repeat, $(nproc) CPUs,"
 echo "load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "post-* rows compare with post-plain, the others with plain."
+echo "get-* rows compare with get-plain, the others with plain."
 echo
 echo "| variant | workers | req/s (median) | runs | req/s vs plain | worker CPU µs/req | CPU vs plain | non-2xx share |"
 echo "|---|---|---|---|---|---|---|---|"
 for w in $workers_list; do
     for v in $variants; do
-        case $v in post-*) b=post-plain ;; *) b=plain ;; esac
+        case $v in get-*) b=get-plain ;; *) b=plain ;; esac
         base=$(awk -v b="$b" -v w="$w" '$1==b && $2==w {print $3}' "$results" | median)
         med=$(awk -v v="$v" -v w="$w" '$1==v && $2==w {print $3}' "$results" | median)
         runs=$(awk -v v="$v" -v w="$w" '$1==v && $2==w {printf "%s%d", sep, $3; sep=", "}' "$results")
@@ -306,20 +306,105 @@ for w in $workers_list; do
     done
 done
 
+fi
+
+# Instructions per request: each variant in one process (master_process
+# off) under callgrind. After the warm-up the counters are zeroed; curl
+# sends exactly N requests on one keepalive connection, callgrind dumps
+# (cg.PID.1), then 2N more and a second dump (cg.PID.2): the per-request
+# cost is (I(2N) - I(N)) / N, so what a batch costs once (wrk connecting,
+# the dump itself) cancels. User-space instructions only, nginx and the
+# module alike, independent of what else the machine is doing.
+run_instr() {   # variant -> prints "instructions_per_request"
+    local pid="" n i1 i2
+    write_conf "$1" 1 single
+    request_of "$1"
+    rm -f "$work"/cg.*
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
+        "$nginx" -p "$work" -c "$work/nginx.conf" > "$work/cg.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 600); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/file.txt" && break
+        sleep 0.1
+    done
+    warm_up
+    callgrind_control -z "$pid" > /dev/null
+    for n in "$instr_n" $((2 * instr_n)); do
+        for _ in $(seq "$n"); do
+            echo "url = \"$url\""
+            echo 'output = "/dev/null"'
+        done > "$work/urls"
+        curl -s -K "$work/urls" -H 'X-Account: bench-account' \
+            -H "X-Model: $model" "${data[@]}" > /dev/null
+        callgrind_control -d "$pid" > /dev/null
+    done
+    # nginx under valgrind sometimes misses a TERM: insist, then KILL
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        kill -TERM "$pid" 2>/dev/null || true
+        sleep 0.2
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    i1=$(awk '/^totals:/ {print $2}' "$work/cg.$pid.1")
+    i2=$(awk '/^totals:/ {print $2}' "$work/cg.$pid.2")
+    if [ -n "${CG_OUT:-}" ]; then
+        mkdir -p "$CG_OUT"
+        cp "$work/cg.$pid.2" "$CG_OUT/callgrind.$1"
+    fi
+    cp "$work/cg.$pid.2" "$work/keep.$1"
+    awk -v a="$i1" -v b="$i2" -v n="$instr_n" \
+        'BEGIN {printf "%.0f", n ? (b - a) / n : 0}'
+}
+
+# callgrind_annotate's lines as instructions per request: "COUNT name",
+# each function once (its debug info names some files twice)
+root=$(cd "$here/../.." && pwd)
+per_request() {   # requests
+    awk -v n="$1" -v root="$root/" '/^ *[0-9,]+ +\(/ {
+        line = $0; c = $1; gsub(",", "", c)
+        sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +(\* +)?/, "", line)
+        sub(/ \[.*\]$/, "", line)
+        while ((i = index(line, root)) > 0)
+            line = substr(line, 1, i - 1) substr(line, i + length(root))
+        if (seen[line]++) next
+        printf "%8.0f  %s\n", c / n, line }'
+}
+
 if [ "${INSTR:-1}" = 1 ] && command -v valgrind > /dev/null; then
     echo
-    echo "User-space instructions per request in one nginx process (callgrind, wrk -t1 -c4 -d${INSTR_DURATION:-5s}):"
+    echo "User-space instructions per request in one nginx process (callgrind, (I(2N) - I(N)) / N, N = $instr_n, curl on one connection):"
     echo
-    echo "| variant | instructions/request | vs plain |"
-    echo "|---|---|---|"
+    echo "| variant | instructions/request | vs plain | vs limit_req-headers |"
+    echo "|---|---|---|---|"
     declare -A ir
     for v in $variants; do
         ir[$v]=$(run_instr "$v")
         echo "instructions: $v -> ${ir[$v]}" >&2
     done
     for v in $variants; do
-        case $v in post-*) b=post-plain ;; *) b=plain ;; esac
-        printf '| %s | %s | %s |\n' "$v" "${ir[$v]}" \
-            "$(awk -v m="${ir[$v]}" -v b="${ir[$b]:-0}" 'BEGIN {printf "%+.1f%%", b ? 100*(m-b)/b : 0}')"
+        case $v in get-*) b=get-plain ;; *) b=plain ;; esac
+        printf '| %s | %s | %s | %s |\n' "$v" "${ir[$v]}" \
+            "$(awk -v m="${ir[$v]}" -v b="${ir[$b]:-0}" 'BEGIN {printf "%+.0f", b ? m-b : 0}')" \
+            "$(awk -v m="${ir[$v]}" -v b="${ir[limit_req-headers]:-0}" 'BEGIN {if (b) printf "%+.0f", m-b; else printf "-"}')"
+    done
+    for v in $annotate; do
+        [ -f "$work/keep.$v" ] || continue
+        echo
+        echo "callgrind_annotate, $v: per request over the last 2N = $((2 * instr_n)) requests;"
+        echo "inclusive (the module's and the library's functions, and the nginx"
+        echo "functions that call them), then self (the top functions)"
+        echo
+        echo '```'
+        callgrind_annotate --inclusive=yes --threshold=100 "$work/keep.$v" \
+            2>/dev/null | per_request $((2 * instr_n)) \
+            | grep -E 'tollgate|tg_|ngx_http_(core_run_phases|read_client|upstream_init|send_header|output_filter|finalize_request)' \
+            | head -"${ANNOTATE_LINES:-40}" || true
+        echo
+        callgrind_annotate --inclusive=no --threshold=100 "$work/keep.$v" \
+            2>/dev/null | per_request $((2 * instr_n)) \
+            | grep -vE 'main|libc_start|0x000000000001ab70' \
+            | head -"${ANNOTATE_LINES:-40}" || true
+        echo '```'
     done
 fi

@@ -82,29 +82,53 @@ typedef struct {
 } ngx_http_tollgate_main_conf_t;
 
 
+/*
+ * The value of tollgate_account, _tier or _model: a lone variable ("$name")
+ * is read by the index it was given at configuration time, with no copy;
+ * anything else is a complex value.
+ */
+typedef struct {
+    ngx_int_t                     index;
+    ngx_http_complex_value_t     *cv;     /* NULL: a lone variable */
+} ngx_http_tollgate_value_t;
+
+
+typedef struct ngx_http_tollgate_ctx_s  ngx_http_tollgate_ctx_t;
+
+
 typedef struct {
     ngx_http_tollgate_zone_t     *zone;
-    ngx_http_complex_value_t     *account;
-    ngx_http_complex_value_t     *tier;
-    ngx_http_complex_value_t     *model;
+    ngx_http_tollgate_value_t    *account;
+    ngx_http_tollgate_value_t    *tier;
+    ngx_http_tollgate_value_t    *model;
     ngx_uint_t                    status_code;
     ngx_flag_t                    dry_run;
     ngx_uint_t                    table_full;
     ngx_uint_t                    no_limit;
+
+    /* the one answer to every request whose method is not limited:
+     * decided at configuration time, shared and never written */
+    ngx_http_tollgate_ctx_t      *not_limited;
 } ngx_http_tollgate_loc_conf_t;
 
 
-typedef struct {
+struct ngx_http_tollgate_ctx_s {
     ngx_http_tollgate_zone_t     *zone;
     ngx_str_t                     model;
     ngx_str_t                     account;
-    tg_answer                     answer;     /* the core's, once decided */
 
     unsigned                      decided:1;
     unsigned                      failed:1;   /* no answer from the core */
     unsigned                      sent:1;
     unsigned                      headers_done:1;
-} ngx_http_tollgate_ctx_t;
+
+    /* from here on written before it is read: not zeroed */
+    tg_answer                     answer;     /* the core's, once decided */
+
+    /* the numbers of the answer's headers, which the response's header
+     * list points at (tg_answer_header_fields) */
+    u_char                        values[TG_ANSWER_HEADER_BYTES];
+};
 
 
 static ngx_int_t ngx_http_tollgate_handler(ngx_http_request_t *r);
@@ -130,8 +154,8 @@ static void ngx_http_tollgate_cleanup(void *data);
 static ngx_int_t ngx_http_tollgate_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_tollgate_add_headers(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx);
-static int ngx_http_tollgate_header(void *data, const char *name,
-    size_t name_len, const char *value, size_t value_len);
+static ngx_int_t ngx_http_tollgate_value(ngx_http_request_t *r,
+    ngx_http_tollgate_value_t *tv, ngx_str_t *value);
 
 static u_char *ngx_http_tollgate_escape(u_char *dst, u_char *src,
     size_t len);
@@ -160,6 +184,8 @@ static void *ngx_http_tollgate_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_tollgate_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_tollgate_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static char *ngx_http_tollgate_value_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_tollgate(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -255,21 +281,21 @@ static ngx_command_t  ngx_http_tollgate_commands[] = {
 
     { ngx_string("tollgate_account"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_set_complex_value_slot,
+      ngx_http_tollgate_value_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_tollgate_loc_conf_t, account),
       NULL },
 
     { ngx_string("tollgate_tier"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_set_complex_value_slot,
+      ngx_http_tollgate_value_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_tollgate_loc_conf_t, tier),
       NULL },
 
     { ngx_string("tollgate_model"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_set_complex_value_slot,
+      ngx_http_tollgate_value_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_tollgate_loc_conf_t, model),
       NULL },
@@ -387,11 +413,35 @@ ngx_http_tollgate_handler(ngx_http_request_t *r)
 
     ctx = ngx_http_tollgate_get_ctx(r);
 
+    if (ctx == NULL
+        && !tg_method_limited((const char *) r->method_name.data,
+                              r->method_name.len))
+    {
+        /* passes unread and uncharged, with the answer decided already */
+
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln->handler = ngx_http_tollgate_cleanup;
+        cln->data = tlcf->not_limited;
+
+        ngx_http_set_ctx(r, tlcf->not_limited, ngx_http_tollgate_module);
+
+        ngx_http_tollgate_count(tlcf->zone, &tlcf->not_limited->model,
+                                TG_OUTCOME_NOT_LIMITED);
+
+        return NGX_DECLINED;
+    }
+
     if (ctx == NULL) {
-        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_tollgate_ctx_t));
+        ctx = ngx_palloc(r->pool, sizeof(ngx_http_tollgate_ctx_t));
         if (ctx == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+
+        ngx_memzero(ctx, offsetof(ngx_http_tollgate_ctx_t, answer));
 
         /*
          * an internal redirect zeroes the module contexts; the cleanup
@@ -467,21 +517,15 @@ ngx_http_tollgate_body_handler(ngx_http_request_t *r)
 /*
  * The steps before the body, in the order every binding takes them (the
  * order of tg_answer_request): the method (only what tg_method_limited()
- * names is limited; the rest passes unread), then the account.  NGX_AGAIN:
- * the model is in the body, read it; NGX_OK: ctx->answer is decided.
+ * names is limited; the rest passes unread: the handler's not_limited),
+ * then the account.  NGX_AGAIN: the model is in the body, read it; NGX_OK:
+ * ctx->answer is decided.
  */
 
 static ngx_int_t
 ngx_http_tollgate_first_steps(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf)
 {
-    if (!tg_method_limited((const char *) r->method_name.data,
-                           r->method_name.len))
-    {
-        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_NOT_LIMITED, NULL);
-        return NGX_OK;
-    }
-
     if (tlcf->account == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tollgate: \"tollgate_account\" is not set");
@@ -489,7 +533,7 @@ ngx_http_tollgate_first_steps(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    if (ngx_http_complex_value(r, tlcf->account, &ctx->account) != NGX_OK) {
+    if (ngx_http_tollgate_value(r, tlcf->account, &ctx->account) != NGX_OK) {
         ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL);
         return NGX_OK;
     }
@@ -503,7 +547,7 @@ ngx_http_tollgate_first_steps(ngx_http_request_t *r,
         return NGX_AGAIN;
     }
 
-    if (ngx_http_complex_value(r, tlcf->model, &ctx->model) != NGX_OK) {
+    if (ngx_http_tollgate_value(r, tlcf->model, &ctx->model) != NGX_OK) {
         ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL);
         return NGX_OK;
     }
@@ -537,7 +581,7 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     tier = TG_TIER_DEVELOPER;
 
     if (tlcf->tier) {
-        if (ngx_http_complex_value(r, tlcf->tier, &value) != NGX_OK) {
+        if (ngx_http_tollgate_value(r, tlcf->tier, &value) != NGX_OK) {
             ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL);
             return;
         }
@@ -645,7 +689,7 @@ ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
                       ctx->account.len, TG_ACCOUNT_MAX);
     }
 
-    ngx_memzero(answer, sizeof(tg_answer));
+    /* tg_answer_for writes the whole struct */
     answer->size = sizeof(tg_answer);
 
     rc = tg_answer_for(st, st == TG_OK ? decision : NULL,
@@ -1001,66 +1045,45 @@ ngx_http_tollgate_header_filter(ngx_http_request_t *r)
 }
 
 
-/* the answer's headers, one by one from the core (tg_answer_headers) */
+/*
+ * The answer's headers, all at once from the core (tg_answer_header_fields):
+ * the header list points at the core's static names and at the numbers in
+ * ctx->values, which live as long as the request ($sent_http_* in the log).
+ * They replace any the upstream sent under the same names; content-type is
+ * nginx's own field.
+ */
 
 static ngx_int_t
 ngx_http_tollgate_add_headers(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx)
 {
-    tg_status  st;
+    size_t            n;
+    tg_status         st;
+    ngx_uint_t        i, k;
+    tg_header_field  *f, fields[TG_ANSWER_HEADERS_MAX];
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *header;
 
     if (ctx->failed) {
         return NGX_OK;
     }
 
-    st = tg_answer_headers(&ctx->answer, ngx_http_tollgate_header, r);
+    st = tg_answer_header_fields(&ctx->answer, fields, TG_ANSWER_HEADERS_MAX,
+                                 (char *) ctx->values, TG_ANSWER_HEADER_BYTES,
+                                 &n);
 
     if (st != TG_OK) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "tollgate: tg_answer_headers() failed: %s",
+                      "tollgate: tg_answer_header_fields() failed: %s",
                       tg_status_str(st));
         return NGX_ERROR;
     }
 
-    return NGX_OK;
-}
-
-
-/*
- * One header of the answer (a lower-case name): it replaces any the
- * upstream sent under the same name; content-type is nginx's own field.
- */
-
-static int
-ngx_http_tollgate_header(void *data, const char *name, size_t name_len,
-    const char *value, size_t value_len)
-{
-    ngx_http_request_t *r = data;
-
-    u_char           *p;
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h, *header;
-
-    /* the headers outlive this call ($sent_http_* in the log): copy them */
-
-    p = ngx_pnalloc(r->pool, name_len + value_len);
-    if (p == NULL) {
-        return 1;
+    if (n == 0) {
+        return NGX_OK;
     }
 
-    ngx_memcpy(p, name, name_len);
-    ngx_memcpy(p + name_len, value, value_len);
-
-    if (name_len == sizeof("content-type") - 1
-        && ngx_strncmp(p, "content-type", name_len) == 0)
-    {
-        r->headers_out.content_type.data = p + name_len;
-        r->headers_out.content_type.len = value_len;
-        r->headers_out.content_type_len = value_len;
-        r->headers_out.content_type_lowcase = NULL;
-        return 0;
-    }
+    /* one walk over the headers so far (the upstream's) */
 
     part = &r->headers_out.headers.part;
     header = part->elts;
@@ -1077,29 +1100,85 @@ ngx_http_tollgate_header(void *data, const char *name, size_t name_len,
             i = 0;
         }
 
-        if (header[i].hash != 0 && header[i].key.len == name_len
-            && ngx_strncasecmp(header[i].key.data, p, name_len) == 0)
-        {
-            header[i].hash = 0;
+        if (header[i].hash == 0) {
+            continue;
+        }
+
+        for (k = 0; k < n; k++) {
+            if (header[i].key.len == fields[k].name_len
+                && ngx_strncasecmp(header[i].key.data,
+                                   (u_char *) fields[k].name,
+                                   fields[k].name_len) == 0)
+            {
+                header[i].hash = 0;
+                break;
+            }
         }
     }
 
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return 1;
+    for (k = 0; k < n; k++) {
+        f = &fields[k];
+
+        if (f->name_len == sizeof("content-type") - 1
+            && ngx_strncmp(f->name, "content-type", f->name_len) == 0)
+        {
+            r->headers_out.content_type.data = (u_char *) f->value;
+            r->headers_out.content_type.len = f->value_len;
+            r->headers_out.content_type_len = f->value_len;
+            r->headers_out.content_type_lowcase = NULL;
+            continue;
+        }
+
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        /* the core's text is never written: nginx only reads header keys
+         * and values of the response */
+        h->hash = 1;
+#if (nginx_version >= 1023000)
+        h->next = NULL;
+#endif
+        h->key.data = (u_char *) f->name;
+        h->key.len = f->name_len;
+        h->lowcase_key = (u_char *) f->name;
+        h->value.data = (u_char *) f->value;
+        h->value.len = f->value_len;
     }
 
-    h->hash = 1;
-#if (nginx_version >= 1023000)
-    h->next = NULL;
-#endif
-    h->key.data = p;
-    h->key.len = name_len;
-    h->lowcase_key = p;
-    h->value.data = p + name_len;
-    h->value.len = value_len;
+    return NGX_OK;
+}
 
-    return 0;
+
+/* the value of tollgate_account, _tier or _model for this request */
+
+static ngx_int_t
+ngx_http_tollgate_value(ngx_http_request_t *r, ngx_http_tollgate_value_t *tv,
+    ngx_str_t *value)
+{
+    ngx_http_variable_value_t  *vv;
+
+    if (tv->cv) {
+        return ngx_http_complex_value(r, tv->cv, value);
+    }
+
+    /* as a complex value of one variable reads it, without the copy */
+    vv = ngx_http_get_flushed_variable(r, tv->index);
+
+    if (vv == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (vv->not_found) {
+        ngx_str_null(value);
+        return NGX_OK;
+    }
+
+    value->data = vv->data;
+    value->len = vv->len;
+
+    return NGX_OK;
 }
 
 
@@ -1723,6 +1802,9 @@ ngx_http_tollgate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_tollgate_loc_conf_t  *prev = parent;
     ngx_http_tollgate_loc_conf_t  *conf = child;
 
+    tg_status                 st;
+    ngx_http_tollgate_ctx_t  *nl;
+
     ngx_conf_merge_ptr_value(conf->zone, prev->zone, NULL);
     ngx_conf_merge_ptr_value(conf->account, prev->account, NULL);
     ngx_conf_merge_ptr_value(conf->tier, prev->tier, NULL);
@@ -1734,6 +1816,112 @@ ngx_http_tollgate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_TOLLGATE_TABLE_CLOSED);
     ngx_conf_merge_uint_value(conf->no_limit, prev->no_limit,
                               NGX_HTTP_TOLLGATE_NO_LIMIT_REFUSE);
+
+    if (conf->zone == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    nl = ngx_pcalloc(cf->pool, sizeof(ngx_http_tollgate_ctx_t));
+    if (nl == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    nl->zone = conf->zone;
+    nl->answer.size = sizeof(tg_answer);
+
+    st = tg_answer_for(TG_E_NOT_LIMITED, NULL, NULL, 0, 0,
+                       conf->status_code, &nl->answer);
+
+    /* an answer that passes with no headers: nothing ever writes to it */
+    if (st != TG_OK || nl->answer.http_status != 0
+        || nl->answer.has_decision)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "tollgate: tg_answer_for() failed: %s",
+                           tg_status_str(st));
+        return NGX_CONF_ERROR;
+    }
+
+    nl->decided = 1;
+    nl->headers_done = 1;
+    conf->not_limited = nl;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * tollgate_account, _tier and _model: a value with variables, as
+ * ngx_http_set_complex_value_slot takes it; a lone "$name" is kept as the
+ * variable's index.
+ */
+
+static char *
+ngx_http_tollgate_value_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    u_char                              c;
+    ngx_str_t                          *value, name;
+    ngx_uint_t                          i;
+    ngx_http_tollgate_value_t         **field, *tv;
+    ngx_http_compile_complex_value_t    ccv;
+
+    field = (ngx_http_tollgate_value_t **) (p + cmd->offset);
+
+    if (*field != NGX_CONF_UNSET_PTR && *field != NULL) {
+        return "is duplicate";
+    }
+
+    tv = ngx_pcalloc(cf->pool, sizeof(ngx_http_tollgate_value_t));
+    if (tv == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    /* "$name": letters, digits and '_', not a regex capture ("$1") */
+
+    name.data = value[1].data + 1;
+    name.len = value[1].len > 1 ? value[1].len - 1 : 0;
+
+    for (i = 0; i < name.len; i++) {
+        c = ngx_tolower(name.data[i]);
+
+        if (!((c >= 'a' && c <= 'z') || c == '_'
+              || (i > 0 && c >= '0' && c <= '9')))
+        {
+            break;
+        }
+    }
+
+    if (name.len && value[1].data[0] == '$' && i == name.len) {
+        tv->index = ngx_http_get_variable_index(cf, &name);
+
+        if (tv->index == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+
+        *field = tv;
+        return NGX_CONF_OK;
+    }
+
+    tv->cv = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (tv->cv == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = tv->cv;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    *field = tv;
 
     return NGX_CONF_OK;
 }

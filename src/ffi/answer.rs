@@ -7,10 +7,12 @@ use std::ffi::{c_char, c_void};
 use super::{
     any_bytes, decision_arg, emit, guard, render, tg_decision, tg_header_fn, tg_status, to_c,
     TG_E_ACCOUNT, TG_E_BODY_AMBIGUOUS_MODEL, TG_E_BODY_NOT_JSON, TG_E_BODY_NO_MODEL,
-    TG_E_BODY_TOO_DEEP, TG_E_BODY_TOO_LARGE, TG_E_COST_TOO_LARGE, TG_E_INVALID, TG_E_NO_LIMIT,
-    TG_E_NULL, TG_E_TABLE_FULL, TG_E_UNKNOWN_MODEL, TG_OK,
+    TG_E_BODY_TOO_DEEP, TG_E_BODY_TOO_LARGE, TG_E_BUFFER_TOO_SMALL, TG_E_COST_TOO_LARGE,
+    TG_E_INVALID, TG_E_NO_LIMIT, TG_E_NULL, TG_E_TABLE_FULL, TG_E_UNKNOWN_MODEL, TG_OK,
 };
-use crate::answer::{self, Answer, Event, HttpRequest, Options, Outcome, Parts, MODEL_ECHO_MAX};
+use crate::answer::{
+    self, Answer, Event, HeaderValue, HttpRequest, Options, Outcome, Parts, MODEL_ECHO_MAX,
+};
 use crate::body::BodyError;
 use crate::error::Error;
 use crate::policy::Tier;
@@ -331,6 +333,102 @@ pub extern "C" fn tg_answer_headers(
     })
 }
 
+/// One header of an answer, as tg_answer_header_fields hands it: `name` is
+/// the library's own lower-case text (static: valid while the library is
+/// loaded), `value` points into the caller's buffer or at static text. Not
+/// NUL-terminated.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct tg_header_field {
+    pub name: *const c_char,
+    pub name_len: usize,
+    pub value: *const c_char,
+    pub value_len: usize,
+}
+
+/// Most headers an answer has (six x-ratelimit-*, retry-after,
+/// content-type): a `fields` array this long always suffices.
+pub const TG_ANSWER_HEADERS_MAX: u32 = 8;
+/// Bytes of buffer tg_answer_header_fields needs at most (20 per number:
+/// a buffer this big always suffices).
+pub const TG_ANSWER_HEADER_BYTES: u32 = 160;
+
+/// Bytes of `buf` each number takes (u64::MAX has 20 digits).
+const NUMBER_SLOT: usize = 20;
+const _: () =
+    assert!(TG_ANSWER_HEADER_BYTES as usize >= NUMBER_SLOT * TG_ANSWER_HEADERS_MAX as usize);
+
+/// The same headers as tg_answer_headers, in the same order, in one call
+/// and without a callback: for bindings that keep the values themselves
+/// (nginx points its header list at them). Fills `fields[0..*count]`; the
+/// numbers are written into `buf` (`cap` bytes, 20 per number), which must
+/// stay alive and unchanged while the values are used.
+/// TG_E_BUFFER_TOO_SMALL (with `*count` the headers the answer has) when
+/// `max` or `cap` is too small: TG_ANSWER_HEADERS_MAX and
+/// TG_ANSWER_HEADER_BYTES always suffice.
+#[no_mangle]
+pub extern "C" fn tg_answer_header_fields(
+    answer: *const tg_answer,
+    fields: *mut tg_header_field,
+    max: usize,
+    buf: *mut c_char,
+    cap: usize,
+    count: *mut usize,
+) -> tg_status {
+    guard(|| {
+        if count.is_null() || (fields.is_null() && max != 0) || (buf.is_null() && cap != 0) {
+            return TG_E_NULL;
+        }
+        let a = match answer_arg(answer) {
+            Ok(a) => a,
+            Err(s) => return s,
+        };
+        let (list, len) = a.header_list();
+        let out: &mut [u8] = if cap == 0 {
+            &mut []
+        } else {
+            // SAFETY: `buf` holds `cap` writable bytes by contract.
+            unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), cap) }
+        };
+        // each number in a slot of its own, right-aligned: no copy
+        let mut slots = out.chunks_exact_mut(NUMBER_SLOT);
+        let mut fits = len <= max;
+        for (n, (name, value)) in list[..len].iter().enumerate() {
+            if !fits {
+                break;
+            }
+            // numbers go into `buf`, texts are the library's static ones
+            let v: &[u8] = match value {
+                HeaderValue::Text(t) => t.as_bytes(),
+                HeaderValue::Num(_) => match slots.next().map(<&mut [u8; NUMBER_SLOT]>::try_from) {
+                    Some(Ok(slot)) => value.as_bytes(slot),
+                    _ => {
+                        fits = false;
+                        break;
+                    }
+                },
+            };
+            // SAFETY: `fields` holds `max` writable entries; n < len <= max.
+            unsafe {
+                *fields.add(n) = tg_header_field {
+                    name: name.as_ptr().cast(),
+                    name_len: name.len(),
+                    value: v.as_ptr().cast(),
+                    value_len: v.len(),
+                };
+            }
+        }
+        let n = len;
+        // SAFETY: non-null, writable by contract.
+        unsafe { *count = n };
+        if fits {
+            TG_OK
+        } else {
+            TG_E_BUFFER_TOO_SMALL
+        }
+    })
+}
+
 /// The answer's JSON body (empty for an answer that passes). Buffer
 /// protocol as tg_decision_headers: `*written` is the length needed, and
 /// TG_E_BUFFER_TOO_SMALL when it exceeds `cap`; a body is at most
@@ -505,6 +603,128 @@ mod tests {
                 0,
                 0,
                 &mut blank()
+            ),
+            TG_E_NULL
+        );
+    }
+
+    fn fields_text(a: &tg_answer, max: usize, cap: usize) -> (tg_status, usize, String) {
+        let mut fields = [tg_header_field {
+            name: std::ptr::null(),
+            name_len: 0,
+            value: std::ptr::null(),
+            value_len: 0,
+        }; 8];
+        let mut buf = [0u8; 160];
+        let mut n = 99;
+        let st = tg_answer_header_fields(
+            a,
+            fields.as_mut_ptr(),
+            max,
+            buf.as_mut_ptr().cast(),
+            cap,
+            &mut n,
+        );
+        let mut out = String::new();
+        for f in &fields[..if st == TG_OK { n } else { 0 }] {
+            // SAFETY: the fields point at static names and into `buf`.
+            unsafe {
+                let name = std::slice::from_raw_parts(f.name.cast::<u8>(), f.name_len);
+                let value = std::slice::from_raw_parts(f.value.cast::<u8>(), f.value_len);
+                out.push_str(std::str::from_utf8(name).unwrap());
+                out.push_str(": ");
+                out.push_str(std::str::from_utf8(value).unwrap());
+                out.push('\n');
+            }
+        }
+        (st, n, out)
+    }
+
+    #[test]
+    fn header_fields_are_the_headers_in_one_call() {
+        let refused = crate::Decision {
+            allowed: false,
+            limited_by: crate::LimitedBy::Minute,
+            minute: crate::Window {
+                limit: u32::MAX,
+                remaining: 0,
+                reset: u64::MAX,
+            },
+            day: crate::Window {
+                limit: u32::MAX,
+                remaining: u32::MAX,
+                reset: u64::MAX,
+            },
+            retry_after: u32::MAX,
+        };
+        let allowed = crate::Decision {
+            allowed: true,
+            ..refused
+        };
+        let mut answers = Vec::new();
+        for d in [refused, allowed] {
+            for flags in [0, TG_ANSWER_DRY_RUN] {
+                let mut a = blank();
+                let c = to_c(&d);
+                assert_eq!(
+                    tg_answer_for(TG_OK, &c, c"m".as_ptr(), 1, flags, 0, &mut a),
+                    TG_OK
+                );
+                answers.push(a);
+            }
+        }
+        for st in [TG_E_UNKNOWN_MODEL, TG_E_NOT_LIMITED, TG_E_BODY_NOT_JSON] {
+            let mut a = blank();
+            assert_eq!(
+                tg_answer_for(st, std::ptr::null(), std::ptr::null(), 0, 0, 0, &mut a),
+                TG_OK
+            );
+            answers.push(a);
+        }
+        for a in &answers {
+            let mut h = String::new();
+            assert_eq!(
+                tg_answer_headers(a, Some(collect), (&mut h as *mut String).cast()),
+                TG_OK
+            );
+            let (st, n, text) = fields_text(a, 8, 160);
+            assert_eq!((st, n), (TG_OK, h.lines().count()));
+            assert_eq!(text, h);
+            if n > 0 {
+                // one field short, or one byte short of the values: refused
+                // with the count, never written past
+                assert_eq!(fields_text(a, n - 1, 160).0, TG_E_BUFFER_TOO_SMALL);
+                assert_eq!(fields_text(a, n - 1, 160).1, n);
+            }
+        }
+        // the refusal: seven numbers of the widest kind and the type, in
+        // seven slots of 20 bytes
+        let (st, n, text) = fields_text(&answers[0], 8, 160);
+        assert_eq!((st, n), (TG_OK, 8));
+        assert!(text.contains("x-ratelimit-reset-requests: 18446744073709551615\n"));
+        assert!(text.contains("retry-after: 4294967295\n"));
+        assert_eq!(fields_text(&answers[0], 8, 139).0, TG_E_BUFFER_TOO_SMALL);
+        assert_eq!(fields_text(&answers[0], 8, 140).0, TG_OK);
+        let mut n = 0;
+        assert_eq!(
+            tg_answer_header_fields(
+                &answers[0],
+                std::ptr::null_mut(),
+                8,
+                std::ptr::null_mut(),
+                0,
+                &mut n
+            ),
+            TG_E_NULL
+        );
+        assert_eq!(
+            tg_answer_header_fields(
+                std::ptr::null(),
+                std::ptr::null_mut(),
+                0,
+                std::ptr::null_mut(),
+                0,
+                &mut n
             ),
             TG_E_NULL
         );
