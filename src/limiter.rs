@@ -318,7 +318,9 @@ impl Limiter {
     /// Decides one request at `now_ms` (epoch milliseconds). `Ok` either
     /// way; [`Decision::allowed`] says which. Allocates nothing, takes no
     /// lock, makes no syscall.
-    #[inline]
+    // Inlined into tg_check and callers' loops: the call and the moves of
+    // its large result cost more than the decision's own arithmetic.
+    #[inline(always)]
     // Lazily built errors: an eager one would be built and dropped on every
     // successful decision.
     #[allow(clippy::unnecessary_lazy_evaluations)]

@@ -35,8 +35,7 @@ pub struct Refusal {
 
 /// Records a refusal. `fingerprint` tells keys apart for the once-a-second
 /// rule (the key id's low bits suffice).
-#[cold]
-#[inline(never)]
+#[inline]
 pub(crate) fn record(
     region: &Region,
     fingerprint: u32,
@@ -51,6 +50,23 @@ pub(crate) fn record(
     if h.ring_last.load(Ordering::Relaxed) == mark {
         return;
     }
+    write(region, mark, account, model_id, o, limits, now_ms);
+}
+
+/// [`record`] past its once-a-second check: the entry's write, out of line
+/// so the refuse path of a key refused again and again stays short.
+#[cold]
+#[inline(never)]
+fn write(
+    region: &Region,
+    mark: u64,
+    account: &[u8],
+    model_id: u16,
+    o: &Outcome,
+    limits: Limits,
+    now_ms: u64,
+) {
+    let h = region.header();
     h.ring_last.store(mark, Ordering::Relaxed);
     let ticket = h.ring_head.fetch_add(1, Ordering::Relaxed);
     let e = region.ring_entry((ticket % RING_ENTRIES as u64) as usize);

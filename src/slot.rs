@@ -190,7 +190,7 @@ pub struct TableFull;
 
 /// Decides one request of cost `cost` (0 = peek) for `key`, charging both
 /// windows together or neither.
-#[inline]
+#[inline(always)]
 pub(crate) fn decide(
     region: &Region,
     key: &KeyHash,
@@ -201,9 +201,8 @@ pub(crate) fn decide(
     skew: u32,
 ) -> Result<Outcome, TableFull> {
     let clock = Clock { now, skew };
-    let n = region.slot_count() as usize;
     let home = home(region, key);
-    // Fast path: most keys sit in their home slot.
+    // Fast path, inlined into the caller: most keys sit in their home slot.
     let slot = region.slot(home);
     let ident = slot.ident();
     if ident >> 16 == key.id {
@@ -214,6 +213,23 @@ pub(crate) fn decide(
             }
         }
     }
+    probe(region, key, account, limits, cost, clock, home)
+}
+
+/// [`decide`] for a key not bound in its home slot: the probe walk, and
+/// binding a free slot. Out of line: it is the rarer and the longer path.
+#[inline(never)]
+fn probe(
+    region: &Region,
+    key: &KeyHash,
+    account: &[u8],
+    limits: Limits,
+    cost: u32,
+    clock: Clock,
+    home: usize,
+) -> Result<Outcome, TableFull> {
+    let now = clock.now;
+    let n = region.slot_count() as usize;
     let probes = PROBE_MAX.min(n);
     'retry: loop {
         let mut free: Option<(usize, u128, u128)> = None;
