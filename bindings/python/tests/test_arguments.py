@@ -21,11 +21,13 @@ from conftest import SMALL_POLICY, T0
 MB = 1 << 20
 
 
-@pytest.fixture(params=["fast", "portable"])
+@pytest.fixture(params=["cached", "uncached"])
 def lim(request, monkeypatch, small_policy):
-    # Both ways check() reaches the library (see "the hot path" in _core).
-    if request.param == "portable":
-        monkeypatch.setattr(tollgate._core, "_DATA", None)
+    # Both ways check() reaches the library (see "the hot path" in _core):
+    # with the request of a key seen before kept, and with none kept.
+    monkeypatch.setattr(tollgate._core, "_requests", {})
+    if request.param == "uncached":
+        monkeypatch.setattr(tollgate._core, "_REQUESTS_CACHED", 0)
     with Limiter(small_policy, slots=64) as lim:
         yield lim
 

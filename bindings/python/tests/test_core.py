@@ -391,10 +391,11 @@ def test_close_is_idempotent_and_use_after_close_raises():
     gc.collect()
 
 
-def test_portable_path_gives_the_same_answers(monkeypatch):
-    # Where the CPython fast path is unavailable, checks go through ctypes
-    # Structures: same results, same errors.
-    monkeypatch.setattr(tollgate._core, "_DATA", None)
+def test_uncached_path_gives_the_same_answers(monkeypatch):
+    # With no request kept (every check builds its own), the same results
+    # and the same errors.
+    monkeypatch.setattr(tollgate._core, "_requests", {})
+    monkeypatch.setattr(tollgate._core, "_REQUESTS_CACHED", 0)
     with Limiter() as lim:
         for i in range(30):
             d = lim.check("p", "DeepSeek-V3.1", now=T0)
