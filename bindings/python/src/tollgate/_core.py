@@ -10,9 +10,9 @@ import struct
 import sys
 import threading
 from ctypes import byref, c_size_t, c_uint32, c_uint64, c_void_p, create_string_buffer
-from dataclasses import dataclass, fields
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Union
+from dataclasses import FrozenInstanceError, dataclass, fields
+from operator import attrgetter
+from typing import Any, Union
 
 from . import _ffi
 from .errors import (
@@ -25,9 +25,6 @@ from .errors import (
     error_for,
     shown,
 )
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 __all__ = ["DEFAULT_SLOTS", "Decision", "Limiter", "Policy", "Stats", "Tier", "now_ms", "unknown_model_body"]
 
@@ -260,7 +257,6 @@ def _decision_buffer() -> tuple[Any, Any]:
 
 _LIMITED_BY = (None, "minute", "day")
 _new = object.__new__
-_tnew = tuple.__new__
 _unpack = _ffi.DECISION_OUT.unpack_from
 _check_raw = _ffi.fast_check
 _check_now_raw = _ffi.fast_check_now
@@ -316,17 +312,19 @@ def _decision_pairs(d: _ffi.TgDecision, now_ms: int | None = None) -> list[tuple
     return out
 
 
-@dataclass(frozen=True, init=False, eq=False)
-class Decision(tuple[Any, ...]):
+@dataclass(init=False, eq=False)
+class Decision:
     """The outcome of one check. ``allowed`` is the verdict; ``limited_by`` is
     "minute", "day" or None; resets are epoch seconds; ``retry_after`` is in
     whole seconds (0 when allowed). Truthy when allowed.
 
-    A frozen dataclass that holds the library's tg_decision as it wrote it
-    (bytes) and the model: making one is a copy, and each field is read from
-    those bytes when asked for. Equal when every field is."""
+    A dataclass whose fields cannot be assigned (FrozenInstanceError, as a
+    frozen one) and whose values are the library's tg_decision as it wrote
+    it: making one is a copy of those bytes, and they are unpacked when a
+    field other than ``allowed`` and ``model`` is first read. Equal (and
+    hashed) by its fields."""
 
-    __slots__ = ()
+    __slots__ = ("_fields", "_model", "_raw")
 
     allowed: bool
     limited_by: str | None
@@ -339,8 +337,8 @@ class Decision(tuple[Any, ...]):
     retry_after: int
     model: str
 
-    def __new__(
-        cls,
+    def __init__(
+        self,
         allowed: bool,
         limited_by: str | None,
         minute_limit: int,
@@ -351,7 +349,7 @@ class Decision(tuple[Any, ...]):
         day_reset: int,
         retry_after: int,
         model: str,
-    ) -> Self:
+    ) -> None:
         raw = _ffi.DECISION_STRUCT.pack(
             0,
             1 if allowed else 0,
@@ -364,33 +362,37 @@ class Decision(tuple[Any, ...]):
             day_reset,
             retry_after,
         )
-        return _tnew(cls, (raw.ljust(_DECISION_SIZE, b"\0"), model))
+        self._raw = raw.ljust(_DECISION_SIZE, b"\0")
+        self._model = model
+        self._fields: tuple[Any, ...] | None = None
+
+    def _unpacked(self) -> tuple[Any, ...]:
+        # allowed, limited_by's number, minute_limit, ..., retry_after
+        v = self._fields
+        if v is None:
+            v = self._fields = _unpack(self._raw)
+        return v
 
     def _values(self) -> tuple[Any, ...]:
-        al, lb, ml, mr, mrs, dl, dr, drs, ra = _unpack(self[0])
-        return (al, _LIMITED_BY[lb], ml, mr, mrs, dl, dr, drs, ra, self[1])
+        al, lb, ml, mr, mrs, dl, dr, drs, ra = self._unpacked()
+        return (al, _LIMITED_BY[lb], ml, mr, mrs, dl, dr, drs, ra, self._model)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
         return self._values() == other._values()
 
-    def __ne__(self, other: object) -> bool:
-        eq = self.__eq__(other)
-        return eq if eq is NotImplemented else not eq
-
     def __hash__(self) -> int:
         return hash(self._values())
 
-    def __getnewargs__(self) -> tuple[Any, ...]:  # copy and pickle pass the fields to __new__
-        return self._values()
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle: the fields, to __init__
+        return (type(self), self._values())
 
     def __bool__(self) -> bool:
-        raw: bytes = self[0]
-        return raw[_ALLOWED_BYTE] != 0
+        return self._raw[_ALLOWED_BYTE] != 0
 
     def _c(self) -> _ffi.TgDecision:
-        return _ffi.TgDecision.from_buffer_copy(self[0])
+        return _ffi.TgDecision.from_buffer_copy(self._raw)
 
     @property
     def header_items(self) -> list[tuple[bytes, bytes]]:
@@ -415,7 +417,7 @@ class Decision(tuple[Any, ...]):
     def error_body(self) -> str:
         """The OpenAI-shaped 429 JSON body naming the model and the limit hit
         (tg_decision_error_body)."""
-        mb = self[1].encode("utf-8", "surrogateescape")
+        mb = self._model.encode("utf-8", "surrogateescape")
         return _render(_ffi.tg_decision_error_body, self._c(), mb, len(mb)).decode("utf-8", "replace")
 
 
@@ -423,46 +425,56 @@ class Decision(tuple[Any, ...]):
 _ALLOWED_BYTE = _ffi.TgDecision.allowed.offset + (0 if sys.byteorder == "little" else 3)
 
 
-def _field(name: str) -> property:
-    """A Decision field, read from the tg_decision bytes where the C struct
-    has it (set after @dataclass, which would take a class attribute of a
-    field's name for its default)."""
-    if name == "model":
-        return property(itemgetter(1), doc="The model decided on, as given (bytes decoded as UTF-8).")
+def _field(i: int, name: str) -> property:
+    """Decision field ``name``, the i-th: read-only, like a frozen dataclass's
+    (set after @dataclass, which would take a class attribute of a field's
+    name for its default)."""
+
+    def assign(self: Decision, _: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def delete(self: Decision) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    get: Any
     if name == "allowed":
 
-        def allowed(self: Decision) -> bool:
-            raw: bytes = self[0]
-            return raw[_ALLOWED_BYTE] != 0
+        def get(self: Decision) -> bool:
+            return self._raw[_ALLOWED_BYTE] != 0
 
-        return property(allowed, doc="True if admitted (and counted).")
-    c_field = getattr(_ffi.TgDecision, name)
-    get = struct.Struct("@I" if c_field.size == 4 else "@Q").unpack_from
-    off = c_field.offset
-    if name == "limited_by":
+    elif name == "model":
+        get = attrgetter("_model")
+    elif name == "limited_by":
 
-        def limited_by(self: Decision) -> str | None:
-            return _LIMITED_BY[get(self[0], off)[0]]
+        def get(self: Decision) -> str | None:
+            return _LIMITED_BY[self._unpacked()[1]]
 
-        return property(limited_by, doc='"minute", "day" or None.')
+    else:
 
-    def value(self: Decision) -> int:
-        return int(get(self[0], off)[0])
+        def get(self: Decision) -> int:
+            v = self._fields
+            if v is None:
+                v = self._unpacked()
+            value: int = v[i]
+            return value
 
-    return property(value, doc=f"The decision's {name}.")
+    return property(get, assign, delete, f"The decision's {name}.")
 
 
-for _f in fields(Decision):
-    setattr(Decision, _f.name, _field(_f.name))
-del _f
+for _i, _f in enumerate(fields(Decision)):
+    setattr(Decision, _f.name, _field(_i, _f.name))
+del _i, _f
 
 _ANSWER_DECISION_OFF = _ffi.TgAnswer.decision.offset
 
 
 def decision_from_answer(answer: _ffi.TgAnswer, model: str) -> Decision:
     """The Decision inside a tg_answer."""
-    raw = ctypes.string_at(ctypes.addressof(answer) + _ANSWER_DECISION_OFF, _DECISION_SIZE)
-    return _tnew(Decision, (raw, model))
+    d = _new(Decision)
+    d._raw = ctypes.string_at(ctypes.addressof(answer) + _ANSWER_DECISION_OFF, _DECISION_SIZE)
+    d._model = model
+    d._fields = None
+    return d
 
 
 @dataclass(frozen=True)
@@ -720,7 +732,11 @@ class Limiter(_Handle):
                 st = _check_raw(self._hp, req, c_uint64(_ms(now)), out)
             if st:
                 raise self._error(st, a, mb)
-            return _tnew(Decision, (bytes(buf), ms))
+            d = _new(Decision)
+            d._raw = bytes(buf)
+            d._model = ms
+            d._fields = None
+            return d
         return self._check_new(False, account, model, tier, cost, now, rpm, rpd)
 
     def _check_new(
@@ -745,8 +761,8 @@ class Limiter(_Handle):
             new_model = True
         a = _as_bytes(account, "account")
         t = _tier_value(tier)
-        c, m, d = _numbers(cost, rpm, rpd)
-        req = _packed_request(a, mb, t, c, m or 0, d or 0)
+        n_cost, n_rpm, n_rpd = _numbers(cost, rpm, rpd)
+        req = _packed_request(a, mb, t, n_cost, n_rpm or 0, n_rpd or 0)
         try:
             buf, out = _tls.out
         except AttributeError:
@@ -757,12 +773,15 @@ class Limiter(_Handle):
             st = _check_raw(self._hp, req, c_uint64(_ms(now)), out)
         if st:
             raise self._error(st, a, mb)
-        raw = bytes(buf)
+        d = _new(Decision)
+        d._raw = bytes(buf)
+        d._model = ms
+        d._fields = None
         if new_model:
             _remember(model, (mb, ms))
         if keep and _keep_request(model, account) and type(tier) in _TIER_TYPES:
             _requests.setdefault(model, {})[account] = (req, ms, a, mb, tier, cost)
-        return _tnew(Decision, (raw, ms))
+        return d
 
     def _error(self, st: int, a: bytes, mb: bytes) -> TollgateError:
         if self._h is None:
