@@ -4,9 +4,7 @@ this package holds no answer text of its own."""
 
 from __future__ import annotations
 
-import ctypes
-from ctypes import byref, c_size_t, c_uint64, create_string_buffer
-from typing import Any
+from ctypes import byref, c_size_t, c_uint32, c_uint64, create_string_buffer
 
 from . import _ffi
 from ._core import Decision, Limiter, answer_headers, decision_from_answer
@@ -61,7 +59,7 @@ class Answer:
         """The limiter's decision, when there was one."""
         c = self._c
         if self._decision is None and c.has_decision:
-            model = ctypes.string_at(ctypes.addressof(c) + _MODEL_OFF, c.model_len).decode("utf-8", "surrogateescape")
+            model = c.model[: c.model_len].decode("utf-8", "surrogateescape")
             self._decision = decision_from_answer(c, model)
         return self._decision
 
@@ -99,22 +97,28 @@ def answer_request(
     """The core's answer to a whole request (tg_answer_request: method,
     account, body model, tier, then the limit, in the order every binding
     takes them). ``now`` is epoch milliseconds (None: the library's clock)."""
-    out = _ffi.TgAnswer()
-    h: Any = limiter._ptr()
-    ms = c_uint64(_now() if now is None else now)
+    hp = limiter._hp
+    if hp is None:
+        limiter._ptr()  # raises: closed
     # ctypes points the request's fields at the bytes objects' own storage
-    # (no copy; the Structure keeps them alive for the call).
+    # (no copy; the Structure keeps them alive for the call). The call's
+    # arguments are all ctypes objects, so it converts none of them (see
+    # _ffi.fast_answer_request).
     req = _ffi.TgHttpRequest(
         0, cost, method, len(method), account, len(account or b""), tier, len(tier), body, len(body)
     )
-    st = _ffi.tg_answer_request(h, byref(req), ms, flags, refuse_status, byref(out))
+    out = _ffi.TgAnswer()
+    ms = c_uint64(_now() if now is None else now)
+    st = _answer_raw(hp, byref(req), ms, c_uint32(flags), c_uint32(refuse_status), byref(out))
     if st:
         raise error_for(st, "tg_answer_request")
     return Answer(out)
 
 
-_MODEL_OFF = _ffi.TgAnswer.model.offset
-_now = _ffi.tg_now_ms
+_answer_raw = _ffi.fast_answer_request
+# tg_now_ms as the hot path calls it: no argument to convert.
+_now = _ffi._pylib["tg_now_ms"]
+_now.restype = c_uint64
 
 
 def answer_for(status: int, model: bytes, flags: int, refuse_status: int) -> Answer:

@@ -278,12 +278,11 @@ def _render(fn: Any, dec: Any, *extra: Any) -> bytes:
     raise TollgateError(_ffi.TG_E_BUFFER_TOO_SMALL, f"{fn.__name__}: buffer size keeps growing")
 
 
-def _collect_header(out: list[tuple[bytes, bytes]], name: int, name_len: int, value: int, value_len: int) -> int:
-    out.append((_string_at(name, name_len), _string_at(value, value_len)))
+def _collect_header(out: list[tuple[bytes, bytes]], name: Any, name_len: int, value: Any, value_len: int) -> int:
+    out.append((name[:name_len], value[:value_len]))
     return 0
 
 
-_string_at = ctypes.string_at
 # One tg_header_fn for every call: ``ctx`` is the list a call collects into.
 _COLLECT = _ffi.HEADER_FN(_collect_header)
 
@@ -466,12 +465,13 @@ for _i, _f in enumerate(fields(Decision)):
 del _i, _f
 
 _ANSWER_DECISION_OFF = _ffi.TgAnswer.decision.offset
+_decision_bytes = struct.Struct(f"{_DECISION_SIZE}s").unpack_from
 
 
 def decision_from_answer(answer: _ffi.TgAnswer, model: str) -> Decision:
     """The Decision inside a tg_answer."""
     d = _new(Decision)
-    d._raw = ctypes.string_at(ctypes.addressof(answer) + _ANSWER_DECISION_OFF, _DECISION_SIZE)
+    (d._raw,) = _decision_bytes(answer, _ANSWER_DECISION_OFF)
     d._model = model
     d._fields = None
     return d
