@@ -176,27 +176,28 @@ def unknown_model_body(model: StrOrBytes) -> bytes:
 #     per Limiter (a c_void_p would make a new argument object every call);
 #   - the request: a bytes object holding a packed tg_request, which ctypes
 #     passes as a pointer to its contents without copying. Its account and
-#     model pointers are those of bytes objects kept beside it (c_char_p
-#     gives their address); the library only reads requests, so every
-#     thread shares them. One is made per (account, model, tier, cost) and
-#     kept in _requests, so a key seen before costs one dict lookup;
+#     model pointers are those of bytes objects kept beside it (a c_char_p
+#     made from bytes points at their contents); the library only reads
+#     requests, so every thread shares them. One is made per (model,
+#     account) and kept in _requests with the tier and cost it was made
+#     for, so a key seen before costs two dict lookups;
 #   - the decision: this thread's buffer (a bytearray pinned by a ctypes
-#     view), read back by one precompiled struct unpack.
+#     view), copied into the Decision, which unpacks it when a field is read.
 #
 # The decision buffer is per thread, so threads never share one. The one way
 # to clobber it is re-entry on the same thread between the call and the
-# unpack, i.e. calling check() from a signal handler or a finalizer: don't.
+# copy, i.e. calling check() from a signal handler or a finalizer: don't.
 
 _REQUEST = _ffi.REQUEST_STRUCT
 _DECISION_SIZE = ctypes.sizeof(_ffi.TgDecision)
 
-#: Requests kept for keys seen before (about 300 bytes each): the oldest is
-#: dropped first. A key seen again after that costs one request build (about
-#: a microsecond) on its next check.
+#: Requests kept for keys seen before (about 240 bytes each); when that many
+#: are kept, all are dropped and kept anew. A key not kept costs one request
+#: build (about a microsecond) on its next check.
 _REQUESTS_CACHED = 16384
 # model -> account -> (request, model as str, account bytes, model bytes,
 # tier and cost as given): what the request was built from, kept alive.
-_requests: dict[object, dict[object, tuple[bytes, str, bytes, bytes, object, object]]] = {}
+_requests: dict[object, dict[object, tuple[Any, str, bytes, bytes, object, object]]] = {}
 _requests_kept = 0
 
 
@@ -220,23 +221,22 @@ _tls = threading.local()
 
 
 def _address(b: bytes) -> int:
-    """Where ctypes passes a bytes object's contents from (its own storage:
-    bytes are passed and stored in c_char_p without copying)."""
-    return ctypes.cast(ctypes.c_char_p(b), c_void_p).value or 0
+    """Where ctypes passes a bytes object's contents from: their own storage
+    (bytes are passed, and stored in a c_char_p, without copying)."""
+    return c_void_p.from_buffer(ctypes.c_char_p(b)).value or 0
 
 
-def _packed_request(a: bytes, mb: bytes, t: int, cost: int, rpm: int, rpd: int) -> bytes:
+def _packed_request(a: bytes, mb: bytes, t: int, cost: int, rpm: int, rpd: int) -> Any:
     """A tg_request for ``a`` and ``mb`` (which the caller keeps alive as long
-    as the result is used), packed into a bytes object at an address aligned
-    for the struct."""
+    as the result is used), as check() passes it: packed into a bytes
+    object, or a byref() of a ctypes copy if its contents are not aligned
+    for the struct (not seen in CPython, whose objects are 16-aligned)."""
     try:
         req = _REQUEST.pack(0, _address(a), len(a), _address(mb), len(mb), t, cost, rpm, rpd)
     except struct.error:
         raise _bad_numbers(cost, rpm, rpd) from None
-    if _address(req) % 8:  # never seen: bytes data is malloc-aligned in CPython; still, check
-        req = bytes(_ffi.TgRequest.from_buffer_copy(req))  # pragma: no cover
-        if _address(req) % 8:  # pragma: no cover
-            raise TollgateError(_ffi.TG_E_ALIGNMENT, "tollgate: cannot align a request buffer")
+    if _address(req) % 8:  # pragma: no cover
+        return byref(_ffi.TgRequest.from_buffer_copy(req))
     return req
 
 
@@ -779,7 +779,7 @@ class Limiter(_Handle):
         d._fields = None
         if new_model:
             _remember(model, (mb, ms))
-        if keep and _keep_request(model, account) and type(tier) in _TIER_TYPES:
+        if keep and type(tier) in _TIER_TYPES and _keep_request(model, account):
             _requests.setdefault(model, {})[account] = (req, ms, a, mb, tier, cost)
         return d
 
