@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# Builds the tollgate wheel (its build step runs `cargo build --release`),
-# installs it into a fresh throwaway venv, and runs the pytest suite against
-# the installed package and its bundled libtollgate.so.
+# Builds the tollgate wheel (its build step runs `cargo build --release`) and
+# tests the installed package, with its bundled libtollgate.so, on every
+# CPython the README claims:
+#   - the full suite on the project venv's Python (3.11, tests/setup.sh): a
+#     throwaway venv gets only the wheel, and sees the project venv's packages
+#     (pytest, fastapi, uvicorn, httpx, openai) through a .pth file, so
+#     nothing is downloaded for it;
+#   - the core tests (check, headers, bodies, errors, the ASGI middleware:
+#     test_core, test_arguments, test_bodies, test_asgi) on every other
+#     CPython >= 3.9 present: pyenv's ($PYENV_ROOT/versions/3.*) and
+#     Debian's (/usr/bin/python3.N). Each gets a throwaway venv with the
+#     wheel and, from PyPI, pytest (and FastAPI and httpx where they
+#     install) at the versions tests/requirements.txt pins, with
+#     tests/constraints-py310.txt, or tests/requirements-py39.txt where the
+#     pinned pytest needs a newer Python. What does not install is said in
+#     the output, and the test needing it is skipped.
 #
-# The test packages (pytest, fastapi, uvicorn, httpx, openai; setuptools and
-# wheel to build) come from the project's venv, which tests/setup.sh creates
-# from the pinned tests/requirements.txt and puts first on PATH. The
-# throwaway venv sees that venv's packages through a .pth file, so nothing is
-# downloaded and only the wheel is installed into it.
+# The packages for the full suite (pytest, fastapi, uvicorn, httpx, openai;
+# setuptools and wheel to build) come from the python first on PATH, which
+# tests/setup.sh makes the project venv's from the pinned tests/requirements.txt.
 #
 # PYTHON   the interpreter with those packages (default: python3 on PATH)
+# TOLLGATE_PYTHONS  the interpreters for the core tests, instead of those
+#          found (space-separated paths; set and empty: none)
 # TOLLGATE_TEST_MODE=library skips the wheel: it builds the library and runs
-#          the tests from src/ with TOLLGATE_LIBRARY pointing at target/release.
-# Extra arguments go to pytest.
+#          the tests from src/ with TOLLGATE_LIBRARY pointing at target/release,
+#          on PYTHON only.
+# Extra arguments go to every pytest run.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -77,17 +91,98 @@ with open(sys.argv[1], "w") as f:
     f.write("import site; " + "; ".join(f"site.addsitedir({d!r})" for d in dirs) + "\n")
 EOF
     # Run from a directory where src/ is not importable, so the installed copy is tested.
-    (cd "$WORK" && "$VPY" - "$WORK/venv" <<'EOF'
-import os, sys, tollgate
+    where_check() { # venv python, venv directory
+        (cd "$WORK" && "$1" - "$2" <<'EOF'
+import os, platform, sys, tollgate
 where = os.path.realpath(tollgate.__file__)
 if not where.startswith(os.path.realpath(sys.argv[1]) + os.sep):
     sys.exit(f"test.sh: imported tollgate from {where}, not from the throwaway venv")
-print("== testing", tollgate.__file__, "lib", tollgate.library_path, tollgate.library_version())
+print(f"== testing on CPython {platform.python_version()}:", tollgate.__file__, "lib",
+      tollgate.library_path, tollgate.library_version())
 EOF
-    )
+        )
+    }
+    pytest_in() { # venv python, then test files and pytest's arguments
+        local vpy=$1
+        shift
+        (cd "$WORK" && "$vpy" -m pytest -p no:cacheprovider --rootdir "$HERE/tests" -c /dev/null "$@")
+    }
+    pyver() { "$1" -c 'import platform; print(platform.python_version())'; }
+    failed=()
+    tested=()
+    notes=()
+
+    full_ver="$(pyver "$VPY")"
     export TOLLGATE_BENCH_PYTHON="$VPY"
-    cd "$WORK"
-    exec "$VPY" -m pytest -p no:cacheprovider --rootdir "$HERE/tests" -c /dev/null "$HERE/tests" "$@"
+    if where_check "$VPY" "$WORK/venv" && pytest_in "$VPY" "$HERE/tests" "$@"; then
+        tested+=("$full_ver (full suite)")
+    else
+        failed+=("$full_ver (full suite)")
+    fi
+    unset TOLLGATE_BENCH_PYTHON
+
+    # The other interpreters: every CPython >= 3.9 that pyenv or Debian has,
+    # but not the one the full suite just ran on.
+    if [ -n "${TOLLGATE_PYTHONS+set}" ]; then
+        read -r -a others <<<"$TOLLGATE_PYTHONS"
+    else
+        others=()
+        while IFS= read -r p; do
+            others+=("$p")
+        done < <(for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.*/bin/python3 /usr/bin/python3.[0-9]*; do
+            case "$p" in *-config | *m) continue ;; esac
+            [ -x "$p" ] && echo "$p"
+        done | sort -V)
+    fi
+    same='import os, sys; print(os.path.realpath(sys.base_prefix), sys.version)'
+    full_base="$("$PY" -c "$same")"
+    core_tests=("$HERE/tests/test_core.py" "$HERE/tests/test_arguments.py" "$HERE/tests/test_bodies.py"
+        "$HERE/tests/test_asgi.py")
+    pins=(-c "$ROOT/tests/requirements.txt" -c "$HERE/tests/constraints-py310.txt")
+    pipq=(--quiet --disable-pip-version-check)
+    n=0
+    for p in ${others[@]+"${others[@]}"}; do
+        "$p" -c 'import sys; sys.exit(sys.version_info < (3, 9) or sys.implementation.name != "cpython")' \
+            2>/dev/null || continue
+        [ "$("$p" -c "$same")" = "$full_base" ] && continue
+        n=$((n + 1))
+        ver="$(pyver "$p")"
+        echo "== CPython $ver ($p): core tests"
+        venv="$WORK/venv-$n"
+        if ! "$p" -m venv "$venv"; then
+            failed+=("$ver ($p: no venv)")
+            continue
+        fi
+        vpy="$venv/bin/python"
+        log="$WORK/pip-$n.log"
+        if "$vpy" -m pip install "${pipq[@]}" "${pins[@]}" pytest fastapi httpx >"$log" 2>&1; then
+            got="pytest, FastAPI and httpx as pinned in tests/requirements.txt"
+        elif "$vpy" -m pip install "${pipq[@]}" "${pins[@]}" pytest >"$log" 2>&1; then
+            got="pytest as pinned in tests/requirements.txt; the pinned FastAPI does not install on $ver: its test is skipped"
+        elif "$vpy" -m pip install "${pipq[@]}" -r "$HERE/tests/requirements-py39.txt" >"$log" 2>&1; then
+            got="pytest from tests/requirements-py39.txt (the pinned one needs a newer Python); the pinned FastAPI does not install on $ver: its test is skipped"
+        else
+            tail -n 5 "$log" >&2
+            failed+=("$ver ($p: pytest does not install)")
+            continue
+        fi
+        echo "== installed $got"
+        "$vpy" -m pip install "${pipq[@]}" --no-index --no-deps "$whl"
+        if where_check "$vpy" "$venv" && pytest_in "$vpy" "${core_tests[@]}" "$@"; then
+            tested+=("$ver (core tests)")
+            case "$got" in *skipped*) notes+=("${got#*; }") ;; esac
+        else
+            failed+=("$ver (core tests, $p)")
+        fi
+    done
+
+    list() { local IFS=,; echo "$*" | sed 's/,/, /g'; }
+    echo "== python: passed on CPython $(list ${tested[@]+"${tested[@]}"})"
+    for note in ${notes[@]+"${notes[@]}"}; do echo "== note: $note"; done
+    if [ ${#failed[@]} -gt 0 ]; then
+        echo "== python: FAILED on CPython $(list "${failed[@]}")" >&2
+        exit 1
+    fi
 else
     echo "== cargo build --release --lib"
     (cd "$ROOT" && cargo build --release --lib)

@@ -21,11 +21,13 @@ from conftest import SMALL_POLICY, T0
 MB = 1 << 20
 
 
-@pytest.fixture(params=["fast", "portable"])
+@pytest.fixture(params=["cached", "uncached"])
 def lim(request, monkeypatch, small_policy):
-    # Both ways check() reaches the library (see "the hot path" in _core).
-    if request.param == "portable":
-        monkeypatch.setattr(tollgate._core, "_DATA", None)
+    # Both ways check() reaches the library (see "the hot path" in _core):
+    # with the request of a key seen before kept, and with none kept.
+    monkeypatch.setattr(tollgate._core, "_requests", {})
+    if request.param == "uncached":
+        monkeypatch.setattr(tollgate._core, "_REQUESTS_CACHED", 0)
     with Limiter(small_policy, slots=64) as lim:
         yield lim
 
@@ -62,6 +64,36 @@ def test_every_bad_number_or_tier_is_invalid_argument(lim, kwargs):
     assert e.value.status == 2
     # Nothing was counted by the refused calls.
     assert lim.peek("acct", "tiny", now=T0).minute_remaining == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"tier": True}, {"tier": 1.0}, {"cost": True}, {"cost": 1.0}, {"tier": 1, "cost": True}],
+    ids=repr,
+)
+def test_a_key_seen_before_still_refuses_numbers_that_only_compare_equal(lim, kwargs):
+    # True == 1 == 1.0 as dict keys: a check with them must not be taken for
+    # the one kept from a valid check (tier 1, cost 1) of the same key.
+    assert lim.check("seen", "tiny", "developer", now=T0).minute_remaining == 4
+    assert lim.check("seen", "tiny", 1, now=T0).minute_remaining == 3
+    with pytest.raises(InvalidArgumentType):
+        lim.check("seen", "tiny", **{"now": T0, **kwargs})
+    assert lim.peek("seen", "tiny", now=T0).minute_remaining == 3
+
+
+def test_requests_kept_are_bounded_and_answers_unchanged(monkeypatch, small_policy):
+    monkeypatch.setattr(tollgate._core, "_requests", {})
+    monkeypatch.setattr(tollgate._core, "_requests_kept", 0)
+    monkeypatch.setattr(tollgate._core, "_REQUESTS_CACHED", 10)
+    with Limiter(small_policy, slots=256) as lim:
+        for round_ in range(3):
+            for i in range(25):
+                d = lim.check(f"k{i}", "tiny", now=T0)
+                assert d.minute_remaining == 4 - round_
+                kept = sum(len(v) for v in tollgate._core._requests.values())
+                assert kept <= 10
+        # bytes and str accounts are distinct keys with the same counters.
+        assert lim.check(b"k0", "tiny", now=T0).minute_remaining == 1
 
 
 def test_wrong_types_are_also_type_errors(lim):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import json
 import multiprocessing
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -183,6 +185,51 @@ def test_decision_is_a_frozen_dataclass():
         d.allowed = False  # type: ignore[misc]
     assert d == d2 and hash(d) == hash(d2)  # a peek sees the same state
     assert "DeepSeek-V3.1" in repr(d)
+
+
+def test_decision_reads_the_librarys_bytes_like_a_frozen_dataclass():
+    with Limiter() as lim:
+        d = lim.check("a", "DeepSeek-V3.1", now=T0)
+        for _ in range(30):
+            no = lim.check("a", "DeepSeek-V3.1", now=T0)
+    assert d and not no and no.limited_by == "minute" and no.retry_after == MINUTE_END - int(T0)
+    fields = dataclasses.asdict(d)
+    assert fields == {
+        "allowed": True,
+        "limited_by": None,
+        "minute_limit": 30,
+        "minute_remaining": 29,
+        "minute_reset": MINUTE_END,
+        "day_limit": 15000,
+        "day_remaining": 14999,
+        "day_reset": (int(T0) // 86400 + 1) * 86400,
+        "retry_after": 0,
+        "model": "DeepSeek-V3.1",
+    }
+    # Made from its fields (replace, copy, pickle): the same decision, and
+    # the library renders the same headers for it.
+    again = Decision(**fields)
+    assert again == d and hash(again) == hash(d) and again.headers == d.headers
+    assert copy.copy(no) == no and pickle.loads(pickle.dumps(no)) == no and no.error_body == copy.copy(no).error_body
+    assert dataclasses.replace(d, minute_remaining=3).minute_remaining == 3 and d != dataclasses.replace(d, model="x")
+    for name in fields:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(d, name, 1)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            delattr(d, name)
+    with pytest.raises(AttributeError):
+        d.other = 1  # type: ignore[attr-defined]
+
+
+def test_the_package_uses_no_object_addresses_or_class_swaps():
+    # What breaks across CPython versions and other Pythons: object addresses
+    # from id(), offsets into objects, __class__ assignment.
+    src = Path(tollgate.__file__).resolve().parent
+    for f in sorted(src.glob("*.py")):
+        text = f.read_text()
+        assert not re.search(r"\bid\(", text), f"{f.name} uses id()"
+        assert not re.search(r"__class__\s*=[^=]", text), f"{f.name} assigns __class__"
+        assert "__basicsize__" not in text, f"{f.name} reads object layouts"
 
 
 def test_next_minute_admits_again_and_denials_charge_nothing():
@@ -391,10 +438,11 @@ def test_close_is_idempotent_and_use_after_close_raises():
     gc.collect()
 
 
-def test_portable_path_gives_the_same_answers(monkeypatch):
-    # Where the CPython fast path is unavailable, checks go through ctypes
-    # Structures: same results, same errors.
-    monkeypatch.setattr(tollgate._core, "_DATA", None)
+def test_uncached_path_gives_the_same_answers(monkeypatch):
+    # With no request kept (every check builds its own), the same results
+    # and the same errors.
+    monkeypatch.setattr(tollgate._core, "_requests", {})
+    monkeypatch.setattr(tollgate._core, "_REQUESTS_CACHED", 0)
     with Limiter() as lim:
         for i in range(30):
             d = lim.check("p", "DeepSeek-V3.1", now=T0)

@@ -4,13 +4,9 @@ this package holds no answer text of its own."""
 
 from __future__ import annotations
 
-import ctypes
-import struct
-import threading
-from ctypes import byref, c_size_t, c_uint32, c_uint64, c_void_p, create_string_buffer
-from typing import Any
+from ctypes import byref, c_size_t, c_uint32, c_uint64, create_string_buffer
 
-from . import _core, _ffi
+from . import _ffi
 from ._core import Decision, Limiter, answer_headers, decision_from_answer
 from .errors import InvalidArgument, error_for
 
@@ -63,7 +59,7 @@ class Answer:
         """The limiter's decision, when there was one."""
         c = self._c
         if self._decision is None and c.has_decision:
-            model = ctypes.string_at(ctypes.addressof(c) + _MODEL_OFF, c.model_len).decode("utf-8", "surrogateescape")
+            model = c.model[: c.model_len].decode("utf-8", "surrogateescape")
             self._decision = decision_from_answer(c, model)
         return self._decision
 
@@ -101,53 +97,28 @@ def answer_request(
     """The core's answer to a whole request (tg_answer_request: method,
     account, body model, tier, then the limit, in the order every binding
     takes them). ``now`` is epoch milliseconds (None: the library's clock)."""
+    hp = limiter._hp
+    if hp is None:
+        limiter._ptr()  # raises: closed
+    # ctypes points the request's fields at the bytes objects' own storage
+    # (no copy; the Structure keeps them alive for the call). The call's
+    # arguments are all ctypes objects, so it converts none of them (see
+    # _ffi.fast_answer_request).
+    req = _ffi.TgHttpRequest(
+        0, cost, method, len(method), account, len(account or b""), tier, len(tier), body, len(body)
+    )
     out = _ffi.TgAnswer()
-    h: Any = limiter._ptr()
     ms = c_uint64(_now() if now is None else now)
-    if _DATA is None:
-        req = _ffi.TgHttpRequest(
-            0, cost, method, len(method), account, len(account or b""), tier, len(tier), body, len(body)
-        )
-        st = _ffi.tg_answer_request(h, byref(req), ms, flags, refuse_status, byref(out))
-    else:
-        # The request packed in one call into this thread's buffer, its
-        # pointers at the bytes objects' own storage (held by this frame's
-        # arguments for the whole call): see _core's "the hot path".
-        try:
-            buf, reqp, _ = _tls.req
-        except AttributeError:
-            buf, reqp = _request_scratch()
-        a = 0 if account is None else id(account) + _DATA
-        _pack(buf, 0, 0, cost, id(method) + _DATA, len(method), a, len(account or b""),
-              id(tier) + _DATA, len(tier), id(body) + _DATA, len(body))
-        st = _fast_answer_request(h, reqp, ms, c_uint32(flags), c_uint32(refuse_status), byref(out))
+    st = _answer_raw(hp, byref(req), ms, c_uint32(flags), c_uint32(refuse_status), byref(out))
     if st:
         raise error_for(st, "tg_answer_request")
     return Answer(out)
 
 
-_MODEL_OFF = _ffi.TgAnswer.model.offset
-_DATA = _core._DATA
-_REQUEST = struct.Struct("@IIPNPNPNPN")
-assert _REQUEST.size == ctypes.sizeof(_ffi.TgHttpRequest)
-_pack = _REQUEST.pack_into
-_now = _ffi.tg_now_ms
-_fast_answer_request = _ffi.fast_answer_request
-_tls = threading.local()
-
-
-def _request_scratch() -> tuple[Any, c_void_p]:
-    # A bytearray pinned by a ctypes view, as _core's scratch (struct packs
-    # it without ctypes computing a buffer format per call).
-    buf: Any = bytearray(_REQUEST.size)
-    view: Any = (ctypes.c_char * _REQUEST.size).from_buffer(buf)
-    base = ctypes.addressof(view)
-    if base % 8:  # not aligned for the struct: take ctypes' own memory
-        view = create_string_buffer(_REQUEST.size)
-        buf = view
-        base = ctypes.addressof(view)
-    _tls.req = sc = (buf, c_void_p(base), view)
-    return sc[0], sc[1]
+_answer_raw = _ffi.fast_answer_request
+# tg_now_ms as the hot path calls it: no argument to convert.
+_now = _ffi._pylib["tg_now_ms"]
+_now.restype = c_uint64
 
 
 def answer_for(status: int, model: bytes, flags: int, refuse_status: int) -> Answer:

@@ -10,7 +10,8 @@ import struct
 import sys
 import threading
 from ctypes import byref, c_size_t, c_uint32, c_uint64, c_void_p, create_string_buffer
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass, fields
+from operator import attrgetter
 from typing import Any, Union
 
 from . import _ffi
@@ -169,66 +170,96 @@ def unknown_model_body(model: StrOrBytes) -> bytes:
 
 # --- the hot path -----------------------------------------------------------
 #
-# ctypes Structures cost a Python-level conversion per field. Instead, each
-# thread owns one small buffer holding a tg_request and the tg_decision the
-# library writes: one struct.pack_into fills the request, one unpack_from
-# reads the decision, and no ctypes object is made per call.
+# A check is one ctypes call, tg_check_now(limiter, request, decision), whose
+# three arguments are all made before the call, so ctypes converts nothing:
+#   - the limiter: a byref() of a c_char at the handle's address, made once
+#     per Limiter (a c_void_p would make a new argument object every call);
+#   - the request: a bytes object holding a packed tg_request, which ctypes
+#     passes as a pointer to its contents without copying. Its account and
+#     model pointers are those of bytes objects kept beside it (a c_char_p
+#     made from bytes points at their contents); the library only reads
+#     requests, so every thread shares them. One is made per (model,
+#     account) and kept in _requests with the tier and cost it was made
+#     for, so a key seen before costs two dict lookups;
+#   - the decision: this thread's buffer (a bytearray pinned by a ctypes
+#     view), copied into the Decision, which unpacks it when a field is read.
 #
-# The request's account/model pointers point straight at the bytes objects'
-# own storage (CPython keeps it at a fixed offset from id()); the objects are
-# held by local variables for the whole call, and bytes are immutable. The
-# offset is verified at import; elsewhere (not CPython) every call takes the
-# ctypes Structure path instead, which is slower but needs no such knowledge.
-#
-# The buffer is per thread, so threads never share one. The one way to clobber
-# it is re-entry on the same thread between pack and unpack, i.e. calling
-# check() from a signal handler or a finalizer: don't.
+# The decision buffer is per thread, so threads never share one. The one way
+# to clobber it is re-entry on the same thread between the call and the
+# copy, i.e. calling check() from a signal handler or a finalizer: don't.
+
+_REQUEST = _ffi.REQUEST_STRUCT
+_DECISION_SIZE = ctypes.sizeof(_ffi.TgDecision)
+
+#: Requests kept for keys seen before (about 240 bytes each); when that many
+#: are kept, all are dropped and kept anew. A key not kept costs one request
+#: build (about a microsecond) on its next check.
+_REQUESTS_CACHED = 16384
+# model -> account -> (request, model as str, account bytes, model bytes,
+# tier and cost as given): what the request was built from, kept alive.
+_requests: dict[object, dict[object, tuple[Any, str, bytes, bytes, object, object]]] = {}
+_requests_kept = 0
 
 
-def _bytes_data_offset() -> int | None:
-    if sys.implementation.name != "cpython":
-        return None
-    off = bytes.__basicsize__ - 1  # offsetof(PyBytesObject, ob_sval)
-    probe = b"tollgate \x00\xff probe"
-    try:
-        if ctypes.string_at(id(probe) + off, len(probe)) == probe:
-            return off
-    except (OSError, ValueError):  # string_at refused the address
-        return None
-    return None
+def _keep_request(model: object, account: object) -> bool:
+    """Whether a request for (model, account) may be kept, making room if
+    needed: only exact str and bytes keys (whose equality is their value),
+    and at most _REQUESTS_CACHED of them (all dropped when full)."""
+    global _requests_kept
+    if _REQUESTS_CACHED <= 0 or type(model) not in _KEY_TYPES or type(account) not in _KEY_TYPES:
+        return False
+    if _requests_kept >= _REQUESTS_CACHED:
+        _requests.clear()
+        _requests_kept = 0
+    _requests_kept += 1
+    return True
 
 
-_DATA = _bytes_data_offset()  # also None when _draft_works() is False (set below)
-_DECISION_OFF = (_ffi.REQUEST_STRUCT.size + 15) // 16 * 16
-_SCRATCH_SIZE = _DECISION_OFF + ctypes.sizeof(_ffi.TgDecision)
+_KEY_TYPES = frozenset({str, bytes})
 
 _tls = threading.local()
 
 
-def _scratch() -> tuple[Any, c_void_p, c_void_p, Any]:
-    # A bytearray, not a ctypes buffer: struct reads and writes it without
-    # ctypes computing a buffer format on every call. The ctypes view pins it
-    # (a bytearray with an exported buffer cannot be resized or moved) and
-    # gives its address.
-    buf: Any = bytearray(_SCRATCH_SIZE)
-    view = (ctypes.c_char * _SCRATCH_SIZE).from_buffer(buf)
-    base = ctypes.addressof(view)
-    if base % 8:  # not aligned for the structs: take ctypes' own memory
-        view = create_string_buffer(_SCRATCH_SIZE)
+def _address(b: bytes) -> int:
+    """Where ctypes passes a bytes object's contents from: their own storage
+    (bytes are passed, and stored in a c_char_p, without copying)."""
+    return c_void_p.from_buffer(ctypes.c_char_p(b)).value or 0
+
+
+def _packed_request(a: bytes, mb: bytes, t: int, cost: int, rpm: int, rpd: int) -> Any:
+    """A tg_request for ``a`` and ``mb`` (which the caller keeps alive as long
+    as the result is used), as check() passes it: packed into a bytes
+    object, or a byref() of a ctypes copy if its contents are not aligned
+    for the struct (not seen in CPython, whose objects are 16-aligned)."""
+    try:
+        req = _REQUEST.pack(0, _address(a), len(a), _address(mb), len(mb), t, cost, rpm, rpd)
+    except struct.error:
+        raise _bad_numbers(cost, rpm, rpd) from None
+    if _address(req) % 8:  # pragma: no cover
+        return byref(_ffi.TgRequest.from_buffer_copy(req))
+    return req
+
+
+def _decision_buffer() -> tuple[Any, Any]:
+    # A bytearray, not a ctypes buffer: struct reads it without ctypes
+    # computing a buffer format on every call. The ctypes view pins it (a
+    # bytearray with an exported buffer cannot be resized or moved) and
+    # gives the pointer argument.
+    buf: Any = bytearray(_DECISION_SIZE)
+    view: Any = (ctypes.c_char * _DECISION_SIZE).from_buffer(buf)
+    if ctypes.addressof(view) % 8:  # not aligned for the struct: take ctypes' own memory
+        view = create_string_buffer(_DECISION_SIZE)
         buf = view
-        base = ctypes.addressof(view)
-    sc = (buf, c_void_p(base), c_void_p(base + _DECISION_OFF), view)
-    _tls.sc = sc
-    return sc
+    out = (buf, byref(view))
+    _tls.out = out
+    return out
 
 
 _LIMITED_BY = (None, "minute", "day")
 _new = object.__new__
-_set = object.__setattr__
-_pack = _ffi.REQUEST_STRUCT.pack_into
-_unpack = _ffi.DECISION_STRUCT.unpack_from
-_fast_check = _ffi.fast_check
-_fast_check_now = _ffi.fast_check_now
+_unpack = _ffi.DECISION_OUT.unpack_from
+_check_raw = _ffi.fast_check
+_check_now_raw = _ffi.fast_check_now
 
 
 def _render(fn: Any, dec: Any, *extra: Any) -> bytes:
@@ -247,12 +278,11 @@ def _render(fn: Any, dec: Any, *extra: Any) -> bytes:
     raise TollgateError(_ffi.TG_E_BUFFER_TOO_SMALL, f"{fn.__name__}: buffer size keeps growing")
 
 
-def _collect_header(out: list[tuple[bytes, bytes]], name: int, name_len: int, value: int, value_len: int) -> int:
-    out.append((_string_at(name, name_len), _string_at(value, value_len)))
+def _collect_header(out: list[tuple[bytes, bytes]], name: Any, name_len: int, value: Any, value_len: int) -> int:
+    out.append((name[:name_len], value[:value_len]))
     return 0
 
 
-_string_at = ctypes.string_at
 # One tg_header_fn for every call: ``ctx`` is the list a call collects into.
 _COLLECT = _ffi.HEADER_FN(_collect_header)
 
@@ -281,30 +311,19 @@ def _decision_pairs(d: _ffi.TgDecision, now_ms: int | None = None) -> list[tuple
     return out
 
 
-_DECISION_FIELDS = (
-    "allowed",
-    "limited_by",
-    "minute_limit",
-    "minute_remaining",
-    "minute_reset",
-    "day_limit",
-    "day_remaining",
-    "day_reset",
-    "retry_after",
-    "model",
-)
-# Slots past the fields cache what the library rendered (not fields: they
-# take no part in equality, hashing or repr).
-_DECISION_SLOTS = _DECISION_FIELDS + ("_header_items", "_error_body")
-
-
-@dataclass(frozen=True)
+@dataclass(init=False, eq=False)
 class Decision:
     """The outcome of one check. ``allowed`` is the verdict; ``limited_by`` is
     "minute", "day" or None; resets are epoch seconds; ``retry_after`` is in
-    whole seconds (0 when allowed). Truthy when allowed."""
+    whole seconds (0 when allowed). Truthy when allowed.
 
-    __slots__ = _DECISION_SLOTS
+    A dataclass whose fields cannot be assigned (FrozenInstanceError, as a
+    frozen one) and whose values are the library's tg_decision as it wrote
+    it: making one is a copy of those bytes, and they are unpacked when a
+    field other than ``allowed`` and ``model`` is first read. Equal (and
+    hashed) by its fields."""
+
+    __slots__ = ("_fields", "_model", "_raw")
 
     allowed: bool
     limited_by: str | None
@@ -317,36 +336,68 @@ class Decision:
     retry_after: int
     model: str
 
+    def __init__(
+        self,
+        allowed: bool,
+        limited_by: str | None,
+        minute_limit: int,
+        minute_remaining: int,
+        minute_reset: int,
+        day_limit: int,
+        day_remaining: int,
+        day_reset: int,
+        retry_after: int,
+        model: str,
+    ) -> None:
+        raw = _ffi.DECISION_STRUCT.pack(
+            0,
+            1 if allowed else 0,
+            _LIMITED_BY.index(limited_by),
+            minute_limit,
+            minute_remaining,
+            minute_reset,
+            day_limit,
+            day_remaining,
+            day_reset,
+            retry_after,
+        )
+        self._raw = raw.ljust(_DECISION_SIZE, b"\0")
+        self._model = model
+        self._fields: tuple[Any, ...] | None = None
+
+    def _unpacked(self) -> tuple[Any, ...]:
+        # allowed, limited_by's number, minute_limit, ..., retry_after
+        v = self._fields
+        if v is None:
+            v = self._fields = _unpack(self._raw)
+        return v
+
+    def _values(self) -> tuple[Any, ...]:
+        al, lb, ml, mr, mrs, dl, dr, drs, ra = self._unpacked()
+        return (al, _LIMITED_BY[lb], ml, mr, mrs, dl, dr, drs, ra, self._model)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle: the fields, to __init__
+        return (type(self), self._values())
+
     def __bool__(self) -> bool:
-        return self.allowed
+        return self._raw[_ALLOWED_BYTE] != 0
 
     def _c(self) -> _ffi.TgDecision:
-        d = _ffi.TgDecision()
-        _ffi.DECISION_STRUCT.pack_into(
-            d,
-            0,
-            0,
-            1 if self.allowed else 0,
-            _LIMITED_BY.index(self.limited_by),
-            self.minute_limit,
-            self.minute_remaining,
-            self.minute_reset,
-            self.day_limit,
-            self.day_remaining,
-            self.day_reset,
-            self.retry_after,
-        )
-        return d
+        return _ffi.TgDecision.from_buffer_copy(self._raw)
 
     @property
     def header_items(self) -> list[tuple[bytes, bytes]]:
         """The headers as (name, value) byte pairs in the library's order,
         names in lower case (the shape ASGI and WSGI servers take)."""
-        cached = getattr(self, "_header_items", None)
-        if cached is None:
-            cached = tuple(_decision_pairs(self._c()))
-            _set(self, "_header_items", cached)
-        return list(cached)
+        return _decision_pairs(self._c())
 
     @property
     def headers(self) -> dict[str, str]:
@@ -365,69 +416,65 @@ class Decision:
     def error_body(self) -> str:
         """The OpenAI-shaped 429 JSON body naming the model and the limit hit
         (tg_decision_error_body)."""
-        body: str | None = getattr(self, "_error_body", None)
-        if body is None:
-            mb = self.model.encode("utf-8", "surrogateescape")
-            body = _render(_ffi.tg_decision_error_body, self._c(), mb, len(mb)).decode("utf-8", "replace")
-            _set(self, "_error_body", body)
-        return body
+        mb = self._model.encode("utf-8", "surrogateescape")
+        return _render(_ffi.tg_decision_error_body, self._c(), mb, len(mb)).decode("utf-8", "replace")
 
+
+# `allowed` is 0 or 1: its low byte says which.
+_ALLOWED_BYTE = _ffi.TgDecision.allowed.offset + (0 if sys.byteorder == "little" else 3)
+
+
+def _field(i: int, name: str) -> property:
+    """Decision field ``name``, the i-th: read-only, like a frozen dataclass's
+    (set after @dataclass, which would take a class attribute of a field's
+    name for its default)."""
+
+    def assign(self: Decision, _: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def delete(self: Decision) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    get: Any
+    if name == "allowed":
+
+        def get(self: Decision) -> bool:
+            return self._raw[_ALLOWED_BYTE] != 0
+
+    elif name == "model":
+        get = attrgetter("_model")
+    elif name == "limited_by":
+
+        def get(self: Decision) -> str | None:
+            return _LIMITED_BY[self._unpacked()[1]]
+
+    else:
+
+        def get(self: Decision) -> int:
+            v = self._fields
+            if v is None:
+                v = self._unpacked()
+            value: int = v[i]
+            return value
+
+    return property(get, assign, delete, f"The decision's {name}.")
+
+
+for _i, _f in enumerate(fields(Decision)):
+    setattr(Decision, _f.name, _field(_i, _f.name))
+del _i, _f
 
 _ANSWER_DECISION_OFF = _ffi.TgAnswer.decision.offset
+_decision_bytes = struct.Struct(f"{_DECISION_SIZE}s").unpack_from
 
 
 def decision_from_answer(answer: _ffi.TgAnswer, model: str) -> Decision:
-    """The Decision inside a tg_answer (one unpack, and the draft's plain
-    slot stores when they work: see "the hot path")."""
-    _, al, lb, ml, mr, mrs, dl, dr, drs, ra = _unpack(answer, _ANSWER_DECISION_OFF)
-    if not _DRAFT_WORKS:
-        return Decision(al == 1, _LIMITED_BY[lb], ml, mr, mrs, dl, dr, drs, ra, model)
-    d = _new(_DecisionDraft)
-    d.allowed = al == 1
-    d.limited_by = _LIMITED_BY[lb]
-    d.minute_limit = ml
-    d.minute_remaining = mr
-    d.minute_reset = mrs
-    d.day_limit = dl
-    d.day_remaining = dr
-    d.day_reset = drs
-    d.retry_after = ra
-    d.model = model
-    d.__class__ = Decision  # type: ignore[assignment]
-    return d  # type: ignore[return-value]
-
-
-class _DecisionDraft:
-    """A Decision under construction: the same slots, without the frozen
-    dataclass's __setattr__ (a Python function that refuses every store).
-    The hot path fills one with plain slot stores, then makes it a Decision
-    by assigning __class__ (allowed: identical layouts), well under half the
-    cost of going through Decision's own __init__."""
-
-    __slots__ = _DECISION_SLOTS
-
-    allowed: bool
-    limited_by: str | None
-    minute_limit: int
-    minute_remaining: int
-    minute_reset: int
-    day_limit: int
-    day_remaining: int
-    day_reset: int
-    retry_after: int
-    model: str
-
-
-def _draft_works() -> bool:
-    try:
-        d: Any = _new(_DecisionDraft)
-        names: list[Any] = list(_DECISION_FIELDS)
-        for name in names:
-            setattr(d, name, name)
-        d.__class__ = Decision
-        return type(d) is Decision and bool(d == Decision(*names))
-    except TypeError:
-        return False
+    """The Decision inside a tg_answer."""
+    d = _new(Decision)
+    (d._raw,) = _decision_bytes(answer, _ANSWER_DECISION_OFF)
+    d._model = model
+    d._fields = None
+    return d
 
 
 @dataclass(frozen=True)
@@ -584,7 +631,7 @@ class Limiter(_Handle):
     ``Limiter(policy, slots=...)`` keeps its counters in process memory.
     """
 
-    __slots__ = ("_path", "_policy")
+    __slots__ = ("_hp", "_path", "_policy")
 
     def __init__(self, policy: Policy | None = None, slots: int = DEFAULT_SLOTS) -> None:
         if policy is None:
@@ -593,9 +640,22 @@ class Limiter(_Handle):
         st = _ffi.tg_limiter_new(policy._ptr(), _u32(slots, "slots"), byref(h))
         if st:
             raise constructor_error(st, f"tg_limiter_new(slots={slots})")
+        self._start(h, policy, None)
+
+    def _start(self, h: c_void_p, policy: Policy, path: str | None) -> None:
         _Handle.__init__(self, h, _ffi.tg_limiter_free)
+        # The handle as check() passes it: a pointer argument ctypes takes as
+        # it is (see "the hot path"); None, i.e. NULL, once closed.
+        self._hp: Any = byref(ctypes.c_char.from_address(h.value or 0))
         self._policy: Policy = policy
-        self._path: str | None = None
+        self._path: str | None = path
+
+    def close(self) -> None:
+        """Frees the table now (a file-backed one stays in its file).
+        Idempotent. Must not race with calls on the same object in other
+        threads."""
+        self._hp = None
+        _Handle.close(self)
 
     @classmethod
     def open(
@@ -617,9 +677,7 @@ class Limiter(_Handle):
             name = os.fsdecode(raw)
             raise constructor_error(st, f"tg_limiter_open({name}, slots={slots})", RegionError, name)
         lim = _new(cls)
-        _Handle.__init__(lim, h, _ffi.tg_limiter_free)
-        lim._policy = policy
-        lim._path = os.fsdecode(raw)
+        lim._start(h, policy, os.fsdecode(raw))
         return lim
 
     @property
@@ -651,99 +709,79 @@ class Limiter(_Handle):
         InvalidArgument; a denial is not an error but a Decision with
         ``allowed`` False.
         """
-        # Hot path, kept flat: see "the hot path" above.
+        # Hot path, kept flat: see "the hot path" above. A key seen before is
+        # two lookups and two identity checks; an equal tier or cost that is
+        # another object is compared by type and value (True == 1 == 1.0,
+        # and bools and floats are refused), then the request is rebuilt.
+        if rpm is None and rpd is None:
+            try:
+                req, ms, a, mb, t0, c0 = _requests[model][account]
+            except (KeyError, TypeError):  # TypeError: unhashable, e.g. a bytearray
+                return self._check_new(True, account, model, tier, cost, now, None, None)
+            if (t0 is not tier and not (type(tier) is type(t0) and tier == t0)) or (
+                c0 is not cost and not (type(cost) is int and cost == c0)
+            ):
+                return self._check_new(True, account, model, tier, cost, now, None, None)
+            try:
+                buf, out = _tls.out
+            except AttributeError:
+                buf, out = _decision_buffer()
+            if now is None:
+                st = _check_now_raw(self._hp, req, out)
+            else:
+                st = _check_raw(self._hp, req, c_uint64(_ms(now)), out)
+            if st:
+                raise self._error(st, a, mb)
+            d = _new(Decision)
+            d._raw = bytes(buf)
+            d._model = ms
+            d._fields = None
+            return d
+        return self._check_new(False, account, model, tier, cost, now, rpm, rpd)
+
+    def _check_new(
+        self,
+        keep: bool,
+        account: object,
+        model: object,
+        tier: object,
+        cost: object,
+        now: float | None,
+        rpm: object,
+        rpd: object,
+    ) -> Decision:
+        # A key not seen before (or with rpm/rpd, which are not cached): its
+        # request is built, decided, and kept if ``keep`` and the library took
+        # it (so names it refused cost nothing once refused).
         try:
             mb, ms = _models[model]
             new_model = False
         except (KeyError, TypeError):
             mb, ms = _model_entry(model)
             new_model = True
-        if type(account) is str:
-            try:
-                a = account.encode()
-            except UnicodeEncodeError:  # lone surrogates, e.g. from os.fsdecode
-                a = _encode(account, "account")
-        elif type(account) is bytes:
-            a = account
-        else:
-            a = _as_bytes(account, "account")
-        if type(tier) in _TIER_TYPES:  # never bool or float (True == 1 == 1.0)
-            try:
-                t = _TIERS[tier]
-            except KeyError:
-                t = _tier_value(tier)
-        else:
-            t = _tier_value(tier)
-        if type(cost) is not int or (rpm is not None and type(rpm) is not int) or (
-            rpd is not None and type(rpd) is not int
-        ):
-            cost, rpm, rpd = _numbers(cost, rpm, rpd)
-        if _DATA is None:
-            dec = self._check_struct(a, mb, ms, t, cost, now, rpm, rpd)
-            if new_model:
-                _remember(model, (mb, ms))
-            return dec
+        a = _as_bytes(account, "account")
+        t = _tier_value(tier)
+        n_cost, n_rpm, n_rpd = _numbers(cost, rpm, rpd)
+        req = _packed_request(a, mb, t, n_cost, n_rpm or 0, n_rpd or 0)
         try:
-            buf, reqp, decp, _ = _tls.sc
+            buf, out = _tls.out
         except AttributeError:
-            buf, reqp, decp, _ = _scratch()
-        try:
-            _pack(buf, 0, 0, id(a) + _DATA, len(a), id(mb) + _DATA, len(mb), t, cost, rpm or 0, rpd or 0)
-        except struct.error:
-            raise _bad_numbers(cost, rpm, rpd) from None
+            buf, out = _decision_buffer()
         if now is None:
-            st = _fast_check_now(self._h, reqp, decp)
+            st = _check_now_raw(self._hp, req, out)
         else:
-            st = _fast_check(self._h, reqp, c_uint64(_ms(now)), decp)
+            st = _check_raw(self._hp, req, c_uint64(_ms(now)), out)
         if st:
             raise self._error(st, a, mb)
+        d = _new(Decision)
+        d._raw = bytes(buf)
+        d._model = ms
+        d._fields = None
         if new_model:
             _remember(model, (mb, ms))
-        _, al, lb, ml, mr, mrs, dl, dr, drs, ra = _unpack(buf, _DECISION_OFF)
-        d = _new(_DecisionDraft)
-        d.allowed = al == 1
-        d.limited_by = _LIMITED_BY[lb]
-        d.minute_limit = ml
-        d.minute_remaining = mr
-        d.minute_reset = mrs
-        d.day_limit = dl
-        d.day_remaining = dr
-        d.day_reset = drs
-        d.retry_after = ra
-        d.model = ms
-        d.__class__ = Decision  # type: ignore[assignment]
-        return d  # type: ignore[return-value]
-
-    def _check_struct(
-        self, a: bytes, mb: bytes, ms: str, t: int, cost: int, now: float | None, rpm: int | None, rpd: int | None
-    ) -> Decision:
-        # The portable path (see "the hot path"): ctypes Structures throughout.
-        req = _ffi.TgRequest()
-        try:
-            req.account, req.account_len, req.model, req.model_len = a, len(a), mb, len(mb)
-            req.tier, req.cost, req.rpm, req.rpd = t, _u32(cost, "cost"), _u32(rpm or 0, "rpm"), _u32(rpd or 0, "rpd")
-        except (TypeError, ValueError):
-            raise _bad_numbers(cost, rpm, rpd) from None
-        out = _ffi.TgDecision()
-        h = self._h
-        if now is None:
-            st = _ffi.tg_check_now(h, byref(req), byref(out))
-        else:
-            st = _ffi.tg_check(h, byref(req), _ms(now), byref(out))
-        if st:
-            raise self._error(st, a, mb)
-        return Decision(
-            bool(out.allowed),
-            _LIMITED_BY[out.limited_by],
-            out.minute_limit,
-            out.minute_remaining,
-            out.minute_reset,
-            out.day_limit,
-            out.day_remaining,
-            out.day_reset,
-            out.retry_after,
-            ms,
-        )
+        if keep and type(tier) in _TIER_TYPES and _keep_request(model, account):
+            _requests.setdefault(model, {})[account] = (req, ms, a, mb, tier, cost)
+        return d
 
     def _error(self, st: int, a: bytes, mb: bytes) -> TollgateError:
         if self._h is None:
@@ -783,9 +821,7 @@ class Limiter(_Handle):
         if st:
             raise constructor_error(st, "tg_limiter_share", RegionError, self._path)
         lim = _new(type(self))
-        _Handle.__init__(lim, h, _ffi.tg_limiter_free)
-        lim._policy = policy
-        lim._path = self._path
+        lim._start(h, policy, self._path)
         return lim
 
     def stats(self, now: float | None = None) -> Stats:
@@ -801,11 +837,6 @@ class Limiter(_Handle):
     def __repr__(self) -> str:
         where = f" path={self._path!r}" if self._path else ""
         return f"<tollgate.Limiter{where}{' closed' if self.closed else ''}>"
-
-
-_DRAFT_WORKS = _draft_works()
-if not _DRAFT_WORKS:
-    _DATA = None
 
 
 def _u32(v: object, what: str) -> int:

@@ -154,6 +154,11 @@ async def _maybe_await(v: Any) -> Any:
     return v
 
 
+# What account, tier and cost callables return when they are not async:
+# these skip the awaitable check (and the coroutine _maybe_await makes).
+_PLAIN = frozenset({str, bytes, int, type(None)})
+
+
 class RateLimitMiddleware:
     """Limits requests per (account, model) with a :class:`tollgate.Limiter`;
     every answer (status, headers, body) is the library's.
@@ -319,9 +324,15 @@ class RateLimitMiddleware:
                 break
         body = b"".join(chunks)
 
-        acct = _account_bytes(await _maybe_await(self.account(scope)))
+        acct = self.account(scope)
+        if type(acct) not in _PLAIN:
+            acct = await _maybe_await(acct)
+        acct = _account_bytes(acct)
         if callable(self.tier):
-            tier = _tier_name(await _maybe_await(self.tier(scope)))
+            t = self.tier(scope)
+            if type(t) not in _PLAIN:
+                t = await _maybe_await(t)
+            tier = _tier_name(t)
         else:
             tier = self._tier_bytes
         cost_fn = self.cost
