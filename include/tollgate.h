@@ -33,7 +33,7 @@
 #include <stddef.h>
 
 /** The version this header describes, as text (tg_version_string() gives the library's). */
-#define TG_VERSION_STRING "0.2.0"
+#define TG_VERSION_STRING "0.3.0"
 
 /* ---- Versions, statuses and limits ------------------------------------- */
 

@@ -25,8 +25,8 @@ from pathlib import Path
 # What this package was written for (include/tollgate.h). A library whose
 # major.minor differs, whose patch is older, or whose region layout differs
 # is refused at import: struct layouts and semantics could differ silently.
-VERSION_NUMBER = 2000  # 0.2.0 = major*1000000 + minor*1000 + patch
-LAYOUT_VERSION = 2
+VERSION_NUMBER = 3000  # 0.3.0 = major*1000000 + minor*1000 + patch
+LAYOUT_VERSION = 3
 ACCOUNT_MAX = 64
 MODEL_NAME_MAX = 56
 BODY_MODEL_MAX = 64
