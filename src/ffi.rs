@@ -100,10 +100,10 @@ pub const TG_E_PANIC: tg_status = 99;
 /// version; before 1.0, of the same minor version (tg_version_number()
 /// says which the library is; its SONAME is libtollgate.so.0).
 pub const TG_VERSION_MAJOR: u32 = 0;
-pub const TG_VERSION_MINOR: u32 = 2;
+pub const TG_VERSION_MINOR: u32 = 3;
 pub const TG_VERSION_PATCH: u32 = 0;
 /// major * 1000000 + minor * 1000 + patch.
-pub const TG_VERSION_NUMBER: u32 = 2000;
+pub const TG_VERSION_NUMBER: u32 = 3000;
 // TG_VERSION_STRING, the version as text, is written into the header by
 // build.rs from the crate's version (cbindgen emits no string constants).
 /// The region layout version this header describes.
