@@ -115,6 +115,9 @@ pub struct LeaseStats {
     pub from_leases: u64,
     /// Grants asked of the store by decisions (each one round trip).
     pub refills: u64,
+    /// Grants asked by the lease thread for hot keys before they ran out
+    /// (no decision waited for them).
+    pub top_ups: u64,
     /// Units those grants gave.
     pub granted_units: u64,
     /// Grants that gave nothing: the key was at its global limit.
@@ -144,6 +147,7 @@ struct Counters {
     decisions: AtomicU64,
     from_leases: AtomicU64,
     refills: AtomicU64,
+    top_ups: AtomicU64,
     granted_units: AtomicU64,
     refused_by_store: AtomicU64,
     degraded: AtomicU64,
@@ -159,6 +163,8 @@ struct Counters {
 /// themselves are in the shared table).
 struct KeyInfo {
     tag: Tag,
+    /// The limits of the key's last refill (for the lease thread's top-ups).
+    limits: Limits,
     last_refill: std::time::Instant,
     last_grant: u32,
     /// The outage count (`Inner::epoch`) when Redis last proved it still
@@ -297,6 +303,7 @@ impl Joined {
             decisions: c.decisions.load(Relaxed),
             from_leases: c.from_leases.load(Relaxed),
             refills: c.refills.load(Relaxed),
+            top_ups: c.top_ups.load(Relaxed),
             granted_units: c.granted_units.load(Relaxed),
             refused_by_store: c.refused_by_store.load(Relaxed),
             degraded: c.degraded.load(Relaxed),
@@ -663,6 +670,7 @@ impl Inner {
         let mut keys = lock(&self.keys);
         let info = keys.entry((slot_i, gen)).or_insert_with(|| KeyInfo {
             tag: Tag::for_key(req.account, model),
+            limits: p.limits,
             last_refill: now,
             last_grant: 0,
             epoch: self.epoch.load(Relaxed),
@@ -673,20 +681,125 @@ impl Inner {
             return (cost, tag, info.epoch);
         }
         info.refilling = true;
+        info.limits = p.limits;
+        let want = self.lease_size(info, slot_i, at, now).max(cost);
+        (want, tag, info.epoch)
+    }
+
+    /// A key's next lease before the floor of the cost: its rate over the
+    /// last lease times the refill interval, at most 16 times the last
+    /// lease, the room left per host as of the last exchange and
+    /// `max_lease`.
+    fn lease_size(
+        &self,
+        info: &KeyInfo,
+        slot_i: usize,
+        at: Instant,
+        now: std::time::Instant,
+    ) -> u32 {
         let elapsed = now.duration_since(info.last_refill).as_secs_f64().max(1e-6);
         let rate = info.last_grant as f64 / elapsed;
         let by_rate = (rate * self.opts.refill_interval.as_secs_f64()).ceil();
         let grown = (info.last_grant as f64 * 16.0).max(16.0);
         let est = by_rate.min(grown).min(u32::MAX as f64) as u32;
         let (gm, gd) = slot::read_word(&self.region.side(slot_i).global, at);
-        let room = p
+        let room = info
             .limits
             .rpm
             .saturating_sub(gm)
-            .min(p.limits.rpd.saturating_sub(gd));
+            .min(info.limits.rpd.saturating_sub(gd));
         let share = room / self.opts.hosts;
-        let want = est.min(share).min(self.opts.max_lease).max(cost);
-        (want, tag, info.epoch)
+        est.min(share).min(self.opts.max_lease)
+    }
+
+    /// Hot keys whose units fell below half their last lease get the next
+    /// one from this thread, so their decisions do not wait for it. Keys
+    /// near their limit (a lease below 16 units) are left to the decisions,
+    /// which then take exactly what they need.
+    fn top_up(&self) {
+        if self.opts.mode != LeaseMode::Leases || self.down.load(Relaxed) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let clock = Clock {
+            now: Instant::from_ms(crate::now_ms()).unwrap_or(Instant { day: 0, minute: 0 }),
+            skew: self.skew,
+        };
+        let mut due = Vec::new();
+        {
+            let mut keys = lock(&self.keys);
+            for (&(i, gen), info) in keys.iter_mut() {
+                if info.refilling
+                    || info.last_grant < 16
+                    || info.last_refill.elapsed() >= self.opts.idle_after
+                {
+                    continue;
+                }
+                let s = slot::State::unpack(self.region.slot(i).state());
+                if s.gen != gen {
+                    continue;
+                }
+                let h = s.held(clock.now, clock.skew);
+                if h.minute_left.min(h.day_left) > info.last_grant / 2 {
+                    continue;
+                }
+                let want = self.lease_size(info, i, h.at, now);
+                if want < 16 {
+                    continue;
+                }
+                info.refilling = true;
+                due.push((i, gen, info.tag.clone(), info.limits, want, h.at));
+            }
+        }
+        for (i, gen, tag, limits, want, at) in due {
+            let id = OpId::new();
+            self.c.top_ups.fetch_add(1, Relaxed);
+            let result = self.store.grant_once(&tag, &id, want, 1, limits, at);
+            let clock = Clock {
+                now: at,
+                skew: self.skew,
+            };
+            match result {
+                Ok(g) => {
+                    self.answered();
+                    self.note_counts(i, at, &g.counts);
+                    self.c.granted_units.fetch_add(g.units as u64, Relaxed);
+                    let after = if g.units > 0 {
+                        slot::add(&self.region, i, gen, at, g.units, 0, self.skew)
+                    } else {
+                        None
+                    };
+                    self.refilled(i, gen, g.units, &g.counts, after, clock);
+                    if after.is_none() && g.units > 0 {
+                        self.queue(Job::GiveBack {
+                            tag,
+                            id: OpId::new(),
+                            minute: g.units,
+                            day: g.units,
+                            at,
+                            epoch: self.epoch.load(Relaxed),
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.refilled(i, gen, 0, &Counts::default(), None, clock);
+                    if e.is_transport() || matches!(e, StoreError::CircuitOpen { .. }) {
+                        self.failed();
+                        if matches!(e, StoreError::Timeout { .. }) {
+                            self.queue(Job::Recover {
+                                tag,
+                                id,
+                                want,
+                                min: 1,
+                                limits,
+                                at,
+                            });
+                        }
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Notes a refill's end: the key's rate, and (when Redis answered,
@@ -754,6 +867,7 @@ impl Inner {
                 }
             }
             self.flush();
+            self.top_up();
             if last_scan.elapsed() >= self.opts.idle_after / 4 {
                 last_scan = std::time::Instant::now();
                 self.give_back_idle();

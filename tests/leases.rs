@@ -291,6 +291,40 @@ fn idle_keys_give_their_units_back() {
 }
 
 #[test]
+fn the_lease_thread_tops_up_a_hot_key() {
+    let server = Server::start();
+    let opts = LeaseOptions {
+        refill_interval: Duration::from_millis(200),
+        ..roomy(1)
+    };
+    let mut l = Limiter::new_for_leases(&policy(), 64).unwrap();
+    l.connect(&server.url(), opts.clone()).unwrap();
+    let (ms, at) = tomorrow(7);
+    let r = Request::new(b"paced", b"m", Tier::Developer).limits(1_000_000, 10_000_000);
+    let mut admitted = 0u64;
+    let t0 = Clock::now();
+    // A steady few thousand decisions a second for a second and a half:
+    // the thread sees the lease fall below half and brings the next one.
+    while t0.elapsed() < Duration::from_millis(1_500) {
+        for _ in 0..20 {
+            admitted += l.check(&r, ms).unwrap().allowed as u64;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    let s = l.lease_stats().unwrap();
+    println!(
+        "paced: {} decisions, {} refills, {} top-ups",
+        s.decisions, s.refills, s.top_ups
+    );
+    assert!(s.top_ups >= 1, "{s:?}");
+    assert_eq!(s.from_leases + s.refills, s.decisions);
+    assert_eq!(admitted, s.decisions);
+    l.disconnect();
+    let store = Store::new(&server.url(), opts.store.clone()).unwrap();
+    assert_eq!(counts(&store, "paced", at), (admitted, admitted));
+}
+
+#[test]
 fn three_hosts_one_key_hold_both_windows() {
     let server = Server::start();
     let dir = temp_dir("leases-one");
@@ -390,16 +424,17 @@ fn far_from_the_limit_redis_sees_few_commands() {
     let commands = after - before;
     let stats: Vec<_> = hosts.iter().map(|h| h[0].lease_stats().unwrap()).collect();
     let refills: u64 = stats.iter().map(|s| s.refills).sum();
+    let top_ups: u64 = stats.iter().map(|s| s.top_ups).sum();
     let from_leases: u64 = stats.iter().map(|s| s.from_leases).sum();
     println!(
-        "leases: {decisions} decisions, {commands} EVALSHA ({:.5} per decision), {refills} refills, {from_leases} from leases",
+        "leases: {decisions} decisions, {commands} EVALSHA ({:.5} per decision), {refills} refills, {top_ups} top-ups, {from_leases} from leases",
         commands as f64 / decisions as f64
     );
     assert!(
         commands as f64 <= 0.05 * decisions as f64,
         "{commands} commands for {decisions} decisions"
     );
-    assert_eq!(refills, commands, "every command was a refill");
+    assert_eq!(refills + top_ups, commands, "every command was a refill");
     assert_eq!(from_leases + refills, decisions);
     disconnect_all(&mut hosts);
     // Far from the limit everything was admitted, and after the give-backs
