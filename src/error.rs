@@ -36,6 +36,17 @@ pub enum Error {
     /// A request body refused by the model scan ([`crate::body`]).
     Body(BodyError),
     Region(RegionError),
+    /// The table holds quota leases (it was formatted for one quota across
+    /// hosts) and this handle is not joined to the store: deciding on it
+    /// locally would read lease units as counts.
+    NotJoined,
+    /// Joining needs a table formatted for quota leases, and this one is a
+    /// local table.
+    NotLeased,
+    /// The quota store refused the configuration, or answered with an error
+    /// (not a transport failure: those follow the down policy).
+    #[cfg(feature = "redis")]
+    Store(crate::store::StoreError),
     /// Opening, creating or mapping a file failed.
     Io {
         path: String,
@@ -66,6 +77,16 @@ impl fmt::Display for Error {
             Error::Policy(e) => write!(f, "{e}"),
             Error::Body(e) => write!(f, "{e}"),
             Error::Region(e) => write!(f, "{e}"),
+            Error::NotJoined => write!(
+                f,
+                "the table holds quota leases shared across hosts: connect this limiter to the store (Limiter::connect) before deciding"
+            ),
+            Error::NotLeased => write!(
+                f,
+                "joining a store needs a table formatted for quota leases (Limiter::new_for_leases, Limiter::open_for_leases); this one is a local table"
+            ),
+            #[cfg(feature = "redis")]
+            Error::Store(e) => write!(f, "{e}"),
             Error::Io { path, op, source } => write!(f, "{path}: {op}: {source}"),
         }
     }

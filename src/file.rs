@@ -73,8 +73,19 @@ pub(crate) enum Access {
 
 /// Opens (and with `create`, creates) the region file at `path`.
 pub(crate) fn open(path: &Path, slots: u32, access: Access) -> Result<(Mapping, Region), Error> {
+    open_as(path, slots, access, false)
+}
+
+/// As [`open`]; a file it creates is formatted for quota leases when
+/// `leases` (an existing file is taken as its header says).
+pub(crate) fn open_as(
+    path: &Path,
+    slots: u32,
+    access: Access,
+    leases: bool,
+) -> Result<(Mapping, Region), Error> {
     let create = access == Access::Write { create: true };
-    if create && region::size_for(slots).is_none() {
+    if create && region::size_with(slots, leases).is_none() {
         return Err(Error::Invalid(
             "slot count must be 1 to 2^30 to create a region",
         ));
@@ -100,7 +111,7 @@ pub(crate) fn open(path: &Path, slots: u32, access: Access) -> Result<(Mapping, 
                 source: e,
             });
         }
-        if let Some(done) = create_new(path, &c, slots)? {
+        if let Some(done) = create_new(path, &c, slots, leases)? {
             return Ok(done);
         }
     }
@@ -135,8 +146,8 @@ fn attach_fd(path: &Path, fd: Fd, slots: u32, access: Access) -> Result<(Mapping
         return Err(io_err(path, "read"));
     }
     let legacy = access == Access::Migrate;
-    let found = Region::check_header_bytes(&header, legacy)?;
-    let needed = region::size_for(found).expect("checked slot count");
+    let (found, leases) = Region::check_header_bytes(&header, legacy)?;
+    let needed = region::size_with(found, leases).expect("checked slot count");
     if len != needed {
         return Err(Error::Region(RegionError::Size { len, needed }));
     }
@@ -262,8 +273,13 @@ pub(crate) fn publish(tmp: &CString, c: &CString, path: &Path) -> Result<bool, E
 
 /// Formats a temporary file and links it into place. `None` if another
 /// process got there first (then the caller attaches to theirs).
-fn create_new(path: &Path, c: &CString, slots: u32) -> Result<Option<(Mapping, Region)>, Error> {
-    let len = region::size_for(slots).expect("checked by open");
+fn create_new(
+    path: &Path,
+    c: &CString,
+    slots: u32,
+    leases: bool,
+) -> Result<Option<(Mapping, Region)>, Error> {
+    let len = region::size_with(slots, leases).expect("checked by open");
     let tmp = temp_beside(path, &crate::now_ms().to_string())?;
     let ctmp = cpath(&tmp)?;
     // SAFETY: valid path; O_EXCL makes the file ours alone.
@@ -285,7 +301,8 @@ fn create_new(path: &Path, c: &CString, slots: u32) -> Result<Option<(Mapping, R
         let mapping = map(&tmp, &fd, len, Access::Write { create: true })?;
         // SAFETY: a fresh file extended with ftruncate reads as zeros; the
         // mapping is ours alone until the link below publishes it.
-        let region = unsafe { Region::format(mapping.ptr, mapping.len, crate::now_ms(), true) }?;
+        let region =
+            unsafe { Region::format_as(mapping.ptr, mapping.len, crate::now_ms(), true, leases) }?;
         if !publish(&ctmp, c, path)? {
             return Ok(None);
         }

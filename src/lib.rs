@@ -28,7 +28,8 @@
 //! and repairs for operators), `error`, [`ffi`] (the C ABI, one file per
 //! object), with the `tower` feature `tower` (a `tower::Layer` for Rust
 //! gateways), and with the `redis` feature `store` (the global quota
-//! store in Redis, for one quota across hosts).
+//! store in Redis, for one quota across hosts) and `lease` (quota leases
+//! in the table, so a joined limiter decides one quota across hosts).
 
 pub mod answer;
 pub mod body;
@@ -38,6 +39,8 @@ mod error;
 pub mod ffi;
 mod file;
 mod key;
+#[cfg(feature = "redis")]
+pub mod lease;
 mod limiter;
 mod operator;
 pub mod policy;

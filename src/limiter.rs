@@ -98,8 +98,9 @@ impl<'a> Request<'a> {
     }
 }
 
-/// What keeps the region's memory alive; shared by sibling handles.
-enum Backing {
+/// What keeps the region's memory alive; shared by sibling handles (and by
+/// the lease layer, which gives units back after the last handle is gone).
+pub(crate) enum Backing {
     Heap(#[allow(dead_code)] HeapMem),
     /// The caller's memory: never resized or freed by us.
     Caller,
@@ -118,6 +119,11 @@ pub struct Limiter {
     policy: Policy,
     /// The region's id for each of the policy's models, by policy index.
     model_ids: Vec<u16>,
+    /// The ids the local decision path reads: `model_ids` on a local table,
+    /// empty on a table of quota leases, so that the bounds check every
+    /// decision makes anyway sends a leased table's decisions to the lease
+    /// layer at no cost to a local table's.
+    local_ids: Vec<u16>,
     /// Tells this policy's model handles from others' (see [`ModelHandle`]).
     serial: u16,
     /// Opened with [`Limiter::open_read_only`]: operator writes are refused.
@@ -125,6 +131,13 @@ pub struct Limiter {
     /// The clock-fault bound in whole minutes, rounded up (see
     /// [`Limiter::set_max_skew`]).
     skew_minutes: u32,
+    /// The table is formatted for quota leases (a header flag, fixed at
+    /// formatting): decisions go to the lease layer, never the local path.
+    leased: bool,
+    /// The lease layer, once joined to the store ([`Limiter::connect`]);
+    /// shared by sibling handles.
+    #[cfg(feature = "redis")]
+    joined: Option<Arc<crate::lease::Joined>>,
     // Declared last so the region view is dropped before its memory.
     _backing: Arc<Backing>,
 }
@@ -154,6 +167,46 @@ impl Limiter {
         // `len` bytes, kept alive by the limiter's backing.
         let region = unsafe { Region::format(mem.as_ptr(), mem.len(), crate::now_ms(), true) }?;
         Limiter::with(policy, region, Backing::Heap(mem))
+    }
+
+    /// As [`Limiter::new`], formatted for quota leases shared across hosts:
+    /// the table has the lease side area (32 bytes more per slot) and its
+    /// decisions need [`Limiter::connect`] first (until then they are
+    /// [`Error::NotJoined`]).
+    pub fn new_for_leases(policy: &Policy, slots: u32) -> Result<Limiter, Error> {
+        let len =
+            region::size_with(slots, true).ok_or(Error::Invalid("slot count must be 1 to 2^30"))?;
+        let mem = HeapMem::new(len).ok_or(Error::Invalid("cannot allocate the region"))?;
+        // SAFETY: as in `new`: fresh, zeroed, exclusively owned, kept alive
+        // by the limiter's backing.
+        let region =
+            unsafe { Region::format_as(mem.as_ptr(), mem.len(), crate::now_ms(), true, true) }?;
+        Limiter::with(policy, region, Backing::Heap(mem))
+    }
+
+    /// As [`Limiter::open`], for a table of quota leases: a file it creates
+    /// is formatted for leases; an existing file must be one
+    /// ([`Error::NotLeased`] otherwise). Every process that opens the file
+    /// (with either call) sees the header's flag and decides through the
+    /// lease layer only.
+    pub fn open_for_leases(
+        policy: &Policy,
+        path: impl AsRef<Path>,
+        slots: u32,
+        create: bool,
+    ) -> Result<Limiter, Error> {
+        let access = Access::Write { create };
+        let (mapping, region) = crate::file::open_as(path.as_ref(), slots, access, true)?;
+        if !region.leases() {
+            return Err(Error::NotLeased);
+        }
+        Limiter::with(policy, region, Backing::File(mapping))
+    }
+
+    /// Whether the table is formatted for quota leases (see
+    /// [`Limiter::new_for_leases`]).
+    pub fn is_leased(&self) -> bool {
+        self.leased
     }
 
     /// Formats caller memory as an empty region holding as many slots as
@@ -211,9 +264,13 @@ impl Limiter {
             region,
             policy: policy.clone(),
             model_ids: found_ids(&region, policy),
+            local_ids: local_ids(&region, found_ids(&region, policy)),
             serial: next_serial(),
             read_only: true,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
+            leased: region.leases(),
+            #[cfg(feature = "redis")]
+            joined: None,
             _backing: Arc::new(Backing::File(mapping)),
         })
     }
@@ -234,15 +291,25 @@ impl Limiter {
         progress: impl FnMut(u64, u64),
     ) -> Result<(Limiter, crate::ResizeReport), Error> {
         let (mapping, region) = crate::file::open(path.as_ref(), 0, Access::Migrate)?;
+        if region.leases() {
+            // Its counts are lease units, which only the store can settle.
+            return Err(Error::Invalid(
+                "a table of quota leases cannot be resized: make a new one and connect it",
+            ));
+        }
         // Never decides: only the operator walk reads it, which knows both
         // layouts. The policy supplies the skew bound and nothing else.
         let old = Limiter {
             region,
             policy: policy.clone(),
             model_ids: found_ids(&region, policy),
+            local_ids: local_ids(&region, found_ids(&region, policy)),
             serial: next_serial(),
             read_only: true,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
+            leased: region.leases(),
+            #[cfg(feature = "redis")]
+            joined: None,
             _backing: Arc::new(Backing::File(mapping)),
         };
         old.resize_with_progress(new_path, slots, now_ms, progress)
@@ -258,10 +325,14 @@ impl Limiter {
         Ok(Limiter {
             region,
             policy: policy.clone(),
+            local_ids: local_ids(&region, model_ids.clone()),
             model_ids,
             serial: next_serial(),
             read_only: false,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
+            leased: region.leases(),
+            #[cfg(feature = "redis")]
+            joined: None,
             _backing: Arc::new(backing),
         })
     }
@@ -274,9 +345,13 @@ impl Limiter {
             region: self.region,
             policy: policy.clone(),
             model_ids: self.ids_for(policy)?,
+            local_ids: local_ids(&self.region, self.ids_for(policy)?),
             serial: next_serial(),
             read_only: self.read_only,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
+            leased: self.leased,
+            #[cfg(feature = "redis")]
+            joined: self.joined.clone(),
             _backing: self._backing.clone(),
         })
     }
@@ -285,6 +360,7 @@ impl Limiter {
     /// against whatever limits are in force.
     pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
         self.model_ids = self.ids_for(policy)?;
+        self.local_ids = local_ids(&self.region, self.model_ids.clone());
         self.policy = policy.clone();
         self.serial = next_serial();
         self.skew_minutes = skew_minutes(policy.max_skew_seconds());
@@ -339,7 +415,10 @@ impl Limiter {
         if req.cost > limits.rpm.min(limits.rpd) {
             return Err(Error::CostTooLarge);
         }
-        let model_id = self.model_ids[model];
+        let Some(&model_id) = self.local_ids.get(model) else {
+            // A table of quota leases (or a bug: ids always cover the policy).
+            return self.check_leased(req, now_ms);
+        };
         let key = key::hash(self.region.seed(), req.account, model_id);
         let outcome = slot::decide(
             &self.region,
@@ -364,6 +443,84 @@ impl Limiter {
             );
         }
         Ok(Decision::new(outcome, limits, now_ms))
+    }
+
+    /// A decision on a table of quota leases: the lease layer's, if joined.
+    #[cold]
+    #[inline(never)]
+    fn check_leased(&self, req: &Request<'_>, now_ms: u64) -> Result<Decision, Error> {
+        #[cfg(feature = "redis")]
+        if let Some(j) = &self.joined {
+            let p = self.prepare(req, now_ms)?;
+            return j.check(self, req, &p, now_ms);
+        }
+        let _ = (req, now_ms);
+        Err(Error::NotJoined)
+    }
+
+    /// What [`Limiter::check`] works out before touching the table, for the
+    /// lease layer.
+    #[cfg(feature = "redis")]
+    #[allow(clippy::unnecessary_lazy_evaluations)]
+    fn prepare(&self, req: &Request<'_>, now_ms: u64) -> Result<Prepared, Error> {
+        if req.account.is_empty() || req.account.len() > ACCOUNT_MAX {
+            return Err(Error::Account);
+        }
+        let now = Instant::from_ms(now_ms)
+            .ok_or_else(|| Error::Invalid("now_ms is past the year 47000"))?;
+        let model = match req.handle {
+            None => self.policy.model_index(req.model),
+            Some(h) => self.handle_index(h),
+        }
+        .ok_or_else(|| Error::UnknownModel)?;
+        let limits = resolve(&self.policy, req, model)?;
+        if req.cost > limits.rpm.min(limits.rpd) {
+            return Err(Error::CostTooLarge);
+        }
+        let model_id = self.model_ids[model];
+        Ok(Prepared {
+            now,
+            limits,
+            model,
+            model_id,
+            key: key::hash(self.region.seed(), req.account, model_id),
+        })
+    }
+
+    /// Joins this limiter to the store at `url` (`redis://host:port/db`,
+    /// `redis+cluster://host:port,...`; see `store::Store::new`), so that
+    /// its decisions hold one quota per (account, model) across every host
+    /// joined to the same store. The table must be formatted for leases
+    /// ([`Limiter::new_for_leases`], [`Limiter::open_for_leases`]). Redis
+    /// down is not an error here: the limiter starts deciding by the down
+    /// policy and [`Limiter::lease_stats`] says so. Joining again replaces
+    /// the earlier link (which gives its units back first). Sibling handles
+    /// made by [`Limiter::share`] after this share the link.
+    #[cfg(feature = "redis")]
+    pub fn connect(&mut self, url: &str, opts: crate::lease::LeaseOptions) -> Result<(), Error> {
+        self.writable()?;
+        if !self.leased {
+            return Err(Error::NotLeased);
+        }
+        self.joined = None;
+        let j = crate::lease::Joined::start(url, opts, self.region, self._backing.clone())?;
+        self.joined = Some(Arc::new(j));
+        Ok(())
+    }
+
+    /// Leaves the store: once the last handle sharing the link lets go,
+    /// unspent units go back to Redis (each call under the deadline) and
+    /// pending pushes are tried once more. Decisions are then
+    /// [`Error::NotJoined`] until [`Limiter::connect`].
+    #[cfg(feature = "redis")]
+    pub fn disconnect(&mut self) {
+        self.joined = None;
+    }
+
+    /// What the lease layer did, if joined.
+    #[cfg(feature = "redis")]
+    pub fn lease_stats(&self) -> Option<crate::lease::LeaseStats> {
+        self.joined.as_ref().map(|j| j.stats())
     }
 
     /// The policy model named `name`, resolved once: requests that carry
@@ -455,6 +612,15 @@ fn model_ids(region: &Region, policy: &Policy) -> Result<Vec<u16>, Error> {
         .collect()
 }
 
+/// The ids the local decision path may use (see `Limiter::local_ids`).
+fn local_ids(region: &Region, ids: Vec<u16>) -> Vec<u16> {
+    if region.leases() {
+        Vec::new()
+    } else {
+        ids
+    }
+}
+
 fn skew_minutes(seconds: u32) -> u32 {
     seconds.div_ceil(60)
 }
@@ -468,6 +634,17 @@ fn found_ids(region: &Region, policy: &Policy) -> Vec<u16> {
         .iter()
         .map(|m| region.find_model(m.name.as_bytes()).unwrap_or(u16::MAX))
         .collect()
+}
+
+/// A request resolved against the policy and the table's seed.
+#[cfg(feature = "redis")]
+pub(crate) struct Prepared {
+    pub now: Instant,
+    pub limits: Limits,
+    /// Index of the model in the policy.
+    pub model: usize,
+    pub model_id: u16,
+    pub key: key::KeyHash,
 }
 
 #[inline]

@@ -8,6 +8,10 @@
 //! offset 16 512  refusal ring: 64 x 128 B (the latest refusals, for operators)
 //! offset 24 704  hot slots: N x 32 B  (what a decision reads and CASes)
 //! then           cold names: N x 64 B (account id bytes, for operators only)
+//! then           lease side area: N x 32 B, only in a table formatted for
+//!                quota leases (header flag `LEASES`): per slot, the global
+//!                counts as of the last exchange with Redis and the host's
+//!                own counts while Redis is away (see `lease`)
 //! ```
 //! A slot's ident and state share one 32-byte half of a cache line; account
 //! names sit apart so decisions never pull them in.
@@ -45,6 +49,12 @@ pub const RING_ENTRY_SIZE: usize = 128;
 pub const BYTES_PER_SLOT: usize = SLOT_SIZE + NAME_SIZE;
 /// Largest slot count (keeps sizes and indexes comfortably in range).
 pub const SLOTS_MAX: u32 = 1 << 30;
+/// Bytes per slot of the lease side area (tables formatted for leases only).
+pub const SIDE_SIZE: usize = 32;
+/// Header flag: the table holds quota leases (its two counts are units left
+/// of leases granted by Redis, not counts) and has the side area. Set when
+/// formatting and never changed, so every process attached knows it.
+pub const FLAG_LEASES: u64 = 1;
 
 const READY: u32 = 0x5245_4459; // "READY": written last when formatting
 
@@ -62,6 +72,28 @@ pub fn slots_for(len: usize) -> u32 {
         return 0;
     }
     ((len - SLOTS_OFFSET) / BYTES_PER_SLOT).min(SLOTS_MAX as usize) as u32
+}
+
+/// Bytes a region of `slots` slots occupies, with the lease side area when
+/// `leases`; `None` for 0 or over the max.
+pub fn size_with(slots: u32, leases: bool) -> Option<usize> {
+    let base = size_for(slots)?;
+    if !leases {
+        return Some(base);
+    }
+    base.checked_add(slots as usize * SIDE_SIZE)
+}
+
+/// As [`slots_for`], for a table with the lease side area when `leases`.
+pub fn slots_with(len: usize, leases: bool) -> u32 {
+    if !leases {
+        return slots_for(len);
+    }
+    let per = BYTES_PER_SLOT + SIDE_SIZE;
+    if len < SLOTS_OFFSET + per {
+        return 0;
+    }
+    ((len - SLOTS_OFFSET) / per).min(SLOTS_MAX as usize) as u32
 }
 
 #[repr(C)]
@@ -84,7 +116,9 @@ pub(crate) struct Header {
     /// Key fingerprint and second of the last refusal recorded, so that a
     /// key refused many times a second takes one entry, not the whole ring.
     pub(crate) ring_last: AtomicU64,
-    _reserved: [u64; 2],
+    /// `FLAG_LEASES` or 0; fixed at formatting, covered by the checksum.
+    flags: u64,
+    _reserved: u64,
 }
 
 /// One model id: its name, registered on first use by any attached process.
@@ -179,9 +213,11 @@ pub(crate) struct Name {
 const _: () = {
     assert!(std::mem::offset_of!(Header, ready) == 28);
     assert!(std::mem::offset_of!(Header, checksum) == 72);
+    assert!(std::mem::offset_of!(Header, flags) == 112);
     assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
     assert!(std::mem::size_of::<ModelEntry>() == MODEL_ENTRY_SIZE);
     assert!(std::mem::size_of::<Slot>() == SLOT_SIZE);
+    assert!(std::mem::size_of::<Side>() == SIDE_SIZE);
     assert!(std::mem::size_of::<RingEntry>() == RING_ENTRY_SIZE);
     assert!(RING_OFFSET % REGION_ALIGN == 0);
     assert!(std::mem::size_of::<Name>() == NAME_SIZE);
@@ -248,6 +284,18 @@ pub(crate) struct Region {
     slots: u32,
     /// A [`LEGACY_VERSION`] region, open only to be carried over.
     legacy: bool,
+    /// Formatted for quota leases ([`FLAG_LEASES`]): has the side area.
+    leases: bool,
+}
+
+/// One slot's lease side area: two state words in the slot's own layout
+/// (`slot::State`, generation unused): `global` holds both windows' global
+/// counts as of the last exchange with Redis, `down` the host's own counts
+/// of decisions made while Redis was away.
+#[repr(C, align(32))]
+pub(crate) struct Side {
+    pub(crate) global: AtomicU128,
+    pub(crate) down: AtomicU128,
 }
 
 // SAFETY: every byte a Region exposes is reached through atomics (or header
@@ -271,6 +319,11 @@ fn checksum(h: &Header) -> u64 {
         mix(s);
     }
     mix(h.created_ms);
+    // Only a flagged table mixes its flags in, so the checksums of tables
+    // formatted before the flag existed still hold.
+    if h.flags != 0 {
+        mix(h.flags);
+    }
     x
 }
 
@@ -310,10 +363,32 @@ impl Region {
         now_ms: u64,
         zeroed: bool,
     ) -> Result<Region, RegionError> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { Region::format_as(mem, len, now_ms, zeroed, false) }
+    }
+
+    /// As [`Region::format`]; with `leases`, formatted for quota leases
+    /// (the flag and the side area).
+    ///
+    /// # Safety
+    /// As for [`Region::format`].
+    pub(crate) unsafe fn format_as(
+        mem: *mut u8,
+        len: usize,
+        now_ms: u64,
+        zeroed: bool,
+        leases: bool,
+    ) -> Result<Region, RegionError> {
         check_cpu()?;
         let base = check_mem(mem, len)?;
-        let slots = slots_for(len);
-        let used = size_for(slots).expect("slots_for gives a valid count");
+        let slots = slots_with(len, leases);
+        if slots == 0 {
+            return Err(RegionError::Size {
+                len,
+                needed: size_with(1, leases).expect("one slot fits"),
+            });
+        }
+        let used = size_with(slots, leases).expect("slots_with gives a valid count");
         if !zeroed {
             // SAFETY: the caller grants exclusive access to `len` >= `used` bytes.
             unsafe { std::ptr::write_bytes(mem, 0, used) };
@@ -333,7 +408,8 @@ impl Region {
             clock_faults: AtomicU64::new(0),
             ring_head: AtomicU64::new(0),
             ring_last: AtomicU64::new(0),
-            _reserved: [0; 2],
+            flags: if leases { FLAG_LEASES } else { 0 },
+            _reserved: 0,
         };
         h.checksum = checksum(&h);
         let ready = READY;
@@ -344,6 +420,7 @@ impl Region {
             base,
             slots,
             legacy: false,
+            leases,
         };
         r.header().ready.store(ready, Ordering::Release);
         Ok(r)
@@ -393,7 +470,11 @@ impl Region {
         {
             return Err(RegionError::Corrupt);
         }
-        let needed = size_for(h.slot_count).ok_or(RegionError::Corrupt)?;
+        if h.flags & !FLAG_LEASES != 0 {
+            return Err(RegionError::Corrupt);
+        }
+        let leases = h.flags & FLAG_LEASES != 0;
+        let needed = size_with(h.slot_count, leases).ok_or(RegionError::Corrupt)?;
         if needed > len {
             return Err(RegionError::Size { len, needed });
         }
@@ -401,15 +482,17 @@ impl Region {
             base,
             slots: h.slot_count,
             legacy: old,
+            leases,
         })
     }
 
     /// Checks a copy of a header read from a file, before anything is
-    /// mapped, and returns the slot count it describes.
+    /// mapped, and returns the slot count it describes and whether the
+    /// table is formatted for leases.
     pub(crate) fn check_header_bytes(
         bytes: &[u8; HEADER_SIZE],
         legacy: bool,
-    ) -> Result<u32, RegionError> {
+    ) -> Result<(u32, bool), RegionError> {
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
         let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
         if bytes[..8] != MAGIC {
@@ -437,17 +520,19 @@ impl Region {
             clock_faults: AtomicU64::new(0),
             ring_head: AtomicU64::new(0),
             ring_last: AtomicU64::new(0),
-            _reserved: [0; 2],
+            flags: u64_at(112),
+            _reserved: 0,
         };
         if h.header_size as usize != SLOTS_OFFSET
             || h.slot_size as usize != SLOT_SIZE
             || h.name_size as usize != NAME_SIZE
             || h.checksum != checksum(&h)
             || size_for(h.slot_count).is_none()
+            || h.flags & !FLAG_LEASES != 0
         {
             return Err(RegionError::Corrupt);
         }
-        Ok(h.slot_count)
+        Ok((h.slot_count, h.flags & FLAG_LEASES != 0))
     }
 
     /// Whether this is a [`LEGACY_VERSION`] region (see `attach_as`).
@@ -473,7 +558,26 @@ impl Region {
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        size_for(self.slots).expect("valid slot count")
+        size_with(self.slots, self.leases).expect("valid slot count")
+    }
+
+    /// Whether the table is formatted for quota leases ([`FLAG_LEASES`]).
+    #[inline]
+    pub(crate) fn leases(&self) -> bool {
+        self.leases
+    }
+
+    /// Slot `i`'s lease side area; only in a table formatted for leases.
+    #[cfg(feature = "redis")]
+    #[inline]
+    pub(crate) fn side(&self, i: usize) -> &Side {
+        assert!(self.leases && i < self.slots as usize);
+        let off = SLOTS_OFFSET + self.slots as usize * BYTES_PER_SLOT + i * SIDE_SIZE;
+        // SAFETY: i < slots; a leased region's size covers the side area
+        // after the names (checked at format and attach); SLOTS_OFFSET is a
+        // multiple of 64 and BYTES_PER_SLOT and SIDE_SIZE of 32, so each
+        // entry is 32-aligned.
+        unsafe { &*self.base.as_ptr().add(off).cast::<Side>() }
     }
 
     pub(crate) fn created_ms(&self) -> u64 {

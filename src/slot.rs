@@ -506,6 +506,362 @@ pub fn judge(s: State, limits: Limits, cost: u32, clock: Clock) -> (Outcome, Sta
     (outcome, next)
 }
 
+// Quota leases (a table formatted for leases, see `lease`): the same slot
+// and state word, but the two counts are the units this host still holds of
+// its minute lease and its day lease, both granted by Redis. A decision
+// spends both with one CAS; a grant adds to both and a give-back takes them
+// with a CAS on the same word, so none of them can race past another.
+
+#[cfg(feature = "redis")]
+/// A leased slot's units as one decision sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// The windows the leases belong to (never earlier than `now`'s).
+    pub at: Instant,
+    pub minute_left: u32,
+    pub day_left: u32,
+}
+
+#[cfg(feature = "redis")]
+impl State {
+    /// The units held at `now`: a new minute voids the minute lease (its
+    /// Redis key expires, nothing to give back), a new day voids both.
+    /// Leases dated beyond the skew bound were taken by a wrong clock: they
+    /// are void too (that only ever admits less).
+    #[inline]
+    pub(crate) fn held(self, now: Instant, skew: u32) -> Held {
+        let stored = self.at();
+        if stored > now && minutes(stored) - minutes(now) > skew as u64 {
+            return Held {
+                at: now,
+                minute_left: 0,
+                day_left: 0,
+            };
+        }
+        let at = stored.max(now);
+        Held {
+            at,
+            minute_left: if stored == at { self.minute_count } else { 0 },
+            day_left: if self.day == at.day {
+                self.day_count
+            } else {
+                0
+            },
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+fn held_state(gen: u16, h: Held) -> u128 {
+    State {
+        gen,
+        minute: h.at.minute as u16,
+        day: h.at.day,
+        minute_count: h.minute_left,
+        day_count: h.day_left,
+    }
+    .pack()
+}
+
+#[cfg(feature = "redis")]
+/// The slot bound to `key` (binding the first free one of its chain when
+/// `bind`): its index and generation. `Ok(None)`: not bound and not asked
+/// to bind. The probe walk and the bind of [`decide`], without charging.
+pub(crate) fn locate(
+    region: &Region,
+    key: &KeyHash,
+    account: &[u8],
+    now: Instant,
+    bind: bool,
+) -> Result<Option<(usize, u16)>, TableFull> {
+    let n = region.slot_count() as usize;
+    let probes = PROBE_MAX.min(n);
+    'retry: loop {
+        let mut free: Option<(usize, u128, u128)> = None;
+        let mut i = home(region, key);
+        for _ in 0..probes {
+            let slot = region.slot(i);
+            let ident = slot.ident();
+            let state = slot.state();
+            if ident == 0 {
+                free.get_or_insert((i, ident, state));
+                break;
+            }
+            let bound = state as u16 == ident as u16;
+            if bound && ident >> 16 == key.id {
+                return Ok(Some((i, ident as u16)));
+            }
+            if free.is_none() && (!bound || State::unpack(state).stale(now)) {
+                free = Some((i, ident, state));
+            }
+            i = if i + 1 == n { 0 } else { i + 1 };
+        }
+        if !bind {
+            return Ok(None);
+        }
+        let Some((i, ident, state)) = free else {
+            region
+                .header()
+                .table_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(TableFull);
+        };
+        let slot = region.slot(i);
+        let mut gen = state as u16;
+        if gen == ident as u16 {
+            gen = gen.wrapping_add(1);
+            let open = State {
+                gen,
+                ..State::default()
+            }
+            .pack();
+            if slot
+                .state
+                .compare_exchange(state, open, AcqRel, Acquire)
+                .is_err()
+            {
+                continue 'retry;
+            }
+            // A stale slot's units were of a day gone: void, nothing lost.
+        }
+        let mine = key.id << 16 | gen as u128;
+        if slot
+            .ident
+            .compare_exchange(ident, mine, AcqRel, Acquire)
+            .is_err()
+        {
+            continue 'retry;
+        }
+        region.write_name(i, account);
+        return Ok(Some((i, gen)));
+    }
+}
+
+/// Spends `cost` of both leases of slot `i` at `now` (0: looks only).
+/// `None`: the slot is no longer generation `gen`. `Some(Ok(held))`: spent,
+/// `held` is what is left; `Some(Err(held))`: too few units, nothing spent.
+#[inline]
+#[cfg(feature = "redis")]
+pub(crate) fn spend(
+    region: &Region,
+    i: usize,
+    gen: u16,
+    cost: u32,
+    clock: Clock,
+) -> Option<Result<Held, Held>> {
+    let slot = region.slot(i);
+    let mut word = slot.state();
+    loop {
+        let s = State::unpack(word);
+        if s.gen != gen {
+            return None;
+        }
+        let h = s.held(clock.now, clock.skew);
+        let need = cost.max(1);
+        if h.minute_left < need || h.day_left < need {
+            return Some(Err(h));
+        }
+        if cost == 0 {
+            return Some(Ok(h));
+        }
+        let left = Held {
+            at: h.at,
+            minute_left: h.minute_left - cost,
+            day_left: h.day_left - cost,
+        };
+        match slot
+            .state
+            .compare_exchange_weak(word, held_state(gen, left), AcqRel, Acquire)
+        {
+            Ok(_) => return Some(Ok(left)),
+            Err(cur) => word = cur,
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+/// Adds a grant of `units` (both windows, dated `at`) to slot `i`, less
+/// `cost` that the granting decision spends at once. If the slot moved on
+/// to a later minute meanwhile, only the day's units are kept (the minute
+/// lease of `at` is void); a later day keeps nothing. `None`: rebound
+/// (the caller gives the units back). Returns the units held after.
+pub(crate) fn add(
+    region: &Region,
+    i: usize,
+    gen: u16,
+    at: Instant,
+    units: u32,
+    cost: u32,
+    skew: u32,
+) -> Option<Held> {
+    let slot = region.slot(i);
+    let mut word = slot.state();
+    let extra = units.saturating_sub(cost);
+    loop {
+        let s = State::unpack(word);
+        if s.gen != gen {
+            return None;
+        }
+        let h = s.held(at, skew);
+        let next = if h.at == at {
+            Held {
+                at,
+                minute_left: h.minute_left.saturating_add(extra),
+                day_left: h.day_left.saturating_add(extra),
+            }
+        } else if h.at.day == at.day {
+            Held {
+                day_left: h.day_left.saturating_add(extra),
+                ..h
+            }
+        } else {
+            h
+        };
+        if next == h && word == held_state(gen, h) {
+            return Some(h);
+        }
+        match slot
+            .state
+            .compare_exchange_weak(word, held_state(gen, next), AcqRel, Acquire)
+        {
+            Ok(_) => return Some(next),
+            Err(cur) => word = cur,
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+/// Takes units out of slot `i` to give them back: all of both leases, or
+/// with `excess_only` the day units beyond the minute's (left over from
+/// earlier minutes, which no decision can spend without new minute units).
+/// `None`: rebound or nothing to take; else the window and the units taken
+/// (minute, day).
+pub(crate) fn take(
+    region: &Region,
+    i: usize,
+    gen: u16,
+    clock: Clock,
+    excess_only: bool,
+) -> Option<(Instant, u32, u32)> {
+    let slot = region.slot(i);
+    let mut word = slot.state();
+    loop {
+        let s = State::unpack(word);
+        if s.gen != gen {
+            return None;
+        }
+        let h = s.held(clock.now, clock.skew);
+        let (m, d) = if excess_only {
+            (0, h.day_left.saturating_sub(h.minute_left))
+        } else {
+            (h.minute_left, h.day_left)
+        };
+        if m == 0 && d == 0 {
+            return None;
+        }
+        let next = Held {
+            at: h.at,
+            minute_left: h.minute_left - m,
+            day_left: h.day_left - d,
+        };
+        match slot
+            .state
+            .compare_exchange_weak(word, held_state(gen, next), AcqRel, Acquire)
+        {
+            Ok(_) => return Some((h.at, m, d)),
+            Err(cur) => word = cur,
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+/// Judges `cost` against `limits` on the state word `word` (a side area's
+/// down-mode counts, generation unused), charging it if allowed: the local
+/// rule of [`judge`] on a word of its own.
+pub(crate) fn charge_word(
+    word_ref: &portable_atomic::AtomicU128,
+    limits: Limits,
+    cost: u32,
+    clock: Clock,
+) -> Outcome {
+    let mut word = load(word_ref);
+    loop {
+        let (outcome, next) = judge(State::unpack(word), limits, cost, clock);
+        if cost == 0 || !outcome.allowed {
+            return outcome;
+        }
+        match word_ref.compare_exchange_weak(word, next.pack(), AcqRel, Acquire) {
+            Ok(_) => return outcome,
+            Err(cur) => word = cur,
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+/// Raises the global counts kept in `word_ref` to `(at, minute, day)`: a
+/// later window replaces them, the same window keeps the larger of each
+/// (replies of concurrent exchanges may arrive in any order).
+pub(crate) fn raise_word(
+    word_ref: &portable_atomic::AtomicU128,
+    at: Instant,
+    minute: u32,
+    day: u32,
+) {
+    let mut word = load(word_ref);
+    loop {
+        let s = State::unpack(word);
+        let next = if s.at() > at {
+            if s.day != at.day {
+                return;
+            }
+            State {
+                day_count: s.day_count.max(day),
+                ..s
+            }
+        } else if s.at() == at {
+            State {
+                minute_count: s.minute_count.max(minute),
+                day_count: s.day_count.max(day),
+                ..s
+            }
+        } else {
+            State {
+                gen: 0,
+                minute: at.minute as u16,
+                day: at.day,
+                minute_count: minute,
+                day_count: if s.day == at.day {
+                    s.day_count.max(day)
+                } else {
+                    day
+                },
+            }
+        };
+        if next == s {
+            return;
+        }
+        match word_ref.compare_exchange_weak(word, next.pack(), AcqRel, Acquire) {
+            Ok(_) => return,
+            Err(cur) => word = cur,
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+/// A side word as `(windows, minute count, day count)` seen at `at`: the
+/// minute count if dated `at`'s minute, the day count if `at`'s day, else 0.
+pub(crate) fn read_word(word_ref: &portable_atomic::AtomicU128, at: Instant) -> (u32, u32) {
+    let s = State::unpack(load(word_ref));
+    let minute = if s.at() == at { s.minute_count } else { 0 };
+    let day = if s.day == at.day { s.day_count } else { 0 };
+    (minute, day)
+}
+
+#[cfg(feature = "redis")]
+fn load(a: &portable_atomic::AtomicU128) -> u128 {
+    a.load(std::sync::atomic::Ordering::Acquire)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

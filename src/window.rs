@@ -14,7 +14,7 @@ pub const MAX_DAY: u32 = (1 << 24) - 1;
 pub const MAX_NOW_MS: u64 = (MAX_DAY as u64) * MS_PER_DAY - 1;
 
 /// A point in window terms: the UTC day and the minute inside it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Instant {
     pub day: u32,
     pub minute: u32,

@@ -41,9 +41,11 @@ suite() {
 redis_store() {
     # The global quota store (feature `redis`, off in the suites above):
     # its unit tests, then tests/store.rs against real redis-server
-    # processes (a single server and a 3-master Cluster) it starts itself.
+    # processes (a single server and a 3-master Cluster) it starts itself,
+    # and the lease layer over it (tests/leases.rs: three hosts, faults).
     cargo test --release --features redis --lib store:: &&
-        cargo test --release --features redis --test store
+        cargo test --release --features redis --test store &&
+        cargo test --release --features redis --test leases
 }
 
 header_is_generated() {

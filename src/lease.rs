@@ -1,0 +1,1028 @@
+//! Quota leases (feature `redis`): one quota per (account, model) across
+//! every host joined to one store, decided locally.
+//!
+//! A table formatted for leases keeps, in each slot's state word, the units
+//! this host still holds of its minute lease and its day lease (both granted
+//! together by the store's script, all or nothing). A decision spends both
+//! with the same one CAS as a local table; only when too few are left does
+//! it ask the store for more (one `grant_once` round trip under the store's
+//! deadline) and spend its own cost out of the grant in the CAS that adds
+//! it. Every unit admitted anywhere was so granted by the script: admitted
+//! never exceeds a limit in any window while Redis answers.
+//!
+//! Lease size adapts to the key: about its recent rate times the refill
+//! interval, at least the cost, at most the global room left (as of the
+//! last exchange) divided by the hosts, so near the limit every decision is
+//! one exact grant. Unspent units go back (`give_back`, idempotent) when a
+//! key goes idle, when day units outlive their minute, and when the limiter
+//! leaves the store. Redis unreachable: decisions keep spending what is
+//! held, then follow the [`DownPolicy`]; what is admitted meanwhile is
+//! pushed (`push`, idempotent) when Redis answers again.
+//!
+//! A background thread per joined limiter does the give-backs, the pushes
+//! and the recovery of grants whose reply timed out; the decision path
+//! never waits for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::decision::Decision;
+use crate::error::Error;
+use crate::limiter::{Backing, Limiter, Prepared, Request};
+use crate::policy::Limits;
+use crate::region::Region;
+use crate::slot::{self, Clock, Held, LimitedBy, Outcome};
+use crate::store::{Counts, OpId, Store, StoreError, StoreOptions, StoreStats, Tag};
+use crate::window::Instant;
+
+/// How decisions get their quota from the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseMode {
+    /// Hold leases and spend them locally (the default): far from a limit
+    /// most decisions make no network call.
+    Leases,
+    /// One grant of exactly the cost per decision, nothing held: every
+    /// decision is a round trip. The baseline, and for callers that want
+    /// no units parked on any host.
+    Exact,
+}
+
+/// What a decision does when it needs the store and the store does not
+/// answer (timeout, refused, breaker open), beyond the units already held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownPolicy {
+    /// Admit up to this host's share, limit / hosts in each window, counted
+    /// in the table (shared by the host's processes) and pushed to Redis
+    /// when it answers again. The default.
+    Local,
+    /// Admit everything (counted and pushed like `Local`).
+    Open,
+    /// Refuse (a 429 from the minute window).
+    Closed,
+}
+
+/// Settings of a joined limiter; `LeaseOptions::default()` for the
+/// documented defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseOptions {
+    /// The store's own settings; its `deadline` (default 50 ms) bounds every
+    /// round trip a decision makes.
+    pub store: StoreOptions,
+    pub mode: LeaseMode,
+    pub down: DownPolicy,
+    /// Live hosts sharing each quota: a lease is at most the room left
+    /// divided by them, and `DownPolicy::Local` admits limit / hosts per
+    /// host. Default 1; set it to the number of gateway hosts.
+    pub hosts: u32,
+    /// A lease is sized to last about this long at the key's recent rate.
+    /// Default 1 s.
+    pub refill_interval: Duration,
+    /// A key whose lease was not refilled for this long gives its unspent
+    /// units back. Default 5 s.
+    pub idle_after: Duration,
+    /// Largest lease, in units. Default 100 000.
+    pub max_lease: u32,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        LeaseOptions {
+            store: StoreOptions::default(),
+            mode: LeaseMode::Leases,
+            down: DownPolicy::Local,
+            hosts: 1,
+            refill_interval: Duration::from_secs(1),
+            idle_after: Duration::from_secs(5),
+            max_lease: 100_000,
+        }
+    }
+}
+
+/// What a joined limiter did since it joined (all handles sharing it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseStats {
+    pub mode: LeaseMode,
+    pub down_policy: DownPolicy,
+    /// The last store call failed for want of Redis (timeout, refused,
+    /// breaker open): decisions beyond held units follow the down policy.
+    pub redis_down: bool,
+    /// Decisions made (every mode, every outcome).
+    pub decisions: u64,
+    /// Of those: decided from units held, without a round trip.
+    pub from_leases: u64,
+    /// Grants asked of the store by decisions (each one round trip).
+    pub refills: u64,
+    /// Grants asked by the lease thread for hot keys before they ran out
+    /// (no decision waited for them).
+    pub top_ups: u64,
+    /// Units those grants gave.
+    pub granted_units: u64,
+    /// Grants that gave nothing: the key was at its global limit.
+    pub refused_by_store: u64,
+    /// Decisions made by the down policy (Redis not answering).
+    pub degraded: u64,
+    /// Of those: admitted within the host's share (`Local`) or open.
+    pub degraded_admitted: u64,
+    /// Give-backs and pushes done, and the units they carried.
+    pub give_backs: u64,
+    pub given_back_units: u64,
+    pub pushes: u64,
+    pub pushed_units: u64,
+    /// Units dropped after an outage rather than given back (they may have
+    /// been granted by a Redis that restarted without its data).
+    pub dropped_units: u64,
+    /// Give-backs, pushes and grant recoveries waiting for Redis.
+    pub pending: u64,
+    /// Microseconds the last answered store call took.
+    pub last_latency_us: u64,
+    /// The store's own counters (every round trip, failures, breaker).
+    pub store: StoreStats,
+}
+
+#[derive(Default)]
+struct Counters {
+    decisions: AtomicU64,
+    from_leases: AtomicU64,
+    refills: AtomicU64,
+    top_ups: AtomicU64,
+    granted_units: AtomicU64,
+    refused_by_store: AtomicU64,
+    degraded: AtomicU64,
+    degraded_admitted: AtomicU64,
+    give_backs: AtomicU64,
+    given_back_units: AtomicU64,
+    pushes: AtomicU64,
+    pushed_units: AtomicU64,
+    dropped_units: AtomicU64,
+}
+
+/// What this process knows of a key it took leases for (the slot's units
+/// themselves are in the shared table).
+struct KeyInfo {
+    tag: Tag,
+    /// The limits of the key's last refill (for the lease thread's top-ups).
+    limits: Limits,
+    last_refill: std::time::Instant,
+    last_grant: u32,
+    /// The outage count (`Inner::epoch`) when Redis last proved it still
+    /// counts this key's units: units older than an outage may have been
+    /// granted by a Redis that restarted empty, and are never given back.
+    epoch: u64,
+    /// A thread of this process is asking for this key's next lease; others
+    /// meanwhile ask only for their own cost, so a burst does not park one
+    /// lease per thread on the host.
+    refilling: bool,
+}
+
+/// Work for the background thread, retried while Redis is away.
+enum Job {
+    GiveBack {
+        tag: Tag,
+        id: OpId,
+        minute: u32,
+        day: u32,
+        at: Instant,
+        /// The outage count when the units were known to Redis.
+        epoch: u64,
+    },
+    Push {
+        tag: Tag,
+        id: OpId,
+        units: u32,
+        at: Instant,
+    },
+    /// A grant whose reply did not come: asked again under its id, it
+    /// answers what it charged (or charges now), and that goes back.
+    Recover {
+        tag: Tag,
+        id: OpId,
+        want: u32,
+        min: u32,
+        limits: Limits,
+        at: Instant,
+    },
+}
+
+struct Inner {
+    store: Store,
+    opts: LeaseOptions,
+    region: Region,
+    skew: u32,
+    keys: Mutex<HashMap<(usize, u16), KeyInfo>>,
+    /// Down-mode admissions not yet pushed, summed by key and minute.
+    unpushed: Mutex<HashMap<(Tag, Instant), u32>>,
+    jobs: Mutex<Vec<Job>>,
+    down: AtomicBool,
+    /// Times Redis went from answering to not answering.
+    epoch: AtomicU64,
+    c: Counters,
+    stop: Mutex<bool>,
+    wake: Condvar,
+    // Keeps the table's memory alive until the last give-back is done.
+    _backing: Arc<Backing>,
+}
+
+/// A limiter's link to the store: the lease layer's state and its thread.
+pub(crate) struct Joined {
+    inner: Arc<Inner>,
+    worker: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every value behind these locks is whole at every step.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Joined {
+    pub(crate) fn start(
+        url: &str,
+        opts: LeaseOptions,
+        region: Region,
+        backing: Arc<Backing>,
+    ) -> Result<Joined, Error> {
+        if opts.hosts == 0 {
+            return Err(Error::Invalid("hosts must be at least 1"));
+        }
+        if opts.refill_interval.is_zero() || opts.idle_after.is_zero() {
+            return Err(Error::Invalid(
+                "refill_interval and idle_after must be above zero",
+            ));
+        }
+        if opts.max_lease == 0 {
+            return Err(Error::Invalid("max_lease must be at least 1"));
+        }
+        let store = Store::new(url, opts.store.clone()).map_err(Error::Store)?;
+        // One call to learn whether Redis answers (and to load the script);
+        // down is not an error, the down policy covers it.
+        let probe = Tag::new(b"tollgate-connect-check").expect("a valid tag");
+        let down = match store.counts(&probe, Instant { day: 0, minute: 0 }) {
+            Ok(_) => false,
+            Err(e) if e.is_transport() || matches!(e, StoreError::CircuitOpen { .. }) => true,
+            Err(e) => return Err(Error::Store(e)),
+        };
+        let inner = Arc::new(Inner {
+            store,
+            opts,
+            region,
+            // The background thread dates nothing itself: it takes units in
+            // whatever windows the slot holds them (see `collect`).
+            skew: u32::MAX,
+            keys: Mutex::new(HashMap::new()),
+            unpushed: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(Vec::new()),
+            down: AtomicBool::new(down),
+            epoch: AtomicU64::new(0),
+            c: Counters::default(),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            _backing: backing,
+        });
+        let bg = inner.clone();
+        let worker = std::thread::Builder::new()
+            .name("tollgate-leases".into())
+            .spawn(move || bg.run())
+            .map_err(|_| Error::Invalid("cannot start the lease thread"))?;
+        Ok(Joined {
+            inner,
+            worker: Some(worker),
+        })
+    }
+
+    pub(crate) fn stats(&self) -> LeaseStats {
+        let i = &self.inner;
+        let c = &i.c;
+        let store = i.store.stats();
+        let pending = lock(&i.jobs).len() + lock(&i.unpushed).len();
+        LeaseStats {
+            mode: i.opts.mode,
+            down_policy: i.opts.down,
+            redis_down: i.down.load(Relaxed),
+            decisions: c.decisions.load(Relaxed),
+            from_leases: c.from_leases.load(Relaxed),
+            refills: c.refills.load(Relaxed),
+            top_ups: c.top_ups.load(Relaxed),
+            granted_units: c.granted_units.load(Relaxed),
+            refused_by_store: c.refused_by_store.load(Relaxed),
+            degraded: c.degraded.load(Relaxed),
+            degraded_admitted: c.degraded_admitted.load(Relaxed),
+            give_backs: c.give_backs.load(Relaxed),
+            given_back_units: c.given_back_units.load(Relaxed),
+            pushes: c.pushes.load(Relaxed),
+            pushed_units: c.pushed_units.load(Relaxed),
+            dropped_units: c.dropped_units.load(Relaxed),
+            pending: pending as u64,
+            last_latency_us: store.last_latency_us,
+            store,
+        }
+    }
+
+    /// One decision of a joined limiter (see the module's comment).
+    pub(crate) fn check(
+        &self,
+        l: &Limiter,
+        req: &Request<'_>,
+        p: &Prepared,
+        now_ms: u64,
+    ) -> Result<Decision, Error> {
+        let i = &*self.inner;
+        i.c.decisions.fetch_add(1, Relaxed);
+        let clock = Clock {
+            now: p.now,
+            skew: l.skew_minutes(),
+        };
+        let located = slot::locate(&i.region, &p.key, req.account, p.now, req.cost > 0)
+            .map_err(|_| Error::TableFull)?;
+        let Some((slot_i, gen)) = located else {
+            // A peek at a key this host never saw: what the last exchange
+            // (none) says, fresh windows.
+            let o = slot::judge(slot::State::default(), p.limits, 0, clock).0;
+            return Ok(Decision::new(o, p.limits, now_ms));
+        };
+        let model = l.policy().models()[p.model].name.as_str();
+        let outcome = match i.opts.mode {
+            LeaseMode::Leases => i.decide_leased(slot_i, gen, req, p, model, clock)?,
+            LeaseMode::Exact => i.decide_exact(slot_i, req, p, model, clock)?,
+        };
+        if !outcome.allowed {
+            crate::refusals::record(
+                &i.region,
+                p.key.id as u32,
+                req.account,
+                p.model_id,
+                &outcome,
+                p.limits,
+                now_ms,
+            );
+        }
+        Ok(Decision::new(outcome, p.limits, now_ms))
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        *lock(&self.inner.stop) = true;
+        self.inner.wake.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+        self.inner.release_all();
+    }
+}
+
+/// Outcome of a decision rendered from global counts: `minute`/`day` are
+/// the counts to show (global as of the last exchange plus this host's
+/// spends since).
+fn outcome(allowed: bool, limited_by: LimitedBy, at: Instant, minute: u32, day: u32) -> Outcome {
+    Outcome {
+        allowed,
+        limited_by,
+        at,
+        minute_count: minute,
+        day_count: day,
+        clock_fault: false,
+    }
+}
+
+fn refused_by(counts: &Counts, limits: Limits, cost: u32) -> LimitedBy {
+    if counts.day_count + cost.max(1) as u64 > limits.rpd as u64 {
+        LimitedBy::Day
+    } else {
+        LimitedBy::Minute
+    }
+}
+
+fn clamp32(v: u64) -> u32 {
+    v.min(u32::MAX as u64) as u32
+}
+
+impl Inner {
+    /// The counts to show at `at` for a host holding `held`: the global
+    /// counts of the last exchange (which include every unit leased to this
+    /// host) less what this host still holds unspent.
+    fn shown(&self, slot_i: usize, at: Instant, held: Option<Held>) -> (u32, u32) {
+        let (gm, gd) = slot::read_word(&self.region.side(slot_i).global, at);
+        let (hm, hd) = match held {
+            Some(h) if h.at == at => (h.minute_left, h.day_left),
+            Some(h) if h.at.day == at.day => (0, h.day_left),
+            _ => (0, 0),
+        };
+        (gm.saturating_sub(hm), gd.saturating_sub(hd))
+    }
+
+    fn note_counts(&self, slot_i: usize, at: Instant, counts: &Counts) {
+        slot::raise_word(
+            &self.region.side(slot_i).global,
+            at,
+            clamp32(counts.minute_count),
+            clamp32(counts.day_count),
+        );
+    }
+
+    fn answered(&self) {
+        if self.down.load(Relaxed) {
+            self.down.store(false, Relaxed);
+            self.wake.notify_all();
+        }
+    }
+
+    fn failed(&self) {
+        if !self.down.swap(true, Relaxed) {
+            self.epoch.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn decide_leased(
+        &self,
+        slot_i: usize,
+        gen: u16,
+        req: &Request<'_>,
+        p: &Prepared,
+        model: &str,
+        clock: Clock,
+    ) -> Result<Outcome, Error> {
+        let cost = req.cost;
+        let held = match slot::spend(&self.region, slot_i, gen, cost, clock) {
+            Some(Ok(h)) => {
+                self.c.from_leases.fetch_add(1, Relaxed);
+                let (m, d) = self.shown(slot_i, h.at, Some(h));
+                return Ok(outcome(true, LimitedBy::None, h.at, m, d));
+            }
+            Some(Err(h)) => h,
+            // Rebound between the lookup and the spend (a new day reused
+            // the slot): this key is new again.
+            None => Held {
+                at: clock.now,
+                minute_left: 0,
+                day_left: 0,
+            },
+        };
+        let at = held.at;
+        if cost == 0 {
+            // A peek: one more would pass if held, or if the last exchange
+            // left room (no round trip for a look).
+            let (m, d) = self.shown(slot_i, at, Some(held));
+            let o = slot::judge(
+                slot::State {
+                    gen: 0,
+                    minute: at.minute as u16,
+                    day: at.day,
+                    minute_count: m,
+                    day_count: d,
+                },
+                p.limits,
+                0,
+                Clock { now: at, ..clock },
+            )
+            .0;
+            return Ok(o);
+        }
+        let (want, tag, epoch) = self.want(slot_i, gen, req, p, model, at);
+        // Day units left over from earlier minutes cannot be spent without
+        // new minute units, and a grant charges both windows: they go back.
+        if held.day_left > held.minute_left {
+            if let Some((t_at, m, d)) = slot::take(&self.region, slot_i, gen, clock, true) {
+                self.queue(Job::GiveBack {
+                    tag: tag.clone(),
+                    id: OpId::new(),
+                    minute: m,
+                    day: d,
+                    at: t_at,
+                    epoch,
+                });
+            }
+        }
+        let id = OpId::new();
+        self.c.refills.fetch_add(1, Relaxed);
+        let result = self.store.grant_once(&tag, &id, want, cost, p.limits, at);
+        match result {
+            Ok(g) => {
+                self.answered();
+                self.note_counts(slot_i, at, &g.counts);
+                if g.units == 0 {
+                    self.c.refused_by_store.fetch_add(1, Relaxed);
+                    let by = refused_by(&g.counts, p.limits, cost);
+                    let h = slot::spend(&self.region, slot_i, gen, 0, clock)
+                        .map(|r| r.unwrap_or_else(|h| h));
+                    self.refilled(slot_i, gen, 0, &g.counts, h, clock);
+                    let (m, d) = self.shown(slot_i, at, h);
+                    return Ok(outcome(false, by, at, m, d));
+                }
+                self.c.granted_units.fetch_add(g.units as u64, Relaxed);
+                let after = slot::add(&self.region, slot_i, gen, at, g.units, cost, clock.skew);
+                self.refilled(slot_i, gen, g.units, &g.counts, after, clock);
+                if after.is_none() && g.units > cost {
+                    // Rebound meanwhile: this decision spent its cost, the
+                    // rest has nowhere to live.
+                    self.queue(Job::GiveBack {
+                        tag,
+                        id: OpId::new(),
+                        minute: g.units - cost,
+                        day: g.units - cost,
+                        at,
+                        epoch: self.epoch.load(Relaxed),
+                    });
+                }
+                let (m, d) = self.shown(slot_i, at, after);
+                Ok(outcome(true, LimitedBy::None, at, m, d))
+            }
+            Err(e) => {
+                self.refilled(slot_i, gen, 0, &Counts::default(), None, clock);
+                self.unanswered(e, slot_i, req, p, tag, id, want, at, clock)
+            }
+        }
+    }
+
+    fn decide_exact(
+        &self,
+        slot_i: usize,
+        req: &Request<'_>,
+        p: &Prepared,
+        model: &str,
+        clock: Clock,
+    ) -> Result<Outcome, Error> {
+        let (cost, at) = (req.cost, clock.now);
+        if cost == 0 {
+            let (m, d) = self.shown(slot_i, at, None);
+            let s = slot::State {
+                gen: 0,
+                minute: at.minute as u16,
+                day: at.day,
+                minute_count: m,
+                day_count: d,
+            };
+            return Ok(slot::judge(s, p.limits, 0, clock).0);
+        }
+        let tag = Tag::for_key(req.account, model);
+        let id = OpId::new();
+        self.c.refills.fetch_add(1, Relaxed);
+        match self.store.grant_once(&tag, &id, cost, cost, p.limits, at) {
+            Ok(g) => {
+                self.answered();
+                self.note_counts(slot_i, at, &g.counts);
+                let allowed = g.units > 0;
+                if allowed {
+                    self.c.granted_units.fetch_add(g.units as u64, Relaxed);
+                } else {
+                    self.c.refused_by_store.fetch_add(1, Relaxed);
+                }
+                let by = if allowed {
+                    LimitedBy::None
+                } else {
+                    refused_by(&g.counts, p.limits, cost)
+                };
+                let (m, d) = self.shown(slot_i, at, None);
+                Ok(outcome(allowed, by, at, m, d))
+            }
+            Err(e) => self.unanswered(e, slot_i, req, p, tag, id, cost, at, clock),
+        }
+    }
+
+    /// A grant that got no answer: recover it later if it may have been
+    /// charged, and decide by the down policy now.
+    #[allow(clippy::too_many_arguments)]
+    fn unanswered(
+        &self,
+        e: StoreError,
+        slot_i: usize,
+        req: &Request<'_>,
+        p: &Prepared,
+        tag: Tag,
+        id: OpId,
+        want: u32,
+        at: Instant,
+        clock: Clock,
+    ) -> Result<Outcome, Error> {
+        match e {
+            StoreError::Timeout { .. } => {
+                self.failed();
+                self.queue(Job::Recover {
+                    tag: tag.clone(),
+                    id,
+                    want,
+                    min: req.cost,
+                    limits: p.limits,
+                    at,
+                });
+            }
+            StoreError::Down(_) | StoreError::CircuitOpen { .. } => self.failed(),
+            other => return Err(Error::Store(other)),
+        }
+        self.c.degraded.fetch_add(1, Relaxed);
+        let cost = req.cost;
+        let (allowed, o) = match self.opts.down {
+            DownPolicy::Closed => {
+                let (m, d) = self.shown(slot_i, at, None);
+                (false, outcome(false, LimitedBy::Minute, at, m, d))
+            }
+            DownPolicy::Open => {
+                let (m, d) = self.shown(slot_i, at, None);
+                (true, outcome(true, LimitedBy::None, at, m, d))
+            }
+            DownPolicy::Local => {
+                let hosts = self.opts.hosts;
+                let share = Limits {
+                    rpm: p.limits.rpm / hosts,
+                    rpd: p.limits.rpd / hosts,
+                };
+                let o = if share.rpm == 0 || share.rpd == 0 || cost > share.rpm.min(share.rpd) {
+                    outcome(false, LimitedBy::Minute, at, share.rpm, share.rpd)
+                } else {
+                    slot::charge_word(&self.region.side(slot_i).down, share, cost, clock)
+                };
+                // Shown against the whole limit: what is left of the share.
+                let m = o.minute_count + (p.limits.rpm - share.rpm);
+                let d = o.day_count + (p.limits.rpd - share.rpd);
+                (
+                    o.allowed,
+                    Outcome {
+                        minute_count: m,
+                        day_count: d,
+                        ..o
+                    },
+                )
+            }
+        };
+        if allowed {
+            self.c.degraded_admitted.fetch_add(1, Relaxed);
+            *lock(&self.unpushed).entry((tag, o.at)).or_insert(0) += cost;
+        }
+        Ok(o)
+    }
+
+    /// The size of the next lease for a key, and its tag: about the key's
+    /// rate over the last lease times the refill interval (growing at most
+    /// 16-fold per refill), at least the cost, at most the room left as of
+    /// the last exchange divided among the hosts.
+    fn want(
+        &self,
+        slot_i: usize,
+        gen: u16,
+        req: &Request<'_>,
+        p: &Prepared,
+        model: &str,
+        at: Instant,
+    ) -> (u32, Tag, u64) {
+        let cost = req.cost;
+        let now = std::time::Instant::now();
+        let mut keys = lock(&self.keys);
+        let info = keys.entry((slot_i, gen)).or_insert_with(|| KeyInfo {
+            tag: Tag::for_key(req.account, model),
+            limits: p.limits,
+            last_refill: now,
+            last_grant: 0,
+            epoch: self.epoch.load(Relaxed),
+            refilling: false,
+        });
+        let tag = info.tag.clone();
+        if info.refilling {
+            return (cost, tag, info.epoch);
+        }
+        info.refilling = true;
+        info.limits = p.limits;
+        let want = self.lease_size(info, slot_i, at, now).max(cost);
+        (want, tag, info.epoch)
+    }
+
+    /// A key's next lease before the floor of the cost: its rate over the
+    /// last lease times the refill interval, at most 16 times the last
+    /// lease, the room left per host as of the last exchange and
+    /// `max_lease`.
+    fn lease_size(
+        &self,
+        info: &KeyInfo,
+        slot_i: usize,
+        at: Instant,
+        now: std::time::Instant,
+    ) -> u32 {
+        let elapsed = now.duration_since(info.last_refill).as_secs_f64().max(1e-6);
+        let rate = info.last_grant as f64 / elapsed;
+        let by_rate = (rate * self.opts.refill_interval.as_secs_f64()).ceil();
+        let grown = (info.last_grant as f64 * 16.0).max(16.0);
+        let est = by_rate.min(grown).min(u32::MAX as f64) as u32;
+        let (gm, gd) = slot::read_word(&self.region.side(slot_i).global, at);
+        let room = info
+            .limits
+            .rpm
+            .saturating_sub(gm)
+            .min(info.limits.rpd.saturating_sub(gd));
+        let share = room / self.opts.hosts;
+        est.min(share).min(self.opts.max_lease)
+    }
+
+    /// Hot keys whose units fell below half their last lease get the next
+    /// one from this thread, so their decisions do not wait for it. Keys
+    /// near their limit (a lease below 16 units) are left to the decisions,
+    /// which then take exactly what they need.
+    fn top_up(&self) {
+        if self.opts.mode != LeaseMode::Leases || self.down.load(Relaxed) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let clock = Clock {
+            now: Instant::from_ms(crate::now_ms()).unwrap_or(Instant { day: 0, minute: 0 }),
+            skew: self.skew,
+        };
+        let mut due = Vec::new();
+        {
+            let mut keys = lock(&self.keys);
+            for (&(i, gen), info) in keys.iter_mut() {
+                if info.refilling
+                    || info.last_grant < 16
+                    || info.last_refill.elapsed() >= self.opts.idle_after
+                {
+                    continue;
+                }
+                let s = slot::State::unpack(self.region.slot(i).state());
+                if s.gen != gen {
+                    continue;
+                }
+                let h = s.held(clock.now, clock.skew);
+                if h.minute_left.min(h.day_left) > info.last_grant / 2 {
+                    continue;
+                }
+                let want = self.lease_size(info, i, h.at, now);
+                if want < 16 {
+                    continue;
+                }
+                info.refilling = true;
+                due.push((i, gen, info.tag.clone(), info.limits, want, h.at));
+            }
+        }
+        for (i, gen, tag, limits, want, at) in due {
+            let id = OpId::new();
+            self.c.top_ups.fetch_add(1, Relaxed);
+            let result = self.store.grant_once(&tag, &id, want, 1, limits, at);
+            let clock = Clock {
+                now: at,
+                skew: self.skew,
+            };
+            match result {
+                Ok(g) => {
+                    self.answered();
+                    self.note_counts(i, at, &g.counts);
+                    self.c.granted_units.fetch_add(g.units as u64, Relaxed);
+                    let after = if g.units > 0 {
+                        slot::add(&self.region, i, gen, at, g.units, 0, self.skew)
+                    } else {
+                        None
+                    };
+                    self.refilled(i, gen, g.units, &g.counts, after, clock);
+                    if after.is_none() && g.units > 0 {
+                        self.queue(Job::GiveBack {
+                            tag,
+                            id: OpId::new(),
+                            minute: g.units,
+                            day: g.units,
+                            at,
+                            epoch: self.epoch.load(Relaxed),
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.refilled(i, gen, 0, &Counts::default(), None, clock);
+                    if e.is_transport() || matches!(e, StoreError::CircuitOpen { .. }) {
+                        self.failed();
+                        if matches!(e, StoreError::Timeout { .. }) {
+                            self.queue(Job::Recover {
+                                tag,
+                                id,
+                                want,
+                                min: 1,
+                                limits,
+                                at,
+                            });
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Notes a refill's end: the key's rate, and (when Redis answered,
+    /// `held` being what the host holds after it) whether Redis still
+    /// counts the units held. Its counts include every unit leased to this
+    /// host in the window, so counts below the units held mean Redis lost
+    /// them (a restart without persistence): those units are dropped, not
+    /// spent further nor given back.
+    fn refilled(
+        &self,
+        slot_i: usize,
+        gen: u16,
+        units: u32,
+        counts: &Counts,
+        held: Option<Held>,
+        clock: Clock,
+    ) {
+        let mut keys = lock(&self.keys);
+        let Some(info) = keys.get_mut(&(slot_i, gen)) else {
+            return;
+        };
+        if info.refilling {
+            info.refilling = false;
+            info.last_refill = std::time::Instant::now();
+            info.last_grant = units;
+        }
+        let Some(h) = held else {
+            return;
+        };
+        let epoch = self.epoch.load(Relaxed);
+        if info.epoch == epoch || self.down.load(Relaxed) {
+            return;
+        }
+        if counts.day_count < h.day_left as u64 || counts.minute_count < h.minute_left as u64 {
+            if let Some((_, m, d)) = slot::take(&self.region, slot_i, gen, clock, false) {
+                self.c.dropped_units.fetch_add(m.max(d) as u64, Relaxed);
+            }
+        }
+        info.epoch = epoch;
+    }
+
+    fn queue(&self, job: Job) {
+        lock(&self.jobs).push(job);
+        self.wake.notify_all();
+    }
+
+    /// The background thread: pending work every tick, idle keys' units
+    /// back every few ticks, until told to stop.
+    fn run(&self) {
+        let tick = (self.opts.refill_interval / 4)
+            .clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let mut last_scan = std::time::Instant::now();
+        loop {
+            {
+                let stop = lock(&self.stop);
+                if *stop {
+                    return;
+                }
+                let (stop, _) = self
+                    .wake
+                    .wait_timeout(stop, tick)
+                    .unwrap_or_else(|p| p.into_inner());
+                if *stop {
+                    return;
+                }
+            }
+            self.flush();
+            self.top_up();
+            if last_scan.elapsed() >= self.opts.idle_after / 4 {
+                last_scan = std::time::Instant::now();
+                self.give_back_idle();
+            }
+        }
+    }
+
+    /// Takes the units of keys not refilled within `idle_after` (all keys
+    /// with `all`) and queues them to go back.
+    fn collect(&self, all: bool) {
+        let clock = Clock {
+            now: Instant::from_ms(crate::now_ms()).unwrap_or(Instant { day: 0, minute: 0 }),
+            skew: self.skew,
+        };
+        let idle: Vec<((usize, u16), Tag, u64)> = {
+            let mut keys = lock(&self.keys);
+            let cut = self.opts.idle_after;
+            let gone: Vec<(usize, u16)> = keys
+                .iter()
+                .filter(|(_, k)| all || (!k.refilling && k.last_refill.elapsed() >= cut))
+                .map(|(&k, _)| k)
+                .collect();
+            gone.into_iter()
+                .filter_map(|k| keys.remove(&k).map(|info| (k, info.tag, info.epoch)))
+                .collect()
+        };
+        for ((i, gen), tag, epoch) in idle {
+            if let Some((at, minute, day)) = slot::take(&self.region, i, gen, clock, false) {
+                self.queue(Job::GiveBack {
+                    tag,
+                    id: OpId::new(),
+                    minute,
+                    day,
+                    at,
+                    epoch,
+                });
+            }
+        }
+    }
+
+    fn give_back_idle(&self) {
+        self.collect(false);
+        self.flush();
+    }
+
+    /// Runs the pending work in order; stops at the first transport
+    /// failure (Redis still away) and keeps the rest for the next tick.
+    fn flush(&self) {
+        {
+            let mut unpushed = lock(&self.unpushed);
+            if !unpushed.is_empty() {
+                let mut jobs = lock(&self.jobs);
+                for ((tag, at), units) in unpushed.drain() {
+                    jobs.push(Job::Push {
+                        tag,
+                        id: OpId::new(),
+                        units,
+                        at,
+                    });
+                }
+            }
+        }
+        loop {
+            let job = {
+                let mut jobs = lock(&self.jobs);
+                if jobs.is_empty() {
+                    return;
+                }
+                jobs.remove(0)
+            };
+            match self.run_job(&job) {
+                Ok(()) => {}
+                Err(e) if e.is_transport() || matches!(e, StoreError::CircuitOpen { .. }) => {
+                    self.down.store(true, Relaxed);
+                    lock(&self.jobs).insert(0, job);
+                    return;
+                }
+                // Redis answered with an error: retrying will not help.
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn run_job(&self, job: &Job) -> Result<(), StoreError> {
+        match job {
+            Job::GiveBack {
+                tag,
+                id,
+                minute,
+                day,
+                at,
+                epoch,
+            } => {
+                if *epoch != self.epoch.load(Relaxed) {
+                    // Granted before an outage: the Redis that answers now
+                    // may not be the one that counted them (a restart
+                    // without persistence), and giving them back would
+                    // take them from counts made since. Kept counted.
+                    self.c
+                        .dropped_units
+                        .fetch_add((*minute).max(*day) as u64, Relaxed);
+                    return Ok(());
+                }
+                let a = self.store.give_back(tag, id, *minute, *day, *at)?;
+                self.answered();
+                if !a.replayed {
+                    self.c.give_backs.fetch_add(1, Relaxed);
+                    self.c
+                        .given_back_units
+                        .fetch_add(a.minute_units.max(a.day_units), Relaxed);
+                }
+            }
+            Job::Push { tag, id, units, at } => {
+                let a = self.store.push(tag, id, *units, *units, *at)?;
+                self.answered();
+                if !a.replayed {
+                    self.c.pushes.fetch_add(1, Relaxed);
+                    self.c.pushed_units.fetch_add(*units as u64, Relaxed);
+                }
+            }
+            Job::Recover {
+                tag,
+                id,
+                want,
+                min,
+                limits,
+                at,
+            } => {
+                let g = self.store.grant_once(tag, id, *want, *min, *limits, *at)?;
+                // Before queueing its give-back: a recovery drops queued ones.
+                self.answered();
+                if g.units > 0 {
+                    // Pushed in its place so the flush goes on in order.
+                    lock(&self.jobs).insert(
+                        0,
+                        Job::GiveBack {
+                            tag: tag.clone(),
+                            id: OpId::new(),
+                            minute: g.units,
+                            day: g.units,
+                            at: *at,
+                            epoch: self.epoch.load(Relaxed),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaving the store: every key's unspent units go back, then the
+    /// pending work is tried once more (each call under the deadline; the
+    /// breaker makes the rest fail fast if Redis is away).
+    fn release_all(&self) {
+        self.collect(true);
+        self.flush();
+    }
+}
