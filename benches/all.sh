@@ -25,8 +25,10 @@ step "instructions per decision: cargo bench --bench icount"
 cargo bench -q --bench icount 2>&1 | tee "$out/icount.txt" | tail -n 6
 step "memory: cargo bench --bench memory"
 cargo bench -q --bench memory 2>&1 | tee "$out/memory.txt" | tail -n 6
+if [ -n "${PROCS:-}" ]; then
 step "processes and threads: cargo bench --bench procs"
 cargo bench -q --bench procs 2>&1 | tee "$out/procs.txt" | grep -E 'time:|ratio' || true
+fi
 step "C ABI vs governor: ../shared/bench/vs-governor/run.sh"
 if [ -d "$root/../shared/bench/vs-governor" ]; then
     bash "$root/../shared/bench/vs-governor/run.sh" 2>&1 | tee "$out/vs-governor.txt" | tail -n 3
@@ -41,5 +43,5 @@ fi
 step "nginx: PIN=1 WORKERS=1 THREADS=1 REPEAT=5 DURATION=3s bindings/nginx/bench.sh"
 PIN=1 WORKERS=1 THREADS=1 REPEAT=5 DURATION=3s bash bindings/nginx/bench.sh 2>&1 | tee "$out/nginx.txt" | tail -n 30
 step "Python: bindings/python/bench.py"
-python3 bindings/python/bench.py 2>&1 | tee "$out/python.txt" | tail -n 20
+(cd bindings/python && TOLLGATE_LIBRARY=../../target/release/libtollgate.so PYTHONPATH=src python3 bench.py) 2>&1 | tee "$out/python.txt" | tail -n 20
 step "done: outputs in $out"

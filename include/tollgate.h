@@ -45,14 +45,14 @@
  */
 #define TG_VERSION_MAJOR 0
 
-#define TG_VERSION_MINOR 2
+#define TG_VERSION_MINOR 3
 
 #define TG_VERSION_PATCH 0
 
 /**
  * major * 1000000 + minor * 1000 + patch.
  */
-#define TG_VERSION_NUMBER 2000
+#define TG_VERSION_NUMBER 3000
 
 /**
  * The region layout version this header describes.
