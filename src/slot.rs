@@ -213,7 +213,7 @@ pub(crate) fn decide(
             }
         }
     }
-    probe(region, key, account, limits, cost, clock, home)
+    probe(region, key, account, limits, cost, clock)
 }
 
 /// [`decide`] for a key not bound in its home slot: the probe walk, and
@@ -226,81 +226,17 @@ fn probe(
     limits: Limits,
     cost: u32,
     clock: Clock,
-    home: usize,
 ) -> Result<Outcome, TableFull> {
-    let now = clock.now;
-    let n = region.slot_count() as usize;
-    let probes = PROBE_MAX.min(n);
-    'retry: loop {
-        let mut free: Option<(usize, u128, u128)> = None;
-        let mut i = home;
-        for _ in 0..probes {
-            let slot = region.slot(i);
-            let ident = slot.ident();
-            let state = slot.state();
-            if ident == 0 {
-                // Never used: the key is not further along.
-                free.get_or_insert((i, ident, state));
-                break;
-            }
-            let bound = state as u16 == ident as u16;
-            if bound && ident >> 16 == key.id {
-                match charge(region, slot, ident as u16, state, limits, cost, clock) {
-                    Some(o) => return Ok(o),
-                    None => continue 'retry,
-                }
-            }
-            if free.is_none() && (!bound || State::unpack(state).stale(now)) {
-                free = Some((i, ident, state));
-            }
-            i += 1;
-            if i == n {
-                i = 0;
-            }
-        }
-        if cost == 0 {
+    loop {
+        let Some((i, gen)) = locate(region, key, account, clock.now, cost > 0)? else {
             // A peek at an absent key: fresh windows, and no slot taken.
             return Ok(judge(State::default(), limits, 0, clock).0);
-        }
-        let Some((i, ident, state)) = free else {
-            region
-                .header()
-                .table_full
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(TableFull);
         };
         let slot = region.slot(i);
-        let mut gen = state as u16;
-        if gen == ident as u16 {
-            // Bound to a key with nothing current (or never used): open it.
-            gen = gen.wrapping_add(1);
-            let open = State {
-                gen,
-                ..State::default()
-            }
-            .pack();
-            if slot
-                .state
-                .compare_exchange(state, open, AcqRel, Acquire)
-                .is_err()
-            {
-                continue 'retry;
-            }
+        if let Some(o) = charge(region, slot, gen, slot.state(), limits, cost, clock) {
+            return Ok(o);
         }
-        let mine = key.id << 16 | gen as u128;
-        if slot
-            .ident
-            .compare_exchange(ident, mine, AcqRel, Acquire)
-            .is_err()
-        {
-            continue 'retry;
-        }
-        region.write_name(i, account);
-        let state = slot.state();
-        match charge(region, slot, gen, state, limits, cost, clock) {
-            Some(o) => return Ok(o),
-            None => continue 'retry,
-        }
+        // Rebound between the walk and the charge: look again.
     }
 }
 
@@ -321,21 +257,10 @@ pub(crate) fn home(region: &Region, key: &KeyHash) -> usize {
 /// The slot bound to `key` and its generation, if any: the probe walk of
 /// a decision without binding, for operator views (reset, inspect).
 pub(crate) fn find(region: &Region, key: &KeyHash) -> Option<(usize, u16)> {
-    let n = region.slot_count() as usize;
-    let mut i = home(region, key);
-    for _ in 0..PROBE_MAX.min(n) {
-        let slot = region.slot(i);
-        let ident = slot.ident();
-        if ident == 0 {
-            return None;
-        }
-        let state = slot.state();
-        if ident >> 16 == key.id && state as u16 == ident as u16 {
-            return Some((i, ident as u16));
-        }
-        i = if i + 1 == n { 0 } else { i + 1 };
-    }
-    None
+    // Without binding, `now` (which only tells stale slots for reuse) and
+    // the account (written only on binding) are not read.
+    let never = Instant { day: 0, minute: 0 };
+    locate(region, key, &[], never, false).ok().flatten()
 }
 
 /// Stores `f(state)` into slot `i` while it stays generation `gen`; `false`
@@ -563,10 +488,10 @@ fn held_state(gen: u16, h: Held) -> u128 {
     .pack()
 }
 
-#[cfg(feature = "redis")]
 /// The slot bound to `key` (binding the first free one of its chain when
 /// `bind`): its index and generation. `Ok(None)`: not bound and not asked
-/// to bind. The probe walk and the bind of [`decide`], without charging.
+/// to bind. The probe walk and the bind shared by decisions, leases and
+/// operator views; charging is the caller's.
 pub(crate) fn locate(
     region: &Region,
     key: &KeyHash,
@@ -584,6 +509,7 @@ pub(crate) fn locate(
             let ident = slot.ident();
             let state = slot.state();
             if ident == 0 {
+                // Never used: the key is not further along.
                 free.get_or_insert((i, ident, state));
                 break;
             }
@@ -609,6 +535,7 @@ pub(crate) fn locate(
         let slot = region.slot(i);
         let mut gen = state as u16;
         if gen == ident as u16 {
+            // Bound to a key with nothing current (or never used): open it.
             gen = gen.wrapping_add(1);
             let open = State {
                 gen,
@@ -622,7 +549,8 @@ pub(crate) fn locate(
             {
                 continue 'retry;
             }
-            // A stale slot's units were of a day gone: void, nothing lost.
+            // A stale slot's counts (or lease units) were of a day gone:
+            // nothing is lost.
         }
         let mine = key.id << 16 | gen as u128;
         if slot
