@@ -417,7 +417,7 @@ impl Limiter {
         }
         let Some(&model_id) = self.local_ids.get(model) else {
             // A table of quota leases (or a bug: ids always cover the policy).
-            return self.check_leased(req, now_ms);
+            return self.check_leased(req, now_ms, now, model, limits);
         };
         let key = key::hash(self.region.seed(), req.account, model_id);
         let outcome = slot::decide(
@@ -446,45 +446,31 @@ impl Limiter {
     }
 
     /// A decision on a table of quota leases: the lease layer's, if joined.
+    /// Takes what [`Limiter::check`] has already checked and resolved.
     #[cold]
     #[inline(never)]
-    fn check_leased(&self, req: &Request<'_>, now_ms: u64) -> Result<Decision, Error> {
+    fn check_leased(
+        &self,
+        req: &Request<'_>,
+        now_ms: u64,
+        now: Instant,
+        model: usize,
+        limits: Limits,
+    ) -> Result<Decision, Error> {
         #[cfg(feature = "redis")]
         if let Some(j) = &self.joined {
-            let p = self.prepare(req, now_ms)?;
+            let model_id = self.model_ids[model];
+            let p = Prepared {
+                now,
+                limits,
+                model,
+                model_id,
+                key: key::hash(self.region.seed(), req.account, model_id),
+            };
             return j.check(self, req, &p, now_ms);
         }
-        let _ = (req, now_ms);
+        let _ = (req, now_ms, now, model, limits);
         Err(Error::NotJoined)
-    }
-
-    /// What [`Limiter::check`] works out before touching the table, for the
-    /// lease layer.
-    #[cfg(feature = "redis")]
-    #[allow(clippy::unnecessary_lazy_evaluations)]
-    fn prepare(&self, req: &Request<'_>, now_ms: u64) -> Result<Prepared, Error> {
-        if req.account.is_empty() || req.account.len() > ACCOUNT_MAX {
-            return Err(Error::Account);
-        }
-        let now = Instant::from_ms(now_ms)
-            .ok_or_else(|| Error::Invalid("now_ms is past the year 47000"))?;
-        let model = match req.handle {
-            None => self.policy.model_index(req.model),
-            Some(h) => self.handle_index(h),
-        }
-        .ok_or_else(|| Error::UnknownModel)?;
-        let limits = resolve(&self.policy, req, model)?;
-        if req.cost > limits.rpm.min(limits.rpd) {
-            return Err(Error::CostTooLarge);
-        }
-        let model_id = self.model_ids[model];
-        Ok(Prepared {
-            now,
-            limits,
-            model,
-            model_id,
-            key: key::hash(self.region.seed(), req.account, model_id),
-        })
     }
 
     /// Joins this limiter to the store at `url` (`redis://host:port/db`,
