@@ -101,6 +101,97 @@ impl Default for LeaseOptions {
     }
 }
 
+/// The option names [`LeaseOptions::set`] takes, as the C ABI
+/// (`tg_redis_options_set`), nginx's `tollgate_redis` and the docs list
+/// them.
+pub const OPTION_NAMES: &[&str] = &[
+    "mode",
+    "down",
+    "hosts",
+    "deadline",
+    "refill_interval",
+    "idle_after",
+    "max_lease",
+    "max_connections",
+    "trip_after",
+    "cooldown",
+    "max_cooldown",
+];
+
+impl LeaseOptions {
+    /// Sets one option from its name and text, the one parser of these
+    /// settings for every binding: `mode=leases|exact`,
+    /// `down=local|open|closed`, `hosts=N`, `max_lease=N`,
+    /// `max_connections=N`, `trip_after=N`, and durations `deadline`,
+    /// `refill_interval`, `idle_after`, `cooldown`, `max_cooldown` as a
+    /// number with a unit (`50ms`, `2s`, `1m`; a bare number is
+    /// milliseconds). An unknown name or a bad value is an error that
+    /// says which and what is allowed.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let count = |min: u64| -> Result<u64, String> {
+            match value.parse::<u64>() {
+                Ok(n) if n >= min && n <= u32::MAX as u64 => Ok(n),
+                _ => Err(format!(
+                    "{name}: \"{value}\" is not a whole number from {min} to {}",
+                    u32::MAX
+                )),
+            }
+        };
+        let duration = || -> Result<Duration, String> {
+            parse_duration(value).ok_or_else(|| {
+                format!("{name}: \"{value}\" is not a duration above zero (such as 50ms, 2s, 1m)")
+            })
+        };
+        match name {
+            "mode" => {
+                self.mode = match value {
+                    "leases" => LeaseMode::Leases,
+                    "exact" => LeaseMode::Exact,
+                    _ => return Err(format!("mode: \"{value}\" is not leases or exact")),
+                }
+            }
+            "down" => {
+                self.down = match value {
+                    "local" => DownPolicy::Local,
+                    "open" => DownPolicy::Open,
+                    "closed" => DownPolicy::Closed,
+                    _ => return Err(format!("down: \"{value}\" is not local, open or closed")),
+                }
+            }
+            "hosts" => self.hosts = count(1)? as u32,
+            "max_lease" => self.max_lease = count(1)? as u32,
+            "max_connections" => self.store.max_connections = count(1)? as usize,
+            "trip_after" => self.store.trip_after = count(1)? as u32,
+            "deadline" => self.store.deadline = duration()?,
+            "refill_interval" => self.refill_interval = duration()?,
+            "idle_after" => self.idle_after = duration()?,
+            "cooldown" => self.store.cooldown = duration()?,
+            "max_cooldown" => self.store.max_cooldown = duration()?,
+            _ => {
+                return Err(format!(
+                    "unknown option \"{name}\" (known: {})",
+                    OPTION_NAMES.join(", ")
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `50ms`, `2s`, `1m`, or a bare number of milliseconds; above zero and
+/// at most a day.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = text[..digits].parse().ok()?;
+    let ms = match &text[digits..] {
+        "" | "ms" => n,
+        "s" => n.checked_mul(1_000)?,
+        "m" => n.checked_mul(60_000)?,
+        _ => return None,
+    };
+    (ms > 0 && ms <= 86_400_000).then(|| Duration::from_millis(ms))
+}
+
 /// What a joined limiter did since it joined (all handles sharing it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseStats {
@@ -136,6 +227,10 @@ pub struct LeaseStats {
     pub dropped_units: u64,
     /// Give-backs, pushes and grant recoveries waiting for Redis.
     pub pending: u64,
+    /// Requests that asked not to wait ([`Request::no_wait`]) and were
+    /// handed back as [`Error::Pending`] (not counted as decisions: each
+    /// is decided again by a call that waits).
+    pub deferred: u64,
     /// Microseconds the last answered store call took.
     pub last_latency_us: u64,
     /// The store's own counters (every round trip, failures, breaker).
@@ -157,6 +252,7 @@ struct Counters {
     pushes: AtomicU64,
     pushed_units: AtomicU64,
     dropped_units: AtomicU64,
+    deferred: AtomicU64,
 }
 
 /// What this process knows of a key it took leases for (the slot's units
@@ -314,6 +410,7 @@ impl Joined {
             pushed_units: c.pushed_units.load(Relaxed),
             dropped_units: c.dropped_units.load(Relaxed),
             pending: pending as u64,
+            deferred: c.deferred.load(Relaxed),
             last_latency_us: store.last_latency_us,
             store,
         }
@@ -343,8 +440,18 @@ impl Joined {
         };
         let model = l.policy().models()[p.model].name.as_str();
         let outcome = match i.opts.mode {
-            LeaseMode::Leases => i.decide_leased(slot_i, gen, req, p, model, clock)?,
-            LeaseMode::Exact => i.decide_exact(slot_i, req, p, model, clock)?,
+            LeaseMode::Leases => i.decide_leased(slot_i, gen, req, p, model, clock),
+            LeaseMode::Exact => i.decide_exact(slot_i, req, p, model, clock),
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(Error::Pending) => {
+                // Not a decision: it is made again by a call that waits.
+                i.c.decisions.fetch_sub(1, Relaxed);
+                i.c.deferred.fetch_add(1, Relaxed);
+                return Err(Error::Pending);
+            }
+            Err(e) => return Err(e),
         };
         if !outcome.allowed {
             crate::refusals::record(
@@ -479,6 +586,10 @@ impl Inner {
             .0;
             return Ok(o);
         }
+        if req.no_wait && !self.store.fails_fast() {
+            // Nothing changed yet: the caller decides again, waiting.
+            return Err(Error::Pending);
+        }
         let (want, tag, epoch) = self.want(slot_i, gen, req, p, model, at);
         // Day units left over from earlier minutes cannot be spent without
         // new minute units, and a grant charges both windows: they go back.
@@ -554,6 +665,9 @@ impl Inner {
                 day_count: d,
             };
             return Ok(slot::judge(s, p.limits, 0, clock).0);
+        }
+        if req.no_wait && !self.store.fails_fast() {
+            return Err(Error::Pending);
         }
         let tag = Tag::for_key(req.account, model);
         let id = OpId::new();
@@ -1024,5 +1138,62 @@ impl Inner {
     fn release_all(&self) {
         self.collect(true);
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_set_by_name() {
+        let mut o = LeaseOptions::default();
+        for (n, v) in [
+            ("mode", "exact"),
+            ("down", "closed"),
+            ("hosts", "3"),
+            ("deadline", "20ms"),
+            ("refill_interval", "2s"),
+            ("idle_after", "1m"),
+            ("max_lease", "500"),
+            ("max_connections", "8"),
+            ("trip_after", "5"),
+            ("cooldown", "100"),
+            ("max_cooldown", "10s"),
+        ] {
+            o.set(n, v).unwrap();
+        }
+        assert_eq!(o.mode, LeaseMode::Exact);
+        assert_eq!(o.down, DownPolicy::Closed);
+        assert_eq!(o.hosts, 3);
+        assert_eq!(o.store.deadline, Duration::from_millis(20));
+        assert_eq!(o.refill_interval, Duration::from_secs(2));
+        assert_eq!(o.idle_after, Duration::from_secs(60));
+        assert_eq!(o.max_lease, 500);
+        assert_eq!(o.store.max_connections, 8);
+        assert_eq!(o.store.trip_after, 5);
+        assert_eq!(o.store.cooldown, Duration::from_millis(100));
+        assert_eq!(o.store.max_cooldown, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_options_say_what_is_wrong_and_change_nothing() {
+        let mut o = LeaseOptions::default();
+        for (n, v, says) in [
+            ("mode", "fast", "leases or exact"),
+            ("down", "", "local, open or closed"),
+            ("hosts", "0", "from 1"),
+            ("hosts", "-1", "whole number"),
+            ("hosts", "99999999999", "whole number"),
+            ("deadline", "0ms", "above zero"),
+            ("deadline", "5h", "duration"),
+            ("deadline", "ms", "duration"),
+            ("deadline", "2d", "duration"),
+            ("deadlines", "5", "unknown option"),
+        ] {
+            let e = o.set(n, v).unwrap_err();
+            assert!(e.contains(says), "{n}={v}: {e}");
+        }
+        assert_eq!(o, LeaseOptions::default());
     }
 }

@@ -75,6 +75,12 @@ pub fn region_slots_for(len: usize) -> u32 {
     region::slots_for(len)
 }
 
+/// Bytes a table of quota leases of `slots` slots needs (the region and
+/// its lease side area; see [`Limiter::new_for_leases`]).
+pub fn region_size_for_leases(slots: u32) -> Option<usize> {
+    region::size_with(slots, true)
+}
+
 /// The real-time clock in epoch milliseconds (0 if it reads before 1970).
 ///
 /// On Linux this is CLOCK_REALTIME_COARSE: the time of the last timer tick
