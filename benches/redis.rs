@@ -23,8 +23,9 @@
 //! cycling through the keys from their own offsets. Decisions/s = all
 //! threads' decisions / (last end - first start). Latency:
 //! `std::time::Instant` around single decisions, every decision for the
-//! systems that make a round trip each time, every 64th for the local
-//! table and leases (timing each would cost more than the decision); each
+//! systems that make a round trip each time (leases near the limit too),
+//! every 64th for the local table and leases far from it (timing each
+//! would cost more than the decision); each
 //! figure includes about one clock read, printed in the header. Commands
 //! per decision, from `INFO commandstats` after the timed phase less
 //! before: "sent" is what the clients sent, "run" all Redis ran, the
@@ -460,10 +461,11 @@ fn tollgate_case(
         reqs,
         ms: run.ms,
     };
-    let every = if mode == Some(LeaseMode::Exact) {
-        1
-    } else {
-        SPARSE
+    // Near the limit a leased decision is a round trip too.
+    let every = match mode {
+        Some(LeaseMode::Exact) => 1,
+        Some(LeaseMode::Leases) if cfg.near => 1,
+        _ => SPARSE,
     };
     let mut m = measure(run, cfg, &sys, every, conn, |s| s.lim.lease_stats());
     let Tollgate { mut lim, .. } = sys;
@@ -693,7 +695,7 @@ fn main() {
         server.addr()
     );
     println!(
-        "per case: {} s warm-up (leases: until settled, at most {} s), {} s timed; latency of every decision for round-trip systems, every {SPARSE}th for local and leases; timing costs ~{} ns per sample (included)",
+        "per case: {} s warm-up (leases: until settled, at most {} s), {} s timed; latency of every decision for round-trip systems, every {SPARSE}th for local and leases far from the limit; timing costs ~{} ns per sample (included)",
         run.warm,
         run.warm_max,
         run.secs,
@@ -829,10 +831,6 @@ fn main() {
         }
     }
     println!();
-    for n in &notes {
-        println!("{n}");
-    }
-    println!();
     // The goals, for the loads far from the limit.
     for (cfg, row) in configs.iter().zip(&results) {
         if cfg.near {
@@ -862,4 +860,8 @@ fn main() {
         loadavg(),
         run_start.elapsed().as_secs_f64()
     );
+    println!("\ndetails:");
+    for n in &notes {
+        println!("{n}");
+    }
 }
