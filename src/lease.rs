@@ -430,8 +430,8 @@ impl Joined {
             now: p.now,
             skew: l.skew_minutes(),
         };
-        let located = slot::locate(&i.region, &p.key, req.account, p.now, req.cost > 0)
-            .map_err(|_| {
+        let located =
+            slot::locate(&i.region, &p.key, req.account, p.now, req.cost > 0).map_err(|_| {
                 i.c.slow_decisions.fetch_add(1, Relaxed);
                 Error::TableFull
             })?;

@@ -525,6 +525,37 @@ fn the_deadline_holds_while_the_server_sleeps() {
 }
 
 #[test]
+fn a_new_connection_to_a_sleeping_server_keeps_the_deadline() {
+    // The client's connection set-up used to send two commands of its own,
+    // each read with the whole timeout: a call that opened a connection
+    // during a stall took two deadlines. A 1 s deadline tells them apart.
+    let server = Server::start();
+    let opts = StoreOptions {
+        deadline: Duration::from_secs(1),
+        ..StoreOptions::default()
+    };
+    let store = Store::new(&server.url(), opts).unwrap();
+    let mut admin = server.conn();
+    let sleeper = thread::spawn(move || {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(3)
+            .exec(&mut admin)
+            .unwrap();
+    });
+    // DEBUG SLEEP holds the server once its command is read: wait for that.
+    thread::sleep(Duration::from_millis(200));
+    let tag = Tag::for_key(b"acct-new-conn", "m");
+    let (r, took) = timed(|| store.counts(&tag, ahead(95)));
+    assert!(matches!(r, Err(StoreError::Timeout { .. })), "{r:?}");
+    assert!(
+        took < Duration::from_millis(1_600),
+        "a 1 s deadline took {took:?}"
+    );
+    sleeper.join().unwrap();
+}
+
+#[test]
 fn the_deadline_holds_while_clients_are_paused() {
     let server = Server::start();
     let store = Store::connect(&server.url(), StoreOptions::default()).unwrap();

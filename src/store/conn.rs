@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::ConnectionLike;
+use redis::IntoConnectionInfo;
 
 use super::StoreError;
 
@@ -48,6 +49,16 @@ pub(crate) fn cluster_seeds(rest: &str) -> Result<Vec<String>, StoreError> {
     Ok(seeds)
 }
 
+/// The connection settings of `url`, without the `CLIENT SETINFO` calls the
+/// client otherwise makes on every new connection: it reads each of their
+/// replies with the whole socket timeout, so a stalled server held a
+/// decision that opened a connection for twice the deadline.
+fn quiet(url: &str) -> Result<redis::ConnectionInfo, redis::RedisError> {
+    let info = url.into_connection_info()?;
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    Ok(info.set_redis_settings(settings))
+}
+
 impl Target {
     pub(crate) fn from_url(url: &str, deadline: Duration) -> Result<Target, StoreError> {
         let config = |e: redis::RedisError| StoreError::Config(format!("{url:?}: {e}"));
@@ -58,6 +69,11 @@ impl Target {
             // redirect (it refreshes the slot map first), few enough that a
             // stalled node costs about two deadlines, not seventeen.
             let wait_ms = (deadline.as_millis() as u64 / 4).max(1);
+            let seeds = seeds
+                .into_iter()
+                .map(|s| quiet(s.as_str()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(config)?;
             let client = ClusterClient::builder(seeds)
                 .connection_timeout(deadline)
                 .response_timeout(deadline)
@@ -68,7 +84,9 @@ impl Target {
                 .map_err(config)?;
             Ok(Target::Cluster(client))
         } else {
-            redis::Client::open(url).map(Target::Single).map_err(config)
+            redis::Client::open(quiet(url).map_err(config)?)
+                .map(Target::Single)
+                .map_err(config)
         }
     }
 
