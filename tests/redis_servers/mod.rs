@@ -319,6 +319,42 @@ impl Cluster {
         self.master_role(i).1.into_iter().map(|(n, _)| n).collect()
     }
 
+    /// After a master was killed: waits until one of its `replicas` says it
+    /// is a master and every running node says `cluster_state:ok` again;
+    /// returns the promoted node.
+    pub fn wait_failover(&self, replicas: &[usize], within: Duration) -> usize {
+        let t0 = Instant::now();
+        let promoted = loop {
+            let up = replicas.iter().copied().find(
+                |&r| matches!(&self.role(r)[0], redis::Value::BulkString(b) if b == b"master"),
+            );
+            if let Some(r) = up {
+                break r;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "no replica promoted within {within:?}"
+            );
+            sleep(Duration::from_millis(20));
+        };
+        self.wait_ok(within.saturating_sub(t0.elapsed()));
+        promoted
+    }
+
+    /// The hash slot of `key`, as the first running node computes it.
+    pub fn slot_of(&self, key: &[u8]) -> u16 {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("a running node");
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut node.conn())
+            .expect("CLUSTER KEYSLOT")
+    }
+
     /// `redis+cluster://` with every node as a seed.
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self.nodes.iter().map(Server::addr).collect();
