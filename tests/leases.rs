@@ -836,8 +836,8 @@ fn client_pause_under_load(mode: &str, minute: u32) {
     let share = (cold_rpm / HOSTS as u32) as u64;
     let stop = AtomicBool::new(false);
     let decided = AtomicU64::new(0);
-    let mut held_admitted = vec![0u64; HOSTS];
-    let mut cold_admitted = vec![0u64; HOSTS];
+    let mut held_admitted = [0u64; HOSTS];
+    let mut cold_admitted = [0u64; HOSTS];
     let mut admin = server.conn();
 
     let load = thread::scope(|s| {
