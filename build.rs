@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// The header's sections: (file, title). Each file of src/ffi must be here.
-const SECTIONS: [(&str, &str); 8] = [
+const SECTIONS: [(&str, &str); 9] = [
     ("src/ffi.rs", "Versions, statuses and limits"),
     (
         "src/ffi/guard.rs",
@@ -17,6 +17,10 @@ const SECTIONS: [(&str, &str); 8] = [
     ("src/ffi/policy.rs", "Policies"),
     ("src/ffi/limiter.rs", "Limiters and their tables"),
     ("src/ffi/check.rs", "Deciding: requests and decisions"),
+    (
+        "src/ffi/leases.rs",
+        "One quota across hosts: joining a Redis quota store",
+    ),
     ("src/ffi/render.rs", "Rendering a decision"),
     ("src/ffi/body.rs", "Request bodies: the model, scanned once"),
     (

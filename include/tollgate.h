@@ -219,6 +219,35 @@ typedef int32_t tg_status;
 #define TG_E_BODY_TOO_LARGE 24
 
 /**
+ * The table holds quota leases (it was formatted for one quota across
+ * hosts) and this handle is not joined to the store: tg_limiter_connect
+ * it first.
+ */
+#define TG_E_NOT_JOINED 33
+
+/**
+ * tg_limiter_connect needs a table formatted for quota leases
+ * (tg_limiter_new_for_leases, _init_in_for_leases, tg_limiter_open with
+ * TG_OPEN_LEASES); this one is a local table.
+ */
+#define TG_E_NOT_LEASED 34
+
+/**
+ * The quota store's URL or options are unusable, or Redis answered with an
+ * error (not a transport failure: those follow the down policy);
+ * tg_last_error() says which.
+ */
+#define TG_E_STORE 35
+
+/**
+ * Not an error: the decision needs a round trip to the quota store and the
+ * call asked not to wait (TG_REQUEST_NO_WAIT, TG_ANSWER_NO_WAIT). Nothing
+ * was charged and `*out` is untouched; decide the same request again
+ * without the flag on a thread that may block.
+ */
+#define TG_PENDING 36
+
+/**
  * An internal error was caught at the boundary (a bug: please report it).
  */
 #define TG_E_PANIC 99
@@ -331,6 +360,15 @@ tg_status tg_policy_limits(const struct tg_policy *policy, uint32_t tier, const 
 #define TG_OPEN_READ_ONLY 2
 
 /**
+ * tg_limiter_open flag: the table holds quota leases shared across hosts
+ * (see tg_limiter_new_for_leases): a file TG_OPEN_CREATE makes is
+ * formatted for them, and an existing file must be one (TG_E_NOT_LEASED
+ * otherwise). Any open of a leased file, with or without the flag, decides
+ * through tg_limiter_connect only.
+ */
+#define TG_OPEN_LEASES 4
+
+/**
  * A limiter over one region (opaque). Many threads may call tg_check on
  * one handle at once; only tg_limiter_set_policy needs the handle alone.
  */
@@ -428,7 +466,8 @@ uint32_t tg_region_slots_for(size_t len);
 /**
  * What went wrong, in words, in this thread's last call that made (or
  * failed to make) a limiter: tg_limiter_new, _init_in, _attach, _open,
- * _share. Names the path, the OS's reason, the sizes and what to do
+ * _share, their _for_leases forms, tg_limiter_connect and
+ * tg_redis_options_set. Names the path, the OS's reason, the sizes and what to do
  * ("... grow it with `tollgate resize`"); "" after a success. The string
  * belongs to the thread and stays valid until its next such call.
  */
@@ -449,6 +488,26 @@ tg_status tg_limiter_new(const tg_policy *policy, uint32_t slots, struct tg_limi
  * be attached by them with tg_limiter_attach.
  */
 tg_status tg_limiter_init_in(const tg_policy *policy, void *mem, size_t len, struct tg_limiter **out);
+
+/**
+ * Bytes a table of quota leases of `slots` slots needs (the region and 32
+ * bytes per slot of lease state); 0 for an invalid count.
+ */
+size_t tg_region_size_for_leases(uint32_t slots);
+
+/**
+ * As tg_limiter_new, formatted for quota leases: one quota per (account,
+ * model) across every host joined to one Redis. Its decisions are
+ * TG_E_NOT_JOINED until tg_limiter_connect.
+ */
+tg_status tg_limiter_new_for_leases(const tg_policy *policy, uint32_t slots, struct tg_limiter **out);
+
+/**
+ * As tg_limiter_init_in, formatted for quota leases: as many slots as fit
+ * with their lease state (tg_region_size_for_leases). Other processes
+ * attach with tg_limiter_attach, which reads the format from the header.
+ */
+tg_status tg_limiter_init_in_for_leases(const tg_policy *policy, void *mem, size_t len, struct tg_limiter **out);
 
 /**
  * Uses `len` bytes at `mem` that tg_limiter_init_in (here or in another
@@ -554,6 +613,16 @@ void tg_limiter_free(struct tg_limiter *limiter);
 #define TG_LIMIT_DAY 2
 
 /**
+ * tg_request.flags: on a limiter joined to a quota store
+ * (tg_limiter_connect), never wait for a round trip: a decision that needs
+ * one returns TG_PENDING and charges nothing. For event loops (nginx): the
+ * same request is then decided by tg_check without the flag on a thread
+ * that may block (a thread pool), for at most the store's deadline. Local
+ * tables never wait and ignore it.
+ */
+#define TG_REQUEST_NO_WAIT 1
+
+/**
  * One request. Strings are bytes with a length, not NUL-terminated.
  */
 typedef struct tg_request {
@@ -596,6 +665,10 @@ typedef struct tg_request {
    * With a handle, `model` is not read (it may be NULL).
    */
   uint32_t model_handle;
+  /**
+   * Since 0.3, read with `model_handle`: TG_REQUEST_* bits, or 0.
+   */
+  uint32_t flags;
 } tg_request;
 
 /**
@@ -643,7 +716,11 @@ extern "C" {
 /**
  * Decides one request at `now_ms` (epoch milliseconds) and fills `*out`.
  * TG_OK means a decision was made either way: `out->allowed` says which.
- * Other statuses leave `*out` untouched. No allocation, lock or syscall.
+ * Other statuses leave `*out` untouched. No allocation, lock or syscall on
+ * a local table. On a limiter joined to a quota store (tg_limiter_connect)
+ * most decisions are the same, and one that needs more quota makes a round
+ * trip to Redis (at most the store's deadline), or returns TG_PENDING with
+ * TG_REQUEST_NO_WAIT.
  */
 tg_status tg_check(const tg_limiter *limiter, const struct tg_request *req, uint64_t now_ms, struct tg_decision *out);
 
@@ -666,6 +743,243 @@ tg_status tg_check_now(const tg_limiter *limiter, const struct tg_request *req, 
  * The real-time clock in epoch milliseconds.
  */
 uint64_t tg_now_ms(void);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+/* ---- One quota across hosts: joining a Redis quota store --------------- */
+
+/**
+ * tg_redis_options.mode: hold leases and spend them locally (default).
+ */
+#define TG_REDIS_LEASES 0
+
+/**
+ * tg_redis_options.mode: one round trip per decision, nothing held.
+ */
+#define TG_REDIS_EXACT 1
+
+/**
+ * tg_redis_options.down, Redis not answering: each host admits its share,
+ * limit / hosts per window (default).
+ */
+#define TG_DOWN_LOCAL 0
+
+/**
+ * tg_redis_options.down: admit everything (counted, pushed on recovery).
+ */
+#define TG_DOWN_OPEN 1
+
+/**
+ * tg_redis_options.down: refuse (a 429 from the minute window).
+ */
+#define TG_DOWN_CLOSED 2
+
+/**
+ * tg_lease_stats.breaker values.
+ */
+#define TG_BREAKER_CLOSED 0
+
+#define TG_BREAKER_OPEN 1
+
+#define TG_BREAKER_HALF_OPEN 2
+
+/**
+ * How a limiter joins a quota store. Every field 0 means its default, so a
+ * zero-initialised struct (or NULL) gives the documented defaults. Set
+ * `size` to sizeof(tg_redis_options) or 0.
+ */
+typedef struct tg_redis_options {
+  /**
+   * sizeof(tg_redis_options) as the caller's header has it, or 0.
+   */
+  uint32_t size;
+  /**
+   * TG_REDIS_LEASES or TG_REDIS_EXACT.
+   */
+  uint32_t mode;
+  /**
+   * TG_DOWN_LOCAL, TG_DOWN_OPEN or TG_DOWN_CLOSED.
+   */
+  uint32_t down;
+  /**
+   * Gateway hosts sharing each quota (lease sizes, the local down share);
+   * 0 = 1.
+   */
+  uint32_t hosts;
+  /**
+   * Longest a round trip takes, then the down policy; 0 = 50 ms.
+   */
+  uint32_t deadline_ms;
+  /**
+   * A lease lasts about this long at the key's rate; 0 = 1000 ms.
+   */
+  uint32_t refill_interval_ms;
+  /**
+   * A key not refilled for this long gives its units back; 0 = 5000 ms.
+   */
+  uint32_t idle_after_ms;
+  /**
+   * Largest lease in units; 0 = 100000.
+   */
+  uint32_t max_lease;
+  /**
+   * Connections to Redis at most; 0 = 4.
+   */
+  uint32_t max_connections;
+  /**
+   * Consecutive failures that open the breaker; 0 = 3.
+   */
+  uint32_t trip_after;
+  /**
+   * How long an open breaker fails calls at once; 0 = 250 ms.
+   */
+  uint32_t cooldown_ms;
+  /**
+   * Longest cool-down after failed probes; 0 = 5000 ms.
+   */
+  uint32_t max_cooldown_ms;
+} tg_redis_options;
+
+/**
+ * What a joined limiter did since it joined (every handle sharing the
+ * link). Set `size` to sizeof(tg_lease_stats) or 0 before the call.
+ */
+typedef struct tg_lease_stats {
+  /**
+   * sizeof(tg_lease_stats) as the caller's header has it, or 0.
+   */
+  uint32_t size;
+  /**
+   * TG_REDIS_LEASES or TG_REDIS_EXACT.
+   */
+  uint32_t mode;
+  /**
+   * TG_DOWN_* in force.
+   */
+  uint32_t down_policy;
+  /**
+   * 1 when the last store call failed for want of Redis: decisions
+   * beyond the units held follow the down policy.
+   */
+  uint32_t redis_down;
+  /**
+   * TG_BREAKER_*.
+   */
+  uint32_t breaker;
+  /**
+   * Connections to Redis open now.
+   */
+  uint32_t connections;
+  /**
+   * Decisions made (every outcome).
+   */
+  uint64_t decisions;
+  /**
+   * Of those: made from units held, with no round trip.
+   */
+  uint64_t from_leases;
+  /**
+   * Grants asked by decisions (one round trip each).
+   */
+  uint64_t refills;
+  /**
+   * Grants asked ahead by the lease thread for hot keys.
+   */
+  uint64_t top_ups;
+  uint64_t granted_units;
+  /**
+   * Grants of nothing: the key was at its global limit.
+   */
+  uint64_t refused_by_store;
+  /**
+   * Decisions made by the down policy, and of those, admitted.
+   */
+  uint64_t degraded;
+  uint64_t degraded_admitted;
+  uint64_t give_backs;
+  uint64_t given_back_units;
+  /**
+   * Spends made while Redis was away, pushed when it came back.
+   */
+  uint64_t pushes;
+  uint64_t pushed_units;
+  /**
+   * Units dropped after an outage rather than given back.
+   */
+  uint64_t dropped_units;
+  /**
+   * Give-backs, pushes and recoveries waiting for Redis.
+   */
+  uint64_t pending;
+  /**
+   * Calls answered TG_PENDING (not counted as decisions).
+   */
+  uint64_t deferred;
+  /**
+   * Microseconds the last answered store call took.
+   */
+  uint64_t last_latency_us;
+  /**
+   * Store calls made, failed, timed out, failed fast by the breaker;
+   * breaker trips; connections opened.
+   */
+  uint64_t store_calls;
+  uint64_t store_failures;
+  uint64_t store_timeouts;
+  uint64_t store_circuit_open;
+  uint64_t store_trips;
+  uint64_t store_connects;
+} tg_lease_stats;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * Sets one option by name from text, as nginx's `tollgate_redis` and
+ * configuration files give them: `mode` (leases, exact), `down` (local,
+ * open, closed), `hosts`, `max_lease`, `max_connections`, `trip_after`,
+ * and the durations `deadline`, `refill_interval`, `idle_after`,
+ * `cooldown`, `max_cooldown` (`50ms`, `2s`, `1m`; a bare number is
+ * milliseconds). TG_E_INVALID for an unknown name or a bad value, with
+ * tg_last_error() saying which and what is allowed; `*opts` is then
+ * unchanged.
+ */
+tg_status tg_redis_options_set(struct tg_redis_options *opts, const char *name, size_t name_len, const char *value, size_t value_len);
+
+/**
+ * Joins the limiter to the quota store at `url` (NUL-terminated):
+ * `redis://host:port/db` (or `valkey://`) for one server,
+ * `redis+cluster://host:port,host:port,...` for a Cluster by its seeds.
+ * `opts` may be NULL for the defaults. The table must be formatted for
+ * leases (TG_E_NOT_LEASED otherwise). Redis down is not an error: the
+ * limiter decides by the down policy until it answers, and
+ * tg_limiter_lease_stats says so. Starts one background thread per joined
+ * limiter; in a process that forks (nginx), connect in each child after
+ * the fork. Like tg_limiter_set_policy it must not overlap any other call
+ * on the handle; connecting again replaces the link (giving its units back
+ * first). Handles made by tg_limiter_share afterwards share the link.
+ * Failures: TG_E_NULL, TG_E_INVALID (options), TG_E_NOT_LEASED,
+ * TG_E_READ_ONLY, TG_E_STORE (the URL, or Redis answered an error), each
+ * with tg_last_error()'s words.
+ */
+tg_status tg_limiter_connect(tg_limiter *limiter, const char *url, const struct tg_redis_options *opts);
+
+/**
+ * Leaves the store: once the last handle sharing the link lets go, unspent
+ * units go back to Redis (each call under the deadline) and the lease
+ * thread stops. Decisions are then TG_E_NOT_JOINED. A limiter that is not
+ * joined is left as it is (TG_OK). tg_limiter_free does this too.
+ */
+tg_status tg_limiter_disconnect(tg_limiter *limiter);
+
+/**
+ * The lease layer's counters: mode, Redis up or down, latency, refills,
+ * fallbacks. TG_E_NOT_JOINED when the limiter is not joined to a store.
+ */
+tg_status tg_limiter_lease_stats(const tg_limiter *limiter, struct tg_lease_stats *out);
 
 #ifdef __cplusplus
 }  // extern "C"
@@ -832,6 +1146,15 @@ tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, siz
  * tg_answer_for flag: no account id: pass unlimited, not 401.
  */
 #define TG_ANSWER_NO_ACCOUNT_PASS 8
+
+/**
+ * tg_answer_request flag: on a limiter joined to a quota store, never wait
+ * for a round trip: return TG_PENDING (nothing charged, `*out` untouched)
+ * instead, and answer the same request again without the flag on a thread
+ * that may block (asyncio's executor, a thread pool). See
+ * TG_REQUEST_NO_WAIT.
+ */
+#define TG_ANSWER_NO_WAIT 16
 
 /**
  * tg_answer.outcome values (stable): how the request went, for logs,
@@ -1002,8 +1325,9 @@ tg_status tg_answer_for(tg_status status, const tg_decision *decision, const cha
  * order all bindings share: the method (only POST is limited), the
  * account (NULL: TG_E_NO_ACCOUNT's answer), the body's model (the core's
  * scanner), the tier (tg_tier_parse), then tg_check. `flags` and
- * `refuse_status` as tg_answer_for. TG_OK whenever `*out` holds an answer
- * (including refusals); TG_E_NULL / TG_E_INVALID for bad arguments only.
+ * `refuse_status` as tg_answer_for, and TG_ANSWER_NO_WAIT. TG_OK whenever
+ * `*out` holds an answer (including refusals); TG_PENDING with
+ * TG_ANSWER_NO_WAIT only; TG_E_NULL / TG_E_INVALID for bad arguments only.
  */
 tg_status tg_answer_request(const tg_limiter *limiter, const struct tg_http_request *request, uint64_t now_ms, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
 

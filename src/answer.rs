@@ -233,24 +233,48 @@ impl Limiter {
     /// The whole answer to one HTTP request at `now_ms`: every step a
     /// binding would take, in the order every binding takes them.
     pub fn answer(&self, req: &HttpRequest<'_>, now_ms: u64, opts: &Options) -> Answer {
+        match self.answer_with(req, now_ms, opts, false) {
+            Some(a) => a,
+            None => unreachable!("only a no-wait decision is pending"),
+        }
+    }
+
+    /// As [`Limiter::answer`], for an event loop: `None` when the decision
+    /// needs a round trip to the quota store ([`Error::Pending`]; nothing
+    /// was charged), to be answered again by [`Limiter::answer`] on a
+    /// thread that may block. Always `Some` on a local table.
+    pub fn try_answer(&self, req: &HttpRequest<'_>, now_ms: u64, opts: &Options) -> Option<Answer> {
+        self.answer_with(req, now_ms, opts, true)
+    }
+
+    fn answer_with(
+        &self,
+        req: &HttpRequest<'_>,
+        now_ms: u64,
+        opts: &Options,
+        no_wait: bool,
+    ) -> Option<Answer> {
         if !method_is_limited(req.method) {
-            return Answer::new(Event::MethodNotLimited, b"", opts);
+            return Some(Answer::new(Event::MethodNotLimited, b"", opts));
         }
         let Some(account) = req.account else {
-            return Answer::new(Event::NoAccount, b"", opts);
+            return Some(Answer::new(Event::NoAccount, b"", opts));
         };
         let model = match crate::body::model_of(req.body) {
             Ok(m) => m,
-            Err(e) => return Answer::new(Event::Failed(&Error::Body(e)), b"", opts),
+            Err(e) => return Some(Answer::new(Event::Failed(&Error::Body(e)), b"", opts)),
         };
         let model = model.as_bytes();
         let Some(tier) = std::str::from_utf8(req.tier).ok().and_then(Tier::parse) else {
-            return Answer::new(Event::Failed(&Error::Invalid("unknown tier")), model, opts);
+            let e = Error::Invalid("unknown tier");
+            return Some(Answer::new(Event::Failed(&e), model, opts));
         };
-        let r = Request::new(account, model, tier).cost(req.cost);
+        let mut r = Request::new(account, model, tier).cost(req.cost);
+        r.no_wait = no_wait;
         match self.check(&r, now_ms) {
-            Ok(d) => Answer::new(Event::Decided(&d), model, opts),
-            Err(e) => Answer::new(Event::Failed(&e), model, opts),
+            Ok(d) => Some(Answer::new(Event::Decided(&d), model, opts)),
+            Err(Error::Pending) => None,
+            Err(e) => Some(Answer::new(Event::Failed(&e), model, opts)),
         }
     }
 }

@@ -43,6 +43,11 @@ pub enum Error {
     /// Joining needs a table formatted for quota leases, and this one is a
     /// local table.
     NotLeased,
+    /// The decision needs a round trip to the quota store and the request
+    /// asked not to wait ([`crate::Request::no_wait`]): nothing was
+    /// charged. Decide it again without the flag on a thread that may
+    /// block (for at most the store's deadline).
+    Pending,
     /// The quota store refused the configuration, or answered with an error
     /// (not a transport failure: those follow the down policy).
     #[cfg(feature = "redis")]
@@ -84,6 +89,10 @@ impl fmt::Display for Error {
             Error::NotLeased => write!(
                 f,
                 "joining a store needs a table formatted for quota leases (Limiter::new_for_leases, Limiter::open_for_leases); this one is a local table"
+            ),
+            Error::Pending => write!(
+                f,
+                "the decision needs a round trip to the quota store and the request asked not to wait: decide it again on a thread that may block"
             ),
             #[cfg(feature = "redis")]
             Error::Store(e) => write!(f, "{e}"),

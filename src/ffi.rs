@@ -8,8 +8,9 @@
 //!
 //! One file per object, as the header's sections: `guard` (the panic guard
 //! and argument checks every function shares), `policy`, `limiter`,
-//! `check` (requests and decisions), `render`, `body` (the request body
-//! scanner), `answer` (the whole HTTP answer).
+//! `check` (requests and decisions), `leases` (joining a quota store
+//! shared across hosts), `render`, `body` (the request body scanner),
+//! `answer` (the whole HTTP answer).
 
 use std::ffi::{c_char, CStr};
 
@@ -19,6 +20,7 @@ mod answer;
 mod body;
 mod check;
 mod guard;
+mod leases;
 mod limiter;
 mod policy;
 mod render;
@@ -26,6 +28,7 @@ pub use answer::*;
 pub use body::*;
 pub use check::*;
 use guard::*;
+pub use leases::*;
 pub use limiter::*;
 pub use policy::*;
 pub use render::*;
@@ -92,6 +95,23 @@ pub const TG_E_BODY_TOO_DEEP: tg_status = 23;
 /// tg_answer_for by a binding whose own cap on the bytes it buffers was
 /// exceeded (answer 413, request_too_large).
 pub const TG_E_BODY_TOO_LARGE: tg_status = 24;
+/// The table holds quota leases (it was formatted for one quota across
+/// hosts) and this handle is not joined to the store: tg_limiter_connect
+/// it first.
+pub const TG_E_NOT_JOINED: tg_status = 33;
+/// tg_limiter_connect needs a table formatted for quota leases
+/// (tg_limiter_new_for_leases, _init_in_for_leases, tg_limiter_open with
+/// TG_OPEN_LEASES); this one is a local table.
+pub const TG_E_NOT_LEASED: tg_status = 34;
+/// The quota store's URL or options are unusable, or Redis answered with an
+/// error (not a transport failure: those follow the down policy);
+/// tg_last_error() says which.
+pub const TG_E_STORE: tg_status = 35;
+/// Not an error: the decision needs a round trip to the quota store and the
+/// call asked not to wait (TG_REQUEST_NO_WAIT, TG_ANSWER_NO_WAIT). Nothing
+/// was charged and `*out` is untouched; decide the same request again
+/// without the flag on a thread that may block.
+pub const TG_PENDING: tg_status = 36;
 /// An internal error was caught at the boundary (a bug: please report it).
 pub const TG_E_PANIC: tg_status = 99;
 
@@ -174,6 +194,12 @@ pub extern "C" fn tg_status_str(status: tg_status) -> *const c_char {
         TG_E_NO_ACCOUNT => c"the request carries no account id",
         TG_E_NOT_LIMITED => c"the request's method is not limited",
         TG_E_ABORTED => c"a callback asked to stop",
+        TG_E_NOT_JOINED => {
+            c"the table holds quota leases and this handle is not joined to the store"
+        }
+        TG_E_NOT_LEASED => c"joining a store needs a table formatted for quota leases",
+        TG_E_STORE => c"the quota store refused the configuration or answered an error",
+        TG_PENDING => c"pending: the decision needs a round trip to the quota store",
         TG_E_PANIC => c"internal error (caught panic)",
         _ => c"unknown status",
     };

@@ -101,6 +101,97 @@ impl Default for LeaseOptions {
     }
 }
 
+/// The option names [`LeaseOptions::set`] takes, as the C ABI
+/// (`tg_redis_options_set`), nginx's `tollgate_redis` and the docs list
+/// them.
+pub const OPTION_NAMES: &[&str] = &[
+    "mode",
+    "down",
+    "hosts",
+    "deadline",
+    "refill_interval",
+    "idle_after",
+    "max_lease",
+    "max_connections",
+    "trip_after",
+    "cooldown",
+    "max_cooldown",
+];
+
+impl LeaseOptions {
+    /// Sets one option from its name and text, the one parser of these
+    /// settings for every binding: `mode=leases|exact`,
+    /// `down=local|open|closed`, `hosts=N`, `max_lease=N`,
+    /// `max_connections=N`, `trip_after=N`, and durations `deadline`,
+    /// `refill_interval`, `idle_after`, `cooldown`, `max_cooldown` as a
+    /// number with a unit (`50ms`, `2s`, `1m`; a bare number is
+    /// milliseconds). An unknown name or a bad value is an error that
+    /// says which and what is allowed.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let count = |min: u64| -> Result<u64, String> {
+            match value.parse::<u64>() {
+                Ok(n) if n >= min && n <= u32::MAX as u64 => Ok(n),
+                _ => Err(format!(
+                    "{name}: \"{value}\" is not a whole number from {min} to {}",
+                    u32::MAX
+                )),
+            }
+        };
+        let duration = || -> Result<Duration, String> {
+            parse_duration(value).ok_or_else(|| {
+                format!("{name}: \"{value}\" is not a duration above zero (such as 50ms, 2s, 1m)")
+            })
+        };
+        match name {
+            "mode" => {
+                self.mode = match value {
+                    "leases" => LeaseMode::Leases,
+                    "exact" => LeaseMode::Exact,
+                    _ => return Err(format!("mode: \"{value}\" is not leases or exact")),
+                }
+            }
+            "down" => {
+                self.down = match value {
+                    "local" => DownPolicy::Local,
+                    "open" => DownPolicy::Open,
+                    "closed" => DownPolicy::Closed,
+                    _ => return Err(format!("down: \"{value}\" is not local, open or closed")),
+                }
+            }
+            "hosts" => self.hosts = count(1)? as u32,
+            "max_lease" => self.max_lease = count(1)? as u32,
+            "max_connections" => self.store.max_connections = count(1)? as usize,
+            "trip_after" => self.store.trip_after = count(1)? as u32,
+            "deadline" => self.store.deadline = duration()?,
+            "refill_interval" => self.refill_interval = duration()?,
+            "idle_after" => self.idle_after = duration()?,
+            "cooldown" => self.store.cooldown = duration()?,
+            "max_cooldown" => self.store.max_cooldown = duration()?,
+            _ => {
+                return Err(format!(
+                    "unknown option \"{name}\" (known: {})",
+                    OPTION_NAMES.join(", ")
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `50ms`, `2s`, `1m`, or a bare number of milliseconds; above zero and
+/// at most a day.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = text[..digits].parse().ok()?;
+    let ms = match &text[digits..] {
+        "" | "ms" => n,
+        "s" => n.checked_mul(1_000)?,
+        "m" => n.checked_mul(60_000)?,
+        _ => return None,
+    };
+    (ms > 0 && ms <= 86_400_000).then(|| Duration::from_millis(ms))
+}
+
 /// What a joined limiter did since it joined (all handles sharing it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseStats {
@@ -136,6 +227,10 @@ pub struct LeaseStats {
     pub dropped_units: u64,
     /// Give-backs, pushes and grant recoveries waiting for Redis.
     pub pending: u64,
+    /// Requests that asked not to wait ([`Request::no_wait`]) and were
+    /// handed back as [`Error::Pending`] (not counted as decisions: each
+    /// is decided again by a call that waits).
+    pub deferred: u64,
     /// Microseconds the last answered store call took.
     pub last_latency_us: u64,
     /// The store's own counters (every round trip, failures, breaker).
@@ -144,7 +239,8 @@ pub struct LeaseStats {
 
 #[derive(Default)]
 struct Counters {
-    decisions: AtomicU64,
+    /// Decisions not made from held units (with `from_leases`, all of them).
+    slow_decisions: AtomicU64,
     from_leases: AtomicU64,
     refills: AtomicU64,
     top_ups: AtomicU64,
@@ -157,6 +253,7 @@ struct Counters {
     pushes: AtomicU64,
     pushed_units: AtomicU64,
     dropped_units: AtomicU64,
+    deferred: AtomicU64,
 }
 
 /// What this process knows of a key it took leases for (the slot's units
@@ -304,7 +401,7 @@ impl Joined {
             mode: i.opts.mode,
             down_policy: i.opts.down,
             redis_down: i.down.load(Relaxed),
-            decisions: c.decisions.load(Relaxed),
+            decisions: c.from_leases.load(Relaxed) + c.slow_decisions.load(Relaxed),
             from_leases: c.from_leases.load(Relaxed),
             refills: c.refills.load(Relaxed),
             top_ups: c.top_ups.load(Relaxed),
@@ -318,6 +415,7 @@ impl Joined {
             pushed_units: c.pushed_units.load(Relaxed),
             dropped_units: c.dropped_units.load(Relaxed),
             pending: pending as u64,
+            deferred: c.deferred.load(Relaxed),
             last_latency_us: store.last_latency_us,
             store,
         }
@@ -332,14 +430,17 @@ impl Joined {
         now_ms: u64,
     ) -> Result<Decision, Error> {
         let i = &*self.inner;
-        i.c.decisions.fetch_add(1, Relaxed);
         let clock = Clock {
             now: p.now,
             skew: l.skew_minutes(),
         };
         let located = slot::locate(&i.region, &p.key, req.account, p.now, req.cost > 0)
-            .map_err(|_| Error::TableFull)?;
+            .map_err(|_| {
+                i.c.slow_decisions.fetch_add(1, Relaxed);
+                Error::TableFull
+            })?;
         let Some((slot_i, gen)) = located else {
+            i.c.slow_decisions.fetch_add(1, Relaxed);
             // A peek at a key this host never saw: what the last exchange
             // (none) says, fresh windows.
             let o = slot::judge(slot::State::default(), p.limits, 0, clock).0;
@@ -347,8 +448,26 @@ impl Joined {
         };
         let model = l.policy().models()[p.model].name.as_str();
         let outcome = match i.opts.mode {
-            LeaseMode::Leases => i.decide_leased(slot_i, gen, req, p, model, clock)?,
-            LeaseMode::Exact => i.decide_exact(slot_i, req, p, model, clock)?,
+            LeaseMode::Leases => i.decide_leased(slot_i, gen, req, p, model, clock),
+            LeaseMode::Exact => i.decide_exact(slot_i, req, p, model, clock),
+        };
+        // A decision from held units counted itself (`from_leases`): the
+        // common case pays for one shared counter, not two.
+        let outcome = match outcome {
+            Ok(Spent::FromLease(o)) => o,
+            Ok(Spent::Other(o)) => {
+                i.c.slow_decisions.fetch_add(1, Relaxed);
+                o
+            }
+            Err(Error::Pending) => {
+                // Not a decision: it is made again by a call that waits.
+                i.c.deferred.fetch_add(1, Relaxed);
+                return Err(Error::Pending);
+            }
+            Err(e) => {
+                i.c.slow_decisions.fetch_add(1, Relaxed);
+                return Err(e);
+            }
         };
         if !outcome.allowed {
             crate::refusals::record(
@@ -374,6 +493,13 @@ impl Drop for Joined {
         }
         self.inner.release_all();
     }
+}
+
+/// How a decision was made, for the counters.
+enum Spent {
+    /// From units held, no round trip (counted as it is made).
+    FromLease(Outcome),
+    Other(Outcome),
 }
 
 /// Outcome of a decision rendered from global counts: `minute`/`day` are
@@ -446,13 +572,13 @@ impl Inner {
         p: &Prepared,
         model: &str,
         clock: Clock,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Spent, Error> {
         let cost = req.cost;
         let held = match slot::spend(&self.region, slot_i, gen, cost, clock) {
             Some(Ok(h)) => {
                 self.c.from_leases.fetch_add(1, Relaxed);
                 let (m, d) = self.shown(slot_i, h.at, Some(h));
-                return Ok(outcome(true, LimitedBy::None, h.at, m, d));
+                return Ok(Spent::FromLease(outcome(true, LimitedBy::None, h.at, m, d)));
             }
             Some(Err(h)) => h,
             // Rebound between the lookup and the spend (a new day reused
@@ -463,6 +589,24 @@ impl Inner {
                 day_left: 0,
             },
         };
+        self.refill(slot_i, gen, held, req, p, model, clock)
+            .map(Spent::Other)
+    }
+
+    /// A leased decision the units held do not cover: a peek, or a grant
+    /// from the store (one round trip), or the down policy.
+    #[allow(clippy::too_many_arguments)]
+    fn refill(
+        &self,
+        slot_i: usize,
+        gen: u16,
+        held: Held,
+        req: &Request<'_>,
+        p: &Prepared,
+        model: &str,
+        clock: Clock,
+    ) -> Result<Outcome, Error> {
+        let cost = req.cost;
         let at = held.at;
         if cost == 0 {
             // A peek: one more would pass if held, or if the last exchange
@@ -482,6 +626,10 @@ impl Inner {
             )
             .0;
             return Ok(o);
+        }
+        if req.no_wait && !self.store.fails_fast() {
+            // Nothing changed yet: the caller decides again, waiting.
+            return Err(Error::Pending);
         }
         let (want, tag, epoch) = self.want(slot_i, gen, req, p, model, at);
         // Day units left over from earlier minutes cannot be spent without
@@ -546,6 +694,17 @@ impl Inner {
         p: &Prepared,
         model: &str,
         clock: Clock,
+    ) -> Result<Spent, Error> {
+        self.exact(slot_i, req, p, model, clock).map(Spent::Other)
+    }
+
+    fn exact(
+        &self,
+        slot_i: usize,
+        req: &Request<'_>,
+        p: &Prepared,
+        model: &str,
+        clock: Clock,
     ) -> Result<Outcome, Error> {
         let (cost, at) = (req.cost, clock.now);
         if cost == 0 {
@@ -558,6 +717,9 @@ impl Inner {
                 day_count: d,
             };
             return Ok(slot::judge(s, p.limits, 0, clock).0);
+        }
+        if req.no_wait && !self.store.fails_fast() {
+            return Err(Error::Pending);
         }
         let tag = Tag::for_key(req.account, model);
         let id = OpId::new();
@@ -1028,5 +1190,62 @@ impl Inner {
     fn release_all(&self) {
         self.collect(true);
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_set_by_name() {
+        let mut o = LeaseOptions::default();
+        for (n, v) in [
+            ("mode", "exact"),
+            ("down", "closed"),
+            ("hosts", "3"),
+            ("deadline", "20ms"),
+            ("refill_interval", "2s"),
+            ("idle_after", "1m"),
+            ("max_lease", "500"),
+            ("max_connections", "8"),
+            ("trip_after", "5"),
+            ("cooldown", "100"),
+            ("max_cooldown", "10s"),
+        ] {
+            o.set(n, v).unwrap();
+        }
+        assert_eq!(o.mode, LeaseMode::Exact);
+        assert_eq!(o.down, DownPolicy::Closed);
+        assert_eq!(o.hosts, 3);
+        assert_eq!(o.store.deadline, Duration::from_millis(20));
+        assert_eq!(o.refill_interval, Duration::from_secs(2));
+        assert_eq!(o.idle_after, Duration::from_secs(60));
+        assert_eq!(o.max_lease, 500);
+        assert_eq!(o.store.max_connections, 8);
+        assert_eq!(o.store.trip_after, 5);
+        assert_eq!(o.store.cooldown, Duration::from_millis(100));
+        assert_eq!(o.store.max_cooldown, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_options_say_what_is_wrong_and_change_nothing() {
+        let mut o = LeaseOptions::default();
+        for (n, v, says) in [
+            ("mode", "fast", "leases or exact"),
+            ("down", "", "local, open or closed"),
+            ("hosts", "0", "from 1"),
+            ("hosts", "-1", "whole number"),
+            ("hosts", "99999999999", "whole number"),
+            ("deadline", "0ms", "above zero"),
+            ("deadline", "5h", "duration"),
+            ("deadline", "ms", "duration"),
+            ("deadline", "2d", "duration"),
+            ("deadlines", "5", "unknown option"),
+        ] {
+            let e = o.set(n, v).unwrap_err();
+            assert!(e.contains(says), "{n}={v}: {e}");
+        }
+        assert_eq!(o, LeaseOptions::default());
     }
 }

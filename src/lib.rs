@@ -59,7 +59,7 @@ pub use digest::account_digest;
 pub use error::Error;
 pub use key::ACCOUNT_MAX;
 pub use limiter::{Limiter, ModelHandle, Request, Stats};
-pub use operator::{KeyUsage, Problem, ResizeReport, VerifyReport};
+pub use operator::{KeyUsage, LeaseTableStats, Problem, ResizeReport, VerifyReport};
 pub use policy::{Limits, Model, Policy, PolicyError, Tier};
 pub use refusals::Refusal;
 pub use region::{RegionError, BYTES_PER_SLOT, LAYOUT_VERSION, REGION_ALIGN};
@@ -73,6 +73,12 @@ pub fn region_size(slots: u32) -> Option<usize> {
 /// Most slots a region of `len` bytes holds (0 if too small).
 pub fn region_slots_for(len: usize) -> u32 {
     region::slots_for(len)
+}
+
+/// Bytes a table of quota leases of `slots` slots needs (the region and
+/// its lease side area; see [`Limiter::new_for_leases`]).
+pub fn region_size_for_leases(slots: u32) -> Option<usize> {
+    region::size_with(slots, true)
 }
 
 /// The real-time clock in epoch milliseconds (0 if it reads before 1970).

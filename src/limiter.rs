@@ -31,6 +31,11 @@ pub struct Request<'a> {
     /// The model resolved once by [`Limiter::model`]: when set, it is the
     /// request's model and `model` is not read (no lookup by name).
     pub handle: Option<ModelHandle>,
+    /// On a limiter joined to the quota store: rather than wait for a
+    /// round trip, fail with [`Error::Pending`] (nothing charged). For an
+    /// event loop, which then decides again off the loop. Ignored by local
+    /// tables, which never wait.
+    pub no_wait: bool,
 }
 
 /// A policy model resolved once ([`Limiter::model`]), so that requests for
@@ -74,6 +79,7 @@ impl<'a> Request<'a> {
             rpm: 0,
             rpd: 0,
             handle: None,
+            no_wait: false,
         }
     }
 
@@ -94,6 +100,12 @@ impl<'a> Request<'a> {
     pub fn limits(mut self, rpm: u32, rpd: u32) -> Self {
         self.rpm = rpm;
         self.rpd = rpd;
+        self
+    }
+
+    /// Never wait for the quota store: see [`Request::no_wait`](Request#structfield.no_wait).
+    pub fn no_wait(mut self) -> Self {
+        self.no_wait = true;
         self
     }
 }
@@ -221,6 +233,22 @@ impl Limiter {
     pub unsafe fn init_in(policy: &Policy, mem: *mut u8, len: usize) -> Result<Limiter, Error> {
         // SAFETY: forwarded from this function's contract.
         let region = unsafe { Region::format(mem, len, crate::now_ms(), false) }?;
+        Limiter::with(policy, region, Backing::Caller)
+    }
+
+    /// As [`Limiter::init_in`], formatted for quota leases (see
+    /// [`Limiter::new_for_leases`]): as many slots as fit with their side
+    /// area ([`region_size_for_leases`](crate::region_size_for_leases)).
+    ///
+    /// # Safety
+    /// As for [`Limiter::init_in`].
+    pub unsafe fn init_in_for_leases(
+        policy: &Policy,
+        mem: *mut u8,
+        len: usize,
+    ) -> Result<Limiter, Error> {
+        // SAFETY: forwarded from this function's contract.
+        let region = unsafe { Region::format_as(mem, len, crate::now_ms(), false, true) }?;
         Limiter::with(policy, region, Backing::Caller)
     }
 

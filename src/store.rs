@@ -534,6 +534,13 @@ impl Store {
         Ok(self.run(&call)?.counts)
     }
 
+    /// Whether a call made now would fail at once (the breaker is open and
+    /// cooling down, or its probe is in flight) rather than reach for Redis
+    /// and perhaps wait up to the deadline.
+    pub fn fails_fast(&self) -> bool {
+        self.lock_breaker().fails_fast(std::time::Instant::now())
+    }
+
     /// What the store did so far.
     pub fn stats(&self) -> StoreStats {
         let c = &self.counters;

@@ -35,6 +35,12 @@ pub const TG_ANSWER_NO_LIMIT_PASS: u32 = 2;
 pub const TG_ANSWER_TABLE_FULL_OPEN: u32 = 4;
 /// tg_answer_for flag: no account id: pass unlimited, not 401.
 pub const TG_ANSWER_NO_ACCOUNT_PASS: u32 = 8;
+/// tg_answer_request flag: on a limiter joined to a quota store, never wait
+/// for a round trip: return TG_PENDING (nothing charged, `*out` untouched)
+/// instead, and answer the same request again without the flag on a thread
+/// that may block (asyncio's executor, a thread pool). See
+/// TG_REQUEST_NO_WAIT.
+pub const TG_ANSWER_NO_WAIT: u32 = 16;
 
 /// tg_answer.outcome values (stable): how the request went, for logs,
 /// metrics and variables; tg_outcome_name() names them.
@@ -147,7 +153,7 @@ pub extern "C" fn tg_answer_for(
 }
 
 fn options(flags: u32, refuse_status: u32) -> Result<Options, tg_status> {
-    if flags & !0xF != 0 || refuse_status > 999 || (refuse_status != 0 && refuse_status < 100) {
+    if flags & !0x1F != 0 || refuse_status > 999 || (refuse_status != 0 && refuse_status < 100) {
         return Err(TG_E_INVALID);
     }
     Ok(Options {
@@ -232,8 +238,9 @@ pub struct tg_http_request {
 /// order all bindings share: the method (only POST is limited), the
 /// account (NULL: TG_E_NO_ACCOUNT's answer), the body's model (the core's
 /// scanner), the tier (tg_tier_parse), then tg_check. `flags` and
-/// `refuse_status` as tg_answer_for. TG_OK whenever `*out` holds an answer
-/// (including refusals); TG_E_NULL / TG_E_INVALID for bad arguments only.
+/// `refuse_status` as tg_answer_for, and TG_ANSWER_NO_WAIT. TG_OK whenever
+/// `*out` holds an answer (including refusals); TG_PENDING with
+/// TG_ANSWER_NO_WAIT only; TG_E_NULL / TG_E_INVALID for bad arguments only.
 #[no_mangle]
 pub extern "C" fn tg_answer_request(
     limiter: *const super::tg_limiter,
@@ -280,6 +287,12 @@ pub extern "C" fn tg_answer_request(
             body,
             cost: req.cost,
         };
+        if flags & TG_ANSWER_NO_WAIT != 0 {
+            return match l.inner.try_answer(&http, now_ms, &opts) {
+                Some(a) => write_answer(&a, out),
+                None => super::TG_PENDING,
+            };
+        }
         let a = l.inner.answer(&http, now_ms, &opts);
         write_answer(&a, out)
     })

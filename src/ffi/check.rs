@@ -48,7 +48,17 @@ pub struct tg_request {
     /// tg_model_find on this limiter, or 0 to look `model` up by name.
     /// With a handle, `model` is not read (it may be NULL).
     pub model_handle: u32,
+    /// Since 0.3, read with `model_handle`: TG_REQUEST_* bits, or 0.
+    pub flags: u32,
 }
+
+/// tg_request.flags: on a limiter joined to a quota store
+/// (tg_limiter_connect), never wait for a round trip: a decision that needs
+/// one returns TG_PENDING and charges nothing. For event loops (nginx): the
+/// same request is then decided by tg_check without the flag on a thread
+/// that may block (a thread pool), for at most the store's deadline. Local
+/// tables never wait and ignore it.
+pub const TG_REQUEST_NO_WAIT: u32 = 1;
 
 /// sizeof(tg_request) before `model_handle` (0.2): accepted, and read
 /// without it.
@@ -133,7 +143,11 @@ pub(super) fn from_c(d: &tg_decision) -> Option<Decision> {
 
 /// Decides one request at `now_ms` (epoch milliseconds) and fills `*out`.
 /// TG_OK means a decision was made either way: `out->allowed` says which.
-/// Other statuses leave `*out` untouched. No allocation, lock or syscall.
+/// Other statuses leave `*out` untouched. No allocation, lock or syscall on
+/// a local table. On a limiter joined to a quota store (tg_limiter_connect)
+/// most decisions are the same, and one that needs more quota makes a round
+/// trip to Redis (at most the store's deadline), or returns TG_PENDING with
+/// TG_REQUEST_NO_WAIT.
 #[no_mangle]
 pub extern "C" fn tg_check(
     limiter: *const tg_limiter,
@@ -150,13 +164,16 @@ pub extern "C" fn tg_check(
         ) else {
             return TG_E_NULL;
         };
-        let handle = if r.size as usize >= std::mem::size_of::<tg_request>() {
-            ModelHandle::from_raw(r.model_handle)
+        let (handle, flags) = if r.size as usize >= std::mem::size_of::<tg_request>() {
+            (ModelHandle::from_raw(r.model_handle), r.flags)
         } else if r.size == 0 || r.size == REQUEST_SIZE_0_2 {
-            None
+            (None, 0)
         } else {
             return TG_E_INVALID;
         };
+        if flags & !TG_REQUEST_NO_WAIT != 0 {
+            return TG_E_INVALID;
+        }
         let account = match bytes_arg(r.account, r.account_len, crate::ACCOUNT_MAX, TG_E_ACCOUNT) {
             Ok(a) => a,
             Err(s) => return s,
@@ -179,6 +196,7 @@ pub extern "C" fn tg_check(
             rpm: r.rpm,
             rpd: r.rpd,
             handle,
+            no_wait: flags & TG_REQUEST_NO_WAIT != 0,
         };
         match l.inner.check(&request, now_ms) {
             Ok(d) => {

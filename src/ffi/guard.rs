@@ -34,12 +34,11 @@ pub(super) fn status_of(e: &Error) -> tg_status {
         Error::ModelTableFull => TG_E_MODEL_TABLE_FULL,
         Error::NoSpace { .. } => TG_E_NO_SPACE,
         Error::ReadOnly => TG_E_READ_ONLY,
-        // The C ABI of the lease layer is a later stage; until then a C
-        // caller meets these only through a table another program
-        // formatted for leases.
-        Error::NotJoined | Error::NotLeased => TG_E_INVALID,
+        Error::NotJoined => TG_E_NOT_JOINED,
+        Error::NotLeased => TG_E_NOT_LEASED,
+        Error::Pending => TG_PENDING,
         #[cfg(feature = "redis")]
-        Error::Store(_) => TG_E_INVALID,
+        Error::Store(_) => TG_E_STORE,
         Error::Policy(_) => TG_E_POLICY,
         Error::Io { .. } => TG_E_IO,
         Error::Body(b) => body_status(*b),

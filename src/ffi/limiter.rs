@@ -14,6 +14,12 @@ pub const TG_OPEN_CREATE: u32 = 1;
 /// file, model names are not registered, and writing calls give
 /// TG_E_READ_ONLY. Not with TG_OPEN_CREATE.
 pub const TG_OPEN_READ_ONLY: u32 = 2;
+/// tg_limiter_open flag: the table holds quota leases shared across hosts
+/// (see tg_limiter_new_for_leases): a file TG_OPEN_CREATE makes is
+/// formatted for them, and an existing file must be one (TG_E_NOT_LEASED
+/// otherwise). Any open of a leased file, with or without the flag, decides
+/// through tg_limiter_connect only.
+pub const TG_OPEN_LEASES: u32 = 4;
 
 /// A limiter over one region (opaque). Many threads may call tg_check on
 /// one handle at once; only tg_limiter_set_policy needs the handle alone.
@@ -123,7 +129,8 @@ pub(super) fn set_last_error(msg: &str) {
 
 /// What went wrong, in words, in this thread's last call that made (or
 /// failed to make) a limiter: tg_limiter_new, _init_in, _attach, _open,
-/// _share. Names the path, the OS's reason, the sizes and what to do
+/// _share, their _for_leases forms, tg_limiter_connect and
+/// tg_redis_options_set. Names the path, the OS's reason, the sizes and what to do
 /// ("... grow it with `tollgate resize`"); "" after a success. The string
 /// belongs to the thread and stays valid until its next such call.
 #[no_mangle]
@@ -171,6 +178,53 @@ pub extern "C" fn tg_limiter_init_in(
     })
 }
 
+/// Bytes a table of quota leases of `slots` slots needs (the region and 32
+/// bytes per slot of lease state); 0 for an invalid count.
+#[no_mangle]
+pub extern "C" fn tg_region_size_for_leases(slots: u32) -> usize {
+    crate::region_size_for_leases(slots).unwrap_or(0)
+}
+
+/// As tg_limiter_new, formatted for quota leases: one quota per (account,
+/// model) across every host joined to one Redis. Its decisions are
+/// TG_E_NOT_JOINED until tg_limiter_connect.
+#[no_mangle]
+pub extern "C" fn tg_limiter_new_for_leases(
+    policy: *const tg_policy,
+    slots: u32,
+    out: *mut *mut tg_limiter,
+) -> tg_status {
+    guard(|| {
+        begin(out);
+        let (Some(p), false) = (policy_ref(policy), out.is_null()) else {
+            return TG_E_NULL;
+        };
+        make(out, Limiter::new_for_leases(p, slots))
+    })
+}
+
+/// As tg_limiter_init_in, formatted for quota leases: as many slots as fit
+/// with their lease state (tg_region_size_for_leases). Other processes
+/// attach with tg_limiter_attach, which reads the format from the header.
+#[no_mangle]
+pub extern "C" fn tg_limiter_init_in_for_leases(
+    policy: *const tg_policy,
+    mem: *mut c_void,
+    len: usize,
+    out: *mut *mut tg_limiter,
+) -> tg_status {
+    guard(|| {
+        begin(out);
+        let (Some(p), false, false) = (policy_ref(policy), mem.is_null(), out.is_null()) else {
+            return TG_E_NULL;
+        };
+        // SAFETY: the caller grants `len` bytes at `mem` for the handle's life.
+        make(out, unsafe {
+            Limiter::init_in_for_leases(p, mem.cast(), len)
+        })
+    })
+}
+
 /// Uses `len` bytes at `mem` that tg_limiter_init_in (here or in another
 /// process) already formatted, after checking magic, layout version, header
 /// checksum and size. Never reads outside `len` bytes. Memory ownership as
@@ -210,8 +264,9 @@ pub extern "C" fn tg_limiter_open(
         let (Some(p), false, false) = (policy_ref(policy), path.is_null(), out.is_null()) else {
             return TG_E_NULL;
         };
-        if flags & !(TG_OPEN_CREATE | TG_OPEN_READ_ONLY) != 0
-            || flags == TG_OPEN_CREATE | TG_OPEN_READ_ONLY
+        let read_only = flags & TG_OPEN_READ_ONLY != 0;
+        if flags & !(TG_OPEN_CREATE | TG_OPEN_READ_ONLY | TG_OPEN_LEASES) != 0
+            || (read_only && flags != TG_OPEN_READ_ONLY)
         {
             return TG_E_INVALID;
         }
@@ -220,13 +275,16 @@ pub extern "C" fn tg_limiter_open(
         let path = std::path::Path::new(
             <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes()),
         );
-        let r = if flags & TG_OPEN_READ_ONLY != 0 {
+        let create = flags & TG_OPEN_CREATE != 0;
+        let r = if read_only {
             if slots != 0 {
                 return TG_E_INVALID;
             }
             Limiter::open_read_only(p, path)
+        } else if flags & TG_OPEN_LEASES != 0 {
+            Limiter::open_for_leases(p, path, slots, create)
         } else {
-            Limiter::open(p, path, slots, flags & TG_OPEN_CREATE != 0)
+            Limiter::open(p, path, slots, create)
         };
         make_at(out, r, &path.display().to_string())
     })

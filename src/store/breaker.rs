@@ -75,6 +75,17 @@ impl Breaker {
         }
     }
 
+    /// Whether a call now would fail at once, without reaching for Redis
+    /// (the cool-down is running, or a probe is in flight): such a call
+    /// never waits.
+    pub(crate) fn fails_fast(&self, now: Instant) -> bool {
+        match self.state {
+            State::Closed { .. } => false,
+            State::Open { until, .. } => now < until,
+            State::HalfOpen { .. } => true,
+        }
+    }
+
     /// Redis answered (whatever it said).
     pub(crate) fn success(&mut self) {
         self.state = State::Closed { failures: 0 };

@@ -7,6 +7,7 @@
 #     table tests/conformance.json), also under sanitizers;
 #  3. bindings/c/install.sh into a temporary prefix, then bindings/c/example.c
 #     built against the installed copy through pkg-config and run.
+# The quota-store test talks to a redis-server this script starts.
 # Builds into target/ctest/. Set TOLLGATE_NO_BUILD=1 to skip `cargo build --release`.
 set -euo pipefail
 
@@ -43,6 +44,27 @@ mkdir -p "$out"
 # Programs linked to the build tree's libtollgate.so record its SONAME,
 # libtollgate.so.0, and look for that name at run time.
 ln -sf libtollgate.so "$rel/libtollgate.so.0"
+
+# A real redis-server for the quota-store test (test_leases): on 127.0.0.1,
+# a free port, no persistence, stopped on exit.
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/tg-ctest-XXXXXX")
+redis_pid=
+cleanup() {
+    if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+command -v redis-server >/dev/null || { echo "redis-server is missing: tests/setup.sh installs it" >&2; exit 1; }
+redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" \
+    --daemonize no >"$tmp/redis.log" 2>&1 &
+redis_pid=$!
+for _ in $(seq 100); do
+    redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
+    sleep 0.05
+done
+redis-cli -p "$redis_port" ping | grep -q PONG || { cat "$tmp/redis.log"; echo "redis-server did not start" >&2; exit 1; }
+export TOLLGATE_TEST_REDIS_URL=redis://127.0.0.1:$redis_port/0
 
 CC=${CC:-gcc}
 CXX=${CXX:-g++}
@@ -103,8 +125,6 @@ else
 fi
 
 step "install into a temporary prefix, build example.c with pkg-config"
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tg-install-XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
 prefix=$tmp/prefix
 bindings/c/install.sh --prefix "$prefix" --no-build
 for f in lib/libtollgate.so lib/libtollgate.a include/tollgate.h include/tollgate.hpp lib/pkgconfig/tollgate.pc; do

@@ -231,7 +231,8 @@ static void test_status_str(void) {
         TG_OK, TG_E_NULL, TG_E_INVALID, TG_E_ACCOUNT, TG_E_UNKNOWN_MODEL, TG_E_NO_LIMIT,
         TG_E_COST_TOO_LARGE, TG_E_TABLE_FULL, TG_E_BUFFER_TOO_SMALL, TG_E_POLICY, TG_E_IO,
         TG_E_REGION_MAGIC, TG_E_REGION_VERSION, TG_E_REGION_SIZE, TG_E_REGION_CORRUPT,
-        TG_E_ALIGNMENT, TG_E_UNSUPPORTED, TG_E_MODEL_TABLE_FULL, TG_E_PANIC,
+        TG_E_ALIGNMENT, TG_E_UNSUPPORTED, TG_E_MODEL_TABLE_FULL, TG_E_NOT_JOINED,
+        TG_E_NOT_LEASED, TG_E_STORE, TG_PENDING, TG_E_PANIC,
     };
     const size_t n = sizeof codes / sizeof codes[0];
     for (size_t i = 0; i < n; i++) {
@@ -1678,6 +1679,172 @@ static void test_model_handle(void) {
     tg_policy_free(p);
 }
 
+/* One quota across hosts through a real redis-server (tests/c/run.sh starts
+ * one and passes its URL in TOLLGATE_TEST_REDIS_URL): the options, connect,
+ * the not-joined and not-leased statuses, blocking and TG_PENDING
+ * decisions, the lease counters, disconnect. */
+static void test_leases(void) {
+    const char *url = getenv("TOLLGATE_TEST_REDIS_URL");
+    if (!url) {
+        printf("  (skipped: TOLLGATE_TEST_REDIS_URL is not set; tests/c/run.sh sets it)\n");
+        return;
+    }
+    tg_policy *p = NULL;
+    REQUIRE(tg_policy_default(&p) == TG_OK);
+    /* Mid-minute tomorrow: every window is open by Redis's clock and the
+     * run cannot cross a minute's end. */
+    const uint64_t now = (tg_now_ms() / MS_MIN + 24 * 60) * MS_MIN + 30000;
+
+    /* options by name: the core's one parser */
+    tg_redis_options o;
+    memset(&o, 0, sizeof o);
+    o.size = sizeof o;
+    CHECK_ST(tg_redis_options_set(&o, "hosts", 5, "3", 1), TG_OK);
+    CHECK_EQ(o.hosts, 3);
+    CHECK_ST(tg_redis_options_set(&o, "deadline", 8, "200ms", 5), TG_OK);
+    CHECK_EQ(o.deadline_ms, 200);
+    CHECK_ST(tg_redis_options_set(&o, "down", 4, "sideways", 8), TG_E_INVALID);
+    CHECK_STR_HAS(tg_last_error(), "local, open or closed");
+    CHECK_ST(tg_redis_options_set(&o, "colour", 6, "red", 3), TG_E_INVALID);
+    CHECK_STR_HAS(tg_last_error(), "unknown option");
+    CHECK_EQ(o.hosts, 3); /* unchanged by the failures */
+    CHECK_ST(tg_redis_options_set(NULL, "hosts", 5, "3", 1), TG_E_NULL);
+    o.hosts = 1;
+    /* a deadline no loaded machine misses: a missed one would rightly
+     * decide by the down policy, which is not what this test is about */
+    o.deadline_ms = 2000;
+
+    /* a local table cannot join; a leased one cannot decide until it does */
+    tg_limiter *local = NULL, *l = NULL;
+    REQUIRE(tg_limiter_new(p, 64, &local) == TG_OK);
+    CHECK_ST(tg_limiter_connect(local, url, &o), TG_E_NOT_LEASED);
+    CHECK_STR_HAS(tg_last_error(), "formatted for quota leases");
+    CHECK_ST(tg_limiter_new_for_leases(p, 64, &l), TG_OK);
+    CHECK(tg_region_size_for_leases(64) > tg_region_size(64));
+    tg_request r = dev_req("c-leases", DSV31);
+    r.size = sizeof r;
+    tg_decision d;
+    CHECK_ST(tg_check(l, &r, now, &d), TG_E_NOT_JOINED);
+    tg_lease_stats st;
+    memset(&st, 0, sizeof st);
+    CHECK_ST(tg_limiter_lease_stats(l, &st), TG_E_NOT_JOINED);
+    CHECK_ST(tg_limiter_connect(l, "http://nowhere", &o), TG_E_STORE);
+    CHECK(tg_last_error()[0] != '\0');
+    CHECK_ST(tg_limiter_connect(l, NULL, &o), TG_E_NULL);
+    tg_redis_options bad = o;
+    bad.down = 7;
+    CHECK_ST(tg_limiter_connect(l, url, &bad), TG_E_INVALID);
+    CHECK_STR_HAS(tg_last_error(), "TG_DOWN_LOCAL");
+
+    /* joined: a key is decided from Redis, then from its leases. A
+     * no-wait decision that would need Redis is TG_PENDING, charges
+     * nothing, and is decided by the same call without the flag. An account
+     * of its own per run: Redis keeps counts across runs. */
+    char account[64];
+    snprintf(account, sizeof account, "c-leases-%ld-%llu", (long) getpid(),
+             (unsigned long long) tg_now_ms());
+    r.account = account;
+    r.account_len = strlen(account);
+    CHECK_ST(tg_limiter_connect(l, url, &o), TG_OK);
+    uint32_t admitted = 0, pending = 0, waited = 0, minute_limit = 0;
+    for (int i = 0; i < 25; i++) {
+        r.flags = TG_REQUEST_NO_WAIT;
+        tg_status s = tg_check(l, &r, now, &d);
+        if (s == TG_PENDING) {
+            pending++;
+            r.flags = 0;
+            s = tg_check(l, &r, now, &d);
+            waited++;
+        }
+        CHECK_ST(s, TG_OK);
+        admitted += d.allowed;
+        minute_limit = d.minute_limit;
+    }
+    CHECK_EQ(admitted, 25);
+    CHECK_EQ(minute_limit, 30);
+    CHECK(pending >= 1);      /* the first decision had nothing held */
+    CHECK(pending < 25);      /* and later ones spent leases */
+    CHECK_EQ(d.minute_remaining, 5);
+    r.flags = 8;              /* an unknown flag */
+    CHECK_ST(tg_check(l, &r, now, &d), TG_E_INVALID);
+    r.flags = 0;
+    /* run into the minute's limit: refusals come from Redis's count */
+    for (int i = 0; i < 10; i++) {
+        CHECK_ST(tg_check(l, &r, now, &d), TG_OK);
+        admitted += d.allowed;
+    }
+    CHECK_EQ(admitted, 30);
+    CHECK_EQ(d.allowed, 0);
+    CHECK_EQ(d.limited_by, TG_LIMIT_MINUTE);
+
+    /* whole answers: the same no-wait protocol */
+    tg_http_request hr;
+    memset(&hr, 0, sizeof hr);
+    hr.size = sizeof hr;
+    hr.cost = 1;
+    hr.method = "POST";
+    hr.method_len = 4;
+    char other[80];
+    snprintf(other, sizeof other, "%s-answers", account);
+    hr.account = other;
+    hr.account_len = strlen(other);
+    hr.tier = "developer";
+    hr.tier_len = 9;
+    const char *body = "{\"model\":\"DeepSeek-V3.1\"}";
+    hr.body = body;
+    hr.body_len = strlen(body);
+    tg_answer a;
+    memset(&a, 0, sizeof a);
+    a.size = sizeof a;
+    CHECK_ST(tg_answer_request(l, &hr, now, TG_ANSWER_NO_WAIT, 0, &a), TG_PENDING);
+    CHECK_ST(tg_answer_request(l, &hr, now, 0, 0, &a), TG_OK);
+    CHECK_EQ(a.http_status, 0);
+    CHECK_EQ(a.decision.minute_remaining, 29);
+
+    memset(&st, 0, sizeof st);
+    st.size = sizeof st;
+    CHECK_ST(tg_limiter_lease_stats(l, &st), TG_OK);
+    CHECK_EQ(st.mode, TG_REDIS_LEASES);
+    CHECK_EQ(st.down_policy, TG_DOWN_LOCAL);
+    CHECK_EQ(st.redis_down, 0);
+    CHECK_EQ(st.breaker, TG_BREAKER_CLOSED);
+    CHECK_EQ(st.decisions, 25 + 10 + 1);
+    CHECK_EQ(st.deferred, pending + 1);
+    CHECK_EQ(st.from_leases + st.refills, st.decisions);
+    CHECK(st.refused_by_store >= 1);
+    CHECK(st.store_calls >= st.refills);
+    st.size = 4;
+    CHECK_ST(tg_limiter_lease_stats(l, &st), TG_E_INVALID);
+
+    CHECK_ST(tg_limiter_disconnect(l), TG_OK);
+    CHECK_ST(tg_check(l, &r, now, &d), TG_E_NOT_JOINED);
+    CHECK_ST(tg_limiter_disconnect(l), TG_OK); /* again: nothing to leave */
+    CHECK_ST(tg_limiter_disconnect(NULL), TG_E_NULL);
+    (void) waited;
+
+    /* a leased file: TG_OPEN_LEASES formats it, and a local file refuses it */
+    char path[600];
+    snprintf(path, sizeof path, "%s/leases.region", g_tmpdir);
+    tg_limiter *f = NULL, *g = NULL;
+    CHECK_ST(tg_limiter_open(p, path, 64, TG_OPEN_CREATE | TG_OPEN_LEASES, &f), TG_OK);
+    CHECK_ST(tg_limiter_open(p, path, 0, 0, &g), TG_OK);
+    CHECK_ST(tg_check(g, &r, now, &d), TG_E_NOT_JOINED); /* the header says leases */
+    tg_limiter_free(g);
+    CHECK_ST(tg_limiter_open(p, path, 0, TG_OPEN_LEASES | TG_OPEN_READ_ONLY, &g), TG_E_INVALID);
+    tg_limiter_free(f);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/local.region", g_tmpdir);
+    CHECK_ST(tg_limiter_open(p, path, 64, TG_OPEN_CREATE, &f), TG_OK);
+    tg_limiter *h = NULL;
+    CHECK_ST(tg_limiter_open(p, path, 0, TG_OPEN_LEASES, &h), TG_E_NOT_LEASED);
+    tg_limiter_free(f);
+    unlink(path);
+
+    tg_limiter_free(l);
+    tg_limiter_free(local);
+    tg_policy_free(p);
+}
+
 int main(void) {
     snprintf(g_tmpdir, sizeof g_tmpdir, "%s/tg-capi-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(g_tmpdir)) {
@@ -1710,6 +1877,7 @@ int main(void) {
         {"check_now", test_check_now},
         {"renderers", test_renderers},
         {"real_decision_headers", test_real_decision_headers},
+        {"leases", test_leases},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         int before = g_fail;

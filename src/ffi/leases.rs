@@ -1,0 +1,426 @@
+//! Joining a quota store shared across hosts (Redis, through the lease
+//! layer): its options, connect and disconnect, and its counters. Built
+//! with the cargo feature `redis` (on by default); without it every call
+//! here is TG_E_UNSUPPORTED and says so in tg_last_error().
+
+use std::ffi::{c_char, CStr};
+
+use super::*;
+
+/// tg_redis_options.mode: hold leases and spend them locally (default).
+pub const TG_REDIS_LEASES: u32 = 0;
+/// tg_redis_options.mode: one round trip per decision, nothing held.
+pub const TG_REDIS_EXACT: u32 = 1;
+/// tg_redis_options.down, Redis not answering: each host admits its share,
+/// limit / hosts per window (default).
+pub const TG_DOWN_LOCAL: u32 = 0;
+/// tg_redis_options.down: admit everything (counted, pushed on recovery).
+pub const TG_DOWN_OPEN: u32 = 1;
+/// tg_redis_options.down: refuse (a 429 from the minute window).
+pub const TG_DOWN_CLOSED: u32 = 2;
+
+/// tg_lease_stats.breaker values.
+pub const TG_BREAKER_CLOSED: u32 = 0;
+pub const TG_BREAKER_OPEN: u32 = 1;
+pub const TG_BREAKER_HALF_OPEN: u32 = 2;
+
+/// How a limiter joins a quota store. Every field 0 means its default, so a
+/// zero-initialised struct (or NULL) gives the documented defaults. Set
+/// `size` to sizeof(tg_redis_options) or 0.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct tg_redis_options {
+    /// sizeof(tg_redis_options) as the caller's header has it, or 0.
+    pub size: u32,
+    /// TG_REDIS_LEASES or TG_REDIS_EXACT.
+    pub mode: u32,
+    /// TG_DOWN_LOCAL, TG_DOWN_OPEN or TG_DOWN_CLOSED.
+    pub down: u32,
+    /// Gateway hosts sharing each quota (lease sizes, the local down share);
+    /// 0 = 1.
+    pub hosts: u32,
+    /// Longest a round trip takes, then the down policy; 0 = 50 ms.
+    pub deadline_ms: u32,
+    /// A lease lasts about this long at the key's rate; 0 = 1000 ms.
+    pub refill_interval_ms: u32,
+    /// A key not refilled for this long gives its units back; 0 = 5000 ms.
+    pub idle_after_ms: u32,
+    /// Largest lease in units; 0 = 100000.
+    pub max_lease: u32,
+    /// Connections to Redis at most; 0 = 4.
+    pub max_connections: u32,
+    /// Consecutive failures that open the breaker; 0 = 3.
+    pub trip_after: u32,
+    /// How long an open breaker fails calls at once; 0 = 250 ms.
+    pub cooldown_ms: u32,
+    /// Longest cool-down after failed probes; 0 = 5000 ms.
+    pub max_cooldown_ms: u32,
+}
+
+/// What a joined limiter did since it joined (every handle sharing the
+/// link). Set `size` to sizeof(tg_lease_stats) or 0 before the call.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct tg_lease_stats {
+    /// sizeof(tg_lease_stats) as the caller's header has it, or 0.
+    pub size: u32,
+    /// TG_REDIS_LEASES or TG_REDIS_EXACT.
+    pub mode: u32,
+    /// TG_DOWN_* in force.
+    pub down_policy: u32,
+    /// 1 when the last store call failed for want of Redis: decisions
+    /// beyond the units held follow the down policy.
+    pub redis_down: u32,
+    /// TG_BREAKER_*.
+    pub breaker: u32,
+    /// Connections to Redis open now.
+    pub connections: u32,
+    /// Decisions made (every outcome).
+    pub decisions: u64,
+    /// Of those: made from units held, with no round trip.
+    pub from_leases: u64,
+    /// Grants asked by decisions (one round trip each).
+    pub refills: u64,
+    /// Grants asked ahead by the lease thread for hot keys.
+    pub top_ups: u64,
+    pub granted_units: u64,
+    /// Grants of nothing: the key was at its global limit.
+    pub refused_by_store: u64,
+    /// Decisions made by the down policy, and of those, admitted.
+    pub degraded: u64,
+    pub degraded_admitted: u64,
+    pub give_backs: u64,
+    pub given_back_units: u64,
+    /// Spends made while Redis was away, pushed when it came back.
+    pub pushes: u64,
+    pub pushed_units: u64,
+    /// Units dropped after an outage rather than given back.
+    pub dropped_units: u64,
+    /// Give-backs, pushes and recoveries waiting for Redis.
+    pub pending: u64,
+    /// Calls answered TG_PENDING (not counted as decisions).
+    pub deferred: u64,
+    /// Microseconds the last answered store call took.
+    pub last_latency_us: u64,
+    /// Store calls made, failed, timed out, failed fast by the breaker;
+    /// breaker trips; connections opened.
+    pub store_calls: u64,
+    pub store_failures: u64,
+    pub store_timeouts: u64,
+    pub store_circuit_open: u64,
+    pub store_trips: u64,
+    pub store_connects: u64,
+}
+
+/// Sets one option by name from text, as nginx's `tollgate_redis` and
+/// configuration files give them: `mode` (leases, exact), `down` (local,
+/// open, closed), `hosts`, `max_lease`, `max_connections`, `trip_after`,
+/// and the durations `deadline`, `refill_interval`, `idle_after`,
+/// `cooldown`, `max_cooldown` (`50ms`, `2s`, `1m`; a bare number is
+/// milliseconds). TG_E_INVALID for an unknown name or a bad value, with
+/// tg_last_error() saying which and what is allowed; `*opts` is then
+/// unchanged.
+#[no_mangle]
+pub extern "C" fn tg_redis_options_set(
+    opts: *mut tg_redis_options,
+    name: *const c_char,
+    name_len: usize,
+    value: *const c_char,
+    value_len: usize,
+) -> tg_status {
+    guard(|| {
+        limiter::set_last_error("");
+        // SAFETY: NULL or the caller's writable struct.
+        let Some(o) = (unsafe { opts.as_mut() }) else {
+            return TG_E_NULL;
+        };
+        if !sized::<tg_redis_options>(o.size) {
+            return TG_E_INVALID;
+        }
+        let (name, value) = match (any_bytes(name, name_len), any_bytes(value, value_len)) {
+            (Ok(n), Ok(v)) => (n, v),
+            _ => return TG_E_NULL,
+        };
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+            limiter::set_last_error("option names and values are ASCII text");
+            return TG_E_INVALID;
+        };
+        imp::set(o, name, value)
+    })
+}
+
+/// Joins the limiter to the quota store at `url` (NUL-terminated):
+/// `redis://host:port/db` (or `valkey://`) for one server,
+/// `redis+cluster://host:port,host:port,...` for a Cluster by its seeds.
+/// `opts` may be NULL for the defaults. The table must be formatted for
+/// leases (TG_E_NOT_LEASED otherwise). Redis down is not an error: the
+/// limiter decides by the down policy until it answers, and
+/// tg_limiter_lease_stats says so. Starts one background thread per joined
+/// limiter; in a process that forks (nginx), connect in each child after
+/// the fork. Like tg_limiter_set_policy it must not overlap any other call
+/// on the handle; connecting again replaces the link (giving its units back
+/// first). Handles made by tg_limiter_share afterwards share the link.
+/// Failures: TG_E_NULL, TG_E_INVALID (options), TG_E_NOT_LEASED,
+/// TG_E_READ_ONLY, TG_E_STORE (the URL, or Redis answered an error), each
+/// with tg_last_error()'s words.
+#[no_mangle]
+pub extern "C" fn tg_limiter_connect(
+    limiter: *mut tg_limiter,
+    url: *const c_char,
+    opts: *const tg_redis_options,
+) -> tg_status {
+    guard(|| {
+        limiter::set_last_error("");
+        // SAFETY: NULL or a live limiter from this library, in use by no
+        // other call meanwhile (documented).
+        let (Some(l), false) = (unsafe { limiter.as_mut() }, url.is_null()) else {
+            return TG_E_NULL;
+        };
+        // SAFETY: NULL or the caller's readable struct.
+        let o = match unsafe { opts.as_ref() } {
+            None => tg_redis_options::default(),
+            Some(o) if sized::<tg_redis_options>(o.size) => *o,
+            Some(_) => return TG_E_INVALID,
+        };
+        // SAFETY: non-null and NUL-terminated by contract.
+        let Ok(url) = unsafe { CStr::from_ptr(url) }.to_str() else {
+            limiter::set_last_error("the store's URL is not UTF-8");
+            return TG_E_INVALID;
+        };
+        imp::connect(l, url, &o)
+    })
+}
+
+/// Leaves the store: once the last handle sharing the link lets go, unspent
+/// units go back to Redis (each call under the deadline) and the lease
+/// thread stops. Decisions are then TG_E_NOT_JOINED. A limiter that is not
+/// joined is left as it is (TG_OK). tg_limiter_free does this too.
+#[no_mangle]
+pub extern "C" fn tg_limiter_disconnect(limiter: *mut tg_limiter) -> tg_status {
+    guard(|| {
+        // SAFETY: as tg_limiter_connect.
+        let Some(l) = (unsafe { limiter.as_mut() }) else {
+            return TG_E_NULL;
+        };
+        imp::disconnect(l)
+    })
+}
+
+/// The lease layer's counters: mode, Redis up or down, latency, refills,
+/// fallbacks. TG_E_NOT_JOINED when the limiter is not joined to a store.
+#[no_mangle]
+pub extern "C" fn tg_limiter_lease_stats(
+    limiter: *const tg_limiter,
+    out: *mut tg_lease_stats,
+) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or a live limiter from this library.
+        let (Some(l), false) = (unsafe { limiter.as_ref() }, out.is_null()) else {
+            return TG_E_NULL;
+        };
+        // SAFETY: non-null, the caller's struct of at least `size` bytes.
+        if !sized::<tg_lease_stats>(unsafe { (*out).size }) {
+            return TG_E_INVALID;
+        }
+        match imp::stats(l) {
+            Ok(s) => {
+                // SAFETY: non-null and writable by contract.
+                unsafe { *out = s };
+                TG_OK
+            }
+            Err(status) => status,
+        }
+    })
+}
+
+#[cfg(feature = "redis")]
+mod imp {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lease::{DownPolicy, LeaseMode, LeaseOptions, LeaseStats};
+    use crate::store::BreakerState;
+
+    fn ms(field: u32, default: Duration) -> Duration {
+        match field {
+            0 => default,
+            n => Duration::from_millis(n as u64),
+        }
+    }
+
+    fn or(field: u32, default: u32) -> u32 {
+        if field == 0 {
+            default
+        } else {
+            field
+        }
+    }
+
+    /// The C struct as the Rust options (0 = the default).
+    pub(super) fn options(o: &tg_redis_options) -> Result<LeaseOptions, &'static str> {
+        let d = LeaseOptions::default();
+        Ok(LeaseOptions {
+            mode: match o.mode {
+                TG_REDIS_LEASES => LeaseMode::Leases,
+                TG_REDIS_EXACT => LeaseMode::Exact,
+                _ => return Err("mode is not TG_REDIS_LEASES or TG_REDIS_EXACT"),
+            },
+            down: match o.down {
+                TG_DOWN_LOCAL => DownPolicy::Local,
+                TG_DOWN_OPEN => DownPolicy::Open,
+                TG_DOWN_CLOSED => DownPolicy::Closed,
+                _ => return Err("down is not TG_DOWN_LOCAL, TG_DOWN_OPEN or TG_DOWN_CLOSED"),
+            },
+            hosts: or(o.hosts, d.hosts),
+            refill_interval: ms(o.refill_interval_ms, d.refill_interval),
+            idle_after: ms(o.idle_after_ms, d.idle_after),
+            max_lease: or(o.max_lease, d.max_lease),
+            store: crate::store::StoreOptions {
+                deadline: ms(o.deadline_ms, d.store.deadline),
+                trip_after: or(o.trip_after, d.store.trip_after),
+                cooldown: ms(o.cooldown_ms, d.store.cooldown),
+                max_cooldown: ms(o.max_cooldown_ms, d.store.max_cooldown),
+                max_connections: or(o.max_connections, d.store.max_connections as u32) as usize,
+            },
+        })
+    }
+
+    /// The Rust options back in the C struct (for `set`, which edits one).
+    fn to_c(l: &LeaseOptions, size: u32) -> tg_redis_options {
+        let ms = |d: Duration| d.as_millis().min(u32::MAX as u128) as u32;
+        tg_redis_options {
+            size,
+            mode: match l.mode {
+                LeaseMode::Leases => TG_REDIS_LEASES,
+                LeaseMode::Exact => TG_REDIS_EXACT,
+            },
+            down: match l.down {
+                DownPolicy::Local => TG_DOWN_LOCAL,
+                DownPolicy::Open => TG_DOWN_OPEN,
+                DownPolicy::Closed => TG_DOWN_CLOSED,
+            },
+            hosts: l.hosts,
+            deadline_ms: ms(l.store.deadline),
+            refill_interval_ms: ms(l.refill_interval),
+            idle_after_ms: ms(l.idle_after),
+            max_lease: l.max_lease,
+            max_connections: l.store.max_connections.min(u32::MAX as usize) as u32,
+            trip_after: l.store.trip_after,
+            cooldown_ms: ms(l.store.cooldown),
+            max_cooldown_ms: ms(l.store.max_cooldown),
+        }
+    }
+
+    pub(super) fn set(o: &mut tg_redis_options, name: &str, value: &str) -> tg_status {
+        let mut rust = match options(o) {
+            Ok(r) => r,
+            Err(e) => {
+                limiter::set_last_error(e);
+                return TG_E_INVALID;
+            }
+        };
+        match rust.set(name, value) {
+            Ok(()) => {
+                *o = to_c(&rust, o.size);
+                TG_OK
+            }
+            Err(e) => {
+                limiter::set_last_error(&e);
+                TG_E_INVALID
+            }
+        }
+    }
+
+    pub(super) fn connect(l: &mut tg_limiter, url: &str, o: &tg_redis_options) -> tg_status {
+        let opts = match options(o) {
+            Ok(r) => r,
+            Err(e) => {
+                limiter::set_last_error(e);
+                return TG_E_INVALID;
+            }
+        };
+        match l.inner.connect(url, opts) {
+            Ok(()) => TG_OK,
+            Err(e) => {
+                limiter::set_last_error(&e.to_string());
+                status_of(&e)
+            }
+        }
+    }
+
+    pub(super) fn disconnect(l: &mut tg_limiter) -> tg_status {
+        l.inner.disconnect();
+        TG_OK
+    }
+
+    pub(super) fn stats(l: &tg_limiter) -> Result<tg_lease_stats, tg_status> {
+        let s: LeaseStats = l.inner.lease_stats().ok_or(TG_E_NOT_JOINED)?;
+        Ok(tg_lease_stats {
+            size: std::mem::size_of::<tg_lease_stats>() as u32,
+            mode: match s.mode {
+                LeaseMode::Leases => TG_REDIS_LEASES,
+                LeaseMode::Exact => TG_REDIS_EXACT,
+            },
+            down_policy: match s.down_policy {
+                DownPolicy::Local => TG_DOWN_LOCAL,
+                DownPolicy::Open => TG_DOWN_OPEN,
+                DownPolicy::Closed => TG_DOWN_CLOSED,
+            },
+            redis_down: s.redis_down as u32,
+            breaker: match s.store.breaker {
+                BreakerState::Closed => TG_BREAKER_CLOSED,
+                BreakerState::Open => TG_BREAKER_OPEN,
+                BreakerState::HalfOpen => TG_BREAKER_HALF_OPEN,
+            },
+            connections: s.store.connections.min(u32::MAX as usize) as u32,
+            decisions: s.decisions,
+            from_leases: s.from_leases,
+            refills: s.refills,
+            top_ups: s.top_ups,
+            granted_units: s.granted_units,
+            refused_by_store: s.refused_by_store,
+            degraded: s.degraded,
+            degraded_admitted: s.degraded_admitted,
+            give_backs: s.give_backs,
+            given_back_units: s.given_back_units,
+            pushes: s.pushes,
+            pushed_units: s.pushed_units,
+            dropped_units: s.dropped_units,
+            pending: s.pending,
+            deferred: s.deferred,
+            last_latency_us: s.last_latency_us,
+            store_calls: s.store.calls,
+            store_failures: s.store.failures,
+            store_timeouts: s.store.timeouts,
+            store_circuit_open: s.store.circuit_open,
+            store_trips: s.store.trips,
+            store_connects: s.store.connects,
+        })
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+mod imp {
+    use super::*;
+
+    fn unsupported() -> tg_status {
+        limiter::set_last_error("this library was built without the `redis` feature");
+        TG_E_UNSUPPORTED
+    }
+
+    pub(super) fn set(_: &mut tg_redis_options, _: &str, _: &str) -> tg_status {
+        unsupported()
+    }
+
+    pub(super) fn connect(_: &mut tg_limiter, _: &str, _: &tg_redis_options) -> tg_status {
+        unsupported()
+    }
+
+    pub(super) fn disconnect(_: &mut tg_limiter) -> tg_status {
+        TG_OK
+    }
+
+    pub(super) fn stats(_: &tg_limiter) -> Result<tg_lease_stats, tg_status> {
+        Err(TG_E_NOT_JOINED)
+    }
+}
