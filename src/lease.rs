@@ -392,7 +392,11 @@ impl Joined {
         let i = &self.inner;
         let c = &i.c;
         let store = i.store.stats();
-        let pending = lock(&i.jobs).len() + lock(&i.unpushed).len();
+        // One lock at a time: `flush` holds `unpushed` while it takes
+        // `jobs`, so holding `jobs` while taking `unpushed` deadlocks.
+        let jobs = lock(&i.jobs).len();
+        let unpushed = lock(&i.unpushed).len();
+        let pending = jobs + unpushed;
         LeaseStats {
             mode: i.opts.mode,
             down_policy: i.opts.down,
