@@ -85,7 +85,7 @@ class RedisServer:
         return ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args]
 
     def cli_ok(self, *args: str) -> str | None:
-        r = subprocess.run(self.cli_args(*args), capture_output=True, text=True, timeout=10)
+        r = subprocess.run(self.cli_args(*args), capture_output=True, text=True, timeout=10, check=False)
         return r.stdout.strip() if r.returncode == 0 else None
 
     def cli(self, *args: str) -> str:
