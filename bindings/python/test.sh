@@ -6,8 +6,9 @@
 #     throwaway venv gets only the wheel, and sees the project venv's packages
 #     (pytest, fastapi, uvicorn, httpx, openai) through a .pth file, so
 #     nothing is downloaded for it;
-#   - the core tests (check, headers, bodies, errors, the ASGI middleware:
-#     test_core, test_arguments, test_bodies, test_asgi) on every other
+#   - the core tests (check, headers, bodies, errors, the ASGI middleware,
+#     the quota store: test_core, test_arguments, test_bodies, test_asgi,
+#     test_redis but its uvicorn test) on every other
 #     CPython >= 3.9 present: pyenv's ($PYENV_ROOT/versions/3.*) and
 #     Debian's (/usr/bin/python3.N). Each gets a throwaway venv with the
 #     wheel and, from PyPI, pytest (and FastAPI and httpx where they
@@ -53,6 +54,21 @@ if [ -n "$missing" ]; then
     echo "  Run tests/setup.sh: it creates the project venv at \$TOLLGATE_VENV (default $ROOT/.venv)" >&2
     echo "  from tests/requirements.txt and puts it first on PATH; or set PYTHON to a python that has them." >&2
     exit 1
+fi
+
+# The quota store's tests (tests/test_redis.py) start real redis-server
+# processes: Debian's package, installed here when missing (as root).
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bindings/python/test.sh: redis-server and redis-cli are needed; install Debian's redis-server" \
+            "package (tests/setup.sh does, as root)" >&2
+        exit 1
+    fi
+    echo "== apt-get install redis-server (for tests/test_redis.py)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+    # The package starts a server of its own; the tests run theirs.
+    systemctl stop redis-server 2>/dev/null || service redis-server stop 2>/dev/null || true
 fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-py.XXXXXX")"
@@ -137,7 +153,7 @@ EOF
     same='import os, sys; print(os.path.realpath(sys.base_prefix), sys.version)'
     full_base="$("$PY" -c "$same")"
     core_tests=("$HERE/tests/test_core.py" "$HERE/tests/test_arguments.py" "$HERE/tests/test_bodies.py"
-        "$HERE/tests/test_asgi.py")
+        "$HERE/tests/test_asgi.py" "$HERE/tests/test_redis.py")
     pins=(-c "$ROOT/tests/requirements.txt" -c "$HERE/tests/constraints-py310.txt")
     pipq=(--quiet --disable-pip-version-check)
     n=0

@@ -5,11 +5,15 @@ Environment:
   TOLLGATE_TEST_TABLE   table file shared by all workers (Limiter.open);
                         unset: an in-process limiter
   TOLLGATE_TEST_POLICY  policy TOML file; unset: the built-in policy
+  TOLLGATE_TEST_REDIS   the quota store's URL: the table (TOLLGATE_TEST_TABLE
+                        or in-process) is then leased and joined to it
+  TOLLGATE_TEST_REDIS_OPTIONS  its options, as a JSON object
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 
@@ -22,7 +26,13 @@ from tollgate.asgi import RateLimitMiddleware, bearer_token
 policy_file = os.environ.get("TOLLGATE_TEST_POLICY")
 policy = tollgate.Policy.load(policy_file) if policy_file else tollgate.Policy.default()
 table = os.environ.get("TOLLGATE_TEST_TABLE")
-limiter = tollgate.Limiter.open(table, policy, slots=1024) if table else tollgate.Limiter(policy, slots=1024)
+redis = os.environ.get("TOLLGATE_TEST_REDIS")
+redis_options = json.loads(os.environ.get("TOLLGATE_TEST_REDIS_OPTIONS", "{}")) if redis else None
+limiter = (
+    tollgate.Limiter.open(table, policy, slots=1024, redis=redis, redis_options=redis_options)
+    if table
+    else tollgate.Limiter(policy, slots=1024, redis=redis, redis_options=redis_options)
+)
 
 api = FastAPI()
 released = asyncio.Event()
@@ -40,8 +50,6 @@ async def release() -> dict:
 
 
 def _chunk(model: str, content: str, finish: str | None = None) -> str:
-    import json
-
     return "data: " + json.dumps({
         "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],

@@ -4,6 +4,7 @@ finds: test.sh installs it (or points TOLLGATE_LIBRARY at a fresh build)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,6 +49,61 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class RedisServer:
+    """A real redis-server on 127.0.0.1, on a free port, without persistence,
+    in its own directory; killed (SIGKILL) by stop()."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None or shutil.which("redis-cli") is None:
+            pytest.fail("redis-server and redis-cli are needed (Debian's redis-server package: "
+                        "bindings/python/test.sh and tests/setup.sh install it)")
+        self.port = free_port()
+        self.dir = tmp_path / f"redis-{self.port}"
+        self.dir.mkdir()
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--enable-debug-command", "local", "--daemonize", "no", "--dir", str(self.dir),
+             "--logfile", str(self.dir / "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while self.cli_ok("PING") != "PONG":
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = (self.dir / "redis.log").read_text(errors="replace") if (self.dir / "redis.log").exists() else ""
+                self.stop()
+                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
+            time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cli_args(self, *args: str) -> list[str]:
+        return ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args]
+
+    def cli_ok(self, *args: str) -> str | None:
+        r = subprocess.run(self.cli_args(*args), capture_output=True, text=True, timeout=10, check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def cli(self, *args: str) -> str:
+        """One command through redis-cli, its reply as text."""
+        r = subprocess.run(self.cli_args(*args), capture_output=True, text=True, timeout=10, check=True)
+        return r.stdout.strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
 
 
 def away_from_minute_edge(margin: float = 8.0) -> None:

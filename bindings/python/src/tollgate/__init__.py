@@ -9,6 +9,11 @@ library's. Quick start::
     if not d.allowed:
         status, headers, body = 429, d.headers, d.error_body
 
+One quota across hosts, through Redis::
+
+    limiter = tollgate.Limiter.open("/dev/shm/tollgate", redis="redis://10.0.0.5:6379/0",
+                                    redis_options={"hosts": 3})
+
 Set ``TOLLGATE_LIBRARY`` to load another copy of the library.
 """
 
@@ -17,6 +22,7 @@ from ._body import body_model
 from ._core import (
     DEFAULT_SLOTS,
     Decision,
+    LeaseStats,
     Limiter,
     Policy,
     Stats,
@@ -33,8 +39,11 @@ from .errors import (
     InvalidArgument,
     InvalidArgumentType,
     NoLimitConfigured,
+    NotJoined,
+    NotLeased,
     PolicyError,
     RegionError,
+    StoreError,
     TableFull,
     TollgateError,
     UnknownModel,
@@ -66,12 +75,16 @@ __all__ = [
     "Decision",
     "InvalidArgument",
     "InvalidArgumentType",
+    "LeaseStats",
     "Limiter",
     "NoLimitConfigured",
+    "NotJoined",
+    "NotLeased",
     "Policy",
     "PolicyError",
     "RegionError",
     "Stats",
+    "StoreError",
     "TableFull",
     "Tier",
     "TollgateError",

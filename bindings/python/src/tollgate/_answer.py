@@ -10,7 +10,7 @@ from . import _ffi
 from ._core import Decision, Limiter, answer_headers, decision_from_answer
 from .errors import InvalidArgument, error_for
 
-__all__ = ["Answer", "answer_for", "answer_request", "method_limited", "outcome_name"]
+__all__ = ["Answer", "answer_for", "answer_request", "answer_request_waiting", "method_limited", "outcome_name"]
 
 
 def outcome_name(outcome: int) -> str:
@@ -93,10 +93,13 @@ def answer_request(
     flags: int,
     refuse_status: int,
     now: int | None = None,
-) -> Answer:
+) -> Answer | None:
     """The core's answer to a whole request (tg_answer_request: method,
     account, body model, tier, then the limit, in the order every binding
-    takes them). ``now`` is epoch milliseconds (None: the library's clock)."""
+    takes them). ``now`` is epoch milliseconds (None: the library's clock).
+    None only when ``flags`` has TG_ANSWER_NO_WAIT and the decision needs a
+    round trip to the quota store (TG_PENDING, nothing charged): answer it
+    with :func:`answer_request_waiting` on a thread that may block."""
     hp = limiter._hp
     if hp is None:
         limiter._ptr()  # raises: closed
@@ -110,6 +113,39 @@ def answer_request(
     out = _ffi.TgAnswer()
     ms = c_uint64(_now() if now is None else now)
     st = _answer_raw(hp, byref(req), ms, c_uint32(flags), c_uint32(refuse_status), byref(out))
+    if st:
+        if st == _ffi.TG_PENDING:
+            return None
+        raise error_for(st, "tg_answer_request")
+    return Answer(out)
+
+
+def answer_request_waiting(
+    limiter: Limiter,
+    method: bytes,
+    account: bytes | None,
+    tier: bytes,
+    body: bytes,
+    cost: int,
+    flags: int,
+    refuse_status: int,
+) -> Answer:
+    """:func:`answer_request` that may wait for the quota store (at most its
+    deadline) and releases the GIL meanwhile, at the library's clock: for a
+    thread that may block (an event loop's executor), after the no-wait call
+    answered None. TG_ANSWER_NO_WAIT in ``flags`` is dropped."""
+    req = _ffi.TgHttpRequest(
+        0, cost, method, len(method), account, len(account or b""), tier, len(tier), body, len(body)
+    )
+    out = _ffi.TgAnswer()
+    st = limiter._waiting_call(
+        _ffi.wait_answer_request,
+        byref(req),
+        c_uint64(_now()),
+        c_uint32(flags & ~_ffi.TG_ANSWER_NO_WAIT),
+        c_uint32(refuse_status),
+        byref(out),
+    )
     if st:
         raise error_for(st, "tg_answer_request")
     return Answer(out)

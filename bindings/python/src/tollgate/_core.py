@@ -9,6 +9,7 @@ import os
 import struct
 import sys
 import threading
+from collections.abc import Mapping
 from ctypes import byref, c_size_t, c_uint32, c_uint64, c_void_p, create_string_buffer
 from dataclasses import FrozenInstanceError, dataclass, fields
 from operator import attrgetter
@@ -26,9 +27,22 @@ from .errors import (
     shown,
 )
 
-__all__ = ["DEFAULT_SLOTS", "Decision", "Limiter", "Policy", "Stats", "Tier", "now_ms", "unknown_model_body"]
+__all__ = [
+    "DEFAULT_SLOTS",
+    "Decision",
+    "LeaseStats",
+    "Limiter",
+    "Policy",
+    "Stats",
+    "Tier",
+    "now_ms",
+    "unknown_model_body",
+]
 
 StrOrBytes = Union[str, bytes]
+#: A quota store option's value, handed to the library's parser as text:
+#: ``{"hosts": 3, "deadline": "50ms", "down": "local", "mode": "exact"}``.
+RedisOptionValue = Union[str, int]
 TierLike = Union[str, int]
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
@@ -184,6 +198,14 @@ def unknown_model_body(model: StrOrBytes) -> bytes:
 #   - the decision: this thread's buffer (a bytearray pinned by a ctypes
 #     view), copied into the Decision, which unpacks it when a field is read.
 #
+# Every request carries TG_REQUEST_NO_WAIT, which a local table ignores. On a
+# limiter joined to a quota store (redis=...), a decision that needs a round
+# trip to Redis then comes back TG_PENDING at once, charging nothing, with
+# the GIL held throughout as on any other call; check() then makes it again
+# without the flag through a call that releases the GIL (_wait), so the
+# process's other threads run while it waits (at most the store's
+# deadline), and acheck() makes that call on the event loop's executor.
+#
 # The decision buffer is per thread, so threads never share one. The one way
 # to clobber it is re-entry on the same thread between the call and the
 # copy, i.e. calling check() from a signal handler or a finalizer: don't.
@@ -228,16 +250,30 @@ def _address(b: bytes) -> int:
 
 def _packed_request(a: bytes, mb: bytes, t: int, cost: int, rpm: int, rpd: int) -> Any:
     """A tg_request for ``a`` and ``mb`` (which the caller keeps alive as long
-    as the result is used), as check() passes it: packed into a bytes
-    object, or a byref() of a ctypes copy if its contents are not aligned
-    for the struct (not seen in CPython, whose objects are 16-aligned)."""
+    as the result is used), as check() passes it (never waiting for the
+    quota store: TG_REQUEST_NO_WAIT): packed into a bytes object, or a
+    byref() of a ctypes copy if its contents are not aligned for the struct
+    (not seen in CPython, whose objects are 16-aligned)."""
     try:
-        req = _REQUEST.pack(0, _address(a), len(a), _address(mb), len(mb), t, cost, rpm, rpd)
+        req = _REQUEST.pack(
+            _REQUEST.size, _address(a), len(a), _address(mb), len(mb), t, cost, rpm, rpd, 0, _ffi.TG_REQUEST_NO_WAIT
+        )
     except struct.error:
         raise _bad_numbers(cost, rpm, rpd) from None
+    return _aligned(req)
+
+
+def _aligned(req: bytes) -> Any:
     if _address(req) % 8:  # pragma: no cover
         return byref(_ffi.TgRequest.from_buffer_copy(req))
     return req
+
+
+def _blocking_request(req: Any) -> Any:
+    """The same request without TG_REQUEST_NO_WAIT (the flags are its last
+    field): the one that may wait for the quota store."""
+    raw = req if type(req) is bytes else bytes(req._obj)
+    return _aligned(raw[: _ffi.REQUEST_FLAGS_OFFSET] + bytes(4))
 
 
 def _decision_buffer() -> tuple[Any, Any]:
@@ -260,6 +296,63 @@ _new = object.__new__
 _unpack = _ffi.DECISION_OUT.unpack_from
 _check_raw = _ffi.fast_check
 _check_now_raw = _ffi.fast_check_now
+_wait_check = _ffi.wait_check
+_wait_check_now = _ffi.wait_check_now
+_PENDING = _ffi.TG_PENDING
+
+
+class _Gate:
+    """Calls on a handle that release the GIL (those that may wait for the
+    quota store) against those that need the handle alone (set_policy,
+    close): the library forbids them to overlap, which the GIL alone
+    ensures for every other call. Waiting calls share the gate; a call
+    that needs the handle alone waits for them to leave, and keeps new ones
+    out until it is done."""
+
+    __slots__ = ("_alone", "_cond", "_inside")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inside = 0
+        self._alone = False
+
+    def enter(self) -> None:
+        with self._cond:
+            while self._alone:
+                self._cond.wait()
+            self._inside += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._inside -= 1
+            if not self._inside:
+                self._cond.notify_all()
+
+    def lock(self) -> None:
+        with self._cond:
+            while self._alone:
+                self._cond.wait()
+            self._alone = True
+            while self._inside:
+                self._cond.wait()
+
+    def unlock(self) -> None:
+        with self._cond:
+            self._alone = False
+            self._cond.notify_all()
+
+
+class _Pending(Exception):
+    """Internal, raised by a no-wait decision that needs the quota store
+    (TG_PENDING: nothing was charged): ``decide`` makes it, waiting."""
+
+    def __init__(self, limiter: Limiter, req: Any, now: float | None, a: bytes, mb: bytes, ms: str) -> None:
+        super().__init__("pending")
+        self.decide_args = (req, now, a, mb, ms)
+        self.limiter = limiter
+
+    def decide(self) -> Decision:
+        return self.limiter._wait(*self.decide_args)
 
 
 def _render(fn: Any, dec: Any, *extra: Any) -> bytes:
@@ -491,6 +584,104 @@ class Stats:
     clock_faults: int = 0
 
 
+_MODES = {_ffi.TG_REDIS_LEASES: "leases", _ffi.TG_REDIS_EXACT: "exact"}
+_DOWN = {_ffi.TG_DOWN_LOCAL: "local", _ffi.TG_DOWN_OPEN: "open", _ffi.TG_DOWN_CLOSED: "closed"}
+_BREAKER = {_ffi.TG_BREAKER_CLOSED: "closed", _ffi.TG_BREAKER_OPEN: "open", _ffi.TG_BREAKER_HALF_OPEN: "half_open"}
+
+
+@dataclass(frozen=True)
+class LeaseStats:
+    """What a limiter joined to a quota store did since it joined, over
+    every handle sharing its link (tg_limiter_lease_stats)."""
+
+    #: "leases" (units held and spent locally) or "exact" (one round trip
+    #: per decision), as the ``mode`` option names them.
+    mode: str
+    #: The ``down`` policy in force: "local", "open" or "closed".
+    down_policy: str
+    #: The last store call failed for want of Redis: decisions beyond the
+    #: units held follow the down policy.
+    redis_down: bool
+    #: The store's circuit breaker: "closed", "open" or "half_open".
+    breaker: str
+    #: Connections to Redis open now.
+    connections: int
+    #: Decisions made (every outcome), and of those, made from units held
+    #: with no round trip.
+    decisions: int
+    from_leases: int
+    #: Grants asked by decisions (one round trip each), and ahead of need
+    #: by the lease thread for hot keys.
+    refills: int
+    top_ups: int
+    granted_units: int
+    #: Grants of nothing: the key was at its global limit.
+    refused_by_store: int
+    #: Decisions made by the down policy, and of those, admitted.
+    degraded: int
+    degraded_admitted: int
+    give_backs: int
+    given_back_units: int
+    #: Spends made while Redis was away, pushed when it came back.
+    pushes: int
+    pushed_units: int
+    #: Units dropped after an outage rather than given back.
+    dropped_units: int
+    #: Give-backs, pushes and recoveries waiting for Redis.
+    pending: int
+    #: No-wait calls answered "pending" (made again off the event loop).
+    deferred: int
+    #: Microseconds the last answered store call took.
+    last_latency_us: int
+    #: Store calls made, failed, timed out, failed fast by the breaker;
+    #: breaker trips; connections opened.
+    store_calls: int
+    store_failures: int
+    store_timeouts: int
+    store_circuit_open: int
+    store_trips: int
+    store_connects: int
+
+
+def _store_url(url: object) -> bytes:
+    if isinstance(url, str):
+        raw = _encode(url, "redis URL")
+    elif isinstance(url, bytes):
+        raw = url
+    else:
+        raise InvalidArgumentType(_ffi.TG_E_INVALID, f"redis must be a URL as str, not {type(url).__name__}")
+    if b"\0" in raw:
+        raise InvalidArgument(_ffi.TG_E_INVALID, "redis URL: embedded null byte")
+    return raw
+
+
+def _store_options(options: Mapping[str, RedisOptionValue] | None) -> _ffi.TgRedisOptions:
+    """The options struct, every option set by the library's parser from
+    its text (tg_redis_options_set): which names exist and what values they
+    take is the library's to say."""
+    o = _ffi.TgRedisOptions()
+    o.size = ctypes.sizeof(o)
+    if options is None:
+        return o
+    if not isinstance(options, Mapping):
+        raise InvalidArgumentType(
+            _ffi.TG_E_INVALID, f"redis_options must be a mapping of names to values, not {type(options).__name__}"
+        )
+    for name, value in options.items():
+        if not isinstance(name, str):
+            raise InvalidArgumentType(_ffi.TG_E_INVALID, f"redis option names are str, not {type(name).__name__}")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise InvalidArgumentType(
+                _ffi.TG_E_INVALID, f"redis option {name!r} must be a str or int, not {type(value).__name__}"
+            )
+        nb = _encode(name, "redis option name")
+        vb = _encode(value if isinstance(value, str) else str(int(value)), f"redis option {name!r}")
+        st = _ffi.tg_redis_options_set(byref(o), nb, len(nb), vb, len(vb))
+        if st:
+            raise constructor_error(st, f"redis option {name!r}")
+    return o
+
+
 class _Handle:
     """Owns one library pointer; freed once, by close() or at collection.
 
@@ -629,18 +820,45 @@ class Limiter(_Handle):
     with :meth:`open`, one table file across processes).
 
     ``Limiter(policy, slots=...)`` keeps its counters in process memory.
+
+    With ``redis="redis://host:port/db"`` (or ``redis+cluster://host:port,
+    ...`` for a Cluster) the limiter holds one quota per (account, model)
+    across every host joined to that Redis: its table is made for quota
+    leases and joined to the store, with ``redis_options`` (a mapping of
+    option name to value, e.g. ``{"hosts": 3, "deadline": "50ms", "down":
+    "local"}``; names and values are the library's, see the README). Redis
+    down is not an error: decisions follow the down policy, and
+    :meth:`lease_stats` says so. Raises StoreError for a URL or an answer
+    from Redis it cannot use, InvalidArgument for a bad option, each with
+    the library's words.
     """
 
-    __slots__ = ("_hp", "_path", "_policy")
+    __slots__ = ("_gate", "_hp", "_joined", "_path", "_policy")
 
-    def __init__(self, policy: Policy | None = None, slots: int = DEFAULT_SLOTS) -> None:
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        slots: int = DEFAULT_SLOTS,
+        *,
+        redis: str | None = None,
+        redis_options: Mapping[str, RedisOptionValue] | None = None,
+    ) -> None:
         if policy is None:
             policy = Policy.default()
+        join = _join_args(redis, redis_options)
         h = c_void_p()
-        st = _ffi.tg_limiter_new(policy._ptr(), _u32(slots, "slots"), byref(h))
-        if st:
-            raise constructor_error(st, f"tg_limiter_new(slots={slots})")
+        n = _u32(slots, "slots")
+        if join is None:
+            st = _ffi.tg_limiter_new(policy._ptr(), n, byref(h))
+            if st:
+                raise constructor_error(st, f"tg_limiter_new(slots={slots})")
+        else:
+            st = _ffi.tg_limiter_new_for_leases(policy._ptr(), n, byref(h))
+            if st:
+                raise constructor_error(st, f"tg_limiter_new_for_leases(slots={slots})")
         self._start(h, policy, None)
+        if join is not None:
+            self._connect(*join)
 
     def _start(self, h: c_void_p, policy: Policy, path: str | None) -> None:
         _Handle.__init__(self, h, _ffi.tg_limiter_free)
@@ -649,28 +867,65 @@ class Limiter(_Handle):
         self._hp: Any = byref(ctypes.c_char.from_address(h.value or 0))
         self._policy: Policy = policy
         self._path: str | None = path
+        self._gate = _Gate()
+        self._joined = False
+
+    def _connect(self, url: bytes, opts: _ffi.TgRedisOptions) -> None:
+        # A handle no other thread has yet: connect may wait for Redis
+        # (at most the deadline) without the GIL.
+        st = _ffi.tg_limiter_connect(self._ptr(), url, byref(opts))
+        if st:
+            err = constructor_error(st, "tg_limiter_connect", RegionError, self._path)
+            self.close()
+            raise err
+        self._joined = True
 
     def close(self) -> None:
-        """Frees the table now (a file-backed one stays in its file).
-        Idempotent. Must not race with calls on the same object in other
-        threads."""
-        self._hp = None
-        _Handle.close(self)
+        """Frees the table now (a file-backed one stays in its file). On a
+        limiter joined to a quota store, leaves it first: once the last
+        handle sharing the link lets go, unspent units go back to Redis
+        (each call under the deadline). Waits for decisions in flight that
+        wait for the store. Idempotent. Must not race with other calls on
+        the same object in other threads."""
+        gate = self._gate
+        gate.lock()
+        try:
+            self._hp = None
+            _Handle.close(self)
+        finally:
+            gate.unlock()
 
     @classmethod
     def open(
-        cls, path: PathLike, policy: Policy | None = None, slots: int = DEFAULT_SLOTS, create: bool = True
+        cls,
+        path: PathLike,
+        policy: Policy | None = None,
+        slots: int = DEFAULT_SLOTS,
+        create: bool = True,
+        *,
+        redis: str | None = None,
+        redis_options: Mapping[str, RedisOptionValue] | None = None,
     ) -> Limiter:
         """A limiter whose counters live in the file at ``path``, mapped
         shared: every process (e.g. each worker of a server) that opens the
         same file shares the same limits. ``create`` makes and formats the
         file if it does not exist. Raises RegionError if the file cannot be
-        used."""
+        used.
+
+        With ``redis`` (and ``redis_options``, as for :class:`Limiter`), the
+        file holds quota leases for one quota across hosts: one file per
+        host, every process of the host opening it with the same ``redis``.
+        ``create`` makes it so; an existing file must have been made so
+        (NotLeased otherwise). A file made so and opened without ``redis``
+        decides nothing (NotJoined)."""
         if policy is None:
             policy = Policy.default()
+        join = _join_args(redis, redis_options)
         raw = _fs_path(path, "path")
         h = c_void_p()
         flags = _ffi.TG_OPEN_CREATE if create else 0
+        if join is not None:
+            flags |= _ffi.TG_OPEN_LEASES
         n = _u32(slots, "slots")
         st = _ffi.tg_limiter_open(policy._ptr(), raw, n, flags, byref(h))
         if st:
@@ -678,6 +933,8 @@ class Limiter(_Handle):
             raise constructor_error(st, f"tg_limiter_open({name}, slots={slots})", RegionError, name)
         lim = _new(cls)
         lim._start(h, policy, os.fsdecode(raw))
+        if join is not None:
+            lim._connect(*join)
         return lim
 
     @property
@@ -731,6 +988,8 @@ class Limiter(_Handle):
             else:
                 st = _check_raw(self._hp, req, c_uint64(_ms(now)), out)
             if st:
+                if st == _PENDING:
+                    return self._wait(req, now, a, mb, ms)
                 raise self._error(st, a, mb)
             d = _new(Decision)
             d._raw = bytes(buf)
@@ -738,6 +997,78 @@ class Limiter(_Handle):
             d._fields = None
             return d
         return self._check_new(False, account, model, tier, cost, now, rpm, rpd)
+
+    async def acheck(
+        self,
+        account: StrOrBytes,
+        model: StrOrBytes,
+        tier: TierLike = "developer",
+        cost: int = 1,
+        now: float | None = None,
+        rpm: int | None = None,
+        rpd: int | None = None,
+    ) -> Decision:
+        """:meth:`check` for asyncio: the same decision, and the event loop
+        never waits for the quota store. On a local table, or when the
+        units this host holds suffice, it is decided at once; a decision
+        that needs a round trip to Redis is made on the loop's default
+        executor (``loop.run_in_executor``) and awaited."""
+        try:
+            return self._check_no_wait(account, model, tier, cost, now, rpm, rpd)
+        except _Pending as p:
+            import asyncio
+
+            return await asyncio.get_running_loop().run_in_executor(None, p.decide)
+
+    def _check_no_wait(
+        self, account: object, model: object, tier: object, cost: object, now: float | None, rpm: object, rpd: object
+    ) -> Decision:
+        # check() that raises _Pending instead of waiting for the store; a
+        # key seen before reuses its request, as in check().
+        if rpm is None and rpd is None:
+            try:
+                req, ms, a, mb, t0, c0 = _requests[model][account]
+            except (KeyError, TypeError):
+                return self._check_new(True, account, model, tier, cost, now, None, None, False)
+            if (t0 is tier or (type(tier) is type(t0) and tier == t0)) and (
+                c0 is cost or (type(cost) is int and cost == c0)
+            ):
+                return self._decide(req, now, a, mb, ms, False)
+            return self._check_new(True, account, model, tier, cost, now, None, None, False)
+        return self._check_new(False, account, model, tier, cost, now, rpm, rpd, False)
+
+    def _wait(self, req: Any, now: float | None, a: bytes, mb: bytes, ms: str) -> Decision:
+        # The decision TG_PENDING deferred, made by a call that may wait for
+        # the quota store (at most its deadline) without the GIL.
+        blocking = _blocking_request(req)
+        try:
+            buf, out = _tls.out
+        except AttributeError:
+            buf, out = _decision_buffer()
+        if now is None:
+            st = self._waiting_call(_wait_check_now, blocking, out)
+        else:
+            st = self._waiting_call(_wait_check, blocking, c_uint64(_ms(now)), out)
+        if st:
+            raise self._error(st, a, mb)
+        d = _new(Decision)
+        d._raw = bytes(buf)
+        d._model = ms
+        d._fields = None
+        return d
+
+    def _waiting_call(self, fn: Any, *args: Any) -> int:
+        """``fn(handle, *args)``, a library call that releases the GIL and may
+        wait for the quota store, inside the gate (see _Gate)."""
+        gate = self._gate
+        gate.enter()
+        try:
+            hp = self._hp
+            if hp is None:
+                raise InvalidArgument(_ffi.TG_E_NULL, "Limiter is closed")
+            return int(fn(hp, *args))
+        finally:
+            gate.leave()
 
     def _check_new(
         self,
@@ -749,10 +1080,13 @@ class Limiter(_Handle):
         now: float | None,
         rpm: object,
         rpd: object,
+        wait: bool = True,
     ) -> Decision:
         # A key not seen before (or with rpm/rpd, which are not cached): its
         # request is built, decided, and kept if ``keep`` and the library took
-        # it (so names it refused cost nothing once refused).
+        # it (so names it refused cost nothing once refused). A decision that
+        # needs the quota store waits for it, or without ``wait`` raises
+        # _Pending.
         try:
             mb, ms = _models[model]
             new_model = False
@@ -763,6 +1097,14 @@ class Limiter(_Handle):
         t = _tier_value(tier)
         n_cost, n_rpm, n_rpd = _numbers(cost, rpm, rpd)
         req = _packed_request(a, mb, t, n_cost, n_rpm or 0, n_rpd or 0)
+        d = self._decide(req, now, a, mb, ms, wait)
+        if new_model:
+            _remember(model, (mb, ms))
+        if keep and type(tier) in _TIER_TYPES and _keep_request(model, account):
+            _requests.setdefault(model, {})[account] = (req, ms, a, mb, tier, cost)
+        return d
+
+    def _decide(self, req: Any, now: float | None, a: bytes, mb: bytes, ms: str, wait: bool) -> Decision:
         try:
             buf, out = _tls.out
         except AttributeError:
@@ -772,15 +1114,15 @@ class Limiter(_Handle):
         else:
             st = _check_raw(self._hp, req, c_uint64(_ms(now)), out)
         if st:
-            raise self._error(st, a, mb)
+            if st != _PENDING:
+                raise self._error(st, a, mb)
+            if not wait:
+                raise _Pending(self, req, now, a, mb, ms)
+            return self._wait(req, now, a, mb, ms)
         d = _new(Decision)
         d._raw = bytes(buf)
         d._model = ms
         d._fields = None
-        if new_model:
-            _remember(model, (mb, ms))
-        if keep and type(tier) in _TIER_TYPES and _keep_request(model, account):
-            _requests.setdefault(model, {})[account] = (req, ms, a, mb, tier, cost)
         return d
 
     def _error(self, st: int, a: bytes, mb: bytes) -> TollgateError:
@@ -805,7 +1147,12 @@ class Limiter(_Handle):
         against the new limits. Safe while other threads of this process
         call check(): every call on a limiter holds the GIL, so none overlap.
         Other processes sharing the table keep their own policies."""
-        st = _ffi.tg_limiter_set_policy(self._ptr(), policy._ptr())
+        gate = self._gate
+        gate.lock()
+        try:
+            st = _ffi.tg_limiter_set_policy(self._ptr(), policy._ptr())
+        finally:
+            gate.unlock()
         if st:
             raise error_for(st, "tg_limiter_set_policy")
         self._policy = policy
@@ -813,7 +1160,8 @@ class Limiter(_Handle):
     def share(self, policy: Policy | None = None) -> Limiter:
         """A second Limiter on the same counters with another policy (copied;
         None: this one's). The table lives until its last Limiter is closed
-        (tg_limiter_share)."""
+        (tg_limiter_share). A joined limiter's share is joined too, to the
+        same link."""
         if policy is None:
             policy = self._policy
         h = c_void_p()
@@ -822,6 +1170,7 @@ class Limiter(_Handle):
             raise constructor_error(st, "tg_limiter_share", RegionError, self._path)
         lim = _new(type(self))
         lim._start(h, policy, self._path)
+        lim._joined = self._joined
         return lim
 
     def stats(self, now: float | None = None) -> Stats:
@@ -834,9 +1183,42 @@ class Limiter(_Handle):
             raise error_for(st, "tg_limiter_stats")
         return Stats(out.slots, out.used, out.table_full, out.region_bytes, out.layout_version, out.clock_faults)
 
+    def lease_stats(self) -> LeaseStats | None:
+        """The quota store's counters (mode, Redis up or down, latency,
+        refills, fallbacks; tg_limiter_lease_stats), or None for a limiter
+        not joined to one."""
+        out = _ffi.TgLeaseStats()
+        out.size = ctypes.sizeof(out)
+        st = _ffi.tg_limiter_lease_stats(self._ptr(), byref(out))
+        if st == _ffi.TG_E_NOT_JOINED:
+            return None
+        if st:
+            raise error_for(st, "tg_limiter_lease_stats")
+        return LeaseStats(
+            _MODES.get(out.mode, str(out.mode)),
+            _DOWN.get(out.down_policy, str(out.down_policy)),
+            bool(out.redis_down),
+            _BREAKER.get(out.breaker, str(out.breaker)),
+            int(out.connections),
+            *(int(getattr(out, name)) for name in _ffi.LEASE_COUNTERS),
+        )
+
     def __repr__(self) -> str:
         where = f" path={self._path!r}" if self._path else ""
-        return f"<tollgate.Limiter{where}{' closed' if self.closed else ''}>"
+        joined = " joined" if self._joined and not self.closed else ""
+        return f"<tollgate.Limiter{where}{joined}{' closed' if self.closed else ''}>"
+
+
+def _join_args(
+    redis: object, redis_options: Mapping[str, RedisOptionValue] | None
+) -> tuple[bytes, _ffi.TgRedisOptions] | None:
+    """The URL and options struct to join with, checked before any table is
+    made (so a bad option leaves no file behind); None without ``redis``."""
+    if redis is None:
+        if redis_options is not None:
+            raise InvalidArgument(_ffi.TG_E_INVALID, "redis_options needs redis (the quota store's URL)")
+        return None
+    return _store_url(redis), _store_options(redis_options)
 
 
 def _u32(v: object, what: str) -> int:

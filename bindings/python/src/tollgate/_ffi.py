@@ -62,6 +62,14 @@ TG_E_NO_ACCOUNT = 30
 TG_E_NOT_LIMITED = 31
 TG_E_ABORTED = 32
 TG_E_BODY_TOO_LARGE = 24
+# One quota across hosts (tg_limiter_connect).
+TG_E_NOT_JOINED = 33
+TG_E_NOT_LEASED = 34
+TG_E_STORE = 35
+# Not an error: a no-wait call needs a round trip to the quota store; nothing
+# was charged, and the same call without the flag, on a thread that may
+# block, decides it.
+TG_PENDING = 36
 TG_E_PANIC = 99
 
 TG_TIER_FREE = 0
@@ -73,11 +81,24 @@ TG_LIMIT_MINUTE = 1
 TG_LIMIT_DAY = 2
 
 TG_OPEN_CREATE = 1
+TG_OPEN_LEASES = 4
+
+TG_REQUEST_NO_WAIT = 1
+
+TG_REDIS_LEASES = 0
+TG_REDIS_EXACT = 1
+TG_DOWN_LOCAL = 0
+TG_DOWN_OPEN = 1
+TG_DOWN_CLOSED = 2
+TG_BREAKER_CLOSED = 0
+TG_BREAKER_OPEN = 1
+TG_BREAKER_HALF_OPEN = 2
 
 TG_ANSWER_DRY_RUN = 1
 TG_ANSWER_NO_LIMIT_PASS = 2
 TG_ANSWER_TABLE_FULL_OPEN = 4
 TG_ANSWER_NO_ACCOUNT_PASS = 8
+TG_ANSWER_NO_WAIT = 16
 TG_ANSWER_BODY_MAX = 1024
 TG_ANSWER_MODEL_MAX = 64
 TG_OUTCOME_PASSED = 0
@@ -99,6 +120,8 @@ class TgRequest(Structure):
         ("cost", c_uint32),
         ("rpm", c_uint32),
         ("rpd", c_uint32),
+        ("model_handle", c_uint32),
+        ("flags", c_uint32),
     ]
 
 
@@ -127,6 +150,61 @@ class TgStats(Structure):
         ("layout_version", c_uint32),
         ("clock_faults", c_uint64),
     ]
+
+
+class TgRedisOptions(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("mode", c_uint32),
+        ("down", c_uint32),
+        ("hosts", c_uint32),
+        ("deadline_ms", c_uint32),
+        ("refill_interval_ms", c_uint32),
+        ("idle_after_ms", c_uint32),
+        ("max_lease", c_uint32),
+        ("max_connections", c_uint32),
+        ("trip_after", c_uint32),
+        ("cooldown_ms", c_uint32),
+        ("max_cooldown_ms", c_uint32),
+    ]
+
+
+# Its counters after the six 32-bit fields, in the header's order.
+LEASE_COUNTERS = (
+    "decisions",
+    "from_leases",
+    "refills",
+    "top_ups",
+    "granted_units",
+    "refused_by_store",
+    "degraded",
+    "degraded_admitted",
+    "give_backs",
+    "given_back_units",
+    "pushes",
+    "pushed_units",
+    "dropped_units",
+    "pending",
+    "deferred",
+    "last_latency_us",
+    "store_calls",
+    "store_failures",
+    "store_timeouts",
+    "store_circuit_open",
+    "store_trips",
+    "store_connects",
+)
+
+
+class TgLeaseStats(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("mode", c_uint32),
+        ("down_policy", c_uint32),
+        ("redis_down", c_uint32),
+        ("breaker", c_uint32),
+        ("connections", c_uint32),
+    ] + [(name, c_uint64) for name in LEASE_COUNTERS]
 
 
 class TgAnswer(Structure):
@@ -172,9 +250,12 @@ HEADER_FN = ctypes.CFUNCTYPE(
 # one `struct` call, instead of touching ctypes fields one by one (several
 # times cheaper per call). Native alignment ("@") matches the C layout; the
 # checks below make sure of it against the ctypes Structures.
-REQUEST_STRUCT = struct.Struct("@IPNPNIIII")
+REQUEST_STRUCT = struct.Struct("@IPNPNIIIIII")
 DECISION_STRUCT = struct.Struct("@IIIIIQIIQI")
-assert REQUEST_STRUCT.size == ctypes.sizeof(TgRequest)
+assert REQUEST_STRUCT.size == ctypes.sizeof(TgRequest) == 64
+# Where `flags` is, last: a request is made blocking by rewriting it.
+REQUEST_FLAGS_OFFSET = TgRequest.flags.offset
+assert REQUEST_FLAGS_OFFSET == REQUEST_STRUCT.size - 4
 assert DECISION_STRUCT.size <= ctypes.sizeof(TgDecision)
 assert [TgDecision.minute_reset.offset, TgDecision.day_reset.offset, TgDecision.retry_after.offset] == [
     struct.calcsize("@IIIIIQ") - 8,
@@ -286,6 +367,17 @@ tg_region_size = _proto("tg_region_size", c_size_t, [c_uint32])
 tg_last_error = _proto("tg_last_error", c_char_p, [])
 tg_limiter_new = _proto("tg_limiter_new", _i32, [c_void_p, c_uint32, _PP])
 tg_limiter_open = _proto("tg_limiter_open", _i32, [c_void_p, c_char_p, c_uint32, c_uint32, _PP])
+tg_limiter_new_for_leases = _proto("tg_limiter_new_for_leases", _i32, [c_void_p, c_uint32, _PP])
+# One quota across hosts. The option parser and connect release the GIL:
+# connect is called on a handle no other thread has yet, and may wait for
+# Redis up to the deadline.
+tg_redis_options_set = _proto(
+    "tg_redis_options_set", _i32, [POINTER(TgRedisOptions), c_char_p, c_size_t, c_char_p, c_size_t]
+)
+tg_limiter_connect = _proto("tg_limiter_connect", _i32, [c_void_p, c_char_p, POINTER(TgRedisOptions)])
+tg_limiter_lease_stats = _proto(
+    "tg_limiter_lease_stats", _i32, [c_void_p, POINTER(TgLeaseStats)], hold_gil=True
+)
 tg_limiter_set_policy = _proto("tg_limiter_set_policy", _i32, [c_void_p, c_void_p], hold_gil=True)
 tg_limiter_share = _proto("tg_limiter_share", _i32, [c_void_p, c_void_p, _PP], hold_gil=True)
 tg_limiter_stats = _proto("tg_limiter_stats", _i32, [c_void_p, c_uint64, POINTER(TgStats)], hold_gil=True)
@@ -359,3 +451,11 @@ fast_check_now = _pylib["tg_check_now"]
 # byref() of the handle and of the tg_http_request and tg_answer, a c_uint64
 # and two c_uint32.
 fast_answer_request = _pylib["tg_answer_request"]
+
+# The same three through CDLL, which releases the GIL: the calls that may
+# wait for the quota store (a request without the no-wait flag, after the
+# no-wait one said TG_PENDING), so other threads and the event loop run
+# meanwhile. Arguments as for their fast twins.
+wait_check = lib["tg_check"]
+wait_check_now = lib["tg_check_now"]
+wait_answer_request = lib["tg_answer_request"]

@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import json
@@ -38,7 +39,7 @@ from collections.abc import Awaitable, Collection, Iterable, MutableMapping
 from typing import Any, Callable, Union
 
 from . import _ffi
-from ._answer import answer_for, answer_request, method_limited
+from ._answer import answer_for, answer_request, answer_request_waiting, method_limited
 from ._body import body_model
 from ._core import Limiter, Tier, tier_parse
 from .errors import BodyError, InvalidArgument, InvalidArgumentType
@@ -154,6 +155,8 @@ async def _maybe_await(v: Any) -> Any:
     return v
 
 
+_NO_WAIT = _ffi.TG_ANSWER_NO_WAIT
+
 # What account, tier and cost callables return when they are not async:
 # these skip the awaitable check (and the coroutine _maybe_await makes).
 _PLAIN = frozenset({str, bytes, int, type(None)})
@@ -166,7 +169,9 @@ class RateLimitMiddleware:
     Parameters:
       app: the ASGI app to wrap.
       limiter: the Limiter (use ``Limiter.open(path, ...)`` to share limits
-        across worker processes).
+        across worker processes, and ``redis=...`` to share them across
+        hosts: a decision that needs a round trip to Redis is then made on
+        the event loop's default executor, never on the loop itself).
       account: ``account(scope)`` gives the account id (str or bytes, at most
         64 bytes); may be async. None (or empty) means the request has no API
         key: see ``on_no_account``.
@@ -351,7 +356,16 @@ class RateLimitMiddleware:
                 await _respond(send, ans.status, ans.headers, ans.body)
                 return
             cost = _cost_value(await _maybe_await(cost_fn(scope, parsed)))
-        ans = answer_request(self.limiter, b"POST", acct, tier, body, cost, self.flags, self.refuse_status)
+        flags = self.flags
+        got = answer_request(self.limiter, b"POST", acct, tier, body, cost, flags | _NO_WAIT, self.refuse_status)
+        if got is None:
+            # The decision needs a round trip to the quota store (a limiter
+            # joined with redis=...): made on the loop's default executor,
+            # so the event loop never waits for Redis.
+            got = await asyncio.get_running_loop().run_in_executor(
+                None, answer_request_waiting, self.limiter, b"POST", acct, tier, body, cost, flags, self.refuse_status
+            )
+        ans = got
         if ans.status:
             await _respond(send, ans.status, ans.headers, ans.body)
             return

@@ -14,8 +14,11 @@ __all__ = [
     "InvalidArgument",
     "InvalidArgumentType",
     "NoLimitConfigured",
+    "NotJoined",
+    "NotLeased",
     "PolicyError",
     "RegionError",
+    "StoreError",
     "TableFull",
     "TollgateError",
     "UnknownModel",
@@ -75,6 +78,24 @@ class TableFull(TollgateError):
     """No slot is free for a new (account, model) key, or the region's model
     table is full (TG_E_TABLE_FULL, TG_E_MODEL_TABLE_FULL). The caller decides
     whether to fail open or closed."""
+
+
+class NotJoined(TollgateError):
+    """The table holds quota leases (it was made for one quota across
+    hosts) and this limiter is not joined to the store: open it with
+    ``redis=...`` (TG_E_NOT_JOINED)."""
+
+
+class NotLeased(TollgateError, ValueError):
+    """``redis=...`` was given for a table file made for local limits only;
+    a table for one quota across hosts is made so from the start: use
+    another file (TG_E_NOT_LEASED)."""
+
+
+class StoreError(TollgateError):
+    """The quota store's URL or options are unusable, or Redis answered with
+    an error (TG_E_STORE). Redis down or slow is not an error: decisions
+    follow the down policy, and :meth:`Limiter.lease_stats` says so."""
 
 
 class PolicyError(TollgateError, ValueError):
@@ -149,6 +170,9 @@ _BY_STATUS: dict[int, type[TollgateError]] = {
     _ffi.TG_E_BODY_NO_MODEL: BodyError,
     _ffi.TG_E_BODY_AMBIGUOUS_MODEL: BodyError,
     _ffi.TG_E_BODY_TOO_DEEP: BodyError,
+    _ffi.TG_E_NOT_JOINED: NotJoined,
+    _ffi.TG_E_NOT_LEASED: NotLeased,
+    _ffi.TG_E_STORE: StoreError,
 }
 
 #: How much of a caller's value (an account id, a model name) an error
@@ -207,7 +231,8 @@ def constructor_error(
     status: int, context: str, io_class: type[TollgateError] | None = None, filename: str | None = None
 ) -> TollgateError:
     """The exception for a failed limiter constructor (tg_limiter_new,
-    _open, _share): the library's own account of it (tg_last_error: the
+    _open, _share, their _for_leases forms, tg_limiter_connect,
+    tg_redis_options_set): the library's own account of it (tg_last_error: the
     path, the OS's reason, the sizes, what to do), read on the thread that
     made the call."""
     raw = _ffi.tg_last_error()
