@@ -404,6 +404,83 @@ void test_threads() {
     CHECK_EQ(total, 150);
 }
 
+// One quota across two "hosts" (two tables) through a real redis-server
+// (tests/c/run.sh starts one: TOLLGATE_TEST_REDIS_URL), from threads that
+// wait for Redis as a thread-per-request server does, in both modes.
+void test_leases() {
+    const char *url = std::getenv("TOLLGATE_TEST_REDIS_URL");
+    if (!url) {
+        std::printf("  (skipped: TOLLGATE_TEST_REDIS_URL is not set; tests/c/run.sh sets it)\n");
+        return;
+    }
+    auto policy = tollgate::Policy::builtin();
+    CHECK_THROWS(tollgate::RedisOptions().set("down", "maybe"), TG_E_INVALID);
+    try {
+        tollgate::RedisOptions().set("hosts", "0");
+        report(false, __FILE__, __LINE__, "hosts=0 did not throw");
+    } catch (const tollgate::Error &e) {
+        CHECK(contains(e.detail(), "hosts"));
+    }
+    tollgate::Limiter local(policy, 64);
+    CHECK_THROWS(local.connect(url), TG_E_NOT_LEASED);
+    CHECK(!local.lease_stats().has_value());
+
+    // Tomorrow, mid-minute: every window open by Redis's clock.
+    const uint64_t now = (tg_now_ms() / MS_MIN + 24 * 60) * MS_MIN + 30000;
+    for (const char *mode : {"leases", "exact"}) {
+        tollgate::RedisOptions opts;
+        // A deadline no loaded machine misses: this test is about exactness
+        // (a missed deadline would rightly admit by the down policy).
+        opts.set("hosts", "2").set("mode", mode).set("deadline", "2s");
+        tollgate::Limiter a = tollgate::Limiter::for_leases(policy, 64);
+        tollgate::Limiter b = tollgate::Limiter::for_leases(policy, 64);
+        tollgate::Request first;
+        first.account = "cpp-not-joined";
+        first.model = DSV31;
+        CHECK_THROWS((void)a.check(first, now), TG_E_NOT_JOINED);
+        a.connect(url, opts);
+        b.connect(url, opts);
+        const std::string account = std::string("cpp-leases-") + mode + "-" + std::to_string(getpid()) + "-" +
+                                    std::to_string(tg_now_ms());
+        // 4 threads per host, 20 tries each, on one 30 RPM key.
+        std::vector<int> admitted(8, 0);
+        std::vector<std::thread> ts;
+        for (size_t t = 0; t < admitted.size(); ++t) {
+            tollgate::Limiter &lim = t % 2 == 0 ? a : b;
+            ts.emplace_back([&lim, &admitted, &account, t, now] {
+                tollgate::Request r;
+                r.account = account;
+                r.model = DSV31;
+                for (int k = 0; k < 20; ++k) {
+                    tollgate::Decision d;
+                    if (lim.try_check(r, now, d) == TG_OK && d.allowed) ++admitted[t];
+                }
+            });
+        }
+        for (auto &t : ts) t.join();
+        int total = 0;
+        for (int n : admitted) total += n;
+        CHECK_EQ(total, 30);  // one quota over both hosts, and all of it
+        CHECK_EQ(a.lease_stats()->degraded + b.lease_stats()->degraded, 0u);
+        tollgate::Request r;
+        r.account = account;
+        r.model = DSV31;
+        r.no_wait = true;
+        tollgate::Decision d;
+        const tg_status s = a.try_check(r, now, d);
+        CHECK(s == TG_PENDING || (s == TG_OK && !d.allowed));
+        const auto st = a.lease_stats();
+        CHECK(st.has_value());
+        if (st) {
+            CHECK_EQ(st->mode, std::string(mode) == "exact" ? uint32_t{TG_REDIS_EXACT} : uint32_t{TG_REDIS_LEASES});
+            CHECK_EQ(st->redis_down, 0u);
+            CHECK(st->refused_by_store >= 1 || b.lease_stats()->refused_by_store >= 1);
+        }
+        a.disconnect();
+        CHECK(!a.lease_stats().has_value());
+    }
+}
+
 // Limiter constructors carry the library's reason (tg_last_error) in detail().
 void test_constructor_errors() {
     auto policy = tollgate::Policy::builtin();
@@ -838,6 +915,7 @@ int main(int argc, char **argv) {
         {"model_handle", test_model_handle},
         {"regions", test_regions},
         {"threads", test_threads},
+        {"leases", test_leases},
         {"constructor_errors", test_constructor_errors},
         {"answer", test_answer},
         {"body_scan", test_body_scan},

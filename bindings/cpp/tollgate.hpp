@@ -163,11 +163,18 @@ struct Request {
     // A model resolved once (Limiter::model): when nonzero it is the model,
     // and `model` is not read.
     uint32_t model_handle = 0;
+    // On a limiter joined to a quota store (Limiter::connect): never wait
+    // for Redis; try_check then returns TG_PENDING (nothing charged) and the
+    // caller decides again without it on a thread that may block. A
+    // thread-per-request server leaves it false and waits (at most the
+    // store's deadline).
+    bool no_wait = false;
 
     tg_request to_c() const noexcept {
         tg_request r{};
         r.size = sizeof r;
         r.model_handle = model_handle;
+        r.flags = no_wait ? TG_REQUEST_NO_WAIT : 0u;
         r.account = account.data();
         r.account_len = account.size();
         r.model = model.data();
@@ -252,11 +259,12 @@ struct Options {
     bool no_limit_pass = false;    // no limit for the tier: pass instead of 403
     bool table_full_open = false;  // table full: pass (fail open) instead of 503
     bool no_account_pass = false;  // no account id: pass unlimited instead of 401
+    bool no_wait = false;          // joined limiter: TG_PENDING from try_answer rather than wait for Redis
 
     uint32_t flags() const noexcept {
         return (dry_run ? TG_ANSWER_DRY_RUN : 0u) | (no_limit_pass ? TG_ANSWER_NO_LIMIT_PASS : 0u) |
                (table_full_open ? TG_ANSWER_TABLE_FULL_OPEN : 0u) |
-               (no_account_pass ? TG_ANSWER_NO_ACCOUNT_PASS : 0u);
+               (no_account_pass ? TG_ANSWER_NO_ACCOUNT_PASS : 0u) | (no_wait ? TG_ANSWER_NO_WAIT : 0u);
     }
 };
 
@@ -452,6 +460,29 @@ struct Stats {
     uint64_t clock_faults = 0;  // decisions that met counts dated beyond the clock-fault bound
 };
 
+// How a limiter joins a quota store (Limiter::connect). Options are set by
+// name and text, through the library's one parser of them: "mode" (leases,
+// exact), "down" (local, open, closed), "hosts", "deadline" ("50ms"),
+// "refill_interval", "idle_after", "max_lease", "max_connections",
+// "trip_after", "cooldown", "max_cooldown". set() throws Error
+// (TG_E_INVALID) with the library's words for a bad name or value.
+class RedisOptions {
+public:
+    RedisOptions &set(std::string_view name, std::string_view value) {
+        const tg_status s = tg_redis_options_set(&o_, name.data(), name.size(), value.data(), value.size());
+        if (s != TG_OK) throw Error(s, tg_last_error());
+        return *this;
+    }
+    const tg_redis_options &c() const noexcept { return o_; }
+
+private:
+    tg_redis_options o_{};
+};
+
+// What a joined limiter did (refills, fallbacks, Redis latency...): the C
+// struct, whose fields are documented in tollgate.h.
+using LeaseStats = tg_lease_stats;
+
 class Policy {
 public:
     // The built-in policy (the Developer tier table).
@@ -541,6 +572,45 @@ public:
         detail::made_or_throw(
             tg_limiter_open(policy.get(), path.c_str(), slots, create ? TG_OPEN_CREATE : 0u, &l));
         return Limiter(l);
+    }
+
+    // Tables of quota leases, for one quota across hosts (connect before
+    // deciding): on the heap, in caller memory (tg_region_size_for_leases
+    // bytes), or in a file every process of the host opens.
+    static Limiter for_leases(const Policy &policy, uint32_t slots) {
+        tg_limiter *l = nullptr;
+        detail::made_or_throw(tg_limiter_new_for_leases(policy.get(), slots, &l));
+        return Limiter(l);
+    }
+    static Limiter init_in_for_leases(const Policy &policy, void *mem, size_t len) {
+        tg_limiter *l = nullptr;
+        detail::made_or_throw(tg_limiter_init_in_for_leases(policy.get(), mem, len, &l));
+        return Limiter(l);
+    }
+    static Limiter open_for_leases(const Policy &policy, const std::string &path, uint32_t slots,
+                                   bool create = true) {
+        tg_limiter *l = nullptr;
+        detail::made_or_throw(tg_limiter_open(policy.get(), path.c_str(), slots,
+                                              TG_OPEN_LEASES | (create ? TG_OPEN_CREATE : 0u), &l));
+        return Limiter(l);
+    }
+
+    // Joins a quota store: "redis://host:port/db" or
+    // "redis+cluster://host:port,host:port". Redis down is not an error (the
+    // down policy decides until it answers). Not while other threads use
+    // the limiter; in a forking server, in each child after the fork.
+    void connect(const std::string &url, const RedisOptions &opts = RedisOptions()) {
+        detail::made_or_throw(tg_limiter_connect(l_.get(), url.c_str(), &opts.c()));
+    }
+    // Leaves it: unspent units go back to Redis.
+    void disconnect() { detail::ok_or_throw(tg_limiter_disconnect(l_.get())); }
+    // The lease layer's counters; nullopt when not joined.
+    std::optional<LeaseStats> lease_stats() const {
+        LeaseStats s{};
+        const tg_status st = tg_limiter_lease_stats(l_.get(), &s);
+        if (st == TG_E_NOT_JOINED) return std::nullopt;
+        detail::ok_or_throw(st);
+        return s;
     }
 
     // A policy model resolved once, for Request::model_handle: requests that
