@@ -310,6 +310,90 @@ def test_a_stalled_redis_never_blocks_the_worker(nginx, redis, capsys):
     assert nginx.wait_log("tollgate: rejected")
 
 
+def test_a_full_thread_pool_queue_is_an_answer_not_a_wait(nginx, redis):
+    """One thread and a queue of one: a third request that needs Redis while
+    two wait finds no room; it is answered at once (the library's 500), not
+    decided on the event loop, and counted."""
+    fresh_minute(needed=30)
+    render = nginx.render
+    nginx.render = lambda **kw: render(**kw).replace(
+        "events {", "thread_pool one threads=1 max_queue=1;\nevents {", 1)
+    nginx.start(http_extra=joined(redis.url, "deadline=1s", "down=closed")
+                + " tollgate_thread_pool one;",
+                locations=api_location(), workers=1)
+    stall = redis.stall(2)
+    try:
+        time.sleep(0.3)
+        pool = concurrent.futures.ThreadPoolExecutor(3)
+        first = pool.submit(nginx.chat, "acct-q1")
+        second = pool.submit(nginx.chat, "acct-q2")
+        time.sleep(0.2)
+        third, ms = timed(lambda: nginx.chat("acct-q3"))
+        answers = [first.result(WAIT), second.result(WAIT)]
+    finally:
+        stall.wait(WAIT)
+    assert third.status == 500, third.body
+    assert third.json()["error"]["type"] == "server_error"
+    assert ms < 500, ms
+    # the two parked ones: the down policy's answer after the deadline, or
+    # Redis's (the second waits its turn, and the stall may end meanwhile)
+    assert 429 in [a.status for a in answers], [a.body for a in answers]
+    assert {a.status for a in answers} <= {200, 429}
+    assert nginx.wait_log('thread pool "one" queue overflow')
+    m = store_metrics(nginx)
+    assert m["tollgate_store_park_failures_total"] == 1
+    assert m["tollgate_store_deferred_total"] == 3
+
+
+def test_http2_requests_park_and_resume(nginx, redis, tmp_path):
+    """Over HTTP/2 a parked stream resumes with its answer, and a client
+    that drops the connection while its stream is parked leaves nothing
+    broken behind."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    fresh_minute(needed=30)
+    h2 = free_port()
+    nginx.start(http_extra=joined(redis.url, "deadline=500ms", "down=closed"),
+                locations=api_location(), workers=1, h2_port=h2)
+    body = tmp_path / "body.json"
+    body.write_text('{"model":"DeepSeek-V3.1","messages":[]}')
+
+    def h2_chat(account, *extra):
+        return subprocess.run(
+            [curl, "-s", "--http2-prior-knowledge", "-D", "-", "-o",
+             os.devnull, "-H", f"Authorization: Bearer {account}",
+             "-H", "Content-Type: application/json", *extra,
+             "--data-binary", f"@{body}",
+             f"http://127.0.0.1:{h2}/v1/chat/completions"],
+            capture_output=True, text=True, timeout=WAIT)
+
+    # parked for its first grant, then admitted by Redis
+    out = h2_chat("acct-h2").stdout
+    assert out.startswith("HTTP/2 200"), out
+    assert "x-ratelimit-remaining-requests: 29" in out, out
+
+    stall = redis.stall(2)
+    try:
+        time.sleep(0.3)
+        # gives up (closes the connection) while its stream is parked
+        assert h2_chat("acct-h2-gone", "--max-time", "0.1").returncode != 0
+        out = h2_chat("acct-h2-stalled").stdout
+        assert out.startswith("HTTP/2 429"), out
+        assert "x-redis-wait: " in out, out
+    finally:
+        stall.wait(WAIT)
+    # Redis is back once the breaker lets a probe through
+    deadline = time.time() + WAIT
+    while time.time() < deadline:
+        out = h2_chat("acct-h2").stdout
+        if out.startswith("HTTP/2 200"):
+            break
+        time.sleep(0.1)
+    assert out.startswith("HTTP/2 200"), out
+    assert store_metrics(nginx)["tollgate_store_parked"] == 0
+
+
 # --- Redis down at start ---------------------------------------------------
 
 def test_redis_down_at_start_decides_by_the_down_policy(nginx, tmp_path):
