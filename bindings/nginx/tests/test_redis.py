@@ -14,6 +14,7 @@ import time
 
 import openai
 import pytest
+
 from conftest import WAIT, Nginx, free_port, fresh_minute
 from test_tollgate import FREE_POLICY, HEADERS, assert_six
 
@@ -219,6 +220,31 @@ def test_two_hosts_share_one_quota_through_redis(hosts, redis):
         assert m["tollgate_store_down"] == 0
         assert m["tollgate_store_park_failures_total"] == 0
         assert m["tollgate_store_parked"] == 0
+
+
+def test_reload_hands_the_link_to_the_new_workers(nginx, redis):
+    """Each worker joins on its own: the old workers give their unspent
+    units back as they leave (exit_process), and the new ones join."""
+    fresh_minute(needed=30)
+    nginx.start(http_extra=joined(redis.url), locations=api_location(),
+                workers=2)
+    for _ in range(5):
+        assert nginx.chat("acct-reload").status == 200
+    (held,) = redis.minute_counts().values()
+    assert held >= 5  # what was spent, and the leases held
+    old = nginx.workers()
+    nginx.reload()  # returns once the old workers are gone
+    # Redis counts what was admitted, nothing of what the old workers held
+    assert list(redis.minute_counts().values()) == [5]
+    m = nginx.metrics()
+    pids = {dict(labels)["pid"] for (name, labels) in m
+            if name == "tollgate_store_joined"}
+    assert pids and not pids & {str(p) for p in old}, (pids, old)
+    assert store_metrics(nginx)["tollgate_store_joined"] == 1
+    r = nginx.chat("acct-reload")
+    assert r.status == 200
+    assert int(r.header("x-ratelimit-remaining-requests")) <= 24
+    assert sum(redis.minute_counts().values()) >= 6
 
 
 # --- Redis stalls: the worker keeps answering ------------------------------
