@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark of BENCHMARKS.md in one run, side by side with what a user
-# would pick instead, so the figures share one machine state. ~20 minutes.
+# would pick instead, so the figures share one machine state. ~25 minutes.
 #   bash benches/all.sh [OUT_DIR]      (default target/bench-all)
-# Needs what tests/setup.sh installs (valgrind, nginx, the .venv) and wrk
+# Needs what tests/setup.sh installs (valgrind, nginx, redis-server, the .venv) and wrk
 # and libclang-dev (the shared vs-governor bench installs them when root).
 # BEFORE=/path/to/older/checkout also runs the shared governor comparison
 # on that tree (built with `cargo build --release` there), for a before /
@@ -29,6 +29,9 @@ if [ -n "${PROCS:-}" ]; then
 step "processes and threads: cargo bench --bench procs"
 cargo bench -q --bench procs 2>&1 | tee "$out/procs.txt" | grep -E 'time:|ratio' || true
 fi
+step "more than one host, own redis-server: cargo bench --features redis --bench redis"
+cargo bench -q --features redis --bench redis 2>"$out/redis-progress.txt" | tee "$out/redis.txt" | awk '/^details:/ { d = 1 } !d' ||
+    echo "the redis bench failed: see $out/redis-progress.txt"
 step "C ABI vs governor: ../shared/bench/vs-governor/run.sh"
 if [ -d "$root/../shared/bench/vs-governor" ]; then
     bash "$root/../shared/bench/vs-governor/run.sh" 2>&1 | tee "$out/vs-governor.txt" | tail -n 3

@@ -239,7 +239,8 @@ pub struct LeaseStats {
 
 #[derive(Default)]
 struct Counters {
-    decisions: AtomicU64,
+    /// Decisions not made from held units (with `from_leases`, all of them).
+    slow_decisions: AtomicU64,
     from_leases: AtomicU64,
     refills: AtomicU64,
     top_ups: AtomicU64,
@@ -409,7 +410,7 @@ impl Joined {
             mode: i.opts.mode,
             down_policy: i.opts.down,
             redis_down: i.down.load(Relaxed),
-            decisions: c.decisions.load(Relaxed),
+            decisions: c.from_leases.load(Relaxed) + c.slow_decisions.load(Relaxed),
             from_leases: c.from_leases.load(Relaxed),
             refills: c.refills.load(Relaxed),
             top_ups: c.top_ups.load(Relaxed),
@@ -438,14 +439,17 @@ impl Joined {
         now_ms: u64,
     ) -> Result<Decision, Error> {
         let i = &*self.inner;
-        i.c.decisions.fetch_add(1, Relaxed);
         let clock = Clock {
             now: p.now,
             skew: l.skew_minutes(),
         };
         let located = slot::locate(&i.region, &p.key, req.account, p.now, req.cost > 0)
-            .map_err(|_| Error::TableFull)?;
+            .map_err(|_| {
+                i.c.slow_decisions.fetch_add(1, Relaxed);
+                Error::TableFull
+            })?;
         let Some((slot_i, gen)) = located else {
+            i.c.slow_decisions.fetch_add(1, Relaxed);
             // A peek at a key this host never saw: what the last exchange
             // (none) says, fresh windows.
             let o = slot::judge(slot::State::default(), p.limits, 0, clock).0;
@@ -456,15 +460,23 @@ impl Joined {
             LeaseMode::Leases => i.decide_leased(slot_i, gen, req, p, model, clock),
             LeaseMode::Exact => i.decide_exact(slot_i, req, p, model, clock),
         };
+        // A decision from held units counted itself (`from_leases`): the
+        // common case pays for one shared counter, not two.
         let outcome = match outcome {
-            Ok(o) => o,
+            Ok(Spent::FromLease(o)) => o,
+            Ok(Spent::Other(o)) => {
+                i.c.slow_decisions.fetch_add(1, Relaxed);
+                o
+            }
             Err(Error::Pending) => {
                 // Not a decision: it is made again by a call that waits.
-                i.c.decisions.fetch_sub(1, Relaxed);
                 i.c.deferred.fetch_add(1, Relaxed);
                 return Err(Error::Pending);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                i.c.slow_decisions.fetch_add(1, Relaxed);
+                return Err(e);
+            }
         };
         if !outcome.allowed {
             crate::refusals::record(
@@ -490,6 +502,13 @@ impl Drop for Joined {
         }
         self.inner.release_all();
     }
+}
+
+/// How a decision was made, for the counters.
+enum Spent {
+    /// From units held, no round trip (counted as it is made).
+    FromLease(Outcome),
+    Other(Outcome),
 }
 
 /// Outcome of a decision rendered from global counts: `minute`/`day` are
@@ -562,13 +581,13 @@ impl Inner {
         p: &Prepared,
         model: &str,
         clock: Clock,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Spent, Error> {
         let cost = req.cost;
         let held = match slot::spend(&self.region, slot_i, gen, cost, clock) {
             Some(Ok(h)) => {
                 self.c.from_leases.fetch_add(1, Relaxed);
                 let (m, d) = self.shown(slot_i, h.at, Some(h));
-                return Ok(outcome(true, LimitedBy::None, h.at, m, d));
+                return Ok(Spent::FromLease(outcome(true, LimitedBy::None, h.at, m, d)));
             }
             Some(Err(h)) => h,
             // Rebound between the lookup and the spend (a new day reused
@@ -579,6 +598,24 @@ impl Inner {
                 day_left: 0,
             },
         };
+        self.refill(slot_i, gen, held, req, p, model, clock)
+            .map(Spent::Other)
+    }
+
+    /// A leased decision the units held do not cover: a peek, or a grant
+    /// from the store (one round trip), or the down policy.
+    #[allow(clippy::too_many_arguments)]
+    fn refill(
+        &self,
+        slot_i: usize,
+        gen: u16,
+        held: Held,
+        req: &Request<'_>,
+        p: &Prepared,
+        model: &str,
+        clock: Clock,
+    ) -> Result<Outcome, Error> {
+        let cost = req.cost;
         let at = held.at;
         if cost == 0 {
             // A peek: one more would pass if held, or if the last exchange
@@ -660,6 +697,17 @@ impl Inner {
     }
 
     fn decide_exact(
+        &self,
+        slot_i: usize,
+        req: &Request<'_>,
+        p: &Prepared,
+        model: &str,
+        clock: Clock,
+    ) -> Result<Spent, Error> {
+        self.exact(slot_i, req, p, model, clock).map(Spent::Other)
+    }
+
+    fn exact(
         &self,
         slot_i: usize,
         req: &Request<'_>,

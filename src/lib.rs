@@ -59,7 +59,7 @@ pub use digest::account_digest;
 pub use error::Error;
 pub use key::ACCOUNT_MAX;
 pub use limiter::{Limiter, ModelHandle, Request, Stats};
-pub use operator::{KeyUsage, Problem, ResizeReport, VerifyReport};
+pub use operator::{KeyUsage, LeaseTableStats, Problem, ResizeReport, VerifyReport};
 pub use policy::{Limits, Model, Policy, PolicyError, Tier};
 pub use refusals::Refusal;
 pub use region::{RegionError, BYTES_PER_SLOT, LAYOUT_VERSION, REGION_ALIGN};

@@ -135,6 +135,34 @@ impl KeyUsage {
     }
 }
 
+/// The counts a leased slot shows, as its decisions' headers do while the
+/// store answers: the global counts of the host's last exchange with it
+/// (which include every unit leased to any host) less the units this host
+/// still holds.
+fn leased_counts(region: &Region, i: usize, at: Instant, held_m: u32, held_d: u32) -> (u32, u32) {
+    let g = State::unpack(region.side(i).global.load(Acquire));
+    let gm = if g.at() == at { g.minute_count } else { 0 };
+    let gd = if g.day == at.day { g.day_count } else { 0 };
+    (gm.saturating_sub(held_m), gd.saturating_sub(held_d))
+}
+
+/// What a table of quota leases holds now, for `tollgate stats`: the
+/// per-process counters (refills, Redis latency, fallbacks) live in each
+/// joined process and are read through it (`Limiter::lease_stats`,
+/// `tg_limiter_lease_stats`, nginx's metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseTableStats {
+    /// Keys holding unspent units of a lease now.
+    pub keys_holding: u32,
+    /// Units held, summed over keys, per window.
+    pub minute_units_held: u64,
+    pub day_units_held: u64,
+    /// Keys the down policy admitted requests for today (Redis was away),
+    /// and those requests.
+    pub keys_down: u32,
+    pub down_admitted_today: u64,
+}
+
 /// What [`Limiter::verify`] found. Counts above the policy's limits are not
 /// problems (the policy may have changed since they were made).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -209,7 +237,11 @@ impl Limiter {
         Ok(entries(region)
             .map(|e| {
                 let v = e.state.view(now, self.skew_minutes());
-                let (minute, day) = (v.minute_count, v.day_count);
+                let (minute, day) = if region.leases() {
+                    leased_counts(region, e.index, v.at, v.minute_count, v.day_count)
+                } else {
+                    (v.minute_count, v.day_count)
+                };
                 let model = names
                     .entry(e.model_id)
                     .or_insert_with(|| {
@@ -231,6 +263,30 @@ impl Limiter {
 
     /// Model names registered in the region (by any process, under any
     /// policy), by region model id.
+    /// What a table of quota leases holds now (`None` for a local table).
+    pub fn lease_table_stats(&self, now_ms: u64) -> Result<Option<LeaseTableStats>, Error> {
+        let now = instant(now_ms)?;
+        let region = self.region();
+        if !region.leases() {
+            return Ok(None);
+        }
+        let mut t = LeaseTableStats::default();
+        for e in entries(region) {
+            let v = e.state.view(now, self.skew_minutes());
+            if v.minute_count > 0 || v.day_count > 0 {
+                t.keys_holding += 1;
+                t.minute_units_held += v.minute_count as u64;
+                t.day_units_held += v.day_count as u64;
+            }
+            let down = State::unpack(region.side(e.index).down.load(Acquire));
+            if down.day == now.day && down.day_count > 0 {
+                t.keys_down += 1;
+                t.down_admitted_today += down.day_count as u64;
+            }
+        }
+        Ok(Some(t))
+    }
+
     pub fn region_models(&self) -> Vec<(u16, String)> {
         (0..MODELS_MAX as u16)
             .filter_map(|id| {

@@ -92,7 +92,7 @@ impl State {
     }
 
     #[inline]
-    fn at(self) -> Instant {
+    pub(crate) fn at(self) -> Instant {
         Instant {
             day: self.day,
             minute: self.minute as u32,

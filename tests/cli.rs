@@ -2,6 +2,7 @@
 //! `--json` output parsed as JSON, and exit codes (0 ok, 1 failure, 2 usage).
 
 mod procs;
+mod redis_servers;
 
 use std::io::Write as _;
 use std::process::Stdio;
@@ -220,6 +221,49 @@ fn stats_reports_the_table() {
     );
     assert_eq!(j["layout_version"], tollgate::LAYOUT_VERSION);
     assert_eq!(code(&run(&["stats", &dir.file("missing.tg")])), 1);
+}
+
+#[test]
+fn stats_and_top_read_a_table_of_leases() {
+    use tollgate::lease::LeaseOptions;
+    use tollgate::{Limiter, Policy, Request, Tier};
+    let server = redis_servers::Server::start();
+    let dir = Scratch::new("cli-leases");
+    let f = dir.file("l.tg");
+    // Tomorrow, mid-minute: every window is open by Redis's clock.
+    let now = (tollgate::now_ms() / 60_000 + 1_440) * 60_000 + 30_000;
+    let mut l = Limiter::open_for_leases(&Policy::builtin(), &f, 64, true).unwrap();
+    l.connect(&server.url(), LeaseOptions::default()).unwrap();
+    let r = Request::new(b"dora", b"DeepSeek-V3.1", Tier::Developer);
+    for _ in 0..5 {
+        assert!(l.check(&r, now).unwrap().allowed);
+    }
+    let held = {
+        let s = l.lease_stats().unwrap();
+        s.granted_units - 5
+    };
+    let now = now.to_string();
+    let j = json(&run(&["stats", &f, "--json", "--now-ms", &now]));
+    let bytes = tollgate::region_size_for_leases(64).unwrap() as u64;
+    assert_eq!(j["bytes"].as_u64(), Some(bytes));
+    assert_eq!(j["bytes_per_slot"], 128);
+    assert_eq!(j["leases"]["keys_holding"], u64::from(held > 0));
+    assert_eq!(j["leases"]["minute_units_held"], held);
+    assert_eq!(j["leases"]["keys_down"], 0);
+    let out = stdout(&run(&["stats", &f, "--now-ms", &now]));
+    assert!(out.contains("one quota across hosts"), "{out}");
+    assert!(out.contains("128 per slot x 64 slots"), "{out}");
+    // top shows what the headers show: the global count less what is held.
+    let j = json(&run(&["top", &f, "--json", "--now-ms", &now]));
+    let top = j["top"].as_array().unwrap();
+    assert_eq!(top[0]["account"], "dora");
+    assert_eq!(top[0]["minute"], 5);
+    assert_eq!(top[0]["day"], 5);
+    // A local table has no lease section.
+    let local = fixture(&dir);
+    let j = json(&run(&["stats", &local, "--json"]));
+    assert!(j.get("leases").is_none(), "{j}");
+    l.disconnect();
 }
 
 #[test]

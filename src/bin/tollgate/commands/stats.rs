@@ -40,6 +40,18 @@ struct Json {
     table_full: u64,
     clock_faults: u64,
     models: Vec<String>,
+    /// Present for a table of quota leases (one quota across hosts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leases: Option<LeasesJson>,
+}
+
+#[derive(Serialize)]
+struct LeasesJson {
+    keys_holding: u32,
+    minute_units_held: u64,
+    day_units_held: u64,
+    keys_down: u32,
+    down_admitted_today: u64,
 }
 
 pub fn run(a: Args) -> Res<u8> {
@@ -48,7 +60,11 @@ pub fn run(a: Args) -> Res<u8> {
     let l = open_read_only(named.as_ref().map(|n| &n.policy), &a.file)?;
     let s = l.stats(now);
     let models = l.region_models();
-    let header = s.bytes - s.slots as usize * tollgate::BYTES_PER_SLOT;
+    let leases = l
+        .lease_table_stats(now)
+        .map_err(|e| super::fail(e.to_string()))?;
+    let per_slot = bytes_per_slot(&l);
+    let header = s.bytes - s.slots as usize * per_slot;
     let free = s.slots - s.used;
     if a.json {
         output::json(&Json {
@@ -57,7 +73,7 @@ pub fn run(a: Args) -> Res<u8> {
             created_ms: l.created_ms(),
             bytes: s.bytes as u64,
             header_bytes: header as u64,
-            bytes_per_slot: tollgate::BYTES_PER_SLOT as u64,
+            bytes_per_slot: per_slot as u64,
             slots: s.slots,
             used: s.used,
             free,
@@ -67,6 +83,13 @@ pub fn run(a: Args) -> Res<u8> {
                 .iter()
                 .map(|(_, m)| escape::json(m.as_bytes()))
                 .collect(),
+            leases: leases.map(|t| LeasesJson {
+                keys_holding: t.keys_holding,
+                minute_units_held: t.minute_units_held,
+                day_units_held: t.day_units_held,
+                keys_down: t.keys_down,
+                down_admitted_today: t.down_admitted_today,
+            }),
         });
         return Ok(0);
     }
@@ -78,10 +101,8 @@ pub fn run(a: Args) -> Res<u8> {
         utc(l.created_ms())
     );
     println!(
-        "size        {} bytes: {header} header + {} per slot x {} slots",
-        s.bytes,
-        tollgate::BYTES_PER_SLOT,
-        s.slots
+        "size        {} bytes: {header} header + {per_slot} per slot x {} slots",
+        s.bytes, s.slots
     );
     println!("slots       {} used today ({pct:.1}%), {free} free", s.used);
     println!(
@@ -109,8 +130,41 @@ pub fn run(a: Args) -> Res<u8> {
         ),
     };
     println!("models      {} registered{list}", names.len());
+    if let Some(t) = leases {
+        println!(
+            "leases      one quota across hosts: {} key{} hold {} minute / {} day unit{} of leases now",
+            t.keys_holding,
+            output::s(t.keys_holding as u64),
+            t.minute_units_held,
+            t.day_units_held,
+            output::s(t.day_units_held)
+        );
+        println!(
+            "down        {} request{} for {} key{} admitted today by the down policy (Redis away), pushed to Redis when it answered",
+            t.down_admitted_today,
+            output::s(t.down_admitted_today),
+            t.keys_down,
+            output::s(t.keys_down as u64)
+        );
+        println!(
+            "note        refills, Redis latency and fallbacks are counted by each joined process: nginx `tollgate_metrics`, tg_limiter_lease_stats, Python Limiter.lease_stats()"
+        );
+    }
     if pct > 80.0 {
         println!("note        over 80% used: probe chains grow; grow it with `tollgate resize`");
     }
     Ok(0)
+}
+
+/// Bytes each slot takes: hot state and name, and for a table of leases its
+/// side area too.
+fn bytes_per_slot(l: &tollgate::Limiter) -> usize {
+    let side = match (
+        tollgate::region_size_for_leases(1),
+        tollgate::region_size(1),
+    ) {
+        (Some(with), Some(without)) if l.is_leased() => with - without,
+        _ => 0,
+    };
+    tollgate::BYTES_PER_SLOT + side
 }
