@@ -467,7 +467,7 @@ uint32_t tg_region_slots_for(size_t len);
  * What went wrong, in words, in this thread's last call that made (or
  * failed to make) a limiter: tg_limiter_new, _init_in, _attach, _open,
  * _share, their _for_leases forms, tg_limiter_connect and
- * tg_redis_options_set. Names the path, the OS's reason, the sizes and what to do
+ * tg_redis_options_set, tg_redis_check. Names the path, the OS's reason, the sizes and what to do
  * ("... grow it with `tollgate resize`"); "" after a success. The string
  * belongs to the thread and stays valid until its next such call.
  */
@@ -966,6 +966,16 @@ tg_status tg_redis_options_set(struct tg_redis_options *opts, const char *name, 
  * with tg_last_error()'s words.
  */
 tg_status tg_limiter_connect(tg_limiter *limiter, const char *url, const struct tg_redis_options *opts);
+
+/**
+ * Checks `url` (NUL-terminated) and `opts` (NULL for the defaults) as
+ * tg_limiter_connect would take them, without contacting Redis or
+ * starting a thread: for configuration checks in a process that must not
+ * join the store itself (nginx's master at `nginx -t` and reload). TG_OK,
+ * or TG_E_NULL, TG_E_INVALID (options), TG_E_STORE (the URL), with
+ * tg_last_error()'s words.
+ */
+tg_status tg_redis_check(const char *url, const struct tg_redis_options *opts);
 
 /**
  * Leaves the store: once the last handle sharing the link lets go, unspent

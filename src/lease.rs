@@ -322,6 +322,30 @@ struct Inner {
     _backing: Arc<Backing>,
 }
 
+/// Checks `url` and `opts` as [`Limiter::connect`](crate::Limiter::connect)
+/// does, without contacting Redis or starting a thread: for a
+/// configuration check in a process that must not join (nginx's master,
+/// `nginx -t`).
+pub fn check(url: &str, opts: &LeaseOptions) -> Result<(), Error> {
+    store_for(url, opts).map(drop)
+}
+
+/// The store `url` names, for these options; no connection is made.
+fn store_for(url: &str, opts: &LeaseOptions) -> Result<Store, Error> {
+    if opts.hosts == 0 {
+        return Err(Error::Invalid("hosts must be at least 1"));
+    }
+    if opts.refill_interval.is_zero() || opts.idle_after.is_zero() {
+        return Err(Error::Invalid(
+            "refill_interval and idle_after must be above zero",
+        ));
+    }
+    if opts.max_lease == 0 {
+        return Err(Error::Invalid("max_lease must be at least 1"));
+    }
+    Store::new(url, opts.store.clone()).map_err(Error::Store)
+}
+
 /// A limiter's link to the store: the lease layer's state and its thread.
 pub(crate) struct Joined {
     inner: Arc<Inner>,
@@ -340,18 +364,7 @@ impl Joined {
         region: Region,
         backing: Arc<Backing>,
     ) -> Result<Joined, Error> {
-        if opts.hosts == 0 {
-            return Err(Error::Invalid("hosts must be at least 1"));
-        }
-        if opts.refill_interval.is_zero() || opts.idle_after.is_zero() {
-            return Err(Error::Invalid(
-                "refill_interval and idle_after must be above zero",
-            ));
-        }
-        if opts.max_lease == 0 {
-            return Err(Error::Invalid("max_lease must be at least 1"));
-        }
-        let store = Store::new(url, opts.store.clone()).map_err(Error::Store)?;
+        let store = store_for(url, &opts)?;
         // One call to learn whether Redis answers (and to load the script);
         // down is not an error, the down policy covers it.
         let probe = Tag::new(b"tollgate-connect-check").expect("a valid tag");

@@ -8,7 +8,10 @@
  * the body's model, tier, check), hands what happened to tg_answer_for and
  * sends the status, headers and body the core renders.  It keeps the
  * limiter's region in an nginx shared zone or a region file mapped by the
- * master, so all workers share exact counters.
+ * master, so all workers share exact counters.  A zone joined to a quota
+ * store (tollgate_redis) decides without waiting where it can; a decision
+ * that needs a round trip to Redis is made on a thread pool while the
+ * request is parked, so the event loop never waits for Redis.
  */
 
 
@@ -59,6 +62,7 @@ typedef struct {
 typedef struct {
     u_char                       *region;
     size_t                        region_len;
+    ngx_uint_t                    leased;     /* formatted for leases */
     ngx_atomic_t                  nrows;
     ngx_http_tollgate_row_t       rows[NGX_HTTP_TOLLGATE_ROWS];
 } ngx_http_tollgate_shctx_t;
@@ -69,17 +73,34 @@ typedef struct {
     ngx_str_t                     name;
     ngx_str_t                     policy_path;
     ngx_str_t                     file;       /* NUL-terminated; empty: shm */
+    ngx_str_t                     size_arg;
+    ssize_t                       size;
     tg_policy                    *policy;
     tg_limiter                   *limiter;
     ngx_slab_pool_t              *shpool;
     ngx_http_tollgate_shctx_t    *sh;
     ngx_shm_zone_t               *shm_zone;
+
+    /* where tollgate_zone is, for errors found after the http block */
+    u_char                       *conf_file;
+    ngx_uint_t                    conf_line;
+
+    /* tollgate_redis: NUL-terminated; empty: a local table */
+    ngx_str_t                     redis_url;
+    tg_redis_options              redis_opts;
+
+    /* this worker's: joined to the store, requests parked now, requests
+     * that found the thread pool's queue full */
+    ngx_uint_t                    joined;
+    ngx_uint_t                    parked;
+    uint64_t                      park_failures;
 } ngx_http_tollgate_zone_t;
 
 
 typedef struct {
     ngx_array_t                   zones;  /* ngx_http_tollgate_zone_t * */
 } ngx_http_tollgate_main_conf_t;
+
 
 
 /*
@@ -106,6 +127,10 @@ typedef struct {
     ngx_uint_t                    table_full;
     ngx_uint_t                    no_limit;
 
+#if (NGX_THREADS)
+    ngx_thread_pool_t            *thread_pool;
+#endif
+
     /* the one answer to every request whose method is not limited:
      * decided at configuration time, shared and never written */
     ngx_http_tollgate_ctx_t      *not_limited;
@@ -121,14 +146,42 @@ struct ngx_http_tollgate_ctx_s {
     unsigned                      failed:1;   /* no answer from the core */
     unsigned                      sent:1;
     unsigned                      headers_done:1;
+    unsigned                      parked:1;   /* decided on a thread now */
+    unsigned                      leased:1;   /* decided with the store */
+
+    ngx_msec_t                    parked_at;
+    ngx_msec_t                    waited;     /* parked for, ms */
 
     /* from here on written before it is read: not zeroed */
     tg_answer                     answer;     /* the core's, once decided */
+
+#if (NGX_THREADS)
+    /* while parked: a timer, so a worker shutting down gracefully waits
+     * for the decision (ngx_event_no_timers_left) */
+    ngx_event_t                   guard;
+#endif
 
     /* the numbers of the answer's headers, which the response's header
      * list points at (tg_answer_header_fields) */
     u_char                        values[TG_ANSWER_HEADER_BYTES];
 };
+
+
+#if (NGX_THREADS)
+
+/* a decision made on the thread pool: in the request's pool, which stays
+ * while the request is parked (r->main->blocked) */
+typedef struct {
+    ngx_http_request_t           *request;
+    ngx_http_tollgate_ctx_t      *ctx;
+    tg_limiter                   *limiter;
+    uint64_t                      now;
+    tg_request                    req;
+    tg_decision                   decision;
+    tg_status                     status;
+} ngx_http_tollgate_task_ctx_t;
+
+#endif
 
 
 static ngx_int_t ngx_http_tollgate_handler(ngx_http_request_t *r);
@@ -139,9 +192,20 @@ static tg_status ngx_http_tollgate_body_model(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx);
 static void ngx_http_tollgate_check(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf);
+static void ngx_http_tollgate_decided(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf,
+    tg_status st, tg_decision *decision);
 static void ngx_http_tollgate_answer(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf,
     tg_status st, tg_decision *decision);
+#if (NGX_THREADS)
+static ngx_int_t ngx_http_tollgate_park(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf,
+    tg_request *req, uint64_t now);
+static void ngx_http_tollgate_thread_handler(void *data, ngx_log_t *log);
+static void ngx_http_tollgate_thread_event_handler(ngx_event_t *ev);
+static void ngx_http_tollgate_guard_handler(ngx_event_t *ev);
+#endif
 static ngx_int_t ngx_http_tollgate_send_refusal(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx);
 static void ngx_http_tollgate_count(ngx_http_tollgate_zone_t *zone,
@@ -163,6 +227,10 @@ static ngx_str_t *ngx_http_tollgate_log_escape(ngx_str_t *dst, u_char *buf,
     ngx_str_t *src);
 
 static ngx_int_t ngx_http_tollgate_metrics_handler(ngx_http_request_t *r);
+static size_t ngx_http_tollgate_store_metrics_len(
+    ngx_http_tollgate_main_conf_t *tmcf);
+static u_char *ngx_http_tollgate_store_metrics(u_char *p,
+    ngx_http_tollgate_main_conf_t *tmcf, ngx_http_request_t *r);
 
 static ngx_int_t ngx_http_tollgate_status_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
@@ -170,17 +238,24 @@ static ngx_int_t ngx_http_tollgate_limited_by_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_tollgate_remaining_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_tollgate_redis_wait_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 
 static ngx_int_t ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_http_tollgate_attach(ngx_shm_zone_t *shm_zone,
     ngx_http_tollgate_zone_t *zone);
 static void ngx_http_tollgate_zone_cleanup(void *data);
+static ngx_int_t ngx_http_tollgate_format_matches(
+    ngx_http_tollgate_zone_t *zone, ngx_uint_t leased, ngx_log_t *log);
 static ngx_int_t ngx_http_tollgate_open_file(ngx_conf_t *cf,
-    ngx_http_tollgate_zone_t *zone, ngx_str_t *size_arg, ssize_t size);
+    ngx_http_tollgate_zone_t *zone);
+static ngx_int_t ngx_http_tollgate_leased(tg_limiter *limiter);
+static uint32_t ngx_http_tollgate_leased_slots(size_t size);
 
 static ngx_int_t ngx_http_tollgate_add_variables(ngx_conf_t *cf);
 static void *ngx_http_tollgate_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_tollgate_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_tollgate_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_tollgate_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -188,11 +263,17 @@ static char *ngx_http_tollgate_value_slot(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_tollgate_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_tollgate_thread_pool(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_tollgate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_tollgate_metrics(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_tollgate_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_tollgate_init_process(ngx_cycle_t *cycle);
+static void ngx_http_tollgate_exit_process(ngx_cycle_t *cycle);
 
 
 /* indexed by TG_OUTCOME_* (checked above) */
@@ -237,6 +318,109 @@ static ngx_str_t  ngx_http_tollgate_table_help[] = {
 };
 
 
+/* what a worker joined to a zone's store reports (tollgate_metrics) */
+typedef struct {
+    tg_lease_stats                lease;
+    uint64_t                      joined;
+    uint64_t                      parked;
+    uint64_t                      park_failures;
+} ngx_http_tollgate_store_view_t;
+
+
+typedef struct {
+    ngx_str_t                     name;
+    ngx_str_t                     help;
+    char                         *type;
+    size_t                        offset;  /* in the view */
+    size_t                        size;    /* 4 or 8 bytes */
+} ngx_http_tollgate_store_metric_t;
+
+
+#define ngx_http_tollgate_store_metric(name, type, field, help)              \
+    { ngx_string(name), ngx_string(help), type,                              \
+      offsetof(ngx_http_tollgate_store_view_t, field),                       \
+      sizeof(((ngx_http_tollgate_store_view_t *) 0)->field) }
+
+
+static ngx_http_tollgate_store_metric_t  ngx_http_tollgate_store_metrics_t[] =
+{
+    ngx_http_tollgate_store_metric("tollgate_store_joined", "gauge", joined,
+        "1 if this worker is joined to the zone's store (0: see the error "
+        "log)."),
+    ngx_http_tollgate_store_metric("tollgate_store_down", "gauge",
+        lease.redis_down,
+        "1 when the last store call failed for want of Redis: the down "
+        "policy decides beyond the units held."),
+    ngx_http_tollgate_store_metric("tollgate_store_breaker", "gauge",
+        lease.breaker,
+        "The store's circuit breaker: 0 closed, 1 open, 2 half open."),
+    ngx_http_tollgate_store_metric("tollgate_store_connections", "gauge",
+        lease.connections, "Connections to Redis open now."),
+    ngx_http_tollgate_store_metric("tollgate_store_latency_microseconds",
+        "gauge", lease.last_latency_us,
+        "How long the last answered store call took."),
+    ngx_http_tollgate_store_metric("tollgate_store_pending", "gauge",
+        lease.pending,
+        "Give-backs, pushes and recoveries waiting for Redis."),
+    ngx_http_tollgate_store_metric("tollgate_store_parked", "gauge", parked,
+        "Requests parked now, waiting for a decision that needs Redis."),
+    ngx_http_tollgate_store_metric("tollgate_store_decisions_total",
+        "counter", lease.decisions, "Decisions made with the store."),
+    ngx_http_tollgate_store_metric("tollgate_store_from_leases_total",
+        "counter", lease.from_leases,
+        "Decisions made from units held, with no round trip."),
+    ngx_http_tollgate_store_metric("tollgate_store_deferred_total",
+        "counter", lease.deferred,
+        "Requests that needed Redis and were parked off the event loop."),
+    ngx_http_tollgate_store_metric("tollgate_store_park_failures_total",
+        "counter", park_failures,
+        "Requests that needed Redis and found no room in the thread "
+        "pool's queue (answered 500)."),
+    ngx_http_tollgate_store_metric("tollgate_store_refills_total",
+        "counter", lease.refills, "Grants asked by decisions."),
+    ngx_http_tollgate_store_metric("tollgate_store_top_ups_total",
+        "counter", lease.top_ups,
+        "Grants asked ahead by the lease thread for hot keys."),
+    ngx_http_tollgate_store_metric("tollgate_store_granted_units_total",
+        "counter", lease.granted_units, "Units granted by Redis."),
+    ngx_http_tollgate_store_metric("tollgate_store_refused_total",
+        "counter", lease.refused_by_store,
+        "Grants of nothing: the key was at its global limit."),
+    ngx_http_tollgate_store_metric("tollgate_store_degraded_total",
+        "counter", lease.degraded,
+        "Decisions made by the down policy (fallbacks)."),
+    ngx_http_tollgate_store_metric("tollgate_store_degraded_admitted_total",
+        "counter", lease.degraded_admitted,
+        "Of those, admitted."),
+    ngx_http_tollgate_store_metric("tollgate_store_give_backs_total",
+        "counter", lease.give_backs, "Unspent units given back."),
+    ngx_http_tollgate_store_metric("tollgate_store_given_back_units_total",
+        "counter", lease.given_back_units, "Units given back."),
+    ngx_http_tollgate_store_metric("tollgate_store_pushes_total", "counter",
+        lease.pushes, "Spends made while Redis was away, pushed."),
+    ngx_http_tollgate_store_metric("tollgate_store_pushed_units_total",
+        "counter", lease.pushed_units, "Units pushed."),
+    ngx_http_tollgate_store_metric("tollgate_store_dropped_units_total",
+        "counter", lease.dropped_units,
+        "Units dropped after an outage rather than given back."),
+    ngx_http_tollgate_store_metric("tollgate_store_calls_total", "counter",
+        lease.store_calls, "Store calls made."),
+    ngx_http_tollgate_store_metric("tollgate_store_failures_total",
+        "counter", lease.store_failures, "Store calls that failed."),
+    ngx_http_tollgate_store_metric("tollgate_store_timeouts_total",
+        "counter", lease.store_timeouts,
+        "Store calls that passed the deadline."),
+    ngx_http_tollgate_store_metric("tollgate_store_circuit_open_total",
+        "counter", lease.store_circuit_open,
+        "Store calls failed at once by the open breaker."),
+    ngx_http_tollgate_store_metric("tollgate_store_trips_total", "counter",
+        lease.store_trips, "Times the breaker opened."),
+    ngx_http_tollgate_store_metric("tollgate_store_connects_total",
+        "counter", lease.store_connects, "Connections to Redis opened."),
+    { ngx_null_string, ngx_null_string, NULL, 0, 0 }
+};
+
+
 static ngx_str_t  ngx_http_tollgate_limited_by[] = {
     ngx_string("NONE"),
     ngx_string("MINUTE"),
@@ -269,6 +453,20 @@ static ngx_command_t  ngx_http_tollgate_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
       ngx_http_tollgate_zone,
       0,
+      0,
+      NULL },
+
+    { ngx_string("tollgate_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_tollgate_redis,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("tollgate_thread_pool"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_tollgate_thread_pool,
+      NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
@@ -344,7 +542,7 @@ static ngx_http_module_t  ngx_http_tollgate_module_ctx = {
     ngx_http_tollgate_init,                /* postconfiguration */
 
     ngx_http_tollgate_create_main_conf,    /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_tollgate_init_main_conf,      /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -361,10 +559,10 @@ ngx_module_t  ngx_http_tollgate_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_http_tollgate_init_process,        /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_tollgate_exit_process,        /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -385,6 +583,9 @@ static ngx_http_variable_t  ngx_http_tollgate_vars[] = {
     { ngx_string("tollgate_day_remaining"), NULL,
       ngx_http_tollgate_remaining_variable,
       offsetof(tg_decision, day_remaining), NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("tollgate_redis_wait"), NULL,
+      ngx_http_tollgate_redis_wait_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
 };
@@ -474,6 +675,11 @@ ngx_http_tollgate_handler(ngx_http_request_t *r)
             ngx_http_finalize_request(r, NGX_DONE);
             return NGX_DONE;
         }
+    }
+
+    if (ctx->parked) {
+        /* decided on the thread pool; its completion runs the phases */
+        return NGX_AGAIN;
     }
 
     if (!ctx->decided || ctx->answer.http_status == 0 || ctx->sent) {
@@ -570,12 +776,14 @@ static void
 ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     ngx_http_tollgate_loc_conf_t *tlcf)
 {
-    u_char        buf[NGX_HTTP_TOLLGATE_LOG_LEN];
-    uint32_t      tier;
-    ngx_str_t     value, v;
-    tg_status     st;
-    tg_request    req;
-    tg_decision   decision;
+    u_char                     buf[NGX_HTTP_TOLLGATE_LOG_LEN];
+    uint32_t                   tier;
+    uint64_t                   now;
+    ngx_str_t                  value, v;
+    tg_status                  st;
+    tg_request                 req;
+    tg_decision                decision;
+    ngx_http_tollgate_zone_t  *zone;
 
     /* no tollgate_tier, or an empty value: the developer tier */
     tier = TG_TIER_DEVELOPER;
@@ -614,8 +822,36 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
     decision.size = sizeof(tg_decision);
 
-    st = tg_check_now(ctx->zone->limiter, &req, &decision);
+    zone = ctx->zone;
+    now = tg_now_ms();
 
+    if (zone->redis_url.len) {
+        /* never wait for Redis on the event loop: TG_PENDING (nothing
+         * charged) parks the request and decides it on the thread pool */
+        req.flags = TG_REQUEST_NO_WAIT;
+        ctx->leased = 1;
+    }
+
+    st = tg_check(zone->limiter, &req, now, &decision);
+
+#if (NGX_THREADS)
+    if (st == TG_PENDING
+        && ngx_http_tollgate_park(r, ctx, tlcf, &req, now) == NGX_OK)
+    {
+        return;
+    }
+#endif
+
+    ngx_http_tollgate_decided(r, ctx, tlcf, st, &decision);
+}
+
+
+/* what tg_check said, on the event loop: logged, then answered */
+
+static void
+ngx_http_tollgate_decided(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
+    ngx_http_tollgate_loc_conf_t *tlcf, tg_status st, tg_decision *decision)
+{
     switch (st) {
 
     case TG_OK:
@@ -626,6 +862,17 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     case TG_E_COST_TOO_LARGE:
         break;
 
+    case TG_PENDING:
+        /* could not be parked (logged): the core's answer to a failure */
+        break;
+
+    case TG_E_NOT_JOINED:
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tollgate: zone \"%V\" is not joined to its store "
+                      "in this worker (see the error at its start)",
+                      &ctx->zone->name);
+        break;
+
     default:
         /* the core answers it as its own failure (500) */
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -634,8 +881,162 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         break;
     }
 
-    ngx_http_tollgate_answer(r, ctx, tlcf, st, &decision);
+    ngx_http_tollgate_answer(r, ctx, tlcf, st, decision);
 }
+
+
+#if (NGX_THREADS)
+
+/* a timer while parked, so that a graceful shutdown waits for it */
+#define NGX_HTTP_TOLLGATE_GUARD  1000
+
+
+/*
+ * Parks the request (as nginx's own thread tasks do: r->main->blocked keeps
+ * the request and its pool alive, r->aio holds its output) and decides the
+ * same request on the thread pool, where tg_check may wait for Redis for
+ * the store's deadline.  NGX_ERROR: not parked (no memory, or the pool's
+ * queue is full: logged by ngx_thread_task_post), nothing was charged.
+ */
+
+static ngx_int_t
+ngx_http_tollgate_park(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
+    ngx_http_tollgate_loc_conf_t *tlcf, tg_request *req, uint64_t now)
+{
+    ngx_thread_task_t             *task;
+    ngx_http_tollgate_zone_t      *zone;
+    ngx_http_tollgate_task_ctx_t  *tc;
+
+    zone = ctx->zone;
+
+    task = ngx_thread_task_alloc(r->pool,
+                                 sizeof(ngx_http_tollgate_task_ctx_t));
+    if (task == NULL) {
+        zone->park_failures++;
+        return NGX_ERROR;
+    }
+
+    tc = task->ctx;
+
+    tc->request = r;
+    tc->ctx = ctx;
+    tc->limiter = zone->limiter;
+    tc->now = now;
+    tc->status = TG_PENDING;
+
+    /* the same request, allowed to wait; account and model point into
+     * the request, which outlives the task */
+    tc->req = *req;
+    tc->req.flags = 0;
+
+    ngx_memzero(&tc->decision, sizeof(tg_decision));
+    tc->decision.size = sizeof(tg_decision);
+
+    task->handler = ngx_http_tollgate_thread_handler;
+    task->event.data = tc;
+    task->event.handler = ngx_http_tollgate_thread_event_handler;
+
+    if (tlcf->thread_pool == NULL
+        || ngx_thread_task_post(tlcf->thread_pool, task) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tollgate: cannot hand a decision in zone \"%V\" "
+                      "to the thread pool", &zone->name);
+        zone->park_failures++;
+        return NGX_ERROR;
+    }
+
+    r->main->blocked++;
+    r->aio = 1;
+
+    ctx->parked = 1;
+    ctx->parked_at = ngx_current_msec;
+    zone->parked++;
+
+    ngx_memzero(&ctx->guard, sizeof(ngx_event_t));
+    ctx->guard.handler = ngx_http_tollgate_guard_handler;
+    ctx->guard.data = ctx;
+    ctx->guard.log = r->connection->log;
+
+    ngx_add_timer(&ctx->guard, NGX_HTTP_TOLLGATE_GUARD);
+
+    return NGX_OK;
+}
+
+
+/* on a pool thread: the core only, nothing of nginx */
+
+static void
+ngx_http_tollgate_thread_handler(void *data, ngx_log_t *log)
+{
+    ngx_http_tollgate_task_ctx_t  *tc = data;
+
+    tc->status = tg_check(tc->limiter, &tc->req, tc->now, &tc->decision);
+}
+
+
+/* back on the event loop with the decision: answer, then resume */
+
+static void
+ngx_http_tollgate_thread_event_handler(ngx_event_t *ev)
+{
+    ngx_connection_t              *c;
+    ngx_http_request_t            *r;
+    ngx_http_tollgate_ctx_t       *ctx;
+    ngx_http_tollgate_task_ctx_t  *tc;
+    ngx_http_tollgate_loc_conf_t  *tlcf;
+
+    tc = ev->data;
+    r = tc->request;
+    ctx = tc->ctx;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    r->main->blocked--;
+    r->aio = 0;
+
+    ctx->parked = 0;
+    ctx->waited = ngx_current_msec - ctx->parked_at;
+    ctx->zone->parked--;
+
+    if (ctx->guard.timer_set) {
+        ngx_del_timer(&ctx->guard);
+    }
+
+    /* the decision was made and charged: log and count it in any case */
+    tlcf = ngx_http_get_module_loc_conf(r, ngx_http_tollgate_module);
+    ngx_http_tollgate_decided(r, ctx, tlcf, tc->status, &tc->decision);
+
+    if (c->error && r->write_event_handler == ngx_http_core_run_phases) {
+        /* the client went away meanwhile */
+        ngx_http_finalize_request(r, NGX_HTTP_CLIENT_CLOSED_REQUEST);
+
+    } else {
+        /* the phases, or the finalizer of a request terminated while
+         * parked */
+        r->write_event_handler(r);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_tollgate_guard_handler(ngx_event_t *ev)
+{
+    ngx_http_tollgate_ctx_t  *ctx = ev->data;
+
+    /* more requests parked than pool threads wait their turn */
+    ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                  "tollgate: a decision in zone \"%V\" has waited %M ms "
+                  "for the thread pool and the store",
+                  &ctx->zone->name, ngx_current_msec - ctx->parked_at);
+
+    ngx_add_timer(ev, NGX_HTTP_TOLLGATE_GUARD);
+}
+
+#endif
 
 
 /*
@@ -1298,6 +1699,8 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
                + ngx_http_tollgate_table_metrics[k].len;
     }
 
+    len += ngx_http_tollgate_store_metrics_len(tmcf);
+
     for (z = 0; z < tmcf->zones.nelts; z++) {
         line = sizeof("tollgate_decisions_total{zone=\"\",model=\"\","
                       "outcome=\"unknown_model\"} \n")
@@ -1393,6 +1796,11 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
         }
     }
 
+    p = ngx_http_tollgate_store_metrics(p, tmcf, r);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     b->last = p;
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
@@ -1414,6 +1822,168 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/* room for the store metrics of every zone joined to one */
+
+static size_t
+ngx_http_tollgate_store_metrics_len(ngx_http_tollgate_main_conf_t *tmcf)
+{
+    size_t                             len, line;
+    ngx_uint_t                         z, n;
+    ngx_http_tollgate_zone_t         **zones;
+    ngx_http_tollgate_store_metric_t  *m;
+
+    zones = tmcf->zones.elts;
+    len = 0;
+    line = 0;
+    n = 0;
+
+    for (z = 0; z < tmcf->zones.nelts; z++) {
+        if (zones[z]->redis_url.len) {
+            line += sizeof("{zone=\"\",pid=\"\",mode=\"leases\","
+                           "down=\"closed\"} \n")
+                    + zones[z]->name.len * 2 + NGX_INT64_LEN * 2;
+            n++;
+        }
+    }
+
+    if (n == 0) {
+        return 0;
+    }
+
+    len += sizeof("# HELP tollgate_store_info \n# TYPE tollgate_store_info "
+                  "gauge\ntollgate_store_info") + 64
+           + line + sizeof("tollgate_store_info") * n;
+
+    for (m = ngx_http_tollgate_store_metrics_t; m->name.len; m++) {
+        len += sizeof("# HELP  \n# TYPE  counter\n") + m->name.len * 2
+               + m->help.len + line + m->name.len * n;
+    }
+
+    return len;
+}
+
+
+/*
+ * The lease layer's counters of this worker (tg_limiter_lease_stats), per
+ * zone joined to a store: each worker joins on its own, so each answers
+ * with its own numbers, labelled with its pid.
+ */
+
+static u_char *
+ngx_http_tollgate_store_metrics(u_char *p, ngx_http_tollgate_main_conf_t *tmcf,
+    ngx_http_request_t *r)
+{
+    u_char                            *f;
+    uint64_t                           v;
+    tg_status                          st;
+    ngx_uint_t                         z, n;
+    ngx_http_tollgate_zone_t         **zones, *zone;
+    ngx_http_tollgate_store_view_t    *views;
+    ngx_http_tollgate_store_metric_t  *m;
+
+    zones = tmcf->zones.elts;
+    n = 0;
+
+    for (z = 0; z < tmcf->zones.nelts; z++) {
+        if (zones[z]->redis_url.len) {
+            n++;
+        }
+    }
+
+    if (n == 0) {
+        return p;
+    }
+
+    /* one snapshot per zone, so every line of a zone agrees */
+    views = ngx_palloc(r->pool, n * sizeof(ngx_http_tollgate_store_view_t));
+    if (views == NULL) {
+        return NULL;
+    }
+
+    n = 0;
+
+    for (z = 0; z < tmcf->zones.nelts; z++) {
+        zone = zones[z];
+
+        if (zone->redis_url.len == 0) {
+            continue;
+        }
+
+        ngx_memzero(&views[n], sizeof(ngx_http_tollgate_store_view_t));
+        views[n].lease.size = sizeof(tg_lease_stats);
+        views[n].parked = zone->parked;
+        views[n].park_failures = zone->park_failures;
+
+        if (zone->joined) {
+            st = tg_limiter_lease_stats(zone->limiter, &views[n].lease);
+
+            if (st == TG_OK) {
+                views[n].joined = 1;
+
+            } else {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "tollgate: tg_limiter_lease_stats() failed "
+                              "in zone \"%V\": %s",
+                              &zone->name, tg_status_str(st));
+            }
+        }
+
+        n++;
+    }
+
+    p = ngx_cpymem(p, "# HELP tollgate_store_info The store's mode and down "
+                   "policy.\n# TYPE tollgate_store_info gauge\n",
+                   sizeof("# HELP tollgate_store_info The store's mode and "
+                          "down policy.\n# TYPE tollgate_store_info gauge\n")
+                   - 1);
+
+    for (z = 0, n = 0; z < tmcf->zones.nelts; z++) {
+        zone = zones[z];
+
+        if (zone->redis_url.len == 0) {
+            continue;
+        }
+
+        p = ngx_cpymem(p, "tollgate_store_info{zone=\"",
+                       sizeof("tollgate_store_info{zone=\"") - 1);
+        p = ngx_http_tollgate_escape(p, zone->name.data, zone->name.len);
+        p = ngx_sprintf(p, "\",pid=\"%P\",mode=\"%s\",down=\"%s\"} %uL\n",
+                        ngx_pid,
+                        views[n].lease.mode == TG_REDIS_EXACT
+                        ? "exact" : "leases",
+                        views[n].lease.down_policy == TG_DOWN_OPEN ? "open"
+                        : views[n].lease.down_policy == TG_DOWN_CLOSED
+                          ? "closed" : "local",
+                        views[n].joined);
+        n++;
+    }
+
+    for (m = ngx_http_tollgate_store_metrics_t; m->name.len; m++) {
+        p = ngx_sprintf(p, "# HELP %V %V\n# TYPE %V %s\n",
+                        &m->name, &m->help, &m->name, m->type);
+
+        for (z = 0, n = 0; z < tmcf->zones.nelts; z++) {
+            zone = zones[z];
+
+            if (zone->redis_url.len == 0) {
+                continue;
+            }
+
+            f = (u_char *) &views[n] + m->offset;
+            v = m->size == sizeof(uint32_t) ? *(uint32_t *) f
+                                            : *(uint64_t *) f;
+
+            p = ngx_sprintf(p, "%V{zone=\"", &m->name);
+            p = ngx_http_tollgate_escape(p, zone->name.data, zone->name.len);
+            p = ngx_sprintf(p, "\",pid=\"%P\"} %uL\n", ngx_pid, v);
+            n++;
+        }
+    }
+
+    return p;
 }
 
 
@@ -1497,6 +2067,38 @@ ngx_http_tollgate_remaining_variable(ngx_http_request_t *r,
     value = *(uint32_t *) ((u_char *) &ctx->answer.decision + data);
 
     v->len = ngx_sprintf(p, "%uD", value) - p;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    v->data = p;
+
+    return NGX_OK;
+}
+
+
+/* milliseconds the request was parked waiting for Redis (0: decided on
+ * the event loop); only for a zone joined to a store */
+
+static ngx_int_t
+ngx_http_tollgate_redis_wait_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char                   *p;
+    ngx_http_tollgate_ctx_t  *ctx;
+
+    ctx = ngx_http_tollgate_get_ctx(r->main);
+
+    if (ctx == NULL || !ctx->decided || !ctx->leased) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->len = ngx_sprintf(p, "%M", ctx->waited) - p;
     v->valid = 1;
     v->no_cacheable = 0;
     v->not_found = 0;
@@ -1594,7 +2196,9 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
             break;
         }
 
-        size = tg_region_size(slots);
+        /* a leased table takes the whole run: the core fits its slots
+         * and their lease state into it */
+        size = zone->redis_url.len ? len : tg_region_size(slots);
 
         mem = ngx_slab_alloc_locked(shpool, size);
         if (mem) {
@@ -1613,7 +2217,12 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_ERROR;
     }
 
-    st = tg_limiter_init_in(zone->policy, mem, size, &zone->limiter);
+    if (zone->redis_url.len) {
+        st = tg_limiter_init_in_for_leases(zone->policy, mem, size,
+                                           &zone->limiter);
+    } else {
+        st = tg_limiter_init_in(zone->policy, mem, size, &zone->limiter);
+    }
 
     if (st != TG_OK) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
@@ -1624,6 +2233,7 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     sh->region = mem;
     sh->region_len = size;
+    sh->leased = zone->redis_url.len ? 1 : 0;
 
     shpool->data = sh;
 
@@ -1653,68 +2263,221 @@ ngx_http_tollgate_attach(ngx_shm_zone_t *shm_zone,
         return NGX_ERROR;
     }
 
+    if (ngx_http_tollgate_format_matches(zone, zone->sh->leased,
+                                         shm_zone->shm.log)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     return ngx_http_tollgate_add_rows(zone, shm_zone->shm.log);
+}
+
+
+/*
+ * A table is formatted for leases when it is made, never afterwards: a
+ * zone whose table (kept over a reload, or a file) has the other format
+ * than tollgate_redis asks for is refused, in words.
+ */
+
+static ngx_int_t
+ngx_http_tollgate_format_matches(ngx_http_tollgate_zone_t *zone,
+    ngx_uint_t leased, ngx_log_t *log)
+{
+    if (leased && zone->redis_url.len == 0) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0,
+                      "tollgate_zone \"%V\" holds a table formatted for "
+                      "quota leases (one quota across hosts): add "
+                      "\"tollgate_redis zone=%V URL;\", or give the zone "
+                      "a new %s for a local table in %s:%ui",
+                      &zone->name, &zone->name,
+                      zone->file.len ? "file" : "name or size",
+                      zone->conf_file, zone->conf_line);
+        return NGX_ERROR;
+    }
+
+    if (!leased && zone->redis_url.len) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0,
+                      "tollgate_redis: zone \"%V\" holds a local table, "
+                      "not one formatted for quota leases: give the zone "
+                      "a new %s (a table is formatted when it is made) "
+                      "in %s:%ui", &zone->name,
+                      zone->file.len ? "file" : "name or size",
+                      zone->conf_file, zone->conf_line);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
 /*
  * Maps the zone's region file, creating it with the slots "size" holds if
  * it is missing (without "size" the file must exist and is taken as it
- * is).  The master does this while it reads the configuration, before it
- * forks: workers inherit the MAP_SHARED mapping, so every worker, the
- * workers of older cycles still finishing requests after a reload, a new
- * binary after USR2 and the tollgate command all count in the same table,
- * and the worker user needs no access to the file of its own.
+ * is).  The master does this once the http block is read (when every
+ * tollgate_redis is known), before it forks: workers inherit the
+ * MAP_SHARED mapping, so every worker, the workers of older cycles still
+ * finishing requests after a reload, a new binary after USR2 and the
+ * tollgate command all count in the same table, and the worker user needs
+ * no access to the file of its own.
  */
 
 static ngx_int_t
-ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone,
-    ngx_str_t *size_arg, ssize_t size)
+ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone)
 {
-    uint32_t   slots;
-    tg_status  st;
+    u_char       err[1024];
+    uint32_t     slots, flags;
+    tg_status    st;
+    tg_limiter  *probe;
 
     slots = 0;
+    flags = 0;
 
-    if (size) {
-        slots = tg_region_slots_for((size_t) size);
+    if (zone->size) {
+        slots = zone->redis_url.len
+                ? ngx_http_tollgate_leased_slots((size_t) zone->size)
+                : tg_region_slots_for((size_t) zone->size);
 
         if (slots == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "tollgate_zone \"%V\" is too small to hold "
-                               "a table", &zone->name);
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "tollgate_zone \"%V\" is too small to hold "
+                          "a table in %s:%ui",
+                          &zone->name, zone->conf_file, zone->conf_line);
             return NGX_ERROR;
         }
+
+        flags |= TG_OPEN_CREATE;
+    }
+
+    if (zone->redis_url.len) {
+        flags |= TG_OPEN_LEASES;
     }
 
     st = tg_limiter_open(zone->policy, (const char *) zone->file.data, slots,
-                         slots ? TG_OPEN_CREATE : 0, &zone->limiter);
+                         flags, &zone->limiter);
 
     if (st == TG_OK) {
+
+        if (zone->redis_url.len) {
+            return NGX_OK;
+        }
+
+        /* a leased file opens without the flag too: say so now, not with
+         * every request */
+
+        if (ngx_http_tollgate_leased(zone->limiter) == 1) {
+            (void) ngx_http_tollgate_format_matches(zone, 1, cf->log);
+            return NGX_ERROR;
+        }
+
         return NGX_OK;
+    }
+
+    (void) ngx_cpystrn(err, (u_char *) tg_last_error(), sizeof(err));
+
+    if (st == TG_E_REGION_SIZE) {
+        probe = NULL;
+
+        /* a file of the other format has a slot count of its own: the
+         * format is what the operator needs to hear */
+
+        if (zone->redis_url.len) {
+            if (tg_limiter_open(zone->policy, (const char *) zone->file.data,
+                                0, TG_OPEN_LEASES, &probe)
+                == TG_E_NOT_LEASED)
+            {
+                (void) ngx_cpystrn(err, (u_char *) tg_last_error(),
+                                   sizeof(err));
+                slots = 0;
+
+            } else {
+                tg_limiter_free(probe);
+            }
+
+        } else if (tg_limiter_open(zone->policy,
+                                   (const char *) zone->file.data, 0, 0,
+                                   &probe)
+                   == TG_OK)
+        {
+            if (ngx_http_tollgate_leased(probe) == 1) {
+                tg_limiter_free(probe);
+                (void) ngx_http_tollgate_format_matches(zone, 1, cf->log);
+                return NGX_ERROR;
+            }
+
+            tg_limiter_free(probe);
+        }
     }
 
     /* the core's words: path, OS reason, sizes, what to do */
 
     if (slots == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "tollgate_zone \"%V\": cannot open file \"%V\": "
-                           "%s", &zone->name, &zone->file, tg_last_error());
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "tollgate_zone \"%V\": cannot open file \"%V\": "
+                      "%s in %s:%ui", &zone->name, &zone->file,
+                      err, zone->conf_file, zone->conf_line);
         return NGX_ERROR;
     }
 
     /* "0 slots" in the core's words is a zone without "size" here */
 
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "tollgate_zone \"%V\": cannot open file \"%V\" with "
-                       "the %uD slots \"%V\" holds: %s%s",
-                       &zone->name, &zone->file, slots, size_arg,
-                       tg_last_error(),
-                       st == TG_E_REGION_SIZE
-                       ? " (in nginx, 0 slots is a zone without \"size\")"
-                       : "");
+    ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                  "tollgate_zone \"%V\": cannot open file \"%V\" with "
+                  "the %uD slots \"%V\" holds: %s%s in %s:%ui",
+                  &zone->name, &zone->file, slots, &zone->size_arg,
+                  err,
+                  st == TG_E_REGION_SIZE
+                  ? " (in nginx, 0 slots is a zone without \"size\")"
+                  : "", zone->conf_file, zone->conf_line);
 
     return NGX_ERROR;
+}
+
+
+/*
+ * 1 if the table is formatted for leases, 0 if not, -1 if its stats fail:
+ * a leased table is tg_region_size_for_leases(slots) bytes (tg_stats), a
+ * local one tg_region_size(slots).
+ */
+
+static ngx_int_t
+ngx_http_tollgate_leased(tg_limiter *limiter)
+{
+    tg_stats  stats;
+
+    stats.size = sizeof(tg_stats);
+
+    if (tg_limiter_stats(limiter, tg_now_ms(), &stats) != TG_OK) {
+        return -1;
+    }
+
+    return stats.region_bytes != tg_region_size(stats.slots)
+           && stats.region_bytes == tg_region_size_for_leases(stats.slots);
+}
+
+
+/* the most slots a leased table of at most "size" bytes holds */
+
+static uint32_t
+ngx_http_tollgate_leased_slots(size_t size)
+{
+    uint32_t  lo, hi, mid;
+
+    lo = 0;
+    hi = tg_region_slots_for(size);
+
+    while (lo < hi) {
+        mid = lo + (hi - lo + 1) / 2;
+
+        if (tg_region_size_for_leases(mid) <= size) {
+            lo = mid;
+
+        } else {
+            hi = mid - 1;
+        }
+    }
+
+    return lo;
 }
 
 
@@ -1773,6 +2536,31 @@ ngx_http_tollgate_create_main_conf(ngx_conf_t *cf)
 }
 
 
+/* the http block is read: every tollgate_redis is known, so file zones
+ * can be opened in the format they need */
+
+static char *
+ngx_http_tollgate_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_tollgate_main_conf_t  *tmcf = conf;
+
+    ngx_uint_t                  z;
+    ngx_http_tollgate_zone_t  **zones;
+
+    zones = tmcf->zones.elts;
+
+    for (z = 0; z < tmcf->zones.nelts; z++) {
+        if (zones[z]->file.len
+            && ngx_http_tollgate_open_file(cf, zones[z]) != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 static void *
 ngx_http_tollgate_create_loc_conf(ngx_conf_t *cf)
 {
@@ -1791,6 +2579,9 @@ ngx_http_tollgate_create_loc_conf(ngx_conf_t *cf)
     conf->dry_run = NGX_CONF_UNSET;
     conf->table_full = NGX_CONF_UNSET_UINT;
     conf->no_limit = NGX_CONF_UNSET_UINT;
+#if (NGX_THREADS)
+    conf->thread_pool = NGX_CONF_UNSET_PTR;
+#endif
 
     return conf;
 }
@@ -1816,6 +2607,20 @@ ngx_http_tollgate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_TOLLGATE_TABLE_CLOSED);
     ngx_conf_merge_uint_value(conf->no_limit, prev->no_limit,
                               NGX_HTTP_TOLLGATE_NO_LIMIT_REFUSE);
+
+#if (NGX_THREADS)
+    ngx_conf_merge_ptr_value(conf->thread_pool, prev->thread_pool, NULL);
+
+    if (conf->zone && conf->zone->redis_url.len && conf->thread_pool == NULL)
+    {
+        /* "default", which nginx makes (32 threads) when it is not
+         * declared, as for "aio threads" */
+        conf->thread_pool = ngx_thread_pool_add(cf, NULL);
+        if (conf->thread_pool == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+#endif
 
     if (conf->zone == NULL) {
         return NGX_CONF_OK;
@@ -2024,6 +2829,10 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     zone->name = name;
+    zone->size = size;
+    zone->size_arg = size_arg;
+    zone->conf_file = cf->conf_file->file.name.data;
+    zone->conf_line = cf->conf_file->line;
 
     /* frees the handles when this configuration's cycle goes away */
     cln = ngx_pool_cleanup_add(cf->pool, 0);
@@ -2100,12 +2909,6 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (file.len
-        && ngx_http_tollgate_open_file(cf, zone, &size_arg, size) != NGX_OK)
-    {
-        return NGX_CONF_ERROR;
-    }
-
     shm_zone->init = ngx_http_tollgate_init_zone;
     shm_zone->data = zone;
     zone->shm_zone = shm_zone;
@@ -2118,6 +2921,156 @@ ngx_http_tollgate_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     *zp = zone;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * tollgate_redis zone=NAME URL [option=value ...]: the zone's table is
+ * formatted for quota leases and every worker joins the store at URL.  The
+ * options go to the core's parser (tg_redis_options_set) one by one, and
+ * the URL and options to tg_redis_check, so errors are the core's words;
+ * nothing connects until the workers start.
+ */
+
+static char *
+ngx_http_tollgate_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+#if (NGX_THREADS)
+    ngx_http_tollgate_main_conf_t  *tmcf = conf;
+
+    u_char                     *eq;
+    ngx_str_t                  *value, name, url;
+    tg_status                   st;
+    ngx_uint_t                  i, z;
+    tg_redis_options            opts;
+    ngx_http_tollgate_zone_t  **zones, *zone;
+
+    value = cf->args->elts;
+
+    if (value[1].len <= 5 || ngx_strncmp(value[1].data, "zone=", 5) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" takes zone=NAME first, not \"%V\"",
+                           &cmd->name, &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    name.data = value[1].data + 5;
+    name.len = value[1].len - 5;
+
+    zone = NULL;
+    zones = tmcf->zones.elts;
+
+    for (z = 0; z < tmcf->zones.nelts; z++) {
+        if (zones[z]->name.len == name.len
+            && ngx_strncmp(zones[z]->name.data, name.data, name.len) == 0)
+        {
+            zone = zones[z];
+            break;
+        }
+    }
+
+    if (zone == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown tollgate_zone \"%V\" (declare it before "
+                           "\"%V\")", &name, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (zone->redis_url.len) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" has a \"%V\" already",
+                           &name, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&opts, sizeof(tg_redis_options));
+    opts.size = sizeof(tg_redis_options);
+
+    for (i = 3; i < cf->args->nelts; i++) {
+        eq = ngx_strlchr(value[i].data, value[i].data + value[i].len, '=');
+
+        if (eq == NULL || eq == value[i].data) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\" (options are "
+                               "name=value)", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        st = tg_redis_options_set(&opts, (const char *) value[i].data,
+                                  eq - value[i].data, (const char *) eq + 1,
+                                  value[i].data + value[i].len - eq - 1);
+
+        if (st != TG_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%V: zone \"%V\": invalid option \"%V\": %s",
+                               &cmd->name, &name, &value[i],
+                               tg_last_error());
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    url.len = value[2].len;
+    url.data = ngx_pnalloc(cf->pool, url.len + 1);
+    if (url.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    (void) ngx_cpystrn(url.data, value[2].data, url.len + 1);
+
+    /* the URL and options as tg_limiter_connect will take them, without
+     * contacting Redis: the master never joins */
+    st = tg_redis_check((const char *) url.data, &opts);
+
+    if (st != TG_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%V: zone \"%V\": %s",
+                           &cmd->name, &name, tg_last_error());
+        return NGX_CONF_ERROR;
+    }
+
+    zone->redis_url = url;
+    zone->redis_opts = opts;
+
+    return NGX_CONF_OK;
+
+#else
+
+    return "needs nginx built --with-threads: requests wait for Redis "
+           "on a thread pool";
+
+#endif
+}
+
+
+/* tollgate_thread_pool NAME: where requests wait for Redis, as "aio
+ * threads=NAME" names its pool (an undeclared "default" has 32 threads) */
+
+static char *
+ngx_http_tollgate_thread_pool(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+#if (NGX_THREADS)
+    ngx_http_tollgate_loc_conf_t  *tlcf = conf;
+
+    ngx_str_t  *value;
+
+    if (tlcf->thread_pool != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    tlcf->thread_pool = ngx_thread_pool_add(cf, &value[1]);
+    if (tlcf->thread_pool == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+
+#else
+
+    return "needs nginx built --with-threads";
+
+#endif
 }
 
 
@@ -2190,4 +3143,87 @@ ngx_http_tollgate_init(ngx_conf_t *cf)
     ngx_http_top_header_filter = ngx_http_tollgate_header_filter;
 
     return NGX_OK;
+}
+
+
+/*
+ * Each worker joins the store itself, after the fork: the link is a thread
+ * of the process (tg_limiter_connect), and the master never has one.
+ * Redis down is not an error here: the down policy decides until it
+ * answers.
+ */
+
+static ngx_int_t
+ngx_http_tollgate_init_process(ngx_cycle_t *cycle)
+{
+    tg_status                       st;
+    ngx_uint_t                      z;
+    ngx_http_tollgate_zone_t      **zones, *zone;
+    ngx_http_tollgate_main_conf_t  *tmcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        /* the cache manager and loader decide nothing */
+        return NGX_OK;
+    }
+
+    tmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_tollgate_module);
+    if (tmcf == NULL) {
+        return NGX_OK;
+    }
+
+    zones = tmcf->zones.elts;
+
+    for (z = 0; z < tmcf->zones.nelts; z++) {
+        zone = zones[z];
+
+        if (zone->redis_url.len == 0 || zone->limiter == NULL) {
+            continue;
+        }
+
+        st = tg_limiter_connect(zone->limiter,
+                                (const char *) zone->redis_url.data,
+                                &zone->redis_opts);
+
+        if (st != TG_OK) {
+            /* the URL is not logged: it may hold a password */
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                          "tollgate_redis: zone \"%V\" cannot join its "
+                          "store: %s; its requests are answered 500 until "
+                          "a reload", &zone->name, tg_last_error());
+            continue;
+        }
+
+        zone->joined = 1;
+    }
+
+    return NGX_OK;
+}
+
+
+/* gives this worker's unspent units back (each call under the deadline) */
+
+static void
+ngx_http_tollgate_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                      z;
+    ngx_http_tollgate_zone_t      **zones;
+    ngx_http_tollgate_main_conf_t  *tmcf;
+
+    tmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_tollgate_module);
+    if (tmcf == NULL) {
+        return;
+    }
+
+    zones = tmcf->zones.elts;
+
+    for (z = 0; z < tmcf->zones.nelts; z++) {
+        if (zones[z]->joined) {
+            (void) tg_limiter_disconnect(zones[z]->limiter);
+            zones[z]->joined = 0;
+        }
+    }
 }

@@ -191,6 +191,34 @@ pub extern "C" fn tg_limiter_connect(
     })
 }
 
+/// Checks `url` (NUL-terminated) and `opts` (NULL for the defaults) as
+/// tg_limiter_connect would take them, without contacting Redis or
+/// starting a thread: for configuration checks in a process that must not
+/// join the store itself (nginx's master at `nginx -t` and reload). TG_OK,
+/// or TG_E_NULL, TG_E_INVALID (options), TG_E_STORE (the URL), with
+/// tg_last_error()'s words.
+#[no_mangle]
+pub extern "C" fn tg_redis_check(url: *const c_char, opts: *const tg_redis_options) -> tg_status {
+    guard(|| {
+        limiter::set_last_error("");
+        if url.is_null() {
+            return TG_E_NULL;
+        }
+        // SAFETY: NULL or the caller's readable struct.
+        let o = match unsafe { opts.as_ref() } {
+            None => tg_redis_options::default(),
+            Some(o) if sized::<tg_redis_options>(o.size) => *o,
+            Some(_) => return TG_E_INVALID,
+        };
+        // SAFETY: non-null and NUL-terminated by contract.
+        let Ok(url) = unsafe { CStr::from_ptr(url) }.to_str() else {
+            limiter::set_last_error("the store's URL is not UTF-8");
+            return TG_E_INVALID;
+        };
+        imp::check(url, &o)
+    })
+}
+
 /// Leaves the store: once the last handle sharing the link lets go, unspent
 /// units go back to Redis (each call under the deadline) and the lease
 /// thread stops. Decisions are then TG_E_NOT_JOINED. A limiter that is not
@@ -353,6 +381,23 @@ mod imp {
         TG_OK
     }
 
+    pub(super) fn check(url: &str, o: &tg_redis_options) -> tg_status {
+        let opts = match options(o) {
+            Ok(r) => r,
+            Err(e) => {
+                limiter::set_last_error(e);
+                return TG_E_INVALID;
+            }
+        };
+        match crate::lease::check(url, &opts) {
+            Ok(()) => TG_OK,
+            Err(e) => {
+                limiter::set_last_error(&e.to_string());
+                status_of(&e)
+            }
+        }
+    }
+
     pub(super) fn stats(l: &tg_limiter) -> Result<tg_lease_stats, tg_status> {
         let s: LeaseStats = l.inner.lease_stats().ok_or(TG_E_NOT_JOINED)?;
         Ok(tg_lease_stats {
@@ -418,6 +463,10 @@ mod imp {
 
     pub(super) fn disconnect(_: &mut tg_limiter) -> tg_status {
         TG_OK
+    }
+
+    pub(super) fn check(_: &str, _: &tg_redis_options) -> tg_status {
+        unsupported()
     }
 
     pub(super) fn stats(_: &tg_limiter) -> Result<tg_lease_stats, tg_status> {

@@ -130,7 +130,7 @@ pub(super) fn set_last_error(msg: &str) {
 /// What went wrong, in words, in this thread's last call that made (or
 /// failed to make) a limiter: tg_limiter_new, _init_in, _attach, _open,
 /// _share, their _for_leases forms, tg_limiter_connect and
-/// tg_redis_options_set. Names the path, the OS's reason, the sizes and what to do
+/// tg_redis_options_set, tg_redis_check. Names the path, the OS's reason, the sizes and what to do
 /// ("... grow it with `tollgate resize`"); "" after a success. The string
 /// belongs to the thread and stays valid until its next such call.
 #[no_mangle]

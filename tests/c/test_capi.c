@@ -1730,11 +1730,25 @@ static void test_leases(void) {
     CHECK_ST(tg_limiter_lease_stats(l, &st), TG_E_NOT_JOINED);
     CHECK_ST(tg_limiter_connect(l, "http://nowhere", &o), TG_E_STORE);
     CHECK(tg_last_error()[0] != '\0');
+    /* the same checks without contacting Redis (nginx -t in the master) */
+    CHECK_ST(tg_redis_check(url, &o), TG_OK);
+    CHECK(tg_last_error()[0] == '\0');
+    CHECK_ST(tg_redis_check("redis://127.0.0.1:1/0", NULL), TG_OK);
+    CHECK_ST(tg_redis_check("http://nowhere", &o), TG_E_STORE);
+    CHECK_STR_HAS(tg_last_error(), "http://nowhere");
+    CHECK_ST(tg_redis_check("redis+cluster://", &o), TG_E_STORE);
+    CHECK(tg_last_error()[0] != '\0');
+    CHECK_ST(tg_redis_check(NULL, &o), TG_E_NULL);
     CHECK_ST(tg_limiter_connect(l, NULL, &o), TG_E_NULL);
     tg_redis_options bad = o;
     bad.down = 7;
     CHECK_ST(tg_limiter_connect(l, url, &bad), TG_E_INVALID);
     CHECK_STR_HAS(tg_last_error(), "TG_DOWN_LOCAL");
+    CHECK_ST(tg_redis_check(url, &bad), TG_E_INVALID);
+    CHECK_STR_HAS(tg_last_error(), "TG_DOWN_LOCAL");
+    bad = o;
+    bad.size = 3;
+    CHECK_ST(tg_redis_check(url, &bad), TG_E_INVALID);
 
     /* joined: a key is decided from Redis, then from its leases. A
      * no-wait decision that would need Redis is TG_PENDING, charges

@@ -259,7 +259,8 @@ def parent_of(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # gone, or going: reading a dying process's stat fails with ESRCH
         return None
     return int(stat.rsplit(")", 1)[1].split()[1])
 
