@@ -793,8 +793,14 @@ impl Inner {
         let cost = req.cost;
         let (allowed, o) = match self.opts.down {
             DownPolicy::Closed => {
-                let (m, d) = self.shown(slot_i, at, None);
-                (false, outcome(false, LimitedBy::Minute, at, m, d))
+                // Refused for want of Redis, not of quota: the minute shows
+                // none left (a 429 saying "29 remaining" would read as a
+                // bug), the day what the last exchange said.
+                let (_, d) = self.shown(slot_i, at, None);
+                (
+                    false,
+                    outcome(false, LimitedBy::Minute, at, p.limits.rpm, d),
+                )
             }
             DownPolicy::Open => {
                 let (m, d) = self.shown(slot_i, at, None);

@@ -227,6 +227,10 @@ fn a_leased_table_never_decides_locally() {
     j.connect("redis://127.0.0.1:1/0", tight(1, DownPolicy::Closed))
         .unwrap();
     assert!(j.lease_stats().unwrap().redis_down);
+    // Closed: refused from the minute, which shows nothing left.
+    let d = j.check(&r, 1_764_288_000_000).unwrap();
+    assert!(!d.allowed && d.limited_by == LimitedBy::Minute, "{d:?}");
+    assert_eq!(d.minute.remaining, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

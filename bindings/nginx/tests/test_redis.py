@@ -319,6 +319,7 @@ def test_a_stalled_redis_never_blocks_the_worker(nginx, redis, capsys):
     assert 1000 <= parked_ms < 1900, parked_ms
     assert r.status == 429, r.body
     assert r.header("x-tollgate-limited-by") == "MINUTE"
+    assert r.header("x-ratelimit-remaining-requests") == "0"
     assert int(r.header("x-redis-wait")) >= 1000
     assert_six(r)
 
