@@ -805,7 +805,8 @@ typedef struct tg_redis_options {
   uint32_t down;
   /**
    * Gateway hosts sharing each quota (lease sizes, the local down share);
-   * 0 = 1.
+   * 0 = auto: the live hosts Redis counts (every joined table beats a
+   * heartbeat each second), 1 until the first count.
    */
   uint32_t hosts;
   /**
@@ -931,6 +932,11 @@ typedef struct tg_lease_stats {
   uint64_t store_circuit_open;
   uint64_t store_trips;
   uint64_t store_connects;
+  /**
+   * The hosts each quota is shared by now: as configured, or as Redis
+   * last counted them (hosts 0, auto).
+   */
+  uint32_t hosts;
 } tg_lease_stats;
 
 #ifdef __cplusplus
@@ -940,7 +946,7 @@ extern "C" {
 /**
  * Sets one option by name from text, as nginx's `tollgate_redis` and
  * configuration files give them: `mode` (leases, exact), `down` (local,
- * open, closed), `hosts`, `max_lease`, `max_connections`, `trip_after`,
+ * open, closed), `hosts` (a number, or auto), `max_lease`, `max_connections`, `trip_after`,
  * and the durations `deadline`, `refill_interval`, `idle_after`,
  * `cooldown`, `max_cooldown` (`50ms`, `2s`, `1m`; a bare number is
  * milliseconds). TG_E_INVALID for an unknown name or a bad value, with

@@ -23,8 +23,10 @@
 //! and the recovery of grants whose reply timed out; the decision path
 //! never waits for it.
 
+mod hosts;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -73,9 +75,11 @@ pub struct LeaseOptions {
     pub store: StoreOptions,
     pub mode: LeaseMode,
     pub down: DownPolicy,
-    /// Live hosts sharing each quota: a lease is at most the room left
+    /// Gateway hosts sharing each quota: a lease is at most the room left
     /// divided by them, and `DownPolicy::Local` admits limit / hosts per
-    /// host. Default 1; set it to the number of gateway hosts.
+    /// host. 0 (the default, "auto"): the live hosts Redis last counted
+    /// (every joined table beats a heartbeat every second; see
+    /// `lease::hosts`), 1 until the first count.
     pub hosts: u32,
     /// A lease is sized to last about this long at the key's recent rate.
     /// Default 1 s.
@@ -93,7 +97,7 @@ impl Default for LeaseOptions {
             store: StoreOptions::default(),
             mode: LeaseMode::Leases,
             down: DownPolicy::Local,
-            hosts: 1,
+            hosts: 0,
             refill_interval: Duration::from_secs(1),
             idle_after: Duration::from_secs(5),
             max_lease: 100_000,
@@ -158,6 +162,7 @@ impl LeaseOptions {
                     _ => return Err(format!("down: \"{value}\" is not local, open or closed")),
                 }
             }
+            "hosts" if value == "auto" => self.hosts = 0,
             "hosts" => self.hosts = count(1)? as u32,
             "max_lease" => self.max_lease = count(1)? as u32,
             "max_connections" => self.store.max_connections = count(1)? as usize,
@@ -197,6 +202,9 @@ fn parse_duration(text: &str) -> Option<Duration> {
 pub struct LeaseStats {
     pub mode: LeaseMode,
     pub down_policy: DownPolicy,
+    /// The hosts each quota is shared by now: as configured, or the live
+    /// count Redis last gave (`hosts` auto; 1 before the first).
+    pub hosts: u32,
     /// The last store call failed for want of Redis (timeout, refused,
     /// breaker open): decisions beyond held units follow the down policy.
     pub redis_down: bool,
@@ -313,6 +321,10 @@ struct Inner {
     unpushed: Mutex<HashMap<(Tag, Instant), u32>>,
     jobs: Mutex<Vec<Job>>,
     down: AtomicBool,
+    /// The live hosts Redis last counted (0: none yet), for `hosts` auto.
+    live_hosts: AtomicU32,
+    /// What the heartbeat is (the table's id) and its connection.
+    heartbeat: Mutex<hosts::Heartbeat>,
     /// Times Redis went from answering to not answering.
     epoch: AtomicU64,
     c: Counters,
@@ -332,9 +344,6 @@ pub fn check(url: &str, opts: &LeaseOptions) -> Result<(), Error> {
 
 /// The store `url` names, for these options; no connection is made.
 fn store_for(url: &str, opts: &LeaseOptions) -> Result<Store, Error> {
-    if opts.hosts == 0 {
-        return Err(Error::Invalid("hosts must be at least 1"));
-    }
     if opts.refill_interval.is_zero() || opts.idle_after.is_zero() {
         return Err(Error::Invalid(
             "refill_interval and idle_after must be above zero",
@@ -373,6 +382,15 @@ impl Joined {
             Err(e) if e.is_transport() || matches!(e, StoreError::CircuitOpen { .. }) => true,
             Err(e) => return Err(Error::Store(e)),
         };
+        // With hosts left to Redis, the first count before the first
+        // decision (one more call under the deadline), so early leases are
+        // not sized for a lone host.
+        let mut heartbeat = hosts::Heartbeat::new(region.seed());
+        let live = if opts.hosts == 0 && !down {
+            heartbeat.beat(&store, HEARTBEAT).unwrap_or(0)
+        } else {
+            0
+        };
         let inner = Arc::new(Inner {
             store,
             opts,
@@ -384,6 +402,8 @@ impl Joined {
             unpushed: Mutex::new(HashMap::new()),
             jobs: Mutex::new(Vec::new()),
             down: AtomicBool::new(down),
+            live_hosts: AtomicU32::new(live),
+            heartbeat: Mutex::new(heartbeat),
             epoch: AtomicU64::new(0),
             c: Counters::default(),
             stop: Mutex::new(false),
@@ -413,6 +433,7 @@ impl Joined {
         LeaseStats {
             mode: i.opts.mode,
             down_policy: i.opts.down,
+            hosts: i.hosts(),
             redis_down: i.down.load(Relaxed),
             decisions: c.from_leases.load(Relaxed) + c.slow_decisions.load(Relaxed),
             from_leases: c.from_leases.load(Relaxed),
@@ -507,6 +528,9 @@ impl Drop for Joined {
         self.inner.release_all();
     }
 }
+
+/// How often a table joined with `hosts` auto renews its heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How a decision was made, for the counters.
 enum Spent {
@@ -807,7 +831,7 @@ impl Inner {
                 (true, outcome(true, LimitedBy::None, at, m, d))
             }
             DownPolicy::Local => {
-                let hosts = self.opts.hosts;
+                let hosts = self.hosts();
                 let share = Limits {
                     rpm: p.limits.rpm / hosts,
                     rpd: p.limits.rpd / hosts,
@@ -893,7 +917,7 @@ impl Inner {
             .rpm
             .saturating_sub(gm)
             .min(info.limits.rpd.saturating_sub(gd));
-        let share = room / self.opts.hosts;
+        let share = room / self.hosts();
         est.min(share).min(self.opts.max_lease)
     }
 
@@ -1037,6 +1061,7 @@ impl Inner {
         let tick = (self.opts.refill_interval / 4)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut last_scan = std::time::Instant::now();
+        let mut last_beat = std::time::Instant::now();
         loop {
             {
                 let stop = lock(&self.stop);
@@ -1052,11 +1077,36 @@ impl Inner {
                 }
             }
             self.flush();
+            if self.opts.hosts == 0 && last_beat.elapsed() >= HEARTBEAT {
+                last_beat = std::time::Instant::now();
+                self.beat();
+            }
             self.top_up();
             if last_scan.elapsed() >= self.opts.idle_after / 4 {
                 last_scan = std::time::Instant::now();
                 self.give_back_idle();
             }
+        }
+    }
+
+    /// Renews this table's heartbeat and takes the live count. Redis not
+    /// answering keeps the count last seen (the `Local` share divides by
+    /// it); the store's own calls notice the outage.
+    fn beat(&self) {
+        if self.store.fails_fast() {
+            return;
+        }
+        if let Ok(n) = lock(&self.heartbeat).beat(&self.store, HEARTBEAT) {
+            self.live_hosts.store(n, Relaxed);
+        }
+    }
+
+    /// The hosts sharing each quota: as configured, or as Redis last
+    /// counted them (at least 1).
+    fn hosts(&self) -> u32 {
+        match self.opts.hosts {
+            0 => self.live_hosts.load(Relaxed).max(1),
+            n => n,
         }
     }
 

@@ -36,6 +36,7 @@ use blake2::Blake2bVar;
 
 use self::breaker::Breaker;
 pub use self::breaker::BreakerState;
+pub(crate) use self::conn::Conn;
 use self::conn::{Pool, Target};
 use self::script::{Call, Op, Times};
 use crate::policy::Limits;
@@ -539,6 +540,12 @@ impl Store {
     /// and perhaps wait up to the deadline.
     pub fn fails_fast(&self) -> bool {
         self.lock_breaker().fails_fast(std::time::Instant::now())
+    }
+
+    /// A connection outside the pool, for the lease thread's own commands
+    /// (the host heartbeat): opened within `timeout` or an error.
+    pub(crate) fn open_conn(&self, timeout: Duration) -> Result<Conn, redis::RedisError> {
+        self.target.connect(timeout)
     }
 
     /// What the store did so far.

@@ -1263,3 +1263,59 @@ fn reading_lease_stats_while_redis_is_down_never_deadlocks() {
     let s = l.lease_stats().unwrap();
     assert!(s.redis_down && s.degraded_admitted == s.decisions, "{s:?}");
 }
+
+#[test]
+fn hosts_left_to_redis_are_the_live_tables() {
+    let server = Server::start();
+    let dir = temp_dir("leases-hosts");
+    let auto = LeaseOptions {
+        hosts: 0,
+        ..roomy(1)
+    };
+    let wait_for = |l: &Limiter, n: u32| {
+        let t0 = Clock::now();
+        while l.lease_stats().unwrap().hosts != n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(8),
+                "hosts stayed {} (want {n})",
+                l.lease_stats().unwrap().hosts
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (fa, fb) = (dir.join("a.tollgate"), dir.join("b.tollgate"));
+    let mut a = Limiter::open_for_leases(&policy(), &fa, 64, true).unwrap();
+    a.connect(&server.url(), auto.clone()).unwrap();
+    assert_eq!(a.lease_stats().unwrap().hosts, 1);
+    // A second process on host A's table is host A again, not a new host.
+    let mut a2 = Limiter::open_for_leases(&policy(), &fa, 0, false).unwrap();
+    a2.connect(&server.url(), auto.clone()).unwrap();
+    assert_eq!(a2.lease_stats().unwrap().hosts, 1);
+    // Host B counts both at its first beat; A learns it at its next.
+    let mut b = Limiter::open_for_leases(&policy(), &fb, 64, true).unwrap();
+    b.connect(&server.url(), auto.clone()).unwrap();
+    assert_eq!(b.lease_stats().unwrap().hosts, 2);
+    wait_for(&a, 2);
+    // A configured count is used as given.
+    let mut fixed = Limiter::new_for_leases(&policy(), 64).unwrap();
+    fixed.connect(&server.url(), roomy(5)).unwrap();
+    assert_eq!(fixed.lease_stats().unwrap().hosts, 5);
+    wait_for(&a, 2);
+    // B leaves: A is alone again.
+    b.disconnect();
+    wait_for(&a, 1);
+    // With Redis gone, the Local share divides by the count last seen.
+    b.connect(&server.url(), auto.clone()).unwrap();
+    wait_for(&a, 2);
+    drop(server);
+    let (ms, _) = tomorrow(70);
+    let r = Request::new(b"hosts-down", b"m", Tier::Developer).limits(100, 1_000);
+    let admitted = (0..200)
+        .filter(|_| a.check(&r, ms).unwrap().allowed)
+        .count();
+    assert_eq!(admitted, 50, "the Local share of 2 hosts");
+    a.disconnect();
+    a2.disconnect();
+    b.disconnect();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -356,6 +356,8 @@ static ngx_http_tollgate_store_metric_t  ngx_http_tollgate_store_metrics_t[] =
         "The store's circuit breaker: 0 closed, 1 open, 2 half open."),
     ngx_http_tollgate_store_metric("tollgate_store_connections", "gauge",
         lease.connections, "Connections to Redis open now."),
+    ngx_http_tollgate_store_metric("tollgate_store_hosts", "gauge",
+        lease.hosts, "Hosts each quota is shared by (configured or live)."),
     ngx_http_tollgate_store_metric("tollgate_store_latency_microseconds",
         "gauge", lease.last_latency_us,
         "How long the last answered store call took."),

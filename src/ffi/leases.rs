@@ -37,7 +37,8 @@ pub struct tg_redis_options {
     /// TG_DOWN_LOCAL, TG_DOWN_OPEN or TG_DOWN_CLOSED.
     pub down: u32,
     /// Gateway hosts sharing each quota (lease sizes, the local down share);
-    /// 0 = 1.
+    /// 0 = auto: the live hosts Redis counts (every joined table beats a
+    /// heartbeat each second), 1 until the first count.
     pub hosts: u32,
     /// Longest a round trip takes, then the down policy; 0 = 50 ms.
     pub deadline_ms: u32,
@@ -110,11 +111,14 @@ pub struct tg_lease_stats {
     pub store_circuit_open: u64,
     pub store_trips: u64,
     pub store_connects: u64,
+    /// The hosts each quota is shared by now: as configured, or as Redis
+    /// last counted them (hosts 0, auto).
+    pub hosts: u32,
 }
 
 /// Sets one option by name from text, as nginx's `tollgate_redis` and
 /// configuration files give them: `mode` (leases, exact), `down` (local,
-/// open, closed), `hosts`, `max_lease`, `max_connections`, `trip_after`,
+/// open, closed), `hosts` (a number, or auto), `max_lease`, `max_connections`, `trip_after`,
 /// and the durations `deadline`, `refill_interval`, `idle_after`,
 /// `cooldown`, `max_cooldown` (`50ms`, `2s`, `1m`; a bare number is
 /// milliseconds). TG_E_INVALID for an unknown name or a bad value, with
@@ -440,6 +444,7 @@ mod imp {
             store_circuit_open: s.store.circuit_open,
             store_trips: s.store.trips,
             store_connects: s.store.connects,
+            hosts: s.hosts,
         })
     }
 }

@@ -112,6 +112,14 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
+    /// The connection for commands of our own (the host heartbeat).
+    pub(crate) fn as_connection_like(&mut self) -> &mut dyn redis::ConnectionLike {
+        match self {
+            Conn::Single(c) => c,
+            Conn::Cluster(c) => &mut **c,
+        }
+    }
+
     /// Bound the next reply (and write) by what is left of the deadline.
     /// The Cluster client may send a command twice (one retry, to follow a
     /// redirect or after a timeout), so each of its attempts gets half.

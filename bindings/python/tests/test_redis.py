@@ -144,6 +144,7 @@ def test_lease_stats_fields(tmp_path, redis_server):
         assert s.store_calls >= s.refills and s.store_failures == s.store_timeouts == 0
         assert s.degraded == s.degraded_admitted == s.refused_by_store == 0
         assert s.last_latency_us > 0
+        assert s.hosts >= 1  # auto: the live tables Redis counts
         with pytest.raises(dataclasses.FrozenInstanceError):
             s.decisions = 0  # type: ignore[misc]
         shared = lim.share()

@@ -641,6 +641,9 @@ class LeaseStats:
     store_circuit_open: int
     store_trips: int
     store_connects: int
+    #: The hosts each quota is shared by now: as configured, or as Redis
+    #: last counted them (``hosts`` "auto", the default).
+    hosts: int
 
 
 def _store_url(url: object) -> bytes:
@@ -1201,6 +1204,7 @@ class Limiter(_Handle):
             _BREAKER.get(out.breaker, str(out.breaker)),
             int(out.connections),
             *(int(getattr(out, name)) for name in _ffi.LEASE_COUNTERS),
+            int(out.hosts),
         )
 
     def __repr__(self) -> str:

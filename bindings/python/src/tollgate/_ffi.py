@@ -204,7 +204,9 @@ class TgLeaseStats(Structure):
         ("redis_down", c_uint32),
         ("breaker", c_uint32),
         ("connections", c_uint32),
-    ] + [(name, c_uint64) for name in LEASE_COUNTERS]
+    ] + [(name, c_uint64) for name in LEASE_COUNTERS] + [
+        ("hosts", c_uint32),
+    ]
 
 
 class TgAnswer(Structure):
