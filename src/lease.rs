@@ -627,7 +627,7 @@ impl Inner {
             .0;
             return Ok(o);
         }
-        if req.no_wait && !self.store.fails_fast() {
+        if req.no_wait && !self.store.fails_fast(&Tag::for_key(req.account, model)) {
             // Nothing changed yet: the caller decides again, waiting.
             return Err(Error::Pending);
         }
@@ -718,10 +718,10 @@ impl Inner {
             };
             return Ok(slot::judge(s, p.limits, 0, clock).0);
         }
-        if req.no_wait && !self.store.fails_fast() {
+        let tag = Tag::for_key(req.account, model);
+        if req.no_wait && !self.store.fails_fast(&tag) {
             return Err(Error::Pending);
         }
-        let tag = Tag::for_key(req.account, model);
         let id = OpId::new();
         self.c.refills.fetch_add(1, Relaxed);
         match self.store.grant_once(&tag, &id, cost, cost, p.limits, at) {
