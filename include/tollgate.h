@@ -866,7 +866,8 @@ typedef struct tg_lease_stats {
    */
   uint32_t redis_down;
   /**
-   * TG_BREAKER_*.
+   * TG_BREAKER_*: on a Cluster, where each hash slot has a breaker of
+   * its own, the worst slot's (open if any is open).
    */
   uint32_t breaker;
   /**

@@ -664,7 +664,7 @@ impl Inner {
             .0;
             return Ok(o);
         }
-        if req.no_wait && !self.store.fails_fast() {
+        if req.no_wait && !self.store.fails_fast(&Tag::for_key(req.account, model)) {
             // Nothing changed yet: the caller decides again, waiting.
             return Err(Error::Pending);
         }
@@ -755,10 +755,10 @@ impl Inner {
             };
             return Ok(slot::judge(s, p.limits, 0, clock).0);
         }
-        if req.no_wait && !self.store.fails_fast() {
+        let tag = Tag::for_key(req.account, model);
+        if req.no_wait && !self.store.fails_fast(&tag) {
             return Err(Error::Pending);
         }
-        let tag = Tag::for_key(req.account, model);
         let id = OpId::new();
         self.c.refills.fetch_add(1, Relaxed);
         match self.store.grant_once(&tag, &id, cost, cost, p.limits, at) {
@@ -1093,7 +1093,8 @@ impl Inner {
     /// answering keeps the count last seen (the `Local` share divides by
     /// it); the store's own calls notice the outage.
     fn beat(&self) {
-        if self.store.fails_fast() {
+        let tag = Tag::new(hosts::TAG).expect("a valid tag");
+        if self.store.fails_fast(&tag) {
             return;
         }
         if let Ok(n) = lock(&self.heartbeat).beat(&self.store, HEARTBEAT) {

@@ -34,8 +34,8 @@ use std::time::Duration;
 use blake2::digest::{Update, VariableOutput};
 use blake2::Blake2bVar;
 
-use self::breaker::Breaker;
 pub use self::breaker::BreakerState;
+use self::breaker::{Breakers, Scope};
 pub(crate) use self::conn::Conn;
 use self::conn::{Pool, Target};
 use self::script::{Call, Op, Times};
@@ -309,7 +309,13 @@ pub struct StoreStats {
     pub replays: u64,
     /// Microseconds the last answered call took.
     pub last_latency_us: u64,
+    /// On one server, its breaker's state. On a Cluster, which has a
+    /// breaker per hash slot, the worst of them: `Open` if any slot's is
+    /// open, else `HalfOpen` if any slot's probe is in flight.
     pub breaker: BreakerState,
+    /// Cluster hash slots whose breaker is open or probing now (0 on one
+    /// server: see `breaker`).
+    pub open_slots: usize,
     /// Connections open now.
     pub connections: usize,
 }
@@ -332,7 +338,8 @@ pub struct Store {
     target: Target,
     opts: StoreOptions,
     pool: Pool,
-    breaker: Mutex<Breaker>,
+    /// One breaker for a single server, one per hash slot for a Cluster.
+    breakers: Mutex<Breakers>,
     script: redis::Script,
     times: Times,
     counters: Counters,
@@ -366,7 +373,7 @@ impl Store {
         Ok(Store {
             target,
             pool: Pool::new(opts.max_connections),
-            breaker: Mutex::new(Breaker::new(
+            breakers: Mutex::new(Breakers::new(
                 opts.trip_after,
                 opts.cooldown,
                 opts.max_cooldown,
@@ -471,7 +478,7 @@ impl Store {
             id => id,
         };
         let call = Call::new(Op::Grant, tag, id, at, &self.times, &args)?;
-        let r = self.run(&call)?;
+        let r = self.run(tag, &call)?;
         Ok(Grant {
             units: u32::try_from(r.a)
                 .map_err(|_| StoreError::Protocol(format!("grant of {} units", r.a)))?,
@@ -520,7 +527,7 @@ impl Store {
     ) -> Result<Applied, StoreError> {
         let args = [minute_units as u64, day_units as u64];
         let call = Call::new(op, tag, Some(id), at, &self.times, &args)?;
-        let r = self.run(&call)?;
+        let r = self.run(tag, &call)?;
         Ok(Applied {
             minute_units: r.a,
             day_units: r.b,
@@ -532,14 +539,25 @@ impl Store {
     /// Both windows' counts and TTLs, changing nothing.
     pub fn counts(&self, tag: &Tag, at: Instant) -> Result<Counts, StoreError> {
         let call = Call::new(Op::Counts, tag, None, at, &self.times, &[])?;
-        Ok(self.run(&call)?.counts)
+        Ok(self.run(tag, &call)?.counts)
     }
 
-    /// Whether a call made now would fail at once (the breaker is open and
-    /// cooling down, or its probe is in flight) rather than reach for Redis
-    /// and perhaps wait up to the deadline.
-    pub fn fails_fast(&self) -> bool {
-        self.lock_breaker().fails_fast(std::time::Instant::now())
+    /// Whether a call for `tag` made now would fail at once (its breaker
+    /// is open and cooling down, or its probe is in flight) rather than
+    /// reach for Redis and perhaps wait up to the deadline. On a Cluster
+    /// that is the breaker of the tag's hash slot: a dead master does not
+    /// make the other shards' tags fail fast.
+    pub fn fails_fast(&self, tag: &Tag) -> bool {
+        let scope = self.scope(tag);
+        self.lock_breakers()
+            .fails_fast(scope, std::time::Instant::now())
+    }
+
+    /// The state of the breaker calls for `tag` go through (on a Cluster,
+    /// its hash slot's).
+    pub fn breaker_of(&self, tag: &Tag) -> BreakerState {
+        let scope = self.scope(tag);
+        self.lock_breakers().state_of(scope)
     }
 
     /// A connection outside the pool, for the lease thread's own commands
@@ -551,6 +569,11 @@ impl Store {
     /// What the store did so far.
     pub fn stats(&self) -> StoreStats {
         let c = &self.counters;
+        // One lock at a time: the breakers' is released before the pool's.
+        let (breaker, open_slots) = {
+            let b = self.lock_breakers();
+            (b.state(), b.open_slots())
+        };
         StoreStats {
             calls: c.calls.load(Relaxed),
             answered: c.answered.load(Relaxed),
@@ -561,22 +584,32 @@ impl Store {
             connects: c.connects.load(Relaxed),
             replays: c.replays.load(Relaxed),
             last_latency_us: c.last_latency_us.load(Relaxed),
-            breaker: self.lock_breaker().state(),
+            breaker,
+            open_slots,
             connections: self.pool.open(),
         }
     }
 
-    fn lock_breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        // The breaker's state is a plain value, whole at every step.
-        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_breakers(&self) -> std::sync::MutexGuard<'_, Breakers> {
+        // Each breaker's state is a plain value, whole at every step.
+        self.breakers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn scope(&self, tag: &Tag) -> Scope {
+        if self.target.is_cluster() {
+            Scope::slot_of(tag.as_bytes())
+        } else {
+            Scope::Whole
+        }
     }
 
     /// One script call through the breaker, the pool and the deadline.
-    fn run(&self, call: &Call) -> Result<script::Reply, StoreError> {
+    fn run(&self, tag: &Tag, call: &Call) -> Result<script::Reply, StoreError> {
         let c = &self.counters;
         c.calls.fetch_add(1, Relaxed);
+        let scope = self.scope(tag);
         let start = std::time::Instant::now();
-        let admit = self.lock_breaker().admit(start);
+        let admit = self.lock_breakers().admit(scope, start);
         let admit = match admit {
             Ok(a) => a,
             Err(retry_in) => {
@@ -599,15 +632,15 @@ impl Store {
                 }
             }
         }
-        let mut breaker = self.lock_breaker();
+        let mut breakers = self.lock_breakers();
         match &result {
             Err(e) if e.is_transport() => {
-                if breaker.failure(std::time::Instant::now(), admit) {
+                if breakers.failure(scope, std::time::Instant::now(), admit) {
                     c.trips.fetch_add(1, Relaxed);
                 }
             }
             _ => {
-                breaker.success();
+                breakers.success(scope);
                 c.answered.fetch_add(1, Relaxed);
                 c.last_latency_us
                     .store(start.elapsed().as_micros() as u64, Relaxed);

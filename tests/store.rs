@@ -837,3 +837,107 @@ fn on_a_cluster_the_deadline_holds_while_a_shard_sleeps() {
         }
     }
 }
+
+/// Issue 11: a Cluster has a breaker per hash slot. One master killed
+/// trips the breakers of its own tags' slots; the other masters' tags keep
+/// being answered, before, between and after the dead ones' calls (with
+/// one store-wide breaker they failed fast too, and the healthy answers in
+/// between kept the dead master's calls from ever failing fast).
+#[test]
+fn on_a_cluster_a_dead_master_trips_only_its_own_slots_breakers() {
+    let mut cluster = Cluster::start();
+    // Each master serves its own slots while one is failed (Redis's
+    // default answers CLUSTERDOWN everywhere once the dead node is marked
+    // failed, which is not what this test is about).
+    for node in &cluster.nodes {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-require-full-coverage")
+            .arg("no")
+            .exec(&mut node.conn())
+            .unwrap();
+    }
+    let opts = StoreOptions {
+        // Long enough that no probe comes during the test: every call of
+        // a tripped slot fails fast, whatever the machine's speed.
+        cooldown: Duration::from_secs(120),
+        max_cooldown: Duration::from_secs(120),
+        ..roomy()
+    };
+    let store = Store::connect(&cluster.url(), opts).unwrap();
+    let limits = Limits {
+        rpm: 1_000,
+        rpd: 10_000,
+    };
+    let at = ahead(140);
+    let victim = 1;
+    // Four tags on each master, each on a slot of its own.
+    let mut on: [Vec<Tag>; 3] = [vec![], vec![], vec![]];
+    let mut slots = std::collections::HashSet::new();
+    for i in 0.. {
+        let tag = Tag::for_key(format!("acct-{i}").as_bytes(), "m");
+        let (m, _) = key_names(&tag, at).unwrap();
+        let slot = cluster.slot_of(&m);
+        let owner = cluster.owner_of(slot);
+        if on[owner].len() < 4 && slots.insert(slot) {
+            on[owner].push(tag);
+        }
+        if on.iter().all(|t| t.len() == 4) {
+            break;
+        }
+    }
+    let dead = on[victim].clone();
+    let healthy: Vec<Tag> = (0..3)
+        .filter(|&n| n != victim)
+        .flat_map(|n| on[n].clone())
+        .collect();
+    for tag in dead.iter().chain(&healthy) {
+        assert_eq!(store.grant(tag, 1, 1, limits, at).unwrap().units, 1);
+    }
+
+    cluster.nodes[victim].kill();
+    let trip_after = store.options().trip_after as usize;
+    // Each dead tag: `trip_after` calls reach for the dead master and
+    // fail, then its slot's breaker is open and the rest fail at once.
+    for tag in &dead {
+        for n in 0..trip_after + 3 {
+            let r = store.grant(tag, 1, 1, limits, at);
+            if n < trip_after {
+                assert!(
+                    matches!(
+                        r,
+                        Err(StoreError::Down(_)) | Err(StoreError::Timeout { .. })
+                    ),
+                    "{r:?}"
+                );
+            } else {
+                assert!(matches!(r, Err(StoreError::CircuitOpen { .. })), "{r:?}");
+            }
+        }
+        assert!(store.fails_fast(tag));
+        assert_eq!(store.breaker_of(tag), BreakerState::Open);
+    }
+    let s = store.stats();
+    assert_eq!((s.trips, s.open_slots), (4, 4), "{s:?}");
+    assert_eq!(s.breaker, BreakerState::Open, "the worst slot's");
+
+    // The other masters' tags are answered, interleaved with the dead
+    // ones' calls (which keep failing fast).
+    for round in 0..5u64 {
+        for (d, h) in dead.iter().cycle().zip(&healthy) {
+            assert!(!store.fails_fast(h));
+            let g = store.grant(h, 1, 1, limits, at).unwrap();
+            assert_eq!((g.units, g.counts.minute_count), (1, 2 + round));
+            assert!(matches!(
+                store.grant(d, 1, 1, limits, at),
+                Err(StoreError::CircuitOpen { .. })
+            ));
+        }
+    }
+    for h in &healthy {
+        assert_eq!(store.breaker_of(h), BreakerState::Closed);
+        assert_eq!(store.counts(h, at).unwrap().minute_count, 6);
+    }
+    let s = store.stats();
+    assert_eq!((s.trips, s.open_slots), (4, 4), "{s:?}");
+}

@@ -72,7 +72,8 @@ pub struct tg_lease_stats {
     /// 1 when the last store call failed for want of Redis: decisions
     /// beyond the units held follow the down policy.
     pub redis_down: u32,
-    /// TG_BREAKER_*.
+    /// TG_BREAKER_*: on a Cluster, where each hash slot has a breaker of
+    /// its own, the worst slot's (open if any is open).
     pub breaker: u32,
     /// Connections to Redis open now.
     pub connections: u32,

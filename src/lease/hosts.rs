@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use crate::store::Store;
 
-/// The sorted set of live hosts.
+/// The sorted set of live hosts, and its hash tag (its Cluster slot).
 pub(crate) const KEY: &str = "tg:{hosts}";
+pub(crate) const TAG: &[u8] = b"hosts";
 
 /// A host's beat lives this many beat intervals: two missed beats (a
 /// stall, a slow restart) do not drop it from the count.
