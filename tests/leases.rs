@@ -213,7 +213,7 @@ fn a_leased_table_never_decides_locally() {
     // Bad options are errors with reasons, and Redis down is not one.
     let mut j = Limiter::new_for_leases(&policy(), 64).unwrap();
     let zero = LeaseOptions {
-        hosts: 0,
+        max_lease: 0,
         ..LeaseOptions::default()
     };
     assert!(matches!(
