@@ -529,6 +529,9 @@ impl Drop for Joined {
     }
 }
 
+/// The smallest lease asked for while the room left allows it.
+const LEASE_FLOOR: u32 = 16;
+
 /// How often a table joined with `hosts` auto renews its heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -910,7 +913,12 @@ impl Inner {
         let rate = info.last_grant as f64 / elapsed;
         let by_rate = (rate * self.opts.refill_interval.as_secs_f64()).ceil();
         let grown = (info.last_grant as f64 * 16.0).max(16.0);
+        // At least a small floor: a key's rate is measured between its
+        // refills, which a lease of one or two units makes slow, so sized
+        // by rate alone a cold table of many keys stays near one round trip
+        // per decision. Near the limit `share` is smaller and wins.
         let est = by_rate.min(grown).min(u32::MAX as f64) as u32;
+        let est = est.max(LEASE_FLOOR);
         let (gm, gd) = slot::read_word(&self.region.side(slot_i).global, at);
         let room = info
             .limits
