@@ -688,7 +688,10 @@ impl Inner {
         }
         let id = OpId::new();
         self.c.refills.fetch_add(1, Relaxed);
-        let result = self.store.grant_once(&tag, &id, want, cost, p.limits, at);
+        let hosts = self.hosts();
+        let result = self
+            .store
+            .grant_share(&tag, &id, want, cost, p.limits, at, hosts);
         match result {
             Ok(g) => {
                 self.answered();
@@ -913,12 +916,7 @@ impl Inner {
         let rate = info.last_grant as f64 / elapsed;
         let by_rate = (rate * self.opts.refill_interval.as_secs_f64()).ceil();
         let grown = (info.last_grant as f64 * 16.0).max(16.0);
-        // At least a small floor: a key's rate is measured between its
-        // refills, which a lease of one or two units makes slow, so sized
-        // by rate alone a cold table of many keys stays near one round trip
-        // per decision. Near the limit `share` is smaller and wins.
         let est = by_rate.min(grown).min(u32::MAX as f64) as u32;
-        let est = est.max(LEASE_FLOOR);
         let (gm, gd) = slot::read_word(&self.region.side(slot_i).global, at);
         let room = info
             .limits
@@ -926,6 +924,12 @@ impl Inner {
             .saturating_sub(gm)
             .min(info.limits.rpd.saturating_sub(gd));
         let share = room / self.hosts();
+        // A floor: a key's rate is measured between its refills, which a
+        // lease of one or two units makes slow, so sized by rate alone a
+        // cold table of many keys stays near one round trip per decision.
+        // At most a quarter of the share, so small limits stay fine-grained
+        // (fresh headers, little parked on one host).
+        let est = est.max(LEASE_FLOOR.min(share / 4));
         est.min(share).min(self.opts.max_lease)
     }
 
@@ -971,7 +975,9 @@ impl Inner {
         for (i, gen, tag, limits, want, at) in due {
             let id = OpId::new();
             self.c.top_ups.fetch_add(1, Relaxed);
-            let result = self.store.grant_once(&tag, &id, want, 1, limits, at);
+            let result = self
+                .store
+                .grant_share(&tag, &id, want, 1, limits, at, self.hosts());
             let clock = Clock {
                 now: at,
                 skew: self.skew,
@@ -1240,7 +1246,9 @@ impl Inner {
                 limits,
                 at,
             } => {
-                let g = self.store.grant_once(tag, id, *want, *min, *limits, *at)?;
+                let g = self
+                    .store
+                    .grant_share(tag, id, *want, *min, *limits, *at, self.hosts())?;
                 // Before queueing its give-back: a recovery drops queued ones.
                 self.answered();
                 if g.units > 0 {

@@ -424,7 +424,7 @@ impl Store {
         limits: Limits,
         at: Instant,
     ) -> Result<Grant, StoreError> {
-        self.grant_inner(tag, None, want, min, limits, at)
+        self.grant_inner(tag, None, want, min, limits, at, 1)
     }
 
     /// [`Store::grant`] under an id: a second call with the same id within
@@ -440,9 +440,28 @@ impl Store {
         limits: Limits,
         at: Instant,
     ) -> Result<Grant, StoreError> {
-        self.grant_inner(tag, Some(id), want, min, limits, at)
+        self.grant_inner(tag, Some(id), want, min, limits, at, 1)
     }
 
+    /// [`Store::grant_once`] for a lease among `hosts` hosts: at most
+    /// `max(min, floor(room / hosts))` units, the room as Redis has it at
+    /// the grant (a host's own view of it may be stale), so near a limit no
+    /// host is leased more than its share of what is left.
+    #[allow(clippy::too_many_arguments)]
+    pub fn grant_share(
+        &self,
+        tag: &Tag,
+        id: &OpId,
+        want: u32,
+        min: u32,
+        limits: Limits,
+        at: Instant,
+        hosts: u32,
+    ) -> Result<Grant, StoreError> {
+        self.grant_inner(tag, Some(id), want, min, limits, at, hosts.max(1))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn grant_inner(
         &self,
         tag: &Tag,
@@ -451,6 +470,7 @@ impl Store {
         min: u32,
         limits: Limits,
         at: Instant,
+        hosts: u32,
     ) -> Result<Grant, StoreError> {
         if min == 0 || min > want {
             return Err(StoreError::Invalid("grant needs 1 <= min <= want"));
@@ -465,6 +485,7 @@ impl Store {
             min as u64,
             limits.rpm as u64,
             limits.rpd as u64,
+            hosts as u64,
         ];
         // The Cluster client may send a call twice (a retry after a
         // timeout): a grant there always carries an id, so a second run

@@ -941,3 +941,33 @@ fn on_a_cluster_a_dead_master_trips_only_its_own_slots_breakers() {
     let s = store.stats();
     assert_eq!((s.trips, s.open_slots), (4, 4), "{s:?}");
 }
+
+#[test]
+fn a_shared_grant_is_at_most_its_hosts_share_of_the_room_now() {
+    let server = Server::start();
+    let store = Store::connect(&server.url(), StoreOptions::default()).unwrap();
+    let tag = Tag::for_key(b"acct-share", "m");
+    let limits = Limits {
+        rpm: 30,
+        rpd: 1_000,
+    };
+    let at = ahead(97);
+    let grant = |want, min| {
+        store
+            .grant_share(&tag, &OpId::new(), want, min, limits, at, 3)
+            .unwrap()
+            .units
+    };
+    // Room 30 among 3 hosts: 10, then 20 / 3 = 6, then 14 / 3 = 4.
+    assert_eq!(grant(100, 1), 10);
+    assert_eq!(grant(100, 1), 6);
+    assert_eq!(grant(3, 1), 3);
+    // Below the share, the minimum still fits while the room allows it.
+    assert_eq!(grant(5, 5), 5);
+    // Room 6: share 2, and min 4 is granted whole; then nothing fits 3.
+    assert_eq!(grant(4, 4), 4);
+    assert_eq!(grant(3, 3), 0);
+    assert_eq!(grant(2, 1), 1);
+    assert_eq!(grant(1, 1), 1);
+    assert_eq!(store.counts(&tag, at).unwrap().minute_count, 30);
+}

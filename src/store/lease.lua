@@ -13,7 +13,9 @@
 -- ARGV[4]  grace ms kept after the minute's end
 -- ARGV[5]  grace ms kept after the day's end
 -- ARGV[6]  ms a grant's record is kept (grant with an id only)
--- ARGV[7..] g: want, min, rpm, rpd    r, p: minute units, day units
+-- ARGV[7..] g: want, min, rpm, rpd[, hosts]    r, p: minute units, day units
+--          (hosts: a grant is at most max(min, floor(room / hosts)), so a
+--          lease is sized by the room as it is now, not as a host last saw it)
 --
 -- Reply: { replayed (0|1), a, b, minute count, day count, minute PTTL,
 -- day PTTL }; a, b = units granted, 0 (g) / returned (r) / added (p) per
@@ -79,8 +81,9 @@ if op == 'g' then
   local min = tonumber(ARGV[8])
   local rpm = tonumber(ARGV[9])
   local rpd = tonumber(ARGV[10])
+  local hosts = tonumber(ARGV[11]) or 1
   local room = math.min(rpm - count(KEYS[1]), rpd - count(KEYS[2]))
-  local n = math.min(want, room)
+  local n = math.min(want, math.max(min, math.floor(room / hosts)), room)
   if n < min or n < 0 then
     n = 0
   end

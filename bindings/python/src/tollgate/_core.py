@@ -1203,8 +1203,8 @@ class Limiter(_Handle):
             bool(out.redis_down),
             _BREAKER.get(out.breaker, str(out.breaker)),
             int(out.connections),
-            *(int(getattr(out, name)) for name in _ffi.LEASE_COUNTERS),
-            int(out.hosts),
+            **{name: int(getattr(out, name)) for name in _ffi.LEASE_COUNTERS},
+            hosts=int(out.hosts),
         )
 
     def __repr__(self) -> str:
