@@ -568,7 +568,6 @@ impl Region {
     }
 
     /// Slot `i`'s lease side area; only in a table formatted for leases.
-    #[cfg(feature = "redis")]
     #[inline]
     pub(crate) fn side(&self, i: usize) -> &Side {
         assert!(self.leases && i < self.slots as usize);
