@@ -483,7 +483,7 @@ impl Joined {
         let model = l.policy().models()[p.model].name.as_str();
         let outcome = match i.opts.mode {
             LeaseMode::Leases => i.decide_leased(slot_i, gen, req, p, model, clock),
-            LeaseMode::Exact => i.decide_exact(slot_i, req, p, model, clock),
+            LeaseMode::Exact => i.exact(slot_i, req, p, model, clock).map(Spent::Other),
         };
         // A decision from held units counted itself (`from_leases`): the
         // common case pays for one shared counter, not two.
@@ -728,17 +728,6 @@ impl Inner {
                 self.unanswered(e, slot_i, req, p, tag, id, want, at, clock)
             }
         }
-    }
-
-    fn decide_exact(
-        &self,
-        slot_i: usize,
-        req: &Request<'_>,
-        p: &Prepared,
-        model: &str,
-        clock: Clock,
-    ) -> Result<Spent, Error> {
-        self.exact(slot_i, req, p, model, clock).map(Spent::Other)
     }
 
     fn exact(

@@ -1068,14 +1068,7 @@ fn a_cluster_master_killed_fails_over_to_its_replica() {
     // failed: with Redis's default (`yes`) every node answers CLUSTERDOWN
     // from the dead master being marked failed until the promotion, and
     // every shard's keys fall to the down policy whatever the breakers.
-    for node in &cluster.nodes {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("cluster-require-full-coverage")
-            .arg("no")
-            .exec(&mut node.conn())
-            .unwrap();
-    }
+    cluster.serve_partial_coverage();
     let opts = LeaseOptions {
         idle_after: Duration::from_secs(2),
         ..tight(HOSTS as u32, DownPolicy::Local)

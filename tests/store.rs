@@ -849,14 +849,7 @@ fn on_a_cluster_a_dead_master_trips_only_its_own_slots_breakers() {
     // Each master serves its own slots while one is failed (Redis's
     // default answers CLUSTERDOWN everywhere once the dead node is marked
     // failed, which is not what this test is about).
-    for node in &cluster.nodes {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("cluster-require-full-coverage")
-            .arg("no")
-            .exec(&mut node.conn())
-            .unwrap();
-    }
+    cluster.serve_partial_coverage();
     let opts = StoreOptions {
         // Long enough that no probe comes during the test: every call of
         // a tripped slot fails fast, whatever the machine's speed.

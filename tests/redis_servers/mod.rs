@@ -186,6 +186,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Lets each master serve its own slots while another is failed
+    /// (`cluster-require-full-coverage no`): with Redis's default every node
+    /// answers CLUSTERDOWN from a master being marked failed until its
+    /// replica is promoted, whatever the client does.
+    pub fn serve_partial_coverage(&self) {
+        for node in &self.nodes {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("cluster-require-full-coverage")
+                .arg("no")
+                .exec(&mut node.conn())
+                .unwrap();
+        }
+    }
+
     /// Three masters, no replicas.
     pub fn start() -> Cluster {
         Cluster::create(0, 2_000)
