@@ -20,6 +20,7 @@ const USAGE: &str = "\
 An OpenAI-shaped gateway limited by tollgate (RPM and RPD per API key and model).
 
 Usage: axum [--listen ADDR] [--policy FILE] [--table FILE] [--slots N] [--tier NAME]
+            [--redis URL]
 
   --listen ADDR   address to listen on (default 127.0.0.1:8080; port 0 picks a
                   free one); the address is printed as `listening on http://ADDR`
@@ -30,6 +31,11 @@ Usage: axum [--listen ADDR] [--policy FILE] [--table FILE] [--slots N] [--tier N
   --slots N       table slots (default 100000: 1.25 x the key pairs of a day)
   --tier NAME     the tier of every request: free, developer, enterprise
                   (default developer)
+  --redis URL     join the table to Redis (redis://host:port/db, or
+                  redis+cluster://h1:port,h2:port): one quota per key and model
+                  across every gateway joined to it. A new --table file is made
+                  for leases. Requests that must wait for Redis are decided
+                  off the async runtime, at most its 50 ms deadline
 
 Routes:
   POST /v1/chat/completions   limited: 429 over a limit, 404 unknown model, 401 no
@@ -51,6 +57,7 @@ struct Args {
     table: Option<String>,
     slots: u32,
     tier: Tier,
+    redis: Option<String>,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -60,6 +67,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         table: None,
         slots: 100_000,
         tier: Tier::Developer,
+        redis: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -83,6 +91,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                     format!("--tier {value}: not a tier (free, developer, enterprise)")
                 })?
             }
+            "--redis" => a.redis = Some(value),
             _ => return Err(format!("unknown argument {flag} (see --help)")),
         }
     }
@@ -149,6 +158,26 @@ async fn models(State(limiter): State<Arc<Limiter>>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
+/// A table of quota leases joined to the Redis at `url`. Redis down is no
+/// error: the limiter decides by the down policy until it answers.
+#[cfg(feature = "redis")]
+fn joined(policy: &Policy, table: Option<&str>, slots: u32, url: &str) -> Result<Limiter, String> {
+    let mut limiter = match table {
+        Some(path) => Limiter::open_for_leases(policy, path, slots, true),
+        None => Limiter::new_for_leases(policy, slots),
+    }
+    .map_err(|e| e.to_string())?;
+    limiter
+        .connect(url, tollgate::lease::LeaseOptions::default())
+        .map_err(|e| format!("--redis {url}: {e}"))?;
+    Ok(limiter)
+}
+
+#[cfg(not(feature = "redis"))]
+fn joined(_: &Policy, _: Option<&str>, _: u32, _: &str) -> Result<Limiter, String> {
+    Err("--redis needs the `redis` feature (on by default)".into())
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(Some(a)) => a,
@@ -171,9 +200,12 @@ fn main() -> ExitCode {
         },
         None => Policy::builtin(),
     };
-    let limiter = match &args.table {
-        Some(path) => Limiter::open(&policy, path, args.slots, true),
-        None => Limiter::new(&policy, args.slots),
+    let limiter = match (&args.table, &args.redis) {
+        (Some(path), None) => {
+            Limiter::open(&policy, path, args.slots, true).map_err(|e| e.to_string())
+        }
+        (None, None) => Limiter::new(&policy, args.slots).map_err(|e| e.to_string()),
+        (table, Some(url)) => joined(&policy, table.as_deref(), args.slots, url),
     };
     let limiter = match limiter {
         Ok(l) => Arc::new(l),

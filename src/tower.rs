@@ -5,8 +5,9 @@
 //! For each request the layer takes the steps of [`Limiter::answer`] in
 //! its order, and holds no answer text or limiting of its own:
 //!
-//! 1. A method that is not limited ([`method_is_limited`]: only POST) is
-//!    passed on untouched and unread, so model listings, health checks
+//! 1. A method that is not limited
+//!    ([`method_is_limited`](crate::answer::method_is_limited): only POST)
+//!    is passed on untouched and unread, so model listings, health checks
 //!    and streamed uploads keep streaming.
 //! 2. The account comes from the caller's function of the request head
 //!    ([`bearer_token`], [`bearer_digest`], or your own). None is the
@@ -18,27 +19,43 @@
 //!    document, so the model it limits is the one the upstream reads), so
 //!    a limited request is buffered. More than the cap is answered 413
 //!    (`request_too_large`, the core's answer for
-//!    [`BodyError::TooLarge`]) as soon as the declared length or the bytes
-//!    read pass it: the cap is what bounds the memory a client can make the
-//!    gateway hold. A body that fails to arrive (client gone, broken
+//!    [`BodyError::TooLarge`](crate::BodyError::TooLarge)) as soon as the
+//!    declared length or the bytes read pass it: the cap is what bounds the
+//!    memory a client can make the gateway hold. A body that fails to arrive (client gone, broken
 //!    framing) gets the core's 400 `invalid_json`.
 //! 4. The tier (fixed, or from the request head) and the cost (fixed, or
-//!    from the head and body bytes) go with the body to
-//!    [`Limiter::answer`], which scans for the model, decides and answers.
+//!    from the head and body bytes) go with the body to the core, which
+//!    scans for the model, decides and answers: [`Limiter::try_answer`]
+//!    on the runtime, and [`Limiter::answer`] off it for a decision that
+//!    must wait for the quota store (below).
 //! 5. A refusal is answered with the core's status, headers and JSON body.
 //!    An admitted request goes to the inner service with its body bytes
 //!    re-attached unchanged (as `B::from(Bytes)`, which axum's `Body` and
 //!    `Full<Bytes>` implement; trailers are not kept; with hyper alone,
 //!    whose `Incoming` has no such conversion, map the request body into
-//!    axum's `Body` or your own first), the [`Answer`] and
-//!    its [`Decision`] in the request's extensions for the handler, and the
-//!    core's headers (the six `x-ratelimit-*`, and `retry-after` in a dry
-//!    run) set on the inner service's response, replacing any of the same
-//!    name. Response bodies are never buffered, so streamed (SSE) answers
-//!    keep streaming.
+//!    axum's `Body` or your own first), the
+//!    [`Answer`](crate::answer::Answer) and its [`Decision`](crate::Decision)
+//!    in the request's extensions for the handler, and the core's headers
+//!    (the six `x-ratelimit-*`, and `retry-after` in a dry run) set on the
+//!    inner service's response, replacing any of the same name. Response
+//!    bodies are never buffered, so streamed (SSE) answers keep streaming.
 //!
-//! Every response the layer returns carries the request's [`Answer`] in
-//! its extensions, for an outer layer that logs or counts outcomes.
+//! Every response the layer returns carries the request's
+//! [`Answer`](crate::answer::Answer) in its extensions, for an outer layer
+//! that logs or counts outcomes.
+//!
+//! On a limiter joined to Redis ([`Limiter::connect`]) the layer never
+//! blocks the async runtime. Every decision is first asked for without
+//! waiting ([`Request::no_wait`](crate::Request#structfield.no_wait)): one
+//! the units this host holds settle, or the down policy once the breaker is
+//! open, is made at once on the runtime, as on a local table (which never
+//! waits). One that needs a round trip to the store comes back pending
+//! ([`Error::Pending`](crate::Error::Pending), nothing charged) and is made
+//! again on a thread of the layer's own blocking pool, waiting at most the
+//! store's deadline, while the runtime serves other requests; a request
+//! whose client goes away meanwhile is still decided (and counted). The
+//! pool starts a thread when all of its threads are busy and lets one go
+//! after 10 s without work; it needs no particular async runtime.
 //!
 //! The README's example:
 //!
@@ -68,29 +85,23 @@
 //! # }
 //! ```
 
-use std::borrow::Cow;
-use std::future::Future;
-use std::pin::Pin;
+use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use http::header;
 use http::request::Parts;
-use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
-use http_body::Body;
-use http_body_util::{BodyExt, Either, Full};
 
 pub use crate::answer::Options;
-use crate::answer::{method_is_limited, Answer, Event, HttpRequest};
-use crate::{BodyError, Decision, Error, Limiter, Tier};
+use crate::{Limiter, Tier};
+
+mod blocking;
+mod service;
+
+pub use service::{RateLimit, ResponseBody};
 
 /// The default cap on a limited request's body: 4 MiB, well above a long
 /// chat prompt, well below what would let clients exhaust memory.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
-
-/// The body of a response through the layer: the inner service's, or the
-/// core's answer.
-pub type ResponseBody<B> = Either<B, Full<Bytes>>;
 
 type AccountFn = dyn Fn(&Parts) -> Option<Vec<u8>> + Send + Sync;
 type TierFn = dyn Fn(&Parts) -> Option<Vec<u8>> + Send + Sync;
@@ -120,9 +131,40 @@ struct Config {
     clock: Arc<ClockFn>,
 }
 
+impl fmt::Debug for TierOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TierOf::Fixed(t) => f.debug_tuple("Fixed").field(t).finish(),
+            TierOf::By(_) => f.write_str("By(..)"),
+        }
+    }
+}
+
+impl fmt::Debug for CostOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CostOf::Fixed(c) => f.debug_tuple("Fixed").field(c).finish(),
+            CostOf::By(_) => f.write_str("By(..)"),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The account function and the clock are closures: not shown.
+        f.debug_struct("Config")
+            .field("limiter", &self.limiter)
+            .field("tier", &self.tier)
+            .field("cost", &self.cost)
+            .field("options", &self.options)
+            .field("max_body_bytes", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Limits the requests of the service it wraps ([`RateLimit`]). Cheap to
 /// clone: the settings and the limiter are shared by `Arc`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RateLimitLayer {
     cfg: Arc<Config>,
 }
@@ -213,189 +255,8 @@ impl<S> tower::Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
 
     fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            cfg: self.cfg.clone(),
-        }
+        RateLimit::new(inner, self.cfg.clone())
     }
-}
-
-/// The service [`RateLimitLayer`] wraps around `S`.
-#[derive(Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    cfg: Arc<Config>,
-}
-
-impl<S, B, R> tower::Service<Request<B>> for RateLimit<S>
-where
-    S: tower::Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Body + From<Bytes> + Send + 'static,
-    B::Data: Send,
-    R: Body<Data = Bytes> + 'static,
-{
-    type Response = Response<ResponseBody<R>>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The clone that was polled ready serves this request.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(limit(self.cfg.clone(), inner, req))
-    }
-}
-
-async fn limit<S, B, R>(
-    cfg: Arc<Config>,
-    inner: S,
-    req: Request<B>,
-) -> Result<Response<ResponseBody<R>>, S::Error>
-where
-    S: tower::Service<Request<B>, Response = Response<R>>,
-    B: Body + From<Bytes>,
-    R: Body<Data = Bytes>,
-{
-    let (parts, body) = req.into_parts();
-    let limited = method_is_limited(parts.method.as_str().as_bytes());
-    let account = if limited { (cfg.account)(&parts) } else { None };
-    // An empty id is no API key, as the ASGI middleware takes it.
-    let Some(account) = account.filter(|a| !a.is_empty()) else {
-        // The core's first two steps (method, account) need no body: its
-        // answer comes before one is read, so a pass keeps it streaming.
-        let early = HttpRequest {
-            method: parts.method.as_str().as_bytes(),
-            account: None,
-            tier: b"",
-            body: b"",
-            cost: 0,
-        };
-        let a = cfg.limiter.answer(&early, (cfg.clock)(), &cfg.options);
-        return pass_or_answer(inner, parts, body, a).await;
-    };
-    let bytes = match read(body, cfg.max_body).await {
-        Ok(b) => b,
-        Err(e) => {
-            // No whole body to pass on, so answered even in a dry run.
-            let opts = Options {
-                dry_run: false,
-                ..cfg.options
-            };
-            return Ok(answer(Answer::new(
-                Event::Failed(&Error::Body(e)),
-                b"",
-                &opts,
-            )));
-        }
-    };
-    let tier: Cow<'_, [u8]> = match &cfg.tier {
-        TierOf::Fixed(t) => Cow::Borrowed(t.name().as_bytes()),
-        TierOf::By(f) => Cow::Owned(f(&parts).unwrap_or_default()),
-    };
-    let cost = match &cfg.cost {
-        CostOf::Fixed(c) => *c,
-        CostOf::By(f) => f(&parts, &bytes),
-    };
-    let req = HttpRequest {
-        method: parts.method.as_str().as_bytes(),
-        account: Some(&account),
-        tier: &tier,
-        body: &bytes,
-        cost,
-    };
-    let a = cfg.limiter.answer(&req, (cfg.clock)(), &cfg.options);
-    if !a.passes() {
-        return Ok(answer(a));
-    }
-    pass_or_answer(inner, parts, B::from(bytes), a).await
-}
-
-async fn pass_or_answer<S, B, R>(
-    mut inner: S,
-    mut parts: Parts,
-    body: B,
-    a: Answer,
-) -> Result<Response<ResponseBody<R>>, S::Error>
-where
-    S: tower::Service<Request<B>, Response = Response<R>>,
-    R: Body<Data = Bytes>,
-{
-    if !a.passes() {
-        return Ok(answer(a));
-    }
-    parts.extensions.insert(a);
-    if let Some(d) = a.decision() {
-        parts.extensions.insert::<Decision>(*d);
-    }
-    let mut res = inner.call(Request::from_parts(parts, body)).await?;
-    set_headers(res.headers_mut(), &a);
-    res.extensions_mut().insert(a);
-    Ok(res.map(Either::Left))
-}
-
-/// The core's answer as a response: its status, headers and JSON body.
-fn answer<R>(a: Answer) -> Response<ResponseBody<R>> {
-    let mut text = String::with_capacity(320);
-    // Writing to a String cannot fail.
-    let _ = a.write_body(&mut text);
-    let mut res = Response::new(Either::Right(Full::new(Bytes::from(text))));
-    *res.status_mut() =
-        StatusCode::from_u16(a.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    set_headers(res.headers_mut(), &a);
-    res.extensions_mut().insert(a);
-    res
-}
-
-fn set_headers(h: &mut http::HeaderMap, a: &Answer) {
-    let mut buf = [0u8; 20];
-    for (name, value) in a.headers() {
-        // The core's names are lower-case ASCII and its values digits or
-        // fixed text, so neither conversion fails.
-        if let Ok(v) = HeaderValue::from_bytes(value.as_bytes(&mut buf)) {
-            h.insert(HeaderName::from_static(name), v);
-        }
-    }
-}
-
-/// The whole body, or why not: more than `max` bytes (declared or read),
-/// or a body that failed to arrive.
-async fn read<B: Body>(body: B, max: usize) -> Result<Bytes, BodyError> {
-    if body.size_hint().lower() > max as u64 {
-        return Err(BodyError::TooLarge);
-    }
-    let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut rest = BytesMut::new();
-    let mut len = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Err(BodyError::NotJson);
-        };
-        let Ok(mut data) = frame.into_data() else {
-            continue; // trailers
-        };
-        len = len.saturating_add(data.remaining());
-        if len > max {
-            return Err(BodyError::TooLarge);
-        }
-        let chunk = data.copy_to_bytes(data.remaining());
-        // One chunk (the usual case for a small body) is kept as is.
-        match &first {
-            None if rest.is_empty() => first = Some(chunk),
-            _ => {
-                if let Some(f) = first.take() {
-                    rest.extend_from_slice(&f);
-                }
-                rest.extend_from_slice(&chunk);
-            }
-        }
-    }
-    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
 /// The key of an `Authorization: Bearer <key>` header (scheme in any case,
@@ -435,6 +296,7 @@ pub fn tier_header(name: &'static str) -> impl Fn(&Parts) -> Option<Vec<u8>> + S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{HeaderValue, Request};
 
     fn head(auth: Option<&[u8]>) -> Parts {
         let mut b = Request::builder()
@@ -484,21 +346,29 @@ mod tests {
     }
 
     #[test]
-    fn bodies_are_read_whole_or_refused() {
-        let rt = |f: std::pin::Pin<Box<dyn Future<Output = ()>>>| {
-            // A body of ready frames needs no runtime: one poll finishes it.
-            let w = std::task::Waker::noop();
-            let mut cx = Context::from_waker(w);
-            let mut f = f;
-            assert!(f.as_mut().poll(&mut cx).is_ready());
-        };
-        rt(Box::pin(async {
-            let b = Full::new(Bytes::from_static(b"{\"model\":\"m\"}"));
-            assert_eq!(read(b, 13).await.unwrap(), &b"{\"model\":\"m\"}"[..]);
-            let b = Full::new(Bytes::from_static(b"{\"model\":\"m\"}"));
-            assert_eq!(read(b, 12).await, Err(BodyError::TooLarge));
-            let b = Full::new(Bytes::new());
-            assert_eq!(read(b, 0).await.unwrap(), &b""[..]);
-        }));
+    fn the_layer_and_its_service_show_themselves() {
+        use tower::Layer;
+        let limiter = Arc::new(Limiter::new(&crate::Policy::builtin(), 16).unwrap());
+        let layer = RateLimitLayer::new(limiter, bearer_digest)
+            .tier_by(tier_header("x-tollgate-tier"))
+            .cost(2);
+        let shown = format!("{layer:?}");
+        for want in [
+            "Limiter {",
+            "tier: By(..)",
+            "cost: Fixed(2)",
+            "max_body_bytes: 4194304",
+        ] {
+            assert!(shown.contains(want), "{want}: {shown}");
+        }
+        let mut svc = layer.layer("inner");
+        assert_eq!(*svc.get_ref(), "inner");
+        *svc.get_mut() = "other";
+        let shown = format!("{svc:?}");
+        assert!(
+            shown.starts_with("RateLimit { inner: \"other\", config: Config {"),
+            "{shown}"
+        );
+        assert_eq!(svc.into_inner(), "other");
     }
 }

@@ -3,6 +3,8 @@
 //! chunked bodies), the official `openai` client, and the axum example.
 
 mod conformance_table;
+#[cfg(feature = "redis")]
+mod redis_servers;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -668,6 +670,175 @@ async fn the_openai_client_gets_rate_limit_error_on_the_31st_call() {
     assert_eq!(reset, (NOW / 60_000 + 1) * 60);
 }
 
+/// A quota store that accepts connections and never answers: a Redis
+/// stalled mid-call (as one paused by `CLIENT PAUSE`, or stopped by
+/// SIGSTOP), so every call waits its whole deadline.
+#[cfg(feature = "redis")]
+struct StalledStore {
+    addr: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    accepting: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(feature = "redis")]
+impl StalledStore {
+    fn start() -> StalledStore {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let accepting = std::thread::spawn(move || {
+            // Held open, never read from or written to.
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                held.extend(conn.ok());
+            }
+        });
+        StalledStore {
+            addr,
+            stop,
+            accepting: Some(accepting),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for StalledStore {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wakes the accept loop to see the flag.
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(t) = self.accepting.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Issue 15: on a limiter joined to a quota store that has stalled, a
+/// decision that needs a round trip waits for the store's deadline, and
+/// the layer makes it off the runtime. On a current-thread runtime (the
+/// server, the client and a 1 ms ticker all on one thread) every request
+/// still waits about the deadline, while the ticker is never more than a
+/// few milliseconds late: nothing the layer does blocks the runtime.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_store_never_blocks_the_runtime() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    use tollgate::lease::LeaseOptions;
+    use tollgate::store::StoreOptions;
+
+    const DEADLINE: Duration = Duration::from_millis(50);
+    let store = StalledStore::start();
+    let mut limiter = Limiter::new_for_leases(&Policy::builtin(), 1024).unwrap();
+    let opts = LeaseOptions {
+        store: StoreOptions {
+            deadline: DEADLINE,
+            // The breaker never opens, so every request needs the store and
+            // waits its whole deadline (an open breaker fails calls at once).
+            trip_after: u32::MAX,
+            ..StoreOptions::default()
+        },
+        hosts: 1,
+        ..LeaseOptions::default()
+    };
+    // Redis not answering is no error: the down policy decides.
+    limiter.connect(&store.url(), opts).unwrap();
+    let limiter = Arc::new(limiter);
+    let base = serve(app(RateLimitLayer::new(limiter.clone(), bearer_digest))).await;
+    let client = reqwest::Client::new();
+
+    // The ticker: how late each 1 ms tick comes, at worst.
+    let worst_us = Arc::new(AtomicU64::new(0));
+    let ticks = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let ticker = tokio::spawn({
+        let (worst_us, ticks, done) = (worst_us.clone(), ticks.clone(), done.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_millis(1));
+            while !done.load(Ordering::Relaxed) {
+                let due = every.tick().await;
+                let late = due.elapsed().as_micros() as u64;
+                worst_us.fetch_max(late, Ordering::Relaxed);
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let chat = |key: String| {
+        let req = client
+            .post(format!("{base}/conformance"))
+            .bearer_auth(key)
+            .body(CHAT)
+            .send();
+        async move {
+            let t = Instant::now();
+            let res = req.await.unwrap();
+            let took = t.elapsed();
+            assert_eq!(res.status(), 200, "the down policy (local) admits");
+            assert_eq!(header(&res, "x-upstream").as_deref(), Some("1"));
+            assert!(header(&res, "x-ratelimit-limit-requests").is_some());
+            took
+        }
+    };
+
+    let start = Instant::now();
+    let mut took = Vec::new();
+    // One at a time, on new keys and again on one key ...
+    for i in 0..4 {
+        took.push(chat(format!("sk-stalled-{i}")).await);
+        took.push(chat("sk-stalled-again".into()).await);
+    }
+    // ... and four at once, each waiting on the blocking pool.
+    let t = Instant::now();
+    let (a, b, c, d) = tokio::join!(
+        chat("sk-stalled-a".into()),
+        chat("sk-stalled-b".into()),
+        chat("sk-stalled-c".into()),
+        chat("sk-stalled-d".into()),
+    );
+    let together = t.elapsed();
+    took.extend([a, b, c, d]);
+    let total = start.elapsed();
+    done.store(true, Ordering::Relaxed);
+    ticker.await.unwrap();
+
+    let worst = Duration::from_micros(worst_us.load(Ordering::Relaxed));
+    let ticks = ticks.load(Ordering::Relaxed);
+    let stats = limiter.lease_stats().unwrap();
+    eprintln!(
+        "stalled store: requests took {took:?}; four at once {together:?}; \
+         ticker: {ticks} ticks in {total:?}, worst {worst:?} late; \
+         deferred {}, store timeouts {}",
+        stats.deferred, stats.store.timeouts
+    );
+    // Each request did wait for the store: the stall is real.
+    for t in &took {
+        assert!(*t >= DEADLINE * 4 / 5, "{took:?}");
+    }
+    // Generous for a loaded 2-core machine; a blocking layer is a whole
+    // deadline late on every request.
+    assert!(
+        worst < Duration::from_millis(20),
+        "the runtime was blocked {worst:?}"
+    );
+    assert!(
+        ticks as u128 >= total.as_millis() / 2,
+        "{ticks} ticks in {total:?}"
+    );
+    // Decided side by side, not one after another.
+    assert!(together < DEADLINE * 3, "four at once took {together:?}");
+    // Each one pending on the no-wait path, then made waiting.
+    assert!(stats.deferred >= took.len() as u64, "{stats:?}");
+    assert!(stats.store.timeouts >= took.len() as u64, "{stats:?}");
+}
+
 /// The example, built by cargo as the suite builds it (a no-op when it is
 /// fresh), in the profile of this test.
 fn example() -> PathBuf {
@@ -744,6 +915,7 @@ async fn the_axum_example_builds_and_answers() {
         "--policy",
         "--table",
         "--slots",
+        "--redis",
         "/v1/chat/completions",
     ] {
         assert!(text.contains(want), "{want}: {text}");
@@ -828,6 +1000,43 @@ async fn the_axum_example_builds_and_answers() {
         assert!(out["content"].as_str().unwrap().contains("requests left"));
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The example joined to a real `redis-server`: its counts are Redis's.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_axum_example_joined_to_redis() {
+    let redis = redis_servers::Server::start();
+    let exe = example();
+    let (_child, base) = start_example(&exe, &["--redis", &redis.url()]);
+    let client = reqwest::Client::new();
+    let mut left = Vec::new();
+    for _ in 0..2 {
+        let res = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth("sk-joined")
+            .body(CHAT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        left.push(header(&res, "x-ratelimit-remaining-requests-day").unwrap());
+    }
+    assert_eq!(left, ["14999", "14998"]);
+    // The key's day window is in Redis (a lease of it, at least the two).
+    let account = tollgate::account_digest(b"sk-joined");
+    let tag = tollgate::store::Tag::for_key(account.as_bytes(), "DeepSeek-V3.1");
+    let pattern = format!("tg:{{{}}}:d:*", String::from_utf8_lossy(tag.as_bytes()));
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{pattern}: {keys:?}");
+    let held: u64 = redis::cmd("GET")
+        .arg(&keys[0])
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!(held >= 2, "{held}");
 }
 
 /// The README's sample is the module's doc test, which compiles.
