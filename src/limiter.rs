@@ -119,6 +119,49 @@ pub(crate) enum Backing {
     File(#[allow(dead_code)] Mapping),
 }
 
+/// A value shared by a handle and replaced through `&self` while other
+/// threads read it: the limiter's link to the lease layer
+/// ([`Limiter::connect`]), which decisions read and tg_limiter_connect and
+/// tg_limiter_disconnect replace beside them.
+///
+/// An [`arc_swap::ArcSwapOption`]: a read is lock-free and, on its fast
+/// path, touches no counter shared between threads (a decision pays for no
+/// contended `Arc` clone); a replacement never frees what a reader still
+/// holds. The replaced value lives until the last reader lets go of it, so
+/// its `Drop` runs on whichever thread that is: for the lease layer's
+/// `Joined`, a deciding thread may then stop the lease thread and give the
+/// units back (each store call under the deadline) before its decision
+/// returns. That is the price of a disconnect that never waits for
+/// decisions in flight, and it is paid once per link.
+#[cfg(any(feature = "redis", test))]
+pub(crate) struct Link<T>(arc_swap::ArcSwapOption<T>);
+
+#[cfg(any(feature = "redis", test))]
+impl<T> Link<T> {
+    pub(crate) fn empty() -> Link<T> {
+        Link(arc_swap::ArcSwapOption::empty())
+    }
+
+    /// The current value, held for as long as the guard lives (one
+    /// decision: a guard is meant to be short-lived).
+    #[inline]
+    pub(crate) fn load(&self) -> arc_swap::Guard<Option<Arc<T>>> {
+        self.0.load()
+    }
+
+    /// A new link to the current value, for a sibling handle: replacing
+    /// either link later leaves the other as it is.
+    pub(crate) fn share(&self) -> Link<T> {
+        Link(arc_swap::ArcSwapOption::new(self.0.load_full()))
+    }
+
+    /// Puts `value` in place and hands back the one it replaces, which
+    /// readers may still hold (see the type's comment).
+    pub(crate) fn replace(&self, value: Option<Arc<T>>) -> Option<Arc<T>> {
+        self.0.swap(value)
+    }
+}
+
 /// A rate limiter: a policy over one region. `Send + Sync`: share it by
 /// reference or `Arc` between threads; processes share the region itself.
 ///
@@ -147,9 +190,11 @@ pub struct Limiter {
     /// formatting): decisions go to the lease layer, never the local path.
     leased: bool,
     /// The lease layer, once joined to the store ([`Limiter::connect`]);
-    /// shared by sibling handles.
+    /// shared by sibling handles. Replaced through `&self` (the C ABI's
+    /// tg_limiter_connect and tg_limiter_disconnect run beside decisions on
+    /// the same handle), so it is a [`Link`], never a plain field.
     #[cfg(feature = "redis")]
-    joined: Option<Arc<crate::lease::Joined>>,
+    joined: Link<crate::lease::Joined>,
     // Declared last so the region view is dropped before its memory.
     _backing: Arc<Backing>,
 }
@@ -298,7 +343,7 @@ impl Limiter {
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
             leased: region.leases(),
             #[cfg(feature = "redis")]
-            joined: None,
+            joined: Link::empty(),
             _backing: Arc::new(Backing::File(mapping)),
         })
     }
@@ -337,7 +382,7 @@ impl Limiter {
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
             leased: region.leases(),
             #[cfg(feature = "redis")]
-            joined: None,
+            joined: Link::empty(),
             _backing: Arc::new(Backing::File(mapping)),
         };
         old.resize_with_progress(new_path, slots, now_ms, progress)
@@ -360,7 +405,7 @@ impl Limiter {
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
             leased: region.leases(),
             #[cfg(feature = "redis")]
-            joined: None,
+            joined: Link::empty(),
             _backing: Arc::new(backing),
         })
     }
@@ -379,7 +424,7 @@ impl Limiter {
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
             leased: self.leased,
             #[cfg(feature = "redis")]
-            joined: self.joined.clone(),
+            joined: self.joined.share(),
             _backing: self._backing.clone(),
         })
     }
@@ -485,8 +530,12 @@ impl Limiter {
         model: usize,
         limits: Limits,
     ) -> Result<Decision, Error> {
+        // The guard keeps this link alive for the decision, however
+        // `connect` and `disconnect` replace it meanwhile.
         #[cfg(feature = "redis")]
-        if let Some(j) = &self.joined {
+        let link = self.joined.load();
+        #[cfg(feature = "redis")]
+        if let Some(j) = &*link {
             let model_id = self.model_ids[model];
             let p = Prepared {
                 now,
@@ -512,13 +561,28 @@ impl Limiter {
     /// made by [`Limiter::share`] after this share the link.
     #[cfg(feature = "redis")]
     pub fn connect(&mut self, url: &str, opts: crate::lease::LeaseOptions) -> Result<(), Error> {
+        self.connect_shared(url, opts)
+    }
+
+    /// [`Limiter::connect`] through a shared reference, for the C ABI: safe
+    /// beside decisions on this handle, which finish on the link they
+    /// loaded, or find none ([`Error::NotJoined`]) between the old link and
+    /// the new. Concurrent connects each install a link; the last stays.
+    #[cfg(feature = "redis")]
+    pub(crate) fn connect_shared(
+        &self,
+        url: &str,
+        opts: crate::lease::LeaseOptions,
+    ) -> Result<(), Error> {
         self.writable()?;
         if !self.leased {
             return Err(Error::NotLeased);
         }
-        self.joined = None;
+        drop(self.joined.replace(None));
         let j = crate::lease::Joined::start(url, opts, self.region, self._backing.clone())?;
-        self.joined = Some(Arc::new(j));
+        // Another connect may have installed its link meanwhile: this one
+        // replaces it, as a later call would.
+        drop(self.joined.replace(Some(Arc::new(j))));
         Ok(())
     }
 
@@ -528,13 +592,32 @@ impl Limiter {
     /// [`Error::NotJoined`] until [`Limiter::connect`].
     #[cfg(feature = "redis")]
     pub fn disconnect(&mut self) {
-        self.joined = None;
+        self.disconnect_shared();
+    }
+
+    /// [`Limiter::disconnect`] through a shared reference, for the C ABI:
+    /// safe beside decisions on this handle (see
+    /// [`Limiter::connect_shared`]). When a decision still holds the link,
+    /// its thread lets go last and gives the units back (see [`Link`]).
+    #[cfg(feature = "redis")]
+    pub(crate) fn disconnect_shared(&self) {
+        drop(self.joined.replace(None));
     }
 
     /// What the lease layer did, if joined.
     #[cfg(feature = "redis")]
     pub fn lease_stats(&self) -> Option<crate::lease::LeaseStats> {
-        self.joined.as_ref().map(|j| j.stats())
+        self.joined.load().as_ref().map(|j| j.stats())
+    }
+
+    /// The lease layer's first event kept after number `seq` (0: the oldest
+    /// kept): Redis unavailable and back, the breaker, the backlog pushed,
+    /// evictions. For bindings that log them at their own pace; Rust
+    /// services get the same through the `log` crate. `None`: nothing newer,
+    /// or not joined.
+    #[cfg(feature = "redis")]
+    pub fn lease_event(&self, seq: u64) -> Option<crate::lease::Event> {
+        self.joined.load().as_ref().and_then(|j| j.event_after(seq))
     }
 
     /// The policy model named `name`, resolved once: requests that carry
@@ -754,5 +837,160 @@ mod tests {
                 assert_eq!(peek.minute.remaining, 28);
             }
         }
+    }
+
+    /// What connect and disconnect do to the link while decisions read it,
+    /// on a stand-in value (miri builds leave the lease layer out): readers
+    /// never see a value after it is freed, each value is dropped exactly
+    /// once, by whichever thread lets go last, and a sibling's link is its
+    /// own.
+    #[test]
+    fn a_link_replaced_while_read_frees_nothing_in_use() {
+        use std::sync::atomic::AtomicBool;
+
+        /// A value readers check whole: `words` all equal `serial`.
+        struct Value {
+            serial: u32,
+            words: Vec<u32>,
+            dropped: Arc<AtomicU32>,
+        }
+        impl Drop for Value {
+            fn drop(&mut self) {
+                self.words.fill(0);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        // Under miri (slow, its own scheduler) a few replacements and reads;
+        // otherwise replacements go on until the readers have seen plenty.
+        let (readers, min_replacements, min_seen) = if cfg!(miri) {
+            (2, 12, 0)
+        } else {
+            (3, 2_000, 20_000)
+        };
+        let dropped = Arc::new(AtomicU32::new(0));
+        let value = |serial: u32| {
+            Some(Arc::new(Value {
+                serial,
+                words: vec![serial; 4],
+                dropped: dropped.clone(),
+            }))
+        };
+        let link: Link<Value> = Link::empty();
+        let stop = AtomicBool::new(false);
+        let seen = AtomicU32::new(0);
+        let mut made = 0;
+        std::thread::scope(|s| {
+            for _ in 0..readers {
+                s.spawn(|| {
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) || (cfg!(miri) && n < 20) {
+                        let held = link.load();
+                        if let Some(v) = &*held {
+                            assert!(v.serial > 0);
+                            assert!(v.words.iter().all(|&w| w == v.serial));
+                            seen.fetch_add(1, Ordering::Relaxed);
+                            // A sibling made now shares the value current
+                            // then (or none, if it was just replaced).
+                            if n % 8 == 0 {
+                                let sibling = link.share();
+                                if let Some(w) = &*sibling.load() {
+                                    assert!(w.words.iter().all(|&x| x == w.serial));
+                                }
+                            }
+                        }
+                        n += 1;
+                    }
+                });
+            }
+            let started = std::time::Instant::now();
+            while made < min_replacements || seen.load(Ordering::Relaxed) < min_seen {
+                assert!(started.elapsed().as_secs() < 60, "readers made no progress");
+                made += 1;
+                // connect: out with the old, in with the new; disconnect
+                drop(link.replace(None));
+                drop(link.replace(value(made)));
+                if made % 3 == 0 {
+                    drop(link.replace(None));
+                }
+                if cfg!(miri) {
+                    // Let readers in between (a real scheduler does).
+                    std::thread::yield_now();
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        drop(link.replace(None));
+        assert_eq!(dropped.load(Ordering::Relaxed), made);
+        // A sibling keeps its value when the original link is emptied.
+        let link = Link::empty();
+        drop(link.replace(value(7)));
+        let sibling = link.share();
+        drop(link.replace(None));
+        assert_eq!(dropped.load(Ordering::Relaxed), made);
+        assert_eq!(sibling.load().as_ref().map(|v| v.words[3]), Some(7));
+        drop(sibling);
+        assert_eq!(dropped.load(Ordering::Relaxed), made + 1);
+    }
+
+    /// Issue 15 in Rust: a leased limiter connected and disconnected (to a
+    /// closed port: Redis down, decisions by the down policy) while threads
+    /// decide on it and on a sibling. Every decision is made or
+    /// `NotJoined`; nothing crashes or is freed in use.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn connect_and_disconnect_beside_decisions() {
+        use crate::lease::{DownPolicy, LeaseOptions};
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+
+        let opts = LeaseOptions {
+            down: DownPolicy::Open,
+            hosts: 1,
+            ..LeaseOptions::default()
+        };
+        let url = "redis://127.0.0.1:1/0";
+        let l = Limiter::new_for_leases(&one_model(), 256).unwrap();
+        let stop = AtomicBool::new(false);
+        let (made, not_joined) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for t in 0..3 {
+                let (l, stop, made, not_joined) = (&l, &stop, &made, &not_joined);
+                s.spawn(move || {
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let account = format!("race-{t}-{}", n % 8);
+                        let r = Request::new(account.as_bytes(), b"DeepSeek-V3.1", Tier::Developer);
+                        let sibling;
+                        let on = if n % 64 == 0 {
+                            sibling = l.share(&one_model()).unwrap();
+                            &sibling
+                        } else {
+                            l
+                        };
+                        match on.check(&r, T0) {
+                            Ok(_) => made.fetch_add(1, Ordering::Relaxed),
+                            Err(Error::NotJoined) => not_joined.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => panic!("unexpected {e:?}"),
+                        };
+                        let _ = on.lease_stats();
+                        n += 1;
+                    }
+                });
+            }
+            for i in 0..200 {
+                l.connect_shared(url, opts.clone()).unwrap();
+                if i % 2 == 0 {
+                    l.connect_shared(url, opts.clone()).unwrap();
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                l.disconnect_shared();
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(made.load(Ordering::Relaxed) > 0);
+        assert!(not_joined.load(Ordering::Relaxed) > 0);
+        let r = Request::new(b"after", b"DeepSeek-V3.1", Tier::Developer);
+        assert!(matches!(l.check(&r, T0), Err(Error::NotJoined)));
     }
 }

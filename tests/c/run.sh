@@ -3,6 +3,10 @@
 #  1. tests/c/test_capi.c linked to libtollgate.so and, separately, statically
 #     to libtollgate.a (both built with -std=c11 -Wall -Wextra -Werror -pedantic),
 #     plus a sanitizer build against the shared library;
+#     tests/c/test_disconnect_race.c (connect and disconnect beside decisions
+#     on other threads) under AddressSanitizer and, separately,
+#     ThreadSanitizer; with TOLLGATE_TSAN_RUST=1 also against a library
+#     itself built with ThreadSanitizer (nightly, -Zbuild-std: minutes);
 #  2. bindings/cpp/test_tollgate.cpp (C++17 wrapper, plus the conformance
 #     table tests/conformance.json), also under sanitizers;
 #  3. bindings/c/install.sh into a temporary prefix, then bindings/c/example.c
@@ -94,6 +98,61 @@ if "$CC" "${CFLAGS[@]}" -fsanitize=address,undefined -fno-omit-frame-pointer -Ii
 else
     cat "$out/asan-build.log"
     echo "SKIP: this compiler cannot build with -fsanitize=address,undefined (install libasan/libubsan)"
+fi
+
+step "C race test: connect and disconnect beside decisions, AddressSanitizer + UBSan"
+# Issue 15: checker threads decide (and share, and read the lease counters)
+# while the main thread connects and disconnects the handle, to a closed port
+# and then to the redis-server above. A link freed while a decision holds it
+# is a crash or a double free here.
+race_src=tests/c/test_disconnect_race.c
+if "$CC" "${CFLAGS[@]}" -fsanitize=address,undefined -fno-omit-frame-pointer -Iinclude "$race_src" \
+    -o "$out/test_disconnect_race_asan" -L"$rel" -ltollgate -Wl,-rpath,"$rel" -lpthread 2>"$out/race-asan-build.log"; then
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        run_counted test_disconnect_race_asan "$out/test_disconnect_race_asan"
+else
+    cat "$out/race-asan-build.log"
+    echo "SKIP: this compiler cannot build with -fsanitize=address,undefined (install libasan/libubsan)"
+fi
+
+step "C race test, ThreadSanitizer"
+# libtollgate itself is not instrumented: its own ordering (Rust atomics, the
+# futex-based std locks) is invisible to TSan, which would then take the
+# malloc, free and memcmp it intercepts inside the library for races between
+# threads that are in fact ordered. called_from_lib leaves those calls
+# unchecked; TSan checks the test's side and fails on a crash inside the
+# library. TOLLGATE_TSAN_RUST=1 (below) checks the library's own accesses.
+printf 'called_from_lib:libtollgate.so\n' >"$tmp/tsan.supp"
+if "$CC" "${CFLAGS[@]}" -fsanitize=thread -Iinclude "$race_src" \
+    -o "$out/test_disconnect_race_tsan" -L"$rel" -ltollgate -Wl,-rpath,"$rel" -lpthread 2>"$out/race-tsan-build.log"; then
+    TSAN_OPTIONS="suppressions=$tmp/tsan.supp halt_on_error=1" \
+        run_counted test_disconnect_race_tsan "$out/test_disconnect_race_tsan"
+else
+    cat "$out/race-tsan-build.log"
+    echo "SKIP: this compiler cannot build with -fsanitize=thread (install libtsan)"
+fi
+
+if [ "${TOLLGATE_TSAN_RUST:-0}" = 1 ]; then
+    step "C race test, ThreadSanitizer over the library itself (nightly, -Zbuild-std)"
+    # Every Rust access instrumented, std included, so nothing is suppressed.
+    # The test links Rust's own TSan runtime (GCC's lacks entry points the
+    # newer LLVM instrumentation calls); the C side is then not instrumented.
+    tsan_target=$root/target/tsan
+    triple=$(rustc -vV | sed -n 's/^host: //p')
+    tsan_rel=$tsan_target/$triple/release
+    if tsan_sysroot=$(rustc +nightly --print sysroot) \
+        && tsan_rt=$tsan_sysroot/lib/rustlib/$triple/lib/librustc-nightly_rt.tsan.a \
+        && RUSTFLAGS="-Zsanitizer=thread" CARGO_TARGET_DIR=$tsan_target \
+            cargo +nightly build -Zbuild-std --target "$triple" --release --lib \
+        && ln -sf libtollgate.so "$tsan_rel/libtollgate.so.0" \
+        && "$CC" "${CFLAGS[@]}" -Iinclude "$race_src" -o "$out/test_disconnect_race_tsan_rust" \
+            -L"$tsan_rel" -ltollgate -Wl,-rpath,"$tsan_rel" \
+            -Wl,--whole-archive "$tsan_rt" -Wl,--no-whole-archive -lpthread -ldl -lm -lrt -lstdc++; then
+        TSAN_OPTIONS=halt_on_error=1 \
+            run_counted test_disconnect_race_tsan_rust "$out/test_disconnect_race_tsan_rust"
+    else
+        bad "test_disconnect_race_tsan_rust: building the instrumented library or the test failed (needs nightly with rust-src)"
+    fi
 fi
 
 step "C++ wrapper test (with tests/conformance.json)"
