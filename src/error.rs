@@ -84,11 +84,11 @@ impl fmt::Display for Error {
             Error::Region(e) => write!(f, "{e}"),
             Error::NotJoined => write!(
                 f,
-                "the table holds quota leases shared across hosts: connect this limiter to the store (Limiter::connect) before deciding"
+                "the table holds quota leases shared across hosts and this limiter is not joined to the store: connect it (to Redis) before deciding"
             ),
             Error::NotLeased => write!(
                 f,
-                "joining a store needs a table formatted for quota leases (Limiter::new_for_leases, Limiter::open_for_leases); this one is a local table"
+                "joining a store needs a table formatted for quota leases when it was made; this one is a local table: use another file, made for leases"
             ),
             Error::Pending => write!(
                 f,

@@ -85,11 +85,6 @@ pub(crate) fn open_as(
     leases: bool,
 ) -> Result<(Mapping, Region), Error> {
     let create = access == Access::Write { create: true };
-    if create && region::size_with(slots, leases).is_none() {
-        return Err(Error::Invalid(
-            "slot count must be 1 to 2^30 to create a region",
-        ));
-    }
     let c = cpath(path)?;
     // A creator that loses the race attaches; one more round covers a file
     // removed between our failed link and our open.
@@ -110,6 +105,13 @@ pub(crate) fn open_as(
                 op: "open",
                 source: e,
             });
+        }
+        // The count matters only for a file made here: an existing file is
+        // taken with 0 slots whether `create` is on or off.
+        if region::size_with(slots, leases).is_none() {
+            return Err(Error::Invalid(
+                "slot count must be 1 to 2^30 to create a region",
+            ));
         }
         if let Some(done) = create_new(path, &c, slots, leases)? {
             return Ok(done);

@@ -85,13 +85,16 @@ suite header header_is_generated
 # With the default features, which include `redis`: tests/store.rs and
 # tests/leases.rs start real redis-server processes (a single server and
 # 3-master Clusters) themselves.
-suite rust cargo test --release
+# The suites that start servers run beside a redis-server and an nginx they
+# did not start (tests/bystanders.sh), which must survive them: a
+# developer's own servers are never stopped by name, service or port.
+suite rust bash tests/bystanders.sh cargo test --release
 suite tower tower_layer
 suite miri miri
 suite fuzz fuzz
-suite c-cpp bash tests/c/run.sh
-suite python bash bindings/python/test.sh
-suite nginx bash bindings/nginx/test.sh
+suite c-cpp bash tests/bystanders.sh bash tests/c/run.sh
+suite python bash tests/bystanders.sh bash bindings/python/test.sh
+suite nginx bash tests/bystanders.sh bash bindings/nginx/test.sh
 
 echo
 if [ "$failed" -gt 0 ]; then

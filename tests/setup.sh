@@ -35,11 +35,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # Debian's packages start their own servers; the tests run their own.
-    for svc in nginx redis-server; do
-        systemctl stop "$svc" 2>/dev/null || service "$svc" stop 2>/dev/null || true
-    done
-    pkill -x nginx 2>/dev/null || true
+    # Debian's nginx and redis-server packages may start services of their
+    # own (ports 80 and 6379): they are left alone. The tests start their own
+    # servers on free ports and stop only those, by pid (tests/bystanders.sh).
 fi
 
 if ! cargo +nightly miri --version >/dev/null 2>&1; then

@@ -25,8 +25,13 @@
 # TOLLGATE_PYTHONS  the interpreters for the core tests, instead of those
 #          found (space-separated paths; set and empty: none)
 # TOLLGATE_TEST_MODE=library skips the wheel: it builds the library and runs
-#          the tests from src/ with TOLLGATE_LIBRARY pointing at target/release,
-#          on PYTHON only.
+#          the tests from src/ with TOLLGATE_LIBRARY pointing at target/release
+#          (or $CARGO_TARGET_DIR/release), on PYTHON only.
+# TOLLGATE_LIBRARY_BUILD  a built libtollgate.so for the wheel to carry,
+#          instead of running cargo (setup.py).
+#
+# The tests start their own servers (redis-server, uvicorn) on free ports
+# and stop only those, by pid: a developer's own servers are never touched.
 # Extra arguments go to every pytest run.
 set -euo pipefail
 
@@ -67,8 +72,8 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
     echo "== apt-get install redis-server (for tests/test_redis.py)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null ||
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
-    # The package starts a server of its own; the tests run theirs.
-    systemctl stop redis-server 2>/dev/null || service redis-server stop 2>/dev/null || true
+    # The package may start a service of its own (on port 6379): it is left
+    # alone. The tests start theirs on free ports and stop only those, by pid.
 fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-py.XXXXXX")"
@@ -202,7 +207,11 @@ EOF
 else
     echo "== cargo build --release --lib"
     (cd "$ROOT" && cargo build --release --lib)
-    export TOLLGATE_LIBRARY="$ROOT/target/release/libtollgate.so"
+    # Where cargo put it: CARGO_TARGET_DIR (relative to the root, where cargo
+    # ran) when set, as the wheel's build step and bindings/nginx/build.sh take it.
+    target="${CARGO_TARGET_DIR:-$ROOT/target}"
+    case "$target" in /*) ;; *) target="$ROOT/$target" ;; esac
+    export TOLLGATE_LIBRARY="$target/release/libtollgate.so"
     export PYTHONPATH="$HERE/src${PYTHONPATH:+:$PYTHONPATH}"
     cd "$HERE"
     exec "$PY" -m pytest -p no:cacheprovider tests "$@"

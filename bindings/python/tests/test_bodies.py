@@ -4,10 +4,10 @@ send with a 4xx, never a 500, and refuses ambiguous models."""
 
 from __future__ import annotations
 
-import gc
 import json
-import tracemalloc
-import uuid
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +15,7 @@ import tollgate
 from tollgate import BodyError
 from tollgate.asgi import RateLimitMiddleware, bearer_token
 
-from conftest import SMALL_POLICY
+from conftest import HERE, SMALL_POLICY, subprocess_pythonpath
 from test_asgi import EchoApp, request
 
 AMBIGUOUS = {
@@ -134,25 +134,35 @@ def test_cost_callback_bodies_json_cannot_parse_are_400(limiter, app, body):
     assert request(plain, body)[0] == 200
 
 
-def test_unknown_huge_model_is_a_small_404_and_costs_nothing(limiter, app):
-    mw = RateLimitMiddleware(app, limiter, account=bearer_token)
-    assert request(mw, b'{"model":"tiny"}')[0] == 200
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(20):
-            model = uuid.uuid4().hex + "m" * (1 << 20)
-            status, _, out = request(mw, json.dumps({"model": model}).encode())
-            assert status == 404 and len(out) < 400
-            err = json.loads(out)["error"]
-            assert err["code"] == "model_not_found" and model[: tollgate.BODY_MODEL_MAX] in err["message"]
-        del model, out
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert grown < 1 << 20, f"{grown} bytes kept after 20 unknown 1 MiB models"
+def test_unknown_huge_model_is_a_small_404_and_costs_nothing():
+    """Unknown models of 1 MiB each get a small 404 quoting a bounded prefix
+    of the name, and nothing of them is kept: not by the package (no cache
+    entry, no kept request), not by the library (no table slot, nothing on
+    the C heap).
+
+    Measured in a process of its own (unknown_model_probe.py says how and
+    why): measured inside the test run, the reading counted whatever else
+    the process allocated meanwhile (a run on CPython 3.9 with the whole
+    suite failed with "1313722 bytes kept after 20 unknown 1 MiB models").
+    The bound is 1/16 of one model per batch of 10, then 20, models: keeping
+    one model or body, or over 3.2 KiB per model, fails it; a fresh process
+    measures at most 2 KiB per batch on each of CPython 3.9 to 3.13."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = subprocess_pythonpath(env)
+    probe = subprocess.run(
+        [sys.executable, str(HERE / "unknown_model_probe.py")],
+        input=SMALL_POLICY, capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert probe.returncode == 0, probe.stderr[-4000:]
+    got = json.loads(probe.stdout)
+    bound = got["model_bytes"] // 16
+    for batch in got["batches"]:
+        what = f"after {batch['rounds']} more unknown 1 MiB models: {batch}"
+        assert batch["python_heap"] < bound, f"Python heap grew by {batch['python_heap']} bytes {what}"
+        if batch["c_heap"] is not None:  # glibc's mallinfo2, where the C library has it
+            assert batch["c_heap"] < bound, f"C heap grew by {batch['c_heap']} bytes {what}"
+        before, after = batch["used_slots"]
+        assert after == before, f"unknown models took table slots {what}"
 
 
 # --- ambiguous models ----------------------------------------------------------

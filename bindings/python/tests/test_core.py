@@ -526,6 +526,37 @@ def test_open_errors(tmp_path, small_policy):
     with pytest.raises(RegionError) as e:
         Limiter.open(tmp_path / "t", small_policy, slots=256)
     assert e.value.status == 13
+    # What that error says to do works: 0 slots takes the file as it is.
+    assert "open it with 0 slots" in str(e.value)
+    with Limiter.open(tmp_path / "t", small_policy, slots=0) as lim:
+        assert lim.stats().slots == 128
+
+
+def test_open_with_0_slots_takes_an_existing_file_as_it_is(tmp_path, small_policy):
+    # The README's and the docstring's word: slots=0 takes an existing file,
+    # with create left on (the default) as with it off. It once failed with
+    # "slot count must be 1 to 2^30 to create a region": the count was
+    # checked for making a file before the file was found to exist.
+    path = tmp_path / "table"
+    with Limiter.open(path, small_policy, slots=128) as lim:
+        assert lim.check("k", "tiny", now=T0).minute_remaining == 4
+    # Limiter.open(path, policy, 0), then with create=True and create=False.
+    for remaining, create in ((3, ()), (2, (True,)), (1, (False,))):
+        with Limiter.open(path, small_policy, 0, *create) as lim:
+            assert lim.stats(now=T0).slots == 128
+            assert lim.check("k", "tiny", now=T0).minute_remaining == remaining
+    with Limiter.open(str(path), policy=small_policy, slots=0, create=True) as lim:
+        assert lim.peek("k", "tiny", now=T0).minute_remaining == 1
+    # A file that does not exist yet needs a count to be made with; without
+    # create it is the operating system's "no such file".
+    missing = tmp_path / "missing"
+    with pytest.raises(InvalidArgument, match="slot count") as e:
+        Limiter.open(missing, small_policy, slots=0)
+    assert not isinstance(e.value, RegionError)
+    with pytest.raises(RegionError) as e:
+        Limiter.open(missing, small_policy, slots=0, create=False)
+    assert e.value.errno == 2
+    assert not missing.exists()
 
 
 def _process_worker(path: str, n: int, out: "multiprocessing.Queue[int]") -> None:

@@ -219,6 +219,32 @@ def test_local_table_refuses_to_join_and_leased_table_refuses_to_decide_alone(tm
         assert again.check("acct", MODEL).allowed
 
 
+@pytest.mark.parametrize("create", [True, False])
+def test_existing_files_opened_with_0_slots_say_not_leased_and_not_joined(tmp_path, redis_server, create):
+    """slots=0 takes an existing file as it is (create on, the default, or
+    off), so the errors the README documents for a file of the wrong kind
+    are the ones raised, not "slot count must be 1 to 2^30 to create a
+    region"; and they speak to a Python user, naming no Rust function."""
+    local = tmp_path / "local"
+    tollgate.Limiter.open(local, slots=64).close()
+    with pytest.raises(tollgate.NotLeased) as e:
+        tollgate.Limiter.open(local, None, 0, create, redis=redis_server.url)
+    message = str(e.value)
+    assert str(local) in message and "local table" in message and "formatted for quota leases" in message
+    assert "::" not in message and "_for_leases" not in message, message
+
+    leased = tmp_path / "leased"
+    tollgate.Limiter.open(leased, slots=64, redis=redis_server.url).close()
+    with tollgate.Limiter.open(leased, None, 0, create) as alone:
+        assert alone.stats().slots == 64
+        with pytest.raises(tollgate.NotJoined) as e:
+            alone.check("acct", MODEL)
+        assert "not joined" in str(e.value) and "::" not in str(e.value)
+    with tollgate.Limiter.open(leased, None, 0, create, redis=redis_server.url) as again:
+        assert again.stats().slots == 64
+        assert again.check("acct", MODEL).allowed
+
+
 def _debug_sleep(redis: RedisServer, seconds: float) -> subprocess.Popen[bytes]:
     """Stalls the server for ``seconds`` from another connection; returns
     once the stall has begun (a PING from a third connection waits)."""
