@@ -786,6 +786,15 @@ uint64_t tg_now_ms(void);
 #define TG_BREAKER_HALF_OPEN 2
 
 /**
+ * tg_limiter_lease_event levels (stable values).
+ */
+#define TG_LOG_ERROR 1
+
+#define TG_LOG_WARN 2
+
+#define TG_LOG_INFO 3
+
+/**
  * How a limiter joins a quota store. Every field 0 means its default, so a
  * zero-initialised struct (or NULL) gives the documented defaults. Set
  * `size` to sizeof(tg_redis_options) or 0.
@@ -841,6 +850,12 @@ typedef struct tg_redis_options {
    * Longest cool-down after failed probes; 0 = 5000 ms.
    */
   uint32_t max_cooldown_ms;
+  /**
+   * With hosts 0 (auto), the most hosts the live count is taken as,
+   * whatever Redis holds (a bound on what stray entries in the
+   * heartbeat set can do); 0 = 64.
+   */
+  uint32_t max_hosts;
 } tg_redis_options;
 
 /**
@@ -938,6 +953,20 @@ typedef struct tg_lease_stats {
    * last counted them (hosts 0, auto).
    */
   uint32_t hosts;
+  /**
+   * 1 when Redis has a memory limit and a maxmemory-policy that can
+   * evict the limiter's counts (all but noeviction). Since 0.4.
+   */
+  uint32_t eviction_risk;
+  /**
+   * Decisions refused without a round trip: Redis refused the key less
+   * than a second before and its window was still full. Since 0.4.
+   */
+  uint64_t refused_locally;
+  /**
+   * Keys Redis evicted since this limiter joined (any keys). Since 0.4.
+   */
+  uint64_t evicted_keys;
 } tg_lease_stats;
 
 #ifdef __cplusplus
@@ -947,12 +976,12 @@ extern "C" {
 /**
  * Sets one option by name from text, as nginx's `tollgate_redis` and
  * configuration files give them: `mode` (leases, exact), `down` (local,
- * open, closed), `hosts` (a number, or auto), `max_lease`, `max_connections`, `trip_after`,
- * and the durations `deadline`, `refill_interval`, `idle_after`,
- * `cooldown`, `max_cooldown` (`50ms`, `2s`, `1m`; a bare number is
- * milliseconds). TG_E_INVALID for an unknown name or a bad value, with
- * tg_last_error() saying which and what is allowed; `*opts` is then
- * unchanged.
+ * open, closed), `hosts` (a number, or auto), `max_hosts`, `max_lease`,
+ * `max_connections`, `trip_after`, and the durations `deadline`,
+ * `refill_interval`, `idle_after`, `cooldown`, `max_cooldown` (`50ms`,
+ * `2s`, `1m`; a bare number is milliseconds). TG_E_INVALID for an
+ * unknown name or a bad value, with tg_last_error() saying which and what
+ * is allowed; `*opts` is then unchanged.
  */
 tg_status tg_redis_options_set(struct tg_redis_options *opts, const char *name, size_t name_len, const char *value, size_t value_len);
 
@@ -965,12 +994,16 @@ tg_status tg_redis_options_set(struct tg_redis_options *opts, const char *name, 
  * limiter decides by the down policy until it answers, and
  * tg_limiter_lease_stats says so. Starts one background thread per joined
  * limiter; in a process that forks (nginx), connect in each child after
- * the fork. Like tg_limiter_set_policy it must not overlap any other call
- * on the handle; connecting again replaces the link (giving its units back
- * first). Handles made by tg_limiter_share afterwards share the link.
+ * the fork. Safe while other threads decide on the handle: a decision
+ * already under way finishes on the link it started with; one that starts
+ * while the handle is between links is TG_E_NOT_JOINED. Connecting again
+ * replaces the link (which gives its units back once no decision holds
+ * it). Handles made by tg_limiter_share afterwards share the link.
  * Failures: TG_E_NULL, TG_E_INVALID (options), TG_E_NOT_LEASED,
- * TG_E_READ_ONLY, TG_E_STORE (the URL, or Redis answered an error), each
- * with tg_last_error()'s words.
+ * TG_E_READ_ONLY, TG_E_STORE (the URL), each with tg_last_error()'s
+ * words. Redis unreachable or answering an error is not a failure here
+ * (since 0.4): the limiter joins, decides by the down policy, and takes
+ * leases as soon as Redis serves; tg_limiter_lease_event tells it.
  */
 tg_status tg_limiter_connect(tg_limiter *limiter, const char *url, const struct tg_redis_options *opts);
 
@@ -988,7 +1021,11 @@ tg_status tg_redis_check(const char *url, const struct tg_redis_options *opts);
  * Leaves the store: once the last handle sharing the link lets go, unspent
  * units go back to Redis (each call under the deadline) and the lease
  * thread stops. Decisions are then TG_E_NOT_JOINED. A limiter that is not
- * joined is left as it is (TG_OK). tg_limiter_free does this too.
+ * joined is left as it is (TG_OK). tg_limiter_free does this too. Safe
+ * while other threads decide on the handle (a graceful shutdown): a
+ * decision already under way finishes on the link, and the last such
+ * decision to finish gives the units back on its own thread before it
+ * returns; this call does not wait for it.
  */
 tg_status tg_limiter_disconnect(tg_limiter *limiter);
 
@@ -997,6 +1034,29 @@ tg_status tg_limiter_disconnect(tg_limiter *limiter);
  * fallbacks. TG_E_NOT_JOINED when the limiter is not joined to a store.
  */
 tg_status tg_limiter_lease_stats(const tg_limiter *limiter, struct tg_lease_stats *out);
+
+/**
+ * The lease layer's next event after number `*seq` (start from 0): Redis
+ * unavailable (with Redis's own reason; never the URL's password), Redis
+ * answering again, the breaker opened, the backlog pushed, an eviction
+ * policy that can drop counts. Each change is one event; the library
+ * keeps the latest 64. For a binding's own logger, polled from its own
+ * thread or timer, so no callback runs on the library's threads:
+ *
+ * ```c
+ * uint64_t seq = 0; uint32_t level; char text[512];
+ * while (tg_limiter_lease_event(l, &seq, &level, text, sizeof text) == TG_OK
+ *        && level != 0)
+ *     log_at(level, text);
+ * ```
+ *
+ * On TG_OK with an event: `*seq` is its number, `*level` its TG_LOG_*
+ * level and `text` its NUL-terminated text (cut to fit `len`, which must
+ * be at least 1). On TG_OK with none newer: `*level` is 0 and `*seq` is
+ * unchanged. TG_E_NOT_JOINED if the limiter is not joined to a store.
+ * Safe from any thread, beside decisions.
+ */
+tg_status tg_limiter_lease_event(const tg_limiter *limiter, uint64_t *seq, uint32_t *level, char *text, size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

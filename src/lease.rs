@@ -23,7 +23,11 @@
 //! and the recovery of grants whose reply timed out; the decision path
 //! never waits for it.
 
+mod events;
+mod eviction;
 mod hosts;
+
+pub use events::{Event, Level};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -81,6 +85,13 @@ pub struct LeaseOptions {
     /// (every joined table beats a heartbeat every second; see
     /// `lease::hosts`), 1 until the first count.
     pub hosts: u32,
+    /// The most hosts the auto count (`hosts` 0) takes, whatever Redis
+    /// holds: a writer other than the hosts that keeps entries in the
+    /// heartbeat set shrinks a lease to no less than the room / `max_hosts`
+    /// and each host's `Local` down share to no less than limit /
+    /// `max_hosts`. Default 64 ([`DEFAULT_MAX_HOSTS`]; 0 is taken as the
+    /// default). A configured `hosts` is used as given.
+    pub max_hosts: u32,
     /// A lease is sized to last about this long at the key's recent rate.
     /// Default 1 s.
     pub refill_interval: Duration,
@@ -91,6 +102,16 @@ pub struct LeaseOptions {
     pub max_lease: u32,
 }
 
+/// `LeaseOptions::max_hosts` by default: several times the gateway fleets
+/// one Redis serves in practice (a few to a few dozen hosts), so a real
+/// count is not cut, while stray entries in the heartbeat set can shrink
+/// a lease to no less than 1/64 of the room (1 000 of them made it 1/1001,
+/// at 42 times the round trips) and leave every key of a limit of 64 or
+/// more per window a `Local` down share. A larger fleet raises it or
+/// configures `hosts`; one whose Redis others write to and whose limits
+/// are small lowers it to its size.
+pub const DEFAULT_MAX_HOSTS: u32 = 64;
+
 impl Default for LeaseOptions {
     fn default() -> Self {
         LeaseOptions {
@@ -98,6 +119,7 @@ impl Default for LeaseOptions {
             mode: LeaseMode::Leases,
             down: DownPolicy::Local,
             hosts: 0,
+            max_hosts: DEFAULT_MAX_HOSTS,
             refill_interval: Duration::from_secs(1),
             idle_after: Duration::from_secs(5),
             max_lease: 100_000,
@@ -112,6 +134,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "mode",
     "down",
     "hosts",
+    "max_hosts",
     "deadline",
     "refill_interval",
     "idle_after",
@@ -125,11 +148,11 @@ pub const OPTION_NAMES: &[&str] = &[
 impl LeaseOptions {
     /// Sets one option from its name and text, the one parser of these
     /// settings for every binding: `mode=leases|exact`,
-    /// `down=local|open|closed`, `hosts=N`, `max_lease=N`,
-    /// `max_connections=N`, `trip_after=N`, and durations `deadline`,
-    /// `refill_interval`, `idle_after`, `cooldown`, `max_cooldown` as a
-    /// number with a unit (`50ms`, `2s`, `1m`; a bare number is
-    /// milliseconds). An unknown name or a bad value is an error that
+    /// `down=local|open|closed`, `hosts=N|auto`, `max_hosts=N`,
+    /// `max_lease=N`, `max_connections=N`, `trip_after=N`, and durations
+    /// `deadline`, `refill_interval`, `idle_after`, `cooldown`,
+    /// `max_cooldown` as a number with a unit (`50ms`, `2s`, `1m`; a bare
+    /// number is milliseconds). An unknown name or a bad value is an error that
     /// says which and what is allowed.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
         let count = |min: u64| -> Result<u64, String> {
@@ -164,6 +187,7 @@ impl LeaseOptions {
             }
             "hosts" if value == "auto" => self.hosts = 0,
             "hosts" => self.hosts = count(1)? as u32,
+            "max_hosts" => self.max_hosts = count(1)? as u32,
             "max_lease" => self.max_lease = count(1)? as u32,
             "max_connections" => self.store.max_connections = count(1)? as usize,
             "trip_after" => self.store.trip_after = count(1)? as u32,
@@ -221,6 +245,16 @@ pub struct LeaseStats {
     pub granted_units: u64,
     /// Grants that gave nothing: the key was at its global limit.
     pub refused_by_store: u64,
+    /// Decisions refused without a round trip: Redis had refused the key
+    /// less than a second before and its window was still full.
+    pub refused_locally: u64,
+    /// Redis has a memory limit and a `maxmemory-policy` that can evict
+    /// the limiter's counts (all but `noeviction`): they may be lost and
+    /// admitted again. Looked at on joining and every 10 s.
+    pub eviction_risk: bool,
+    /// Keys Redis evicted since this limiter first looked (any keys: the
+    /// limiter's counts may be among them).
+    pub evicted_keys: u64,
     /// Decisions made by the down policy (Redis not answering).
     pub degraded: u64,
     /// Of those: admitted within the host's share (`Local`) or open.
@@ -254,6 +288,7 @@ struct Counters {
     top_ups: AtomicU64,
     granted_units: AtomicU64,
     refused_by_store: AtomicU64,
+    refused_locally: AtomicU64,
     degraded: AtomicU64,
     degraded_admitted: AtomicU64,
     give_backs: AtomicU64,
@@ -317,6 +352,9 @@ struct Inner {
     region: Region,
     skew: u32,
     keys: Mutex<HashMap<(usize, u16), KeyInfo>>,
+    /// Keys Redis refused lately, by (slot, generation): refused again
+    /// locally for a while (see `Inner::known_full`).
+    full: Mutex<HashMap<(usize, u16), Full>>,
     /// Down-mode admissions not yet pushed, summed by key and minute.
     unpushed: Mutex<HashMap<(Tag, Instant), u32>>,
     jobs: Mutex<Vec<Job>>,
@@ -327,6 +365,20 @@ struct Inner {
     heartbeat: Mutex<hosts::Heartbeat>,
     /// Times Redis went from answering to not answering.
     epoch: AtomicU64,
+    /// What operators must hear, once per change.
+    events: events::Events,
+    /// The store's breaker trips already seen, and whether this outage's
+    /// first was told.
+    seen_trips: AtomicU64,
+    breaker_told: AtomicBool,
+    /// Redis has a memory limit and a policy that evicts our keys.
+    eviction_risk: AtomicBool,
+    /// `evicted_keys` at the first look (u64::MAX: not looked yet), and
+    /// the rise since.
+    evicted_base: AtomicU64,
+    evicted_since: AtomicU64,
+    /// The lease thread's connection for those looks.
+    eviction_conn: Mutex<Option<crate::store::Conn>>,
     c: Counters,
     stop: Mutex<bool>,
     wake: Condvar,
@@ -374,14 +426,17 @@ impl Joined {
         backing: Arc<Backing>,
     ) -> Result<Joined, Error> {
         let store = store_for(url, &opts)?;
-        // One call to learn whether Redis answers (and to load the script);
-        // down is not an error, the down policy covers it.
+        // One call to learn whether Redis answers (and to load the script).
+        // Only the URL and options can fail a join (above): a Redis that
+        // is unreachable, or answers that it cannot serve (BUSY, LOADING,
+        // OOM, NOAUTH, ...), or answers an error of any other kind, is
+        // joined all the same. Decisions follow the down policy until it
+        // serves, and every later call tries again through the breaker's
+        // backoff: a worker that starts during a Redis hiccup recovers by
+        // itself, without a reload.
         let probe = Tag::new(b"tollgate-connect-check").expect("a valid tag");
-        let down = match store.counts(&probe, Instant { day: 0, minute: 0 }) {
-            Ok(_) => false,
-            Err(e) if e.is_transport() || matches!(e, StoreError::CircuitOpen { .. }) => true,
-            Err(e) => return Err(Error::Store(e)),
-        };
+        let first = store.counts(&probe, Instant { day: 0, minute: 0 }).err();
+        let down = first.as_ref().is_some_and(StoreError::is_unavailable);
         // With hosts left to Redis, the first count before the first
         // decision (one more call under the deadline), so early leases are
         // not sized for a lone host.
@@ -399,17 +454,33 @@ impl Joined {
             // whatever windows the slot holds them (see `collect`).
             skew: u32::MAX,
             keys: Mutex::new(HashMap::new()),
+            full: Mutex::new(HashMap::new()),
             unpushed: Mutex::new(HashMap::new()),
             jobs: Mutex::new(Vec::new()),
             down: AtomicBool::new(down),
             live_hosts: AtomicU32::new(live),
             heartbeat: Mutex::new(heartbeat),
             epoch: AtomicU64::new(0),
+            events: events::Events::default(),
+            seen_trips: AtomicU64::new(0),
+            breaker_told: AtomicBool::new(false),
+            eviction_risk: AtomicBool::new(false),
+            evicted_base: AtomicU64::new(u64::MAX),
+            evicted_since: AtomicU64::new(0),
+            eviction_conn: Mutex::new(None),
             c: Counters::default(),
             stop: Mutex::new(false),
             wake: Condvar::new(),
             _backing: backing,
         });
+        match &first {
+            None => {}
+            Some(e) if down => inner.went_down(e),
+            Some(e) => inner.events.say(
+                Level::Error,
+                format!("joined the quota store, but its first call failed: {e}"),
+            ),
+        }
         let bg = inner.clone();
         let worker = std::thread::Builder::new()
             .name("tollgate-leases".into())
@@ -419,6 +490,11 @@ impl Joined {
             inner,
             worker: Some(worker),
         })
+    }
+
+    /// The first event kept after number `seq` (see [`Event`]).
+    pub(crate) fn event_after(&self, seq: u64) -> Option<Event> {
+        self.inner.events.after(seq)
     }
 
     pub(crate) fn stats(&self) -> LeaseStats {
@@ -441,6 +517,9 @@ impl Joined {
             top_ups: c.top_ups.load(Relaxed),
             granted_units: c.granted_units.load(Relaxed),
             refused_by_store: c.refused_by_store.load(Relaxed),
+            refused_locally: c.refused_locally.load(Relaxed),
+            eviction_risk: i.eviction_risk.load(Relaxed),
+            evicted_keys: i.evicted_since.load(Relaxed),
             degraded: c.degraded.load(Relaxed),
             degraded_admitted: c.degraded_admitted.load(Relaxed),
             give_backs: c.give_backs.load(Relaxed),
@@ -480,10 +559,14 @@ impl Joined {
             let o = slot::judge(slot::State::default(), p.limits, 0, clock).0;
             return Ok(Decision::new(o, p.limits, now_ms));
         };
+        // The key keeps its slot for the day even when nothing is held in
+        // it (exact mode, the down policy): else a key probing past would
+        // take the slot, and with it this key's down count.
+        slot::keep(&i.region, slot_i, gen, p.now);
         let model = l.policy().models()[p.model].name.as_str();
         let outcome = match i.opts.mode {
             LeaseMode::Leases => i.decide_leased(slot_i, gen, req, p, model, clock),
-            LeaseMode::Exact => i.exact(slot_i, req, p, model, clock).map(Spent::Other),
+            LeaseMode::Exact => i.exact(slot_i, gen, req, p, model, clock).map(Spent::Other),
         };
         // A decision from held units counted itself (`from_leases`): the
         // common case pays for one shared counter, not two.
@@ -529,6 +612,18 @@ impl Drop for Joined {
     }
 }
 
+/// How long a key that Redis refused (its window full) is refused without
+/// asking again (see `Inner::known_full`).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// What the last refused grant of a key said of its windows' room.
+struct Full {
+    at: Instant,
+    minute_room: u32,
+    day_room: u32,
+    checked: std::time::Instant,
+}
+
 /// The smallest lease asked for while the room left allows it.
 const LEASE_FLOOR: u32 = 16;
 
@@ -572,8 +667,8 @@ impl Inner {
     /// The counts to show at `at` for a host holding `held`: the global
     /// counts of the last exchange (which include every unit leased to this
     /// host) less what this host still holds unspent.
-    fn shown(&self, slot_i: usize, at: Instant, held: Option<Held>) -> (u32, u32) {
-        let (gm, gd) = slot::read_word(&self.region.side(slot_i).global, at);
+    fn shown(&self, slot_i: usize, gen: u16, at: Instant, held: Option<Held>) -> (u32, u32) {
+        let (gm, gd) = slot::read_word(&self.region.side(slot_i).global, gen, at);
         let (hm, hd) = match held {
             Some(h) if h.at == at => (h.minute_left, h.day_left),
             Some(h) if h.at.day == at.day => (0, h.day_left),
@@ -582,9 +677,10 @@ impl Inner {
         (gm.saturating_sub(hm), gd.saturating_sub(hd))
     }
 
-    fn note_counts(&self, slot_i: usize, at: Instant, counts: &Counts) {
+    fn note_counts(&self, slot_i: usize, gen: u16, at: Instant, counts: &Counts) {
         slot::raise_word(
             &self.region.side(slot_i).global,
+            gen,
             at,
             clamp32(counts.minute_count),
             clamp32(counts.day_count),
@@ -592,16 +688,155 @@ impl Inner {
     }
 
     fn answered(&self) {
-        if self.down.load(Relaxed) {
-            self.down.store(false, Relaxed);
+        if self.down.load(Relaxed) && self.down.swap(false, Relaxed) {
+            self.breaker_told.store(false, Relaxed);
+            self.events.say(
+                Level::Info,
+                "redis store answers again: decisions take leases from it; what was admitted meanwhile is being pushed".into(),
+            );
             self.wake.notify_all();
         }
     }
 
-    fn failed(&self) {
+    /// A call failed for want of Redis: from answering to not, the outage
+    /// is counted and told (once), with Redis's own reason.
+    fn failed(&self, e: &StoreError) {
         if !self.down.swap(true, Relaxed) {
             self.epoch.fetch_add(1, Relaxed);
+            self.went_down(e);
         }
+    }
+
+    fn went_down(&self, e: &StoreError) {
+        let policy = match self.opts.down {
+            DownPolicy::Local => "local (this host's share of each limit)",
+            DownPolicy::Open => "open (admit all, counted)",
+            DownPolicy::Closed => "closed (refuse)",
+        };
+        self.events.say(
+            Level::Warn,
+            format!("redis store unavailable: {e}; decisions beyond the units held follow the down policy {policy}"),
+        );
+    }
+
+    /// Looks at Redis's memory limit, eviction policy and evictions, and
+    /// tells an operator once when they can drop counts, and each time
+    /// keys were evicted (see `lease::eviction`).
+    fn look_at_eviction(&self) {
+        let deadline = self.opts.store.deadline;
+        let mut conn = lock(&self.eviction_conn);
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match self.store.open_conn(deadline) {
+                Ok(c) => conn.insert(c),
+                Err(_) => return,
+            },
+        };
+        let seen = c
+            .set_timeouts(deadline)
+            .and_then(|_| eviction::look(c.as_connection_like()));
+        let Ok(seen) = seen else {
+            *conn = None;
+            return;
+        };
+        let risk = seen.at_risk();
+        if risk && !self.eviction_risk.swap(true, Relaxed) {
+            self.events.say(
+                Level::Warn,
+                format!(
+                    "redis maxmemory-policy is {} with maxmemory {} bytes: Redis may evict the limiter's counts (they carry TTLs) and over-admit; set maxmemory-policy noeviction or give the limiter a Redis of its own",
+                    seen.policy.as_deref().unwrap_or("?"),
+                    seen.maxmemory
+                ),
+            );
+        } else if !risk && self.eviction_risk.swap(false, Relaxed) {
+            self.events.say(
+                Level::Info,
+                "redis no longer evicts keys with a TTL (noeviction, or no memory limit)".into(),
+            );
+        }
+        let base = self.evicted_base.load(Relaxed);
+        if base == u64::MAX || seen.evicted < base {
+            // The first look, or a restarted server.
+            self.evicted_base.store(seen.evicted, Relaxed);
+            return;
+        }
+        let since = seen.evicted - base;
+        let told = self.evicted_since.swap(since, Relaxed);
+        if since > told {
+            self.events.say(
+                Level::Error,
+                format!(
+                    "redis evicted {} keys in the last {} s ({since} since joined): counts of the limiter may be among them, and admitted again",
+                    since - told,
+                    eviction::EVERY.as_secs()
+                ),
+            );
+        }
+    }
+
+    /// Tells a breaker trip since the last look (the lease thread looks
+    /// every tick).
+    fn note_trips(&self) {
+        let trips = self.store.stats().trips;
+        let seen = self.seen_trips.swap(trips, Relaxed);
+        // Once an outage: each failed probe trips it again.
+        if trips > seen && !self.breaker_told.swap(true, Relaxed) {
+            self.events.say(
+                Level::Warn,
+                format!(
+                    "redis store breaker opened after {} failed calls in a row: calls fail fast, then probe with backoff (from {} ms to {} ms)",
+                    self.opts.store.trip_after,
+                    self.opts.store.cooldown.as_millis(),
+                    self.opts.store.max_cooldown.as_millis()
+                ),
+            );
+        }
+    }
+
+    /// Remembers that Redis refused a grant for the key of `(slot_i, gen)`
+    /// at `at`: the room each window had then.
+    fn note_full(&self, slot_i: usize, gen: u16, at: Instant, counts: &Counts, limits: Limits) {
+        let room = |limit: u32, count: u64| {
+            (limit as u64).saturating_sub(count).min(u32::MAX as u64) as u32
+        };
+        lock(&self.full).insert(
+            (slot_i, gen),
+            Full {
+                at,
+                minute_room: room(limits.rpm, counts.minute_count),
+                day_room: room(limits.rpd, counts.day_count),
+                checked: std::time::Instant::now(),
+            },
+        );
+    }
+
+    /// Whether a decision of `cost` at `at` is refused without asking
+    /// Redis: its last exchange, less than [`RECHECK`] ago, showed a window
+    /// without room for it, and that window is still the current one. The
+    /// window that refuses then (the day first, as Redis's script does).
+    ///
+    /// Refused locally until the window ends would be exact only if no
+    /// host ever gave units back; give-backs (an idle host, a leaving one)
+    /// can free room within the window, so the key asks again at most once
+    /// per `RECHECK` per process, whatever the rate of its refused
+    /// requests.
+    fn known_full(&self, slot_i: usize, gen: u16, at: Instant, cost: u32) -> Option<LimitedBy> {
+        let full = lock(&self.full);
+        let f = full.get(&(slot_i, gen))?;
+        if f.checked.elapsed() >= RECHECK {
+            return None;
+        }
+        if f.at.day == at.day && cost > f.day_room {
+            Some(LimitedBy::Day)
+        } else if f.at == at && cost > f.minute_room {
+            Some(LimitedBy::Minute)
+        } else {
+            None
+        }
+        .inspect(|_| {
+            self.c.refused_locally.fetch_add(1, Relaxed);
+        })
     }
 
     fn decide_leased(
@@ -617,7 +852,7 @@ impl Inner {
         let held = match slot::spend(&self.region, slot_i, gen, cost, clock) {
             Some(Ok(h)) => {
                 self.c.from_leases.fetch_add(1, Relaxed);
-                let (m, d) = self.shown(slot_i, h.at, Some(h));
+                let (m, d) = self.shown(slot_i, gen, h.at, Some(h));
                 return Ok(Spent::FromLease(outcome(true, LimitedBy::None, h.at, m, d)));
             }
             Some(Err(h)) => h,
@@ -651,7 +886,7 @@ impl Inner {
         if cost == 0 {
             // A peek: one more would pass if held, or if the last exchange
             // left room (no round trip for a look).
-            let (m, d) = self.shown(slot_i, at, Some(held));
+            let (m, d) = self.shown(slot_i, gen, at, Some(held));
             let o = slot::judge(
                 slot::State {
                     gen: 0,
@@ -666,6 +901,12 @@ impl Inner {
             )
             .0;
             return Ok(o);
+        }
+        if let Some(by) = self.known_full(slot_i, gen, at, cost) {
+            let h =
+                slot::spend(&self.region, slot_i, gen, 0, clock).map(|r| r.unwrap_or_else(|h| h));
+            let (m, d) = self.shown(slot_i, gen, at, h);
+            return Ok(outcome(false, by, at, m, d));
         }
         if req.no_wait && !self.store.fails_fast(&Tag::for_key(req.account, model)) {
             // Nothing changed yet: the caller decides again, waiting.
@@ -695,14 +936,15 @@ impl Inner {
         match result {
             Ok(g) => {
                 self.answered();
-                self.note_counts(slot_i, at, &g.counts);
+                self.note_counts(slot_i, gen, at, &g.counts);
                 if g.units == 0 {
                     self.c.refused_by_store.fetch_add(1, Relaxed);
+                    self.note_full(slot_i, gen, at, &g.counts, p.limits);
                     let by = refused_by(&g.counts, p.limits, cost);
                     let h = slot::spend(&self.region, slot_i, gen, 0, clock)
                         .map(|r| r.unwrap_or_else(|h| h));
                     self.refilled(slot_i, gen, 0, &g.counts, h, clock);
-                    let (m, d) = self.shown(slot_i, at, h);
+                    let (m, d) = self.shown(slot_i, gen, at, h);
                     return Ok(outcome(false, by, at, m, d));
                 }
                 self.c.granted_units.fetch_add(g.units as u64, Relaxed);
@@ -720,12 +962,12 @@ impl Inner {
                         epoch: self.epoch.load(Relaxed),
                     });
                 }
-                let (m, d) = self.shown(slot_i, at, after);
+                let (m, d) = self.shown(slot_i, gen, at, after);
                 Ok(outcome(true, LimitedBy::None, at, m, d))
             }
             Err(e) => {
                 self.refilled(slot_i, gen, 0, &Counts::default(), None, clock);
-                self.unanswered(e, slot_i, req, p, tag, id, want, at, clock)
+                self.unanswered(e, slot_i, gen, req, p, tag, id, want, at, clock)
             }
         }
     }
@@ -733,6 +975,7 @@ impl Inner {
     fn exact(
         &self,
         slot_i: usize,
+        gen: u16,
         req: &Request<'_>,
         p: &Prepared,
         model: &str,
@@ -740,7 +983,7 @@ impl Inner {
     ) -> Result<Outcome, Error> {
         let (cost, at) = (req.cost, clock.now);
         if cost == 0 {
-            let (m, d) = self.shown(slot_i, at, None);
+            let (m, d) = self.shown(slot_i, gen, at, None);
             let s = slot::State {
                 gen: 0,
                 minute: at.minute as u16,
@@ -749,6 +992,10 @@ impl Inner {
                 day_count: d,
             };
             return Ok(slot::judge(s, p.limits, 0, clock).0);
+        }
+        if let Some(by) = self.known_full(slot_i, gen, at, cost) {
+            let (m, d) = self.shown(slot_i, gen, at, None);
+            return Ok(outcome(false, by, at, m, d));
         }
         let tag = Tag::for_key(req.account, model);
         if req.no_wait && !self.store.fails_fast(&tag) {
@@ -759,22 +1006,23 @@ impl Inner {
         match self.store.grant_once(&tag, &id, cost, cost, p.limits, at) {
             Ok(g) => {
                 self.answered();
-                self.note_counts(slot_i, at, &g.counts);
+                self.note_counts(slot_i, gen, at, &g.counts);
                 let allowed = g.units > 0;
                 if allowed {
                     self.c.granted_units.fetch_add(g.units as u64, Relaxed);
                 } else {
                     self.c.refused_by_store.fetch_add(1, Relaxed);
+                    self.note_full(slot_i, gen, at, &g.counts, p.limits);
                 }
                 let by = if allowed {
                     LimitedBy::None
                 } else {
                     refused_by(&g.counts, p.limits, cost)
                 };
-                let (m, d) = self.shown(slot_i, at, None);
+                let (m, d) = self.shown(slot_i, gen, at, None);
                 Ok(outcome(allowed, by, at, m, d))
             }
-            Err(e) => self.unanswered(e, slot_i, req, p, tag, id, cost, at, clock),
+            Err(e) => self.unanswered(e, slot_i, gen, req, p, tag, id, cost, at, clock),
         }
     }
 
@@ -785,6 +1033,7 @@ impl Inner {
         &self,
         e: StoreError,
         slot_i: usize,
+        gen: u16,
         req: &Request<'_>,
         p: &Prepared,
         tag: Tag,
@@ -795,7 +1044,7 @@ impl Inner {
     ) -> Result<Outcome, Error> {
         match e {
             StoreError::Timeout { .. } => {
-                self.failed();
+                self.failed(&e);
                 self.queue(Job::Recover {
                     tag: tag.clone(),
                     id,
@@ -805,7 +1054,7 @@ impl Inner {
                     at,
                 });
             }
-            StoreError::Down(_) | StoreError::CircuitOpen { .. } => self.failed(),
+            ref e if e.is_unavailable() => self.failed(e),
             other => return Err(Error::Store(other)),
         }
         self.c.degraded.fetch_add(1, Relaxed);
@@ -815,14 +1064,14 @@ impl Inner {
                 // Refused for want of Redis, not of quota: the minute shows
                 // none left (a 429 saying "29 remaining" would read as a
                 // bug), the day what the last exchange said.
-                let (_, d) = self.shown(slot_i, at, None);
+                let (_, d) = self.shown(slot_i, gen, at, None);
                 (
                     false,
                     outcome(false, LimitedBy::Minute, at, p.limits.rpm, d),
                 )
             }
             DownPolicy::Open => {
-                let (m, d) = self.shown(slot_i, at, None);
+                let (m, d) = self.shown(slot_i, gen, at, None);
                 (true, outcome(true, LimitedBy::None, at, m, d))
             }
             DownPolicy::Local => {
@@ -834,7 +1083,7 @@ impl Inner {
                 let o = if share.rpm == 0 || share.rpd == 0 || cost > share.rpm.min(share.rpd) {
                     outcome(false, LimitedBy::Minute, at, share.rpm, share.rpd)
                 } else {
-                    slot::charge_word(&self.region.side(slot_i).down, share, cost, clock)
+                    slot::charge_word(&self.region.side(slot_i).down, gen, share, cost, clock)
                 };
                 // Shown against the whole limit: what is left of the share.
                 let m = o.minute_count + (p.limits.rpm - share.rpm);
@@ -886,7 +1135,7 @@ impl Inner {
         }
         info.refilling = true;
         info.limits = p.limits;
-        let want = self.lease_size(info, slot_i, at, now).max(cost);
+        let want = self.lease_size(info, slot_i, gen, at, now).max(cost);
         (want, tag, info.epoch)
     }
 
@@ -898,6 +1147,7 @@ impl Inner {
         &self,
         info: &KeyInfo,
         slot_i: usize,
+        gen: u16,
         at: Instant,
         now: std::time::Instant,
     ) -> u32 {
@@ -906,7 +1156,7 @@ impl Inner {
         let by_rate = (rate * self.opts.refill_interval.as_secs_f64()).ceil();
         let grown = (info.last_grant as f64 * 16.0).max(16.0);
         let est = by_rate.min(grown).min(u32::MAX as f64) as u32;
-        let (gm, gd) = slot::read_word(&self.region.side(slot_i).global, at);
+        let (gm, gd) = slot::read_word(&self.region.side(slot_i).global, gen, at);
         let room = info
             .limits
             .rpm
@@ -953,7 +1203,7 @@ impl Inner {
                 if h.minute_left.min(h.day_left) > info.last_grant / 2 {
                     continue;
                 }
-                let want = self.lease_size(info, i, h.at, now);
+                let want = self.lease_size(info, i, gen, h.at, now);
                 if want < 16 {
                     continue;
                 }
@@ -974,7 +1224,7 @@ impl Inner {
             match result {
                 Ok(g) => {
                     self.answered();
-                    self.note_counts(i, at, &g.counts);
+                    self.note_counts(i, gen, at, &g.counts);
                     self.c.granted_units.fetch_add(g.units as u64, Relaxed);
                     let after = if g.units > 0 {
                         slot::add(&self.region, i, gen, at, g.units, 0, self.skew)
@@ -995,8 +1245,8 @@ impl Inner {
                 }
                 Err(e) => {
                     self.refilled(i, gen, 0, &Counts::default(), None, clock);
-                    if e.is_transport() || matches!(e, StoreError::CircuitOpen { .. }) {
-                        self.failed();
+                    if e.is_unavailable() {
+                        self.failed(&e);
                         if matches!(e, StoreError::Timeout { .. }) {
                             self.queue(Job::Recover {
                                 tag,
@@ -1064,6 +1314,8 @@ impl Inner {
         let tick = (self.opts.refill_interval / 4)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut last_scan = std::time::Instant::now();
+        // The first look at Redis's eviction settings on the first tick.
+        let mut last_eviction_look: Option<std::time::Instant> = None;
         let mut last_beat = std::time::Instant::now();
         loop {
             {
@@ -1078,6 +1330,13 @@ impl Inner {
                 if *stop {
                     return;
                 }
+            }
+            self.note_trips();
+            if last_eviction_look.is_none_or(|t| t.elapsed() >= eviction::EVERY)
+                && !self.down.load(Relaxed)
+            {
+                last_eviction_look = Some(std::time::Instant::now());
+                self.look_at_eviction();
             }
             self.flush();
             if self.opts.hosts == 0 && last_beat.elapsed() >= HEARTBEAT {
@@ -1106,10 +1365,18 @@ impl Inner {
     }
 
     /// The hosts sharing each quota: as configured, or as Redis last
-    /// counted them (at least 1).
+    /// counted them (at least 1, at most `max_hosts`: entries a stray
+    /// writer keeps in the set cannot shrink leases and down shares
+    /// further).
     fn hosts(&self) -> u32 {
         match self.opts.hosts {
-            0 => self.live_hosts.load(Relaxed).max(1),
+            0 => {
+                let most = match self.opts.max_hosts {
+                    0 => DEFAULT_MAX_HOSTS,
+                    n => n,
+                };
+                self.live_hosts.load(Relaxed).clamp(1, most)
+            }
             n => n,
         }
     }
@@ -1148,6 +1415,7 @@ impl Inner {
     }
 
     fn give_back_idle(&self) {
+        lock(&self.full).retain(|_, f| f.checked.elapsed() < RECHECK);
         self.collect(false);
         self.flush();
     }
@@ -1169,18 +1437,30 @@ impl Inner {
                 }
             }
         }
+        let (mut pushes, mut units) = (0u64, 0u64);
         loop {
             let job = {
                 let mut jobs = lock(&self.jobs);
                 if jobs.is_empty() {
+                    if pushes > 0 {
+                        self.events.say(
+                            Level::Info,
+                            format!("redis store: pushed the {units} unit(s) admitted while it was unavailable ({pushes} key-minutes); the backlog is empty"),
+                        );
+                    }
                     return;
                 }
                 jobs.remove(0)
             };
             match self.run_job(&job) {
-                Ok(()) => {}
-                Err(e) if e.is_transport() || matches!(e, StoreError::CircuitOpen { .. }) => {
-                    self.down.store(true, Relaxed);
+                Ok(()) => {
+                    if let Job::Push { units: u, .. } = &job {
+                        pushes += 1;
+                        units += *u as u64;
+                    }
+                }
+                Err(e) if e.is_unavailable() => {
+                    self.failed(&e);
                     lock(&self.jobs).insert(0, job);
                     return;
                 }
@@ -1279,6 +1559,7 @@ mod tests {
             ("mode", "exact"),
             ("down", "closed"),
             ("hosts", "3"),
+            ("max_hosts", "16"),
             ("deadline", "20ms"),
             ("refill_interval", "2s"),
             ("idle_after", "1m"),
@@ -1293,6 +1574,7 @@ mod tests {
         assert_eq!(o.mode, LeaseMode::Exact);
         assert_eq!(o.down, DownPolicy::Closed);
         assert_eq!(o.hosts, 3);
+        assert_eq!(o.max_hosts, 16);
         assert_eq!(o.store.deadline, Duration::from_millis(20));
         assert_eq!(o.refill_interval, Duration::from_secs(2));
         assert_eq!(o.idle_after, Duration::from_secs(60));
@@ -1312,6 +1594,10 @@ mod tests {
             ("hosts", "0", "from 1"),
             ("hosts", "-1", "whole number"),
             ("hosts", "99999999999", "whole number"),
+            ("max_hosts", "0", "from 1"),
+            ("max_hosts", "auto", "whole number"),
+            ("max_hosts", "-5", "whole number"),
+            ("max_hosts", "4294967296", "whole number"),
             ("deadline", "0ms", "above zero"),
             ("deadline", "5h", "duration"),
             ("deadline", "ms", "duration"),

@@ -140,9 +140,20 @@ impl KeyUsage {
 /// (which include every unit leased to any host) less the units this host
 /// still holds.
 fn leased_counts(region: &Region, i: usize, at: Instant, held_m: u32, held_d: u32) -> (u32, u32) {
+    // Side words of another generation are a former key's: nothing.
+    let gen = State::unpack(region.slot(i).state()).gen;
     let g = State::unpack(region.side(i).global.load(Acquire));
-    let gm = if g.at() == at { g.minute_count } else { 0 };
-    let gd = if g.day == at.day { g.day_count } else { 0 };
+    let mine = g.gen == gen;
+    let gm = if mine && g.at() == at {
+        g.minute_count
+    } else {
+        0
+    };
+    let gd = if mine && g.day == at.day {
+        g.day_count
+    } else {
+        0
+    };
     (gm.saturating_sub(held_m), gd.saturating_sub(held_d))
 }
 
@@ -279,7 +290,7 @@ impl Limiter {
                 t.day_units_held += v.day_count as u64;
             }
             let down = State::unpack(region.side(e.index).down.load(Acquire));
-            if down.day == now.day && down.day_count > 0 {
+            if down.gen == e.state.gen && down.day == now.day && down.day_count > 0 {
                 t.keys_down += 1;
                 t.down_admitted_today += down.day_count as u64;
             }

@@ -535,10 +535,16 @@ pub(crate) fn locate(
         let slot = region.slot(i);
         let mut gen = state as u16;
         if gen == ident as u16 {
-            // Bound to a key with nothing current (or never used): open it.
+            // Bound to a key with nothing current (or never used): open it,
+            // dated now with nothing counted, so that once bound it is the
+            // key's for the day even before anything is charged to it (a
+            // key of a leased table decided by the down policy, or in
+            // exact mode, holds nothing in its state word).
             gen = gen.wrapping_add(1);
             let open = State {
                 gen,
+                minute: now.minute as u16,
+                day: now.day,
                 ..State::default()
             }
             .pack();
@@ -561,8 +567,34 @@ pub(crate) fn locate(
             continue 'retry;
         }
         region.write_name(i, account);
+        // A slot opened earlier (an operator's reset) may hold an old date.
+        keep(region, i, gen, now);
         return Ok(Some((i, gen)));
     }
+}
+
+/// Dates slot `i`'s state word `now`, with nothing counted, if it holds
+/// nothing of `now`'s day, so the key bound to it keeps it for the day:
+/// the probe walk takes a slot of a past day for a new key. Counts (or
+/// lease units) of a past day are void, so nothing is lost. A slot charged
+/// meanwhile, or rebound, is left as it is (one CAS, not retried).
+pub(crate) fn keep(region: &Region, i: usize, gen: u16, now: Instant) {
+    let slot = region.slot(i);
+    let word = slot.state();
+    let s = State::unpack(word);
+    if s.gen != gen || !s.stale(now) {
+        return;
+    }
+    let dated = State {
+        gen,
+        minute: now.minute as u16,
+        day: now.day,
+        minute_count: 0,
+        day_count: 0,
+    };
+    let _ = slot
+        .state
+        .compare_exchange(word, dated.pack(), AcqRel, Acquire);
 }
 
 /// Spends `cost` of both leases of slot `i` at `now` (0: looks only).
@@ -702,19 +734,41 @@ pub(crate) fn take(
     }
 }
 
+// A side word (a leased slot's `global` and `down` words, see
+// `region::Side`) belongs to the binding of the slot's generation it
+// carries: a word of another generation was left by a key that held the
+// slot before, and reads as nothing counted. So a key's down-mode count
+// and the global counts its headers show are its own, whatever key held
+// the slot earlier.
+
 #[cfg(feature = "redis")]
-/// Judges `cost` against `limits` on the state word `word` (a side area's
-/// down-mode counts, generation unused), charging it if allowed: the local
-/// rule of [`judge`] on a word of its own.
+/// The side word `word` as generation `gen` sees it: its own, or empty.
+fn side_state(word: u128, gen: u16) -> State {
+    let s = State::unpack(word);
+    if s.gen == gen {
+        s
+    } else {
+        State {
+            gen,
+            ..State::default()
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+/// Judges `cost` against `limits` on the side word `word_ref` of the key
+/// bound as generation `gen` (a side area's down-mode counts), charging it
+/// if allowed: the local rule of [`judge`] on a word of its own.
 pub(crate) fn charge_word(
     word_ref: &portable_atomic::AtomicU128,
+    gen: u16,
     limits: Limits,
     cost: u32,
     clock: Clock,
 ) -> Outcome {
     let mut word = load(word_ref);
     loop {
-        let (outcome, next) = judge(State::unpack(word), limits, cost, clock);
+        let (outcome, next) = judge(side_state(word, gen), limits, cost, clock);
         if cost == 0 || !outcome.allowed {
             return outcome;
         }
@@ -726,18 +780,20 @@ pub(crate) fn charge_word(
 }
 
 #[cfg(feature = "redis")]
-/// Raises the global counts kept in `word_ref` to `(at, minute, day)`: a
-/// later window replaces them, the same window keeps the larger of each
-/// (replies of concurrent exchanges may arrive in any order).
+/// Raises the global counts kept in `word_ref` for the key of generation
+/// `gen` to `(at, minute, day)`: a later window replaces them, the same
+/// window keeps the larger of each (replies of concurrent exchanges may
+/// arrive in any order); another generation's counts are replaced.
 pub(crate) fn raise_word(
     word_ref: &portable_atomic::AtomicU128,
+    gen: u16,
     at: Instant,
     minute: u32,
     day: u32,
 ) {
     let mut word = load(word_ref);
     loop {
-        let s = State::unpack(word);
+        let s = side_state(word, gen);
         let next = if s.at() > at {
             if s.day != at.day {
                 return;
@@ -754,7 +810,7 @@ pub(crate) fn raise_word(
             }
         } else {
             State {
-                gen: 0,
+                gen,
                 minute: at.minute as u16,
                 day: at.day,
                 minute_count: minute,
@@ -765,7 +821,7 @@ pub(crate) fn raise_word(
                 },
             }
         };
-        if next == s {
+        if next.pack() == word {
             return;
         }
         match word_ref.compare_exchange_weak(word, next.pack(), AcqRel, Acquire) {
@@ -776,10 +832,15 @@ pub(crate) fn raise_word(
 }
 
 #[cfg(feature = "redis")]
-/// A side word as `(windows, minute count, day count)` seen at `at`: the
-/// minute count if dated `at`'s minute, the day count if `at`'s day, else 0.
-pub(crate) fn read_word(word_ref: &portable_atomic::AtomicU128, at: Instant) -> (u32, u32) {
-    let s = State::unpack(load(word_ref));
+/// A side word of the key of generation `gen` as `(minute count, day
+/// count)` seen at `at`: the minute count if dated `at`'s minute, the day
+/// count if `at`'s day, else 0; another generation's word reads 0.
+pub(crate) fn read_word(
+    word_ref: &portable_atomic::AtomicU128,
+    gen: u16,
+    at: Instant,
+) -> (u32, u32) {
+    let s = side_state(load(word_ref), gen);
     let minute = if s.at() == at { s.minute_count } else { 0 };
     let day = if s.day == at.day { s.day_count } else { 0 };
     (minute, day)

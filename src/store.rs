@@ -36,6 +36,7 @@ use blake2::Blake2bVar;
 
 pub use self::breaker::BreakerState;
 use self::breaker::{Breakers, Scope};
+pub use self::conn::redact;
 pub(crate) use self::conn::Conn;
 use self::conn::{Pool, Target};
 use self::script::{Call, Op, Times};
@@ -105,9 +106,18 @@ pub enum StoreError {
         after: Duration,
         during: &'static str,
     },
-    /// Redis could not be reached or refused to serve (connection refused
-    /// or dropped, cluster down, loading); the text is the client's.
+    /// Redis could not be reached (connection refused or dropped, no
+    /// route); the text is the client's.
     Down(String),
+    /// Redis answered, but with an error reply that means it cannot serve
+    /// now: BUSY (another client's long script), OOM (maxmemory with
+    /// noeviction), LOADING, READONLY or MASTERDOWN (a failover),
+    /// CLUSTERDOWN, TRYAGAIN, MISCONF, NOREPLICAS, "max number of clients
+    /// reached", NOAUTH or WRONGPASS (a password changed under a running
+    /// gateway). Like `Down` it opens the breaker and decisions follow the
+    /// down policy: retrying later can help, failing the caller cannot.
+    /// The text is Redis's own reply.
+    Refused(String),
     /// The breaker is open after repeated failures: no call was made.
     /// `retry_in` is the rest of the cool-down (zero while a probe runs).
     CircuitOpen { retry_in: Duration },
@@ -119,10 +129,37 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A failure to reach Redis (what the breaker counts), as against an
-    /// answer Redis gave.
+    /// A failure of Redis to serve the call, for want of Redis (what the
+    /// breaker counts): no answer in time, unreachable, or an error reply
+    /// that means "not now" ([`StoreError::Refused`]); as against an error
+    /// in the call or in the data, which retrying does not mend.
     pub fn is_transport(&self) -> bool {
-        matches!(self, StoreError::Timeout { .. } | StoreError::Down(_))
+        matches!(
+            self,
+            StoreError::Timeout { .. } | StoreError::Down(_) | StoreError::Refused(_)
+        )
+    }
+
+    /// Redis is unavailable to this call: a transport failure, or the
+    /// breaker refused the call without making it. What the down policy
+    /// covers.
+    pub fn is_unavailable(&self) -> bool {
+        self.is_transport() || matches!(self, StoreError::CircuitOpen { .. })
+    }
+}
+
+impl StoreError {
+    /// The same error with the password of `url` blotted out of its text.
+    fn scrubbed(self, url: &str) -> StoreError {
+        let s = |t: String| conn::scrub(&t, url);
+        match self {
+            StoreError::Config(t) => StoreError::Config(s(t)),
+            StoreError::Down(t) => StoreError::Down(s(t)),
+            StoreError::Refused(t) => StoreError::Refused(s(t)),
+            StoreError::Script(t) => StoreError::Script(s(t)),
+            StoreError::Protocol(t) => StoreError::Protocol(s(t)),
+            other => other,
+        }
     }
 }
 
@@ -137,6 +174,7 @@ impl fmt::Display for StoreError {
                 after.as_millis()
             ),
             StoreError::Down(why) => write!(f, "redis store unreachable: {why}"),
+            StoreError::Refused(why) => write!(f, "redis store cannot serve now: {why}"),
             StoreError::CircuitOpen { retry_in } => write!(
                 f,
                 "redis store: circuit open after repeated failures, next try in {} ms",
@@ -343,6 +381,9 @@ pub struct Store {
     script: redis::Script,
     times: Times,
     counters: Counters,
+    /// The URL, kept only to blot its password out of the client's error
+    /// texts.
+    url: String,
 }
 
 impl fmt::Debug for Store {
@@ -386,6 +427,7 @@ impl Store {
             },
             counters: Counters::default(),
             opts,
+            url: url.to_string(),
         })
     }
 
@@ -639,7 +681,7 @@ impl Store {
                 return Err(StoreError::CircuitOpen { retry_in });
             }
         };
-        let result = self.attempt(call, start);
+        let result = self.attempt(call, start).map_err(|e| e.scrubbed(&self.url));
         match &result {
             Ok(r) => {
                 if r.replayed {
@@ -720,6 +762,43 @@ impl Store {
     }
 }
 
+/// Error replies by which Redis says it cannot serve now, by their code
+/// (the reply's first word): retrying later helps, so they count as the
+/// store being unavailable (see [`StoreError::Refused`]).
+const NOT_NOW: [&str; 11] = [
+    "BUSY",
+    "OOM",
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "MISCONF",
+    "NOREPLICAS",
+    "NOAUTH",
+    "WRONGPASS",
+];
+
+/// Whether `e` is an error reply meaning "cannot serve now".
+fn refused_now(e: &redis::RedisError) -> bool {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        // The password in the URL no longer works (changed on the server):
+        // nothing the gateway can mend, but Redis may be fixed under it.
+        return true;
+    }
+    match e.code() {
+        Some(code) if NOT_NOW.contains(&code) => true,
+        // `-ERR max number of clients reached`, and a connection that
+        // lost its authentication (a script sent in full to a server that
+        // now wants a password: `-ERR Protocol error: unauthenticated bulk
+        // length`): refused with the generic code.
+        Some("ERR") => e
+            .detail()
+            .is_some_and(|d| d.contains("max number of clients") || d.contains("unauthenticated")),
+        _ => false,
+    }
+}
+
 /// Sorts a client error into the store's kinds.
 fn classify(e: redis::RedisError, during: &'static str, deadline: Duration) -> StoreError {
     use redis::{ErrorKind, ServerErrorKind};
@@ -729,10 +808,11 @@ fn classify(e: redis::RedisError, during: &'static str, deadline: Duration) -> S
             during,
         };
     }
+    if refused_now(&e) {
+        return StoreError::Refused(e.to_string());
+    }
     match e.kind() {
-        ErrorKind::InvalidClientConfig | ErrorKind::AuthenticationFailed => {
-            StoreError::Config(e.to_string())
-        }
+        ErrorKind::InvalidClientConfig => StoreError::Config(e.to_string()),
         ErrorKind::Server(ServerErrorKind::ResponseError)
         | ErrorKind::Server(ServerErrorKind::NoScript)
         | ErrorKind::Server(ServerErrorKind::ExecAbort)

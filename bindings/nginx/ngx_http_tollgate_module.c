@@ -50,6 +50,13 @@
 #define NGX_HTTP_TOLLGATE_LOG_MAX         64
 #define NGX_HTTP_TOLLGATE_LOG_LEN         (NGX_HTTP_TOLLGATE_LOG_MAX * 4 + 3)
 
+/* a worker joined to a store logs the lease layer's events this often (ms);
+ * the library keeps its latest 64 (tg_limiter_lease_event), and one event's
+ * text is cut to fit this room */
+#define NGX_HTTP_TOLLGATE_EVENTS_EVERY    1000
+#define NGX_HTTP_TOLLGATE_EVENTS_KEPT     64
+#define NGX_HTTP_TOLLGATE_EVENT_LEN       1024
+
 
 typedef struct {
     ngx_atomic_t                  count[TG_OUTCOMES];
@@ -90,10 +97,12 @@ typedef struct {
     tg_redis_options              redis_opts;
 
     /* this worker's: joined to the store, requests parked now, requests
-     * that found the thread pool's queue full */
+     * that found the thread pool's queue full, the number of the last
+     * lease event logged (tg_limiter_lease_event) */
     ngx_uint_t                    joined;
     ngx_uint_t                    parked;
     uint64_t                      park_failures;
+    uint64_t                      event_seq;
 } ngx_http_tollgate_zone_t;
 
 
@@ -274,6 +283,8 @@ static char *ngx_http_tollgate_metrics(ngx_conf_t *cf, ngx_command_t *cmd,
 static ngx_int_t ngx_http_tollgate_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_tollgate_init_process(ngx_cycle_t *cycle);
 static void ngx_http_tollgate_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_tollgate_events_handler(ngx_event_t *ev);
+static void ngx_http_tollgate_log_events(ngx_log_t *log);
 
 
 /* indexed by TG_OUTCOME_* (checked above) */
@@ -388,6 +399,17 @@ static ngx_http_tollgate_store_metric_t  ngx_http_tollgate_store_metrics_t[] =
     ngx_http_tollgate_store_metric("tollgate_store_refused_total",
         "counter", lease.refused_by_store,
         "Grants of nothing: the key was at its global limit."),
+    ngx_http_tollgate_store_metric("tollgate_store_refused_locally_total",
+        "counter", lease.refused_locally,
+        "Decisions refused without a round trip: Redis refused the key "
+        "less than a second before."),
+    ngx_http_tollgate_store_metric("tollgate_store_eviction_risk",
+        "gauge", lease.eviction_risk,
+        "1 when Redis has a memory limit and a maxmemory-policy that can "
+        "evict the limiter's counts (set noeviction)."),
+    ngx_http_tollgate_store_metric("tollgate_store_evicted_keys_total",
+        "counter", lease.evicted_keys,
+        "Keys Redis evicted since this worker joined (any keys)."),
     ngx_http_tollgate_store_metric("tollgate_store_degraded_total",
         "counter", lease.degraded,
         "Decisions made by the down policy (fallbacks)."),
@@ -594,6 +616,12 @@ static ngx_http_variable_t  ngx_http_tollgate_vars[] = {
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+
+/* this worker's timer logging the lease events of its joined zones; a timer
+ * needs a connection-like data pointer (the event code's debug lines read
+ * its fd) */
+static ngx_event_t       ngx_http_tollgate_events_ev;
+static ngx_connection_t  ngx_http_tollgate_events_conn;
 
 
 static ngx_int_t
@@ -3151,15 +3179,18 @@ ngx_http_tollgate_init(ngx_conf_t *cf)
 /*
  * Each worker joins the store itself, after the fork: the link is a thread
  * of the process (tg_limiter_connect), and the master never has one.
- * Redis down is not an error here: the down policy decides until it
- * answers.
+ * Redis down, or answering an error (BUSY, LOADING, NOAUTH), is not an
+ * error here: the worker joins, the down policy decides until Redis
+ * serves, and the lease events say so in the error log (a timer of the
+ * worker, ngx_http_tollgate_events_handler).
  */
 
 static ngx_int_t
 ngx_http_tollgate_init_process(ngx_cycle_t *cycle)
 {
     tg_status                       st;
-    ngx_uint_t                      z;
+    ngx_uint_t                      z, joined;
+    ngx_event_t                    *ev;
     ngx_http_tollgate_zone_t      **zones, *zone;
     ngx_http_tollgate_main_conf_t  *tmcf;
 
@@ -3177,6 +3208,7 @@ ngx_http_tollgate_init_process(ngx_cycle_t *cycle)
     }
 
     zones = tmcf->zones.elts;
+    joined = 0;
 
     for (z = 0; z < tmcf->zones.nelts; z++) {
         zone = zones[z];
@@ -3190,7 +3222,12 @@ ngx_http_tollgate_init_process(ngx_cycle_t *cycle)
                                 &zone->redis_opts);
 
         if (st != TG_OK) {
-            /* the URL is not logged: it may hold a password */
+            /*
+             * not Redis being away or answering errors (joined anyway):
+             * the URL or options, which the configuration check passed,
+             * or the process (no thread); the URL is not logged, it may
+             * hold a password
+             */
             ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                           "tollgate_redis: zone \"%V\" cannot join its "
                           "store: %s; its requests are answered 500 until "
@@ -3199,13 +3236,109 @@ ngx_http_tollgate_init_process(ngx_cycle_t *cycle)
         }
 
         zone->joined = 1;
+        zone->event_seq = 0;
+        joined = 1;
     }
+
+    if (!joined) {
+        return NGX_OK;
+    }
+
+    /* what joining found (Redis unreachable, BUSY, an eviction policy) is
+     * logged now; later events each second */
+    ngx_http_tollgate_log_events(cycle->log);
+
+    ngx_http_tollgate_events_conn.fd = (ngx_socket_t) -1;
+
+    ev = &ngx_http_tollgate_events_ev;
+    ev->handler = ngx_http_tollgate_events_handler;
+    ev->data = &ngx_http_tollgate_events_conn;
+    ev->log = cycle->log;
+    /* never keeps a worker that shuts down gracefully */
+    ev->cancelable = 1;
+
+    ngx_add_timer(ev, NGX_HTTP_TOLLGATE_EVENTS_EVERY);
 
     return NGX_OK;
 }
 
 
-/* gives this worker's unspent units back (each call under the deadline) */
+static void
+ngx_http_tollgate_events_handler(ngx_event_t *ev)
+{
+    ngx_http_tollgate_log_events(ev->log);
+
+    ngx_add_timer(ev, NGX_HTTP_TOLLGATE_EVENTS_EVERY);
+}
+
+
+/*
+ * Logs each lease event of this worker's joined zones once, in order: the
+ * library only queues them (its threads log nothing of nginx's), and each
+ * zone remembers the number of the last one logged.  Levels: TG_LOG_ERROR
+ * (counts may be lost) at error, TG_LOG_WARN (the down policy decides, an
+ * eviction policy to fix) at warn, TG_LOG_INFO (back to normal) at notice.
+ */
+
+static void
+ngx_http_tollgate_log_events(ngx_log_t *log)
+{
+    char                            text[NGX_HTTP_TOLLGATE_EVENT_LEN];
+    uint32_t                        level;
+    tg_status                       st;
+    ngx_uint_t                      z, n, lvl;
+    ngx_http_tollgate_zone_t      **zones, *zone;
+    ngx_http_tollgate_main_conf_t  *tmcf;
+
+    /* the running cycle's, so a timer never reads a freed configuration
+     * (in a single process a reload replaces it) */
+    tmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_tollgate_module);
+    if (tmcf == NULL) {
+        return;
+    }
+
+    zones = tmcf->zones.elts;
+
+    for (z = 0; z < tmcf->zones.nelts; z++) {
+        zone = zones[z];
+
+        if (!zone->joined) {
+            continue;
+        }
+
+        for (n = 0; n < NGX_HTTP_TOLLGATE_EVENTS_KEPT; n++) {
+            st = tg_limiter_lease_event(zone->limiter, &zone->event_seq,
+                                        &level, text, sizeof(text));
+
+            if (st != TG_OK || level == 0) {
+                break;
+            }
+
+            switch (level) {
+
+            case TG_LOG_ERROR:
+                lvl = NGX_LOG_ERR;
+                break;
+
+            case TG_LOG_WARN:
+                lvl = NGX_LOG_WARN;
+                break;
+
+            default:
+                lvl = NGX_LOG_NOTICE;
+                break;
+            }
+
+            ngx_log_error(lvl, log, 0, "tollgate_redis: zone \"%V\": %s",
+                          &zone->name, text);
+        }
+    }
+}
+
+
+/* gives this worker's unspent units back (each call under the deadline),
+ * after logging the lease events not logged yet */
 
 static void
 ngx_http_tollgate_exit_process(ngx_cycle_t *cycle)
@@ -3219,6 +3352,8 @@ ngx_http_tollgate_exit_process(ngx_cycle_t *cycle)
     if (tmcf == NULL) {
         return;
     }
+
+    ngx_http_tollgate_log_events(cycle->log);
 
     zones = tmcf->zones.elts;
 

@@ -56,6 +56,10 @@ pub struct tg_redis_options {
     pub cooldown_ms: u32,
     /// Longest cool-down after failed probes; 0 = 5000 ms.
     pub max_cooldown_ms: u32,
+    /// With hosts 0 (auto), the most hosts the live count is taken as,
+    /// whatever Redis holds (a bound on what stray entries in the
+    /// heartbeat set can do); 0 = 64.
+    pub max_hosts: u32,
 }
 
 /// What a joined limiter did since it joined (every handle sharing the
@@ -115,16 +119,76 @@ pub struct tg_lease_stats {
     /// The hosts each quota is shared by now: as configured, or as Redis
     /// last counted them (hosts 0, auto).
     pub hosts: u32,
+    /// 1 when Redis has a memory limit and a maxmemory-policy that can
+    /// evict the limiter's counts (all but noeviction). Since 0.4.
+    pub eviction_risk: u32,
+    /// Decisions refused without a round trip: Redis refused the key less
+    /// than a second before and its window was still full. Since 0.4.
+    pub refused_locally: u64,
+    /// Keys Redis evicted since this limiter joined (any keys). Since 0.4.
+    pub evicted_keys: u64,
+}
+
+/// sizeof(tg_redis_options) in 0.3, before `max_hosts`: still accepted
+/// (the fields added since take their defaults).
+const REDIS_OPTIONS_SIZE_0_3: u32 = std::mem::offset_of!(tg_redis_options, max_hosts) as u32;
+/// sizeof(tg_lease_stats) in 0.3 (the struct ended with `hosts` and its
+/// padding): still accepted, and written up to there.
+const LEASE_STATS_SIZE_0_3: u32 = std::mem::offset_of!(tg_lease_stats, refused_locally) as u32;
+
+/// The caller's options at `p` (non-null), of the size its header gives:
+/// the current one (or 0), or 0.3's, the rest defaulted. `None` for any
+/// other size, with the reason in tg_last_error().
+fn read_options(p: *const tg_redis_options) -> Option<tg_redis_options> {
+    // SAFETY: non-null, the caller's struct, whose first field (`size`)
+    // every version has.
+    let size = unsafe { (*p).size };
+    let full = std::mem::size_of::<tg_redis_options>() as u32;
+    let n = match size {
+        0 => full,
+        n if n >= full => full,
+        REDIS_OPTIONS_SIZE_0_3 => REDIS_OPTIONS_SIZE_0_3,
+        _ => {
+            limiter::set_last_error(
+                "tg_redis_options.size is neither 0 nor sizeof(tg_redis_options) of this or an earlier version",
+            );
+            return None;
+        }
+    };
+    let mut o = tg_redis_options::default();
+    // SAFETY: the caller's struct holds `n` readable bytes (its `size`, or
+    // the whole current struct); `o` is a plain-old-data struct of at least
+    // `n` bytes, every bit pattern of whose fields is valid.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            p.cast::<u8>(),
+            (&mut o as *mut tg_redis_options).cast::<u8>(),
+            n as usize,
+        )
+    };
+    o.size = size;
+    Some(o)
+}
+
+/// Writes the first `size` bytes of `v` to `p` (at most all of `T`).
+///
+/// # Safety
+/// `p` is non-null and writable for `size` bytes.
+unsafe fn write_sized<T: Copy>(p: *mut T, v: &T, size: u32) {
+    let n = (size as usize).min(std::mem::size_of::<T>());
+    // SAFETY: by the caller's contract; `v` is a live `T` of at least `n`
+    // bytes, and the two do not overlap (`v` is our copy).
+    unsafe { std::ptr::copy_nonoverlapping((v as *const T).cast::<u8>(), p.cast::<u8>(), n) };
 }
 
 /// Sets one option by name from text, as nginx's `tollgate_redis` and
 /// configuration files give them: `mode` (leases, exact), `down` (local,
-/// open, closed), `hosts` (a number, or auto), `max_lease`, `max_connections`, `trip_after`,
-/// and the durations `deadline`, `refill_interval`, `idle_after`,
-/// `cooldown`, `max_cooldown` (`50ms`, `2s`, `1m`; a bare number is
-/// milliseconds). TG_E_INVALID for an unknown name or a bad value, with
-/// tg_last_error() saying which and what is allowed; `*opts` is then
-/// unchanged.
+/// open, closed), `hosts` (a number, or auto), `max_hosts`, `max_lease`,
+/// `max_connections`, `trip_after`, and the durations `deadline`,
+/// `refill_interval`, `idle_after`, `cooldown`, `max_cooldown` (`50ms`,
+/// `2s`, `1m`; a bare number is milliseconds). TG_E_INVALID for an
+/// unknown name or a bad value, with tg_last_error() saying which and what
+/// is allowed; `*opts` is then unchanged.
 #[no_mangle]
 pub extern "C" fn tg_redis_options_set(
     opts: *mut tg_redis_options,
@@ -135,13 +199,12 @@ pub extern "C" fn tg_redis_options_set(
 ) -> tg_status {
     guard(|| {
         limiter::set_last_error("");
-        // SAFETY: NULL or the caller's writable struct.
-        let Some(o) = (unsafe { opts.as_mut() }) else {
+        if opts.is_null() {
             return TG_E_NULL;
-        };
-        if !sized::<tg_redis_options>(o.size) {
-            return TG_E_INVALID;
         }
+        let Some(mut o) = read_options(opts) else {
+            return TG_E_INVALID;
+        };
         let (name, value) = match (any_bytes(name, name_len), any_bytes(value, value_len)) {
             (Ok(n), Ok(v)) => (n, v),
             _ => return TG_E_NULL,
@@ -150,7 +213,17 @@ pub extern "C" fn tg_redis_options_set(
             limiter::set_last_error("option names and values are ASCII text");
             return TG_E_INVALID;
         };
-        imp::set(o, name, value)
+        let st = imp::set(&mut o, name, value);
+        if st == TG_OK {
+            // SAFETY: non-null, the caller's writable struct of `o.size`
+            // bytes (checked by `read_options`).
+            let size = match o.size {
+                0 => std::mem::size_of::<tg_redis_options>() as u32,
+                n => n,
+            };
+            unsafe { write_sized(opts, &o, size) };
+        }
+        st
     })
 }
 
@@ -162,12 +235,16 @@ pub extern "C" fn tg_redis_options_set(
 /// limiter decides by the down policy until it answers, and
 /// tg_limiter_lease_stats says so. Starts one background thread per joined
 /// limiter; in a process that forks (nginx), connect in each child after
-/// the fork. Like tg_limiter_set_policy it must not overlap any other call
-/// on the handle; connecting again replaces the link (giving its units back
-/// first). Handles made by tg_limiter_share afterwards share the link.
+/// the fork. Safe while other threads decide on the handle: a decision
+/// already under way finishes on the link it started with; one that starts
+/// while the handle is between links is TG_E_NOT_JOINED. Connecting again
+/// replaces the link (which gives its units back once no decision holds
+/// it). Handles made by tg_limiter_share afterwards share the link.
 /// Failures: TG_E_NULL, TG_E_INVALID (options), TG_E_NOT_LEASED,
-/// TG_E_READ_ONLY, TG_E_STORE (the URL, or Redis answered an error), each
-/// with tg_last_error()'s words.
+/// TG_E_READ_ONLY, TG_E_STORE (the URL), each with tg_last_error()'s
+/// words. Redis unreachable or answering an error is not a failure here
+/// (since 0.4): the limiter joins, decides by the down policy, and takes
+/// leases as soon as Redis serves; tg_limiter_lease_event tells it.
 #[no_mangle]
 pub extern "C" fn tg_limiter_connect(
     limiter: *mut tg_limiter,
@@ -176,16 +253,19 @@ pub extern "C" fn tg_limiter_connect(
 ) -> tg_status {
     guard(|| {
         limiter::set_last_error("");
-        // SAFETY: NULL or a live limiter from this library, in use by no
-        // other call meanwhile (documented).
-        let (Some(l), false) = (unsafe { limiter.as_mut() }, url.is_null()) else {
+        // SAFETY: NULL or a live limiter from this library. Shared, not
+        // unique: other threads may be deciding on it, and the link is
+        // replaced through `&self` (see `Limiter::connect_shared`).
+        let (Some(l), false) = (unsafe { limiter.as_ref() }, url.is_null()) else {
             return TG_E_NULL;
         };
-        // SAFETY: NULL or the caller's readable struct.
-        let o = match unsafe { opts.as_ref() } {
-            None => tg_redis_options::default(),
-            Some(o) if sized::<tg_redis_options>(o.size) => *o,
-            Some(_) => return TG_E_INVALID,
+        let o = if opts.is_null() {
+            tg_redis_options::default()
+        } else {
+            match read_options(opts) {
+                Some(o) => o,
+                None => return TG_E_INVALID,
+            }
         };
         // SAFETY: non-null and NUL-terminated by contract.
         let Ok(url) = unsafe { CStr::from_ptr(url) }.to_str() else {
@@ -209,11 +289,13 @@ pub extern "C" fn tg_redis_check(url: *const c_char, opts: *const tg_redis_optio
         if url.is_null() {
             return TG_E_NULL;
         }
-        // SAFETY: NULL or the caller's readable struct.
-        let o = match unsafe { opts.as_ref() } {
-            None => tg_redis_options::default(),
-            Some(o) if sized::<tg_redis_options>(o.size) => *o,
-            Some(_) => return TG_E_INVALID,
+        let o = if opts.is_null() {
+            tg_redis_options::default()
+        } else {
+            match read_options(opts) {
+                Some(o) => o,
+                None => return TG_E_INVALID,
+            }
         };
         // SAFETY: non-null and NUL-terminated by contract.
         let Ok(url) = unsafe { CStr::from_ptr(url) }.to_str() else {
@@ -227,12 +309,17 @@ pub extern "C" fn tg_redis_check(url: *const c_char, opts: *const tg_redis_optio
 /// Leaves the store: once the last handle sharing the link lets go, unspent
 /// units go back to Redis (each call under the deadline) and the lease
 /// thread stops. Decisions are then TG_E_NOT_JOINED. A limiter that is not
-/// joined is left as it is (TG_OK). tg_limiter_free does this too.
+/// joined is left as it is (TG_OK). tg_limiter_free does this too. Safe
+/// while other threads decide on the handle (a graceful shutdown): a
+/// decision already under way finishes on the link, and the last such
+/// decision to finish gives the units back on its own thread before it
+/// returns; this call does not wait for it.
 #[no_mangle]
 pub extern "C" fn tg_limiter_disconnect(limiter: *mut tg_limiter) -> tg_status {
     guard(|| {
-        // SAFETY: as tg_limiter_connect.
-        let Some(l) = (unsafe { limiter.as_mut() }) else {
+        // SAFETY: as tg_limiter_connect: a shared reference, beside
+        // decisions on other threads.
+        let Some(l) = (unsafe { limiter.as_ref() }) else {
             return TG_E_NULL;
         };
         imp::disconnect(l)
@@ -251,14 +338,22 @@ pub extern "C" fn tg_limiter_lease_stats(
         let (Some(l), false) = (unsafe { limiter.as_ref() }, out.is_null()) else {
             return TG_E_NULL;
         };
-        // SAFETY: non-null, the caller's struct of at least `size` bytes.
-        if !sized::<tg_lease_stats>(unsafe { (*out).size }) {
-            return TG_E_INVALID;
-        }
+        // SAFETY: non-null, the caller's struct, whose first field every
+        // version has.
+        let size = unsafe { (*out).size };
+        let size = match size {
+            0 => std::mem::size_of::<tg_lease_stats>() as u32,
+            n if n as usize >= std::mem::size_of::<tg_lease_stats>() => n,
+            LEASE_STATS_SIZE_0_3 => LEASE_STATS_SIZE_0_3,
+            _ => return TG_E_INVALID,
+        };
         match imp::stats(l) {
             Ok(s) => {
-                // SAFETY: non-null and writable by contract.
-                unsafe { *out = s };
+                let s = tg_lease_stats { size, ..s };
+                // SAFETY: non-null and writable for `size` bytes by
+                // contract (a 0.3 caller's struct ends before the fields
+                // added since).
+                unsafe { write_sized(out, &s, size) };
                 TG_OK
             }
             Err(status) => status,
@@ -289,6 +384,12 @@ mod imp {
         }
     }
 
+    /// Whether a struct of `size` bytes (0: the caller's header is this
+    /// one) holds the u32 field at `offset`.
+    fn covers(size: u32, offset: usize) -> bool {
+        size == 0 || size as usize >= offset + std::mem::size_of::<u32>()
+    }
+
     /// The C struct as the Rust options (0 = the default).
     pub(super) fn options(o: &tg_redis_options) -> Result<LeaseOptions, &'static str> {
         let d = LeaseOptions::default();
@@ -305,6 +406,13 @@ mod imp {
                 _ => return Err("down is not TG_DOWN_LOCAL, TG_DOWN_OPEN or TG_DOWN_CLOSED"),
             },
             hosts: or(o.hosts, d.hosts),
+            // Read only if the caller's struct reaches it: one from a
+            // header before the field ends short of it.
+            max_hosts: if covers(o.size, std::mem::offset_of!(tg_redis_options, max_hosts)) {
+                or(o.max_hosts, d.max_hosts)
+            } else {
+                d.max_hosts
+            },
             refill_interval: ms(o.refill_interval_ms, d.refill_interval),
             idle_after: ms(o.idle_after_ms, d.idle_after),
             max_lease: or(o.max_lease, d.max_lease),
@@ -341,6 +449,7 @@ mod imp {
             trip_after: l.store.trip_after,
             cooldown_ms: ms(l.store.cooldown),
             max_cooldown_ms: ms(l.store.max_cooldown),
+            max_hosts: l.max_hosts,
         }
     }
 
@@ -364,7 +473,7 @@ mod imp {
         }
     }
 
-    pub(super) fn connect(l: &mut tg_limiter, url: &str, o: &tg_redis_options) -> tg_status {
+    pub(super) fn connect(l: &tg_limiter, url: &str, o: &tg_redis_options) -> tg_status {
         let opts = match options(o) {
             Ok(r) => r,
             Err(e) => {
@@ -372,7 +481,7 @@ mod imp {
                 return TG_E_INVALID;
             }
         };
-        match l.inner.connect(url, opts) {
+        match l.inner.connect_shared(url, opts) {
             Ok(()) => TG_OK,
             Err(e) => {
                 limiter::set_last_error(&e.to_string());
@@ -381,8 +490,8 @@ mod imp {
         }
     }
 
-    pub(super) fn disconnect(l: &mut tg_limiter) -> tg_status {
-        l.inner.disconnect();
+    pub(super) fn disconnect(l: &tg_limiter) -> tg_status {
+        l.inner.disconnect_shared();
         TG_OK
     }
 
@@ -446,6 +555,9 @@ mod imp {
             store_trips: s.store.trips,
             store_connects: s.store.connects,
             hosts: s.hosts,
+            eviction_risk: s.eviction_risk as u32,
+            refused_locally: s.refused_locally,
+            evicted_keys: s.evicted_keys,
         })
     }
 }
@@ -463,11 +575,11 @@ mod imp {
         unsupported()
     }
 
-    pub(super) fn connect(_: &mut tg_limiter, _: &str, _: &tg_redis_options) -> tg_status {
+    pub(super) fn connect(_: &tg_limiter, _: &str, _: &tg_redis_options) -> tg_status {
         unsupported()
     }
 
-    pub(super) fn disconnect(_: &mut tg_limiter) -> tg_status {
+    pub(super) fn disconnect(_: &tg_limiter) -> tg_status {
         TG_OK
     }
 
@@ -478,4 +590,83 @@ mod imp {
     pub(super) fn stats(_: &tg_limiter) -> Result<tg_lease_stats, tg_status> {
         Err(TG_E_NOT_JOINED)
     }
+}
+
+/// tg_limiter_lease_event levels (stable values).
+pub const TG_LOG_ERROR: u32 = 1;
+pub const TG_LOG_WARN: u32 = 2;
+pub const TG_LOG_INFO: u32 = 3;
+
+/// The lease layer's next event after number `*seq` (start from 0): Redis
+/// unavailable (with Redis's own reason; never the URL's password), Redis
+/// answering again, the breaker opened, the backlog pushed, an eviction
+/// policy that can drop counts. Each change is one event; the library
+/// keeps the latest 64. For a binding's own logger, polled from its own
+/// thread or timer, so no callback runs on the library's threads:
+///
+/// ```c
+/// uint64_t seq = 0; uint32_t level; char text[512];
+/// while (tg_limiter_lease_event(l, &seq, &level, text, sizeof text) == TG_OK
+///        && level != 0)
+///     log_at(level, text);
+/// ```
+///
+/// On TG_OK with an event: `*seq` is its number, `*level` its TG_LOG_*
+/// level and `text` its NUL-terminated text (cut to fit `len`, which must
+/// be at least 1). On TG_OK with none newer: `*level` is 0 and `*seq` is
+/// unchanged. TG_E_NOT_JOINED if the limiter is not joined to a store.
+/// Safe from any thread, beside decisions.
+#[no_mangle]
+pub extern "C" fn tg_limiter_lease_event(
+    limiter: *const tg_limiter,
+    seq: *mut u64,
+    level: *mut u32,
+    text: *mut c_char,
+    len: usize,
+) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or a live limiter from this library.
+        let Some(l) = (unsafe { limiter.as_ref() }) else {
+            return TG_E_NULL;
+        };
+        if seq.is_null() || level.is_null() || text.is_null() {
+            return TG_E_NULL;
+        }
+        if len == 0 {
+            return TG_E_INVALID;
+        }
+        #[cfg(feature = "redis")]
+        {
+            use crate::lease::Level;
+            if l.inner.lease_stats().is_none() {
+                return TG_E_NOT_JOINED;
+            }
+            // SAFETY: non-null, the caller's u64.
+            let after = unsafe { *seq };
+            let Some(e) = l.inner.lease_event(after) else {
+                // SAFETY: non-null, the caller's u32 and at least one byte.
+                unsafe {
+                    *level = 0;
+                    *text = 0;
+                }
+                return TG_OK;
+            };
+            // SAFETY: non-null and writable by contract.
+            unsafe {
+                *seq = e.seq;
+                *level = match e.level {
+                    Level::Error => TG_LOG_ERROR,
+                    Level::Warn => TG_LOG_WARN,
+                    _ => TG_LOG_INFO,
+                };
+            }
+            write_err(text, len, &e.text);
+            TG_OK
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = (l, seq, level, text);
+            TG_E_NOT_JOINED
+        }
+    })
 }

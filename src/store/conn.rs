@@ -59,9 +59,55 @@ fn quiet(url: &str) -> Result<redis::ConnectionInfo, redis::RedisError> {
     Ok(info.set_redis_settings(settings))
 }
 
+/// The userinfo of every `scheme://user:pass@` in `url` (a Cluster URL's
+/// one, before its first host), as `user:***@`, or `***@` without a user:
+/// the URL as it may be shown.
+pub fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    // The userinfo ends at the last '@' before the path (a password may
+    // hold '@', as the Cluster seed parser allows).
+    let authority = rest.find('/').map_or(rest, |i| &rest[..i]);
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let shown = match authority[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_string(),
+    };
+    format!("{}{shown}{}", &url[..start], &rest[at..])
+}
+
+/// `text` with the password (and a userinfo without one) of `url` blotted
+/// out wherever the client quoted it.
+pub(crate) fn scrub(text: &str, url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return text.to_string();
+    };
+    let rest = &url[start..];
+    let authority = rest.find('/').map_or(rest, |i| &rest[..i]);
+    let Some(at) = authority.rfind('@') else {
+        return text.to_string();
+    };
+    let secret = match authority[..at].split_once(':') {
+        Some((_, pass)) => pass,
+        None => &authority[..at],
+    };
+    if secret.is_empty() {
+        return text.to_string();
+    }
+    text.replace(secret, "***")
+}
+
 impl Target {
     pub(crate) fn from_url(url: &str, deadline: Duration) -> Result<Target, StoreError> {
-        let config = |e: redis::RedisError| StoreError::Config(format!("{url:?}: {e}"));
+        // Never the password: these messages reach logs, `nginx -t` and
+        // exceptions.
+        let config = |e: redis::RedisError| {
+            StoreError::Config(format!("{:?}: {}", redact(url), scrub(&e.to_string(), url)))
+        };
         let cluster = CLUSTER_SCHEMES.iter().find_map(|s| url.strip_prefix(s));
         if let Some(rest) = cluster {
             let seeds = cluster_seeds(rest)?;
@@ -264,6 +310,30 @@ impl Drop for Checkout<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        for (url, shown) in [
+            ("redis://u:s3cret@h:1/0", "redis://u:***@h:1/0"),
+            ("redis://:s3cret@h:1", "redis://:***@h:1"),
+            ("redis://tok@h:1", "redis://***@h:1"),
+            (
+                "redis+cluster://u:p@w@h:1,h:2",
+                "redis+cluster://u:***@h:1,h:2",
+            ),
+            ("redis://h:1/0", "redis://h:1/0"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact(url), shown);
+        }
+        assert_eq!(
+            scrub("bad \"redis://u:s3cret@h\": s3cret", "redis://u:s3cret@h"),
+            "bad \"redis://u:***@h\": ***"
+        );
+        let e = Target::from_url("redis://u:s3cret@h:notaport/0", Duration::from_millis(5));
+        let text = e.err().expect("a bad port").to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+    }
 
     #[test]
     fn cluster_urls_name_seed_nodes() {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import logging
 import math
 import os
 import struct
@@ -342,6 +343,79 @@ class _Gate:
             self._cond.notify_all()
 
 
+# How the lease layer's event levels (tg_limiter_lease_event) are logged,
+# and how often a joined limiter's events are read.
+_EVENT_LEVELS = {_ffi.TG_LOG_ERROR: logging.ERROR, _ffi.TG_LOG_WARN: logging.WARNING, _ffi.TG_LOG_INFO: logging.INFO}
+_EVENT_EVERY = 0.5
+_EVENT_LEN = 1024
+
+
+class _LeaseEvents:
+    """Logs the events of one link to a quota store (Redis unavailable, with
+    its reason, and answering again; the breaker; the backlog pushed;
+    evictions) to the ``tollgate`` logger, each once, from a daemon thread
+    of its own that reads tg_limiter_lease_event every half second: the
+    library's threads never call into Python.
+
+    Every live handle on the link (the joined limiter and its shares) is
+    registered. The thread reads through one of them under the lock, and a
+    handle is dropped under the lock before it is freed, so a freed handle
+    is never read. The thread holds no limiter (limiters are collected as
+    usual) and ends once its last handle is dropped."""
+
+    __slots__ = ("_handles", "_lock", "_retired", "_thread", "_wake")
+
+    def __init__(self, h: c_void_p) -> None:
+        # Reentrant: a limiter may be collected on this very thread (a
+        # finalizer run by a collection during a read) and drop its handle.
+        self._lock = threading.RLock()
+        self._handles: list[c_void_p] = [h]
+        self._retired: list[c_void_p] = []
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tollgate-lease-events", daemon=True)
+        self._thread.start()
+
+    def add(self, h: c_void_p) -> None:
+        with self._lock:
+            self._handles.append(h)
+
+    def drop(self, h: c_void_p) -> bool:
+        """Unregisters ``h``, about to be freed. False when called on the
+        thread itself (a finalizer run there, maybe in the middle of a
+        read): the thread frees ``h`` once past its read."""
+        with self._lock:
+            self._handles = [x for x in self._handles if x is not h]
+            if not self._handles:
+                self._wake.set()
+            if threading.get_ident() != self._thread.ident:
+                return True
+            self._retired.append(h)
+            return False
+
+    def _run(self) -> None:
+        log = logging.getLogger("tollgate")
+        seq, level = c_uint64(), c_uint32()
+        text = create_string_buffer(_EVENT_LEN)
+        read = _ffi.tg_limiter_lease_event
+        while True:
+            got: list[tuple[int, bytes]] = []
+            with self._lock:
+                while self._handles and len(got) < 64:
+                    st = read(self._handles[0], byref(seq), byref(level), text, _EVENT_LEN)
+                    if st != _ffi.TG_OK or not level.value:
+                        break
+                    got.append((level.value, text.value))
+                retired, self._retired = self._retired, []
+                done = not self._handles
+            for h in retired:
+                _ffi.tg_limiter_free(h)
+            for lv, raw in got:
+                log.log(_EVENT_LEVELS.get(lv, logging.WARNING), "%s", raw.decode("utf-8", "replace"))
+            if done:
+                return
+            self._wake.wait(_EVENT_EVERY)
+
+
 class _Pending(Exception):
     """Internal, raised by a no-wait decision that needs the quota store
     (TG_PENDING: nothing was charged): ``decide`` makes it, waiting."""
@@ -644,6 +718,14 @@ class LeaseStats:
     #: The hosts each quota is shared by now: as configured, or as Redis
     #: last counted them (``hosts`` "auto", the default).
     hosts: int
+    #: Redis has a memory limit and a ``maxmemory-policy`` that can evict
+    #: the limiter's counts (all but ``noeviction``).
+    eviction_risk: bool = False
+    #: Decisions refused without a round trip: Redis refused the key less
+    #: than a second before and its window was still full.
+    refused_locally: int = 0
+    #: Keys Redis evicted since this limiter joined (any keys).
+    evicted_keys: int = 0
 
 
 def _store_url(url: object) -> bytes:
@@ -830,13 +912,15 @@ class Limiter(_Handle):
     leases and joined to the store, with ``redis_options`` (a mapping of
     option name to value, e.g. ``{"hosts": 3, "deadline": "50ms", "down":
     "local"}``; names and values are the library's, see the README). Redis
-    down is not an error: decisions follow the down policy, and
-    :meth:`lease_stats` says so. Raises StoreError for a URL or an answer
-    from Redis it cannot use, InvalidArgument for a bad option, each with
-    the library's words.
+    down, or answering errors (BUSY, LOADING, a refused password), is not
+    an error: decisions follow the down policy until it serves,
+    :meth:`lease_stats` says so, and the ``tollgate`` logger tells each
+    change (from a daemon thread per joined link). Raises StoreError for a
+    URL it cannot use, InvalidArgument for a bad option, each with the
+    library's words.
     """
 
-    __slots__ = ("_gate", "_hp", "_joined", "_path", "_policy")
+    __slots__ = ("_events", "_gate", "_hp", "_joined", "_path", "_policy")
 
     def __init__(
         self,
@@ -872,6 +956,7 @@ class Limiter(_Handle):
         self._path: str | None = path
         self._gate = _Gate()
         self._joined = False
+        self._events: _LeaseEvents | None = None
 
     def _connect(self, url: bytes, opts: _ffi.TgRedisOptions) -> None:
         # A handle no other thread has yet: connect may wait for Redis
@@ -882,6 +967,9 @@ class Limiter(_Handle):
             self.close()
             raise err
         self._joined = True
+        # Redis down or answering errors at the join is no failure: the
+        # events say so (and when it serves again) in the ``tollgate`` log.
+        self._events = _LeaseEvents(self._ptr())
 
     def close(self) -> None:
         """Frees the table now (a file-backed one stays in its file). On a
@@ -894,6 +982,9 @@ class Limiter(_Handle):
         gate.lock()
         try:
             self._hp = None
+            events, self._events = self._events, None
+            if events is not None and self._h is not None and not events.drop(self._h):
+                self._h = None  # freed by the events thread (see _LeaseEvents.drop)
             _Handle.close(self)
         finally:
             gate.unlock()
@@ -912,8 +1003,10 @@ class Limiter(_Handle):
         """A limiter whose counters live in the file at ``path``, mapped
         shared: every process (e.g. each worker of a server) that opens the
         same file shares the same limits. ``create`` makes and formats the
-        file if it does not exist. Raises RegionError if the file cannot be
-        used.
+        file, with ``slots`` slots, if it does not exist. An existing file
+        must hold ``slots`` slots, or ``slots`` is 0: the file is taken as it
+        is (with ``create`` on or off). Raises RegionError if the file cannot
+        be used.
 
         With ``redis`` (and ``redis_options``, as for :class:`Limiter`), the
         file holds quota leases for one quota across hosts: one file per
@@ -1174,6 +1267,9 @@ class Limiter(_Handle):
         lim = _new(type(self))
         lim._start(h, policy, self._path)
         lim._joined = self._joined
+        if self._events is not None:
+            self._events.add(h)
+            lim._events = self._events
         return lim
 
     def stats(self, now: float | None = None) -> Stats:
@@ -1205,6 +1301,9 @@ class Limiter(_Handle):
             int(out.connections),
             **{name: int(getattr(out, name)) for name in _ffi.LEASE_COUNTERS},
             hosts=int(out.hosts),
+            eviction_risk=bool(out.eviction_risk),
+            refused_locally=int(out.refused_locally),
+            evicted_keys=int(out.evicted_keys),
         )
 
     def __repr__(self) -> str:

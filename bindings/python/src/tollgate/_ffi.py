@@ -93,6 +93,10 @@ TG_DOWN_CLOSED = 2
 TG_BREAKER_CLOSED = 0
 TG_BREAKER_OPEN = 1
 TG_BREAKER_HALF_OPEN = 2
+# tg_limiter_lease_event levels.
+TG_LOG_ERROR = 1
+TG_LOG_WARN = 2
+TG_LOG_INFO = 3
 
 TG_ANSWER_DRY_RUN = 1
 TG_ANSWER_NO_LIMIT_PASS = 2
@@ -166,6 +170,7 @@ class TgRedisOptions(Structure):
         ("trip_after", c_uint32),
         ("cooldown_ms", c_uint32),
         ("max_cooldown_ms", c_uint32),
+        ("max_hosts", c_uint32),
     ]
 
 
@@ -206,6 +211,9 @@ class TgLeaseStats(Structure):
         ("connections", c_uint32),
     ] + [(name, c_uint64) for name in LEASE_COUNTERS] + [
         ("hosts", c_uint32),
+        ("eviction_risk", c_uint32),
+        ("refused_locally", c_uint64),
+        ("evicted_keys", c_uint64),
     ]
 
 
@@ -379,6 +387,14 @@ tg_redis_options_set = _proto(
 tg_limiter_connect = _proto("tg_limiter_connect", _i32, [c_void_p, c_char_p, POINTER(TgRedisOptions)])
 tg_limiter_lease_stats = _proto(
     "tg_limiter_lease_stats", _i32, [c_void_p, POINTER(TgLeaseStats)], hold_gil=True
+)
+# Read by the thread that logs a joined limiter's events (_core._LeaseEvents):
+# a short copy under the library's lock, keeping the GIL like the calls above.
+tg_limiter_lease_event = _proto(
+    "tg_limiter_lease_event",
+    _i32,
+    [c_void_p, POINTER(c_uint64), POINTER(c_uint32), c_char_p, c_size_t],
+    hold_gil=True,
 )
 tg_limiter_set_policy = _proto("tg_limiter_set_policy", _i32, [c_void_p, c_void_p], hold_gil=True)
 tg_limiter_share = _proto("tg_limiter_share", _i32, [c_void_p, c_void_p, _PP], hold_gil=True)
