@@ -50,7 +50,7 @@ pub enum Error {
     Pending,
     /// The quota store refused the configuration, or answered with an error
     /// (not a transport failure: those follow the down policy).
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "leases")]
     Store(crate::store::StoreError),
     /// Opening, creating or mapping a file failed.
     Io {
@@ -94,7 +94,7 @@ impl fmt::Display for Error {
                 f,
                 "the decision needs a round trip to the quota store and the request asked not to wait: decide it again on a thread that may block"
             ),
-            #[cfg(feature = "redis")]
+            #[cfg(feature = "leases")]
             Error::Store(e) => write!(f, "{e}"),
             Error::Io { path, op, source } => write!(f, "{path}: {op}: {source}"),
         }

@@ -39,7 +39,7 @@ mod error;
 pub mod ffi;
 mod file;
 mod key;
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 pub mod lease;
 mod limiter;
 mod operator;
@@ -47,7 +47,7 @@ pub mod policy;
 mod refusals;
 mod region;
 mod slot;
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 pub mod store;
 #[cfg(feature = "tower")]
 pub mod tower;

@@ -133,10 +133,10 @@ pub(crate) enum Backing {
 /// units back (each store call under the deadline) before its decision
 /// returns. That is the price of a disconnect that never waits for
 /// decisions in flight, and it is paid once per link.
-#[cfg(any(feature = "redis", test))]
+#[cfg(any(feature = "leases", test))]
 pub(crate) struct Link<T>(arc_swap::ArcSwapOption<T>);
 
-#[cfg(any(feature = "redis", test))]
+#[cfg(any(feature = "leases", test))]
 impl<T> Link<T> {
     pub(crate) fn empty() -> Link<T> {
         Link(arc_swap::ArcSwapOption::empty())
@@ -193,7 +193,7 @@ pub struct Limiter {
     /// shared by sibling handles. Replaced through `&self` (the C ABI's
     /// tg_limiter_connect and tg_limiter_disconnect run beside decisions on
     /// the same handle), so it is a [`Link`], never a plain field.
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "leases")]
     joined: Link<crate::lease::Joined>,
     // Declared last so the region view is dropped before its memory.
     _backing: Arc<Backing>,
@@ -342,7 +342,7 @@ impl Limiter {
             read_only: true,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
             leased: region.leases(),
-            #[cfg(feature = "redis")]
+            #[cfg(feature = "leases")]
             joined: Link::empty(),
             _backing: Arc::new(Backing::File(mapping)),
         })
@@ -381,7 +381,7 @@ impl Limiter {
             read_only: true,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
             leased: region.leases(),
-            #[cfg(feature = "redis")]
+            #[cfg(feature = "leases")]
             joined: Link::empty(),
             _backing: Arc::new(Backing::File(mapping)),
         };
@@ -404,7 +404,7 @@ impl Limiter {
             read_only: false,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
             leased: region.leases(),
-            #[cfg(feature = "redis")]
+            #[cfg(feature = "leases")]
             joined: Link::empty(),
             _backing: Arc::new(backing),
         })
@@ -423,7 +423,7 @@ impl Limiter {
             read_only: self.read_only,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
             leased: self.leased,
-            #[cfg(feature = "redis")]
+            #[cfg(feature = "leases")]
             joined: self.joined.share(),
             _backing: self._backing.clone(),
         })
@@ -532,9 +532,9 @@ impl Limiter {
     ) -> Result<Decision, Error> {
         // The guard keeps this link alive for the decision, however
         // `connect` and `disconnect` replace it meanwhile.
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "leases")]
         let link = self.joined.load();
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "leases")]
         if let Some(j) = &*link {
             let model_id = self.model_ids[model];
             let p = Prepared {
@@ -574,12 +574,43 @@ impl Limiter {
         url: &str,
         opts: crate::lease::LeaseOptions,
     ) -> Result<(), Error> {
+        self.may_join()?;
+        let store = crate::lease::store_for(url, &opts)?;
+        self.join_shared(Arc::new(store), opts)
+    }
+
+    /// [`Limiter::connect`] to a store of the caller's: any
+    /// [`QuotaStore`](crate::store::QuotaStore), such as the
+    /// [`MemoryStore`](crate::store::MemoryStore) tests drive through
+    /// outages, refusals and restarts without a network.
+    #[cfg(feature = "leases")]
+    pub fn connect_store(
+        &mut self,
+        store: Arc<dyn crate::store::QuotaStore>,
+        opts: crate::lease::LeaseOptions,
+    ) -> Result<(), Error> {
+        self.may_join()?;
+        self.join_shared(store, opts)
+    }
+
+    /// Whether this handle may join a store at all.
+    #[cfg(feature = "leases")]
+    fn may_join(&self) -> Result<(), Error> {
         self.writable()?;
         if !self.leased {
             return Err(Error::NotLeased);
         }
+        Ok(())
+    }
+
+    #[cfg(feature = "leases")]
+    fn join_shared(
+        &self,
+        store: Arc<dyn crate::store::QuotaStore>,
+        opts: crate::lease::LeaseOptions,
+    ) -> Result<(), Error> {
         drop(self.joined.replace(None));
-        let j = crate::lease::Joined::start(url, opts, self.region, self._backing.clone())?;
+        let j = crate::lease::Joined::start(store, opts, self.region, self._backing.clone())?;
         // Another connect may have installed its link meanwhile: this one
         // replaces it, as a later call would.
         drop(self.joined.replace(Some(Arc::new(j))));
@@ -590,7 +621,7 @@ impl Limiter {
     /// unspent units go back to Redis (each call under the deadline) and
     /// pending pushes are tried once more. Decisions are then
     /// [`Error::NotJoined`] until [`Limiter::connect`].
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "leases")]
     pub fn disconnect(&mut self) {
         self.disconnect_shared();
     }
@@ -599,13 +630,13 @@ impl Limiter {
     /// safe beside decisions on this handle (see
     /// [`Limiter::connect_shared`]). When a decision still holds the link,
     /// its thread lets go last and gives the units back (see [`Link`]).
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "leases")]
     pub(crate) fn disconnect_shared(&self) {
         drop(self.joined.replace(None));
     }
 
     /// What the lease layer did, if joined.
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "leases")]
     pub fn lease_stats(&self) -> Option<crate::lease::LeaseStats> {
         self.joined.load().as_ref().map(|j| j.stats())
     }
@@ -615,7 +646,7 @@ impl Limiter {
     /// evictions. For bindings that log them at their own pace; Rust
     /// services get the same through the `log` crate. `None`: nothing newer,
     /// or not joined.
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "leases")]
     pub fn lease_event(&self, seq: u64) -> Option<crate::lease::Event> {
         self.joined.load().as_ref().and_then(|j| j.event_after(seq))
     }
@@ -734,7 +765,7 @@ fn found_ids(region: &Region, policy: &Policy) -> Vec<u16> {
 }
 
 /// A request resolved against the policy and the table's seed.
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 pub(crate) struct Prepared {
     pub now: Instant,
     pub limits: Limits,

@@ -437,7 +437,7 @@ pub fn judge(s: State, limits: Limits, cost: u32, clock: Clock) -> (Outcome, Sta
 // spends both with one CAS; a grant adds to both and a give-back takes them
 // with a CAS on the same word, so none of them can race past another.
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 /// A leased slot's units as one decision sees them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Held {
@@ -447,7 +447,7 @@ pub(crate) struct Held {
     pub day_left: u32,
 }
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 impl State {
     /// The units held at `now`: a new minute voids the minute lease (its
     /// Redis key expires, nothing to give back), a new day voids both.
@@ -476,7 +476,7 @@ impl State {
     }
 }
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 fn held_state(gen: u16, h: Held) -> u128 {
     State {
         gen,
@@ -601,7 +601,7 @@ pub(crate) fn keep(region: &Region, i: usize, gen: u16, now: Instant) {
 /// `None`: the slot is no longer generation `gen`. `Some(Ok(held))`: spent,
 /// `held` is what is left; `Some(Err(held))`: too few units, nothing spent.
 #[inline]
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 pub(crate) fn spend(
     region: &Region,
     i: usize,
@@ -639,7 +639,7 @@ pub(crate) fn spend(
     }
 }
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 /// Adds a grant of `units` (both windows, dated `at`) to slot `i`, less
 /// `cost` that the granting decision spends at once. If the slot moved on
 /// to a later minute meanwhile, only the day's units are kept (the minute
@@ -690,7 +690,7 @@ pub(crate) fn add(
     }
 }
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 /// Takes units out of slot `i` to give them back: all of both leases, or
 /// with `excess_only` the day units beyond the minute's (left over from
 /// earlier minutes, which no decision can spend without new minute units).
@@ -741,7 +741,7 @@ pub(crate) fn take(
 // and the global counts its headers show are its own, whatever key held
 // the slot earlier.
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 /// The side word `word` as generation `gen` sees it: its own, or empty.
 fn side_state(word: u128, gen: u16) -> State {
     let s = State::unpack(word);
@@ -755,7 +755,7 @@ fn side_state(word: u128, gen: u16) -> State {
     }
 }
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 /// Judges `cost` against `limits` on the side word `word_ref` of the key
 /// bound as generation `gen` (a side area's down-mode counts), charging it
 /// if allowed: the local rule of [`judge`] on a word of its own.
@@ -779,7 +779,7 @@ pub(crate) fn charge_word(
     }
 }
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 /// Raises the global counts kept in `word_ref` for the key of generation
 /// `gen` to `(at, minute, day)`: a later window replaces them, the same
 /// window keeps the larger of each (replies of concurrent exchanges may
@@ -831,7 +831,7 @@ pub(crate) fn raise_word(
     }
 }
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 /// A side word of the key of generation `gen` as `(minute count, day
 /// count)` seen at `at`: the minute count if dated `at`'s minute, the day
 /// count if `at`'s day, else 0; another generation's word reads 0.
@@ -846,7 +846,7 @@ pub(crate) fn read_word(
     (minute, day)
 }
 
-#[cfg(feature = "redis")]
+#[cfg(feature = "leases")]
 fn load(a: &portable_atomic::AtomicU128) -> u128 {
     a.load(std::sync::atomic::Ordering::Acquire)
 }

@@ -1,45 +1,50 @@
-//! The global quota store (feature `redis`): both windows' counts of every
-//! (account, model) in Redis, so that several gateway hosts share one quota.
+//! Where quota comes from when one quota is shared by several hosts: the
+//! global counts of both windows of every (account, model), and the calls
+//! the lease layer (`lease`) makes on them. [`QuotaStore`] is that seam:
+//! the lease layer holds one as a trait object and knows nothing else of
+//! the store behind it.
 //!
-//! This is the first layer of the multi-host design (docs/multi-host.md):
-//! the calls a host makes to Redis. A host takes a lease of n units of both
-//! windows at once ([`Store::grant`]), spends it locally, gives back what it
-//! did not spend while the window is open ([`Store::give_back`]), and after
-//! Redis was away adds what it spent meanwhile ([`Store::push`]). Each call
-//! is one run of one Lua script (`store/lease.lua`) over both windows' keys,
-//! atomic in Redis; the calls that change counts by a caller's id are
-//! idempotent, so a retry after a timeout does not count twice.
+//! - [`Store`] (feature `redis`) is the production store: the counts in
+//!   Redis or a Redis Cluster, each call one run of one Lua script
+//!   (`store/lease.lua`) over both windows' keys, atomic in Redis.
+//! - [`MemoryStore`] keeps the same counts in this process, by the same
+//!   rules, for tests: it fails, stalls, refuses and forgets on command,
+//!   so the lease layer's sizing, down policies, give-backs, pushes and
+//!   breaker are tested without a network, and under miri.
 //!
-//! Client crate: `redis` (redis-rs), its blocking API and its Cluster
-//! client. It is the maintained, most used Rust client, speaks to Redis,
-//! Valkey and Cluster, loads a script on NOSCRIPT by itself, and needs no
-//! async runtime: this layer runs off the decision path (a refiller, or a
-//! decision that chose to wait), where a blocking call under a deadline is
-//! the simplest correct thing. `fred` is async-first (tokio) and would
-//! bring a runtime into a C library that has none.
+//! A host takes a lease of n units of both windows at once
+//! ([`QuotaStore::grant`]), spends it locally, gives back what it did not
+//! spend while the window is open ([`QuotaStore::give_back`]), and after
+//! the store was away adds what it spent meanwhile ([`QuotaStore::push`]).
+//! The calls that change counts by a caller's id are idempotent, so a
+//! retry after a timeout does not count twice.
 //!
-//! Threads: a [`Store`] is `Send + Sync`; calls take a connection from a
-//! small pool ([`StoreOptions::max_connections`]) and wait for one no longer
-//! than their deadline.
+//! A unit is whatever the caller counts: the store charges units against
+//! two window limits ([`WindowLimits`]) under a [`Tag`], and never asks
+//! what a unit is. Requests are the first unit; tokens and in-flight
+//! streams are further tags drawn from the same store.
+//!
+//! Every call of either store goes through the same breaker and counters
+//! (`store::gate`), so what the lease layer meets in tests is the real
+//! breaker.
 
 mod breaker;
-mod conn;
-mod script;
+mod gate;
+mod memory;
+#[cfg(feature = "redis")]
+mod redis_store;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use blake2::digest::{Update, VariableOutput};
 use blake2::Blake2bVar;
 
 pub use self::breaker::BreakerState;
-use self::breaker::{Breakers, Scope};
-pub use self::conn::redact;
-pub(crate) use self::conn::Conn;
-use self::conn::{Pool, Target};
-use self::script::{Call, Op, Times};
+pub use self::memory::{Fault, MemoryStore};
+#[cfg(feature = "redis")]
+pub use self::redis_store::{key_names, redact, Store};
 use crate::policy::Limits;
 pub use crate::window::Instant;
 
@@ -51,13 +56,17 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(50);
 pub const MINUTE_GRACE: Duration = Duration::from_secs(60);
 /// A day key lives this long past its day's end, for the same reasons.
 pub const DAY_GRACE: Duration = Duration::from_secs(3_600);
-/// How long a grant's record (see [`Store::grant_once`]) is kept: a retry
+/// How long a grant's record (see [`QuotaStore::grant`]) is kept: a retry
 /// of the same grant within this time gets the first answer back.
 pub const GRANT_RECORD_TTL: Duration = Duration::from_secs(10);
+/// Beats a host's entry lives (see [`QuotaStore::beat`]): two missed
+/// beats (a stall, a slow restart) do not drop it from the count.
+pub const HOST_LIVES: u32 = 3;
 /// Longest tag [`Tag::new`] accepts.
 pub const TAG_MAX: usize = 128;
 
-/// Settings of a [`Store`]; `StoreOptions::default()` for the documented
+/// Settings of a store (its deadline, breaker and pool);
+/// `StoreOptions::default()` for the documented
 /// defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -148,21 +157,6 @@ impl StoreError {
     }
 }
 
-impl StoreError {
-    /// The same error with the password of `url` blotted out of its text.
-    fn scrubbed(self, url: &str) -> StoreError {
-        let s = |t: String| conn::scrub(&t, url);
-        match self {
-            StoreError::Config(t) => StoreError::Config(s(t)),
-            StoreError::Down(t) => StoreError::Down(s(t)),
-            StoreError::Refused(t) => StoreError::Refused(s(t)),
-            StoreError::Script(t) => StoreError::Script(s(t)),
-            StoreError::Protocol(t) => StoreError::Protocol(s(t)),
-            other => other,
-        }
-    }
-}
-
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -237,13 +231,6 @@ impl Tag {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
-}
-
-/// The names of the minute key and the day key of `tag` at `at`
-/// (`tg:{<tag>}:m:<epoch minute>`, `tg:{<tag>}:d:<epoch day>`), for
-/// operators and tests that look into Redis.
-pub fn key_names(tag: &Tag, at: Instant) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
-    script::window_keys(tag, at)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -358,475 +345,189 @@ pub struct StoreStats {
     pub connections: usize,
 }
 
-#[derive(Default)]
-struct Counters {
-    calls: AtomicU64,
-    answered: AtomicU64,
-    failures: AtomicU64,
-    timeouts: AtomicU64,
-    circuit_open: AtomicU64,
-    trips: AtomicU64,
-    connects: AtomicU64,
-    replays: AtomicU64,
-    last_latency_us: AtomicU64,
+/// A unit's limits in each window, as the store enforces them: requests
+/// per minute and per day, or any later unit's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowLimits {
+    pub minute: u64,
+    pub day: u64,
 }
 
-/// A connection (pool) to the Redis that holds the global counts.
-pub struct Store {
-    target: Target,
-    opts: StoreOptions,
-    pool: Pool,
-    /// One breaker for a single server, one per hash slot for a Cluster.
-    breakers: Mutex<Breakers>,
-    script: redis::Script,
-    times: Times,
-    counters: Counters,
-    /// The URL, kept only to blot its password out of the client's error
-    /// texts.
-    url: String,
-}
-
-impl fmt::Debug for Store {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("cluster", &self.target.is_cluster())
-            .field("opts", &self.opts)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Store {
-    /// A store for `url`, without contacting Redis yet (so a host can start
-    /// while Redis is down): `redis://host:port/db` (or `valkey://`) for
-    /// one server, Redis or Valkey; `redis+cluster://host:port,host:port`
-    /// (or `valkey+cluster://`) for a Cluster by its seed nodes
-    /// (`user:pass@` before the first host applies to all).
-    pub fn new(url: &str, opts: StoreOptions) -> Result<Store, StoreError> {
-        if opts.deadline.is_zero() {
-            return Err(StoreError::Config("deadline must be above zero".into()));
+impl From<Limits> for WindowLimits {
+    fn from(l: Limits) -> Self {
+        WindowLimits {
+            minute: l.rpm as u64,
+            day: l.rpd as u64,
         }
-        if opts.max_connections == 0 {
-            return Err(StoreError::Config(
-                "max_connections must be at least 1".into(),
-            ));
-        }
-        let target = Target::from_url(url, opts.deadline)?;
-        Ok(Store {
-            target,
-            pool: Pool::new(opts.max_connections),
-            breakers: Mutex::new(Breakers::new(
-                opts.trip_after,
-                opts.cooldown,
-                opts.max_cooldown,
-            )),
-            script: script::script(),
-            times: Times {
-                minute_grace_ms: MINUTE_GRACE.as_millis() as u64,
-                day_grace_ms: DAY_GRACE.as_millis() as u64,
-                grant_record_ms: GRANT_RECORD_TTL.as_millis() as u64,
-            },
-            counters: Counters::default(),
-            opts,
-            url: url.to_string(),
-        })
     }
+}
 
-    /// [`Store::new`], then one call to check that Redis answers.
-    pub fn connect(url: &str, opts: StoreOptions) -> Result<Store, StoreError> {
-        let store = Store::new(url, opts)?;
-        // A read of a tag no key uses: it also loads the script.
-        let tag = Tag(b"tollgate-connect-check".to_vec());
-        store.counts(&tag, Instant { day: 0, minute: 0 })?;
-        Ok(store)
-    }
+/// What a grant asks for: the largest n with `min <= n <= want` that fits
+/// under both limits, and at most `max(min, floor(room / hosts))` (the
+/// room as the store has it at the grant: near a limit no host is leased
+/// more than its share of what is left). `want = min = cost`, `hosts = 1`
+/// is the exact mode: all or nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ask {
+    pub want: u32,
+    pub min: u32,
+    pub limits: WindowLimits,
+    pub hosts: u32,
+}
 
-    pub fn options(&self) -> &StoreOptions {
-        &self.opts
-    }
-
-    /// The SHA1 the script is called by (`EVALSHA`), for `SCRIPT EXISTS`.
-    pub fn script_hash(&self) -> &str {
-        self.script.get_hash()
-    }
-
-    /// Grants the largest n with `min <= n <= want` that fits under both
-    /// limits, charging both windows of `at` by n; n = 0 (nothing charged)
-    /// if even `min` does not fit. `want = min = cost` is the exact mode:
-    /// one call per decision, all or nothing.
-    ///
-    /// A timeout leaves it unknown whether units were charged; use
-    /// [`Store::grant_once`] to be able to ask again. (On a Cluster every
-    /// grant carries an id of its own, so the client's internal retry never
-    /// charges twice.)
-    pub fn grant(
-        &self,
-        tag: &Tag,
-        want: u32,
-        min: u32,
-        limits: Limits,
-        at: Instant,
-    ) -> Result<Grant, StoreError> {
-        self.grant_inner(tag, None, want, min, limits, at, 1)
-    }
-
-    /// [`Store::grant`] under an id: a second call with the same id within
-    /// [`GRANT_RECORD_TTL`] charges nothing and returns the first answer
-    /// (`replayed`), so a grant whose reply timed out can be recovered
-    /// rather than leaked.
-    pub fn grant_once(
-        &self,
-        tag: &Tag,
-        id: &OpId,
-        want: u32,
-        min: u32,
-        limits: Limits,
-        at: Instant,
-    ) -> Result<Grant, StoreError> {
-        self.grant_inner(tag, Some(id), want, min, limits, at, 1)
-    }
-
-    /// [`Store::grant_once`] for a lease among `hosts` hosts: at most
-    /// `max(min, floor(room / hosts))` units, the room as Redis has it at
-    /// the grant (a host's own view of it may be stale), so near a limit no
-    /// host is leased more than its share of what is left.
-    #[allow(clippy::too_many_arguments)]
-    pub fn grant_share(
-        &self,
-        tag: &Tag,
-        id: &OpId,
-        want: u32,
-        min: u32,
-        limits: Limits,
-        at: Instant,
-        hosts: u32,
-    ) -> Result<Grant, StoreError> {
-        self.grant_inner(tag, Some(id), want, min, limits, at, hosts.max(1))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn grant_inner(
-        &self,
-        tag: &Tag,
-        id: Option<&OpId>,
-        want: u32,
-        min: u32,
-        limits: Limits,
-        at: Instant,
-        hosts: u32,
-    ) -> Result<Grant, StoreError> {
-        if min == 0 || min > want {
+impl Ask {
+    /// The argument errors every store refuses before any call.
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
+        if self.min == 0 || self.min > self.want {
             return Err(StoreError::Invalid("grant needs 1 <= min <= want"));
         }
-        if min > limits.rpm || min > limits.rpd {
+        if self.min as u64 > self.limits.minute || self.min as u64 > self.limits.day {
             return Err(StoreError::Invalid(
                 "grant: min exceeds a limit, so it could never be granted",
             ));
         }
-        let args = [
-            want as u64,
-            min as u64,
-            limits.rpm as u64,
-            limits.rpd as u64,
-            hosts as u64,
-        ];
-        // The Cluster client may send a call twice (a retry after a
-        // timeout): a grant there always carries an id, so a second run
-        // answers with the first instead of charging again.
-        let auto;
-        let id = match id {
-            None if self.target.is_cluster() => {
-                auto = OpId::new();
-                Some(&auto)
-            }
-            id => id,
-        };
-        let call = Call::new(Op::Grant, tag, id, at, &self.times, &args)?;
-        let r = self.run(tag, &call)?;
-        Ok(Grant {
-            units: u32::try_from(r.a)
-                .map_err(|_| StoreError::Protocol(format!("grant of {} units", r.a)))?,
-            replayed: r.replayed,
-            counts: r.counts,
-        })
+        Ok(())
     }
+}
 
-    /// Returns unspent units of a lease to the windows of `at`, while each
-    /// window is open by Redis's clock (a window whose end has passed, or
-    /// whose key is gone, is skipped), never below 0. Idempotent by `id`:
-    /// a retry does not return twice.
-    pub fn give_back(
+/// What the store's server says of dropping keys: a memory limit with a
+/// policy that evicts keys with a TTL (the counts carry TTLs) can drop
+/// counts, and a dropped count admits again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Eviction {
+    /// `maxmemory-policy`, if the server told it.
+    pub policy: Option<String>,
+    /// `maxmemory` in bytes (0: no limit, nothing is ever evicted).
+    pub maxmemory: u64,
+    /// Keys evicted since the server started.
+    pub evicted: u64,
+}
+
+impl Eviction {
+    /// A memory limit with a policy that may evict the counts.
+    pub fn at_risk(&self) -> bool {
+        self.maxmemory > 0 && self.policy.as_deref().is_some_and(|p| p != "noeviction")
+    }
+}
+
+/// One grant of a batch ([`QuotaStore::grant_many`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantCall {
+    pub tag: Tag,
+    pub id: OpId,
+    pub ask: Ask,
+    pub at: Instant,
+}
+
+/// One give-back or push of a batch ([`QuotaStore::apply_many`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyCall {
+    /// A push ([`QuotaStore::push`]), else a give-back.
+    pub push: bool,
+    pub tag: Tag,
+    pub id: OpId,
+    pub minute_units: u32,
+    pub day_units: u32,
+    pub at: Instant,
+}
+
+/// Where the global counts live: what the lease layer asks of a store.
+/// Every call is atomic over both windows of one tag; the calls that take
+/// an [`OpId`] are idempotent by it. A call that fails for want of the
+/// store says so with an error whose [`StoreError::is_unavailable`] is
+/// true, and the lease layer then follows its down policy.
+pub trait QuotaStore: Send + Sync {
+    /// Grants units of both windows of `at` as `ask` says (0: nothing
+    /// charged anywhere). Under an id: a second call with the same id
+    /// within [`GRANT_RECORD_TTL`] charges nothing and answers the first
+    /// grant (`replayed`), so a grant whose reply timed out is recovered,
+    /// not leaked.
+    fn grant(&self, tag: &Tag, id: &OpId, ask: Ask, at: Instant) -> Result<Grant, StoreError>;
+
+    /// Returns unspent units to the windows of `at`, while each window is
+    /// open by the store's clock (a closed window, or a count gone, is
+    /// skipped), never below 0.
+    fn give_back(
         &self,
         tag: &Tag,
         id: &OpId,
         minute_units: u32,
         day_units: u32,
         at: Instant,
-    ) -> Result<Applied, StoreError> {
-        self.apply(Op::GiveBack, tag, id, minute_units, day_units, at)
-    }
+    ) -> Result<Applied, StoreError>;
 
-    /// Adds units spent while Redis was away to the windows of `at`. It
-    /// never refuses (the spends happened; the counts may pass the limit)
-    /// and is idempotent by `id`.
-    pub fn push(
+    /// Adds units spent while the store was away to the windows of `at`.
+    /// It never refuses (the spends happened; the counts may pass the
+    /// limit).
+    fn push(
         &self,
         tag: &Tag,
         id: &OpId,
         minute_units: u32,
         day_units: u32,
         at: Instant,
-    ) -> Result<Applied, StoreError> {
-        self.apply(Op::Push, tag, id, minute_units, day_units, at)
-    }
+    ) -> Result<Applied, StoreError>;
 
-    fn apply(
-        &self,
-        op: Op,
-        tag: &Tag,
-        id: &OpId,
-        minute_units: u32,
-        day_units: u32,
-        at: Instant,
-    ) -> Result<Applied, StoreError> {
-        let args = [minute_units as u64, day_units as u64];
-        let call = Call::new(op, tag, Some(id), at, &self.times, &args)?;
-        let r = self.run(tag, &call)?;
-        Ok(Applied {
-            minute_units: r.a,
-            day_units: r.b,
-            replayed: r.replayed,
-            counts: r.counts,
-        })
-    }
-
-    /// Both windows' counts and TTLs, changing nothing.
-    pub fn counts(&self, tag: &Tag, at: Instant) -> Result<Counts, StoreError> {
-        let call = Call::new(Op::Counts, tag, None, at, &self.times, &[])?;
-        Ok(self.run(tag, &call)?.counts)
-    }
+    /// Both windows' counts and the time each has left, changing nothing.
+    fn counts(&self, tag: &Tag, at: Instant) -> Result<Counts, StoreError>;
 
     /// Whether a call for `tag` made now would fail at once (its breaker
-    /// is open and cooling down, or its probe is in flight) rather than
-    /// reach for Redis and perhaps wait up to the deadline. On a Cluster
-    /// that is the breaker of the tag's hash slot: a dead master does not
-    /// make the other shards' tags fail fast.
-    pub fn fails_fast(&self, tag: &Tag) -> bool {
-        let scope = self.scope(tag);
-        self.lock_breakers()
-            .fails_fast(scope, std::time::Instant::now())
-    }
-
-    /// The state of the breaker calls for `tag` go through (on a Cluster,
-    /// its hash slot's).
-    pub fn breaker_of(&self, tag: &Tag) -> BreakerState {
-        let scope = self.scope(tag);
-        self.lock_breakers().state_of(scope)
-    }
-
-    /// A connection outside the pool, for the lease thread's own commands
-    /// (the host heartbeat): opened within `timeout` or an error.
-    pub(crate) fn open_conn(&self, timeout: Duration) -> Result<Conn, redis::RedisError> {
-        self.target.connect(timeout)
-    }
+    /// is open) rather than perhaps wait up to the deadline.
+    fn fails_fast(&self, tag: &Tag) -> bool;
 
     /// What the store did so far.
-    pub fn stats(&self) -> StoreStats {
-        let c = &self.counters;
-        // One lock at a time: the breakers' is released before the pool's.
-        let (breaker, open_slots) = {
-            let b = self.lock_breakers();
-            (b.state(), b.open_slots())
-        };
-        StoreStats {
-            calls: c.calls.load(Relaxed),
-            answered: c.answered.load(Relaxed),
-            failures: c.failures.load(Relaxed),
-            timeouts: c.timeouts.load(Relaxed),
-            circuit_open: c.circuit_open.load(Relaxed),
-            trips: c.trips.load(Relaxed),
-            connects: c.connects.load(Relaxed),
-            replays: c.replays.load(Relaxed),
-            last_latency_us: c.last_latency_us.load(Relaxed),
-            breaker,
-            open_slots,
-            connections: self.pool.open(),
-        }
+    fn stats(&self) -> StoreStats;
+
+    /// Renews host `host`'s entry among the live hosts, a host that beats
+    /// every `every`: the entry lives [`HOST_LIVES`] beats, dated by the
+    /// store's clock; entries expired, or dated further ahead than a life
+    /// and a slack (no host's), are dropped; the live ones are counted
+    /// (this one included).
+    fn beat(&self, host: &str, every: Duration) -> Result<u32, StoreError>;
+
+    /// The server's eviction settings and evictions so far.
+    fn eviction(&self) -> Result<Eviction, StoreError>;
+
+    /// Several grants, each answered as [`QuotaStore::grant`] would, in as
+    /// few round trips as the store allows (one pipeline per batch on a
+    /// single Redis server): the lease thread tops up thousands of keys
+    /// in a few round trips, not one each. A store that cannot batch
+    /// makes them one by one, which is what this default does.
+    fn grant_many(&self, calls: &[GrantCall]) -> Vec<Result<Grant, StoreError>> {
+        calls
+            .iter()
+            .map(|c| self.grant(&c.tag, &c.id, c.ask, c.at))
+            .collect()
     }
 
-    fn lock_breakers(&self) -> std::sync::MutexGuard<'_, Breakers> {
-        // Each breaker's state is a plain value, whole at every step.
-        self.breakers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn scope(&self, tag: &Tag) -> Scope {
-        if self.target.is_cluster() {
-            Scope::slot_of(tag.as_bytes())
-        } else {
-            Scope::Whole
-        }
-    }
-
-    /// One script call through the breaker, the pool and the deadline.
-    fn run(&self, tag: &Tag, call: &Call) -> Result<script::Reply, StoreError> {
-        let c = &self.counters;
-        c.calls.fetch_add(1, Relaxed);
-        let scope = self.scope(tag);
-        let start = std::time::Instant::now();
-        let admit = self.lock_breakers().admit(scope, start);
-        let admit = match admit {
-            Ok(a) => a,
-            Err(retry_in) => {
-                c.failures.fetch_add(1, Relaxed);
-                c.circuit_open.fetch_add(1, Relaxed);
-                return Err(StoreError::CircuitOpen { retry_in });
-            }
-        };
-        let result = self.attempt(call, start).map_err(|e| e.scrubbed(&self.url));
-        match &result {
-            Ok(r) => {
-                if r.replayed {
-                    c.replays.fetch_add(1, Relaxed);
+    /// Several give-backs and pushes, as [`QuotaStore::grant_many`].
+    fn apply_many(&self, calls: &[ApplyCall]) -> Vec<Result<Applied, StoreError>> {
+        calls
+            .iter()
+            .map(|c| {
+                if c.push {
+                    self.push(&c.tag, &c.id, c.minute_units, c.day_units, c.at)
+                } else {
+                    self.give_back(&c.tag, &c.id, c.minute_units, c.day_units, c.at)
                 }
-            }
-            Err(e) => {
-                c.failures.fetch_add(1, Relaxed);
-                if matches!(e, StoreError::Timeout { .. }) {
-                    c.timeouts.fetch_add(1, Relaxed);
-                }
-            }
-        }
-        let mut breakers = self.lock_breakers();
-        match &result {
-            Err(e) if e.is_transport() => {
-                if breakers.failure(scope, std::time::Instant::now(), admit) {
-                    c.trips.fetch_add(1, Relaxed);
-                }
-            }
-            _ => {
-                breakers.success(scope);
-                c.answered.fetch_add(1, Relaxed);
-                c.last_latency_us
-                    .store(start.elapsed().as_micros() as u64, Relaxed);
-            }
-        }
-        result
-    }
-
-    fn attempt(&self, call: &Call, start: std::time::Instant) -> Result<script::Reply, StoreError> {
-        let deadline = start + self.opts.deadline;
-        let timeout = |during| StoreError::Timeout {
-            after: self.opts.deadline,
-            during,
-        };
-        let mut slot = self
-            .pool
-            .checkout(deadline)
-            .ok_or_else(|| timeout("waiting for a free connection"))?;
-        let mut conn = match slot.conn.take() {
-            Some(conn) => conn,
-            None => {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    return Err(timeout("before connecting"));
-                }
-                self.counters.connects.fetch_add(1, Relaxed);
-                self.target
-                    .connect(left)
-                    .map_err(|e| classify(e, "connecting", self.opts.deadline))?
-            }
-        };
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(timeout("before sending"));
-        }
-        conn.set_timeouts(left)
-            .map_err(|e| classify(e, "setting the timeout", self.opts.deadline))?;
-        let reply: Result<redis::Value, _> = call.invocation(&self.script).invoke(conn.as_dyn());
-        match reply {
-            Ok(v) => {
-                let parsed = script::parse(&v);
-                // Redis answered: the connection is in step, keep it.
-                slot.conn = Some(conn);
-                slot.keep();
-                parsed
-            }
-            Err(e) => {
-                let err = classify(e, "waiting for the reply", self.opts.deadline);
-                if conn.survives(&err) {
-                    slot.conn = Some(conn);
-                    slot.keep();
-                }
-                Err(err)
-            }
-        }
+            })
+            .collect()
     }
 }
 
-/// Error replies by which Redis says it cannot serve now, by their code
-/// (the reply's first word): retrying later helps, so they count as the
-/// store being unavailable (see [`StoreError::Refused`]).
-const NOT_NOW: [&str; 11] = [
-    "BUSY",
-    "OOM",
-    "LOADING",
-    "READONLY",
-    "MASTERDOWN",
-    "CLUSTERDOWN",
-    "TRYAGAIN",
-    "MISCONF",
-    "NOREPLICAS",
-    "NOAUTH",
-    "WRONGPASS",
-];
-
-/// Whether `e` is an error reply meaning "cannot serve now".
-fn refused_now(e: &redis::RedisError) -> bool {
-    if e.kind() == redis::ErrorKind::AuthenticationFailed {
-        // The password in the URL no longer works (changed on the server):
-        // nothing the gateway can mend, but Redis may be fixed under it.
-        return true;
+/// Epoch minute and epoch day of `at`, or an error for a minute past the
+/// day's end (the fields of `Instant` are public, so it can be built bad).
+pub(crate) fn windows(at: Instant) -> Result<(u64, u64), StoreError> {
+    if at.minute >= crate::window::MINUTES_PER_DAY || at.day > crate::window::MAX_DAY {
+        return Err(StoreError::Invalid(
+            "at: minute must be below 1440 and day at most window::MAX_DAY",
+        ));
     }
-    match e.code() {
-        Some(code) if NOT_NOW.contains(&code) => true,
-        // `-ERR max number of clients reached`, and a connection that
-        // lost its authentication (a script sent in full to a server that
-        // now wants a password: `-ERR Protocol error: unauthenticated bulk
-        // length`): refused with the generic code.
-        Some("ERR") => e
-            .detail()
-            .is_some_and(|d| d.contains("max number of clients") || d.contains("unauthenticated")),
-        _ => false,
-    }
-}
-
-/// Sorts a client error into the store's kinds.
-fn classify(e: redis::RedisError, during: &'static str, deadline: Duration) -> StoreError {
-    use redis::{ErrorKind, ServerErrorKind};
-    if e.is_timeout() {
-        return StoreError::Timeout {
-            after: deadline,
-            during,
-        };
-    }
-    if refused_now(&e) {
-        return StoreError::Refused(e.to_string());
-    }
-    match e.kind() {
-        ErrorKind::InvalidClientConfig => StoreError::Config(e.to_string()),
-        ErrorKind::Server(ServerErrorKind::ResponseError)
-        | ErrorKind::Server(ServerErrorKind::NoScript)
-        | ErrorKind::Server(ServerErrorKind::ExecAbort)
-        | ErrorKind::Server(ServerErrorKind::CrossSlot)
-        | ErrorKind::Server(ServerErrorKind::NoPerm)
-        | ErrorKind::Extension => StoreError::Script(e.to_string()),
-        ErrorKind::Parse | ErrorKind::UnexpectedReturnType | ErrorKind::RESP3NotSupported => {
-            StoreError::Protocol(e.to_string())
-        }
-        // Io, ClusterConnectionNotFound, Client, and the server's
-        // not-serving kinds (LOADING, CLUSTERDOWN, TRYAGAIN, MOVED and ASK
-        // left after the client's own retry, READONLY after a failover).
-        _ => StoreError::Down(e.to_string()),
-    }
+    let day = at.day as u64;
+    Ok((
+        day * crate::window::MINUTES_PER_DAY as u64 + at.minute as u64,
+        day,
+    ))
 }
 
 #[cfg(test)]
@@ -852,12 +553,6 @@ mod tests {
     }
 
     #[test]
-    fn a_store_is_shared_by_threads() {
-        fn send_sync<T: Send + Sync>() {}
-        send_sync::<Store>();
-    }
-
-    #[test]
     fn op_ids_are_distinct() {
         let a = OpId::new();
         let b = OpId::new();
@@ -868,56 +563,15 @@ mod tests {
     }
 
     #[test]
-    fn options_and_urls_are_checked_without_a_server() {
-        let zero = StoreOptions {
-            deadline: Duration::ZERO,
-            ..StoreOptions::default()
+    fn only_a_memory_limit_with_an_evicting_policy_is_a_risk() {
+        let seen = |p: &str, m| Eviction {
+            policy: Some(p.into()),
+            maxmemory: m,
+            evicted: 0,
         };
-        assert!(matches!(
-            Store::new("redis://127.0.0.1:1/0", zero),
-            Err(StoreError::Config(_))
-        ));
-        assert!(matches!(
-            Store::new("http://x", StoreOptions::default()),
-            Err(StoreError::Config(_))
-        ));
-        assert!(matches!(
-            Store::new("redis+cluster://", StoreOptions::default()),
-            Err(StoreError::Config(_))
-        ));
-        for url in [
-            "redis+cluster://127.0.0.1:1",
-            "valkey+cluster://127.0.0.1:1,[::1]:2",
-        ] {
-            let s = Store::new(url, StoreOptions::default()).unwrap();
-            assert!(format!("{s:?}").contains("cluster: true"));
-        }
-        let s = Store::new("valkey://127.0.0.1:1/0", StoreOptions::default()).unwrap();
-        assert!(format!("{s:?}").contains("cluster: false"));
-        let tag = Tag::new(b"t").unwrap();
-        let at = Instant { day: 1, minute: 0 };
-        let l = Limits { rpm: 10, rpd: 100 };
-        assert!(matches!(
-            s.grant(&tag, 1, 0, l, at),
-            Err(StoreError::Invalid(_))
-        ));
-        assert!(matches!(
-            s.grant(&tag, 1, 2, l, at),
-            Err(StoreError::Invalid(_))
-        ));
-        assert!(matches!(
-            s.grant(&tag, 20, 11, l, at),
-            Err(StoreError::Invalid(_))
-        ));
-        let bad_at = Instant {
-            day: 1,
-            minute: 1440,
-        };
-        assert!(matches!(
-            s.counts(&tag, bad_at),
-            Err(StoreError::Invalid(_))
-        ));
-        // No call was made for any of these.
-        assert_eq!(s.stats().calls, 0);
+        assert!(!seen("noeviction", 1 << 30).at_risk());
+        assert!(!seen("allkeys-lru", 0).at_risk());
+        assert!(seen("allkeys-lru", 1 << 30).at_risk());
+        assert!(seen("volatile-ttl", 1).at_risk());
     }
 }

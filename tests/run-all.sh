@@ -49,8 +49,9 @@ miri() {
     # ABI's helpers, racing threads sized for miri). Operator walks over
     # whole tables (operator::) are too slow interpreted and run natively above.
     # Without the default features: the quota store's client (feature
-    # `redis`) talks to sockets, which the interpreter does not run.
-    MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test --lib --no-default-features -- --skip operator::
+    # `redis`) talks to sockets, which the interpreter does not run. The
+    # lease layer (feature `leases`) runs over the memory store.
+    MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test --lib --no-default-features --features leases -- --skip operator::
 }
 
 tower_layer() {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant as Clock};
 
 use redis_servers::{Cluster, Server};
 use tollgate::store::{
-    key_names, BreakerState, Instant, OpId, Store, StoreError, StoreOptions, Tag, DAY_GRACE,
-    MINUTE_GRACE,
+    key_names, ApplyCall, Ask, BreakerState, GrantCall, Instant, OpId, QuotaStore, Store,
+    StoreError, StoreOptions, Tag, DAY_GRACE, MINUTE_GRACE,
 };
 use tollgate::Limits;
 
@@ -403,6 +403,116 @@ fn each_operation_is_one_evalsha() {
         loads,
         "the script was loaded once, by connect"
     );
+}
+
+/// Issue 15 (cold keys at scale): a batch of grants, then of give-backs
+/// and pushes, for 600 keys goes in pipelines of at most 256 (3 round
+/// trips each), each call answered as its own would be, and a pipeline
+/// sent again after NOSCRIPT charges nothing twice.
+#[test]
+fn batches_are_pipelined_and_each_call_answered_as_alone() {
+    let server = Server::start();
+    let store = Store::connect(&server.url(), roomy()).unwrap();
+    let at = ahead(70);
+    let limits = Limits { rpm: 10, rpd: 100 };
+    let tags: Vec<Tag> = (0..600)
+        .map(|i| Tag::for_key(format!("batch-{i}").as_bytes(), "m"))
+        .collect();
+    let grants = |want: u32| -> Vec<GrantCall> {
+        tags.iter()
+            .map(|t| GrantCall {
+                tag: t.clone(),
+                id: OpId::new(),
+                ask: Ask {
+                    want,
+                    min: 1,
+                    limits: limits.into(),
+                    hosts: 1,
+                },
+                at,
+            })
+            .collect()
+    };
+    let mut c = server.conn();
+    let calls_before = evalsha_calls(&mut c);
+    let stats_before = store.stats().calls;
+    // The script flushed first: the first pipeline meets NOSCRIPT, loads
+    // the script and is sent again.
+    redis::cmd("SCRIPT").arg("FLUSH").exec(&mut c).unwrap();
+    let first = store.grant_many(&grants(6));
+    assert!(
+        first.iter().all(|r| r.as_ref().unwrap().units == 6),
+        "{:?}",
+        &first[..2]
+    );
+    // 4 left of 10 each: a want of 6 gets 4, and one more gets nothing.
+    let second = store.grant_many(&grants(6));
+    assert!(second.iter().all(|r| r.as_ref().unwrap().units == 4));
+    let third = store.grant_many(&grants(1));
+    assert!(third.iter().all(|r| r.as_ref().unwrap().units == 0));
+    for t in &tags {
+        assert_eq!(store.counts(t, at).unwrap().minute_count, 10);
+    }
+    // Three batches of 600: 3 pipelines each (one gate call per pipeline),
+    // and 600 counts alone.
+    assert_eq!(store.stats().calls - stats_before, 9 + 600);
+    // Every EVALSHA the server ran: 600 x 3, the 256 NOSCRIPT replies of
+    // the first pipeline, and the 600 counts.
+    assert_eq!(evalsha_calls(&mut c) - calls_before, 1800 + 256 + 600);
+    let applies: Vec<ApplyCall> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ApplyCall {
+            push: i % 2 == 1,
+            tag: t.clone(),
+            id: OpId::new(),
+            minute_units: 3,
+            day_units: 3,
+            at,
+        })
+        .collect();
+    let applied = store.apply_many(&applies);
+    let again = store.apply_many(&applies);
+    for (i, (a, b)) in applied.iter().zip(&again).enumerate() {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert_eq!(a.minute_units, 3);
+        assert!(!a.replayed && b.replayed);
+        let want = if i % 2 == 1 { 13 } else { 7 };
+        assert_eq!(a.counts.minute_count, want);
+    }
+    // A batch with a bad call: that one is an error, the others answer.
+    let mut bad = grants(1);
+    bad[1].ask.min = 0;
+    let r = store.grant_many(&bad);
+    assert!(matches!(r[1], Err(StoreError::Invalid(_))));
+    assert!(r[0].is_ok() && r[2].is_ok());
+}
+
+/// A batch to a Redis that is gone fails each call as unavailable, at
+/// once once the breaker opens, and never panics.
+#[test]
+fn a_batch_to_a_dead_redis_fails_each_call_as_unavailable() {
+    let store = Store::new("redis://127.0.0.1:1/0", StoreOptions::default()).unwrap();
+    let at = ahead(71);
+    let calls: Vec<GrantCall> = (0..300)
+        .map(|i| GrantCall {
+            tag: Tag::for_key(format!("dead-{i}").as_bytes(), "m"),
+            id: OpId::new(),
+            ask: Ask {
+                want: 5,
+                min: 1,
+                limits: Limits { rpm: 10, rpd: 100 }.into(),
+                hosts: 1,
+            },
+            at,
+        })
+        .collect();
+    for _ in 0..3 {
+        let r = store.grant_many(&calls);
+        assert_eq!(r.len(), 300);
+        assert!(r.iter().all(|r| r.as_ref().unwrap_err().is_unavailable()));
+    }
+    assert!(store.stats().trips >= 1);
 }
 
 #[test]

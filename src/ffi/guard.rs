@@ -37,7 +37,7 @@ pub(super) fn status_of(e: &Error) -> tg_status {
         Error::NotJoined => TG_E_NOT_JOINED,
         Error::NotLeased => TG_E_NOT_LEASED,
         Error::Pending => TG_PENDING,
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "leases")]
         Error::Store(_) => TG_E_STORE,
         Error::Policy(_) => TG_E_POLICY,
         Error::Io { .. } => TG_E_IO,

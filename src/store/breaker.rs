@@ -17,7 +17,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "redis")]
 use redis::cluster_routing::Slot;
+/// Without the Redis client there is no Cluster, and no slot is ever made:
+/// the memory store's calls all go through the one breaker.
+#[cfg(not(feature = "redis"))]
+type Slot = u16;
 
 /// Where the breaker stands, for stats. On a Cluster, the worst of the
 /// slots' breakers: `Open` if any slot's is open, else `HalfOpen` if any
@@ -48,6 +53,7 @@ pub(crate) enum Scope {
     /// The one breaker of a single server.
     Whole,
     /// The breaker of one Cluster hash slot.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Slot(Slot),
 }
 
@@ -56,6 +62,7 @@ impl Scope {
     /// hash tag of every such key is the whole tag, and the crate's
     /// `for_key` on the bare tag (no braces in it to cut at) hashes the
     /// same bytes.
+    #[cfg(feature = "redis")]
     pub(crate) fn slot_of(tag: &[u8]) -> Scope {
         Scope::Slot(Slot::for_key(tag))
     }
@@ -131,6 +138,7 @@ impl Breakers {
     }
 
     /// The state of one scope's breaker.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn state_of(&self, scope: Scope) -> BreakerState {
         match self.get(scope) {
             State::Closed { .. } => BreakerState::Closed,
@@ -280,6 +288,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "redis")]
     fn each_slot_trips_alone_and_a_closed_slot_holds_nothing() {
         let t0 = Instant::now();
         let mut b = Breakers::new(2, 100 * MS, 400 * MS);
@@ -308,6 +317,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "redis")]
     fn the_slot_is_the_one_redis_computes_for_our_keys() {
         // Known CLUSTER KEYSLOT answers (Redis Cluster spec: CRC16/XMODEM
         // of the hash tag modulo 16384): "foo" is 12182, "123456789" 12739.

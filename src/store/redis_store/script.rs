@@ -4,8 +4,8 @@
 
 use redis::{Script, ScriptInvocation, Value};
 
-use super::{Counts, OpId, StoreError, Tag};
-use crate::window::{Instant, MINUTES_PER_DAY, MS_PER_DAY, MS_PER_MINUTE};
+use crate::store::{windows, Counts, OpId, StoreError, Tag};
+use crate::window::{Instant, MS_PER_DAY, MS_PER_MINUTE};
 
 /// The script's source, compiled into the library.
 pub(crate) const SOURCE: &str = include_str!("lease.lua");
@@ -32,18 +32,6 @@ impl Op {
             Op::Counts => "c",
         }
     }
-}
-
-/// Epoch minute and epoch day of `at`, or an error for a minute past the
-/// day's end (the fields of `Instant` are public, so it can be built bad).
-pub(crate) fn windows(at: Instant) -> Result<(u64, u64), StoreError> {
-    if at.minute >= MINUTES_PER_DAY || at.day > crate::window::MAX_DAY {
-        return Err(StoreError::Invalid(
-            "at: minute must be below 1440 and day at most window::MAX_DAY",
-        ));
-    }
-    let day = at.day as u64;
-    Ok((day * MINUTES_PER_DAY as u64 + at.minute as u64, day))
 }
 
 /// `tg:{<tag>}:<kind>:<suffix>`: every key of one tag shares the hash tag,
@@ -125,6 +113,25 @@ impl Call {
             inv.arg(*a);
         }
         inv
+    }
+
+    /// The same call as a plain `EVALSHA` command, for a pipeline (which
+    /// sends commands as they are: a NOSCRIPT reply is the caller's).
+    pub(crate) fn evalsha(&self, hash: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        let nkeys = if self.record.is_some() { 3 } else { 2 };
+        cmd.arg(hash)
+            .arg(nkeys)
+            .arg(&self.keys[0])
+            .arg(&self.keys[1]);
+        if let Some(r) = &self.record {
+            cmd.arg(r);
+        }
+        cmd.arg(self.op.code());
+        for a in &self.args {
+            cmd.arg(*a);
+        }
+        cmd
     }
 }
 

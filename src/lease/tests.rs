@@ -1,0 +1,306 @@
+//! The lease layer over the memory store: hosts sharing one quota, the
+//! down policies, pushes, recoveries, the breaker and the refusal cache,
+//! each through a real limiter and its lease thread, without a network.
+//! Fast here, and run by miri (sized down), so the lease slot operations
+//! and the layer's threads are checked there too. The same properties
+//! against real redis-server processes are in tests/leases.rs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{DownPolicy, LeaseMode, LeaseOptions, Level};
+use crate::store::{Fault, MemoryStore, QuotaStore, StoreOptions, Tag};
+use crate::window::Instant;
+use crate::{Error, Limiter, Policy, Request, Tier};
+
+const MODEL: &str = "DeepSeek-V3.1";
+
+fn policy() -> Policy {
+    Policy::parse(
+        "[models]\n\"DeepSeek-V3.1\" = { region = \"EU\" }\n[tiers.developer]\n\"DeepSeek-V3.1\" = { rpm = 30, rpd = 15000 }\n",
+        "t",
+    )
+    .unwrap()
+}
+
+/// A breaker that probes again within milliseconds, so recoveries are
+/// seen at once.
+fn store() -> Arc<MemoryStore> {
+    Arc::new(MemoryStore::new(StoreOptions {
+        cooldown: Duration::from_millis(5),
+        max_cooldown: Duration::from_millis(20),
+        ..StoreOptions::default()
+    }))
+}
+
+fn opts(hosts: u32, down: DownPolicy) -> LeaseOptions {
+    LeaseOptions {
+        hosts,
+        down,
+        refill_interval: Duration::from_millis(100),
+        store: StoreOptions {
+            cooldown: Duration::from_millis(5),
+            max_cooldown: Duration::from_millis(20),
+            ..StoreOptions::default()
+        },
+        ..LeaseOptions::default()
+    }
+}
+
+/// A table of its own (a host) joined to `store`.
+fn host(store: &Arc<MemoryStore>, opts: LeaseOptions) -> Limiter {
+    let mut l = Limiter::new_for_leases(&policy(), 64).unwrap();
+    let dyn_store: Arc<dyn QuotaStore> = store.clone();
+    l.connect_store(dyn_store, opts).unwrap();
+    l
+}
+
+fn req(account: &str) -> Request<'_> {
+    Request::new(account.as_bytes(), MODEL.as_bytes(), Tier::Developer)
+}
+
+fn tag(account: &str) -> Tag {
+    Tag::for_key(account.as_bytes(), MODEL)
+}
+
+/// Now, at least 15 s before the minute ends (waiting for the next one
+/// if need be): the lease thread dates units by the system clock, and a
+/// test's minute must not end under it.
+fn now() -> u64 {
+    let t = crate::now_ms();
+    let into = t % 60_000;
+    if into <= 45_000 {
+        return t;
+    }
+    std::thread::sleep(Duration::from_millis(60_000 - into + 10));
+    crate::now_ms()
+}
+
+fn at(t: u64) -> Instant {
+    Instant::from_ms(t).unwrap()
+}
+
+fn admitted(l: &Limiter, account: &str, n: u32, t: u64) -> u32 {
+    (0..n)
+        .filter(|_| l.check(&req(account), t).unwrap().allowed)
+        .count() as u32
+}
+
+/// Waits (up to 20 s) until `done` holds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(20), "never: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn events(l: &Limiter) -> Vec<(Level, String)> {
+    let mut seq = 0;
+    let mut out = Vec::new();
+    while let Some(e) = l.lease_event(seq) {
+        seq = e.seq;
+        out.push((e.level, e.text));
+    }
+    out
+}
+
+#[test]
+fn hosts_sharing_a_quota_admit_exactly_the_limit() {
+    let s = store();
+    let (a, b) = (
+        host(&s, opts(2, DownPolicy::Local)),
+        host(&s, opts(2, DownPolicy::Local)),
+    );
+    let t = now();
+    let mut n = 0;
+    for i in 0..80 {
+        let l = if i % 3 == 0 { &a } else { &b };
+        n += l.check(&req("acct"), t).unwrap().allowed as u32;
+    }
+    assert_eq!(n, 30);
+    assert_eq!(s.peek(&tag("acct"), at(t)).unwrap().minute_count, 30);
+    // Most decisions spent units held, without a call.
+    let st = b.lease_stats().unwrap();
+    assert!(
+        st.from_leases > 0 && st.store.calls < st.decisions,
+        "{st:?}"
+    );
+}
+
+#[test]
+fn units_not_spent_go_back_when_a_host_leaves() {
+    let s = store();
+    let mut a = host(&s, opts(1, DownPolicy::Local));
+    let t = now();
+    assert_eq!(admitted(&a, "k", 3, t), 3);
+    // Leased beyond its cost: Redis counts more than was spent...
+    assert!(s.peek(&tag("k"), at(t)).unwrap().minute_count > 3);
+    a.disconnect();
+    // ... until the host leaves and gives the rest back.
+    assert_eq!(s.peek(&tag("k"), at(t)).unwrap().minute_count, 3);
+    assert!(matches!(a.check(&req("k"), t), Err(Error::NotJoined)));
+}
+
+#[test]
+fn a_store_down_gives_each_host_its_share_and_the_spends_are_pushed() {
+    let s = store();
+    s.fail(Fault::Down);
+    // Joining a store that is down is not an error.
+    let a = host(&s, opts(2, DownPolicy::Local));
+    let t = now();
+    assert_eq!(admitted(&a, "k", 40, t), 15);
+    let st = a.lease_stats().unwrap();
+    assert!(st.redis_down && st.degraded_admitted == 15, "{st:?}");
+    s.heal();
+    eventually("the spends pushed", || {
+        s.peek(&tag("k"), at(t)).unwrap().minute_count == 15
+    });
+    eventually("Redis answering again", || {
+        !a.lease_stats().unwrap().redis_down
+    });
+    let said = events(&a);
+    assert!(
+        said.iter()
+            .any(|(l, e)| *l == Level::Warn && e.contains("unavailable")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|(l, e)| *l == Level::Info && e.contains("answers again")),
+        "{said:?}"
+    );
+    // Back on the store's count: 15 left for the minute.
+    assert_eq!(admitted(&a, "k", 40, t), 15);
+}
+
+#[test]
+fn a_refusing_store_is_unavailable_and_says_why() {
+    let s = store();
+    s.fail(Fault::Refuse("BUSY Redis is busy running a script".into()));
+    let a = host(&s, opts(1, DownPolicy::Open));
+    let t = now();
+    // The open policy: every request admitted, counted for the push.
+    assert_eq!(admitted(&a, "k", 10, t), 10);
+    eventually("the breaker open", || {
+        a.lease_stats().unwrap().store.trips >= 1
+    });
+    let said = events(&a);
+    assert!(said.iter().any(|(_, e)| e.contains("BUSY")), "{said:?}");
+    s.heal();
+    eventually("the spends pushed", || {
+        s.peek(&tag("k"), at(t)).unwrap().minute_count == 10
+    });
+}
+
+#[test]
+fn the_closed_policy_refuses_and_charges_nothing() {
+    let s = store();
+    s.fail(Fault::Down);
+    let a = host(&s, opts(1, DownPolicy::Closed));
+    let t = now();
+    let d = a.check(&req("k"), t).unwrap();
+    assert!(!d.allowed && d.minute.remaining == 0, "{d:?}");
+    s.heal();
+    eventually("Redis answering again", || {
+        a.check(&req("k"), t).unwrap().allowed
+    });
+}
+
+#[test]
+fn a_grant_whose_reply_was_lost_is_recovered_and_given_back() {
+    let s = store();
+    let a = host(
+        &s,
+        LeaseOptions {
+            mode: LeaseMode::Exact,
+            ..opts(1, DownPolicy::Closed)
+        },
+    );
+    let t = now();
+    // The store charged the grant; its reply never came.
+    s.fail(Fault::Timeout { applied: true });
+    assert!(!a.check(&req("k"), t).unwrap().allowed);
+    assert_eq!(s.peek(&tag("k"), at(t)).unwrap().minute_count, 1);
+    s.heal();
+    // Asked again under its id, the grant answers what it charged, and
+    // that goes back: nothing is lost to a late reply.
+    eventually("the late grant given back", || {
+        s.peek(&tag("k"), at(t)).unwrap().minute_count == 0
+    });
+    assert!(s.stats().replays >= 1);
+}
+
+#[test]
+fn a_key_at_its_limit_asks_the_store_at_most_once_a_second() {
+    let s = store();
+    let t = now();
+    s.set_counts(&tag("full"), at(t), 30, 30).unwrap();
+    let a = host(&s, opts(1, DownPolicy::Local));
+    let before = s.stats().calls;
+    let started = std::time::Instant::now();
+    let n = if cfg!(miri) { 20 } else { 500 };
+    assert_eq!(admitted(&a, "full", n, t), 0);
+    let calls = s.stats().calls - before;
+    let seconds = started.elapsed().as_secs() + 1;
+    // The lease thread's own calls (give-backs, looks) come on top: none
+    // for this key, which holds nothing.
+    assert!(calls <= seconds + 1, "{calls} calls in {seconds} s");
+    let st = a.lease_stats().unwrap();
+    assert!(st.refused_locally >= n as u64 - seconds - 1, "{st:?}");
+}
+
+#[test]
+fn units_granted_before_a_store_lost_its_counts_are_dropped_not_given_back() {
+    let s = store();
+    let mut a = host(&s, opts(1, DownPolicy::Local));
+    let t = now();
+    assert_eq!(admitted(&a, "k", 2, t), 2);
+    // The store goes away and comes back empty (a restart without
+    // persistence): the units this host holds were granted by a store
+    // that no longer counts them.
+    s.fail(Fault::Down);
+    let _ = a.check(&req("other"), t);
+    let held = a.lease_stats().unwrap();
+    s.forget();
+    s.heal();
+    // Another host's grants since.
+    s.set_counts(&tag("k"), at(t), 5, 5).unwrap();
+    a.disconnect();
+    // Nothing was given back into counts made since.
+    assert_eq!(s.peek(&tag("k"), at(t)).unwrap().minute_count, 5);
+    assert!(held.granted_units > 2, "{held:?}");
+}
+
+#[test]
+fn an_evicting_store_is_told_at_join() {
+    let s = store();
+    s.set_eviction("allkeys-lru", 1 << 30);
+    let a = host(&s, opts(1, DownPolicy::Local));
+    eventually("the eviction risk seen", || {
+        a.lease_stats().unwrap().eviction_risk
+    });
+    let said = events(&a);
+    assert!(
+        said.iter()
+            .any(|(l, e)| *l == Level::Warn && e.contains("allkeys-lru")),
+        "{said:?}"
+    );
+}
+
+#[test]
+fn hosts_counted_by_the_store_size_the_down_share() {
+    let s = store();
+    // Hosts left to the store: three beat, a stray entry far ahead does
+    // not count.
+    s.add_host("stray", 3_600_000);
+    let a = host(&s, opts(0, DownPolicy::Local));
+    let _b = host(&s, opts(0, DownPolicy::Local));
+    let _c = host(&s, opts(0, DownPolicy::Local));
+    eventually("three hosts counted", || {
+        a.lease_stats().unwrap().hosts == 3
+    });
+    s.fail(Fault::Down);
+    let t = now();
+    assert_eq!(admitted(&a, "k", 40, t), 10);
+}
