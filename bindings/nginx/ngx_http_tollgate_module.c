@@ -33,6 +33,8 @@ static ngx_int_t ngx_http_tollgate_remaining_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_tollgate_redis_wait_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_tollgate_bearer_digest_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
 
 static ngx_int_t ngx_http_tollgate_add_variables(ngx_conf_t *cf);
 static void *ngx_http_tollgate_create_main_conf(ngx_conf_t *cf);
@@ -216,6 +218,9 @@ static ngx_http_variable_t  ngx_http_tollgate_vars[] = {
     { ngx_string("tollgate_redis_wait"), NULL,
       ngx_http_tollgate_redis_wait_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("tollgate_bearer_digest"), NULL,
+      ngx_http_tollgate_bearer_digest_variable, 0, 0, 0 },
+
       ngx_http_null_variable
 };
 
@@ -332,6 +337,60 @@ ngx_http_tollgate_redis_wait_variable(ngx_http_request_t *r,
     }
 
     v->len = ngx_sprintf(p, "%M", ctx->waited) - p;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    v->data = p;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The account id of the request's bearer key, for tollgate_account: the
+ * core reads the Authorization header and digests the key
+ * (tg_bearer_digest), as every binding does, so a key of any length is one
+ * account on every host sharing a table or a store; empty without a bearer
+ * key (the core's 401).
+ */
+
+static ngx_int_t
+ngx_http_tollgate_bearer_digest_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char           *p;
+    size_t            len;
+    tg_status         st;
+    ngx_table_elt_t  *h;
+
+    h = r->headers_in.authorization;
+
+    if (h == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, TG_ACCOUNT_DIGEST_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    st = tg_bearer_digest((const char *) h->value.data, h->value.len,
+                          (char *) p, TG_ACCOUNT_DIGEST_LEN, &len);
+
+    if (st == TG_E_NO_ACCOUNT) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    if (st != TG_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tollgate: tg_bearer_digest() failed: %s",
+                      tg_status_str(st));
+        return NGX_ERROR;
+    }
+
+    v->len = len;
     v->valid = 1;
     v->no_cacheable = 0;
     v->not_found = 0;

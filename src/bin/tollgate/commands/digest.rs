@@ -18,10 +18,11 @@ use crate::output;
 const KEY_MAX: usize = 64 * 1024;
 
 /// Account id for an API key read from stdin, as every binding's bearer
-/// digest computes it (nginx's $tollgate_bearer_digest, Python's
-/// bearer_token_digest, tower's bearer_digest)
+/// digest computes it
 ///
-/// BLAKE2b with a 16-byte digest, as 32 hex digits. The key is all of
+/// nginx's $tollgate_bearer_digest, Python's bearer_token_digest, the tower
+/// layer's bearer_digest and the C ABI's tg_bearer_digest give the same id
+/// for a key: BLAKE2b with a 16-byte digest, as 32 hex digits. The key is all of
 /// stdin less one trailing newline (on a terminal: one line, not echoed),
 /// never an argument: `tollgate digest < key.txt`.
 #[derive(clap::Args)]
