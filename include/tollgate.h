@@ -623,6 +623,12 @@ void tg_limiter_free(struct tg_limiter *limiter);
 #define TG_REQUEST_NO_WAIT 1
 
 /**
+ * Bytes of an account id made from an API key (tg_account_digest,
+ * tg_bearer_digest): 32 lower-case hex digits.
+ */
+#define TG_ACCOUNT_DIGEST_LEN 32
+
+/**
  * One request. Strings are bytes with a length, not NUL-terminated.
  */
 typedef struct tg_request {
@@ -743,6 +749,35 @@ tg_status tg_check_now(const tg_limiter *limiter, const struct tg_request *req, 
  * The real-time clock in epoch milliseconds.
  */
 uint64_t tg_now_ms(void);
+
+/**
+ * The account id for an API key: BLAKE2b with a 16-byte digest of the
+ * `key_len` bytes at `key`, as TG_ACCOUNT_DIGEST_LEN lower-case hex
+ * digits, whatever the key's length, so keys longer than TG_ACCOUNT_MAX
+ * bytes make usable accounts and raw keys never reach the table. Every
+ * binding and the `tollgate digest` command give the same id for the same
+ * key, so hosts sharing a table or a quota store count a key once. Written
+ * as the renderers write (a NUL follows when `cap` has room for it):
+ * TG_E_BUFFER_TOO_SMALL with `*written` = TG_ACCOUNT_DIGEST_LEN when `cap`
+ * is smaller.
+ */
+tg_status tg_account_digest(const char *key, size_t key_len, char *out, size_t cap, size_t *written);
+
+/**
+ * The API key of an `Authorization` header's value (`len` bytes at
+ * `value`), as every binding reads it: `Bearer <key>`, the scheme in any
+ * case, the value and the key trimmed of ASCII whitespace. TG_OK: the key
+ * is the `*key_len` bytes at `value + *key_start`; TG_E_NO_ACCOUNT for
+ * another scheme or no key (answer it with tg_answer_for).
+ */
+tg_status tg_bearer_key(const char *value, size_t len, size_t *key_start, size_t *key_len);
+
+/**
+ * tg_account_digest of the key tg_bearer_key finds in an `Authorization`
+ * header's value: the account id of the caller's API key, or
+ * TG_E_NO_ACCOUNT (`*written` = 0) when the value carries none.
+ */
+tg_status tg_bearer_digest(const char *value, size_t len, char *out, size_t cap, size_t *written);
 
 #ifdef __cplusplus
 }  // extern "C"

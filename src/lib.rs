@@ -24,9 +24,9 @@
 //! Rust API), [`decision`] (a decision and its headers and 429 body),
 //! [`body`] (the streaming JSON scan of a request body for its model),
 //! [`answer`] (the whole HTTP answer for every outcome, one wording for
-//! every binding), `digest` (account ids from API keys), `operator` (views
-//! and repairs for operators), `error`, [`ffi`] (the C ABI, one file per
-//! object), with the `tower` feature `tower` (a `tower::Layer` for Rust
+//! every binding), `digest` (account ids from bearer keys), `operator`
+//! (views and repairs for operators), `error`, [`ffi`] (the C ABI, one file
+//! per object), with the `tower` feature `tower` (a `tower::Layer` for Rust
 //! gateways), and with the `redis` feature `store` (the global quota
 //! store in Redis, for one quota across hosts) and `lease` (quota leases
 //! in the table, so a joined limiter decides one quota across hosts).
@@ -55,7 +55,7 @@ mod window;
 
 pub use body::BodyError;
 pub use decision::{Decision, Window};
-pub use digest::account_digest;
+pub use digest::{account_digest, bearer_key};
 pub use error::Error;
 pub use key::ACCOUNT_MAX;
 pub use limiter::{Limiter, ModelHandle, Request, Stats};

@@ -267,22 +267,17 @@ pub fn bearer_token(parts: &Parts) -> Option<Vec<u8>> {
 }
 
 /// The account id of a bearer key: [`crate::account_digest`] of it, 32
-/// hex digits whatever the key's length (the Python middleware's
-/// `bearer_token_digest` gives the same), so raw keys never reach the
-/// table; `None` without a bearer key.
+/// hex digits whatever the key's length (nginx's `$tollgate_bearer_digest`
+/// and the Python middleware's `bearer_token_digest` give the same), so
+/// raw keys never reach the table; `None` without a bearer key.
 pub fn bearer_digest(parts: &Parts) -> Option<Vec<u8>> {
     bearer(parts).map(|k| crate::account_digest(k).into_bytes())
 }
 
+/// The core's reading of the header ([`crate::bearer_key`]), as every
+/// binding's.
 fn bearer(parts: &Parts) -> Option<&[u8]> {
-    let v = parts
-        .headers
-        .get(header::AUTHORIZATION)?
-        .as_bytes()
-        .trim_ascii();
-    let sp = v.iter().position(|&c| c == b' ')?;
-    let (scheme, key) = (&v[..sp], v[sp + 1..].trim_ascii());
-    (scheme.eq_ignore_ascii_case(b"bearer") && !key.is_empty()).then_some(key)
+    crate::bearer_key(parts.headers.get(header::AUTHORIZATION)?.as_bytes())
 }
 
 /// A tier function reading the request header `name` (e.g.

@@ -667,6 +667,19 @@ void test_body_scan() {
     CHECK_THROWS(scan.reset(), TG_E_NULL);
 }
 
+// Account ids from API keys: the library's digest, as every binding's.
+void test_account_digest() {
+    // hashlib.blake2b(b"sk-test", digest_size=16).hexdigest()
+    const std::string want = "c341dda362e14f03d05c78a3a7c7a93a";
+    CHECK(tollgate::account_digest("sk-test") == want);
+    CHECK_EQ(tollgate::account_digest(std::string(164, 'k')).size(), size_t(TG_ACCOUNT_DIGEST_LEN));
+    CHECK(tollgate::bearer_key("bearer  sk-test ") == std::optional<std::string_view>("sk-test"));
+    CHECK(tollgate::bearer_digest("Bearer sk-test") == std::optional<std::string>(want));
+    CHECK(!tollgate::bearer_key("Basic dXNlcg=="));
+    CHECK(!tollgate::bearer_digest("Bearer "));
+    CHECK(!tollgate::bearer_digest(std::string_view()));
+}
+
 // ---- The conformance table (tests/conformance.json), through this header.
 
 using json = nlohmann::json;
@@ -919,6 +932,7 @@ int main(int argc, char **argv) {
         {"constructor_errors", test_constructor_errors},
         {"answer", test_answer},
         {"body_scan", test_body_scan},
+        {"account_digest", test_account_digest},
         {"conformance", test_conformance},
         {"conformance_changes", test_conformance_catches_changes},
     };

@@ -400,6 +400,39 @@ inline bool method_limited(std::string_view method) noexcept {
     return tg_method_limited(method.data(), method.size()) != 0;
 }
 
+// The account id for an API key: TG_ACCOUNT_DIGEST_LEN hex digits of its
+// BLAKE2b digest, whatever the key's length; nginx's $tollgate_bearer_digest,
+// Python's bearer_token_digest and the tower layer's bearer_digest give the
+// same id, so hosts sharing a table or a store count one key once.
+inline std::string account_digest(std::string_view key) {
+    return detail::render([&](char *buf, size_t cap, size_t *w) {
+        return tg_account_digest(key.data(), key.size(), buf, cap, w);
+    }, TG_ACCOUNT_DIGEST_LEN + 1);
+}
+
+// The API key of an Authorization header's value ("Bearer <key>", as the
+// library reads it), or nothing: a request without an account.
+inline std::optional<std::string_view> bearer_key(std::string_view authorization) {
+    size_t start = 0, len = 0;
+    const tg_status s = tg_bearer_key(authorization.data(), authorization.size(), &start, &len);
+    if (s == TG_E_NO_ACCOUNT) return std::nullopt;
+    detail::ok_or_throw(s);
+    return authorization.substr(start, len);
+}
+
+// account_digest of the bearer key of an Authorization header's value: the
+// account id to limit by, or nothing without a key (answer_for(TG_E_NO_ACCOUNT)).
+inline std::optional<std::string> bearer_digest(std::string_view authorization) {
+    std::string out(TG_ACCOUNT_DIGEST_LEN + 1, '\0');
+    size_t written = 0;
+    const tg_status s =
+        tg_bearer_digest(authorization.data(), authorization.size(), &out[0], out.size(), &written);
+    if (s == TG_E_NO_ACCOUNT) return std::nullopt;
+    detail::ok_or_throw(s);
+    out.resize(written);
+    return out;
+}
+
 // The streaming scan of one request body for its model, in memory this
 // object owns (fixed size, whatever the body). Move-only; one thread at a
 // time. feed/finish return the library's status: TG_OK, or the TG_E_BODY_*

@@ -11,7 +11,8 @@
 #    matches /usr/sbin/nginx;
 # 3. make modules; the result is bindings/nginx/build/ngx_http_tollgate_module.so
 #
-# Environment: NGINX_SRC (default /usr/share/nginx/src), CARGO (cargo).
+# Environment: NGINX_SRC (default /usr/share/nginx/src), CARGO (cargo),
+# CARGO_TARGET_DIR (where cargo builds; the module links the library there).
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,10 +38,18 @@ lib=$target_dir/release/libtollgate.a
     exit 1
 }
 
-# configure once per source tree; make rebuilds the module when it changes
+# The module's config reads TOLLGATE_LIB and TOLLGATE_INCLUDE when
+# configure runs and writes them into objs/Makefile, so they go to configure
+# (make never reads them), and a library elsewhere (another
+# CARGO_TARGET_DIR) configures again.
+export TOLLGATE_LIB="$lib" TOLLGATE_INCLUDE="$root/include"
+
+# configure once per source tree and library; make rebuilds the module when
+# its sources change
 stamp=$build/nginx/.tollgate-configured
 if [ ! -f "$stamp" ] || [ "$src/configure" -nt "$stamp" ] \
-   || [ "$here/config" -nt "$stamp" ]; then
+   || [ "$here/config" -nt "$stamp" ] \
+   || [ "$(cat "$stamp")" != "$TOLLGATE_LIB $TOLLGATE_INCLUDE" ]; then
     rm -rf "$build/nginx"
     mkdir -p "$build"
     cp -a "$src" "$build/nginx"
@@ -60,12 +69,12 @@ if [ ! -f "$stamp" ] || [ "$src/configure" -nt "$stamp" ] \
             --add-dynamic-module="$here" > "$build/configure.log" 2>&1 || {
                 tail -30 "$build/configure.log" >&2; exit 1; }
     )
-    touch "$stamp"
+    echo "$TOLLGATE_LIB $TOLLGATE_INCLUDE" > "$stamp"
 fi
 
 # the .a is not a make dependency of the .so: relink every time
 rm -f "$build/nginx/objs/ngx_http_tollgate_module.so"
-TOLLGATE_LIB=$lib make -C "$build/nginx" -f objs/Makefile modules \
+make -C "$build/nginx" -f objs/Makefile modules \
     > "$build/make.log" 2>&1 || { tail -40 "$build/make.log" >&2; exit 1; }
 
 cp "$build/nginx/objs/ngx_http_tollgate_module.so" "$build/"

@@ -257,3 +257,209 @@ pub extern "C" fn tg_check_now(
 pub extern "C" fn tg_now_ms() -> u64 {
     crate::now_ms()
 }
+
+/// Bytes of an account id made from an API key (tg_account_digest,
+/// tg_bearer_digest): 32 lower-case hex digits.
+pub const TG_ACCOUNT_DIGEST_LEN: u32 = 32;
+
+/// The account id for an API key: BLAKE2b with a 16-byte digest of the
+/// `key_len` bytes at `key`, as TG_ACCOUNT_DIGEST_LEN lower-case hex
+/// digits, whatever the key's length, so keys longer than TG_ACCOUNT_MAX
+/// bytes make usable accounts and raw keys never reach the table. Every
+/// binding and the `tollgate digest` command give the same id for the same
+/// key, so hosts sharing a table or a quota store count a key once. Written
+/// as the renderers write (a NUL follows when `cap` has room for it):
+/// TG_E_BUFFER_TOO_SMALL with `*written` = TG_ACCOUNT_DIGEST_LEN when `cap`
+/// is smaller.
+#[no_mangle]
+pub extern "C" fn tg_account_digest(
+    key: *const c_char,
+    key_len: usize,
+    out: *mut c_char,
+    cap: usize,
+    written: *mut usize,
+) -> tg_status {
+    guard(|| {
+        let key = match any_bytes(key, key_len) {
+            Ok(k) => k,
+            Err(s) => return s,
+        };
+        write_digest(key, out, cap, written)
+    })
+}
+
+/// The API key of an `Authorization` header's value (`len` bytes at
+/// `value`), as every binding reads it: `Bearer <key>`, the scheme in any
+/// case, the value and the key trimmed of ASCII whitespace. TG_OK: the key
+/// is the `*key_len` bytes at `value + *key_start`; TG_E_NO_ACCOUNT for
+/// another scheme or no key (answer it with tg_answer_for).
+#[no_mangle]
+pub extern "C" fn tg_bearer_key(
+    value: *const c_char,
+    len: usize,
+    key_start: *mut usize,
+    key_len: *mut usize,
+) -> tg_status {
+    guard(|| {
+        if key_start.is_null() || key_len.is_null() {
+            return TG_E_NULL;
+        }
+        let v = match any_bytes(value, len) {
+            Ok(v) => v,
+            Err(s) => return s,
+        };
+        let Some(key) = crate::bearer_key(v) else {
+            return TG_E_NO_ACCOUNT;
+        };
+        // SAFETY: non-null, writable by contract; `key` is a part of `v`.
+        unsafe {
+            *key_start = key.as_ptr().offset_from(v.as_ptr()) as usize;
+            *key_len = key.len();
+        }
+        TG_OK
+    })
+}
+
+/// tg_account_digest of the key tg_bearer_key finds in an `Authorization`
+/// header's value: the account id of the caller's API key, or
+/// TG_E_NO_ACCOUNT (`*written` = 0) when the value carries none.
+#[no_mangle]
+pub extern "C" fn tg_bearer_digest(
+    value: *const c_char,
+    len: usize,
+    out: *mut c_char,
+    cap: usize,
+    written: *mut usize,
+) -> tg_status {
+    guard(|| {
+        if written.is_null() || (out.is_null() && cap != 0) {
+            return TG_E_NULL;
+        }
+        let v = match any_bytes(value, len) {
+            Ok(v) => v,
+            Err(s) => return s,
+        };
+        let Some(key) = crate::bearer_key(v) else {
+            // SAFETY: non-null, writable by contract.
+            unsafe { *written = 0 };
+            return TG_E_NO_ACCOUNT;
+        };
+        write_digest(key, out, cap, written)
+    })
+}
+
+fn write_digest(key: &[u8], out: *mut c_char, cap: usize, written: *mut usize) -> tg_status {
+    let hex = crate::digest::digest_hex(key);
+    let hex = std::str::from_utf8(&hex).expect("hex digits are ASCII");
+    render(out, cap, written, |sink| {
+        std::fmt::Write::write_str(sink, hex)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_of_keys_and_headers() {
+        let mut out = [b'Z'; 40];
+        let mut n = 0usize;
+        let key = b"sk-test";
+        assert_eq!(
+            tg_account_digest(
+                key.as_ptr().cast(),
+                key.len(),
+                out.as_mut_ptr().cast(),
+                40,
+                &mut n
+            ),
+            TG_OK
+        );
+        assert_eq!(&out[..n], b"c341dda362e14f03d05c78a3a7c7a93a");
+        assert_eq!((n, out[n]), (TG_ACCOUNT_DIGEST_LEN as usize, 0));
+        // a key no account id could hold: the same 32 digits as the core's
+        let long = [b'k'; 200];
+        assert_eq!(
+            tg_account_digest(
+                long.as_ptr().cast(),
+                200,
+                out.as_mut_ptr().cast(),
+                32,
+                &mut n
+            ),
+            TG_OK
+        );
+        assert_eq!(&out[..n], crate::account_digest(&long).as_bytes());
+        assert_eq!(
+            tg_account_digest(
+                key.as_ptr().cast(),
+                key.len(),
+                out.as_mut_ptr().cast(),
+                31,
+                &mut n
+            ),
+            TG_E_BUFFER_TOO_SMALL
+        );
+        assert_eq!(n, 32);
+
+        let auth = b"  bearer   sk-test ";
+        let (mut start, mut len) = (0usize, 0usize);
+        assert_eq!(
+            tg_bearer_key(auth.as_ptr().cast(), auth.len(), &mut start, &mut len),
+            TG_OK
+        );
+        assert_eq!(&auth[start..start + len], b"sk-test");
+        assert_eq!(
+            tg_bearer_digest(
+                auth.as_ptr().cast(),
+                auth.len(),
+                out.as_mut_ptr().cast(),
+                33,
+                &mut n
+            ),
+            TG_OK
+        );
+        assert_eq!(&out[..n], b"c341dda362e14f03d05c78a3a7c7a93a");
+        for none in [&b"Basic abc"[..], b"Bearer ", b""] {
+            assert_eq!(
+                tg_bearer_key(none.as_ptr().cast(), none.len(), &mut start, &mut len),
+                TG_E_NO_ACCOUNT
+            );
+            assert_eq!(
+                tg_bearer_digest(
+                    none.as_ptr().cast(),
+                    none.len(),
+                    out.as_mut_ptr().cast(),
+                    33,
+                    &mut n
+                ),
+                TG_E_NO_ACCOUNT
+            );
+            assert_eq!(n, 0);
+        }
+        let null = std::ptr::null();
+        assert_eq!(
+            tg_bearer_key(null, 0, &mut start, &mut len),
+            TG_E_NO_ACCOUNT
+        );
+        assert_eq!(tg_bearer_key(null, 3, &mut start, &mut len), TG_E_NULL);
+        assert_eq!(
+            tg_bearer_key(auth.as_ptr().cast(), 3, std::ptr::null_mut(), &mut len),
+            TG_E_NULL
+        );
+        assert_eq!(
+            tg_account_digest(null, 1, out.as_mut_ptr().cast(), 33, &mut n),
+            TG_E_NULL
+        );
+        assert_eq!(
+            tg_bearer_digest(
+                auth.as_ptr().cast(),
+                auth.len(),
+                out.as_mut_ptr().cast(),
+                33,
+                std::ptr::null_mut()
+            ),
+            TG_E_NULL
+        );
+    }
+}

@@ -1593,6 +1593,40 @@ static void test_renderers(void) {
     check_buffer_protocol(render_body, &d, "tg_decision_error_body");
 }
 
+/* Account ids from API keys: the core's digest and its reading of the
+ * Authorization header, the same in every binding. */
+static void test_account_digest(void) {
+    char out[TG_ACCOUNT_DIGEST_LEN + 1];
+    size_t w = 0, start = 0, len = 0;
+
+    /* hashlib.blake2b(b"sk-test", digest_size=16).hexdigest() */
+    static const char want[] = "c341dda362e14f03d05c78a3a7c7a93a";
+    CHECK_ST(tg_account_digest("sk-test", 7, out, sizeof out, &w), TG_OK);
+    CHECK_EQ(w, TG_ACCOUNT_DIGEST_LEN);
+    CHECK(strcmp(out, want) == 0);
+    CHECK_ST(tg_account_digest("sk-test", 7, out, 8, &w), TG_E_BUFFER_TOO_SMALL);
+    CHECK_EQ(w, TG_ACCOUNT_DIGEST_LEN);
+
+    /* a key longer than any account id gets an id all the same */
+    char key[200];
+    memset(key, 'k', sizeof key);
+    CHECK_ST(tg_account_digest(key, sizeof key, out, sizeof out, &w), TG_OK);
+    CHECK_EQ(strlen(out), TG_ACCOUNT_DIGEST_LEN);
+
+    static const char auth[] = " Bearer   sk-test \t";
+    CHECK_ST(tg_bearer_key(auth, strlen(auth), &start, &len), TG_OK);
+    CHECK(len == 7 && memcmp(auth + start, "sk-test", 7) == 0);
+    memset(out, 'Z', sizeof out);
+    CHECK_ST(tg_bearer_digest(auth, strlen(auth), out, sizeof out, &w), TG_OK);
+    CHECK(strcmp(out, want) == 0);
+
+    CHECK_ST(tg_bearer_key("Basic dXNlcg==", 14, &start, &len), TG_E_NO_ACCOUNT);
+    CHECK_ST(tg_bearer_digest("Bearer  ", 8, out, sizeof out, &w), TG_E_NO_ACCOUNT);
+    CHECK_EQ(w, 0);
+    CHECK_ST(tg_bearer_key(NULL, 4, &start, &len), TG_E_NULL);
+    CHECK_ST(tg_bearer_digest(auth, strlen(auth), out, sizeof out, NULL), TG_E_NULL);
+}
+
 /* The headers for a real decision round-trip through the renderer. */
 static void test_real_decision_headers(void) {
     tg_policy *p = NULL;
@@ -1893,6 +1927,7 @@ int main(void) {
         {"model_table_full", test_model_table_full},
         {"check_now", test_check_now},
         {"renderers", test_renderers},
+        {"account_digest", test_account_digest},
         {"real_decision_headers", test_real_decision_headers},
         {"leases", test_leases},
     };

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import tollgate
-from tollgate.asgi import RateLimitMiddleware, bearer_token, bearer_token_digest, header
+from tollgate.asgi import RateLimitMiddleware, account_digest, bearer_token, bearer_token_digest, header
 
 from conftest import REPO, SMALL_POLICY
 
@@ -292,8 +292,25 @@ def test_helpers():
     assert len(bearer_token_digest(scope)) == 32
     assert bearer_token({"headers": [(b"authorization", b"Basic abc")]}) is None
     assert bearer_token({"headers": []}) is None and bearer_token_digest({"headers": []}) is None
+    assert bearer_token({"headers": [(b"authorization", b"Bearer\tsk-abc")]}) is None
     with pytest.raises(TypeError):
         RateLimitMiddleware(EchoApp(), None, account="nope")  # type: ignore[arg-type]
+
+
+def test_bearer_digest_is_the_core_digest():
+    # The library's digest keeps the one Python computed with hashlib before
+    # (so tables made then keep their accounts), for keys of any length,
+    # and is what `tollgate digest`, nginx and the tower layer give.
+    import hashlib
+
+    long_key = "sk-proj-" + "A1b2_C3d4-" * 15 + "xyz789"
+    for key in ["sk-test", "k", long_key, "sk-\xe9\xff"]:
+        want = hashlib.blake2b(key.encode("latin-1"), digest_size=16).hexdigest()
+        scope = {"headers": [(b"authorization", b"Bearer " + key.encode("latin-1"))]}
+        assert bearer_token_digest(scope) == want == account_digest(key) == account_digest(key.encode("latin-1"))
+    assert len(long_key) > 64
+    assert bearer_token_digest({"headers": [(b"authorization", b"Bearer sk-test")]}) == "c341dda362e14f03d05c78a3a7c7a93a"
+    assert bearer_token_digest({"headers": [(b"authorization", b"Basic sk-test")]}) is None
     with pytest.raises(ValueError):
         RateLimitMiddleware(EchoApp(), None, account=bearer_token, on_table_full="maybe")  # type: ignore[arg-type]
 

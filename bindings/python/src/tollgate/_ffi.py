@@ -31,6 +31,8 @@ ACCOUNT_MAX = 64
 MODEL_NAME_MAX = 56
 BODY_MODEL_MAX = 64
 BODY_DEPTH_MAX = 1024
+# tg_account_digest: an account id made from an API key, in hex digits.
+TG_ACCOUNT_DIGEST_LEN = 32
 
 TG_OK = 0
 TG_E_NULL = 1
@@ -56,8 +58,9 @@ TG_E_BODY_NOT_JSON = 20
 TG_E_BODY_NO_MODEL = 21
 TG_E_BODY_AMBIGUOUS_MODEL = 22
 TG_E_BODY_TOO_DEEP = 23
-# Not returned by any call: what tg_answer_for is told when a request has
-# no account id, or a method that is not limited.
+# What tg_answer_for is told when a request has no account id (also
+# tg_bearer_key's word for a header without a bearer key), or a method that
+# is not limited.
 TG_E_NO_ACCOUNT = 30
 TG_E_NOT_LIMITED = 31
 TG_E_ABORTED = 32
@@ -456,6 +459,17 @@ tg_answer_body = _proto(
 tg_outcome_name = _proto("tg_outcome_name", c_char_p, [c_uint32], hold_gil=True)
 tg_tier_parse = _proto("tg_tier_parse", _i32, [c_char_p, c_size_t, POINTER(c_uint32)], hold_gil=True)
 tg_method_limited = _proto("tg_method_limited", c_uint32, [c_char_p, c_size_t], hold_gil=True)
+# Account ids from bearer keys, read and digested by the library (a few
+# hundred nanoseconds: cheaper than dropping the GIL).
+tg_bearer_key = _proto(
+    "tg_bearer_key", _i32, [c_char_p, c_size_t, POINTER(c_size_t), POINTER(c_size_t)], hold_gil=True
+)
+tg_bearer_digest = _proto(
+    "tg_bearer_digest", _i32, [c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)], hold_gil=True
+)
+tg_account_digest = _proto(
+    "tg_account_digest", _i32, [c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_size_t)], hold_gil=True
+)
 
 # Hot-path twins of tg_check and tg_check_now without argtypes: ctypes then
 # converts nothing. They are only ever called with byref() objects (the

@@ -31,23 +31,24 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import json
 import warnings
 from collections.abc import Awaitable, Collection, Iterable, MutableMapping
+from ctypes import byref, c_size_t, create_string_buffer
 from typing import Any, Callable, Union
 
 from . import _ffi
 from ._answer import answer_for, answer_request, answer_request_waiting, method_limited
 from ._body import body_model
 from ._core import Limiter, Tier, tier_parse
-from .errors import BodyError, InvalidArgument, InvalidArgumentType
+from .errors import BodyError, InvalidArgument, InvalidArgumentType, error_for
 
 __all__ = [
     "ANSWER_SCOPE_KEY",
     "DECISION_SCOPE_KEY",
     "RateLimitMiddleware",
+    "account_digest",
     "bearer_token",
     "bearer_token_digest",
     "header",
@@ -78,35 +79,68 @@ ANSWER_SCOPE_KEY = "tollgate.answer"
 def header(scope: Scope, name: str) -> str | None:
     """The first request header called ``name`` (case-insensitive), decoded
     as latin-1, or None."""
+    raw = _header_bytes(scope, name)
+    return None if raw is None else raw.decode("latin-1")
+
+
+def _header_bytes(scope: Scope, name: str) -> bytes | None:
     want = name.lower().encode("latin-1")
     for k, v in scope.get("headers") or ():
         if k.lower() == want:
-            return bytes(v).decode("latin-1")
+            return bytes(v)
     return None
 
 
 def bearer_token(scope: Scope) -> str | None:
-    """The key of an ``Authorization: Bearer <key>`` header, or None. Keys
-    longer than 64 bytes are refused by the limiter as accounts: use
+    """The key of an ``Authorization: Bearer <key>`` header, as the library
+    reads it for every binding (``tg_bearer_key``), or None. Keys longer
+    than 64 bytes are refused by the limiter as accounts: use
     :func:`bearer_token_digest` for those."""
-    auth = header(scope, "authorization")
+    auth = _header_bytes(scope, "authorization")
     if auth is None:
         return None
-    scheme, _, token = auth.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    start, length = c_size_t(), c_size_t()
+    st = _ffi.tg_bearer_key(auth, len(auth), byref(start), byref(length))
+    if st == _ffi.TG_E_NO_ACCOUNT:
         return None
-    return token
+    if st:
+        raise error_for(st, "tg_bearer_key")
+    return auth[start.value : start.value + length.value].decode("latin-1")
 
 
 def bearer_token_digest(scope: Scope) -> str | None:
-    """A 32-hex-digit BLAKE2b digest of the bearer key (fits the limiter's
-    64-byte account ids whatever the key's length, and keeps raw keys out of
-    the shared table file), or None without a bearer key."""
-    token = bearer_token(scope)
-    if token is None:
+    """The account id of the bearer key: the library's 32-hex-digit digest of
+    it (``tg_bearer_digest``, BLAKE2b-128), the id nginx's
+    ``$tollgate_bearer_digest`` and the tower layer's ``bearer_digest`` give
+    for the same key, so hosts sharing a table or a quota store count it
+    under one account. It fits the limiter's 64-byte account ids whatever the
+    key's length and keeps raw keys out of the shared table file. None
+    without a bearer key."""
+    auth = _header_bytes(scope, "authorization")
+    if auth is None:
         return None
-    return hashlib.blake2b(token.encode("latin-1"), digest_size=16).hexdigest()
+    out = create_string_buffer(_ffi.TG_ACCOUNT_DIGEST_LEN + 1)
+    written = c_size_t()
+    st = _ffi.tg_bearer_digest(auth, len(auth), out, len(out), byref(written))
+    if st == _ffi.TG_E_NO_ACCOUNT:
+        return None
+    if st:
+        raise error_for(st, "tg_bearer_digest")
+    return out.raw[: written.value].decode("ascii")
+
+
+def account_digest(key: str | bytes) -> str:
+    """The account id the library makes of an API key (``tg_account_digest``:
+    32 hex digits of its BLAKE2b-128 digest), for keys a gateway takes from
+    elsewhere than a bearer header; ``tollgate digest`` prints the same. A
+    str is encoded as latin-1, as header values are decoded."""
+    raw = key.encode("latin-1") if isinstance(key, str) else bytes(key)
+    out = create_string_buffer(_ffi.TG_ACCOUNT_DIGEST_LEN + 1)
+    written = c_size_t()
+    st = _ffi.tg_account_digest(raw, len(raw), out, len(out), byref(written))
+    if st:
+        raise error_for(st, "tg_account_digest")
+    return out.raw[: written.value].decode("ascii")
 
 
 def _tier_name(tier: object) -> bytes:

@@ -1,6 +1,8 @@
 //! `tollgate digest`: the account id a gateway that keys accounts by API
-//! key (the Python middleware's `bearer_token_digest`) uses for a key, so
-//! an operator holding a customer's key can find their counts. The key is
+//! key (nginx's `$tollgate_bearer_digest`, the Python middleware's
+//! `bearer_token_digest`, the tower layer's `bearer_digest`, the C ABI's
+//! `tg_account_digest`) uses for a key, so an operator holding a
+//! customer's key can find their counts. The key is
 //! read from stdin, never from the command line, where `ps` and shell
 //! history would show it.
 
@@ -15,10 +17,12 @@ use crate::output;
 /// Longest key read (API keys are far shorter; this bounds the read).
 const KEY_MAX: usize = 64 * 1024;
 
-/// Account id for an API key read from stdin, as the ASGI middleware's
-/// bearer_token_digest computes it
+/// Account id for an API key read from stdin, as every binding's bearer
+/// digest computes it
 ///
-/// BLAKE2b with a 16-byte digest, as 32 hex digits. The key is all of
+/// nginx's $tollgate_bearer_digest, Python's bearer_token_digest, the tower
+/// layer's bearer_digest and the C ABI's tg_bearer_digest give the same id
+/// for a key: BLAKE2b with a 16-byte digest, as 32 hex digits. The key is all of
 /// stdin less one trailing newline (on a terminal: one line, not echoed),
 /// never an argument: `tollgate digest < key.txt`.
 #[derive(clap::Args)]
