@@ -657,12 +657,19 @@ impl Limiter {
             return Ok(None);
         };
         let v = e.state.view(now, self.skew_minutes());
+        // As `usage` (`top`) reads it: a leased slot holds units, not
+        // counts (inspect once showed "day 0" where top showed 30).
+        let (minute, day) = if region.leases() {
+            leased_counts(region, i, v.at, v.minute_count, v.day_count)
+        } else {
+            (v.minute_count, v.day_count)
+        };
         Ok(Some(KeyUsage {
             slot: i as u32,
             account: Some(account.to_vec()),
             model: Some(String::from_utf8_lossy(model).into_owned()),
-            minute: v.minute_count,
-            day: v.day_count,
+            minute,
+            day,
         }))
     }
 }

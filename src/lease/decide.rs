@@ -33,6 +33,16 @@ enum Spent {
     /// From units held, no round trip (counted as it is made).
     FromLease(Outcome),
     Other(Outcome),
+    /// By the `Local` down policy: `shown` against the whole limit (what
+    /// is left of the host's share, for the headers), `judged` the host's
+    /// own count against its `share` (for the refusal record, which an
+    /// operator reads as counts: "7 515 of 15 000" for 15 requests was
+    /// the share's offset, not requests).
+    Shared {
+        shown: Outcome,
+        judged: Outcome,
+        share: Limits,
+    },
 }
 
 /// Outcome of a decision rendered from global counts: `minute`/`day` are
@@ -94,15 +104,23 @@ impl Joined {
         let model = l.policy().models()[p.model].name.as_str();
         let outcome = match i.opts.mode {
             LeaseMode::Leases => i.decide_leased(slot_i, gen, req, p, model, clock),
-            LeaseMode::Exact => i.exact(slot_i, gen, req, p, model, clock).map(Spent::Other),
+            LeaseMode::Exact => i.exact(slot_i, gen, req, p, model, clock),
         };
         // A decision from held units counted itself (`from_leases`): the
         // common case pays for one shared counter, not two.
-        let outcome = match outcome {
-            Ok(Spent::FromLease(o)) => o,
+        let (outcome, recorded) = match outcome {
+            Ok(Spent::FromLease(o)) => (o, None),
             Ok(Spent::Other(o)) => {
                 i.c.slow_decisions.fetch_add(1, Relaxed);
-                o
+                (o, None)
+            }
+            Ok(Spent::Shared {
+                shown,
+                judged,
+                share,
+            }) => {
+                i.c.slow_decisions.fetch_add(1, Relaxed);
+                (shown, Some((judged, share)))
             }
             Err(Error::Pending) => {
                 // Not a decision: it is made again by a call that waits.
@@ -115,13 +133,14 @@ impl Joined {
             }
         };
         if !outcome.allowed {
+            let (judged, limits) = recorded.unwrap_or((outcome, p.limits));
             crate::refusals::record(
                 &i.region,
                 p.key.id as u32,
                 req.account,
                 p.model_id,
-                &outcome,
-                p.limits,
+                &judged,
+                limits,
                 now_ms,
             );
         }
@@ -243,7 +262,6 @@ impl Inner {
             },
         };
         self.refill(slot_i, gen, held, req, p, model, clock)
-            .map(Spent::Other)
     }
 
     /// A leased decision the units held do not cover: a peek, or a grant
@@ -258,7 +276,7 @@ impl Inner {
         p: &Prepared,
         model: &str,
         clock: Clock,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Spent, Error> {
         let cost = req.cost;
         let at = held.at;
         if cost == 0 {
@@ -278,13 +296,13 @@ impl Inner {
                 Clock { now: at, ..clock },
             )
             .0;
-            return Ok(o);
+            return Ok(Spent::Other(o));
         }
         if let Some(by) = self.known_full(slot_i, gen, at, cost) {
             let h =
                 slot::spend(&self.region, slot_i, gen, 0, clock).map(|r| r.unwrap_or_else(|h| h));
             let (m, d) = self.shown(slot_i, gen, at, h);
-            return Ok(outcome(false, by, at, m, d));
+            return Ok(Spent::Other(outcome(false, by, at, m, d)));
         }
         if req.no_wait && !self.store.fails_fast(&Tag::for_key(req.account, model)) {
             // Nothing changed yet: the caller decides again, waiting.
@@ -327,7 +345,7 @@ impl Inner {
                         .map(|r| r.unwrap_or_else(|h| h));
                     self.refilled(slot_i, gen, 0, &g.counts, h, clock);
                     let (m, d) = self.shown(slot_i, gen, at, h);
-                    return Ok(outcome(false, by, at, m, d));
+                    return Ok(Spent::Other(outcome(false, by, at, m, d)));
                 }
                 self.c.granted_units.fetch_add(g.units as u64, Relaxed);
                 let after = slot::add(&self.region, slot_i, gen, at, g.units, cost, clock.skew);
@@ -345,7 +363,7 @@ impl Inner {
                     });
                 }
                 let (m, d) = self.shown(slot_i, gen, at, after);
-                Ok(outcome(true, LimitedBy::None, at, m, d))
+                Ok(Spent::Other(outcome(true, LimitedBy::None, at, m, d)))
             }
             Err(e) => {
                 self.refilled(slot_i, gen, 0, &Counts::default(), None, clock);
@@ -362,7 +380,7 @@ impl Inner {
         p: &Prepared,
         model: &str,
         clock: Clock,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Spent, Error> {
         let (cost, at) = (req.cost, clock.now);
         if cost == 0 {
             let (m, d) = self.shown(slot_i, gen, at, None);
@@ -373,11 +391,11 @@ impl Inner {
                 minute_count: m,
                 day_count: d,
             };
-            return Ok(slot::judge(s, p.limits, 0, clock).0);
+            return Ok(Spent::Other(slot::judge(s, p.limits, 0, clock).0));
         }
         if let Some(by) = self.known_full(slot_i, gen, at, cost) {
             let (m, d) = self.shown(slot_i, gen, at, None);
-            return Ok(outcome(false, by, at, m, d));
+            return Ok(Spent::Other(outcome(false, by, at, m, d)));
         }
         let tag = Tag::for_key(req.account, model);
         if req.no_wait && !self.store.fails_fast(&tag) {
@@ -408,7 +426,7 @@ impl Inner {
                     refused_by(&g.counts, p.limits, cost)
                 };
                 let (m, d) = self.shown(slot_i, gen, at, None);
-                Ok(outcome(allowed, by, at, m, d))
+                Ok(Spent::Other(outcome(allowed, by, at, m, d)))
             }
             Err(e) => self.unanswered(e, slot_i, gen, req, p, tag, id, cost, at, clock),
         }
@@ -429,7 +447,7 @@ impl Inner {
         want: u32,
         at: Instant,
         clock: Clock,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Spent, Error> {
         match e {
             StoreError::Timeout { .. } => {
                 self.failed(&e);
@@ -447,7 +465,7 @@ impl Inner {
         }
         self.c.degraded.fetch_add(1, Relaxed);
         let cost = req.cost;
-        let (allowed, o) = match self.opts.down {
+        let (allowed, spent) = match self.opts.down {
             DownPolicy::Closed => {
                 // Refused for want of Redis, not of quota: the minute shows
                 // none left (a 429 saying "29 remaining" would read as a
@@ -455,12 +473,12 @@ impl Inner {
                 let (_, d) = self.shown(slot_i, gen, at, None);
                 (
                     false,
-                    outcome(false, LimitedBy::Minute, at, p.limits.rpm, d),
+                    Spent::Other(outcome(false, LimitedBy::Minute, at, p.limits.rpm, d)),
                 )
             }
             DownPolicy::Open => {
                 let (m, d) = self.shown(slot_i, gen, at, None);
-                (true, outcome(true, LimitedBy::None, at, m, d))
+                (true, Spent::Other(outcome(true, LimitedBy::None, at, m, d)))
             }
             DownPolicy::Local => {
                 let hosts = self.hosts();
@@ -478,18 +496,26 @@ impl Inner {
                 let d = o.day_count + (p.limits.rpd - share.rpd);
                 (
                     o.allowed,
-                    Outcome {
-                        minute_count: m,
-                        day_count: d,
-                        ..o
+                    Spent::Shared {
+                        shown: Outcome {
+                            minute_count: m,
+                            day_count: d,
+                            ..o
+                        },
+                        judged: o,
+                        share,
                     },
                 )
             }
         };
         if allowed {
             self.c.degraded_admitted.fetch_add(1, Relaxed);
-            *lock(&self.unpushed).entry((tag, o.at)).or_insert(0) += cost;
+            let when = match &spent {
+                Spent::Shared { shown, .. } => shown.at,
+                Spent::Other(o) | Spent::FromLease(o) => o.at,
+            };
+            *lock(&self.unpushed).entry((tag, when)).or_insert(0) += cost;
         }
-        Ok(o)
+        Ok(spent)
     }
 }

@@ -304,3 +304,34 @@ fn hosts_counted_by_the_store_size_the_down_share() {
     let t = now();
     assert_eq!(admitted(&a, "k", 40, t), 10);
 }
+
+/// Issue 16: the operator views of a leased table agree with what was
+/// decided. A refusal by the `Local` share records the host's own count
+/// against its share (it recorded 7 515 of 15 000 for 15 requests), and
+/// `inspect`'s one key reads as `top`'s list does.
+#[test]
+fn operator_views_of_a_leased_table_agree() {
+    let s = store();
+    let t = now();
+    let a = host(&s, opts(2, DownPolicy::Local));
+    // Far from the limit while the store answers: 10 admitted.
+    assert_eq!(admitted(&a, "ops", 10, t), 10);
+    let listed = a.usage(t).unwrap();
+    let one = a.key_usage(b"ops", MODEL.as_bytes(), t).unwrap().unwrap();
+    let row = listed
+        .iter()
+        .find(|u| u.account.as_deref() == Some(&b"ops"[..]))
+        .unwrap();
+    assert_eq!((one.minute, one.day), (row.minute, row.day));
+    assert_eq!((one.minute, one.day), (10, 10));
+    // Down: a fresh key's share is 15 a minute; the 16th is refused.
+    s.fail(Fault::Down);
+    assert_eq!(admitted(&a, "down", 16, t), 15);
+    let r = a
+        .refusals()
+        .into_iter()
+        .find(|r| r.account == b"down")
+        .expect("the refusal is recorded");
+    assert_eq!((r.minute_count, r.minute_limit), (15, 15), "{r:?}");
+    assert_eq!((r.day_count, r.day_limit), (15, 7_500), "{r:?}");
+}
