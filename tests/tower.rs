@@ -760,31 +760,53 @@ fn clients_layer(now: impl Fn() -> u64 + Send + Sync + 'static) -> RateLimitLaye
         .clock(now)
 }
 
+/// Runs `check` on each client's output and fails with every client's
+/// failures at once (one still waiting is one).
+fn each_client(out: &[(&str, Option<Value>)], check: impl Fn(&Value) -> Result<(), String>) {
+    let failed: Vec<String> = out
+        .iter()
+        .filter_map(|(name, got)| {
+            let r = match got {
+                None => Err("still waiting, killed".to_string()),
+                Some(g) => check(g).map_err(|e| format!("{e}: {g}")),
+            };
+            r.err().map(|e| format!("{name}: {e}"))
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
 /// What each client did with a refusal of the day window: gave up at once
-/// with a RateLimitError, after one attempt, told not to retry; and the
+/// with a RateLimitError after its one attempt, told not to retry; and the
 /// retry-after it was given.
 fn gave_up_on_the_day(out: &[(&str, Option<Value>)], retry_after: &str) {
-    for (name, got) in out {
-        let got = got
-            .as_ref()
-            .unwrap_or_else(|| panic!("{name}: still waiting after {WAIT:?}"));
-        assert_eq!(got["before"], json!([200, 200, 200]), "{name}: {got}");
+    each_client(out, |got| {
+        ensure!(got["before"] == json!([200, 200, 200]), "before");
         let call = &got["call"];
-        assert_eq!(
-            (&call["error"], &call["status"], &call["code"]),
-            (
-                &json!("RateLimitError"),
-                &json!(429),
-                &json!("rate_limit_exceeded")
-            ),
-            "{name}: {got}"
-        );
         let attempts = call["attempts"].as_array().unwrap();
-        assert_eq!(attempts.len(), 1, "{name} retried: {got}");
-        assert_eq!(attempts[0]["should_retry"], "false", "{name}: {got}");
-        assert_eq!(attempts[0]["retry_after"], retry_after, "{name}: {got}");
-        assert!(call["seconds"].as_f64().unwrap() < PROMPT, "{name}: {got}");
-    }
+        ensure!(attempts.len() == 1, "{} attempts", attempts.len());
+        ensure!(call["seconds"].as_f64().unwrap() < PROMPT, "slow");
+        ensure!(
+            (&call["error"], &call["status"], &call["code"])
+                == (
+                    &json!("RateLimitError"),
+                    &json!(429),
+                    &json!("rate_limit_exceeded")
+                ),
+            "not a RateLimitError"
+        );
+        ensure!(attempts[0]["should_retry"] == "false", "x-should-retry");
+        ensure!(attempts[0]["retry_after"] == retry_after, "retry-after");
+        Ok(())
+    });
 }
 
 /// (e) The official clients, Python's and Node's, at their default
@@ -824,29 +846,29 @@ async fn official_clients_retry_a_minute_limit_after_retry_after() {
     })))
     .await;
     let out = official_clients(&base, "tiny-minute", 2, "developer", WAIT * 3).await;
-    for (name, got) in &out {
-        let got = got
-            .as_ref()
-            .unwrap_or_else(|| panic!("{name}: still waiting"));
-        assert_eq!(got["before"], json!([200, 200]), "{name}: {got}");
+    each_client(&out, |got| {
+        ensure!(got["before"] == json!([200, 200]), "before");
         let call = &got["call"];
-        assert_eq!(call["ok"], true, "{name}: {got}");
+        ensure!(call["ok"] == true, "not admitted");
         let attempts = call["attempts"].as_array().unwrap();
-        assert_eq!(attempts.len(), 2, "{name}: {got}");
-        assert_eq!(attempts[0]["status"], 429, "{name}: {got}");
-        assert_eq!(attempts[0]["should_retry"], "true", "{name}: {got}");
-        assert_eq!(attempts[1]["status"], 200, "{name}: {got}");
+        ensure!(attempts.len() == 2, "{} attempts", attempts.len());
+        ensure!(
+            attempts[0]["status"] == 429 && attempts[1]["status"] == 200,
+            "statuses"
+        );
         let retry_after: f64 = attempts[0]["retry_after"]
             .as_str()
             .unwrap()
             .parse()
             .unwrap();
         let slept = attempts[1]["at"].as_f64().unwrap() - attempts[0]["at"].as_f64().unwrap();
-        assert!(
+        ensure!(
             (retry_after - 0.5..=retry_after + PROMPT).contains(&slept),
-            "{name} slept {slept} s for retry-after {retry_after}: {got}"
+            "slept {slept} s for retry-after {retry_after}"
         );
-    }
+        ensure!(attempts[0]["should_retry"] == "true", "x-should-retry");
+        Ok(())
+    });
 }
 
 /// (e) ... and the limiter's own failure (a 500: here an unknown tier) is
@@ -855,21 +877,18 @@ async fn official_clients_retry_a_minute_limit_after_retry_after() {
 async fn official_clients_do_not_retry_the_limiters_failure() {
     let base = serve(app(clients_layer(|| NOW))).await;
     let out = official_clients(&base, "DeepSeek-V3.1", 0, "gold", WAIT).await;
-    for (name, got) in &out {
-        let got = got
-            .as_ref()
-            .unwrap_or_else(|| panic!("{name}: still waiting"));
+    each_client(&out, |got| {
         let call = &got["call"];
-        assert_eq!(
-            (&call["error"], &call["status"]),
-            (&json!("InternalServerError"), &json!(500)),
-            "{name}: {got}"
-        );
         let attempts = call["attempts"].as_array().unwrap();
-        assert_eq!(attempts.len(), 1, "{name} retried: {got}");
-        assert_eq!(attempts[0]["should_retry"], "false", "{name}: {got}");
-        assert!(call["seconds"].as_f64().unwrap() < PROMPT, "{name}: {got}");
-    }
+        ensure!(attempts.len() == 1, "{} attempts", attempts.len());
+        ensure!(call["seconds"].as_f64().unwrap() < PROMPT, "slow");
+        ensure!(
+            (&call["error"], &call["status"]) == (&json!("InternalServerError"), &json!(500)),
+            "not an InternalServerError"
+        );
+        ensure!(attempts[0]["should_retry"] == "false", "x-should-retry");
+        Ok(())
+    });
 }
 
 /// A quota store that accepts connections and never answers: a Redis

@@ -9,7 +9,7 @@ import sys
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tests" / "clients"))
-import harness  # noqa: E402
+import harness
 
 LOCATION = """
         location /v1/ {

@@ -13,7 +13,7 @@ from typing import Any
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "clients"))
-import harness  # noqa: E402
+import harness
 
 DEVELOPER = {"x-tollgate-tier": "developer"}
 
