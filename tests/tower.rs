@@ -778,7 +778,8 @@ fn each_client(out: &[(&str, Option<Value>)], check: impl Fn(&Value) -> Result<(
 
 macro_rules! ensure {
     ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
+        let ok: bool = $cond;
+        if !ok {
             return Err(format!($($msg)+));
         }
     };
