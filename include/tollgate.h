@@ -1304,9 +1304,10 @@ tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, siz
 
 /**
  * Most headers an answer has (six x-ratelimit-*, retry-after,
- * content-type): a `fields` array this long always suffices.
+ * x-should-retry, content-type): a `fields` array this long always
+ * suffices.
  */
-#define TG_ANSWER_HEADERS_MAX 8
+#define TG_ANSWER_HEADERS_MAX 9
 
 /**
  * Bytes of buffer tg_answer_header_fields needs at most (20 per number:
@@ -1423,12 +1424,13 @@ extern "C" {
  * Decides the whole answer to a request. `status` is what happened: TG_OK
  * with the `decision` tg_check gave; the status of a failed tg_check or
  * tg_body_scan_*; TG_E_NO_ACCOUNT when the request has no account id;
- * TG_E_NOT_LIMITED for a method that is not limited. Any other status is
- * answered as the limiter's own failure (500). `model` (may be NULL with
- * length 0) is the client's model string, echoed in the body, cut to
- * TG_ANSWER_MODEL_MAX bytes. `flags`: TG_ANSWER_*; `refuse_status` is the
- * status of a refusal over a limit, 0 for 429. `decision` may be NULL
- * unless `status` is TG_OK.
+ * TG_E_NOT_LIMITED for a method that is not limited; TG_PENDING for a
+ * decision the caller could not hand to a thread that may wait (503, a
+ * retry helps). Any other status is answered as the limiter's own failure
+ * (500). `model` (may be NULL with length 0) is the client's model string,
+ * echoed in the body, cut to TG_ANSWER_MODEL_MAX bytes. `flags`:
+ * TG_ANSWER_*; `refuse_status` is the status of a refusal over a limit, 0
+ * for 429. `decision` may be NULL unless `status` is TG_OK.
  */
 tg_status tg_answer_for(tg_status status, const tg_decision *decision, const char *model, size_t model_len, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
 
@@ -1446,6 +1448,8 @@ tg_status tg_answer_request(const tg_limiter *limiter, const struct tg_http_requ
 /**
  * Calls `fn` for each header of the answer, in order: the six
  * x-ratelimit-* when there was a decision, retry-after when it refused,
+ * x-should-retry ("true" or "false": whether a client's SDK should retry
+ * by itself) when it refused over a limit or failed with a 5xx,
  * content-type when the answer has a body. Names are lower case. For an
  * answer that passes (http_status 0) these go on the upstream's response.
  */

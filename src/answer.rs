@@ -19,6 +19,7 @@ use crate::decision::{decimal, write_json_escaped, write_u64, write_unknown_mode
 use crate::error::Error;
 use crate::limiter::{Limiter, Request};
 use crate::policy::Tier;
+use crate::slot::LimitedBy;
 
 /// Most bytes of a client's model string an answer echoes.
 pub const MODEL_ECHO_MAX: usize = 64;
@@ -130,6 +131,9 @@ enum Kind {
     Request(BodyError),
     CostTooLarge,
     Failed,
+    /// A decision that could not be handed to a thread that may wait for
+    /// the quota store (nginx's thread pool queue full).
+    Busy,
 }
 
 /// The answer to one request. Small and `Copy`: it holds the decision and
@@ -204,9 +208,15 @@ fn digits(v: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
-/// Most headers an answer has: the six `x-ratelimit-*`, `retry-after` and
-/// `content-type`.
-pub const HEADERS_MAX: usize = 8;
+/// Most headers an answer has: the six `x-ratelimit-*`, `retry-after`,
+/// `x-should-retry` and `content-type`.
+pub const HEADERS_MAX: usize = 9;
+
+/// The longest `retry-after` a refusal asks a client to sleep through by
+/// itself (`x-should-retry: true`): the OpenAI SDKs' own bounds are 60 s
+/// (Node 7) and 120 s (Python), and Node 6 has none and sleeps whatever the
+/// header says. A refusal of the minute window never waits longer.
+pub const RETRY_WAIT_MAX: u32 = 60;
 
 /// Only POST requests are limited: the inference endpoints take their
 /// model from a POST body; a GET (model listings, health checks) is passed
@@ -302,6 +312,9 @@ impl Answer {
                 }
                 Error::Body(b) => (400, O::BadRequest, Kind::Request(*b), None),
                 Error::CostTooLarge => (400, O::BadRequest, Kind::CostTooLarge, None),
+                // Only the C ABI answers a pending decision: one it could
+                // not park on a thread that may wait (tg_answer_for).
+                Error::Pending => (503, O::Error, Kind::Busy, None),
                 _ => (500, O::Error, Kind::Failed, None),
             },
         };
@@ -359,7 +372,8 @@ impl Answer {
     }
 
     /// The headers of the answer, in order: the six `x-ratelimit-*` when
-    /// there was a decision, `retry-after` when it refused, and
+    /// there was a decision, `retry-after` when it refused,
+    /// `x-should-retry` when it is sent ([`Answer::should_retry`]), and
     /// `content-type` when the answer has a body. A passing answer's
     /// headers go on the upstream's response.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, HeaderValue)> {
@@ -387,11 +401,50 @@ impl Answer {
                 }
             }
         }
+        if let Some(retry) = self.should_retry() {
+            list[n] = (
+                "x-should-retry",
+                HeaderValue::Text(if retry { "true" } else { "false" }),
+            );
+            n += 1;
+        }
         if refused && self.body != Kind::None {
             list[n] = ("content-type", HeaderValue::Text("application/json"));
             n += 1;
         }
         (list, n)
+    }
+
+    /// What `x-should-retry` says, for the answers a client's SDK would
+    /// otherwise judge by status alone: the OpenAI SDKs read it before the
+    /// status and retry every 429 and 5xx without it (Node 6 sleeping
+    /// through any `retry-after`, hours on a day limit). `None` (no header)
+    /// for a pass and for the 4xx the SDKs never retry.
+    ///
+    /// - A refusal over a limit: `true` when its window clears within
+    ///   [`RETRY_WAIT_MAX`] (the minute: a retry after `retry-after` gets
+    ///   through), `false` for the day (until midnight UTC: the caller, not
+    ///   its SDK, decides what to do; even in the day's last minute, so
+    ///   the answer does not turn on the clock). `retry-after` stays the
+    ///   true wait either way.
+    /// - Table full (503): `false`. Slots free as days pass or the operator
+    ///   grows the table, not within an SDK's seconds of backoff.
+    /// - Busy (503): `true`. The gateway's queue was full for a moment.
+    /// - Failed (500): `false`. Every cause is in the configuration or the
+    ///   data (unknown tier, a full model table, a store's script or reply
+    ///   error), which a retry does not mend.
+    pub fn should_retry(&self) -> Option<bool> {
+        if self.status == 0 {
+            return None;
+        }
+        match self.body {
+            Kind::RateLimited => self
+                .decision
+                .map(|d| d.limited_by == LimitedBy::Minute && d.retry_after <= RETRY_WAIT_MAX),
+            Kind::TableFull | Kind::Failed => Some(false),
+            Kind::Busy => Some(true),
+            _ => None,
+        }
     }
 
     /// The JSON body; nothing for an answer that passes.
@@ -433,7 +486,7 @@ impl Answer {
             }
             Kind::TableFull => error(
                 out,
-                "The rate limiter has no room to track this request right now; please retry shortly.",
+                "The rate limiter has no room to track this request; please try again later.",
                 "server_error",
                 None,
                 Some("rate_limiter_full"),
@@ -494,6 +547,13 @@ impl Answer {
                 None,
                 None,
             ),
+            Kind::Busy => error(
+                out,
+                "The rate limiter is too busy to decide this request right now; please retry shortly.",
+                "server_error",
+                None,
+                Some("rate_limiter_busy"),
+            ),
         }
     }
 }
@@ -509,7 +569,7 @@ pub struct Parts {
     pub body: u32,
 }
 
-const BODIES: [Kind; 13] = [
+const BODIES: [Kind; 14] = [
     Kind::None,
     Kind::RateLimited,
     Kind::UnknownModel,
@@ -523,6 +583,7 @@ const BODIES: [Kind; 13] = [
     Kind::CostTooLarge,
     Kind::Failed,
     Kind::Request(BodyError::TooLarge),
+    Kind::Busy,
 ];
 
 impl Answer {
@@ -573,7 +634,6 @@ fn json_opt(out: &mut dyn Write, v: Option<&str>) -> fmt::Result {
 mod tests {
     use super::*;
     use crate::decision::Window;
-    use crate::slot::LimitedBy;
 
     fn refused() -> Decision {
         Decision {
@@ -616,6 +676,7 @@ mod tests {
             Event::Failed(&Error::CostTooLarge),
             Event::Failed(&Error::Body(BodyError::TooLarge)),
             Event::Failed(&Error::ModelTableFull),
+            Event::Failed(&Error::Pending),
         ];
         for e in events {
             let a = Answer::new(e, b"m\"\n\x1b", &Options::default());
@@ -718,5 +779,102 @@ mod tests {
         }
         assert!(method_is_limited(b"POST"));
         assert!(!method_is_limited(b"GET") && !method_is_limited(b"post"));
+    }
+
+    fn header(a: &Answer, name: &str) -> Option<String> {
+        a.headers()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn a_minute_refusal_says_retry_and_a_day_refusal_says_not() {
+        let minute = refused();
+        let a = Answer::new(Event::Decided(&minute), b"m", &Options::default());
+        let names: Vec<_> = a.headers().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), HEADERS_MAX, "every header an answer can have");
+        assert_eq!(
+            names[6..],
+            ["retry-after", "x-should-retry", "content-type"]
+        );
+        assert_eq!(header(&a, "x-should-retry").as_deref(), Some("true"));
+        assert_eq!(header(&a, "retry-after").as_deref(), Some("7"));
+
+        // The day: midnight UTC is hours away, and retry-after says so.
+        let day = Decision {
+            limited_by: LimitedBy::Day,
+            retry_after: 40_000,
+            ..minute
+        };
+        let a = Answer::new(Event::Decided(&day), b"m", &Options::default());
+        assert_eq!(header(&a, "x-should-retry").as_deref(), Some("false"));
+        assert_eq!(header(&a, "retry-after").as_deref(), Some("40000"));
+        // ... and in the day's last seconds too: it does not turn on the clock.
+        let late = Decision {
+            retry_after: 5,
+            ..day
+        };
+        let a = Answer::new(Event::Decided(&late), b"m", &Options::default());
+        assert_eq!(a.should_retry(), Some(false));
+        // A wait past what a client should sleep is never a retry.
+        let long = Decision {
+            retry_after: RETRY_WAIT_MAX + 1,
+            ..minute
+        };
+        let a = Answer::new(Event::Decided(&long), b"m", &Options::default());
+        assert_eq!(a.should_retry(), Some(false));
+        // The operator's status for refusals changes nothing of it.
+        let other = Options {
+            refuse_status: 503,
+            ..Options::default()
+        };
+        let a = Answer::new(Event::Decided(&minute), b"m", &other);
+        assert_eq!(a.should_retry(), Some(true));
+        // A dry run's pass is no error: nothing to retry.
+        let dry = Options {
+            dry_run: true,
+            ..Options::default()
+        };
+        let a = Answer::new(Event::Decided(&day), b"m", &dry);
+        assert_eq!(
+            (a.should_retry(), header(&a, "x-should-retry")),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn server_errors_say_whether_a_retry_helps_and_4xx_say_nothing() {
+        let opts = Options::default();
+        let cases = [
+            (Event::Failed(&Error::TableFull), 503, Some("false")),
+            (Event::Failed(&Error::Pending), 503, Some("true")),
+            (
+                Event::Failed(&Error::Invalid("unknown tier")),
+                500,
+                Some("false"),
+            ),
+            (Event::Failed(&Error::ModelTableFull), 500, Some("false")),
+            (Event::Failed(&Error::NotJoined), 500, Some("false")),
+            (Event::Failed(&Error::UnknownModel), 404, None),
+            (Event::Failed(&Error::NoLimit), 403, None),
+            (Event::NoAccount, 401, None),
+            (Event::Failed(&Error::Body(BodyError::NotJson)), 400, None),
+            (Event::Failed(&Error::CostTooLarge), 400, None),
+            (Event::Failed(&Error::Body(BodyError::TooLarge)), 413, None),
+        ];
+        for (e, status, retry) in cases {
+            let a = Answer::new(e, b"m", &opts);
+            assert_eq!(a.status(), status, "{e:?}");
+            assert_eq!(header(&a, "x-should-retry").as_deref(), retry, "{e:?}");
+            // The C ABI's parts carry it: the same headers come back.
+            let back = Answer::from_parts(a.parts(), None, b"m").unwrap();
+            assert!(back.headers().eq(a.headers()), "{e:?}");
+            assert_eq!(body(&back), body(&a));
+        }
+        let busy = Answer::new(Event::Failed(&Error::Pending), b"", &opts);
+        assert_eq!(busy.outcome(), Outcome::Error);
+        assert!(body(&busy).contains("\"code\":\"rate_limiter_busy\""));
+        let full = Answer::new(Event::Failed(&Error::TableFull), b"", &opts);
+        assert!(!body(&full).contains("retry shortly"), "{}", body(&full));
     }
 }

@@ -28,7 +28,8 @@
 //!    scans for the model, decides and answers: [`Limiter::try_answer`]
 //!    on the runtime, and [`Limiter::answer`] off it for a decision that
 //!    must wait for the quota store (below).
-//! 5. A refusal is answered with the core's status, headers and JSON body.
+//! 5. A refusal is answered with the core's status, headers (with
+//!    `retry-after` and `x-should-retry` over a limit) and JSON body.
 //!    An admitted request goes to the inner service with its body bytes
 //!    re-attached unchanged (as `B::from(Bytes)`, which axum's `Body` and
 //!    `Full<Bytes>` implement; trailers are not kept; with hyper alone,
@@ -36,7 +37,7 @@
 //!    axum's `Body` or your own first), the
 //!    [`Answer`](crate::answer::Answer) and its [`Decision`](crate::Decision)
 //!    in the request's extensions for the handler, and the core's headers
-//!    (the six `x-ratelimit-*`, and `retry-after` in a dry run) set on the
+//!    (the six `x-ratelimit-*`, in a dry run too) set on the
 //!    inner service's response, replacing any of the same name. Response
 //!    bodies are never buffered, so streamed (SSE) answers keep streaming.
 //!

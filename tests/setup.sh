@@ -5,7 +5,10 @@
 #     apt-get when running as root, otherwise a list of what to install;
 #   - the miri component of the nightly toolchain (rustup), and cargo-fuzz;
 #   - the project's Python venv (TOLLGATE_VENV, default <repo>/.venv) with
-#     the pinned packages of tests/requirements.txt.
+#     the pinned packages of tests/requirements.txt;
+#   - the official Node `openai` client, pinned in tests/clients (npm ci from
+#     its package-lock.json), with Debian's nodejs and npm when the machine
+#     has no node: the tests hold the answers to it and never download.
 # tests/run-all.sh runs it first; run it alone to prepare a machine.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -60,5 +63,24 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements.sha256" 2>/dev/n
     "$py" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/tests/requirements.txt"
     echo "$want" >"$VENV/.requirements.sha256"
+fi
+# The Node client (tests/clients/package-lock.json) into tests/clients/node_modules,
+# again only when the lock changed since the last install.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: node and npm are missing (run as root, or install Debian's nodejs and npm)" >&2
+        exit 1
+    fi
+    say "apt-get install nodejs npm"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+CLIENTS="$ROOT/tests/clients"
+want="$(sha256sum "$CLIENTS/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$CLIENTS/node_modules/.package-lock.sha256" 2>/dev/null)" != "$want" ]; then
+    say "npm ci in tests/clients (node $(node --version))"
+    (cd "$CLIENTS" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" >"$CLIENTS/node_modules/.package-lock.sha256"
 fi
 say "ready"

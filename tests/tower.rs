@@ -670,6 +670,228 @@ async fn the_openai_client_gets_rate_limit_error_on_the_31st_call() {
     assert_eq!(reset, (NOW / 60_000 + 1) * 60);
 }
 
+/// tests/clients, where the official clients' runners and the pinned Node
+/// package are (tests/setup.sh installs it).
+fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// Both official clients, Python's and Node's, as a user's program runs
+/// them (tests/clients/openai_call.*), at once, each with its own account:
+/// `before` calls that never retry, then one at the client's default
+/// retries. Each client's output, or `None` for one still waiting after
+/// `wait` (killed): a client sleeping through a day's retry-after waits
+/// hours.
+async fn official_clients(
+    base: &str,
+    model: &str,
+    before: u32,
+    tier: &str,
+    wait: std::time::Duration,
+) -> Vec<(&'static str, Option<Value>)> {
+    let dir = clients_dir();
+    let pin =
+        serde_json::from_str::<Value>(&std::fs::read_to_string(dir.join("package.json")).unwrap())
+            .unwrap()["dependencies"]["openai"]
+            .clone();
+    let have = std::fs::read_to_string(dir.join("node_modules/openai/package.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    assert!(
+        have.is_some_and(|v| v["version"] == pin),
+        "openai {pin} for Node is not in {}/node_modules: run tests/setup.sh",
+        dir.display()
+    );
+    let py = python_with_openai().expect("no python3 with openai: run tests/setup.sh");
+    let runners = [
+        ("python", py, "openai_call.py"),
+        ("node", PathBuf::from("node"), "openai_call.mjs"),
+    ];
+    let mut running = Vec::new();
+    for (name, exe, script) in runners {
+        let spec = json!({
+            "base_url": format!("{base}/v1"),
+            "api_key": format!("sk-{name}-{model}-{tier}"),
+            "model": model,
+            "before": before,
+            "headers": {"x-tollgate-tier": tier},
+        });
+        let child = tokio::process::Command::new(exe)
+            .arg(dir.join(script))
+            .arg(spec.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        running.push((name, child));
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut out = Vec::new();
+    for (name, child) in running {
+        match tokio::time::timeout_at(deadline, child.wait_with_output()).await {
+            Ok(done) => {
+                let done = done.unwrap();
+                let stdout = String::from_utf8_lossy(&done.stdout);
+                assert!(
+                    done.status.success(),
+                    "{name}: {stdout}\n{}",
+                    String::from_utf8_lossy(&done.stderr)
+                );
+                out.push((name, Some(serde_json::from_str(&stdout).unwrap())));
+            }
+            // Dropping the wait kills the child (kill_on_drop).
+            Err(_) => out.push((name, None)),
+        }
+    }
+    out
+}
+
+/// A call that should give up promptly: seconds, with room for a loaded
+/// machine (the clients' own backoff before a useless retry is 0.5 s to
+/// 8 s).
+const PROMPT: f64 = 5.0;
+/// How long a client may take before it counts as still waiting.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn clients_layer(now: impl Fn() -> u64 + Send + Sync + 'static) -> RateLimitLayer {
+    RateLimitLayer::new(conformance_limiter(), bearer_digest)
+        .tier_by(tier_header("x-tollgate-tier"))
+        .clock(now)
+}
+
+/// Runs `check` on each client's output and fails with every client's
+/// failures at once (one still waiting is one).
+fn each_client(out: &[(&str, Option<Value>)], check: impl Fn(&Value) -> Result<(), String>) {
+    let failed: Vec<String> = out
+        .iter()
+        .filter_map(|(name, got)| {
+            let r = match got {
+                None => Err("still waiting, killed".to_string()),
+                Some(g) => check(g).map_err(|e| format!("{e}: {g}")),
+            };
+            r.err().map(|e| format!("{name}: {e}"))
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        let ok: bool = $cond;
+        if !ok {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// What each client did with a refusal of the day window: gave up at once
+/// with a RateLimitError after its one attempt, told not to retry; and the
+/// retry-after it was given.
+fn gave_up_on_the_day(out: &[(&str, Option<Value>)], retry_after: &str) {
+    each_client(out, |got| {
+        ensure!(got["before"] == json!([200, 200, 200]), "before");
+        let call = &got["call"];
+        let attempts = call["attempts"].as_array().unwrap();
+        ensure!(attempts.len() == 1, "{} attempts", attempts.len());
+        ensure!(call["seconds"].as_f64().unwrap() < PROMPT, "slow");
+        ensure!(
+            (&call["error"], &call["status"], &call["code"])
+                == (
+                    &json!("RateLimitError"),
+                    &json!(429),
+                    &json!("rate_limit_exceeded")
+                ),
+            "not a RateLimitError"
+        );
+        ensure!(attempts[0]["should_retry"] == "false", "x-should-retry");
+        ensure!(attempts[0]["retry_after"] == retry_after, "retry-after");
+        Ok(())
+    });
+}
+
+/// (e) The official clients, Python's and Node's, at their default
+/// retries: a refusal of the day window (noon UTC: retry-after is the 12
+/// hours to midnight, which Node's client would sleep through) ends in a
+/// RateLimitError at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_clients_give_up_on_a_day_limit_at_once() {
+    assert_eq!(NOW % 86_400_000, 43_200_000, "noon");
+    let base = serve(app(clients_layer(|| NOW))).await;
+    let out = official_clients(&base, "tiny-day", 3, "developer", WAIT).await;
+    gave_up_on_the_day(&out, "43200");
+}
+
+/// (e) ... also in the day's last seconds, where retry-after is short
+/// enough for both clients to sleep through it twice (a minute of a
+/// caller's time for a day that then starts over): the day's refusal does
+/// not turn on the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_clients_give_up_on_a_day_limit_near_midnight() {
+    let late = (NOW / 86_400_000 + 1) * 86_400_000 - 30_000;
+    let base = serve(app(clients_layer(move || late))).await;
+    let out = official_clients(&base, "tiny-day", 3, "developer", WAIT).await;
+    gave_up_on_the_day(&out, "30");
+}
+
+/// (e) ... a refusal of the minute window is retried after the wait
+/// retry-after says, and the retry, in the next minute, gets through. The
+/// layer's clock runs at the real pace from 45 s into a minute, so the
+/// wait is seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_clients_retry_a_minute_limit_after_retry_after() {
+    let start = std::time::Instant::now();
+    let from = NOW - NOW % 60_000 + 45_000;
+    let base = serve(app(clients_layer(move || {
+        from + start.elapsed().as_millis() as u64
+    })))
+    .await;
+    let out = official_clients(&base, "tiny-minute", 2, "developer", WAIT * 3).await;
+    each_client(&out, |got| {
+        ensure!(got["before"] == json!([200, 200]), "before");
+        let call = &got["call"];
+        ensure!(call["ok"] == true, "not admitted");
+        let attempts = call["attempts"].as_array().unwrap();
+        ensure!(attempts.len() == 2, "{} attempts", attempts.len());
+        ensure!(
+            attempts[0]["status"] == 429 && attempts[1]["status"] == 200,
+            "statuses"
+        );
+        let retry_after: f64 = attempts[0]["retry_after"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let slept = attempts[1]["at"].as_f64().unwrap() - attempts[0]["at"].as_f64().unwrap();
+        ensure!(
+            (retry_after - 0.5..=retry_after + PROMPT).contains(&slept),
+            "slept {slept} s for retry-after {retry_after}"
+        );
+        ensure!(attempts[0]["should_retry"] == "true", "x-should-retry");
+        Ok(())
+    });
+}
+
+/// (e) ... and the limiter's own failure (a 500: here an unknown tier) is
+/// not retried: a retry does not mend it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_clients_do_not_retry_the_limiters_failure() {
+    let base = serve(app(clients_layer(|| NOW))).await;
+    let out = official_clients(&base, "DeepSeek-V3.1", 0, "gold", WAIT).await;
+    each_client(&out, |got| {
+        let call = &got["call"];
+        let attempts = call["attempts"].as_array().unwrap();
+        ensure!(attempts.len() == 1, "{} attempts", attempts.len());
+        ensure!(call["seconds"].as_f64().unwrap() < PROMPT, "slow");
+        ensure!(
+            (&call["error"], &call["status"]) == (&json!("InternalServerError"), &json!(500)),
+            "not an InternalServerError"
+        );
+        ensure!(attempts[0]["should_retry"] == "false", "x-should-retry");
+        Ok(())
+    });
+}
+
 /// A quota store that accepts connections and never answers: a Redis
 /// stalled mid-call (as one paused by `CLIENT PAUSE`, or stopped by
 /// SIGSTOP), so every call waits its whole deadline.

@@ -553,11 +553,17 @@ void test_answer() {
     CHECK(b.outcome() == tollgate::Outcome::Rejected);
     CHECK(b.decision().has_value() && !b.decision()->allowed);
     const auto bh = b.headers();
-    CHECK_EQ(bh.size(), size_t{8});
+    CHECK_EQ(bh.size(), size_t{TG_ANSWER_HEADERS_MAX});
     CHECK(!bh.empty() && bh.back() == std::make_pair(std::string("content-type"), std::string("application/json")));
     bool retry = false;
-    for (const auto &h : bh) retry = retry || (h.first == "retry-after" && h.second == "60");
+    bool should_retry = false;
+    for (const auto &h : bh) {
+        retry = retry || (h.first == "retry-after" && h.second == "60");
+        // the minute's refusal: an SDK's retry after retry-after gets through
+        should_retry = should_retry || (h.first == "x-should-retry" && h.second == "true");
+    }
     CHECK(retry);
+    CHECK(should_retry);
     // The one 429 body: the same whichever call renders it.
     CHECK(b.body() == b.decision()->error_body("tiny"));
     CHECK(tollgate::answer_for(*b.decision(), "tiny").body() == b.body());

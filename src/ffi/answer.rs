@@ -99,6 +99,8 @@ fn event_error(status: tg_status) -> Error {
         TG_E_BODY_AMBIGUOUS_MODEL => Error::Body(BodyError::AmbiguousModel),
         TG_E_BODY_TOO_DEEP => Error::Body(BodyError::TooDeep),
         TG_E_BODY_TOO_LARGE => Error::Body(BodyError::TooLarge),
+        // a decision the caller could not hand to a thread that may wait
+        super::TG_PENDING => Error::Pending,
         _ => Error::Invalid("the limiter failed"),
     }
 }
@@ -106,12 +108,13 @@ fn event_error(status: tg_status) -> Error {
 /// Decides the whole answer to a request. `status` is what happened: TG_OK
 /// with the `decision` tg_check gave; the status of a failed tg_check or
 /// tg_body_scan_*; TG_E_NO_ACCOUNT when the request has no account id;
-/// TG_E_NOT_LIMITED for a method that is not limited. Any other status is
-/// answered as the limiter's own failure (500). `model` (may be NULL with
-/// length 0) is the client's model string, echoed in the body, cut to
-/// TG_ANSWER_MODEL_MAX bytes. `flags`: TG_ANSWER_*; `refuse_status` is the
-/// status of a refusal over a limit, 0 for 429. `decision` may be NULL
-/// unless `status` is TG_OK.
+/// TG_E_NOT_LIMITED for a method that is not limited; TG_PENDING for a
+/// decision the caller could not hand to a thread that may wait (503, a
+/// retry helps). Any other status is answered as the limiter's own failure
+/// (500). `model` (may be NULL with length 0) is the client's model string,
+/// echoed in the body, cut to TG_ANSWER_MODEL_MAX bytes. `flags`:
+/// TG_ANSWER_*; `refuse_status` is the status of a refusal over a limit, 0
+/// for 429. `decision` may be NULL unless `status` is TG_OK.
 #[no_mangle]
 pub extern "C" fn tg_answer_for(
     status: tg_status,
@@ -320,6 +323,8 @@ fn answer_arg(answer: *const tg_answer) -> Result<Answer, tg_status> {
 
 /// Calls `fn` for each header of the answer, in order: the six
 /// x-ratelimit-* when there was a decision, retry-after when it refused,
+/// x-should-retry ("true" or "false": whether a client's SDK should retry
+/// by itself) when it refused over a limit or failed with a 5xx,
 /// content-type when the answer has a body. Names are lower case. For an
 /// answer that passes (http_status 0) these go on the upstream's response.
 #[no_mangle]
@@ -360,16 +365,20 @@ pub struct tg_header_field {
 }
 
 /// Most headers an answer has (six x-ratelimit-*, retry-after,
-/// content-type): a `fields` array this long always suffices.
-pub const TG_ANSWER_HEADERS_MAX: u32 = 8;
+/// x-should-retry, content-type): a `fields` array this long always
+/// suffices.
+pub const TG_ANSWER_HEADERS_MAX: u32 = 9;
 /// Bytes of buffer tg_answer_header_fields needs at most (20 per number:
 /// a buffer this big always suffices).
 pub const TG_ANSWER_HEADER_BYTES: u32 = 160;
 
 /// Bytes of `buf` each number takes (u64::MAX has 20 digits).
 const NUMBER_SLOT: usize = 20;
-const _: () =
-    assert!(TG_ANSWER_HEADER_BYTES as usize >= NUMBER_SLOT * TG_ANSWER_HEADERS_MAX as usize);
+/// Numbers among an answer's headers: the six and retry-after (the other
+/// two are the library's static text).
+const NUMBERS_MAX: usize = 7;
+const _: () = assert!(TG_ANSWER_HEADERS_MAX as usize == crate::answer::HEADERS_MAX);
+const _: () = assert!(TG_ANSWER_HEADER_BYTES as usize >= NUMBER_SLOT * NUMBERS_MAX);
 
 /// The same headers as tg_answer_headers, in the same order, in one call
 /// and without a callback: for bindings that keep the values themselves
@@ -627,8 +636,9 @@ mod tests {
             name_len: 0,
             value: std::ptr::null(),
             value_len: 0,
-        }; 8];
+        }; TG_ANSWER_HEADERS_MAX as usize];
         let mut buf = [0u8; 160];
+        assert!(max <= fields.len() && cap <= buf.len());
         let mut n = 99;
         let st = tg_answer_header_fields(
             a,
@@ -655,6 +665,7 @@ mod tests {
 
     #[test]
     fn header_fields_are_the_headers_in_one_call() {
+        const MAX: usize = TG_ANSWER_HEADERS_MAX as usize;
         let refused = crate::Decision {
             allowed: false,
             limited_by: crate::LimitedBy::Minute,
@@ -686,7 +697,13 @@ mod tests {
                 answers.push(a);
             }
         }
-        for st in [TG_E_UNKNOWN_MODEL, TG_E_NOT_LIMITED, TG_E_BODY_NOT_JSON] {
+        for st in [
+            TG_E_UNKNOWN_MODEL,
+            TG_E_NOT_LIMITED,
+            TG_E_BODY_NOT_JSON,
+            TG_E_TABLE_FULL,
+            crate::ffi::TG_PENDING,
+        ] {
             let mut a = blank();
             assert_eq!(
                 tg_answer_for(st, std::ptr::null(), std::ptr::null(), 0, 0, 0, &mut a),
@@ -694,13 +711,20 @@ mod tests {
             );
             answers.push(a);
         }
+        // a decision that could not be parked: busy, retry (not the 500 of
+        // a failure that a retry does not mend)
+        let busy = answers.last().unwrap();
+        assert_eq!(busy.http_status, 503);
+        assert!(fields_text(busy, MAX, 160)
+            .2
+            .contains("x-should-retry: true\n"));
         for a in &answers {
             let mut h = String::new();
             assert_eq!(
                 tg_answer_headers(a, Some(collect), (&mut h as *mut String).cast()),
                 TG_OK
             );
-            let (st, n, text) = fields_text(a, 8, 160);
+            let (st, n, text) = fields_text(a, MAX, 160);
             assert_eq!((st, n), (TG_OK, h.lines().count()));
             assert_eq!(text, h);
             if n > 0 {
@@ -710,20 +734,22 @@ mod tests {
                 assert_eq!(fields_text(a, n - 1, 160).1, n);
             }
         }
-        // the refusal: seven numbers of the widest kind and the type, in
-        // seven slots of 20 bytes
-        let (st, n, text) = fields_text(&answers[0], 8, 160);
-        assert_eq!((st, n), (TG_OK, 8));
+        // the refusal: seven numbers of the widest kind in seven slots of
+        // 20 bytes, then x-should-retry and the type, static text
+        let (st, n, text) = fields_text(&answers[0], MAX, 160);
+        assert_eq!((st, n), (TG_OK, MAX));
         assert!(text.contains("x-ratelimit-reset-requests: 18446744073709551615\n"));
         assert!(text.contains("retry-after: 4294967295\n"));
-        assert_eq!(fields_text(&answers[0], 8, 139).0, TG_E_BUFFER_TOO_SMALL);
-        assert_eq!(fields_text(&answers[0], 8, 140).0, TG_OK);
+        // a wait of 136 years is no retry
+        assert!(text.ends_with("x-should-retry: false\ncontent-type: application/json\n"));
+        assert_eq!(fields_text(&answers[0], MAX, 139).0, TG_E_BUFFER_TOO_SMALL);
+        assert_eq!(fields_text(&answers[0], MAX, 140).0, TG_OK);
         let mut n = 0;
         assert_eq!(
             tg_answer_header_fields(
                 &answers[0],
                 std::ptr::null_mut(),
-                8,
+                MAX,
                 std::ptr::null_mut(),
                 0,
                 &mut n

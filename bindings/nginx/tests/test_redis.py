@@ -342,8 +342,8 @@ def test_a_stalled_redis_never_blocks_the_worker(nginx, redis, capsys):
 
 def test_a_full_thread_pool_queue_is_an_answer_not_a_wait(nginx, redis):
     """One thread and a queue of one: a third request that needs Redis while
-    two wait finds no room; it is answered at once (the library's 500), not
-    decided on the event loop, and counted."""
+    two wait finds no room; it is answered at once (the library's 503: busy,
+    retry), not decided on the event loop, and counted."""
     fresh_minute(needed=30)
     render = nginx.render
     nginx.render = lambda **kw: render(**kw).replace(
@@ -362,8 +362,9 @@ def test_a_full_thread_pool_queue_is_an_answer_not_a_wait(nginx, redis):
         answers = [first.result(WAIT), second.result(WAIT)]
     finally:
         stall.wait(WAIT)
-    assert third.status == 500, third.body
-    assert third.json()["error"]["type"] == "server_error"
+    assert third.status == 503, third.body
+    assert third.json()["error"]["code"] == "rate_limiter_busy"
+    assert third.header("x-should-retry") == "true"
     assert ms < 500, ms
     # the two parked ones: the down policy's answer after the deadline, or
     # Redis's (the second waits its turn, and the stall may end meanwhile)

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 import tollgate
-from tollgate.asgi import RateLimitMiddleware, bearer_token
+from tollgate.asgi import RateLimitMiddleware, bearer_token, header
 
 policy_file = os.environ.get("TOLLGATE_TEST_POLICY")
 policy = tollgate.Policy.load(policy_file) if policy_file else tollgate.Policy.default()
@@ -111,4 +111,7 @@ class WorkerPid:
         await self.app(scope, receive, tagged if scope["type"] == "http" else send)
 
 
-app = WorkerPid(RateLimitMiddleware(api, limiter, account=bearer_token, tier=lambda scope: "developer"))
+# The tier: developer, unless the request names one (x-tollgate-tier, as the
+# conformance table sends it).
+app = WorkerPid(RateLimitMiddleware(api, limiter, account=bearer_token,
+                                    tier=lambda scope: header(scope, "x-tollgate-tier") or "developer"))
