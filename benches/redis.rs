@@ -7,7 +7,8 @@
 //!     RBENCH_SECONDS=0.2 RBENCH_WARM=0.1 RBENCH_WARM_MAX=0.3 cargo bench --features redis --bench redis
 //!
 //! The second line is a quick check that it works, not a measurement;
-//! `RBENCH_CASES=<text>` keeps only the loads whose name contains it.
+//! `RBENCH_CASES=<text>` keeps only the loads whose name contains it,
+//! `RBENCH_SYSTEMS=<text>` only the systems (the others show "skipped").
 //! The program starts its own `redis-server` (127.0.0.1, a free port, no
 //! persistence; killed at the end, tests/redis_servers) and runs `limits`
 //! through benches/redis_limits.py with `$TOLLGATE_PYTHON`, else the
@@ -24,8 +25,9 @@
 //! threads' decisions / (last end - first start). Latency:
 //! `std::time::Instant` around single decisions, every decision for the
 //! systems that make a round trip each time (leases near the limit too),
-//! every 64th for the local table and leases far from it (timing each
-//! would cost more than the decision); each
+//! every 64th for the local table, leases far from the limit and the
+//! tollgate systems in the refusal loop (timing each would cost more than
+//! the decision); each
 //! figure includes about one clock read, printed in the header. Commands
 //! per decision, from `INFO commandstats` after the timed phase less
 //! before: "sent" is what the clients sent, "run" all Redis ran, the
@@ -41,6 +43,16 @@
 //! below 2 from the start, so every lease is 1 unit, one round trip per
 //! decision. Each thread stops at its share of the limit (nothing is
 //! refused) or at the time, whichever is first, and there is no warm-up.
+//!
+//! The refusal loop is a client retrying on 429s: one key, minute limit
+//! `NEAR_RPM`, used up first by the system's own admissions (the warm-up
+//! decides on the key until the first refusal), then one thread decides
+//! on it for the timed phase and every decision is refused. Leases and
+//! exact mode refuse it locally for up to a second after Redis last
+//! showed the window full (src/lease/decide.rs `known_full`), so they
+//! should send about one command per second; the Envoy-style pipeline
+//! still charges each refused request (4 commands), and `limits` stops
+//! at the minute's `hit` (1 script). The note gives commands per second.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -73,6 +85,17 @@ const SPARSE: u64 = 64;
 /// One round of the leases' warm-up, in seconds: about a refill interval.
 const WARM_ROUND: f64 = 1.0;
 
+/// Where a load's keys stand against their limits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Limits far above the load: nothing is refused.
+    Far,
+    /// Room per host below 2, each thread stopping at its share.
+    Near,
+    /// The limit used up before the timed phase: everything is refused.
+    Full,
+}
+
 /// One load: threads, keys and the limits every system is given.
 struct Config {
     name: &'static str,
@@ -80,8 +103,12 @@ struct Config {
     keys: usize,
     rpm: u32,
     rpd: u32,
-    near: bool,
+    load: Load,
 }
+
+/// The most decisions the refusal loop's warm-up makes before it gives
+/// up waiting for a refusal (more than any system admits of `NEAR_RPM`).
+const FILL_MAX: u64 = 100 * NEAR_RPM as u64;
 
 /// What one case measured.
 struct Measured {
@@ -368,7 +395,8 @@ fn env_secs(name: &str, default: f64) -> f64 {
 /// `refill_interval` apart (10 000 keys at full speed: about 10 s here):
 /// they warm up in rounds of `WARM_ROUND` until, twice in a row, a round's
 /// grants per decision fell by less than a fifth from the round before,
-/// for at least `run.warm` and at most `run.warm_max` seconds.
+/// for at least `run.warm` and at most `run.warm_max` seconds. The
+/// refusal loop's warm-up is `fill`.
 fn measure<S: System>(
     run: &Run,
     cfg: &Config,
@@ -377,7 +405,7 @@ fn measure<S: System>(
     conn: &mut redis::Connection,
     stats: impl Fn(&S) -> Option<LeaseStats>,
 ) -> Measured {
-    let max = if cfg.near {
+    let max = if cfg.load == Load::Near {
         cfg.keys as u64 * (cfg.rpm as usize / cfg.threads) as u64
     } else {
         u64::MAX
@@ -386,8 +414,10 @@ fn measure<S: System>(
     let leased = stats(sys).is_some_and(|s| s.mode == LeaseMode::Leases);
     let t0 = Instant::now();
     let mut settled = true;
-    if cfg.near {
+    if cfg.load == Load::Near {
         // No warm-up: it would spend the keys' room.
+    } else if cfg.load == Load::Full {
+        fill(sys);
     } else if !leased {
         if run.warm > 0.0 {
             phase(sys, cfg.keys, cfg.threads, run.warm, max, 0);
@@ -420,6 +450,19 @@ fn measure<S: System>(
     m.warmed = warmed;
     m.settled = settled;
     m
+}
+
+/// The refusal loop's warm-up: one thread decides on key 0 until the
+/// first refusal, so its limit is used up by the system's own admissions
+/// (and leases and exact mode have seen Redis refuse it), at most
+/// `FILL_MAX` times.
+fn fill<S: System>(sys: &S) {
+    let mut w = sys.worker();
+    for _ in 0..FILL_MAX {
+        if !w.decide(0) {
+            return;
+        }
+    }
 }
 
 fn tollgate_case(
@@ -461,10 +504,12 @@ fn tollgate_case(
         reqs,
         ms: run.ms,
     };
-    // Near the limit a leased decision is a round trip too.
+    // Near the limit a leased decision is a round trip too; in the
+    // refusal loop no tollgate decision is, but about one a second.
     let every = match mode {
+        _ if cfg.load == Load::Full => SPARSE,
         Some(LeaseMode::Exact) => 1,
-        Some(LeaseMode::Leases) if cfg.near => 1,
+        Some(LeaseMode::Leases) if cfg.load == Load::Near => 1,
         _ => SPARSE,
     };
     let mut m = measure(run, cfg, &sys, every, conn, |s| s.lim.lease_stats());
@@ -524,10 +569,11 @@ fn envoy_case(run: &Run, cfg: &Config, accts: &[String], conn: &mut redis::Conne
 /// runs the same phases and counts its commands the same way.
 fn limits_case(run: &Run, cfg: &Config) -> Result<Measured, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/redis_limits.py");
-    let (warm, max) = if cfg.near {
-        (0.0, (cfg.keys * (cfg.rpm as usize / cfg.threads)) as u64)
-    } else {
-        (run.warm, 0)
+    let (warm, max, fill) = match cfg.load {
+        Load::Near => (0.0, (cfg.keys * (cfg.rpm as usize / cfg.threads)) as u64, 0),
+        // The script's own fill stands for the warm-up, as `fill` here.
+        Load::Full => (0.0, 0, FILL_MAX),
+        Load::Far => (run.warm, 0, 0),
     };
     let out = Command::new(&run.python)
         .arg(script)
@@ -538,6 +584,7 @@ fn limits_case(run: &Run, cfg: &Config) -> Result<Measured, String> {
         .args(["--rpm", &cfg.rpm.to_string(), "--rpd", &cfg.rpd.to_string()])
         .args(["--seconds", &run.secs.to_string()])
         .args(["--warm", &warm.to_string(), "--max", &max.to_string()])
+        .args(["--fill", &fill.to_string()])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", run.python))?;
     if !out.status.success() {
@@ -635,11 +682,14 @@ fn ns(v: u64) -> String {
     }
 }
 
-/// Commands per decision (5 decimals below 1).
+/// Commands per decision (5 decimals below 1, two digits below 1e-5:
+/// the refusal loop's one call a second among millions of decisions).
 fn per(n: u64, decisions: u64) -> String {
     let r = n as f64 / decisions.max(1) as f64;
     if r == 0.0 || r >= 1.0 {
         format!("{r:.2}")
+    } else if r < 1e-5 {
+        format!("{r:.1e}")
     } else {
         format!("{r:.5}")
     }
@@ -695,7 +745,7 @@ fn main() {
         server.addr()
     );
     println!(
-        "per case: {} s warm-up (leases: until settled, at most {} s), {} s timed; latency of every decision for round-trip systems, every {SPARSE}th for local and leases far from the limit; timing costs ~{} ns per sample (included)",
+        "per case: {} s warm-up (leases: until settled, at most {} s), {} s timed; latency of every decision for round-trip systems, every {SPARSE}th for local, leases far from the limit and tollgate in the 429 loop; timing costs ~{} ns per sample (included)",
         run.warm,
         run.warm_max,
         run.secs,
@@ -709,7 +759,7 @@ fn main() {
         keys,
         rpm: HUGE,
         rpd: HUGE,
-        near: false,
+        load: Load::Far,
     };
     let near = |name, threads| Config {
         name,
@@ -717,7 +767,7 @@ fn main() {
         keys: 10_000,
         rpm: NEAR_RPM,
         rpd: HUGE,
-        near: true,
+        load: Load::Near,
     };
     let configs = [
         far("1 thread, hot key", 1, 1),
@@ -726,6 +776,14 @@ fn main() {
         far("2 threads, hot key", 2, 1),
         far("2 threads, 10 000 keys", 2, 10_000),
         near("2 threads, 10 000 keys near the limit", 2),
+        Config {
+            name: "1 thread, one key held at its limit (a 429 loop)",
+            threads: 1,
+            keys: 1,
+            rpm: NEAR_RPM,
+            rpd: HUGE,
+            load: Load::Full,
+        },
     ];
     // RBENCH_CASES=<text>: only the loads whose name contains it.
     let only = std::env::var("RBENCH_CASES").unwrap_or_default();
@@ -733,11 +791,16 @@ fn main() {
         .into_iter()
         .filter(|c| c.name.contains(only.as_str()))
         .collect();
+    let systems = std::env::var("RBENCH_SYSTEMS").unwrap_or_default();
     let mut results: Vec<Vec<Result<Measured, String>>> = Vec::new();
     for cfg in &configs {
         let accts = accounts(cfg.keys, PREFIX);
         let mut row = Vec::new();
         for (i, name) in SYSTEMS.iter().enumerate() {
+            if !name.contains(systems.as_str()) {
+                row.push(Err("not in RBENCH_SYSTEMS".into()));
+                continue;
+            }
             eprintln!("{}: {name} (load {})", cfg.name, loadavg());
             flush(&mut conn);
             row.push(match i {
@@ -815,7 +878,17 @@ fn main() {
                     if !m.note.is_empty() {
                         note = format!("{note}; {}", m.note);
                     }
-                    if m.refused > 0 {
+                    if cfg.load == Load::Full {
+                        note.push_str(&format!(
+                            "; {} commands sent, {:.2} per second",
+                            m.sent,
+                            m.sent as f64 / m.secs
+                        ));
+                        let admitted = m.decisions - m.refused;
+                        if admitted > 0 {
+                            note.push_str(&format!("; WARNING: {admitted} admitted"));
+                        }
+                    } else if m.refused > 0 {
                         note.push_str(&format!("; WARNING: {} refused", m.refused));
                     }
                     if !m.settled {
@@ -831,9 +904,26 @@ fn main() {
         }
     }
     println!();
-    // The goals, for the loads far from the limit.
+    // The goals, for the loads far from the limit and the refusal
+    // loop (about one Redis call per second, not one per decision).
     for (cfg, row) in configs.iter().zip(&results) {
-        if cfg.near {
+        if cfg.load == Load::Full {
+            let sent: Vec<String> = SYSTEMS
+                .iter()
+                .zip(row)
+                .filter_map(|(name, r)| {
+                    let m = r.as_ref().ok()?;
+                    Some(format!(
+                        "{name} {} ({:.2}/s)",
+                        per(m.sent, m.decisions),
+                        m.sent as f64 / m.secs
+                    ))
+                })
+                .collect();
+            println!("{}: sent per decision: {}", cfg.name, sent.join(", "));
+            continue;
+        }
+        if cfg.load != Load::Far {
             continue;
         }
         let rate_of = |i: usize| row[i].as_ref().ok().map(Measured::rate);

@@ -9,8 +9,9 @@ EXPIRE on the first hit) per window, not atomic across the two, and a hit
 is charged even when it is refused. Its windows start at a key's first
 hit, by this process's clock.
 
-The phases are benches/redis.rs's: threads warm up for ``--warm`` seconds,
-then all start together and decide for ``--seconds`` (or until each made
+The phases are benches/redis.rs's: threads warm up for ``--warm`` seconds
+(with ``--fill N``, the refusal loop's: one thread decides on the first key
+until it is refused, at most N times), then all start together and decide for ``--seconds`` (or until each made
 ``--max`` decisions, 0 for no bound), cycling through the keys from their
 own offsets; every decision is timed with ``time.perf_counter_ns``.
 Commands: ``INFO commandstats`` after the timed phase less before (see
@@ -136,9 +137,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--warm", type=float, default=1.0)
     ap.add_argument("--max", type=int, default=0, help="decisions per thread at most (0: no bound)")
+    ap.add_argument("--fill", type=int, default=0, help="first decide on key 0 until refused, at most N times")
     a = ap.parse_args()
-    if a.threads < 1 or a.keys < 1 or a.seconds <= 0 or a.warm < 0 or a.max < 0:
-        ap.error("--threads and --keys must be at least 1, --seconds above 0, --warm and --max at least 0")
+    if a.threads < 1 or a.keys < 1 or a.seconds <= 0 or min(a.warm, a.max, a.fill) < 0:
+        ap.error("--threads and --keys must be at least 1, --seconds above 0, --warm, --max and --fill at least 0")
 
     storage = RedisStorage(a.url)
     limiter = FixedWindowRateLimiter(storage)
@@ -154,6 +156,9 @@ def main() -> None:
 
     if a.warm > 0:
         Phase(decide, a.keys, a.threads, a.warm, a.max, False).run()
+    for _ in range(a.fill):
+        if not decide(0):
+            break
     conn = redis.Redis.from_url(a.url)
     before = calls(conn)
     decisions, refused, seconds, lat = Phase(decide, a.keys, a.threads, a.seconds, a.max, True).run()
