@@ -347,11 +347,9 @@ impl Limiter {
                 r.never_used += 1;
                 // A binder killed after opening a never-used slot leaves it
                 // at generation 1 with no counts: still free for anyone.
-                let opened = State {
-                    gen: 1,
-                    ..State::default()
-                };
-                if s != State::default() && s != opened {
+                // (dated the moment it was opened).
+                let opened = s.gen == 1 && s.minute_count == 0 && s.day_count == 0;
+                if s != State::default() && !opened {
                     bad(
                         &mut r,
                         format!("never bound, yet its state word is not empty ({s:?})"),
@@ -377,10 +375,9 @@ impl Limiter {
             }
             if s.gen == gen.wrapping_add(1) {
                 r.open += 1;
-                if s != (State {
-                    gen: s.gen,
-                    ..State::default()
-                }) {
+                // Opened slots are dated when opened (slot::locate), but
+                // hold no counts until bound.
+                if s.minute_count != 0 || s.day_count != 0 {
                     bad(&mut r, format!("open slot holds counts ({s:?})"));
                 }
                 continue;
@@ -795,6 +792,51 @@ mod tests {
         region.slot(j).ident.store(0, Relaxed);
         region.slot(j).state.store(0, Relaxed);
         assert!(l.verify(NOW).ok());
+    }
+
+    #[test]
+    fn verify_accepts_a_dated_open_slot_but_not_counts_in_one() {
+        // A binder killed between opening a slot (dated now, nothing
+        // counted: slot::locate) and writing its ident leaves this behind.
+        let l = limiter();
+        let r = Request::new(b"acct-1", b"DeepSeek-V3.1", Tier::Developer);
+        l.check(&r, NOW).unwrap();
+        let region = l.region();
+        let i = entries(region).next().unwrap().index;
+        let slot = region.slot(i);
+        let bound = State::unpack(slot.state.load(Acquire));
+        let open = State {
+            gen: bound.gen.wrapping_add(1),
+            minute: bound.minute,
+            day: bound.day,
+            ..State::default()
+        };
+        slot.state.store(open.pack(), Relaxed);
+        let v = l.verify(NOW);
+        assert!(v.ok(), "{:?}", v.problems);
+        assert_eq!(v.open, 1);
+        // A never-used slot opened the same way.
+        let j = (i + 1) % 256;
+        let fresh = State { gen: 1, ..open };
+        region.slot(j).state.store(fresh.pack(), Relaxed);
+        assert!(l.verify(NOW).ok());
+        // Counts in an open slot are damage.
+        slot.state.store(
+            State {
+                day_count: 3,
+                ..open
+            }
+            .pack(),
+            Relaxed,
+        );
+        let v = l.verify(NOW);
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.message.contains("open slot holds counts")),
+            "{:?}",
+            v.problems
+        );
     }
 
     #[test]
