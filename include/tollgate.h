@@ -45,8 +45,14 @@
  */
 #define TG_VERSION_MAJOR 0
 
+/**
+ * See TG_VERSION_MAJOR.
+ */
 #define TG_VERSION_MINOR 3
 
+/**
+ * See TG_VERSION_MAJOR.
+ */
 #define TG_VERSION_PATCH 0
 
 /**
@@ -398,6 +404,9 @@ typedef struct tg_stats {
    * Bytes the region occupies.
    */
   uint64_t region_bytes;
+  /**
+   * The region's layout version (TG_LAYOUT_VERSION).
+   */
   uint32_t layout_version;
   /**
    * Decisions that met counts dated beyond the clock-fault bound (a
@@ -416,6 +425,9 @@ typedef struct tg_verify_report {
    * sizeof(tg_verify_report) as the caller's header has it, or 0.
    */
   uint32_t size;
+  /**
+   * Slots in the region.
+   */
   uint32_t slots;
   /**
    * Slots bound to a key (with or without counts for today).
@@ -636,11 +648,17 @@ typedef struct tg_request {
    * Account id, 1 to TG_ACCOUNT_MAX bytes.
    */
   const char *account;
+  /**
+   * Bytes at `account`.
+   */
   size_t account_len;
   /**
    * Model id as in the policy.
    */
   const char *model;
+  /**
+   * Bytes at `model`.
+   */
   size_t model_len;
   /**
    * TG_TIER_FREE, TG_TIER_DEVELOPER or TG_TIER_ENTERPRISE.
@@ -690,13 +708,25 @@ typedef struct tg_decision {
    * TG_LIMIT_NONE, TG_LIMIT_MINUTE or TG_LIMIT_DAY.
    */
   uint32_t limited_by;
+  /**
+   * Requests the minute window allows.
+   */
   uint32_t minute_limit;
+  /**
+   * Requests left in the minute window after this decision.
+   */
   uint32_t minute_remaining;
   /**
    * Epoch second at which the minute window resets.
    */
   uint64_t minute_reset;
+  /**
+   * Requests the day window allows.
+   */
   uint32_t day_limit;
+  /**
+   * Requests left in the day window after this decision.
+   */
   uint32_t day_remaining;
   /**
    * Epoch second at which the day window resets.
@@ -781,8 +811,14 @@ uint64_t tg_now_ms(void);
  */
 #define TG_BREAKER_CLOSED 0
 
+/**
+ * Calls fail at once until the cool-down ends.
+ */
 #define TG_BREAKER_OPEN 1
 
+/**
+ * One probe call is let through to test Redis.
+ */
 #define TG_BREAKER_HALF_OPEN 2
 
 /**
@@ -790,8 +826,14 @@ uint64_t tg_now_ms(void);
  */
 #define TG_LOG_ERROR 1
 
+/**
+ * Worth a look (Redis slow, the breaker open, evictions).
+ */
 #define TG_LOG_WARN 2
 
+/**
+ * For the record (Redis back, the breaker closed).
+ */
 #define TG_LOG_INFO 3
 
 /**
@@ -905,6 +947,9 @@ typedef struct tg_lease_stats {
    * Grants asked ahead by the lease thread for hot keys.
    */
   uint64_t top_ups;
+  /**
+   * Units those grants gave.
+   */
   uint64_t granted_units;
   /**
    * Grants of nothing: the key was at its global limit.
@@ -914,13 +959,25 @@ typedef struct tg_lease_stats {
    * Decisions made by the down policy, and of those, admitted.
    */
   uint64_t degraded;
+  /**
+   * See `degraded`.
+   */
   uint64_t degraded_admitted;
+  /**
+   * Unspent units given back to the store (idle keys, closing), and how many.
+   */
   uint64_t give_backs;
+  /**
+   * See `give_backs`.
+   */
   uint64_t given_back_units;
   /**
    * Spends made while Redis was away, pushed when it came back.
    */
   uint64_t pushes;
+  /**
+   * See `pushes`.
+   */
   uint64_t pushed_units;
   /**
    * Units dropped after an outage rather than given back.
@@ -943,10 +1000,25 @@ typedef struct tg_lease_stats {
    * breaker trips; connections opened.
    */
   uint64_t store_calls;
+  /**
+   * See `store_calls`.
+   */
   uint64_t store_failures;
+  /**
+   * See `store_calls`.
+   */
   uint64_t store_timeouts;
+  /**
+   * See `store_calls`.
+   */
   uint64_t store_circuit_open;
+  /**
+   * See `store_calls`.
+   */
   uint64_t store_trips;
+  /**
+   * See `store_calls`.
+   */
   uint64_t store_connects;
   /**
    * The hosts each quota is shared by now: as configured, or as Redis
@@ -1239,22 +1311,50 @@ tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, siz
  */
 #define TG_OUTCOME_PASSED 0
 
+/**
+ * Refused by a window: 429 (or the configured refuse status).
+ */
 #define TG_OUTCOME_REJECTED 1
 
+/**
+ * Would have been refused, passed because of the dry run.
+ */
 #define TG_OUTCOME_DRY_RUN 2
 
+/**
+ * No free slot for a new key: 503, or passed when failing open.
+ */
 #define TG_OUTCOME_TABLE_FULL 3
 
+/**
+ * The model is not in the policy: 404.
+ */
 #define TG_OUTCOME_UNKNOWN_MODEL 4
 
+/**
+ * The request is unusable (its body, tier or cost): 400, or 413 for a
+ * body over the binding's cap.
+ */
 #define TG_OUTCOME_BAD_REQUEST 5
 
+/**
+ * No limit configured for this tier and model: 403, or passed.
+ */
 #define TG_OUTCOME_NO_LIMIT 6
 
+/**
+ * The request carries no account id: 401, or passed.
+ */
 #define TG_OUTCOME_NO_ACCOUNT 7
 
+/**
+ * Any other error (the quota store's, a bug): 500.
+ */
 #define TG_OUTCOME_ERROR 8
 
+/**
+ * The method is not limited: passed without headers.
+ */
 #define TG_OUTCOME_NOT_LIMITED 9
 
 /**
@@ -1290,6 +1390,9 @@ tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, siz
  * grow"). Read the public fields; leave the rest to the library.
  */
 typedef struct tg_answer {
+  /**
+   * sizeof(tg_answer) as the caller's header has it, or 0.
+   */
   uint32_t size;
   /**
    * The HTTP status to answer with, or 0: pass the request upstream and
@@ -1308,6 +1411,9 @@ typedef struct tg_answer {
    * 1 if `decision` holds the limiter's decision.
    */
   uint32_t has_decision;
+  /**
+   * The decision, when `has_decision` is 1.
+   */
   tg_decision decision;
   /**
    * Library-private: which body the answer carries.
@@ -1317,6 +1423,9 @@ typedef struct tg_answer {
    * The model bytes echoed in the body (at most TG_ANSWER_MODEL_MAX).
    */
   uint32_t model_len;
+  /**
+   * The echoed model bytes (`model_len` of them, not NUL-terminated).
+   */
   uint8_t model[64];
 } tg_answer;
 
@@ -1326,27 +1435,45 @@ typedef struct tg_answer {
  * "Structs that grow").
  */
 typedef struct tg_http_request {
+  /**
+   * sizeof(tg_http_request) as the caller's header has it, or 0.
+   */
   uint32_t size;
   /**
    * Requests this call counts for (1 for most calls; 0 to look only).
    */
   uint32_t cost;
+  /**
+   * The HTTP method ("POST"); only limited methods are counted.
+   */
   const char *method;
+  /**
+   * Bytes at `method`.
+   */
   size_t method_len;
   /**
    * The account id; NULL when the request carries none (no API key).
    */
   const char *account;
+  /**
+   * Bytes at `account`.
+   */
   size_t account_len;
   /**
    * The tier's name: "free", "developer" or "enterprise" (any case).
    */
   const char *tier;
+  /**
+   * Bytes at `tier`.
+   */
   size_t tier_len;
   /**
    * The whole body (may be NULL with length 0).
    */
   const char *body;
+  /**
+   * Bytes at `body`.
+   */
   size_t body_len;
 } tg_http_request;
 
@@ -1357,9 +1484,21 @@ typedef struct tg_http_request {
  * NUL-terminated.
  */
 typedef struct tg_header_field {
+  /**
+   * The header's name (lower case).
+   */
   const char *name;
+  /**
+   * Bytes at `name`.
+   */
   size_t name_len;
+  /**
+   * The header's value.
+   */
   const char *value;
+  /**
+   * Bytes at `value`.
+   */
   size_t value_len;
 } tg_header_field;
 

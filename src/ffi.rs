@@ -120,7 +120,9 @@ pub const TG_E_PANIC: tg_status = 99;
 /// version; before 1.0, of the same minor version (tg_version_number()
 /// says which the library is; its SONAME is libtollgate.so.0).
 pub const TG_VERSION_MAJOR: u32 = 0;
+/// See TG_VERSION_MAJOR.
 pub const TG_VERSION_MINOR: u32 = 3;
+/// See TG_VERSION_MAJOR.
 pub const TG_VERSION_PATCH: u32 = 0;
 /// major * 1000000 + minor * 1000 + patch.
 pub const TG_VERSION_NUMBER: u32 = 3000;

@@ -31,6 +31,15 @@
 //! store in Redis, for one quota across hosts) and `lease` (quota leases
 //! in the table, so a joined limiter decides one quota across hosts).
 
+// The growth and safety contract, enforced by tests/lint.sh (clippy -D
+// warnings): every public item documented, every unsafe block justified.
+// Warnings, not errors, so work in progress still builds and tests.
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+// Modules being rewritten elsewhere (issue 16) opt out of `missing_docs`
+// until their rewrite lands with its docs; drop each allow then.
+#[allow(missing_docs)]
 pub mod answer;
 pub mod body;
 pub mod decision;
@@ -40,14 +49,17 @@ pub mod ffi;
 mod file;
 mod key;
 #[cfg(feature = "redis")]
+#[allow(missing_docs)]
 pub mod lease;
 mod limiter;
 mod operator;
 pub mod policy;
 mod refusals;
 mod region;
+#[allow(missing_docs)]
 mod slot;
 #[cfg(feature = "redis")]
+#[allow(missing_docs)]
 pub mod store;
 #[cfg(feature = "tower")]
 pub mod tower;

@@ -21,6 +21,7 @@ pub struct Request<'a> {
     pub account: &'a [u8],
     /// Model id, exactly as in the policy.
     pub model: &'a [u8],
+    /// The account's tier, which picks the limits in the policy.
     pub tier: Tier,
     /// Requests this call counts for; 0 = look without counting.
     pub cost: u32,
@@ -90,6 +91,7 @@ impl<'a> Request<'a> {
         self
     }
 
+    /// Requests this call counts for (default 1; 0 looks without counting).
     pub fn cost(mut self, cost: u32) -> Self {
         self.cost = cost;
         self
@@ -202,6 +204,7 @@ pub struct Limiter {
 /// Table usage, for operators and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stats {
+    /// Slots in the region.
     pub slots: u32,
     /// Slots holding counts for the current day.
     pub used: u32,
@@ -210,7 +213,9 @@ pub struct Stats {
     /// Decisions that found counts dated beyond the clock-fault bound (a
     /// wrong clock, since corrected) and re-dated them, since formatting.
     pub clock_faults: u64,
+    /// Bytes the region occupies.
     pub bytes: usize,
+    /// The region's layout version ([`LAYOUT_VERSION`](crate::LAYOUT_VERSION)).
     pub layout_version: u32,
 }
 

@@ -33,6 +33,7 @@ pub struct tg_limiter {
 pub struct tg_verify_report {
     /// sizeof(tg_verify_report) as the caller's header has it, or 0.
     pub size: u32,
+    /// Slots in the region.
     pub slots: u32,
     /// Slots bound to a key (with or without counts for today).
     pub bound: u32,
@@ -64,6 +65,7 @@ pub struct tg_stats {
     pub table_full: u64,
     /// Bytes the region occupies.
     pub region_bytes: u64,
+    /// The region's layout version (TG_LAYOUT_VERSION).
     pub layout_version: u32,
     /// Decisions that met counts dated beyond the clock-fault bound (a
     /// wrong clock, since corrected) and re-dated them to the current
