@@ -100,8 +100,9 @@ pub const TG_E_BODY_TOO_LARGE: tg_status = 24;
 /// it first.
 pub const TG_E_NOT_JOINED: tg_status = 33;
 /// tg_limiter_connect needs a table formatted for quota leases
-/// (tg_limiter_new_for_leases, _init_in_for_leases, tg_limiter_open with
-/// TG_OPEN_LEASES); this one is a local table.
+/// (tg_limiter_make or tg_limiter_open with TG_OPEN_LEASES); this one is a
+/// local table. Also a table that exists already and is not one, opened or
+/// attached with TG_OPEN_LEASES.
 pub const TG_E_NOT_LEASED: tg_status = 34;
 /// The quota store's URL or options are unusable, or Redis answered with an
 /// error (not a transport failure: those follow the down policy);

@@ -53,6 +53,7 @@ mod key;
 pub mod lease;
 mod limiter;
 mod operator;
+mod options;
 pub mod policy;
 mod refusals;
 mod region;
@@ -72,6 +73,7 @@ pub use error::Error;
 pub use key::ACCOUNT_MAX;
 pub use limiter::{Limiter, ModelHandle, Request, Stats};
 pub use operator::{KeyUsage, LeaseTableStats, Problem, ResizeReport, VerifyReport};
+pub use options::LimiterOptions;
 pub use policy::{Limits, Model, Policy, PolicyError, Tier};
 pub use refusals::Refusal;
 pub use region::{RegionError, BYTES_PER_SLOT, LAYOUT_VERSION, REGION_ALIGN};
@@ -88,7 +90,7 @@ pub fn region_slots_for(len: usize) -> u32 {
 }
 
 /// Bytes a table of quota leases of `slots` slots needs (the region and
-/// its lease side area; see [`Limiter::new_for_leases`]).
+/// its lease side area; see [`LimiterOptions::leases`]).
 pub fn region_size_for_leases(slots: u32) -> Option<usize> {
     region::size_with(slots, true)
 }

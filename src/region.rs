@@ -372,6 +372,8 @@ impl Region {
     /// # Safety
     /// `mem` must be valid for reads and writes of `len` bytes, not used by
     /// anyone else while this runs, and outlive every use of the result.
+    // The constructors pass the format (format_as); tests use this one.
+    #[cfg(test)]
     pub(crate) unsafe fn format(
         mem: *mut u8,
         len: usize,
