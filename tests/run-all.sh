@@ -68,7 +68,7 @@ tower_layer() {
 fuzz() {
     # Each libFuzzer target, seeded and bounded: a smoke run in CI (the long
     # runs are by hand, see fuzz/Cargo.toml). The seeded corpus tests in
-    # `cargo test` (tests/region_fuzz.rs, tests/body_fuzz.rs) run too.
+    # `cargo test` (tests/checks/region_fuzz.rs, tests/checks/body_fuzz.rs) run too.
     local t log
     log=$(mktemp)
     for t in region_attach body_scan; do

@@ -3,7 +3,7 @@
 //! bodies assembled from tokens, then mutated (bytes flipped, inserted,
 //! deleted, spliced), fed in the chunking the first byte picks.
 
-mod bodycheck;
+use crate::bodycheck;
 
 use std::collections::HashMap;
 
