@@ -559,6 +559,13 @@ tg_status tg_limiter_init_in(const tg_policy *policy, void *mem, size_t len, str
 size_t tg_region_size_for_leases(uint32_t slots);
 
 /**
+ * Most slots a table of quota leases of `len` bytes holds (what
+ * tg_limiter_make with TG_OPEN_LEASES formats in `len` bytes of caller
+ * memory); 0 if it is too small. Since 0.4.
+ */
+uint32_t tg_region_slots_for_leases(size_t len);
+
+/**
  * As tg_limiter_new, formatted for quota leases: one quota per (account,
  * model) across every host joined to one Redis. Its decisions are
  * TG_E_NOT_JOINED until tg_limiter_connect.

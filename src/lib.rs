@@ -95,6 +95,12 @@ pub fn region_size_for_leases(slots: u32) -> Option<usize> {
     region::size_with(slots, true)
 }
 
+/// Most slots a table of quota leases of `len` bytes holds (0 if too
+/// small): [`region_slots_for`] with the lease side area.
+pub fn region_slots_for_leases(len: usize) -> u32 {
+    region::slots_with(len, true)
+}
+
 /// The real-time clock in epoch milliseconds (0 if it reads before 1970).
 ///
 /// On Linux this is CLOCK_REALTIME_COARSE: the time of the last timer tick

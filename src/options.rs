@@ -105,3 +105,54 @@ impl LimiterOptions {
         Ok(l)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region::HeapMem;
+
+    #[test]
+    fn every_place_takes_the_format() {
+        let p = Policy::builtin();
+        assert!(!LimiterOptions::new().build(&p, 16).unwrap().is_leased());
+        assert!(LimiterOptions::new()
+            .leases(true)
+            .build(&p, 16)
+            .unwrap()
+            .is_leased());
+
+        let len = crate::region_size_for_leases(16).unwrap();
+        assert_eq!(crate::region_slots_for_leases(len), 16);
+        let mem = HeapMem::new(len).unwrap();
+        let mut leased = LimiterOptions::new();
+        leased.leases(true);
+        // SAFETY: `mem` is live, aligned and outlives every limiter below.
+        unsafe {
+            let l = leased.init_in(&p, mem.as_ptr(), len).unwrap();
+            assert_eq!(l.stats(0).slots, 16);
+            assert!(LimiterOptions::new()
+                .attach(&p, mem.as_ptr(), len)
+                .unwrap()
+                .is_leased());
+            assert!(leased.attach(&p, mem.as_ptr(), len).unwrap().is_leased());
+            drop(l);
+            Limiter::init_in(&p, mem.as_ptr(), len).unwrap();
+            assert!(matches!(
+                leased.attach(&p, mem.as_ptr(), len),
+                Err(Error::NotLeased)
+            ));
+        }
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn the_deprecated_twins_still_make_leased_tables() {
+        let p = Policy::builtin();
+        assert!(Limiter::new_for_leases(&p, 16).unwrap().is_leased());
+        let len = crate::region_size_for_leases(16).unwrap();
+        let mem = HeapMem::new(len).unwrap();
+        // SAFETY: `mem` is live, aligned and outlives the limiter.
+        let l = unsafe { Limiter::init_in_for_leases(&p, mem.as_ptr(), len) }.unwrap();
+        assert!(l.is_leased());
+    }
+}

@@ -222,6 +222,14 @@ pub extern "C" fn tg_region_size_for_leases(slots: u32) -> usize {
     crate::region_size_for_leases(slots).unwrap_or(0)
 }
 
+/// Most slots a table of quota leases of `len` bytes holds (what
+/// tg_limiter_make with TG_OPEN_LEASES formats in `len` bytes of caller
+/// memory); 0 if it is too small. Since 0.4.
+#[no_mangle]
+pub extern "C" fn tg_region_slots_for_leases(len: usize) -> u32 {
+    crate::region_slots_for_leases(len)
+}
+
 /// As tg_limiter_new, formatted for quota leases: one quota per (account,
 /// model) across every host joined to one Redis. Its decisions are
 /// TG_E_NOT_JOINED until tg_limiter_connect.

@@ -1893,6 +1893,9 @@ static void test_limiter_make(void) {
     const size_t len = tg_region_size_for_leases(32);
     unsigned char *mem = aligned_region(len);
     REQUIRE(mem != NULL);
+    CHECK_EQ(tg_region_slots_for_leases(len), 32);
+    CHECK_EQ(tg_region_slots_for_leases(len - 1), 31);
+    CHECK_EQ(tg_region_slots_for_leases(16), 0);
     memset(&o, 0, sizeof o);
     o.flags = TG_OPEN_LEASES;
     o.mem = mem;
