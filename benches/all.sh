@@ -17,7 +17,7 @@ export PATH="$root/.venv/bin:$PATH"
 step() { printf '\n== %s  (load: %s)\n' "$*" "$(cut -d' ' -f1-3 /proc/loadavg)"; }
 
 step "build"
-cargo build --release -q
+cargo build --release -q --features cli,redis
 step "criterion: cargo bench --bench decide"
 cargo bench -q --bench decide 2>&1 | tee "$out/decide.txt" | grep -E 'time:' || true
 python3 benches/table.py | tee "$out/decide-table.txt"

@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 
 use tollgate::lease::{LeaseMode, LeaseOptions, LeaseStats};
 use tollgate::store::StoreOptions;
-use tollgate::{Limiter, Request};
+use tollgate::{Limiter, LimiterOptions, Request};
 
 mod common;
 use common::*;
@@ -476,7 +476,10 @@ fn tollgate_case(
     let lim = match mode {
         None => Limiter::new(&policy, SLOTS).unwrap(),
         Some(mode) => {
-            let mut l = Limiter::new_for_leases(&policy, SLOTS).unwrap();
+            let mut l = LimiterOptions::new()
+                .leases(true)
+                .build(&policy, SLOTS)
+                .unwrap();
             let opts = LeaseOptions {
                 // A deadline a loaded machine does not trip: a decision
                 // left to the down policy is a local one and would flatter

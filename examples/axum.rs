@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tollgate::answer::Answer;
 use tollgate::tower::{bearer_digest, RateLimitLayer, MAX_BODY_BYTES};
-use tollgate::{Decision, Limiter, Policy, Tier};
+use tollgate::{Decision, Limiter, LimiterOptions, Policy, Tier};
 
 const USAGE: &str = "\
 An OpenAI-shaped gateway limited by tollgate (RPM and RPD per API key and model).
@@ -163,8 +163,11 @@ async fn models(State(limiter): State<Arc<Limiter>>) -> Json<Value> {
 #[cfg(feature = "redis")]
 fn joined(policy: &Policy, table: Option<&str>, slots: u32, url: &str) -> Result<Limiter, String> {
     let mut limiter = match table {
-        Some(path) => Limiter::open_for_leases(policy, path, slots, true),
-        None => Limiter::new_for_leases(policy, slots),
+        Some(path) => LimiterOptions::new()
+            .leases(true)
+            .create(true)
+            .open(policy, path, slots),
+        None => LimiterOptions::new().leases(true).build(policy, slots),
     }
     .map_err(|e| e.to_string())?;
     limiter
@@ -175,7 +178,7 @@ fn joined(policy: &Policy, table: Option<&str>, slots: u32, url: &str) -> Result
 
 #[cfg(not(feature = "redis"))]
 fn joined(_: &Policy, _: Option<&str>, _: u32, _: &str) -> Result<Limiter, String> {
-    Err("--redis needs the `redis` feature (on by default)".into())
+    Err("--redis needs the `redis` feature (--features tower,redis)".into())
 }
 
 fn main() -> ExitCode {

@@ -26,6 +26,7 @@ pub const MODEL_ECHO_MAX: usize = 64;
 
 /// What happened to a request, as far as its answer goes.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub enum Event<'a> {
     /// The limiter decided: admitted, or refused over a limit.
     Decided(&'a Decision),
@@ -71,6 +72,7 @@ impl Default for Options {
 /// Values are stable (they cross the C ABI as TG_OUTCOME_*).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
+#[non_exhaustive]
 pub enum Outcome {
     Passed = 0,
     Rejected = 1,

@@ -25,8 +25,10 @@ pub const MODEL_MAX: usize = 64;
 /// Most nesting levels accepted (the top-level object is level 1).
 pub const DEPTH_MAX: usize = 1024;
 
-/// Why a body was refused. The text never echoes client bytes.
+/// Why a body was refused. The text never echoes client bytes. More
+/// reasons may come (match with a `_` arm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BodyError {
     /// Not a JSON object: a syntax error, invalid UTF-8 in a string, bytes
     /// after the value, an empty body, or a top-level value that is valid
@@ -76,6 +78,7 @@ pub struct ModelBuf {
 }
 
 impl ModelBuf {
+    /// The value's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
@@ -241,6 +244,7 @@ impl Default for ModelScanner {
 }
 
 impl ModelScanner {
+    /// A scanner at the start of a body.
     pub const fn new() -> ModelScanner {
         ModelScanner {
             st: St::Start,
@@ -786,6 +790,8 @@ fn plain_run(s: &[u8]) -> usize {
             )
         }
         let mut i = 0;
+        // SAFETY: as above: SSE2 is baseline on x86_64, and each load is
+        // bounds-checked by its loop condition.
         unsafe {
             while i + 64 <= s.len() {
                 let p = s.as_ptr().add(i);

@@ -22,10 +22,13 @@ pub struct Window {
 /// The answer for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
+    /// Whether the request was admitted (and counted).
     pub allowed: bool,
     /// The window that refused (the day, whenever the day is exhausted).
     pub limited_by: LimitedBy,
+    /// The minute window after this decision.
     pub minute: Window,
+    /// The day window after this decision.
     pub day: Window,
     /// Whole seconds (rounded up) until the refusing window resets; 0 when
     /// allowed.
@@ -207,6 +210,7 @@ pub struct Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
+    /// A sink writing into `buf`.
     pub fn new(buf: &'a mut [u8]) -> Sink<'a> {
         Sink { buf, len: 0 }
     }

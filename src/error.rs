@@ -7,7 +7,12 @@ use crate::policy::PolicyError;
 use crate::region::RegionError;
 
 /// Everything that can go wrong, short of a bug.
+///
+/// More variants may come in any release (match with a `_` arm), as
+/// TG_E_* statuses may in the C ABI; some exist only with a feature
+/// (`Store` with `redis`), so the set differs between builds anyway.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     /// An argument out of range; the text says which.
     Invalid(&'static str),
@@ -28,13 +33,18 @@ pub enum Error {
     /// The file system has no room to reserve a region file: `needed` bytes
     /// asked for, `free` available to us.
     NoSpace {
+        /// The file that could not be reserved.
         path: String,
+        /// Bytes the region file needs.
         needed: u64,
+        /// Bytes the file system has free for us.
         free: u64,
     },
+    /// The policy is invalid (or its file unreadable); the error says where.
     Policy(Box<PolicyError>),
     /// A request body refused by the model scan ([`crate::body`]).
     Body(BodyError),
+    /// The memory or file is not a usable region.
     Region(RegionError),
     /// The table holds quota leases (it was formatted for one quota across
     /// hosts) and this handle is not joined to the store: deciding on it
@@ -54,8 +64,11 @@ pub enum Error {
     Store(crate::store::StoreError),
     /// Opening, creating or mapping a file failed.
     Io {
+        /// The file concerned.
         path: String,
+        /// What was being done ("open", "map", ...).
         op: &'static str,
+        /// The OS's reason.
         source: std::io::Error,
     },
 }

@@ -100,8 +100,9 @@ pub const TG_E_BODY_TOO_LARGE: tg_status = 24;
 /// it first.
 pub const TG_E_NOT_JOINED: tg_status = 33;
 /// tg_limiter_connect needs a table formatted for quota leases
-/// (tg_limiter_new_for_leases, _init_in_for_leases, tg_limiter_open with
-/// TG_OPEN_LEASES); this one is a local table.
+/// (tg_limiter_make or tg_limiter_open with TG_OPEN_LEASES); this one is a
+/// local table. Also a table that exists already and is not one, opened or
+/// attached with TG_OPEN_LEASES.
 pub const TG_E_NOT_LEASED: tg_status = 34;
 /// The quota store's URL or options are unusable, or Redis answered with an
 /// error (not a transport failure: those follow the down policy);
@@ -120,7 +121,9 @@ pub const TG_E_PANIC: tg_status = 99;
 /// version; before 1.0, of the same minor version (tg_version_number()
 /// says which the library is; its SONAME is libtollgate.so.0).
 pub const TG_VERSION_MAJOR: u32 = 0;
+/// See TG_VERSION_MAJOR.
 pub const TG_VERSION_MINOR: u32 = 3;
+/// See TG_VERSION_MAJOR.
 pub const TG_VERSION_PATCH: u32 = 0;
 /// major * 1000000 + minor * 1000 + patch.
 pub const TG_VERSION_NUMBER: u32 = 3000;

@@ -31,6 +31,15 @@
 //! store in Redis, for one quota across hosts) and `lease` (quota leases
 //! in the table, so a joined limiter decides one quota across hosts).
 
+// The growth and safety contract, enforced by tests/lint.sh (clippy -D
+// warnings): every public item documented, every unsafe block justified.
+// Warnings, not errors, so work in progress still builds and tests.
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+// Modules being rewritten elsewhere (issue 16) opt out of `missing_docs`
+// until their rewrite lands with its docs; drop each allow then.
+#[allow(missing_docs)]
 pub mod answer;
 pub mod body;
 pub mod decision;
@@ -40,14 +49,18 @@ pub mod ffi;
 mod file;
 mod key;
 #[cfg(feature = "leases")]
+#[allow(missing_docs)]
 pub mod lease;
 mod limiter;
 mod operator;
+mod options;
 pub mod policy;
 mod refusals;
 mod region;
+#[allow(missing_docs)]
 mod slot;
 #[cfg(feature = "leases")]
+#[allow(missing_docs)]
 pub mod store;
 #[cfg(feature = "tower")]
 pub mod tower;
@@ -60,6 +73,7 @@ pub use error::Error;
 pub use key::ACCOUNT_MAX;
 pub use limiter::{Limiter, ModelHandle, Request, Stats};
 pub use operator::{KeyUsage, LeaseTableStats, Problem, ResizeReport, VerifyReport};
+pub use options::LimiterOptions;
 pub use policy::{Limits, Model, Policy, PolicyError, Tier};
 pub use refusals::Refusal;
 pub use region::{RegionError, BYTES_PER_SLOT, LAYOUT_VERSION, REGION_ALIGN};
@@ -76,9 +90,15 @@ pub fn region_slots_for(len: usize) -> u32 {
 }
 
 /// Bytes a table of quota leases of `slots` slots needs (the region and
-/// its lease side area; see [`Limiter::new_for_leases`]).
+/// its lease side area; see [`LimiterOptions::leases`]).
 pub fn region_size_for_leases(slots: u32) -> Option<usize> {
     region::size_with(slots, true)
+}
+
+/// Most slots a table of quota leases of `len` bytes holds (0 if too
+/// small): [`region_slots_for`] with the lease side area.
+pub fn region_slots_for_leases(len: usize) -> u32 {
+    region::slots_with(len, true)
 }
 
 /// The real-time clock in epoch milliseconds (0 if it reads before 1970).

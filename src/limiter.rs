@@ -21,6 +21,7 @@ pub struct Request<'a> {
     pub account: &'a [u8],
     /// Model id, exactly as in the policy.
     pub model: &'a [u8],
+    /// The account's tier, which picks the limits in the policy.
     pub tier: Tier,
     /// Requests this call counts for; 0 = look without counting.
     pub cost: u32,
@@ -90,6 +91,7 @@ impl<'a> Request<'a> {
         self
     }
 
+    /// Requests this call counts for (default 1; 0 looks without counting).
     pub fn cost(mut self, cost: u32) -> Self {
         self.cost = cost;
         self
@@ -202,6 +204,7 @@ pub struct Limiter {
 /// Table usage, for operators and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stats {
+    /// Slots in the region.
     pub slots: u32,
     /// Slots holding counts for the current day.
     pub used: u32,
@@ -210,19 +213,29 @@ pub struct Stats {
     /// Decisions that found counts dated beyond the clock-fault bound (a
     /// wrong clock, since corrected) and re-dated them, since formatting.
     pub clock_faults: u64,
+    /// Bytes the region occupies.
     pub bytes: usize,
+    /// The region's layout version ([`LAYOUT_VERSION`](crate::LAYOUT_VERSION)).
     pub layout_version: u32,
 }
 
 impl Limiter {
     /// A limiter whose region is one heap allocation of
-    /// [`region_size`](crate::region_size)`(slots)` bytes.
+    /// [`region_size`](crate::region_size)`(slots)` bytes: a local table.
+    /// [`LimiterOptions`](crate::LimiterOptions) makes the other formats.
     pub fn new(policy: &Policy, slots: u32) -> Result<Limiter, Error> {
-        let len = region::size_for(slots).ok_or(Error::Invalid("slot count must be 1 to 2^30"))?;
+        Limiter::new_as(policy, slots, false)
+    }
+
+    /// [`Limiter::new`], formatted for quota leases when `leases`.
+    pub(crate) fn new_as(policy: &Policy, slots: u32, leases: bool) -> Result<Limiter, Error> {
+        let len = region::size_with(slots, leases)
+            .ok_or(Error::Invalid("slot count must be 1 to 2^30"))?;
         let mem = HeapMem::new(len).ok_or(Error::Invalid("cannot allocate the region"))?;
         // SAFETY: `mem` is a fresh, zeroed, exclusively owned allocation of
         // `len` bytes, kept alive by the limiter's backing.
-        let region = unsafe { Region::format(mem.as_ptr(), mem.len(), crate::now_ms(), true) }?;
+        let region =
+            unsafe { Region::format_as(mem.as_ptr(), mem.len(), crate::now_ms(), true, leases) }?;
         Limiter::with(policy, region, Backing::Heap(mem))
     }
 
@@ -230,38 +243,52 @@ impl Limiter {
     /// the table has the lease side area (32 bytes more per slot) and its
     /// decisions need [`Limiter::connect`] first (until then they are
     /// [`Error::NotJoined`]).
+    #[deprecated(
+        since = "0.4.0",
+        note = "use `LimiterOptions::new().leases(true).build(policy, slots)`"
+    )]
     pub fn new_for_leases(policy: &Policy, slots: u32) -> Result<Limiter, Error> {
-        let len =
-            region::size_with(slots, true).ok_or(Error::Invalid("slot count must be 1 to 2^30"))?;
-        let mem = HeapMem::new(len).ok_or(Error::Invalid("cannot allocate the region"))?;
-        // SAFETY: as in `new`: fresh, zeroed, exclusively owned, kept alive
-        // by the limiter's backing.
-        let region =
-            unsafe { Region::format_as(mem.as_ptr(), mem.len(), crate::now_ms(), true, true) }?;
-        Limiter::with(policy, region, Backing::Heap(mem))
+        Limiter::new_as(policy, slots, true)
     }
 
     /// As [`Limiter::open`], for a table of quota leases: a file it creates
     /// is formatted for leases; an existing file must be one
-    /// ([`Error::NotLeased`] otherwise). Every process that opens the file
-    /// (with either call) sees the header's flag and decides through the
-    /// lease layer only.
+    /// ([`Error::NotLeased`] otherwise).
+    #[deprecated(
+        since = "0.4.0",
+        note = "use `LimiterOptions::new().leases(true).create(create).open(policy, path, slots)`"
+    )]
     pub fn open_for_leases(
         policy: &Policy,
         path: impl AsRef<Path>,
         slots: u32,
         create: bool,
     ) -> Result<Limiter, Error> {
+        Limiter::open_as(policy, path.as_ref(), slots, create, true)
+    }
+
+    /// [`Limiter::open`]; with `leases`, a file it creates is formatted for
+    /// quota leases and an existing file must be one ([`Error::NotLeased`]
+    /// otherwise). Every process that opens the file sees the header's flag
+    /// and decides through the lease layer only.
+    pub(crate) fn open_as(
+        policy: &Policy,
+        path: &Path,
+        slots: u32,
+        create: bool,
+        leases: bool,
+    ) -> Result<Limiter, Error> {
         let access = Access::Write { create };
-        let (mapping, region) = crate::file::open_as(path.as_ref(), slots, access, true)?;
-        if !region.leases() {
+        let (mapping, region) = crate::file::open_as(path, slots, access, leases)?;
+        if leases && !region.leases() {
             return Err(Error::NotLeased);
         }
         Limiter::with(policy, region, Backing::File(mapping))
     }
 
     /// Whether the table is formatted for quota leases (see
-    /// [`Limiter::new_for_leases`]).
+    /// [`LimiterOptions::leases`](crate::LimiterOptions::leases)): fixed
+    /// when it was formatted, read from its header by every later handle.
     pub fn is_leased(&self) -> bool {
         self.leased
     }
@@ -277,28 +304,47 @@ impl Limiter {
     /// may map the same memory (MAP_SHARED) and attach to it.
     pub unsafe fn init_in(policy: &Policy, mem: *mut u8, len: usize) -> Result<Limiter, Error> {
         // SAFETY: forwarded from this function's contract.
-        let region = unsafe { Region::format(mem, len, crate::now_ms(), false) }?;
+        unsafe { Limiter::init_in_as(policy, mem, len, false) }
+    }
+
+    /// [`Limiter::init_in`], formatted for quota leases when `leases`: as
+    /// many slots as fit with their side area
+    /// ([`region_size_for_leases`](crate::region_size_for_leases)).
+    ///
+    /// # Safety
+    /// As for [`Limiter::init_in`].
+    pub(crate) unsafe fn init_in_as(
+        policy: &Policy,
+        mem: *mut u8,
+        len: usize,
+        leases: bool,
+    ) -> Result<Limiter, Error> {
+        // SAFETY: forwarded from this function's contract.
+        let region = unsafe { Region::format_as(mem, len, crate::now_ms(), false, leases) }?;
         Limiter::with(policy, region, Backing::Caller)
     }
 
     /// As [`Limiter::init_in`], formatted for quota leases (see
-    /// [`Limiter::new_for_leases`]): as many slots as fit with their side
-    /// area ([`region_size_for_leases`](crate::region_size_for_leases)).
+    /// [`Limiter::new_for_leases`]).
     ///
     /// # Safety
     /// As for [`Limiter::init_in`].
+    #[deprecated(
+        since = "0.4.0",
+        note = "use `LimiterOptions::new().leases(true).init_in(policy, mem, len)`"
+    )]
     pub unsafe fn init_in_for_leases(
         policy: &Policy,
         mem: *mut u8,
         len: usize,
     ) -> Result<Limiter, Error> {
         // SAFETY: forwarded from this function's contract.
-        let region = unsafe { Region::format_as(mem, len, crate::now_ms(), false, true) }?;
-        Limiter::with(policy, region, Backing::Caller)
+        unsafe { Limiter::init_in_as(policy, mem, len, true) }
     }
 
     /// Uses memory already formatted by [`Limiter::init_in`] (in this
     /// process or another), after validating magic, version and size.
+    /// The format (local or quota leases) is the header's.
     ///
     /// # Safety
     /// As for [`Limiter::init_in`], except that other limiters may be using
@@ -320,9 +366,7 @@ impl Limiter {
         slots: u32,
         create: bool,
     ) -> Result<Limiter, Error> {
-        let access = Access::Write { create };
-        let (mapping, region) = crate::file::open(path.as_ref(), slots, access)?;
-        Limiter::with(policy, region, Backing::File(mapping))
+        Limiter::open_as(policy, path.as_ref(), slots, create, false)
     }
 
     /// Maps an existing region file for reading only, for operator views:
@@ -980,7 +1024,7 @@ mod tests {
             ..LeaseOptions::default()
         };
         let url = "redis://127.0.0.1:1/0";
-        let l = Limiter::new_for_leases(&one_model(), 256).unwrap();
+        let l = Limiter::new_as(&one_model(), 256, true).unwrap();
         let stop = AtomicBool::new(false);
         let (made, not_joined) = (AtomicU64::new(0), AtomicU64::new(0));
         std::thread::scope(|s| {

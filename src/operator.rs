@@ -111,6 +111,7 @@ fn instant(now_ms: u64) -> Result<Instant, Error> {
 
 /// One (account, model) key with its counts as seen at some moment.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyUsage {
     /// Slot index in the table.
     pub slot: u32,
@@ -162,22 +163,27 @@ fn leased_counts(region: &Region, i: usize, at: Instant, held_m: u32, held_d: u3
 /// joined process and are read through it (`Limiter::lease_stats`,
 /// `tg_limiter_lease_stats`, nginx's metrics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaseTableStats {
     /// Keys holding unspent units of a lease now.
     pub keys_holding: u32,
     /// Units held, summed over keys, per window.
     pub minute_units_held: u64,
+    /// See `minute_units_held`.
     pub day_units_held: u64,
     /// Keys the down policy admitted requests for today (Redis was away),
     /// and those requests.
     pub keys_down: u32,
+    /// See `keys_down`.
     pub down_admitted_today: u64,
 }
 
 /// What [`Limiter::verify`] found. Counts above the policy's limits are not
 /// problems (the policy may have changed since they were made).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct VerifyReport {
+    /// Slots in the region.
     pub slots: u32,
     /// Slots bound to a key (with or without counts for today).
     pub bound: u32,
@@ -201,6 +207,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// Whether no invariant is broken (`problems` is empty).
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
@@ -211,6 +218,7 @@ impl VerifyReport {
 pub struct Problem {
     /// The slot concerned, if it is about one slot.
     pub slot: Option<u32>,
+    /// What is wrong, in words.
     pub message: String,
 }
 
@@ -225,6 +233,7 @@ impl std::fmt::Display for Problem {
 
 /// What [`Limiter::resize`] carried over.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ResizeReport {
     /// Live keys whose counts now sit in the new table.
     pub carried: u32,
@@ -298,6 +307,7 @@ impl Limiter {
         Ok(Some(t))
     }
 
+    /// The models the region has registered, by id, whatever the policy.
     pub fn region_models(&self) -> Vec<(u16, String)> {
         (0..MODELS_MAX as u16)
             .filter_map(|id| {

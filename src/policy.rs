@@ -19,21 +19,32 @@ pub const BUILTIN_TOML: &str = include_str!("../policy/infercom.toml");
 
 /// Account tiers. Free: no payment method; Developer: payment method linked;
 /// Enterprise: per-account plans.
+///
+/// More tiers may come (match with a `_` arm), as TG_TIER_* values may.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
+#[non_exhaustive]
 pub enum Tier {
+    /// No payment method.
     Free = 0,
+    /// A payment method linked.
     Developer = 1,
+    /// Per-account plans (the policy's `[accounts]`), else the tier's table.
     Enterprise = 2,
 }
 
 impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Free, Tier::Developer, Tier::Enterprise];
+    /// Every tier, in the order of their numbers.
+    // A slice, not an array: its length is no part of the type, so a new
+    // tier changes no signature.
+    pub const ALL: &'static [Tier] = &[Tier::Free, Tier::Developer, Tier::Enterprise];
 
+    /// The tier numbered `v` (TG_TIER_*), if any.
     pub fn from_u32(v: u32) -> Option<Tier> {
         Tier::ALL.get(v as usize).copied()
     }
 
+    /// The tier's name in the policy and in answers ("free").
     pub fn name(self) -> &'static str {
         match self {
             Tier::Free => "free",
@@ -42,9 +53,11 @@ impl Tier {
         }
     }
 
+    /// The tier named `s`, in any ASCII case.
     pub fn parse(s: &str) -> Option<Tier> {
         Tier::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|t| t.name().eq_ignore_ascii_case(s))
     }
 }
@@ -52,12 +65,16 @@ impl Tier {
 /// Requests per minute and per day; both at least 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// Requests per minute.
     pub rpm: u32,
+    /// Requests per day.
     pub rpd: u32,
 }
 
+/// A model of the policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Model {
+    /// The model id requests name, exactly.
     pub name: String,
     /// Where it is hosted, as the policy says ("EU", "Global").
     pub region: String,
@@ -90,9 +107,13 @@ pub const MAX_SKEW_SECONDS_MAX: u32 = 86_400;
 /// Why a policy was refused: where, which field, and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyError {
+    /// The policy file (or `<builtin>`, `<string>`).
     pub file: String,
+    /// The line of the file, when known.
     pub line: Option<u32>,
+    /// The field concerned (`tiers.free.DeepSeek-V3.1.rpm`).
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
     /// Set when the file could not be read at all (as opposed to invalid).
     pub io: Option<std::io::ErrorKind>,
@@ -261,6 +282,7 @@ impl Policy {
         self.max_skew_seconds
     }
 
+    /// The policy's models, in the order of the file.
     pub fn models(&self) -> &[Model] {
         &self.models
     }

@@ -19,17 +19,23 @@ use crate::slot::{LimitedBy, Outcome};
 
 /// One refusal as recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Refusal {
     /// When, epoch milliseconds (the `now` the decision was made at).
     pub at_ms: u64,
+    /// The account id.
     pub account: Vec<u8>,
     /// The model's name, if the region still knows its id.
     pub model: Option<String>,
+    /// The window that refused.
     pub limited_by: LimitedBy,
     /// Counts when refused (nothing was charged) and the limits in force.
     pub minute_count: u32,
+    /// See `minute_count`.
     pub minute_limit: u32,
+    /// See `minute_count`.
     pub day_count: u32,
+    /// See `minute_count`.
     pub day_limit: u32,
 }
 

@@ -226,19 +226,34 @@ const _: () = {
     assert!(SLOTS_OFFSET % REGION_ALIGN == 0);
 };
 
-/// Why memory is not a usable region.
+/// Why memory is not a usable region. More reasons may come (match with
+/// a `_` arm), as the C ABI's statuses may.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RegionError {
     /// Pointer not aligned to [`REGION_ALIGN`].
     Alignment,
     /// Too small, or not the size its header's slot count needs.
-    Size { len: usize, needed: usize },
+    Size {
+        /// Bytes given.
+        len: usize,
+        /// Bytes the table needs.
+        needed: usize,
+    },
     /// The file holds `found` slots but `asked` were requested.
-    SlotCount { found: u32, asked: u32 },
+    SlotCount {
+        /// Slots the file holds.
+        found: u32,
+        /// Slots the caller asked for.
+        asked: u32,
+    },
     /// Not a tollgate region (or never finished formatting).
     Magic,
     /// Formatted by a different layout version.
-    Version { found: u32 },
+    Version {
+        /// The region's layout version.
+        found: u32,
+    },
     /// Header fields disagree with each other or with their checksum.
     Corrupt,
     /// The CPU has no lock-free 128-bit compare-and-swap; sharing counters
@@ -357,6 +372,8 @@ impl Region {
     /// # Safety
     /// `mem` must be valid for reads and writes of `len` bytes, not used by
     /// anyone else while this runs, and outlive every use of the result.
+    // The constructors pass the format (format_as); tests use this one.
+    #[cfg(test)]
     pub(crate) unsafe fn format(
         mem: *mut u8,
         len: usize,
@@ -838,27 +855,28 @@ mod tests {
     #[test]
     fn attach_validates() {
         let (m, r) = heap(10);
-        // SAFETY (all below): `m` is live and sized for the region.
-        let a = unsafe { Region::attach(m.as_ptr(), m.len()) }.unwrap();
+        // SAFETY: `m` is live and sized for the region, and every call
+        // below reads inside it (`at + len` never passes its end).
+        let attach = |at: usize, len: usize| unsafe { Region::attach(m.as_ptr().add(at), len) };
+        let a = attach(0, m.len()).unwrap();
         assert_eq!(a.slot_count(), 10);
         assert_eq!(a.seed(), r.seed());
         assert_eq!(
-            unsafe { Region::attach(m.as_ptr(), m.len() - 1) }.err(),
+            attach(0, m.len() - 1).err(),
             Some(RegionError::Size {
                 len: m.len() - 1,
                 needed: m.len()
             })
         );
+        assert_eq!(attach(8, m.len() - 64).err(), Some(RegionError::Alignment));
         assert_eq!(
-            unsafe { Region::attach(m.as_ptr().add(8), m.len() - 64) }.err(),
-            Some(RegionError::Alignment)
-        );
-        assert_eq!(
-            unsafe { Region::attach(m.as_ptr(), 10) }
+            attach(0, 10)
                 .err()
                 .map(|e| matches!(e, RegionError::Size { .. })),
             Some(true)
         );
+        // SAFETY: writes to header bytes of the live region `m`, which no
+        // other handle uses.
         unsafe {
             *m.as_ptr().add(8) = 9; // layout version byte
             assert_eq!(

@@ -178,10 +178,22 @@ pub struct View {
 /// Which window refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
+#[non_exhaustive]
 pub enum LimitedBy {
     None = 0,
     Minute = 1,
     Day = 2,
+}
+
+impl LimitedBy {
+    /// The window's name in logs, JSON and the operator command.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitedBy::None => "none",
+            LimitedBy::Minute => "minute",
+            LimitedBy::Day => "day",
+        }
+    }
 }
 
 /// What one decision saw and did, before rendering.

@@ -103,6 +103,7 @@ impl Default for StoreOptions {
 /// Why a store call did not happen. No Redis reply makes the store panic:
 /// an unexpected one is `Protocol`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The URL or options are unusable; the text says why.
     Config(String),

@@ -16,7 +16,9 @@ pub const MAX_NOW_MS: u64 = (MAX_DAY as u64) * MS_PER_DAY - 1;
 /// A point in window terms: the UTC day and the minute inside it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Instant {
+    /// Days since 1970-01-01, UTC.
     pub day: u32,
+    /// Minutes since the start of that day.
     pub minute: u32,
 }
 

@@ -2,11 +2,10 @@
 //! allocation across many decisions (hot keys, new keys binding slots,
 //! refusals, peeks, errors, rendering).
 
+#[path = "alloc/body.rs"]
+mod body;
 mod counting;
 
-use std::sync::atomic::Ordering;
-
-use counting::{ALLOCS, ARMED};
 use tollgate::{Limiter, Policy, Request, Tier};
 
 #[test]
@@ -22,7 +21,7 @@ fn deciding_allocates_nothing() {
     .unwrap();
     let mut buf = [0u8; 512];
 
-    ARMED.store(true, Ordering::SeqCst);
+    counting::arm();
     let mut allowed = 0u32;
     for round in 0..40u64 {
         let now = t0 + round * 1_000;
@@ -44,11 +43,6 @@ fn deciding_allocates_nothing() {
             now,
         );
     }
-    ARMED.store(false, Ordering::SeqCst);
-    assert_eq!(
-        ALLOCS.load(Ordering::SeqCst),
-        0,
-        "allocations on the decision path"
-    );
+    assert_eq!(counting::disarm(), 0, "allocations on the decision path");
     assert_eq!(allowed, 10_000 * 30, "the loop really decided");
 }

@@ -1,5 +1,10 @@
 //! The engine's behaviour through the Rust API, on the built-in policy.
 
+#[path = "engine/clock.rs"]
+mod clock;
+#[path = "engine/file_faults.rs"]
+mod file_faults;
+
 use tollgate::{Error, LimitedBy, Limiter, Policy, Request, Tier};
 
 /// 2025-11-27T10:00:00Z

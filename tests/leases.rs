@@ -21,7 +21,7 @@ use std::time::{Duration, Instant as Clock};
 use redis_servers::{Cluster, Server};
 use tollgate::lease::{DownPolicy, LeaseMode, LeaseOptions};
 use tollgate::store::{Instant, Store, StoreOptions, Tag};
-use tollgate::{Error, LimitedBy, Limiter, Policy, Request, Tier};
+use tollgate::{Error, LimitedBy, Limiter, LimiterOptions, Policy, Request, Tier};
 
 const HOSTS: usize = 3;
 
@@ -84,7 +84,11 @@ fn file_hosts(dir: &std::path::Path, url: &str, opts: &LeaseOptions) -> Vec<Vec<
             let path = dir.join(format!("host{h}.tollgate"));
             (0..2)
                 .map(|_| {
-                    let mut l = Limiter::open_for_leases(&policy(), &path, 4096, true).unwrap();
+                    let mut l = LimiterOptions::new()
+                        .leases(true)
+                        .create(true)
+                        .open(&policy(), &path, 4096)
+                        .unwrap();
                     l.connect(url, opts.clone()).unwrap();
                     l
                 })
@@ -96,7 +100,10 @@ fn file_hosts(dir: &std::path::Path, url: &str, opts: &LeaseOptions) -> Vec<Vec<
 fn heap_hosts(url: &str, opts: &LeaseOptions, n: usize) -> Vec<Vec<Limiter>> {
     (0..n)
         .map(|_| {
-            let mut l = Limiter::new_for_leases(&policy(), 4096).unwrap();
+            let mut l = LimiterOptions::new()
+                .leases(true)
+                .build(&policy(), 4096)
+                .unwrap();
             l.connect(url, opts.clone()).unwrap();
             vec![l]
         })
@@ -187,7 +194,11 @@ const TAIL: u64 = (HOSTS as u64 + 1) * 3;
 fn a_leased_table_never_decides_locally() {
     let dir = temp_dir("leases-flag");
     let path = dir.join("t.tollgate");
-    let l = Limiter::open_for_leases(&policy(), &path, 64, true).unwrap();
+    let l = LimiterOptions::new()
+        .leases(true)
+        .create(true)
+        .open(&policy(), &path, 64)
+        .unwrap();
     assert!(l.is_leased());
     let r = Request::new(b"a", b"m", Tier::Developer);
     assert!(matches!(
@@ -210,12 +221,18 @@ fn a_leased_table_never_decides_locally() {
     let lp = dir.join("local.tollgate");
     drop(Limiter::open(&policy(), &lp, 64, true).unwrap());
     assert!(matches!(
-        Limiter::open_for_leases(&policy(), &lp, 0, false),
+        LimiterOptions::new()
+            .leases(true)
+            .create(false)
+            .open(&policy(), &lp, 0),
         Err(Error::NotLeased)
     ));
     assert!(tollgate::region_size(64).unwrap() < l.stats(0).bytes);
     // Bad options are errors with reasons, and Redis down is not one.
-    let mut j = Limiter::new_for_leases(&policy(), 64).unwrap();
+    let mut j = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 64)
+        .unwrap();
     let zero = LeaseOptions {
         max_lease: 0,
         ..LeaseOptions::default()
@@ -270,7 +287,10 @@ fn idle_keys_give_their_units_back() {
         idle_after: Duration::from_millis(200),
         ..roomy(1)
     };
-    let mut l = Limiter::new_for_leases(&policy(), 64).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 64)
+        .unwrap();
     l.connect(&server.url(), opts.clone()).unwrap();
     let (ms, at) = tomorrow(6);
     let r = Request::new(b"idle", b"m", Tier::Developer).limits(1_000, 10_000);
@@ -308,7 +328,10 @@ fn the_lease_thread_tops_up_a_hot_key() {
         refill_interval: Duration::from_millis(200),
         ..roomy(1)
     };
-    let mut l = Limiter::new_for_leases(&policy(), 64).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 64)
+        .unwrap();
     l.connect(&server.url(), opts.clone()).unwrap();
     let (ms, at) = tomorrow(7);
     let r = Request::new(b"paced", b"m", Tier::Developer).limits(1_000_000, 10_000_000);
@@ -479,7 +502,10 @@ fn far_from_the_limit_redis_sees_few_commands() {
         mode: LeaseMode::Exact,
         ..roomy(1)
     };
-    let mut one = Limiter::new_for_leases(&policy(), 64).unwrap();
+    let mut one = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 64)
+        .unwrap();
     one.connect(&server.url(), exact).unwrap();
     let before = commandstat(&server, "evalsha") + commandstat(&server, "eval");
     let mut admitted = 0u64;
@@ -628,7 +654,10 @@ fn redis_killed_and_restarted_under_load() {
 #[test]
 fn a_stalled_redis_leaves_held_leases_flowing() {
     let server = Server::start();
-    let mut l = Limiter::new_for_leases(&policy(), 1024).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 1024)
+        .unwrap();
     l.connect(&server.url(), tight(1, DownPolicy::Local))
         .unwrap();
     let (ms, at) = tomorrow(50);
@@ -1251,7 +1280,10 @@ fn reading_lease_stats_while_redis_is_down_never_deadlocks() {
         refill_interval: Duration::from_millis(40),
         ..tight(1, DownPolicy::Open)
     };
-    let mut l = Limiter::new_for_leases(&policy(), 4096).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 4096)
+        .unwrap();
     l.connect(&url, opts).unwrap();
     let l = Arc::new(l);
     let (ms, _) = tomorrow(80);
@@ -1313,20 +1345,35 @@ fn hosts_left_to_redis_are_the_live_tables() {
         }
     };
     let (fa, fb) = (dir.join("a.tollgate"), dir.join("b.tollgate"));
-    let mut a = Limiter::open_for_leases(&policy(), &fa, 64, true).unwrap();
+    let mut a = LimiterOptions::new()
+        .leases(true)
+        .create(true)
+        .open(&policy(), &fa, 64)
+        .unwrap();
     a.connect(&server.url(), auto.clone()).unwrap();
     assert_eq!(a.lease_stats().unwrap().hosts, 1);
     // A second process on host A's table is host A again, not a new host.
-    let mut a2 = Limiter::open_for_leases(&policy(), &fa, 0, false).unwrap();
+    let mut a2 = LimiterOptions::new()
+        .leases(true)
+        .create(false)
+        .open(&policy(), &fa, 0)
+        .unwrap();
     a2.connect(&server.url(), auto.clone()).unwrap();
     assert_eq!(a2.lease_stats().unwrap().hosts, 1);
     // Host B counts both at its first beat; A learns it at its next.
-    let mut b = Limiter::open_for_leases(&policy(), &fb, 64, true).unwrap();
+    let mut b = LimiterOptions::new()
+        .leases(true)
+        .create(true)
+        .open(&policy(), &fb, 64)
+        .unwrap();
     b.connect(&server.url(), auto.clone()).unwrap();
     assert_eq!(b.lease_stats().unwrap().hosts, 2);
     wait_for(&a, 2);
     // A configured count is used as given.
-    let mut fixed = Limiter::new_for_leases(&policy(), 64).unwrap();
+    let mut fixed = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 64)
+        .unwrap();
     fixed.connect(&server.url(), roomy(5)).unwrap();
     assert_eq!(fixed.lease_stats().unwrap().hosts, 5);
     wait_for(&a, 2);

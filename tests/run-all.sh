@@ -38,35 +38,38 @@ suite() {
     fi
 }
 
-header_is_generated() {
-    # build.rs regenerates include/tollgate.h; the committed one must match.
-    cargo build --release --quiet &&
-        git diff --exit-code -- include/tollgate.h
+public_api() {
+    # The crate's public API, listed by cargo-public-api (tests/setup.sh
+    # installs it), must be the committed listing: an API change shows in
+    # review as a change of tests/public-api.txt (tests/public_api.sh).
+    bash tests/public_api.sh --verify
 }
 
 miri() {
     # The core's unit tests (slot protocol, region, keys, decisions, the C
     # ABI's helpers, racing threads sized for miri). Operator walks over
     # whole tables (operator::) are too slow interpreted and run natively above.
-    # Without the default features: the quota store's client (feature
-    # `redis`) talks to sockets, which the interpreter does not run. The
-    # lease layer (feature `leases`) runs over the memory store.
+    # Without the default features (a library user's build) and with
+    # `leases`: the lease layer runs over the memory store; the quota
+    # store's client (feature `redis`) talks to sockets, which the
+    # interpreter does not run.
     MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test --lib --no-default-features --features leases -- --skip operator::
 }
 
 tower_layer() {
-    # The tower layer (feature `tower`, off in the suites above): its
-    # example is built first, as its test runs it; then its unit tests and
-    # its doc test (the README's sample), which need the feature too.
-    cargo build --release --features tower --examples &&
-        cargo test --release --features tower --test tower --lib &&
-        cargo test --release --features tower --doc
+    # The tower layer (feature `tower`, off in the suites above), with the
+    # quota store as a service would join it: its example is built first,
+    # as its test runs it; then its unit tests and its doc test (the
+    # README's sample), which need the feature too.
+    cargo build --release --features tower,redis --examples &&
+        cargo test --release --features tower,redis --test tower --lib &&
+        cargo test --release --features tower,redis --doc
 }
 
 fuzz() {
     # Each libFuzzer target, seeded and bounded: a smoke run in CI (the long
     # runs are by hand, see fuzz/Cargo.toml). The seeded corpus tests in
-    # `cargo test` (tests/region_fuzz.rs, tests/body_fuzz.rs) run too.
+    # `cargo test` (tests/checks/region_fuzz.rs, tests/checks/body_fuzz.rs) run too.
     local t log
     log=$(mktemp)
     for t in region_attach body_scan; do
@@ -82,14 +85,17 @@ fuzz() {
 }
 
 suite lint bash tests/lint.sh
-suite header header_is_generated
-# With the default features, which include `redis`: tests/store.rs and
-# tests/leases.rs start real redis-server processes (a single server and
-# 3-master Clusters) themselves.
+# include/tollgate.h as tests/gen_header.sh writes it from src/ffi.
+suite header bash tests/gen_header.sh --verify
+suite api public_api
+# With the command and the quota store (features `cli` and `redis`; a
+# library user's default has neither): tests/store.rs and tests/leases.rs
+# start real redis-server processes (a single server and 3-master
+# Clusters) themselves, tests/processes.rs runs the `tollgate` command.
 # The suites that start servers run beside a redis-server and an nginx they
 # did not start (tests/bystanders.sh), which must survive them: a
 # developer's own servers are never stopped by name, service or port.
-suite rust bash tests/bystanders.sh cargo test --release
+suite rust bash tests/bystanders.sh cargo test --release --features cli,redis
 suite tower tower_layer
 suite miri miri
 suite fuzz fuzz

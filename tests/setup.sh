@@ -3,7 +3,8 @@
 #   - Debian packages (C/C++ toolchain, nginx and its module headers,
 #     valgrind, redis-server, Go for the body-parser comparison), with
 #     apt-get when running as root, otherwise a list of what to install;
-#   - the miri component of the nightly toolchain (rustup), and cargo-fuzz;
+#   - the miri component of the nightly toolchain (rustup), cargo-fuzz and
+#     cargo-public-api (from crates.io);
 #   - the project's Python venv (TOLLGATE_VENV, default <repo>/.venv) with
 #     the pinned packages of tests/requirements.txt;
 #   - the official Node `openai` client, pinned in tests/clients (npm ci from
@@ -53,6 +54,14 @@ fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     say "cargo install cargo-fuzz (libFuzzer runs of the fuzz targets)"
     cargo install --quiet --locked cargo-fuzz
+fi
+
+# The public-API check (tests/public_api.sh): pinned, as its reading of
+# rustdoc's JSON follows the nightly's format. About 3 minutes of build on
+# two cores, once per machine.
+if ! cargo public-api --version 2>/dev/null | grep -qF 0.52.0; then
+    say "cargo install cargo-public-api 0.52.0 (the public-API check)"
+    cargo install --quiet --locked cargo-public-api --version 0.52.0
 fi
 
 want="$(sha256sum "$ROOT/tests/requirements.txt" | cut -d' ' -f1)"

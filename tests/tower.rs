@@ -956,10 +956,14 @@ async fn a_stalled_store_never_blocks_the_runtime() {
     use std::time::{Duration, Instant};
     use tollgate::lease::LeaseOptions;
     use tollgate::store::StoreOptions;
+    use tollgate::LimiterOptions;
 
     const DEADLINE: Duration = Duration::from_millis(50);
     let store = StalledStore::start();
-    let mut limiter = Limiter::new_for_leases(&Policy::builtin(), 1024).unwrap();
+    let mut limiter = LimiterOptions::new()
+        .leases(true)
+        .build(&Policy::builtin(), 1024)
+        .unwrap();
     let opts = LeaseOptions {
         store: StoreOptions {
             deadline: DEADLINE,

@@ -30,12 +30,14 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 rel=$root/target/release
 
 # cargo only rebuilds what changed, so "if needed" is cargo's call; without
-# cargo (a prebuilt tree) the artifacts must already be there.
+# cargo (a prebuilt tree) the artifacts must already be there. The library
+# C users get joins a quota store (feature redis); the operator command
+# comes along (feature cli).
 if [ "$build" = 1 ] && command -v cargo >/dev/null 2>&1; then
-    (cd "$root" && cargo build --release)
+    (cd "$root" && cargo build --release --features cli,redis)
 fi
 for f in "$rel/libtollgate.so" "$rel/libtollgate.a" "$root/include/tollgate.h"; do
-    [ -f "$f" ] || { echo "install.sh: missing $f (run cargo build --release)" >&2; exit 1; }
+    [ -f "$f" ] || { echo "install.sh: missing $f (run cargo build --release --features cli,redis)" >&2; exit 1; }
 done
 
 version=$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$root/Cargo.toml" | head -n 1)

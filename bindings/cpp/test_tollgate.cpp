@@ -378,6 +378,28 @@ void test_regions() {
         report(false, __FILE__, __LINE__, std::string("file region: ") + e.what());
     }
     unlink(path.c_str());
+
+    // One constructor with Options, wherever the table lives; the format
+    // read back from the header.
+    tollgate::LimiterOptions leased;
+    leased.leases = true;
+    CHECK(!a.is_leased());
+    CHECK(tollgate::Limiter::make(policy, 32, leased).is_leased());
+    CHECK(!tollgate::Limiter::make(policy, 32, tollgate::LimiterOptions()).is_leased());
+    const size_t leased_len = tg_region_size_for_leases(32);
+    AlignedBuf leased_mem(leased_len);
+    CHECK(leased_mem.p != nullptr);
+    CHECK(tollgate::Limiter::init_in(policy, leased_mem.p, leased_len, leased).is_leased());
+    CHECK(tollgate::Limiter::attach(policy, leased_mem.p, leased_len).is_leased());
+    CHECK(tollgate::Limiter::init_in(policy, leased_mem.p, leased_len, leased, true).is_leased());
+    CHECK_THROWS(tollgate::Limiter::init_in(policy, mem.p, len, leased, true), TG_E_NOT_LEASED);
+    try {
+        CHECK(tollgate::Limiter::open(policy, path, 32, leased).is_leased());
+        CHECK(tollgate::Limiter::open(policy, path, 0, false).is_leased());
+    } catch (const tollgate::Error &e) {
+        report(false, __FILE__, __LINE__, std::string("leased file: ") + e.what());
+    }
+    unlink(path.c_str());
     rmdir(dir);
 }
 
@@ -432,8 +454,10 @@ void test_leases() {
         // A deadline no loaded machine misses: this test is about exactness
         // (a missed deadline would rightly admit by the down policy).
         opts.set("hosts", "2").set("mode", mode).set("deadline", "2s");
-        tollgate::Limiter a = tollgate::Limiter::for_leases(policy, 64);
-        tollgate::Limiter b = tollgate::Limiter::for_leases(policy, 64);
+        tollgate::LimiterOptions leased;
+        leased.leases = true;
+        tollgate::Limiter a = tollgate::Limiter::make(policy, 64, leased);
+        tollgate::Limiter b = tollgate::Limiter::make(policy, 64, leased);
         tollgate::Request first;
         first.account = "cpp-not-joined";
         first.model = DSV31;

@@ -573,6 +573,17 @@ private:
     std::unique_ptr<tg_policy, detail::PolicyDeleter> p_;
 };
 
+// How Limiter::make, open and init_in make a table (tg_limiter_make): its
+// format now, more options as the library grows them; where the table
+// lives is the call's.
+struct LimiterOptions {
+    // A table of quota leases, for one quota across hosts (connect before
+    // deciding; tg_region_size_for_leases bytes): TG_OPEN_LEASES.
+    bool leases = false;
+    // A file: create and format it when missing (TG_OPEN_CREATE).
+    bool create = true;
+};
+
 // A limiter: thread-safe; one per process (or several over shared memory).
 // The constructors throw Error with the library's reason (tg_last_error) as detail().
 class Limiter {
@@ -607,26 +618,59 @@ public:
         return Limiter(l);
     }
 
-    // Tables of quota leases, for one quota across hosts (connect before
-    // deciding): on the heap, in caller memory (tg_region_size_for_leases
-    // bytes), or in a file every process of the host opens.
+    // The one constructor that takes LimiterOptions, wherever the table lives: on
+    // the heap (`slots`), in a file (`path`), in caller memory (formatted,
+    // or attached to with `attach`).
+    static Limiter make(const Policy &policy, uint32_t slots, const LimiterOptions &o) {
+        tg_limiter_options c{};
+        c.size = sizeof c;
+        c.flags = flags_of(o, false);
+        c.slots = slots;
+        return made(policy, c);
+    }
+    static Limiter open(const Policy &policy, const std::string &path, uint32_t slots, const LimiterOptions &o) {
+        tg_limiter_options c{};
+        c.size = sizeof c;
+        c.flags = flags_of(o, true);
+        c.slots = slots;
+        c.path = path.c_str();
+        return made(policy, c);
+    }
+    static Limiter init_in(const Policy &policy, void *mem, size_t len, const LimiterOptions &o,
+                           bool attach = false) {
+        tg_limiter_options c{};
+        c.size = sizeof c;
+        c.flags = flags_of(o, false) | (attach ? TG_OPEN_ATTACH : 0u);
+        c.mem = mem;
+        c.len = len;
+        return made(policy, c);
+    }
+
+    // Deprecated since 0.4 (kept): make / init_in / open with LimiterOptions::leases.
+    [[deprecated("use Limiter::make with LimiterOptions::leases")]]
     static Limiter for_leases(const Policy &policy, uint32_t slots) {
-        tg_limiter *l = nullptr;
-        detail::made_or_throw(tg_limiter_new_for_leases(policy.get(), slots, &l));
-        return Limiter(l);
+        LimiterOptions o;
+        o.leases = true;
+        return make(policy, slots, o);
     }
+    [[deprecated("use Limiter::init_in with LimiterOptions::leases")]]
     static Limiter init_in_for_leases(const Policy &policy, void *mem, size_t len) {
-        tg_limiter *l = nullptr;
-        detail::made_or_throw(tg_limiter_init_in_for_leases(policy.get(), mem, len, &l));
-        return Limiter(l);
+        LimiterOptions o;
+        o.leases = true;
+        return init_in(policy, mem, len, o);
     }
+    [[deprecated("use Limiter::open with LimiterOptions::leases")]]
     static Limiter open_for_leases(const Policy &policy, const std::string &path, uint32_t slots,
                                    bool create = true) {
-        tg_limiter *l = nullptr;
-        detail::made_or_throw(tg_limiter_open(policy.get(), path.c_str(), slots,
-                                              TG_OPEN_LEASES | (create ? TG_OPEN_CREATE : 0u), &l));
-        return Limiter(l);
+        LimiterOptions o;
+        o.leases = true;
+        o.create = create;
+        return open(policy, path, slots, o);
     }
+
+    // Whether the table holds quota leases (tg_limiter_is_leased): read from
+    // its header, so an attached or opened table says what it was made as.
+    bool is_leased() const noexcept { return tg_limiter_is_leased(l_.get()) != 0; }
 
     // Joins a quota store: "redis://host:port/db" or
     // "redis+cluster://host:port,host:port". Redis down is not an error (the
@@ -714,6 +758,14 @@ public:
 
 private:
     explicit Limiter(tg_limiter *l) noexcept : l_(l) {}
+    static uint32_t flags_of(const LimiterOptions &o, bool file) noexcept {
+        return (o.leases ? TG_OPEN_LEASES : 0u) | (file && o.create ? TG_OPEN_CREATE : 0u);
+    }
+    static Limiter made(const Policy &policy, const tg_limiter_options &c) {
+        tg_limiter *l = nullptr;
+        detail::made_or_throw(tg_limiter_make(policy.get(), &c, &l));
+        return Limiter(l);
+    }
     std::unique_ptr<tg_limiter, detail::LimiterDeleter> l_;
 };
 

@@ -4,7 +4,8 @@
 #
 #   bindings/nginx/build.sh
 #
-# 1. cargo build --release at the repository root (libtollgate.a);
+# 1. cargo build --release --lib --features redis at the repository root
+#    (libtollgate.a, with the quota store tollgate_redis joins);
 # 2. copies /usr/share/nginx/src to bindings/nginx/build/nginx (the system
 #    tree is never modified) and configures it with Debian's own flags
 #    (conf_flags, which include --with-compat) so the module's signature
@@ -21,7 +22,7 @@ src=${NGINX_SRC:-/usr/share/nginx/src}
 build=$here/build
 cargo=${CARGO:-cargo}
 
-(cd "$root" && "$cargo" build --release --lib)
+(cd "$root" && "$cargo" build --release --lib --features redis)
 
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 case $target_dir in

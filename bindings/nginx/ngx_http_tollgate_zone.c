@@ -28,8 +28,6 @@ static ngx_int_t ngx_http_tollgate_attach(ngx_shm_zone_t *shm_zone,
 static void ngx_http_tollgate_zone_cleanup(void *data);
 static ngx_int_t ngx_http_tollgate_format_matches(
     ngx_http_tollgate_zone_t *zone, ngx_uint_t leased, ngx_log_t *log);
-static ngx_int_t ngx_http_tollgate_leased(tg_limiter *limiter);
-static uint32_t ngx_http_tollgate_leased_slots(size_t size);
 static void ngx_http_tollgate_events_handler(ngx_event_t *ev);
 static void ngx_http_tollgate_log_events(ngx_log_t *log);
 
@@ -360,6 +358,7 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     uint32_t                    slots;
     tg_status                   st;
     ngx_slab_pool_t            *shpool;
+    tg_limiter_options          opts;
     ngx_http_tollgate_zone_t   *zone;
     ngx_http_tollgate_shctx_t  *sh;
 
@@ -459,16 +458,17 @@ ngx_http_tollgate_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_ERROR;
     }
 
-    if (zone->redis_url.len) {
-        st = tg_limiter_init_in_for_leases(zone->policy, mem, size,
-                                           &zone->limiter);
-    } else {
-        st = tg_limiter_init_in(zone->policy, mem, size, &zone->limiter);
-    }
+    ngx_memzero(&opts, sizeof(tg_limiter_options));
+    opts.size = sizeof(tg_limiter_options);
+    opts.flags = zone->redis_url.len ? TG_OPEN_LEASES : 0;
+    opts.mem = mem;
+    opts.len = size;
+
+    st = tg_limiter_make(zone->policy, &opts, &zone->limiter);
 
     if (st != TG_OK) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
-                      "tollgate_zone \"%V\": tg_limiter_init_in() failed: %s",
+                      "tollgate_zone \"%V\": tg_limiter_make() failed: %s",
                       &zone->name, tg_last_error());
         return NGX_ERROR;
     }
@@ -577,7 +577,7 @@ ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone)
 
     if (zone->size) {
         slots = zone->redis_url.len
-                ? ngx_http_tollgate_leased_slots((size_t) zone->size)
+                ? tg_region_slots_for_leases((size_t) zone->size)
                 : tg_region_slots_for((size_t) zone->size);
 
         if (slots == 0) {
@@ -607,7 +607,7 @@ ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone)
         /* a leased file opens without the flag too: say so now, not with
          * every request */
 
-        if (ngx_http_tollgate_leased(zone->limiter) == 1) {
+        if (tg_limiter_is_leased(zone->limiter)) {
             (void) ngx_http_tollgate_format_matches(zone, 1, cf->log);
             return NGX_ERROR;
         }
@@ -641,7 +641,7 @@ ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone)
                                    &probe)
                    == TG_OK)
         {
-            if (ngx_http_tollgate_leased(probe) == 1) {
+            if (tg_limiter_is_leased(probe)) {
                 tg_limiter_free(probe);
                 (void) ngx_http_tollgate_format_matches(zone, 1, cf->log);
                 return NGX_ERROR;
@@ -673,53 +673,6 @@ ngx_http_tollgate_open_file(ngx_conf_t *cf, ngx_http_tollgate_zone_t *zone)
                   : "", zone->conf_file, zone->conf_line);
 
     return NGX_ERROR;
-}
-
-
-/*
- * 1 if the table is formatted for leases, 0 if not, -1 if its stats fail:
- * a leased table is tg_region_size_for_leases(slots) bytes (tg_stats), a
- * local one tg_region_size(slots).
- */
-
-static ngx_int_t
-ngx_http_tollgate_leased(tg_limiter *limiter)
-{
-    tg_stats  stats;
-
-    stats.size = sizeof(tg_stats);
-
-    if (tg_limiter_stats(limiter, tg_now_ms(), &stats) != TG_OK) {
-        return -1;
-    }
-
-    return stats.region_bytes != tg_region_size(stats.slots)
-           && stats.region_bytes == tg_region_size_for_leases(stats.slots);
-}
-
-
-/* the most slots a leased table of at most "size" bytes holds */
-
-static uint32_t
-ngx_http_tollgate_leased_slots(size_t size)
-{
-    uint32_t  lo, hi, mid;
-
-    lo = 0;
-    hi = tg_region_slots_for(size);
-
-    while (lo < hi) {
-        mid = lo + (hi - lo + 1) / 2;
-
-        if (tg_region_size_for_leases(mid) <= size) {
-            lo = mid;
-
-        } else {
-            hi = mid - 1;
-        }
-    }
-
-    return lo;
 }
 
 

@@ -7,6 +7,6 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 "$here/build.sh"
 # the file-zone tests run the operator command on nginx's live table
-(cd "$here/../.." && "${CARGO:-cargo}" build --release --bin tollgate)
+(cd "$here/../.." && "${CARGO:-cargo}" build --release --features cli,redis --bin tollgate)
 cd "$here/tests"
 PYTHONDONTWRITEBYTECODE=1 exec timeout 900 python3 -m pytest -q -p no:cacheprovider "$@" .

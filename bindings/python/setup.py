@@ -39,7 +39,8 @@ def built_library() -> Path:
         return p
     root = repo_root()
     cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
-    cmd = [cargo, "build", "--release", "--lib"]
+    # The quota store (feature redis) is part of the package: Limiter(redis=...).
+    cmd = [cargo, "build", "--release", "--lib", "--features", "redis"]
     print(f"tollgate: running {' '.join(cmd)} in {root}", flush=True)
     subprocess.run(cmd, cwd=root, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR") or root / "target")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the tollgate wheel (its build step runs `cargo build --release`) and
+# Builds the tollgate wheel (its build step runs `cargo build --release
+# --lib --features redis`) and
 # tests the installed package, with its bundled libtollgate.so, on every
 # CPython the README claims:
 #   - the full suite on the project venv's Python (3.11, tests/setup.sh): a
@@ -81,7 +82,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 cd "$HERE"
 if [ "$mode" = wheel ]; then
-    echo "== building the wheel (runs cargo build --release)"
+    echo "== building the wheel (runs cargo build --release --lib --features redis)"
     # Build from a copy so build/ and *.egg-info never land in the work tree.
     mkdir -p "$WORK/pkg"
     cp -r "$HERE/pyproject.toml" "$HERE/setup.py" "$HERE/README.md" "$HERE/src" "$WORK/pkg/"
@@ -205,8 +206,8 @@ EOF
         exit 1
     fi
 else
-    echo "== cargo build --release --lib"
-    (cd "$ROOT" && cargo build --release --lib)
+    echo "== cargo build --release --lib --features redis"
+    (cd "$ROOT" && cargo build --release --lib --features redis)
     # Where cargo put it: CARGO_TARGET_DIR (relative to the root, where cargo
     # ran) when set, as the wheel's build step and bindings/nginx/build.sh take it.
     target="${CARGO_TARGET_DIR:-$ROOT/target}"

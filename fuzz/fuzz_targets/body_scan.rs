@@ -1,7 +1,7 @@
 //! Arbitrary bytes as a request body, fed in a chunking the first byte
 //! picks: chunked must answer as one shot, and the answer must be
 //! serde_json's reading under the ambiguity rule. The check lives in
-//! tests/bodycheck so plain `cargo test` runs it too (tests/body_fuzz.rs).
+//! tests/bodycheck so plain `cargo test` runs it too (tests/checks/body_fuzz.rs).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,7 +1,7 @@
 //! Random bytes as a region: attach must refuse what is not one, and on
 //! what is one (or a damaged one) verify, usage, reset and decisions must
 //! never panic or read out of bounds. The check itself lives in
-//! tests/fuzzcheck so plain `cargo test` runs it too (tests/region_fuzz.rs).
+//! tests/fuzzcheck so plain `cargo test` runs it too (tests/checks/region_fuzz.rs).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -45,14 +45,24 @@ pub const TG_ANSWER_NO_WAIT: u32 = 16;
 /// tg_answer.outcome values (stable): how the request went, for logs,
 /// metrics and variables; tg_outcome_name() names them.
 pub const TG_OUTCOME_PASSED: u32 = 0;
+/// Refused by a window: 429 (or the configured refuse status).
 pub const TG_OUTCOME_REJECTED: u32 = 1;
+/// Would have been refused, passed because of the dry run.
 pub const TG_OUTCOME_DRY_RUN: u32 = 2;
+/// No free slot for a new key: 503, or passed when failing open.
 pub const TG_OUTCOME_TABLE_FULL: u32 = 3;
+/// The model is not in the policy: 404.
 pub const TG_OUTCOME_UNKNOWN_MODEL: u32 = 4;
+/// The request is unusable (its body, tier or cost): 400, or 413 for a
+/// body over the binding's cap.
 pub const TG_OUTCOME_BAD_REQUEST: u32 = 5;
+/// No limit configured for this tier and model: 403, or passed.
 pub const TG_OUTCOME_NO_LIMIT: u32 = 6;
+/// The request carries no account id: 401, or passed.
 pub const TG_OUTCOME_NO_ACCOUNT: u32 = 7;
+/// Any other error (the quota store's, a bug): 500.
 pub const TG_OUTCOME_ERROR: u32 = 8;
+/// The method is not limited: passed without headers.
 pub const TG_OUTCOME_NOT_LIMITED: u32 = 9;
 /// Number of TG_OUTCOME_* values.
 pub const TG_OUTCOMES: u32 = 10;
@@ -69,6 +79,7 @@ const _: () = assert!(TG_OUTCOMES as usize == Outcome::ALL.len());
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct tg_answer {
+    /// sizeof(tg_answer) as the caller's header has it, or 0.
     pub size: u32,
     /// The HTTP status to answer with, or 0: pass the request upstream and
     /// add the headers (tg_answer_headers) to the upstream's response.
@@ -79,11 +90,13 @@ pub struct tg_answer {
     pub outcome: u32,
     /// 1 if `decision` holds the limiter's decision.
     pub has_decision: u32,
+    /// The decision, when `has_decision` is 1.
     pub decision: tg_decision,
     /// Library-private: which body the answer carries.
     pub body_kind: u32,
     /// The model bytes echoed in the body (at most TG_ANSWER_MODEL_MAX).
     pub model_len: u32,
+    /// The echoed model bytes (`model_len` of them, not NUL-terminated).
     pub model: [u8; 64],
 }
 
@@ -221,19 +234,25 @@ const EMPTY: crate::Decision = crate::Decision {
 /// "Structs that grow").
 #[repr(C)]
 pub struct tg_http_request {
+    /// sizeof(tg_http_request) as the caller's header has it, or 0.
     pub size: u32,
     /// Requests this call counts for (1 for most calls; 0 to look only).
     pub cost: u32,
+    /// The HTTP method ("POST"); only limited methods are counted.
     pub method: *const c_char,
+    /// Bytes at `method`.
     pub method_len: usize,
     /// The account id; NULL when the request carries none (no API key).
     pub account: *const c_char,
+    /// Bytes at `account`.
     pub account_len: usize,
     /// The tier's name: "free", "developer" or "enterprise" (any case).
     pub tier: *const c_char,
+    /// Bytes at `tier`.
     pub tier_len: usize,
     /// The whole body (may be NULL with length 0).
     pub body: *const c_char,
+    /// Bytes at `body`.
     pub body_len: usize,
 }
 
@@ -358,9 +377,13 @@ pub extern "C" fn tg_answer_headers(
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct tg_header_field {
+    /// The header's name (lower case).
     pub name: *const c_char,
+    /// Bytes at `name`.
     pub name_len: usize,
+    /// The header's value.
     pub value: *const c_char,
+    /// Bytes at `value`.
     pub value_len: usize,
 }
 

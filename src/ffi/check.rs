@@ -31,9 +31,11 @@ pub struct tg_request {
     pub size: u32,
     /// Account id, 1 to TG_ACCOUNT_MAX bytes.
     pub account: *const c_char,
+    /// Bytes at `account`.
     pub account_len: usize,
     /// Model id as in the policy.
     pub model: *const c_char,
+    /// Bytes at `model`.
     pub model_len: usize,
     /// TG_TIER_FREE, TG_TIER_DEVELOPER or TG_TIER_ENTERPRISE.
     pub tier: u32,
@@ -78,11 +80,15 @@ pub struct tg_decision {
     pub allowed: u32,
     /// TG_LIMIT_NONE, TG_LIMIT_MINUTE or TG_LIMIT_DAY.
     pub limited_by: u32,
+    /// Requests the minute window allows.
     pub minute_limit: u32,
+    /// Requests left in the minute window after this decision.
     pub minute_remaining: u32,
     /// Epoch second at which the minute window resets.
     pub minute_reset: u64,
+    /// Requests the day window allows.
     pub day_limit: u32,
+    /// Requests left in the day window after this decision.
     pub day_remaining: u32,
     /// Epoch second at which the day window resets.
     pub day_reset: u64,

@@ -21,7 +21,9 @@ pub const TG_DOWN_CLOSED: u32 = 2;
 
 /// tg_lease_stats.breaker values.
 pub const TG_BREAKER_CLOSED: u32 = 0;
+/// Calls fail at once until the cool-down ends.
 pub const TG_BREAKER_OPEN: u32 = 1;
+/// One probe call is let through to test Redis.
 pub const TG_BREAKER_HALF_OPEN: u32 = 2;
 
 /// How a limiter joins a quota store. Every field 0 means its default, so a
@@ -89,16 +91,21 @@ pub struct tg_lease_stats {
     pub refills: u64,
     /// Grants asked ahead by the lease thread for hot keys.
     pub top_ups: u64,
+    /// Units those grants gave.
     pub granted_units: u64,
     /// Grants of nothing: the key was at its global limit.
     pub refused_by_store: u64,
     /// Decisions made by the down policy, and of those, admitted.
     pub degraded: u64,
+    /// See `degraded`.
     pub degraded_admitted: u64,
+    /// Unspent units given back to the store (idle keys, closing), and how many.
     pub give_backs: u64,
+    /// See `give_backs`.
     pub given_back_units: u64,
     /// Spends made while Redis was away, pushed when it came back.
     pub pushes: u64,
+    /// See `pushes`.
     pub pushed_units: u64,
     /// Units dropped after an outage rather than given back.
     pub dropped_units: u64,
@@ -111,10 +118,15 @@ pub struct tg_lease_stats {
     /// Store calls made, failed, timed out, failed fast by the breaker;
     /// breaker trips; connections opened.
     pub store_calls: u64,
+    /// See `store_calls`.
     pub store_failures: u64,
+    /// See `store_calls`.
     pub store_timeouts: u64,
+    /// See `store_calls`.
     pub store_circuit_open: u64,
+    /// See `store_calls`.
     pub store_trips: u64,
+    /// See `store_calls`.
     pub store_connects: u64,
     /// The hosts each quota is shared by now: as configured, or as Redis
     /// last counted them (hosts 0, auto).
@@ -215,12 +227,12 @@ pub extern "C" fn tg_redis_options_set(
         };
         let st = imp::set(&mut o, name, value);
         if st == TG_OK {
-            // SAFETY: non-null, the caller's writable struct of `o.size`
-            // bytes (checked by `read_options`).
             let size = match o.size {
                 0 => std::mem::size_of::<tg_redis_options>() as u32,
                 n => n,
             };
+            // SAFETY: non-null, the caller's writable struct of `o.size`
+            // bytes (checked by `read_options`).
             unsafe { write_sized(opts, &o, size) };
         }
         st
@@ -594,7 +606,9 @@ mod imp {
 
 /// tg_limiter_lease_event levels (stable values).
 pub const TG_LOG_ERROR: u32 = 1;
+/// Worth a look (Redis slow, the breaker open, evictions).
 pub const TG_LOG_WARN: u32 = 2;
+/// For the record (Redis back, the breaker closed).
 pub const TG_LOG_INFO: u32 = 3;
 
 /// The lease layer's next event after number `*seq` (start from 0): Redis

@@ -6,6 +6,7 @@ use std::ffi::{c_char, c_void, CStr};
 use super::*;
 use crate::error::Error;
 use crate::limiter::Limiter;
+use crate::options::LimiterOptions;
 
 /// tg_limiter_open flag: create and format the file if it does not exist.
 pub const TG_OPEN_CREATE: u32 = 1;
@@ -14,12 +15,46 @@ pub const TG_OPEN_CREATE: u32 = 1;
 /// file, model names are not registered, and writing calls give
 /// TG_E_READ_ONLY. Not with TG_OPEN_CREATE.
 pub const TG_OPEN_READ_ONLY: u32 = 2;
-/// tg_limiter_open flag: the table holds quota leases shared across hosts
-/// (see tg_limiter_new_for_leases): a file TG_OPEN_CREATE makes is
-/// formatted for them, and an existing file must be one (TG_E_NOT_LEASED
-/// otherwise). Any open of a leased file, with or without the flag, decides
-/// through tg_limiter_connect only.
+/// tg_limiter_open and tg_limiter_make flag: the table holds quota leases,
+/// one quota per (account, model) across every host joined to one Redis
+/// (32 bytes more per slot: tg_region_size_for_leases). A table this call
+/// formats is formatted for them, and an existing one (a file, attached
+/// memory) must be one (TG_E_NOT_LEASED otherwise). A leased table, opened
+/// with or without the flag, decides only once tg_limiter_connect joined
+/// it (TG_E_NOT_JOINED until then).
 pub const TG_OPEN_LEASES: u32 = 4;
+/// tg_limiter_make flag, with `mem`: use the table already formatted there
+/// (here or by another process), as tg_limiter_attach, instead of
+/// formatting it. Since 0.4.
+pub const TG_OPEN_ATTACH: u32 = 8;
+
+/// How tg_limiter_make makes a limiter: where its table lives, its format,
+/// and the options later versions add at the end. Zero-initialise it (every
+/// field 0 is its default) and set `size` to sizeof(tg_limiter_options), or
+/// leave it 0. Where the table lives: in `mem` if it is set (caller memory,
+/// as tg_limiter_init_in, or tg_limiter_attach with TG_OPEN_ATTACH), else
+/// in the file `path` if it is set (as tg_limiter_open), else on the heap
+/// (as tg_limiter_new). Since 0.4.
+#[repr(C)]
+pub struct tg_limiter_options {
+    /// sizeof(tg_limiter_options) as the caller's header has it, or 0.
+    pub size: u32,
+    /// TG_OPEN_* bits: TG_OPEN_LEASES (the format), TG_OPEN_CREATE and
+    /// TG_OPEN_READ_ONLY (files), TG_OPEN_ATTACH (caller memory). A bit this
+    /// library does not know is TG_E_INVALID, so a program asking for an
+    /// option learns when the library lacks it.
+    pub flags: u32,
+    /// Slots of a table on the heap, or of a file TG_OPEN_CREATE makes (0:
+    /// take an existing file as it is); 0 with `mem`.
+    pub slots: u32,
+    /// Caller memory (aligned to TG_REGION_ALIGN), `len` bytes of it, which
+    /// must outlive the handle; or NULL.
+    pub mem: *mut c_void,
+    /// Bytes at `mem`; 0 without `mem`.
+    pub len: usize,
+    /// The region file (NUL-terminated), or NULL.
+    pub path: *const c_char,
+}
 
 /// A limiter over one region (opaque). Many threads may call tg_check on
 /// one handle at once; only tg_limiter_set_policy needs the handle alone.
@@ -33,6 +68,7 @@ pub struct tg_limiter {
 pub struct tg_verify_report {
     /// sizeof(tg_verify_report) as the caller's header has it, or 0.
     pub size: u32,
+    /// Slots in the region.
     pub slots: u32,
     /// Slots bound to a key (with or without counts for today).
     pub bound: u32,
@@ -64,6 +100,7 @@ pub struct tg_stats {
     pub table_full: u64,
     /// Bytes the region occupies.
     pub region_bytes: u64,
+    /// The region's layout version (TG_LAYOUT_VERSION).
     pub layout_version: u32,
     /// Decisions that met counts dated beyond the clock-fault bound (a
     /// wrong clock, since corrected) and re-dated them to the current
@@ -128,8 +165,8 @@ pub(super) fn set_last_error(msg: &str) {
 }
 
 /// What went wrong, in words, in this thread's last call that made (or
-/// failed to make) a limiter: tg_limiter_new, _init_in, _attach, _open,
-/// _share, their _for_leases forms, tg_limiter_connect and
+/// failed to make) a limiter: tg_limiter_make, tg_limiter_new, _init_in,
+/// _attach, _open, _share, their _for_leases forms, tg_limiter_connect and
 /// tg_redis_options_set, tg_redis_check. Names the path, the OS's reason, the sizes and what to do
 /// ("... grow it with `tollgate resize`"); "" after a success. The string
 /// belongs to the thread and stays valid until its next such call.
@@ -185,9 +222,20 @@ pub extern "C" fn tg_region_size_for_leases(slots: u32) -> usize {
     crate::region_size_for_leases(slots).unwrap_or(0)
 }
 
+/// Most slots a table of quota leases of `len` bytes holds (what
+/// tg_limiter_make with TG_OPEN_LEASES formats in `len` bytes of caller
+/// memory); 0 if it is too small. Since 0.4.
+#[no_mangle]
+pub extern "C" fn tg_region_slots_for_leases(len: usize) -> u32 {
+    crate::region_slots_for_leases(len)
+}
+
 /// As tg_limiter_new, formatted for quota leases: one quota per (account,
 /// model) across every host joined to one Redis. Its decisions are
 /// TG_E_NOT_JOINED until tg_limiter_connect.
+///
+/// Deprecated since 0.4: tg_limiter_make with TG_OPEN_LEASES. Kept, as
+/// every C name is.
 #[no_mangle]
 pub extern "C" fn tg_limiter_new_for_leases(
     policy: *const tg_policy,
@@ -199,13 +247,16 @@ pub extern "C" fn tg_limiter_new_for_leases(
         let (Some(p), false) = (policy_ref(policy), out.is_null()) else {
             return TG_E_NULL;
         };
-        make(out, Limiter::new_for_leases(p, slots))
+        make(out, LimiterOptions::new().leases(true).build(p, slots))
     })
 }
 
 /// As tg_limiter_init_in, formatted for quota leases: as many slots as fit
 /// with their lease state (tg_region_size_for_leases). Other processes
 /// attach with tg_limiter_attach, which reads the format from the header.
+///
+/// Deprecated since 0.4: tg_limiter_make with `mem` and TG_OPEN_LEASES.
+/// Kept, as every C name is.
 #[no_mangle]
 pub extern "C" fn tg_limiter_init_in_for_leases(
     policy: *const tg_policy,
@@ -220,9 +271,94 @@ pub extern "C" fn tg_limiter_init_in_for_leases(
         };
         // SAFETY: the caller grants `len` bytes at `mem` for the handle's life.
         make(out, unsafe {
-            Limiter::init_in_for_leases(p, mem.cast(), len)
+            LimiterOptions::new()
+                .leases(true)
+                .init_in(p, mem.cast(), len)
         })
     })
+}
+
+/// Makes a limiter as `opts` says (see tg_limiter_options): the one
+/// constructor that grows by options, where tg_limiter_new, _init_in,
+/// _attach and _open are its common cases. On TG_OK `*out` owns the handle
+/// (release with tg_limiter_free); otherwise tg_last_error() says why.
+/// TG_E_INVALID for `mem` and `path` both set, flags that do not fit where
+/// the table lives, or an unknown flag or `size`. Since 0.4.
+#[no_mangle]
+pub extern "C" fn tg_limiter_make(
+    policy: *const tg_policy,
+    opts: *const tg_limiter_options,
+    out: *mut *mut tg_limiter,
+) -> tg_status {
+    guard(|| {
+        begin(out);
+        let (Some(p), false, false) = (policy_ref(policy), opts.is_null(), out.is_null()) else {
+            return TG_E_NULL;
+        };
+        // SAFETY: non-null, the caller's struct, whose first field (`size`)
+        // every version has.
+        if !sized::<tg_limiter_options>(unsafe { (*opts).size }) {
+            set_last_error("tg_limiter_options.size is neither 0 nor sizeof(tg_limiter_options)");
+            return TG_E_INVALID;
+        }
+        // SAFETY: non-null and as large as this layout (checked).
+        let o = unsafe { &*opts };
+        let known = TG_OPEN_CREATE | TG_OPEN_READ_ONLY | TG_OPEN_LEASES | TG_OPEN_ATTACH;
+        if o.flags & !known != 0 {
+            set_last_error("tg_limiter_options.flags has a bit this library does not know");
+            return TG_E_INVALID;
+        }
+        let mut with = LimiterOptions::new();
+        with.leases(o.flags & TG_OPEN_LEASES != 0);
+        let file_flags = TG_OPEN_CREATE | TG_OPEN_READ_ONLY;
+        if !o.mem.is_null() {
+            if !o.path.is_null() || o.slots != 0 || o.flags & file_flags != 0 {
+                set_last_error(
+                    "tg_limiter_options: caller memory (mem) takes no path, slots, TG_OPEN_CREATE or TG_OPEN_READ_ONLY",
+                );
+                return TG_E_INVALID;
+            }
+            let (mem, len) = (o.mem.cast::<u8>(), o.len);
+            // SAFETY: the caller grants `len` bytes at `mem` for the
+            // handle's life (the struct's contract).
+            let r = unsafe {
+                if o.flags & TG_OPEN_ATTACH != 0 {
+                    with.attach(p, mem, len)
+                } else {
+                    with.init_in(p, mem, len)
+                }
+            };
+            return make(out, r);
+        }
+        if o.len != 0 || o.flags & TG_OPEN_ATTACH != 0 {
+            set_last_error("tg_limiter_options: len and TG_OPEN_ATTACH need mem");
+            return TG_E_INVALID;
+        }
+        if !o.path.is_null() {
+            // The file flags keep tg_limiter_open's meaning: one function
+            // checks them for both.
+            return tg_limiter_open(policy, o.path, o.slots, o.flags, out);
+        }
+        if o.flags & file_flags != 0 {
+            set_last_error("tg_limiter_options: TG_OPEN_CREATE and TG_OPEN_READ_ONLY need a path");
+            return TG_E_INVALID;
+        }
+        make(out, with.build(p, o.slots))
+    })
+}
+
+/// 1 if the limiter's table is formatted for quota leases (decisions need
+/// tg_limiter_connect), 0 for a local table or NULL. Fixed when the table
+/// was formatted and read from its header by every handle, so a process
+/// that attached shared memory or opened a file learns the format here.
+/// Since 0.4.
+#[no_mangle]
+pub extern "C" fn tg_limiter_is_leased(limiter: *const tg_limiter) -> u32 {
+    // SAFETY: NULL or a live limiter from this library.
+    match unsafe { limiter.as_ref() } {
+        Some(l) => l.inner.is_leased() as u32,
+        None => 0,
+    }
 }
 
 /// Uses `len` bytes at `mem` that tg_limiter_init_in (here or in another
@@ -281,10 +417,11 @@ pub extern "C" fn tg_limiter_open(
                 return TG_E_INVALID;
             }
             Limiter::open_read_only(p, path)
-        } else if flags & TG_OPEN_LEASES != 0 {
-            Limiter::open_for_leases(p, path, slots, create)
         } else {
-            Limiter::open(p, path, slots, create)
+            LimiterOptions::new()
+                .leases(flags & TG_OPEN_LEASES != 0)
+                .create(create)
+                .open(p, path, slots)
         };
         make_at(out, r, &path.display().to_string())
     })

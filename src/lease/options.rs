@@ -8,6 +8,7 @@ use crate::store::StoreOptions;
 
 /// How decisions get their quota from the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LeaseMode {
     /// Hold leases and spend them locally (the default): far from a limit
     /// most decisions make no network call.
@@ -21,6 +22,7 @@ pub enum LeaseMode {
 /// What a decision does when it needs the store and the store does not
 /// answer (timeout, refused, breaker open), beyond the units already held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DownPolicy {
     /// Admit up to this host's share, limit / hosts in each window, counted
     /// in the table (shared by the host's processes) and pushed to Redis

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{DownPolicy, LeaseMode, LeaseOptions, Level};
 use crate::store::{Fault, MemoryStore, QuotaStore, StoreOptions, Tag};
 use crate::window::Instant;
-use crate::{Error, Limiter, Policy, Request, Tier};
+use crate::{Error, Limiter, LimiterOptions, Policy, Request, Tier};
 
 const MODEL: &str = "DeepSeek-V3.1";
 
@@ -49,7 +49,10 @@ fn opts(hosts: u32, down: DownPolicy) -> LeaseOptions {
 
 /// A table of its own (a host) joined to `store`.
 fn host(store: &Arc<MemoryStore>, opts: LeaseOptions) -> Limiter {
-    let mut l = Limiter::new_for_leases(&policy(), 64).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 64)
+        .unwrap();
     let dyn_store: Arc<dyn QuotaStore> = store.clone();
     l.connect_store(dyn_store, opts).unwrap();
     l

@@ -28,6 +28,7 @@ type Slot = u16;
 /// slots' breakers: `Open` if any slot's is open, else `HalfOpen` if any
 /// slot's probe is in flight, else `Closed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BreakerState {
     /// Calls go to Redis.
     Closed,

@@ -1,7 +1,7 @@
 //! The body-scan check, shared by the cargo-fuzz target
 //! (fuzz/fuzz_targets/body_scan.rs), the seeded corpus test that runs it in
-//! plain `cargo test` (tests/body_fuzz.rs) and the differential test
-//! (tests/body_differential.rs).
+//! plain `cargo test` (tests/checks/body_fuzz.rs) and the differential test
+//! (tests/checks/body_differential.rs).
 //!
 //! For any bytes: fed in any chunking the scanner answers as in one call,
 //! and the answer is serde_json's reading of the same bytes under the

@@ -12,7 +12,9 @@
 #  3. bindings/c/install.sh into a temporary prefix, then bindings/c/example.c
 #     built against the installed copy through pkg-config and run.
 # The quota-store test talks to a redis-server this script starts.
-# Builds into target/ctest/. Set TOLLGATE_NO_BUILD=1 to skip `cargo build --release`.
+# Builds into target/ctest/. Set TOLLGATE_NO_BUILD=1 to skip the cargo build
+# (the library with the quota store and the `tollgate` command the install
+# test copies: --features cli,redis).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -38,8 +40,8 @@ run_counted() {
 }
 
 if [ "${TOLLGATE_NO_BUILD:-0}" != 1 ]; then
-    step "cargo build --release"
-    cargo build --release
+    step "cargo build --release --features cli,redis"
+    cargo build --release --features cli,redis
 fi
 for f in include/tollgate.h "$rel/libtollgate.so" "$rel/libtollgate.a"; do
     [ -f "$f" ] || { echo "missing $f" >&2; exit 1; }

@@ -1896,6 +1896,130 @@ static void test_leases(void) {
     tg_policy_free(p);
 }
 
+/* One constructor that grows by options: every place a table lives, both
+ * formats, the deprecated twins still working, and what it refuses. */
+static void test_limiter_make(void) {
+    tg_policy *p = NULL;
+    REQUIRE(tg_policy_default(&p) == TG_OK);
+    tg_limiter *l = NULL, *a = NULL;
+    tg_limiter_options o;
+
+    /* the heap, local then leased */
+    memset(&o, 0, sizeof o);
+    o.slots = 64;
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_OK);
+    CHECK_EQ(tg_limiter_is_leased(l), 0);
+    tg_request r = dev_req("c-make", DSV31);
+    tg_decision d;
+    CHECK_ST(tg_check(l, &r, T0, &d), TG_OK);
+    tg_limiter_free(l);
+    l = NULL;
+    o.size = sizeof o;
+    o.flags = TG_OPEN_LEASES;
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_OK);
+    CHECK_EQ(tg_limiter_is_leased(l), 1);
+    CHECK_ST(tg_check(l, &r, T0, &d), TG_E_NOT_JOINED);
+    tg_limiter_free(l);
+    l = NULL;
+    CHECK_EQ(tg_limiter_is_leased(NULL), 0);
+
+    /* caller memory: format for leases, then attach and learn the format */
+    const size_t len = tg_region_size_for_leases(32);
+    unsigned char *mem = aligned_region(len);
+    REQUIRE(mem != NULL);
+    CHECK_EQ(tg_region_slots_for_leases(len), 32);
+    CHECK_EQ(tg_region_slots_for_leases(len - 1), 31);
+    CHECK_EQ(tg_region_slots_for_leases(16), 0);
+    memset(&o, 0, sizeof o);
+    o.flags = TG_OPEN_LEASES;
+    o.mem = mem;
+    o.len = len;
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_OK);
+    CHECK_EQ(tg_limiter_is_leased(l), 1);
+    o.flags = TG_OPEN_ATTACH;
+    CHECK_ST(tg_limiter_make(p, &o, &a), TG_OK);
+    CHECK_EQ(tg_limiter_is_leased(a), 1);
+    tg_limiter_free(a);
+    a = NULL;
+    CHECK_ST(tg_limiter_attach(p, mem, len, &a), TG_OK);
+    CHECK_EQ(tg_limiter_is_leased(a), 1);
+    tg_limiter_free(a);
+    a = NULL;
+    tg_limiter_free(l);
+    l = NULL;
+    /* a local table attached as leases is refused */
+    CHECK_ST(tg_limiter_init_in(p, mem, len, &l), TG_OK);
+    CHECK_EQ(tg_limiter_is_leased(l), 0);
+    o.flags = TG_OPEN_ATTACH | TG_OPEN_LEASES;
+    CHECK_ST(tg_limiter_make(p, &o, &a), TG_E_NOT_LEASED);
+    CHECK(a == NULL);
+    tg_limiter_free(l);
+    l = NULL;
+
+    /* a file, as tg_limiter_open takes it */
+    char path[600];
+    snprintf(path, sizeof path, "%s/make.region", g_tmpdir);
+    memset(&o, 0, sizeof o);
+    o.path = path;
+    o.slots = 64;
+    o.flags = TG_OPEN_CREATE | TG_OPEN_LEASES;
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_OK);
+    CHECK_EQ(tg_limiter_is_leased(l), 1);
+    tg_limiter_free(l);
+    l = NULL;
+    CHECK_ST(tg_limiter_open(p, path, 0, 0, &l), TG_OK);
+    CHECK_EQ(tg_limiter_is_leased(l), 1);
+    tg_limiter_free(l);
+    l = NULL;
+    unlink(path);
+
+    /* the deprecated twins make the same tables */
+    CHECK_ST(tg_limiter_new_for_leases(p, 64, &l), TG_OK);
+    CHECK_EQ(tg_limiter_is_leased(l), 1);
+    tg_limiter_free(l);
+    l = NULL;
+    CHECK_ST(tg_limiter_init_in_for_leases(p, mem, len, &l), TG_OK);
+    CHECK_EQ(tg_limiter_is_leased(l), 1);
+    tg_limiter_free(l);
+    l = NULL;
+
+    /* refused: NULLs, unknown bits and sizes, options that do not fit */
+    memset(&o, 0, sizeof o);
+    o.slots = 64;
+    CHECK_ST(tg_limiter_make(NULL, &o, &l), TG_E_NULL);
+    CHECK_ST(tg_limiter_make(p, NULL, &l), TG_E_NULL);
+    CHECK_ST(tg_limiter_make(p, &o, NULL), TG_E_NULL);
+    o.flags = 1u << 31;
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_E_INVALID);
+    CHECK_STR_HAS(tg_last_error(), "flags");
+    o.flags = 0;
+    o.size = 4;
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_E_INVALID);
+    o.size = 0;
+    o.flags = TG_OPEN_CREATE; /* a file flag without a path */
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_E_INVALID);
+    o.flags = TG_OPEN_ATTACH; /* attach without memory */
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_E_INVALID);
+    o.flags = 0;
+    o.mem = mem;
+    o.len = len;
+    o.path = path; /* two places at once */
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_E_INVALID);
+    o.path = NULL; /* slots with caller memory */
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_E_INVALID);
+    o.slots = 0;
+    o.mem = mem + 8; /* misaligned: the region's own check */
+    o.len = len - 64;
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_E_ALIGNMENT);
+    o.mem = NULL;
+    o.len = 0; /* the heap with 0 slots */
+    CHECK_ST(tg_limiter_make(p, &o, &l), TG_E_INVALID);
+    CHECK(l == NULL);
+
+    free(mem);
+    tg_policy_free(p);
+}
+
 int main(void) {
     snprintf(g_tmpdir, sizeof g_tmpdir, "%s/tg-capi-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(g_tmpdir)) {
@@ -1930,6 +2054,7 @@ int main(void) {
         {"account_digest", test_account_digest},
         {"real_decision_headers", test_real_decision_headers},
         {"leases", test_leases},
+        {"limiter_make", test_limiter_make},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         int before = g_fail;

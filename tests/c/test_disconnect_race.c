@@ -126,7 +126,12 @@ static void race(const char *name, const char *url, uint64_t ms) {
     tg_limiter *l = NULL;
     CHECK(tg_policy_default(&p) == TG_OK);
     if (!p) return;
-    CHECK(tg_limiter_new_for_leases(p, 1024, &l) == TG_OK);
+    tg_limiter_options lo;
+    memset(&lo, 0, sizeof lo);
+    lo.size = sizeof lo;
+    lo.flags = TG_OPEN_LEASES;
+    lo.slots = 1024;
+    CHECK(tg_limiter_make(p, &lo, &l) == TG_OK);
     if (!l) {
         tg_policy_free(p);
         return;

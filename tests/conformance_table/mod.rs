@@ -1,5 +1,5 @@
 //! The conformance table's reading and matching, shared by every Rust
-//! suite that runs it (tests/conformance.rs: the Rust API and the C ABI;
+//! suite that runs it (tests/checks/conformance.rs: the Rust API and the C ABI;
 //! tests/tower.rs: the tower layer over real HTTP).
 
 use serde_json::Value;

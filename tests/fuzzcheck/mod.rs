@@ -1,6 +1,6 @@
 //! The region fuzz check, shared by the cargo-fuzz target
 //! (fuzz/fuzz_targets/region_attach.rs) and the plain test that runs it on
-//! generated inputs (tests/region_fuzz.rs).
+//! generated inputs (tests/checks/region_fuzz.rs).
 //!
 //! Input byte 0 picks a mode:
 //! - raw: the rest is the region, attached as it is (the header checks must

@@ -10,7 +10,7 @@ use super::redis_servers::{free_port, Server};
 use super::{policy, tight, tomorrow};
 use tollgate::lease::{DownPolicy, LeaseMode, LeaseOptions, Level};
 use tollgate::store::StoreOptions;
-use tollgate::{Limiter, Request, Tier};
+use tollgate::{Limiter, LimiterOptions, Request, Tier};
 
 /// Waits until `f` holds, or panics after `within` saying `what`.
 fn wait_for(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
@@ -106,7 +106,10 @@ fn one_host(down: DownPolicy) -> LeaseOptions {
 fn joining_a_busy_redis_succeeds_and_recovers_by_itself() {
     let server = Server::start();
     let mut busy = Busy::start(&server);
-    let mut l = Limiter::new_for_leases(&policy(), 1024).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 1024)
+        .unwrap();
     // Before: Err(Store(Script("BUSY Redis is busy running a script..."))).
     l.connect(&server.url(), one_host(DownPolicy::Local))
         .expect("a Redis that cannot serve now is not a configuration error");
@@ -141,7 +144,10 @@ fn joining_a_busy_redis_succeeds_and_recovers_by_itself() {
 fn busy_oom_and_noauth_at_decision_time_open_the_breaker_and_follow_the_down_policy() {
     let server = Server::start();
     let mut admin = server.conn();
-    let mut l = Limiter::new_for_leases(&policy(), 1024).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 1024)
+        .unwrap();
     let mut opts = one_host(DownPolicy::Local);
     opts.mode = LeaseMode::Exact; // every decision asks Redis
     l.connect(&server.url(), opts).unwrap();
@@ -250,7 +256,10 @@ fn joining_with_a_wrong_password_succeeds_and_never_shows_it() {
         .exec(&mut admin)
         .unwrap();
     let url = format!("redis://default:wr0ng-pa55@127.0.0.1:{}/0", server.port);
-    let mut l = Limiter::new_for_leases(&policy(), 1024).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 1024)
+        .unwrap();
     l.connect(&url, one_host(DownPolicy::Closed))
         .expect("a refused password is Redis refusing, not a bad URL");
     let (ms, _) = tomorrow(9);
@@ -265,7 +274,9 @@ fn joining_with_a_wrong_password_succeeds_and_never_shows_it() {
         assert!(!t.contains("wr0ng-pa55"), "{t}");
     }
     // A bad URL still fails at once, without the password.
-    let e = Limiter::new_for_leases(&policy(), 16)
+    let e = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 16)
         .unwrap()
         .connect(
             "redis://u:wr0ng-pa55@127.0.0.1:notaport/0",
@@ -285,7 +296,10 @@ fn joining_with_a_wrong_password_succeeds_and_never_shows_it() {
 #[test]
 fn each_key_has_its_own_down_share() {
     let dead = format!("redis://127.0.0.1:{}/0", free_port());
-    let mut l = Limiter::new_for_leases(&policy(), 4096).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 4096)
+        .unwrap();
     l.connect(&dead, tight(1, DownPolicy::Local)).unwrap();
     let (ms, _) = tomorrow(10);
     let mut refused = 0;
@@ -319,7 +333,10 @@ fn each_key_has_its_own_down_share() {
 #[test]
 fn exact_mode_headers_are_each_keys_own() {
     let server = Server::start();
-    let mut l = Limiter::new_for_leases(&policy(), 1024).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 1024)
+        .unwrap();
     let mut opts = super::roomy(1);
     opts.mode = LeaseMode::Exact;
     l.connect(&server.url(), opts).unwrap();
@@ -353,7 +370,10 @@ fn exact_mode_headers_are_each_keys_own() {
 fn a_refusal_loop_costs_redis_one_call_per_second() {
     for mode in [LeaseMode::Leases, LeaseMode::Exact] {
         let server = Server::start();
-        let mut l = Limiter::new_for_leases(&policy(), 1024).unwrap();
+        let mut l = LimiterOptions::new()
+            .leases(true)
+            .build(&policy(), 1024)
+            .unwrap();
         let mut opts = super::roomy(1);
         opts.mode = mode;
         l.connect(&server.url(), opts).unwrap();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant as Clock};
 
 use tollgate::lease::{DownPolicy, LeaseOptions, DEFAULT_MAX_HOSTS};
 use tollgate::store::StoreOptions;
-use tollgate::{Limiter, Request, Tier};
+use tollgate::{Limiter, LimiterOptions, Request, Tier};
 
 use super::redis_servers::{Cluster, Server};
 use super::{heap_hosts, policy};
@@ -249,7 +249,10 @@ fn skewed_host_process() {
     };
     let say = |s: String| println!("tg-host {s}");
     say(format!("clock {}", tollgate::now_ms()));
-    let mut l = Limiter::new_for_leases(&policy(), 4096).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 4096)
+        .unwrap();
     l.connect(&url, auto()).unwrap();
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap();
@@ -275,7 +278,10 @@ fn skewed_hosts_count_each_other(skew_ms: i64) {
     let url = server.url();
     let mut behind = HostProcess::start(&url, -skew_ms);
     let mut ahead = HostProcess::start(&url, skew_ms);
-    let mut here = Limiter::new_for_leases(&policy(), 4096).unwrap();
+    let mut here = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 4096)
+        .unwrap();
     here.connect(&url, auto()).unwrap();
     let counts = settle(Duration::from_secs(6), 3, || {
         vec![
@@ -368,11 +374,17 @@ fn plausible_members_are_capped_at_max_hosts() {
             }
         })
     };
-    let mut default = Limiter::new_for_leases(&policy(), 4096).unwrap();
+    let mut default = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 4096)
+        .unwrap();
     default.connect(&server.url(), auto()).unwrap();
     let mut eight = auto();
     eight.set("max_hosts", "8").unwrap();
-    let mut small = Limiter::new_for_leases(&policy(), 4096).unwrap();
+    let mut small = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 4096)
+        .unwrap();
     small.connect(&server.url(), eight).unwrap();
     // A count taken at a beat or two after joining: the cap holds each time.
     thread::sleep(Duration::from_millis(1_500));
@@ -407,11 +419,17 @@ fn plausible_members_are_capped_at_max_hosts() {
 #[test]
 fn the_heartbeat_is_dated_by_redis_on_a_server_and_a_cluster() {
     let server = Server::start();
-    let mut a = Limiter::new_for_leases(&policy(), 64).unwrap();
+    let mut a = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 64)
+        .unwrap();
     a.connect(&server.url(), auto()).unwrap();
     let mut c = server.conn();
     redis::cmd("SCRIPT").arg("FLUSH").exec(&mut c).unwrap();
-    let mut b = Limiter::new_for_leases(&policy(), 64).unwrap();
+    let mut b = LimiterOptions::new()
+        .leases(true)
+        .build(&policy(), 64)
+        .unwrap();
     b.connect(&server.url(), auto()).unwrap();
     assert_eq!(hosts_of(&b), 2);
     assert_eq!(

@@ -1,6 +1,6 @@
 """The conformance table (tests/conformance.json at the repository root):
 loading it and matching a received answer against a case, by the rules of
-its "about" text and of tests/conformance.rs. Standard library only and
+its "about" text and of tests/checks/conformance.rs. Standard library only and
 independent of nginx, so any binding's tests can import it by path."""
 
 from __future__ import annotations

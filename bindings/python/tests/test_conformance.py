@@ -1,7 +1,7 @@
 """The conformance table (tests/conformance.json at the repository root, its
 policy tests/conformance.toml) through the real stack: RateLimitMiddleware
 in a uvicorn server, requests over HTTP with httpx. Every binding runs the
-same table; the matching rules are tests/conformance.rs's."""
+same table; the matching rules are tests/checks/conformance.rs's."""
 
 from __future__ import annotations
 

@@ -940,9 +940,10 @@ class Limiter(_Handle):
             if st:
                 raise constructor_error(st, f"tg_limiter_new(slots={slots})")
         else:
-            st = _ffi.tg_limiter_new_for_leases(policy._ptr(), n, byref(h))
+            o = _ffi.TgLimiterOptions(size=ctypes.sizeof(_ffi.TgLimiterOptions), flags=_ffi.TG_OPEN_LEASES, slots=n)
+            st = _ffi.tg_limiter_make(policy._ptr(), byref(o), byref(h))
             if st:
-                raise constructor_error(st, f"tg_limiter_new_for_leases(slots={slots})")
+                raise constructor_error(st, f"tg_limiter_make(leases, slots={slots})")
         self._start(h, policy, None)
         if join is not None:
             self._connect(*join)

@@ -159,6 +159,20 @@ class TgStats(Structure):
     ]
 
 
+class TgLimiterOptions(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("flags", c_uint32),
+        ("slots", c_uint32),
+        ("mem", c_void_p),
+        ("len", c_size_t),
+        ("path", c_char_p),
+    ]
+
+
+TG_OPEN_LEASES = 4
+
+
 class TgRedisOptions(Structure):
     _fields_ = [
         ("size", c_uint32),
@@ -380,7 +394,7 @@ tg_region_size = _proto("tg_region_size", c_size_t, [c_uint32])
 tg_last_error = _proto("tg_last_error", c_char_p, [])
 tg_limiter_new = _proto("tg_limiter_new", _i32, [c_void_p, c_uint32, _PP])
 tg_limiter_open = _proto("tg_limiter_open", _i32, [c_void_p, c_char_p, c_uint32, c_uint32, _PP])
-tg_limiter_new_for_leases = _proto("tg_limiter_new_for_leases", _i32, [c_void_p, c_uint32, _PP])
+tg_limiter_make = _proto("tg_limiter_make", _i32, [c_void_p, POINTER(TgLimiterOptions), _PP])
 # One quota across hosts. The option parser and connect release the GIL:
 # connect is called on a handle no other thread has yet, and may wait for
 # Redis up to the deadline.

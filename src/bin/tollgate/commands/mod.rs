@@ -134,11 +134,7 @@ pub fn json_path(path: &Path) -> String {
 }
 
 pub fn limited_by(l: LimitedBy) -> &'static str {
-    match l {
-        LimitedBy::None => "none",
-        LimitedBy::Minute => "minute",
-        LimitedBy::Day => "day",
-    }
+    l.name()
 }
 
 /// The rate-limit headers of a decision, `name: value\r\n` each.

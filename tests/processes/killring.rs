@@ -3,7 +3,7 @@
 //! writer may lose its entry; it must never leave an entry that is not a
 //! real refusal, nor damage the table.
 
-mod procs;
+use crate::procs;
 
 use std::process::Stdio;
 use std::time::Duration;

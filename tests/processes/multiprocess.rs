@@ -2,7 +2,7 @@
 //! counters that outlive every opener, racing creators, and files that are
 //! not regions. Workers are real processes (`tollgate-test-worker`).
 
-mod procs;
+use crate::procs;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;

@@ -5,7 +5,7 @@
 //! what was admitted plus the one decision each killed worker had in flight,
 //! and the table still serves limits exactly.
 
-mod procs;
+use crate::procs;
 
 use std::io::Read;
 use std::process::{Child, Stdio};

@@ -10,7 +10,7 @@
 //! the temporary directory). Without `go` on PATH that part is skipped,
 //! with a note.
 
-mod bodycheck;
+use crate::bodycheck;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

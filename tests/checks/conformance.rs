@@ -5,7 +5,7 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
-mod conformance_table;
+use crate::conformance_table;
 
 use conformance_table::{check, request, table, Got, NOW};
 use serde_json::Value;

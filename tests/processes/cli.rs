@@ -1,8 +1,9 @@
 //! The `tollgate` operator command, run as a process: every subcommand, its
 //! `--json` output parsed as JSON, and exit codes (0 ok, 1 failure, 2 usage).
 
-mod procs;
-mod redis_servers;
+use crate::procs;
+#[cfg(feature = "redis")]
+use crate::redis_servers;
 
 use std::io::Write as _;
 use std::process::Stdio;
@@ -224,15 +225,20 @@ fn stats_reports_the_table() {
 }
 
 #[test]
+#[cfg(feature = "redis")]
 fn stats_and_top_read_a_table_of_leases() {
     use tollgate::lease::LeaseOptions;
-    use tollgate::{Limiter, Policy, Request, Tier};
+    use tollgate::{LimiterOptions, Policy, Request, Tier};
     let server = redis_servers::Server::start();
     let dir = Scratch::new("cli-leases");
     let f = dir.file("l.tg");
     // Tomorrow, mid-minute: every window is open by Redis's clock.
     let now = (tollgate::now_ms() / 60_000 + 1_440) * 60_000 + 30_000;
-    let mut l = Limiter::open_for_leases(&Policy::builtin(), &f, 64, true).unwrap();
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .create(true)
+        .open(&Policy::builtin(), &f, 64)
+        .unwrap();
     l.connect(&server.url(), LeaseOptions::default()).unwrap();
     let r = Request::new(b"dora", b"DeepSeek-V3.1", Tier::Developer);
     for _ in 0..5 {

@@ -1,7 +1,7 @@
 //! The fuzz target's check (tests/fuzzcheck) on a few thousand generated
 //! inputs, so plain `cargo test` exercises it without cargo-fuzz.
 
-mod fuzzcheck;
+use crate::fuzzcheck;
 
 use std::collections::HashMap;
 

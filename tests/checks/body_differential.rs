@@ -5,7 +5,7 @@
 //! with model keys in every spelling, and mutated bytes. Each body is fed
 //! one-shot, byte by byte and split at every position (short ones).
 
-mod bodycheck;
+use crate::bodycheck;
 
 use bodycheck::{check_body, oracle, ours, Oracle, Verdict};
 use proptest::prelude::*;

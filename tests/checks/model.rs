@@ -72,6 +72,7 @@ fn reference(k: &mut RefKey, rpm: u64, rpd: u64, cost: u64, now_ms: u64) -> Expe
         LimitedBy::None => 0,
         LimitedBy::Minute => until(minute_reset),
         LimitedBy::Day => until(day_reset),
+        other => unreachable!("the model knows request windows only: {other:?}"),
     };
     Expect {
         allowed,

@@ -1,6 +1,6 @@
 //! One-shot throughput of the body scan, for comparison with other
 //! parsers (Python's json.loads in the report). Prints, asserts nothing
-//! about time: `cargo test --release --test body_throughput -- --ignored
+//! about time: `cargo test --release --test checks -- --ignored body_throughput
 //! --nocapture`.
 
 use std::time::Instant;

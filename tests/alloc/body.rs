@@ -2,11 +2,8 @@
 //! allocator sees no allocation across valid, refused, deep, long and
 //! chunked bodies, through the Rust API and the C ABI.
 
-mod counting;
+use crate::counting;
 
-use std::sync::atomic::Ordering;
-
-use counting::{ALLOCS, ARMED};
 use tollgate::body::{model_of, ModelScanner};
 use tollgate::ffi::*;
 
@@ -35,7 +32,7 @@ fn scanning_allocates_nothing() {
     let mut mem = Mem([0; 512]);
     let base: *mut std::ffi::c_void = mem.0.as_mut_ptr().cast();
 
-    ARMED.store(true, Ordering::SeqCst);
+    counting::arm();
     let mut answers = 0usize;
     for body in &bodies {
         answers += model_of(body).map_or(0, |m| m.len());
@@ -60,7 +57,6 @@ fn scanning_allocates_nothing() {
         let _ = tg_body_model(body.as_ptr(), body.len(), out.as_mut_ptr(), 64, &mut n);
         answers += n;
     }
-    ARMED.store(false, Ordering::SeqCst);
-    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0);
+    assert_eq!(counting::disarm(), 0);
     assert!(answers > 0);
 }
