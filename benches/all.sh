@@ -43,8 +43,8 @@ if [ -d "$root/../shared/bench/vs-governor" ]; then
 else
     echo "no ../shared/bench/vs-governor beside the checkout: skipped"
 fi
-step "nginx: PIN=1 WORKERS=1 THREADS=1 REPEAT=5 DURATION=3s bindings/nginx/bench.sh"
-PIN=1 WORKERS=1 THREADS=1 REPEAT=5 DURATION=3s bash bindings/nginx/bench.sh 2>&1 | tee "$out/nginx.txt" | tail -n 30
-step "Python: bindings/python/bench.py"
-(cd bindings/python && TOLLGATE_LIBRARY=../../target/release/libtollgate.so PYTHONPATH=src python3 bench.py) 2>&1 | tee "$out/python.txt" | tail -n 20
+step "nginx: PIN=1 WORKERS=1 THREADS=1 REPEAT=5 DURATION=3s benches/nginx.sh"
+PIN=1 WORKERS=1 THREADS=1 REPEAT=5 DURATION=3s bash benches/nginx.sh 2>&1 | tee "$out/nginx.txt" | tail -n 30
+step "Python: benches/python.py and benches/python_asgi.py"
+(export TOLLGATE_LIBRARY=$root/target/release/libtollgate.so PYTHONPATH=$root/bindings/python/src; python3 benches/python.py && python3 benches/python_asgi.py) 2>&1 | tee "$out/python.txt" | tail -n 20
 step "done: outputs in $out"

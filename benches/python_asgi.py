@@ -4,7 +4,7 @@ trivial app alone, behind the middleware (admitted: the limit is never
 reached), and refused (429 every time). No server, no sockets: the ASGI
 callables are driven directly, 100 accounts round-robin.
 
-    python3 bench_asgi.py [N]
+    python3 benches/python_asgi.py [N]   (tollgate importable: see benches/python.py)
 """
 
 import asyncio

@@ -31,7 +31,11 @@ the speed-ups are given from the best rounds and, for a noisier but
 interference-robust view, as the median of per-round ratios (each from
 back-to-back runs). --wall uses wall-clock time instead.
 
-    python3 bench.py [--decisions N] [--rounds R] [--wall]
+    python3 benches/python.py [--decisions N] [--rounds R] [--wall]
+
+from the repository root, with the package importable: after
+``pip install ./bindings/python``, or against a release build as
+``TOLLGATE_LIBRARY=target/release/libtollgate.so PYTHONPATH=bindings/python/src``.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ POLICY = f"""
 
 
 def refused() -> None:
-    raise SystemExit("bench.py: a decision was refused; the limits are meant never to be reached")
+    raise SystemExit("benches/python.py: a decision was refused; the limits are meant never to be reached")
 
 
 def tollgate_runner(lim: tollgate.Limiter, keys: list[str], every_field: bool = False) -> Callable[[int], None]:
@@ -227,7 +231,7 @@ def main() -> int:
             results.setdefault(key, []).append(args.decisions / dt)
 
     best = {k: max(v) for k, v in results.items()}
-    cmd = "python3 " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+    cmd = "python3 " + " ".join([sys.argv[0]] + sys.argv[1:])
     print(f"command: {cmd}")
     print(f"machine: {machine()}")
     print(

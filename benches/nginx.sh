@@ -40,9 +40,9 @@
 # ANNOTATE="tollgate ..." (default tollgate) prints callgrind_annotate's
 # per-function view for those variants (CG_OUT=DIR keeps the files).
 #
-#   bindings/nginx/bench.sh            (DURATION=8s REPEAT=3 CONNS=50)
-#   SKIP_BUILD=1 WAIT_IDLE=0.5 bindings/nginx/bench.sh
-#   INSTR_ONLY=1 INSTR_N=4000 bindings/nginx/bench.sh
+#   benches/nginx.sh            (DURATION=8s REPEAT=3 CONNS=50)
+#   SKIP_BUILD=1 WAIT_IDLE=0.5 benches/nginx.sh
+#   INSTR_ONLY=1 INSTR_N=4000 benches/nginx.sh
 #
 # WAIT_IDLE=L first waits (30 min at most) for the 1-minute load average to
 # drop below L; the load is printed with the results either way. Run as
@@ -51,7 +51,8 @@
 # PIN=1 (with WORKERS=1) pins the nginx worker to CPU 1 and wrk to CPU 0.
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
+here=$root/bindings/nginx
 module=$here/build/ngx_http_tollgate_module.so
 nginx=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 duration=${DURATION:-8s}
@@ -67,7 +68,7 @@ annotate=${ANNOTATE:-tollgate}
 if [ "$(id -u)" = 0 ]; then
     renice -n "${NICE:--20}" -p $$ > /dev/null
 fi
-command -v wrk >/dev/null || { echo "bench.sh: wrk is not installed" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "benches/nginx.sh: wrk is not installed" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
 chmod 755 "$work"
@@ -359,7 +360,6 @@ run_instr() {   # variant -> prints "instructions_per_request"
 
 # callgrind_annotate's lines as instructions per request: "COUNT name",
 # each function once (its debug info names some files twice)
-root=$(cd "$here/../.." && pwd)
 per_request() {   # requests
     awk -v n="$1" -v root="$root/" '/^ *[0-9,]+ +\(/ {
         line = $0; c = $1; gsub(",", "", c)
