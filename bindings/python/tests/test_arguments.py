@@ -23,11 +23,11 @@ MB = 1 << 20
 
 @pytest.fixture(params=["cached", "uncached"])
 def lim(request, monkeypatch, small_policy):
-    # Both ways check() reaches the library (see "the hot path" in _core):
+    # Both ways check() reaches the library (see "the hot path" in _limiter):
     # with the request of a key seen before kept, and with none kept.
-    monkeypatch.setattr(tollgate._core, "_requests", {})
+    monkeypatch.setattr(tollgate._limiter, "_requests", {})
     if request.param == "uncached":
-        monkeypatch.setattr(tollgate._core, "_REQUESTS_CACHED", 0)
+        monkeypatch.setattr(tollgate._limiter, "_REQUESTS_CACHED", 0)
     with Limiter(small_policy, slots=64) as lim:
         yield lim
 
@@ -82,15 +82,15 @@ def test_a_key_seen_before_still_refuses_numbers_that_only_compare_equal(lim, kw
 
 
 def test_requests_kept_are_bounded_and_answers_unchanged(monkeypatch, small_policy):
-    monkeypatch.setattr(tollgate._core, "_requests", {})
-    monkeypatch.setattr(tollgate._core, "_requests_kept", 0)
-    monkeypatch.setattr(tollgate._core, "_REQUESTS_CACHED", 10)
+    monkeypatch.setattr(tollgate._limiter, "_requests", {})
+    monkeypatch.setattr(tollgate._limiter, "_requests_kept", 0)
+    monkeypatch.setattr(tollgate._limiter, "_REQUESTS_CACHED", 10)
     with Limiter(small_policy, slots=256) as lim:
         for round_ in range(3):
             for i in range(25):
                 d = lim.check(f"k{i}", "tiny", now=T0)
                 assert d.minute_remaining == 4 - round_
-                kept = sum(len(v) for v in tollgate._core._requests.values())
+                kept = sum(len(v) for v in tollgate._limiter._requests.values())
                 assert kept <= 10
         # bytes and str accounts are distinct keys with the same counters.
         assert lim.check(b"k0", "tiny", now=T0).minute_remaining == 1

@@ -441,8 +441,8 @@ def test_close_is_idempotent_and_use_after_close_raises():
 def test_uncached_path_gives_the_same_answers(monkeypatch):
     # With no request kept (every check builds its own), the same results
     # and the same errors.
-    monkeypatch.setattr(tollgate._core, "_requests", {})
-    monkeypatch.setattr(tollgate._core, "_REQUESTS_CACHED", 0)
+    monkeypatch.setattr(tollgate._limiter, "_requests", {})
+    monkeypatch.setattr(tollgate._limiter, "_REQUESTS_CACHED", 0)
     with Limiter() as lim:
         for i in range(30):
             d = lim.check("p", "DeepSeek-V3.1", now=T0)

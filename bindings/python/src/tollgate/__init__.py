@@ -18,21 +18,17 @@ Set ``TOLLGATE_LIBRARY`` to load another copy of the library.
 """
 
 from ._answer import Answer
+from ._args import now_ms
 from ._body import body_model
-from ._core import (
-    DEFAULT_SLOTS,
-    Decision,
-    LeaseStats,
-    Limiter,
-    Policy,
-    Stats,
-    Tier,
-    now_ms,
-    unknown_model_body,
-)
+from ._decision import Decision
 from ._ffi import ACCOUNT_MAX, BODY_DEPTH_MAX, BODY_MODEL_MAX, LAYOUT_VERSION, MODEL_NAME_MAX, VERSION_NUMBER
 from ._ffi import library_path as _library_path
 from ._ffi import tg_version as _tg_version
+from ._leases import LeaseStats
+from ._limiter import DEFAULT_SLOTS, Limiter, Stats
+from ._policy import Policy
+from ._render import unknown_model_body
+from ._tier import Tier
 from .errors import (
     BodyError,
     CostTooLarge,

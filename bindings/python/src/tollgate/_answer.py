@@ -7,7 +7,9 @@ from __future__ import annotations
 from ctypes import byref, c_size_t, c_uint32, c_uint64, create_string_buffer
 
 from . import _ffi
-from ._core import Decision, Limiter, answer_headers, decision_from_answer
+from ._decision import Decision, decision_from_answer
+from ._limiter import Limiter
+from ._render import answer_headers
 from .errors import InvalidArgument, error_for
 
 __all__ = ["Answer", "answer_for", "answer_request", "answer_request_waiting", "method_limited", "outcome_name"]

@@ -405,7 +405,7 @@ tg_limiter_connect = _proto("tg_limiter_connect", _i32, [c_void_p, c_char_p, POI
 tg_limiter_lease_stats = _proto(
     "tg_limiter_lease_stats", _i32, [c_void_p, POINTER(TgLeaseStats)], hold_gil=True
 )
-# Read by the thread that logs a joined limiter's events (_core._LeaseEvents):
+# Read by the thread that logs a joined limiter's events (_leases._LeaseEvents):
 # a short copy under the library's lock, keeping the GIL like the calls above.
 tg_limiter_lease_event = _proto(
     "tg_limiter_lease_event",
@@ -487,7 +487,7 @@ tg_account_digest = _proto(
 
 # Hot-path twins of tg_check and tg_check_now without argtypes: ctypes then
 # converts nothing. They are only ever called with byref() objects (the
-# handle, see _core's "the hot path", and the decision), a bytes object
+# handle, see _limiter's "the hot path", and the decision), a bytes object
 # holding a packed tg_request, and for tg_check a c_uint64; the default
 # restype (C int) reads the int32 status. Like the others on a limiter
 # handle, they keep the GIL.

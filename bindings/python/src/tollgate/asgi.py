@@ -41,7 +41,8 @@ from typing import Any, Callable, Union
 from . import _ffi
 from ._answer import answer_for, answer_request, answer_request_waiting, method_limited
 from ._body import body_model
-from ._core import Limiter, Tier, tier_parse
+from ._limiter import Limiter
+from ._tier import Tier, tier_parse
 from .errors import BodyError, InvalidArgument, InvalidArgumentType, error_for
 
 __all__ = [

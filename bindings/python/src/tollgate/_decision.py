@@ -1,0 +1,189 @@
+"""Decision, the outcome of one check: the library's tg_decision bytes,
+unpacked when read, and its headers and 429 body as the library renders
+them."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import sys
+from dataclasses import FrozenInstanceError, dataclass, fields
+from operator import attrgetter
+from typing import Any
+
+from . import _ffi
+from ._args import _ms
+from ._render import _decision_pairs, _render
+
+__all__ = ["Decision", "decision_from_answer"]
+
+_DECISION_SIZE = ctypes.sizeof(_ffi.TgDecision)
+_LIMITED_BY = (None, "minute", "day")
+_new = object.__new__
+_unpack = _ffi.DECISION_OUT.unpack_from
+
+
+@dataclass(init=False, eq=False)
+class Decision:
+    """The outcome of one check. ``allowed`` is the verdict; ``limited_by`` is
+    "minute", "day" or None; resets are epoch seconds; ``retry_after`` is in
+    whole seconds (0 when allowed). Truthy when allowed.
+
+    A dataclass whose fields cannot be assigned (FrozenInstanceError, as a
+    frozen one) and whose values are the library's tg_decision as it wrote
+    it: making one is a copy of those bytes, and they are unpacked when a
+    field other than ``allowed`` and ``model`` is first read. Equal (and
+    hashed) by its fields."""
+
+    __slots__ = ("_fields", "_model", "_raw")
+
+    allowed: bool
+    limited_by: str | None
+    minute_limit: int
+    minute_remaining: int
+    minute_reset: int
+    day_limit: int
+    day_remaining: int
+    day_reset: int
+    retry_after: int
+    model: str
+
+    def __init__(
+        self,
+        allowed: bool,
+        limited_by: str | None,
+        minute_limit: int,
+        minute_remaining: int,
+        minute_reset: int,
+        day_limit: int,
+        day_remaining: int,
+        day_reset: int,
+        retry_after: int,
+        model: str,
+    ) -> None:
+        raw = _ffi.DECISION_STRUCT.pack(
+            0,
+            1 if allowed else 0,
+            _LIMITED_BY.index(limited_by),
+            minute_limit,
+            minute_remaining,
+            minute_reset,
+            day_limit,
+            day_remaining,
+            day_reset,
+            retry_after,
+        )
+        self._raw = raw.ljust(_DECISION_SIZE, b"\0")
+        self._model = model
+        self._fields: tuple[Any, ...] | None = None
+
+    def _unpacked(self) -> tuple[Any, ...]:
+        # allowed, limited_by's number, minute_limit, ..., retry_after
+        v = self._fields
+        if v is None:
+            v = self._fields = _unpack(self._raw)
+        return v
+
+    def _values(self) -> tuple[Any, ...]:
+        al, lb, ml, mr, mrs, dl, dr, drs, ra = self._unpacked()
+        return (al, _LIMITED_BY[lb], ml, mr, mrs, dl, dr, drs, ra, self._model)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle: the fields, to __init__
+        return (type(self), self._values())
+
+    def __bool__(self) -> bool:
+        return self._raw[_ALLOWED_BYTE] != 0
+
+    def _c(self) -> _ffi.TgDecision:
+        return _ffi.TgDecision.from_buffer_copy(self._raw)
+
+    @property
+    def header_items(self) -> list[tuple[bytes, bytes]]:
+        """The headers as (name, value) byte pairs in the library's order,
+        names in lower case (the shape ASGI and WSGI servers take)."""
+        return _decision_pairs(self._c())
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The six ``x-ratelimit-*`` headers, plus ``retry-after`` when denied
+        (tg_decision_headers)."""
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.header_items}
+
+    def ietf_headers(self, now: float | None = None) -> dict[str, str]:
+        """``RateLimit-Policy`` and ``RateLimit`` fields of the IETF draft
+        (tg_decision_ietf_headers); ``t`` counts from ``now`` (epoch seconds,
+        None = the library's clock)."""
+        ms = int(_ffi.tg_now_ms()) if now is None else _ms(now)
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in _decision_pairs(self._c(), ms)}
+
+    @property
+    def error_body(self) -> str:
+        """The OpenAI-shaped 429 JSON body naming the model and the limit hit
+        (tg_decision_error_body)."""
+        mb = self._model.encode("utf-8", "surrogateescape")
+        return _render(_ffi.tg_decision_error_body, self._c(), mb, len(mb)).decode("utf-8", "replace")
+
+
+# `allowed` is 0 or 1: its low byte says which.
+_ALLOWED_BYTE = _ffi.TgDecision.allowed.offset + (0 if sys.byteorder == "little" else 3)
+
+
+def _field(i: int, name: str) -> property:
+    """Decision field ``name``, the i-th: read-only, like a frozen dataclass's
+    (set after @dataclass, which would take a class attribute of a field's
+    name for its default)."""
+
+    def assign(self: Decision, _: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def delete(self: Decision) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    get: Any
+    if name == "allowed":
+
+        def get(self: Decision) -> bool:
+            return self._raw[_ALLOWED_BYTE] != 0
+
+    elif name == "model":
+        get = attrgetter("_model")
+    elif name == "limited_by":
+
+        def get(self: Decision) -> str | None:
+            return _LIMITED_BY[self._unpacked()[1]]
+
+    else:
+
+        def get(self: Decision) -> int:
+            v = self._fields
+            if v is None:
+                v = self._unpacked()
+            value: int = v[i]
+            return value
+
+    return property(get, assign, delete, f"The decision's {name}.")
+
+
+for _i, _f in enumerate(fields(Decision)):
+    setattr(Decision, _f.name, _field(_i, _f.name))
+del _i, _f
+
+_ANSWER_DECISION_OFF = _ffi.TgAnswer.decision.offset
+_decision_bytes = struct.Struct(f"{_DECISION_SIZE}s").unpack_from
+
+
+def decision_from_answer(answer: _ffi.TgAnswer, model: str) -> Decision:
+    """The Decision inside a tg_answer."""
+    d = _new(Decision)
+    (d._raw,) = _decision_bytes(answer, _ANSWER_DECISION_OFF)
+    d._model = model
+    d._fields = None
+    return d
