@@ -1426,6 +1426,8 @@ tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, siz
 /**
  * tg_answer.outcome values (stable): how the request went, for logs,
  * metrics and variables; tg_outcome_name() names them.
+ *
+ * Admitted by every window: passed, with the rate-limit headers.
  */
 #define TG_OUTCOME_PASSED 0
 
@@ -1466,7 +1468,8 @@ tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, siz
 #define TG_OUTCOME_NO_ACCOUNT 7
 
 /**
- * Any other error (the quota store's, a bug): 500.
+ * Any other error (the quota store's, a bug): 500; or 503
+ * `rate_limiter_busy` when a decision could not wait for the store.
  */
 #define TG_OUTCOME_ERROR 8
 

@@ -74,19 +74,32 @@ impl Default for Options {
 #[repr(u32)]
 #[non_exhaustive]
 pub enum Outcome {
+    /// Admitted by every window: passed, with the rate-limit headers.
     Passed = 0,
+    /// Refused by a window: 429 (or the configured refuse status).
     Rejected = 1,
+    /// Would have been refused; passed because of the dry run.
     DryRun = 2,
+    /// No free slot for a new key: 503, or passed when failing open.
     TableFull = 3,
+    /// The model is not in the policy: 404.
     UnknownModel = 4,
+    /// The request is unusable (its body, tier or cost): 400, or 413 for
+    /// a body over the binding's cap.
     BadRequest = 5,
+    /// No limit configured for this tier and model: 403, or passed.
     NoLimit = 6,
+    /// The request carries no account id: 401, or passed.
     NoAccount = 7,
+    /// Any other error (the quota store's, a bug): 500; or 503
+    /// `rate_limiter_busy` when a decision could not wait for the store.
     Error = 8,
+    /// The method is not limited: passed without headers.
     NotLimited = 9,
 }
 
 impl Outcome {
+    /// Every outcome, in the order of their values.
     pub const ALL: [Outcome; 10] = [
         Outcome::Passed,
         Outcome::Rejected,
@@ -116,6 +129,7 @@ impl Outcome {
         }
     }
 
+    /// The outcome of a TG_OUTCOME_* value; `None` for any other number.
     pub fn from_u32(v: u32) -> Option<Outcome> {
         Outcome::ALL.get(v as usize).copied()
     }
@@ -154,7 +168,9 @@ pub struct Answer {
 /// One header value: a number or a fixed text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderValue {
+    /// A count, a limit, a time in seconds.
     Num(u64),
+    /// A fixed text (`true`, `false`).
     Text(&'static str),
 }
 
@@ -230,6 +246,8 @@ pub fn method_is_limited(method: &[u8]) -> bool {
 /// A request as an HTTP binding sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct HttpRequest<'a> {
+    /// The HTTP method as sent (only `POST` is limited:
+    /// [`method_is_limited`]).
     pub method: &'a [u8],
     /// The account id; `None` when the request carries none (no API key).
     pub account: Option<&'a [u8]>,
@@ -355,10 +373,13 @@ impl Answer {
         self.would
     }
 
+    /// The request goes on upstream (admitted, dry run, or passed by the
+    /// operator's choice); the binding adds [`Answer::headers`].
     pub fn passes(&self) -> bool {
         self.status == 0
     }
 
+    /// How the request went, for logs and metrics.
     pub fn outcome(&self) -> Outcome {
         self.outcome
     }
@@ -564,8 +585,11 @@ impl Answer {
 /// their own memory (the C ABI's `tg_answer`), and back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Parts {
+    /// [`Answer::status`]: the status to answer, 0 to pass.
     pub status: u16,
+    /// [`Answer::would_status`].
     pub would: u16,
+    /// The [`Outcome`] as its TG_OUTCOME_* value.
     pub outcome: u32,
     /// Which body: a private code, checked on the way back.
     pub body: u32,
@@ -589,6 +613,7 @@ const BODIES: [Kind; 14] = [
 ];
 
 impl Answer {
+    /// The answer as plain numbers ([`Answer::from_parts`] reads them back).
     pub fn parts(&self) -> Parts {
         Parts {
             status: self.status,

@@ -37,9 +37,6 @@
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-// Modules being rewritten elsewhere (issue 16) opt out of `missing_docs`
-// until their rewrite lands with its docs; drop each allow then.
-#[allow(missing_docs)]
 pub mod answer;
 pub mod body;
 pub mod decision;
@@ -49,7 +46,6 @@ pub mod ffi;
 mod file;
 mod key;
 #[cfg(feature = "leases")]
-#[allow(missing_docs)]
 pub mod lease;
 mod limiter;
 mod operator;
@@ -57,10 +53,8 @@ mod options;
 pub mod policy;
 mod refusals;
 mod region;
-#[allow(missing_docs)]
 mod slot;
 #[cfg(feature = "leases")]
-#[allow(missing_docs)]
 pub mod store;
 #[cfg(feature = "tower")]
 pub mod tower;

@@ -180,8 +180,12 @@ pub struct View {
 #[repr(u32)]
 #[non_exhaustive]
 pub enum LimitedBy {
+    /// Admitted: no window refused.
     None = 0,
+    /// The minute window (RPM) refused.
     Minute = 1,
+    /// The day window (RPD) refused; named whenever the day is
+    /// exhausted, as waiting for the minute would not help.
     Day = 2,
 }
 

@@ -113,7 +113,9 @@ pub enum StoreError {
     /// step). The call may or may not have taken effect in Redis: retry a
     /// `grant_once`, `give_back` or `push` with the same id to find out.
     Timeout {
+        /// The deadline that passed.
         after: Duration,
+        /// The step it passed in (connecting, the script call, ...).
         during: &'static str,
     },
     /// Redis could not be reached (connection refused or dropped, no
@@ -130,7 +132,10 @@ pub enum StoreError {
     Refused(String),
     /// The breaker is open after repeated failures: no call was made.
     /// `retry_in` is the rest of the cool-down (zero while a probe runs).
-    CircuitOpen { retry_in: Duration },
+    CircuitOpen {
+        /// The rest of the cool-down.
+        retry_in: Duration,
+    },
     /// Redis ran the script and it failed (for example a key of ours holds
     /// something that is not a count).
     Script(String),
@@ -229,6 +234,7 @@ impl Tag {
         Tag(hex(&out).into_bytes())
     }
 
+    /// The tag as it goes between the braces of the key names.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
@@ -270,6 +276,7 @@ impl OpId {
         Ok(OpId(hex(bytes)))
     }
 
+    /// The id as it goes into the record's key name (hex).
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -285,9 +292,13 @@ impl Default for OpId {
 /// has left (`None`: no key, that is a count of 0, or a key without expiry).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Units counted in the minute window.
     pub minute_count: u64,
+    /// Units counted in the day window.
     pub day_count: u64,
+    /// Milliseconds the minute's key has left.
     pub minute_ttl_ms: Option<u64>,
+    /// Milliseconds the day's key has left.
     pub day_ttl_ms: Option<u64>,
 }
 
@@ -295,10 +306,12 @@ pub struct Counts {
 /// charged anywhere), and the counts after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
+    /// Units charged to both windows (0: refused, nothing charged).
     pub units: u32,
     /// The same id was granted before (within [`GRANT_RECORD_TTL`]):
     /// `units` is that first answer and nothing was charged now.
     pub replayed: bool,
+    /// Both windows' counts after the grant.
     pub counts: Counts,
 }
 
@@ -307,10 +320,13 @@ pub struct Grant {
 /// counts after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Applied {
+    /// Units applied to the minute window (0 if it had closed).
     pub minute_units: u64,
+    /// Units applied to the day window.
     pub day_units: u64,
     /// The id was applied before: nothing changed now.
     pub replayed: bool,
+    /// Both windows' counts after it.
     pub counts: Counts,
 }
 
@@ -350,7 +366,9 @@ pub struct StoreStats {
 /// per minute and per day, or any later unit's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowLimits {
+    /// Units per minute window.
     pub minute: u64,
+    /// Units per day window.
     pub day: u64,
 }
 
@@ -370,9 +388,13 @@ impl From<Limits> for WindowLimits {
 /// is the exact mode: all or nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ask {
+    /// The most units wanted.
     pub want: u32,
+    /// The fewest worth having (the request's cost); fewer is a refusal.
     pub min: u32,
+    /// The limits the grant must stay under.
     pub limits: WindowLimits,
+    /// The hosts sharing the quota (at least 1).
     pub hosts: u32,
 }
 
@@ -414,9 +436,13 @@ impl Eviction {
 /// One grant of a batch ([`QuotaStore::grant_many`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantCall {
+    /// The key's tag.
     pub tag: Tag,
+    /// The grant's id, for its replay.
     pub id: OpId,
+    /// What it asks.
     pub ask: Ask,
+    /// The windows it is dated in.
     pub at: Instant,
 }
 
@@ -425,10 +451,15 @@ pub struct GrantCall {
 pub struct ApplyCall {
     /// A push ([`QuotaStore::push`]), else a give-back.
     pub push: bool,
+    /// The key's tag.
     pub tag: Tag,
+    /// The call's id: applied once however often it is sent.
     pub id: OpId,
+    /// Units for the minute window.
     pub minute_units: u32,
+    /// Units for the day window.
     pub day_units: u32,
+    /// The windows it is dated in.
     pub at: Instant,
 }
 

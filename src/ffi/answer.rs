@@ -44,6 +44,8 @@ pub const TG_ANSWER_NO_WAIT: u32 = 16;
 
 /// tg_answer.outcome values (stable): how the request went, for logs,
 /// metrics and variables; tg_outcome_name() names them.
+///
+/// Admitted by every window: passed, with the rate-limit headers.
 pub const TG_OUTCOME_PASSED: u32 = 0;
 /// Refused by a window: 429 (or the configured refuse status).
 pub const TG_OUTCOME_REJECTED: u32 = 1;
@@ -60,7 +62,8 @@ pub const TG_OUTCOME_BAD_REQUEST: u32 = 5;
 pub const TG_OUTCOME_NO_LIMIT: u32 = 6;
 /// The request carries no account id: 401, or passed.
 pub const TG_OUTCOME_NO_ACCOUNT: u32 = 7;
-/// Any other error (the quota store's, a bug): 500.
+/// Any other error (the quota store's, a bug): 500; or 503
+/// `rate_limiter_busy` when a decision could not wait for the store.
 pub const TG_OUTCOME_ERROR: u32 = 8;
 /// The method is not limited: passed without headers.
 pub const TG_OUTCOME_NOT_LIMITED: u32 = 9;

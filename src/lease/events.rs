@@ -29,8 +29,12 @@ pub enum Level {
 /// One event: its number (from 1, in order), level and text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
+    /// Its number: 1 for the first, each next one more, so a reader sees
+    /// what it missed.
     pub seq: u64,
+    /// How loudly to log it.
     pub level: Level,
+    /// What happened, for the operator (never a password).
     pub text: String,
 }
 

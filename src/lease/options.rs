@@ -41,7 +41,9 @@ pub struct LeaseOptions {
     /// The store's own settings; its `deadline` (default 50 ms) bounds every
     /// round trip a decision makes.
     pub store: StoreOptions,
+    /// Leases (the default) or a round trip per decision (`Exact`).
     pub mode: LeaseMode,
+    /// What a decision does when Redis does not answer (default `Local`).
     pub down: DownPolicy,
     /// Gateway hosts sharing each quota: a lease is at most the room left
     /// divided by them, and `DownPolicy::Local` admits limit / hosts per

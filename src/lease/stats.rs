@@ -9,7 +9,9 @@ use crate::store::StoreStats;
 /// What a joined limiter did since it joined (all handles sharing it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseStats {
+    /// The mode joined with.
     pub mode: LeaseMode,
+    /// The down policy joined with.
     pub down_policy: DownPolicy,
     /// The hosts each quota is shared by now: as configured, or the live
     /// count Redis last gave (`hosts` auto; 1 before the first).
@@ -44,10 +46,14 @@ pub struct LeaseStats {
     pub degraded: u64,
     /// Of those: admitted within the host's share (`Local`) or open.
     pub degraded_admitted: u64,
-    /// Give-backs and pushes done, and the units they carried.
+    /// Give-backs done: unspent units returned to Redis.
     pub give_backs: u64,
+    /// The units those give-backs returned.
     pub given_back_units: u64,
+    /// Pushes done: units admitted by the down policy, charged to Redis
+    /// once it answered again.
     pub pushes: u64,
+    /// The units those pushes charged.
     pub pushed_units: u64,
     /// Units dropped after an outage rather than given back (they may have
     /// been granted by a Redis that restarted without its data).

@@ -36,7 +36,10 @@ pub enum Fault {
     /// The reply is lost after the deadline: [`StoreError::Timeout`].
     /// With `applied`, the call took effect first (as when Redis ran the
     /// script and the reply was late), else it never arrived.
-    Timeout { applied: bool },
+    Timeout {
+        /// The call took effect before its reply was lost.
+        applied: bool,
+    },
     /// Every call takes this long before it is made (a slow network, a
     /// long script of another client); one that would pass the deadline
     /// is a timeout that never took effect, after the deadline.

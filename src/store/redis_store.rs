@@ -102,6 +102,7 @@ impl Store {
         Ok(store)
     }
 
+    /// The options the store was made with.
     pub fn options(&self) -> &StoreOptions {
         &self.opts
     }
