@@ -276,7 +276,7 @@ impl Rec {
 
 /// The streaming scanner. Construct it for the response's [`Framing`],
 /// feed it the response in chunks of any size, then call
-/// [`finish`](UsageScanner::finish). About 400 bytes, no heap.
+/// [`finish`](UsageScanner::finish). 424 bytes on 64-bit targets, no heap.
 ///
 /// Errors are returned by `feed` when found: in a JSON body at the byte
 /// where they occur, in an SSE stream at the blank line that ends the
@@ -1190,6 +1190,13 @@ mod tests {
         assert_eq!(chunked(Sse, empty, &[]), (Ok(None), false));
         // `datax:` is not data.
         assert_eq!(chunked(Sse, b"datax: [\n\n", &[]), (Ok(None), false));
+    }
+
+    #[test]
+    fn fixed_size() {
+        // What a C caller would provide for one (docs/usage.md).
+        let n = core::mem::size_of::<UsageScanner>();
+        assert!(n <= 512, "{n}");
     }
 
     #[test]
