@@ -678,16 +678,7 @@ impl ModelScanner {
                 self.st = St::Str;
             }
         } else {
-            let (need, lo, hi) = match b {
-                0xc2..=0xdf => (1, 0x80, 0xbf),
-                0xe0 => (2, 0xa0, 0xbf),
-                0xe1..=0xec | 0xee..=0xef => (2, 0x80, 0xbf),
-                0xed => (2, 0x80, 0x9f),
-                0xf0 => (3, 0x90, 0xbf),
-                0xf1..=0xf3 => (3, 0x80, 0xbf),
-                0xf4 => (3, 0x80, 0x8f),
-                _ => return Err(BodyError::NotJson),
-            };
+            let (need, lo, hi) = utf8_lead(b).ok_or(BodyError::NotJson)?;
             self.utf_need = need;
             self.utf_lo = lo;
             self.utf_hi = hi;
@@ -698,8 +689,24 @@ impl ModelScanner {
     }
 }
 
+/// A UTF-8 lead byte: how many continuation bytes follow, and the range
+/// the first of them must be in (the Unicode standard's well-formed
+/// sequences, table 3-7); `None` for a byte that cannot lead.
+pub(crate) fn utf8_lead(b: u8) -> Option<(u8, u8, u8)> {
+    Some(match b {
+        0xc2..=0xdf => (1, 0x80, 0xbf),
+        0xe0 => (2, 0xa0, 0xbf),
+        0xe1..=0xec | 0xee..=0xef => (2, 0x80, 0xbf),
+        0xed => (2, 0x80, 0x9f),
+        0xf0 => (3, 0x90, 0xbf),
+        0xf1..=0xf3 => (3, 0x80, 0xbf),
+        0xf4 => (3, 0x80, 0x8f),
+        _ => return None,
+    })
+}
+
 /// The byte a one-letter escape (`\n`, `\"`...) stands for.
-fn simple_escape(c: u8) -> Option<u8> {
+pub(crate) fn simple_escape(c: u8) -> Option<u8> {
     Some(match c {
         b'"' | b'\\' | b'/' => c,
         b'b' => 0x08,
@@ -711,7 +718,7 @@ fn simple_escape(c: u8) -> Option<u8> {
     })
 }
 
-fn is_ws(c: u8) -> bool {
+pub(crate) fn is_ws(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\n' | b'\r')
 }
 
@@ -770,7 +777,7 @@ fn run_swar(s: &[u8], ascii: bool) -> usize {
 /// Length of the run of plain ASCII string bytes (not `"`, `\`, control or
 /// >= 0x80) at the start of `s`: the loop that skips a prompt.
 #[inline]
-fn plain_run(s: &[u8]) -> usize {
+pub(crate) fn plain_run(s: &[u8]) -> usize {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         use core::arch::x86_64::*;
@@ -825,7 +832,7 @@ fn plain_run(s: &[u8]) -> usize {
 /// Length of the run of string bytes, non-ASCII included, before the next
 /// `"`, `\` or control byte.
 #[inline]
-fn text_run(s: &[u8]) -> usize {
+pub(crate) fn text_run(s: &[u8]) -> usize {
     run_swar(s, false)
 }
 

@@ -23,6 +23,8 @@
 //! decision path), `refusals` (the ring of latest refusals), `limiter` (the
 //! Rust API), [`decision`] (a decision and its headers and 429 body),
 //! [`body`] (the streaming JSON scan of a request body for its model),
+//! [`usage`] (the streaming scan of a response, JSON or SSE, for the token
+//! usage the upstream reports),
 //! [`answer`] (the whole HTTP answer for every outcome, one wording for
 //! every binding), `digest` (account ids from bearer keys), `operator`
 //! (views and repairs for operators), `error`, [`ffi`] (the C ABI, one file
@@ -58,6 +60,7 @@ mod slot;
 pub mod store;
 #[cfg(feature = "tower")]
 pub mod tower;
+pub mod usage;
 mod window;
 
 pub use body::BodyError;

@@ -5,6 +5,8 @@
 #[path = "alloc/body.rs"]
 mod body;
 mod counting;
+#[path = "alloc/usage.rs"]
+mod usage;
 
 use tollgate::{Limiter, Policy, Request, Tier};
 

@@ -2,7 +2,8 @@
 //! whole crate, so few binaries build much faster than one per file): the
 //! reference model (proptest), the conformance table, threads racing on
 //! one table, the seeded fuzz corpora, and the body scanner against
-//! serde_json, the upstreams' parsers and its throughput.
+//! serde_json, the upstreams' parsers and its throughput, and the response
+//! usage scanner against serde_json.
 
 mod bodycheck;
 mod conformance_table;
@@ -24,3 +25,5 @@ mod conformance;
 mod model;
 #[path = "checks/region_fuzz.rs"]
 mod region_fuzz;
+#[path = "checks/usage_differential.rs"]
+mod usage_differential;

@@ -72,7 +72,7 @@ fuzz() {
     # `cargo test` (tests/checks/region_fuzz.rs, tests/checks/body_fuzz.rs) run too.
     local t log
     log=$(mktemp)
-    for t in region_attach body_scan; do
+    for t in region_attach body_scan usage_scan; do
         if ! (cd fuzz && cargo +nightly fuzz run "$t" -- -seed=1 -runs=200000 -max_total_time=20 \
             -max_len=8192 -rss_limit_mb=2048) >"$log" 2>&1; then
             tail -n 40 "$log"
