@@ -395,8 +395,7 @@ impl Limiter {
     /// Opens the region file at `path` as [`Limiter::open_read_only`] does,
     /// and carries its live counts into a new region file (see
     /// [`Limiter::resize_with_progress`]). Unlike every other open, this one
-    /// also reads a region of the previous layout version
-    /// ([`LEGACY_VERSION`](crate::region::LEGACY_VERSION)), which is how a
+    /// also reads a region of the previous layout version (2), which is how a
     /// table made by an older library is moved to this one without losing
     /// the day's counts.
     pub fn resize_file(

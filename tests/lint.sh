@@ -31,6 +31,8 @@ step cargo clippy --release --all-targets --features cli,tower,redis --quiet -- 
 step cargo clippy --release --lib --no-default-features --quiet -- -D warnings
 # The lease layer over the memory store alone (what miri runs).
 step cargo clippy --release --lib --no-default-features --features leases --quiet -- -D warnings
+# The API docs: no broken or private links.
+step env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features cli,tower,redis --quiet
 # The header generator (tests/gen_header.sh).
 step cargo clippy -p tollgate-gen-header --quiet -- -D warnings
 if [ -f bindings/python/lint.sh ]; then

@@ -60,8 +60,8 @@ pub struct LeaseStats {
     pub dropped_units: u64,
     /// Give-backs, pushes and grant recoveries waiting for Redis.
     pub pending: u64,
-    /// Requests that asked not to wait ([`Request::no_wait`]) and were
-    /// handed back as [`Error::Pending`] (not counted as decisions: each
+    /// Requests that asked not to wait ([`Request::no_wait`](crate::Request::no_wait)) and were
+    /// handed back as [`Error::Pending`](crate::Error::Pending) (not counted as decisions: each
     /// is decided again by a call that waits).
     pub deferred: u64,
     /// Microseconds the last answered store call took.
