@@ -1071,13 +1071,20 @@ fn example() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The features this test was built with (no feature is on by default):
+    // an example built without `redis` would refuse `--redis`.
+    let features = if cfg!(feature = "redis") {
+        "tower,redis"
+    } else {
+        "tower"
+    };
     let mut build = Command::new(cargo);
     build
         .args([
             "build",
             "--quiet",
             "--features",
-            "tower",
+            features,
             "--example",
             "axum",
         ])
