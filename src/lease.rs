@@ -75,6 +75,9 @@ struct Inner {
     host_id: String,
     /// Times Redis went from answering to not answering.
     epoch: AtomicU64,
+    /// Microseconds between the lease thread's last two looks at the keys
+    /// (see `lease_size`).
+    round_us: AtomicU64,
     /// What operators must hear, once per change.
     events: events::Events,
     /// The store's breaker trips already seen, and whether this outage's
@@ -177,6 +180,7 @@ impl Joined {
             live_hosts: AtomicU32::new(live),
             host_id,
             epoch: AtomicU64::new(0),
+            round_us: AtomicU64::new(0),
             events: events::Events::default(),
             seen_trips: AtomicU64::new(0),
             breaker_told: AtomicBool::new(false),

@@ -308,7 +308,8 @@ impl Inner {
             // Nothing changed yet: the caller decides again, waiting.
             return Err(Error::Pending);
         }
-        let (want, tag, epoch) = self.want(slot_i, gen, req, p, model, at);
+        let (want, tag, epoch, owner) = self.want(slot_i, gen, req, p, model, at);
+        let owned = |units: u32| owner.then_some(units);
         // Day units left over from earlier minutes cannot be spent without
         // new minute units, and a grant charges both windows: they go back.
         if held.day_left > held.minute_left {
@@ -343,13 +344,13 @@ impl Inner {
                     let by = refused_by(&g.counts, p.limits, cost);
                     let h = slot::spend(&self.region, slot_i, gen, 0, clock)
                         .map(|r| r.unwrap_or_else(|h| h));
-                    self.refilled(slot_i, gen, 0, &g.counts, h, clock);
+                    self.refilled(slot_i, gen, owned(0), &g.counts, h, clock);
                     let (m, d) = self.shown(slot_i, gen, at, h);
                     return Ok(Spent::Other(outcome(false, by, at, m, d)));
                 }
                 self.c.granted_units.fetch_add(g.units as u64, Relaxed);
                 let after = slot::add(&self.region, slot_i, gen, at, g.units, cost, clock.skew);
-                self.refilled(slot_i, gen, g.units, &g.counts, after, clock);
+                self.refilled(slot_i, gen, owned(g.units), &g.counts, after, clock);
                 if after.is_none() && g.units > cost {
                     // Rebound meanwhile: this decision spent its cost, the
                     // rest has nowhere to live.
@@ -366,7 +367,7 @@ impl Inner {
                 Ok(Spent::Other(outcome(true, LimitedBy::None, at, m, d)))
             }
             Err(e) => {
-                self.refilled(slot_i, gen, 0, &Counts::default(), None, clock);
+                self.refilled(slot_i, gen, owned(0), &Counts::default(), None, clock);
                 self.unanswered(e, slot_i, gen, req, p, tag, id, want, at, clock)
             }
         }

@@ -1,6 +1,7 @@
 //! How large a key's next lease is: about its rate times the refill
-//! interval, at least its cost and a floor, at most the hosts' share of
-//! the room left; and what a refill teaches about the key.
+//! interval (or the lease thread's rounds, when longer), at least its cost
+//! and a floor, at most the hosts' share of the room left; and what a
+//! refill teaches about the key.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -36,7 +37,9 @@ impl Inner {
     /// The size of the next lease for a key, and its tag: about the key's
     /// rate over the last lease times the refill interval (growing at most
     /// 16-fold per refill), at least the cost, at most the room left as of
-    /// the last exchange divided among the hosts.
+    /// the last exchange divided among the hosts. `owner`: this call took
+    /// the key's refill (else another is under way and this asks only the
+    /// cost); only the owner's grant is passed to `refilled`.
     pub(super) fn want(
         &self,
         slot_i: usize,
@@ -45,7 +48,7 @@ impl Inner {
         p: &Prepared,
         model: &str,
         at: Instant,
-    ) -> (u32, Tag, u64) {
+    ) -> (u32, Tag, u64, bool) {
         let cost = req.cost;
         let now = std::time::Instant::now();
         let mut keys = lock(&self.keys);
@@ -59,12 +62,12 @@ impl Inner {
         });
         let tag = info.tag.clone();
         if info.refilling {
-            return (cost, tag, info.epoch);
+            return (cost, tag, info.epoch, false);
         }
         info.refilling = true;
         info.limits = p.limits;
         let want = self.lease_size(info, slot_i, gen, at, now).max(cost);
-        (want, tag, info.epoch)
+        (want, tag, info.epoch, true)
     }
 
     /// A key's next lease before the floor of the cost: its rate over the
@@ -81,7 +84,16 @@ impl Inner {
     ) -> u32 {
         let elapsed = now.duration_since(info.last_refill).as_secs_f64().max(1e-6);
         let rate = info.last_grant as f64 / elapsed;
-        let by_rate = (rate * self.opts.refill_interval.as_secs_f64()).ceil();
+        // At least four of the lease thread's rounds: it tops a key up at
+        // half its lease, and the grant must land before the other half is
+        // spent, a round until its next look and up to one for the batch.
+        // With thousands of hot keys on a busy Redis a round can outlast
+        // the refill interval; longer leases then also mean fewer grants.
+        // Below half of `idle_after`, so a hot key is never taken for idle.
+        let round = self.round_us.load(Relaxed) as f64 / 1e6;
+        let rounds = (4.0 * round).min(self.opts.idle_after.as_secs_f64() / 2.0);
+        let span = self.opts.refill_interval.as_secs_f64().max(rounds);
+        let by_rate = (rate * span).ceil();
         let grown = (info.last_grant as f64 * 16.0).max(16.0);
         let est = by_rate.min(grown).min(u32::MAX as f64) as u32;
         let (gm, gd) = slot::read_word(&self.region.side(slot_i).global, gen, at);
@@ -100,7 +112,8 @@ impl Inner {
         est.min(share).min(self.opts.max_lease)
     }
 
-    /// Notes a refill's end: the key's rate, and (when Redis answered,
+    /// Notes a refill's end: with `owned` (the units the refill's owner got,
+    /// see `want`) the key's rate, and (when Redis answered,
     /// `held` being what the host holds after it) whether Redis still
     /// counts the units held. Its counts include every unit leased to this
     /// host in the window, so counts below the units held mean Redis lost
@@ -110,7 +123,7 @@ impl Inner {
         &self,
         slot_i: usize,
         gen: u16,
-        units: u32,
+        owned: Option<u32>,
         counts: &Counts,
         held: Option<Held>,
         clock: Clock,
@@ -119,7 +132,10 @@ impl Inner {
         let Some(info) = keys.get_mut(&(slot_i, gen)) else {
             return;
         };
-        if info.refilling {
+        // A decision's grant of its own cost, made while the owner's was
+        // under way, must not end the owner's refill: the owner's large
+        // grant would then go unrecorded and the key restart from one unit.
+        if let (Some(units), true) = (owned, info.refilling) {
             info.refilling = false;
             info.last_refill = std::time::Instant::now();
             info.last_grant = units;
