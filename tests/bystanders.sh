@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a command (a test suite) next to servers it did not start, and fails
 # if it stopped them: tests start their own servers on free ports and stop
-# only those, by pid, never by name (pkill, killall), service or port.
+# only those, by pid, never by process name, service or port.
 #
 #   bash tests/bystanders.sh COMMAND [ARGS...]
 #
