@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use tollgate::decision::Decision;
 use tollgate::{Error, LimitedBy, Limiter, Policy, Request, Tier};
 
-use super::{error_body, fail, headers, limited_by, Res};
+use super::{error_body, fail, headers, Res};
 use crate::output::indent;
 use crate::time::{hm, hms, span, utc};
 
@@ -108,7 +108,7 @@ pub fn run(_: Args) -> Res<u8> {
         o,
         "[{}] request {sent} -> refused (limited_by={}); the whole response:",
         hms(t),
-        limited_by(over.limited_by)
+        over.limited_by.name()
     )
     .unwrap();
     let mut resp =
@@ -194,7 +194,7 @@ pub fn run(_: Args) -> Res<u8> {
         "[{}] request {} of the day -> refused (limited_by={}), though a new minute began:",
         hms(t),
         allowed + 1,
-        limited_by(day_over.limited_by)
+        day_over.limited_by.name()
     )
     .unwrap();
     let mut resp =

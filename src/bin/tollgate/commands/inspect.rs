@@ -12,8 +12,7 @@ use tollgate::decision::Decision;
 use tollgate::{Error, KeyUsage, Limiter, Request, ACCOUNT_MAX};
 
 use super::{
-    fail, headers, json_path, limited_by, of, open_read_only, shown, Clock, Named, PolicyOpt, Res,
-    TierOpt,
+    fail, headers, json_path, of, open_read_only, shown, Clock, Named, PolicyOpt, Res, TierOpt,
 };
 use crate::output::{self, indent, table};
 use crate::time::utc;
@@ -233,7 +232,7 @@ fn print_json(
                 rpm: d.map(|d| d.minute.limit),
                 rpd: d.map(|d| d.day.limit),
                 allowed: d.map(|d| d.allowed),
-                limited_by: d.map(|d| limited_by(d.limited_by)),
+                limited_by: d.map(|d| d.limited_by.name()),
                 retry_after: d.map(|d| d.retry_after),
                 headers: d.map(Headers),
                 error: match &s.verdict {
@@ -343,7 +342,7 @@ fn print_one(s: &Seen) {
             } else {
                 println!(
                     "next request: refused (limited_by={}, retry-after {}); the headers now:",
-                    limited_by(d.limited_by),
+                    d.limited_by.name(),
                     d.retry_after
                 );
             }
@@ -383,7 +382,7 @@ fn print_table(seen: &[Seen]) {
                     } else {
                         format!(
                             "refused ({}, retry-after {})",
-                            limited_by(d.limited_by),
+                            d.limited_by.name(),
                             d.retry_after
                         )
                     },

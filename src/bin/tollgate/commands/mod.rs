@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use tollgate::decision::Decision;
-use tollgate::{Error, LimitedBy, Limiter, Policy, Tier};
+use tollgate::{Error, Limiter, Policy, Tier};
 
 use crate::escape;
 
@@ -131,10 +131,6 @@ pub fn shown(path: &Path) -> String {
 /// A path for JSON.
 pub fn json_path(path: &Path) -> String {
     escape::json(path.as_os_str().as_bytes())
-}
-
-pub fn limited_by(l: LimitedBy) -> &'static str {
-    l.name()
 }
 
 /// The rate-limit headers of a decision, `name: value\r\n` each.

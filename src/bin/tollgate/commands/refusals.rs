@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{json_path, limited_by, of, open_read_only, shown, Res};
+use super::{json_path, of, open_read_only, shown, Res};
 use crate::escape;
 use crate::output::{self, table};
 use crate::time::utc;
@@ -77,7 +77,7 @@ pub fn run(a: Args) -> Res<u8> {
                     at: utc(r.at_ms),
                     account: escape::json(&r.account),
                     model: r.model.as_deref().map(|m| escape::json(m.as_bytes())),
-                    limited_by: limited_by(r.limited_by),
+                    limited_by: r.limited_by.name(),
                     minute_count: r.minute_count,
                     minute_limit: r.minute_limit,
                     day_count: r.day_count,
@@ -116,7 +116,7 @@ pub fn run(a: Args) -> Res<u8> {
                 r.model
                     .as_deref()
                     .map_or("(unknown)".into(), |m| escape::term(m.as_bytes())),
-                limited_by(r.limited_by).to_string(),
+                r.limited_by.name().to_string(),
                 of(r.minute_count, Some(r.minute_limit)),
                 of(r.day_count, Some(r.day_limit)),
             ]
