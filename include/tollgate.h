@@ -255,6 +255,24 @@ typedef int32_t tg_status;
 #define TG_PENDING 36
 
 /**
+ * The request's token reservation is more than the key's token limit
+ * allows at all (answer 400: ask for fewer output tokens or send less).
+ */
+#define TG_E_TOKENS_TOO_LARGE 37
+
+/**
+ * The key has a token limit and the table has no token windows (formatted
+ * before 0.4): carry it into a new one with `tollgate resize`.
+ */
+#define TG_E_NO_TOKEN_WINDOWS 38
+
+/**
+ * A response's usage could not be read (not JSON, or a usage that is not
+ * token counts): settle it as a response without usage.
+ */
+#define TG_E_USAGE 39
+
+/**
  * An internal error was caught at the boundary (a bug: please report it).
  */
 #define TG_E_PANIC 99
@@ -776,6 +794,25 @@ typedef struct tg_request {
    * Since 0.3, read with `model_handle`: TG_REQUEST_* bits, or 0.
    */
   uint32_t flags;
+  /**
+   * Since 0.4 (read only when `size` covers it): tokens this request
+   * reserves on a key with a token limit (its estimate: tg_body_facts
+   * and tg_policy_estimate_tokens). Settle it with tg_settle, through
+   * the ticket tg_check_tokens gives.
+   */
+  uint32_t tokens;
+  /**
+   * Since 0.4: explicit tokens-per-minute limit; 0 = from the policy.
+   */
+  uint32_t tpm;
+  /**
+   * Since 0.4: explicit tokens-per-day limit; 0 = from the policy.
+   */
+  uint32_t tpd;
+  /**
+   * Since 0.4: 0.
+   */
+  uint32_t _reserved;
 } tg_request;
 
 /**
@@ -794,7 +831,9 @@ typedef struct tg_decision {
    */
   uint32_t allowed;
   /**
-   * TG_LIMIT_NONE, TG_LIMIT_MINUTE or TG_LIMIT_DAY.
+   * TG_LIMIT_NONE, TG_LIMIT_MINUTE, TG_LIMIT_DAY, or (a key with a
+   * token limit, since 0.4) TG_LIMIT_TOKENS_MINUTE or
+   * TG_LIMIT_TOKENS_DAY.
    */
   uint32_t limited_by;
   /**
@@ -839,7 +878,8 @@ extern "C" {
  * a local table. On a limiter joined to a quota store (tg_limiter_connect)
  * most decisions are the same, and one that needs more quota makes a round
  * trip to Redis (at most the store's deadline), or returns TG_PENDING with
- * TG_REQUEST_NO_WAIT.
+ * TG_REQUEST_NO_WAIT. A key with a token limit reserves `req->tokens`;
+ * tg_check_tokens also gives the ticket that settles it.
  */
 tg_status tg_check(const tg_limiter *limiter, const struct tg_request *req, uint64_t now_ms, struct tg_decision *out);
 
@@ -1391,6 +1431,232 @@ tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, siz
 }  // extern "C"
 #endif  // __cplusplus
 
+/* ---- Tokens: reservations, settling, and a response's usage ------------ */
+
+/**
+ * The token minute window (TPM) refused.
+ */
+#define TG_LIMIT_TOKENS_MINUTE 3
+
+/**
+ * The token day window (TPD) refused (reported whenever the token day is
+ * exhausted and the request day is not).
+ */
+#define TG_LIMIT_TOKENS_DAY 4
+
+/**
+ * The response carried its usage: `used` is its total tokens.
+ */
+#define TG_END_USAGE 0
+
+/**
+ * A 2xx response ended without usage: the reservation stays charged.
+ */
+#define TG_END_COMPLETE 1
+
+/**
+ * A completed non-2xx response without usage: the policy's
+ * `[tokens] on_failed` (default: given back).
+ */
+#define TG_END_FAILED 2
+
+/**
+ * The response was cut before its usage (client gone, upstream reset,
+ * timeout): the policy's `[tokens] on_cut` (default: kept).
+ */
+#define TG_END_CUT 3
+
+/**
+ * Alignment the memory given to tg_usage_scan_init must have.
+ */
+#define TG_USAGE_SCAN_ALIGN 8
+
+/**
+ * A streaming read of one response's token usage (opaque), in caller
+ * memory of tg_usage_scan_size() bytes: no allocation whatever the
+ * response. One thread at a time.
+ */
+typedef struct tg_usage_scan tg_usage_scan;
+
+/**
+ * A reservation of tokens to settle once (tg_settle). Plain data: copy it
+ * anywhere; all zero is "no reservation".
+ */
+typedef struct tg_ticket {
+  /**
+   * Library-private.
+   */
+  uint64_t words[2];
+} tg_ticket;
+
+/**
+ * A decision's token windows, when the key has a token limit. Written by
+ * tg_check_tokens and carried in tg_answer (since 0.4).
+ */
+typedef struct tg_tokens {
+  /**
+   * sizeof(tg_tokens) as the caller's header has it, or 0 (see "Structs
+   * that grow").
+   */
+  uint32_t size;
+  /**
+   * 1 if the key has a token limit and the fields below are its
+   * windows; 0 if it has none (the other fields are then 0).
+   */
+  uint32_t has_tokens;
+  /**
+   * Tokens per minute allowed.
+   */
+  uint32_t minute_limit;
+  /**
+   * Tokens left in the minute window after this decision's reservation.
+   */
+  uint32_t minute_remaining;
+  /**
+   * Epoch second at which the token minute window resets.
+   */
+  uint64_t minute_reset;
+  /**
+   * Tokens per day allowed.
+   */
+  uint32_t day_limit;
+  /**
+   * Tokens left in the day window after this decision's reservation.
+   */
+  uint32_t day_remaining;
+  /**
+   * Epoch second at which the token day window resets.
+   */
+  uint64_t day_reset;
+  /**
+   * Tokens this decision reserved (0 if refused or a peek).
+   */
+  uint32_t reserved;
+  /**
+   * Padding, written as 0.
+   */
+  uint32_t _reserved;
+  /**
+   * What to give tg_settle once the response has ended; all zero when
+   * nothing was reserved.
+   */
+  struct tg_ticket ticket;
+} tg_tokens;
+
+/**
+ * A response's usage and how it ended, from tg_usage_scan_finish.
+ */
+typedef struct tg_usage {
+  /**
+   * sizeof(tg_usage) as the caller's header has it, or 0.
+   */
+  uint32_t size;
+  /**
+   * TG_END_*: what to give tg_settle, with `total`.
+   */
+  uint32_t ending;
+  /**
+   * Prompt (input) tokens reported (0 if none).
+   */
+  uint64_t input;
+  /**
+   * Output tokens reported (0 for embeddings, or if none).
+   */
+  uint64_t output;
+  /**
+   * Total tokens reported: tg_settle's `used`.
+   */
+  uint64_t total;
+} tg_usage;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * tg_check for a key that may have a token limit: the request reserves
+ * `req->tokens` (a tg_request of this version's size), and `*tokens`
+ * (NULL: not wanted) gets the token windows and the reservation's ticket,
+ * `has_tokens` 0 for a key without a token limit. Refused on tokens,
+ * `out->limited_by` is TG_LIMIT_TOKENS_MINUTE or TG_LIMIT_TOKENS_DAY and
+ * nothing is charged anywhere. TG_E_TOKENS_TOO_LARGE when the reservation
+ * exceeds the key's smaller token limit (never admissible: answer 400);
+ * TG_E_NO_TOKEN_WINDOWS on a table formatted before 0.4.
+ */
+tg_status tg_check_tokens(const tg_limiter *limiter, const tg_request *req, uint64_t now_ms, tg_decision *out, struct tg_tokens *tokens);
+
+/**
+ * The six x-ratelimit-*-tokens headers of a decision's token windows, as
+ * name/value pairs through `f` (names lower case), for bindings that set
+ * headers one by one beside tg_decision_header_pairs; nothing when
+ * `has_tokens` is 0. TG_E_ABORTED if `f` asked to stop.
+ */
+tg_status tg_tokens_header_pairs(const struct tg_tokens *tokens, tg_header_fn f, void *ctx);
+
+/**
+ * Settles a reservation once its response has ended (`ending`, one of
+ * TG_END_*; `used` is read for TG_END_USAGE only): the key is charged
+ * what was used instead of what was reserved, the unspent part given
+ * back while its window is open, an excess charged on top. `*charged`
+ * (NULL: not wanted) gets the tokens charged in the end. Settle each
+ * ticket exactly once, on the limiter (or a sibling on the same table)
+ * whose decision made it. TG_E_INVALID for an all-zero ticket or one not
+ * of this table, an unknown `ending`; TG_E_READ_ONLY on a read-only handle.
+ */
+tg_status tg_settle(const tg_limiter *limiter, const struct tg_ticket *ticket, uint32_t ending, uint64_t used, uint64_t now_ms, uint64_t *charged);
+
+/**
+ * Bytes of memory tg_usage_scan_init needs (aligned to
+ * TG_USAGE_SCAN_ALIGN).
+ */
+size_t tg_usage_scan_size(void);
+
+/**
+ * Starts reading a response's usage in `len` bytes at `mem` (at least
+ * tg_usage_scan_size(), aligned to TG_USAGE_SCAN_ALIGN); `*out` is set to
+ * it. The framing comes from the response's Content-Type value
+ * (`content_type`, `ct_len` bytes): JSON (`application/json`,
+ * `application/<type>+json`) or server-sent events (`text/event-stream`).
+ * TG_E_UNSUPPORTED when it is neither (no usage to read: settle with
+ * TG_END_COMPLETE or TG_END_FAILED by the status); TG_E_NULL,
+ * TG_E_INVALID (too small) or TG_E_ALIGNMENT otherwise, `*out` NULL.
+ * The memory stays the caller's: nothing to free.
+ */
+tg_status tg_usage_scan_init(void *mem, size_t len, const char *content_type, size_t ct_len, struct tg_usage_scan **out);
+
+/**
+ * Reads the next `len` bytes of the response body (`chunk` may be NULL
+ * when `len` is 0), exactly as sent (after any content decoding: feed
+ * what a client would parse). TG_OK: keep feeding. TG_E_USAGE: the
+ * response cannot be read (not JSON, a usage that is not token counts);
+ * final, tg_last_error says why, and the reservation is settled as if no
+ * usage came.
+ */
+tg_status tg_usage_scan_feed(struct tg_usage_scan *scan, const uint8_t *chunk, size_t len);
+
+/**
+ * The response has ended, with HTTP status `http_status`; `cut` is
+ * nonzero when it did not end normally (client gone, upstream reset,
+ * timeout). `*out` gets how it ended, by the one rule every binding
+ * uses (docs/tokens.md): TG_END_USAGE and the counts when it reported
+ * usage; else TG_END_CUT when cut, or an SSE stream that ended without
+ * `data: [DONE]`; else TG_END_FAILED for a non-2xx status; else
+ * TG_END_COMPLETE. A response that could not be read (TG_E_USAGE from a
+ * feed) ends as if it reported nothing. Always TG_OK for valid arguments.
+ */
+tg_status tg_usage_scan_finish(struct tg_usage_scan *scan, uint32_t http_status, uint32_t cut, struct tg_usage *out);
+
+/**
+ * How a response whose body is not read for usage (no usage scan: its
+ * Content-Type is neither JSON nor SSE) ended: TG_END_CUT when `cut`,
+ * TG_END_FAILED for a non-2xx `http_status`, else TG_END_COMPLETE.
+ */
+uint32_t tg_usage_ending(uint32_t http_status, uint32_t cut);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
 /* ---- Whole answers: status, headers and body for every outcome --------- */
 
 /**
@@ -1489,17 +1755,18 @@ tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, siz
 #define TG_ANSWER_MODEL_MAX 64
 
 /**
- * Most headers an answer has (six x-ratelimit-*, retry-after,
- * x-should-retry, content-type): a `fields` array this long always
- * suffices.
+ * Most headers an answer has (six x-ratelimit-*, since 0.4 six more for
+ * tokens, retry-after, x-should-retry, content-type): a `fields` array
+ * this long always suffices. An answer without token headers has at most
+ * 9 (this constant before 0.4).
  */
-#define TG_ANSWER_HEADERS_MAX 9
+#define TG_ANSWER_HEADERS_MAX 15
 
 /**
  * Bytes of buffer tg_answer_header_fields needs at most (20 per number:
- * a buffer this big always suffices).
+ * a buffer this big always suffices; 160 without token headers).
  */
-#define TG_ANSWER_HEADER_BYTES 160
+#define TG_ANSWER_HEADER_BYTES 260
 
 /**
  * Largest body tg_answer_body writes (a buffer this big always suffices).
@@ -1549,6 +1816,13 @@ typedef struct tg_answer {
    * The echoed model bytes (`model_len` of them, not NUL-terminated).
    */
   uint8_t model[64];
+  /**
+   * Since 0.4 (written and read only when `size` covers it): the
+   * decision's token windows and reservation; `has_tokens` 0 when the
+   * key has no token limit or there was no decision. Settle
+   * `tokens.ticket` with tg_settle once the response has ended.
+   */
+  tg_tokens tokens;
 } tg_answer;
 
 /**
@@ -1658,6 +1932,15 @@ extern "C" {
  * for 429. `decision` may be NULL unless `status` is TG_OK.
  */
 tg_status tg_answer_for(tg_status status, const tg_decision *decision, const char *model, size_t model_len, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
+
+/**
+ * tg_answer_for with the decision's token windows (`tokens`, from
+ * tg_check_tokens; NULL or `has_tokens` 0: none), so that the answer
+ * carries the six token headers, names a refusal on tokens, and holds the
+ * reservation's ticket in `out->tokens` (a tg_answer of this version's
+ * size). TG_E_TOKENS_TOO_LARGE as `status` is its 400 answer.
+ */
+tg_status tg_answer_for_tokens(tg_status status, const tg_decision *decision, const tg_tokens *tokens, const char *model, size_t model_len, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
 
 /**
  * The whole answer to one HTTP request at `now_ms`, every step in the

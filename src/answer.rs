@@ -146,6 +146,8 @@ enum Kind {
     NoAccount,
     Request(BodyError),
     CostTooLarge,
+    /// The request's token reservation exceeds the key's token limit.
+    TokensTooLarge,
     Failed,
     /// A decision that could not be handed to a thread that may wait for
     /// the quota store (nginx's thread pool queue full).
@@ -226,9 +228,10 @@ fn digits(v: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
-/// Most headers an answer has: the six `x-ratelimit-*`, `retry-after`,
-/// `x-should-retry` and `content-type`.
-pub const HEADERS_MAX: usize = 9;
+/// Most headers an answer has: the six `x-ratelimit-*` (twelve when the
+/// key has a token limit), `retry-after`, `x-should-retry` and
+/// `content-type`.
+pub const HEADERS_MAX: usize = 15;
 
 /// The longest `retry-after` a refusal asks a client to sleep through by
 /// itself (`x-should-retry: true`): the OpenAI SDKs' own bounds are 60 s
@@ -332,6 +335,7 @@ impl Answer {
                 }
                 Error::Body(b) => (400, O::BadRequest, Kind::Request(*b), None),
                 Error::CostTooLarge => (400, O::BadRequest, Kind::CostTooLarge, None),
+                Error::TokensTooLarge { .. } => (400, O::BadRequest, Kind::TokensTooLarge, None),
                 // Only the C ABI answers a pending decision: one it could
                 // not park on a thread that may wait (tg_answer_for).
                 Error::Pending => (503, O::Error, Kind::Busy, None),
@@ -413,14 +417,14 @@ impl Answer {
         // run's pass.
         let refused = self.status != 0;
         if let Some(d) = &self.decision {
-            let pairs = d.header_pairs();
-            let last = pairs.len() - 1;
-            for (i, (name, value)) in pairs.into_iter().enumerate() {
+            let [requests @ .., retry] = d.header_pairs();
+            let tokens = d.token_header_pairs().into_iter().flatten();
+            let tokens = tokens.map(|(name, v)| (name, Some(v)));
+            let retry = retry.1.filter(|_| refused).map(|v| (retry.0, Some(v)));
+            for (name, value) in requests.into_iter().chain(tokens).chain(retry) {
                 if let Some(v) = value {
-                    if refused || i != last {
-                        list[n] = (name, HeaderValue::Num(v));
-                        n += 1;
-                    }
+                    list[n] = (name, HeaderValue::Num(v));
+                    n += 1;
                 }
             }
         }
@@ -461,9 +465,10 @@ impl Answer {
             return None;
         }
         match self.body {
-            Kind::RateLimited => self
-                .decision
-                .map(|d| d.limited_by == LimitedBy::Minute && d.retry_after <= RETRY_WAIT_MAX),
+            Kind::RateLimited => self.decision.map(|d| {
+                matches!(d.limited_by, LimitedBy::Minute | LimitedBy::TokensMinute)
+                    && d.retry_after <= RETRY_WAIT_MAX
+            }),
             Kind::TableFull | Kind::Failed => Some(false),
             Kind::Busy => Some(true),
             _ => None,
@@ -563,6 +568,13 @@ impl Answer {
                 None,
                 Some("cost_too_large"),
             ),
+            Kind::TokensTooLarge => error(
+                out,
+                "This request would use more tokens (its prompt estimate plus max_tokens, or the default output cap when it sets none) than a whole window of your token limit allows; lower max_tokens or send a shorter prompt.",
+                invalid,
+                Some("max_tokens"),
+                Some("tokens_too_large"),
+            ),
             Kind::Failed => error(
                 out,
                 "The rate limiter failed on this request.",
@@ -595,7 +607,7 @@ pub struct Parts {
     pub body: u32,
 }
 
-const BODIES: [Kind; 14] = [
+const BODIES: [Kind; 15] = [
     Kind::None,
     Kind::RateLimited,
     Kind::UnknownModel,
@@ -610,6 +622,7 @@ const BODIES: [Kind; 14] = [
     Kind::Failed,
     Kind::Request(BodyError::TooLarge),
     Kind::Busy,
+    Kind::TokensTooLarge,
 ];
 
 impl Answer {
@@ -677,6 +690,7 @@ mod tests {
                 reset: 86_400,
             },
             retry_after: 7,
+            tokens: None,
         }
     }
 
@@ -819,7 +833,8 @@ mod tests {
         let minute = refused();
         let a = Answer::new(Event::Decided(&minute), b"m", &Options::default());
         let names: Vec<_> = a.headers().map(|(n, _)| n).collect();
-        assert_eq!(names.len(), HEADERS_MAX, "every header an answer can have");
+        // every header an answer without token limits can have
+        assert_eq!(names.len(), HEADERS_MAX - 6);
         assert_eq!(
             names[6..],
             ["retry-after", "x-should-retry", "content-type"]

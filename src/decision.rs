@@ -4,16 +4,16 @@
 
 use std::fmt::{self, Write};
 
-use crate::policy::Limits;
-use crate::slot::{LimitedBy, Outcome};
-use crate::window::seconds_until;
+use crate::policy::{Limits, TokenLimits};
+use crate::slot::{Both, LimitedBy, Outcome};
+use crate::window::{seconds_until, Instant};
 
-/// One window as a client sees it.
+/// One window as a client sees it, in its unit (requests or tokens).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
-    /// The most requests the window allows.
+    /// The most units the window allows.
     pub limit: u32,
-    /// Requests left in it after this decision.
+    /// Units left in it after this decision.
     pub remaining: u32,
     /// Epoch second at which it resets.
     pub reset: u64,
@@ -33,6 +33,74 @@ pub struct Decision {
     /// Whole seconds (rounded up) until the refusing window resets; 0 when
     /// allowed.
     pub retry_after: u32,
+    /// The token windows, when the key has a token limit.
+    pub tokens: Option<TokenWindows>,
+}
+
+/// A key's token windows as one decision left them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenWindows {
+    /// Tokens per minute (TPM): limit, left after this decision's
+    /// reservation, reset.
+    pub minute: Window,
+    /// Tokens per day (TPD).
+    pub day: Window,
+    /// Tokens this decision reserved (0 when refused or a peek).
+    pub reserved: u32,
+    /// What to settle once the response's usage is known
+    /// ([`Limiter::settle`](crate::Limiter::settle)); `None` when nothing
+    /// was reserved (refused, or a peek).
+    pub ticket: Option<Ticket>,
+}
+
+/// A reservation of tokens in one key's windows, to settle exactly once
+/// with [`Limiter::settle`](crate::Limiter::settle) on the limiter (or a
+/// sibling sharing its table) that made it. Plain data, so it crosses
+/// threads, the C ABI (two words: [`Ticket::to_raw`]) and async tasks;
+/// settling it twice gives its tokens back twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ticket {
+    pub(crate) slot: u32,
+    pub(crate) gen: u16,
+    pub(crate) minute: u16,
+    pub(crate) day: u32,
+    pub(crate) reserved: u32,
+}
+
+impl Ticket {
+    /// Tokens reserved.
+    pub fn reserved(&self) -> u32 {
+        self.reserved
+    }
+
+    /// The windows the reservation was charged in.
+    pub(crate) fn at(&self) -> Instant {
+        Instant {
+            day: self.day,
+            minute: self.minute as u32,
+        }
+    }
+
+    /// The ticket as two words (the C ABI's `tg_ticket`).
+    pub fn to_raw(self) -> [u64; 2] {
+        [
+            self.slot as u64 | (self.gen as u64) << 32 | (self.minute as u64) << 48,
+            self.day as u64 | (self.reserved as u64) << 32,
+        ]
+    }
+
+    /// A ticket from [`Ticket::to_raw`]'s words; `None` if they cannot be
+    /// one (an all-zero pair, as a zero-initialised C struct has, is none).
+    pub fn from_raw(w: [u64; 2]) -> Option<Ticket> {
+        let t = Ticket {
+            slot: w[0] as u32,
+            gen: (w[0] >> 32) as u16,
+            minute: (w[0] >> 48) as u16,
+            day: w[1] as u32,
+            reserved: (w[1] >> 32) as u32,
+        };
+        (t.day != 0 && (t.minute as u32) < crate::window::MINUTES_PER_DAY).then_some(t)
+    }
 }
 
 impl Decision {
@@ -50,8 +118,8 @@ impl Decision {
         };
         let retry_after = match o.limited_by {
             LimitedBy::None => 0,
-            LimitedBy::Minute => seconds_until(now_ms, minute.reset),
             LimitedBy::Day => seconds_until(now_ms, day.reset),
+            _ => seconds_until(now_ms, minute.reset),
         };
         Decision {
             allowed: o.allowed,
@@ -59,13 +127,74 @@ impl Decision {
             minute,
             day,
             retry_after,
+            tokens: None,
         }
     }
 
-    /// The six policy headers (and `retry-after` when refused), one
+    /// A decision on a key with token limits (`slot::decide_tokens`).
+    pub(crate) fn with_tokens(
+        both: &Both,
+        limits: Limits,
+        token_limits: TokenLimits,
+        reserved: u32,
+        charged: bool,
+        now_ms: u64,
+    ) -> Decision {
+        let t = &both.tokens;
+        let mut d = Decision::new(both.requests, limits, now_ms);
+        let minute = Window {
+            limit: token_limits.tpm,
+            remaining: token_limits.tpm.saturating_sub(t.minute_count),
+            reset: t.at.minute_reset(),
+        };
+        let day = Window {
+            limit: token_limits.tpd,
+            remaining: token_limits.tpd.saturating_sub(t.day_count),
+            reset: t.at.day_reset(),
+        };
+        // A day refusal names the day whichever unit it is in (waiting
+        // for a minute would not help); between equals, requests first.
+        let r = both.requests.limited_by;
+        let limited_by = match (r, t.limited_by) {
+            (LimitedBy::Day, _) => LimitedBy::Day,
+            (_, LimitedBy::Day) => LimitedBy::TokensDay,
+            (LimitedBy::Minute, _) => LimitedBy::Minute,
+            (_, LimitedBy::Minute) => LimitedBy::TokensMinute,
+            _ => LimitedBy::None,
+        };
+        d.limited_by = limited_by;
+        d.retry_after = match limited_by {
+            LimitedBy::TokensDay => seconds_until(now_ms, day.reset),
+            LimitedBy::TokensMinute => seconds_until(now_ms, minute.reset),
+            _ => d.retry_after,
+        };
+        let ticket = match both.at {
+            Some((slot, gen)) if d.allowed && charged => Some(Ticket {
+                slot: slot as u32,
+                gen,
+                minute: t.at.minute as u16,
+                day: t.at.day,
+                reserved,
+            }),
+            _ => None,
+        };
+        d.tokens = Some(TokenWindows {
+            minute,
+            day,
+            reserved: if ticket.is_some() { reserved } else { 0 },
+            ticket,
+        });
+        d
+    }
+
+    /// The six policy headers (the six token headers too when the key has
+    /// a token limit, and `retry-after` when refused), one
     /// `name: value\r\n` line each.
     pub fn write_headers(&self, out: &mut impl Write) -> fmt::Result {
-        for (name, value) in self.header_pairs() {
+        let [requests @ .., retry] = self.header_pairs();
+        let tokens = self.token_header_pairs().into_iter().flatten();
+        let tokens = tokens.map(|(n, v)| (n, Some(v)));
+        for (name, value) in requests.into_iter().chain(tokens).chain([retry]) {
             if let Some(v) = value {
                 out.write_str(name)?;
                 out.write_str(": ")?;
@@ -102,6 +231,21 @@ impl Decision {
         ]
     }
 
+    /// The six token headers, when the key has a token limit: the request
+    /// headers' names with `tokens` for `requests`, remaining counted
+    /// after this request's reservation.
+    pub fn token_header_pairs(&self) -> Option<[(&'static str, u64); 6]> {
+        let t = self.tokens.as_ref()?;
+        Some([
+            ("x-ratelimit-limit-tokens", t.minute.limit as u64),
+            ("x-ratelimit-remaining-tokens", t.minute.remaining as u64),
+            ("x-ratelimit-reset-tokens", t.minute.reset),
+            ("x-ratelimit-limit-tokens-day", t.day.limit as u64),
+            ("x-ratelimit-remaining-tokens-day", t.day.remaining as u64),
+            ("x-ratelimit-reset-tokens-day", t.day.reset),
+        ])
+    }
+
     /// `RateLimit-Policy` and `RateLimit` fields of
     /// draft-ietf-httpapi-ratelimit-headers (revision 10): one policy per
     /// window; `t` is the seconds until that window's quota returns.
@@ -119,7 +263,15 @@ impl Decision {
             out,
             "\"minute\";q={};w=60, \"day\";q={};w=86400",
             self.minute.limit, self.day.limit
-        )
+        )?;
+        if let Some(t) = &self.tokens {
+            write!(
+                out,
+                ", \"tokens-minute\";q={};w=60, \"tokens-day\";q={};w=86400",
+                t.minute.limit, t.day.limit
+            )?;
+        }
+        Ok(())
     }
 
     /// The `RateLimit` field's value at `now_ms`.
@@ -131,11 +283,39 @@ impl Decision {
             seconds_until(now_ms, self.minute.reset),
             self.day.remaining,
             seconds_until(now_ms, self.day.reset),
-        )
+        )?;
+        if let Some(t) = &self.tokens {
+            write!(
+                out,
+                ", \"tokens-minute\";r={};t={}, \"tokens-day\";r={};t={}",
+                t.minute.remaining,
+                seconds_until(now_ms, t.minute.reset),
+                t.day.remaining,
+                seconds_until(now_ms, t.day.reset),
+            )?;
+        }
+        Ok(())
     }
 
     /// The OpenAI-shaped error body for a refused request on `model`.
     pub fn write_error_body(&self, model: &[u8], out: &mut impl Write) -> fmt::Result {
+        if let (Some(t), LimitedBy::TokensMinute | LimitedBy::TokensDay) =
+            (&self.tokens, self.limited_by)
+        {
+            let (what, w) = match self.limited_by {
+                LimitedBy::TokensDay => ("tokens per day (TPD)", t.day),
+                _ => ("tokens per minute (TPM)", t.minute),
+            };
+            out.write_str("{\"error\":{\"message\":\"Rate limit reached for ")?;
+            out.write_str(what)?;
+            out.write_str(" on model ")?;
+            write_json_escaped(out, model)?;
+            return write!(
+                out,
+                ": limit {}, remaining {}. Please try again in {}s.\",\"type\":\"tokens\",\"param\":null,\"code\":\"tokens_rate_limit_exceeded\"}}}}",
+                w.limit, w.remaining, self.retry_after
+            );
+        }
         let (what, w) = match self.limited_by {
             LimitedBy::Day => ("requests per day (RPD)", self.day),
             _ => ("requests per minute (RPM)", self.minute),

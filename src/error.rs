@@ -24,6 +24,19 @@ pub enum Error {
     NoLimit,
     /// The request costs more than a whole window allows: never admissible.
     CostTooLarge,
+    /// The request's token reservation is more than a whole token window
+    /// allows: never admissible. The client can ask for fewer output
+    /// tokens or send a shorter prompt.
+    TokensTooLarge {
+        /// Tokens the request would reserve.
+        reserved: u64,
+        /// The smaller of the key's `tpm` and `tpd`.
+        limit: u32,
+    },
+    /// The key has a token limit but the table has no token windows: it
+    /// was formatted before they existed. `tollgate resize` carries its
+    /// counts into a table that has them.
+    NoTokenWindows,
     /// No free slot for a new key; the caller chooses open or closed.
     TableFull,
     /// The region's model table (256 names) is full.
@@ -85,6 +98,14 @@ impl fmt::Display for Error {
             Error::UnknownModel => write!(f, "unknown model"),
             Error::NoLimit => write!(f, "no limit configured for this tier and model"),
             Error::CostTooLarge => write!(f, "cost exceeds the limit itself"),
+            Error::TokensTooLarge { reserved, limit } => write!(
+                f,
+                "the request would reserve {reserved} tokens, more than the key's token limit of {limit}"
+            ),
+            Error::NoTokenWindows => write!(
+                f,
+                "the table has no token windows (formatted before 0.4): carry it over with `tollgate resize`"
+            ),
             Error::TableFull => write!(f, "table full: no free slot for a new key"),
             Error::ModelTableFull => write!(f, "the region's model table is full"),
             Error::ReadOnly => write!(f, "the table was opened read-only"),

@@ -24,6 +24,7 @@ mod leases;
 mod limiter;
 mod policy;
 mod render;
+mod tokens;
 pub use answer::*;
 pub use body::*;
 pub use check::*;
@@ -32,6 +33,7 @@ pub use leases::*;
 pub use limiter::*;
 pub use policy::*;
 pub use render::*;
+pub use tokens::*;
 
 /// Result code of every function: TG_OK (0) or one of the TG_E_* values.
 pub type tg_status = i32;
@@ -113,6 +115,15 @@ pub const TG_E_STORE: tg_status = 35;
 /// was charged and `*out` is untouched; decide the same request again
 /// without the flag on a thread that may block.
 pub const TG_PENDING: tg_status = 36;
+/// The request's token reservation is more than the key's token limit
+/// allows at all (answer 400: ask for fewer output tokens or send less).
+pub const TG_E_TOKENS_TOO_LARGE: tg_status = 37;
+/// The key has a token limit and the table has no token windows (formatted
+/// before 0.4): carry it into a new one with `tollgate resize`.
+pub const TG_E_NO_TOKEN_WINDOWS: tg_status = 38;
+/// A response's usage could not be read (not JSON, or a usage that is not
+/// token counts): settle it as a response without usage.
+pub const TG_E_USAGE: tg_status = 39;
 /// An internal error was caught at the boundary (a bug: please report it).
 pub const TG_E_PANIC: tg_status = 99;
 
@@ -137,8 +148,9 @@ pub const TG_REGION_ALIGN: u32 = 64;
 pub const TG_ACCOUNT_MAX: u32 = 64;
 /// Longest model id, in bytes.
 pub const TG_MODEL_NAME_MAX: u32 = 56;
-/// Bytes each slot takes in a region (hot state and account name).
-pub const TG_BYTES_PER_SLOT: u32 = 96;
+/// Bytes each slot takes in a region (hot state, account name and, since
+/// 0.4, the unit area of token windows; 96 before).
+pub const TG_BYTES_PER_SLOT: u32 = 128;
 
 /// The library's version number, to compare against TG_VERSION_NUMBER.
 #[no_mangle]
@@ -203,6 +215,13 @@ pub extern "C" fn tg_status_str(status: tg_status) -> *const c_char {
         TG_E_NOT_LEASED => c"joining a store needs a table formatted for quota leases",
         TG_E_STORE => c"the quota store refused the configuration or answered an error",
         TG_PENDING => c"pending: the decision needs a round trip to the quota store",
+        TG_E_TOKENS_TOO_LARGE => {
+            c"the request's token reservation exceeds the key's token limit itself"
+        }
+        TG_E_NO_TOKEN_WINDOWS => {
+            c"the table has no token windows (formatted before 0.4): carry it over with tollgate resize"
+        }
+        TG_E_USAGE => c"the response's usage could not be read",
         TG_E_PANIC => c"internal error (caught panic)",
         _ => c"unknown status",
     };

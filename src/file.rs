@@ -148,8 +148,7 @@ fn attach_fd(path: &Path, fd: Fd, slots: u32, access: Access) -> Result<(Mapping
         return Err(io_err(path, "read"));
     }
     let legacy = access == Access::Migrate;
-    let (found, leases) = Region::check_header_bytes(&header, legacy)?;
-    let needed = region::size_with(found, leases).expect("checked slot count");
+    let (found, needed) = Region::check_header_bytes(&header, legacy)?;
     if len != needed {
         return Err(Error::Region(RegionError::Size { len, needed }));
     }

@@ -64,14 +64,14 @@ pub mod usage;
 mod window;
 
 pub use body::BodyError;
-pub use decision::{Decision, Window};
+pub use decision::{Decision, Ticket, TokenWindows, Window};
 pub use digest::{account_digest, bearer_key};
 pub use error::Error;
 pub use key::ACCOUNT_MAX;
-pub use limiter::{Limiter, ModelHandle, Request, Stats};
+pub use limiter::{Ending, Limiter, ModelHandle, Request, Stats};
 pub use operator::{KeyUsage, LeaseTableStats, Problem, ResizeReport, VerifyReport};
 pub use options::LimiterOptions;
-pub use policy::{Limits, Model, Policy, PolicyError, Tier};
+pub use policy::{Limits, Model, NoUsage, Policy, PolicyError, Tier, TokenLimits, TokenSettings};
 pub use refusals::Refusal;
 pub use region::{RegionError, BYTES_PER_SLOT, LAYOUT_VERSION, REGION_ALIGN};
 pub use slot::{LimitedBy, PROBE_MAX};

@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::decision::Decision;
+use crate::decision::{Decision, Ticket};
 use crate::error::Error;
 use crate::file::{Access, Mapping};
 use crate::key::{self, ACCOUNT_MAX};
-use crate::policy::{Limits, Policy, Tier};
+use crate::policy::{Limits, NoUsage, Policy, Tier, TokenLimits};
 use crate::refusals;
 use crate::region::{self, HeapMem, Region};
 use crate::slot;
@@ -29,6 +29,15 @@ pub struct Request<'a> {
     pub rpm: u32,
     /// Explicit requests-per-day limit; 0 = from the policy.
     pub rpd: u32,
+    /// Tokens this request reserves, on a key with a token limit: its
+    /// estimate ([`TokenSettings::estimate`](crate::TokenSettings::estimate)). Settled later with
+    /// [`Limiter::settle`]. Ignored for keys without a token limit.
+    pub tokens: u32,
+    /// Explicit tokens-per-minute limit; with `tpd`, a token limit for
+    /// this key whatever the policy says. 0 = from the policy.
+    pub tpm: u32,
+    /// Explicit tokens-per-day limit; 0 = from the policy.
+    pub tpd: u32,
     /// The model resolved once by [`Limiter::model`]: when set, it is the
     /// request's model and `model` is not read (no lookup by name).
     pub handle: Option<ModelHandle>,
@@ -79,9 +88,26 @@ impl<'a> Request<'a> {
             cost: 1,
             rpm: 0,
             rpd: 0,
+            tokens: 0,
+            tpm: 0,
+            tpd: 0,
             handle: None,
             no_wait: false,
         }
+    }
+
+    /// Tokens this request reserves (see [`Request::tokens`](Request#structfield.tokens)).
+    pub fn tokens(mut self, tokens: u32) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// Token limits from the caller instead of the policy; 0 leaves that
+    /// one to the policy.
+    pub fn token_limits(mut self, tpm: u32, tpd: u32) -> Self {
+        self.tpm = tpm;
+        self.tpd = tpd;
+        self
     }
 
     /// The model as a handle from [`Limiter::model`] (`model` is then not
@@ -381,7 +407,7 @@ impl Limiter {
             region,
             policy: policy.clone(),
             model_ids: found_ids(&region, policy),
-            local_ids: local_ids(&region, found_ids(&region, policy)),
+            local_ids: local_ids(&region, policy, found_ids(&region, policy)),
             serial: next_serial(),
             read_only: true,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
@@ -419,7 +445,7 @@ impl Limiter {
             region,
             policy: policy.clone(),
             model_ids: found_ids(&region, policy),
-            local_ids: local_ids(&region, found_ids(&region, policy)),
+            local_ids: local_ids(&region, policy, found_ids(&region, policy)),
             serial: next_serial(),
             read_only: true,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
@@ -441,7 +467,7 @@ impl Limiter {
         Ok(Limiter {
             region,
             policy: policy.clone(),
-            local_ids: local_ids(&region, model_ids.clone()),
+            local_ids: local_ids(&region, policy, model_ids.clone()),
             model_ids,
             serial: next_serial(),
             read_only: false,
@@ -461,7 +487,7 @@ impl Limiter {
             region: self.region,
             policy: policy.clone(),
             model_ids: self.ids_for(policy)?,
-            local_ids: local_ids(&self.region, self.ids_for(policy)?),
+            local_ids: local_ids(&self.region, policy, self.ids_for(policy)?),
             serial: next_serial(),
             read_only: self.read_only,
             skew_minutes: skew_minutes(policy.max_skew_seconds()),
@@ -476,7 +502,7 @@ impl Limiter {
     /// against whatever limits are in force.
     pub fn set_policy(&mut self, policy: &Policy) -> Result<(), Error> {
         self.model_ids = self.ids_for(policy)?;
-        self.local_ids = local_ids(&self.region, self.model_ids.clone());
+        self.local_ids = local_ids(&self.region, policy, self.model_ids.clone());
         self.policy = policy.clone();
         self.serial = next_serial();
         self.skew_minutes = skew_minutes(policy.max_skew_seconds());
@@ -531,10 +557,28 @@ impl Limiter {
         if req.cost > limits.rpm.min(limits.rpd) {
             return Err(Error::CostTooLarge);
         }
-        let Some(&model_id) = self.local_ids.get(model) else {
-            // A table of quota leases (or a bug: ids always cover the policy).
-            return self.check_leased(req, now_ms, now, model, limits);
+        // A key with token limits takes the slow path below: with the
+        // policy's, `local_ids` is empty (as on a table of quota leases),
+        // so the bounds check every decision makes anyway sends it there;
+        // with the caller's, this one test does.
+        let Some(&model_id) = self.local_ids.get(model).filter(|_| req.tpm == 0) else {
+            // By value: a reference would keep the request in memory on
+            // the fast path too, only for this call.
+            return self.check_slow(*req, now_ms, now, model, limits);
         };
+        self.check_local(req, now_ms, now, model_id, limits)
+    }
+
+    /// A request-only decision on a local table: one CAS.
+    #[inline(always)]
+    fn check_local(
+        &self,
+        req: &Request<'_>,
+        now_ms: u64,
+        now: Instant,
+        model_id: u16,
+        limits: Limits,
+    ) -> Result<Decision, Error> {
         let key = key::hash(self.region.seed(), req.account, model_id);
         let outcome = slot::decide(
             &self.region,
@@ -559,6 +603,140 @@ impl Limiter {
             );
         }
         Ok(Decision::new(outcome, limits, now_ms))
+    }
+
+    /// Every decision but a request-only one on a local table: a key with
+    /// token limits, a table of quota leases, or a local key without
+    /// token limits under a policy that has some.
+    #[cold]
+    #[inline(never)]
+    fn check_slow(
+        &self,
+        req: Request<'_>,
+        now_ms: u64,
+        now: Instant,
+        model: usize,
+        limits: Limits,
+    ) -> Result<Decision, Error> {
+        if let Some(tl) = resolve_tokens(&self.policy, &req, model) {
+            return self.check_tokens(&req, now_ms, now, model, limits, tl);
+        }
+        if !self.leased {
+            let model_id = self.model_ids[model];
+            return self.check_local(&req, now_ms, now, model_id, limits);
+        }
+        self.check_leased(&req, now_ms, now, model, limits)
+    }
+
+    /// A decision on a key with a token limit: its reservation and its
+    /// requests charged together or not at all (`slot::decide_tokens`).
+    #[inline(never)]
+    fn check_tokens(
+        &self,
+        req: &Request<'_>,
+        now_ms: u64,
+        now: Instant,
+        model: usize,
+        limits: Limits,
+        tl: TokenLimits,
+    ) -> Result<Decision, Error> {
+        if req.tokens > tl.tpm.min(tl.tpd) {
+            return Err(Error::TokensTooLarge {
+                reserved: req.tokens as u64,
+                limit: tl.tpm.min(tl.tpd),
+            });
+        }
+        if self.leased {
+            return Err(Error::Invalid(
+                "token limits are not shared across hosts yet: a table of quota leases limits requests only",
+            ));
+        }
+        let model_id = self.model_ids[model];
+        if !self.region.units() {
+            return Err(Error::NoTokenWindows);
+        }
+        let key = key::hash(self.region.seed(), req.account, model_id);
+        let clock = slot::Clock {
+            now,
+            skew: self.skew_minutes,
+        };
+        let both = slot::decide_tokens(
+            &self.region,
+            &key,
+            req.account,
+            limits,
+            req.cost,
+            tl.windows(),
+            req.tokens,
+            clock,
+        )
+        .map_err(|_| Error::TableFull)?;
+        let d = Decision::with_tokens(&both, limits, tl, req.tokens, req.cost > 0, now_ms);
+        if !d.allowed {
+            let outcome = slot::Outcome {
+                limited_by: d.limited_by,
+                ..both.requests
+            };
+            refusals::record(
+                &self.region,
+                key.id as u32,
+                req.account,
+                model_id,
+                &outcome,
+                limits,
+                now_ms,
+            );
+        }
+        Ok(d)
+    }
+
+    /// Settles a reservation once its response has ended: charges what
+    /// the usage says instead of what was reserved, or applies the policy's
+    /// rule for a response without usage (`[tokens] on_failed`, `on_cut`).
+    /// Returns the tokens the key is charged in the end. Settle each
+    /// ticket once; `now_ms` dates an excess over the reservation whose
+    /// window has closed. A ticket whose key has since lost its slot (its
+    /// day is over) settles to nothing and is `Ok`.
+    pub fn settle(&self, ticket: Ticket, ending: Ending, now_ms: u64) -> Result<u64, Error> {
+        let now =
+            Instant::from_ms(now_ms).ok_or(Error::Invalid("now_ms is past the year 47000"))?;
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if !self.region.units() || ticket.slot >= self.region.slot_count() {
+            return Err(Error::Invalid("the ticket is not one of this table's"));
+        }
+        let settings = self.policy.token_settings();
+        let keep = ticket.reserved as u64;
+        let used = match ending {
+            Ending::Usage(n) => n,
+            Ending::Complete => keep,
+            Ending::Failed | Ending::Cut => {
+                let rule = if ending == Ending::Failed {
+                    settings.on_failed
+                } else {
+                    settings.on_cut
+                };
+                match rule {
+                    NoUsage::Keep => keep,
+                    NoUsage::Release => 0,
+                }
+            }
+        };
+        let clock = slot::Clock {
+            now,
+            skew: self.skew_minutes,
+        };
+        slot::tokens::settle(
+            &self.region,
+            ticket.slot as usize,
+            ticket.gen,
+            ticket.at(),
+            ticket.reserved,
+            used.min(u32::MAX as u64) as u32,
+            clock,
+        );
+        Ok(used)
     }
 
     /// A decision on a table of quota leases: the lease layer's, if joined.
@@ -783,9 +961,11 @@ fn model_ids(region: &Region, policy: &Policy) -> Result<Vec<u16>, Error> {
         .collect()
 }
 
-/// The ids the local decision path may use (see `Limiter::local_ids`).
-fn local_ids(region: &Region, ids: Vec<u16>) -> Vec<u16> {
-    if region.leases() {
+/// The ids the local decision path may use (see `Limiter::local_ids`):
+/// none on a table of quota leases or under a policy with token limits,
+/// whose decisions take the slow path.
+fn local_ids(region: &Region, policy: &Policy, ids: Vec<u16>) -> Vec<u16> {
+    if region.leases() || policy.has_token_limits() {
         Vec::new()
     } else {
         ids
@@ -807,6 +987,59 @@ fn found_ids(region: &Region, policy: &Policy) -> Vec<u16> {
         .collect()
 }
 
+/// How a response ended, for settling its reservation
+/// ([`Limiter::settle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ending {
+    /// The response reported its usage: total tokens (prompt and output).
+    Usage(u64),
+    /// A 2xx response that ended without usage: the reservation is kept.
+    Complete,
+    /// A completed non-2xx response without usage: `[tokens] on_failed`
+    /// (default: given back).
+    Failed,
+    /// Cut before its usage arrived (client gone, upstream reset,
+    /// timeout): `[tokens] on_cut` (default: kept, the tokens may have
+    /// been generated).
+    Cut,
+}
+
+impl Ending {
+    /// How a response that reported no usage ended: [`Ending::Cut`] when
+    /// `cut`, [`Ending::Failed`] for a non-2xx `status`, else
+    /// [`Ending::Complete`].
+    pub fn without_usage(status: u16, cut: bool) -> Ending {
+        if cut {
+            Ending::Cut
+        } else if !(200..300).contains(&status) {
+            Ending::Failed
+        } else {
+            Ending::Complete
+        }
+    }
+}
+
+/// The key's token limits, if it has any: the caller's, else the policy's.
+#[inline]
+fn resolve_tokens(policy: &Policy, req: &Request<'_>, model: usize) -> Option<TokenLimits> {
+    if req.tpm != 0 && req.tpd != 0 {
+        return Some(TokenLimits {
+            tpm: req.tpm,
+            tpd: req.tpd,
+        });
+    }
+    let from = policy.token_limits(req.tier, model, req.account);
+    if req.tpm == 0 && req.tpd == 0 {
+        return from;
+    }
+    // One explicit, the other from the policy (which must have one).
+    from.map(|f| TokenLimits {
+        tpm: if req.tpm != 0 { req.tpm } else { f.tpm },
+        tpd: if req.tpd != 0 { req.tpd } else { f.tpd },
+    })
+}
+
 /// A request resolved against the policy and the table's seed.
 #[cfg(feature = "leases")]
 pub(crate) struct Prepared {
@@ -818,7 +1051,7 @@ pub(crate) struct Prepared {
     pub key: key::KeyHash,
 }
 
-#[inline]
+#[inline(always)]
 #[allow(clippy::unnecessary_lazy_evaluations)]
 fn resolve(policy: &Policy, req: &Request<'_>, model: usize) -> Result<Limits, Error> {
     if req.rpm != 0 && req.rpd != 0 {
@@ -875,6 +1108,44 @@ mod tests {
             });
             assert_eq!(admitted.load(Ordering::Relaxed), 5);
             assert_eq!(l.stats(T0).used, 1);
+        }
+    }
+
+    /// Racing reservations on one key, some refused by the request windows
+    /// (their tokens given back): exactly the token limit is admitted,
+    /// and no refused request leaves tokens behind. Small enough for miri.
+    #[test]
+    fn racing_reservations_admit_exactly_the_token_limit() {
+        let rounds = if cfg!(miri) { 1 } else { 200 };
+        for round in 0..rounds {
+            let l = Limiter::new(&one_model(), 4).unwrap();
+            let admitted = AtomicU32::new(0);
+            let account = format!("t{round}");
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| {
+                        for _ in 0..3 {
+                            let r =
+                                Request::new(account.as_bytes(), b"DeepSeek-V3.1", Tier::Developer)
+                                    .limits(4, 100)
+                                    .token_limits(50, 1_000)
+                                    .tokens(10);
+                            if l.check(&r, T0).unwrap().allowed {
+                                admitted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            // 4 requests fit the request minute, 5 the tokens: 4 admitted,
+            // and the tokens of every refused request given back.
+            assert_eq!(admitted.load(Ordering::Relaxed), 4);
+            let peek = Request::new(account.as_bytes(), b"DeepSeek-V3.1", Tier::Developer)
+                .limits(4, 100)
+                .token_limits(50, 1_000)
+                .cost(0);
+            let t = l.check(&peek, T0).unwrap().tokens.unwrap();
+            assert_eq!(t.minute.remaining, 10);
         }
     }
 

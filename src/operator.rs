@@ -125,6 +125,20 @@ pub struct KeyUsage {
     pub minute: u32,
     /// Requests counted in the current UTC day.
     pub day: u32,
+    /// Tokens charged in the current UTC minute (reservations not yet
+    /// settled count as reserved); 0 for a key never token-limited.
+    pub tokens_minute: u32,
+    /// Tokens charged in the current UTC day.
+    pub tokens_day: u32,
+}
+
+/// A slot's token counts at `now` (0 on a table without token windows).
+fn token_counts(region: &Region, i: usize, gen: u16, now: Instant, skew: u32) -> (u32, u32) {
+    if !region.units() {
+        return (0, 0);
+    }
+    let v = slot::tokens::view(region, i, gen).view(now, skew);
+    (v.minute_count, v.day_count)
 }
 
 impl KeyUsage {
@@ -270,12 +284,16 @@ impl Limiter {
                             .map(|n| String::from_utf8_lossy(&n).into_owned())
                     })
                     .clone();
+                let (tokens_minute, tokens_day) =
+                    token_counts(region, e.index, e.state.gen, now, self.skew_minutes());
                 KeyUsage {
                     slot: e.index as u32,
                     account: e.account,
                     model,
                     minute,
                     day,
+                    tokens_minute,
+                    tokens_day,
                 }
             })
             .collect())
@@ -671,12 +689,16 @@ impl Limiter {
         } else {
             (v.minute_count, v.day_count)
         };
+        let (tokens_minute, tokens_day) =
+            token_counts(region, i, e.state.gen, now, self.skew_minutes());
         Ok(Some(KeyUsage {
             slot: i as u32,
             account: Some(account.to_vec()),
             model: Some(String::from_utf8_lossy(model).into_owned()),
             minute,
             day,
+            tokens_minute,
+            tokens_day,
         }))
     }
 }

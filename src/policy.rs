@@ -71,6 +71,98 @@ pub struct Limits {
     pub rpd: u32,
 }
 
+/// Tokens per minute and per day (`tpm`, `tpd`); both at least 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenLimits {
+    /// Tokens per minute.
+    pub tpm: u32,
+    /// Tokens per day.
+    pub tpd: u32,
+}
+
+impl TokenLimits {
+    /// As the slot's minute and day limits, which are unit-agnostic.
+    #[inline]
+    pub(crate) fn windows(self) -> Limits {
+        Limits {
+            rpm: self.tpm,
+            rpd: self.tpd,
+        }
+    }
+}
+
+/// What a response that brings no usage does to its reservation
+/// (`[tokens] on_failed`, `on_cut`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NoUsage {
+    /// The reservation is given back: nothing is charged.
+    Release,
+    /// The reservation stays charged, as if it had been used.
+    Keep,
+}
+
+/// How reservations are estimated and settled: the policy's `[tokens]`
+/// section (docs/tokens.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenSettings {
+    /// Output tokens reserved when the body names no cap
+    /// (`default_max_output`, default 4096).
+    pub default_max_output: u32,
+    /// Prompt bytes per token of the estimate (`bytes_per_token`, default
+    /// 4): the prompt's estimate is its text bytes divided by this, rounded
+    /// up. 1 makes the estimate an upper bound for byte-level BPE.
+    pub bytes_per_token: u32,
+    /// Tokens reserved for each base64 image or audio item in the body
+    /// (`media_tokens`, default 1000).
+    pub media_tokens: u32,
+    /// A completed non-2xx response without usage (`on_failed`, default
+    /// release).
+    pub on_failed: NoUsage,
+    /// A response cut before its usage arrived: client gone, upstream
+    /// reset, timeout (`on_cut`, default keep: the tokens may have been
+    /// generated).
+    pub on_cut: NoUsage,
+}
+
+impl Default for TokenSettings {
+    fn default() -> TokenSettings {
+        TokenSettings {
+            default_max_output: 4096,
+            bytes_per_token: 4,
+            media_tokens: 1000,
+            on_failed: NoUsage::Release,
+            on_cut: NoUsage::Keep,
+        }
+    }
+}
+
+impl TokenSettings {
+    /// The tokens a request reserves (docs/tokens.md): its prompt's
+    /// estimate, `text_bytes` (the body's bytes less its base64 media)
+    /// divided by `bytes_per_token` and rounded up, plus `media_tokens` for
+    /// each of its `media_items`, plus the output cap it asked for
+    /// (`max_output`) or `default_max_output`. Saturates at `u32::MAX`, so
+    /// an absurd cap is refused as too large, never wrapped.
+    pub fn estimate(&self, text_bytes: u64, media_items: u32, max_output: Option<u64>) -> u32 {
+        let prompt = text_bytes.div_ceil(self.bytes_per_token.max(1) as u64);
+        let media = media_items as u64 * self.media_tokens as u64;
+        let output = max_output.unwrap_or(self.default_max_output as u64);
+        prompt
+            .saturating_add(media)
+            .saturating_add(output)
+            .min(u32::MAX as u64) as u32
+    }
+}
+
+/// One policy entry: a key's request limits and its token limits, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    limits: Limits,
+    tokens: Option<TokenLimits>,
+}
+
 /// A model of the policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Model {
@@ -89,9 +181,15 @@ pub struct Policy {
     index: ModelIndex,
     /// `tiers[tier][model]`; `None` = no limit configured.
     tiers: [Vec<Option<Limits>>; 3],
+    /// `tier_tokens[tier][model]`: the token limits beside `tiers`, apart
+    /// so that a request-only decision reads what it always read.
+    tier_tokens: [Vec<Option<TokenLimits>>; 3],
     /// Enterprise plans by account id; a model missing from a plan falls back
     /// to the enterprise tier table.
-    accounts: HashMap<Box<[u8]>, Vec<Option<Limits>>>,
+    accounts: HashMap<Box<[u8]>, Vec<Option<Entry>>>,
+    /// Some entry has token limits: only then do decisions look for them.
+    has_tokens: bool,
+    tokens: TokenSettings,
     /// How far ahead of `now` stored counts may be dated before they are
     /// taken for a clock fault (see [`Policy::max_skew_seconds`]).
     max_skew_seconds: u32,
@@ -227,11 +325,17 @@ impl Policy {
             }
             Ok(out)
         };
-        let tiers = [
+        let entries = [
             table("tiers.free", &file.tiers.free)?,
             table("tiers.developer", &file.tiers.developer)?,
             table("tiers.enterprise", &file.tiers.enterprise)?,
         ];
+        let tiers = entries
+            .each_ref()
+            .map(|t| t.iter().map(|e| e.map(|e| e.limits)).collect());
+        let tier_tokens = entries
+            .each_ref()
+            .map(|t| t.iter().map(|e| e.and_then(|e| e.tokens)).collect());
         let mut accounts = HashMap::with_capacity(file.accounts.len());
         for (account, plan) in &file.accounts {
             let field = format!("accounts.{}", quoted(account));
@@ -264,12 +368,24 @@ impl Policy {
                 }
             }
         };
+        let has_tokens = entries
+            .iter()
+            .chain(accounts.values())
+            .flatten()
+            .any(|e| e.is_some_and(|e| e.tokens.is_some()));
+        let tokens = match &file.tokens {
+            None => TokenSettings::default(),
+            Some(t) => token_settings(t, &err)?,
+        };
         Ok(Policy {
             models,
             index,
             tiers,
+            tier_tokens,
             accounts,
             max_skew_seconds,
+            has_tokens,
+            tokens,
         })
     }
 
@@ -302,12 +418,43 @@ impl Policy {
     pub fn limits(&self, tier: Tier, model: usize, account: &[u8]) -> Option<Limits> {
         if tier == Tier::Enterprise {
             if let Some(plan) = self.accounts.get(account) {
-                if let Some(l) = plan.get(model).copied().flatten() {
-                    return Some(l);
+                if let Some(e) = plan.get(model).copied().flatten() {
+                    return Some(e.limits);
                 }
             }
         }
         self.tiers[tier as usize].get(model).copied().flatten()
+    }
+
+    /// The token limits in force for `tier` on model `model`, as
+    /// [`Policy::limits`] finds them; `None` = no token limit.
+    #[inline]
+    pub fn token_limits(&self, tier: Tier, model: usize, account: &[u8]) -> Option<TokenLimits> {
+        if !self.has_tokens {
+            return None;
+        }
+        if tier == Tier::Enterprise {
+            if let Some(plan) = self.accounts.get(account) {
+                if let Some(e) = plan.get(model).copied().flatten() {
+                    return e.tokens;
+                }
+            }
+        }
+        self.tier_tokens[tier as usize]
+            .get(model)
+            .copied()
+            .flatten()
+    }
+
+    /// Whether any key of the policy has a token limit.
+    #[inline]
+    pub fn has_token_limits(&self) -> bool {
+        self.has_tokens
+    }
+
+    /// How reservations are estimated and settled (`[tokens]`).
+    pub fn token_settings(&self) -> &TokenSettings {
+        &self.tokens
     }
 
     /// Enterprise account ids that have a plan, sorted.
@@ -318,11 +465,9 @@ impl Policy {
     }
 }
 
-fn limits_of(
-    def: &LimitsDef,
-    field: &str,
-    err: &impl Fn(Option<std::ops::Range<usize>>, &str, String) -> PolicyError,
-) -> Result<Limits, PolicyError> {
+type ErrFn<'a> = dyn Fn(Option<std::ops::Range<usize>>, &str, String) -> PolicyError + 'a;
+
+fn limits_of(def: &LimitsDef, field: &str, err: &ErrFn<'_>) -> Result<Entry, PolicyError> {
     let one = |v: &Spanned<i64>, name: &str| -> Result<u32, PolicyError> {
         let n = *v.get_ref();
         if n < 1 || n > u32::MAX as i64 {
@@ -343,7 +488,91 @@ fn limits_of(
             format!("rpm {rpm} is more than rpd {rpd}: a minute cannot allow more than its day"),
         ));
     }
-    Ok(Limits { rpm, rpd })
+    let tokens = match (&def.tpm, &def.tpd) {
+        (None, None) => None,
+        (Some(tpm), Some(tpd)) => {
+            let (m, d) = (one(tpm, "tpm")?, one(tpd, "tpd")?);
+            if m > d {
+                return Err(err(
+                    Some(tpm.span()),
+                    &format!("{field}.tpm"),
+                    format!(
+                        "tpm {m} is more than tpd {d}: a minute cannot allow more than its day"
+                    ),
+                ));
+            }
+            Some(TokenLimits { tpm: m, tpd: d })
+        }
+        (Some(v), None) | (None, Some(v)) => {
+            let (has, lacks) = if def.tpm.is_some() {
+                ("tpm", "tpd")
+            } else {
+                ("tpd", "tpm")
+            };
+            return Err(err(
+                Some(v.span()),
+                &format!("{field}.{has}"),
+                format!("{has} without {lacks}: a token limit names both windows"),
+            ));
+        }
+    };
+    Ok(Entry {
+        limits: Limits { rpm, rpd },
+        tokens,
+    })
+}
+
+fn token_settings(def: &Spanned<TokensDef>, err: &ErrFn<'_>) -> Result<TokenSettings, PolicyError> {
+    let mut out = TokenSettings::default();
+    let def = def.get_ref();
+    let num = |v: &Option<Spanned<i64>>, name: &str, min: i64, max: i64, dflt: u32| {
+        let Some(v) = v else { return Ok(dflt) };
+        let n = *v.get_ref();
+        if n < min || n > max {
+            return Err(err(
+                Some(v.span()),
+                &format!("tokens.{name}"),
+                format!("must be a whole number from {min} to {max}, not {n}"),
+            ));
+        }
+        Ok(n as u32)
+    };
+    out.default_max_output = num(
+        &def.default_max_output,
+        "default_max_output",
+        0,
+        u32::MAX as i64,
+        out.default_max_output,
+    )?;
+    out.bytes_per_token = num(
+        &def.bytes_per_token,
+        "bytes_per_token",
+        1,
+        64,
+        out.bytes_per_token,
+    )?;
+    out.media_tokens = num(
+        &def.media_tokens,
+        "media_tokens",
+        0,
+        u32::MAX as i64,
+        out.media_tokens,
+    )?;
+    let choice = |v: &Option<Spanned<String>>, name: &str, dflt: NoUsage| match v {
+        None => Ok(dflt),
+        Some(v) => match v.get_ref().as_str() {
+            "release" => Ok(NoUsage::Release),
+            "keep" => Ok(NoUsage::Keep),
+            other => Err(err(
+                Some(v.span()),
+                &format!("tokens.{name}"),
+                format!("must be \"release\" or \"keep\", not {other:?}"),
+            )),
+        },
+    };
+    out.on_failed = choice(&def.on_failed, "on_failed", out.on_failed)?;
+    out.on_cut = choice(&def.on_cut, "on_cut", out.on_cut)?;
+    Ok(out)
 }
 
 fn quoted(s: &str) -> String {
@@ -377,6 +606,23 @@ struct FileDef {
     accounts: BTreeMap<String, Spanned<BTreeMap<String, Spanned<LimitsDef>>>>,
     #[serde(default)]
     clock: Option<Spanned<ClockDef>>,
+    #[serde(default)]
+    tokens: Option<Spanned<TokensDef>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensDef {
+    #[serde(default)]
+    default_max_output: Option<Spanned<i64>>,
+    #[serde(default)]
+    bytes_per_token: Option<Spanned<i64>>,
+    #[serde(default)]
+    media_tokens: Option<Spanned<i64>>,
+    #[serde(default)]
+    on_failed: Option<Spanned<String>>,
+    #[serde(default)]
+    on_cut: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -409,6 +655,10 @@ struct TiersDef {
 struct LimitsDef {
     rpm: Spanned<i64>,
     rpd: Spanned<i64>,
+    #[serde(default)]
+    tpm: Option<Spanned<i64>>,
+    #[serde(default)]
+    tpd: Option<Spanned<i64>>,
 }
 
 /// Name -> model index: open addressing over a table at least twice the

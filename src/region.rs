@@ -12,6 +12,10 @@
 //!                quota leases (header flag `LEASES`): per slot, the global
 //!                counts as of the last exchange with Redis and the host's
 //!                own counts while Redis is away (see `lease`)
+//! then           unit area: N x 32 B, in every table formatted since 0.4
+//!                (header flag `UNITS`): per slot, the token windows' state
+//!                word (`slot::State`'s layout; see `slot::tokens`) and a
+//!                word kept zero for in-flight counts
 //! ```
 //! A slot's ident and state share one 32-byte half of a cache line; account
 //! names sit apart so decisions never pull them in.
@@ -45,8 +49,12 @@ pub const NAME_SIZE: usize = 64;
 /// Refusals the ring keeps (the latest ones).
 pub const RING_ENTRIES: usize = 64;
 pub const RING_ENTRY_SIZE: usize = 128;
-/// Bytes per slot, hot state and account name together.
-pub const BYTES_PER_SLOT: usize = SLOT_SIZE + NAME_SIZE;
+/// Bytes per slot of the hot state and account name together: the
+/// part every table has, before the side and unit areas.
+const BASE_PER_SLOT: usize = SLOT_SIZE + NAME_SIZE;
+/// Bytes each slot takes in a table this library formats (hot state,
+/// account name and the unit area; a leased table adds the side area).
+pub const BYTES_PER_SLOT: usize = BASE_PER_SLOT + UNIT_SIZE;
 /// Largest slot count (keeps sizes and indexes comfortably in range).
 pub const SLOTS_MAX: u32 = 1 << 30;
 /// Bytes per slot of the lease side area (tables formatted for leases only).
@@ -56,40 +64,50 @@ pub const SIDE_SIZE: usize = 32;
 /// formatting and never changed, so every process attached knows it.
 pub const FLAG_LEASES: u64 = 1;
 
+/// Header flag: the table has the unit area (token windows). Set when
+/// formatting; a table formatted before it keeps working for requests, and
+/// `tollgate resize` carries it into one that has it.
+pub const FLAG_UNITS: u64 = 2;
+/// Bytes per slot of the unit area.
+pub const UNIT_SIZE: usize = 32;
+/// The flags this library knows.
+const FLAGS_KNOWN: u64 = FLAG_LEASES | FLAG_UNITS;
+
 const READY: u32 = 0x5245_4459; // "READY": written last when formatting
 
 /// Bytes a region of `slots` slots occupies; `None` for 0 or over the max.
 pub fn size_for(slots: u32) -> Option<usize> {
-    if slots == 0 || slots > SLOTS_MAX {
-        return None;
-    }
-    SLOTS_OFFSET.checked_add((slots as usize).checked_mul(BYTES_PER_SLOT)?)
+    size_with(slots, false)
 }
 
 /// Most slots a region of `len` bytes can hold (0 if too small).
 pub fn slots_for(len: usize) -> u32 {
-    if len < SLOTS_OFFSET + BYTES_PER_SLOT {
-        return 0;
-    }
-    ((len - SLOTS_OFFSET) / BYTES_PER_SLOT).min(SLOTS_MAX as usize) as u32
+    slots_with(len, false)
 }
 
 /// Bytes a region of `slots` slots occupies, with the lease side area when
 /// `leases`; `None` for 0 or over the max.
 pub fn size_with(slots: u32, leases: bool) -> Option<usize> {
-    let base = size_for(slots)?;
-    if !leases {
-        return Some(base);
+    size_as(slots, leases, true)
+}
+
+/// Bytes per slot of a table so formatted.
+const fn per_slot(leases: bool, units: bool) -> usize {
+    BASE_PER_SLOT + if leases { SIDE_SIZE } else { 0 } + if units { UNIT_SIZE } else { 0 }
+}
+
+/// As [`size_with`], for a table with or without the unit area (tables
+/// formatted before it existed have none).
+pub(crate) fn size_as(slots: u32, leases: bool, units: bool) -> Option<usize> {
+    if slots == 0 || slots > SLOTS_MAX {
+        return None;
     }
-    base.checked_add(slots as usize * SIDE_SIZE)
+    SLOTS_OFFSET.checked_add((slots as usize).checked_mul(per_slot(leases, units))?)
 }
 
 /// As [`slots_for`], for a table with the lease side area when `leases`.
 pub fn slots_with(len: usize, leases: bool) -> u32 {
-    if !leases {
-        return slots_for(len);
-    }
-    let per = BYTES_PER_SLOT + SIDE_SIZE;
+    let per = per_slot(leases, true);
     if len < SLOTS_OFFSET + per {
         return 0;
     }
@@ -301,6 +319,8 @@ pub(crate) struct Region {
     legacy: bool,
     /// Formatted for quota leases ([`FLAG_LEASES`]): has the side area.
     leases: bool,
+    /// Has the unit area ([`FLAG_UNITS`]): token windows.
+    units: bool,
 }
 
 /// One slot's lease side area: two state words in the slot's own layout
@@ -355,10 +375,10 @@ fn check_mem(mem: *mut u8, len: usize) -> Result<NonNull<u8>, RegionError> {
     if (mem as usize) % REGION_ALIGN != 0 {
         return Err(RegionError::Alignment);
     }
-    if len < SLOTS_OFFSET + BYTES_PER_SLOT {
+    if len < SLOTS_OFFSET + BASE_PER_SLOT {
         return Err(RegionError::Size {
             len,
-            needed: SLOTS_OFFSET + BYTES_PER_SLOT,
+            needed: size_for(1).expect("one slot fits"),
         });
     }
     Ok(base)
@@ -425,7 +445,7 @@ impl Region {
             clock_faults: AtomicU64::new(0),
             ring_head: AtomicU64::new(0),
             ring_last: AtomicU64::new(0),
-            flags: if leases { FLAG_LEASES } else { 0 },
+            flags: FLAG_UNITS | if leases { FLAG_LEASES } else { 0 },
             _reserved: 0,
         };
         h.checksum = checksum(&h);
@@ -438,6 +458,7 @@ impl Region {
             slots,
             legacy: false,
             leases,
+            units: true,
         };
         r.header().ready.store(ready, Ordering::Release);
         Ok(r)
@@ -487,11 +508,12 @@ impl Region {
         {
             return Err(RegionError::Corrupt);
         }
-        if h.flags & !FLAG_LEASES != 0 {
+        if h.flags & !FLAGS_KNOWN != 0 {
             return Err(RegionError::Corrupt);
         }
         let leases = h.flags & FLAG_LEASES != 0;
-        let needed = size_with(h.slot_count, leases).ok_or(RegionError::Corrupt)?;
+        let units = h.flags & FLAG_UNITS != 0;
+        let needed = size_as(h.slot_count, leases, units).ok_or(RegionError::Corrupt)?;
         if needed > len {
             return Err(RegionError::Size { len, needed });
         }
@@ -500,16 +522,17 @@ impl Region {
             slots: h.slot_count,
             legacy: old,
             leases,
+            units,
         })
     }
 
     /// Checks a copy of a header read from a file, before anything is
-    /// mapped, and returns the slot count it describes and whether the
-    /// table is formatted for leases.
+    /// mapped, and returns the slot count it describes and the bytes the
+    /// table so formatted occupies.
     pub(crate) fn check_header_bytes(
         bytes: &[u8; HEADER_SIZE],
         legacy: bool,
-    ) -> Result<(u32, bool), RegionError> {
+    ) -> Result<(u32, usize), RegionError> {
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
         let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
         if bytes[..8] != MAGIC {
@@ -544,12 +567,17 @@ impl Region {
             || h.slot_size as usize != SLOT_SIZE
             || h.name_size as usize != NAME_SIZE
             || h.checksum != checksum(&h)
-            || size_for(h.slot_count).is_none()
-            || h.flags & !FLAG_LEASES != 0
+            || h.flags & !FLAGS_KNOWN != 0
         {
             return Err(RegionError::Corrupt);
         }
-        Ok((h.slot_count, h.flags & FLAG_LEASES != 0))
+        let needed = size_as(
+            h.slot_count,
+            h.flags & FLAG_LEASES != 0,
+            h.flags & FLAG_UNITS != 0,
+        )
+        .ok_or(RegionError::Corrupt)?;
+        Ok((h.slot_count, needed))
     }
 
     /// Whether this is a [`LEGACY_VERSION`] region (see `attach_as`).
@@ -575,7 +603,26 @@ impl Region {
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        size_with(self.slots, self.leases).expect("valid slot count")
+        size_as(self.slots, self.leases, self.units).expect("valid slot count")
+    }
+
+    /// Whether the table has the unit area ([`FLAG_UNITS`]): token windows.
+    #[inline]
+    pub(crate) fn units(&self) -> bool {
+        self.units
+    }
+
+    /// Slot `i`'s token state word; only in a table with the unit area.
+    #[inline]
+    pub(crate) fn tokens(&self, i: usize) -> &AtomicU128 {
+        assert!(self.units && i < self.slots as usize);
+        let side = if self.leases { SIDE_SIZE } else { 0 };
+        let off = SLOTS_OFFSET + self.slots as usize * (BASE_PER_SLOT + side) + i * UNIT_SIZE;
+        // SAFETY: i < slots; a region with the unit area has its size cover
+        // it, after the names and the side area (checked at format and
+        // attach); SLOTS_OFFSET is a multiple of 64 and every per-slot size
+        // a multiple of 32, so the word is 16-aligned as AtomicU128 wants.
+        unsafe { &*self.base.as_ptr().add(off).cast::<AtomicU128>() }
     }
 
     /// Whether the table is formatted for quota leases ([`FLAG_LEASES`]).
@@ -588,10 +635,10 @@ impl Region {
     #[inline]
     pub(crate) fn side(&self, i: usize) -> &Side {
         assert!(self.leases && i < self.slots as usize);
-        let off = SLOTS_OFFSET + self.slots as usize * BYTES_PER_SLOT + i * SIDE_SIZE;
+        let off = SLOTS_OFFSET + self.slots as usize * BASE_PER_SLOT + i * SIDE_SIZE;
         // SAFETY: i < slots; a leased region's size covers the side area
         // after the names (checked at format and attach); SLOTS_OFFSET is a
-        // multiple of 64 and BYTES_PER_SLOT and SIDE_SIZE of 32, so each
+        // multiple of 64 and BASE_PER_SLOT and SIDE_SIZE of 32, so each
         // entry is 32-aligned.
         unsafe { &*self.base.as_ptr().add(off).cast::<Side>() }
     }
@@ -846,9 +893,10 @@ mod tests {
     fn sizes() {
         assert_eq!(size_for(0), None);
         assert_eq!(size_for(SLOTS_MAX + 1), None);
-        assert_eq!(size_for(1), Some(SLOTS_OFFSET + 96));
+        assert_eq!(size_for(1), Some(SLOTS_OFFSET + 128));
+        assert_eq!(size_as(1, false, false), Some(SLOTS_OFFSET + 96));
         assert_eq!(slots_for(size_for(1000).unwrap()), 1000);
-        assert_eq!(slots_for(size_for(1000).unwrap() + 95), 1000);
+        assert_eq!(slots_for(size_for(1000).unwrap() + 127), 1000);
         assert_eq!(slots_for(100), 0);
     }
 

@@ -46,6 +46,8 @@ use crate::window::{Instant, MINUTES_PER_DAY};
 mod leased;
 #[cfg_attr(not(feature = "redis"), allow(unused_imports))]
 pub(crate) use leased::{add, charge_word, raise_word, read_word, spend, take, Held};
+// The token windows beside the request windows.
+pub(crate) mod tokens;
 
 /// Longest probe chain; a key that finds no free slot within it is refused
 /// with TABLE_FULL. At the recommended load (<= 80%) chains are short (a
@@ -187,6 +189,11 @@ pub enum LimitedBy {
     /// The day window (RPD) refused; named whenever the day is
     /// exhausted, as waiting for the minute would not help.
     Day = 2,
+    /// The token minute window (TPM) refused.
+    TokensMinute = 3,
+    /// The token day window (TPD) refused; named whenever the token day is
+    /// exhausted (and the request day is not).
+    TokensDay = 4,
 }
 
 impl LimitedBy {
@@ -196,6 +203,8 @@ impl LimitedBy {
             LimitedBy::None => "none",
             LimitedBy::Minute => "minute",
             LimitedBy::Day => "day",
+            LimitedBy::TokensMinute => "tokens_minute",
+            LimitedBy::TokensDay => "tokens_day",
         }
     }
 }
@@ -267,6 +276,88 @@ fn probe(
             return Ok(o);
         }
         // Rebound between the walk and the charge: look again.
+    }
+}
+
+/// What a decision with tokens saw and did: the request windows' outcome
+/// (refused when the tokens refused: see `limited_by_tokens`), the token
+/// windows', and where the reservation lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Both {
+    pub requests: Outcome,
+    pub tokens: Outcome,
+    /// The slot and generation charged; `None` for a peek at an absent key.
+    pub at: Option<(usize, u16)>,
+}
+
+/// [`decide`] for a key with token limits: reserves `tokens` under
+/// `token_limits` and charges `cost` requests under `limits`, both or
+/// neither (see [`tokens`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decide_tokens(
+    region: &Region,
+    key: &KeyHash,
+    account: &[u8],
+    limits: Limits,
+    cost: u32,
+    token_limits: Limits,
+    tokens: u32,
+    clock: Clock,
+) -> Result<Both, TableFull> {
+    let store = cost > 0;
+    loop {
+        let Some((i, gen)) = locate(region, key, account, clock.now, store)? else {
+            let requests = judge(State::default(), limits, 0, clock).0;
+            let mut t = judge(State::default(), token_limits, tokens, clock).0;
+            if t.allowed {
+                (t.minute_count, t.day_count) = (0, 0);
+            }
+            return Ok(Both {
+                requests: Outcome {
+                    allowed: requests.allowed && t.allowed,
+                    ..requests
+                },
+                tokens: t,
+                at: None,
+            });
+        };
+        let Some(t) = tokens::reserve(region, i, gen, token_limits, tokens, store, clock) else {
+            continue;
+        };
+        let slot = region.slot(i);
+        let requests = if t.allowed {
+            charge(region, slot, gen, slot.state(), limits, cost, clock)
+        } else {
+            // Refused on tokens: the requests are only looked at.
+            charge(region, slot, gen, slot.state(), limits, 0, clock)
+        };
+        let Some(requests) = requests else {
+            if t.allowed && store {
+                tokens::unreserve(region, i, gen, t.at, tokens);
+            }
+            continue;
+        };
+        if t.allowed && store && !requests.allowed {
+            tokens::unreserve(region, i, gen, t.at, tokens);
+            let given_back = Outcome {
+                minute_count: t.minute_count.saturating_sub(tokens),
+                day_count: t.day_count.saturating_sub(tokens),
+                ..t
+            };
+            return Ok(Both {
+                requests,
+                tokens: given_back,
+                at: Some((i, gen)),
+            });
+        }
+        return Ok(Both {
+            requests: Outcome {
+                allowed: requests.allowed && t.allowed,
+                ..requests
+            },
+            tokens: t,
+            at: Some((i, gen)),
+        });
     }
 }
 

@@ -26,6 +26,7 @@
 use core::fmt;
 
 use crate::body::{is_ws, plain_run, simple_escape, text_run, utf8_lead};
+use crate::limiter::Ending;
 
 /// Most nesting levels accepted in one JSON document (the top-level value
 /// is level 1), as for request bodies.
@@ -426,6 +427,19 @@ impl UsageScanner {
             }
         }
         Ok(self.found)
+    }
+
+    /// How the response ended, for [`Limiter::settle`](crate::Limiter::settle),
+    /// once it has (or was cut: `cut`), with HTTP status `status`: its
+    /// usage if it reported one; else as [`Ending::without_usage`], an SSE
+    /// stream that ended without `data: [DONE]` counting as cut. A response
+    /// that could not be read ends as if it reported nothing.
+    pub fn ending(&mut self, status: u16, cut: bool) -> Ending {
+        if let Ok(Some(u)) = self.finish() {
+            return Ending::Usage(u.total);
+        }
+        let unfinished = self.framing == Framing::Sse && !self.done;
+        Ending::without_usage(status, cut || unfinished)
     }
 
     fn fail(&mut self, e: UsageError) -> UsageError {

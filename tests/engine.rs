@@ -4,6 +4,8 @@
 mod clock;
 #[path = "engine/file_faults.rs"]
 mod file_faults;
+#[path = "engine/tokens.rs"]
+mod tokens;
 
 use tollgate::{Error, LimitedBy, Limiter, Policy, Request, Tier};
 

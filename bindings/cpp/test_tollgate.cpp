@@ -577,7 +577,8 @@ void test_answer() {
     CHECK(b.outcome() == tollgate::Outcome::Rejected);
     CHECK(b.decision().has_value() && !b.decision()->allowed);
     const auto bh = b.headers();
-    CHECK_EQ(bh.size(), size_t{TG_ANSWER_HEADERS_MAX});
+    // every header but the six for tokens (the key has no token limit)
+    CHECK_EQ(bh.size(), size_t{TG_ANSWER_HEADERS_MAX} - 6);
     CHECK(!bh.empty() && bh.back() == std::make_pair(std::string("content-type"), std::string("application/json")));
     bool retry = false;
     bool should_retry = false;

@@ -101,6 +101,25 @@ pub struct tg_answer {
     pub model_len: u32,
     /// The echoed model bytes (`model_len` of them, not NUL-terminated).
     pub model: [u8; 64],
+    /// Since 0.4 (written and read only when `size` covers it): the
+    /// decision's token windows and reservation; `has_tokens` 0 when the
+    /// key has no token limit or there was no decision. Settle
+    /// `tokens.ticket` with tg_settle once the response has ended.
+    pub tokens: super::tg_tokens,
+}
+
+/// sizeof(tg_answer) before `tokens` (0.3, and 0: the first layout).
+const ANSWER_SIZE_0_3: usize = std::mem::offset_of!(tg_answer, tokens);
+
+/// Bytes of a caller's tg_answer the library may touch: `None` for a size
+/// that is no layout's.
+fn answer_bytes(size: u32) -> Option<usize> {
+    match size as usize {
+        0 => Some(ANSWER_SIZE_0_3),
+        n if n >= std::mem::size_of::<tg_answer>() => Some(std::mem::size_of::<tg_answer>()),
+        n if n == ANSWER_SIZE_0_3 => Some(n),
+        _ => None,
+    }
 }
 
 fn event_error(status: tg_status) -> Error {
@@ -115,6 +134,10 @@ fn event_error(status: tg_status) -> Error {
         TG_E_BODY_AMBIGUOUS_MODEL => Error::Body(BodyError::AmbiguousModel),
         TG_E_BODY_TOO_DEEP => Error::Body(BodyError::TooDeep),
         TG_E_BODY_TOO_LARGE => Error::Body(BodyError::TooLarge),
+        super::TG_E_TOKENS_TOO_LARGE => Error::TokensTooLarge {
+            reserved: 0,
+            limit: 0,
+        },
         // a decision the caller could not hand to a thread that may wait
         super::TG_PENDING => Error::Pending,
         _ => Error::Invalid("the limiter failed"),
@@ -141,7 +164,42 @@ pub extern "C" fn tg_answer_for(
     refuse_status: u32,
     out: *mut tg_answer,
 ) -> tg_status {
+    tg_answer_for_tokens(
+        status,
+        decision,
+        std::ptr::null(),
+        model,
+        model_len,
+        flags,
+        refuse_status,
+        out,
+    )
+}
+
+/// tg_answer_for with the decision's token windows (`tokens`, from
+/// tg_check_tokens; NULL or `has_tokens` 0: none), so that the answer
+/// carries the six token headers, names a refusal on tokens, and holds the
+/// reservation's ticket in `out->tokens` (a tg_answer of this version's
+/// size). TG_E_TOKENS_TOO_LARGE as `status` is its 400 answer.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn tg_answer_for_tokens(
+    status: tg_status,
+    decision: *const tg_decision,
+    tokens: *const super::tg_tokens,
+    model: *const c_char,
+    model_len: usize,
+    flags: u32,
+    refuse_status: u32,
+    out: *mut tg_answer,
+) -> tg_status {
     guard(|| {
+        // SAFETY: NULL or a readable tg_tokens by contract.
+        let tokens = match unsafe { tokens.as_ref() } {
+            None => None,
+            Some(t) if !super::sized::<super::tg_tokens>(t.size) => return TG_E_INVALID,
+            Some(t) => super::tokens_from_c(t),
+        };
         let opts = match options(flags, refuse_status) {
             Ok(o) => o,
             Err(s) => return s,
@@ -155,7 +213,7 @@ pub extern "C" fn tg_answer_for(
         let event = match status {
             TG_OK => {
                 d = match decision_arg(decision) {
-                    Ok(d) => d,
+                    Ok(d) => crate::Decision { tokens, ..d },
                     Err(s) => return s,
                 };
                 Event::Decided(&d)
@@ -192,18 +250,20 @@ fn options(flags: u32, refuse_status: u32) -> Result<Options, tg_status> {
 /// version's struct.
 fn write_answer(a: &Answer, out: *mut tg_answer) -> tg_status {
     // SAFETY: NULL or a writable tg_answer of at least `size` bytes.
-    let Some(out) = (unsafe { out.as_mut() }) else {
+    if out.is_null() {
         return TG_E_NULL;
-    };
-    if !super::sized::<tg_answer>(out.size) {
-        return TG_E_INVALID;
     }
+    // SAFETY: non-null; `size` is the first field of every layout.
+    let size = unsafe { (*out).size };
+    let Some(n) = answer_bytes(size) else {
+        return TG_E_INVALID;
+    };
     let p = a.parts();
     let echoed = a.model();
     let mut m = [0u8; MODEL_ECHO_MAX];
     m[..echoed.len()].copy_from_slice(echoed);
-    *out = tg_answer {
-        size: out.size,
+    let full = tg_answer {
+        size,
         http_status: p.status as u32,
         would_status: p.would as u32,
         outcome: p.outcome,
@@ -212,8 +272,19 @@ fn write_answer(a: &Answer, out: *mut tg_answer) -> tg_status {
         body_kind: p.body,
         model_len: echoed.len() as u32,
         model: m,
+        tokens: super::tokens_to_c(a.decision().and_then(|d| d.tokens.as_ref())),
+    };
+    // SAFETY: the caller's struct holds `n` writable bytes (its `size`
+    // says which layout it is), and `full` is a whole tg_answer.
+    unsafe {
+        std::ptr::copy_nonoverlapping((&full as *const tg_answer).cast::<u8>(), out.cast(), n)
     };
     TG_OK
+}
+
+/// A decision with nothing in it, for renderers of one part.
+pub(super) const fn answer_empty_decision() -> crate::Decision {
+    EMPTY
 }
 
 const EMPTY: crate::Decision = crate::Decision {
@@ -230,6 +301,7 @@ const EMPTY: crate::Decision = crate::Decision {
         reset: 0,
     },
     retry_after: 0,
+    tokens: None,
 };
 
 /// A request as an HTTP binding holding the whole body sees it, for
@@ -326,13 +398,28 @@ pub extern "C" fn tg_answer_request(
 /// The caller's answer, checked.
 fn answer_arg(answer: *const tg_answer) -> Result<Answer, tg_status> {
     // SAFETY: NULL or a readable tg_answer by contract.
-    let a = unsafe { answer.as_ref() }.ok_or(TG_E_NULL)?;
-    if !super::sized::<tg_answer>(a.size) || a.model_len as usize > MODEL_ECHO_MAX {
+    if answer.is_null() {
+        return Err(TG_E_NULL);
+    }
+    // SAFETY: non-null; `size` is the first field of every layout.
+    let n = answer_bytes(unsafe { (*answer).size }).ok_or(TG_E_INVALID)?;
+    // SAFETY: the caller's struct holds `n` readable bytes; the rest of
+    // the copy keeps its zeroes (no tokens).
+    let a = unsafe {
+        let mut a: tg_answer = std::mem::zeroed();
+        std::ptr::copy_nonoverlapping(answer.cast::<u8>(), (&mut a as *mut tg_answer).cast(), n);
+        a
+    };
+    if a.model_len as usize > MODEL_ECHO_MAX {
         return Err(TG_E_INVALID);
     }
     let decision = match a.has_decision {
         0 => None,
-        _ => Some(decision_arg(&a.decision)?),
+        _ => {
+            let mut d = decision_arg(&a.decision)?;
+            d.tokens = super::tokens_from_c(&a.tokens);
+            Some(d)
+        }
     };
     let parts = Parts {
         status: u16::try_from(a.http_status).map_err(|_| TG_E_INVALID)?,
@@ -390,19 +477,20 @@ pub struct tg_header_field {
     pub value_len: usize,
 }
 
-/// Most headers an answer has (six x-ratelimit-*, retry-after,
-/// x-should-retry, content-type): a `fields` array this long always
-/// suffices.
-pub const TG_ANSWER_HEADERS_MAX: u32 = 9;
+/// Most headers an answer has (six x-ratelimit-*, since 0.4 six more for
+/// tokens, retry-after, x-should-retry, content-type): a `fields` array
+/// this long always suffices. An answer without token headers has at most
+/// 9 (this constant before 0.4).
+pub const TG_ANSWER_HEADERS_MAX: u32 = 15;
 /// Bytes of buffer tg_answer_header_fields needs at most (20 per number:
-/// a buffer this big always suffices).
-pub const TG_ANSWER_HEADER_BYTES: u32 = 160;
+/// a buffer this big always suffices; 160 without token headers).
+pub const TG_ANSWER_HEADER_BYTES: u32 = 260;
 
 /// Bytes of `buf` each number takes (u64::MAX has 20 digits).
 const NUMBER_SLOT: usize = 20;
-/// Numbers among an answer's headers: the six and retry-after (the other
-/// two are the library's static text).
-const NUMBERS_MAX: usize = 7;
+/// Numbers among an answer's headers: the six, the six for tokens and
+/// retry-after (the other two are the library's static text).
+const NUMBERS_MAX: usize = 13;
 const _: () = assert!(TG_ANSWER_HEADERS_MAX as usize == crate::answer::HEADERS_MAX);
 const _: () = assert!(TG_ANSWER_HEADER_BYTES as usize >= NUMBER_SLOT * NUMBERS_MAX);
 
@@ -554,6 +642,7 @@ pub extern "C" fn tg_method_limited(method: *const c_char, len: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ffi::tokens_to_c;
     use std::ffi::c_int;
 
     fn blank() -> tg_answer {
@@ -567,6 +656,7 @@ mod tests {
             body_kind: 0,
             model_len: 0,
             model: [0; 64],
+            tokens: tokens_to_c(None),
         }
     }
 
@@ -663,7 +753,7 @@ mod tests {
             value: std::ptr::null(),
             value_len: 0,
         }; TG_ANSWER_HEADERS_MAX as usize];
-        let mut buf = [0u8; 160];
+        let mut buf = [0u8; TG_ANSWER_HEADER_BYTES as usize];
         assert!(max <= fields.len() && cap <= buf.len());
         let mut n = 99;
         let st = tg_answer_header_fields(
@@ -706,6 +796,20 @@ mod tests {
                 reset: u64::MAX,
             },
             retry_after: u32::MAX,
+            tokens: Some(crate::TokenWindows {
+                minute: crate::Window {
+                    limit: u32::MAX,
+                    remaining: u32::MAX,
+                    reset: u64::MAX,
+                },
+                day: crate::Window {
+                    limit: u32::MAX,
+                    remaining: u32::MAX,
+                    reset: u64::MAX,
+                },
+                reserved: u32::MAX,
+                ticket: None,
+            }),
         };
         let allowed = crate::Decision {
             allowed: true,
@@ -716,8 +820,9 @@ mod tests {
             for flags in [0, TG_ANSWER_DRY_RUN] {
                 let mut a = blank();
                 let c = to_c(&d);
+                let t = crate::ffi::tokens_to_c(d.tokens.as_ref());
                 assert_eq!(
-                    tg_answer_for(TG_OK, &c, c"m".as_ptr(), 1, flags, 0, &mut a),
+                    tg_answer_for_tokens(TG_OK, &c, &t, c"m".as_ptr(), 1, flags, 0, &mut a),
                     TG_OK
                 );
                 answers.push(a);
@@ -741,7 +846,8 @@ mod tests {
         // a failure that a retry does not mend)
         let busy = answers.last().unwrap();
         assert_eq!(busy.http_status, 503);
-        assert!(fields_text(busy, MAX, 160)
+        const BYTES: usize = TG_ANSWER_HEADER_BYTES as usize;
+        assert!(fields_text(busy, MAX, BYTES)
             .2
             .contains("x-should-retry: true\n"));
         for a in &answers {
@@ -750,26 +856,27 @@ mod tests {
                 tg_answer_headers(a, Some(collect), (&mut h as *mut String).cast()),
                 TG_OK
             );
-            let (st, n, text) = fields_text(a, MAX, 160);
+            let (st, n, text) = fields_text(a, MAX, BYTES);
             assert_eq!((st, n), (TG_OK, h.lines().count()));
             assert_eq!(text, h);
             if n > 0 {
                 // one field short, or one byte short of the values: refused
                 // with the count, never written past
-                assert_eq!(fields_text(a, n - 1, 160).0, TG_E_BUFFER_TOO_SMALL);
-                assert_eq!(fields_text(a, n - 1, 160).1, n);
+                assert_eq!(fields_text(a, n - 1, BYTES).0, TG_E_BUFFER_TOO_SMALL);
+                assert_eq!(fields_text(a, n - 1, BYTES).1, n);
             }
         }
-        // the refusal: seven numbers of the widest kind in seven slots of
-        // 20 bytes, then x-should-retry and the type, static text
-        let (st, n, text) = fields_text(&answers[0], MAX, 160);
+        // the refusal: thirteen numbers of the widest kind in thirteen
+        // slots of 20 bytes, then x-should-retry and the type, static text
+        let (st, n, text) = fields_text(&answers[0], MAX, BYTES);
         assert_eq!((st, n), (TG_OK, MAX));
+        assert!(text.contains("x-ratelimit-remaining-tokens-day: 4294967295\n"));
         assert!(text.contains("x-ratelimit-reset-requests: 18446744073709551615\n"));
         assert!(text.contains("retry-after: 4294967295\n"));
         // a wait of 136 years is no retry
         assert!(text.ends_with("x-should-retry: false\ncontent-type: application/json\n"));
-        assert_eq!(fields_text(&answers[0], MAX, 139).0, TG_E_BUFFER_TOO_SMALL);
-        assert_eq!(fields_text(&answers[0], MAX, 140).0, TG_OK);
+        assert_eq!(fields_text(&answers[0], MAX, 259).0, TG_E_BUFFER_TOO_SMALL);
+        assert_eq!(fields_text(&answers[0], MAX, 260).0, TG_OK);
         let mut n = 0;
         assert_eq!(
             tg_answer_header_fields(

@@ -52,6 +52,17 @@ pub struct tg_request {
     pub model_handle: u32,
     /// Since 0.3, read with `model_handle`: TG_REQUEST_* bits, or 0.
     pub flags: u32,
+    /// Since 0.4 (read only when `size` covers it): tokens this request
+    /// reserves on a key with a token limit (its estimate: tg_body_facts
+    /// and tg_policy_estimate_tokens). Settle it with tg_settle, through
+    /// the ticket tg_check_tokens gives.
+    pub tokens: u32,
+    /// Since 0.4: explicit tokens-per-minute limit; 0 = from the policy.
+    pub tpm: u32,
+    /// Since 0.4: explicit tokens-per-day limit; 0 = from the policy.
+    pub tpd: u32,
+    /// Since 0.4: 0.
+    pub _reserved: u32,
 }
 
 /// tg_request.flags: on a limiter joined to a quota store
@@ -66,6 +77,9 @@ pub const TG_REQUEST_NO_WAIT: u32 = 1;
 /// without it.
 const REQUEST_SIZE_0_2: u32 = std::mem::offset_of!(tg_request, model_handle)
     .next_multiple_of(std::mem::align_of::<tg_request>()) as u32;
+/// sizeof(tg_request) before `tokens` (0.3): accepted, and read without
+/// the token fields.
+const REQUEST_SIZE_0_3: u32 = std::mem::offset_of!(tg_request, tokens) as u32;
 
 /// The answer for one request: everything a proxy needs for its headers.
 /// Written by tg_check, which sets `size` to the bytes it wrote (the
@@ -78,7 +92,9 @@ pub struct tg_decision {
     pub size: u32,
     /// 1 if admitted (and counted), 0 if refused (and nothing counted).
     pub allowed: u32,
-    /// TG_LIMIT_NONE, TG_LIMIT_MINUTE or TG_LIMIT_DAY.
+    /// TG_LIMIT_NONE, TG_LIMIT_MINUTE, TG_LIMIT_DAY, or (a key with a
+    /// token limit, since 0.4) TG_LIMIT_TOKENS_MINUTE or
+    /// TG_LIMIT_TOKENS_DAY.
     pub limited_by: u32,
     /// Requests the minute window allows.
     pub minute_limit: u32,
@@ -128,6 +144,8 @@ pub(super) fn from_c(d: &tg_decision) -> Option<Decision> {
         TG_LIMIT_NONE => LimitedBy::None,
         TG_LIMIT_MINUTE => LimitedBy::Minute,
         TG_LIMIT_DAY => LimitedBy::Day,
+        super::TG_LIMIT_TOKENS_MINUTE => LimitedBy::TokensMinute,
+        super::TG_LIMIT_TOKENS_DAY => LimitedBy::TokensDay,
         _ => return None,
     };
     Some(Decision {
@@ -144,6 +162,7 @@ pub(super) fn from_c(d: &tg_decision) -> Option<Decision> {
             reset: d.day_reset,
         },
         retry_after: d.retry_after,
+        tokens: None,
     })
 }
 
@@ -153,7 +172,8 @@ pub(super) fn from_c(d: &tg_decision) -> Option<Decision> {
 /// a local table. On a limiter joined to a quota store (tg_limiter_connect)
 /// most decisions are the same, and one that needs more quota makes a round
 /// trip to Redis (at most the store's deadline), or returns TG_PENDING with
-/// TG_REQUEST_NO_WAIT.
+/// TG_REQUEST_NO_WAIT. A key with a token limit reserves `req->tokens`;
+/// tg_check_tokens also gives the ticket that settles it.
 #[no_mangle]
 pub extern "C" fn tg_check(
     limiter: *const tg_limiter,
@@ -162,57 +182,80 @@ pub extern "C" fn tg_check(
     out: *mut tg_decision,
 ) -> tg_status {
     guard(|| {
-        // SAFETY: NULL or live objects by contract.
-        let (Some(l), Some(r), false) = (
-            unsafe { limiter.as_ref() },
-            unsafe { req.as_ref() },
-            out.is_null(),
-        ) else {
-            return TG_E_NULL;
-        };
-        let (handle, flags) = if r.size as usize >= std::mem::size_of::<tg_request>() {
-            (ModelHandle::from_raw(r.model_handle), r.flags)
-        } else if r.size == 0 || r.size == REQUEST_SIZE_0_2 {
-            (None, 0)
-        } else {
-            return TG_E_INVALID;
-        };
-        if flags & !TG_REQUEST_NO_WAIT != 0 {
-            return TG_E_INVALID;
-        }
-        let account = match bytes_arg(r.account, r.account_len, crate::ACCOUNT_MAX, TG_E_ACCOUNT) {
-            Ok(a) => a,
-            Err(s) => return s,
-        };
-        let model = match handle {
-            Some(_) => &[][..],
-            None => match bytes_arg(r.model, r.model_len, MODEL_NAME_MAX, TG_E_UNKNOWN_MODEL) {
-                Ok(m) => m,
-                Err(s) => return s,
-            },
-        };
-        let Some(tier) = Tier::from_u32(r.tier) else {
-            return TG_E_INVALID;
-        };
-        let request = Request {
-            account,
-            model,
-            tier,
-            cost: r.cost,
-            rpm: r.rpm,
-            rpd: r.rpd,
-            handle,
-            no_wait: flags & TG_REQUEST_NO_WAIT != 0,
-        };
-        match l.inner.check(&request, now_ms) {
-            Ok(d) => {
-                // SAFETY: non-null, writable by contract.
-                unsafe { *out = to_c(&d) };
-                TG_OK
-            }
-            Err(e) => status_of(&e),
-        }
+        decide(limiter, req, now_ms, out, |d| {
+            // SAFETY: `decide` checked `out` non-null; writable by contract.
+            unsafe { *out = to_c(d) }
+        })
     })
+}
+
+/// tg_check's work: decides, and hands the decision to `put` (which
+/// stores it where the caller wants it) without moving it.
+#[inline(always)]
+pub(super) fn decide(
+    limiter: *const tg_limiter,
+    req: *const tg_request,
+    now_ms: u64,
+    out: *mut tg_decision,
+    put: impl FnOnce(&Decision),
+) -> tg_status {
+    // SAFETY: NULL or live objects by contract.
+    let (Some(l), Some(r), false) = (
+        unsafe { limiter.as_ref() },
+        unsafe { req.as_ref() },
+        out.is_null(),
+    ) else {
+        return TG_E_NULL;
+    };
+    // The layouts: this one, 0 and 0.2 (no handle, no flags), and 0.3
+    // (no token fields), tested in the order of the old code for 0 and 0.2.
+    let (handle, flags, tokens) = if r.size as usize >= std::mem::size_of::<tg_request>() {
+        let t = (r.tokens, r.tpm, r.tpd);
+        (ModelHandle::from_raw(r.model_handle), r.flags, t)
+    } else if r.size == 0 || r.size == REQUEST_SIZE_0_2 {
+        (None, 0, (0, 0, 0))
+    } else if r.size == REQUEST_SIZE_0_3 {
+        (ModelHandle::from_raw(r.model_handle), r.flags, (0, 0, 0))
+    } else {
+        return TG_E_INVALID;
+    };
+    if flags & !TG_REQUEST_NO_WAIT != 0 {
+        return TG_E_INVALID;
+    }
+    let account = match bytes_arg(r.account, r.account_len, crate::ACCOUNT_MAX, TG_E_ACCOUNT) {
+        Ok(a) => a,
+        Err(s) => return s,
+    };
+    let model = match handle {
+        Some(_) => &[][..],
+        None => match bytes_arg(r.model, r.model_len, MODEL_NAME_MAX, TG_E_UNKNOWN_MODEL) {
+            Ok(m) => m,
+            Err(s) => return s,
+        },
+    };
+    let Some(tier) = Tier::from_u32(r.tier) else {
+        return TG_E_INVALID;
+    };
+    let request = Request {
+        account,
+        model,
+        tier,
+        cost: r.cost,
+        rpm: r.rpm,
+        rpd: r.rpd,
+        tokens: tokens.0,
+        tpm: tokens.1,
+        tpd: tokens.2,
+        handle,
+        no_wait: flags & TG_REQUEST_NO_WAIT != 0,
+    };
+    match l.inner.check(&request, now_ms) {
+        Ok(d) => {
+            put(&d);
+            TG_OK
+        }
+        Err(e) => status_of(&e),
+    }
 }
 
 /// Resolves a policy model once: `*handle` gets a nonzero number to put in

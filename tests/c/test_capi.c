@@ -226,13 +226,145 @@ static void test_struct_sizes(void) {
     tg_policy_free(p);
 }
 
+/* ------------------------------------------------------------------ tokens */
+
+static const char *TOKENS_POLICY =
+    "[models]\n\"m\" = { region = \"EU\" }\n"
+    "[tiers.developer]\n\"m\" = { rpm = 100, rpd = 1000, tpm = 10000, tpd = 100000 }\n";
+
+/* Reserve, refuse on tokens, answer with the token headers, read a
+ * streamed response's usage and settle it: the next decision shows the
+ * usage instead of the reservation. */
+static void test_tokens(void) {
+    tg_policy *p = NULL;
+    tg_limiter *l = NULL;
+    char err[256];
+    REQUIRE(tg_policy_parse(TOKENS_POLICY, strlen(TOKENS_POLICY), &p, err, sizeof err) == TG_OK);
+    REQUIRE(tg_limiter_new(p, 64, &l) == TG_OK);
+
+    tg_request r = req_of("tok", "m", TG_TIER_DEVELOPER, 1);
+    r.size = sizeof r;
+    r.tokens = 8000;
+    tg_decision d;
+    tg_tokens t = {.size = sizeof t};
+    CHECK_ST(tg_check_tokens(l, &r, T0, &d, &t), TG_OK);
+    CHECK_EQ(d.allowed, 1);
+    CHECK_EQ(t.has_tokens, 1);
+    CHECK_EQ(t.minute_limit, 10000);
+    CHECK_EQ(t.minute_remaining, 2000);
+    CHECK_EQ(t.day_remaining, 92000);
+    CHECK_EQ(t.reserved, 8000);
+    CHECK(t.ticket.words[0] != 0 || t.ticket.words[1] != 0);
+    tg_ticket held = t.ticket;
+
+    /* 3000 more do not fit the minute: refused on tokens, nothing charged */
+    tg_tokens t2 = {.size = sizeof t2};
+    r.tokens = 3000;
+    CHECK_ST(tg_check_tokens(l, &r, T0 + 1, &d, &t2), TG_OK);
+    CHECK_EQ(d.allowed, 0);
+    CHECK_EQ(d.limited_by, TG_LIMIT_TOKENS_MINUTE);
+    CHECK_EQ(d.minute_remaining, 99);
+    CHECK_EQ(t2.minute_remaining, 2000);
+    CHECK_EQ(t2.ticket.words[0] | t2.ticket.words[1], 0);
+
+    /* its answer: 429, token headers, a body of type "tokens" */
+    tg_answer a;
+    memset(&a, 0, sizeof a);
+    a.size = sizeof a;
+    CHECK_ST(tg_answer_for_tokens(TG_OK, &d, &t2, "m", 1, 0, 0, &a), TG_OK);
+    CHECK_EQ(a.http_status, 429);
+    CHECK_EQ(a.tokens.has_tokens, 1);
+    tg_header_field f[TG_ANSWER_HEADERS_MAX];
+    char hb[TG_ANSWER_HEADER_BYTES];
+    size_t n = 0;
+    CHECK_ST(tg_answer_header_fields(&a, f, TG_ANSWER_HEADERS_MAX, hb, sizeof hb, &n), TG_OK);
+    int seen = 0;
+    for (size_t i = 0; i < n; i++)
+        if (f[i].name_len == 28 && memcmp(f[i].name, "x-ratelimit-remaining-tokens", 28) == 0) {
+            seen = 1;
+            CHECK(f[i].value_len == 4 && memcmp(f[i].value, "2000", 4) == 0);
+        }
+    CHECK(seen);
+    char body[TG_ANSWER_BODY_MAX];
+    size_t blen = 0;
+    CHECK_ST(tg_answer_body(&a, body, sizeof body, &blen), TG_OK);
+    body[blen < sizeof body ? blen : sizeof body - 1] = '\0';
+    CHECK_STR_HAS(body, "\"type\":\"tokens\"");
+    CHECK_STR_HAS(body, "tokens per minute (TPM)");
+
+    /* a 0.3-sized answer is written up to its size, no further */
+    unsigned char old[sizeof(tg_answer)];
+    memset(old, 0xAB, sizeof old);
+    size_t old_size = offsetof(tg_answer, tokens);
+    ((tg_answer *) (void *) old)->size = (uint32_t) old_size;
+    CHECK_ST(tg_answer_for_tokens(TG_OK, &d, &t2, "m", 1, 0, 0, (tg_answer *) (void *) old), TG_OK);
+    for (size_t i = old_size; i < sizeof old; i++) CHECK_EQ(old[i], 0xAB);
+
+    /* the response: an SSE stream whose last chunk carries usage */
+    static const char sse[] =
+        "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":900,\"completion_tokens\":600,"
+        "\"total_tokens\":1500}}\n\n"
+        "data: [DONE]\n\n";
+    uint64_t mem[1024 / 8];
+    REQUIRE(tg_usage_scan_size() <= sizeof mem);
+    tg_usage_scan *scan = NULL;
+    const char *ct = "text/event-stream; charset=utf-8";
+    CHECK_ST(tg_usage_scan_init(mem, sizeof mem, ct, strlen(ct), &scan), TG_OK);
+    for (size_t i = 0; i < sizeof sse - 1; i += 7) {
+        size_t k = sizeof sse - 1 - i < 7 ? sizeof sse - 1 - i : 7;
+        CHECK_ST(tg_usage_scan_feed(scan, (const uint8_t *) sse + i, k), TG_OK);
+    }
+    tg_usage u = {.size = sizeof u};
+    CHECK_ST(tg_usage_scan_finish(scan, 200, 0, &u), TG_OK);
+    CHECK_EQ(u.ending, TG_END_USAGE);
+    CHECK_EQ(u.total, 1500);
+    uint64_t charged = 0;
+    CHECK_ST(tg_settle(l, &held, u.ending, u.total, T0 + 2, &charged), TG_OK);
+    CHECK_EQ(charged, 1500);
+
+    /* what the next request sees: the usage, not the reservation */
+    r.tokens = 0;
+    r.cost = 0;
+    CHECK_ST(tg_check_tokens(l, &r, T0 + 3, &d, &t), TG_OK);
+    CHECK_EQ(t.minute_remaining, 10000 - 1500);
+
+    /* no usage: a cut stream keeps its reservation, a failed response not */
+    r.cost = 1;
+    r.tokens = 1000;
+    CHECK_ST(tg_check_tokens(l, &r, T0 + 4, &d, &t), TG_OK);
+    CHECK_ST(tg_usage_scan_init(mem, sizeof mem, ct, strlen(ct), &scan), TG_OK);
+    CHECK_ST(tg_usage_scan_feed(scan, (const uint8_t *) sse, 20), TG_OK);
+    CHECK_ST(tg_usage_scan_finish(scan, 200, 0, &u), TG_OK);
+    CHECK_EQ(u.ending, TG_END_CUT); /* ended before [DONE] */
+    CHECK_ST(tg_settle(l, &t.ticket, u.ending, u.total, T0 + 5, &charged), TG_OK);
+    CHECK_EQ(charged, 1000);
+    CHECK_ST(tg_check_tokens(l, &r, T0 + 6, &d, &t), TG_OK);
+    CHECK_EQ(tg_usage_ending(503, 0), TG_END_FAILED);
+    CHECK_ST(tg_settle(l, &t.ticket, TG_END_FAILED, 0, T0 + 7, &charged), TG_OK);
+    CHECK_EQ(charged, 0);
+    CHECK_ST(tg_usage_scan_init(mem, sizeof mem, "text/html", 9, &scan), TG_E_UNSUPPORTED);
+
+    /* bad input */
+    tg_ticket zero = {{0, 0}};
+    CHECK_ST(tg_settle(l, &zero, TG_END_USAGE, 1, T0, NULL), TG_E_INVALID);
+    CHECK_ST(tg_settle(l, &held, 99, 1, T0, NULL), TG_E_INVALID);
+    CHECK_ST(tg_settle(NULL, &held, TG_END_USAGE, 1, T0, NULL), TG_E_NULL);
+    r.tokens = 10001;
+    CHECK_ST(tg_check_tokens(l, &r, T0, &d, &t), TG_E_TOKENS_TOO_LARGE);
+
+    tg_limiter_free(l);
+    tg_policy_free(p);
+}
+
 static void test_status_str(void) {
     static const tg_status codes[] = {
         TG_OK, TG_E_NULL, TG_E_INVALID, TG_E_ACCOUNT, TG_E_UNKNOWN_MODEL, TG_E_NO_LIMIT,
         TG_E_COST_TOO_LARGE, TG_E_TABLE_FULL, TG_E_BUFFER_TOO_SMALL, TG_E_POLICY, TG_E_IO,
         TG_E_REGION_MAGIC, TG_E_REGION_VERSION, TG_E_REGION_SIZE, TG_E_REGION_CORRUPT,
         TG_E_ALIGNMENT, TG_E_UNSUPPORTED, TG_E_MODEL_TABLE_FULL, TG_E_NOT_JOINED,
-        TG_E_NOT_LEASED, TG_E_STORE, TG_PENDING, TG_E_PANIC,
+        TG_E_NOT_LEASED, TG_E_STORE, TG_PENDING, TG_E_TOKENS_TOO_LARGE,
+        TG_E_NO_TOKEN_WINDOWS, TG_E_USAGE, TG_E_PANIC,
     };
     const size_t n = sizeof codes / sizeof codes[0];
     for (size_t i = 0; i < n; i++) {
@@ -2055,6 +2187,7 @@ int main(void) {
         {"real_decision_headers", test_real_decision_headers},
         {"leases", test_leases},
         {"limiter_make", test_limiter_make},
+        {"tokens", test_tokens},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         int before = g_fail;

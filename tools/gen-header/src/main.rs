@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The header's sections: (file, title). Each file of src/ffi must be here.
-const SECTIONS: [(&str, &str); 9] = [
+const SECTIONS: [(&str, &str); 10] = [
     ("src/ffi.rs", "Versions, statuses and limits"),
     (
         "src/ffi/guard.rs",
@@ -26,6 +26,10 @@ const SECTIONS: [(&str, &str); 9] = [
     ),
     ("src/ffi/render.rs", "Rendering a decision"),
     ("src/ffi/body.rs", "Request bodies: the model, scanned once"),
+    (
+        "src/ffi/tokens.rs",
+        "Tokens: reservations, settling, and a response's usage",
+    ),
     (
         "src/ffi/answer.rs",
         "Whole answers: status, headers and body for every outcome",

@@ -29,6 +29,7 @@ from ._limiter import DEFAULT_SLOTS, Limiter, Stats
 from ._policy import Policy
 from ._render import unknown_model_body
 from ._tier import Tier
+from ._tokens import Ticket, TokenWindows
 from .errors import (
     BodyError,
     CostTooLarge,
@@ -41,6 +42,7 @@ from .errors import (
     RegionError,
     StoreError,
     TableFull,
+    TokensTooLarge,
     TollgateError,
     UnknownModel,
 )
@@ -82,7 +84,10 @@ __all__ = [
     "Stats",
     "StoreError",
     "TableFull",
+    "Ticket",
     "Tier",
+    "TokenWindows",
+    "TokensTooLarge",
     "TollgateError",
     "UnknownModel",
     "body_model",

@@ -4,12 +4,14 @@ this package holds no answer text of its own."""
 
 from __future__ import annotations
 
+import ctypes
 from ctypes import byref, c_size_t, c_uint32, c_uint64, create_string_buffer
 
 from . import _ffi
 from ._decision import Decision, decision_from_answer
 from ._limiter import Limiter
 from ._render import answer_headers
+from ._tokens import TokenWindows, windows_from_c
 from .errors import InvalidArgument, error_for
 
 __all__ = ["Answer", "answer_for", "answer_request", "answer_request_waiting", "method_limited", "outcome_name"]
@@ -58,12 +60,23 @@ class Answer:
 
     @property
     def decision(self) -> Decision | None:
-        """The limiter's decision, when there was one."""
+        """The limiter's decision, when there was one (with its ``tokens``
+        when the key has a token limit)."""
         c = self._c
         if self._decision is None and c.has_decision:
             model = c.model[: c.model_len].decode("utf-8", "surrogateescape")
-            self._decision = decision_from_answer(c, model)
+            d = decision_from_answer(c, model)
+            d._tokens = windows_from_c(c.tokens)
+            self._decision = d
         return self._decision
+
+    @property
+    def tokens(self) -> TokenWindows | None:
+        """The decision's token windows and reservation (its ``ticket`` to
+        settle once the response has ended), when the key has a token
+        limit; else None."""
+        d = self.decision
+        return None if d is None else d.tokens
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -113,6 +126,7 @@ def answer_request(
         0, cost, method, len(method), account, len(account or b""), tier, len(tier), body, len(body)
     )
     out = _ffi.TgAnswer()
+    out.size = _ANSWER_SIZE
     ms = c_uint64(_now() if now is None else now)
     st = _answer_raw(hp, byref(req), ms, c_uint32(flags), c_uint32(refuse_status), byref(out))
     if st:
@@ -140,6 +154,7 @@ def answer_request_waiting(
         0, cost, method, len(method), account, len(account or b""), tier, len(tier), body, len(body)
     )
     out = _ffi.TgAnswer()
+    out.size = _ANSWER_SIZE
     st = limiter._waiting_call(
         _ffi.wait_answer_request,
         byref(req),
@@ -154,6 +169,8 @@ def answer_request_waiting(
 
 
 _answer_raw = _ffi.fast_answer_request
+# This layout's size: the library then writes the token windows too.
+_ANSWER_SIZE = ctypes.sizeof(_ffi.TgAnswer)
 # tg_now_ms as the hot path calls it: no argument to convert.
 _now = _ffi._pylib["tg_now_ms"]
 _now.restype = c_uint64

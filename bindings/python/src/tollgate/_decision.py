@@ -14,11 +14,12 @@ from typing import Any
 from . import _ffi
 from ._args import _ms
 from ._render import _decision_pairs, _render
+from ._tokens import TokenWindows
 
 __all__ = ["Decision", "decision_from_answer"]
 
 _DECISION_SIZE = ctypes.sizeof(_ffi.TgDecision)
-_LIMITED_BY = (None, "minute", "day")
+_LIMITED_BY = (None, "minute", "day", "tokens_minute", "tokens_day")
 _new = object.__new__
 _unpack = _ffi.DECISION_OUT.unpack_from
 
@@ -35,7 +36,7 @@ class Decision:
     field other than ``allowed`` and ``model`` is first read. Equal (and
     hashed) by its fields."""
 
-    __slots__ = ("_fields", "_model", "_raw")
+    __slots__ = ("_fields", "_model", "_raw", "_tokens")
 
     allowed: bool
     limited_by: str | None
@@ -106,10 +107,24 @@ class Decision:
         return _ffi.TgDecision.from_buffer_copy(self._raw)
 
     @property
+    def tokens(self) -> TokenWindows | None:
+        """The key's token windows and this decision's reservation (with
+        the ``ticket`` to settle), when the check reserved tokens on a key
+        with a token limit; else None."""
+        return getattr(self, "_tokens", None)
+
+    @property
     def header_items(self) -> list[tuple[bytes, bytes]]:
         """The headers as (name, value) byte pairs in the library's order,
-        names in lower case (the shape ASGI and WSGI servers take)."""
-        return _decision_pairs(self._c())
+        names in lower case (the shape ASGI and WSGI servers take): the six,
+        the six token headers when the key has a token limit, then
+        ``retry-after`` when denied."""
+        pairs = _decision_pairs(self._c())
+        t = self.tokens
+        if t is None:
+            return pairs
+        retry = [p for p in pairs if p[0] == b"retry-after"]
+        return [p for p in pairs if p[0] != b"retry-after"] + t.header_items + retry
 
     @property
     def headers(self) -> dict[str, str]:

@@ -73,6 +73,10 @@ TG_E_STORE = 35
 # was charged, and the same call without the flag, on a thread that may
 # block, decides it.
 TG_PENDING = 36
+# Tokens (docs/tokens.md).
+TG_E_TOKENS_TOO_LARGE = 37
+TG_E_NO_TOKEN_WINDOWS = 38
+TG_E_USAGE = 39
 TG_E_PANIC = 99
 
 TG_TIER_FREE = 0
@@ -82,6 +86,14 @@ TG_TIER_ENTERPRISE = 2
 TG_LIMIT_NONE = 0
 TG_LIMIT_MINUTE = 1
 TG_LIMIT_DAY = 2
+TG_LIMIT_TOKENS_MINUTE = 3
+TG_LIMIT_TOKENS_DAY = 4
+
+# How a response ended, for tg_settle.
+TG_END_USAGE = 0
+TG_END_COMPLETE = 1
+TG_END_FAILED = 2
+TG_END_CUT = 3
 
 TG_OPEN_CREATE = 1
 TG_OPEN_LEASES = 4
@@ -144,6 +156,43 @@ class TgDecision(Structure):
         ("day_remaining", c_uint32),
         ("day_reset", c_uint64),
         ("retry_after", c_uint32),
+    ]
+
+
+class TgRequestTokens(Structure):
+    """tg_request with the token fields (0.4): for token checks only; the
+    hot path packs the 0.3 layout (REQUEST_STRUCT)."""
+
+    _fields_ = [*TgRequest._fields_, ("tokens", c_uint32), ("tpm", c_uint32), ("tpd", c_uint32), ("_pad", c_uint32)]
+
+
+class TgTicket(Structure):
+    _fields_ = [("words", c_uint64 * 2)]
+
+
+class TgTokens(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("has_tokens", c_uint32),
+        ("minute_limit", c_uint32),
+        ("minute_remaining", c_uint32),
+        ("minute_reset", c_uint64),
+        ("day_limit", c_uint32),
+        ("day_remaining", c_uint32),
+        ("day_reset", c_uint64),
+        ("reserved", c_uint32),
+        ("_pad", c_uint32),
+        ("ticket", TgTicket),
+    ]
+
+
+class TgUsage(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("ending", c_uint32),
+        ("input", c_uint64),
+        ("output", c_uint64),
+        ("total", c_uint64),
     ]
 
 
@@ -245,6 +294,7 @@ class TgAnswer(Structure):
         ("body_kind", c_uint32),
         ("model_len", c_uint32),
         ("model", ctypes.c_char * TG_ANSWER_MODEL_MAX),  # uint8_t[]; c_char slices to bytes
+        ("tokens", TgTokens),  # since 0.4: written when `size` covers it
     ]
 
 
@@ -470,6 +520,29 @@ tg_decision_ietf_header_pairs = _proto(
 tg_answer_body = _proto(
     "tg_answer_body", _i32, [POINTER(TgAnswer), c_char_p, c_size_t, POINTER(c_size_t)], hold_gil=True
 )
+# Tokens: a check that gives the reservation's ticket, settling it, and a
+# response's usage read by the library (src/ffi/tokens.rs).
+tg_check_tokens = _proto(
+    "tg_check_tokens",
+    _i32,
+    [c_void_p, POINTER(TgRequestTokens), c_uint64, POINTER(TgDecision), POINTER(TgTokens)],
+    hold_gil=True,
+)
+tg_settle = _proto(
+    "tg_settle", _i32, [c_void_p, POINTER(TgTicket), c_uint32, c_uint64, c_uint64, POINTER(c_uint64)], hold_gil=True
+)
+tg_tokens_header_pairs = _proto(
+    "tg_tokens_header_pairs", _i32, [POINTER(TgTokens), HEADER_FN, ctypes.py_object], hold_gil=True
+)
+tg_usage_scan_size = _proto("tg_usage_scan_size", c_size_t, [], hold_gil=True)
+tg_usage_scan_init = _proto(
+    "tg_usage_scan_init", _i32, [c_void_p, c_size_t, c_char_p, c_size_t, POINTER(c_void_p)], hold_gil=True
+)
+tg_usage_scan_feed = _proto("tg_usage_scan_feed", _i32, [c_void_p, c_char_p, c_size_t], hold_gil=True)
+tg_usage_scan_finish = _proto(
+    "tg_usage_scan_finish", _i32, [c_void_p, c_uint32, c_uint32, POINTER(TgUsage)], hold_gil=True
+)
+tg_usage_ending = _proto("tg_usage_ending", c_uint32, [c_uint32, c_uint32], hold_gil=True)
 tg_outcome_name = _proto("tg_outcome_name", c_char_p, [c_uint32], hold_gil=True)
 tg_tier_parse = _proto("tg_tier_parse", _i32, [c_char_p, c_size_t, POINTER(c_uint32)], hold_gil=True)
 tg_method_limited = _proto("tg_method_limited", c_uint32, [c_char_p, c_size_t], hold_gil=True)

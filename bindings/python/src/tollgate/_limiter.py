@@ -19,7 +19,17 @@ from ._handle import _Gate, _Handle
 from ._leases import LeaseStats, RedisOptionValue, _join_args, _LeaseEvents, read_lease_stats
 from ._policy import Policy
 from ._tier import _TIER_TYPES, TierLike, _tier_value
-from .errors import InvalidArgument, RegionError, TollgateError, constructor_error, error_for, shown
+from ._tokens import Ticket, windows_from_c
+from ._tokens import settle as _settle
+from .errors import (
+    InvalidArgument,
+    InvalidArgumentType,
+    RegionError,
+    TollgateError,
+    constructor_error,
+    error_for,
+    shown,
+)
 
 __all__ = ["DEFAULT_SLOTS", "Limiter", "Stats"]
 
@@ -346,16 +356,29 @@ class Limiter(_Handle):
         now: float | None = None,
         rpm: int | None = None,
         rpd: int | None = None,
+        *,
+        tokens: int | None = None,
+        tpm: int | None = None,
+        tpd: int | None = None,
     ) -> Decision:
         """Decides one request and counts it if admitted (both windows or
         neither). ``now`` is epoch seconds (float); None reads the library's
         clock. ``rpm``/``rpd`` override the policy's limits (None or 0: from
         the policy). ``cost`` 0 looks without counting (see :meth:`peek`).
 
-        Raises UnknownModel, NoLimitConfigured, CostTooLarge, TableFull or
-        InvalidArgument; a denial is not an error but a Decision with
-        ``allowed`` False.
+        ``tokens`` reserves that many tokens on a key with a token limit
+        (the policy's ``tpm``/``tpd``, or ``tpm``/``tpd`` here), all or
+        nothing with the request counts: the Decision's ``tokens`` then has
+        the token windows and the reservation's ``ticket``, which
+        :meth:`settle` settles once the response's usage is known
+        (docs/tokens.md).
+
+        Raises UnknownModel, NoLimitConfigured, CostTooLarge,
+        TokensTooLarge, TableFull or InvalidArgument; a denial is not an
+        error but a Decision with ``allowed`` False.
         """
+        if tokens is not None or tpm is not None or tpd is not None:
+            return self._check_tokens(account, model, tier, cost, now, rpm, rpd, tokens, tpm, tpd)
         # Hot path, kept flat: see "the hot path" above. A key seen before is
         # two lookups and two identity checks; an equal tier or cost that is
         # another object is compared by type and value (True == 1 == 1.0,
@@ -397,12 +420,20 @@ class Limiter(_Handle):
         now: float | None = None,
         rpm: int | None = None,
         rpd: int | None = None,
+        *,
+        tokens: int | None = None,
+        tpm: int | None = None,
+        tpd: int | None = None,
     ) -> Decision:
         """:meth:`check` for asyncio: the same decision, and the event loop
         never waits for the quota store. On a local table, or when the
         units this host holds suffice, it is decided at once; a decision
         that needs a round trip to Redis is made on the loop's default
-        executor (``loop.run_in_executor``) and awaited."""
+        executor (``loop.run_in_executor``) and awaited. With ``tokens``
+        (token limits are local to a table: no round trip) it is decided
+        at once."""
+        if tokens is not None or tpm is not None or tpd is not None:
+            return self._check_tokens(account, model, tier, cost, now, rpm, rpd, tokens, tpm, tpd)
         try:
             return self._check_no_wait(account, model, tier, cost, now, rpm, rpd)
         except _Pending as p:
@@ -514,6 +545,64 @@ class Limiter(_Handle):
         d._model = ms
         d._fields = None
         return d
+
+    def _check_tokens(
+        self,
+        account: object,
+        model: object,
+        tier: object,
+        cost: object,
+        now: float | None,
+        rpm: object,
+        rpd: object,
+        tokens: object,
+        tpm: object,
+        tpd: object,
+    ) -> Decision:
+        # A check with a token reservation (tg_check_tokens): not the
+        # packed hot path, whose request is the 0.3 layout.
+        mb, ms = _model_entry(model)
+        a = _as_bytes(account, "account")
+        t = _tier_value(tier)
+        n_cost, n_rpm, n_rpd = _numbers(cost, rpm, rpd)
+        n_tokens, n_tpm, n_tpd = _numbers(0 if tokens is None else tokens, tpm, tpd)
+        req = _ffi.TgRequestTokens()
+        req.size = ctypes.sizeof(_ffi.TgRequestTokens)
+        req.account, req.account_len = a, len(a)
+        req.model, req.model_len = mb, len(mb)
+        req.tier, req.cost = t, n_cost
+        req.rpm, req.rpd = n_rpm or 0, n_rpd or 0
+        req.tokens, req.tpm, req.tpd = n_tokens, n_tpm or 0, n_tpd or 0
+        out = _ffi.TgDecision()
+        toks = _ffi.TgTokens()
+        toks.size = ctypes.sizeof(_ffi.TgTokens)
+        ms_now = int(_ffi.tg_now_ms()) if now is None else _ms(now)
+        st = _ffi.tg_check_tokens(self._ptr(), byref(req), ms_now, byref(out), byref(toks))
+        if st:
+            raise self._error(st, a, mb)
+        d = _new(Decision)
+        d._raw = bytes(out)
+        d._model = ms
+        d._fields = None
+        d._tokens = windows_from_c(toks)
+        return d
+
+    def settle(self, ticket: Ticket, used: int | None = None, *, ending: str | None = None, now: float | None = None) -> int:
+        """Settles a reservation once its response has ended: ``used`` is the
+        total tokens its usage reported (the key is charged that instead of
+        the reservation), or, without usage, ``ending`` says how it ended:
+        "complete" (a 2xx: kept), "failed" (a non-2xx: the policy's
+        ``on_failed``, default given back) or "cut" (client gone, upstream
+        reset: ``on_cut``, default kept). Returns the tokens the key is
+        charged in the end. Each ticket settles once (RuntimeError after)."""
+        if not isinstance(ticket, Ticket):
+            raise InvalidArgumentType(_ffi.TG_E_INVALID, f"ticket must be a Ticket, not {type(ticket).__name__}")
+        if used is not None and ending not in (None, "usage"):
+            raise InvalidArgument(_ffi.TG_E_INVALID, "give either used (the usage) or ending, not both")
+        if used is None and ending is None:
+            raise InvalidArgument(_ffi.TG_E_INVALID, "give used (the usage's total tokens) or ending")
+        code = "usage" if used is not None else ending
+        return _settle(self, ticket, code, 0 if used is None else used, None if now is None else _ms(now))
 
     def _error(self, st: int, a: bytes, mb: bytes) -> TollgateError:
         if self._h is None:

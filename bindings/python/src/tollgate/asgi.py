@@ -43,7 +43,8 @@ from ._answer import answer_for, answer_request, answer_request_waiting, method_
 from ._body import body_model
 from ._limiter import Limiter
 from ._tier import Tier, tier_parse
-from .errors import BodyError, InvalidArgument, InvalidArgumentType, error_for
+from ._tokens import Ticket, UsageReader, ending_without_body, settle
+from .errors import BodyError, InvalidArgument, InvalidArgumentType, TollgateError, error_for
 
 __all__ = [
     "ANSWER_SCOPE_KEY",
@@ -409,7 +410,20 @@ class RateLimitMiddleware:
             scope[DECISION_SCOPE_KEY] = decision
         scope[ANSWER_SCOPE_KEY] = ans
         ours = ans.headers
-        await self.app(scope, _Replay(body, receive), _HeaderInjector(send, ours) if ours else send)
+        tokens = ans.tokens
+        ticket = None if tokens is None else tokens.ticket
+        if ticket is None:
+            await self.app(scope, _Replay(body, receive), _HeaderInjector(send, ours) if ours else send)
+            return
+        # A token reservation: the response is read for its usage as it
+        # passes (never held back) and the reservation settled when it ends,
+        # or as cut when the app raises, the task is cancelled or the client
+        # goes away first.
+        settler = _Settler(self.limiter, ticket, send, ours)
+        try:
+            await self.app(scope, _Replay(body, receive), settler)
+        finally:
+            settler.end(cut=True)
 
 
 class _Replay:
@@ -449,6 +463,52 @@ class _HeaderInjector:
             message = dict(message)
             message["headers"] = headers
         await self._send(message)
+
+
+class _Settler:
+    """The app's send for a request holding a token reservation: adds the
+    library's headers as _HeaderInjector does, feeds every body chunk to the
+    library's usage reader on its way out, and settles the reservation once
+    (tollgate/_tokens.py), when the last chunk passes or, cut, when the app
+    is done without sending it."""
+
+    __slots__ = ("_inject", "_limiter", "_reader", "_status", "_ticket")
+
+    def __init__(self, limiter: Limiter, ticket: Ticket, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+        self._inject = _HeaderInjector(send, headers)
+        self._limiter = limiter
+        self._ticket: Ticket | None = ticket
+        self._reader: UsageReader | None = None
+        self._status = 0
+
+    async def __call__(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "http.response.start":
+            self._status = int(message.get("status", 0))
+            ct = next((bytes(v) for k, v in message.get("headers") or () if bytes(k).lower() == b"content-type"), None)
+            self._reader = UsageReader.open(ct)
+        elif kind == "http.response.body":
+            chunk = message.get("body", b"")
+            if self._reader is not None and chunk:
+                self._reader.feed(bytes(chunk))
+            if not message.get("more_body", False):
+                self.end(cut=False)
+        await self._inject(message)
+
+    def end(self, cut: bool) -> None:
+        """Settles the reservation, once: by the usage read, else by how the
+        response ended (the library's rule)."""
+        ticket, self._ticket = self._ticket, None
+        if ticket is None:
+            return
+        try:
+            if self._reader is not None:
+                ending, used = self._reader.finish(self._status, cut)
+            else:
+                ending, used = ending_without_body(self._status or 500, cut), 0
+            settle(self._limiter, ticket, ending, used, None)
+        except TollgateError as e:  # never let settling break a response
+            warnings.warn(f"tollgate: settling a token reservation failed: {e}", RuntimeWarning, stacklevel=2)
 
 
 async def _respond(send: Send, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:

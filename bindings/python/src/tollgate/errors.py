@@ -74,6 +74,12 @@ class CostTooLarge(TollgateError, ValueError):
     (TG_E_COST_TOO_LARGE)."""
 
 
+class TokensTooLarge(TollgateError, ValueError):
+    """The request's token reservation (its prompt estimate plus its output
+    cap) exceeds the key's token limit itself, so it can never be admitted
+    (TG_E_TOKENS_TOO_LARGE): ask for fewer output tokens or send less."""
+
+
 class TableFull(TollgateError):
     """No slot is free for a new (account, model) key, or the region's model
     table is full (TG_E_TABLE_FULL, TG_E_MODEL_TABLE_FULL). The caller decides
@@ -155,6 +161,7 @@ _BY_STATUS: dict[int, type[TollgateError]] = {
     _ffi.TG_E_UNKNOWN_MODEL: UnknownModel,
     _ffi.TG_E_NO_LIMIT: NoLimitConfigured,
     _ffi.TG_E_COST_TOO_LARGE: CostTooLarge,
+    _ffi.TG_E_TOKENS_TOO_LARGE: TokensTooLarge,
     _ffi.TG_E_TABLE_FULL: TableFull,
     _ffi.TG_E_MODEL_TABLE_FULL: TableFull,
     _ffi.TG_E_POLICY: PolicyError,

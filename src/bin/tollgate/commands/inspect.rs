@@ -58,6 +58,12 @@ impl Seen {
     fn day(&self) -> u32 {
         self.usage.as_ref().map_or(0, |u| u.day)
     }
+
+    fn tokens(&self) -> (u32, u32) {
+        self.usage
+            .as_ref()
+            .map_or((0, 0), |u| (u.tokens_minute, u.tokens_day))
+    }
 }
 
 pub fn run(a: Args) -> Res<u8> {
@@ -160,9 +166,11 @@ struct Headers<'a>(&'a Decision);
 
 impl Serialize for Headers<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let pairs = self.0.header_pairs();
+        let [requests @ .., retry] = self.0.header_pairs();
+        let tokens = self.0.token_header_pairs().into_iter().flatten();
+        let tokens = tokens.map(|(n, v)| (n, Some(v)));
         let mut map = s.serialize_map(None)?;
-        for (name, value) in pairs {
+        for (name, value) in requests.into_iter().chain(tokens).chain([retry]) {
             if let Some(v) = value {
                 map.serialize_entry(name, &v)?;
             }
@@ -192,8 +200,15 @@ struct ModelJson<'a> {
     counted: bool,
     minute_used: u32,
     day_used: u32,
+    /// Tokens charged (settled, or reserved and not yet settled).
+    tokens_minute_used: u32,
+    tokens_day_used: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     rpm: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tpm: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tpd: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rpd: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -229,7 +244,11 @@ fn print_json(
                 counted: s.usage.is_some(),
                 minute_used: s.minute(),
                 day_used: s.day(),
+                tokens_minute_used: s.tokens().0,
+                tokens_day_used: s.tokens().1,
                 rpm: d.map(|d| d.minute.limit),
+                tpm: d.and_then(|d| d.tokens).map(|t| t.minute.limit),
+                tpd: d.and_then(|d| d.tokens).map(|t| t.day.limit),
                 rpd: d.map(|d| d.day.limit),
                 allowed: d.map(|d| d.allowed),
                 limited_by: d.map(|d| d.limited_by.name()),
@@ -312,6 +331,19 @@ fn print_text(
 
 fn print_one(s: &Seen) {
     println!("model   {}", escape::term(&s.model));
+    let (tm, td) = s.tokens();
+    match s.verdict.as_ref().and_then(|v| v.as_ref().ok()?.tokens) {
+        Some(t) => {
+            println!(
+                "tokens  {tm} of {} this minute, {td} of {} today (reserved and settled)",
+                t.minute.limit, t.day.limit
+            );
+        }
+        None if tm > 0 || td > 0 => {
+            println!("tokens  {tm} this UTC minute, {td} this UTC day (reserved and settled)");
+        }
+        None => {}
+    }
     match &s.verdict {
         None => {
             println!("minute  {} counted this UTC minute", s.minute());
