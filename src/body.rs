@@ -804,39 +804,10 @@ impl ModelScanner {
     /// model. ASCII folding matches Go's too for "model": Go's only
     /// non-ASCII folds onto ASCII are to i, k and s, none of them in it
     /// (the cap keys have k and s: docs/bodies.md says why that is safe).
+    #[inline(always)]
     fn take(&mut self, bytes: &[u8]) {
         match self.role {
-            Role::TopKey => {
-                for &b in bytes {
-                    let k = self.key_match as usize;
-                    if k == KEY_NO as usize {
-                        return;
-                    }
-                    let b = b.to_ascii_lowercase();
-                    if k == 0 && b != b'm' {
-                        // Most keys: none of KEYS.
-                        self.key_match = KEY_NO;
-                        return;
-                    }
-                    let name = KEYS[self.key_id as usize];
-                    if name.get(k) != Some(&b) {
-                        // Another key with the same first k bytes and b
-                        // next ("m" of "model" vs "max_...", and the caps
-                        // after "max_"), or none.
-                        match KEYS
-                            .iter()
-                            .position(|o| o.get(k) == Some(&b) && o[..k] == name[..k])
-                        {
-                            Some(id) => self.key_id = id as u8,
-                            None => {
-                                self.key_match = KEY_NO;
-                                return;
-                            }
-                        }
-                    }
-                    self.key_match += 1;
-                }
-            }
+            Role::TopKey => self.key_bytes(bytes),
             Role::Model => {
                 let len = self.model_len as usize;
                 let k = bytes.len().min(MODEL_MAX - len);
@@ -845,6 +816,41 @@ impl ModelScanner {
                 self.model_cut |= k < bytes.len();
             }
             Role::Value | Role::Key => {}
+        }
+    }
+
+    /// Decoded bytes of a top-level key, matched against KEYS (out of line:
+    /// `take` is inlined in the string loop).
+    #[inline(never)]
+    fn key_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            let k = self.key_match as usize;
+            if k == KEY_NO as usize {
+                return;
+            }
+            let b = b.to_ascii_lowercase();
+            if k == 0 && b != b'm' {
+                // Most keys: none of KEYS.
+                self.key_match = KEY_NO;
+                return;
+            }
+            let name = KEYS[self.key_id as usize];
+            if name.get(k) != Some(&b) {
+                // Another key with the same first k bytes and b
+                // next ("m" of "model" vs "max_...", and the caps
+                // after "max_"), or none.
+                match KEYS
+                    .iter()
+                    .position(|o| o.get(k) == Some(&b) && o[..k] == name[..k])
+                {
+                    Some(id) => self.key_id = id as u8,
+                    None => {
+                        self.key_match = KEY_NO;
+                        return;
+                    }
+                }
+            }
+            self.key_match += 1;
         }
     }
 
