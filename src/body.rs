@@ -1218,68 +1218,129 @@ fn b64_swar(s: &[u8]) -> usize {
 }
 
 /// Length of the run of base64 alphabet bytes at the start of `s`: the
-/// loop that reads an image.
+/// loop that reads an image. SSSE3 where the CPU has it (two nibble
+/// lookups per 16 bytes), else SSE2 range compares, else SWAR.
 #[inline]
 pub(crate) fn b64_run(s: &[u8]) -> usize {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
-        use core::arch::x86_64::*;
-        // SAFETY (all of this block): SSE2 is part of x86_64; every load
-        // reads 16 bytes inside the slice (the loops check i + 64 or
-        // i + 16 <= len before reading).
-        #[inline(always)]
-        unsafe fn ok16(p: *const u8) -> __m128i {
-            let v = _mm_loadu_si128(p.cast());
-            // Signed compares: bytes >= 0x80 are below every bound.
-            let within = |v: __m128i, lo: u8, hi: u8| {
-                _mm_and_si128(
-                    _mm_cmpgt_epi8(v, _mm_set1_epi8(lo as i8 - 1)),
-                    _mm_cmplt_epi8(v, _mm_set1_epi8(hi as i8 + 1)),
-                )
-            };
-            let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-            let letter = within(_mm_or_si128(v, _mm_set1_epi8(0x20)), b'a', b'z');
-            let digit = within(v, b'0', b'9');
-            _mm_or_si128(
-                _mm_or_si128(
-                    _mm_or_si128(letter, digit),
-                    _mm_or_si128(eq(b'+'), eq(b'/')),
-                ),
-                _mm_or_si128(eq(b'='), _mm_or_si128(eq(b'-'), eq(b'_'))),
-            )
+        if std::is_x86_feature_detected!("ssse3") {
+            // SAFETY: the CPU has SSSE3 (checked just above).
+            return unsafe { b64_run_ssse3(s) };
         }
-        let mut i = 0;
-        // SAFETY: as above: SSE2 is baseline on x86_64, and each load is
-        // bounds-checked by its loop condition.
-        unsafe {
-            while i + 64 <= s.len() {
-                let p = s.as_ptr().add(i);
-                let (a, b) = (ok16(p), ok16(p.add(16)));
-                let (c, d) = (ok16(p.add(32)), ok16(p.add(48)));
-                let all = _mm_and_si128(_mm_and_si128(a, b), _mm_and_si128(c, d));
-                if _mm_movemask_epi8(all) != 0xffff {
-                    let bits = _mm_movemask_epi8(a) as u32 as u64
-                        | (_mm_movemask_epi8(b) as u32 as u64) << 16
-                        | (_mm_movemask_epi8(c) as u32 as u64) << 32
-                        | (_mm_movemask_epi8(d) as u32 as u64) << 48;
-                    return i + (!bits).trailing_zeros() as usize;
-                }
-                i += 64;
-            }
-            while i + 16 <= s.len() {
-                let bits = _mm_movemask_epi8(ok16(s.as_ptr().add(i))) as u32;
-                if bits != 0xffff {
-                    return i + (!bits).trailing_zeros() as usize;
-                }
-                i += 16;
-            }
-        }
-        i + b64_swar(&s[i..])
+        b64_run_sse2(s)
     }
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     {
         b64_swar(s)
     }
+}
+
+/// The 16-byte blocks of a base64 run: `$bad(p)` is a mask of the bytes at
+/// `p` outside the alphabet; 64 bytes at a time, then 16, then SWAR.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+macro_rules! b64_blocks {
+    ($s:expr, $bad:ident) => {{
+        use core::arch::x86_64::*;
+        let s: &[u8] = $s;
+        let mut i = 0;
+        // SAFETY: every load reads 16 bytes inside the slice (the loops
+        // check i + 64 or i + 16 <= len before reading); the caller has
+        // the instructions `$bad` uses.
+        unsafe {
+            while i + 64 <= s.len() {
+                let p = s.as_ptr().add(i);
+                let (a, b) = ($bad(p), $bad(p.add(16)));
+                let (c, d) = ($bad(p.add(32)), $bad(p.add(48)));
+                if _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, d))) != 0 {
+                    let bits = _mm_movemask_epi8(a) as u32 as u64
+                        | (_mm_movemask_epi8(b) as u32 as u64) << 16
+                        | (_mm_movemask_epi8(c) as u32 as u64) << 32
+                        | (_mm_movemask_epi8(d) as u32 as u64) << 48;
+                    return i + bits.trailing_zeros() as usize;
+                }
+                i += 64;
+            }
+            while i + 16 <= s.len() {
+                let bits = _mm_movemask_epi8($bad(s.as_ptr().add(i))) as u32;
+                if bits != 0 {
+                    return i + bits.trailing_zeros() as usize;
+                }
+                i += 16;
+            }
+        }
+        i + b64_swar(&s[i..])
+    }};
+}
+
+/// `b64_run` with SSE2 (part of x86_64): range compares.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+fn b64_run_sse2(s: &[u8]) -> usize {
+    use core::arch::x86_64::*;
+    /// Bytes at `p` outside the alphabet.
+    ///
+    /// # Safety
+    /// 16 readable bytes at `p`.
+    #[inline(always)]
+    unsafe fn bad16(p: *const u8) -> __m128i {
+        // SAFETY: by the caller's contract; SSE2 is baseline.
+        let v = unsafe { _mm_loadu_si128(p.cast()) };
+        // Signed compares: bytes >= 0x80 are below every bound.
+        let within = |v: __m128i, lo: u8, hi: u8| {
+            _mm_and_si128(
+                _mm_cmpgt_epi8(v, _mm_set1_epi8(lo as i8 - 1)),
+                _mm_cmplt_epi8(v, _mm_set1_epi8(hi as i8 + 1)),
+            )
+        };
+        let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+        let letter = within(_mm_or_si128(v, _mm_set1_epi8(0x20)), b'a', b'z');
+        let digit = within(v, b'0', b'9');
+        let ok = _mm_or_si128(
+            _mm_or_si128(
+                _mm_or_si128(letter, digit),
+                _mm_or_si128(eq(b'+'), eq(b'/')),
+            ),
+            _mm_or_si128(eq(b'='), _mm_or_si128(eq(b'-'), eq(b'_'))),
+        );
+        _mm_xor_si128(ok, _mm_set1_epi8(-1))
+    }
+    b64_blocks!(s, bad16)
+}
+
+/// `b64_run` with SSSE3: a byte is in the alphabet when the class bits
+/// its low nibble allows meet the class of its high nibble (2: `+ - /`,
+/// 3: digits and `=`, 4 and 6: letters from 1, 5: `P-Z` and `_`, 7: `p-z`).
+///
+/// # Safety
+/// The CPU has SSSE3.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[target_feature(enable = "ssse3")]
+unsafe fn b64_run_ssse3(s: &[u8]) -> usize {
+    use core::arch::x86_64::*;
+    /// Bytes at `p` outside the alphabet.
+    ///
+    /// # Safety
+    /// 16 readable bytes at `p`, and SSSE3.
+    #[target_feature(enable = "ssse3")]
+    #[inline]
+    unsafe fn bad16(p: *const u8) -> __m128i {
+        // Class bits: 1 high nibble 2, 2 high 3, 4 high 4 or 6, 8 high 5,
+        // 0x10 high 7; by low nibble, the classes that allow it.
+        let lo = _mm_setr_epi8(
+            0x1a, 0x1e, 0x1e, 0x1e, 0x1e, 0x1e, 0x1e, 0x1e, 0x1e, 0x1e, 0x1c, 0x05, 0x04, 0x07,
+            0x04, 0x0d,
+        );
+        let hi = _mm_setr_epi8(
+            0, 0, 0x01, 0x02, 0x04, 0x08, 0x04, 0x10, 0, 0, 0, 0, 0, 0, 0, 0,
+        );
+        let nib = _mm_set1_epi8(0x0f);
+        // SAFETY: by the caller's contract.
+        let v = unsafe { _mm_loadu_si128(p.cast()) };
+        let l = _mm_shuffle_epi8(lo, _mm_and_si128(v, nib));
+        let h = _mm_shuffle_epi8(hi, _mm_and_si128(_mm_srli_epi16(v, 4), nib));
+        _mm_cmpeq_epi8(_mm_and_si128(l, h), _mm_setzero_si128())
+    }
+    b64_blocks!(s, bad16)
 }
 
 #[cfg(test)]
@@ -1817,12 +1878,16 @@ mod tests {
                 p[at] = bad;
                 assert_eq!(b64_run(&p), at, "{bad:#x} at {at}");
                 assert_eq!(b64_swar(&p), at, "{bad:#x} at {at}");
+                #[cfg(all(target_arch = "x86_64", not(miri)))]
+                assert_eq!(b64_run_sse2(&p), at, "{bad:#x} at {at}");
             }
         }
         for b in 0..=255u8 {
             let p = [b; 70];
             let want = if is_b64(b) { 70 } else { 0 };
             assert_eq!((b64_run(&p), b64_swar(&p)), (want, want), "{b:#x}");
+            #[cfg(all(target_arch = "x86_64", not(miri)))]
+            assert_eq!(b64_run_sse2(&p), want, "{b:#x}");
         }
         // Every position of every block size (64, 16, 8, 1 at a time).
         let n = if cfg!(miri) { 72 } else { 200 };
