@@ -1379,6 +1379,49 @@ tg_status tg_unknown_model_body(const char *model, size_t model_len, char *buf, 
  */
 typedef struct tg_body_scan tg_body_scan;
 
+/**
+ * What the token estimate needs from a scanned body (docs/bodies.md,
+ * "Token estimate facts"), written by tg_body_facts. A struct that grows
+ * (see "Structs that grow").
+ */
+typedef struct tg_body_scan_facts {
+  /**
+   * sizeof(tg_body_scan_facts) as the caller's header has it, or 0 (this
+   * first layout); tg_body_facts leaves it as it is.
+   */
+  uint32_t size;
+  /**
+   * How many string values are base64 media (saturating).
+   */
+  uint32_t media_items;
+  /**
+   * Bytes of the whole body.
+   */
+  uint64_t bytes;
+  /**
+   * Raw bytes (between the quotes, as written) of those media strings:
+   * a `data:` URL with a base64 payload of at least 256 bytes, or at
+   * least 1024 bytes of nothing but base64 alphabet.
+   */
+  uint64_t media_bytes;
+  /**
+   * 1 if `max_output` holds the client's output cap, 0 if it asked for
+   * none.
+   */
+  uint32_t has_max_output;
+  /**
+   * Zero.
+   */
+  uint32_t _reserved;
+  /**
+   * The largest non-negative integer value of the top-level keys
+   * `max_tokens`, `max_completion_tokens` and `max_output_tokens` (the
+   * model key's rule: escapes decoded, ASCII case folded), saturating
+   * at UINT64_MAX; 0 when `has_max_output` is 0.
+   */
+  uint64_t max_output;
+} tg_body_scan_facts;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1416,6 +1459,19 @@ tg_status tg_body_scan_feed(struct tg_body_scan *scan, const uint8_t *chunk, siz
  * again: it answers the same.
  */
 tg_status tg_body_scan_finish(struct tg_body_scan *scan, const uint8_t **model, size_t *model_len);
+
+/**
+ * The facts the token estimate needs (tg_body_scan_facts) of a body whose
+ * scan tg_body_scan_finish ended with TG_OK; they live in the scan's
+ * memory until it is initialised again, and this copies them to `*out`.
+ * Set `out->size` first (sizeof, or 0). TG_E_NULL for NULL pointers;
+ * TG_E_INVALID when the scan has not finished with TG_OK (not finished
+ * yet, or the body was refused: there is no estimate to make) or when
+ * `out->size` is smaller than this first layout. On TG_E_INVALID for the
+ * scan, `*out` is zeroed but for `size`; for a bad `size` it is not
+ * touched.
+ */
+tg_status tg_body_facts(const struct tg_body_scan *scan, struct tg_body_scan_facts *out);
 
 /**
  * The model of a whole body of `len` bytes at `body` in one call (no

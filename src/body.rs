@@ -11,6 +11,11 @@
 //! case-insensitive; Python json and serde_json: last exact match;
 //! cJSON/simdjson: first). Keys inside other values are not the model.
 //!
+//! The same pass gathers what the token estimate needs ([`BodyFacts`]):
+//! the body's size, the base64 media in it (data URLs and raw base64
+//! strings), and the output cap the client asked for (`max_tokens` and its
+//! spellings). docs/bodies.md, "Token estimate facts", has the rules.
+//!
 //! Fixed memory (nesting is a bit stack of [`DEPTH_MAX`] levels), no heap,
 //! no recursion; chunks of any size, a token may straddle them. Strings,
 //! which are most of a prompt-laden body, are skipped 16 bytes at a time.
@@ -109,8 +114,40 @@ impl fmt::Debug for ModelBuf {
     }
 }
 
+/// What the token estimate needs from a request body (docs/bodies.md,
+/// "Token estimate facts"), gathered by the scan that finds the model:
+/// [`ModelScanner::facts`], [`facts_of`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BodyFacts {
+    /// Bytes of the whole body fed.
+    pub bytes: u64,
+    /// Raw bytes (between the quotes, escapes as written) of the string
+    /// values judged to be base64 media: a `data:` URL whose payload is
+    /// base64, of at least 256 raw bytes, or at least 1024 raw bytes of
+    /// nothing but base64 alphabet.
+    pub media_bytes: u64,
+    /// How many such strings (saturating).
+    pub media_items: u32,
+    /// The output cap the client asked for: the largest value of any
+    /// top-level key equal to `max_tokens`, `max_completion_tokens` or
+    /// `max_output_tokens` (after JSON unescaping and ASCII case folding,
+    /// the same key rule as the model's), whose value is a non-negative
+    /// integer literal (no fraction, no exponent), saturating at
+    /// `u64::MAX`. `None` if no such key has such a value (null, strings,
+    /// floats and negatives are ignored: the upstream rejects or ignores
+    /// them).
+    pub max_output: Option<u64>,
+}
+
 /// The model of a whole body in one call.
 pub fn model_of(body: &[u8]) -> Result<ModelBuf, BodyError> {
+    facts_of(body).map(|(m, _)| m)
+}
+
+/// The model of a whole body and its [`BodyFacts`], in one call (one
+/// pass).
+pub fn facts_of(body: &[u8]) -> Result<(ModelBuf, BodyFacts), BodyError> {
     let mut s = ModelScanner::new();
     s.feed(body)?;
     let m = s.finish()?;
@@ -119,7 +156,7 @@ pub fn model_of(body: &[u8]) -> Result<ModelBuf, BodyError> {
         bytes: [0; MODEL_MAX],
     };
     out.bytes[..m.len()].copy_from_slice(m);
-    Ok(out)
+    Ok((out, s.facts()))
 }
 
 /// Where the scanner is. The states that skip whitespace come first, so
@@ -190,11 +227,47 @@ enum Kind {
     Other,
 }
 
-/// `key_match` once the key can no longer be "model".
+/// The top-level keys we look for (lower case): the model, then the output
+/// caps. `key_id` indexes it.
+const KEYS: [&[u8]; 4] = [
+    b"model",
+    b"max_tokens",
+    b"max_completion_tokens",
+    b"max_output_tokens",
+];
+
+/// `key_match` once the key can no longer be any of `KEYS`.
 const KEY_NO: u8 = 0xff;
 
+/// Where a string value is in the media check (docs/bodies.md, "Token
+/// estimate facts"), over its raw bytes as written between the quotes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Med {
+    /// Not media: a key, not a string, or a string that showed a byte
+    /// media cannot have.
+    Off,
+    /// The first `k` bytes are the first `k` of `data:` (so also all
+    /// base64 alphabet so far).
+    Head(u8),
+    /// Base64 alphabet only, and not `data:`: raw base64 (rule b).
+    Raw,
+    /// After `data:`, before the first `,`: how many bytes of `;base64`
+    /// end the bytes so far.
+    Type(u8),
+    /// After `data:...;base64,`: base64 alphabet and `\/` only (rule a).
+    Data,
+}
+
+/// The suffix `Med::Type` must see just before the first `,`.
+const BASE64_TAG: &[u8; 7] = b";base64";
+
+/// Raw bytes a string needs to be media: a data URL (rule a), raw base64
+/// (rule b).
+const MEDIA_DATA_MIN: u64 = 256;
+const MEDIA_RAW_MIN: u64 = 1024;
+
 /// The streaming scanner. Feed it the body in chunks of any size, then
-/// call [`finish`](ModelScanner::finish). About 240 bytes, no heap.
+/// call [`finish`](ModelScanner::finish). About 300 bytes, no heap.
 ///
 /// Syntax errors and [`BodyError::TooDeep`] are found by `feed` at the
 /// byte where they occur; [`BodyError::NoModel`] and
@@ -224,8 +297,9 @@ pub struct ModelScanner {
     /// `true`, `false` or `null`, and how much of it has been read.
     lit: &'static [u8],
     lit_pos: u8,
-    /// How many bytes of the top-level key being read matched "model"
-    /// (ASCII case folded), or KEY_NO.
+    /// Which of `KEYS` the top-level key being read may be, and how many
+    /// of its bytes matched (ASCII case folded), or KEY_NO.
+    key_id: u8,
     key_match: u8,
     /// The next value is the first model key's.
     model_next: bool,
@@ -235,6 +309,22 @@ pub struct ModelScanner {
     model_cut: bool,
     model_len: u8,
     model: [u8; MODEL_MAX],
+    /// Bytes fed so far (the offset of the next chunk's first byte).
+    bytes: u64,
+    /// The media check of the string value being read, and the offset of
+    /// its first raw byte.
+    med: Med,
+    str_start: u64,
+    media_bytes: u64,
+    media_items: u32,
+    /// The next value is a cap key's; the number being read is one (while
+    /// its digits are integer digits), and its value so far.
+    cap_next: bool,
+    cap_on: bool,
+    cap_val: u64,
+    max_output: Option<u64>,
+    /// `finish` returned Ok.
+    done: bool,
 }
 
 impl Default for ModelScanner {
@@ -260,6 +350,7 @@ impl ModelScanner {
             utf_hi: 0,
             lit: b"",
             lit_pos: 0,
+            key_id: 0,
             key_match: KEY_NO,
             model_next: false,
             models: 0,
@@ -267,6 +358,16 @@ impl ModelScanner {
             model_cut: false,
             model_len: 0,
             model: [0; MODEL_MAX],
+            bytes: 0,
+            med: Med::Off,
+            str_start: 0,
+            media_bytes: 0,
+            media_items: 0,
+            cap_next: false,
+            cap_on: false,
+            cap_val: 0,
+            max_output: None,
+            done: false,
         }
     }
 
@@ -276,7 +377,29 @@ impl ModelScanner {
         if let Some(e) = self.err {
             return Err(e);
         }
-        self.run(chunk).map_err(|e| self.fail(e))
+        let base = self.bytes;
+        self.bytes = base.saturating_add(chunk.len() as u64);
+        self.run(chunk, base).map_err(|e| self.fail(e))
+    }
+
+    /// What the token estimate needs from the body (docs/bodies.md, "Token
+    /// estimate facts"). The whole body's once [`finish`](Self::finish)
+    /// has returned Ok. Before that, or after a refusal, it gives what the
+    /// bytes scanned so far showed (a string or number still open is not
+    /// counted), which is no basis for an estimate; it never panics.
+    pub fn facts(&self) -> BodyFacts {
+        BodyFacts {
+            bytes: self.bytes,
+            media_bytes: self.media_bytes,
+            media_items: self.media_items,
+            max_output: self.max_output,
+        }
+    }
+
+    /// Whether [`finish`](Self::finish) has returned Ok (the facts are the
+    /// whole body's).
+    pub(crate) fn finished(&self) -> bool {
+        self.done
     }
 
     /// The body has ended: the decoded model (UTF-8, at most
@@ -304,6 +427,7 @@ impl ModelScanner {
                 self.model_len = e.valid_up_to() as u8;
             }
         }
+        self.done = true;
         Ok(&self.model[..self.model_len as usize])
     }
 
@@ -313,7 +437,8 @@ impl ModelScanner {
         e
     }
 
-    fn run(&mut self, buf: &[u8]) -> Result<(), BodyError> {
+    /// Scans `buf`, whose first byte is at offset `base` of the body.
+    fn run(&mut self, buf: &[u8], base: u64) -> Result<(), BodyError> {
         use BodyError::NotJson;
         let n = buf.len();
         let mut i = 0;
@@ -345,12 +470,12 @@ impl ModelScanner {
                     }
                     self.st = St::Value;
                 }
-                St::Value => self.value_start(c)?,
+                St::Value => self.value_start(c, base + i as u64)?,
                 St::ArrFirst => {
                     if c == b']' {
                         self.close();
                     } else {
-                        self.value_start(c)?;
+                        self.value_start(c, base + i as u64)?;
                     }
                 }
                 St::After => {
@@ -375,6 +500,20 @@ impl ModelScanner {
                 St::End | St::Failed => return Err(NotJson),
                 St::Str => {
                     let j = i + plain_run(&buf[i..]);
+                    if self.med != Med::Off
+                        && (j == n
+                            || buf[j] != b'"'
+                            || base + j as u64 - self.str_start >= MEDIA_DATA_MIN)
+                    {
+                        // A value that may be media, unless it ends here
+                        // shorter than any media: the run through the
+                        // media check (a second pass over bytes just read),
+                        // and the escape that may end it.
+                        self.media_step(&buf[i..j], true);
+                        if buf.get(j) == Some(&b'\\') {
+                            self.media_escape(buf.get(j + 1).copied());
+                        }
+                    }
                     if j > i {
                         self.take(&buf[i..j]);
                         i = j;
@@ -384,6 +523,9 @@ impl ModelScanner {
                     }
                     match buf[i] {
                         b'"' => {
+                            if self.med != Med::Off {
+                                self.media_end(base + i as u64);
+                            }
                             self.string_end();
                             // `":` after a key: take the colon now.
                             if self.st == St::Colon && buf.get(i + 1) == Some(&b':') {
@@ -405,11 +547,25 @@ impl ModelScanner {
                             // next quote, backslash or control byte at once.
                             let end = i + text_run(&buf[i..]);
                             match core::str::from_utf8(&buf[i..end]) {
-                                Ok(_) => self.take(&buf[i..end]),
+                                Ok(_) => {
+                                    if self.med != Med::Off {
+                                        self.media_step(&buf[i..end], false);
+                                    }
+                                    self.take(&buf[i..end])
+                                }
                                 // A sequence cut by the end of the chunk
                                 // continues in the next one.
                                 Err(e) if e.error_len().is_none() && end == n => {
                                     let ok = i + e.valid_up_to();
+                                    if self.med != Med::Off {
+                                        self.media_step(&buf[i..ok], false);
+                                        // The cut lead byte: text, but no
+                                        // `,` or `;` in a media type.
+                                        self.med = match self.med {
+                                            Med::Type(_) => Med::Type(0),
+                                            _ => Med::Off,
+                                        };
+                                    }
                                     self.take(&buf[i..ok]);
                                     for &b in &buf[ok..n] {
                                         self.utf8_byte(b)?;
@@ -425,6 +581,9 @@ impl ModelScanner {
                 }
                 St::Utf => self.utf8_byte(c)?,
                 St::Esc => {
+                    if self.med == Med::Data && c != b'/' {
+                        self.med = Med::Off;
+                    }
                     if c == b'u' {
                         self.hex_start();
                     } else {
@@ -466,9 +625,18 @@ impl ModelScanner {
                     }
                 }
                 St::NumInt | St::NumFrac | St::NumExp if c.is_ascii_digit() => {
+                    let from = i;
                     i += 1;
                     while i < n && buf[i].is_ascii_digit() {
                         i += 1;
+                    }
+                    if self.cap_on && self.st == St::NumInt {
+                        for &d in &buf[from..i] {
+                            self.cap_val = self
+                                .cap_val
+                                .saturating_mul(10)
+                                .saturating_add((d - b'0') as u64);
+                        }
                     }
                     continue;
                 }
@@ -491,6 +659,15 @@ impl ModelScanner {
                 }
                 St::NumZero | St::NumInt | St::NumFrac | St::NumExp => {
                     // The number ended before `c`: read `c` as what follows.
+                    if self.cap_on {
+                        self.cap_on = false;
+                        if matches!(self.st, St::NumZero | St::NumInt) {
+                            self.max_output = Some(
+                                self.max_output
+                                    .map_or(self.cap_val, |m| m.max(self.cap_val)),
+                            );
+                        }
+                    }
                     self.value_end();
                     continue;
                 }
@@ -542,6 +719,7 @@ impl ModelScanner {
     fn key_start(&mut self) {
         if self.depth == 1 {
             self.role = Role::TopKey;
+            self.key_id = 0;
             self.key_match = 0;
         } else {
             self.role = Role::Key;
@@ -549,7 +727,8 @@ impl ModelScanner {
         self.st = St::Str;
     }
 
-    fn value_start(&mut self, c: u8) -> Result<(), BodyError> {
+    /// The first byte `c` of a value, at offset `at` of the body.
+    fn value_start(&mut self, c: u8, at: u64) -> Result<(), BodyError> {
         self.role = Role::Value;
         if self.model_next {
             self.model_next = false;
@@ -559,6 +738,19 @@ impl ModelScanner {
             } else {
                 self.model_kind = Kind::Other;
             }
+        }
+        if self.cap_next {
+            // A cap key's value: read it if it is a non-negative integer
+            // (`-` and the rest are not caps).
+            self.cap_next = false;
+            if c.is_ascii_digit() {
+                self.cap_on = true;
+                self.cap_val = (c - b'0') as u64;
+            }
+        }
+        if c == b'"' {
+            self.med = Med::Head(0);
+            self.str_start = at + 1;
         }
         self.st = match c {
             b'{' => {
@@ -590,9 +782,15 @@ impl ModelScanner {
     fn string_end(&mut self) {
         match self.role {
             Role::TopKey => {
-                if self.key_match == 5 {
-                    self.models = (self.models + 1).min(2);
-                    self.model_next = self.models == 1;
+                if self.key_match != KEY_NO
+                    && self.key_match as usize == KEYS[self.key_id as usize].len()
+                {
+                    if self.key_id == 0 {
+                        self.models = (self.models + 1).min(2);
+                        self.model_next = self.models == 1;
+                    } else {
+                        self.cap_next = true;
+                    }
                 }
                 self.st = St::Colon;
             }
@@ -603,20 +801,13 @@ impl ModelScanner {
     }
 
     /// Decoded string bytes: compared if a top-level key, kept if the
-    /// model. ASCII folding matches Go's too: its only non-ASCII folds onto
-    /// ASCII are to i, k and s, none of them in "model".
+    /// model. ASCII folding matches Go's too for "model": Go's only
+    /// non-ASCII folds onto ASCII are to i, k and s, none of them in it
+    /// (the cap keys have k and s: docs/bodies.md says why that is safe).
+    #[inline(always)]
     fn take(&mut self, bytes: &[u8]) {
         match self.role {
-            Role::TopKey => {
-                for &b in bytes {
-                    let k = self.key_match as usize;
-                    if k >= 5 || b.to_ascii_lowercase() != b"model"[k] {
-                        self.key_match = KEY_NO;
-                        return;
-                    }
-                    self.key_match += 1;
-                }
-            }
+            Role::TopKey => self.key_bytes(bytes),
             Role::Model => {
                 let len = self.model_len as usize;
                 let k = bytes.len().min(MODEL_MAX - len);
@@ -626,6 +817,138 @@ impl ModelScanner {
             }
             Role::Value | Role::Key => {}
         }
+    }
+
+    /// Decoded bytes of a top-level key, matched against KEYS (out of line:
+    /// `take` is inlined in the string loop).
+    #[inline(never)]
+    fn key_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            let k = self.key_match as usize;
+            if k == KEY_NO as usize {
+                return;
+            }
+            let b = b.to_ascii_lowercase();
+            if k == 0 && b != b'm' {
+                // Most keys: none of KEYS.
+                self.key_match = KEY_NO;
+                return;
+            }
+            let name = KEYS[self.key_id as usize];
+            if name.get(k) != Some(&b) {
+                // Another key with the same first k bytes and b
+                // next ("m" of "model" vs "max_...", and the caps
+                // after "max_"), or none.
+                match KEYS
+                    .iter()
+                    .position(|o| o.get(k) == Some(&b) && o[..k] == name[..k])
+                {
+                    Some(id) => self.key_id = id as u8,
+                    None => {
+                        self.key_match = KEY_NO;
+                        return;
+                    }
+                }
+            }
+            self.key_match += 1;
+        }
+    }
+
+    /// Runs the media check over raw string bytes `s`, from where the
+    /// string value is: consumes bytes while it may still be media and
+    /// returns how many. Stops at the end of `s`; at a byte that ends plain
+    /// text (`"`, `\\`, a control byte, and a byte >= 0x80 when `ascii`),
+    /// for the caller, the state as it is; or at the first byte that makes
+    /// the string text (then `Med::Off`), not consumed. With `ascii` false,
+    /// `s` is a validated run of text (no `"`, `\\` or control byte), and
+    /// all of it is consumed unless the string turns out text.
+    #[inline(never)]
+    fn media_step(&mut self, s: &[u8], ascii: bool) -> usize {
+        let stop = |b: u8| b == b'"' || b == b'\\' || b < 0x20 || (ascii && b >= 0x80);
+        let mut n = 0;
+        loop {
+            match self.med {
+                Med::Off => return n,
+                Med::Raw | Med::Data => {
+                    n += b64_run(&s[n..]);
+                    if n < s.len() && !stop(s[n]) {
+                        self.med = Med::Off;
+                    }
+                    return n;
+                }
+                Med::Head(k) => {
+                    let Some(&b) = s.get(n) else { return n };
+                    if b == b"data:"[k as usize] {
+                        n += 1;
+                        self.med = if k == 4 {
+                            Med::Type(0)
+                        } else {
+                            Med::Head(k + 1)
+                        };
+                    } else if is_b64(b) {
+                        // "data" is base64 alphabet: raw base64 so far.
+                        self.med = Med::Raw;
+                    } else {
+                        if !stop(b) {
+                            self.med = Med::Off;
+                        }
+                        return n;
+                    }
+                }
+                Med::Type(m) => {
+                    let r = if ascii {
+                        plain_run(&s[n..])
+                    } else {
+                        s.len() - n
+                    };
+                    let run = &s[n..n + r];
+                    match run.iter().position(|&b| b == b',') {
+                        Some(p) => {
+                            n += p + 1;
+                            self.med = if tag_match(m, &run[..p]) == BASE64_TAG.len() as u8 {
+                                Med::Data
+                            } else {
+                                Med::Off
+                            };
+                        }
+                        None => {
+                            self.med = Med::Type(tag_match(m, run));
+                            return n + r;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A backslash in a string value that may be media, `next` the byte
+    /// after it if this chunk has it: only `\/` may be in a data URL's
+    /// payload (St::Esc checks the byte when the chunk ends at the
+    /// backslash); any escape may be in its media type.
+    #[cold]
+    fn media_escape(&mut self, next: Option<u8>) {
+        self.med = match self.med {
+            Med::Data if next.is_none_or(|e| e == b'/') => Med::Data,
+            Med::Type(_) => Med::Type(0),
+            _ => Med::Off,
+        };
+    }
+
+    /// The closing quote of a string value at offset `at`: counts it if it
+    /// is media.
+    #[inline(never)]
+    fn media_end(&mut self, at: u64) {
+        let len = at - self.str_start;
+        let media = match self.med {
+            Med::Data => len >= MEDIA_DATA_MIN,
+            Med::Raw | Med::Head(_) => len >= MEDIA_RAW_MIN,
+            Med::Off | Med::Type(_) => false,
+        };
+        if media {
+            self.media_bytes = self.media_bytes.saturating_add(len);
+            self.media_items = self.media_items.saturating_add(1);
+        }
+        self.med = Med::Off;
     }
 
     fn hex_start(&mut self) {
@@ -703,6 +1026,32 @@ pub(crate) fn utf8_lead(b: u8) -> Option<(u8, u8, u8)> {
         0xf4 => (3, 0x80, 0x8f),
         _ => return None,
     })
+}
+
+/// How many bytes of `;base64` end the bytes that matched `m` of it and
+/// then `s` (the tag's only `;` is its first byte, so a mismatch restarts
+/// at a `;` or at nothing).
+fn tag_match(m: u8, s: &[u8]) -> u8 {
+    let (mut m, s) = if s.len() >= BASE64_TAG.len() {
+        (0, &s[s.len() - BASE64_TAG.len()..])
+    } else {
+        (m as usize, s)
+    };
+    for &b in s {
+        m = if BASE64_TAG.get(m) == Some(&b) {
+            m + 1
+        } else {
+            (b == b';') as usize
+        };
+    }
+    m as u8
+}
+
+/// The base64 alphabet (both kinds): `A-Z a-z 0-9 + / =` and the
+/// URL-safe `-` and `_`.
+#[inline]
+fn is_b64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
 }
 
 /// The byte a one-letter escape (`\n`, `\"`...) stands for.
@@ -836,6 +1185,164 @@ pub(crate) fn text_run(s: &[u8]) -> usize {
     run_swar(s, false)
 }
 
+/// High bit set in each byte of `x` in the base64 alphabet (`is_b64`).
+#[inline]
+fn b64_bytes(x: u64) -> u64 {
+    // High bit set where the byte's low seven bits are at least `n` (no
+    // carry crosses bytes: at most 0x7f + 0x80).
+    let ge = |y: u64, n: u8| ((y & !HI) + (0x80 - n as u64) * LO) & HI;
+    let y = x | (0x20 * LO); // A-Z onto a-z
+    let letter = ge(y, b'a') & !ge(y, b'z' + 1);
+    let digit = ge(x, b'0') & !ge(x, b'9' + 1);
+    let eq = |c: u8| zero_bytes(x ^ (c as u64 * LO));
+    (letter | digit | eq(b'+') | eq(b'/') | eq(b'=') | eq(b'-') | eq(b'_')) & !x & HI
+}
+
+/// `b64_run`, eight bytes at a time.
+#[inline]
+fn b64_swar(s: &[u8]) -> usize {
+    let mut i = 0;
+    while i + 8 <= s.len() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[i..i + 8]);
+        let bad = !b64_bytes(u64::from_le_bytes(w)) & HI;
+        if bad != 0 {
+            return i + (bad.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < s.len() && is_b64(s[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Length of the run of base64 alphabet bytes at the start of `s`: the
+/// loop that reads an image. SSSE3 where the CPU has it (two nibble
+/// lookups per 16 bytes), else SSE2 range compares, else SWAR.
+#[inline]
+pub(crate) fn b64_run(s: &[u8]) -> usize {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        if std::is_x86_feature_detected!("ssse3") {
+            // SAFETY: the CPU has SSSE3 (checked just above).
+            return unsafe { b64_run_ssse3(s) };
+        }
+        b64_run_sse2(s)
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    {
+        b64_swar(s)
+    }
+}
+
+/// The 16-byte blocks of a base64 run: `$bad(p)` is a mask of the bytes at
+/// `p` outside the alphabet; 64 bytes at a time, then 16, then SWAR.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+macro_rules! b64_blocks {
+    ($s:expr, $bad:ident) => {{
+        use core::arch::x86_64::*;
+        let s: &[u8] = $s;
+        let mut i = 0;
+        // SAFETY: every load reads 16 bytes inside the slice (the loops
+        // check i + 64 or i + 16 <= len before reading); the caller has
+        // the instructions `$bad` uses.
+        unsafe {
+            while i + 64 <= s.len() {
+                let p = s.as_ptr().add(i);
+                let (a, b) = ($bad(p), $bad(p.add(16)));
+                let (c, d) = ($bad(p.add(32)), $bad(p.add(48)));
+                if _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, d))) != 0 {
+                    let bits = _mm_movemask_epi8(a) as u32 as u64
+                        | (_mm_movemask_epi8(b) as u32 as u64) << 16
+                        | (_mm_movemask_epi8(c) as u32 as u64) << 32
+                        | (_mm_movemask_epi8(d) as u32 as u64) << 48;
+                    return i + bits.trailing_zeros() as usize;
+                }
+                i += 64;
+            }
+            while i + 16 <= s.len() {
+                let bits = _mm_movemask_epi8($bad(s.as_ptr().add(i))) as u32;
+                if bits != 0 {
+                    return i + bits.trailing_zeros() as usize;
+                }
+                i += 16;
+            }
+        }
+        i + b64_swar(&s[i..])
+    }};
+}
+
+/// `b64_run` with SSE2 (part of x86_64): range compares.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+fn b64_run_sse2(s: &[u8]) -> usize {
+    use core::arch::x86_64::*;
+    /// Bytes at `p` outside the alphabet.
+    ///
+    /// # Safety
+    /// 16 readable bytes at `p`.
+    #[inline(always)]
+    unsafe fn bad16(p: *const u8) -> __m128i {
+        // SAFETY: by the caller's contract; SSE2 is baseline.
+        let v = unsafe { _mm_loadu_si128(p.cast()) };
+        // Signed compares: bytes >= 0x80 are below every bound.
+        let within = |v: __m128i, lo: u8, hi: u8| {
+            _mm_and_si128(
+                _mm_cmpgt_epi8(v, _mm_set1_epi8(lo as i8 - 1)),
+                _mm_cmplt_epi8(v, _mm_set1_epi8(hi as i8 + 1)),
+            )
+        };
+        let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+        let letter = within(_mm_or_si128(v, _mm_set1_epi8(0x20)), b'a', b'z');
+        let digit = within(v, b'0', b'9');
+        let ok = _mm_or_si128(
+            _mm_or_si128(
+                _mm_or_si128(letter, digit),
+                _mm_or_si128(eq(b'+'), eq(b'/')),
+            ),
+            _mm_or_si128(eq(b'='), _mm_or_si128(eq(b'-'), eq(b'_'))),
+        );
+        _mm_xor_si128(ok, _mm_set1_epi8(-1))
+    }
+    b64_blocks!(s, bad16)
+}
+
+/// `b64_run` with SSSE3: a byte is in the alphabet when the class bits
+/// its low nibble allows meet the class of its high nibble (2: `+ - /`,
+/// 3: digits and `=`, 4 and 6: letters from 1, 5: `P-Z` and `_`, 7: `p-z`).
+///
+/// # Safety
+/// The CPU has SSSE3.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[target_feature(enable = "ssse3")]
+unsafe fn b64_run_ssse3(s: &[u8]) -> usize {
+    use core::arch::x86_64::*;
+    /// Bytes at `p` outside the alphabet.
+    ///
+    /// # Safety
+    /// 16 readable bytes at `p`, and SSSE3.
+    #[target_feature(enable = "ssse3")]
+    #[inline]
+    unsafe fn bad16(p: *const u8) -> __m128i {
+        // Class bits: 1 high nibble 2, 2 high 3, 4 high 4 or 6, 8 high 5,
+        // 0x10 high 7; by low nibble, the classes that allow it.
+        let lo = _mm_setr_epi8(
+            0x1a, 0x1e, 0x1e, 0x1e, 0x1e, 0x1e, 0x1e, 0x1e, 0x1e, 0x1e, 0x1c, 0x05, 0x04, 0x07,
+            0x04, 0x0d,
+        );
+        let hi = _mm_setr_epi8(
+            0, 0, 0x01, 0x02, 0x04, 0x08, 0x04, 0x10, 0, 0, 0, 0, 0, 0, 0, 0,
+        );
+        let nib = _mm_set1_epi8(0x0f);
+        // SAFETY: by the caller's contract.
+        let v = unsafe { _mm_loadu_si128(p.cast()) };
+        let l = _mm_shuffle_epi8(lo, _mm_and_si128(v, nib));
+        let h = _mm_shuffle_epi8(hi, _mm_and_si128(_mm_srli_epi16(v, 4), nib));
+        _mm_cmpeq_epi8(_mm_and_si128(l, h), _mm_setzero_si128())
+    }
+    b64_blocks!(s, bad16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -893,6 +1400,301 @@ mod tests {
             let bytes: Vec<usize> = (1..body.len()).collect();
             assert_eq!(chunked(body, &bytes), want, "{body:?} byte by byte");
         }
+    }
+
+    fn facts(body: &str) -> BodyFacts {
+        match facts_of(body.as_bytes()) {
+            Ok((_, f)) => {
+                assert_eq!(f.bytes, body.len() as u64);
+                f
+            }
+            Err(e) => panic!("{e:?}: {body}"),
+        }
+    }
+
+    fn cap(body: &str) -> Option<u64> {
+        facts(body).max_output
+    }
+
+    /// (items, bytes) of media in a body.
+    fn media(body: &str) -> (u32, u64) {
+        let f = facts(body);
+        (f.media_items, f.media_bytes)
+    }
+
+    /// `n` bytes of base64 alphabet, every symbol in turn.
+    fn b64(n: usize) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=";
+        (0..n).map(|i| A[i * 7 % A.len()] as char).collect()
+    }
+
+    /// A data URL of `n` raw bytes in all.
+    fn data_url(n: usize) -> String {
+        let head = "data:image/png;base64,";
+        format!("{head}{}", b64(n - head.len()))
+    }
+
+    /// Bodies whose facts every chunking must give as one shot.
+    fn fact_bodies() -> Vec<String> {
+        let small = cfg!(miri);
+        let mut v = vec![
+            format!(
+                r#"{{"model":"m","max_tokens":123,"MAX_COMPLETION_TOKENS":18446744073709551616,"messages":[{{"content":[{{"image_url":{{"url":"{}"}}}}, "{}"]}}]}}"#,
+                data_url(300),
+                b64(if small { 40 } else { 1100 }),
+            ),
+            format!(
+                r#"{{"max\u005fOutput_tokens" : 7 , "model":"m","a":"{}","b":"data:x;base64,{}\/{}","c":"data:;base64,{}\n"}}"#,
+                b64(257),
+                b64(200),
+                b64(60),
+                b64(300),
+            ),
+            "{\"model\":\"m\",\"x\":\"data:\u{e9}\\\"t;base64,AAAA\",\"max_tokens\":0.5,\"max_tokens\":-1}"
+                .to_string(),
+        ];
+        if !small {
+            v.push(format!(
+                "{{\"model\":\"m\",\"x\":\"data:\u{1F600};base64,{}\"}}",
+                b64(400)
+            ));
+        }
+        v
+    }
+
+    fn chunked_facts(body: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, BodyFacts), BodyError> {
+        let mut s = ModelScanner::new();
+        let mut at = 0;
+        for &c in cuts.iter().chain([body.len()].iter()) {
+            s.feed(&body[at..c])?;
+            at = c;
+        }
+        let m = s.finish()?.to_vec();
+        assert!(s.finished());
+        Ok((m, s.facts()))
+    }
+
+    #[test]
+    fn every_chunking_gives_the_one_shot_facts() {
+        for body in fact_bodies() {
+            let body = body.as_bytes();
+            let (m, f) = facts_of(body).unwrap();
+            let want = Ok((m.to_vec(), f));
+            // Under miri every 37th cut only (each one is a whole scan).
+            let step = if cfg!(miri) { 37 } else { 1 };
+            for cut in (0..=body.len()).step_by(step) {
+                assert_eq!(chunked_facts(body, &[cut]), want, "cut at {cut}");
+            }
+            let bytes: Vec<usize> = (1..body.len()).collect();
+            assert_eq!(chunked_facts(body, &bytes), want, "byte by byte");
+            let odd: Vec<usize> = (1..body.len())
+                .filter(|i| i % 7 == 3 || i % 11 == 0)
+                .collect();
+            assert_eq!(chunked_facts(body, &odd), want, "uneven");
+        }
+        let f = facts(&fact_bodies()[0]);
+        assert_eq!(f.max_output, Some(u64::MAX));
+        assert_eq!(f.media_items, if cfg!(miri) { 1 } else { 2 });
+        let f = facts(&fact_bodies()[1]);
+        // "a" is too short for raw base64, "c" has an escape but `\/`.
+        assert_eq!((f.max_output, f.media_items), (Some(7), 1));
+        assert_eq!(f.media_bytes, ("data:x;base64,".len() + 262) as u64);
+        let f = facts(&fact_bodies()[2]);
+        assert_eq!((f.max_output, f.media_items), (None, 0));
+    }
+
+    #[test]
+    fn output_caps() {
+        let m = r#""model":"m""#;
+        assert_eq!(cap(&format!("{{{m}}}")), None);
+        for key in [
+            "max_tokens",
+            "max_completion_tokens",
+            "max_output_tokens",
+            "MAX_TOKENS",
+            "Max_Completion_Tokens",
+            "max_OUTPUT_tokens",
+            r"max\u005ftokens",
+            r"\u006Dax_completion_tokens",
+            r"max_output_toke\u006es",
+            r"max\u005F\u0054OKENS",
+        ] {
+            assert_eq!(
+                cap(&format!(r#"{{{m},"{key}":4096}}"#)),
+                Some(4096),
+                "{key}"
+            );
+            assert_eq!(cap(&format!(r#"{{"{key}": 17 ,{m}}}"#)), Some(17), "{key}");
+        }
+        // Not caps: other keys, nested keys, values that are not
+        // non-negative integer literals.
+        for body in [
+            r#"{"model":"m","max_token":5}"#,
+            r#"{"model":"m","max_tokens_":5}"#,
+            r#"{"model":"m","max_tokenss":5}"#,
+            r#"{"model":"m","max_":5}"#,
+            r#"{"model":"m","max tokens":5}"#,
+            r#"{"model":"m","maxtokens":5}"#,
+            r#"{"model":"m","max_input_tokens":5}"#,
+            r#"{"model":"m","model_max_tokens":5}"#,
+            r#"{"model":"m","a":{"max_tokens":5}}"#,
+            r#"{"model":"m","a":[{"max_tokens":5}]}"#,
+            r#"{"model":"m","max_tokens":-5}"#,
+            r#"{"model":"m","max_tokens":-0}"#,
+            r#"{"model":"m","max_tokens":5.0}"#,
+            r#"{"model":"m","max_tokens":5e2}"#,
+            r#"{"model":"m","max_tokens":0E0}"#,
+            r#"{"model":"m","max_tokens":"5"}"#,
+            r#"{"model":"m","max_tokens":null}"#,
+            r#"{"model":"m","max_tokens":true}"#,
+            r#"{"model":"m","max_tokens":[5]}"#,
+            r#"{"model":"m","max_tokens":{"n":5}}"#,
+            r#"{"model":"m","n":5,"max_tokens":{}}"#,
+        ] {
+            assert_eq!(cap(body), None, "{body}");
+        }
+        assert_eq!(cap(r#"{"model":"m","max_tokens":0}"#), Some(0));
+        // Duplicates, in any spelling: the largest.
+        assert_eq!(
+            cap(r#"{"max_tokens":10,"model":"m","MAX_TOKENS":300,"max_output_tokens":20}"#),
+            Some(300)
+        );
+        assert_eq!(
+            cap(r#"{"max_tokens":1.5e9,"model":"m","max_completion_tokens":8,"max_tokens":null}"#),
+            Some(8)
+        );
+        assert_eq!(
+            cap(r#"{"model":"m","max_tokens":5,"max_tokens":-900}"#),
+            Some(5)
+        );
+        // Huge values saturate.
+        assert_eq!(
+            cap(r#"{"model":"m","max_tokens":18446744073709551615}"#),
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            cap(r#"{"model":"m","max_tokens":18446744073709551614}"#),
+            Some(u64::MAX - 1)
+        );
+        for big in [
+            "18446744073709551616",
+            "99999999999999999999",
+            "1844674407370955161500000000",
+        ] {
+            assert_eq!(
+                cap(&format!(r#"{{"model":"m","max_tokens":{big}}}"#)),
+                Some(u64::MAX)
+            );
+        }
+        // The model key still works beside the caps.
+        assert_eq!(
+            one(br#"{"max_tokens":1,"MODEL":"x","max_completion_tokens":2}"#),
+            Ok(b"x".to_vec())
+        );
+        err(
+            br#"{"max_tokens":1,"model":"x","Model":"y"}"#,
+            AmbiguousModel,
+        );
+        err(br#"{"max_tokens":1}"#, NoModel);
+        err(br#"{"mo":1,"ma":2,"max_tokens":3}"#, NoModel);
+    }
+
+    #[test]
+    fn base64_media() {
+        let body = |v: &str| format!(r#"{{"model":"m","v":"{v}"}}"#);
+        // (a) data URLs: 256 raw bytes and more.
+        assert_eq!(media(&body(&data_url(256))), (1, 256));
+        assert_eq!(media(&body(&data_url(255))), (0, 0));
+        assert_eq!(media(&body(&data_url(5000))), (1, 5000));
+        let url = format!("data:;base64,{}", b64(300));
+        assert_eq!(media(&body(&url)), (1, url.len() as u64));
+        // `\/` in the payload, counted as written (two bytes).
+        let url = format!(r"data:image/jpeg;base64,{}\/{}\/", b64(150), b64(150));
+        assert_eq!(media(&body(&url)), (1, url.len() as u64));
+        // Any bytes but `,` in the media type, escapes and non-ASCII too.
+        for ty in [
+            r"image/p\u006eg",
+            "x;name=\\\"\u{e9}\\\"",
+            "a b;c=d",
+            ";base64;base64",
+        ] {
+            let url = format!("data:{ty};base64,{}", b64(300));
+            assert_eq!(media(&body(&url)), (1, url.len() as u64), "{ty}");
+        }
+        // Not data URLs with a base64 payload.
+        for v in [
+            format!("data:text/plain,{}", b64(300)),
+            format!("data:text/plain,x;base64,{}", b64(300)),
+            format!("data:image/png;base64;x,{}", b64(300)),
+            format!("data:image/png;BASE64,{}", b64(300)),
+            format!("data:image/png;base6,{}", b64(300)),
+            format!("data:image/png;base64\\u002c{}", b64(300)),
+            format!("DATA:image/png;base64,{}", b64(300)),
+            format!(" data:image/png;base64,{}", b64(300)),
+            format!("data:image/png;base64,{} ", b64(300)),
+            format!("data:image/png;base64,{}\\n", b64(300)),
+            format!("data:image/png;base64,{}\\u0041", b64(300)),
+            format!("data:image/png;base64,{}.{}", b64(150), b64(150)),
+            format!("data:image/png;base64,{}\u{e9}", b64(300)),
+            format!("data:image/png;base64,{},", b64(300)),
+        ] {
+            assert_eq!(media(&body(&v)), (0, 0), "{v}");
+        }
+        // (b) raw base64: 1024 raw bytes and more, alphabet only.
+        let n = if cfg!(miri) { 1024 } else { 100_000 };
+        assert_eq!(media(&body(&b64(1024))), (1, 1024));
+        assert_eq!(media(&body(&b64(n))), (1, n as u64));
+        assert_eq!(media(&body(&b64(1023))), (0, 0));
+        assert_eq!(media(&body(&"d".repeat(1024))), (1, 1024));
+        assert_eq!(media(&body(&format!("data{}", b64(1100)))), (1, 1104));
+        for v in [
+            format!("{} {}", b64(600), b64(600)),
+            format!(r"{}\/{}", b64(600), b64(600)),
+            format!(r"{}\n", b64(1100)),
+            format!("{}.", b64(1100)),
+            format!("\u{e9}{}", b64(1100)),
+            format!("{}\u{e9}", b64(1100)),
+            format!("data:{}", b64(1100)),
+        ] {
+            assert_eq!(media(&body(&v)), (0, 0), "{v}");
+        }
+        // Keys are never media; values are at any depth, the model's too.
+        let k = b64(1100);
+        assert_eq!(
+            media(&format!(r#"{{"model":"m","{k}":1,"a":{{"{k}":"x"}}}}"#)),
+            (0, 0)
+        );
+        let deep = format!(
+            r#"{{"model":"{k}","a":[[{{"b":["{k}",{{"c":"{}"}}]}}]]}}"#,
+            data_url(300)
+        );
+        assert_eq!(media(&deep), (3, 2 * 1100 + 300));
+    }
+
+    #[test]
+    fn facts_before_finish_and_after_refusal() {
+        let mut s = ModelScanner::new();
+        assert_eq!(s.facts(), BodyFacts::default());
+        assert!(!s.finished());
+        s.feed(br#"{"model":"m","max_tokens":12"#).unwrap();
+        // The number is still open: not counted yet.
+        assert_eq!(s.facts().max_output, None);
+        assert_eq!(s.facts().bytes, 28);
+        s.feed(b"}").unwrap();
+        assert_eq!(s.facts().max_output, Some(12));
+        assert!(!s.finished());
+        s.finish().unwrap();
+        assert!(s.finished());
+        let mut s = ModelScanner::new();
+        assert!(s.feed(br#"{"max_tokens":3,"model":"m"}x"#).is_err());
+        assert!(s.finish().is_err());
+        assert!(!s.finished());
+        let _ = s.facts();
+        let mut s = ModelScanner::new();
+        s.feed(br#"{"max_tokens":3}"#).unwrap();
+        assert_eq!(s.finish(), Err(NoModel));
+        assert!(!s.finished());
+        assert_eq!(s.facts().max_output, Some(3));
     }
 
     #[test]
@@ -1065,6 +1867,28 @@ mod tests {
         }
         let plain = [b'a'; 100];
         assert_eq!(plain_run(&plain), 100);
+        // The base64 run: every byte that ends it, at every offset of every
+        // block size; every byte value repeated.
+        assert_eq!((0..=255u8).filter(|&b| is_b64(b)).count(), 67);
+        let n = if cfg!(miri) { 72 } else { 200 };
+        let step = if cfg!(miri) { 13 } else { 1 };
+        for bad in (0..=255u8).filter(|&b| !is_b64(b)) {
+            for at in (0..n).step_by(step) {
+                let mut p: Vec<u8> = (0..n).map(|i| b"Az09+/=-_"[i % 9]).collect();
+                p[at] = bad;
+                assert_eq!(b64_run(&p), at, "{bad:#x} at {at}");
+                assert_eq!(b64_swar(&p), at, "{bad:#x} at {at}");
+                #[cfg(all(target_arch = "x86_64", not(miri)))]
+                assert_eq!(b64_run_sse2(&p), at, "{bad:#x} at {at}");
+            }
+        }
+        for b in 0..=255u8 {
+            let p = [b; 70];
+            let want = if is_b64(b) { 70 } else { 0 };
+            assert_eq!((b64_run(&p), b64_swar(&p)), (want, want), "{b:#x}");
+            #[cfg(all(target_arch = "x86_64", not(miri)))]
+            assert_eq!(b64_run_sse2(&p), want, "{b:#x}");
+        }
         // Every position of every block size (64, 16, 8, 1 at a time).
         let n = if cfg!(miri) { 72 } else { 200 };
         for stop in [b'"', b'\\', 0x00, 0x1f, 0x80, 0xff] {

@@ -5,7 +5,7 @@
 use std::ffi::c_void;
 
 use super::{any_bytes, body_status, guard, tg_status, TG_E_ALIGNMENT, TG_E_BUFFER_TOO_SMALL};
-use super::{TG_E_INVALID, TG_E_NULL, TG_OK};
+use super::{sized, TG_E_INVALID, TG_E_NULL, TG_OK};
 use crate::body::{model_of, ModelScanner, DEPTH_MAX, MODEL_MAX};
 
 /// Most bytes of the decoded model a body scan keeps; longer values are cut
@@ -147,6 +147,81 @@ pub extern "C" fn tg_body_scan_finish(
     })
 }
 
+/// What the token estimate needs from a scanned body (docs/bodies.md,
+/// "Token estimate facts"), written by tg_body_facts. A struct that grows
+/// (see "Structs that grow").
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct tg_body_scan_facts {
+    /// sizeof(tg_body_scan_facts) as the caller's header has it, or 0 (this
+    /// first layout); tg_body_facts leaves it as it is.
+    pub size: u32,
+    /// How many string values are base64 media (saturating).
+    pub media_items: u32,
+    /// Bytes of the whole body.
+    pub bytes: u64,
+    /// Raw bytes (between the quotes, as written) of those media strings:
+    /// a `data:` URL with a base64 payload of at least 256 bytes, or at
+    /// least 1024 bytes of nothing but base64 alphabet.
+    pub media_bytes: u64,
+    /// 1 if `max_output` holds the client's output cap, 0 if it asked for
+    /// none.
+    pub has_max_output: u32,
+    /// Zero.
+    pub _reserved: u32,
+    /// The largest non-negative integer value of the top-level keys
+    /// `max_tokens`, `max_completion_tokens` and `max_output_tokens` (the
+    /// model key's rule: escapes decoded, ASCII case folded), saturating
+    /// at UINT64_MAX; 0 when `has_max_output` is 0.
+    pub max_output: u64,
+}
+
+/// The facts the token estimate needs (tg_body_scan_facts) of a body whose
+/// scan tg_body_scan_finish ended with TG_OK; they live in the scan's
+/// memory until it is initialised again, and this copies them to `*out`.
+/// Set `out->size` first (sizeof, or 0). TG_E_NULL for NULL pointers;
+/// TG_E_INVALID when the scan has not finished with TG_OK (not finished
+/// yet, or the body was refused: there is no estimate to make) or when
+/// `out->size` is smaller than this first layout. On TG_E_INVALID for the
+/// scan, `*out` is zeroed but for `size`; for a bad `size` it is not
+/// touched.
+#[no_mangle]
+pub extern "C" fn tg_body_facts(
+    scan: *const tg_body_scan,
+    out: *mut tg_body_scan_facts,
+) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or a scan made by tg_body_scan_init, not written by
+        // another call while this one runs; NULL or the caller's writable
+        // struct.
+        let (Some(s), Some(out)) = (unsafe { scan.as_ref() }, unsafe { out.as_mut() }) else {
+            return TG_E_NULL;
+        };
+        if !sized::<tg_body_scan_facts>(out.size) {
+            return TG_E_INVALID;
+        }
+        let size = out.size;
+        if !s.inner.finished() {
+            *out = tg_body_scan_facts {
+                size,
+                ..Default::default()
+            };
+            return TG_E_INVALID;
+        }
+        let f = s.inner.facts();
+        *out = tg_body_scan_facts {
+            size,
+            media_items: f.media_items,
+            bytes: f.bytes,
+            media_bytes: f.media_bytes,
+            has_max_output: f.max_output.is_some() as u32,
+            _reserved: 0,
+            max_output: f.max_output.unwrap_or(0),
+        };
+        TG_OK
+    })
+}
+
 /// The model of a whole body of `len` bytes at `body` in one call (no
 /// scan memory needed). TG_OK: the decoded model is copied to `model_out`
 /// (`cap` bytes; a NUL follows when room remains, not counted) and
@@ -234,6 +309,82 @@ mod tests {
             TG_E_BODY_NOT_JSON
         );
         assert!(m.is_null() && n == 0);
+    }
+
+    #[test]
+    fn facts_after_finish() {
+        let mut mem = Mem([0; 512]);
+        let mut scan: *mut tg_body_scan = std::ptr::null_mut();
+        let base: *mut c_void = mem.0.as_mut_ptr().cast();
+        assert_eq!(tg_body_scan_init(base, 512, &mut scan), TG_OK);
+        let body = format!(
+            r#"{{"model":"m","max_tokens":100,"MAX_OUTPUT_TOKENS":250,"i":"data:image/png;base64,{}"}}"#,
+            "QUJD".repeat(100)
+        );
+        let mut out = tg_body_scan_facts {
+            size: 3,
+            ..Default::default()
+        };
+        // Not finished yet (and then a bad size, or NULL).
+        assert_eq!(tg_body_facts(scan, &mut out), TG_E_INVALID);
+        out.size = 0;
+        assert_eq!(tg_body_facts(scan, &mut out), TG_E_INVALID);
+        assert_eq!(tg_body_facts(std::ptr::null(), &mut out), TG_E_NULL);
+        assert_eq!(tg_body_facts(scan, std::ptr::null_mut()), TG_E_NULL);
+        for part in body.as_bytes().chunks(5) {
+            assert_eq!(tg_body_scan_feed(scan, part.as_ptr(), part.len()), TG_OK);
+        }
+        assert_eq!(tg_body_facts(scan, &mut out), TG_E_INVALID);
+        let (mut m, mut n) = (std::ptr::null(), 0usize);
+        assert_eq!(tg_body_scan_finish(scan, &mut m, &mut n), TG_OK);
+        out.size = 3;
+        assert_eq!(tg_body_facts(scan, &mut out), TG_E_INVALID);
+        for size in [0, std::mem::size_of::<tg_body_scan_facts>() as u32, 100] {
+            out = tg_body_scan_facts {
+                size,
+                _reserved: 7,
+                ..Default::default()
+            };
+            assert_eq!(tg_body_facts(scan, &mut out), TG_OK);
+            let url = "data:image/png;base64,".len() as u64 + 400;
+            assert_eq!(
+                out,
+                tg_body_scan_facts {
+                    size,
+                    media_items: 1,
+                    bytes: body.len() as u64,
+                    media_bytes: url,
+                    has_max_output: 1,
+                    _reserved: 0,
+                    max_output: 250,
+                }
+            );
+        }
+        assert_eq!(std::mem::size_of::<tg_body_scan_facts>(), 40);
+
+        // No cap; and a refused body has no facts.
+        for (body, want) in [
+            (&br#"{"model":"m","max_tokens":1.5}"#[..], TG_OK),
+            (br#"{"max_tokens":1}"#, TG_E_BODY_NO_MODEL),
+            (br#"{"model":"m"}}"#, TG_E_BODY_NOT_JSON),
+        ] {
+            assert_eq!(tg_body_scan_init(base, 512, &mut scan), TG_OK);
+            tg_body_scan_feed(scan, body.as_ptr(), body.len());
+            assert_eq!(tg_body_scan_finish(scan, &mut m, &mut n), want);
+            out = tg_body_scan_facts {
+                max_output: 9,
+                ..Default::default()
+            };
+            let st = tg_body_facts(scan, &mut out);
+            if want == TG_OK {
+                assert_eq!(st, TG_OK);
+                assert_eq!((out.has_max_output, out.bytes), (0, body.len() as u64));
+            } else {
+                assert_eq!(st, TG_E_INVALID);
+                assert_eq!(out, tg_body_scan_facts::default());
+            }
+            assert_eq!(out.max_output, 0);
+        }
     }
 
     #[test]

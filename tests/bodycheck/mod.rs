@@ -4,8 +4,10 @@
 //! (tests/checks/body_differential.rs).
 //!
 //! For any bytes: fed in any chunking the scanner answers as in one call,
-//! and the answer is serde_json's reading of the same bytes under the
-//! ambiguity rule (docs/bodies.md). serde_json is the oracle: it parses the
+//! with the same token estimate facts (`BodyFacts`) when it accepts the
+//! body, and the answer is serde_json's reading of the same bytes under the
+//! ambiguity rule (docs/bodies.md). (The facts against a reference:
+//! tests/checks/body_differential.rs.) serde_json is the oracle: it parses the
 //! whole body into a `Value` (every string UTF-8- and surrogate-checked),
 //! and a second pass lists the top-level entries in order, duplicates
 //! included, which a `Value` map cannot keep.
@@ -24,7 +26,9 @@
 use serde::de::{MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
-use tollgate::body::{model_of, BodyError, ModelScanner, DEPTH_MAX, MODEL_MAX};
+use tollgate::body::{
+    facts_of, model_of, BodyError, BodyFacts, ModelScanner, DEPTH_MAX, MODEL_MAX,
+};
 
 /// What a body is, by our rule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -51,6 +55,14 @@ pub fn ours(body: &[u8]) -> Verdict {
 /// The verdict of feeding `body` in chunks of the sizes `sizes` yields
 /// (a 0 feeds an empty chunk, never twice in a row).
 pub fn chunked(body: &[u8], sizes: &mut impl Iterator<Item = usize>) -> Verdict {
+    chunked_facts(body, sizes).0
+}
+
+/// `chunked`, and the facts when the body is accepted.
+pub fn chunked_facts(
+    body: &[u8],
+    sizes: &mut impl Iterator<Item = usize>,
+) -> (Verdict, Option<BodyFacts>) {
     let mut s = ModelScanner::new();
     let mut at = 0;
     let mut empty = false;
@@ -65,16 +77,17 @@ pub fn chunked(body: &[u8], sizes: &mut impl Iterator<Item = usize>) -> Verdict 
             // Sticky, and the finish says the same.
             assert_eq!(s.feed(b"{"), Err(e));
             assert_eq!(s.finish(), Err(e));
-            return Verdict::Refused(e);
+            return (Verdict::Refused(e), None);
         }
         at += n;
         if at == body.len() {
             break;
         }
     }
-    match s.finish() {
-        Ok(m) => Verdict::Model(m.to_vec()),
-        Err(e) => Verdict::Refused(e),
+    let v = s.finish().map(|m| m.to_vec());
+    match v {
+        Ok(m) => (Verdict::Model(m), Some(s.facts())),
+        Err(e) => (Verdict::Refused(e), None),
     }
 }
 
@@ -176,12 +189,22 @@ pub fn check(data: &[u8]) -> Verdict {
 /// The check on one body fed in the given chunk sizes.
 pub fn check_body(body: &[u8], sizes: &mut impl Iterator<Item = usize>) -> Verdict {
     let one = ours(body);
+    let (v, facts) = chunked_facts(body, sizes);
     assert_eq!(
-        chunked(body, sizes),
+        v,
         one,
         "chunked != one shot: {:?}",
         String::from_utf8_lossy(body)
     );
+    if let Some(f) = facts {
+        assert_eq!(
+            Some(f),
+            facts_of(body).ok().map(|(_, f)| f),
+            "chunked facts != one shot: {:?}",
+            String::from_utf8_lossy(body)
+        );
+        assert_eq!(f.bytes, body.len() as u64);
+    }
     if one == Verdict::Refused(BodyError::TooDeep) {
         // We stopped at level DEPTH_MAX + 1 with no syntax error before it:
         // serde_json, at its own limit of 128, must stop on depth too.

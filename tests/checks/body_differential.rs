@@ -4,11 +4,18 @@
 //! differ and we say which way we go), proptest-generated JSON documents
 //! with model keys in every spelling, and mutated bytes. Each body is fed
 //! one-shot, byte by byte and split at every position (short ones).
+//!
+//! The token estimate facts (docs/bodies.md, "Token estimate facts") of
+//! every accepted body, fed at the generated split points, against a
+//! reference written plainly over serde_json's tree and raw value texts
+//! (`reference_facts`); the generated bodies carry output caps in every
+//! spelling and media strings with and without a flaw.
 
 use crate::bodycheck;
 
 use bodycheck::{check_body, oracle, ours, Oracle, Verdict};
 use proptest::prelude::*;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tollgate::BodyError::{self, *};
 
@@ -357,14 +364,80 @@ fn key_text() -> impl Strategy<Value = String> {
         Just("\"\\u006dodel\"".to_string()),
         Just("\"mod\\u0045L\"".to_string()),
         Just("\"models\"".to_string()),
+        Just("\"max_tokens\"".to_string()),
+        Just("\"MAX_Completion_TOKENS\"".to_string()),
+        Just("\"max\\u005foutput_tokens\"".to_string()),
+        Just("\"max_tokens_\"".to_string()),
         any::<String>().prop_map(|k| serde_json::to_string(&k).unwrap()),
+    ]
+}
+
+/// A value's JSON text a `Value` cannot give: integer literals beyond
+/// u64, numbers written as floats, base64 media strings (data URLs, raw)
+/// around the size bounds, with or without one flaw (a byte or escape that
+/// makes them text, or `\/`, allowed in a data URL only), some nested.
+fn extra_text() -> impl Strategy<Value = String> {
+    let alpha: Vec<char> = "ABCXYZabcxyz0189+/=-_".chars().collect();
+    // Lengths at the bounds: 256 raw bytes for a data URL (its head is
+    // 22), 1024 for raw base64.
+    let run = move |lens: &[usize]| {
+        let alpha = alpha.clone();
+        prop::sample::select(lens.to_vec()).prop_flat_map(move |n| {
+            prop::collection::vec(prop::sample::select(alpha.clone()), n..=n)
+                .prop_map(|v| v.into_iter().collect::<String>())
+        })
+    };
+    let flaw = || {
+        prop_oneof![
+            3 => Just(""),
+            1 => Just(" "),
+            1 => Just("\\/"),
+            1 => Just("\\n"),
+            1 => Just("\u{e9}"),
+            1 => Just(","),
+            1 => Just("\\u0041"),
+        ]
+    };
+    let put = |p: String, f: &str, at: prop::sample::Index| {
+        let i = at.index(p.len() + 1);
+        format!("{}{f}{}", &p[..i], &p[i..])
+    };
+    prop_oneof![
+        Just("18446744073709551616".to_string()),
+        Just("18446744073709551615".to_string()),
+        Just("99999999999999999999999999".to_string()),
+        Just("0".to_string()),
+        Just("-0".to_string()),
+        Just("12.0".to_string()),
+        Just("1e3".to_string()),
+        (
+            run(&[232, 233, 234, 235, 300]),
+            flaw(),
+            any::<prop::sample::Index>()
+        )
+            .prop_map(move |(p, f, at)| format!("\"data:image/png;base64,{}\"", put(p, f, at))),
+        (
+            run(&[1022, 1023, 1024, 1025, 1100]),
+            flaw(),
+            any::<prop::sample::Index>()
+        )
+            .prop_map(move |(p, f, at)| format!("\"{}\"", put(p, f, at))),
+        (run(&[242, 243, 300]), prop::bool::ANY).prop_map(|(p, k)| if k {
+            format!("[{{\"url\":\"data:;base64,{p}\"}},\"{p}\"]")
+        } else {
+            format!("{{\"data:;base64,{p}\":1}}")
+        }),
     ]
 }
 
 /// Object text built by hand, so keys may repeat (a `Value` map cannot).
 fn body_text() -> impl Strategy<Value = Vec<u8>> {
+    let value = prop_oneof![
+        3 => json_value().prop_map(Ok),
+        1 => extra_text().prop_map(Err),
+    ];
     (
-        prop::collection::vec((key_text(), json_value()), 0..6),
+        prop::collection::vec((key_text(), value), 0..6),
         any::<bool>(),
     )
         .prop_map(|(kv, pretty)| {
@@ -376,14 +449,11 @@ fn body_text() -> impl Strategy<Value = Vec<u8>> {
                 s.push_str(if pretty { "\n  " } else { "" });
                 s.push_str(k);
                 s.push_str(if pretty { ": " } else { ":" });
-                s.push_str(
-                    &if pretty {
-                        serde_json::to_string_pretty(v)
-                    } else {
-                        serde_json::to_string(v)
-                    }
-                    .unwrap(),
-                );
+                s.push_str(&match v {
+                    Ok(v) if pretty => serde_json::to_string_pretty(v).unwrap(),
+                    Ok(v) => serde_json::to_string(v).unwrap(),
+                    Err(text) => text.clone(),
+                });
             }
             s.push('}');
             s.into_bytes()
@@ -398,12 +468,14 @@ proptest! {
         let v = check_body(&body, &mut sizes(&chunks));
         // Everything generated is JSON: only the model keys decide.
         prop_assert!(v != Verdict::Refused(NotJson), "{:?}", String::from_utf8_lossy(&body));
+        check_facts(&body, &mut sizes(&chunks));
     }
 
     #[test]
     fn generated_values_as_bodies(v in json_value(), chunks in prop::collection::vec(1usize..40, 1..8)) {
         let body = serde_json::to_vec(&v).unwrap();
         check_body(&body, &mut sizes(&chunks));
+        check_facts(&body, &mut sizes(&chunks));
     }
 
     #[test]
@@ -423,5 +495,189 @@ proptest! {
             }
         }
         check_body(&body, &mut sizes(&chunks));
+        check_facts(&body, &mut sizes(&chunks));
     }
+}
+
+// ---- Token estimate facts (docs/bodies.md, "Token estimate facts") ----
+
+/// The facts by the rule, computed plainly: serde_json reads the tree and
+/// gives every value's raw text (`RawValue`), the rule is applied to that.
+/// `None` when serde_json refuses the body (see bodycheck's differences).
+#[derive(Debug, PartialEq, Eq)]
+struct RefFacts {
+    bytes: u64,
+    media_bytes: u64,
+    media_items: u32,
+    max_output: Option<u64>,
+}
+
+/// Entries of an object as raw values, in order, duplicates kept.
+struct RawEntries(Vec<(String, Box<RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for RawEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<RawEntries, A::Error> {
+                let mut v = Vec::new();
+                while let Some(e) = m.next_entry::<String, Box<RawValue>>()? {
+                    v.push(e);
+                }
+                Ok(RawEntries(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn is_b64(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"+/=-_".contains(&c)
+}
+
+/// Whether a string value, as written between its quotes, is media.
+fn media_rule(raw: &str) -> bool {
+    if let Some(rest) = raw.strip_prefix("data:") {
+        // (a) data:[^,]*;base64, then alphabet and `\/` only, 256 bytes.
+        let Some(comma) = rest.find(',') else {
+            return false;
+        };
+        if !rest[..comma].ends_with(";base64") || raw.len() < 256 {
+            return false;
+        }
+        let p = &rest.as_bytes()[comma + 1..];
+        let mut i = 0;
+        while i < p.len() {
+            if p[i] == b'\\' && p.get(i + 1) == Some(&b'/') {
+                i += 2;
+            } else if is_b64(p[i]) {
+                i += 1;
+            } else {
+                return false;
+            }
+        }
+        true
+    } else {
+        // (b) raw base64, 1024 bytes.
+        raw.len() >= 1024 && raw.bytes().all(is_b64)
+    }
+}
+
+/// Every string value under `raw` (a value's text), at any depth.
+fn walk(raw: &str, items: &mut u32, bytes: &mut u64) {
+    match raw.as_bytes()[0] {
+        b'"' => {
+            let inner = &raw[1..raw.len() - 1];
+            if media_rule(inner) {
+                *items += 1;
+                *bytes += inner.len() as u64;
+            }
+        }
+        b'{' => {
+            let RawEntries(e) = bodycheck::parse(raw.as_bytes(), true).unwrap();
+            for (_, v) in e {
+                walk(v.get(), items, bytes);
+            }
+        }
+        b'[' => {
+            let a: Vec<Box<RawValue>> = bodycheck::parse(raw.as_bytes(), true).unwrap();
+            for v in a {
+                walk(v.get(), items, bytes);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn reference_facts(body: &[u8]) -> Option<RefFacts> {
+    let RawEntries(top) = bodycheck::parse(body, true).ok()?;
+    let mut max_output: Option<u64> = None;
+    let (mut items, mut bytes) = (0, 0);
+    for (k, v) in &top {
+        let cap_key = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+            .iter()
+            .any(|n| k.eq_ignore_ascii_case(n));
+        let t = v.get();
+        if cap_key && t.bytes().all(|b| b.is_ascii_digit()) {
+            // Digits only (JSON has no empty number): fails by overflow only.
+            let n = t.parse::<u64>().unwrap_or(u64::MAX);
+            max_output = Some(max_output.map_or(n, |m| m.max(n)));
+        }
+        walk(t, &mut items, &mut bytes);
+    }
+    Some(RefFacts {
+        bytes: body.len() as u64,
+        media_bytes: bytes,
+        media_items: items,
+        max_output,
+    })
+}
+
+/// For an accepted body: the facts fed in the chunk sizes given equal the
+/// reference's.
+fn check_facts(body: &[u8], sizes: &mut impl Iterator<Item = usize>) {
+    let (v, facts) = bodycheck::chunked_facts(body, sizes);
+    let (Verdict::Model(_), Some(f)) = (v, facts) else {
+        return;
+    };
+    let Some(want) = reference_facts(body) else {
+        return; // serde_json refuses 1e400: no reference
+    };
+    let got = RefFacts {
+        bytes: f.bytes,
+        media_bytes: f.media_bytes,
+        media_items: f.media_items,
+        max_output: f.max_output,
+    };
+    assert_eq!(got, want, "{:?}", String::from_utf8_lossy(body));
+}
+
+#[test]
+fn facts_against_the_reference_corpus() {
+    let b64 = |n: usize| -> String {
+        (0..n)
+            .map(|i| b"AZaz09+/=-_Qx"[i * 5 % 13] as char)
+            .collect()
+    };
+    let url = |n: usize| format!("data:image/png;base64,{}", b64(n));
+    let bodies = [
+        format!(r#"{{"model":"m","max_tokens":512,"i":"{}"}}"#, url(300)),
+        format!(
+            r#"{{"model":"m","MAX_TOKENS":5,"max_tokens":50,"a":["{}"]}}"#,
+            b64(1024)
+        ),
+        format!(
+            r#"{{"model":"m","a":{{"max_tokens":7,"x":"{}"}}}}"#,
+            b64(1023)
+        ),
+        format!(
+            r#"{{"model":"m","max_output_tokens":99999999999999999999999,"u":"{}\/x"}}"#,
+            url(300)
+        ),
+        format!(
+            r#"{{"model":"m","max_completion_tokens":1.0,"u":"{}\n"}}"#,
+            url(300)
+        ),
+        format!(
+            r#"{{"model":"m","max\u005ftokens":-1,"max_tokens":3,"u":"data:a\u002cb;base64,{}"}}"#,
+            b64(300)
+        ),
+        format!(r#"{{"model":"m","{}":1,"max_tokens":"9"}}"#, b64(1100)),
+    ];
+    let mut media = 0;
+    for body in &bodies {
+        let body = body.as_bytes();
+        assert_eq!(all_chunkings(body), Verdict::Model(b"m".to_vec()));
+        check_facts(body, &mut std::iter::repeat(usize::MAX));
+        check_facts(body, &mut sizes(&[1, 7, 0, 64, 3]));
+        media += reference_facts(body).unwrap().media_items;
+    }
+    assert_eq!(media, 4);
 }

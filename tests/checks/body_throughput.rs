@@ -54,6 +54,25 @@ fn many_keys_body(n: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// A vision request: a short prompt and a `data:` URL of `n` bytes of
+/// base64 (an image as clients send it).
+fn image_body(n: usize) -> Vec<u8> {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = 0x2545_f491u32;
+    let data: String = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            B64[(x % 64) as usize] as char
+        })
+        .collect();
+    format!(
+        r#"{{"model":"Qwen2.5-VL-72B","messages":[{{"role":"user","content":[{{"type":"text","text":"What is in this picture?"}},{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{data}"}}}}]}}],"max_tokens":300}}"#
+    )
+    .into_bytes()
+}
+
 fn rate(label: &str, body: &[u8], f: impl Fn(&[u8]) -> bool) {
     assert!(f(body));
     let reps = (256 << 20) / body.len().max(1); // ~256 MB per round
@@ -79,10 +98,12 @@ fn body_scan_throughput() {
     let prompt = prompt_body(1 << 20, true);
     let flat = prompt_body(1 << 20, false);
     let keys = many_keys_body(64 << 10);
+    let image = image_body(1 << 20);
     for (name, body) in [
         ("1 MB prompt", &prompt),
         ("1 MB prompt, one line", &flat),
         ("64 KB many keys", &keys),
+        ("1 MB base64 image", &image),
     ] {
         rate(&format!("tollgate::body::model_of, {name}"), body, |b| {
             tollgate::body::model_of(b).is_ok()
