@@ -81,9 +81,10 @@
 #define TG_MODEL_NAME_MAX 56
 
 /**
- * Bytes each slot takes in a region (hot state and account name).
+ * Bytes each slot takes in a region (hot state, account name and, since
+ * 0.4, the unit area of token windows; 96 before).
  */
-#define TG_BYTES_PER_SLOT 96
+#define TG_BYTES_PER_SLOT 128
 
 /**
  * Result code of every function: TG_OK (0) or one of the TG_E_* values.
@@ -1648,6 +1649,14 @@ tg_status tg_check_tokens(const tg_limiter *limiter, const tg_request *req, uint
  * `has_tokens` is 0. TG_E_ABORTED if `f` asked to stop.
  */
 tg_status tg_tokens_header_pairs(const struct tg_tokens *tokens, tg_header_fn f, void *ctx);
+
+/**
+ * The tokens a request whose body the scan read reserves (`*tokens`):
+ * the limiter's policy's estimate from the facts tg_body_facts gave
+ * (docs/tokens.md), to put in tg_request.tokens. The same number every
+ * binding reserves for the same body.
+ */
+tg_status tg_limiter_estimate_tokens(const tg_limiter *limiter, const tg_body_scan_facts *facts, uint32_t *tokens);
 
 /**
  * Settles a reservation once its response has ended (`ending`, one of

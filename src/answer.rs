@@ -293,7 +293,7 @@ impl Limiter {
         let Some(account) = req.account else {
             return Some(Answer::new(Event::NoAccount, b"", opts));
         };
-        let model = match crate::body::model_of(req.body) {
+        let (model, facts) = match crate::body::facts_of(req.body) {
             Ok(m) => m,
             Err(e) => return Some(Answer::new(Event::Failed(&Error::Body(e)), b"", opts)),
         };
@@ -303,6 +303,8 @@ impl Limiter {
             return Some(Answer::new(Event::Failed(&e), model, opts));
         };
         let mut r = Request::new(account, model, tier).cost(req.cost);
+        // Reserved only on a key with a token limit (docs/tokens.md).
+        r.tokens = self.policy().estimate_tokens(&facts);
         r.no_wait = no_wait;
         match self.check(&r, now_ms) {
             Ok(d) => Some(Answer::new(Event::Decided(&d), model, opts)),

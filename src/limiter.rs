@@ -30,7 +30,7 @@ pub struct Request<'a> {
     /// Explicit requests-per-day limit; 0 = from the policy.
     pub rpd: u32,
     /// Tokens this request reserves, on a key with a token limit: its
-    /// estimate ([`TokenSettings::estimate`](crate::TokenSettings::estimate)). Settled later with
+    /// estimate ([`Policy::estimate_tokens`]). Settled later with
     /// [`Limiter::settle`]. Ignored for keys without a token limit.
     pub tokens: u32,
     /// Explicit tokens-per-minute limit; with `tpd`, a token limit for

@@ -457,6 +457,16 @@ impl Policy {
         &self.tokens
     }
 
+    /// The tokens a request with this body reserves: [`TokenSettings::estimate`]
+    /// on the facts the model scan found ([`crate::body::facts_of`]).
+    pub fn estimate_tokens(&self, facts: &crate::body::BodyFacts) -> u32 {
+        self.tokens.estimate(
+            facts.bytes.saturating_sub(facts.media_bytes),
+            facts.media_items,
+            facts.max_output,
+        )
+    }
+
     /// Enterprise account ids that have a plan, sorted.
     pub fn accounts(&self) -> Vec<&[u8]> {
         let mut v: Vec<&[u8]> = self.accounts.keys().map(|k| &k[..]).collect();

@@ -165,6 +165,41 @@ pub extern "C" fn tg_tokens_header_pairs(
     })
 }
 
+/// The tokens a request whose body the scan read reserves (`*tokens`):
+/// the limiter's policy's estimate from the facts tg_body_facts gave
+/// (docs/tokens.md), to put in tg_request.tokens. The same number every
+/// binding reserves for the same body.
+#[no_mangle]
+pub extern "C" fn tg_limiter_estimate_tokens(
+    limiter: *const tg_limiter,
+    facts: *const super::tg_body_scan_facts,
+    tokens: *mut u32,
+) -> tg_status {
+    guard(|| {
+        // SAFETY: NULL or live objects by contract.
+        let (Some(l), Some(f), false) = (
+            unsafe { limiter.as_ref() },
+            unsafe { facts.as_ref() },
+            tokens.is_null(),
+        ) else {
+            return TG_E_NULL;
+        };
+        if !sized::<super::tg_body_scan_facts>(f.size) {
+            return TG_E_INVALID;
+        }
+        let facts = crate::body::BodyFacts {
+            bytes: f.bytes,
+            media_bytes: f.media_bytes,
+            media_items: f.media_items,
+            max_output: (f.has_max_output != 0).then_some(f.max_output),
+        };
+        let n = l.inner.policy().estimate_tokens(&facts);
+        // SAFETY: non-null, writable by contract.
+        unsafe { *tokens = n };
+        TG_OK
+    })
+}
+
 /// The response carried its usage: `used` is its total tokens.
 pub const TG_END_USAGE: u32 = 0;
 /// A 2xx response ended without usage: the reservation stays charged.

@@ -102,18 +102,22 @@ def test_a_stream_settles_from_its_last_chunk(start_server: Any) -> None:
 
 def test_no_usage_a_cut_stream_keeps_and_a_failed_response_gives_back(start_server: Any) -> None:
     c = client(start_server, "acct-cut")
-    reserved = 5000 - remaining(chat(c, 0))
-    with c.chat.completions.create(
+    reserved = 5000 - remaining(chat(c, 0))  # settled to its usage, 0
+    with c.chat.completions.with_streaming_response.create(
         model="tok-model", messages=[{"role": "user", "content": "hello"}], max_tokens=1000, stream=True,
         extra_body={"test_usage": 5, "test_cut": True},
-    ) as stream:
-        list(stream)
+    ) as raw:
+        cut_reserved = 5000 - remaining(raw)
+        for _ in raw.iter_lines():
+            pass
+    # The stream ended without usage or [DONE]: cut, its reservation kept.
     kept = chat(c, 0)
-    assert remaining(kept) == 5000 - reserved - reserved  # the cut one kept, this one reserved
+    assert remaining(kept) == 5000 - cut_reserved - reserved
     with pytest.raises(openai.InternalServerError):
         chat(c, 0, extra={"test_status": 500})
+    # The 500 without usage gave its reservation back.
     again = chat(c, 0)
-    assert remaining(again) == remaining(kept) - reserved  # the failed one gave its back
+    assert remaining(again) == 5000 - cut_reserved - reserved
 
 
 def test_a_token_429_and_a_too_large_request(start_server: Any) -> None:

@@ -28,6 +28,11 @@ limiter = tollgate.Limiter(policy, slots=1024)
 api = FastAPI()
 
 
+@api.get("/health")
+async def health() -> dict:
+    return {"ok": True, "pid": os.getpid()}
+
+
 def _usage(total: int) -> dict:
     prompt = total // 3
     return {"prompt_tokens": prompt, "completion_tokens": total - prompt, "total_tokens": total}
