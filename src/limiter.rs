@@ -1149,6 +1149,25 @@ mod tests {
         }
     }
 
+    /// A table formatted before token windows existed keeps deciding
+    /// requests, and a key with token limits on it is a clear error.
+    #[test]
+    fn a_table_without_token_windows_limits_requests_and_refuses_tokens() {
+        let len = crate::region::size_as(16, false, false).unwrap();
+        let mem = HeapMem::new(crate::region::size_for(16).unwrap()).unwrap();
+        // SAFETY: `mem` is ours, zeroed, aligned and at least `len` bytes.
+        let l = unsafe { Limiter::init_in(&one_model(), mem.as_ptr(), len) }.unwrap();
+        drop(l);
+        crate::region::strip_units_for_test(mem.as_ptr());
+        // SAFETY: as above; the region was formatted there.
+        let l = unsafe { Limiter::attach(&one_model(), mem.as_ptr(), len) }.unwrap();
+        assert!(!l.region.units());
+        let r = Request::new(b"old", b"DeepSeek-V3.1", Tier::Developer);
+        assert!(l.check(&r, T0).unwrap().allowed);
+        let t = r.token_limits(100, 1_000).tokens(10);
+        assert!(matches!(l.check(&t, T0), Err(Error::NoTokenWindows)));
+    }
+
     /// Two keys racing for the same stale slot on a new day: each ends
     /// with its own counts, neither lost nor shared.
     #[test]

@@ -878,6 +878,16 @@ unsafe impl Send for HeapMem {}
 // SAFETY: as above.
 unsafe impl Sync for HeapMem {}
 
+/// Rewrites a formatted region's header as a table formatted before the
+/// unit area existed (no `UNITS` flag), for tests of such tables.
+#[cfg(test)]
+pub(crate) fn strip_units_for_test(mem: *mut u8) {
+    // SAFETY: a test's own formatted region, used by nobody else yet.
+    let h = unsafe { &mut *mem.cast::<Header>() };
+    h.flags &= !FLAG_UNITS;
+    h.checksum = checksum(h);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -698,6 +698,59 @@ void test_body_scan() {
     CHECK_THROWS(scan.reset(), TG_E_NULL);
 }
 
+// Tokens: the body's estimate reserved with the request, a Reservation that
+// settles from the response's usage, or as cut when it goes out of scope.
+void test_tokens() {
+    const auto policy = tollgate::Policy::parse(
+        "[models]\n\"m\" = { region = \"EU\" }\n"
+        "[tiers.developer]\n\"m\" = { rpm = 100, rpd = 1000, tpm = 5000, tpd = 50000 }\n"
+        "[tokens]\ndefault_max_output = 1000\n");
+    const tollgate::Limiter lim(policy, 64);
+    const uint64_t now = 1795741200000ULL;
+    const std::string body = R"({"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":200})";
+    tollgate::BodyScan scan;
+    CHECK_EQ(scan.feed(body), TG_OK);
+    std::string_view model;
+    CHECK_EQ(scan.finish(model), TG_OK);
+    tollgate::Request r;
+    r.account = "cpp-tok";
+    r.model = model;
+    r.tokens = lim.estimate_tokens(scan.facts());
+    CHECK_EQ(r.tokens, uint32_t((body.size() + 3) / 4 + 200));
+    const auto d = lim.check(r, now);
+    CHECK(d.allowed && d.tokens.has_value());
+    CHECK_EQ(d.tokens->minute_remaining, 5000u - r.tokens);
+    CHECK(d.tokens->has_ticket());
+    {
+        tollgate::Reservation res(lim, d);
+        auto usage = tollgate::UsageScan::open("application/json");
+        CHECK(usage.has_value());
+        usage->feed(R"({"usage":{"prompt_tokens":20,"completion_tokens":30,"total_tokens":50}})");
+        CHECK_EQ(res.settle(usage->finish(200, false)), uint64_t{50});
+        CHECK(!res.held());
+    }
+    r.cost = 0;
+    CHECK_EQ(lim.check(r, now).tokens->minute_remaining, 5000u - 50u);
+    r.cost = 1;
+    {
+        // Gone out of scope unsettled (an exception, say): cut, kept.
+        tollgate::Reservation res(lim, lim.check(r, now));
+        CHECK(res.held());
+    }
+    r.cost = 0;
+    CHECK_EQ(lim.check(r, now).tokens->minute_remaining, 5000u - 50u - r.tokens);
+    CHECK(!tollgate::UsageScan::open("text/html").has_value());
+    // Its answer carries the token headers.
+    r.cost = 1;
+    const auto d2 = lim.check(r, now);
+    const auto a = tollgate::answer_for(TG_OK, &d2, "m");
+    bool seen = false;
+    for (const auto &h : a.headers()) seen = seen || h.first == "x-ratelimit-remaining-tokens";
+    CHECK(seen);
+    CHECK(a.decision()->tokens.has_value());
+    tollgate::Reservation(lim, d2).settle(tollgate::UsageScan::open("application/json")->finish(500, false));
+}
+
 // Account ids from API keys: the library's digest, as every binding's.
 void test_account_digest() {
     // hashlib.blake2b(b"sk-test", digest_size=16).hexdigest()
@@ -843,6 +896,7 @@ tollgate::Answer answer_step_by_step(const tollgate::Limiter &lim, tollgate::Bod
     q.account = *r.account;
     q.model = model;
     q.tier = tier;
+    q.tokens = lim.estimate_tokens(scan.facts());
     tollgate::Decision d;
     st = lim.try_check(q, CONF_NOW, d);
     return tollgate::answer_for(st, st == TG_OK ? &d : nullptr, model);
@@ -963,6 +1017,7 @@ int main(int argc, char **argv) {
         {"constructor_errors", test_constructor_errors},
         {"answer", test_answer},
         {"body_scan", test_body_scan},
+        {"tokens", test_tokens},
         {"account_digest", test_account_digest},
         {"conformance", test_conformance},
         {"conformance_changes", test_conformance_catches_changes},

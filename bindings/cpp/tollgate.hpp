@@ -52,6 +52,8 @@ enum class LimitedBy : uint32_t {
     None = TG_LIMIT_NONE,
     Minute = TG_LIMIT_MINUTE,
     Day = TG_LIMIT_DAY,
+    TokensMinute = TG_LIMIT_TOKENS_MINUTE,
+    TokensDay = TG_LIMIT_TOKENS_DAY,
 };
 
 // How a request went (TG_OUTCOME_*), for logs and metrics; outcome_name() names it.
@@ -160,6 +162,12 @@ struct Request {
     uint32_t cost = 1;  // 0 = peek: look without counting
     uint32_t rpm = 0;   // explicit limits; 0 = from the policy
     uint32_t rpd = 0;
+    // Tokens this request reserves on a key with a token limit (its
+    // estimate: BodyScan::estimate_tokens), and explicit token limits
+    // (0 = from the policy). Settle the reservation with a Reservation.
+    uint32_t tokens = 0;
+    uint32_t tpm = 0;
+    uint32_t tpd = 0;
     // A model resolved once (Limiter::model): when nonzero it is the model,
     // and `model` is not read.
     uint32_t model_handle = 0;
@@ -183,7 +191,54 @@ struct Request {
         r.cost = cost;
         r.rpm = rpm;
         r.rpd = rpd;
+        r.tokens = tokens;
+        r.tpm = tpm;
+        r.tpd = tpd;
         return r;
+    }
+};
+
+// A key's token windows as one decision left them, and what it reserved
+// (docs/tokens.md). `ticket` is all zero when nothing was reserved.
+struct Tokens {
+    uint32_t minute_limit = 0;
+    uint32_t minute_remaining = 0;
+    uint64_t minute_reset = 0;  // epoch seconds
+    uint32_t day_limit = 0;
+    uint32_t day_remaining = 0;
+    uint64_t day_reset = 0;  // epoch seconds
+    uint32_t reserved = 0;
+    tg_ticket ticket{};
+
+    bool has_ticket() const noexcept { return ticket.words[0] != 0 || ticket.words[1] != 0; }
+
+    static std::optional<Tokens> from_c(const tg_tokens &t) noexcept {
+        if (t.has_tokens == 0) return std::nullopt;
+        Tokens o;
+        o.minute_limit = t.minute_limit;
+        o.minute_remaining = t.minute_remaining;
+        o.minute_reset = t.minute_reset;
+        o.day_limit = t.day_limit;
+        o.day_remaining = t.day_remaining;
+        o.day_reset = t.day_reset;
+        o.reserved = t.reserved;
+        o.ticket = t.ticket;
+        return o;
+    }
+
+    tg_tokens to_c() const noexcept {
+        tg_tokens t{};
+        t.size = sizeof t;
+        t.has_tokens = 1;
+        t.minute_limit = minute_limit;
+        t.minute_remaining = minute_remaining;
+        t.minute_reset = minute_reset;
+        t.day_limit = day_limit;
+        t.day_remaining = day_remaining;
+        t.day_reset = day_reset;
+        t.reserved = reserved;
+        t.ticket = ticket;
+        return t;
     }
 };
 
@@ -198,8 +253,10 @@ struct Decision {
     uint32_t day_remaining = 0;
     uint64_t day_reset = 0;  // epoch seconds
     uint32_t retry_after = 0;  // seconds; 0 when allowed
+    // The token windows, when the key has a token limit.
+    std::optional<Tokens> tokens;
 
-    static Decision from_c(const tg_decision &d) noexcept {
+    static Decision from_c(const tg_decision &d, const tg_tokens *t = nullptr) noexcept {
         Decision o;
         o.allowed = d.allowed != 0;
         o.limited_by = static_cast<LimitedBy>(d.limited_by);
@@ -210,6 +267,7 @@ struct Decision {
         o.day_remaining = d.day_remaining;
         o.day_reset = d.day_reset;
         o.retry_after = d.retry_after;
+        if (t != nullptr) o.tokens = Tokens::from_c(*t);
         return o;
     }
 
@@ -313,7 +371,7 @@ public:
     // The limiter's decision, when there was one.
     std::optional<Decision> decision() const noexcept {
         if (a_.has_decision == 0) return std::nullopt;
-        return Decision::from_c(a_.decision);
+        return Decision::from_c(a_.decision, &a_.tokens);
     }
 
     // (name, value) pairs in order; names are lower case.
@@ -364,9 +422,13 @@ inline tg_status try_answer_for(tg_status status, const Decision *decision, std:
                                 const Options &opts, Answer &out) noexcept {
     tg_decision d{};
     if (decision != nullptr) d = decision->to_c();
+    tg_tokens t{};
+    if (decision != nullptr && decision->tokens) t = decision->tokens->to_c();
     tg_answer a{};
-    const tg_status s = tg_answer_for(status, decision != nullptr ? &d : nullptr, model.data(), model.size(),
-                                      opts.flags(), opts.refuse_status, &a);
+    a.size = sizeof a;
+    const tg_status s = tg_answer_for_tokens(status, decision != nullptr ? &d : nullptr,
+                                             decision != nullptr && decision->tokens ? &t : nullptr, model.data(),
+                                             model.size(), opts.flags(), opts.refuse_status, &a);
     if (s == TG_OK) out = Answer(a);
     return s;
 }
@@ -468,6 +530,15 @@ public:
         const tg_status s = tg_body_scan_finish(scan_, &m, &n);
         if (s == TG_OK) model = std::string_view(reinterpret_cast<const char *>(m), n);
         return s;
+    }
+
+    // What the token estimate needs from the body (after finish gave
+    // TG_OK): Limiter::estimate_tokens turns it into Request::tokens.
+    tg_body_scan_facts facts() const {
+        tg_body_scan_facts f{};
+        f.size = sizeof f;
+        detail::ok_or_throw(tg_body_facts(scan_, &f));
+        return f;
     }
 
 private:
@@ -725,12 +796,31 @@ public:
     }
 
     // Non-throwing form: returns the status; `out` is set only on TG_OK.
+    // On a key with a token limit `out.tokens` holds the reservation.
     tg_status try_check(const Request &req, uint64_t now_ms, Decision &out) const noexcept {
         const tg_request r = req.to_c();
         tg_decision d{};
-        tg_status s = tg_check(l_.get(), &r, now_ms, &d);
-        if (s == TG_OK) out = Decision::from_c(d);
+        tg_tokens t{};
+        t.size = sizeof t;
+        tg_status s = tg_check_tokens(l_.get(), &r, now_ms, &d, &t);
+        if (s == TG_OK) out = Decision::from_c(d, &t);
         return s;
+    }
+
+    // Settles a reservation once its response has ended (TG_END_*; `used`
+    // read for TG_END_USAGE): returns the tokens the key is charged in the
+    // end. Settle each ticket once; Reservation does it for you.
+    uint64_t settle(const tg_ticket &ticket, uint32_t ending, uint64_t used, uint64_t now_ms) const {
+        uint64_t charged = 0;
+        detail::ok_or_throw(tg_settle(l_.get(), &ticket, ending, used, now_ms, &charged));
+        return charged;
+    }
+
+    // The tokens a request whose body `scan` read (finished) reserves.
+    uint32_t estimate_tokens(const tg_body_scan_facts &facts) const {
+        uint32_t n = 0;
+        detail::ok_or_throw(tg_limiter_estimate_tokens(l_.get(), &facts, &n));
+        return n;
     }
 
     // The whole answer to one HTTP request at now_ms, every step in the order
@@ -748,6 +838,7 @@ public:
     tg_status try_answer(const HttpRequest &req, uint64_t now_ms, const Options &opts, Answer &out) const noexcept {
         const tg_http_request r = req.to_c();
         tg_answer a{};
+        a.size = sizeof a;
         const tg_status s = tg_answer_request(l_.get(), &r, now_ms, opts.flags(), opts.refuse_status, &a);
         if (s == TG_OK) out = Answer(a);
         return s;
@@ -767,6 +858,91 @@ private:
         return Limiter(l);
     }
     std::unique_ptr<tg_limiter, detail::LimiterDeleter> l_;
+};
+
+// The streaming read of one response's token usage, in memory this object
+// owns. Construct it from the response's Content-Type (std::nullopt from
+// open() when it is neither JSON nor SSE: nothing to read), feed() every
+// body chunk as it passes, and finish() says how the response ended.
+class UsageScan {
+public:
+    static std::optional<UsageScan> open(std::string_view content_type) {
+        UsageScan u;
+        tg_usage_scan *s = nullptr;
+        const tg_status st = tg_usage_scan_init(u.mem_.get(), words() * sizeof(std::max_align_t),
+                                                content_type.data(), content_type.size(), &s);
+        if (st == TG_E_UNSUPPORTED) return std::nullopt;
+        detail::ok_or_throw(st);
+        u.scan_ = s;
+        return u;
+    }
+    // A response that cannot be read stops being read (it ends as one
+    // without usage); never an error for the caller.
+    void feed(std::string_view chunk) noexcept {
+        if (scan_ != nullptr)
+            (void) tg_usage_scan_feed(scan_, reinterpret_cast<const uint8_t *>(chunk.data()), chunk.size());
+    }
+    // How the response (HTTP status `status`; `cut` if it did not end
+    // normally) ended: `ending` and `total` are what settling takes.
+    tg_usage finish(uint32_t status, bool cut) noexcept {
+        tg_usage u{};
+        u.size = sizeof u;
+        if (scan_ == nullptr || tg_usage_scan_finish(scan_, status, cut ? 1u : 0u, &u) != TG_OK) {
+            u.ending = tg_usage_ending(status, cut ? 1u : 0u);
+            u.total = 0;
+        }
+        return u;
+    }
+
+private:
+    static_assert(TG_USAGE_SCAN_ALIGN <= alignof(std::max_align_t), "scan memory alignment");
+    UsageScan() : mem_(new std::max_align_t[words()]) {}
+    static size_t words() noexcept {
+        return (tg_usage_scan_size() + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t);
+    }
+    std::unique_ptr<std::max_align_t[]> mem_;
+    tg_usage_scan *scan_ = nullptr;  // points into mem_, so it survives a move
+};
+
+// RAII for a token reservation in a thread-per-request server: settles it
+// exactly once, with the usage when settle() is called, or as cut
+// (TG_END_CUT: the policy's on_cut, by default kept) if the guard is
+// destroyed first (an exception, an early return). Move-only.
+class Reservation {
+public:
+    Reservation(const Limiter &limiter, const Decision &d) noexcept : l_(&limiter) {
+        if (d.tokens && d.tokens->has_ticket()) ticket_ = d.tokens->ticket;
+    }
+    Reservation(Reservation &&o) noexcept : l_(o.l_), ticket_(std::exchange(o.ticket_, std::nullopt)) {}
+    Reservation &operator=(Reservation &&o) noexcept {
+        if (this != &o) {
+            end(TG_END_CUT, 0);
+            l_ = o.l_;
+            ticket_ = std::exchange(o.ticket_, std::nullopt);
+        }
+        return *this;
+    }
+    Reservation(const Reservation &) = delete;
+    Reservation &operator=(const Reservation &) = delete;
+    ~Reservation() { end(TG_END_CUT, 0); }
+
+    // Whether there is a reservation left to settle.
+    bool held() const noexcept { return ticket_.has_value(); }
+    // Settles with how the response ended (UsageScan::finish); returns the
+    // tokens charged, 0 if nothing was held.
+    uint64_t settle(const tg_usage &u) noexcept { return end(u.ending, u.total); }
+
+private:
+    uint64_t end(uint32_t ending, uint64_t used) noexcept {
+        if (!ticket_) return 0;
+        const tg_ticket t = *ticket_;
+        ticket_.reset();
+        uint64_t charged = 0;
+        (void) tg_settle(l_->get(), &t, ending, used, tg_now_ms(), &charged);
+        return charged;
+    }
+    const Limiter *l_;
+    std::optional<tg_ticket> ticket_;
 };
 
 }  // namespace tollgate

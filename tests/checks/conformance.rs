@@ -153,7 +153,8 @@ fn the_c_abi_answers_every_case_in_one_call() {
 }
 
 /// The path nginx takes: the body fed in small chunks to the scanner, the
-/// tier parsed, tg_check, and tg_answer_for with what happened.
+/// tier parsed, the token estimate from the scan's facts, tg_check_tokens,
+/// and tg_answer_for_tokens with what happened.
 #[test]
 fn the_c_abi_answers_every_case_step_by_step() {
     let (_, cases) = table();
@@ -161,11 +162,14 @@ fn the_c_abi_answers_every_case_step_by_step() {
     let mut mem = vec![0u64; tg_body_scan_size().div_ceil(8)];
     for case in &cases {
         let (method, account, tier, body) = request(case);
-        let answer = |status: tg_status, d: Option<&tg_decision>, model: &[u8]| {
+        let answer = |status: tg_status, d: Option<(&tg_decision, &tg_tokens)>, model: &[u8]| {
             let mut a = blank_answer();
-            let d = d.map_or(std::ptr::null(), |d| d as *const tg_decision);
+            let (d, t) = d.map_or((std::ptr::null(), std::ptr::null()), |(d, t)| {
+                (d as *const tg_decision, t as *const tg_tokens)
+            });
+            let (m, n) = (model.as_ptr().cast(), model.len());
             assert_eq!(
-                tg_answer_for(status, d, model.as_ptr().cast(), model.len(), 0, 0, &mut a),
+                tg_answer_for_tokens(status, d, t, m, n, 0, 0, &mut a),
                 TG_OK
             );
             a
@@ -212,10 +216,17 @@ fn the_c_abi_answers_every_case_step_by_step() {
                         r.model_len = model.len();
                         r.tier = t;
                         r.cost = 1;
-                        // SAFETY: tg_decision is plain data; zero is valid.
+                        r.size = std::mem::size_of::<tg_request>() as u32;
+                        // SAFETY: plain data; zero is valid.
+                        let mut facts: tg_body_scan_facts = unsafe { std::mem::zeroed() };
+                        assert_eq!(tg_body_facts(scan, &mut facts), TG_OK);
+                        assert_eq!(tg_limiter_estimate_tokens(l, &facts, &mut r.tokens), TG_OK);
+                        // SAFETY: tg_decision and tg_tokens are plain data;
+                        // zero is valid.
                         let mut d: tg_decision = unsafe { std::mem::zeroed() };
-                        match tg_check(l, &r, NOW, &mut d) {
-                            TG_OK => answer(TG_OK, Some(&d), &model),
+                        let mut tk: tg_tokens = unsafe { std::mem::zeroed() };
+                        match tg_check_tokens(l, &r, NOW, &mut d, &mut tk) {
+                            TG_OK => answer(TG_OK, Some((&d, &tk)), &model),
                             s => answer(s, None, &model),
                         }
                     }

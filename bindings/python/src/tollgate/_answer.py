@@ -66,7 +66,7 @@ class Answer:
         if self._decision is None and c.has_decision:
             model = c.model[: c.model_len].decode("utf-8", "surrogateescape")
             d = decision_from_answer(c, model)
-            d._tokens = windows_from_c(c.tokens)
+            d._tokens = windows_from_c(c.tokens)  # type: ignore[attr-defined]
             self._decision = d
         return self._decision
 

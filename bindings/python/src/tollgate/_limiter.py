@@ -584,7 +584,7 @@ class Limiter(_Handle):
         d._raw = bytes(out)
         d._model = ms
         d._fields = None
-        d._tokens = windows_from_c(toks)
+        d._tokens = windows_from_c(toks)  # type: ignore[attr-defined]
         return d
 
     def settle(self, ticket: Ticket, used: int | None = None, *, ending: str | None = None, now: float | None = None) -> int:
@@ -601,7 +601,7 @@ class Limiter(_Handle):
             raise InvalidArgument(_ffi.TG_E_INVALID, "give either used (the usage) or ending, not both")
         if used is None and ending is None:
             raise InvalidArgument(_ffi.TG_E_INVALID, "give used (the usage's total tokens) or ending")
-        code = "usage" if used is not None else ending
+        code: str = "usage" if used is not None or ending is None else ending
         return _settle(self, ticket, code, 0 if used is None else used, None if now is None else _ms(now))
 
     def _error(self, st: int, a: bytes, mb: bytes) -> TollgateError:

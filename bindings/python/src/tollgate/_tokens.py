@@ -18,7 +18,7 @@ from .errors import InvalidArgument, error_for
 if TYPE_CHECKING:
     from ._limiter import Limiter
 
-__all__ = ["Ticket", "TokenWindows", "UsageReader", "ENDINGS"]
+__all__ = ["ENDINGS", "Ticket", "TokenWindows", "UsageReader"]
 
 #: How a response ended, by name, as tg_settle takes it.
 ENDINGS = {
@@ -139,7 +139,7 @@ class UsageReader:
     how the response ended and what it used. ``None`` from :meth:`open`
     when the Content-Type is neither JSON nor SSE (nothing to read)."""
 
-    __slots__ = ("_mem", "_scan", "_broken")
+    __slots__ = ("_broken", "_mem", "_scan")
 
     def __init__(self, mem: ctypes.Array[ctypes.c_char], scan: int) -> None:
         self._mem = mem
@@ -162,9 +162,8 @@ class UsageReader:
     def feed(self, chunk: bytes) -> None:
         """Reads the next bytes of the body; a response that cannot be read
         stops being read (and ends as one without usage)."""
-        if chunk and not self._broken:
-            if _ffi.tg_usage_scan_feed(self._scan, chunk, len(chunk)):
-                self._broken = True
+        if chunk and not self._broken and _ffi.tg_usage_scan_feed(self._scan, chunk, len(chunk)):
+            self._broken = True
 
     def finish(self, status: int, cut: bool) -> tuple[int, int]:
         """How the response ended (a TG_END_* value) and the total tokens
