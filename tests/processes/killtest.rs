@@ -3,7 +3,11 @@
 //! request, and every other round starts a new day, so its 200 counted keys
 //! rebind slots left stale. Afterwards `verify` finds no damage, no count ever exceeds
 //! what was admitted plus the one decision each killed worker had in flight,
-//! and the table still serves limits exactly.
+//! and the table still serves limits exactly. Every counted request also
+//! reserves tokens it never settles (a holder killed with reservations):
+//! each key's tokens are at least its requests' reservations (charged, the
+//! safe direction) and exceed them by at most one reservation per kill (a
+//! decision killed between its two CASes).
 
 use crate::procs;
 
@@ -19,6 +23,8 @@ const ROUNDS: usize = 50;
 const WORKERS: usize = 4;
 const KEYS: usize = 200;
 const BIG: u32 = 1_000_000;
+/// Tokens each counted request reserves.
+const TOKENS: u32 = 7;
 /// Days between rounds' counting days; churn workers live in the gap.
 const CHURN_DAYS: u64 = 100_000;
 
@@ -74,6 +80,12 @@ fn spawn(file: &str, now: u64, churn: Option<String>) -> Worker {
                 &keys,
                 "--now-ms",
                 &now.to_string(),
+                "--tokens",
+                &TOKENS.to_string(),
+                "--tpm",
+                &(BIG * TOKENS).to_string(),
+                "--tpd",
+                &(BIG * TOKENS).to_string(),
             ]
             .map(String::from),
         ),
@@ -186,6 +198,7 @@ fn sigkilled_workers_leave_an_exact_table() {
         // more per killed worker (a decision made but not yet reported).
         let l = Limiter::open(&Policy::builtin(), &file, 0, false).unwrap();
         let mut extra = 0u64;
+        let mut token_extra = 0u64;
         for (k, &rep) in reported.iter().enumerate() {
             let (_, day) = counts(&l, &format!("kill-{k}"), MODEL, BIG, BIG, now);
             assert!(
@@ -193,7 +206,21 @@ fn sigkilled_workers_leave_an_exact_table() {
                 "round {round} key {k}: table {day} < reported {rep} (seed {seed})"
             );
             extra += day as u64 - rep;
+            let u = l
+                .key_usage(format!("kill-{k}").as_bytes(), MODEL.as_bytes(), now)
+                .unwrap();
+            let tokens = u.map_or(0, |u| u.tokens_day) as u64;
+            let owed = day as u64 * TOKENS as u64;
+            assert!(
+                tokens >= owed,
+                "round {round} key {k}: {tokens} tokens < {day} requests' {owed} (seed {seed})"
+            );
+            token_extra += tokens - owed;
         }
+        assert!(
+            token_extra <= day_kills * TOKENS as u64,
+            "round {round}: {token_extra} tokens beyond the requests', only {day_kills} kills (seed {seed})"
+        );
         assert!(
             extra <= day_kills,
             "round {round}: {extra} admissions unaccounted for, only {day_kills} kills (seed {seed})"

@@ -39,6 +39,14 @@ struct Args {
     rpm: u32,
     #[arg(long, default_value_t = 0)]
     rpd: u32,
+    /// Tokens each request reserves (never settled: held until killed),
+    /// under explicit token limits --tpm and --tpd
+    #[arg(long, default_value_t = 0)]
+    tokens: u32,
+    #[arg(long, default_value_t = 0)]
+    tpm: u32,
+    #[arg(long, default_value_t = 0)]
+    tpd: u32,
     #[arg(long = "now-ms")]
     now_ms: Option<u64>,
     /// Consecutive minutes to send `count` requests in
@@ -154,7 +162,10 @@ fn run(a: Args) -> Result<u8, String> {
                 let t = now + m * 60_000;
                 for i in 0..a.count {
                     let k = (i % keys as u64) as usize;
-                    let req = Request::new(&names[k], model, a.tier).limits(a.rpm, a.rpd);
+                    let req = Request::new(&names[k], model, a.tier)
+                        .limits(a.rpm, a.rpd)
+                        .tokens(a.tokens)
+                        .token_limits(a.tpm, a.tpd);
                     if tally(l.check(&req, t)) && a.stream {
                         put(&(k as u16).to_le_bytes());
                     }
