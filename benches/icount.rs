@@ -11,13 +11,21 @@
 use std::hint::black_box;
 use std::process::Command;
 
-use tollgate::{Limiter, Policy};
+use tollgate::{Ending, Limiter, Policy};
 
 mod common;
 use common::*;
 
 const N: u64 = 200_000;
-const CASES: [&str; 3] = ["hot_allow", "keys_10k_allow", "hot_deny"];
+const CASES: [&str; 5] = [
+    "hot_allow",
+    "keys_10k_allow",
+    "hot_deny",
+    "hot_tokens",
+    "hot_tokens_settle",
+];
+/// Cases only tollgate has (token reservations and settling).
+const TOKEN_CASES: [&str; 2] = ["hot_tokens", "hot_tokens_settle"];
 const SYSTEMS: [&str; 3] = ["tollgate", "governor", "mutex_hashmap"];
 
 fn child(system: &str, case: &str, n: u64) {
@@ -33,6 +41,32 @@ fn child(system: &str, case: &str, n: u64) {
     };
     // Bring every key to its steady state (bound, and for deny: exhausted).
     let warm = if deny { 31 } else { 1 };
+    if TOKEN_CASES.contains(&case) {
+        // A key with token limits: each decision reserves 100 tokens (and,
+        // settling, charges 60 instead once "answered").
+        let mut text = policy_text_huge();
+        text = text.replace(
+            &format!("rpd = {HUGE} }}"),
+            &format!("rpd = {HUGE}, tpm = {HUGE}, tpd = {HUGE} }}"),
+        );
+        let policy = Policy::parse(&text, "bench").unwrap();
+        let lim = Limiter::new(&policy, 1 << 14).unwrap();
+        let settle = case == "hot_tokens_settle";
+        let a = &accts[0];
+        lim.check(&request(a).tokens(100), NOW_MS).unwrap();
+        for _ in 0..n {
+            let d = lim
+                .check(&request(black_box(a)).tokens(black_box(100)), NOW_MS)
+                .unwrap();
+            if settle {
+                let t = d.tokens.and_then(|t| t.ticket).unwrap();
+                black_box(lim.settle(t, Ending::Usage(60), NOW_MS).unwrap());
+            } else {
+                black_box(d);
+            }
+        }
+        return;
+    }
     match system {
         "tollgate" => {
             let lim = Limiter::new(&policy, 1 << 14).unwrap();
@@ -110,6 +144,9 @@ fn main() {
         let per: Vec<String> = SYSTEMS
             .iter()
             .map(|s| {
+                if TOKEN_CASES.contains(&case) && *s != "tollgate" {
+                    return "-".to_string();
+                }
                 let a = instructions(&exe, s, case, N).unwrap();
                 let b = instructions(&exe, s, case, 2 * N).unwrap();
                 format!("{}", (b - a) / N)

@@ -142,25 +142,36 @@ impl Decision {
     ) -> Decision {
         let t = &both.tokens;
         let mut d = Decision::new(both.requests, limits, now_ms);
+        // Both units' windows are nearly always dated alike: their resets
+        // are then the requests' own.
+        let (minute_reset, day_reset) = if t.at == both.requests.at {
+            (d.minute.reset, d.day.reset)
+        } else {
+            (t.at.minute_reset(), t.at.day_reset())
+        };
         let minute = Window {
             limit: token_limits.tpm,
             remaining: token_limits.tpm.saturating_sub(t.minute_count),
-            reset: t.at.minute_reset(),
+            reset: minute_reset,
         };
         let day = Window {
             limit: token_limits.tpd,
             remaining: token_limits.tpd.saturating_sub(t.day_count),
-            reset: t.at.day_reset(),
+            reset: day_reset,
         };
         // A day refusal names the day whichever unit it is in (waiting
         // for a minute would not help); between equals, requests first.
         let r = both.requests.limited_by;
-        let limited_by = match (r, t.limited_by) {
-            (LimitedBy::Day, _) => LimitedBy::Day,
-            (_, LimitedBy::Day) => LimitedBy::TokensDay,
-            (LimitedBy::Minute, _) => LimitedBy::Minute,
-            (_, LimitedBy::Minute) => LimitedBy::TokensMinute,
-            _ => LimitedBy::None,
+        let limited_by = if d.allowed {
+            LimitedBy::None
+        } else {
+            match (r, t.limited_by) {
+                (LimitedBy::Day, _) => LimitedBy::Day,
+                (_, LimitedBy::Day) => LimitedBy::TokensDay,
+                (LimitedBy::Minute, _) => LimitedBy::Minute,
+                (_, LimitedBy::Minute) => LimitedBy::TokensMinute,
+                _ => LimitedBy::None,
+            }
         };
         d.limited_by = limited_by;
         d.retry_after = match limited_by {

@@ -630,7 +630,8 @@ impl Limiter {
 
     /// A decision on a key with a token limit: its reservation and its
     /// requests charged together or not at all (`slot::decide_tokens`).
-    #[inline(never)]
+    /// Inlined into the slow path: one call fewer per token decision.
+    #[inline(always)]
     fn check_tokens(
         &self,
         req: &Request<'_>,

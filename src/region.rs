@@ -321,6 +321,14 @@ pub(crate) struct Region {
     leases: bool,
     /// Has the unit area ([`FLAG_UNITS`]): token windows.
     units: bool,
+    /// Where the unit area starts, from `base` (0 without one).
+    units_at: usize,
+}
+
+/// Where a table's unit area starts, from its base.
+fn units_at(slots: u32, leases: bool) -> usize {
+    let side = if leases { SIDE_SIZE } else { 0 };
+    SLOTS_OFFSET + slots as usize * (BASE_PER_SLOT + side)
 }
 
 /// One slot's lease side area: two state words in the slot's own layout
@@ -459,6 +467,7 @@ impl Region {
             legacy: false,
             leases,
             units: true,
+            units_at: units_at(slots, leases),
         };
         r.header().ready.store(ready, Ordering::Release);
         Ok(r)
@@ -523,6 +532,11 @@ impl Region {
             legacy: old,
             leases,
             units,
+            units_at: if units {
+                units_at(h.slot_count, leases)
+            } else {
+                0
+            },
         })
     }
 
@@ -615,9 +629,8 @@ impl Region {
     /// Slot `i`'s token state word; only in a table with the unit area.
     #[inline]
     pub(crate) fn tokens(&self, i: usize) -> &AtomicU128 {
-        assert!(self.units && i < self.slots as usize);
-        let side = if self.leases { SIDE_SIZE } else { 0 };
-        let off = SLOTS_OFFSET + self.slots as usize * (BASE_PER_SLOT + side) + i * UNIT_SIZE;
+        assert!(self.units_at != 0 && i < self.slots as usize);
+        let off = self.units_at + i * UNIT_SIZE;
         // SAFETY: i < slots; a region with the unit area has its size cover
         // it, after the names and the side area (checked at format and
         // attach); SLOTS_OFFSET is a multiple of 64 and every per-slot size

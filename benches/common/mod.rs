@@ -24,7 +24,8 @@ pub const NOW_MS: u64 = 1_764_288_030_000;
 
 /// The built-in models with every developer limit raised to [`HUGE`], so the
 /// allow path runs through the real model and tier lookups.
-pub fn huge_policy() -> Policy {
+/// [`huge_policy`]'s text.
+pub fn policy_text_huge() -> String {
     let builtin = tollgate::policy::BUILTIN_TOML;
     let models = builtin
         .split("[tiers.developer]")
@@ -38,6 +39,11 @@ pub fn huge_policy() -> Policy {
             m.name
         ));
     }
+    text
+}
+
+pub fn huge_policy() -> Policy {
+    let text = policy_text_huge();
     Policy::parse(&text, "<bench policy>").expect("bench policy parses")
 }
 
