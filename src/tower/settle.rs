@@ -255,3 +255,138 @@ impl Drop for Settle {
         self.finish(true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Limiter, Policy, Request, Tier};
+    use http::HeaderValue;
+    use http_body_util::BodyExt;
+    use std::future::Future;
+
+    const NOW: u64 = 1_796_126_400_000;
+    const POLICY: &str = "[models]\nm = { region = \"EU\" }\n[tiers.developer]\n\
+                          m = { rpm = 100, rpd = 1000, tpm = 5000, tpd = 50000 }\n";
+
+    fn setup() -> (Arc<Config>, Arc<Limiter>) {
+        setup_with("")
+    }
+
+    fn setup_with(tokens: &str) -> (Arc<Config>, Arc<Limiter>) {
+        let policy = Policy::parse(&format!("{POLICY}{tokens}"), "p").unwrap();
+        let limiter = Arc::new(Limiter::new(&policy, 16).unwrap());
+        let layer = super::super::RateLimitLayer::new(limiter.clone(), super::super::bearer_token)
+            .clock(|| NOW);
+        (layer.cfg, limiter)
+    }
+
+    fn reserve(l: &Limiter, tokens: u32) -> Ticket {
+        let r = Request::new(b"acct", b"m", Tier::Developer).tokens(tokens);
+        l.check(&r, NOW).unwrap().tokens.unwrap().ticket.unwrap()
+    }
+
+    fn charged(l: &Limiter) -> u64 {
+        let peek = Request::new(b"acct", b"m", Tier::Developer).cost(0);
+        5000 - l
+            .check(&peek, NOW)
+            .unwrap()
+            .tokens
+            .unwrap()
+            .minute
+            .remaining as u64
+    }
+
+    fn head(status: u16, pairs: &[(&'static str, &'static str)]) -> (StatusCode, HeaderMap) {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.insert(*n, HeaderValue::from_static(v));
+        }
+        (StatusCode::from_u16(status).unwrap(), h)
+    }
+
+    fn body(
+        cfg: &Arc<Config>,
+        ticket: Ticket,
+        status: u16,
+        headers: &[(&'static str, &'static str)],
+        text: &'static str,
+    ) -> ResponseBody<Full<Bytes>> {
+        let mut s = Settle::new(cfg.clone(), ticket);
+        let (st, h) = head(status, headers);
+        s.head(st, &h);
+        ResponseBody::settling(Full::new(Bytes::from_static(text.as_bytes())), s)
+    }
+
+    /// Polls `b` to its end, as a server does (ready frames need no
+    /// runtime).
+    fn drain(b: ResponseBody<Full<Bytes>>) -> Bytes {
+        let mut f = std::pin::pin!(b.collect());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(c)) => c.to_bytes(),
+            _ => panic!("a full body is ready"),
+        }
+    }
+
+    const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+    const USAGE: &str = r#"{"usage":{"prompt_tokens":1,"completion_tokens":9,"total_tokens":10}}"#;
+
+    #[test]
+    fn a_body_read_to_its_end_settles_to_its_usage_once() {
+        let (cfg, l) = setup();
+        let b = body(&cfg, reserve(&l, 300), 200, JSON, USAGE);
+        assert!(b.settles_tokens());
+        assert_eq!(charged(&l), 300);
+        assert_eq!(drain(b), USAGE.as_bytes());
+        // Settled when its last frame passed, and not again when dropped.
+        assert_eq!(charged(&l), 10);
+    }
+
+    #[test]
+    fn an_encoded_or_unknown_body_is_not_read() {
+        let (cfg, l) = setup();
+        let gz = &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ];
+        drain(body(&cfg, reserve(&l, 300), 200, gz, USAGE));
+        assert_eq!(charged(&l), 300, "a 2xx without usage keeps it");
+        drain(body(&cfg, reserve(&l, 200), 200, &[], USAGE));
+        assert_eq!(charged(&l), 500, "no content-type: not read");
+        drain(body(&cfg, reserve(&l, 100), 500, gz, USAGE));
+        assert_eq!(charged(&l), 500, "a failure without usage gives it back");
+    }
+
+    #[test]
+    fn a_body_dropped_unread_is_cut_unless_it_had_ended() {
+        let (cfg, l) = setup();
+        // A 500 with bytes left: cut (kept), not failed (given back).
+        drop(body(&cfg, reserve(&l, 300), 500, JSON, USAGE));
+        assert_eq!(charged(&l), 300);
+        // A 500 whose empty body had ended (a server need not poll it):
+        // failed, given back.
+        drop(body(&cfg, reserve(&l, 200), 500, JSON, ""));
+        assert_eq!(charged(&l), 300);
+    }
+
+    #[test]
+    fn a_response_that_never_came_is_cut() {
+        let (cfg, l) = setup_with("[tokens]\non_cut = \"release\"\n");
+        drop(Settle::new(cfg, reserve(&l, 300)));
+        assert_eq!(charged(&l), 0, "cut, released by on_cut");
+        let (cfg, l) = setup();
+        drop(Settle::new(cfg, reserve(&l, 300)));
+        assert_eq!(charged(&l), 300, "cut, kept by default");
+    }
+
+    #[test]
+    fn bodies_without_a_reservation_pass_as_they_are() {
+        let b: ResponseBody<Full<Bytes>> = ResponseBody::inner(Full::new(Bytes::from_static(b"x")));
+        assert!(!b.settles_tokens());
+        assert_eq!(format!("{b:?}"), "ResponseBody { kind: \"Inner\", .. }");
+        assert_eq!(drain(b), &b"x"[..]);
+        let a: ResponseBody<Full<Bytes>> = ResponseBody::answer(Bytes::from_static(b"{}"));
+        assert_eq!(a.size_hint().exact(), Some(2));
+        assert_eq!(drain(a), &b"{}"[..]);
+    }
+}
