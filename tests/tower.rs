@@ -1232,8 +1232,58 @@ async fn the_axum_example_builds_and_answers() {
         assert_eq!(out["limit"], "30");
         assert!(out["content"].as_str().unwrap().contains("requests left"));
     }
+
+    // A policy with token limits: the client's stream with include_usage
+    // is settled to its usage before its next call.
+    let policy = format!("{}/policy/infercom-tokens.toml", env!("CARGO_MANIFEST_DIR"));
+    let (_child, base) = start_example(&exe, &["--policy", &policy]);
+    if let Some(out) = with_openai(OPENAI_EXAMPLE_STREAM, &format!("{base}/v1")).await {
+        // infercom-tokens.toml: tpm 200000, bytes_per_token 4,
+        // default_max_output 4096.
+        let reserve = |i: usize| out["sizes"][i].as_u64().unwrap().div_ceil(4) + 4096;
+        assert_eq!(out["usage"], 13, "{out}");
+        assert!(
+            out["text"].as_str().unwrap().contains("requests left"),
+            "{out}"
+        );
+        assert_eq!(
+            out["first"].as_u64().unwrap(),
+            200_000 - reserve(0),
+            "{out}"
+        );
+        assert_eq!(
+            out["second"].as_u64().unwrap(),
+            200_000 - 13 - reserve(1),
+            "{out}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+const OPENAI_EXAMPLE_STREAM: &str = r#"
+import json, sys
+import httpx, openai
+
+sizes = []
+def sent(request):
+    sizes.append(len(request.content))
+client = openai.OpenAI(base_url=sys.argv[1], api_key="sk-example-stream", max_retries=0,
+                       http_client=httpx.Client(event_hooks={"request": [sent]}))
+messages = [{"role": "user", "content": "hello"}]
+raw = client.chat.completions.with_raw_response.create(
+    model="DeepSeek-V3.1", messages=messages, stream=True,
+    stream_options={"include_usage": True})
+first = int(raw.headers["x-ratelimit-remaining-tokens"])
+text, usage = "", None
+for chunk in raw.parse():
+    if chunk.choices:
+        text += chunk.choices[0].delta.content or ""
+    if chunk.usage:
+        usage = chunk.usage.total_tokens
+raw = client.chat.completions.with_raw_response.create(model="DeepSeek-V3.1", messages=messages)
+print(json.dumps({"sizes": sizes, "first": first, "usage": usage, "text": text,
+                  "second": int(raw.headers["x-ratelimit-remaining-tokens"])}))
+"#;
 
 /// The example joined to a real `redis-server`: its counts are Redis's.
 #[cfg(feature = "redis")]
