@@ -1,6 +1,9 @@
 //! An OpenAI-shaped gateway in axum behind `tollgate::tower::RateLimitLayer`:
 //! `POST /v1/chat/completions` is limited per (API key, model) and answers a
-//! small canned completion; `GET /v1/models` is not limited.
+//! small canned completion (SSE with `"stream": true`); `GET /v1/models` is
+//! not limited. With a policy that has token limits
+//! (`--policy policy/infercom-tokens.toml`) each request reserves its
+//! tokens, settled by the layer from the completion's usage.
 //!
 //!   cargo run --release --features tower --example axum -- --help
 
@@ -9,6 +12,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use axum::extract::{Extension, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -40,8 +45,10 @@ Usage: axum [--listen ADDR] [--policy FILE] [--table FILE] [--slots N] [--tier N
 Routes:
   POST /v1/chat/completions   limited: 429 over a limit, 404 unknown model, 401 no
                               API key, 400 bad body, 413 body over 4 MiB; admitted
-                              requests get a canned completion and the six
-                              x-ratelimit-* headers
+                              requests get a canned completion (SSE with
+                              \"stream\": true) and the six x-ratelimit-*
+                              headers (and the six token ones on a policy with
+                              tpm/tpd, settled from the completion's usage)
   GET  /v1/models             the policy's models, not limited
 
 The account is a digest of the bearer key (tollgate digest KEY finds it).
@@ -114,31 +121,63 @@ fn router(limiter: Arc<Limiter>, tier: Tier) -> Router {
 }
 
 /// A canned completion for the model the core read from the body (the
-/// layer hands its answer and decision to the handler).
+/// layer hands its answer and decision to the handler): one JSON document,
+/// or server-sent events when the body asks for `"stream": true` (its usage
+/// in a last chunk with `stream_options.include_usage`, as OpenAI sends
+/// it). Either way the layer reads the usage as the body passes and
+/// settles the request's token reservation on a key with token limits.
 async fn completion(
     Extension(answer): Extension<Answer>,
     Extension(decision): Extension<Decision>,
-) -> Json<Value> {
+    body: axum::body::Bytes,
+) -> Response {
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = String::from_utf8_lossy(answer.model()).into_owned();
     let created = tollgate::now_ms() / 1000;
-    Json(json!({
-        "id": format!("chatcmpl-tollgate-{created}"),
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {
-                "role": "assistant",
-                "content": format!(
-                    "Hello from the tollgate example: {} of {} requests left this minute.",
-                    decision.minute.remaining, decision.minute.limit
-                ),
-            },
-            "finish_reason": "stop",
-        }],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 12, "total_tokens": 13},
-    }))
+    let id = format!("chatcmpl-tollgate-{created}");
+    let content = format!(
+        "Hello from the tollgate example: {} of {} requests left this minute.",
+        decision.minute.remaining, decision.minute.limit
+    );
+    let usage = json!({"prompt_tokens": 1, "completion_tokens": 12, "total_tokens": 13});
+    if req["stream"] != true {
+        return Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+    let chunk = |choices: Value| {
+        json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+        })
+    };
+    let mut events = vec![
+        chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": null}]),
+        ),
+        chunk(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}])),
+    ];
+    if req["stream_options"]["include_usage"] == true {
+        let mut last = chunk(json!([]));
+        last["usage"] = usage;
+        events.push(last);
+    }
+    let mut text: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    text.push_str("data: [DONE]\n\n");
+    ([(header::CONTENT_TYPE, "text/event-stream")], text).into_response()
 }
 
 async fn models(State(limiter): State<Arc<Limiter>>) -> Json<Value> {

@@ -39,7 +39,26 @@
 //!    in the request's extensions for the handler, and the core's headers
 //!    (the six `x-ratelimit-*`, in a dry run too) set on the
 //!    inner service's response, replacing any of the same name. Response
-//!    bodies are never buffered, so streamed (SSE) answers keep streaming.
+//!    bodies are never buffered, so streamed (SSE) answers keep streaming:
+//!    the response's body is a [`ResponseBody`], which passes the inner
+//!    body's frames on as they come and, when the request reserved tokens,
+//!    settles them (below).
+//!
+//! On a key with token limits (`tpm`, `tpd`: docs/tokens.md) the core's
+//! answer reserves the request's estimated tokens, and its headers include
+//! the six `x-ratelimit-*-tokens`. The layer settles that reservation
+//! itself, exactly once, with [`Limiter::settle`] at the layer's clock:
+//! the [`ResponseBody`] reads the usage from the data frames as they pass
+//! ([`UsageScanner`](crate::usage::UsageScanner), for a JSON or SSE
+//! response without `Content-Encoding`; an encoded body is not read and
+//! ends as one without usage), without holding or delaying any of them,
+//! and settles when the inner body ends: to its usage, else by the core's
+//! rule for a response without one ([`Ending`](crate::Ending)). An inner
+//! body that fails, a response body dropped before its end (the client
+//! went away), or an inner service that fails or whose response never
+//! comes settles as cut (`[tokens] on_cut`, by default kept). So the next
+//! request of the key sees the usage as soon as the response has been
+//! sent. A request without a reservation pays for none of this.
 //!
 //! Every response the layer returns carries the request's
 //! [`Answer`](crate::answer::Answer) in its extensions, for an outer layer
@@ -97,6 +116,7 @@ use crate::{Limiter, Tier};
 
 mod blocking;
 mod service;
+mod settle;
 
 pub use service::{RateLimit, ResponseBody};
 

@@ -1232,8 +1232,58 @@ async fn the_axum_example_builds_and_answers() {
         assert_eq!(out["limit"], "30");
         assert!(out["content"].as_str().unwrap().contains("requests left"));
     }
+
+    // A policy with token limits: the client's stream with include_usage
+    // is settled to its usage before its next call.
+    let policy = format!("{}/policy/infercom-tokens.toml", env!("CARGO_MANIFEST_DIR"));
+    let (_child, base) = start_example(&exe, &["--policy", &policy]);
+    if let Some(out) = with_openai(OPENAI_EXAMPLE_STREAM, &format!("{base}/v1")).await {
+        // infercom-tokens.toml: tpm 200000, bytes_per_token 4,
+        // default_max_output 4096.
+        let reserve = |i: usize| out["sizes"][i].as_u64().unwrap().div_ceil(4) + 4096;
+        assert_eq!(out["usage"], 13, "{out}");
+        assert!(
+            out["text"].as_str().unwrap().contains("requests left"),
+            "{out}"
+        );
+        assert_eq!(
+            out["first"].as_u64().unwrap(),
+            200_000 - reserve(0),
+            "{out}"
+        );
+        assert_eq!(
+            out["second"].as_u64().unwrap(),
+            200_000 - 13 - reserve(1),
+            "{out}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+const OPENAI_EXAMPLE_STREAM: &str = r#"
+import json, sys
+import httpx, openai
+
+sizes = []
+def sent(request):
+    sizes.append(len(request.content))
+client = openai.OpenAI(base_url=sys.argv[1], api_key="sk-example-stream", max_retries=0,
+                       http_client=httpx.Client(event_hooks={"request": [sent]}))
+messages = [{"role": "user", "content": "hello"}]
+raw = client.chat.completions.with_raw_response.create(
+    model="DeepSeek-V3.1", messages=messages, stream=True,
+    stream_options={"include_usage": True})
+first = int(raw.headers["x-ratelimit-remaining-tokens"])
+text, usage = "", None
+for chunk in raw.parse():
+    if chunk.choices:
+        text += chunk.choices[0].delta.content or ""
+    if chunk.usage:
+        usage = chunk.usage.total_tokens
+raw = client.chat.completions.with_raw_response.create(model="DeepSeek-V3.1", messages=messages)
+print(json.dumps({"sizes": sizes, "first": first, "usage": usage, "text": text,
+                  "second": int(raw.headers["x-ratelimit-remaining-tokens"])}))
+"#;
 
 /// The example joined to a real `redis-server`: its counts are Redis's.
 #[cfg(feature = "redis")]
@@ -1291,5 +1341,358 @@ fn the_readme_sample_is_the_doc_test() {
     assert!(
         doc.contains(sample),
         "README sample not in src/tower.rs:\n{sample}"
+    );
+}
+
+// Tokens: the layer settles each reservation as the response body passes.
+
+const TOKEN_POLICY: &str = r#"
+[models]
+"tok-model" = { region = "EU" }
+
+[tiers.developer]
+"tok-model" = { rpm = 1000, rpd = 100000, tpm = 5000, tpd = 50000 }
+
+[tokens]
+default_max_output = 1000
+"#;
+
+/// The inner service's signals: `go` releases a gated stream's rest,
+/// `gone` says a stream found its client gone (its body was dropped).
+#[derive(Clone, Default)]
+struct Gates {
+    go: Arc<tokio::sync::Notify>,
+    gone: Arc<tokio::sync::Notify>,
+}
+
+/// A response body fed by the inner service's task, frame by frame.
+struct Chunks(tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>);
+
+impl http_body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|r| r.map(http_body::Frame::data)))
+    }
+}
+
+fn sse_chunk(content: Option<&str>, usage: Option<u64>) -> bytes::Bytes {
+    let mut c = json!({
+        "id": "chatcmpl-tok",
+        "object": "chat.completion.chunk",
+        "created": NOW / 1000,
+        "model": "tok-model",
+        "choices": [],
+    });
+    if let Some(text) = content {
+        c["choices"] = json!([{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": null}]);
+    }
+    if let Some(total) = usage {
+        c["usage"] =
+            json!({"prompt_tokens": 1, "completion_tokens": total - 1, "total_tokens": total});
+    }
+    format!("data: {c}\n\n").into()
+}
+
+/// An OpenAI-compatible chat completions upstream: `usage.total_tokens`
+/// is the request's `test_usage`; SSE when `stream` (the usage in a last
+/// chunk with `stream_options.include_usage`, then `data: [DONE]`);
+/// `test_status`: that status, without usage; `test_cut`: the stream
+/// fails after one chunk; `test_gate`: the stream waits for `go` after its
+/// first chunk; `test_until_gone`: the stream sends until its client is
+/// gone. Its `x-test-reserved` is the tokens the layer reserved.
+async fn openai_like(axum::Extension(g): axum::Extension<Gates>, req: Request) -> Response {
+    let reserved = req
+        .extensions()
+        .get::<Decision>()
+        .and_then(|d| d.tokens)
+        .map(|t| t.reserved);
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let usage = v["test_usage"].as_u64().unwrap_or(1);
+    let (mut res, content_type) = if let Some(status) = v["test_status"].as_u64() {
+        let e = json!({"error": {"message": "upstream failed", "type": "server_error"}});
+        let mut res = Response::new(Body::from(e.to_string()));
+        *res.status_mut() = axum::http::StatusCode::from_u16(status as u16).unwrap();
+        (res, "application/json")
+    } else if v["stream"] == true {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let include = v["stream_options"]["include_usage"] == true;
+        let flag = |name: &str| v[name] == true;
+        let (cut, gate, until_gone) =
+            (flag("test_cut"), flag("test_gate"), flag("test_until_gone"));
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(sse_chunk(Some("hel"), None))).await;
+            if cut {
+                let _ = tx.send(Err(std::io::Error::other("upstream reset"))).await;
+                return;
+            }
+            if gate {
+                g.go.notified().await;
+            }
+            if until_gone {
+                for _ in 0..2000 {
+                    if tx.send(Ok(sse_chunk(Some("."), None))).await.is_err() {
+                        g.gone.notify_one();
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                return;
+            }
+            let _ = tx.send(Ok(sse_chunk(Some("lo"), None))).await;
+            if include {
+                let _ = tx.send(Ok(sse_chunk(None, Some(usage)))).await;
+            }
+            let _ = tx.send(Ok("data: [DONE]\n\n".into())).await;
+        });
+        (Response::new(Body::new(Chunks(rx))), "text/event-stream")
+    } else {
+        let c = json!({
+            "id": "chatcmpl-tok",
+            "object": "chat.completion",
+            "created": NOW / 1000,
+            "model": "tok-model",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": "hello"},
+                "finish_reason": "stop",
+            }],
+            "usage": {"prompt_tokens": 1, "completion_tokens": usage - 1, "total_tokens": usage},
+        });
+        (Response::new(Body::from(c.to_string())), "application/json")
+    };
+    let h = res.headers_mut();
+    h.insert("content-type", HeaderValue::from_static(content_type));
+    if let Some(r) = reserved {
+        h.insert("x-test-reserved", r.into());
+    }
+    res
+}
+
+async fn token_app() -> (String, Gates) {
+    let policy = Policy::parse(TOKEN_POLICY, "tokens").unwrap();
+    let limiter = Arc::new(Limiter::new(&policy, 1024).unwrap());
+    let gates = Gates::default();
+    let app = Router::new()
+        .route("/v1/chat/completions", post(openai_like))
+        .layer(axum::Extension(gates.clone()))
+        .layer(RateLimitLayer::new(limiter, bearer_token).clock(|| NOW));
+    (serve(app).await, gates)
+}
+
+fn tok_body(extra: Value) -> String {
+    let mut b = json!({"model": "tok-model", "messages": [{"role": "user", "content": "hi"}]});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b.to_string()
+}
+
+async fn tok(base: &str, key: &str, body: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn num(res: &reqwest::Response, name: &str) -> u64 {
+    header(res, name)
+        .unwrap_or_else(|| panic!("no {name}"))
+        .parse()
+        .unwrap()
+}
+
+/// The reservation of `body` under TOKEN_POLICY: its bytes over 4, and
+/// the default output.
+fn reservation(body: &str) -> u64 {
+    body.len().div_ceil(4) as u64 + 1000
+}
+
+/// (a) A JSON response's usage replaces its reservation before the client
+/// has read the body's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_settled_from_a_json_usage() {
+    let (base, _) = token_app().await;
+    let body = tok_body(json!({"test_usage": 123}));
+    let r = reservation(&body);
+    let res = tok(&base, "sk-json", &body).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(num(&res, "x-test-reserved"), r);
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - r);
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens-day"), 50000 - r);
+    let c: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(c["usage"]["total_tokens"], 123);
+    let res = tok(&base, "sk-json", &body).await;
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - 123 - r);
+    assert_eq!(
+        num(&res, "x-ratelimit-remaining-tokens-day"),
+        50000 - 123 - r
+    );
+    res.bytes().await.unwrap();
+    let res = tok(&base, "sk-json", &body).await;
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - 246 - r);
+}
+
+/// (b, e) A stream's usage chunk settles it, and the stream is not
+/// buffered: its first chunk reaches the client before the upstream sends
+/// the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_settles_from_its_usage_and_keeps_streaming() {
+    let (base, gates) = token_app().await;
+    let body = tok_body(json!({
+        "stream": true, "stream_options": {"include_usage": true},
+        "test_usage": 321, "test_gate": true,
+    }));
+    let r = reservation(&body);
+    let mut res = tok(&base, "sk-sse", &body).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - r);
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), res.chunk())
+        .await
+        .expect("the first chunk before the upstream's second")
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).contains("\"hel\""),
+        "{first:?}"
+    );
+    gates.go.notify_one();
+    let rest = String::from_utf8(res.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(rest.contains("\"total_tokens\":321"), "{rest}");
+    assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
+
+    let next = tok_body(json!({"test_usage": 5}));
+    let res = tok(&base, "sk-sse", &next).await;
+    let r2 = reservation(&next);
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - 321 - r2);
+    res.bytes().await.unwrap();
+
+    // Without include_usage: a complete stream keeps its reservation.
+    let plain = tok_body(json!({"stream": true}));
+    let res = tok(&base, "sk-sse", &plain).await;
+    let r3 = reservation(&plain);
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - 326 - r3);
+    assert!(String::from_utf8(res.bytes().await.unwrap().to_vec())
+        .unwrap()
+        .ends_with("data: [DONE]\n\n"));
+    let res = tok(&base, "sk-sse", &next).await;
+    assert_eq!(
+        num(&res, "x-ratelimit-remaining-tokens"),
+        5000 - 326 - r3 - r2
+    );
+}
+
+/// (c) A cut stream keeps its reservation, a 500 without usage gives it
+/// back, a body dropped half-way by a client gone keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_failed_and_abandoned_responses_settle_by_the_policy() {
+    let (base, gates) = token_app().await;
+    let next = tok_body(json!({"test_usage": 5}));
+    let r2 = reservation(&next);
+
+    let cut = tok_body(json!({"stream": true, "test_cut": true}));
+    let res = tok(&base, "sk-cut", &cut).await;
+    assert_eq!(res.status(), 200);
+    let r = reservation(&cut);
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - r);
+    assert!(
+        res.bytes().await.is_err(),
+        "the upstream's reset reaches the client"
+    );
+    let res = tok(&base, "sk-cut", &next).await;
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - r - r2);
+
+    let failed = tok_body(json!({"test_status": 500}));
+    let res = tok(&base, "sk-500", &failed).await;
+    assert_eq!(res.status(), 500);
+    let r = reservation(&failed);
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - r);
+    res.bytes().await.unwrap();
+    let res = tok(&base, "sk-500", &next).await;
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - r2);
+
+    let gone = tok_body(json!({"stream": true, "test_until_gone": true}));
+    let mut res = tok(&base, "sk-gone", &gone).await;
+    let r = reservation(&gone);
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - r);
+    res.chunk().await.unwrap().unwrap();
+    drop(res);
+    tokio::time::timeout(std::time::Duration::from_secs(10), gates.gone.notified())
+        .await
+        .expect("the server drops the body of a client gone");
+    let res = tok(&base, "sk-gone", &next).await;
+    assert_eq!(num(&res, "x-ratelimit-remaining-tokens"), 5000 - r - r2);
+}
+
+/// (d) Once the usage has filled the minute, the next reservation is
+/// refused on tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_usage_fills_the_minute_to_a_token_429() {
+    let (base, _) = token_app().await;
+    let body = tok_body(json!({"test_usage": 4900}));
+    let res = tok(&base, "sk-full", &body).await;
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+    let res = tok(&base, "sk-full", &body).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(
+        header(&res, "x-ratelimit-remaining-tokens").as_deref(),
+        Some("100")
+    );
+    assert!(header(&res, "x-test-reserved").is_none(), "not reached");
+    let e: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(e["error"]["type"], "tokens", "{e}");
+    assert_eq!(e["error"]["code"], "tokens_rate_limit_exceeded", "{e}");
+}
+
+const OPENAI_STREAM: &str = r#"
+import json, sys
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="sk-openai-stream", max_retries=0)
+messages = [{"role": "user", "content": "hello"}]
+stream = client.chat.completions.create(
+    model="tok-model", messages=messages, stream=True,
+    stream_options={"include_usage": True}, extra_body={"test_usage": 77})
+text, usage = "", None
+for chunk in stream:
+    if chunk.choices:
+        text += chunk.choices[0].delta.content or ""
+    if chunk.usage:
+        usage = chunk.usage.total_tokens
+raw = client.chat.completions.with_raw_response.create(
+    model="tok-model", messages=messages, extra_body={"test_usage": 5})
+print(json.dumps({"text": text, "usage": usage,
+                  "remaining": int(raw.headers["x-ratelimit-remaining-tokens"]),
+                  "reserved": int(raw.headers["x-test-reserved"])}))
+"#;
+
+/// The official `openai` client's stream with `include_usage` settles to
+/// its usage before its next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_clients_stream_settles_to_its_usage() {
+    let (base, _) = token_app().await;
+    let Some(out) = with_openai(OPENAI_STREAM, &format!("{base}/v1")).await else {
+        return;
+    };
+    assert_eq!(out["text"], "hello", "{out}");
+    assert_eq!(out["usage"], 77, "{out}");
+    let reserved = out["reserved"].as_u64().unwrap();
+    assert_eq!(
+        out["remaining"].as_u64().unwrap(),
+        5000 - 77 - reserved,
+        "{out}"
     );
 }

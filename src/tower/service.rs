@@ -12,15 +12,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::BodyExt;
 
+use super::settle::Settle;
 use super::{blocking, Config, CostOf, TierOf};
 use crate::answer::{method_is_limited, Answer, Event, HttpRequest, Options};
 use crate::{BodyError, Decision, Error};
 
-/// The body of a response through the layer: the inner service's, or the
-/// core's answer.
-pub type ResponseBody<B> = Either<B, Full<Bytes>>;
+pub use super::settle::ResponseBody;
 
 /// The service [`RateLimitLayer`](super::RateLimitLayer) wraps around `S`.
 #[derive(Clone)]
@@ -149,7 +148,7 @@ where
             cost: 0,
         };
         let a = decide(&cfg, early, (cfg.clock)()).await;
-        return pass_or_answer(inner, parts, body, a).await;
+        return pass_or_answer(&cfg, inner, parts, body, a).await;
     };
     let bytes = match read(body, cfg.max_body).await {
         Ok(b) => b,
@@ -187,10 +186,11 @@ where
     if !a.passes() {
         return Ok(answer(a));
     }
-    pass_or_answer(inner, parts, B::from(bytes), a).await
+    pass_or_answer(&cfg, inner, parts, B::from(bytes), a).await
 }
 
 async fn pass_or_answer<S, B, R>(
+    cfg: &Arc<Config>,
     mut inner: S,
     mut parts: Parts,
     body: B,
@@ -207,10 +207,21 @@ where
     if let Some(d) = a.decision() {
         parts.extensions.insert::<Decision>(*d);
     }
+    // A reservation is settled by the response body; until there is one,
+    // by this guard, as cut (the service failed, or this future was
+    // dropped: the client went away first).
+    let ticket = a.decision().and_then(|d| d.tokens).and_then(|t| t.ticket);
+    let settle = ticket.map(|t| Settle::new(cfg.clone(), t));
     let mut res = inner.call(Request::from_parts(parts, body)).await?;
     set_headers(res.headers_mut(), &a);
     res.extensions_mut().insert(a);
-    Ok(res.map(Either::Left))
+    Ok(match settle {
+        None => res.map(ResponseBody::inner),
+        Some(mut s) => {
+            s.head(res.status(), res.headers());
+            res.map(|b| ResponseBody::settling(b, s))
+        }
+    })
 }
 
 /// The core's answer as a response: its status, headers and JSON body.
@@ -218,7 +229,7 @@ fn answer<R>(a: Answer) -> Response<ResponseBody<R>> {
     let mut text = String::with_capacity(320);
     // Writing to a String cannot fail.
     let _ = a.write_body(&mut text);
-    let mut res = Response::new(Either::Right(Full::new(Bytes::from(text))));
+    let mut res = Response::new(ResponseBody::answer(Bytes::from(text)));
     *res.status_mut() =
         StatusCode::from_u16(a.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     set_headers(res.headers_mut(), &a);
@@ -276,6 +287,7 @@ async fn read<B: Body>(body: B, max: usize) -> Result<Bytes, BodyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
 
     #[test]
     fn bodies_are_read_whole_or_refused() {
