@@ -5,6 +5,7 @@ buffer, under the official openai client, JSON and SSE, proxy_buffering on
 and off, HTTP/1.1 and HTTP/2 (upstream.py answers test_usage, test_status,
 test_cut and test_delay)."""
 
+import http.client
 import json
 import os
 import shutil
@@ -27,15 +28,17 @@ LOCATION = """
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering %(buffering)s;
+            %(extra)s
             add_header X-Tokens-Reserved $tollgate_tokens_reserved always;
             add_header X-Tollgate-Limited-By $tollgate_limited_by always;
         }
 """
 
 
-def start(nginx, buffering="on", **kw):
+def start(nginx, buffering="on", extra="", **kw):
     nginx.start(zone=f"size=1m policy={POLICY}",
-                locations=LOCATION % {"buffering": buffering}, **kw)
+                locations=LOCATION % {"buffering": buffering,
+                                      "extra": extra}, **kw)
     return nginx
 
 
@@ -84,6 +87,38 @@ def test_a_stream_settles_from_its_last_chunk(nginx, buffering):
     assert usage and usage[-1].total_tokens == 400
     after = chat(c, 1)
     assert remaining(after) == 5000 - 50 - 400 - reserved
+
+
+def test_a_response_spooled_to_a_file_is_read_for_its_usage(nginx):
+    # small proxy buffers and a client that reads late: the 8 MB answer
+    # goes through a temporary file, which the copy filter reads back for
+    # the usage scan (r->filter_need_in_memory)
+    fresh_minute()
+    start(nginx, extra="proxy_buffer_size 4k; proxy_buffers 4 4k; "
+                       "proxy_busy_buffers_size 8k;")
+    body = json.dumps({"model": MODEL, "max_tokens": 1000,
+                       "test_usage": 77, "test_pad": 8_000_000,
+                       "messages": [{"role": "user", "content": "hello"}]})
+    conn = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=60)
+    try:
+        conn.request("POST", "/v1/chat/completions", body, {
+            "Authorization": "Bearer acct-spooled",
+            "Content-Type": "application/json"})
+        time.sleep(1.5)
+        resp = conn.getresponse()
+        data = json.loads(resp.read())
+    finally:
+        conn.close()
+    assert resp.status == 200
+    assert data["usage"]["total_tokens"] == 77
+    assert "buffered to a temporary file" in nginx.log()
+    assert "usage is not read" not in nginx.log()
+    reserved = int(resp.getheader("x-tokens-reserved"))
+    assert int(resp.getheader("x-ratelimit-remaining-tokens")) \
+        == 5000 - reserved
+    second = chat(client(nginx, "acct-spooled"), 1)
+    assert remaining(second) == (5000 - 77
+                                 - int(second.headers["x-tokens-reserved"]))
 
 
 def test_a_cut_stream_keeps_and_a_failed_response_gives_back(nginx):

@@ -12,7 +12,8 @@ server-sent events (the usage in a last chunk when
 `stream_options.include_usage`, then `data: [DONE]`); `test_status` answers
 that status without usage; `test_cut` ends a stream after its first chunk,
 with neither usage nor [DONE] (the connection closed mid-body);
-`test_delay` is the seconds between a stream's chunks.
+`test_delay` is the seconds between a stream's chunks; `test_pad` adds that
+many bytes to a JSON answer's content.
 
 Run standalone: python3 upstream.py PORT
 """
@@ -104,7 +105,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "id": "chatcmpl-test", "object": "chat.completion",
                 "created": int(time.time()), "model": model,
                 "choices": [{"index": 0, "message": {
-                    "role": "assistant", "content": "ok"},
+                    "role": "assistant",
+                    "content": "ok" + "x" * int(doc.get("test_pad") or 0)},
                     "finish_reason": "stop"}],
                 "usage": usage})
         self.send_response(200)
