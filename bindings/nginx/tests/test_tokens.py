@@ -35,8 +35,8 @@ LOCATION = """
 """
 
 
-def start(nginx, buffering="on", extra="", **kw):
-    nginx.start(zone=f"size=1m policy={POLICY}",
+def start(nginx, buffering="on", extra="", policy=POLICY, **kw):
+    nginx.start(zone=f"size=1m policy={policy}",
                 locations=LOCATION % {"buffering": buffering,
                                       "extra": extra}, **kw)
     return nginx
@@ -229,3 +229,62 @@ def test_the_first_chunk_of_a_slow_stream_is_not_delayed(nginx):
     assert time.monotonic() - t0 >= 1.9
     after = chat(c, 0)
     assert int(after.headers["x-ratelimit-remaining-tokens"]) > 0
+
+
+def test_the_filter_reads_the_upstreams_bytes_before_gzip(nginx):
+    # nginx compresses the answer after the filter read it: the usage is
+    # still read, from the bytes as the upstream sent them
+    fresh_minute()
+    start(nginx, extra="gzip on; gzip_min_length 1; "
+                       "gzip_types application/json text/event-stream;")
+    c = client(nginx, "acct-gzip")
+    first = chat(c, 33)
+    assert first.headers["content-encoding"] == "gzip"
+    reserved = 5000 - remaining(first)
+    stream = c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}],
+        max_tokens=1000, stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"test_usage": 44})
+    assert [ch.usage.total_tokens for ch in stream if ch.usage] == [44]
+    after = chat(c, 0)
+    assert remaining(after) == (5000 - 33 - 44
+                                - int(after.headers["x-tokens-reserved"]))
+    assert reserved > 1000
+
+
+def test_a_client_gone_or_an_upstream_cut_is_settled_as_cut(nginx):
+    # the client closes after the first chunk: the pool cleanup settles the
+    # reservation as cut, here with on_cut = "release" to see it settled
+    fresh_minute()
+    start(nginx, "off", policy=HERE / "tokens_release_policy.toml")
+    body = json.dumps({"model": MODEL, "max_tokens": 1000, "stream": True,
+                       "stream_options": {"include_usage": True},
+                       "test_usage": 9, "test_delay": 1.0,
+                       "messages": [{"role": "user", "content": "hello"}]})
+    conn = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body, {
+        "Authorization": "Bearer acct-gone",
+        "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    reserved = int(resp.getheader("x-tokens-reserved"))
+    assert resp.fp.readline()  # the first chunk has come
+    conn.sock.close()
+    conn.close()
+    time.sleep(2.5)  # nginx finds the client gone at its next write
+    after = chat(client(nginx, "acct-gone"), 0)
+    assert reserved > 1000
+    assert remaining(after) == 5000 - int(after.headers["x-tokens-reserved"])
+    # an upstream that cuts its stream: settled as cut too
+    c = client(nginx, "acct-upstream-cut")
+    with pytest.raises(Exception):
+        with c.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "hello"}],
+            max_tokens=1000, stream=True,
+            extra_body={"test_usage": 5, "test_cut": True},
+        ) as raw:
+            assert 5000 - remaining(raw) > 1000
+            for _ in raw.iter_lines():
+                pass
+    after = chat(c, 0)
+    assert remaining(after) == 5000 - int(after.headers["x-tokens-reserved"])
