@@ -593,7 +593,7 @@ ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
                       ctx->account.len, TG_ACCOUNT_MAX);
     }
 
-    /* tg_answer_for writes the whole struct */
+    /* tg_answer_for_tokens writes the whole struct */
     answer->size = sizeof(tg_answer);
 
     rc = tg_answer_for_tokens(st, st == TG_OK ? decision : NULL,
