@@ -8,6 +8,8 @@
  *                                the thread pool, the header filter
  *   ngx_http_tollgate_zone.c     zones, region files, joining Redis
  *   ngx_http_tollgate_metrics.c  the metric rows and the Prometheus page
+ *   ngx_http_tollgate_tokens.c   a filter module: a response's token usage
+ *                                read as it passes, its reservation settled
  */
 
 
@@ -99,6 +101,7 @@ typedef struct {
 
 
 typedef struct ngx_http_tollgate_ctx_s  ngx_http_tollgate_ctx_t;
+typedef struct ngx_http_tollgate_tokens_s  ngx_http_tollgate_tokens_t;
 
 
 typedef struct {
@@ -136,6 +139,12 @@ struct ngx_http_tollgate_ctx_s {
     ngx_msec_t                    parked_at;
     ngx_msec_t                    waited;     /* parked for, ms */
 
+    /* tokens the body's estimate reserves on a key with a token limit
+     * (tg_limiter_estimate_tokens), and the reservation held until the
+     * response has ended (ngx_http_tollgate_tokens.c); NULL: none */
+    uint32_t                      reserve;
+    ngx_http_tollgate_tokens_t   *tokens;
+
     /* from here on written before it is read: not zeroed */
     tg_answer                     answer;     /* the core's, once decided */
 
@@ -152,6 +161,7 @@ struct ngx_http_tollgate_ctx_s {
 
 
 extern ngx_module_t  ngx_http_tollgate_module;
+extern ngx_module_t  ngx_http_tollgate_tokens_module;
 extern ngx_str_t     ngx_http_tollgate_limited_by[];
 
 
@@ -165,6 +175,9 @@ ngx_int_t ngx_http_tollgate_open_file(ngx_conf_t *cf,
     ngx_http_tollgate_zone_t *zone);
 ngx_int_t ngx_http_tollgate_init_process(ngx_cycle_t *cycle);
 void ngx_http_tollgate_exit_process(ngx_cycle_t *cycle);
+
+void ngx_http_tollgate_tokens_hold(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx);
 
 ngx_int_t ngx_http_tollgate_metrics_handler(ngx_http_request_t *r);
 void ngx_http_tollgate_count(ngx_http_tollgate_zone_t *zone,

@@ -33,6 +33,8 @@ static ngx_int_t ngx_http_tollgate_remaining_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_tollgate_redis_wait_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_tollgate_tokens_reserved_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_tollgate_bearer_digest_variable(
     ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
 
@@ -55,7 +57,9 @@ static char *ngx_http_tollgate_metrics(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_str_t  ngx_http_tollgate_limited_by[] = {
     ngx_string("NONE"),
     ngx_string("MINUTE"),
-    ngx_string("DAY")
+    ngx_string("DAY"),
+    ngx_string("TOKENS_MINUTE"),
+    ngx_string("TOKENS_DAY")
 };
 
 
@@ -218,6 +222,10 @@ static ngx_http_variable_t  ngx_http_tollgate_vars[] = {
     { ngx_string("tollgate_redis_wait"), NULL,
       ngx_http_tollgate_redis_wait_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("tollgate_tokens_reserved"), NULL,
+      ngx_http_tollgate_tokens_reserved_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
     { ngx_string("tollgate_bearer_digest"), NULL,
       ngx_http_tollgate_bearer_digest_variable, 0, 0, 0 },
 
@@ -268,7 +276,7 @@ ngx_http_tollgate_limited_by_variable(ngx_http_request_t *r,
 
     by = ctx->answer.decision.limited_by;
 
-    if (by > TG_LIMIT_DAY) {
+    if (by > TG_LIMIT_TOKENS_DAY) {
         by = TG_LIMIT_NONE;
     }
 
@@ -337,6 +345,38 @@ ngx_http_tollgate_redis_wait_variable(ngx_http_request_t *r,
     }
 
     v->len = ngx_sprintf(p, "%M", ctx->waited) - p;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    v->data = p;
+
+    return NGX_OK;
+}
+
+
+/* tokens the decision reserved, for a key with a token limit (0 when
+ * refused) */
+
+static ngx_int_t
+ngx_http_tollgate_tokens_reserved_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char                   *p;
+    ngx_http_tollgate_ctx_t  *ctx;
+
+    ctx = ngx_http_tollgate_get_ctx(r->main);
+
+    if (ctx == NULL || !ctx->decided || !ctx->answer.tokens.has_tokens) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT32_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->len = ngx_sprintf(p, "%uD", ctx->answer.tokens.reserved) - p;
     v->valid = 1;
     v->no_cacheable = 0;
     v->not_found = 0;

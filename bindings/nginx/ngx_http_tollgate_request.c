@@ -34,6 +34,7 @@ typedef struct {
     uint64_t                      now;
     tg_request                    req;
     tg_decision                   decision;
+    tg_tokens                     tokens;
     tg_status                     status;
 } ngx_http_tollgate_task_ctx_t;
 
@@ -50,10 +51,12 @@ static void ngx_http_tollgate_check(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf);
 static void ngx_http_tollgate_decided(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf,
-    tg_status st, tg_decision *decision);
+    tg_status st, tg_decision *decision, tg_tokens *tokens);
 static void ngx_http_tollgate_answer(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf,
-    tg_status st, tg_decision *decision);
+    tg_status st, tg_decision *decision, tg_tokens *tokens);
+static void ngx_http_tollgate_estimate(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx, tg_body_scan *scan);
 #if (NGX_THREADS)
 static ngx_int_t ngx_http_tollgate_park(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf,
@@ -195,7 +198,7 @@ ngx_http_tollgate_body_handler(ngx_http_request_t *r)
         ngx_http_tollgate_check(r, ctx, tlcf);
 
     } else {
-        ngx_http_tollgate_answer(r, ctx, tlcf, st, NULL);
+        ngx_http_tollgate_answer(r, ctx, tlcf, st, NULL, NULL);
     }
 
     r->write_event_handler = ngx_http_core_run_phases;
@@ -218,17 +221,17 @@ ngx_http_tollgate_first_steps(ngx_http_request_t *r,
     if (tlcf->account == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tollgate: \"tollgate_account\" is not set");
-        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL);
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL, NULL);
         return NGX_OK;
     }
 
     if (ngx_http_tollgate_value(r, tlcf->account, &ctx->account) != NGX_OK) {
-        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL);
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL, NULL);
         return NGX_OK;
     }
 
     if (ctx->account.len == 0) {
-        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_NO_ACCOUNT, NULL);
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_NO_ACCOUNT, NULL, NULL);
         return NGX_OK;
     }
 
@@ -237,15 +240,20 @@ ngx_http_tollgate_first_steps(ngx_http_request_t *r,
     }
 
     if (ngx_http_tollgate_value(r, tlcf->model, &ctx->model) != NGX_OK) {
-        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL);
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL, NULL);
         return NGX_OK;
     }
 
     if (ctx->model.len == 0) {
         /* the variable names no model: the core's "no model" answer */
-        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_BODY_NO_MODEL, NULL);
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_BODY_NO_MODEL, NULL,
+                                 NULL);
         return NGX_OK;
     }
+
+    /* the body is not read: a key with a token limit reserves the
+     * estimate of an empty body (its output cap by default) */
+    ngx_http_tollgate_estimate(r, ctx, NULL);
 
     ngx_http_tollgate_check(r, ctx, tlcf);
 
@@ -264,6 +272,7 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     uint64_t                   now;
     ngx_str_t                  value, v;
     tg_status                  st;
+    tg_tokens                  tokens;
     tg_request                 req;
     tg_decision                decision;
     ngx_http_tollgate_zone_t  *zone;
@@ -273,7 +282,7 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
     if (tlcf->tier) {
         if (ngx_http_tollgate_value(r, tlcf->tier, &value) != NGX_OK) {
-            ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL);
+            ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL, NULL);
             return;
         }
 
@@ -286,7 +295,7 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
                               "(free, developer or enterprise)",
                               ngx_http_tollgate_log_escape(&v, buf, &value));
 
-                ngx_http_tollgate_answer(r, ctx, tlcf, st, NULL);
+                ngx_http_tollgate_answer(r, ctx, tlcf, st, NULL, NULL);
                 return;
             }
         }
@@ -294,6 +303,7 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
     ngx_memzero(&req, sizeof(tg_request));
     ngx_memzero(&decision, sizeof(tg_decision));
+    ngx_memzero(&tokens, sizeof(tg_tokens));
 
     req.size = sizeof(tg_request);
     req.account = (const char *) ctx->account.data;
@@ -302,8 +312,10 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     req.model_len = ctx->model.len;
     req.tier = tier;
     req.cost = 1;
+    req.tokens = ctx->reserve;
 
     decision.size = sizeof(tg_decision);
+    tokens.size = sizeof(tg_tokens);
 
     zone = ctx->zone;
     now = tg_now_ms();
@@ -315,7 +327,7 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         ctx->leased = 1;
     }
 
-    st = tg_check(zone->limiter, &req, now, &decision);
+    st = tg_check_tokens(zone->limiter, &req, now, &decision, &tokens);
 
 #if (NGX_THREADS)
     if (st == TG_PENDING
@@ -325,7 +337,7 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     }
 #endif
 
-    ngx_http_tollgate_decided(r, ctx, tlcf, st, &decision);
+    ngx_http_tollgate_decided(r, ctx, tlcf, st, &decision, &tokens);
 }
 
 
@@ -333,7 +345,8 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
 static void
 ngx_http_tollgate_decided(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
-    ngx_http_tollgate_loc_conf_t *tlcf, tg_status st, tg_decision *decision)
+    ngx_http_tollgate_loc_conf_t *tlcf, tg_status st, tg_decision *decision,
+    tg_tokens *tokens)
 {
     switch (st) {
 
@@ -343,6 +356,7 @@ ngx_http_tollgate_decided(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     case TG_E_TABLE_FULL:
     case TG_E_ACCOUNT:
     case TG_E_COST_TOO_LARGE:
+    case TG_E_TOKENS_TOO_LARGE:
         break;
 
     case TG_PENDING:
@@ -359,12 +373,12 @@ ngx_http_tollgate_decided(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     default:
         /* the core answers it as its own failure (500) */
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "tollgate: tg_check() failed in zone \"%V\": %s",
+                      "tollgate: tg_check_tokens() failed in zone \"%V\": %s",
                       &ctx->zone->name, tg_status_str(st));
         break;
     }
 
-    ngx_http_tollgate_answer(r, ctx, tlcf, st, decision);
+    ngx_http_tollgate_answer(r, ctx, tlcf, st, decision, tokens);
 }
 
 
@@ -415,6 +429,9 @@ ngx_http_tollgate_park(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     ngx_memzero(&tc->decision, sizeof(tg_decision));
     tc->decision.size = sizeof(tg_decision);
 
+    ngx_memzero(&tc->tokens, sizeof(tg_tokens));
+    tc->tokens.size = sizeof(tg_tokens);
+
     task->handler = ngx_http_tollgate_thread_handler;
     task->event.data = tc;
     task->event.handler = ngx_http_tollgate_thread_event_handler;
@@ -454,7 +471,8 @@ ngx_http_tollgate_thread_handler(void *data, ngx_log_t *log)
 {
     ngx_http_tollgate_task_ctx_t  *tc = data;
 
-    tc->status = tg_check(tc->limiter, &tc->req, tc->now, &tc->decision);
+    tc->status = tg_check_tokens(tc->limiter, &tc->req, tc->now,
+                                 &tc->decision, &tc->tokens);
 }
 
 
@@ -489,7 +507,8 @@ ngx_http_tollgate_thread_event_handler(ngx_event_t *ev)
 
     /* the decision was made and charged: log and count it in any case */
     tlcf = ngx_http_get_module_loc_conf(r, ngx_http_tollgate_module);
-    ngx_http_tollgate_decided(r, ctx, tlcf, tc->status, &tc->decision);
+    ngx_http_tollgate_decided(r, ctx, tlcf, tc->status, &tc->decision,
+                              &tc->tokens);
 
     if (c->error && r->write_event_handler == ngx_http_core_run_phases) {
         /* the client went away meanwhile */
@@ -530,7 +549,8 @@ ngx_http_tollgate_guard_handler(ngx_event_t *ev)
 
 static void
 ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
-    ngx_http_tollgate_loc_conf_t *tlcf, tg_status st, tg_decision *decision)
+    ngx_http_tollgate_loc_conf_t *tlcf, tg_status st, tg_decision *decision,
+    tg_tokens *tokens)
 {
     u_char                     abuf[NGX_HTTP_TOLLGATE_LOG_LEN];
     u_char                     mbuf[NGX_HTTP_TOLLGATE_LOG_LEN];
@@ -573,16 +593,17 @@ ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
                       ctx->account.len, TG_ACCOUNT_MAX);
     }
 
-    /* tg_answer_for writes the whole struct */
+    /* tg_answer_for_tokens writes the whole struct */
     answer->size = sizeof(tg_answer);
 
-    rc = tg_answer_for(st, st == TG_OK ? decision : NULL,
-                       (const char *) ctx->model.data, ctx->model.len,
-                       flags, tlcf->status_code, answer);
+    rc = tg_answer_for_tokens(st, st == TG_OK ? decision : NULL,
+                              st == TG_OK ? tokens : NULL,
+                              (const char *) ctx->model.data, ctx->model.len,
+                              flags, tlcf->status_code, answer);
 
     if (rc != TG_OK) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "tollgate: tg_answer_for() failed: %s",
+                      "tollgate: tg_answer_for_tokens() failed: %s",
                       tg_status_str(rc));
 
         /* nginx's own 500 (ngx_http_tollgate_send_refusal) */
@@ -591,6 +612,15 @@ ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         answer->http_status = NGX_HTTP_INTERNAL_SERVER_ERROR;
         answer->outcome = TG_OUTCOME_ERROR;
         ctx->failed = 1;
+    }
+
+    /* a reservation: held until the response has ended, then settled */
+    if (st == TG_OK && tokens && tokens->has_tokens) {
+        if (rc != TG_OK) {
+            answer->tokens = *tokens;
+        }
+
+        ngx_http_tollgate_tokens_hold(r, ctx);
     }
 
     if (answer->would_status) {
@@ -614,7 +644,7 @@ ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
                       ngx_http_tollgate_log_escape(&a, abuf, &ctx->account),
                       ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model),
                       &ngx_http_tollgate_limited_by[
-                          by <= TG_LIMIT_DAY ? by : TG_LIMIT_NONE],
+                          by <= TG_LIMIT_TOKENS_DAY ? by : TG_LIMIT_NONE],
                       &zone->name);
     }
 
@@ -719,9 +749,43 @@ ngx_http_tollgate_body_model(ngx_http_request_t *r,
     if (st == TG_OK) {
         ctx->model.data = (u_char *) model;
         ctx->model.len = model_len;
+
+        ngx_http_tollgate_estimate(r, ctx, scan);
     }
 
     return st;
+}
+
+
+/*
+ * The tokens the request reserves if its key has a token limit: the core's
+ * estimate (tg_limiter_estimate_tokens) from the facts of the body the
+ * scan read (tg_body_facts), or of an empty body when scan is NULL.  A key
+ * without a token limit ignores it.
+ */
+
+static void
+ngx_http_tollgate_estimate(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx, tg_body_scan *scan)
+{
+    tg_status           st;
+    tg_body_scan_facts  facts;
+
+    ngx_memzero(&facts, sizeof(tg_body_scan_facts));
+    facts.size = sizeof(tg_body_scan_facts);
+
+    st = scan ? tg_body_facts(scan, &facts) : TG_OK;
+
+    if (st == TG_OK) {
+        st = tg_limiter_estimate_tokens(ctx->zone->limiter, &facts,
+                                        &ctx->reserve);
+    }
+
+    if (st != TG_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tollgate: no token estimate: %s", tg_status_str(st));
+        ctx->reserve = 0;
+    }
 }
 
 

@@ -903,7 +903,8 @@ def test_metrics_endpoint(nginx):
     assert dec("Meta-Llama-3.1-8B-Instruct", "passed") == 0
     zone = frozenset({"zone": "tg"}.items())
     assert m[("tollgate_table_used", zone)] == 1
-    assert m[("tollgate_table_slots", zone)] > 10000
+    # 1 MB at 128 bytes a slot
+    assert m[("tollgate_table_slots", zone)] > 7500
     assert m[("tollgate_region_bytes", zone)] > 0
     assert re.search(r'^tollgate_table_full_total\{zone="tg"\} 0$', body,
                      re.M)

@@ -6,6 +6,15 @@ tests can check that nginx passed the body on whole. GET answers "ok".
 Every answer carries X-Upstream: answered, so a test can tell the
 upstream's answers from the module's.
 
+For the token tests, body fields steer the answer: `test_usage` (an int) is
+the usage total it reports, in the JSON body or, with `stream: true`, as
+server-sent events (the usage in a last chunk when
+`stream_options.include_usage`, then `data: [DONE]`); `test_status` answers
+that status without usage; `test_cut` ends a stream after its first chunk,
+with neither usage nor [DONE] (the connection closed mid-body);
+`test_delay` is the seconds between a stream's chunks; `test_pad` adds that
+many bytes to a JSON answer's content.
+
 Run standalone: python3 upstream.py PORT
 """
 
@@ -54,9 +63,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self._body()
         digest = hashlib.sha256(body).hexdigest()
         try:
-            model = json.loads(body).get("model", "")
+            doc = json.loads(body)
+            model = doc.get("model", "")
         except (ValueError, AttributeError, RecursionError):
-            model = ""
+            doc, model = {}, ""
+        if isinstance(doc, dict) and ("test_usage" in doc
+                                      or "test_status" in doc):
+            return self._tokens(doc, model)
         self._send(200, {
             "id": "chatcmpl-test",
             "object": "chat.completion",
@@ -76,6 +89,62 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 ("X-RateLimit-Remaining-Requests", "998"),
                 ("X-Upstream-Other", "kept")]
                if self.headers.get("X-Upstream-Ratelimit") else []))
+
+    def _tokens(self, doc, model):
+        status = int(doc.get("test_status") or 200)
+        if status != 200:
+            return self._send(status, {"error": {
+                "message": "test failure", "type": "server_error",
+                "code": None, "param": None}})
+        total = int(doc.get("test_usage") or 0)
+        usage = {"prompt_tokens": total // 2,
+                 "completion_tokens": total - total // 2,
+                 "total_tokens": total}
+        if not doc.get("stream"):
+            return self._send(200, {
+                "id": "chatcmpl-test", "object": "chat.completion",
+                "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "message": {
+                    "role": "assistant",
+                    "content": "ok" + "x" * int(doc.get("test_pad") or 0)},
+                    "finish_reason": "stop"}],
+                "usage": usage})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("X-Upstream", "answered")
+        self.end_headers()
+        self.wfile.flush()
+        delay = float(doc.get("test_delay") or 0)
+
+        def chunk(choices, **extra):
+            self._event(json.dumps({
+                "id": "chatcmpl-test", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": model,
+                "choices": choices, **extra}))
+
+        chunk([{"index": 0, "delta": {"role": "assistant",
+                                      "content": "o"},
+                "finish_reason": None}])
+        if doc.get("test_cut"):
+            # no last chunk of the chunked encoding: the body is cut
+            self.close_connection = True
+            return
+        time.sleep(delay)
+        chunk([{"index": 0, "delta": {"content": "k"},
+                "finish_reason": "stop"}])
+        if (doc.get("stream_options") or {}).get("include_usage"):
+            time.sleep(delay)
+            chunk([], usage=usage)
+        self._event("[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _event(self, data):
+        out = f"data: {data}\n\n".encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(out), out))
+        self.wfile.flush()
 
     def do_GET(self):
         # a GET may carry a body: read it, or it would be taken for the

@@ -1,0 +1,371 @@
+
+/*
+ * Token reservations settled from the response (docs/tokens.md): a filter
+ * module of its own, for the requests that hold a reservation's ticket.
+ *
+ * The header filter notes the status, and when the upstream's body is not
+ * content-encoded starts the core's usage scan (tg_usage_scan_init) for
+ * its Content-Type.  The body filter feeds every in-memory buffer to the
+ * scan as it passes and passes each chain on unchanged: nothing is
+ * buffered, copied or delayed, so a stream's first byte leaves when it
+ * would without the filter.  At the last buffer the scan says how the
+ * response ended (tg_usage_scan_finish) and the ticket is settled
+ * (tg_settle), before the last bytes reach the client.  A request that
+ * ends any other way (client gone, upstream error or timeout) is settled
+ * as cut by the pool cleanup.  Each ticket is settled exactly once.
+ *
+ * Placement: the module is ordered before ngx_http_copy_filter_module (see
+ * `config`), where nginx puts the filters of add-on modules, so its body
+ * filter runs after the copy filter and before the headers, gunzip,
+ * addition, sub, charset, ssi, gzip and chunked filters: it sees the bytes
+ * as the upstream sent them, before any filter changes them, and its
+ * header filter sees the upstream's Content-Type and Content-Encoding.
+ * Like gzip or sub it asks the copy filter for buffers in memory
+ * (r->filter_need_in_memory), so a response spooled to a temporary file
+ * (proxy_buffering on) is read in memory too.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_tollgate.h"
+
+
+/* in the request's pool, from the reservation to the settling */
+struct ngx_http_tollgate_tokens_s {
+    tg_limiter                   *limiter;
+    tg_ticket                     ticket;
+    tg_usage_scan                *scan;      /* NULL: no usage to read */
+    ngx_log_t                    *log;
+    ngx_uint_t                    status;    /* 0 until the header */
+
+    unsigned                      header:1;
+    unsigned                      settled:1;
+};
+
+
+static void ngx_http_tollgate_tokens_settle(ngx_http_tollgate_tokens_t *t,
+    uint32_t cut);
+static void ngx_http_tollgate_tokens_cleanup(void *data);
+static ngx_http_tollgate_tokens_t *ngx_http_tollgate_tokens_get(
+    ngx_http_request_t *r);
+static ngx_int_t ngx_http_tollgate_tokens_header_filter(
+    ngx_http_request_t *r);
+static ngx_int_t ngx_http_tollgate_tokens_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+static ngx_int_t ngx_http_tollgate_tokens_init(ngx_conf_t *cf);
+
+
+static ngx_http_module_t  ngx_http_tollgate_tokens_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_tollgate_tokens_init,         /* postconfiguration */
+
+    NULL,                                  /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    NULL,                                  /* create location configuration */
+    NULL                                   /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_tollgate_tokens_module = {
+    NGX_MODULE_V1,
+    &ngx_http_tollgate_tokens_module_ctx,  /* module context */
+    NULL,                                  /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
+
+
+/*
+ * The decision reserved tokens (ctx->answer.tokens.ticket): hold the
+ * ticket until the response has ended.  Called once per request, by the
+ * request path, right after the answer.
+ */
+
+void
+ngx_http_tollgate_tokens_hold(ngx_http_request_t *r,
+    ngx_http_tollgate_ctx_t *ctx)
+{
+    tg_status                    st;
+    tg_ticket                   *ticket;
+    ngx_pool_cleanup_t          *cln;
+    ngx_http_tollgate_tokens_t  *t;
+
+    ticket = &ctx->answer.tokens.ticket;
+
+    if (!ctx->answer.tokens.has_tokens
+        || (ticket->words[0] == 0 && ticket->words[1] == 0))
+    {
+        return;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_tollgate_tokens_t));
+
+    if (cln == NULL) {
+        /* cannot wait for the response: settled now as cut (by default
+         * the reservation is kept, the safe direction) */
+        st = tg_settle(ctx->zone->limiter, ticket,
+                       tg_usage_ending(0, 1), 0, tg_now_ms(), NULL);
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "tollgate: no memory to hold a token reservation, "
+                      "settled as cut: %s", tg_status_str(st));
+        return;
+    }
+
+    t = cln->data;
+
+    ngx_memzero(t, sizeof(ngx_http_tollgate_tokens_t));
+
+    t->limiter = ctx->zone->limiter;
+    t->ticket = *ticket;
+    t->log = r->connection->log;
+
+    cln->handler = ngx_http_tollgate_tokens_cleanup;
+
+    ctx->tokens = t;
+}
+
+
+/* settles the ticket once: how the response ended is the core's rule */
+
+static void
+ngx_http_tollgate_tokens_settle(ngx_http_tollgate_tokens_t *t, uint32_t cut)
+{
+    uint32_t   ending;
+    uint64_t   used, charged;
+    tg_usage   usage;
+    tg_status  st;
+
+    if (t->settled) {
+        return;
+    }
+
+    t->settled = 1;
+
+    if (t->scan) {
+        ngx_memzero(&usage, sizeof(tg_usage));
+        usage.size = sizeof(tg_usage);
+
+        (void) tg_usage_scan_finish(t->scan, t->status, cut, &usage);
+
+        ending = usage.ending;
+        used = usage.total;
+
+    } else {
+        ending = tg_usage_ending(t->status, cut);
+        used = 0;
+    }
+
+    charged = 0;
+
+    st = tg_settle(t->limiter, &t->ticket, ending, used, tg_now_ms(),
+                   &charged);
+
+    if (st != TG_OK) {
+        ngx_log_error(NGX_LOG_ERR, t->log, 0,
+                      "tollgate: tg_settle() failed: %s",
+                      tg_status_str(st));
+        return;
+    }
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, t->log, 0,
+                   "tollgate: settled, status %ui, ending %uD, used %uL, "
+                   "charged %uL", t->status, ending, used, charged);
+}
+
+
+/* the request ended without its last buffer: cut */
+
+static void
+ngx_http_tollgate_tokens_cleanup(void *data)
+{
+    ngx_http_tollgate_tokens_t  *t = data;
+
+    ngx_http_tollgate_tokens_settle(t, 1);
+}
+
+
+/* the main request's reservation still to settle, or NULL */
+
+static ngx_http_tollgate_tokens_t *
+ngx_http_tollgate_tokens_get(ngx_http_request_t *r)
+{
+    ngx_http_tollgate_ctx_t  *ctx;
+
+    if (r != r->main) {
+        return NULL;
+    }
+
+    ctx = ngx_http_tollgate_get_ctx(r);
+
+    if (ctx == NULL || ctx->tokens == NULL || ctx->tokens->settled) {
+        return NULL;
+    }
+
+    return ctx->tokens;
+}
+
+
+static ngx_int_t
+ngx_http_tollgate_tokens_header_filter(ngx_http_request_t *r)
+{
+    void                        *mem;
+    size_t                       size;
+    tg_status                    st;
+    ngx_table_elt_t             *ce;
+    ngx_http_tollgate_tokens_t  *t;
+
+    t = ngx_http_tollgate_tokens_get(r);
+
+    if (t == NULL || t->header) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    t->header = 1;
+    t->status = r->headers_out.status;
+
+    if (r->header_only) {
+        /* no body will pass */
+        ngx_http_tollgate_tokens_settle(t, 0);
+        return ngx_http_next_header_filter(r);
+    }
+
+    ce = r->headers_out.content_encoding;
+
+    if (ce && ce->hash && ce->value.len
+        && !(ce->value.len == sizeof("identity") - 1
+             && ngx_strncasecmp(ce->value.data, (u_char *) "identity",
+                                ce->value.len) == 0))
+    {
+        /* gzip and the like: the core reads decoded bytes only */
+        return ngx_http_next_header_filter(r);
+    }
+
+    size = tg_usage_scan_size();
+
+    mem = ngx_pmemalign(r->pool, size, TG_USAGE_SCAN_ALIGN);
+    if (mem == NULL) {
+        return NGX_ERROR;
+    }
+
+    st = tg_usage_scan_init(mem, size,
+                            (const char *) r->headers_out.content_type.data,
+                            r->headers_out.content_type.len, &t->scan);
+
+    if (st == TG_OK) {
+        /* as gzip and sub do: the copy filter reads a body spooled to a
+         * file into memory */
+        r->filter_need_in_memory = 1;
+
+    } else {
+        /* TG_E_UNSUPPORTED: neither JSON nor SSE, no usage to read */
+        t->scan = NULL;
+
+        if (st != TG_E_UNSUPPORTED) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "tollgate: tg_usage_scan_init() failed: %s",
+                          tg_status_str(st));
+        }
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_tollgate_tokens_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    size_t                       len;
+    ngx_buf_t                   *b;
+    tg_status                    st;
+    ngx_uint_t                   last;
+    ngx_chain_t                 *cl;
+    ngx_http_tollgate_tokens_t  *t;
+
+    t = ngx_http_tollgate_tokens_get(r);
+
+    if (t == NULL || in == NULL) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    last = 0;
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (b->last_buf) {
+            last = 1;
+        }
+
+        if (t->scan == NULL) {
+            continue;
+        }
+
+        if (ngx_buf_in_memory(b)) {
+            len = b->last - b->pos;
+
+            if (len == 0) {
+                continue;
+            }
+
+            st = tg_usage_scan_feed(t->scan, b->pos, len);
+
+            if (st != TG_OK) {
+                /* TG_E_USAGE: final, settled as if no usage came */
+                ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                               "tollgate: response usage unreadable: %s",
+                               tg_last_error());
+            }
+
+            continue;
+        }
+
+        if (ngx_buf_size(b)) {
+            /* only in a file: these bytes cannot be read here, so the
+             * usage cannot be either */
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "tollgate: response body in a file, "
+                          "its usage is not read");
+            t->scan = NULL;
+        }
+    }
+
+    if (last) {
+        /* before the last bytes reach the client, so its next request
+         * sees the settled count */
+        ngx_http_tollgate_tokens_settle(t, 0);
+    }
+
+    return ngx_http_next_body_filter(r, in);
+}
+
+
+static ngx_int_t
+ngx_http_tollgate_tokens_init(ngx_conf_t *cf)
+{
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_tollgate_tokens_header_filter;
+
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_tollgate_tokens_body_filter;
+
+    return NGX_OK;
+}
