@@ -277,7 +277,7 @@ impl Rec {
 
 /// The streaming scanner. Construct it for the response's [`Framing`],
 /// feed it the response in chunks of any size, then call
-/// [`finish`](UsageScanner::finish). 424 bytes on 64-bit targets, no heap.
+/// [`finish`](UsageScanner::finish). About 2.5 KB (an SSE event held: [`EVENT_HOLD`]), no heap.
 ///
 /// Errors are returned by `feed` when found: in a JSON body at the byte
 /// where they occur, in an SSE stream at the blank line that ends the
@@ -336,6 +336,9 @@ pub struct UsageScanner {
     flushed: bool,
     /// Why the event's data is not JSON, told at its blank line.
     ev_err: Option<UsageError>,
+    /// The event's data is held (not lexed) while it fits: an event that
+    /// cannot carry a usage key is then skipped unparsed.
+    hold: Hold,
     done: bool,
     // The answer so far.
     found: Option<Usage>,
@@ -384,6 +387,7 @@ impl UsageScanner {
             pending: 0,
             flushed: false,
             ev_err: None,
+            hold: Hold::new(),
             done: false,
             found: None,
         }
@@ -539,10 +543,7 @@ impl UsageScanner {
                                 continue;
                             }
                         }
-                        let end = buf[i..]
-                            .iter()
-                            .position(|&b| b == b'\n' || b == b'\r')
-                            .map_or(n, |p| i + p);
+                        let end = memchr::memchr2(b'\n', b'\r', &buf[i..]).map_or(n, |p| i + p);
                         self.data(&buf[i..end])?;
                         i = end;
                         continue;
@@ -552,10 +553,7 @@ impl UsageScanner {
                     if eol {
                         self.line = Line::Start;
                     } else {
-                        i = buf[i..]
-                            .iter()
-                            .position(|&b| b == b'\n' || b == b'\r')
-                            .map_or(n, |p| i + p);
+                        i = memchr::memchr2(b'\n', b'\r', &buf[i..]).map_or(n, |p| i + p);
                         continue;
                     }
                 }
@@ -585,6 +583,7 @@ impl UsageScanner {
             self.pending = 0;
             self.flushed = false;
             self.ev_err = None;
+            self.hold.start();
             self.doc_reset();
             Ok(())
         }
@@ -615,9 +614,24 @@ impl UsageScanner {
         self.lex_event(&b"[DONE]"[..self.pending as usize]);
     }
 
+    /// Event data past its `[DONE]` check: held while it fits, else lexed
+    /// (what was held first).
+    fn lex_event(&mut self, d: &[u8]) {
+        if self.hold.on {
+            if self.hold.take(d) {
+                return;
+            }
+            self.hold.on = false;
+            let held = self.hold.len;
+            let buf = self.hold.buf;
+            self.lex_now(&buf[..held]);
+        }
+        self.lex_now(d);
+    }
+
     /// Lexes event data. An error waits for the event's blank line: an
     /// event the stream cuts is dropped, bad JSON and all.
-    fn lex_event(&mut self, d: &[u8]) {
+    fn lex_now(&mut self, d: &[u8]) {
         if self.ev_err.is_none() {
             if let Err(e) = self.lex(d) {
                 self.ev_err = Some(e);
@@ -637,6 +651,16 @@ impl UsageScanner {
         }
         if !self.flushed {
             self.flush();
+        }
+        if self.hold.on {
+            // The whole event was held: read only if it may carry usage.
+            self.hold.on = false;
+            if !self.hold.maybe {
+                return Ok(());
+            }
+            let held = self.hold.len;
+            let buf = self.hold.buf;
+            self.lex_now(&buf[..held]);
         }
         if let Some(e) = self.ev_err.take() {
             return Err(e);
@@ -1038,6 +1062,71 @@ impl UsageScanner {
     }
 }
 
+/// Bytes of an SSE event's data held before it is lexed. LLM streams'
+/// chunks are a few hundred bytes; a longer event (a Responses API
+/// `response.completed` carrying the whole output) is lexed as it comes.
+pub const EVENT_HOLD: usize = 2048;
+
+/// An SSE event's data, held so that one that cannot carry a usage key is
+/// skipped unparsed: the key `usage` is in an event's data either as those
+/// five bytes or with a `\u` escape in it, so an event with neither has no
+/// usage (and is not checked to be JSON). This is what keeps reading a
+/// stream of many small chunks near memory speed.
+#[derive(Clone)]
+struct Hold {
+    on: bool,
+    /// The held data contains `usage` or `\u`.
+    maybe: bool,
+    len: usize,
+    buf: [u8; EVENT_HOLD],
+}
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hold")
+            .field("on", &self.on)
+            .field("maybe", &self.maybe)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hold {
+    const fn new() -> Hold {
+        Hold {
+            on: false,
+            maybe: false,
+            len: 0,
+            buf: [0; EVENT_HOLD],
+        }
+    }
+
+    fn start(&mut self) {
+        self.on = true;
+        self.maybe = false;
+        self.len = 0;
+    }
+
+    /// Holds `d` if it fits (false: it does not; nothing is taken).
+    fn take(&mut self, d: &[u8]) -> bool {
+        let end = self.len + d.len();
+        if end > EVENT_HOLD {
+            return false;
+        }
+        self.buf[self.len..end].copy_from_slice(d);
+        if !self.maybe {
+            // Search the new bytes and the four before them, so a key cut
+            // between two pieces of data is found.
+            let from = self.len.saturating_sub(4);
+            let hay = &self.buf[from..end];
+            self.maybe = memchr::memmem::find(hay, b"usage").is_some()
+                || memchr::memchr_iter(b'\\', hay).any(|k| hay.get(k + 1) == Some(&b'u'));
+        }
+        self.len = end;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1195,8 +1284,19 @@ mod tests {
         assert_eq!(all_chunkings(Sse, cut), (Ok(None), false));
         let no_usage = b"data: {\"x\":1}\n\ndata: [DONE]\n\n";
         assert_eq!(all_chunkings(Sse, no_usage), (Ok(None), true));
+        // An event that cannot carry a usage key is skipped unparsed, bad
+        // JSON and all; one that may is read, and its bad JSON is an error.
         let not_done = b"data: [DONE] \n\n";
-        assert_eq!(chunked(Sse, not_done, &[]), (Err(NotJson), false));
+        assert_eq!(chunked(Sse, not_done, &[]), (Ok(None), false));
+        let bad_usage = b"data: {\"usage\":\n\n";
+        assert_eq!(all_chunkings(Sse, bad_usage), (Err(NotJson), false));
+        let escaped = b"data: {\"\\u0075sage\":{\"total_tokens\":7}}\n\n";
+        assert_eq!(all_chunkings(Sse, escaped), (Ok(u(0, 0, 7)), false));
+        // Longer than the hold: read as it comes, and checked.
+        let mut long = b"data: {\"pad\":\"".to_vec();
+        long.extend(std::iter::repeat_n(b'x', EVENT_HOLD));
+        long.extend_from_slice(b"\",]\n\n");
+        assert_eq!(chunked(Sse, &long, &[]), (Err(NotJson), false));
         let bad = b"data: {\"usage\":{\"prompt_tokens\":-1}}\n\n";
         assert_eq!(chunked(Sse, bad, &[]), (Err(BadUsage), false));
         // Empty data, a bare `data` field, other fields: no event.
@@ -1210,7 +1310,7 @@ mod tests {
     fn fixed_size() {
         // What a C caller would provide for one (docs/usage.md).
         let n = core::mem::size_of::<UsageScanner>();
-        assert!(n <= 512, "{n}");
+        assert!(n <= EVENT_HOLD + 512, "{n}");
     }
 
     #[test]

@@ -27,3 +27,5 @@ mod model;
 mod region_fuzz;
 #[path = "checks/usage_differential.rs"]
 mod usage_differential;
+#[path = "checks/usage_throughput.rs"]
+mod usage_throughput;

@@ -306,7 +306,7 @@ static void test_tokens(void) {
         "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":900,\"completion_tokens\":600,"
         "\"total_tokens\":1500}}\n\n"
         "data: [DONE]\n\n";
-    uint64_t mem[1024 / 8];
+    static uint64_t mem[4096 / 8];
     REQUIRE(tg_usage_scan_size() <= sizeof mem);
     tg_usage_scan *scan = NULL;
     const char *ct = "text/event-stream; charset=utf-8";

@@ -14,7 +14,7 @@
 //! field holding one is `BadUsage` like any non-integer.)
 
 use serde_json::Value;
-use tollgate::usage::{usage_of, Framing, Usage, UsageError, UsageScanner};
+use tollgate::usage::{usage_of, Framing, Usage, UsageError, UsageScanner, EVENT_HOLD};
 
 type Answer = (Result<Option<Usage>, UsageError>, bool);
 
@@ -130,9 +130,15 @@ fn sse_oracle(stream: &[u8]) -> Option<Answer> {
     for line in lines {
         if line.is_empty() {
             let Some(d) = data.take() else { continue };
+            // An event that cannot carry the key `usage` (neither those
+            // bytes nor a `\u` escape in it) and fits the scanner's hold is
+            // skipped unparsed (src/usage.rs, `Hold`).
+            let skipped = d.len() <= EVENT_HOLD
+                && !d.windows(5).any(|w| w == b"usage")
+                && !d.windows(2).any(|w| w == b"\\u");
             if d == b"[DONE]" {
                 done = true;
-            } else if !d.iter().all(|b| b" \t\r\n".contains(b)) {
+            } else if !skipped && !d.iter().all(|b| b" \t\r\n".contains(b)) {
                 match parse(&d, Framing::Sse)? {
                     Err(e) => return Some((Err(e), done)),
                     Ok(Some(u)) => found = Some(u),
