@@ -63,7 +63,7 @@ pub fn run(a: Args) -> Res<u8> {
     let leases = l
         .lease_table_stats(now)
         .map_err(|e| super::fail(e.to_string()))?;
-    let per_slot = bytes_per_slot(&l);
+    let per_slot = bytes_per_slot(&s);
     let header = s.bytes - s.slots as usize * per_slot;
     let free = s.slots - s.used;
     if a.json {
@@ -156,15 +156,10 @@ pub fn run(a: Args) -> Res<u8> {
     Ok(0)
 }
 
-/// Bytes each slot takes: hot state and name, and for a table of leases its
-/// side area too.
-fn bytes_per_slot(l: &tollgate::Limiter) -> usize {
-    let side = match (
-        tollgate::region_size_for_leases(1),
-        tollgate::region_size(1),
-    ) {
-        (Some(with), Some(without)) if l.is_leased() => with - without,
-        _ => 0,
-    };
-    tollgate::BYTES_PER_SLOT + side
+/// Bytes each slot takes, as this table was formatted: hot state and name,
+/// the unit area (tables since 0.4) and for a table of leases the side
+/// area. The part before the slots is the same in every layout.
+fn bytes_per_slot(s: &tollgate::Stats) -> usize {
+    let fixed = tollgate::region_size(1).expect("one slot") - tollgate::BYTES_PER_SLOT;
+    s.bytes.saturating_sub(fixed) / (s.slots as usize).max(1)
 }
