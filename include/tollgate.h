@@ -1694,8 +1694,8 @@ tg_status tg_usage_scan_init(void *mem, size_t len, const char *content_type, si
  * when `len` is 0), exactly as sent (after any content decoding: feed
  * what a client would parse). TG_OK: keep feeding. TG_E_USAGE: the
  * response cannot be read (not JSON, a usage that is not token counts);
- * final, tg_last_error says why, and the reservation is settled as if no
- * usage came.
+ * final, and tg_usage_scan_finish then ends it as a response without
+ * usage.
  */
 tg_status tg_usage_scan_feed(struct tg_usage_scan *scan, const uint8_t *chunk, size_t len);
 

@@ -319,9 +319,8 @@ pub(crate) struct Region {
     legacy: bool,
     /// Formatted for quota leases ([`FLAG_LEASES`]): has the side area.
     leases: bool,
-    /// Has the unit area ([`FLAG_UNITS`]): token windows.
-    units: bool,
-    /// Where the unit area starts, from `base` (0 without one).
+    /// Where the unit area ([`FLAG_UNITS`]: token windows) starts, from
+    /// `base`; 0 for a table without one.
     units_at: usize,
 }
 
@@ -466,7 +465,6 @@ impl Region {
             slots,
             legacy: false,
             leases,
-            units: true,
             units_at: units_at(slots, leases),
         };
         r.header().ready.store(ready, Ordering::Release);
@@ -531,7 +529,6 @@ impl Region {
             slots: h.slot_count,
             legacy: old,
             leases,
-            units,
             units_at: if units {
                 units_at(h.slot_count, leases)
             } else {
@@ -617,13 +614,13 @@ impl Region {
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        size_as(self.slots, self.leases, self.units).expect("valid slot count")
+        size_as(self.slots, self.leases, self.units()).expect("valid slot count")
     }
 
     /// Whether the table has the unit area ([`FLAG_UNITS`]): token windows.
     #[inline]
     pub(crate) fn units(&self) -> bool {
-        self.units
+        self.units_at != 0
     }
 
     /// Slot `i`'s token state word; only in a table with the unit area.

@@ -453,43 +453,17 @@ fn charge(
     // packed word (bits 16..64 are day and minute, in that order). Any
     // other word goes to the general rule, which also tells a rebound slot.
     let window = (clock.now.day as u64) << 16 | clock.now.minute as u64;
-    let both = (cost as u128) << 64 | (cost as u128) << 96;
-    let need = cost.max(1) as u64;
+    let step = Step::new(cost, cost);
     let fast = replace(
         &slot.state,
         word,
         // Forced: `charge` is inlined twice, and a closure called from two
         // places is otherwise left out of line.
         #[inline(always)]
-        |word| {
-            let (lo, hi) = (word as u64, (word >> 64) as u64);
-            if lo as u16 != gen || lo >> 16 != window {
-                return Then::Answer(Err(word));
-            }
-            let (minute_count, day_count) = (hi as u32, (hi >> 32) as u32);
-            let limited_by = if day_count as u64 + need > limits.rpd as u64 {
-                LimitedBy::Day
-            } else if minute_count as u64 + need > limits.rpm as u64 {
-                LimitedBy::Minute
-            } else {
-                LimitedBy::None
-            };
-            let allowed = limited_by == LimitedBy::None;
-            let charged = if allowed { cost } else { 0 };
-            let outcome = Outcome {
-                allowed,
-                limited_by,
-                at: clock.now,
-                minute_count: minute_count + charged,
-                day_count: day_count + charged,
-                clock_fault: false,
-            };
-            if !allowed || cost == 0 {
-                return Then::Answer(Ok(outcome));
-            }
-            // Both counts stay within their u32 limits, so one add charges
-            // both fields without a carry between them.
-            Then::Store(word + both, Ok(outcome))
+        |word| match judge_packed(word, gen, window, limits, step, clock.now) {
+            None => Then::Answer(Err(word)),
+            Some((outcome, None)) => Then::Answer(Ok(outcome)),
+            Some((outcome, Some(next))) => Then::Store(next, Ok(outcome)),
         },
     );
     match fast {
@@ -540,6 +514,68 @@ fn charge_slow(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     Some(outcome)
+}
+
+/// What one decision asks of a word: `need` units must fit (at least one,
+/// so a peek says whether one more would), `add` are charged if they do.
+#[derive(Clone, Copy)]
+pub(crate) struct Step {
+    need: u64,
+    add: u32,
+    /// `add` in both count fields of a packed word.
+    both: u128,
+}
+
+impl Step {
+    #[inline(always)]
+    pub(crate) fn new(need: u32, add: u32) -> Step {
+        Step {
+            need: need.max(1) as u64,
+            add,
+            both: (add as u128) << 64 | (add as u128) << 96,
+        }
+    }
+}
+
+/// The common case of a state word (requests) and a token word alike,
+/// decided on the packed word: counts of binding `gen` dated `window`
+/// (now's day and minute). `None` for any other word, which the general
+/// rule ([`judge`]) decides. The outcome, and the word to store when
+/// units were charged.
+#[inline(always)]
+pub(crate) fn judge_packed(
+    word: u128,
+    gen: u16,
+    window: u64,
+    limits: Limits,
+    step: Step,
+    now: Instant,
+) -> Option<(Outcome, Option<u128>)> {
+    let (lo, hi) = (word as u64, (word >> 64) as u64);
+    if lo as u16 != gen || lo >> 16 != window {
+        return None;
+    }
+    let (minute_count, day_count) = (hi as u32, (hi >> 32) as u32);
+    let limited_by = if day_count as u64 + step.need > limits.rpd as u64 {
+        LimitedBy::Day
+    } else if minute_count as u64 + step.need > limits.rpm as u64 {
+        LimitedBy::Minute
+    } else {
+        LimitedBy::None
+    };
+    let allowed = limited_by == LimitedBy::None;
+    let charged = if allowed { step.add } else { 0 };
+    let outcome = Outcome {
+        allowed,
+        limited_by,
+        at: now,
+        minute_count: minute_count + charged,
+        day_count: day_count + charged,
+        clock_fault: false,
+    };
+    // Both counts stay within their u32 limits, so one add charges both
+    // fields without a carry between them.
+    Some((outcome, (charged != 0).then(|| word + step.both)))
 }
 
 /// Pure decision on a state: the outcome and the state to store if allowed.

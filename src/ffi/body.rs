@@ -4,7 +4,7 @@
 
 use std::ffi::c_void;
 
-use super::{any_bytes, body_status, guard, tg_status, TG_E_ALIGNMENT, TG_E_BUFFER_TOO_SMALL};
+use super::{any_bytes, body_status, guard, tg_status, TG_E_BUFFER_TOO_SMALL};
 use super::{sized, TG_E_INVALID, TG_E_NULL, TG_OK};
 use crate::body::{model_of, ModelScanner, DEPTH_MAX, MODEL_MAX};
 
@@ -51,31 +51,11 @@ pub extern "C" fn tg_body_scan_init(
     out: *mut *mut tg_body_scan,
 ) -> tg_status {
     guard(|| {
-        if out.is_null() {
-            return TG_E_NULL;
-        }
-        // SAFETY: non-null, writable by contract.
-        unsafe { *out = std::ptr::null_mut() };
-        if mem.is_null() {
-            return TG_E_NULL;
-        }
-        if len < tg_body_scan_size() {
-            return TG_E_INVALID;
-        }
-        let scan = mem.cast::<tg_body_scan>();
-        if !scan.is_aligned() {
-            return TG_E_ALIGNMENT;
-        }
-        // SAFETY: `mem` is non-null, aligned, and holds `len` >= the
-        // struct's size writable bytes (the caller's contract); the old
-        // contents need no drop (the struct owns nothing).
-        unsafe {
-            scan.write(tg_body_scan {
+        super::place(mem, len, out, || {
+            Ok(tg_body_scan {
                 inner: ModelScanner::new(),
-            });
-            *out = scan;
-        }
-        TG_OK
+            })
+        })
     })
 }
 

@@ -2,7 +2,7 @@
 //! error, checks of pointers, lengths and struct sizes, and the buffer
 //! protocol of the renderers.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::*;
@@ -72,6 +72,46 @@ pub(super) fn body_status(e: BodyError) -> tg_status {
 #[inline]
 pub(super) fn sized<T>(size: u32) -> bool {
     size == 0 || size as usize >= std::mem::size_of::<T>()
+}
+
+/// Starts an object of plain data in caller memory (`len` bytes at `mem`),
+/// as the streaming scans do: `*out` is NULL until it is placed, then
+/// `mem`. TG_E_NULL for NULL pointers, `make`'s own status, TG_E_INVALID
+/// when `len` is too small, TG_E_ALIGNMENT when `mem` is not aligned for
+/// `T`. `T` must own nothing (the old contents are never dropped).
+pub(super) fn place<T>(
+    mem: *mut c_void,
+    len: usize,
+    out: *mut *mut T,
+    make: impl FnOnce() -> Result<T, tg_status>,
+) -> tg_status {
+    if out.is_null() {
+        return TG_E_NULL;
+    }
+    // SAFETY: non-null, writable by contract.
+    unsafe { *out = std::ptr::null_mut() };
+    if mem.is_null() {
+        return TG_E_NULL;
+    }
+    let value = match make() {
+        Ok(v) => v,
+        Err(s) => return s,
+    };
+    if len < std::mem::size_of::<T>() {
+        return TG_E_INVALID;
+    }
+    let p = mem.cast::<T>();
+    if !p.is_aligned() {
+        return TG_E_ALIGNMENT;
+    }
+    // SAFETY: `mem` is non-null, aligned for T, and holds `len` >= the
+    // struct's size writable bytes (the caller's contract); the old
+    // contents need no drop (T owns nothing).
+    unsafe {
+        p.write(value);
+        *out = p;
+    }
+    TG_OK
 }
 
 /// Copies `msg` into a caller's error buffer, truncated, NUL-terminated.

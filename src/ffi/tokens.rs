@@ -7,7 +7,7 @@ use std::ffi::c_void;
 use super::*;
 use crate::decision::{Ticket, TokenWindows, Window};
 use crate::limiter::Ending;
-use crate::usage::{Framing, Usage, UsageError, UsageScanner};
+use crate::usage::{Framing, Usage, UsageScanner};
 
 /// The token minute window (TPM) refused.
 pub const TG_LIMIT_TOKENS_MINUTE: u32 = 3;
@@ -309,50 +309,22 @@ pub extern "C" fn tg_usage_scan_init(
     out: *mut *mut tg_usage_scan,
 ) -> tg_status {
     guard(|| {
-        if out.is_null() {
-            return TG_E_NULL;
-        }
-        // SAFETY: non-null, writable by contract.
-        unsafe { *out = std::ptr::null_mut() };
-        if mem.is_null() {
-            return TG_E_NULL;
-        }
-        let ct = match any_bytes(content_type, ct_len) {
-            Ok(b) => b,
-            Err(s) => return s,
-        };
-        let Some(framing) = Framing::from_content_type(ct) else {
-            return TG_E_UNSUPPORTED;
-        };
-        if len < tg_usage_scan_size() {
-            return TG_E_INVALID;
-        }
-        let scan = mem.cast::<tg_usage_scan>();
-        if !scan.is_aligned() {
-            return TG_E_ALIGNMENT;
-        }
-        // SAFETY: non-null, aligned, `len` >= the struct's size writable
-        // bytes by contract; the old contents own nothing to drop.
-        unsafe {
-            scan.write(tg_usage_scan {
+        super::place(mem, len, out, || {
+            let ct = any_bytes(content_type, ct_len)?;
+            let framing = Framing::from_content_type(ct).ok_or(TG_E_UNSUPPORTED)?;
+            Ok(tg_usage_scan {
                 inner: UsageScanner::new(framing),
-            });
-            *out = scan;
-        }
-        TG_OK
+            })
+        })
     })
-}
-
-fn usage_status(_: UsageError) -> tg_status {
-    TG_E_USAGE
 }
 
 /// Reads the next `len` bytes of the response body (`chunk` may be NULL
 /// when `len` is 0), exactly as sent (after any content decoding: feed
 /// what a client would parse). TG_OK: keep feeding. TG_E_USAGE: the
 /// response cannot be read (not JSON, a usage that is not token counts);
-/// final, tg_last_error says why, and the reservation is settled as if no
-/// usage came.
+/// final, and tg_usage_scan_finish then ends it as a response without
+/// usage.
 #[no_mangle]
 pub extern "C" fn tg_usage_scan_feed(
     scan: *mut tg_usage_scan,
@@ -371,7 +343,8 @@ pub extern "C" fn tg_usage_scan_feed(
         };
         match s.inner.feed(bytes) {
             Ok(()) => TG_OK,
-            Err(e) => usage_status(e),
+            // Every reason is one status: the response is not read.
+            Err(_) => TG_E_USAGE,
         }
     })
 }

@@ -20,7 +20,7 @@
 //! closed is charged to the current one (the tokens were used now), and an
 //! unspent part whose window has closed is gone with it.
 
-use super::{judge, replace, Clock, LimitedBy, Outcome, State, Then};
+use super::{judge, judge_packed, replace, Clock, Outcome, State, Step, Then};
 use crate::policy::Limits;
 use crate::region::Region;
 use crate::window::Instant;
@@ -45,35 +45,12 @@ pub(crate) fn reserve(
     // word, as `charge` does for requests; anything else takes the
     // general rule.
     let window = (clock.now.day as u64) << 16 | clock.now.minute as u64;
-    let need = tokens.max(1) as u64;
-    let add = if store { tokens } else { 0 };
+    let step = Step::new(tokens, if store { tokens } else { 0 });
     replace(cell, load(cell), |word| {
-        let (lo, hi) = (word as u64, (word >> 64) as u64);
-        if lo as u16 == gen && lo >> 16 == window {
-            let (minute_count, day_count) = (hi as u32, (hi >> 32) as u32);
-            let limited_by = if day_count as u64 + need > limits.rpd as u64 {
-                LimitedBy::Day
-            } else if minute_count as u64 + need > limits.rpm as u64 {
-                LimitedBy::Minute
-            } else {
-                LimitedBy::None
-            };
-            let allowed = limited_by == LimitedBy::None;
-            let charged = if allowed { add } else { 0 };
-            let outcome = Outcome {
-                allowed,
-                limited_by,
-                at: clock.now,
-                minute_count: minute_count + charged,
-                day_count: day_count + charged,
-                clock_fault: false,
-            };
-            if charged == 0 {
-                return Then::Answer(Some(outcome));
-            }
-            // Both counts stay within their u32 limits: one add, no carry.
-            let both = (charged as u128) << 64 | (charged as u128) << 96;
-            return Then::Store(word + both, Some(outcome));
+        match judge_packed(word, gen, window, limits, step, clock.now) {
+            Some((outcome, None)) => return Then::Answer(Some(outcome)),
+            Some((outcome, Some(next))) => return Then::Store(next, Some(outcome)),
+            None => {}
         }
         let mut s = State::unpack(word);
         if s.gen != gen {
