@@ -1667,6 +1667,9 @@ tg_status tg_limiter_estimate_tokens(const tg_limiter *limiter, const tg_body_sc
  * ticket exactly once, on the limiter (or a sibling on the same table)
  * whose decision made it. TG_E_INVALID for an all-zero ticket or one not
  * of this table, an unknown `ending`; TG_E_READ_ONLY on a read-only handle.
+ * On a table of quota leases the key's token windows are in Redis: the
+ * correction is queued to the lease thread (no round trip here), and a
+ * limiter not joined to the store gets TG_E_NOT_JOINED.
  */
 tg_status tg_settle(const tg_limiter *limiter, const struct tg_ticket *ticket, uint32_t ending, uint64_t used, uint64_t now_ms, uint64_t *charged);
 

@@ -65,6 +65,10 @@ pub struct Ticket {
     pub(crate) minute: u16,
     pub(crate) day: u32,
     pub(crate) reserved: u32,
+    /// On a table of quota leases: reserved in this host's own share while
+    /// the store was away (the down policy `local`), so settling also
+    /// corrects that share's count. Bit 63 of the first word.
+    pub(crate) local: bool,
 }
 
 impl Ticket {
@@ -84,7 +88,10 @@ impl Ticket {
     /// The ticket as two words (the C ABI's `tg_ticket`).
     pub fn to_raw(self) -> [u64; 2] {
         [
-            self.slot as u64 | (self.gen as u64) << 32 | (self.minute as u64) << 48,
+            self.slot as u64
+                | (self.gen as u64) << 32
+                | (self.minute as u64) << 48
+                | (self.local as u64) << 63,
             self.day as u64 | (self.reserved as u64) << 32,
         ]
     }
@@ -95,9 +102,10 @@ impl Ticket {
         let t = Ticket {
             slot: w[0] as u32,
             gen: (w[0] >> 32) as u16,
-            minute: (w[0] >> 48) as u16,
+            minute: (w[0] >> 48) as u16 & 0x7fff,
             day: w[1] as u32,
             reserved: (w[1] >> 32) as u32,
+            local: w[0] >> 63 == 1,
         };
         (t.day != 0 && (t.minute as u32) < crate::window::MINUTES_PER_DAY).then_some(t)
     }
@@ -186,6 +194,7 @@ impl Decision {
                 minute: t.at.minute as u16,
                 day: t.at.day,
                 reserved,
+                local: false,
             }),
             _ => None,
         };

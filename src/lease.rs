@@ -30,6 +30,7 @@ mod hosts;
 mod options;
 mod sizing;
 mod stats;
+mod tokens;
 mod worker;
 
 #[cfg(test)]

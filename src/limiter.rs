@@ -647,15 +647,13 @@ impl Limiter {
                 limit: tl.tpm.min(tl.tpd),
             });
         }
-        if self.leased {
-            return Err(Error::Invalid(
-                "token limits are not shared across hosts yet: a table of quota leases limits requests only",
-            ));
-        }
-        let model_id = self.model_ids[model];
         if !self.region.units() {
             return Err(Error::NoTokenWindows);
         }
+        if self.leased {
+            return self.check_leased_tokens(req, now_ms, now, model, limits, tl);
+        }
+        let model_id = self.model_ids[model];
         let key = key::hash(self.region.seed(), req.account, model_id);
         let clock = slot::Clock {
             now,
@@ -697,7 +695,10 @@ impl Limiter {
     /// Returns the tokens the key is charged in the end. Settle each
     /// ticket once; `now_ms` dates an excess over the reservation whose
     /// window has closed. A ticket whose key has since lost its slot (its
-    /// day is over) settles to nothing and is `Ok`.
+    /// day is over) settles to nothing and is `Ok`. On a table of quota
+    /// leases the store holds the token windows: the correction is queued
+    /// to the lease thread (it makes no round trip here), and a limiter
+    /// that is not joined fails with [`Error::NotJoined`].
     pub fn settle(&self, ticket: Ticket, ending: Ending, now_ms: u64) -> Result<u64, Error> {
         let now =
             Instant::from_ms(now_ms).ok_or(Error::Invalid("now_ms is past the year 47000"))?;
@@ -724,6 +725,17 @@ impl Limiter {
                 }
             }
         };
+        let used = used.min(u32::MAX as u64) as u32;
+        if self.leased {
+            // The store holds the key's token windows: corrected through
+            // the lease layer, which must be joined.
+            #[cfg(feature = "leases")]
+            if let Some(j) = &*self.joined.load() {
+                j.settle(self, ticket, used, now);
+                return Ok(used as u64);
+            }
+            return Err(Error::NotJoined);
+        }
         let clock = slot::Clock {
             now,
             skew: self.skew_minutes,
@@ -734,10 +746,41 @@ impl Limiter {
             ticket.gen,
             ticket.at(),
             ticket.reserved,
-            used.min(u32::MAX as u64) as u32,
+            used,
             clock,
         );
-        Ok(used)
+        Ok(used as u64)
+    }
+
+    /// A decision with tokens on a table of quota leases: the lease
+    /// layer's, if joined (`lease::tokens`).
+    #[cold]
+    #[inline(never)]
+    fn check_leased_tokens(
+        &self,
+        req: &Request<'_>,
+        now_ms: u64,
+        now: Instant,
+        model: usize,
+        limits: Limits,
+        tl: TokenLimits,
+    ) -> Result<Decision, Error> {
+        #[cfg(feature = "leases")]
+        let link = self.joined.load();
+        #[cfg(feature = "leases")]
+        if let Some(j) = &*link {
+            let model_id = self.model_ids[model];
+            let p = Prepared {
+                now,
+                limits,
+                model,
+                model_id,
+                key: key::hash(self.region.seed(), req.account, model_id),
+            };
+            return j.check_tokens(self, req, &p, tl, now_ms);
+        }
+        let _ = (req, now_ms, now, model, limits, tl);
+        Err(Error::NotJoined)
     }
 
     /// A decision on a table of quota leases: the lease layer's, if joined.

@@ -44,7 +44,7 @@ fn read_pair(region: &Region, i: usize) -> Option<(u128, u128)> {
     None
 }
 
-fn entry_at(region: &Region, i: usize) -> Option<Entry> {
+pub(crate) fn entry_at(region: &Region, i: usize) -> Option<Entry> {
     let (ident, state) = read_pair(region, i)?;
     let state = if region.is_legacy() {
         State::unpack_v2(state)

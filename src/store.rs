@@ -219,12 +219,24 @@ impl Tag {
         Ok(Tag(hex(bytes).into_bytes()))
     }
 
-    /// The tag of one (account, model): 32 hex digits of BLAKE2b-128 over
-    /// the account's length, the account and the model. Hostile account
-    /// bytes cannot reach the key, and (a, bc) and (ab, c) differ.
+    /// The tag of one (account, model)'s requests: 32 hex digits of
+    /// BLAKE2b-128 over the account's length, the account and the model.
+    /// Hostile account bytes cannot reach the key, and (a, bc) and (ab, c)
+    /// differ.
     pub fn for_key(account: &[u8], model: &str) -> Tag {
+        Tag::for_unit(account, model, Unit::Requests)
+    }
+
+    /// The tag of one unit of one (account, model): each unit's windows
+    /// are counts of their own in the store (on a Cluster, perhaps in
+    /// another hash slot), charged and given back by the same calls.
+    /// Requests keep the tag [`Tag::for_key`] always gave them.
+    pub fn for_unit(account: &[u8], model: &str, unit: Unit) -> Tag {
         let mut h = Blake2bVar::new(16).expect("16 is a valid BLAKE2b digest size");
-        h.update(b"tollgate-store-tag\0");
+        h.update(match unit {
+            Unit::Requests => &b"tollgate-store-tag\0"[..],
+            Unit::Tokens => &b"tollgate-store-tag-tokens\0"[..],
+        });
         h.update(&(account.len() as u64).to_le_bytes());
         h.update(account);
         h.update(model.as_bytes());
@@ -242,6 +254,18 @@ impl Tag {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a key's windows count in the store: the store charges units and
+/// never asks which, so each is a [`Tag`] of its own ([`Tag::for_unit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Unit {
+    /// Requests (RPM, RPD).
+    Requests,
+    /// Tokens (TPM, TPD): reservations granted at admission, settled from
+    /// the response's usage.
+    Tokens,
 }
 
 /// Names one give-back, push or grant so that a retry of it is recognised:
@@ -580,6 +604,9 @@ mod tests {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(Tag::for_key(b"a", "bc"), Tag::for_key(b"ab", "c"));
         assert_eq!(Tag::for_key(b"a", "m"), Tag::for_key(b"a", "m"));
+        let tokens = Tag::for_unit(b"a", "m", Unit::Tokens);
+        assert_ne!(tokens, Tag::for_key(b"a", "m"));
+        assert_eq!(tokens.as_bytes().len(), 32);
         assert_eq!(Tag::hex(b"}}").unwrap().as_bytes(), b"7d7d");
         assert!(Tag::hex(&[0; 65]).is_err());
     }

@@ -11,6 +11,8 @@ mod faults;
 #[path = "leases/hosts.rs"]
 mod hosts;
 mod redis_servers;
+#[path = "leases/tokens.rs"]
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

@@ -219,6 +219,9 @@ pub const TG_END_CUT: u32 = 3;
 /// ticket exactly once, on the limiter (or a sibling on the same table)
 /// whose decision made it. TG_E_INVALID for an all-zero ticket or one not
 /// of this table, an unknown `ending`; TG_E_READ_ONLY on a read-only handle.
+/// On a table of quota leases the key's token windows are in Redis: the
+/// correction is queued to the lease thread (no round trip here), and a
+/// limiter not joined to the store gets TG_E_NOT_JOINED.
 #[no_mangle]
 pub extern "C" fn tg_settle(
     limiter: *const tg_limiter,

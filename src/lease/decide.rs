@@ -80,6 +80,20 @@ impl Joined {
         p: &Prepared,
         now_ms: u64,
     ) -> Result<Decision, Error> {
+        let (outcome, _) = self.decide(l, req, p, now_ms)?;
+        Ok(Decision::new(outcome, p.limits, now_ms))
+    }
+
+    /// [`Joined::check`]'s outcome, and the slot and generation of the key
+    /// (`None` for a peek at a key this host never saw). A refusal is
+    /// recorded.
+    pub(super) fn decide(
+        &self,
+        l: &Limiter,
+        req: &Request<'_>,
+        p: &Prepared,
+        now_ms: u64,
+    ) -> Result<(Outcome, Option<(usize, u16)>), Error> {
         let i = &*self.inner;
         let clock = Clock {
             now: p.now,
@@ -95,7 +109,7 @@ impl Joined {
             // A peek at a key this host never saw: what the last exchange
             // (none) says, fresh windows.
             let o = slot::judge(slot::State::default(), p.limits, 0, clock).0;
-            return Ok(Decision::new(o, p.limits, now_ms));
+            return Ok((o, None));
         };
         // The key keeps its slot for the day even when nothing is held in
         // it (exact mode, the down policy): else a key probing past would
@@ -144,7 +158,7 @@ impl Joined {
                 now_ms,
             );
         }
-        Ok(Decision::new(outcome, p.limits, now_ms))
+        Ok((outcome, Some((slot_i, gen))))
     }
 }
 

@@ -337,3 +337,189 @@ fn operator_views_of_a_leased_table_agree() {
     assert_eq!((r.minute_count, r.minute_limit), (15, 15), "{r:?}");
     assert_eq!((r.day_count, r.day_limit), (15, 7_500), "{r:?}");
 }
+
+// Tokens (`lease::tokens`): each reservation granted by the store, the
+// requests from the lease, both or neither; settling corrects the store
+// through the lease thread.
+
+const TPM: u32 = 10_000;
+
+fn token_policy() -> Policy {
+    Policy::parse(
+        "[models]\n\"DeepSeek-V3.1\" = { region = \"EU\" }\n[tiers.developer]\n\"DeepSeek-V3.1\" = { rpm = 30, rpd = 15000, tpm = 10000, tpd = 100000 }\n",
+        "t",
+    )
+    .unwrap()
+}
+
+fn token_host(store: &Arc<MemoryStore>, opts: LeaseOptions) -> Limiter {
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&token_policy(), 64)
+        .unwrap();
+    let dyn_store: Arc<dyn QuotaStore> = store.clone();
+    l.connect_store(dyn_store, opts).unwrap();
+    l
+}
+
+fn token_tag(account: &str) -> Tag {
+    crate::store::Tag::for_unit(account.as_bytes(), MODEL, crate::store::Unit::Tokens)
+}
+
+fn tokens_counted(s: &MemoryStore, account: &str, t: u64) -> u64 {
+    s.peek(&token_tag(account), at(t)).unwrap().minute_count
+}
+
+#[test]
+// Three hosts' lease threads: long under miri, which the two-host tests
+// above and the token slot tests already take through the same code.
+#[cfg_attr(miri, ignore)]
+fn hosts_sharing_a_token_quota_reserve_exactly_the_limit() {
+    let s = store();
+    let hosts: Vec<Limiter> = (0..3)
+        .map(|_| token_host(&s, opts(3, DownPolicy::Local)))
+        .collect();
+    let t = now();
+    let mut admitted = 0;
+    let mut refused = None;
+    for i in 0..20 {
+        let d = hosts[i % 3].check(&req("k").tokens(700), t).unwrap();
+        if d.allowed {
+            admitted += 1;
+            assert_eq!(d.tokens.unwrap().reserved, 700);
+        } else {
+            refused = Some(d);
+        }
+    }
+    // 14 reservations of 700 fit in 10 000; the requests (30) never refuse.
+    assert_eq!(admitted, TPM / 700);
+    assert_eq!(tokens_counted(&s, "k", t), (TPM / 700 * 700) as u64);
+    let d = refused.unwrap();
+    assert_eq!(d.limited_by, crate::LimitedBy::TokensMinute);
+    assert!(d.retry_after > 0);
+    let w = d.tokens.unwrap();
+    assert_eq!(
+        (w.minute.remaining, w.reserved, w.ticket),
+        (TPM % 700, 0, None)
+    );
+    // Refused on tokens, the requests were only looked at: once the
+    // hosts give their leases back, the store counts the 14 admitted.
+    for mut h in hosts {
+        h.disconnect();
+    }
+    assert_eq!(s.peek(&tag("k"), at(t)).unwrap().minute_count, 14);
+}
+
+#[test]
+fn settling_on_a_leased_table_corrects_the_store() {
+    let s = store();
+    let l = token_host(&s, opts(1, DownPolicy::Local));
+    let t = now();
+    let reserve = |n| {
+        let d = l.check(&req("k").tokens(n), t).unwrap();
+        assert!(d.allowed);
+        d.tokens.unwrap().ticket.unwrap()
+    };
+    let (a, b, c) = (reserve(1_000), reserve(1_000), reserve(1_000));
+    assert_eq!(tokens_counted(&s, "k", t), 3_000);
+    assert_eq!(l.settle(a, crate::Ending::Usage(300), t).unwrap(), 300);
+    assert_eq!(l.settle(b, crate::Ending::Usage(1_500), t).unwrap(), 1_500);
+    // A failed response without usage gives its reservation back.
+    assert_eq!(l.settle(c, crate::Ending::Failed, t).unwrap(), 0);
+    eventually("the store counts what was used", || {
+        tokens_counted(&s, "k", t) == 1_800
+    });
+    // The next decision's headers show it.
+    let d = l.check(&req("k").tokens(100), t).unwrap();
+    assert_eq!(d.tokens.unwrap().minute.remaining, TPM - 1_800 - 100);
+}
+
+#[test]
+fn a_refusal_by_the_requests_gives_the_tokens_back() {
+    let s = store();
+    let l = token_host(&s, opts(1, DownPolicy::Local));
+    let t = now();
+    let r = req("k").tokens(100).limits(2, 100);
+    assert!(l.check(&r, t).unwrap().allowed);
+    assert!(l.check(&r, t).unwrap().allowed);
+    let d = l.check(&r, t).unwrap();
+    assert_eq!(d.limited_by, crate::LimitedBy::Minute);
+    let w = d.tokens.unwrap();
+    assert_eq!(
+        (w.reserved, w.ticket, w.minute.remaining),
+        (0, None, TPM - 200)
+    );
+    eventually("the refused reservation given back", || {
+        tokens_counted(&s, "k", t) == 200
+    });
+}
+
+#[test]
+// Three hosts' lease threads: long under miri, which the two-host tests
+// above and the token slot tests already take through the same code.
+#[cfg_attr(miri, ignore)]
+fn tokens_follow_the_down_policy_and_are_pushed() {
+    let s = store();
+    s.fail(Fault::Down);
+    let local = token_host(&s, opts(2, DownPolicy::Local));
+    let t = now();
+    // The host's share: 5 000 of 10 000 tokens.
+    let tickets: Vec<_> = (0..8)
+        .filter_map(|_| {
+            let d = local.check(&req("k").tokens(1_000), t).unwrap();
+            d.tokens.unwrap().ticket
+        })
+        .collect();
+    assert_eq!(tickets.len(), 5);
+    assert!(tickets.iter().all(|k| k.local));
+    // Settled while down: the share's count and the backlog both shrink.
+    local
+        .settle(tickets[0], crate::Ending::Usage(200), t)
+        .unwrap();
+    assert!(local.check(&req("k").tokens(800), t).unwrap().allowed);
+    assert!(!local.check(&req("k").tokens(1), t).unwrap().allowed);
+
+    let closed = token_host(&s, opts(1, DownPolicy::Closed));
+    let d = closed.check(&req("c").tokens(10), t).unwrap();
+    assert_eq!(d.limited_by, crate::LimitedBy::TokensMinute);
+    let open = token_host(&s, opts(1, DownPolicy::Open));
+    assert!(open.check(&req("o").tokens(10_000), t).unwrap().allowed);
+
+    s.heal();
+    eventually("what was admitted pushed, as settled", || {
+        tokens_counted(&s, "k", t) == 5_000 && tokens_counted(&s, "o", t) == 10_000
+    });
+    assert_eq!(tokens_counted(&s, "c", t), 0);
+}
+
+#[test]
+fn a_token_grant_whose_reply_was_lost_is_given_back() {
+    let s = store();
+    let l = token_host(&s, opts(1, DownPolicy::Closed));
+    let t = now();
+    s.fail(Fault::Timeout { applied: true });
+    let d = l.check(&req("k").tokens(500), t).unwrap();
+    assert!(!d.allowed, "closed: refused for want of the store");
+    s.heal();
+    eventually("the lost grant recovered and given back", || {
+        tokens_counted(&s, "k", t) == 0 && l.lease_stats().unwrap().pending == 0
+    });
+    assert!(l.check(&req("k").tokens(500), t).unwrap().allowed);
+}
+
+#[test]
+fn a_leased_ticket_keeps_its_flag_through_the_c_words() {
+    let s = store();
+    s.fail(Fault::Down);
+    let l = token_host(&s, opts(1, DownPolicy::Local));
+    let t = now();
+    let k = l
+        .check(&req("k").tokens(10), t)
+        .unwrap()
+        .tokens
+        .unwrap()
+        .ticket
+        .unwrap();
+    assert!(k.local);
+    assert_eq!(crate::Ticket::from_raw(k.to_raw()), Some(k));
+}

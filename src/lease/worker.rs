@@ -37,6 +37,15 @@ pub(super) enum Job {
         units: u32,
         at: Instant,
     },
+    /// Tokens used beyond a reservation, found when it was settled:
+    /// added as a push is, but not a down-mode admission (not counted as
+    /// one, nor told).
+    Excess {
+        tag: Tag,
+        id: OpId,
+        units: u32,
+        at: Instant,
+    },
     /// A grant whose reply did not come: asked again under its id, it
     /// answers what it charged (or charges now), and that goes back.
     Recover {
@@ -479,14 +488,16 @@ impl Inner {
                     day_units: *day,
                     at: *at,
                 }),
-                Job::Push { tag, id, units, at } => Some(ApplyCall {
-                    push: true,
-                    tag: tag.clone(),
-                    id: id.clone(),
-                    minute_units: *units,
-                    day_units: *units,
-                    at: *at,
-                }),
+                Job::Push { tag, id, units, at } | Job::Excess { tag, id, units, at } => {
+                    Some(ApplyCall {
+                        push: true,
+                        tag: tag.clone(),
+                        id: id.clone(),
+                        minute_units: *units,
+                        day_units: *units,
+                        at: *at,
+                    })
+                }
                 Job::Recover { .. } => None,
             })
             .collect();
@@ -508,6 +519,7 @@ impl Inner {
                             pushed.0 += 1;
                             pushed.1 += *u as u64;
                         }
+                        Job::Excess { .. } => {}
                         _ => {
                             self.c.give_backs.fetch_add(1, Relaxed);
                             self.c
