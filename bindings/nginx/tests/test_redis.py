@@ -554,3 +554,40 @@ def test_a_zone_keeps_its_format(nginx):
     assert nginx.wait_log("holds a local table, not one formatted for "
                           "quota leases")
     assert nginx.chat("acct-kind").status == 200
+
+
+# --- tokens across hosts -------------------------------------------------
+
+def test_two_hosts_share_one_token_quota_through_redis(hosts, redis):
+    """Each reservation is granted by Redis (on the thread pool), and each
+    host settles through its lease thread: what one host's upstream
+    reported is what the other host's next answer shows."""
+    from test_tokens import LOCATION, POLICY, chat, remaining
+    fresh_minute(needed=20)
+    a, b = hosts("a"), hosts("b")
+    for n in (a, b):
+        n.start(zone=f"size=1m policy={POLICY}",
+                http_extra=joined(redis.url, "hosts=2"),
+                locations=LOCATION % {"buffering": "on", "extra": ""},
+                workers=2)
+    ca, cb = client(a, "sk-tokens"), client(b, "sk-tokens")
+
+    first = chat(ca, 37)
+    reserved = int(first.headers["x-tokens-reserved"])
+    assert remaining(first) == 5000 - reserved
+    time.sleep(1)  # host a's lease thread gives the unspent part back
+    second = chat(cb, 37)
+    again = int(second.headers["x-tokens-reserved"])
+    assert remaining(second) == 5000 - 37 - again
+    chat(ca, 4000)  # used beyond its reservation: the excess is pushed
+    time.sleep(1)
+    with pytest.raises(openai.RateLimitError) as e:
+        chat(cb, 1)
+    h = e.value.response.headers
+    assert h["x-tollgate-limited-by"] == "TOKENS_MINUTE"
+    assert h["x-ratelimit-remaining-tokens"] == str(5000 - 37 - 37 - 4000)
+    assert e.value.body["code"] == "tokens_rate_limit_exceeded"
+    for n in (a, b):
+        m = store_metrics(n)
+        assert m["tollgate_store_down"] == 0
+        assert m["tollgate_store_park_failures_total"] == 0
