@@ -1651,6 +1651,21 @@ tg_status tg_check_tokens(const tg_limiter *limiter, const tg_request *req, uint
 tg_status tg_tokens_header_pairs(const struct tg_tokens *tokens, tg_header_fn f, void *ctx);
 
 /**
+ * As tg_decision_header_pairs, with the key's token windows (`tokens` as
+ * tg_check_tokens wrote them; NULL, or `has_tokens` 0, for none): the six
+ * request headers, the six token headers, then retry-after when refused,
+ * the order every binding answers in (since 0.4).
+ */
+tg_status tg_decision_tokens_header_pairs(const tg_decision *decision, const struct tg_tokens *tokens, tg_header_fn f, void *ctx);
+
+/**
+ * As tg_decision_ietf_header_pairs, with the key's token windows
+ * (`tokens` as tg_tokens_header_pairs takes them): the fields then carry
+ * the "tokens-minute" and "tokens-day" items too (since 0.4).
+ */
+tg_status tg_decision_tokens_ietf_header_pairs(const tg_decision *decision, const struct tg_tokens *tokens, uint64_t now_ms, tg_header_fn f, void *ctx);
+
+/**
  * The tokens a request whose body the scan read reserves (`*tokens`):
  * the limiter's policy's estimate from the facts tg_body_facts gave
  * (docs/tokens.md), to put in tg_request.tokens. The same number every

@@ -211,18 +211,27 @@ impl Decision {
     /// a token limit, and `retry-after` when refused), one
     /// `name: value\r\n` line each.
     pub fn write_headers(&self, out: &mut impl Write) -> fmt::Result {
+        for (name, v) in self.all_header_pairs() {
+            out.write_str(name)?;
+            out.write_str(": ")?;
+            write_u64(out, v)?;
+            out.write_str("\r\n")?;
+        }
+        Ok(())
+    }
+
+    /// Every header of the decision, in the order every binding answers
+    /// in: the six request headers, the six token headers when the key has
+    /// a token limit, then `retry-after` when refused.
+    pub fn all_header_pairs(&self) -> impl Iterator<Item = (&'static str, u64)> {
         let [requests @ .., retry] = self.header_pairs();
         let tokens = self.token_header_pairs().into_iter().flatten();
         let tokens = tokens.map(|(n, v)| (n, Some(v)));
-        for (name, value) in requests.into_iter().chain(tokens).chain([retry]) {
-            if let Some(v) = value {
-                out.write_str(name)?;
-                out.write_str(": ")?;
-                write_u64(out, v)?;
-                out.write_str("\r\n")?;
-            }
-        }
-        Ok(())
+        requests
+            .into_iter()
+            .chain(tokens)
+            .chain([retry])
+            .filter_map(|(n, v)| Some((n, v?)))
     }
 
     /// Header names and values without formatting, for bindings that set

@@ -46,23 +46,9 @@ pub extern "C" fn tg_decision_header_pairs(
     f: tg_header_fn,
     ctx: *mut c_void,
 ) -> tg_status {
-    guard(|| {
-        let Some(f) = f else {
-            return TG_E_NULL;
-        };
-        let d = match decision_arg(decision) {
-            Ok(d) => d,
-            Err(s) => return s,
-        };
-        let mut buf = [0u8; 20];
-        for (name, value) in d.header_pairs() {
-            if let Some(v) = value {
-                if !emit(f, ctx, name, HeaderValue::Num(v).as_bytes(&mut buf)) {
-                    return TG_E_ABORTED;
-                }
-            }
-        }
-        TG_OK
+    guard(|| match decision_arg(decision) {
+        Ok(d) => emit_pairs(&d, f, ctx),
+        Err(s) => s,
     })
 }
 
@@ -75,38 +61,53 @@ pub extern "C" fn tg_decision_ietf_header_pairs(
     f: tg_header_fn,
     ctx: *mut c_void,
 ) -> tg_status {
-    guard(|| {
-        let Some(f) = f else {
-            return TG_E_NULL;
-        };
-        let d = match decision_arg(decision) {
-            Ok(d) => d,
-            Err(s) => return s,
-        };
-        // Each value rendered into a small buffer, then handed over.
-        let field = |name: &str, write: &dyn Fn(&mut Sink<'_>) -> std::fmt::Result| {
-            let mut buf = [0u8; 128];
-            let mut sink = Sink::new(&mut buf);
-            if write(&mut sink).is_err() || !sink.fits() {
-                return TG_E_PANIC;
-            }
-            let n = sink.needed();
-            if emit(f, ctx, name, &buf[..n]) {
-                TG_OK
-            } else {
-                TG_E_ABORTED
-            }
-        };
-        let st = field("RateLimit-Policy", &|s| d.write_ietf_policy(s));
-        if st != TG_OK {
-            return st;
-        }
-        let st = field("RateLimit", &|s| d.write_ietf_state(now_ms, s));
-        if st != TG_OK {
-            return st;
-        }
-        TG_OK
+    guard(|| match decision_arg(decision) {
+        Ok(d) => emit_ietf(&d, now_ms, f, ctx),
+        Err(s) => s,
     })
+}
+
+pub(super) fn emit_pairs(d: &crate::Decision, f: tg_header_fn, ctx: *mut c_void) -> tg_status {
+    let Some(f) = f else {
+        return TG_E_NULL;
+    };
+    let mut buf = [0u8; 20];
+    for (name, v) in d.all_header_pairs() {
+        if !emit(f, ctx, name, HeaderValue::Num(v).as_bytes(&mut buf)) {
+            return TG_E_ABORTED;
+        }
+    }
+    TG_OK
+}
+
+pub(super) fn emit_ietf(
+    d: &crate::Decision,
+    now_ms: u64,
+    f: tg_header_fn,
+    ctx: *mut c_void,
+) -> tg_status {
+    let Some(f) = f else {
+        return TG_E_NULL;
+    };
+    // Each value rendered into a small buffer, then handed over.
+    let field = |name: &str, write: &dyn Fn(&mut Sink<'_>) -> std::fmt::Result| {
+        let mut buf = [0u8; 256];
+        let mut sink = Sink::new(&mut buf);
+        if write(&mut sink).is_err() || !sink.fits() {
+            return TG_E_PANIC;
+        }
+        let n = sink.needed();
+        if emit(f, ctx, name, &buf[..n]) {
+            TG_OK
+        } else {
+            TG_E_ABORTED
+        }
+    };
+    let st = field("RateLimit-Policy", &|s| d.write_ietf_policy(s));
+    if st != TG_OK {
+        return st;
+    }
+    field("RateLimit", &|s| d.write_ietf_state(now_ms, s))
 }
 
 /// The six x-ratelimit-* headers, plus retry-after when refused, as

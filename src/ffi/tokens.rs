@@ -165,6 +165,56 @@ pub extern "C" fn tg_tokens_header_pairs(
     })
 }
 
+/// As tg_decision_header_pairs, with the key's token windows (`tokens` as
+/// tg_check_tokens wrote them; NULL, or `has_tokens` 0, for none): the six
+/// request headers, the six token headers, then retry-after when refused,
+/// the order every binding answers in (since 0.4).
+#[no_mangle]
+pub extern "C" fn tg_decision_tokens_header_pairs(
+    decision: *const tg_decision,
+    tokens: *const tg_tokens,
+    f: tg_header_fn,
+    ctx: *mut c_void,
+) -> tg_status {
+    guard(|| match with_tokens(decision, tokens) {
+        Ok(d) => super::render::emit_pairs(&d, f, ctx),
+        Err(s) => s,
+    })
+}
+
+/// As tg_decision_ietf_header_pairs, with the key's token windows
+/// (`tokens` as tg_tokens_header_pairs takes them): the fields then carry
+/// the "tokens-minute" and "tokens-day" items too (since 0.4).
+#[no_mangle]
+pub extern "C" fn tg_decision_tokens_ietf_header_pairs(
+    decision: *const tg_decision,
+    tokens: *const tg_tokens,
+    now_ms: u64,
+    f: tg_header_fn,
+    ctx: *mut c_void,
+) -> tg_status {
+    guard(|| match with_tokens(decision, tokens) {
+        Ok(d) => super::render::emit_ietf(&d, now_ms, f, ctx),
+        Err(s) => s,
+    })
+}
+
+/// A decision with its token windows, if any.
+fn with_tokens(
+    decision: *const tg_decision,
+    tokens: *const tg_tokens,
+) -> Result<crate::Decision, tg_status> {
+    let mut d = super::check::decision_arg(decision)?;
+    // SAFETY: NULL or a readable tg_tokens by contract.
+    if let Some(t) = unsafe { tokens.as_ref() } {
+        if !sized::<tg_tokens>(t.size) {
+            return Err(TG_E_INVALID);
+        }
+        d.tokens = tokens_from_c(t);
+    }
+    Ok(d)
+}
+
 /// The tokens a request whose body the scan read reserves (`*tokens`):
 /// the limiter's policy's estimate from the facts tg_body_facts gave
 /// (docs/tokens.md), to put in tg_request.tokens. The same number every

@@ -232,6 +232,28 @@ static const char *TOKENS_POLICY =
     "[models]\n\"m\" = { region = \"EU\" }\n"
     "[tiers.developer]\n\"m\" = { rpm = 100, rpd = 1000, tpm = 10000, tpd = 100000 }\n";
 
+/* Collects header pairs: their count, the last name, and whether any
+ * value holds `want`. */
+struct pairs {
+    int n;
+    char last[32];
+    const char *want;
+    int found;
+};
+
+static int collect_pair(void *ctx, const char *name, size_t name_len, const char *value,
+                        size_t value_len) {
+    struct pairs *p = ctx;
+    p->n++;
+    size_t k = name_len < sizeof p->last - 1 ? name_len : sizeof p->last - 1;
+    memcpy(p->last, name, k);
+    p->last[k] = '\0';
+    size_t w = p->want ? strlen(p->want) : 0;
+    for (size_t i = 0; w && i + w <= value_len; i++)
+        if (memcmp(value + i, p->want, w) == 0) p->found = 1;
+    return 0;
+}
+
 /* Reserve, refuse on tokens, answer with the token headers, read a
  * streamed response's usage and settle it: the next decision shows the
  * usage instead of the reservation. */
@@ -266,6 +288,23 @@ static void test_tokens(void) {
     CHECK_EQ(d.minute_remaining, 99);
     CHECK_EQ(t2.minute_remaining, 2000);
     CHECK_EQ(t2.ticket.words[0] | t2.ticket.words[1], 0);
+
+    /* its headers in the core's order: requests, tokens, retry-after */
+    struct pairs order = {0};
+    CHECK_ST(tg_decision_tokens_header_pairs(&d, &t2, collect_pair, &order), TG_OK);
+    CHECK_EQ(order.n, 13);
+    CHECK(strcmp(order.last, "retry-after") == 0);
+    struct pairs bare = {0};
+    CHECK_ST(tg_decision_tokens_header_pairs(&d, NULL, collect_pair, &bare), TG_OK);
+    CHECK_EQ(bare.n, 7);
+    struct pairs ietf = {.want = "\"tokens-minute\";r=2000;"};
+    CHECK_ST(tg_decision_tokens_ietf_header_pairs(&d, &t2, T0 + 1, collect_pair, &ietf), TG_OK);
+    CHECK_EQ(ietf.n, 2);
+    CHECK(ietf.found);
+    tg_tokens bad = t2;
+    bad.size = 3;
+    CHECK_ST(tg_decision_tokens_header_pairs(&d, &bad, collect_pair, &order), TG_E_INVALID);
+    CHECK_ST(tg_decision_tokens_header_pairs(&d, &t2, NULL, &order), TG_E_NULL);
 
     /* its answer: 429, token headers, a body of type "tokens" */
     tg_answer a;

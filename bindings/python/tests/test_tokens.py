@@ -30,6 +30,12 @@ def test_check_reserves_and_settle_charges_the_usage() -> None:
     names = [k for k, _ in d.header_items]
     assert b"x-ratelimit-remaining-tokens" in names and b"x-ratelimit-limit-tokens-day" in names
     refused = lim.check("a", "tok-model", tokens=2000, now=T0 + 1)
+    # the core's order: requests, tokens, then retry-after
+    assert [k for k, _ in refused.header_items][-1] == b"retry-after"
+    assert len(refused.header_items) == 13
+    ietf = refused.ietf_headers(now=T0 + 1)
+    assert '"tokens-minute";q=5000;w=60' in ietf["RateLimit-Policy"]
+    assert '"tokens-minute";r=1000;' in ietf["RateLimit"]
     assert not refused.allowed and refused.limited_by == "tokens_minute"
     assert refused.tokens is not None and refused.tokens.ticket is None
     assert refused.minute_remaining == 999  # the refused request was not counted

@@ -14,7 +14,7 @@ from typing import Any
 from . import _ffi
 from ._args import _ms
 from ._render import _decision_pairs, _render
-from ._tokens import TokenWindows
+from ._tokens import TokenWindows, _c_of
 
 __all__ = ["Decision", "decision_from_answer"]
 
@@ -119,12 +119,11 @@ class Decision:
         names in lower case (the shape ASGI and WSGI servers take): the six,
         the six token headers when the key has a token limit, then
         ``retry-after`` when denied."""
-        pairs = _decision_pairs(self._c())
+        return _decision_pairs(self._c(), tokens=self._c_tokens())
+
+    def _c_tokens(self) -> _ffi.TgTokens | None:
         t = self.tokens
-        if t is None:
-            return pairs
-        retry = [p for p in pairs if p[0] == b"retry-after"]
-        return [p for p in pairs if p[0] != b"retry-after"] + t.header_items + retry
+        return None if t is None else _c_of(t)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -137,7 +136,8 @@ class Decision:
         (tg_decision_ietf_headers); ``t`` counts from ``now`` (epoch seconds,
         None = the library's clock)."""
         ms = int(_ffi.tg_now_ms()) if now is None else _ms(now)
-        return {k.decode("latin-1"): v.decode("latin-1") for k, v in _decision_pairs(self._c(), ms)}
+        pairs = _decision_pairs(self._c(), ms, self._c_tokens())
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in pairs}
 
     @property
     def error_body(self) -> str:

@@ -534,6 +534,18 @@ tg_settle = _proto(
 tg_tokens_header_pairs = _proto(
     "tg_tokens_header_pairs", _i32, [POINTER(TgTokens), HEADER_FN, ctypes.py_object], hold_gil=True
 )
+tg_decision_tokens_header_pairs = _proto(
+    "tg_decision_tokens_header_pairs",
+    _i32,
+    [POINTER(TgDecision), POINTER(TgTokens), HEADER_FN, ctypes.py_object],
+    hold_gil=True,
+)
+tg_decision_tokens_ietf_header_pairs = _proto(
+    "tg_decision_tokens_ietf_header_pairs",
+    _i32,
+    [POINTER(TgDecision), POINTER(TgTokens), c_uint64, HEADER_FN, ctypes.py_object],
+    hold_gil=True,
+)
 tg_usage_scan_size = _proto("tg_usage_scan_size", c_size_t, [], hold_gil=True)
 tg_usage_scan_init = _proto(
     "tg_usage_scan_init", _i32, [c_void_p, c_size_t, c_char_p, c_size_t, POINTER(c_void_p)], hold_gil=True

@@ -55,15 +55,19 @@ def answer_headers(answer: _ffi.TgAnswer) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _decision_pairs(d: _ffi.TgDecision, now_ms: int | None = None) -> list[tuple[bytes, bytes]]:
-    """The library's header pairs for a decision: the six (and retry-after)
-    (tg_decision_header_pairs), or with ``now_ms`` the IETF fields
-    (tg_decision_ietf_header_pairs)."""
+def _decision_pairs(
+    d: _ffi.TgDecision, now_ms: int | None = None, tokens: _ffi.TgTokens | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The library's header pairs for a decision, in its order: the six,
+    the six token headers with ``tokens``, and retry-after
+    (tg_decision_tokens_header_pairs), or with ``now_ms`` the IETF fields
+    (tg_decision_tokens_ietf_header_pairs)."""
     out: list[tuple[bytes, bytes]] = []
+    t = None if tokens is None else byref(tokens)
     if now_ms is None:
-        st = _ffi.tg_decision_header_pairs(byref(d), _COLLECT, out)
+        st = _ffi.tg_decision_tokens_header_pairs(byref(d), t, _COLLECT, out)
     else:
-        st = _ffi.tg_decision_ietf_header_pairs(byref(d), c_uint64(now_ms), _COLLECT, out)
+        st = _ffi.tg_decision_tokens_ietf_header_pairs(byref(d), t, c_uint64(now_ms), _COLLECT, out)
     if st:
-        raise error_for(st, "tg_decision_header_pairs")
+        raise error_for(st, "tg_decision_tokens_header_pairs")
     return out
