@@ -94,6 +94,11 @@ fn spawn(file: &str, now: u64, churn: Option<String>) -> Worker {
                 "--account",
                 &name,
                 "--churn",
+                // A worker left running long (a loaded machine is slow to
+                // spawn the others) would otherwise reach the counting
+                // day and take its keys' slots as stale.
+                "--churn-days",
+                &(CHURN_DAYS - 1).to_string(),
                 "--now-ms",
                 &(now - CHURN_DAYS * DAY).to_string(),
             ]

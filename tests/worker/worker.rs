@@ -70,6 +70,11 @@ struct Args {
     /// Every request a new key, each a day after the last
     #[arg(long)]
     churn: bool,
+    /// With --churn: the days wrap after this many, so a churning worker
+    /// that runs long never reaches a later day's keys (whose slots it
+    /// would then see as stale, and take)
+    #[arg(long, default_value_t = u64::MAX)]
+    churn_days: u64,
 }
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
@@ -144,7 +149,7 @@ fn run(a: Args) -> Result<u8, String> {
         while a.forever || j < a.count {
             let name = named(j.to_string());
             let req = Request::new(&name, model, a.tier).limits(a.rpm, a.rpd);
-            tally(l.check(&req, now + j * 86_400_000));
+            tally(l.check(&req, now + j % a.churn_days.max(1) * 86_400_000));
             j += 1;
         }
     } else {
