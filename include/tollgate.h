@@ -388,7 +388,7 @@ tg_status tg_policy_limits(const struct tg_policy *policy, uint32_t tier, const 
 /**
  * tg_limiter_open and tg_limiter_make flag: the table holds quota leases,
  * one quota per (account, model) across every host joined to one Redis
- * (32 bytes more per slot: tg_region_size_for_leases). A table this call
+ * (64 bytes more per slot: tg_region_size_for_leases). A table this call
  * formats is formatted for them, and an existing one (a file, attached
  * memory) must be one (TG_E_NOT_LEASED otherwise). A leased table, opened
  * with or without the flag, decides only once tg_limiter_connect joined
@@ -572,8 +572,9 @@ tg_status tg_limiter_new(const tg_policy *policy, uint32_t slots, struct tg_limi
 tg_status tg_limiter_init_in(const tg_policy *policy, void *mem, size_t len, struct tg_limiter **out);
 
 /**
- * Bytes a table of quota leases of `slots` slots needs (the region and 32
- * bytes per slot of lease state); 0 for an invalid count.
+ * Bytes a table of quota leases of `slots` slots needs (the region and 64
+ * bytes more per slot: lease state, and the store's token counts as of the
+ * last exchange); 0 for an invalid count.
  */
 size_t tg_region_size_for_leases(uint32_t slots);
 

@@ -86,8 +86,8 @@ pub fn region_slots_for(len: usize) -> u32 {
     region::slots_for(len)
 }
 
-/// Bytes a table of quota leases of `slots` slots needs (the region and
-/// its lease side area; see [`LimiterOptions::leases`]).
+/// Bytes a table of quota leases of `slots` slots needs (the region, its
+/// lease side area and its wider unit area; see [`LimiterOptions::leases`]).
 pub fn region_size_for_leases(slots: u32) -> Option<usize> {
     region::size_with(slots, true)
 }

@@ -266,7 +266,7 @@ impl Limiter {
     }
 
     /// As [`Limiter::new`], formatted for quota leases shared across hosts:
-    /// the table has the lease side area (32 bytes more per slot) and its
+    /// the table has the lease side area (64 bytes more per slot) and its
     /// decisions need [`Limiter::connect`] first (until then they are
     /// [`Error::NotJoined`]).
     #[deprecated(

@@ -137,6 +137,10 @@ fn token_counts(region: &Region, i: usize, gen: u16, now: Instant, skew: u32) ->
     if !region.units() {
         return (0, 0);
     }
+    if region.leases() {
+        // The store holds them: its counts as of this host's last grant.
+        return slot::read_word(region.tokens_seen(i), gen, now);
+    }
     let v = slot::tokens::view(region, i, gen).view(now, skew);
     (v.minute_count, v.day_count)
 }

@@ -37,7 +37,7 @@ impl LimiterOptions {
     }
 
     /// Formats the table for quota leases, one quota per (account, model)
-    /// across every host joined to one Redis: 32 bytes more per slot
+    /// across every host joined to one Redis: 64 bytes more per slot
     /// ([`region_size_for_leases`](crate::region_size_for_leases)), and
     /// decisions need [`Limiter::connect`] first (until then they are
     /// [`Error::NotJoined`]). A table that exists already (a file, attached

@@ -15,7 +15,10 @@
 //! then           unit area: N x 32 B, in every table formatted since 0.4
 //!                (header flag `UNITS`): per slot, the token windows' state
 //!                word (`slot::State`'s layout; see `slot::tokens`) and a
-//!                word kept zero for in-flight counts
+//!                word kept zero for in-flight counts; in a table formatted
+//!                for leases N x 64 B, the second half the token windows'
+//!                global counts as of the last exchange with Redis (as the
+//!                side area's for requests) and a word kept zero
 //! ```
 //! A slot's ident and state share one 32-byte half of a cache line; account
 //! names sit apart so decisions never pull them in.
@@ -70,6 +73,18 @@ pub const FLAG_LEASES: u64 = 1;
 pub const FLAG_UNITS: u64 = 2;
 /// Bytes per slot of the unit area.
 pub const UNIT_SIZE: usize = 32;
+/// Bytes per slot of the unit area of a table formatted for leases: the
+/// store's token counts as of the last exchange beside the local words.
+pub const LEASED_UNIT_SIZE: usize = 64;
+
+/// Bytes per slot of a table's unit area.
+const fn unit_size(leases: bool) -> usize {
+    if leases {
+        LEASED_UNIT_SIZE
+    } else {
+        UNIT_SIZE
+    }
+}
 /// The flags this library knows.
 const FLAGS_KNOWN: u64 = FLAG_LEASES | FLAG_UNITS;
 
@@ -93,7 +108,7 @@ pub fn size_with(slots: u32, leases: bool) -> Option<usize> {
 
 /// Bytes per slot of a table so formatted.
 const fn per_slot(leases: bool, units: bool) -> usize {
-    BASE_PER_SLOT + if leases { SIDE_SIZE } else { 0 } + if units { UNIT_SIZE } else { 0 }
+    BASE_PER_SLOT + if leases { SIDE_SIZE } else { 0 } + if units { unit_size(leases) } else { 0 }
 }
 
 /// As [`size_with`], for a table with or without the unit area (tables
@@ -627,11 +642,23 @@ impl Region {
     #[inline]
     pub(crate) fn tokens(&self, i: usize) -> &AtomicU128 {
         assert!(self.units_at != 0 && i < self.slots as usize);
-        let off = self.units_at + i * UNIT_SIZE;
+        let off = self.units_at + i * unit_size(self.leases);
         // SAFETY: i < slots; a region with the unit area has its size cover
         // it, after the names and the side area (checked at format and
         // attach); SLOTS_OFFSET is a multiple of 64 and every per-slot size
         // a multiple of 32, so the word is 16-aligned as AtomicU128 wants.
+        unsafe { &*self.base.as_ptr().add(off).cast::<AtomicU128>() }
+    }
+
+    /// Slot `i`'s token windows' global counts as of the last exchange
+    /// with the store; only in a table formatted for leases with the unit
+    /// area.
+    #[inline]
+    pub(crate) fn tokens_seen(&self, i: usize) -> &AtomicU128 {
+        assert!(self.leases && self.units_at != 0 && i < self.slots as usize);
+        let off = self.units_at + i * LEASED_UNIT_SIZE + 32;
+        // SAFETY: as in `tokens`: the leased unit area's 64 bytes per slot
+        // cover this word, 16-aligned at 32 bytes into the slot's entry.
         unsafe { &*self.base.as_ptr().add(off).cast::<AtomicU128>() }
     }
 

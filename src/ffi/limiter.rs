@@ -17,7 +17,7 @@ pub const TG_OPEN_CREATE: u32 = 1;
 pub const TG_OPEN_READ_ONLY: u32 = 2;
 /// tg_limiter_open and tg_limiter_make flag: the table holds quota leases,
 /// one quota per (account, model) across every host joined to one Redis
-/// (32 bytes more per slot: tg_region_size_for_leases). A table this call
+/// (64 bytes more per slot: tg_region_size_for_leases). A table this call
 /// formats is formatted for them, and an existing one (a file, attached
 /// memory) must be one (TG_E_NOT_LEASED otherwise). A leased table, opened
 /// with or without the flag, decides only once tg_limiter_connect joined
@@ -215,8 +215,9 @@ pub extern "C" fn tg_limiter_init_in(
     })
 }
 
-/// Bytes a table of quota leases of `slots` slots needs (the region and 32
-/// bytes per slot of lease state); 0 for an invalid count.
+/// Bytes a table of quota leases of `slots` slots needs (the region and 64
+/// bytes more per slot: lease state, and the store's token counts as of the
+/// last exchange); 0 for an invalid count.
 #[no_mangle]
 pub extern "C" fn tg_region_size_for_leases(slots: u32) -> usize {
     crate::region_size_for_leases(slots).unwrap_or(0)

@@ -523,3 +523,22 @@ fn a_leased_ticket_keeps_its_flag_through_the_c_words() {
     assert!(k.local);
     assert_eq!(crate::Ticket::from_raw(k.to_raw()), Some(k));
 }
+
+#[test]
+fn a_token_peek_and_the_operator_views_show_the_last_grants_counts() {
+    let s = store();
+    let l = token_host(&s, opts(1, DownPolicy::Closed));
+    let t = now();
+    assert!(l.check(&req("k").tokens(1_200), t).unwrap().allowed);
+    let calls = l.lease_stats().unwrap().store.calls;
+    // A peek: the store's count as of the grant, no round trip.
+    let peek = l.check(&req("k").tokens(100).cost(0), t).unwrap();
+    let w = peek.tokens.unwrap();
+    assert_eq!(
+        (w.minute.remaining, w.reserved, w.ticket),
+        (TPM - 1_200, 0, None)
+    );
+    assert_eq!(l.lease_stats().unwrap().store.calls, calls);
+    let u = l.key_usage(b"k", MODEL.as_bytes(), t).unwrap().unwrap();
+    assert_eq!((u.tokens_minute, u.tokens_day), (1_200, 1_200));
+}

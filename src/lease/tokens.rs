@@ -98,14 +98,14 @@ impl Joined {
             now: p.now,
             skew: l.skew_minutes(),
         };
-        // Every token decision asks the store: a caller that must not wait
+        if req.cost == 0 || req.tokens == 0 {
+            return self.look(l, req, p, tl, clock, now_ms);
+        }
+        // Every reservation asks the store: a caller that must not wait
         // makes it again on a thread that may.
         if req.no_wait && !i.store.fails_fast(&tag) {
             i.c.deferred.fetch_add(1, Relaxed);
             return Err(Error::Pending);
-        }
-        if req.cost == 0 || req.tokens == 0 {
-            return self.look(l, req, p, tl, &tag, clock, now_ms);
         }
         // The slot first: the ticket names it, and the down policy `local`
         // counts the host's share in it.
@@ -126,6 +126,8 @@ impl Joined {
         let (t, held) = match i.store.grant(&tag, &id, ask, at) {
             Ok(g) => {
                 i.answered();
+                let (m, d) = (clamp32(g.counts.minute_count), clamp32(g.counts.day_count));
+                slot::raise_word(i.region.tokens_seen(slot_i), gen, at, m, d);
                 let o = from_counts(&g.counts, limits, tokens, g.units > 0, at);
                 (o, Held::Store)
             }
@@ -193,39 +195,31 @@ impl Joined {
     }
 
     /// A decision that reserves nothing (a peek, or a reservation of 0):
-    /// the token windows as the store counts them now, one token needed.
-    #[allow(clippy::too_many_arguments)]
+    /// the token windows as the store counted them at this host's last
+    /// exchange (no round trip, as a peek at requests), one token needed.
     fn look(
         &self,
         l: &Limiter,
         req: &Request<'_>,
         p: &Prepared,
         tl: TokenLimits,
-        tag: &Tag,
         clock: Clock,
         now_ms: u64,
     ) -> Result<Decision, Error> {
         let i = &*self.inner;
         let at = clock.now;
-        let counts = match i.store.counts(tag, at) {
-            Ok(c) => {
-                i.answered();
-                c
-            }
-            Err(e) if e.is_unavailable() => {
-                i.failed(&e);
-                // Nothing is reserved either way: fresh windows, as a peek
-                // at a key this host never saw shows.
-                Counts::default()
-            }
-            Err(e) => return Err(Error::Store(e)),
-        };
+        let seen = slot::locate(&i.region, &p.key, req.account, p.now, false)
+            .ok()
+            .flatten()
+            .map_or((0, 0), |(slot_i, gen)| {
+                slot::read_word(i.region.tokens_seen(slot_i), gen, at)
+            });
         let s = State {
             gen: 0,
             minute: at.minute as u16,
             day: at.day,
-            minute_count: clamp32(counts.minute_count),
-            day_count: clamp32(counts.day_count),
+            minute_count: seen.0,
+            day_count: seen.1,
         };
         let mut t = slot::judge(s, tl.windows(), req.tokens, clock).0;
         if t.allowed {

@@ -252,13 +252,13 @@ fn stats_and_top_read_a_table_of_leases() {
     let j = json(&run(&["stats", &f, "--json", "--now-ms", &now]));
     let bytes = tollgate::region_size_for_leases(64).unwrap() as u64;
     assert_eq!(j["bytes"].as_u64(), Some(bytes));
-    assert_eq!(j["bytes_per_slot"], 160);
+    assert_eq!(j["bytes_per_slot"], 192);
     assert_eq!(j["leases"]["keys_holding"], u64::from(held > 0));
     assert_eq!(j["leases"]["minute_units_held"], held);
     assert_eq!(j["leases"]["keys_down"], 0);
     let out = stdout(&run(&["stats", &f, "--now-ms", &now]));
     assert!(out.contains("one quota across hosts"), "{out}");
-    assert!(out.contains("160 per slot x 64 slots"), "{out}");
+    assert!(out.contains("192 per slot x 64 slots"), "{out}");
     // top shows what the headers show: the global count less what is held.
     let j = json(&run(&["top", &f, "--json", "--now-ms", &now]));
     let top = j["top"].as_array().unwrap();
