@@ -599,6 +599,7 @@ impl Limiter {
                 model_id,
                 &outcome,
                 limits,
+                0,
                 now_ms,
             );
         }
@@ -674,9 +675,20 @@ impl Limiter {
         .map_err(|_| Error::TableFull)?;
         let d = Decision::with_tokens(&both, limits, tl, req.tokens, req.cost > 0, now_ms);
         if !d.allowed {
+            // Recorded in the unit of the window that refused: a refusal
+            // on tokens shows tokens against tpm/tpd, not request counts.
+            let on_tokens = matches!(
+                d.limited_by,
+                slot::LimitedBy::TokensMinute | slot::LimitedBy::TokensDay
+            );
+            let (counts, lim, reserved) = if on_tokens {
+                (both.tokens, tl.windows(), req.tokens)
+            } else {
+                (both.requests, limits, 0)
+            };
             let outcome = slot::Outcome {
                 limited_by: d.limited_by,
-                ..both.requests
+                ..counts
             };
             refusals::record(
                 &self.region,
@@ -684,7 +696,8 @@ impl Limiter {
                 req.account,
                 model_id,
                 &outcome,
-                limits,
+                lim,
+                reserved,
                 now_ms,
             );
         }
