@@ -1180,6 +1180,11 @@ mod tests {
         assert!(l.check(&r, T0).unwrap().allowed);
         let t = r.token_limits(100, 1_000).tokens(10);
         assert!(matches!(l.check(&t, T0), Err(Error::NoTokenWindows)));
+        // The operator views: no token totals (`tollgate stats` prints
+        // none), and keys read as having no tokens.
+        assert_eq!(l.token_table_stats(T0).unwrap(), None);
+        let u = l.usage(T0).unwrap();
+        assert_eq!((u[0].tokens_minute, u[0].tokens_day), (0, 0));
     }
 
     /// Two keys racing for the same stale slot on a new day: each ends
