@@ -69,7 +69,9 @@ pub use digest::{account_digest, bearer_key};
 pub use error::Error;
 pub use key::ACCOUNT_MAX;
 pub use limiter::{Ending, Limiter, ModelHandle, Request, Stats};
-pub use operator::{KeyUsage, LeaseTableStats, Problem, ResizeReport, VerifyReport};
+pub use operator::{
+    KeyUsage, LeaseTableStats, Problem, ResizeReport, TokenTableStats, VerifyReport,
+};
 pub use options::LimiterOptions;
 pub use policy::{Limits, Model, NoUsage, Policy, PolicyError, Tier, TokenLimits, TokenSettings};
 pub use refusals::Refusal;

@@ -599,6 +599,7 @@ impl Limiter {
                 model_id,
                 &outcome,
                 limits,
+                0,
                 now_ms,
             );
         }
@@ -672,9 +673,20 @@ impl Limiter {
         .map_err(|_| Error::TableFull)?;
         let d = Decision::with_tokens(&both, limits, tl, req.tokens, req.cost > 0, now_ms);
         if !d.allowed {
+            // Recorded in the unit of the window that refused: a refusal
+            // on tokens shows tokens against tpm/tpd, not request counts.
+            let on_tokens = matches!(
+                d.limited_by,
+                slot::LimitedBy::TokensMinute | slot::LimitedBy::TokensDay
+            );
+            let (counts, lim, reserved) = if on_tokens {
+                (both.tokens, tl.windows(), req.tokens)
+            } else {
+                (both.requests, limits, 0)
+            };
             let outcome = slot::Outcome {
                 limited_by: d.limited_by,
-                ..both.requests
+                ..counts
             };
             refusals::record(
                 &self.region,
@@ -682,7 +694,8 @@ impl Limiter {
                 req.account,
                 model_id,
                 &outcome,
-                limits,
+                lim,
+                reserved,
                 now_ms,
             );
         }
@@ -1210,6 +1223,11 @@ mod tests {
         assert!(l.check(&r, T0).unwrap().allowed);
         let t = r.token_limits(100, 1_000).tokens(10);
         assert!(matches!(l.check(&t, T0), Err(Error::NoTokenWindows)));
+        // The operator views: no token totals (`tollgate stats` prints
+        // none), and keys read as having no tokens.
+        assert_eq!(l.token_table_stats(T0).unwrap(), None);
+        let u = l.usage(T0).unwrap();
+        assert_eq!((u[0].tokens_minute, u[0].tokens_day), (0, 0));
     }
 
     /// Two keys racing for the same stale slot on a new day: each ends

@@ -196,6 +196,20 @@ pub struct LeaseTableStats {
     pub down_admitted_today: u64,
 }
 
+/// The token windows a table holds now, summed over its keys, for
+/// `tollgate stats` (a table formatted since 0.4, which has them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenTableStats {
+    /// Keys with tokens charged in the current UTC day.
+    pub keys: u32,
+    /// Tokens charged (reserved, then settled) in the current UTC minute,
+    /// summed over keys.
+    pub minute: u64,
+    /// Tokens charged in the current UTC day, summed over keys.
+    pub day: u64,
+}
+
 /// What [`Limiter::verify`] found. Counts above the policy's limits are not
 /// problems (the policy may have changed since they were made).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -324,6 +338,26 @@ impl Limiter {
             if down.gen == e.state.gen && down.day == now.day && down.day_count > 0 {
                 t.keys_down += 1;
                 t.down_admitted_today += down.day_count as u64;
+            }
+        }
+        Ok(Some(t))
+    }
+
+    /// The token windows' totals at `now_ms` (`None` for a table formatted
+    /// before 0.4, which has no token windows). Walks the whole table.
+    pub fn token_table_stats(&self, now_ms: u64) -> Result<Option<TokenTableStats>, Error> {
+        let now = instant(now_ms)?;
+        let region = self.region();
+        if !region.units() {
+            return Ok(None);
+        }
+        let mut t = TokenTableStats::default();
+        for e in entries(region) {
+            let (m, d) = token_counts(region, e.index, e.state.gen, now, self.skew_minutes());
+            if d > 0 || m > 0 {
+                t.keys += 1;
+                t.minute += m as u64;
+                t.day += d as u64;
             }
         }
         Ok(Some(t))

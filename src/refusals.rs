@@ -29,7 +29,10 @@ pub struct Refusal {
     pub model: Option<String>,
     /// The window that refused.
     pub limited_by: LimitedBy,
-    /// Counts when refused (nothing was charged) and the limits in force.
+    /// Counts when refused (nothing was charged) and the limits in force,
+    /// in the unit of the window that refused: requests, or for a refusal
+    /// on tokens ([`LimitedBy::TokensMinute`], [`LimitedBy::TokensDay`])
+    /// tokens charged and the key's `tpm` and `tpd`.
     pub minute_count: u32,
     /// See `minute_count`.
     pub minute_limit: u32,
@@ -37,11 +40,17 @@ pub struct Refusal {
     pub day_count: u32,
     /// See `minute_count`.
     pub day_limit: u32,
+    /// For a refusal on tokens, the tokens the request asked to reserve
+    /// (it did not fit in the window's room); 0 otherwise.
+    pub reserved: u32,
 }
 
 /// Records a refusal. `fingerprint` tells keys apart for the once-a-second
-/// rule (the key id's low bits suffice).
+/// rule (the key id's low bits suffice). For a refusal on tokens, `o` and
+/// `limits` are the token windows' counts and limits, and `reserved` the
+/// tokens asked for (0 for a refusal on requests).
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn record(
     region: &Region,
     fingerprint: u32,
@@ -49,6 +58,7 @@ pub(crate) fn record(
     model_id: u16,
     o: &Outcome,
     limits: Limits,
+    reserved: u32,
     now_ms: u64,
 ) {
     let h = region.header();
@@ -56,13 +66,14 @@ pub(crate) fn record(
     if h.ring_last.load(Ordering::Relaxed) == mark {
         return;
     }
-    write(region, mark, account, model_id, o, limits, now_ms);
+    write(region, mark, account, model_id, o, limits, reserved, now_ms);
 }
 
 /// [`record`] past its once-a-second check: the entry's write, out of line
 /// so the refuse path of a key refused again and again stays short.
 #[cold]
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 fn write(
     region: &Region,
     mark: u64,
@@ -70,6 +81,7 @@ fn write(
     model_id: u16,
     o: &Outcome,
     limits: Limits,
+    reserved: u32,
     now_ms: u64,
 ) {
     let h = region.header();
@@ -100,6 +112,7 @@ fn write(
         day_count: o.day_count,
         day_limit: limits.rpd,
         account: std::array::from_fn(|k| word_at(&account[..len], k * 8)),
+        reserved: reserved as u64,
     };
     fields.store(e);
     let _ = e.seq.compare_exchange(
@@ -133,6 +146,8 @@ pub(crate) fn read(region: &Region) -> Vec<Refusal> {
         let limited_by = match (f.what >> 8) & 0xFF {
             1 => LimitedBy::Minute,
             2 => LimitedBy::Day,
+            3 => LimitedBy::TokensMinute,
+            4 => LimitedBy::TokensDay,
             _ => LimitedBy::None,
         };
         let model = region
@@ -149,6 +164,7 @@ pub(crate) fn read(region: &Region) -> Vec<Refusal> {
                 minute_limit: f.minute_limit,
                 day_count: f.day_count,
                 day_limit: f.day_limit,
+                reserved: f.reserved as u32,
             },
         ));
     }
@@ -165,6 +181,9 @@ struct Fields {
     day_count: u32,
     day_limit: u32,
     account: [u64; 8],
+    /// Tokens asked for; in the check only for a refusal on tokens, so an
+    /// entry written before 0.4 (this word zero, not checked) still checks.
+    reserved: u64,
 }
 
 impl Fields {
@@ -183,6 +202,9 @@ impl Fields {
         for w in self.account {
             mix(w);
         }
+        if (self.what >> 8) & 0xFF >= LimitedBy::TokensMinute as u32 {
+            mix(self.reserved);
+        }
         (x >> 32) as u32 | 1
     }
 
@@ -197,6 +219,7 @@ impl Fields {
         for (slot, w) in e.account.iter().zip(self.account) {
             slot.store(w, r);
         }
+        e.reserved.store(self.reserved, r);
         e.check.store(self.check(), r);
     }
 
@@ -210,6 +233,7 @@ impl Fields {
             day_count: e.day_count.load(r),
             day_limit: e.day_limit.load(r),
             account: std::array::from_fn(|k| e.account[k].load(r)),
+            reserved: e.reserved.load(r),
         }
     }
 
@@ -243,9 +267,9 @@ mod tests {
         let lim = Limits { rpm: 3, rpd: 10 };
         let id = r.model_id(b"m").unwrap();
         assert!(read(&r).is_empty());
-        record(&r, 1, b"alice", id, &refused(3), lim, 5_000);
-        record(&r, 1, b"alice", id, &refused(3), lim, 5_999); // same second
-        record(&r, 2, b"bob", id, &refused(3), lim, 5_999);
+        record(&r, 1, b"alice", id, &refused(3), lim, 0, 5_000);
+        record(&r, 1, b"alice", id, &refused(3), lim, 0, 5_999); // same second
+        record(&r, 2, b"bob", id, &refused(3), lim, 0, 5_999);
         let got = read(&r);
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].account, b"alice");
@@ -261,7 +285,16 @@ mod tests {
             3 * RING_ENTRIES
         };
         for i in 0..n {
-            record(&r, 10 + i as u32, b"k", id, &refused(i as u32), lim, 9_000);
+            record(
+                &r,
+                10 + i as u32,
+                b"k",
+                id,
+                &refused(i as u32),
+                lim,
+                0,
+                9_000,
+            );
         }
         let got = read(&r);
         assert_eq!(got.len(), RING_ENTRIES);
@@ -270,13 +303,47 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_on_tokens_keeps_its_unit_and_reservation() {
+        let m = HeapMem::new(size_for(4).unwrap()).unwrap();
+        // SAFETY: fresh exclusive allocation of the right size.
+        let r = unsafe { Region::format(m.as_ptr(), m.len(), 1, true) }.unwrap();
+        let tl = Limits {
+            rpm: 200_000,
+            rpd: 5_000_000,
+        };
+        let o = Outcome {
+            limited_by: LimitedBy::TokensMinute,
+            minute_count: 150_000,
+            day_count: 150_000,
+            ..refused(0)
+        };
+        record(&r, 1, b"alice", 0, &o, tl, 60_000, 1_000);
+        let got = read(&r);
+        assert_eq!(got[0].limited_by, LimitedBy::TokensMinute);
+        assert_eq!(
+            (got[0].minute_count, got[0].minute_limit),
+            (150_000, 200_000)
+        );
+        assert_eq!(got[0].reserved, 60_000);
+        // The reservation is in the check word of a refusal on tokens: a
+        // torn one is skipped like any torn field.
+        r.ring_entry(0).reserved.store(1, Ordering::Relaxed);
+        assert!(read(&r).is_empty());
+        // A refusal on requests (as every 0.3 entry) leaves the word out of
+        // its check, so entries written before it existed still read.
+        record(&r, 2, b"bob", 0, &refused(3), tl, 0, 2_000);
+        r.ring_entry(1).reserved.store(0, Ordering::Relaxed);
+        assert_eq!(read(&r).len(), 1);
+    }
+
+    #[test]
     fn torn_entries_are_skipped() {
         let m = HeapMem::new(size_for(4).unwrap()).unwrap();
         // SAFETY: fresh exclusive allocation of the right size.
         let r = unsafe { Region::format(m.as_ptr(), m.len(), 1, true) }.unwrap();
         let lim = Limits { rpm: 3, rpd: 10 };
-        record(&r, 1, b"alice", 0, &refused(3), lim, 1_000);
-        record(&r, 2, b"bob", 0, &refused(3), lim, 1_000);
+        record(&r, 1, b"alice", 0, &refused(3), lim, 0, 1_000);
+        record(&r, 2, b"bob", 0, &refused(3), lim, 0, 1_000);
         // A writer killed mid-entry: odd seq.
         r.ring_entry(0).seq.store(1, Ordering::Relaxed);
         // Two writers overlapping: fields of one, check of the other.
@@ -284,7 +351,7 @@ mod tests {
         assert!(read(&r).is_empty());
         // The killed writer's entry is taken over a ring later.
         for i in 0..RING_ENTRIES as u32 {
-            record(&r, 100 + i, b"carol", 0, &refused(1), lim, 2_000);
+            record(&r, 100 + i, b"carol", 0, &refused(1), lim, 0, 2_000);
         }
         assert_eq!(read(&r).len(), RING_ENTRIES);
     }

@@ -169,7 +169,9 @@ pub(crate) struct ModelEntry {
 pub(crate) struct RingEntry {
     pub(crate) seq: AtomicU64,
     pub(crate) at_ms: AtomicU64,
-    /// model id (16) | limited_by (8) | account length (8)
+    /// model id (16) | limited_by (8) | account length (8). A refusal on
+    /// tokens (limited_by 3 or 4, since 0.4) holds token counts and token
+    /// limits in the four count fields, and its reservation in `reserved`.
     pub(crate) what: AtomicU32,
     pub(crate) minute_count: AtomicU32,
     pub(crate) minute_limit: AtomicU32,
@@ -178,7 +180,10 @@ pub(crate) struct RingEntry {
     /// A mix of the fields above and the account, written with them.
     pub(crate) check: AtomicU32,
     pub(crate) account: [AtomicU64; 8],
-    _tail: [u64; 3],
+    /// The tokens a refused request asked to reserve (a refusal on tokens;
+    /// 0.4 took this word from what was spare tail, zero in older tables).
+    pub(crate) reserved: AtomicU64,
+    _tail: [u64; 2],
 }
 
 /// The hot half of a key's state. `ident` names the key and the generation

@@ -37,6 +37,12 @@
 
 typedef struct {
     ngx_atomic_t                  count[TG_OUTCOMES];
+    /* tokens reserved at admission and charged when settled; refusals on
+     * a token window (TG_LIMIT_TOKENS_MINUTE, _DAY), which are counted as
+     * TG_OUTCOME_REJECTED too */
+    ngx_atomic_t                  tokens_reserved;
+    ngx_atomic_t                  tokens_settled;
+    ngx_atomic_t                  token_refusals[2];
     size_t                        len;
     u_char                        name[TG_MODEL_NAME_MAX];
 } ngx_http_tollgate_row_t;
@@ -182,6 +188,8 @@ void ngx_http_tollgate_tokens_hold(ngx_http_request_t *r,
 ngx_int_t ngx_http_tollgate_metrics_handler(ngx_http_request_t *r);
 void ngx_http_tollgate_count(ngx_http_tollgate_zone_t *zone,
     ngx_str_t *model, ngx_uint_t outcome);
+ngx_http_tollgate_row_t *ngx_http_tollgate_row(ngx_http_tollgate_zone_t *zone,
+    ngx_str_t *model);
 ngx_int_t ngx_http_tollgate_add_rows(ngx_http_tollgate_zone_t *zone,
     ngx_log_t *log);
 

@@ -52,6 +52,28 @@ static ngx_str_t  ngx_http_tollgate_metric_outcomes[TG_OUTCOMES] = {
     "outcome.\n# TYPE tollgate_decisions_total counter\n"
 
 
+/* the token counters of each row: family, extra label, help */
+#define NGX_HTTP_TOLLGATE_TOKEN_METRICS   3
+
+static ngx_str_t  ngx_http_tollgate_token_metrics[] = {
+    ngx_string("tollgate_tokens_reserved_total"),
+    ngx_string("tollgate_tokens_settled_total"),
+    ngx_string("tollgate_token_refusals_total")
+};
+
+
+static ngx_str_t  ngx_http_tollgate_token_help[] = {
+    ngx_string("tollgate_tokens_reserved_total Tokens reserved at "
+               "admission, by zone and model."),
+    ngx_string("tollgate_tokens_settled_total Tokens charged once "
+               "responses ended (their usage, or the rule for a response "
+               "without it), by zone and model."),
+    ngx_string("tollgate_token_refusals_total Requests refused on a token "
+               "window (also counted as outcome \"rejected\"), by zone, "
+               "model and window.")
+};
+
+
 #define NGX_HTTP_TOLLGATE_TABLE_METRICS   5
 
 static ngx_str_t  ngx_http_tollgate_table_metrics[] = {
@@ -194,16 +216,27 @@ void
 ngx_http_tollgate_count(ngx_http_tollgate_zone_t *zone, ngx_str_t *model,
     ngx_uint_t outcome)
 {
-    ngx_uint_t                  i, n;
-    ngx_http_tollgate_row_t    *row;
-    ngx_http_tollgate_shctx_t  *sh;
+    ngx_http_tollgate_row_t  *row;
 
     if (outcome >= TG_OUTCOMES) {
         return;
     }
 
+    row = ngx_http_tollgate_row(zone, model);
+
+    (void) ngx_atomic_fetch_add(&row->count[outcome], 1);
+}
+
+
+/* the model's metric row, or "(other)"; rows never move or go away */
+
+ngx_http_tollgate_row_t *
+ngx_http_tollgate_row(ngx_http_tollgate_zone_t *zone, ngx_str_t *model)
+{
+    ngx_uint_t                  i, n;
+    ngx_http_tollgate_shctx_t  *sh;
+
     sh = zone->sh;
-    row = &sh->rows[0];
 
     n = sh->nrows;
     ngx_memory_barrier();
@@ -212,12 +245,11 @@ ngx_http_tollgate_count(ngx_http_tollgate_zone_t *zone, ngx_str_t *model,
         if (sh->rows[i].len == model->len
             && ngx_memcmp(sh->rows[i].name, model->data, model->len) == 0)
         {
-            row = &sh->rows[i];
-            break;
+            return &sh->rows[i];
         }
     }
 
-    (void) ngx_atomic_fetch_add(&row->count[outcome], 1);
+    return &sh->rows[0];
 }
 
 
@@ -302,7 +334,7 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
     ngx_str_t                       name;
     tg_stats                       *stats;
     tg_status                       st;
-    ngx_uint_t                      z, i, k, n;
+    ngx_uint_t                      z, i, k, n, w;
     ngx_chain_t                     out;
     ngx_http_tollgate_row_t        *row;
     ngx_http_tollgate_zone_t      **zones, *zone;
@@ -324,6 +356,12 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
 
     len = sizeof(NGX_HTTP_TOLLGATE_DECISIONS_HELP);
 
+    for (k = 0; k < NGX_HTTP_TOLLGATE_TOKEN_METRICS; k++) {
+        len += sizeof("# HELP \n# TYPE  counter\n")
+               + ngx_http_tollgate_token_help[k].len
+               + ngx_http_tollgate_token_metrics[k].len;
+    }
+
     for (k = 0; k < NGX_HTTP_TOLLGATE_TABLE_METRICS; k++) {
         len += sizeof("# HELP \n# TYPE  counter\n")
                + ngx_http_tollgate_table_help[k].len
@@ -338,7 +376,8 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
                + zones[z]->name.len * 6 + TG_MODEL_NAME_MAX * 6
                + NGX_ATOMIC_T_LEN;
 
-        len += line * NGX_HTTP_TOLLGATE_ROWS * TG_OUTCOMES
+        /* the token lines are shorter: four per row */
+        len += line * NGX_HTTP_TOLLGATE_ROWS * (TG_OUTCOMES + 4)
                + NGX_HTTP_TOLLGATE_TABLE_METRICS
                  * (sizeof("tollgate_clock_faults_total{zone=\"\"} \n")
                       + zones[z]->name.len * 6 + NGX_INT64_LEN);
@@ -383,6 +422,52 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
                 p = ngx_sprintf(p, "\",outcome=\"%V\"} %uA\n",
                                 &ngx_http_tollgate_metric_outcomes[k],
                                 row->count[k]);
+            }
+        }
+    }
+
+    /* one family at a time, as the text format wants: refusals have a
+     * line per window */
+
+    for (k = 0; k < NGX_HTTP_TOLLGATE_TOKEN_METRICS; k++) {
+        p = ngx_sprintf(p, "# HELP %V\n# TYPE %V counter\n",
+                        &ngx_http_tollgate_token_help[k],
+                        &ngx_http_tollgate_token_metrics[k]);
+
+        for (z = 0; z < tmcf->zones.nelts; z++) {
+            zone = zones[z];
+            sh = zone->sh;
+
+            n = sh->nrows;
+            ngx_memory_barrier();
+
+            for (i = 0; i < n; i++) {
+                row = &sh->rows[i];
+
+                if (i == 0) {
+                    ngx_str_set(&name, "(other)");
+
+                } else {
+                    name.data = row->name;
+                    name.len = row->len;
+                }
+
+                for (w = 0; w < (k == 2 ? 2 : 1); w++) {
+                    p = ngx_sprintf(p, "%V{zone=\"",
+                                    &ngx_http_tollgate_token_metrics[k]);
+                    p = ngx_http_tollgate_escape(p, zone->name.data,
+                                                 zone->name.len);
+                    p = ngx_cpymem(p, "\",model=\"",
+                                   sizeof("\",model=\"") - 1);
+                    p = ngx_http_tollgate_escape(p, name.data, name.len);
+                    p = ngx_sprintf(p, "%s} %uA\n",
+                                    k < 2 ? "\""
+                                    : w == 0 ? "\",window=\"minute\""
+                                    : "\",window=\"day\"",
+                                    k == 0 ? row->tokens_reserved
+                                    : k == 1 ? row->tokens_settled
+                                    : row->token_refusals[w]);
+                }
             }
         }
     }

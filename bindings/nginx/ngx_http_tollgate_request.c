@@ -558,6 +558,7 @@ ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     ngx_str_t                  a, m;
     tg_status                  rc;
     tg_answer                 *answer;
+    ngx_http_tollgate_row_t   *row;
     ngx_http_tollgate_zone_t  *zone;
 
     ctx->decided = 1;
@@ -649,6 +650,26 @@ ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     }
 
     ngx_http_tollgate_count(zone, &ctx->model, answer->outcome);
+
+    if (!answer->tokens.has_tokens) {
+        return;
+    }
+
+    row = ngx_http_tollgate_row(zone, &ctx->model);
+
+    if (answer->tokens.reserved) {
+        (void) ngx_atomic_fetch_add(&row->tokens_reserved,
+                                    answer->tokens.reserved);
+    }
+
+    if (answer->outcome == TG_OUTCOME_REJECTED) {
+        by = answer->decision.limited_by;
+
+        if (by == TG_LIMIT_TOKENS_MINUTE || by == TG_LIMIT_TOKENS_DAY) {
+            (void) ngx_atomic_fetch_add(
+                       &row->token_refusals[by - TG_LIMIT_TOKENS_MINUTE], 1);
+        }
+    }
 }
 
 

@@ -37,6 +37,7 @@
 struct ngx_http_tollgate_tokens_s {
     tg_limiter                   *limiter;
     tg_ticket                     ticket;
+    ngx_http_tollgate_row_t      *row;       /* the model's metric row */
     tg_usage_scan                *scan;      /* NULL: no usage to read */
     ngx_log_t                    *log;
     ngx_uint_t                    status;    /* 0 until the header */
@@ -103,9 +104,11 @@ void
 ngx_http_tollgate_tokens_hold(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx)
 {
+    uint64_t                     charged;
     tg_status                    st;
     tg_ticket                   *ticket;
     ngx_pool_cleanup_t          *cln;
+    ngx_http_tollgate_row_t     *row;
     ngx_http_tollgate_tokens_t  *t;
 
     ticket = &ctx->answer.tokens.ticket;
@@ -121,8 +124,15 @@ ngx_http_tollgate_tokens_hold(ngx_http_request_t *r,
     if (cln == NULL) {
         /* cannot wait for the response: settled now as cut (by default
          * the reservation is kept, the safe direction) */
+        charged = 0;
+
         st = tg_settle(ctx->zone->limiter, ticket,
-                       tg_usage_ending(0, 1), 0, tg_now_ms(), NULL);
+                       tg_usage_ending(0, 1), 0, tg_now_ms(), &charged);
+
+        if (st == TG_OK) {
+            row = ngx_http_tollgate_row(ctx->zone, &ctx->model);
+            (void) ngx_atomic_fetch_add(&row->tokens_settled, charged);
+        }
 
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tollgate: no memory to hold a token reservation, "
@@ -136,6 +146,7 @@ ngx_http_tollgate_tokens_hold(ngx_http_request_t *r,
 
     t->limiter = ctx->zone->limiter;
     t->ticket = *ticket;
+    t->row = ngx_http_tollgate_row(ctx->zone, &ctx->model);
     t->log = r->connection->log;
 
     cln->handler = ngx_http_tollgate_tokens_cleanup;
@@ -185,6 +196,8 @@ ngx_http_tollgate_tokens_settle(ngx_http_tollgate_tokens_t *t, uint32_t cut)
                       tg_status_str(st));
         return;
     }
+
+    (void) ngx_atomic_fetch_add(&t->row->tokens_settled, charged);
 
     ngx_log_debug4(NGX_LOG_DEBUG_HTTP, t->log, 0,
                    "tollgate: settled, status %ui, ending %uD, used %uL, "

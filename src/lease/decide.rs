@@ -155,6 +155,7 @@ impl Joined {
                 p.model_id,
                 &judged,
                 limits,
+                0,
                 now_ms,
             );
         }

@@ -145,9 +145,10 @@ impl Joined {
                 at: Some((slot_i, gen)),
             };
             let d = Decision::with_tokens(&both, p.limits, tl, tokens, true, now_ms);
+            // Recorded in tokens, against tpm and tpd (as a local table's).
             let refused = Outcome {
                 limited_by: d.limited_by,
-                ..both.requests
+                ..t
             };
             crate::refusals::record(
                 &i.region,
@@ -155,7 +156,8 @@ impl Joined {
                 req.account,
                 p.model_id,
                 &refused,
-                p.limits,
+                limits,
+                tokens,
                 now_ms,
             );
             return Ok(d);

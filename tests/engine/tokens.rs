@@ -103,6 +103,58 @@ fn the_day_is_named_whichever_unit_ran_out() {
     assert!(l.check(&r(1_000), T0 + DAY).unwrap().allowed);
 }
 
+/// The refusal ring (`tollgate refusals`) records a refusal in the unit of
+/// the window that refused: tokens against tpm/tpd, with the reservation.
+#[test]
+fn refusals_on_tokens_are_recorded_in_tokens() {
+    let l = limiter();
+    assert!(l.check(&dev("a", 150_000), T0).unwrap().allowed);
+    assert!(!l.check(&dev("a", 60_000), T0 + 1).unwrap().allowed);
+    // Tokens per day, a second later (the ring records a key once a second).
+    let r = |n| dev("b", n).token_limits(1_000, 1_500);
+    assert!(l.check(&r(1_000), T0).unwrap().allowed);
+    assert!(l.check(&r(500), T0 + MIN).unwrap().allowed);
+    assert!(!l.check(&r(7), T0 + MIN + 1_000).unwrap().allowed);
+    // And on requests, as before: request counts, nothing reserved.
+    for i in 0..30 {
+        assert!(l.check(&dev("c", 10), T0 + i).unwrap().allowed);
+    }
+    assert!(!l.check(&dev("c", 10), T0 + 2_000).unwrap().allowed);
+    let got = l.refusals();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let a = &got[0];
+    assert_eq!(a.account, b"a");
+    assert_eq!(a.limited_by, LimitedBy::TokensMinute);
+    assert_eq!((a.minute_count, a.minute_limit), (150_000, 200_000));
+    assert_eq!((a.day_count, a.day_limit), (150_000, 5_000_000));
+    assert_eq!(a.reserved, 60_000);
+    let b = &got[1];
+    assert_eq!(b.limited_by, LimitedBy::TokensDay);
+    assert_eq!((b.minute_count, b.minute_limit), (500, 1_000));
+    assert_eq!((b.day_count, b.day_limit), (1_500, 1_500));
+    assert_eq!(b.reserved, 7);
+    let c = &got[2];
+    assert_eq!(c.limited_by, LimitedBy::Minute);
+    assert_eq!((c.minute_count, c.minute_limit), (30, 30));
+    assert_eq!(c.reserved, 0);
+}
+
+/// `tollgate stats`: the tokens a table holds now, summed over its keys.
+#[test]
+fn token_table_stats_sum_the_keys() {
+    let l = limiter();
+    let t = l.token_table_stats(T0).unwrap().unwrap();
+    assert_eq!((t.keys, t.minute, t.day), (0, 0, 0));
+    assert!(l.check(&dev("a", 1_000), T0).unwrap().allowed);
+    assert!(l.check(&dev("b", 250), T0 + MIN).unwrap().allowed);
+    let q = Request::new(b"c", b"Qwen3-32B", Tier::Developer);
+    assert!(l.check(&q, T0).unwrap().allowed);
+    let t = l.token_table_stats(T0 + MIN).unwrap().unwrap();
+    assert_eq!((t.keys, t.minute, t.day), (2, 250, 1_250));
+    let t = l.token_table_stats(T0 + DAY).unwrap().unwrap();
+    assert_eq!((t.keys, t.minute, t.day), (0, 0, 0));
+}
+
 #[test]
 fn a_reservation_larger_than_the_limit_is_an_error_not_a_refusal() {
     let l = limiter();

@@ -291,6 +291,10 @@ fn top_lists_the_busiest_keys() {
         "{out}"
     );
     assert!(!out.contains("/30"), "{out}");
+    assert!(
+        !out.contains("TOKENS"),
+        "no token columns without tokens: {out}"
+    );
     assert!(!out.contains("carol"), "yesterday's counts are not today's");
     let j = json(&run(&[
         "top", &f, "--by", "day", "-n", "3", "--json", "--now-ms", &now,
@@ -1185,6 +1189,10 @@ fn refusals_show_when_which_window_and_the_counts() {
         "{out}"
     );
     assert!(lines[4].contains("evil\\x1b[2J\\x0ax"), "{out}");
+    assert!(
+        !out.contains("RESERVE"),
+        "no token column without a refusal on tokens: {out}"
+    );
     let j = json(&run(&["refusals", &f, "--json", "--account", "bob"]));
     assert_eq!(j["recorded"], 3);
     let r = j["refusals"].as_array().unwrap();
@@ -1193,6 +1201,8 @@ fn refusals_show_when_which_window_and_the_counts() {
     assert_eq!(r[0]["at"], "2026-11-27T10:02:00Z");
     assert_eq!(r[0]["at_ms"], NOW + 120_000);
     assert_eq!(r[0]["limited_by"], "day");
+    assert_eq!(r[0]["unit"], "requests");
+    assert_eq!(r[0]["reserved"], 0);
     assert_eq!(
         (r[0]["day_count"].as_u64(), r[0]["day_limit"].as_u64()),
         (Some(3), Some(3))
@@ -1205,6 +1215,157 @@ fn refusals_show_when_which_window_and_the_counts() {
         out.contains("no refusals recorded for account \"carol\""),
         "{out}"
     );
+}
+
+/// Token windows in the operator views: `top` adds token columns (and
+/// sorts by them), `stats` sums the table's tokens, `refusals` shows a
+/// refusal on tokens in tokens against tpm/tpd, with its reservation.
+#[test]
+fn operator_views_show_token_windows() {
+    let dir = Scratch::new("cli-tokens");
+    let f = dir.file("t.tg");
+    // alice: requests only; bob: 3 requests of 60 000 tokens; carol: 2 of
+    // 400 fill her tpm of 1000 (with 200 left), then 10 more are refused on
+    // tokens, at 10:00:05.
+    for (acct, extra, at) in [
+        ("alice", vec!["--count", "25", "--create-slots", "256"], NOW),
+        (
+            "bob",
+            vec![
+                "--count", "3", "--tokens", "60000", "--tpm", "200000", "--tpd", "5000000",
+            ],
+            NOW,
+        ),
+        (
+            "carol",
+            vec![
+                "--count", "12", "--tokens", "400", "--tpm", "1000", "--tpd", "100000",
+            ],
+            NOW + 5_000,
+        ),
+    ] {
+        let at = at.to_string();
+        let mut a = vec![f.as_str(), "--account", acct, "--now-ms", &at];
+        a.extend(extra);
+        assert!(run_worker(&a).status.success());
+    }
+    let now = (NOW + 6_000).to_string();
+    let out = stdout(&run(&["top", &f, "--now-ms", &now]));
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[1],
+        ["ACCOUNT", "MODEL", "MINUTE", "DAY", "TOKENS", "MINUTE", "TOKENS", "DAY"],
+        "{out}"
+    );
+    assert_eq!(rows[2], ["alice", MODEL, "25", "25", "0", "0"], "{out}");
+    assert_eq!(
+        rows[3],
+        ["bob", MODEL, "3", "3", "180000", "180000"],
+        "{out}"
+    );
+    assert_eq!(rows[4], ["carol", MODEL, "2", "2", "800", "800"], "{out}");
+    let out = stdout(&run(&["top", &f, "--now-ms", &now, "--by", "tokens-day"]));
+    assert!(
+        out.lines().next().unwrap().contains("by tokens-day"),
+        "{out}"
+    );
+    let first: Vec<&str> = out.lines().nth(2).unwrap().split_whitespace().collect();
+    assert_eq!(first[0], "bob", "{out}");
+    let j = json(&run(&[
+        "top",
+        &f,
+        "--json",
+        "--now-ms",
+        &now,
+        "--by",
+        "tokens-minute",
+    ]));
+    assert_eq!(j["by"], "tokens-minute");
+    let top = j["top"].as_array().unwrap();
+    assert_eq!(
+        (top[0]["account"].as_str(), top[0]["tokens_minute"].as_u64()),
+        (Some("bob"), Some(180_000))
+    );
+    assert_eq!(top[1]["tokens_day"], 800);
+    assert_eq!(top[2]["tokens_day"], 0);
+    assert_eq!(top[0]["tpm"], Value::Null, "limits need --policy");
+    // A minute later the token minute is gone, the day stays.
+    let later = (NOW + 66_000).to_string();
+    let j = json(&run(&[
+        "top",
+        &f,
+        "--json",
+        "--now-ms",
+        &later,
+        "--by",
+        "tokens-day",
+    ]));
+    assert_eq!(
+        (
+            j["top"][0]["tokens_minute"].as_u64(),
+            j["top"][0]["tokens_day"].as_u64()
+        ),
+        (Some(0), Some(180_000))
+    );
+
+    let out = stdout(&run(&["stats", &f, "--now-ms", &now]));
+    assert!(
+        out.contains("tokens      2 keys with tokens today: 180800 charged this UTC minute, 180800 this UTC day"),
+        "{out}"
+    );
+    let j = json(&run(&["stats", &f, "--json", "--now-ms", &now]));
+    assert_eq!(j["tokens"]["keys"], 2);
+    assert_eq!(j["tokens"]["minute"], 180_800);
+    assert_eq!(j["tokens"]["day"], 180_800);
+    let j = json(&run(&["stats", &f, "--json", "--now-ms", &later]));
+    assert_eq!(
+        (j["tokens"]["minute"].as_u64(), j["tokens"]["day"].as_u64()),
+        (Some(0), Some(180_800))
+    );
+
+    let out = stdout(&run(&["refusals", &f]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("1 refusal recorded in"), "{out}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["TIME", "(UTC)", "ACCOUNT", "MODEL", "WINDOW", "MINUTE", "DAY", "RESERVE"],
+        "{out}"
+    );
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        [
+            "2026-11-27T10:00:05Z",
+            "carol",
+            MODEL,
+            "tokens_minute",
+            "800/1000",
+            "tokens",
+            "800/100000",
+            "tokens",
+            "400"
+        ],
+        "{out}"
+    );
+    assert!(
+        lines[4].starts_with("on tokens (tokens_minute, tokens_day)"),
+        "{out}"
+    );
+    let j = json(&run(&["refusals", &f, "--json"]));
+    let r = &j["refusals"][0];
+    assert_eq!(r["limited_by"], "tokens_minute");
+    assert_eq!(r["unit"], "tokens");
+    assert_eq!(
+        (r["minute_count"].as_u64(), r["minute_limit"].as_u64()),
+        (Some(800), Some(1000))
+    );
+    assert_eq!(
+        (r["day_count"].as_u64(), r["day_limit"].as_u64()),
+        (Some(800), Some(100_000))
+    );
+    assert_eq!(r["reserved"], 400);
 }
 
 #[test]

@@ -164,6 +164,42 @@ def test_a_token_429_and_a_too_large_request(nginx):
     assert big.value.body["code"] == "tokens_too_large"
 
 
+def test_the_metrics_count_tokens_reserved_settled_and_refused(nginx):
+    fresh_minute()
+    c = client(start(nginx), "acct-metrics")
+    first = chat(c, 37)
+    second = chat(c, 4900)
+    reserved = (5000 - remaining(first)) + (5000 - 37 - remaining(second))
+    with pytest.raises(openai.RateLimitError):
+        chat(c, 1)  # 63 tokens left this minute: refused on tokens
+    m = nginx.metrics()
+
+    def get(name, model=MODEL, **labels):
+        labels = {"zone": "tg", "model": model, **labels}
+        return m[(name, frozenset(labels.items()))]
+
+    assert get("tollgate_tokens_reserved_total") == reserved
+    # settled at each response's last buffer, before the client had it
+    assert get("tollgate_tokens_settled_total") == 37 + 4900
+    assert get("tollgate_token_refusals_total", window="minute") == 1
+    assert get("tollgate_token_refusals_total", window="day") == 0
+    # still counted as a rejection among the decisions, as before
+    assert get("tollgate_decisions_total", outcome="rejected") == 1
+    assert get("tollgate_decisions_total", outcome="passed") == 2
+    # a model without token limits has its rows, at 0
+    assert get("tollgate_tokens_reserved_total", model="plain-model") == 0
+    page = nginx.get("/metrics").body.decode()
+    for name in ("tollgate_tokens_reserved_total",
+                 "tollgate_tokens_settled_total",
+                 "tollgate_token_refusals_total"):
+        assert page.count(f"# TYPE {name} counter\n") == 1
+        # one family's samples together, after its TYPE line
+        lines = page.splitlines()
+        at = [i for i, line in enumerate(lines) if line.startswith(name)]
+        assert at == list(range(at[0], at[0] + len(at)))
+        assert lines[at[0] - 1] == f"# TYPE {name} counter"
+
+
 def test_a_key_without_token_limits_has_no_token_headers(nginx):
     c = client(start(nginx), "acct-plain")
     raw = c.chat.completions.with_raw_response.create(

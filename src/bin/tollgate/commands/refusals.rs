@@ -1,13 +1,15 @@
 //! `tollgate refusals FILE [--account A]`: the latest refusals, kept in the
 //! table's ring by whichever process refused, so "why was this customer
 //! refused at 3 a.m." has an answer after the fact: when (UTC), which
-//! window, and the counts and limits at that moment.
+//! window, and the counts and limits at that moment (in tokens for a
+//! refusal on tokens).
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use serde::Serialize;
+use tollgate::{LimitedBy, Refusal};
 
 use super::{json_path, of, open_read_only, shown, Res};
 use crate::escape;
@@ -50,10 +52,19 @@ struct Row {
     account: String,
     model: Option<String>,
     limited_by: &'static str,
+    /// What the counts and limits count: "requests", or "tokens" for a
+    /// refusal on tokens (`tokens_minute`, `tokens_day`).
+    unit: &'static str,
     minute_count: u32,
     minute_limit: u32,
     day_count: u32,
     day_limit: u32,
+    /// Tokens the refused request asked to reserve (0 unless on tokens).
+    reserved: u32,
+}
+
+fn on_tokens(r: &Refusal) -> bool {
+    matches!(r.limited_by, LimitedBy::TokensMinute | LimitedBy::TokensDay)
 }
 
 pub fn run(a: Args) -> Res<u8> {
@@ -78,10 +89,12 @@ pub fn run(a: Args) -> Res<u8> {
                     account: escape::json(&r.account),
                     model: r.model.as_deref().map(|m| escape::json(m.as_bytes())),
                     limited_by: r.limited_by.name(),
+                    unit: if on_tokens(r) { "tokens" } else { "requests" },
                     minute_count: r.minute_count,
                     minute_limit: r.minute_limit,
                     day_count: r.day_count,
                     day_limit: r.day_limit,
+                    reserved: r.reserved,
                 })
                 .collect(),
         });
@@ -107,28 +120,43 @@ pub fn run(a: Args) -> Res<u8> {
             None => String::new(),
         }
     );
+    // A refusal on tokens shows tokens against tpm/tpd, and what it asked
+    // to reserve; a ring without one prints as before 0.4.
+    let tokens = rows.iter().any(on_tokens);
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            vec![
+            let unit = if on_tokens(r) { " tokens" } else { "" };
+            let mut row = vec![
                 utc(r.at_ms),
                 escape::term(&r.account),
                 r.model
                     .as_deref()
                     .map_or("(unknown)".into(), |m| escape::term(m.as_bytes())),
                 r.limited_by.name().to_string(),
-                of(r.minute_count, Some(r.minute_limit)),
-                of(r.day_count, Some(r.day_limit)),
-            ]
+                format!("{}{unit}", of(r.minute_count, Some(r.minute_limit))),
+                format!("{}{unit}", of(r.day_count, Some(r.day_limit))),
+            ];
+            if tokens {
+                row.push(if on_tokens(r) {
+                    r.reserved.to_string()
+                } else {
+                    "-".into()
+                });
+            }
+            row
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &["TIME (UTC)", "ACCOUNT", "MODEL", "WINDOW", "MINUTE", "DAY"],
-            &body
-        )
-    );
+    let mut head = vec!["TIME (UTC)", "ACCOUNT", "MODEL", "WINDOW", "MINUTE", "DAY"];
+    if tokens {
+        head.push("RESERVE");
+    }
+    print!("{}", table(&head, &body));
     println!("MINUTE and DAY: counts when refused (nothing was charged) / the limits in force");
+    if tokens {
+        println!(
+            "on tokens (tokens_minute, tokens_day): tokens charged / tpm and tpd; RESERVE: the tokens the request asked to reserve"
+        );
+    }
     Ok(0)
 }

@@ -1,6 +1,7 @@
 //! `tollgate stats FILE`: how full the table is, what it refused for want
 //! of a slot, how often it met counts from a wrong clock, its layout and
-//! size, the models registered in it.
+//! size, the models registered in it, and (a table with token windows)
+//! the tokens charged now.
 
 use std::path::PathBuf;
 
@@ -43,6 +44,16 @@ struct Json {
     /// Present for a table of quota leases (one quota across hosts).
     #[serde(skip_serializing_if = "Option::is_none")]
     leases: Option<LeasesJson>,
+    /// Present for a table with token windows (formatted since 0.4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens: Option<TokensJson>,
+}
+
+#[derive(Serialize)]
+struct TokensJson {
+    keys: u32,
+    minute: u64,
+    day: u64,
 }
 
 #[derive(Serialize)]
@@ -62,6 +73,9 @@ pub fn run(a: Args) -> Res<u8> {
     let models = l.region_models();
     let leases = l
         .lease_table_stats(now)
+        .map_err(|e| super::fail(e.to_string()))?;
+    let tokens = l
+        .token_table_stats(now)
         .map_err(|e| super::fail(e.to_string()))?;
     let per_slot = bytes_per_slot(&s);
     let header = s.bytes - s.slots as usize * per_slot;
@@ -89,6 +103,11 @@ pub fn run(a: Args) -> Res<u8> {
                 day_units_held: t.day_units_held,
                 keys_down: t.keys_down,
                 down_admitted_today: t.down_admitted_today,
+            }),
+            tokens: tokens.map(|t| TokensJson {
+                keys: t.keys,
+                minute: t.minute,
+                day: t.day,
             }),
         });
         return Ok(0);
@@ -130,6 +149,15 @@ pub fn run(a: Args) -> Res<u8> {
         ),
     };
     println!("models      {} registered{list}", names.len());
+    if let Some(t) = tokens {
+        println!(
+            "tokens      {} key{} with tokens today: {} charged this UTC minute, {} this UTC day (reserved and settled)",
+            t.keys,
+            output::s(t.keys as u64),
+            t.minute,
+            t.day
+        );
+    }
     if let Some(t) = leases {
         println!(
             "leases      one quota across hosts: {} key{} hold {} minute / {} day unit{} of leases now",

@@ -1,10 +1,11 @@
 //! `tollgate top FILE`: the busiest (account, model) keys now, with their
-//! limits when the operator names the policy.
+//! limits when the operator names the policy, and their token windows when
+//! any key listed has tokens charged (or the policy has token limits).
 
 use std::path::PathBuf;
 
 use serde::Serialize;
-use tollgate::{KeyUsage, Limits, Policy, Tier};
+use tollgate::{KeyUsage, Limits, Policy, Tier, TokenLimits};
 
 use super::{json_path, of, open_read_only, shown, Clock, PolicyOpt, Res, TierOpt};
 use crate::escape;
@@ -17,7 +18,7 @@ pub struct Args {
     /// Region file
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// Rank by this window's count
+    /// Rank by this window's count (requests, or tokens charged)
     #[arg(long, value_enum, default_value = "minute")]
     by: By,
     /// How many keys to show
@@ -38,6 +39,19 @@ pub struct Args {
 enum By {
     Minute,
     Day,
+    TokensMinute,
+    TokensDay,
+}
+
+impl By {
+    fn name(self) -> &'static str {
+        match self {
+            By::Minute => "minute",
+            By::Day => "day",
+            By::TokensMinute => "tokens-minute",
+            By::TokensDay => "tokens-day",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -60,11 +74,23 @@ struct Row {
     day: u32,
     rpm: Option<u32>,
     rpd: Option<u32>,
+    /// Tokens charged (reserved, then settled) this UTC minute and day.
+    tokens_minute: u32,
+    tokens_day: u32,
+    /// The key's token limits under `policy`; `null` without one, or for
+    /// a key without token limits.
+    tpm: Option<u32>,
+    tpd: Option<u32>,
 }
 
 fn limits_of(policy: &Policy, tier: Tier, u: &KeyUsage) -> Option<Limits> {
     let m = policy.model_index(u.model.as_deref()?.as_bytes())?;
     policy.limits(tier, m, u.account.as_deref()?)
+}
+
+fn token_limits_of(policy: &Policy, tier: Tier, u: &KeyUsage) -> Option<TokenLimits> {
+    let m = policy.model_index(u.model.as_deref()?.as_bytes())?;
+    policy.token_limits(tier, m, u.account.as_deref()?)
 }
 
 pub fn run(a: Args) -> Res<u8> {
@@ -73,11 +99,13 @@ pub fn run(a: Args) -> Res<u8> {
     let named = a.policy.load()?;
     let l = open_read_only(named.as_ref().map(|n| &n.policy), &a.file)?;
     let mut rows = l.usage(now).map_err(|e| super::fail(e.to_string()))?;
-    rows.retain(|u| u.day > 0);
+    rows.retain(|u| u.day > 0 || u.tokens_day > 0);
     rows.sort_by(|x, y| {
         let key = |u: &KeyUsage| match a.by {
             By::Day => (u.day, u.minute),
             By::Minute => (u.minute, u.day),
+            By::TokensMinute => (u.tokens_minute, u.tokens_day),
+            By::TokensDay => (u.tokens_day, u.tokens_minute),
         };
         key(y)
             .cmp(&key(x))
@@ -86,8 +114,18 @@ pub fn run(a: Args) -> Res<u8> {
     });
     let keys = rows.len();
     rows.truncate(a.n);
-    let by = if a.by == By::Day { "day" } else { "minute" };
+    let by = a.by.name();
     let lim = |u: &KeyUsage| named.as_ref().and_then(|n| limits_of(&n.policy, tier, u));
+    let tlim = |u: &KeyUsage| {
+        named
+            .as_ref()
+            .and_then(|n| token_limits_of(&n.policy, tier, u))
+    };
+    // Token columns only where tokens are in play: a table without them
+    // prints as it did before 0.4.
+    let tokens = rows.iter().any(|u| u.tokens_day > 0)
+        || named.as_ref().is_some_and(|n| n.policy.has_token_limits())
+        || matches!(a.by, By::TokensMinute | By::TokensDay);
     if a.json {
         output::json(&Json {
             now_ms: now,
@@ -105,6 +143,10 @@ pub fn run(a: Args) -> Res<u8> {
                     day: u.day,
                     rpm: lim(u).map(|l| l.rpm),
                     rpd: lim(u).map(|l| l.rpd),
+                    tokens_minute: u.tokens_minute,
+                    tokens_day: u.tokens_day,
+                    tpm: tlim(u).map(|t| t.tpm),
+                    tpd: tlim(u).map(|t| t.tpd),
                 })
                 .collect(),
         });
@@ -132,7 +174,21 @@ pub fn run(a: Args) -> Res<u8> {
                 }
                 None => (u.minute.to_string(), u.day.to_string()),
             };
-            vec![name, model, minute, day]
+            let mut row = vec![name, model, minute, day];
+            if tokens {
+                match &named {
+                    Some(_) => {
+                        let t = tlim(u);
+                        row.push(of(u.tokens_minute, t.map(|t| t.tpm)));
+                        row.push(of(u.tokens_day, t.map(|t| t.tpd)));
+                    }
+                    None => {
+                        row.push(u.tokens_minute.to_string());
+                        row.push(u.tokens_day.to_string());
+                    }
+                }
+            }
+            row
         })
         .collect();
     let limits = match &named {
@@ -145,6 +201,10 @@ pub fn run(a: Args) -> Res<u8> {
         output::s(keys as u64),
         utc(now),
     );
-    print!("{}", table(&["ACCOUNT", "MODEL", "MINUTE", "DAY"], &body));
+    let mut head = vec!["ACCOUNT", "MODEL", "MINUTE", "DAY"];
+    if tokens {
+        head.extend(["TOKENS MINUTE", "TOKENS DAY"]);
+    }
+    print!("{}", table(&head, &body));
     Ok(0)
 }
