@@ -112,9 +112,18 @@ fn apply(
 ) -> Option<State> {
     let cell = region.tokens(i);
     replace(cell, load(cell), |word| {
-        let s = State::unpack(word);
+        let mut s = State::unpack(word);
         if s.gen != gen {
-            return Then::Answer(None);
+            // A reservation of 0 stores nothing, so the word may still be
+            // an earlier binding's: while the slot is this key's, its
+            // counts start at zero here too (an excess is then charged).
+            if region.slot(i).state() as u16 != gen {
+                return Then::Answer(None);
+            }
+            s = State {
+                gen,
+                ..State::default()
+            };
         }
         let next = settled(s, at, reserved, used, clock);
         if next == s {

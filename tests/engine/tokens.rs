@@ -192,6 +192,20 @@ fn settling_charges_the_usage_instead_of_the_reservation() {
 }
 
 #[test]
+fn a_first_reservation_of_nothing_is_still_charged_its_usage() {
+    // Counting after the response (a reservation of 0, `default_max_output
+    // = 0` and the model from a header): the key's first request stores
+    // nothing in the token word, and its usage must still be charged.
+    let l = limiter();
+    let d = l.check(&dev("zero", 0), T0).unwrap();
+    assert!(d.allowed);
+    let ticket = d.tokens.unwrap().ticket.unwrap();
+    assert_eq!(l.settle(ticket, Ending::Usage(33), T0 + 1).unwrap(), 33);
+    let peek = l.check(&dev("zero", 0).cost(0), T0 + 2).unwrap();
+    assert_eq!(peek.tokens.unwrap().minute.remaining, 200_000 - 33);
+}
+
+#[test]
 fn an_unspent_part_comes_back_only_while_its_window_is_open() {
     let l = limiter();
     let d = l.check(&dev("a", 10_000), T0).unwrap();
