@@ -92,4 +92,23 @@ fn usage_throughput() {
         scan(b, b.len())
     });
     rate("serde_json per event (split lines)", &body, per_event_json);
+    // OpenAI's stream_options.include_usage form (vLLM's too): every chunk
+    // carries "usage":null, so no event can be skipped unparsed
+    let nulls = String::from_utf8(body)
+        .unwrap()
+        .replace(
+            "\"finish_reason\":null}]}",
+            "\"finish_reason\":null}],\"usage\":null}",
+        )
+        .into_bytes();
+    rate(
+        "tollgate::usage, SSE with usage:null chunks, 4 KiB reads",
+        &nulls,
+        |b| scan(b, 4096),
+    );
+    rate(
+        "serde_json per event, usage:null chunks",
+        &nulls,
+        per_event_json,
+    );
 }
