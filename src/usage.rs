@@ -655,7 +655,7 @@ impl UsageScanner {
         if self.hold.on {
             // The whole event was held: read only if it may carry usage.
             self.hold.on = false;
-            if !self.hold.maybe {
+            if !self.hold.may_carry_usage() {
                 return Ok(());
             }
             let held = self.hold.len;
@@ -1067,16 +1067,17 @@ impl UsageScanner {
 /// `response.completed` carrying the whole output) is lexed as it comes.
 pub const EVENT_HOLD: usize = 2048;
 
-/// An SSE event's data, held so that one that cannot carry a usage key is
-/// skipped unparsed: the key `usage` is in an event's data either as those
-/// five bytes or with a `\u` escape in it, so an event with neither has no
-/// usage (and is not checked to be JSON). This is what keeps reading a
-/// stream of many small chunks near memory speed.
+/// An SSE event's data, held so that one that cannot carry usage is
+/// skipped unparsed (and not checked to be JSON): the key `usage` is in an
+/// event's data either as those five bytes or with a `\u` escape in it,
+/// and a key followed by `":` and `null` (blanks allowed) has no value.
+/// So an event without a `\u` whose every `usage` reads `usage" : null`
+/// has none; that is every chunk but the last of a stream asked for with
+/// `include_usage` (OpenAI and vLLM send `"usage":null` in each), and what
+/// keeps reading a stream of many small chunks near memory speed.
 #[derive(Clone)]
 struct Hold {
     on: bool,
-    /// The held data contains `usage` or `\u`.
-    maybe: bool,
     len: usize,
     buf: [u8; EVENT_HOLD],
 }
@@ -1085,7 +1086,6 @@ impl fmt::Debug for Hold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hold")
             .field("on", &self.on)
-            .field("maybe", &self.maybe)
             .field("len", &self.len)
             .finish_non_exhaustive()
     }
@@ -1095,7 +1095,6 @@ impl Hold {
     const fn new() -> Hold {
         Hold {
             on: false,
-            maybe: false,
             len: 0,
             buf: [0; EVENT_HOLD],
         }
@@ -1103,7 +1102,6 @@ impl Hold {
 
     fn start(&mut self) {
         self.on = true;
-        self.maybe = false;
         self.len = 0;
     }
 
@@ -1114,17 +1112,32 @@ impl Hold {
             return false;
         }
         self.buf[self.len..end].copy_from_slice(d);
-        if !self.maybe {
-            // Search the new bytes and the four before them, so a key cut
-            // between two pieces of data is found.
-            let from = self.len.saturating_sub(4);
-            let hay = &self.buf[from..end];
-            self.maybe = memchr::memmem::find(hay, b"usage").is_some()
-                || memchr::memchr_iter(b'\\', hay).any(|k| hay.get(k + 1) == Some(&b'u'));
-        }
         self.len = end;
         true
     }
+
+    /// Whether the held event may carry usage (see [`Hold`]).
+    fn may_carry_usage(&self) -> bool {
+        let hay = &self.buf[..self.len];
+        memchr::memchr_iter(b'\\', hay).any(|k| hay.get(k + 1) == Some(&b'u'))
+            || memchr::memmem::find_iter(hay, b"usage").any(|k| !null_follows(&hay[k + 5..]))
+    }
+}
+
+/// `rest` (what follows `usage`) reads `"`, `:` and `null`, blanks allowed
+/// around the colon: a key whose value is null.
+fn null_follows(rest: &[u8]) -> bool {
+    fn blanks(b: &[u8]) -> &[u8] {
+        let n = b.iter().take_while(|c| is_ws(**c)).count();
+        &b[n..]
+    }
+    let Some(rest) = rest.strip_prefix(b"\"") else {
+        return false;
+    };
+    let Some(rest) = blanks(rest).strip_prefix(b":") else {
+        return false;
+    };
+    blanks(rest).starts_with(b"null")
 }
 
 #[cfg(test)]

@@ -130,11 +130,11 @@ fn sse_oracle(stream: &[u8]) -> Option<Answer> {
     for line in lines {
         if line.is_empty() {
             let Some(d) = data.take() else { continue };
-            // An event that cannot carry the key `usage` (neither those
-            // bytes nor a `\u` escape in it) and fits the scanner's hold is
-            // skipped unparsed (src/usage.rs, `Hold`).
+            // An event that cannot carry usage (no `\u` escape, and every
+            // `usage` in it a key whose value is null) and fits the
+            // scanner's hold is skipped unparsed (src/usage.rs, `Hold`).
             let skipped = d.len() <= EVENT_HOLD
-                && !d.windows(5).any(|w| w == b"usage")
+                && (0..d.len()).all(|k| !d[k..].starts_with(b"usage") || null_key(&d[k + 5..]))
                 && !d.windows(2).any(|w| w == b"\\u");
             if d == b"[DONE]" {
                 done = true;
@@ -428,6 +428,20 @@ fn stream(r: &mut Rng) -> String {
             0 => out.push_str(&format!(": ping{eol}")),
             1 => out.push_str(&format!("event: response.completed{eol}id: 4{eol}")),
             2 => out.push_str(&format!("data: [DONE]{eol}{eol}")),
+            // A chunk of an `include_usage` stream: a null usage (skipped
+            // unparsed), now and then with blanks, a near miss or
+            // a value.
+            3 => {
+                let usage = r.pick(&[
+                    "\"usage\":null",
+                    "\"usage\" : \tnull",
+                    "\"usage\":nul",
+                    "\"usage\":{\"total_tokens\":3}",
+                    "\"max_usage\":null,\"usage\":null",
+                    "\"note\":\"usage\",\"usage\":null",
+                ]);
+                out.push_str(&format!("data: {{\"choices\":[],{usage}}}{eol}{eol}"));
+            }
             _ => {
                 let b = body(r);
                 // Split at a newline of its whitespace: two data lines.
@@ -488,4 +502,21 @@ fn random_bodies_and_streams_agree_with_serde_json() {
     }
     // The generator reaches every outcome.
     assert!(seen.iter().all(|&k| k > 500), "{seen:?}");
+}
+
+/// What follows `usage` is `"`, then `:` and `null` with any JSON blanks
+/// between: a key whose value is null (the oracle's own reading of the
+/// scanner's skip rule).
+fn null_key(rest: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(rest);
+    let Some(after) = text.strip_prefix('"') else {
+        return false;
+    };
+    let after = after.trim_start_matches([' ', '\t', '\r', '\n']);
+    let Some(after) = after.strip_prefix(':') else {
+        return false;
+    };
+    after
+        .trim_start_matches([' ', '\t', '\r', '\n'])
+        .starts_with("null")
 }
