@@ -626,7 +626,7 @@ impl Limiter {
             let model_id = self.model_ids[model];
             return self.check_local(&req, now_ms, now, model_id, limits);
         }
-        self.check_leased(&req, now_ms, now, model, limits)
+        self.check_leased(&req, now_ms, now, model, limits, None)
     }
 
     /// A decision on a key with a token limit: its reservation and its
@@ -652,7 +652,7 @@ impl Limiter {
             return Err(Error::NoTokenWindows);
         }
         if self.leased {
-            return self.check_leased_tokens(req, now_ms, now, model, limits, tl);
+            return self.check_leased(req, now_ms, now, model, limits, Some(tl));
         }
         let model_id = self.model_ids[model];
         let key = key::hash(self.region.seed(), req.account, model_id);
@@ -765,41 +765,12 @@ impl Limiter {
         Ok(used as u64)
     }
 
-    /// A decision with tokens on a table of quota leases: the lease
-    /// layer's, if joined (`lease::tokens`).
-    #[cold]
-    #[inline(never)]
-    fn check_leased_tokens(
-        &self,
-        req: &Request<'_>,
-        now_ms: u64,
-        now: Instant,
-        model: usize,
-        limits: Limits,
-        tl: TokenLimits,
-    ) -> Result<Decision, Error> {
-        #[cfg(feature = "leases")]
-        let link = self.joined.load();
-        #[cfg(feature = "leases")]
-        if let Some(j) = &*link {
-            let model_id = self.model_ids[model];
-            let p = Prepared {
-                now,
-                limits,
-                model,
-                model_id,
-                key: key::hash(self.region.seed(), req.account, model_id),
-            };
-            return j.check_tokens(self, req, &p, tl, now_ms);
-        }
-        let _ = (req, now_ms, now, model, limits, tl);
-        Err(Error::NotJoined)
-    }
-
     /// A decision on a table of quota leases: the lease layer's, if joined.
     /// Takes what [`Limiter::check`] has already checked and resolved.
     #[cold]
     #[inline(never)]
+    /// With token limits `tokens`, the lease layer's token decision
+    /// (`lease::tokens`).
     fn check_leased(
         &self,
         req: &Request<'_>,
@@ -807,6 +778,7 @@ impl Limiter {
         now: Instant,
         model: usize,
         limits: Limits,
+        tokens: Option<TokenLimits>,
     ) -> Result<Decision, Error> {
         // The guard keeps this link alive for the decision, however
         // `connect` and `disconnect` replace it meanwhile.
@@ -822,9 +794,12 @@ impl Limiter {
                 model_id,
                 key: key::hash(self.region.seed(), req.account, model_id),
             };
-            return j.check(self, req, &p, now_ms);
+            return match tokens {
+                Some(tl) => j.check_tokens(self, req, &p, tl, now_ms),
+                None => j.check(self, req, &p, now_ms),
+            };
         }
-        let _ = (req, now_ms, now, model, limits);
+        let _ = (req, now_ms, now, model, limits, tokens);
         Err(Error::NotJoined)
     }
 
