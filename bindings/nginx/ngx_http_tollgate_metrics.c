@@ -30,6 +30,8 @@ static u_char *ngx_http_tollgate_store_metrics(u_char *p,
     ngx_http_tollgate_main_conf_t *tmcf, ngx_http_request_t *r);
 static u_char *ngx_http_tollgate_escape(u_char *dst, u_char *src,
     size_t len);
+static void ngx_http_tollgate_row_label(ngx_http_tollgate_row_t *row,
+    ngx_uint_t i, ngx_str_t *name);
 
 
 /* indexed by TG_OUTCOME_* (checked above) */
@@ -228,6 +230,22 @@ ngx_http_tollgate_count(ngx_http_tollgate_zone_t *zone, ngx_str_t *model,
 }
 
 
+/* the model label of row `i`: row 0 counts the models without a row */
+
+static void
+ngx_http_tollgate_row_label(ngx_http_tollgate_row_t *row, ngx_uint_t i,
+    ngx_str_t *name)
+{
+    if (i == 0) {
+        ngx_str_set(name, "(other)");
+        return;
+    }
+
+    name->data = row->name;
+    name->len = row->len;
+}
+
+
 /* the model's metric row, or "(other)"; rows never move or go away */
 
 ngx_http_tollgate_row_t *
@@ -402,14 +420,7 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
 
         for (i = 0; i < n; i++) {
             row = &sh->rows[i];
-
-            if (i == 0) {
-                ngx_str_set(&name, "(other)");
-
-            } else {
-                name.data = row->name;
-                name.len = row->len;
-            }
+            ngx_http_tollgate_row_label(row, i, &name);
 
             for (k = 0; k < TG_OUTCOMES; k++) {
                 p = ngx_cpymem(p, "tollgate_decisions_total{zone=\"",
@@ -443,14 +454,7 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
 
             for (i = 0; i < n; i++) {
                 row = &sh->rows[i];
-
-                if (i == 0) {
-                    ngx_str_set(&name, "(other)");
-
-                } else {
-                    name.data = row->name;
-                    name.len = row->len;
-                }
+                ngx_http_tollgate_row_label(row, i, &name);
 
                 for (w = 0; w < (k == 2 ? 2 : 1); w++) {
                     p = ngx_sprintf(p, "%V{zone=\"",
