@@ -80,8 +80,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "message": {"role": "assistant", "content": "ok"},
                 "finish_reason": "stop",
             }],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                      "total_tokens": 2},
+            **({} if self.headers.get("X-Upstream-No-Usage") else {
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                          "total_tokens": 2}}),
             "body_length": len(body),
             "body_sha256": digest,
         }, [("X-Body-Length", str(len(body))), ("X-Body-Sha256", digest)]
