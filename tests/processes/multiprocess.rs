@@ -406,3 +406,66 @@ fn unreadable_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn tokens_settled_across_processes_equal_the_usage() {
+    let dir = Scratch::new("mp-tokens");
+    let f = dir.file("t.tg");
+    create(dir.path("t.tg").as_path(), 4096);
+    let now = NOW.to_string();
+    let tpm = 60_000u64;
+    // 6 processes reserve 700 tokens a request on one key and settle each
+    // at once with a usage of their own drawing (350 to 1 225).
+    let children: Vec<_> = (1..=6u64)
+        .map(|seed| {
+            let seed = (seed * 0x9E37_79B9).to_string();
+            let args = [
+                f.as_str(),
+                "--account",
+                "tok",
+                "--count",
+                "400",
+                "--rpm",
+                "100000",
+                "--rpd",
+                "100000",
+                "--tokens",
+                "700",
+                "--tpm",
+                "60000",
+                "--tpd",
+                "1000000",
+                "--settle-seed",
+                &seed,
+                "--json",
+                "--now-ms",
+                &now,
+            ];
+            worker(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn worker")
+        })
+        .collect();
+    let (mut admitted, mut denied, mut used, mut excess) = (0, 0, 0, 0);
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        admitted += j["admitted"].as_u64().unwrap();
+        denied += j["denied"].as_u64().unwrap();
+        used += j["used"].as_u64().unwrap();
+        excess += j["excess"].as_u64().unwrap();
+    }
+    assert!(
+        admitted > 0 && denied > 0,
+        "{admitted} admitted, {denied} denied"
+    );
+    let l = Limiter::open(&Policy::builtin(), &f, 0, false).unwrap();
+    let u = l.key_usage(b"tok", MODEL.as_bytes(), NOW).unwrap().unwrap();
+    // The table holds exactly what the upstream reported, within the bound.
+    assert_eq!((u.tokens_minute as u64, u.tokens_day as u64), (used, used));
+    assert!(used <= tpm + excess, "{used} > {tpm} + {excess}");
+    assert_eq!((u.minute as u64, u.day as u64), (admitted, admitted));
+}
