@@ -80,28 +80,24 @@ fn reserve_and_settle(
     totals
 }
 
-#[test]
-fn three_hosts_one_key_hold_the_token_windows() {
-    let server = Server::start();
-    let dir = temp_dir("leases-tokens");
-    let opts = roomy(HOSTS as u32);
-    let mut hosts = file_hosts(&dir, &server.url(), &opts);
-    let store = Store::new(&server.url(), opts.store.clone()).unwrap();
+/// Three hosts (two handles, two threads each) on one key: Redis ends with
+/// exactly the usage reported, within the bound.
+fn one_token_key(hosts: &mut [Vec<Limiter>], store: &Store, key: &str) {
     let tpm = 200_000u32;
     let (ms, at) = tomorrow(20);
-    let t = reserve_and_settle(&hosts, "token-key", tpm, ms, 150);
+    let t = reserve_and_settle(hosts, key, tpm, ms, 150);
     let (admitted, refused) = (t.admitted.into_inner(), t.refused.into_inner());
     let (used, excess) = (t.used.into_inner(), t.excess.into_inner());
+    eprintln!(
+        "{admitted} admitted, {refused} refused; {used} tokens used, {excess} beyond reservations"
+    );
     assert!(
         admitted > 100 && refused > 0,
         "{admitted} admitted, {refused} refused: the limit was reached"
     );
-    eprintln!(
-        "{admitted} admitted, {refused} refused; {used} tokens used, {excess} beyond reservations"
-    );
     // Leaving gives back what the lease thread had not applied yet.
-    disconnect_all(&mut hosts);
-    let (minute, day) = token_counts(&store, "token-key", at);
+    disconnect_all(hosts);
+    let (minute, day) = token_counts(store, key, at);
     assert_eq!(
         (minute, day),
         (used, used),
@@ -112,8 +108,41 @@ fn three_hosts_one_key_hold_the_token_windows() {
         "{used} > {tpm} + the under-estimates {excess}"
     );
     // The requests were charged once per admission, on their own tag.
-    assert_eq!(counts(&store, "token-key", at), (admitted, admitted));
+    assert_eq!(counts(store, key, at), (admitted, admitted));
+}
+
+#[test]
+fn three_hosts_one_key_hold_the_token_windows() {
+    let server = Server::start();
+    let dir = temp_dir("leases-tokens");
+    let opts = roomy(HOSTS as u32);
+    let mut hosts = file_hosts(&dir, &server.url(), &opts);
+    let store = Store::new(&server.url(), opts.store.clone()).unwrap();
+    one_token_key(&mut hosts, &store, "token-key");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn three_hosts_one_key_hold_the_token_windows_on_a_cluster() {
+    // The key's token counts sit in another hash slot than its requests'.
+    let cluster = Cluster::start();
+    let opts = roomy(HOSTS as u32);
+    let mut hosts: Vec<Vec<Limiter>> = (0..HOSTS)
+        .map(|_| {
+            (0..2)
+                .map(|_| {
+                    let mut l = LimiterOptions::new()
+                        .leases(true)
+                        .build(&policy(), 4096)
+                        .unwrap();
+                    l.connect(&cluster.url(), opts.clone()).unwrap();
+                    l
+                })
+                .collect()
+        })
+        .collect();
+    let store = Store::new(&cluster.url(), opts.store.clone()).unwrap();
+    one_token_key(&mut hosts, &store, "token-key-cluster");
 }
 
 #[test]
