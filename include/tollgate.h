@@ -1199,6 +1199,18 @@ typedef struct tg_lease_stats {
    * Keys Redis evicted since this limiter joined (any keys). Since 0.4.
    */
   uint64_t evicted_keys;
+  /**
+   * Token reservations Redis granted. Since 0.4.
+   */
+  uint64_t token_grants;
+  /**
+   * Token reservations Redis refused (the token window full). Since 0.4.
+   */
+  uint64_t token_refusals;
+  /**
+   * Settles that corrected Redis (a give-back or an excess). Since 0.4.
+   */
+  uint64_t token_settles;
 } tg_lease_stats;
 
 #ifdef __cplusplus

@@ -172,6 +172,15 @@ static ngx_http_tollgate_store_metric_t  ngx_http_tollgate_store_metrics_t[] =
         "counter", lease.refused_locally,
         "Decisions refused without a round trip: Redis refused the key "
         "less than a second before."),
+    ngx_http_tollgate_store_metric("tollgate_store_token_grants_total",
+        "counter", lease.token_grants,
+        "Token reservations Redis granted."),
+    ngx_http_tollgate_store_metric("tollgate_store_token_refusals_total",
+        "counter", lease.token_refusals,
+        "Token reservations Redis refused: the token window was full."),
+    ngx_http_tollgate_store_metric("tollgate_store_token_settles_total",
+        "counter", lease.token_settles,
+        "Settles that corrected Redis (a give-back or an excess)."),
     ngx_http_tollgate_store_metric("tollgate_store_eviction_risk",
         "gauge", lease.eviction_risk,
         "1 when Redis has a memory limit and a maxmemory-policy that can "

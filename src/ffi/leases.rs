@@ -139,6 +139,12 @@ pub struct tg_lease_stats {
     pub refused_locally: u64,
     /// Keys Redis evicted since this limiter joined (any keys). Since 0.4.
     pub evicted_keys: u64,
+    /// Token reservations Redis granted. Since 0.4.
+    pub token_grants: u64,
+    /// Token reservations Redis refused (the token window full). Since 0.4.
+    pub token_refusals: u64,
+    /// Settles that corrected Redis (a give-back or an excess). Since 0.4.
+    pub token_settles: u64,
 }
 
 /// sizeof(tg_redis_options) in 0.3, before `max_hosts`: still accepted
@@ -570,6 +576,9 @@ mod imp {
             eviction_risk: s.eviction_risk as u32,
             refused_locally: s.refused_locally,
             evicted_keys: s.evicted_keys,
+            token_grants: s.token_grants,
+            token_refusals: s.token_refusals,
+            token_settles: s.token_settles,
         })
     }
 }

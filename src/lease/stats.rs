@@ -66,6 +66,13 @@ pub struct LeaseStats {
     pub deferred: u64,
     /// Microseconds the last answered store call took.
     pub last_latency_us: u64,
+    /// Token reservations Redis granted (each one exact grant).
+    pub token_grants: u64,
+    /// Token reservations Redis refused: the key's token window was full.
+    pub token_refusals: u64,
+    /// Settles that corrected Redis (a give-back or an excess, queued to
+    /// the lease thread).
+    pub token_settles: u64,
     /// The store's own counters (every round trip, failures, breaker).
     pub store: StoreStats,
 }
@@ -88,6 +95,9 @@ pub(super) struct Counters {
     pub(super) pushed_units: AtomicU64,
     pub(super) dropped_units: AtomicU64,
     pub(super) deferred: AtomicU64,
+    pub(super) token_grants: AtomicU64,
+    pub(super) token_refusals: AtomicU64,
+    pub(super) token_settles: AtomicU64,
 }
 
 impl Joined {
@@ -124,6 +134,9 @@ impl Joined {
             pending: pending as u64,
             deferred: c.deferred.load(Relaxed),
             last_latency_us: store.last_latency_us,
+            token_grants: c.token_grants.load(Relaxed),
+            token_refusals: c.token_refusals.load(Relaxed),
+            token_settles: c.token_settles.load(Relaxed),
             store,
         }
     }

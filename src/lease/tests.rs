@@ -429,6 +429,11 @@ fn settling_on_a_leased_table_corrects_the_store() {
     eventually("the store counts what was used", || {
         tokens_counted(&s, "k", t) == 1_800
     });
+    let st = l.lease_stats().unwrap();
+    assert_eq!(
+        (st.token_grants, st.token_refusals, st.token_settles),
+        (3, 0, 3)
+    );
     // The next decision's headers show it.
     let d = l.check(&req("k").tokens(100), t).unwrap();
     assert_eq!(d.tokens.unwrap().minute.remaining, TPM - 1_800 - 100);

@@ -128,6 +128,12 @@ impl Joined {
                 i.answered();
                 let (m, d) = (clamp32(g.counts.minute_count), clamp32(g.counts.day_count));
                 slot::raise_word(i.region.tokens_seen(slot_i), gen, at, m, d);
+                let counter = if g.units > 0 {
+                    &i.c.token_grants
+                } else {
+                    &i.c.token_refusals
+                };
+                counter.fetch_add(1, Relaxed);
                 let o = from_counts(&g.counts, limits, tokens, g.units > 0, at);
                 (o, Held::Store)
             }
@@ -267,6 +273,9 @@ impl Joined {
         let Some(tag) = i.tokens_tag(slot_i, ticket.gen) else {
             return;
         };
+        if used != reserved {
+            i.c.token_settles.fetch_add(1, Relaxed);
+        }
         if used < reserved {
             let back = reserved - used;
             // Not pushed yet (admitted while the store was away): taken

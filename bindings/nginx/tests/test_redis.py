@@ -569,7 +569,7 @@ def test_two_hosts_share_one_token_quota_through_redis(hosts, redis):
         n.start(zone=f"size=1m policy={POLICY}",
                 http_extra=joined(redis.url, "hosts=2"),
                 locations=LOCATION % {"buffering": "on", "extra": ""},
-                workers=2)
+                workers=1)
     ca, cb = client(a, "sk-tokens"), client(b, "sk-tokens")
 
     first = chat(ca, 37)
@@ -587,7 +587,12 @@ def test_two_hosts_share_one_token_quota_through_redis(hosts, redis):
     assert h["x-tollgate-limited-by"] == "TOKENS_MINUTE"
     assert h["x-ratelimit-remaining-tokens"] == str(5000 - 37 - 37 - 4000)
     assert e.value.body["code"] == "tokens_rate_limit_exceeded"
-    for n in (a, b):
+    # host a: two granted, both settled (one under, one over its
+    # reservation); host b: one granted and settled, one refused
+    for n, want in ((a, (2, 0, 2)), (b, (1, 1, 1))):
         m = store_metrics(n)
         assert m["tollgate_store_down"] == 0
         assert m["tollgate_store_park_failures_total"] == 0
+        assert (m["tollgate_store_token_grants_total"],
+                m["tollgate_store_token_refusals_total"],
+                m["tollgate_store_token_settles_total"]) == want

@@ -280,6 +280,9 @@ class TgLeaseStats(Structure):
         ("eviction_risk", c_uint32),
         ("refused_locally", c_uint64),
         ("evicted_keys", c_uint64),
+        ("token_grants", c_uint64),
+        ("token_refusals", c_uint64),
+        ("token_settles", c_uint64),
     ]
 
 

@@ -215,6 +215,12 @@ class LeaseStats:
     refused_locally: int = 0
     #: Keys Redis evicted since this limiter joined (any keys).
     evicted_keys: int = 0
+    #: Token reservations Redis granted (each one exact grant).
+    token_grants: int = 0
+    #: Token reservations Redis refused: the key's token window was full.
+    token_refusals: int = 0
+    #: Settles that corrected Redis (a give-back or an excess).
+    token_settles: int = 0
 
 
 def read_lease_stats(h: c_void_p) -> LeaseStats | None:
@@ -238,4 +244,7 @@ def read_lease_stats(h: c_void_p) -> LeaseStats | None:
         eviction_risk=bool(out.eviction_risk),
         refused_locally=int(out.refused_locally),
         evicted_keys=int(out.evicted_keys),
+        token_grants=int(out.token_grants),
+        token_refusals=int(out.token_refusals),
+        token_settles=int(out.token_settles),
     )
