@@ -766,11 +766,11 @@ impl Limiter {
     }
 
     /// A decision on a table of quota leases: the lease layer's, if joined.
-    /// Takes what [`Limiter::check`] has already checked and resolved.
+    /// Takes what [`Limiter::check`] has already checked and resolved;
+    /// with token limits `tokens`, the lease layer's token decision
+    /// (`lease::tokens`).
     #[cold]
     #[inline(never)]
-    /// With token limits `tokens`, the lease layer's token decision
-    /// (`lease::tokens`).
     fn check_leased(
         &self,
         req: &Request<'_>,
