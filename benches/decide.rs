@@ -205,6 +205,31 @@ fn threads(c: &mut Criterion) {
 }
 
 /// A hot key over its limit: the built-in 30 RPM for DeepSeek-V3.1, spent.
+/// An in-flight admission and its release on one key, against a count in
+/// a Mutex<HashMap> (governor has no in-flight limit).
+fn in_flight(c: &mut Criterion<Cpu>) {
+    let mut g = c.benchmark_group("in_flight_admit_release");
+    let acct = accounts(1, "org").pop().unwrap();
+    let key = joined(std::slice::from_ref(&acct)).pop().unwrap();
+    let lim = Limiter::new(&in_flight_policy(60_000), 1 << 16).unwrap();
+    let req = request(&acct);
+    g.bench_function("tollgate", |b| {
+        b.iter(|| {
+            let d = lim.check(black_box(&req), black_box(NOW_MS)).unwrap();
+            let a = d.in_flight.and_then(|f| f.admission).unwrap();
+            lim.release(a, tollgate::Ending::Complete).unwrap()
+        })
+    });
+    let map = MutexInFlight::new(60_000);
+    g.bench_function("mutex_hashmap", |b| {
+        b.iter(|| {
+            assert!(map.acquire(black_box(&key)));
+            map.release(black_box(&key))
+        })
+    });
+    g.finish();
+}
+
 fn deny(c: &mut Criterion<Cpu>) {
     let mut g = c.benchmark_group("deny_hot_key");
     let acct = accounts(1, "org").pop().unwrap();
@@ -325,7 +350,7 @@ fn cpu() -> Cpu {
 criterion_group! {
     name = one_thread;
     config = config(cpu());
-    targets = hot_key, ten_k_keys, one_m_keys, deny, walk
+    targets = hot_key, ten_k_keys, one_m_keys, deny, in_flight, walk
 }
 criterion_group! {
     name = two_threads;

@@ -17,15 +17,19 @@ mod common;
 use common::*;
 
 const N: u64 = 200_000;
-const CASES: [&str; 5] = [
+const CASES: [&str; 6] = [
     "hot_allow",
     "keys_10k_allow",
     "hot_deny",
     "hot_tokens",
     "hot_tokens_settle",
+    "hot_in_flight",
 ];
 /// Cases only tollgate has (token reservations and settling).
 const TOKEN_CASES: [&str; 2] = ["hot_tokens", "hot_tokens_settle"];
+/// An admission and its release: tollgate against a counter in a
+/// Mutex<HashMap> (governor has no in-flight limit).
+const IN_FLIGHT: &str = "hot_in_flight";
 const SYSTEMS: [&str; 3] = ["tollgate", "governor", "mutex_hashmap"];
 
 fn child(system: &str, case: &str, n: u64) {
@@ -41,6 +45,31 @@ fn child(system: &str, case: &str, n: u64) {
     };
     // Bring every key to its steady state (bound, and for deny: exhausted).
     let warm = if deny { 31 } else { 1 };
+    if case == IN_FLIGHT {
+        let a = &accts[0];
+        if system == "mutex_hashmap" {
+            let map = MutexInFlight::new(60_000);
+            for _ in 0..n {
+                let k = black_box(&keys[0]);
+                assert!(map.acquire(k));
+                map.release(k);
+            }
+            return;
+        }
+        let lim = Limiter::new(&in_flight_policy(60_000), 1 << 14).unwrap();
+        let first = lim.check(&request(a), NOW_MS).unwrap();
+        lim.release(
+            first.in_flight.unwrap().admission.unwrap(),
+            Ending::Complete,
+        )
+        .unwrap();
+        for _ in 0..n {
+            let d = lim.check(&request(black_box(a)), NOW_MS).unwrap();
+            let adm = d.in_flight.and_then(|f| f.admission).unwrap();
+            black_box(lim.release(adm, Ending::Complete).unwrap());
+        }
+        return;
+    }
     if TOKEN_CASES.contains(&case) {
         // A key with token limits: each decision reserves 100 tokens (and,
         // settling, charges 60 instead once "answered").
@@ -144,7 +173,9 @@ fn main() {
         let per: Vec<String> = SYSTEMS
             .iter()
             .map(|s| {
-                if TOKEN_CASES.contains(&case) && *s != "tollgate" {
+                if (TOKEN_CASES.contains(&case) && *s != "tollgate")
+                    || (case == IN_FLIGHT && *s == "governor")
+                {
                     return "-".to_string();
                 }
                 let a = instructions(&exe, s, case, N).unwrap();

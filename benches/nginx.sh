@@ -23,6 +23,14 @@
 #   get-tollgate       the same GET through a tollgate location: not
 #                      limited (only POST is), passed unread
 #
+# In-flight variants (VARIANTS=in-flight: plain, limit_conn, tollgate,
+# tollgate-in-flight; not in the default set):
+#   limit_conn         nginx's own concurrency limit, one zone keyed by
+#                      account (limit_conn conn 60000: never refusing)
+#   tollgate-in-flight tollgate with max_in_flight = 60000 beside the
+#                      windows: every request admitted, then released when
+#                      its response ends (the pool cleanup)
+#
 # Token variants (VARIANTS=tokens runs them all; not in the default set):
 # the same POST, proxied to an upstream location that answers a chat
 # completion with a `usage` object (prompt 24, completion 9, total 33):
@@ -113,8 +121,10 @@ repeat=${REPEAT:-3}
 threads=${THREADS:-2}
 conns=${CONNS:-50}
 variants=${VARIANTS:-"plain module-off limit_req limit_req-headers tollgate tollgate-header tollgate-deny get-plain get-tollgate"}
+in_flight_variants="plain limit_conn tollgate tollgate-in-flight"
 token_variants="plain-usage tollgate-usage tollgate-tokens tollgate-tokens-header after-response plain-sse tollgate-tokens-sse tollgate-tokens-header-sse after-response-sse"
 [ "$variants" = tokens ] && variants=$token_variants
+[ "$variants" = in-flight ] && variants=$in_flight_variants
 workers_list=${WORKERS:-"1 2"}
 instr_n=${INSTR_N:-2000}
 annotate=${ANNOTATE:-tollgate}
@@ -172,6 +182,15 @@ cat > "$work/allow.toml" <<TOML
 TOML
 # token limits never reached: u32's range is the policy's maximum, and one
 # nginx run charges far less than 4 * 10^9 (each request settles to 33)
+# an in-flight limit never reached (wrk's connections stay far below it):
+# each request is admitted, then released when its response ends
+cat > "$work/in-flight.toml" <<TOML
+[models]
+"$model" = { region = "Global" }
+
+[tiers.developer]
+"$model" = { rpm = 1000000000, rpd = 1000000000, max_in_flight = 60000 }
+TOML
 cat > "$work/tokens.toml" <<TOML
 [models]
 "$model" = { region = "Global" }
@@ -255,6 +274,14 @@ write_conf() {   # variant workers [single]
         esac ;;
     module-off)
         load="load_module $module;" ;;
+    limit_conn)
+        http='limit_conn_zone $http_x_account zone=conn:10m;'
+        post='limit_conn conn 60000;' ;;
+    tollgate-in-flight)
+        load="load_module $module;"
+        http="tollgate_zone name=tg size=10m policy=$work/in-flight.toml;"
+        post='tollgate tg;
+            tollgate_account $http_x_account;' ;;
     limit_req|limit_req-headers)
         http='limit_req_zone $http_x_account zone=acct:10m rate=100000000r/s;
     limit_req_zone "$http_x_account:$http_x_model" zone=am:10m rate=100000000r/s;'

@@ -82,9 +82,10 @@
 
 /**
  * Bytes each slot takes in a region (hot state, account name and, since
- * 0.4, the unit area of token windows; 96 before).
+ * 0.4, the unit area of token windows and the in-flight ledger's entry;
+ * 96 before), after a fixed part (tg_region_size_for(1) less this).
  */
-#define TG_BYTES_PER_SLOT 128
+#define TG_BYTES_PER_SLOT 144
 
 /**
  * Result code of every function: TG_OK (0) or one of the TG_E_* values.
@@ -272,6 +273,12 @@ typedef int32_t tg_status;
  * token counts): settle it as a response without usage.
  */
 #define TG_E_USAGE 39
+
+/**
+ * The key has an in-flight limit the table cannot hold: formatted
+ * without the in-flight areas, or every ledger entry or holder in use.
+ */
+#define TG_E_NO_IN_FLIGHT 40
 
 /**
  * An internal error was caught at the boundary (a bug: please report it).
@@ -484,6 +491,33 @@ typedef struct tg_stats {
    * window, since the region was formatted: a metric to alert on.
    */
   uint64_t clock_faults;
+  /**
+   * Since 0.4 (written only when `size` covers it): 1 if the table has
+   * the in-flight areas and the fields below are its, else 0.
+   */
+  uint32_t has_in_flight;
+  /**
+   * Requests admitted and not yet released, over every key.
+   */
+  uint64_t in_flight;
+  /**
+   * Releases of requests that ran to their end (tg_release with any
+   * TG_END_* but TG_END_CUT), since formatting.
+   */
+  uint64_t released_completed;
+  /**
+   * Releases of requests cut short (TG_END_CUT: client gone, upstream
+   * error, a cancelled handler).
+   */
+  uint64_t released_aborted;
+  /**
+   * Units given back from processes found dead.
+   */
+  uint64_t reclaimed;
+  /**
+   * Admissions refused for in-flight (TG_LIMIT_IN_FLIGHT).
+   */
+  uint64_t refused_in_flight;
 } tg_stats;
 
 /**
@@ -881,7 +915,9 @@ extern "C" {
  * most decisions are the same, and one that needs more quota makes a round
  * trip to Redis (at most the store's deadline), or returns TG_PENDING with
  * TG_REQUEST_NO_WAIT. A key with a token limit reserves `req->tokens`;
- * tg_check_tokens also gives the ticket that settles it.
+ * tg_check_tokens also gives the ticket that settles it. A key with an
+ * in-flight limit is TG_E_NO_IN_FLIGHT, decided nothing: tg_check_units
+ * decides it and hands out the admission to release.
  */
 tg_status tg_check(const tg_limiter *limiter, const struct tg_request *req, uint64_t now_ms, struct tg_decision *out);
 
@@ -1515,6 +1551,12 @@ tg_status tg_body_model(const uint8_t *body, size_t len, uint8_t *model_out, siz
 #define TG_LIMIT_TOKENS_DAY 4
 
 /**
+ * The key had its max_in_flight requests running (no window: no
+ * retry-after; since 0.4).
+ */
+#define TG_LIMIT_IN_FLIGHT 5
+
+/**
  * The response carried its usage: `used` is its total tokens.
  */
 #define TG_END_USAGE 0
@@ -1651,7 +1693,8 @@ extern "C" {
  * `out->limited_by` is TG_LIMIT_TOKENS_MINUTE or TG_LIMIT_TOKENS_DAY and
  * nothing is charged anywhere. TG_E_TOKENS_TOO_LARGE when the reservation
  * exceeds the key's smaller token limit (never admissible: answer 400);
- * TG_E_NO_TOKEN_WINDOWS on a table formatted before 0.4.
+ * TG_E_NO_TOKEN_WINDOWS on a table formatted before 0.4. A key with an
+ * in-flight limit is TG_E_NO_IN_FLIGHT, as with tg_check.
  */
 tg_status tg_check_tokens(const tg_limiter *limiter, const tg_request *req, uint64_t now_ms, tg_decision *out, struct tg_tokens *tokens);
 
@@ -1748,6 +1791,95 @@ tg_status tg_usage_scan_finish(struct tg_usage_scan *scan, uint32_t http_status,
  * TG_END_FAILED for a non-2xx `http_status`, else TG_END_COMPLETE.
  */
 uint32_t tg_usage_ending(uint32_t http_status, uint32_t cut);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+/* ---- In flight: admissions and their release --------------------------- */
+
+/**
+ * A decision's requests in flight, when the key has an in-flight limit.
+ * Carried in tg_answer (since 0.4).
+ */
+typedef struct tg_in_flight {
+  /**
+   * sizeof(tg_in_flight) as the caller's header has it, or 0.
+   */
+  uint32_t size;
+  /**
+   * 1 if the key has an in-flight limit and the fields below are its;
+   * 0 if it has none (the other fields are then 0).
+   */
+  uint32_t has_in_flight;
+  /**
+   * The most of the key's requests that may run at once.
+   */
+  uint32_t limit;
+  /**
+   * Running now, this request included when admitted.
+   */
+  uint32_t in_use;
+  /**
+   * What to give tg_release once the request has ended, whatever ended
+   * it; 0 when not admitted (refused, or a peek).
+   */
+  uint64_t admission;
+} tg_in_flight;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * tg_check_tokens for a key that may also have an in-flight limit:
+ * `*in_flight` (a tg_in_flight of this version's size, or size 0) gets the
+ * key's limit, its requests running and, when admitted, the admission to
+ * give tg_release once the request has ended; `has_in_flight` 0 for a key
+ * without an in-flight limit. `tokens` may be NULL (not wanted).
+ * `in_flight` NULL: as tg_check_tokens (TG_E_NO_IN_FLIGHT for a key with
+ * a limit). Refused for in-flight, `out->limited_by` is
+ * TG_LIMIT_IN_FLIGHT, `out->retry_after` 0 and nothing is charged. Answer
+ * it with tg_answer_for_units.
+ */
+tg_status tg_check_units(const tg_limiter *limiter, const tg_request *req, uint64_t now_ms, tg_decision *out, tg_tokens *tokens, struct tg_in_flight *in_flight);
+
+/**
+ * Releases the in-flight unit of `admission` (from a decision's
+ * tg_in_flight) once its request has ended, whatever ended it: completed,
+ * client gone, upstream error, a cancelled handler. `ending` (TG_END_*, as
+ * tg_settle takes) is counted in tg_stats: TG_END_CUT as aborted, the
+ * others as completed. Release each admission exactly once, on the
+ * limiter (or a sibling on the same table) that admitted it. `*in_use`
+ * (NULL: not wanted) gets the key's requests still running. TG_E_INVALID
+ * for 0, an admission not of this table's, one released already (a
+ * second release changes nothing), or an unknown `ending`.
+ */
+tg_status tg_release(const tg_limiter *limiter, uint64_t admission, uint32_t ending, uint32_t *in_use);
+
+/**
+ * As tg_decision_tokens_header_pairs, with the key's requests in flight
+ * (`in_flight` as tg_check_units wrote it; NULL, or `has_in_flight` 0,
+ * for none): the request headers, the token headers, then
+ * x-ratelimit-limit-in-flight and x-ratelimit-in-flight, then retry-after
+ * when refused by a window: the order every binding answers in.
+ */
+tg_status tg_decision_units_header_pairs(const tg_decision *decision, const tg_tokens *tokens, const struct tg_in_flight *in_flight, tg_header_fn f, void *ctx);
+
+/**
+ * As tg_decision_tokens_ietf_header_pairs, with the requests in flight:
+ * the fields then carry an "in-flight" item too, `q` the limit in
+ * RateLimit-Policy and `r` the room left in RateLimit, with no `w` or `t`
+ * (a quota of requests at once has no window).
+ */
+tg_status tg_decision_units_ietf_header_pairs(const tg_decision *decision, const tg_tokens *tokens, const struct tg_in_flight *in_flight, uint64_t now_ms, tg_header_fn f, void *ctx);
+
+/**
+ * As tg_decision_error_body, with the decision's token windows and
+ * requests in flight (NULL: none), so that a refusal on tokens or for
+ * in-flight gets its own message and code (`in_flight_limit_exceeded`).
+ */
+tg_status tg_decision_units_error_body(const tg_decision *decision, const tg_tokens *tokens, const struct tg_in_flight *in_flight, const char *model, size_t model_len, char *buf, size_t cap, size_t *written);
 
 #ifdef __cplusplus
 }  // extern "C"
@@ -1852,17 +1984,18 @@ uint32_t tg_usage_ending(uint32_t http_status, uint32_t cut);
 
 /**
  * Most headers an answer has (six x-ratelimit-*, since 0.4 six more for
- * tokens, retry-after, x-should-retry, content-type): a `fields` array
- * this long always suffices. An answer without token headers has at most
- * 9 (this constant before 0.4).
+ * tokens and two for in-flight, retry-after, x-should-retry,
+ * content-type): a `fields` array this long always suffices. An answer
+ * without token or in-flight headers has at most 9 (this constant before
+ * 0.4).
  */
-#define TG_ANSWER_HEADERS_MAX 15
+#define TG_ANSWER_HEADERS_MAX 17
 
 /**
  * Bytes of buffer tg_answer_header_fields needs at most (20 per number:
  * a buffer this big always suffices; 160 without token headers).
  */
-#define TG_ANSWER_HEADER_BYTES 260
+#define TG_ANSWER_HEADER_BYTES 300
 
 /**
  * Largest body tg_answer_body writes (a buffer this big always suffices).
@@ -1919,6 +2052,12 @@ typedef struct tg_answer {
    * `tokens.ticket` with tg_settle once the response has ended.
    */
   tg_tokens tokens;
+  /**
+   * Since 0.4: the decision's requests in flight; `has_in_flight` 0
+   * when the key has no in-flight limit. Release `in_flight.admission`
+   * with tg_release once the request has ended, whatever ended it.
+   */
+  tg_in_flight in_flight;
 } tg_answer;
 
 /**
@@ -2037,6 +2176,15 @@ tg_status tg_answer_for(tg_status status, const tg_decision *decision, const cha
  * size). TG_E_TOKENS_TOO_LARGE as `status` is its 400 answer.
  */
 tg_status tg_answer_for_tokens(tg_status status, const tg_decision *decision, const tg_tokens *tokens, const char *model, size_t model_len, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
+
+/**
+ * tg_answer_for_tokens with the decision's requests in flight too
+ * (`in_flight`, from tg_check_units; NULL or `has_in_flight` 0: none), so
+ * that the answer carries x-ratelimit-limit-in-flight and
+ * x-ratelimit-in-flight, answers a refusal for in-flight, and holds the
+ * admission in `out->in_flight`.
+ */
+tg_status tg_answer_for_units(tg_status status, const tg_decision *decision, const tg_tokens *tokens, const tg_in_flight *in_flight, const char *model, size_t model_len, uint32_t flags, uint32_t refuse_status, struct tg_answer *out);
 
 /**
  * The whole answer to one HTTP request at `now_ms`, every step in the

@@ -228,10 +228,10 @@ fn digits(v: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
-/// Most headers an answer has: the six `x-ratelimit-*` (twelve when the
-/// key has a token limit), `retry-after`, `x-should-retry` and
-/// `content-type`.
-pub const HEADERS_MAX: usize = 15;
+/// Most headers an answer has: the six `x-ratelimit-*` (six more when the
+/// key has a token limit, two more with an in-flight limit),
+/// `retry-after`, `x-should-retry` and `content-type`.
+pub const HEADERS_MAX: usize = 17;
 
 /// The longest `retry-after` a refusal asks a client to sleep through by
 /// itself (`x-should-retry: true`): the OpenAI SDKs' own bounds are 60 s
@@ -421,9 +421,10 @@ impl Answer {
         if let Some(d) = &self.decision {
             let [requests @ .., retry] = d.header_pairs();
             let tokens = d.token_header_pairs().into_iter().flatten();
-            let tokens = tokens.map(|(name, v)| (name, Some(v)));
+            let in_flight = d.in_flight_header_pairs().into_iter().flatten();
+            let more = tokens.chain(in_flight).map(|(name, v)| (name, Some(v)));
             let retry = retry.1.filter(|_| refused).map(|v| (retry.0, Some(v)));
-            for (name, value) in requests.into_iter().chain(tokens).chain(retry) {
+            for (name, value) in requests.into_iter().chain(more).chain(retry) {
                 if let Some(v) = value {
                     list[n] = (name, HeaderValue::Num(v));
                     n += 1;
@@ -468,8 +469,11 @@ impl Answer {
         }
         match self.body {
             Kind::RateLimited => self.decision.map(|d| {
-                matches!(d.limited_by, LimitedBy::Minute | LimitedBy::TokensMinute)
-                    && d.retry_after <= RETRY_WAIT_MAX
+                // In flight: one of the key's running requests ends soon
+                // enough for an SDK's backoff to meet it.
+                d.limited_by == LimitedBy::InFlight
+                    || matches!(d.limited_by, LimitedBy::Minute | LimitedBy::TokensMinute)
+                        && d.retry_after <= RETRY_WAIT_MAX
             }),
             Kind::TableFull | Kind::Failed => Some(false),
             Kind::Busy => Some(true),
@@ -693,6 +697,7 @@ mod tests {
             },
             retry_after: 7,
             tokens: None,
+            in_flight: None,
         }
     }
 
@@ -835,8 +840,8 @@ mod tests {
         let minute = refused();
         let a = Answer::new(Event::Decided(&minute), b"m", &Options::default());
         let names: Vec<_> = a.headers().map(|(n, _)| n).collect();
-        // every header an answer without token limits can have
-        assert_eq!(names.len(), HEADERS_MAX - 6);
+        // every header an answer without token or in-flight limits can have
+        assert_eq!(names.len(), HEADERS_MAX - 8);
         assert_eq!(
             names[6..],
             ["retry-after", "x-should-retry", "content-type"]

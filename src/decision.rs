@@ -35,6 +35,46 @@ pub struct Decision {
     pub retry_after: u32,
     /// The token windows, when the key has a token limit.
     pub tokens: Option<TokenWindows>,
+    /// The key's requests in flight, when it has an in-flight limit.
+    pub in_flight: Option<InFlight>,
+}
+
+/// A key's requests running at once, as one decision left them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    /// The most that may run at once (`max_in_flight`).
+    pub limit: u32,
+    /// Running now, this request included when admitted.
+    pub in_use: u32,
+    /// What to release once the request has ended, whatever ended it
+    /// ([`Limiter::release`](crate::Limiter::release)); `None` when not
+    /// admitted, or a peek.
+    pub admission: Option<Admission>,
+}
+
+/// One admitted request's in-flight unit, released exactly once with
+/// [`Limiter::release`](crate::Limiter::release); a second release changes
+/// nothing and is an error. Plain data (one word: [`Admission::to_raw`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Admission {
+    pub(crate) idx: u32,
+    pub(crate) seq: u32,
+}
+
+impl Admission {
+    /// The admission as one word.
+    pub fn to_raw(self) -> u64 {
+        self.idx as u64 | (self.seq as u64) << 32
+    }
+
+    /// An admission from [`Admission::to_raw`]'s word; `None` for 0.
+    pub fn from_raw(w: u64) -> Option<Admission> {
+        let a = Admission {
+            idx: w as u32,
+            seq: (w >> 32) as u32,
+        };
+        (a.seq != 0).then_some(a)
+    }
 }
 
 /// A key's token windows as one decision left them.
@@ -136,6 +176,7 @@ impl Decision {
             day,
             retry_after,
             tokens: None,
+            in_flight: None,
         }
     }
 
@@ -226,12 +267,24 @@ impl Decision {
     pub fn all_header_pairs(&self) -> impl Iterator<Item = (&'static str, u64)> {
         let [requests @ .., retry] = self.header_pairs();
         let tokens = self.token_header_pairs().into_iter().flatten();
-        let tokens = tokens.map(|(n, v)| (n, Some(v)));
+        let in_flight = self.in_flight_header_pairs().into_iter().flatten();
+        let more = tokens.chain(in_flight).map(|(n, v)| (n, Some(v)));
         requests
             .into_iter()
-            .chain(tokens)
+            .chain(more)
             .chain([retry])
             .filter_map(|(n, v)| Some((n, v?)))
+    }
+
+    /// `x-ratelimit-limit-in-flight` and `x-ratelimit-in-flight` (running
+    /// now, this request included when admitted), when the key has an
+    /// in-flight limit.
+    pub fn in_flight_header_pairs(&self) -> Option<[(&'static str, u64); 2]> {
+        let f = self.in_flight.as_ref()?;
+        Some([
+            ("x-ratelimit-limit-in-flight", f.limit as u64),
+            ("x-ratelimit-in-flight", f.in_use as u64),
+        ])
     }
 
     /// Header names and values without formatting, for bindings that set
@@ -255,7 +308,10 @@ impl Decision {
             ("x-ratelimit-reset-requests-day", Some(self.day.reset)),
             (
                 "retry-after",
-                (!self.allowed).then_some(self.retry_after as u64),
+                // An in-flight refusal names no time: any running request
+                // that ends frees a unit, and none can say when.
+                (!self.allowed && self.limited_by != LimitedBy::InFlight)
+                    .then_some(self.retry_after as u64),
             ),
         ]
     }
@@ -300,6 +356,10 @@ impl Decision {
                 t.minute.limit, t.day.limit
             )?;
         }
+        // A quota of requests at once: no window (`w`), none resets.
+        if let Some(f) = &self.in_flight {
+            write!(out, ", \"in-flight\";q={}", f.limit)?;
+        }
         Ok(())
     }
 
@@ -323,11 +383,28 @@ impl Decision {
                 seconds_until(now_ms, t.day.reset),
             )?;
         }
+        // Units come back when requests end, which no `t` can date.
+        if let Some(f) = &self.in_flight {
+            write!(
+                out,
+                ", \"in-flight\";r={}",
+                f.limit.saturating_sub(f.in_use)
+            )?;
+        }
         Ok(())
     }
 
     /// The OpenAI-shaped error body for a refused request on `model`.
     pub fn write_error_body(&self, model: &[u8], out: &mut impl Write) -> fmt::Result {
+        if let (Some(f), LimitedBy::InFlight) = (&self.in_flight, self.limited_by) {
+            out.write_str("{\"error\":{\"message\":\"Too many requests in flight on model ")?;
+            write_json_escaped(out, model)?;
+            return write!(
+                out,
+                ": limit {}, in flight {}. Retry once one of them has finished.\",\"type\":\"requests\",\"param\":null,\"code\":\"in_flight_limit_exceeded\"}}}}",
+                f.limit, f.in_use
+            );
+        }
         if let (Some(t), LimitedBy::TokensMinute | LimitedBy::TokensDay) =
             (&self.tokens, self.limited_by)
         {

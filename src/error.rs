@@ -37,6 +37,10 @@ pub enum Error {
     /// was formatted before they existed. `tollgate resize` carries its
     /// counts into a table that has them.
     NoTokenWindows,
+    /// The key has an in-flight limit but the table has no in-flight
+    /// areas, or no room for another admission or holder; the text says
+    /// which.
+    NoInFlight(&'static str),
     /// No free slot for a new key; the caller chooses open or closed.
     TableFull,
     /// The region's model table (256 names) is full.
@@ -106,6 +110,7 @@ impl fmt::Display for Error {
                 f,
                 "the table has no token windows (formatted before 0.4): carry it over with `tollgate resize`"
             ),
+            Error::NoInFlight(why) => write!(f, "in-flight limit: {why}"),
             Error::TableFull => write!(f, "table full: no free slot for a new key"),
             Error::ModelTableFull => write!(f, "the region's model table is full"),
             Error::ReadOnly => write!(f, "the table was opened read-only"),

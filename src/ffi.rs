@@ -20,6 +20,7 @@ mod answer;
 mod body;
 mod check;
 mod guard;
+mod in_flight;
 mod leases;
 mod limiter;
 mod policy;
@@ -29,6 +30,7 @@ pub use answer::*;
 pub use body::*;
 pub use check::*;
 use guard::*;
+pub use in_flight::*;
 pub use leases::*;
 pub use limiter::*;
 pub use policy::*;
@@ -124,6 +126,9 @@ pub const TG_E_NO_TOKEN_WINDOWS: tg_status = 38;
 /// A response's usage could not be read (not JSON, or a usage that is not
 /// token counts): settle it as a response without usage.
 pub const TG_E_USAGE: tg_status = 39;
+/// The key has an in-flight limit the table cannot hold: formatted
+/// without the in-flight areas, or every ledger entry or holder in use.
+pub const TG_E_NO_IN_FLIGHT: tg_status = 40;
 /// An internal error was caught at the boundary (a bug: please report it).
 pub const TG_E_PANIC: tg_status = 99;
 
@@ -149,8 +154,9 @@ pub const TG_ACCOUNT_MAX: u32 = 64;
 /// Longest model id, in bytes.
 pub const TG_MODEL_NAME_MAX: u32 = 56;
 /// Bytes each slot takes in a region (hot state, account name and, since
-/// 0.4, the unit area of token windows; 96 before).
-pub const TG_BYTES_PER_SLOT: u32 = 128;
+/// 0.4, the unit area of token windows and the in-flight ledger's entry;
+/// 96 before), after a fixed part (tg_region_size_for(1) less this).
+pub const TG_BYTES_PER_SLOT: u32 = 144;
 
 /// The library's version number, to compare against TG_VERSION_NUMBER.
 #[no_mangle]
@@ -222,6 +228,7 @@ pub extern "C" fn tg_status_str(status: tg_status) -> *const c_char {
             c"the table has no token windows (formatted before 0.4): carry it over with tollgate resize"
         }
         TG_E_USAGE => c"the response's usage could not be read",
+        TG_E_NO_IN_FLIGHT => c"the table cannot hold the key's in-flight limit",
         TG_E_PANIC => c"internal error (caught panic)",
         _ => c"unknown status",
     };

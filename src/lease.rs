@@ -27,6 +27,7 @@ mod decide;
 mod events;
 mod eviction;
 mod hosts;
+mod in_flight;
 mod options;
 mod sizing;
 mod stats;
@@ -38,6 +39,7 @@ mod tests;
 
 use decide::Full;
 pub use events::{Event, Level};
+pub(crate) use in_flight::InFlightAnswer;
 pub use options::{DownPolicy, LeaseMode, LeaseOptions, DEFAULT_MAX_HOSTS, OPTION_NAMES};
 use sizing::KeyInfo;
 use stats::Counters;
@@ -69,6 +71,9 @@ struct Inner {
     /// Down-mode admissions not yet pushed, summed by key and minute.
     unpushed: Mutex<HashMap<(Tag, Instant), u32>>,
     jobs: Mutex<Vec<Job>>,
+    /// In-flight admissions this process made, by store member: renewed
+    /// every beat while their ledger entry is held (`in_flight`).
+    held: Mutex<HashMap<String, in_flight::Held>>,
     down: AtomicBool,
     /// The live hosts Redis last counted (0: none yet), for `hosts` auto.
     live_hosts: AtomicU32,
@@ -177,6 +182,7 @@ impl Joined {
             full: Mutex::new(HashMap::new()),
             unpushed: Mutex::new(HashMap::new()),
             jobs: Mutex::new(Vec::new()),
+            held: Mutex::new(HashMap::new()),
             down: AtomicBool::new(down),
             live_hosts: AtomicU32::new(live),
             host_id,

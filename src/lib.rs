@@ -46,6 +46,8 @@ mod digest;
 mod error;
 pub mod ffi;
 mod file;
+mod holder;
+mod in_flight;
 mod key;
 #[cfg(feature = "leases")]
 pub mod lease;
@@ -64,18 +66,18 @@ pub mod usage;
 mod window;
 
 pub use body::BodyError;
-pub use decision::{Decision, Ticket, TokenWindows, Window};
+pub use decision::{Admission, Decision, InFlight, Ticket, TokenWindows, Window};
 pub use digest::{account_digest, bearer_key};
 pub use error::Error;
 pub use key::ACCOUNT_MAX;
-pub use limiter::{Ending, Limiter, ModelHandle, Request, Stats};
+pub use limiter::{Ending, InFlightStats, Limiter, ModelHandle, Request, Stats};
 pub use operator::{
-    KeyUsage, LeaseTableStats, Problem, ResizeReport, TokenTableStats, VerifyReport,
+    InFlightHolder, KeyUsage, LeaseTableStats, Problem, ResizeReport, TokenTableStats, VerifyReport,
 };
 pub use options::LimiterOptions;
 pub use policy::{Limits, Model, NoUsage, Policy, PolicyError, Tier, TokenLimits, TokenSettings};
 pub use refusals::Refusal;
-pub use region::{RegionError, BYTES_PER_SLOT, LAYOUT_VERSION, REGION_ALIGN};
+pub use region::{RegionError, BYTES_PER_SLOT, HOLDERS_BYTES, LAYOUT_VERSION, REGION_ALIGN};
 pub use slot::{LimitedBy, PROBE_MAX};
 
 /// Bytes a region of `slots` slots needs; `None` for 0 or more than 2^30.

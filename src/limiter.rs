@@ -223,6 +223,8 @@ pub struct Limiter {
     /// the same handle), so it is a [`Link`], never a plain field.
     #[cfg(feature = "leases")]
     joined: Link<crate::lease::Joined>,
+    /// This process's holder index in the table, for in-flight units.
+    place: crate::in_flight::Place,
     // Declared last so the region view is dropped before its memory.
     _backing: Arc<Backing>,
 }
@@ -243,6 +245,29 @@ pub struct Stats {
     pub bytes: usize,
     /// The region's layout version ([`LAYOUT_VERSION`](crate::LAYOUT_VERSION)).
     pub layout_version: u32,
+    /// Bytes each slot takes, as this table was formatted (older tables
+    /// lack the areas added since).
+    pub bytes_per_slot: usize,
+    /// Requests in flight and their releases, in a table with the
+    /// in-flight areas.
+    pub in_flight: Option<InFlightStats>,
+}
+
+/// A table's requests in flight now, and its releases by cause since
+/// formatting (every process on the table counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlightStats {
+    /// Admitted and not yet released, over every key.
+    pub in_use: u64,
+    /// Released by requests that ran to their end.
+    pub completed: u64,
+    /// Released by requests that ended otherwise (client gone, upstream
+    /// error, a cancelled task, a dropped future).
+    pub aborted: u64,
+    /// Given back from processes found dead.
+    pub reclaimed: u64,
+    /// Admissions refused for in-flight.
+    pub refused: u64,
 }
 
 impl Limiter {
@@ -414,6 +439,7 @@ impl Limiter {
             leased: region.leases(),
             #[cfg(feature = "leases")]
             joined: Link::empty(),
+            place: Default::default(),
             _backing: Arc::new(Backing::File(mapping)),
         })
     }
@@ -452,6 +478,7 @@ impl Limiter {
             leased: region.leases(),
             #[cfg(feature = "leases")]
             joined: Link::empty(),
+            place: Default::default(),
             _backing: Arc::new(Backing::File(mapping)),
         };
         old.resize_with_progress(new_path, slots, now_ms, progress)
@@ -475,6 +502,7 @@ impl Limiter {
             leased: region.leases(),
             #[cfg(feature = "leases")]
             joined: Link::empty(),
+            place: Default::default(),
             _backing: Arc::new(backing),
         })
     }
@@ -494,6 +522,7 @@ impl Limiter {
             leased: self.leased,
             #[cfg(feature = "leases")]
             joined: self.joined.share(),
+            place: Default::default(),
             _backing: self._backing.clone(),
         })
     }
@@ -543,6 +572,21 @@ impl Limiter {
     // successful decision.
     #[allow(clippy::unnecessary_lazy_evaluations)]
     pub fn check(&self, req: &Request<'_>, now_ms: u64) -> Result<Decision, Error> {
+        self.check_as(req, now_ms, true)
+    }
+
+    /// [`Limiter::check`]; unless `admits`, a key with an in-flight limit
+    /// is [`Error::NoInFlight`], decided nothing: for callers that would
+    /// drop the admission (the C ABI's tg_check, which has nowhere to put
+    /// it).
+    #[inline(always)]
+    #[allow(clippy::unnecessary_lazy_evaluations)]
+    pub(crate) fn check_as(
+        &self,
+        req: &Request<'_>,
+        now_ms: u64,
+        admits: bool,
+    ) -> Result<Decision, Error> {
         if req.account.is_empty() || req.account.len() > ACCOUNT_MAX {
             return Err(Error::Account);
         }
@@ -564,7 +608,7 @@ impl Limiter {
         let Some(&model_id) = self.local_ids.get(model).filter(|_| req.tpm == 0) else {
             // By value: a reference would keep the request in memory on
             // the fast path too, only for this call.
-            return self.check_slow(*req, now_ms, now, model, limits);
+            return self.check_slow(*req, now_ms, now, model, limits, admits);
         };
         self.check_local(req, now_ms, now, model_id, limits)
     }
@@ -618,7 +662,30 @@ impl Limiter {
         now: Instant,
         model: usize,
         limits: Limits,
+        admits: bool,
     ) -> Result<Decision, Error> {
+        if let Some(max) = self.policy.max_in_flight(req.tier, model, req.account) {
+            if !admits {
+                return Err(Error::NoInFlight(
+                    "the key has an in-flight limit: decide it with a call that hands out the admission to release (tg_check_units, tg_answer_request)",
+                ));
+            }
+            return self.check_in_flight(&req, now_ms, now, model, limits, max);
+        }
+        self.check_windows(&req, now_ms, now, model, limits)
+    }
+
+    /// A decision on the windows alone (requests, and tokens if the key
+    /// has token limits).
+    fn check_windows(
+        &self,
+        req: &Request<'_>,
+        now_ms: u64,
+        now: Instant,
+        model: usize,
+        limits: Limits,
+    ) -> Result<Decision, Error> {
+        let req = *req;
         if let Some(tl) = resolve_tokens(&self.policy, &req, model) {
             return self.check_tokens(&req, now_ms, now, model, limits, tl);
         }
@@ -627,6 +694,240 @@ impl Limiter {
             return self.check_local(&req, now_ms, now, model_id, limits);
         }
         self.check_leased(&req, now_ms, now, model, limits, None)
+    }
+
+    /// A decision on a key with an in-flight limit of `max`: a unit taken
+    /// first (refused: nothing charged anywhere), then the windows, and
+    /// the unit given back if they refuse. A peek takes nothing and shows
+    /// the count (on a leased table, this host's). On a leased table the
+    /// unit is also the store's (`lease::in_flight`).
+    fn check_in_flight(
+        &self,
+        req: &Request<'_>,
+        now_ms: u64,
+        now: Instant,
+        model: usize,
+        limits: Limits,
+        max: u16,
+    ) -> Result<Decision, Error> {
+        use crate::slot::in_flight::{Ledger, Refused, Word};
+        if !self.region.has_in_flight() {
+            return Err(Error::NoInFlight(
+                "the table has no in-flight areas (formatted before them): carry it over with `tollgate resize`",
+            ));
+        }
+        // On a table of quota leases the store holds the key's count
+        // across hosts (`lease::in_flight`); the table's ledger counts
+        // this host's admissions, so that a process that dies holding one
+        // is reclaimed by the sweep, and sizes the down policy's share.
+        #[cfg(feature = "leases")]
+        let link = self.joined.load();
+        #[cfg(feature = "leases")]
+        let across = if self.leased {
+            let Some(j) = link.as_ref() else {
+                return Err(Error::NotJoined);
+            };
+            let name = self.policy.models()[model].name.as_str();
+            let tag = crate::store::Tag::for_unit(req.account, name, crate::store::Unit::InFlight);
+            // Every admission asks the store: a caller that must not wait
+            // makes it again on a thread that may.
+            if req.no_wait && req.cost > 0 && j.in_flight_waits(&tag) {
+                return Err(Error::Pending);
+            }
+            Some((j.clone(), tag))
+        } else {
+            None
+        };
+        #[cfg(not(feature = "leases"))]
+        if self.leased {
+            return Err(Error::NotJoined);
+        }
+        let model_id = self.model_ids[model];
+        let key = key::hash(self.region.seed(), req.account, model_id);
+        let shown = |d: &mut Decision, in_use: u16, admission| {
+            d.in_flight = Some(crate::decision::InFlight {
+                limit: max as u32,
+                in_use: in_use as u32,
+                admission,
+            });
+        };
+        let found = slot::locate(&self.region, &key, req.account, now, req.cost > 0)
+            .map_err(|_| Error::TableFull)?;
+        let Some((i, gen)) = found.filter(|_| req.cost > 0) else {
+            // A peek (or a key never seen): the count as it stands.
+            let in_use = found.map_or(0, |(i, gen)| {
+                let w = Word::unpack(
+                    self.region
+                        .in_flight(i)
+                        .load(std::sync::atomic::Ordering::Acquire),
+                );
+                if w.gen == gen {
+                    w.count
+                } else {
+                    0
+                }
+            });
+            let mut d = self.check_windows(req, now_ms, now, model, limits)?;
+            shown(&mut d, in_use, None);
+            return Ok(d);
+        };
+        let holder = self.place.get(&self.region).map_err(|e| match e {
+            crate::in_flight::PlaceError::NoIdentity => Error::NoInFlight(
+                "this process cannot read /proc/self/stat, which names it as a holder",
+            ),
+            crate::in_flight::PlaceError::HoldersFull => {
+                Error::NoInFlight("every holder entry of the table names a live process")
+            }
+        })?;
+        let ledger = Ledger::new(self.region.ledger());
+        let cell = self.region.in_flight(i);
+        #[cfg(feature = "leases")]
+        let local_max = if across.is_some() { u16::MAX } else { max };
+        #[cfg(not(feature = "leases"))]
+        let local_max = max;
+        let mut acquired = ledger.acquire(cell, i as u32, gen, local_max, holder);
+        if matches!(acquired, Err(Refused::Full { .. }))
+            && self.place.sweep_after_refusal(&self.region, now_ms).units > 0
+        {
+            acquired = ledger.acquire(cell, i as u32, gen, local_max, holder);
+        }
+        #[cfg(feature = "leases")]
+        if let (Some((j, tag)), Ok((entry, local))) = (&across, acquired) {
+            use crate::lease::InFlightAnswer;
+            let answer = j.admit_in_flight(tag, entry, local, max);
+            let shown = |n: u32| n.min(u16::MAX as u32) as u16;
+            acquired = match answer {
+                Ok(InFlightAnswer::Admitted(n)) => Ok((entry, shown(n))),
+                Ok(InFlightAnswer::Refused(n)) => {
+                    ledger.release(entry, |s| self.region.in_flight(s as usize));
+                    Err(Refused::Full { count: shown(n) })
+                }
+                Err(e) => {
+                    ledger.release(entry, |s| self.region.in_flight(s as usize));
+                    return Err(e);
+                }
+            };
+        }
+        let (entry, in_use) = match acquired {
+            Ok(a) => a,
+            Err(Refused::Full { count }) => {
+                self.region
+                    .in_flight_counters()
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Refused for in-flight: the windows only looked at.
+                let look = Request { cost: 0, ..*req };
+                let mut d = self.check_windows(&look, now_ms, now, model, limits)?;
+                d.allowed = false;
+                d.limited_by = slot::LimitedBy::InFlight;
+                // No window resets: any request that ends frees a unit.
+                d.retry_after = 0;
+                if let Some(t) = d.tokens.as_mut() {
+                    t.reserved = 0;
+                    t.ticket = None;
+                }
+                shown(&mut d, count, None);
+                let used = |w: &crate::decision::Window| w.limit.saturating_sub(w.remaining);
+                let seen = slot::Outcome {
+                    allowed: false,
+                    limited_by: slot::LimitedBy::InFlight,
+                    at: now,
+                    minute_count: used(&d.minute),
+                    day_count: used(&d.day),
+                    clock_fault: false,
+                };
+                refusals::record(
+                    &self.region,
+                    key.id as u32,
+                    req.account,
+                    model_id,
+                    &seen,
+                    limits,
+                    refusals::in_flight_extra(count.into(), max.into()),
+                    now_ms,
+                );
+                return Ok(d);
+            }
+            Err(Refused::LedgerFull) => {
+                return Err(Error::NoInFlight(
+                    "every ledger entry is in use: the table holds as many requests in flight as it has slots",
+                ))
+            }
+        };
+        let admission = crate::decision::Admission {
+            idx: entry.idx,
+            seq: entry.seq,
+        };
+        match self.check_windows(req, now_ms, now, model, limits) {
+            Ok(mut d) if d.allowed => {
+                shown(&mut d, in_use, Some(admission));
+                Ok(d)
+            }
+            other => {
+                // Refused by a window (or failed): the unit goes back.
+                ledger.release(entry, |s| self.region.in_flight(s as usize));
+                #[cfg(feature = "leases")]
+                if let Some((j, tag)) = across {
+                    j.unhold_in_flight(Some(tag), entry);
+                }
+                let mut d = other?;
+                shown(&mut d, in_use - 1, None);
+                Ok(d)
+            }
+        }
+    }
+
+    /// Releases an admission's in-flight unit, once its request has ended,
+    /// whatever ended it. Returns the key's requests still in flight. A
+    /// second release of the same admission changes nothing and is
+    /// [`Error::Invalid`]. `how` it ended is counted ([`Stats::in_flight`]):
+    /// [`Ending::Cut`] as aborted, the others as completed; pass the
+    /// ending a token settle gets.
+    pub fn release(
+        &self,
+        admission: crate::decision::Admission,
+        how: Ending,
+    ) -> Result<u32, Error> {
+        use crate::slot::in_flight::{EntryRef, Ledger};
+        if !self.region.has_in_flight() || admission.idx >= self.region.slot_count() {
+            return Err(Error::Invalid("the admission is not one of this table's"));
+        }
+        let r = EntryRef {
+            idx: admission.idx,
+            seq: admission.seq,
+        };
+        let ledger = Ledger::new(self.region.ledger());
+        // The key it counted in, read while the entry is still held.
+        #[cfg(feature = "leases")]
+        let held = self.leased.then(|| ledger.read(r.idx));
+        let left = ledger
+            .release(r, |s| self.region.in_flight(s as usize))
+            .ok_or(Error::Invalid("the admission was released already"))?;
+        // Across hosts: the member leaves the store's set by the lease
+        // thread (no round trip here). Not joined: nothing renews it, so
+        // it expires there.
+        #[cfg(feature = "leases")]
+        if let (Some(e), Some(j)) = (held, &*self.joined.load()) {
+            let tag = crate::operator::entry_at(&self.region, e.slot as usize)
+                .filter(|s| s.state.gen == e.gen)
+                .and_then(|s| {
+                    let model = self.region.model_name(s.model_id)?;
+                    let model = std::str::from_utf8(&model).ok()?.to_string();
+                    Some(crate::store::Tag::for_unit(
+                        &s.account?,
+                        &model,
+                        crate::store::Unit::InFlight,
+                    ))
+                });
+            j.unhold_in_flight(tag, r);
+        }
+        let c = self.region.in_flight_counters();
+        match how {
+            Ending::Cut => &c.aborted,
+            _ => &c.completed,
+        }
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(u32::from(left))
     }
 
     /// A decision on a key with a token limit: its reservation and its
@@ -695,7 +996,7 @@ impl Limiter {
                 model_id,
                 &outcome,
                 lim,
-                reserved,
+                u64::from(reserved),
                 now_ms,
             );
         }
@@ -934,10 +1235,24 @@ impl Limiter {
             day: u32::MAX,
             minute: 0,
         });
-        let used = crate::operator::entries(&self.region)
-            .filter(|e| !e.state.stale(now))
-            .count() as u32;
+        let (mut used, mut in_use) = (0u32, 0u64);
+        for e in crate::operator::entries(&self.region) {
+            used += u32::from(!e.state.stale(now));
+            in_use += u64::from(crate::operator::in_flight_of(&self.region, &e));
+        }
         let h = self.region.header();
+        let in_flight = self.region.has_in_flight().then(|| {
+            let c = self.region.in_flight_counters();
+            let get =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            InFlightStats {
+                in_use,
+                completed: get(&c.completed),
+                aborted: get(&c.aborted),
+                reclaimed: get(&c.reclaimed),
+                refused: get(&c.refused),
+            }
+        });
         Stats {
             slots: self.region.slot_count(),
             used,
@@ -945,6 +1260,8 @@ impl Limiter {
             clock_faults: h.clock_faults.load(std::sync::atomic::Ordering::Relaxed),
             bytes: self.region.bytes(),
             layout_version: region::LAYOUT_VERSION,
+            bytes_per_slot: self.region.bytes_per_slot(),
+            in_flight,
         }
     }
 
@@ -997,7 +1314,7 @@ fn model_ids(region: &Region, policy: &Policy) -> Result<Vec<u16>, Error> {
 /// none on a table of quota leases or under a policy with token limits,
 /// whose decisions take the slow path.
 fn local_ids(region: &Region, policy: &Policy, ids: Vec<u16>) -> Vec<u16> {
-    if region.leases() || policy.has_token_limits() {
+    if region.leases() || policy.has_token_limits() || policy.has_in_flight_limits() {
         Vec::new()
     } else {
         ids
@@ -1185,8 +1502,8 @@ mod tests {
     /// requests, and a key with token limits on it is a clear error.
     #[test]
     fn a_table_without_token_windows_limits_requests_and_refuses_tokens() {
-        let len = crate::region::size_as(16, false, false).unwrap();
-        let mem = HeapMem::new(crate::region::size_for(16).unwrap()).unwrap();
+        let len = crate::region::size_for(16).unwrap();
+        let mem = HeapMem::new(len).unwrap();
         // SAFETY: `mem` is ours, zeroed, aligned and at least `len` bytes.
         let l = unsafe { Limiter::init_in(&one_model(), mem.as_ptr(), len) }.unwrap();
         drop(l);

@@ -80,6 +80,90 @@ fn verified_name(region: &Region, i: usize, ident: u128) -> Option<Vec<u8>> {
     (id == ident >> 16).then(|| buf[..n].to_vec())
 }
 
+/// The requests in flight of `e`'s key (0 in a table without the
+/// in-flight areas, or when the word is an earlier binding's).
+pub(crate) fn in_flight_of(region: &Region, e: &Entry) -> u32 {
+    if !region.has_in_flight() {
+        return 0;
+    }
+    let w = crate::slot::in_flight::Word::unpack(region.in_flight(e.index).load(Acquire));
+    if w.gen == e.state.gen {
+        u32::from(w.count)
+    } else {
+        0
+    }
+}
+
+/// `verify`'s look at the in-flight areas: every unit a key's word counts
+/// has a ledger entry (else it could never be released or reclaimed), and
+/// every entry in use names a registered holder. Counts and entries
+/// differ for an instant while an admission or a release is between its
+/// steps: a mismatch is read twice before it is reported.
+fn verify_in_flight(region: &Region, r: &mut VerifyReport) {
+    use crate::slot::in_flight::{Ledger, Word};
+    let ledger = Ledger::new(region.ledger());
+    let holders = crate::holder::Holders::new(region.holders());
+    let look = || {
+        let mut per_key: HashMap<(u32, u16), u32> = HashMap::new();
+        let mut orphans = Vec::new();
+        let mut dead: HashMap<u16, u32> = HashMap::new();
+        for e in ledger.in_use() {
+            *per_key.entry((e.slot, e.gen)).or_default() += 1;
+            match holders.get(e.holder) {
+                None => orphans.push(e),
+                Some(id) if id.liveness() == crate::holder::Liveness::Dead => {
+                    *dead.entry(e.holder).or_default() += 1
+                }
+                Some(_) => {}
+            }
+        }
+        let over: Vec<(u32, u16, u32)> = (0..region.slot_count())
+            .filter_map(|i| {
+                let w = Word::unpack(region.in_flight(i as usize).load(Acquire));
+                let n = per_key.get(&(i, w.gen)).copied().unwrap_or(0);
+                // `then`, not `then_some`: the difference exists only
+                // past the test (a damaged table may count fewer).
+                (u32::from(w.count) > n).then(|| (i, w.gen, u32::from(w.count) - n))
+            })
+            .collect();
+        (over, orphans, dead)
+    };
+    let (over, orphans, _) = look();
+    let (over2, orphans2, dead) = if over.is_empty() && orphans.is_empty() {
+        (over, orphans, look().2)
+    } else {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        look()
+    };
+    for (slot, _, n) in over2 {
+        r.problems.push(Problem {
+            slot: Some(slot),
+            message: format!(
+                "{n} request{} in flight that no ledger entry holds: never released or reclaimed",
+                if n == 1 { "" } else { "s" }
+            ),
+        });
+    }
+    for e in orphans2 {
+        r.problems.push(Problem {
+            slot: Some(e.slot),
+            message: format!(
+                "a ledger entry names holder {}, which the holder list does not hold: its unit cannot be reclaimed",
+                e.holder
+            ),
+        });
+    }
+    if !dead.is_empty() {
+        let units: u32 = dead.values().sum();
+        r.notes.push(format!(
+            "{units} request{} in flight held by {} process{} that died: given back at the next sweep (a process's first admission, or a refusal for in-flight)",
+            if units == 1 { "" } else { "s" },
+            dead.len(),
+            if dead.len() == 1 { "" } else { "es" }
+        ));
+    }
+}
+
 /// Every slot bound to a key (counts current or not), in slot order.
 pub(crate) fn entries(region: &Region) -> impl Iterator<Item = Entry> + '_ {
     (0..region.slot_count() as usize).filter_map(move |i| entry_at(region, i))
@@ -130,6 +214,57 @@ pub struct KeyUsage {
     pub tokens_minute: u32,
     /// Tokens charged in the current UTC day.
     pub tokens_day: u32,
+    /// Requests of the key running now (0 in a table without the
+    /// in-flight areas).
+    pub in_flight: u32,
+    /// The processes holding them, by pid, as the table's ledger names
+    /// them now.
+    pub holders: Vec<InFlightHolder>,
+}
+
+/// A process holding some of a key's requests in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InFlightHolder {
+    /// Its pid.
+    pub pid: u32,
+    /// The key's requests it holds.
+    pub units: u32,
+    /// Whether the kernel says it still runs (a dead holder's units come
+    /// back at the next sweep).
+    pub alive: bool,
+}
+
+/// Who holds each key's requests in flight: by (slot, generation), the
+/// holders with their unit counts, pid order.
+fn holders_by_key(region: &Region) -> HashMap<(u32, u16), Vec<InFlightHolder>> {
+    let mut out: HashMap<(u32, u16), Vec<InFlightHolder>> = HashMap::new();
+    if !region.has_in_flight() {
+        return out;
+    }
+    let holders = crate::holder::Holders::new(region.holders());
+    let mut who: HashMap<u16, Option<(u32, bool)>> = HashMap::new();
+    for e in crate::slot::in_flight::Ledger::new(region.ledger()).in_use() {
+        let Some((pid, alive)) = *who.entry(e.holder).or_insert_with(|| {
+            holders.get(e.holder).map(|id| {
+                let alive = id.liveness() == crate::holder::Liveness::Alive;
+                (id.pid, alive)
+            })
+        }) else {
+            continue;
+        };
+        let list = out.entry((e.slot, e.gen)).or_default();
+        match list.iter_mut().find(|h| h.pid == pid) {
+            Some(h) => h.units += 1,
+            None => list.push(InFlightHolder {
+                pid,
+                units: 1,
+                alive,
+            }),
+        }
+    }
+    out.values_mut().for_each(|l| l.sort_by_key(|h| h.pid));
+    out
 }
 
 /// A slot's token counts at `now` (0 on a table without token windows).
@@ -286,6 +421,7 @@ impl Limiter {
         let now = instant(now_ms)?;
         let region = self.region();
         let mut names: HashMap<u16, Option<String>> = HashMap::new();
+        let mut holders = holders_by_key(region);
         Ok(entries(region)
             .map(|e| {
                 let v = e.state.view(now, self.skew_minutes());
@@ -304,6 +440,7 @@ impl Limiter {
                     .clone();
                 let (tokens_minute, tokens_day) =
                     token_counts(region, e.index, e.state.gen, now, self.skew_minutes());
+                let in_flight = in_flight_of(region, &e);
                 KeyUsage {
                     slot: e.index as u32,
                     account: e.account,
@@ -312,6 +449,10 @@ impl Limiter {
                     day,
                     tokens_minute,
                     tokens_day,
+                    in_flight,
+                    holders: holders
+                        .remove(&(e.index as u32, e.state.gen))
+                        .unwrap_or_default(),
                 }
             })
             .collect())
@@ -519,6 +660,9 @@ impl Limiter {
                     ),
                 });
             }
+        }
+        if region.has_in_flight() {
+            verify_in_flight(region, &mut r);
         }
         if r.unnamed > 0 {
             r.notes.push(format!(
@@ -729,6 +873,14 @@ impl Limiter {
         };
         let (tokens_minute, tokens_day) =
             token_counts(region, i, e.state.gen, now, self.skew_minutes());
+        let in_flight = in_flight_of(region, &e);
+        let holders = if in_flight > 0 {
+            holders_by_key(region)
+                .remove(&(i as u32, e.state.gen))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         Ok(Some(KeyUsage {
             slot: i as u32,
             account: Some(account.to_vec()),
@@ -737,6 +889,8 @@ impl Limiter {
             day,
             tokens_minute,
             tokens_day,
+            in_flight,
+            holders,
         }))
     }
 }

@@ -156,12 +156,22 @@ impl TokenSettings {
     }
 }
 
-/// One policy entry: a key's request limits and its token limits, if any.
+/// One policy entry: a key's request limits, and its other units' limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     limits: Limits,
-    tokens: Option<TokenLimits>,
+    units: Units,
 }
+
+/// A key's limits beyond requests: tokens per window, requests at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Units {
+    tokens: Option<TokenLimits>,
+    max_in_flight: Option<u16>,
+}
+
+/// Largest `max_in_flight` a policy takes (the table counts it in 16 bits).
+pub const MAX_IN_FLIGHT_MAX: u16 = u16::MAX;
 
 /// A model of the policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,14 +191,16 @@ pub struct Policy {
     index: ModelIndex,
     /// `tiers[tier][model]`; `None` = no limit configured.
     tiers: [Vec<Option<Limits>>; 3],
-    /// `tier_tokens[tier][model]`: the token limits beside `tiers`, apart
-    /// so that a request-only decision reads what it always read.
-    tier_tokens: [Vec<Option<TokenLimits>>; 3],
+    /// `tier_units[tier][model]`: the other units' limits beside `tiers`,
+    /// apart so that a request-only decision reads what it always read.
+    tier_units: [Vec<Units>; 3],
     /// Enterprise plans by account id; a model missing from a plan falls back
     /// to the enterprise tier table.
     accounts: HashMap<Box<[u8]>, Vec<Option<Entry>>>,
     /// Some entry has token limits: only then do decisions look for them.
     has_tokens: bool,
+    /// Some entry has an in-flight limit.
+    has_in_flight: bool,
     tokens: TokenSettings,
     /// How far ahead of `now` stored counts may be dated before they are
     /// taken for a clock fault (see [`Policy::max_skew_seconds`]).
@@ -333,9 +345,11 @@ impl Policy {
         let tiers = entries
             .each_ref()
             .map(|t| t.iter().map(|e| e.map(|e| e.limits)).collect());
-        let tier_tokens = entries
-            .each_ref()
-            .map(|t| t.iter().map(|e| e.and_then(|e| e.tokens)).collect());
+        let tier_units = entries.each_ref().map(|t| {
+            t.iter()
+                .map(|e| e.map(|e| e.units).unwrap_or_default())
+                .collect()
+        });
         let mut accounts = HashMap::with_capacity(file.accounts.len());
         for (account, plan) in &file.accounts {
             let field = format!("accounts.{}", quoted(account));
@@ -368,11 +382,15 @@ impl Policy {
                 }
             }
         };
-        let has_tokens = entries
-            .iter()
-            .chain(accounts.values())
-            .flatten()
-            .any(|e| e.is_some_and(|e| e.tokens.is_some()));
+        let has = |f: fn(&Units) -> bool| {
+            entries
+                .iter()
+                .chain(accounts.values())
+                .flatten()
+                .any(|e| e.is_some_and(|e| f(&e.units)))
+        };
+        let has_tokens = has(|u| u.tokens.is_some());
+        let has_in_flight = has(|u| u.max_in_flight.is_some());
         let tokens = match &file.tokens {
             None => TokenSettings::default(),
             Some(t) => token_settings(t, &err)?,
@@ -381,10 +399,11 @@ impl Policy {
             models,
             index,
             tiers,
-            tier_tokens,
+            tier_units,
             accounts,
             max_skew_seconds,
             has_tokens,
+            has_in_flight,
             tokens,
         })
     }
@@ -436,14 +455,33 @@ impl Policy {
         if tier == Tier::Enterprise {
             if let Some(plan) = self.accounts.get(account) {
                 if let Some(e) = plan.get(model).copied().flatten() {
-                    return e.tokens;
+                    return e.units.tokens;
                 }
             }
         }
-        self.tier_tokens[tier as usize]
-            .get(model)
-            .copied()
-            .flatten()
+        self.tier_units[tier as usize].get(model)?.tokens
+    }
+
+    /// The most requests of a key that may run at once (`max_in_flight`),
+    /// found as [`Policy::limits`] finds them; `None` = no such limit.
+    #[inline]
+    pub fn max_in_flight(&self, tier: Tier, model: usize, account: &[u8]) -> Option<u16> {
+        if !self.has_in_flight {
+            return None;
+        }
+        if tier == Tier::Enterprise {
+            if let Some(plan) = self.accounts.get(account) {
+                if let Some(e) = plan.get(model).copied().flatten() {
+                    return e.units.max_in_flight;
+                }
+            }
+        }
+        self.tier_units[tier as usize].get(model)?.max_in_flight
+    }
+
+    /// Whether any key of the policy has an in-flight limit.
+    pub fn has_in_flight_limits(&self) -> bool {
+        self.has_in_flight
     }
 
     /// Whether any key of the policy has a token limit.
@@ -526,9 +564,26 @@ fn limits_of(def: &LimitsDef, field: &str, err: &ErrFn<'_>) -> Result<Entry, Pol
             ));
         }
     };
+    let max_in_flight = match &def.max_in_flight {
+        None => None,
+        Some(v) => {
+            let n = *v.get_ref();
+            if n < 1 || n > MAX_IN_FLIGHT_MAX as i64 {
+                return Err(err(
+                    Some(v.span()),
+                    &format!("{field}.max_in_flight"),
+                    format!("must be a whole number from 1 to {MAX_IN_FLIGHT_MAX}, not {n}"),
+                ));
+            }
+            Some(n as u16)
+        }
+    };
     Ok(Entry {
         limits: Limits { rpm, rpd },
-        tokens,
+        units: Units {
+            tokens,
+            max_in_flight,
+        },
     })
 }
 
@@ -669,6 +724,8 @@ struct LimitsDef {
     tpm: Option<Spanned<i64>>,
     #[serde(default)]
     tpd: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_in_flight: Option<Spanned<i64>>,
 }
 
 /// Name -> model index: open addressing over a table at least twice the
@@ -951,5 +1008,41 @@ mod tests {
             assert_eq!(p.models()[idx].name, name);
         }
         assert_eq!(p.model_index(b"model-200"), None);
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+
+    #[test]
+    fn max_in_flight_is_read_checked_and_looked_up_as_the_limits() {
+        let base = "[models]\nm = { region = \"EU\" }\nn = { region = \"EU\" }\n";
+        let p = Policy::parse(
+            &format!(
+                "{base}[tiers.developer]\nm = {{ rpm = 30, rpd = 100, max_in_flight = 2 }}\nn = {{ rpm = 30, rpd = 100 }}\n[tiers.enterprise]\nm = {{ rpm = 30, rpd = 100, max_in_flight = 8 }}\n[accounts.acme]\nm = {{ rpm = 300, rpd = 1000, max_in_flight = 64 }}\n"
+            ),
+            "p",
+        )
+        .unwrap();
+        assert!(p.has_in_flight_limits());
+        let (m, n) = (p.model_index(b"m").unwrap(), p.model_index(b"n").unwrap());
+        assert_eq!(p.max_in_flight(Tier::Developer, m, b"x"), Some(2));
+        assert_eq!(p.max_in_flight(Tier::Developer, n, b"x"), None);
+        assert_eq!(p.max_in_flight(Tier::Enterprise, m, b"x"), Some(8));
+        assert_eq!(p.max_in_flight(Tier::Enterprise, m, b"acme"), Some(64));
+        assert_eq!(p.max_in_flight(Tier::Free, m, b"x"), None);
+        assert!(!Policy::builtin().has_in_flight_limits());
+        for (v, want) in [("0", "from 1 to 65535"), ("65536", "from 1 to 65535")] {
+            let e = Policy::parse(
+                &format!(
+                    "{base}[tiers.developer]\nm = {{ rpm = 1, rpd = 2, max_in_flight = {v} }}\n"
+                ),
+                "p",
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(want), "{v}: {e}");
+            assert!(e.to_string().contains("max_in_flight"), "{e}");
+        }
     }
 }

@@ -43,12 +43,25 @@ pub struct Refusal {
     /// For a refusal on tokens, the tokens the request asked to reserve
     /// (it did not fit in the window's room); 0 otherwise.
     pub reserved: u32,
+    /// For a refusal for in-flight ([`LimitedBy::InFlight`]), the key's
+    /// requests running and its `max_in_flight`; 0 otherwise (the minute
+    /// and day fields then hold the request windows as they stood).
+    pub in_flight: u32,
+    /// See `in_flight`.
+    pub max_in_flight: u32,
+}
+
+/// The ring's spare word for a refusal for in-flight: the key's count
+/// (high half) and its limit.
+pub(crate) fn in_flight_extra(count: u32, limit: u32) -> u64 {
+    (count as u64) << 32 | limit as u64
 }
 
 /// Records a refusal. `fingerprint` tells keys apart for the once-a-second
 /// rule (the key id's low bits suffice). For a refusal on tokens, `o` and
 /// `limits` are the token windows' counts and limits, and `reserved` the
-/// tokens asked for (0 for a refusal on requests).
+/// tokens asked for (0 for a refusal on requests); for a refusal for
+/// in-flight, `extra` is the count and the limit (`in_flight_extra`).
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record(
@@ -58,7 +71,7 @@ pub(crate) fn record(
     model_id: u16,
     o: &Outcome,
     limits: Limits,
-    reserved: u32,
+    extra: u64,
     now_ms: u64,
 ) {
     let h = region.header();
@@ -66,7 +79,7 @@ pub(crate) fn record(
     if h.ring_last.load(Ordering::Relaxed) == mark {
         return;
     }
-    write(region, mark, account, model_id, o, limits, reserved, now_ms);
+    write(region, mark, account, model_id, o, limits, extra, now_ms);
 }
 
 /// [`record`] past its once-a-second check: the entry's write, out of line
@@ -81,7 +94,7 @@ fn write(
     model_id: u16,
     o: &Outcome,
     limits: Limits,
-    reserved: u32,
+    extra: u64,
     now_ms: u64,
 ) {
     let h = region.header();
@@ -112,7 +125,7 @@ fn write(
         day_count: o.day_count,
         day_limit: limits.rpd,
         account: std::array::from_fn(|k| word_at(&account[..len], k * 8)),
-        reserved: reserved as u64,
+        reserved: extra,
     };
     fields.store(e);
     let _ = e.seq.compare_exchange(
@@ -148,6 +161,7 @@ pub(crate) fn read(region: &Region) -> Vec<Refusal> {
             2 => LimitedBy::Day,
             3 => LimitedBy::TokensMinute,
             4 => LimitedBy::TokensDay,
+            5 => LimitedBy::InFlight,
             _ => LimitedBy::None,
         };
         let model = region
@@ -164,7 +178,21 @@ pub(crate) fn read(region: &Region) -> Vec<Refusal> {
                 minute_limit: f.minute_limit,
                 day_count: f.day_count,
                 day_limit: f.day_limit,
-                reserved: f.reserved as u32,
+                reserved: if limited_by == LimitedBy::InFlight {
+                    0
+                } else {
+                    f.reserved as u32
+                },
+                in_flight: if limited_by == LimitedBy::InFlight {
+                    (f.reserved >> 32) as u32
+                } else {
+                    0
+                },
+                max_in_flight: if limited_by == LimitedBy::InFlight {
+                    f.reserved as u32
+                } else {
+                    0
+                },
             },
         ));
     }

@@ -57,7 +57,7 @@ pub const RING_ENTRY_SIZE: usize = 128;
 const BASE_PER_SLOT: usize = SLOT_SIZE + NAME_SIZE;
 /// Bytes each slot takes in a table this library formats (hot state,
 /// account name and the unit area; a leased table adds the side area).
-pub const BYTES_PER_SLOT: usize = BASE_PER_SLOT + UNIT_SIZE;
+pub const BYTES_PER_SLOT: usize = BASE_PER_SLOT + UNIT_SIZE + LEDGER_PER_SLOT;
 /// Largest slot count (keeps sizes and indexes comfortably in range).
 pub const SLOTS_MAX: u32 = 1 << 30;
 /// Bytes per slot of the lease side area (tables formatted for leases only).
@@ -85,8 +85,27 @@ const fn unit_size(leases: bool) -> usize {
         UNIT_SIZE
     }
 }
+/// Header flag: the table has the in-flight areas (issue 18): a holder
+/// list and a ledger of one entry per slot, after the unit area (whose
+/// second word per slot is the key's in-flight word). Only with the unit
+/// area.
+pub const FLAG_IN_FLIGHT: u64 = 4;
+/// Holders (processes that hold or held in-flight units) a table keeps.
+pub const HOLDERS: usize = 1024;
+/// Bytes of the in-flight counters ([`InFlightCounters`]), before the
+/// holder list.
+const COUNTERS_SIZE: usize = 64;
+/// Bytes of the in-flight counters and the holder list: the part of a
+/// table's size that neither precedes the slots nor grows with them.
+pub const HOLDERS_BYTES: usize = COUNTERS_SIZE + HOLDERS * 16;
+const HOLDERS_SIZE: usize = HOLDERS_BYTES;
+// Every holder index fits the ledger's entries.
+const _: () = assert!(HOLDERS <= crate::slot::in_flight::HOLDERS_MAX as usize);
+/// Bytes per slot of the in-flight ledger: one 16-byte entry per slot, so
+/// a table holds as many admissions in flight as it has slots.
+const LEDGER_PER_SLOT: usize = 16;
 /// The flags this library knows.
-const FLAGS_KNOWN: u64 = FLAG_LEASES | FLAG_UNITS;
+const FLAGS_KNOWN: u64 = FLAG_LEASES | FLAG_UNITS | FLAG_IN_FLIGHT;
 
 const READY: u32 = 0x5245_4459; // "READY": written last when formatting
 
@@ -103,30 +122,39 @@ pub fn slots_for(len: usize) -> u32 {
 /// Bytes a region of `slots` slots occupies, with the lease side area when
 /// `leases`; `None` for 0 or over the max.
 pub fn size_with(slots: u32, leases: bool) -> Option<usize> {
-    size_as(slots, leases, true)
+    size_as(slots, leases, true, true)
 }
 
 /// Bytes per slot of a table so formatted.
-const fn per_slot(leases: bool, units: bool) -> usize {
-    BASE_PER_SLOT + if leases { SIDE_SIZE } else { 0 } + if units { unit_size(leases) } else { 0 }
+const fn per_slot(leases: bool, units: bool, in_flight: bool) -> usize {
+    BASE_PER_SLOT
+        + if leases { SIDE_SIZE } else { 0 }
+        + if units { unit_size(leases) } else { 0 }
+        + if in_flight { LEDGER_PER_SLOT } else { 0 }
 }
 
-/// As [`size_with`], for a table with or without the unit area (tables
-/// formatted before it existed have none).
-pub(crate) fn size_as(slots: u32, leases: bool, units: bool) -> Option<usize> {
+/// Bytes before the slots and after them that do not grow with the slots.
+const fn fixed(in_flight: bool) -> usize {
+    SLOTS_OFFSET + if in_flight { HOLDERS_SIZE } else { 0 }
+}
+
+/// As [`size_with`], for a table with or without the unit and in-flight
+/// areas (tables formatted before them have none).
+pub(crate) fn size_as(slots: u32, leases: bool, units: bool, in_flight: bool) -> Option<usize> {
     if slots == 0 || slots > SLOTS_MAX {
         return None;
     }
-    SLOTS_OFFSET.checked_add((slots as usize).checked_mul(per_slot(leases, units))?)
+    let per = per_slot(leases, units, in_flight);
+    fixed(in_flight).checked_add((slots as usize).checked_mul(per)?)
 }
 
 /// As [`slots_for`], for a table with the lease side area when `leases`.
 pub fn slots_with(len: usize, leases: bool) -> u32 {
-    let per = per_slot(leases, true);
-    if len < SLOTS_OFFSET + per {
+    let (per, fixed) = (per_slot(leases, true, true), fixed(true));
+    if len < fixed + per {
         return 0;
     }
-    ((len - SLOTS_OFFSET) / per).min(SLOTS_MAX as usize) as u32
+    ((len - fixed) / per).min(SLOTS_MAX as usize) as u32
 }
 
 #[repr(C)]
@@ -152,6 +180,25 @@ pub(crate) struct Header {
     /// `FLAG_LEASES` or 0; fixed at formatting, covered by the checksum.
     flags: u64,
     _reserved: u64,
+}
+
+/// A table's in-flight releases by cause and its refusals for in-flight,
+/// since formatting, shared by every process on the table.
+#[repr(C)]
+pub(crate) struct InFlightCounters {
+    /// Released by a request that ran to its end.
+    pub(crate) completed: AtomicU64,
+    /// Released by a request that ended otherwise: the client gone, an
+    /// upstream error or timeout, a handler's exception, a dropped future.
+    pub(crate) aborted: AtomicU64,
+    /// Given back from holders found dead by a sweep.
+    pub(crate) reclaimed: AtomicU64,
+    /// Admissions refused for in-flight.
+    pub(crate) refused: AtomicU64,
+    /// The process sweeping now (a packed `holder::Identity`), 0 if none:
+    /// sweeps run one at a time (`in_flight::sweep`).
+    pub(crate) sweeper: AtomicU128,
+    _spare: [u64; 2],
 }
 
 /// One model id: its name, registered on first use by any attached process.
@@ -259,6 +306,7 @@ const _: () = {
     assert!(std::mem::size_of::<RingEntry>() == RING_ENTRY_SIZE);
     assert!(RING_OFFSET % REGION_ALIGN == 0);
     assert!(std::mem::size_of::<Name>() == NAME_SIZE);
+    assert!(std::mem::size_of::<InFlightCounters>() == COUNTERS_SIZE);
     assert!(NAME_SIZE >= ACCOUNT_MAX);
     assert!(7 * 8 >= MODEL_NAME_MAX);
     assert!(SLOTS_OFFSET % REGION_ALIGN == 0);
@@ -342,6 +390,15 @@ pub(crate) struct Region {
     /// Where the unit area ([`FLAG_UNITS`]: token windows) starts, from
     /// `base`; 0 for a table without one.
     units_at: usize,
+    /// Where the in-flight areas ([`FLAG_IN_FLIGHT`]) start: the counters,
+    /// the holder list, the ledger; 0 for a table without them.
+    in_flight_at: usize,
+}
+
+/// Where a table's in-flight areas start, from its base: after the unit
+/// area.
+fn in_flight_at(slots: u32, leases: bool) -> usize {
+    units_at(slots, leases) + slots as usize * unit_size(leases)
 }
 
 /// Where a table's unit area starts, from its base.
@@ -472,7 +529,7 @@ impl Region {
             clock_faults: AtomicU64::new(0),
             ring_head: AtomicU64::new(0),
             ring_last: AtomicU64::new(0),
-            flags: FLAG_UNITS | if leases { FLAG_LEASES } else { 0 },
+            flags: FLAG_UNITS | FLAG_IN_FLIGHT | if leases { FLAG_LEASES } else { 0 },
             _reserved: 0,
         };
         h.checksum = checksum(&h);
@@ -486,6 +543,7 @@ impl Region {
             legacy: false,
             leases,
             units_at: units_at(slots, leases),
+            in_flight_at: in_flight_at(slots, leases),
         };
         r.header().ready.store(ready, Ordering::Release);
         Ok(r)
@@ -540,7 +598,11 @@ impl Region {
         }
         let leases = h.flags & FLAG_LEASES != 0;
         let units = h.flags & FLAG_UNITS != 0;
-        let needed = size_as(h.slot_count, leases, units).ok_or(RegionError::Corrupt)?;
+        let in_flight = h.flags & FLAG_IN_FLIGHT != 0;
+        if in_flight && !units {
+            return Err(RegionError::Corrupt);
+        }
+        let needed = size_as(h.slot_count, leases, units, in_flight).ok_or(RegionError::Corrupt)?;
         if needed > len {
             return Err(RegionError::Size { len, needed });
         }
@@ -551,6 +613,11 @@ impl Region {
             leases,
             units_at: if units {
                 units_at(h.slot_count, leases)
+            } else {
+                0
+            },
+            in_flight_at: if in_flight {
+                in_flight_at(h.slot_count, leases)
             } else {
                 0
             },
@@ -602,10 +669,15 @@ impl Region {
         {
             return Err(RegionError::Corrupt);
         }
+        let in_flight = h.flags & FLAG_IN_FLIGHT != 0;
+        if in_flight && h.flags & FLAG_UNITS == 0 {
+            return Err(RegionError::Corrupt);
+        }
         let needed = size_as(
             h.slot_count,
             h.flags & FLAG_LEASES != 0,
             h.flags & FLAG_UNITS != 0,
+            in_flight,
         )
         .ok_or(RegionError::Corrupt)?;
         Ok((h.slot_count, needed))
@@ -633,8 +705,14 @@ impl Region {
         &self.header().seed
     }
 
+    /// Bytes each slot takes in this table's format.
+    pub(crate) fn bytes_per_slot(&self) -> usize {
+        per_slot(self.leases, self.units(), self.has_in_flight())
+    }
+
     pub(crate) fn bytes(&self) -> usize {
-        size_as(self.slots, self.leases, self.units()).expect("valid slot count")
+        size_as(self.slots, self.leases, self.units(), self.has_in_flight())
+            .expect("valid slot count")
     }
 
     /// Whether the table has the unit area ([`FLAG_UNITS`]): token windows.
@@ -665,6 +743,75 @@ impl Region {
         // SAFETY: as in `tokens`: the leased unit area's 64 bytes per slot
         // cover this word, 16-aligned at 32 bytes into the slot's entry.
         unsafe { &*self.base.as_ptr().add(off).cast::<AtomicU128>() }
+    }
+
+    /// Whether the table has the in-flight areas ([`FLAG_IN_FLIGHT`]).
+    #[inline]
+    pub(crate) fn has_in_flight(&self) -> bool {
+        self.in_flight_at != 0
+    }
+
+    /// Slot `i`'s in-flight word (`slot::in_flight::Word`): the unit
+    /// area's second word; only in a table with the in-flight areas.
+    #[inline]
+    pub(crate) fn in_flight(&self, i: usize) -> &AtomicU128 {
+        assert!(self.in_flight_at != 0 && i < self.slots as usize);
+        let off = self.units_at + i * unit_size(self.leases) + 16;
+        // SAFETY: as in `tokens`: the unit entry's second 16 bytes, inside
+        // the unit area and 16-aligned.
+        unsafe { &*self.base.as_ptr().add(off).cast::<AtomicU128>() }
+    }
+
+    /// The in-flight counters; only with the in-flight areas.
+    pub(crate) fn in_flight_counters(&self) -> &InFlightCounters {
+        assert!(self.in_flight_at != 0);
+        // SAFETY: the region's size covers the counters, the first 64
+        // bytes after the unit area (checked at format and attach);
+        // 16-aligned as their AtomicU128 wants (every area's size is a
+        // multiple of 16 from a 64-aligned start); all atomics, any bits
+        // valid.
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(self.in_flight_at)
+                .cast::<InFlightCounters>()
+        }
+    }
+
+    /// The holder list ([`HOLDERS`] words, after the counters); only with
+    /// the in-flight areas.
+    pub(crate) fn holders(&self) -> &[AtomicU128] {
+        assert!(self.in_flight_at != 0);
+        // SAFETY: the region's size covers the holder list after the
+        // counters (checked at format and attach); 16-aligned (every
+        // area's size is a multiple of 16 from a 64-aligned start).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base
+                    .as_ptr()
+                    .add(self.in_flight_at + COUNTERS_SIZE)
+                    .cast::<AtomicU128>(),
+                HOLDERS,
+            )
+        }
+    }
+
+    /// The in-flight ledger: one entry per slot, after the holder list;
+    /// only with the in-flight areas.
+    pub(crate) fn ledger(&self) -> &[AtomicU128] {
+        assert!(self.in_flight_at != 0);
+        // SAFETY: as `holders`: the ledger follows the list, `slots`
+        // entries of 16 bytes, covered by the region's checked size.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base
+                    .as_ptr()
+                    .add(self.in_flight_at + HOLDERS_SIZE)
+                    .cast::<AtomicU128>(),
+                self.slots as usize,
+            )
+        }
     }
 
     /// Whether the table is formatted for quota leases ([`FLAG_LEASES`]).
@@ -926,13 +1073,43 @@ unsafe impl Sync for HeapMem {}
 pub(crate) fn strip_units_for_test(mem: *mut u8) {
     // SAFETY: a test's own formatted region, used by nobody else yet.
     let h = unsafe { &mut *mem.cast::<Header>() };
-    h.flags &= !FLAG_UNITS;
+    h.flags &= !(FLAG_UNITS | FLAG_IN_FLIGHT);
     h.checksum = checksum(h);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_in_flight_areas_hold_a_ledger_entry_per_slot() {
+        use crate::holder::{Holders, Identity};
+        use crate::slot::in_flight::Ledger;
+        let slots = 8;
+        let m = HeapMem::new(size_for(slots).unwrap()).unwrap();
+        // SAFETY: fresh exclusive allocation of the right size.
+        let r = unsafe { Region::format(m.as_ptr(), m.len(), 1, true) }.unwrap();
+        assert!(r.has_in_flight());
+        assert_eq!((r.holders().len(), r.ledger().len()), (HOLDERS, 8));
+        assert_eq!(r.bytes(), m.len());
+        let me = Identity { pid: 7, start: 9 };
+        let h = Holders::new(r.holders()).register(me).unwrap();
+        let l = Ledger::new(r.ledger());
+        // Every slot's word and every entry are the table's own memory:
+        // fill the ledger, one admission per slot.
+        for i in 0..slots {
+            assert!(l.acquire(r.in_flight(i as usize), i, 1, 1, h).is_ok());
+        }
+        assert!(l.acquire(r.in_flight(0), 0, 1, 9, h).is_err());
+        // Attached again, a table keeps its areas.
+        // SAFETY: the same memory, formatted above.
+        let again = unsafe { Region::attach(m.as_ptr(), m.len()) }.unwrap();
+        assert!(again.has_in_flight());
+        assert_eq!(
+            crate::slot::in_flight::Word::unpack(again.in_flight(3).load(Ordering::Acquire)).count,
+            1
+        );
+    }
 
     fn heap(slots: u32) -> (HeapMem, Region) {
         let m = HeapMem::new(size_for(slots).unwrap()).unwrap();
@@ -945,10 +1122,11 @@ mod tests {
     fn sizes() {
         assert_eq!(size_for(0), None);
         assert_eq!(size_for(SLOTS_MAX + 1), None);
-        assert_eq!(size_for(1), Some(SLOTS_OFFSET + 128));
-        assert_eq!(size_as(1, false, false), Some(SLOTS_OFFSET + 96));
+        assert_eq!(size_for(1), Some(SLOTS_OFFSET + HOLDERS_SIZE + 144));
+        assert_eq!(size_as(1, false, true, false), Some(SLOTS_OFFSET + 128));
+        assert_eq!(size_as(1, false, false, false), Some(SLOTS_OFFSET + 96));
         assert_eq!(slots_for(size_for(1000).unwrap()), 1000);
-        assert_eq!(slots_for(size_for(1000).unwrap() + 127), 1000);
+        assert_eq!(slots_for(size_for(1000).unwrap() + 143), 1000);
         assert_eq!(slots_for(100), 0);
     }
 

@@ -47,6 +47,7 @@ mod leased;
 #[cfg_attr(not(feature = "redis"), allow(unused_imports))]
 pub(crate) use leased::{add, charge_word, raise_word, read_word, spend, take, Held};
 // The token windows beside the request windows.
+pub(crate) mod in_flight;
 pub(crate) mod tokens;
 
 /// Longest probe chain; a key that finds no free slot within it is refused
@@ -194,6 +195,9 @@ pub enum LimitedBy {
     /// The token day window (TPD) refused; named whenever the token day is
     /// exhausted (and the request day is not).
     TokensDay = 4,
+    /// The key had its `max_in_flight` requests running (no window: any
+    /// of them ending frees a unit).
+    InFlight = 5,
 }
 
 impl LimitedBy {
@@ -205,6 +209,7 @@ impl LimitedBy {
             LimitedBy::Day => "day",
             LimitedBy::TokensMinute => "tokens_minute",
             LimitedBy::TokensDay => "tokens_day",
+            LimitedBy::InFlight => "in_flight",
         }
     }
 }
@@ -647,7 +652,12 @@ pub(crate) fn locate(
             if bound && ident >> 16 == key.id {
                 return Ok(Some((i, ident as u16)));
             }
-            if free.is_none() && (!bound || State::unpack(state).stale(now)) {
+            // A stale slot whose key still has requests running stays the
+            // key's: its count must meet their releases.
+            if free.is_none()
+                && (!bound
+                    || (State::unpack(state).stale(now) && !running(region, i, ident as u16)))
+            {
                 free = Some((i, ident, state));
             }
             i = if i + 1 == n { 0 } else { i + 1 };
@@ -700,6 +710,14 @@ pub(crate) fn locate(
         // A slot opened earlier (an operator's reset) may hold an old date.
         keep(region, i, gen, now);
         return Ok(Some((i, gen)));
+    }
+}
+
+/// Whether the key bound to slot `i` as `gen` has requests in flight.
+fn running(region: &Region, i: usize, gen: u16) -> bool {
+    region.has_in_flight() && {
+        let w = in_flight::Word::unpack(region.in_flight(i).load(Acquire));
+        w.gen == gen && w.count > 0
     }
 }
 

@@ -236,6 +236,7 @@ impl Tag {
         h.update(match unit {
             Unit::Requests => &b"tollgate-store-tag\0"[..],
             Unit::Tokens => &b"tollgate-store-tag-tokens\0"[..],
+            Unit::InFlight => &b"tollgate-store-tag-in-flight\0"[..],
         });
         h.update(&(account.len() as u64).to_le_bytes());
         h.update(account);
@@ -266,6 +267,22 @@ pub enum Unit {
     /// Tokens (TPM, TPD): reservations granted at admission, settled from
     /// the response's usage.
     Tokens,
+    /// Requests in flight (`max_in_flight`): not windows but a set of
+    /// admissions ([`QuotaStore::in_flight_admit`]).
+    InFlight,
+}
+
+/// The answer to an in-flight admission ([`QuotaStore::in_flight_admit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlightAdmit {
+    /// The member is in the set (admitted now, or before: `replayed`).
+    pub admitted: bool,
+    /// The same member was in the set already (a retried admission): it
+    /// counted once.
+    pub replayed: bool,
+    /// Members in the set after the call (live ones only), this one
+    /// included if admitted.
+    pub count: u32,
 }
 
 /// Names one give-back, push or grant so that a retry of it is recognised:
@@ -543,6 +560,53 @@ pub trait QuotaStore: Send + Sync {
 
     /// The server's eviction settings and evictions so far.
     fn eviction(&self) -> Result<Eviction, StoreError>;
+
+    /// Admits `member` (one admission, unique across hosts) into the
+    /// in-flight set of `tag` if fewer than `max` live members are in it,
+    /// in one atomic step: members whose expiry has passed (by the store's
+    /// clock) are dropped first, and the member is dated to expire
+    /// [`HOST_LIVES`] × `every` from now unless renewed
+    /// ([`QuotaStore::in_flight_renew`]). A member already in the set is
+    /// admitted again without counting twice (`replayed`; its expiry is
+    /// renewed), so a retry after a timeout is safe.
+    fn in_flight_admit(
+        &self,
+        tag: &Tag,
+        member: &str,
+        max: u32,
+        every: Duration,
+    ) -> Result<InFlightAdmit, StoreError> {
+        let _ = (tag, member, max, every);
+        Err(StoreError::Invalid("this store holds no in-flight sets"))
+    }
+
+    /// Removes `member` from the in-flight set of `tag` (idempotent: a
+    /// member not there changes nothing). Returns the live members left.
+    fn in_flight_release(&self, tag: &Tag, member: &str) -> Result<u32, StoreError> {
+        let _ = (tag, member);
+        Err(StoreError::Invalid("this store holds no in-flight sets"))
+    }
+
+    /// Dates every one of `members` to expire [`HOST_LIVES`] × `every`
+    /// from now, adding those not in the set (an admission made while the
+    /// store was away, or one whose entry expired during a stall: its
+    /// request runs, so it counts, even beyond the limit), and drops
+    /// expired members. Returns the live members.
+    fn in_flight_renew(
+        &self,
+        tag: &Tag,
+        members: &[String],
+        every: Duration,
+    ) -> Result<u32, StoreError> {
+        let _ = (tag, members, every);
+        Err(StoreError::Invalid("this store holds no in-flight sets"))
+    }
+
+    /// The live members of the in-flight set of `tag`, changing nothing.
+    fn in_flight_count(&self, tag: &Tag) -> Result<u32, StoreError> {
+        let _ = tag;
+        Err(StoreError::Invalid("this store holds no in-flight sets"))
+    }
 
     /// Several grants, each answered as [`QuotaStore::grant`] would, in as
     /// few round trips as the store allows (one pipeline per batch on a

@@ -41,8 +41,9 @@
 //!    inner service's response, replacing any of the same name. Response
 //!    bodies are never buffered, so streamed (SSE) answers keep streaming:
 //!    the response's body is a [`ResponseBody`], which passes the inner
-//!    body's frames on as they come and, when the request reserved tokens,
-//!    settles them (below).
+//!    body's frames on as they come and, when the request reserved tokens
+//!    or took an in-flight unit, settles and releases them when the
+//!    response ends (below).
 //!
 //! On a key with token limits (`tpm`, `tpd`: docs/tokens.md) the core's
 //! answer reserves the request's estimated tokens, and its headers include
@@ -59,6 +60,35 @@
 //! comes settles as cut (`[tokens] on_cut`, by default kept). So the next
 //! request of the key sees the usage as soon as the response has been
 //! sent. A request without a reservation pays for none of this.
+//!
+//! On a key with an in-flight limit (`max_in_flight = N`:
+//! docs/in-flight.md) the core admits a request only while fewer than N of
+//! the key's requests are running; a refusal is its 429
+//! (`in_flight_limit_exceeded`, no `retry-after`), and every answer of the
+//! key carries `x-ratelimit-limit-in-flight` and `x-ratelimit-in-flight`.
+//! The layer releases each admission itself, exactly once, with
+//! [`Limiter::release`], at the moment the request ends, whichever way:
+//!
+//! - when the response body ends (its last frame passed, or it is dropped
+//!   having said it ended or having passed the length it declared, as
+//!   hyper drops a body it has written whole; a response without a body
+//!   too): completed, with the [`Ending`](crate::Ending) a token settle
+//!   gets (complete or failed by status, or the usage);
+//! - when the response body fails, or is dropped before its end (the
+//!   client went away and the server dropped it): cut, counted aborted;
+//! - when the inner service fails, or the response future is dropped
+//!   before the response came (a client gone while the inner service
+//!   worked: hyper drops the request's future): cut, counted aborted.
+//!
+//! The reservation and the admission are one guard's, made with the
+//! decision, settled and released together (the tokens first, so the
+//! request the unit admits next sees the usage). A release never waits
+//! (a few atomics on the table), so it is done on the runtime, in `Drop`
+//! too. The admission is in the [`Decision`](crate::Decision) the handler
+//! finds: it must not release it itself (a second release is refused, and
+//! the first would free the unit while the response still runs). A
+//! table of quota leases (a limiter joined to Redis) holds no in-flight
+//! limits yet: the core answers such a key 500.
 //!
 //! Every response the layer returns carries the request's
 //! [`Answer`](crate::answer::Answer) in its extensions, for an outer layer

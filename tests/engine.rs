@@ -4,6 +4,8 @@
 mod clock;
 #[path = "engine/file_faults.rs"]
 mod file_faults;
+#[path = "engine/in_flight.rs"]
+mod in_flight;
 #[path = "engine/tokens.rs"]
 mod tokens;
 

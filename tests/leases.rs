@@ -10,6 +10,8 @@
 mod faults;
 #[path = "leases/hosts.rs"]
 mod hosts;
+#[path = "leases/in_flight.rs"]
+mod in_flight;
 mod redis_servers;
 #[path = "leases/tokens.rs"]
 mod tokens;

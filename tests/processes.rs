@@ -8,6 +8,8 @@ mod redis_servers;
 
 #[path = "processes/cli.rs"]
 mod cli;
+#[path = "processes/in_flight_kill.rs"]
+mod in_flight_kill;
 #[path = "processes/killring.rs"]
 mod killring;
 #[path = "processes/killtest.rs"]

@@ -1074,3 +1074,62 @@ fn a_shared_grant_is_at_most_its_hosts_share_of_the_room_now() {
     assert_eq!(grant(1, 1), 1);
     assert_eq!(store.counts(&tag, at).unwrap().minute_count, 30);
 }
+
+/// The in-flight script (`in_flight.lua`) on one server and on a Cluster:
+/// admitted to the limit once per member, released once, renewed (and
+/// re-added), expired by Redis's clock when not renewed; one key per tag,
+/// expiring with its newest member.
+fn in_flight_sets(store: &Store, mut c: impl redis::ConnectionLike) {
+    use tollgate::store::Unit;
+    let tag = Tag::for_unit(b"acct-42", "DeepSeek-V3.1", Unit::InFlight);
+    let key = format!("tg:{{{}}}:f", text(tag.as_bytes()));
+    // Members live 3 beats of 100 ms.
+    let every = Duration::from_millis(100);
+    let a = store.in_flight_admit(&tag, "h1:1:1", 2, every).unwrap();
+    assert!(a.admitted && !a.replayed && a.count == 1, "{a:?}");
+    let a = store.in_flight_admit(&tag, "h1:1:1", 2, every).unwrap();
+    assert!(a.admitted && a.replayed && a.count == 1, "{a:?}");
+    assert!(
+        store
+            .in_flight_admit(&tag, "h2:1:1", 2, every)
+            .unwrap()
+            .admitted
+    );
+    let a = store.in_flight_admit(&tag, "h2:2:1", 2, every).unwrap();
+    assert!(!a.admitted && a.count == 2, "{a:?}");
+    assert_eq!(store.in_flight_release(&tag, "h1:1:1").unwrap(), 1);
+    assert_eq!(store.in_flight_release(&tag, "h1:1:1").unwrap(), 1);
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut c).unwrap();
+    assert!(ttl > 0 && ttl <= 300, "{ttl}");
+    // h2:1:1 renewed past its first life, h3 re-added; h2:... not renewed
+    // otherwise expires.
+    let renew = ["h2:1:1".to_string(), "h3:1:1".to_string()];
+    for _ in 0..5 {
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(store.in_flight_renew(&tag, &renew, every).unwrap(), 2);
+    }
+    assert_eq!(store.in_flight_count(&tag).unwrap(), 2);
+    thread::sleep(Duration::from_millis(350));
+    assert_eq!(store.in_flight_count(&tag).unwrap(), 0);
+    let exists: i64 = redis::cmd("EXISTS").arg(&key).query(&mut c).unwrap();
+    assert_eq!(exists, 0, "the set expires with its newest member");
+}
+
+#[test]
+fn in_flight_sets_admit_release_renew_and_expire() {
+    let server = Server::start();
+    let store = Store::connect(&server.url(), roomy()).unwrap();
+    in_flight_sets(&store, server.conn());
+}
+
+#[test]
+fn in_flight_sets_on_a_cluster() {
+    use tollgate::store::Unit;
+    let cluster = Cluster::start();
+    let store = Store::connect(&cluster.url(), roomy()).unwrap();
+    // The node that serves the set's slot, for PTTL and EXISTS.
+    let tag = Tag::for_unit(b"acct-42", "DeepSeek-V3.1", Unit::InFlight);
+    let key = format!("tg:{{{}}}:f", text(tag.as_bytes()));
+    let node = cluster.owner_of(cluster.slot_of(key.as_bytes()));
+    in_flight_sets(&store, cluster.nodes[node].conn());
+}

@@ -25,15 +25,41 @@ use tollgate::{Decision, Limiter, Policy};
 
 const CHAT: &str = r#"{"model":"DeepSeek-V3.1","messages":[{"role":"user","content":"hi"}]}"#;
 
+/// Where the upstream keeps the responses of requests sent with
+/// `x-test-hold` open: each ends once the test adds a permit.
+#[derive(Clone)]
+struct Hold(Arc<tokio::sync::Semaphore>);
+
+impl Default for Hold {
+    fn default() -> Hold {
+        Hold(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+}
+
 /// The upstream: says it was reached and what the layer handed it, and
-/// echoes the body it received.
+/// echoes the body it received (once the test lets it, for a request with
+/// `x-test-hold`: its response is running until then).
 async fn upstream(req: Request) -> Response {
     let answer = req.extensions().get::<Answer>().copied();
     let decision = req.extensions().get::<Decision>().copied();
+    let hold = req
+        .headers()
+        .contains_key("x-test-hold")
+        .then(|| req.extensions().get::<Hold>().cloned().expect("app's Hold"));
     let body = axum::body::to_bytes(req.into_body(), usize::MAX)
         .await
         .unwrap();
-    let mut res = Response::new(Body::from(body));
+    let mut res = match hold {
+        None => Response::new(Body::from(body)),
+        Some(Hold(gate)) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(async move {
+                gate.acquire().await.unwrap().forget();
+                let _ = tx.send(Ok(body)).await;
+            });
+            Response::new(Body::new(Chunks(rx)))
+        }
+    };
     let h = res.headers_mut();
     h.insert("x-upstream", HeaderValue::from_static("1"));
     if let Some(a) = answer {
@@ -95,10 +121,15 @@ async fn outcome_header(mut res: Response) -> Response {
 }
 
 fn app(layer: RateLimitLayer) -> Router {
+    app_holding(layer, Hold::default())
+}
+
+fn app_holding(layer: RateLimitLayer, hold: Hold) -> Router {
     Router::new()
         .route("/conformance", any(upstream))
         .route("/echo", post(upstream_with_own_header))
         .route("/v1/chat/completions", post(completion))
+        .layer(axum::Extension(hold))
         .layer(layer)
         .layer(axum::middleware::map_response(outcome_header))
 }
@@ -140,18 +171,22 @@ async fn got(res: reqwest::Response) -> Got {
 
 /// (a) Every case of tests/conformance.json, by the table's conventions:
 /// the account as `Authorization: Bearer <account>`, the tier as
-/// `x-tollgate-tier`.
+/// `x-tollgate-tier`. Each `before` request runs to its end; the `held`
+/// ones run (their heads in, their bodies kept open by the upstream) until
+/// the case's request has its answer, then end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_conformance_case_over_http() {
     let (_, cases) = table();
-    let layer = RateLimitLayer::new(conformance_limiter(), bearer_token)
+    let limiter = conformance_limiter();
+    let layer = RateLimitLayer::new(limiter.clone(), bearer_token)
         .tier_by(tier_header("x-tollgate-tier"))
         .clock(|| NOW);
-    let base = serve(app(layer)).await;
+    let hold = Hold::default();
+    let base = serve(app_holding(layer, hold.clone())).await;
     let client = reqwest::Client::new();
     for case in &cases {
         let (method, account, tier, body) = request(case);
-        let send = || {
+        let send = |held: bool| {
             let mut r = client
                 .request(method.parse().unwrap(), format!("{base}/conformance"))
                 .header("x-tollgate-tier", &tier)
@@ -159,13 +194,29 @@ async fn every_conformance_case_over_http() {
             if let Some(a) = &account {
                 r = r.header("authorization", format!("Bearer {a}"));
             }
+            if held {
+                r = r.header("x-test-hold", "1");
+            }
             r.send()
         };
         for _ in 0..case["before"].as_u64().unwrap_or(0) {
-            send().await.unwrap();
+            send(false).await.unwrap().bytes().await.unwrap();
         }
-        check(case, &got(send().await.unwrap()).await);
+        let mut held = Vec::new();
+        for _ in 0..case["held"].as_u64().unwrap_or(0) {
+            let r = send(true).await.unwrap();
+            assert_eq!(r.status(), 200, "{}: a held request", case["name"]);
+            held.push(r);
+        }
+        check(case, &got(send(false).await.unwrap()).await);
+        hold.0.add_permits(held.len());
+        for r in held {
+            r.bytes().await.unwrap();
+        }
     }
+    // Every response has ended, and each released its unit then.
+    let f = limiter.stats(NOW).in_flight.unwrap();
+    assert_eq!((f.in_use, f.aborted), (0, 0), "{f:?}");
 }
 
 /// (b) Many concurrent requests on one key: exactly the limit admitted,
@@ -1695,4 +1746,633 @@ async fn the_openai_clients_stream_settles_to_its_usage() {
         5000 - 77 - reserved,
         "{out}"
     );
+}
+
+// In flight: at most N of a key's requests running, each released when its
+// response ends, however it ends.
+
+const IN_FLIGHT_POLICY: &str = r#"
+[models]
+"held-model" = { region = "EU" }
+
+[tiers.developer]
+"held-model" = { rpm = 10000, rpd = 1000000, max_in_flight = 2 }
+"#;
+
+/// What the in-flight tests' inner service runs: its requests per account
+/// now and the most at once, and the gates its gated streams wait at.
+#[derive(Clone, Default)]
+struct Streams {
+    running: Arc<std::sync::Mutex<std::collections::HashMap<String, (u32, u32)>>>,
+    gates: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>>,
+}
+
+/// One request the inner service is running, until dropped.
+struct Running(Streams, String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.lock().unwrap().get_mut(&self.1).unwrap().0 -= 1;
+    }
+}
+
+impl Streams {
+    fn enter(&self, account: &str) -> Running {
+        let mut all = self.running.lock().unwrap();
+        let (now, peak) = all.entry(account.to_string()).or_default();
+        *now += 1;
+        *peak = (*peak).max(*now);
+        Running(self.clone(), account.to_string())
+    }
+
+    /// (running now, the most at once) for `account`.
+    fn of(&self, account: &str) -> (u32, u32) {
+        let all = self.running.lock().unwrap();
+        all.get(account).copied().unwrap_or_default()
+    }
+
+    /// The gate named `name` (its `notify_one` is kept until a stream
+    /// waits, so opening a gate before its stream reaches it is no race).
+    fn gate(&self, name: &str) -> Arc<tokio::sync::Notify> {
+        let mut gates = self.gates.lock().unwrap();
+        gates.entry(name.to_string()).or_default().clone()
+    }
+}
+
+/// The inner service of the in-flight tests: a chat completion, streamed
+/// (SSE) when `stream`: a first chunk, then, with `test_gate`, waits at that
+/// gate; with `test_until_gone`, sends a chunk every 20 ms until its client
+/// is gone; else `test_chunks` more chunks `test_pause_ms` apart. Counts
+/// the requests it runs per account from its call until its last chunk is
+/// sent (before the body's end reaches the layer, which releases then).
+async fn slow_streams(axum::Extension(s): axum::Extension<Streams>, req: Request) -> Response {
+    let account = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_string();
+    let running = s.enter(&account);
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    if v["stream"] != true {
+        drop(running);
+        let c = json!({
+            "id": "chatcmpl-held",
+            "object": "chat.completion",
+            "created": NOW / 1000,
+            "model": "held-model",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": "canned"},
+                "finish_reason": "stop",
+            }],
+        });
+        let mut res = Response::new(Body::from(c.to_string()));
+        res.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        return res;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(sse_chunk(Some("hel"), None))).await;
+        if let Some(name) = v["test_gate"].as_str() {
+            s.gate(name).notified().await;
+        }
+        if v["test_until_gone"] == true {
+            for _ in 0..3000 {
+                if tx.send(Ok(sse_chunk(Some("."), None))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            return;
+        }
+        let pause = std::time::Duration::from_millis(v["test_pause_ms"].as_u64().unwrap_or(0));
+        for _ in 0..v["test_chunks"].as_u64().unwrap_or(1) {
+            tokio::time::sleep(pause).await;
+            let _ = tx.send(Ok(sse_chunk(Some("lo"), None))).await;
+        }
+        let _ = tx.send(Ok("data: [DONE]\n\n".into())).await;
+        // Done before the body ends: the layer sees the end only once
+        // every sender is gone.
+        drop(running);
+        drop(tx);
+    });
+    let mut res = Response::new(Body::new(Chunks(rx)));
+    res.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    res
+}
+
+async fn in_flight_app() -> (String, Streams, Arc<Limiter>) {
+    let policy = Policy::parse(IN_FLIGHT_POLICY, "in-flight").unwrap();
+    let limiter = Arc::new(Limiter::new(&policy, 1024).unwrap());
+    let streams = Streams::default();
+    let app = Router::new()
+        .route("/v1/chat/completions", post(slow_streams))
+        .layer(axum::Extension(streams.clone()))
+        .layer(RateLimitLayer::new(limiter.clone(), bearer_token).clock(|| NOW));
+    (serve(app).await, streams, limiter)
+}
+
+fn held_body(extra: Value) -> String {
+    let mut b = json!({"model": "held-model", "messages": [{"role": "user", "content": "hi"}]});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b.to_string()
+}
+
+/// The table's in-flight counts: (running, completed, aborted, refused).
+fn in_flight(l: &Limiter) -> (u64, u64, u64, u64) {
+    let f = l.stats(NOW).in_flight.unwrap();
+    (f.in_use, f.completed, f.aborted, f.refused)
+}
+
+/// A request written by hand on a connection of its own, and what came
+/// back until `until` did (blocking I/O, off the runtime); the connection
+/// is kept open until the caller drops it.
+async fn sent(base: &str, request: String, until: &'static str) -> (std::net::TcpStream, String) {
+    let addr = base.strip_prefix("http://").unwrap().to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(until) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        (s, String::from_utf8_lossy(&got).to_lowercase())
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits (10 s at most) for `done`: a release that follows a client gone
+/// comes when the server notices.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+/// Two streams of a key run; the third request is refused at once (429,
+/// no retry-after); once one stream ends, the next is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_streams_run_and_the_third_waits_for_one_to_end() {
+    let (base, streams, l) = in_flight_app().await;
+    let gated = |name: &str| held_body(json!({"stream": true, "test_gate": name}));
+    let mut a = tok(&base, "sk-two", &gated("a")).await;
+    assert_eq!(a.status(), 200);
+    assert_eq!(num(&a, "x-ratelimit-limit-in-flight"), 2);
+    assert_eq!(num(&a, "x-ratelimit-in-flight"), 1);
+    assert!(a.chunk().await.unwrap().is_some(), "a is streaming");
+    let mut b = tok(&base, "sk-two", &gated("b")).await;
+    assert_eq!(num(&b, "x-ratelimit-in-flight"), 2);
+    assert!(b.chunk().await.unwrap().is_some(), "b is streaming");
+
+    let c = tok(&base, "sk-two", &held_body(json!({"stream": true}))).await;
+    assert_eq!(c.status(), 429);
+    assert_eq!(num(&c, "x-ratelimit-limit-in-flight"), 2);
+    assert_eq!(num(&c, "x-ratelimit-in-flight"), 2);
+    assert_eq!(header(&c, "retry-after"), None);
+    assert_eq!(header(&c, "x-should-retry").as_deref(), Some("true"));
+    let e: Value = serde_json::from_slice(&c.bytes().await.unwrap()).unwrap();
+    assert_eq!(e["error"]["code"], "in_flight_limit_exceeded", "{e}");
+    assert_eq!(e["error"]["type"], "requests", "{e}");
+    assert_eq!(streams.of("sk-two"), (2, 2), "the third never reached it");
+    // Per key: another account's request runs meanwhile.
+    let other = tok(&base, "sk-other", &held_body(json!({}))).await;
+    assert_eq!(num(&other, "x-ratelimit-in-flight"), 1);
+    other.bytes().await.unwrap();
+    assert_eq!(in_flight(&l), (2, 1, 0, 1));
+
+    // a ends: released as its body ends, before its client has read it.
+    streams.gate("a").notify_one();
+    let rest = a.bytes().await.unwrap();
+    assert!(rest.ends_with(b"data: [DONE]\n\n"), "{rest:?}");
+    assert_eq!(in_flight(&l), (1, 2, 0, 1));
+    let mut d = tok(&base, "sk-two", &gated("d")).await;
+    assert_eq!(d.status(), 200);
+    assert_eq!(num(&d, "x-ratelimit-in-flight"), 2);
+    assert!(d.chunk().await.unwrap().is_some());
+    streams.gate("b").notify_one();
+    streams.gate("d").notify_one();
+    b.bytes().await.unwrap();
+    d.bytes().await.unwrap();
+    assert_eq!(in_flight(&l), (0, 4, 0, 1));
+    assert_eq!(streams.of("sk-two"), (0, 2));
+}
+
+/// A client that disconnects mid-stream (raw HTTP/1.1 over TCP): the
+/// server drops the response body, and the unit comes back, counted as
+/// aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_stream_gives_its_unit_back() {
+    let (base, streams, l) = in_flight_app().await;
+    let body = held_body(json!({"stream": true, "test_until_gone": true}));
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer sk-raw\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (s, text) = sent(&base, req, "\"hel\"").await;
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("\r\nx-ratelimit-in-flight: 1\r\n"), "{text}");
+    assert_eq!(in_flight(&l), (1, 0, 0, 0));
+    assert_eq!(streams.of("sk-raw").0, 1);
+    drop(s);
+    eventually("released as aborted", || in_flight(&l) == (0, 0, 1, 0)).await;
+    // The key's next request finds no unit taken.
+    let res = tok(&base, "sk-raw", &held_body(json!({}))).await;
+    assert_eq!(num(&res, "x-ratelimit-in-flight"), 1);
+    res.bytes().await.unwrap();
+    assert_eq!(in_flight(&l), (0, 1, 1, 0));
+}
+
+/// The inner service of [`other_endings_release_too`], by path: `/fail`
+/// fails (an error for hyper, which closes the connection), `/stall` never
+/// answers (its future is dropped with the connection), `/empty` answers
+/// 204 without a body, `/stream` sends chunks until its client is gone.
+#[derive(Clone, Default)]
+struct Endings {
+    stalled: Arc<tokio::sync::Notify>,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl tower::Service<Request> for Endings {
+    type Response = Response;
+    type Error = std::io::Error;
+    type Future = BoxFuture<Result<Response, std::io::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::io::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let stalled = self.stalled.clone();
+        Box::pin(async move {
+            match req.uri().path() {
+                "/fail" => Err(std::io::Error::other("the upstream failed")),
+                "/stall" => {
+                    stalled.notify_one();
+                    std::future::pending().await
+                }
+                "/stream" => {
+                    let (tx, rx) = tokio::sync::mpsc::channel(1);
+                    tokio::spawn(async move {
+                        while tx.send(Ok(sse_chunk(Some("."), None))).await.is_ok() {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                    });
+                    Ok(Response::new(Body::new(Chunks(rx))))
+                }
+                _ => Ok(Response::builder().status(204).body(Body::empty()).unwrap()),
+            }
+        })
+    }
+}
+
+/// Serves `svc` with hyper's own HTTP/1.1 server, which (unlike
+/// `axum::serve`) takes a service that fails.
+async fn serve_hyper(svc: tollgate::tower::RateLimit<Endings>) -> String {
+    use tower::Service;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let hs =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let mut svc = svc.clone();
+                        async move {
+                            std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+                            svc.call(req.map(Body::new)).await
+                        }
+                    });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, hs)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// The other ways a request ends, over hyper: the inner service failing
+/// and its response future dropped (both aborted, no response), a body
+/// dropped mid-way by a client gone (aborted), and a response without a
+/// body (completed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_endings_release_too() {
+    use tower::Layer;
+    let policy = Policy::parse(IN_FLIGHT_POLICY, "in-flight").unwrap();
+    let l = Arc::new(Limiter::new(&policy, 1024).unwrap());
+    let inner = Endings::default();
+    let svc = RateLimitLayer::new(l.clone(), bearer_token)
+        .clock(|| NOW)
+        .layer(inner.clone());
+    let base = serve_hyper(svc).await;
+    let body = held_body(json!({}));
+    let client = reqwest::Client::new();
+    let post = |path: &str| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth("sk-end")
+            .body(body.clone())
+            .send()
+    };
+
+    // The inner service fails: hyper answers nothing and closes.
+    assert!(post("/fail").await.is_err());
+    eventually("a failed service released", || {
+        in_flight(&l) == (0, 0, 1, 0)
+    })
+    .await;
+
+    // The response future dropped: the client goes away while the inner
+    // service has not answered, and hyper drops the request's future.
+    let req = format!(
+        "POST /stall HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer sk-end\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (s, _) = sent(&base, req, "").await;
+    inner.stalled.notified().await;
+    assert_eq!(in_flight(&l), (1, 0, 1, 0));
+    drop(s);
+    eventually("a dropped future released", || {
+        in_flight(&l) == (0, 0, 2, 0)
+    })
+    .await;
+
+    // A body dropped mid-way: the client reads a chunk and goes.
+    let mut res = post("/stream").await.unwrap();
+    assert_eq!(num(&res, "x-ratelimit-in-flight"), 1);
+    res.chunk().await.unwrap().unwrap();
+    drop(res);
+    eventually("a dropped body released", || in_flight(&l) == (0, 0, 3, 0)).await;
+
+    // A response without a body: its end.
+    let res = post("/empty").await.unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(num(&res, "x-ratelimit-in-flight"), 1);
+    eventually("an empty response released", || {
+        in_flight(&l) == (0, 1, 3, 0)
+    })
+    .await;
+
+    // Two held at once still refuse a third: nothing was lost on the way.
+    let (a, b) = (
+        post("/stream").await.unwrap(),
+        post("/stream").await.unwrap(),
+    );
+    assert_eq!(post("/empty").await.unwrap().status(), 429);
+    drop((a, b));
+    eventually("both released", || in_flight(&l) == (0, 1, 5, 1)).await;
+}
+
+/// Many clients racing on two keys, each stream a few chunks long: the
+/// inner service never runs more than two of a key's requests at once,
+/// and every admitted one is released, completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_clients_never_run_more_than_the_limit() {
+    let (base, streams, l) = in_flight_app().await;
+    let body = held_body(json!({"stream": true, "test_chunks": 3, "test_pause_ms": 3}));
+    let client = reqwest::Client::new();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let (client, base, body) = (client.clone(), base.clone(), body.clone());
+        let key = if i % 2 == 0 { "sk-race-a" } else { "sk-race-b" };
+        set.spawn(async move {
+            // Two streams read to their end each, refusals retried.
+            let (mut admitted, mut refused) = (0u64, 0u64);
+            while admitted < 2 {
+                let res = client
+                    .post(format!("{base}/v1/chat/completions"))
+                    .bearer_auth(key)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                let in_use = num(&res, "x-ratelimit-in-flight");
+                match res.status().as_u16() {
+                    200 => {
+                        assert!((1..=2).contains(&in_use), "{in_use}");
+                        let text = res.bytes().await.unwrap();
+                        assert!(text.ends_with(b"data: [DONE]\n\n"));
+                        admitted += 1;
+                    }
+                    429 => {
+                        assert_eq!(in_use, 2);
+                        refused += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    s => panic!("{s}"),
+                }
+                assert!(refused < 100_000, "starved");
+            }
+            (admitted, refused)
+        });
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        let (a, r) = r.unwrap();
+        admitted += a;
+        refused += r;
+    }
+    assert_eq!(admitted, 64);
+    assert!(refused > 0, "the clients did race");
+    for key in ["sk-race-a", "sk-race-b"] {
+        assert_eq!(streams.of(key), (0, 2), "{key}: (running, most at once)");
+    }
+    assert_eq!(in_flight(&l), (0, 64, 0, refused));
+}
+
+const OPENAI_HELD_PY: &str = r#"
+import json, sys, time
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0)
+messages = [{"role": "user", "content": "hi"}]
+
+def open_stream():
+    s = client.chat.completions.create(model="held-model", messages=messages, stream=True,
+                                       extra_body={"test_until_gone": True})
+    return s, next(iter(s)).choices[0].delta.content
+
+out = {}
+held = [open_stream(), open_stream()]
+out["first"] = [c for _, c in held]
+try:
+    client.chat.completions.create(model="held-model", messages=messages)
+    out["third"] = "admitted"
+except openai.RateLimitError as e:
+    out["third"] = type(e).__name__
+    out["status"] = e.status_code
+    out["code"] = e.code
+    out["headers"] = {k: e.response.headers.get(k) for k in
+                      ["x-ratelimit-limit-in-flight", "x-ratelimit-in-flight",
+                       "retry-after", "x-should-retry"]}
+held[0][0].close()
+for tries in range(1, 201):
+    try:
+        c = client.chat.completions.create(model="held-model", messages=messages)
+        out["after_close"] = {"tries": tries, "content": c.choices[0].message.content}
+        break
+    except openai.RateLimitError:
+        time.sleep(0.05)
+held[1][0].close()
+print(json.dumps(out))
+"#;
+
+const OPENAI_HELD_NODE: &str = r#"
+import OpenAI from 'openai';
+
+const [base, key] = process.argv.slice(-2);
+const client = new OpenAI({ baseURL: base, apiKey: key, maxRetries: 0 });
+const messages = [{ role: 'user', content: 'hi' }];
+
+async function openStream() {
+  const s = await client.chat.completions.create({
+    model: 'held-model', messages, stream: true, test_until_gone: true,
+  });
+  const first = await s[Symbol.asyncIterator]().next();
+  return { s, first: first.value.choices[0].delta.content };
+}
+
+const out = {};
+const held = [await openStream(), await openStream()];
+out.first = held.map((h) => h.first);
+try {
+  await client.chat.completions.create({ model: 'held-model', messages });
+  out.third = 'admitted';
+} catch (e) {
+  out.third = e.constructor.name;
+  out.status = e.status ?? null;
+  out.code = e.code ?? null;
+  const get = (k) => (typeof e.headers?.get === 'function' ? e.headers.get(k) : e.headers?.[k]) ?? null;
+  out.headers = Object.fromEntries(['x-ratelimit-limit-in-flight', 'x-ratelimit-in-flight',
+    'retry-after', 'x-should-retry'].map((k) => [k, get(k)]));
+}
+held[0].s.controller.abort();
+for (let tries = 1; tries <= 200; tries++) {
+  try {
+    const c = await client.chat.completions.create({ model: 'held-model', messages });
+    out.after_close = { tries, content: c.choices[0].message.content };
+    break;
+  } catch (e) {
+    if (e.status !== 429) throw e;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+held[1].s.controller.abort();
+console.log(JSON.stringify(out));
+process.exit(0);
+"#;
+
+/// The official clients, Python's and Node's, each holding two streams
+/// open: the third call raises RateLimitError (in_flight_limit_exceeded,
+/// no retry-after); once the client closes a stream, a call gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_clients_streaming_two_held_the_third_refused() {
+    let (base, _, l) = in_flight_app().await;
+    let py = python_with_openai().expect("no python3 with openai: run tests/setup.sh");
+    let dir = clients_dir();
+    assert!(
+        dir.join("node_modules/openai").exists(),
+        "no openai for Node in {}: run tests/setup.sh",
+        dir.display()
+    );
+    let url = format!("{base}/v1");
+    let runs: [(&str, PathBuf, Vec<&str>); 2] = [
+        ("python", py, vec!["-c", OPENAI_HELD_PY]),
+        (
+            "node",
+            PathBuf::from("node"),
+            vec!["--input-type=module", "-e", OPENAI_HELD_NODE],
+        ),
+    ];
+    let mut running = Vec::new();
+    for (name, exe, args) in runs {
+        let key = format!("sk-{name}-held");
+        let child = tokio::process::Command::new(exe)
+            .args(args)
+            .args([url.as_str(), key.as_str()])
+            // Node finds the pinned package from here.
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        running.push((name, child));
+    }
+    let mut out = Vec::new();
+    for (name, child) in running {
+        let done = tokio::time::timeout(WAIT, child.wait_with_output()).await;
+        let got = done.ok().map(|d| {
+            let d = d.unwrap();
+            let stdout = String::from_utf8_lossy(&d.stdout);
+            assert!(
+                d.status.success(),
+                "{name}: {stdout}\n{}",
+                String::from_utf8_lossy(&d.stderr)
+            );
+            serde_json::from_str::<Value>(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+        });
+        out.push((name, got));
+    }
+    each_client(&out, |got| {
+        ensure!(got["first"] == json!(["hel", "hel"]), "two streams");
+        ensure!(
+            (&got["third"], &got["status"], &got["code"])
+                == (
+                    &json!("RateLimitError"),
+                    &json!(429),
+                    &json!("in_flight_limit_exceeded")
+                ),
+            "the third not refused for in-flight"
+        );
+        ensure!(
+            got["headers"]
+                == json!({
+                    "x-ratelimit-limit-in-flight": "2",
+                    "x-ratelimit-in-flight": "2",
+                    "retry-after": null,
+                    "x-should-retry": "true",
+                }),
+            "headers"
+        );
+        ensure!(
+            got["after_close"]["content"] == "canned",
+            "no call got through after a stream closed"
+        );
+        Ok(())
+    });
+    // Every stream the clients closed came back, as aborted.
+    eventually("every unit back", || {
+        let (in_use, completed, aborted, refused) = in_flight(&l);
+        in_use == 0 && aborted == 4 && completed >= 2 && refused >= 2
+    })
+    .await;
 }

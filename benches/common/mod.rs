@@ -110,6 +110,52 @@ impl GovernorPair {
     }
 }
 
+/// The obvious baseline for an in-flight limit: a count per key in a
+/// Mutex<HashMap>, raised on admission and lowered on release (what an
+/// in-process gateway keeps; it forgets nothing a crashed process held,
+/// as it shares nothing).
+pub struct MutexInFlight {
+    map: Mutex<HashMap<String, u32>>,
+    pub max: u32,
+}
+
+impl MutexInFlight {
+    pub fn new(max: u32) -> MutexInFlight {
+        MutexInFlight {
+            map: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
+    #[inline]
+    pub fn acquire(&self, key: &str) -> bool {
+        let mut map = self.map.lock().unwrap();
+        let n = match map.get_mut(key) {
+            Some(n) => n,
+            None => map.entry(key.to_owned()).or_insert(0),
+        };
+        let ok = *n < self.max;
+        *n += ok as u32;
+        ok
+    }
+
+    #[inline]
+    pub fn release(&self, key: &str) {
+        if let Some(n) = self.map.lock().unwrap().get_mut(key) {
+            *n -= 1;
+        }
+    }
+}
+
+/// `policy_text_huge` with `max_in_flight = max` on every model.
+pub fn in_flight_policy(max: u32) -> Policy {
+    let text = policy_text_huge().replace(
+        &format!("rpd = {HUGE} }}"),
+        &format!("rpd = {HUGE}, max_in_flight = {max} }}"),
+    );
+    Policy::parse(&text, "<bench policy>").expect("bench policy parses")
+}
+
 /// The obvious baseline: fixed windows in a Mutex<HashMap<String, ...>>
 /// (std RandomState). Value = (minute index, minute count, day index, day count).
 pub struct MutexMap {

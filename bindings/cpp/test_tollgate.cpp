@@ -577,8 +577,9 @@ void test_answer() {
     CHECK(b.outcome() == tollgate::Outcome::Rejected);
     CHECK(b.decision().has_value() && !b.decision()->allowed);
     const auto bh = b.headers();
-    // every header but the six for tokens (the key has no token limit)
-    CHECK_EQ(bh.size(), size_t{TG_ANSWER_HEADERS_MAX} - 6);
+    // every header but the six for tokens and the two for in-flight (the
+    // key has neither limit)
+    CHECK_EQ(bh.size(), size_t{TG_ANSWER_HEADERS_MAX} - 8);
     CHECK(!bh.empty() && bh.back() == std::make_pair(std::string("content-type"), std::string("application/json")));
     bool retry = false;
     bool should_retry = false;
@@ -749,6 +750,67 @@ void test_tokens() {
     CHECK(seen);
     CHECK(a.decision()->tokens.has_value());
     tollgate::Reservation(lim, d2).settle(tollgate::UsageScan::open("application/json")->finish(500, false));
+}
+
+// In flight: a thread-per-request server holds each admission in a
+// Reservation, which releases it however the handler leaves.
+void test_in_flight() {
+    const auto policy = tollgate::Policy::parse(
+        "[models]\n\"m\" = { region = \"EU\" }\n"
+        "[tiers.developer]\n\"m\" = { rpm = 100, rpd = 1000, max_in_flight = 2 }\n");
+    const tollgate::Limiter lim(policy, 64);
+    const uint64_t now = 1795741200000ULL;
+    tollgate::Request r;
+    r.account = "cpp-fly";
+    r.model = "m";
+    auto handler = [&](bool fail) {
+        tollgate::Reservation res(lim, lim.check(r, now));
+        if (fail) throw std::runtime_error("the handler failed");
+        res.finish(TG_END_COMPLETE);
+    };
+    handler(false);
+    bool thrown = false;
+    try {
+        handler(true);
+    } catch (const std::runtime_error &) {
+        thrown = true;
+    }
+    CHECK(thrown);
+    {
+        const auto a = lim.check(r, now);
+        CHECK(a.allowed && a.in_flight && a.in_flight->admitted());
+        CHECK_EQ(a.in_flight->limit, 2u);
+        CHECK_EQ(a.in_flight->in_use, 1u);
+        tollgate::Reservation ra(lim, a);
+        tollgate::Reservation rb(lim, lim.check(r, now));
+        const auto c = lim.check(r, now);
+        CHECK(!c.allowed);
+        CHECK(c.limited_by == tollgate::LimitedBy::InFlight);
+        CHECK_EQ(c.retry_after, 0u);
+        CHECK(!c.in_flight->admitted());
+        const auto ans = tollgate::answer_for(TG_OK, &c, "m");
+        CHECK_EQ(ans.http_status(), 429u);
+        CHECK(ans.body().find("in_flight_limit_exceeded") != std::string::npos);
+        tollgate::Reservation moved = std::move(rb);
+        CHECK(!rb.held());  // NOLINT(bugprone-use-after-move)
+        CHECK(moved.held());
+    }
+    // Both released by their guards: two at once again.
+    tollgate::Reservation x(lim, lim.check(r, now)), y(lim, lim.check(r, now));
+    CHECK(x.held() && y.held());
+    x.finish(TG_END_COMPLETE);
+    CHECK(!x.held());
+    const auto st = lim.stats(now);
+    CHECK(st.has_in_flight);
+    CHECK_EQ(st.in_flight, uint64_t{1});
+    CHECK_EQ(st.released_completed, uint64_t{2});
+    CHECK_EQ(st.released_aborted, uint64_t{3});  // the throw, and the two guards
+    CHECK_EQ(st.refused_in_flight, uint64_t{1});
+    // tg_check has nowhere to put an admission: refused, nothing decided.
+    tg_decision d{};
+    const tg_request cr = r.to_c();
+    CHECK_EQ(tg_check(lim.get(), &cr, now, &d), TG_E_NO_IN_FLIGHT);
+    CHECK_THROWS(lim.release(0, TG_END_COMPLETE), TG_E_INVALID);
 }
 
 // Account ids from API keys: the library's digest, as every binding's.
@@ -931,16 +993,25 @@ void test_conformance() {
     for (const auto &c : table->cases) {
         const std::string name = c.at("name").get<std::string>();
         const CaseRequest r(c);
+        // The earlier requests each run to their end; the held ones until
+        // the case's answers are in (their guards release them then).
         const uint64_t before = c.value("before", uint64_t{0});
         for (uint64_t i = 0; i < before; ++i) {
-            (void)answer_in_one_call(whole, r);
-            (void)answer_step_by_step(stepped, scan, r);
+            tollgate::Reservation(whole, answer_in_one_call(whole, r)).finish(TG_END_COMPLETE);
+            tollgate::Reservation(stepped, answer_step_by_step(stepped, scan, r)).finish(TG_END_COMPLETE);
+        }
+        std::vector<tollgate::Reservation> held;
+        for (uint64_t i = 0; i < c.value("held", uint64_t{0}); ++i) {
+            held.emplace_back(whole, answer_in_one_call(whole, r));
+            held.emplace_back(stepped, answer_step_by_step(stepped, scan, r));
         }
         const struct {
             const char *path;
             tollgate::Answer answer;
         } got[] = {{"Limiter::answer", answer_in_one_call(whole, r)},
                    {"step by step", answer_step_by_step(stepped, scan, r)}};
+        held.emplace_back(whole, got[0].answer);
+        held.emplace_back(stepped, got[1].answer);
         for (const auto &g : got) {
             std::string why;
             for (const auto &m : mismatches(c, got_of(g.answer))) why += "\n    " + m;
@@ -1019,6 +1090,7 @@ int main(int argc, char **argv) {
         {"body_scan", test_body_scan},
         {"tokens", test_tokens},
         {"account_digest", test_account_digest},
+        {"in_flight", test_in_flight},
         {"conformance", test_conformance},
         {"conformance_changes", test_conformance_catches_changes},
     };

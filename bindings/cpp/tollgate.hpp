@@ -54,6 +54,7 @@ enum class LimitedBy : uint32_t {
     Day = TG_LIMIT_DAY,
     TokensMinute = TG_LIMIT_TOKENS_MINUTE,
     TokensDay = TG_LIMIT_TOKENS_DAY,
+    InFlight = TG_LIMIT_IN_FLIGHT,
 };
 
 // How a request went (TG_OUTCOME_*), for logs and metrics; outcome_name() names it.
@@ -242,6 +243,32 @@ struct Tokens {
     }
 };
 
+// A key's requests running at once as one decision left them
+// (docs/in-flight.md). `admission` is 0 when not admitted (refused, a peek):
+// otherwise release it once the request has ended (Reservation does).
+struct InFlight {
+    uint32_t limit = 0;
+    uint32_t in_use = 0;  // this request included when admitted
+    uint64_t admission = 0;
+
+    bool admitted() const noexcept { return admission != 0; }
+
+    static std::optional<InFlight> from_c(const tg_in_flight &f) noexcept {
+        if (f.has_in_flight == 0) return std::nullopt;
+        return InFlight{f.limit, f.in_use, f.admission};
+    }
+
+    tg_in_flight to_c() const noexcept {
+        tg_in_flight f{};
+        f.size = sizeof f;
+        f.has_in_flight = 1;
+        f.limit = limit;
+        f.in_use = in_use;
+        f.admission = admission;
+        return f;
+    }
+};
+
 // What the limiter decided, plus the renderers for the HTTP answer.
 struct Decision {
     bool allowed = false;
@@ -255,8 +282,11 @@ struct Decision {
     uint32_t retry_after = 0;  // seconds; 0 when allowed
     // The token windows, when the key has a token limit.
     std::optional<Tokens> tokens;
+    // The requests in flight, when the key has an in-flight limit.
+    std::optional<InFlight> in_flight;
 
-    static Decision from_c(const tg_decision &d, const tg_tokens *t = nullptr) noexcept {
+    static Decision from_c(const tg_decision &d, const tg_tokens *t = nullptr,
+                           const tg_in_flight *f = nullptr) noexcept {
         Decision o;
         o.allowed = d.allowed != 0;
         o.limited_by = static_cast<LimitedBy>(d.limited_by);
@@ -268,6 +298,7 @@ struct Decision {
         o.day_reset = d.day_reset;
         o.retry_after = d.retry_after;
         if (t != nullptr) o.tokens = Tokens::from_c(*t);
+        if (f != nullptr) o.in_flight = InFlight::from_c(*f);
         return o;
     }
 
@@ -371,7 +402,7 @@ public:
     // The limiter's decision, when there was one.
     std::optional<Decision> decision() const noexcept {
         if (a_.has_decision == 0) return std::nullopt;
-        return Decision::from_c(a_.decision, &a_.tokens);
+        return Decision::from_c(a_.decision, &a_.tokens, &a_.in_flight);
     }
 
     // (name, value) pairs in order; names are lower case.
@@ -424,11 +455,14 @@ inline tg_status try_answer_for(tg_status status, const Decision *decision, std:
     if (decision != nullptr) d = decision->to_c();
     tg_tokens t{};
     if (decision != nullptr && decision->tokens) t = decision->tokens->to_c();
+    tg_in_flight f{};
+    if (decision != nullptr && decision->in_flight) f = decision->in_flight->to_c();
     tg_answer a{};
     a.size = sizeof a;
-    const tg_status s = tg_answer_for_tokens(status, decision != nullptr ? &d : nullptr,
-                                             decision != nullptr && decision->tokens ? &t : nullptr, model.data(),
-                                             model.size(), opts.flags(), opts.refuse_status, &a);
+    const tg_status s = tg_answer_for_units(status, decision != nullptr ? &d : nullptr,
+                                            decision != nullptr && decision->tokens ? &t : nullptr,
+                                            decision != nullptr && decision->in_flight ? &f : nullptr, model.data(),
+                                            model.size(), opts.flags(), opts.refuse_status, &a);
     if (s == TG_OK) out = Answer(a);
     return s;
 }
@@ -562,6 +596,14 @@ struct Stats {
     uint64_t region_bytes = 0;
     uint32_t layout_version = 0;
     uint64_t clock_faults = 0;  // decisions that met counts dated beyond the clock-fault bound
+    // Requests in flight and their releases by cause (a table with the
+    // in-flight areas; all 0 otherwise).
+    bool has_in_flight = false;
+    uint64_t in_flight = 0;
+    uint64_t released_completed = 0;
+    uint64_t released_aborted = 0;
+    uint64_t reclaimed = 0;  // from processes found dead
+    uint64_t refused_in_flight = 0;
 };
 
 // How a limiter joins a quota store (Limiter::connect). Options are set by
@@ -775,8 +817,14 @@ public:
 
     Stats stats(uint64_t now_ms) const {
         tg_stats s{};
+        s.size = sizeof s;
         detail::ok_or_throw(tg_limiter_stats(l_.get(), now_ms, &s));
-        return Stats{s.slots, s.used, s.table_full, s.region_bytes, s.layout_version, s.clock_faults};
+        return Stats{s.slots,        s.used,
+                     s.table_full,   s.region_bytes,
+                     s.layout_version, s.clock_faults,
+                     s.has_in_flight != 0, s.in_flight,
+                     s.released_completed, s.released_aborted,
+                     s.reclaimed,    s.refused_in_flight};
     }
     Stats stats() const { return stats(tg_now_ms()); }
 
@@ -788,23 +836,32 @@ public:
     }
 
     // Same, at the current wall-clock time.
-    Decision check(const Request &req) const {
-        const tg_request r = req.to_c();
-        tg_decision d{};
-        detail::ok_or_throw(tg_check_now(l_.get(), &r, &d));
-        return Decision::from_c(d);
-    }
+    Decision check(const Request &req) const { return check(req, tg_now_ms()); }
 
     // Non-throwing form: returns the status; `out` is set only on TG_OK.
-    // On a key with a token limit `out.tokens` holds the reservation.
+    // On a key with a token limit `out.tokens` holds the reservation; on
+    // one with an in-flight limit `out.in_flight` holds the admission. Hold
+    // both in a Reservation until the response has ended.
     tg_status try_check(const Request &req, uint64_t now_ms, Decision &out) const noexcept {
         const tg_request r = req.to_c();
         tg_decision d{};
         tg_tokens t{};
         t.size = sizeof t;
-        tg_status s = tg_check_tokens(l_.get(), &r, now_ms, &d, &t);
-        if (s == TG_OK) out = Decision::from_c(d, &t);
+        tg_in_flight f{};
+        f.size = sizeof f;
+        tg_status s = tg_check_units(l_.get(), &r, now_ms, &d, &t, &f);
+        if (s == TG_OK) out = Decision::from_c(d, &t, &f);
         return s;
+    }
+
+    // Releases an admission (InFlight::admission) once its request has
+    // ended (`ending`: TG_END_*, TG_END_CUT counted as aborted): returns
+    // the key's requests still running. Release each once; Reservation
+    // does it for you.
+    uint32_t release(uint64_t admission, uint32_t ending) const {
+        uint32_t left = 0;
+        detail::ok_or_throw(tg_release(l_.get(), admission, ending, &left));
+        return left;
     }
 
     // Settles a reservation once its response has ended (TG_END_*; `used`
@@ -904,21 +961,30 @@ private:
     tg_usage_scan *scan_ = nullptr;  // points into mem_, so it survives a move
 };
 
-// RAII for a token reservation in a thread-per-request server: settles it
-// exactly once, with the usage when settle() is called, or as cut
-// (TG_END_CUT: the policy's on_cut, by default kept) if the guard is
-// destroyed first (an exception, an early return). Move-only.
+// RAII for what a request holds until its response ends, in a
+// thread-per-request server: a token reservation and an in-flight unit.
+// Ends both exactly once: with the response's ending (settle(), finish()),
+// or as cut (TG_END_CUT: tokens by the policy's on_cut, by default kept;
+// the unit released, counted aborted) if the guard is destroyed first (an
+// exception, an early return, a client gone). Move-only.
 class Reservation {
 public:
     Reservation(const Limiter &limiter, const Decision &d) noexcept : l_(&limiter) {
         if (d.tokens && d.tokens->has_ticket()) ticket_ = d.tokens->ticket;
+        if (d.in_flight) admission_ = d.in_flight->admission;
     }
-    Reservation(Reservation &&o) noexcept : l_(o.l_), ticket_(std::exchange(o.ticket_, std::nullopt)) {}
+    // What an answer that passes holds (nothing for any other answer).
+    Reservation(const Limiter &limiter, const Answer &a) noexcept : l_(&limiter) {
+        if (const auto d = a.decision()) *this = Reservation(limiter, *d);
+    }
+    Reservation(Reservation &&o) noexcept
+        : l_(o.l_), ticket_(std::exchange(o.ticket_, std::nullopt)), admission_(std::exchange(o.admission_, 0)) {}
     Reservation &operator=(Reservation &&o) noexcept {
         if (this != &o) {
             end(TG_END_CUT, 0);
             l_ = o.l_;
             ticket_ = std::exchange(o.ticket_, std::nullopt);
+            admission_ = std::exchange(o.admission_, 0);
         }
         return *this;
     }
@@ -926,23 +992,29 @@ public:
     Reservation &operator=(const Reservation &) = delete;
     ~Reservation() { end(TG_END_CUT, 0); }
 
-    // Whether there is a reservation left to settle.
-    bool held() const noexcept { return ticket_.has_value(); }
-    // Settles with how the response ended (UsageScan::finish); returns the
-    // tokens charged, 0 if nothing was held.
+    // Whether there is a reservation left to settle or a unit to release.
+    bool held() const noexcept { return ticket_.has_value() || admission_ != 0; }
+    // Settles and releases with how the response ended (UsageScan::finish);
+    // returns the tokens charged, 0 if no tokens were held.
     uint64_t settle(const tg_usage &u) noexcept { return end(u.ending, u.total); }
+    // The same for a response whose usage was not read: TG_END_COMPLETE,
+    // TG_END_FAILED or TG_END_CUT.
+    void finish(uint32_t ending) noexcept { (void) end(ending, 0); }
 
 private:
     uint64_t end(uint32_t ending, uint64_t used) noexcept {
-        if (!ticket_) return 0;
-        const tg_ticket t = *ticket_;
-        ticket_.reset();
         uint64_t charged = 0;
-        (void) tg_settle(l_->get(), &t, ending, used, tg_now_ms(), &charged);
+        if (ticket_) {
+            const tg_ticket t = *ticket_;
+            ticket_.reset();
+            (void) tg_settle(l_->get(), &t, ending, used, tg_now_ms(), &charged);
+        }
+        if (admission_ != 0) (void) tg_release(l_->get(), std::exchange(admission_, 0), ending, nullptr);
         return charged;
     }
     const Limiter *l_;
     std::optional<tg_ticket> ticket_;
+    uint64_t admission_ = 0;
 };
 
 }  // namespace tollgate

@@ -10,6 +10,7 @@
  *   ngx_http_tollgate_metrics.c  the metric rows and the Prometheus page
  *   ngx_http_tollgate_tokens.c   a filter module: a response's token usage
  *                                read as it passes, its reservation settled
+ *                                and its in-flight admission released
  */
 
 
@@ -107,7 +108,7 @@ typedef struct {
 
 
 typedef struct ngx_http_tollgate_ctx_s  ngx_http_tollgate_ctx_t;
-typedef struct ngx_http_tollgate_tokens_s  ngx_http_tollgate_tokens_t;
+typedef struct ngx_http_tollgate_hold_s  ngx_http_tollgate_hold_t;
 
 
 typedef struct {
@@ -146,10 +147,11 @@ struct ngx_http_tollgate_ctx_s {
     ngx_msec_t                    waited;     /* parked for, ms */
 
     /* tokens the body's estimate reserves on a key with a token limit
-     * (tg_limiter_estimate_tokens), and the reservation held until the
-     * response has ended (ngx_http_tollgate_tokens.c); NULL: none */
+     * (tg_limiter_estimate_tokens); the reservation and the in-flight
+     * admission held until the response has ended
+     * (ngx_http_tollgate_tokens.c); NULL: none */
     uint32_t                      reserve;
-    ngx_http_tollgate_tokens_t   *tokens;
+    ngx_http_tollgate_hold_t     *hold;
 
     /* from here on written before it is read: not zeroed */
     tg_answer                     answer;     /* the core's, once decided */
@@ -182,7 +184,7 @@ ngx_int_t ngx_http_tollgate_open_file(ngx_conf_t *cf,
 ngx_int_t ngx_http_tollgate_init_process(ngx_cycle_t *cycle);
 void ngx_http_tollgate_exit_process(ngx_cycle_t *cycle);
 
-void ngx_http_tollgate_tokens_hold(ngx_http_request_t *r,
+ngx_int_t ngx_http_tollgate_hold(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx);
 
 ngx_int_t ngx_http_tollgate_metrics_handler(ngx_http_request_t *r);

@@ -24,6 +24,8 @@
 #endif
 
 
+static u_char *ngx_http_tollgate_in_flight_page(u_char *p,
+    ngx_http_tollgate_main_conf_t *tmcf, tg_stats *stats);
 static size_t ngx_http_tollgate_store_metrics_len(
     ngx_http_tollgate_main_conf_t *tmcf);
 static u_char *ngx_http_tollgate_store_metrics(u_char *p,
@@ -95,6 +97,28 @@ static ngx_str_t  ngx_http_tollgate_table_help[] = {
     ngx_string("tollgate_region_bytes Bytes of the zone's table."),
     ngx_string("tollgate_clock_faults_total Decisions that met counts "
                "dated ahead of the clock and re-dated them.")
+};
+
+
+/* the in-flight counters of a table with the in-flight areas (tg_stats):
+ * family, type, help; the releases have a line per cause */
+#define NGX_HTTP_TOLLGATE_IN_FLIGHT_METRICS  3
+
+static ngx_str_t  ngx_http_tollgate_in_flight_metrics[] = {
+    ngx_string("tollgate_in_flight"),
+    ngx_string("tollgate_in_flight_releases_total"),
+    ngx_string("tollgate_in_flight_refusals_total")
+};
+
+
+static ngx_str_t  ngx_http_tollgate_in_flight_help[] = {
+    ngx_string("tollgate_in_flight Requests admitted under an in-flight "
+               "limit and not yet released, over every key."),
+    ngx_string("tollgate_in_flight_releases_total In-flight units given "
+               "back, by cause: completed (the response ended), aborted "
+               "(cut short) or reclaimed (from a process found dead)."),
+    ngx_string("tollgate_in_flight_refusals_total Requests refused for "
+               "in-flight (also counted as outcome \"rejected\").")
 };
 
 
@@ -395,6 +419,12 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
                + ngx_http_tollgate_table_metrics[k].len;
     }
 
+    for (k = 0; k < NGX_HTTP_TOLLGATE_IN_FLIGHT_METRICS; k++) {
+        len += sizeof("# HELP \n# TYPE  counter\n")
+               + ngx_http_tollgate_in_flight_help[k].len
+               + ngx_http_tollgate_in_flight_metrics[k].len;
+    }
+
     len += ngx_http_tollgate_store_metrics_len(tmcf);
 
     for (z = 0; z < tmcf->zones.nelts; z++) {
@@ -408,6 +438,11 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
                + NGX_HTTP_TOLLGATE_TABLE_METRICS
                  * (sizeof("tollgate_clock_faults_total{zone=\"\"} \n")
                       + zones[z]->name.len * 6 + NGX_INT64_LEN);
+
+        /* five in-flight lines: the gauge, three causes, the refusals */
+        len += 5 * (sizeof("tollgate_in_flight_releases_total{zone=\"\","
+                           "cause=\"completed\"} \n")
+                    + zones[z]->name.len * 6 + NGX_INT64_LEN);
     }
 
     b = ngx_create_temp_buf(r->pool, len);
@@ -525,6 +560,8 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
         }
     }
 
+    p = ngx_http_tollgate_in_flight_page(p, tmcf, stats);
+
     p = ngx_http_tollgate_store_metrics(p, tmcf, r);
     if (p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -551,6 +588,72 @@ ngx_http_tollgate_metrics_handler(ngx_http_request_t *r)
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * The in-flight families (tg_stats), for the zones whose table has the
+ * in-flight areas: a table formatted before them has nothing to show
+ */
+
+static u_char *
+ngx_http_tollgate_in_flight_page(u_char *p,
+    ngx_http_tollgate_main_conf_t *tmcf, tg_stats *stats)
+{
+    uint64_t                    v;
+    ngx_uint_t                  z, k, c, n;
+    ngx_http_tollgate_zone_t  **zones;
+
+    static char  *causes[] = { "completed", "aborted", "reclaimed" };
+
+    zones = tmcf->zones.elts;
+    n = 0;
+
+    for (z = 0; z < tmcf->zones.nelts; z++) {
+        if (stats[z].has_in_flight) {
+            n++;
+        }
+    }
+
+    if (n == 0) {
+        return p;
+    }
+
+    for (k = 0; k < NGX_HTTP_TOLLGATE_IN_FLIGHT_METRICS; k++) {
+        p = ngx_sprintf(p, "# HELP %V\n# TYPE %V %s\n",
+                        &ngx_http_tollgate_in_flight_help[k],
+                        &ngx_http_tollgate_in_flight_metrics[k],
+                        k == 0 ? "gauge" : "counter");
+
+        for (z = 0; z < tmcf->zones.nelts; z++) {
+            if (!stats[z].has_in_flight) {
+                continue;
+            }
+
+            for (c = 0; c < (k == 1 ? 3 : 1); c++) {
+                v = k == 0 ? stats[z].in_flight
+                    : k == 2 ? stats[z].refused_in_flight
+                    : c == 0 ? stats[z].released_completed
+                    : c == 1 ? stats[z].released_aborted
+                    : stats[z].reclaimed;
+
+                p = ngx_sprintf(p, "%V{zone=\"",
+                                &ngx_http_tollgate_in_flight_metrics[k]);
+                p = ngx_http_tollgate_escape(p, zones[z]->name.data,
+                                             zones[z]->name.len);
+
+                if (k == 1) {
+                    p = ngx_sprintf(p, "\",cause=\"%s\"} %uL\n",
+                                    causes[c], v);
+
+                } else {
+                    p = ngx_sprintf(p, "\"} %uL\n", v);
+                }
+            }
+        }
+    }
+
+    return p;
 }
 
 

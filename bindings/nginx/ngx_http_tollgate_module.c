@@ -59,7 +59,8 @@ ngx_str_t  ngx_http_tollgate_limited_by[] = {
     ngx_string("MINUTE"),
     ngx_string("DAY"),
     ngx_string("TOKENS_MINUTE"),
-    ngx_string("TOKENS_DAY")
+    ngx_string("TOKENS_DAY"),
+    ngx_string("IN_FLIGHT")
 };
 
 
@@ -276,7 +277,7 @@ ngx_http_tollgate_limited_by_variable(ngx_http_request_t *r,
 
     by = ctx->answer.decision.limited_by;
 
-    if (by > TG_LIMIT_TOKENS_DAY) {
+    if (by > TG_LIMIT_IN_FLIGHT) {
         by = TG_LIMIT_NONE;
     }
 

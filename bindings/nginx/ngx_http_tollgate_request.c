@@ -35,6 +35,7 @@ typedef struct {
     tg_request                    req;
     tg_decision                   decision;
     tg_tokens                     tokens;
+    tg_in_flight                  in_flight;
     tg_status                     status;
 } ngx_http_tollgate_task_ctx_t;
 
@@ -51,10 +52,12 @@ static void ngx_http_tollgate_check(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf);
 static void ngx_http_tollgate_decided(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf,
-    tg_status st, tg_decision *decision, tg_tokens *tokens);
+    tg_status st, tg_decision *decision, tg_tokens *tokens,
+    tg_in_flight *in_flight);
 static void ngx_http_tollgate_answer(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, ngx_http_tollgate_loc_conf_t *tlcf,
-    tg_status st, tg_decision *decision, tg_tokens *tokens);
+    tg_status st, tg_decision *decision, tg_tokens *tokens,
+    tg_in_flight *in_flight);
 static void ngx_http_tollgate_estimate(ngx_http_request_t *r,
     ngx_http_tollgate_ctx_t *ctx, tg_body_scan *scan);
 #if (NGX_THREADS)
@@ -198,7 +201,7 @@ ngx_http_tollgate_body_handler(ngx_http_request_t *r)
         ngx_http_tollgate_check(r, ctx, tlcf);
 
     } else {
-        ngx_http_tollgate_answer(r, ctx, tlcf, st, NULL, NULL);
+        ngx_http_tollgate_answer(r, ctx, tlcf, st, NULL, NULL, NULL);
     }
 
     r->write_event_handler = ngx_http_core_run_phases;
@@ -221,17 +224,18 @@ ngx_http_tollgate_first_steps(ngx_http_request_t *r,
     if (tlcf->account == NULL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "tollgate: \"tollgate_account\" is not set");
-        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL, NULL);
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL, NULL, NULL);
         return NGX_OK;
     }
 
     if (ngx_http_tollgate_value(r, tlcf->account, &ctx->account) != NGX_OK) {
-        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL, NULL);
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL, NULL, NULL);
         return NGX_OK;
     }
 
     if (ctx->account.len == 0) {
-        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_NO_ACCOUNT, NULL, NULL);
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_NO_ACCOUNT, NULL,
+                                 NULL, NULL);
         return NGX_OK;
     }
 
@@ -240,14 +244,14 @@ ngx_http_tollgate_first_steps(ngx_http_request_t *r,
     }
 
     if (ngx_http_tollgate_value(r, tlcf->model, &ctx->model) != NGX_OK) {
-        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL, NULL);
+        ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL, NULL, NULL);
         return NGX_OK;
     }
 
     if (ctx->model.len == 0) {
         /* the variable names no model: the core's "no model" answer */
         ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_BODY_NO_MODEL, NULL,
-                                 NULL);
+                                 NULL, NULL);
         return NGX_OK;
     }
 
@@ -261,7 +265,8 @@ ngx_http_tollgate_first_steps(ngx_http_request_t *r,
 }
 
 
-/* the steps after the model: the tier (tg_tier_parse), then tg_check */
+/* the steps after the model: the tier (tg_tier_parse), then the check
+ * (tg_check_units: the windows, the tokens and the requests in flight) */
 
 static void
 ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
@@ -275,6 +280,7 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     tg_tokens                  tokens;
     tg_request                 req;
     tg_decision                decision;
+    tg_in_flight               in_flight;
     ngx_http_tollgate_zone_t  *zone;
 
     /* no tollgate_tier, or an empty value: the developer tier */
@@ -282,7 +288,8 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
     if (tlcf->tier) {
         if (ngx_http_tollgate_value(r, tlcf->tier, &value) != NGX_OK) {
-            ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL, NULL);
+            ngx_http_tollgate_answer(r, ctx, tlcf, TG_E_INVALID, NULL,
+                                     NULL, NULL);
             return;
         }
 
@@ -295,7 +302,7 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
                               "(free, developer or enterprise)",
                               ngx_http_tollgate_log_escape(&v, buf, &value));
 
-                ngx_http_tollgate_answer(r, ctx, tlcf, st, NULL, NULL);
+                ngx_http_tollgate_answer(r, ctx, tlcf, st, NULL, NULL, NULL);
                 return;
             }
         }
@@ -304,6 +311,7 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     ngx_memzero(&req, sizeof(tg_request));
     ngx_memzero(&decision, sizeof(tg_decision));
     ngx_memzero(&tokens, sizeof(tg_tokens));
+    ngx_memzero(&in_flight, sizeof(tg_in_flight));
 
     req.size = sizeof(tg_request);
     req.account = (const char *) ctx->account.data;
@@ -316,6 +324,7 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
 
     decision.size = sizeof(tg_decision);
     tokens.size = sizeof(tg_tokens);
+    in_flight.size = sizeof(tg_in_flight);
 
     zone = ctx->zone;
     now = tg_now_ms();
@@ -327,7 +336,8 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         ctx->leased = 1;
     }
 
-    st = tg_check_tokens(zone->limiter, &req, now, &decision, &tokens);
+    st = tg_check_units(zone->limiter, &req, now, &decision, &tokens,
+                        &in_flight);
 
 #if (NGX_THREADS)
     if (st == TG_PENDING
@@ -337,16 +347,17 @@ ngx_http_tollgate_check(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     }
 #endif
 
-    ngx_http_tollgate_decided(r, ctx, tlcf, st, &decision, &tokens);
+    ngx_http_tollgate_decided(r, ctx, tlcf, st, &decision, &tokens,
+                              &in_flight);
 }
 
 
-/* what tg_check said, on the event loop: logged, then answered */
+/* what tg_check_units said, on the event loop: logged, then answered */
 
 static void
 ngx_http_tollgate_decided(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     ngx_http_tollgate_loc_conf_t *tlcf, tg_status st, tg_decision *decision,
-    tg_tokens *tokens)
+    tg_tokens *tokens, tg_in_flight *in_flight)
 {
     switch (st) {
 
@@ -373,12 +384,12 @@ ngx_http_tollgate_decided(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     default:
         /* the core answers it as its own failure (500) */
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "tollgate: tg_check_tokens() failed in zone \"%V\": %s",
+                      "tollgate: tg_check_units() failed in zone \"%V\": %s",
                       &ctx->zone->name, tg_status_str(st));
         break;
     }
 
-    ngx_http_tollgate_answer(r, ctx, tlcf, st, decision, tokens);
+    ngx_http_tollgate_answer(r, ctx, tlcf, st, decision, tokens, in_flight);
 }
 
 
@@ -432,6 +443,9 @@ ngx_http_tollgate_park(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     ngx_memzero(&tc->tokens, sizeof(tg_tokens));
     tc->tokens.size = sizeof(tg_tokens);
 
+    ngx_memzero(&tc->in_flight, sizeof(tg_in_flight));
+    tc->in_flight.size = sizeof(tg_in_flight);
+
     task->handler = ngx_http_tollgate_thread_handler;
     task->event.data = tc;
     task->event.handler = ngx_http_tollgate_thread_event_handler;
@@ -471,8 +485,8 @@ ngx_http_tollgate_thread_handler(void *data, ngx_log_t *log)
 {
     ngx_http_tollgate_task_ctx_t  *tc = data;
 
-    tc->status = tg_check_tokens(tc->limiter, &tc->req, tc->now,
-                                 &tc->decision, &tc->tokens);
+    tc->status = tg_check_units(tc->limiter, &tc->req, tc->now,
+                                &tc->decision, &tc->tokens, &tc->in_flight);
 }
 
 
@@ -508,7 +522,7 @@ ngx_http_tollgate_thread_event_handler(ngx_event_t *ev)
     /* the decision was made and charged: log and count it in any case */
     tlcf = ngx_http_get_module_loc_conf(r, ngx_http_tollgate_module);
     ngx_http_tollgate_decided(r, ctx, tlcf, tc->status, &tc->decision,
-                              &tc->tokens);
+                              &tc->tokens, &tc->in_flight);
 
     if (c->error && r->write_event_handler == ngx_http_core_run_phases) {
         /* the client went away meanwhile */
@@ -550,7 +564,7 @@ ngx_http_tollgate_guard_handler(ngx_event_t *ev)
 static void
 ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
     ngx_http_tollgate_loc_conf_t *tlcf, tg_status st, tg_decision *decision,
-    tg_tokens *tokens)
+    tg_tokens *tokens, tg_in_flight *in_flight)
 {
     u_char                     abuf[NGX_HTTP_TOLLGATE_LOG_LEN];
     u_char                     mbuf[NGX_HTTP_TOLLGATE_LOG_LEN];
@@ -594,17 +608,18 @@ ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
                       ctx->account.len, TG_ACCOUNT_MAX);
     }
 
-    /* tg_answer_for_tokens writes the whole struct */
+    /* tg_answer_for_units writes the whole struct */
     answer->size = sizeof(tg_answer);
 
-    rc = tg_answer_for_tokens(st, st == TG_OK ? decision : NULL,
-                              st == TG_OK ? tokens : NULL,
-                              (const char *) ctx->model.data, ctx->model.len,
-                              flags, tlcf->status_code, answer);
+    rc = tg_answer_for_units(st, st == TG_OK ? decision : NULL,
+                             st == TG_OK ? tokens : NULL,
+                             st == TG_OK ? in_flight : NULL,
+                             (const char *) ctx->model.data, ctx->model.len,
+                             flags, tlcf->status_code, answer);
 
     if (rc != TG_OK) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "tollgate: tg_answer_for_tokens() failed: %s",
+                      "tollgate: tg_answer_for_units() failed: %s",
                       tg_status_str(rc));
 
         /* nginx's own 500 (ngx_http_tollgate_send_refusal) */
@@ -615,13 +630,35 @@ ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
         ctx->failed = 1;
     }
 
-    /* a reservation: held until the response has ended, then settled */
-    if (st == TG_OK && tokens && tokens->has_tokens) {
-        if (rc != TG_OK) {
+    /*
+     * a reservation and an admission: held until the response has ended
+     * (the 500 above too), then settled and released
+     */
+
+    if (st == TG_OK && rc != TG_OK) {
+        if (tokens) {
             answer->tokens = *tokens;
         }
 
-        ngx_http_tollgate_tokens_hold(r, ctx);
+        if (in_flight) {
+            answer->in_flight = *in_flight;
+        }
+    }
+
+    if (st == TG_OK && ngx_http_tollgate_hold(r, ctx) != NGX_OK) {
+        /* released already: the request must not run without its unit */
+        ngx_memzero(answer, sizeof(tg_answer));
+        answer->size = sizeof(tg_answer);
+        answer->http_status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        answer->outcome = TG_OUTCOME_ERROR;
+        ctx->failed = 1;
+    }
+
+    if (st != TG_OK && in_flight && in_flight->admission) {
+        /* not answered as a decision, so not passed on: nothing would
+         * release a unit the core took */
+        (void) tg_release(zone->limiter, in_flight->admission,
+                          TG_END_FAILED, NULL);
     }
 
     if (answer->would_status) {
@@ -645,7 +682,7 @@ ngx_http_tollgate_answer(ngx_http_request_t *r, ngx_http_tollgate_ctx_t *ctx,
                       ngx_http_tollgate_log_escape(&a, abuf, &ctx->account),
                       ngx_http_tollgate_log_escape(&m, mbuf, &ctx->model),
                       &ngx_http_tollgate_limited_by[
-                          by <= TG_LIMIT_TOKENS_DAY ? by : TG_LIMIT_NONE],
+                          by <= TG_LIMIT_IN_FLIGHT ? by : TG_LIMIT_NONE],
                       &zone->name);
     }
 

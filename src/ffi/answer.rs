@@ -106,6 +106,10 @@ pub struct tg_answer {
     /// key has no token limit or there was no decision. Settle
     /// `tokens.ticket` with tg_settle once the response has ended.
     pub tokens: super::tg_tokens,
+    /// Since 0.4: the decision's requests in flight; `has_in_flight` 0
+    /// when the key has no in-flight limit. Release `in_flight.admission`
+    /// with tg_release once the request has ended, whatever ended it.
+    pub in_flight: super::tg_in_flight,
 }
 
 /// sizeof(tg_answer) before `tokens` (0.3, and 0: the first layout).
@@ -193,12 +197,49 @@ pub extern "C" fn tg_answer_for_tokens(
     refuse_status: u32,
     out: *mut tg_answer,
 ) -> tg_status {
+    tg_answer_for_units(
+        status,
+        decision,
+        tokens,
+        std::ptr::null(),
+        model,
+        model_len,
+        flags,
+        refuse_status,
+        out,
+    )
+}
+
+/// tg_answer_for_tokens with the decision's requests in flight too
+/// (`in_flight`, from tg_check_units; NULL or `has_in_flight` 0: none), so
+/// that the answer carries x-ratelimit-limit-in-flight and
+/// x-ratelimit-in-flight, answers a refusal for in-flight, and holds the
+/// admission in `out->in_flight`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn tg_answer_for_units(
+    status: tg_status,
+    decision: *const tg_decision,
+    tokens: *const super::tg_tokens,
+    in_flight: *const super::tg_in_flight,
+    model: *const c_char,
+    model_len: usize,
+    flags: u32,
+    refuse_status: u32,
+    out: *mut tg_answer,
+) -> tg_status {
     guard(|| {
         // SAFETY: NULL or a readable tg_tokens by contract.
         let tokens = match unsafe { tokens.as_ref() } {
             None => None,
             Some(t) if !super::sized::<super::tg_tokens>(t.size) => return TG_E_INVALID,
             Some(t) => super::tokens_from_c(t),
+        };
+        // SAFETY: NULL or a readable tg_in_flight by contract.
+        let in_flight = match unsafe { in_flight.as_ref() } {
+            None => None,
+            Some(f) if !super::sized::<super::tg_in_flight>(f.size) => return TG_E_INVALID,
+            Some(f) => super::in_flight_from_c(f),
         };
         let opts = match options(flags, refuse_status) {
             Ok(o) => o,
@@ -213,7 +254,11 @@ pub extern "C" fn tg_answer_for_tokens(
         let event = match status {
             TG_OK => {
                 d = match decision_arg(decision) {
-                    Ok(d) => crate::Decision { tokens, ..d },
+                    Ok(d) => crate::Decision {
+                        tokens,
+                        in_flight,
+                        ..d
+                    },
                     Err(s) => return s,
                 };
                 Event::Decided(&d)
@@ -273,6 +318,7 @@ fn write_answer(a: &Answer, out: *mut tg_answer) -> tg_status {
         model_len: echoed.len() as u32,
         model: m,
         tokens: super::tokens_to_c(a.decision().and_then(|d| d.tokens.as_ref())),
+        in_flight: super::in_flight_to_c(a.decision().and_then(|d| d.in_flight.as_ref())),
     };
     // SAFETY: the caller's struct holds `n` writable bytes (its `size`
     // says which layout it is), and `full` is a whole tg_answer.
@@ -302,6 +348,7 @@ const EMPTY: crate::Decision = crate::Decision {
     },
     retry_after: 0,
     tokens: None,
+    in_flight: None,
 };
 
 /// A request as an HTTP binding holding the whole body sees it, for
@@ -418,6 +465,7 @@ fn answer_arg(answer: *const tg_answer) -> Result<Answer, tg_status> {
         _ => {
             let mut d = decision_arg(&a.decision)?;
             d.tokens = super::tokens_from_c(&a.tokens);
+            d.in_flight = super::in_flight_from_c(&a.in_flight);
             Some(d)
         }
     };
@@ -478,19 +526,21 @@ pub struct tg_header_field {
 }
 
 /// Most headers an answer has (six x-ratelimit-*, since 0.4 six more for
-/// tokens, retry-after, x-should-retry, content-type): a `fields` array
-/// this long always suffices. An answer without token headers has at most
-/// 9 (this constant before 0.4).
-pub const TG_ANSWER_HEADERS_MAX: u32 = 15;
+/// tokens and two for in-flight, retry-after, x-should-retry,
+/// content-type): a `fields` array this long always suffices. An answer
+/// without token or in-flight headers has at most 9 (this constant before
+/// 0.4).
+pub const TG_ANSWER_HEADERS_MAX: u32 = 17;
 /// Bytes of buffer tg_answer_header_fields needs at most (20 per number:
 /// a buffer this big always suffices; 160 without token headers).
-pub const TG_ANSWER_HEADER_BYTES: u32 = 260;
+pub const TG_ANSWER_HEADER_BYTES: u32 = 300;
 
 /// Bytes of `buf` each number takes (u64::MAX has 20 digits).
 const NUMBER_SLOT: usize = 20;
-/// Numbers among an answer's headers: the six, the six for tokens and
-/// retry-after (the other two are the library's static text).
-const NUMBERS_MAX: usize = 13;
+/// Numbers among an answer's headers: the six, the six for tokens, the
+/// two for in-flight and retry-after (the other two are the library's
+/// static text).
+const NUMBERS_MAX: usize = 15;
 const _: () = assert!(TG_ANSWER_HEADERS_MAX as usize == crate::answer::HEADERS_MAX);
 const _: () = assert!(TG_ANSWER_HEADER_BYTES as usize >= NUMBER_SLOT * NUMBERS_MAX);
 
@@ -657,6 +707,7 @@ mod tests {
             model_len: 0,
             model: [0; 64],
             tokens: tokens_to_c(None),
+            in_flight: crate::ffi::in_flight_to_c(None),
         }
     }
 
@@ -810,6 +861,11 @@ mod tests {
                 reserved: u32::MAX,
                 ticket: None,
             }),
+            in_flight: Some(crate::InFlight {
+                limit: u32::MAX,
+                in_use: u32::MAX,
+                admission: None,
+            }),
         };
         let allowed = crate::Decision {
             allowed: true,
@@ -825,6 +881,9 @@ mod tests {
                     tg_answer_for_tokens(TG_OK, &c, &t, c"m".as_ptr(), 1, flags, 0, &mut a),
                     TG_OK
                 );
+                // (no answer call takes a tg_in_flight yet: set as a
+                // decision with one would leave it)
+                a.in_flight = crate::ffi::in_flight_to_c(d.in_flight.as_ref());
                 answers.push(a);
             }
         }
@@ -866,7 +925,7 @@ mod tests {
                 assert_eq!(fields_text(a, n - 1, BYTES).1, n);
             }
         }
-        // the refusal: thirteen numbers of the widest kind in thirteen
+        // the refusal: fifteen numbers of the widest kind in fifteen
         // slots of 20 bytes, then x-should-retry and the type, static text
         let (st, n, text) = fields_text(&answers[0], MAX, BYTES);
         assert_eq!((st, n), (TG_OK, MAX));
@@ -875,8 +934,8 @@ mod tests {
         assert!(text.contains("retry-after: 4294967295\n"));
         // a wait of 136 years is no retry
         assert!(text.ends_with("x-should-retry: false\ncontent-type: application/json\n"));
-        assert_eq!(fields_text(&answers[0], MAX, 259).0, TG_E_BUFFER_TOO_SMALL);
-        assert_eq!(fields_text(&answers[0], MAX, 260).0, TG_OK);
+        assert_eq!(fields_text(&answers[0], MAX, 299).0, TG_E_BUFFER_TOO_SMALL);
+        assert_eq!(fields_text(&answers[0], MAX, 300).0, TG_OK);
         let mut n = 0;
         assert_eq!(
             tg_answer_header_fields(

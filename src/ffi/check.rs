@@ -146,6 +146,7 @@ pub(super) fn from_c(d: &tg_decision) -> Option<Decision> {
         TG_LIMIT_DAY => LimitedBy::Day,
         super::TG_LIMIT_TOKENS_MINUTE => LimitedBy::TokensMinute,
         super::TG_LIMIT_TOKENS_DAY => LimitedBy::TokensDay,
+        super::TG_LIMIT_IN_FLIGHT => LimitedBy::InFlight,
         _ => return None,
     };
     Some(Decision {
@@ -163,6 +164,7 @@ pub(super) fn from_c(d: &tg_decision) -> Option<Decision> {
         },
         retry_after: d.retry_after,
         tokens: None,
+        in_flight: None,
     })
 }
 
@@ -173,7 +175,9 @@ pub(super) fn from_c(d: &tg_decision) -> Option<Decision> {
 /// most decisions are the same, and one that needs more quota makes a round
 /// trip to Redis (at most the store's deadline), or returns TG_PENDING with
 /// TG_REQUEST_NO_WAIT. A key with a token limit reserves `req->tokens`;
-/// tg_check_tokens also gives the ticket that settles it.
+/// tg_check_tokens also gives the ticket that settles it. A key with an
+/// in-flight limit is TG_E_NO_IN_FLIGHT, decided nothing: tg_check_units
+/// decides it and hands out the admission to release.
 #[no_mangle]
 pub extern "C" fn tg_check(
     limiter: *const tg_limiter,
@@ -182,7 +186,7 @@ pub extern "C" fn tg_check(
     out: *mut tg_decision,
 ) -> tg_status {
     guard(|| {
-        decide(limiter, req, now_ms, out, |d| {
+        decide(limiter, req, now_ms, out, false, |d| {
             // SAFETY: `decide` checked `out` non-null; writable by contract.
             unsafe { *out = to_c(d) }
         })
@@ -197,6 +201,7 @@ pub(super) fn decide(
     req: *const tg_request,
     now_ms: u64,
     out: *mut tg_decision,
+    admits: bool,
     put: impl FnOnce(&Decision),
 ) -> tg_status {
     // SAFETY: NULL or live objects by contract.
@@ -249,7 +254,7 @@ pub(super) fn decide(
         handle,
         no_wait: flags & TG_REQUEST_NO_WAIT != 0,
     };
-    match l.inner.check(&request, now_ms) {
+    match l.inner.check_as(&request, now_ms, admits) {
         Ok(d) => {
             put(&d);
             TG_OK

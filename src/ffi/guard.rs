@@ -32,6 +32,7 @@ pub(super) fn status_of(e: &Error) -> tg_status {
         Error::CostTooLarge => TG_E_COST_TOO_LARGE,
         Error::TokensTooLarge { .. } => TG_E_TOKENS_TOO_LARGE,
         Error::NoTokenWindows => TG_E_NO_TOKEN_WINDOWS,
+        Error::NoInFlight(_) => TG_E_NO_IN_FLIGHT,
         Error::TableFull => TG_E_TABLE_FULL,
         Error::ModelTableFull => TG_E_MODEL_TABLE_FULL,
         Error::NoSpace { .. } => TG_E_NO_SPACE,

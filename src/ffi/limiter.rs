@@ -106,7 +106,26 @@ pub struct tg_stats {
     /// wrong clock, since corrected) and re-dated them to the current
     /// window, since the region was formatted: a metric to alert on.
     pub clock_faults: u64,
+    /// Since 0.4 (written only when `size` covers it): 1 if the table has
+    /// the in-flight areas and the fields below are its, else 0.
+    pub has_in_flight: u32,
+    /// Requests admitted and not yet released, over every key.
+    pub in_flight: u64,
+    /// Releases of requests that ran to their end (tg_release with any
+    /// TG_END_* but TG_END_CUT), since formatting.
+    pub released_completed: u64,
+    /// Releases of requests cut short (TG_END_CUT: client gone, upstream
+    /// error, a cancelled handler).
+    pub released_aborted: u64,
+    /// Units given back from processes found dead.
+    pub reclaimed: u64,
+    /// Admissions refused for in-flight (TG_LIMIT_IN_FLIGHT).
+    pub refused_in_flight: u64,
 }
+
+/// sizeof(tg_stats) before the in-flight counters (0.3, and 0: the first
+/// layout).
+const STATS_SIZE_0_3: usize = std::mem::offset_of!(tg_stats, has_in_flight);
 
 /// Bytes a region of `slots` slots needs; 0 for an invalid count (0 or more
 /// than 2^30).
@@ -492,21 +511,36 @@ pub extern "C" fn tg_limiter_stats(
             return TG_E_NULL;
         };
         // SAFETY: non-null, readable by contract.
-        if !sized::<tg_stats>(unsafe { (*out).size }) {
-            return TG_E_INVALID;
-        }
+        let bytes = match unsafe { (*out).size } as usize {
+            0 | STATS_SIZE_0_3 => STATS_SIZE_0_3,
+            n if n >= std::mem::size_of::<tg_stats>() => std::mem::size_of::<tg_stats>(),
+            _ => return TG_E_INVALID,
+        };
         let s = l.inner.stats(now_ms);
-        // SAFETY: non-null, writable for at least this layout (checked).
+        let f = s.in_flight.unwrap_or_default();
+        let all = tg_stats {
+            size: bytes as u32,
+            clock_faults: s.clock_faults,
+            slots: s.slots,
+            used: s.used,
+            table_full: s.table_full,
+            region_bytes: s.bytes as u64,
+            layout_version: s.layout_version,
+            has_in_flight: u32::from(s.in_flight.is_some()),
+            in_flight: f.in_use,
+            released_completed: f.completed,
+            released_aborted: f.aborted,
+            reclaimed: f.reclaimed,
+            refused_in_flight: f.refused,
+        };
+        // SAFETY: non-null, writable for `bytes` (the caller's layout, at
+        // most ours: checked); a byte copy of plain data, no overlap.
         unsafe {
-            *out = tg_stats {
-                size: std::mem::size_of::<tg_stats>() as u32,
-                clock_faults: s.clock_faults,
-                slots: s.slots,
-                used: s.used,
-                table_full: s.table_full,
-                region_bytes: s.bytes as u64,
-                layout_version: s.layout_version,
-            }
+            std::ptr::copy_nonoverlapping(
+                (&all as *const tg_stats).cast::<u8>(),
+                out.cast::<u8>(),
+                bytes,
+            )
         };
         TG_OK
     })

@@ -14,6 +14,9 @@ pub const TG_LIMIT_TOKENS_MINUTE: u32 = 3;
 /// The token day window (TPD) refused (reported whenever the token day is
 /// exhausted and the request day is not).
 pub const TG_LIMIT_TOKENS_DAY: u32 = 4;
+/// The key had its max_in_flight requests running (no window: no
+/// retry-after; since 0.4).
+pub const TG_LIMIT_IN_FLIGHT: u32 = 5;
 
 /// A reservation of tokens to settle once (tg_settle). Plain data: copy it
 /// anywhere; all zero is "no reservation".
@@ -107,7 +110,8 @@ pub(super) fn tokens_from_c(t: &tg_tokens) -> Option<TokenWindows> {
 /// `out->limited_by` is TG_LIMIT_TOKENS_MINUTE or TG_LIMIT_TOKENS_DAY and
 /// nothing is charged anywhere. TG_E_TOKENS_TOO_LARGE when the reservation
 /// exceeds the key's smaller token limit (never admissible: answer 400);
-/// TG_E_NO_TOKEN_WINDOWS on a table formatted before 0.4.
+/// TG_E_NO_TOKEN_WINDOWS on a table formatted before 0.4. A key with an
+/// in-flight limit is TG_E_NO_IN_FLIGHT, as with tg_check.
 #[no_mangle]
 pub extern "C" fn tg_check_tokens(
     limiter: *const tg_limiter,
@@ -122,7 +126,7 @@ pub extern "C" fn tg_check_tokens(
         if t.as_ref().is_some_and(|t| !sized::<tg_tokens>(t.size)) {
             return TG_E_INVALID;
         }
-        super::check::decide(limiter, req, now_ms, out, |d| {
+        super::check::decide(limiter, req, now_ms, out, false, |d| {
             // SAFETY: `decide` checked `out` non-null; writable by contract.
             unsafe { *out = to_c(d) };
             if let Some(t) = t {
@@ -176,10 +180,7 @@ pub extern "C" fn tg_decision_tokens_header_pairs(
     f: tg_header_fn,
     ctx: *mut c_void,
 ) -> tg_status {
-    guard(|| match with_tokens(decision, tokens) {
-        Ok(d) => super::render::emit_pairs(&d, f, ctx),
-        Err(s) => s,
-    })
+    super::tg_decision_units_header_pairs(decision, tokens, std::ptr::null(), f, ctx)
 }
 
 /// As tg_decision_ietf_header_pairs, with the key's token windows
@@ -193,26 +194,7 @@ pub extern "C" fn tg_decision_tokens_ietf_header_pairs(
     f: tg_header_fn,
     ctx: *mut c_void,
 ) -> tg_status {
-    guard(|| match with_tokens(decision, tokens) {
-        Ok(d) => super::render::emit_ietf(&d, now_ms, f, ctx),
-        Err(s) => s,
-    })
-}
-
-/// A decision with its token windows, if any.
-fn with_tokens(
-    decision: *const tg_decision,
-    tokens: *const tg_tokens,
-) -> Result<crate::Decision, tg_status> {
-    let mut d = super::check::decision_arg(decision)?;
-    // SAFETY: NULL or a readable tg_tokens by contract.
-    if let Some(t) = unsafe { tokens.as_ref() } {
-        if !sized::<tg_tokens>(t.size) {
-            return Err(TG_E_INVALID);
-        }
-        d.tokens = tokens_from_c(t);
-    }
-    Ok(d)
+    super::tg_decision_units_ietf_header_pairs(decision, tokens, std::ptr::null(), now_ms, f, ctx)
 }
 
 /// The tokens a request whose body the scan read reserves (`*tokens`):

@@ -547,3 +547,160 @@ fn a_token_peek_and_the_operator_views_show_the_last_grants_counts() {
     let u = l.key_usage(b"k", MODEL.as_bytes(), t).unwrap().unwrap();
     assert_eq!((u.tokens_minute, u.tokens_day), (1_200, 1_200));
 }
+
+// In-flight limits across hosts (`lease::in_flight`): the store's set of
+// admissions, shared by hosts, renewed by each, and the down policies.
+
+fn in_flight_policy(rpm: u32, rpd: u32) -> Policy {
+    Policy::parse(
+        &format!("[models]\n\"DeepSeek-V3.1\" = {{ region = \"EU\" }}\n[tiers.developer]\n\"DeepSeek-V3.1\" = {{ rpm = {rpm}, rpd = {rpd}, max_in_flight = 4 }}\n"),
+        "t",
+    )
+    .unwrap()
+}
+
+fn in_flight_host(store: &Arc<MemoryStore>, opts: LeaseOptions) -> Limiter {
+    in_flight_host_of(store, opts, in_flight_policy(30, 15_000))
+}
+
+fn in_flight_host_of(store: &Arc<MemoryStore>, opts: LeaseOptions, policy: Policy) -> Limiter {
+    let mut l = LimiterOptions::new()
+        .leases(true)
+        .build(&policy, 64)
+        .unwrap();
+    let dyn_store: Arc<dyn QuotaStore> = store.clone();
+    l.connect_store(dyn_store, opts).unwrap();
+    l
+}
+
+fn in_flight_tag(account: &str) -> Tag {
+    crate::store::Tag::for_unit(account.as_bytes(), MODEL, crate::store::Unit::InFlight)
+}
+
+fn members(s: &MemoryStore, account: &str) -> u32 {
+    s.in_flight_peek(&in_flight_tag(account))
+}
+
+/// Admits up to `n`; the admissions held.
+fn hold(l: &Limiter, account: &str, n: u32, t: u64) -> Vec<crate::Admission> {
+    (0..n)
+        .filter_map(|_| {
+            let d = l.check(&req(account), t).unwrap();
+            let f = d.in_flight.unwrap();
+            assert_eq!(d.allowed, f.admission.is_some());
+            if !d.allowed {
+                assert_eq!(d.limited_by, crate::LimitedBy::InFlight, "{d:?}");
+            }
+            f.admission
+        })
+        .collect()
+}
+
+#[test]
+fn hosts_sharing_an_in_flight_limit_admit_exactly_the_limit() {
+    let s = store();
+    let a = in_flight_host(&s, opts(2, DownPolicy::Local));
+    let b = in_flight_host(&s, opts(2, DownPolicy::Local));
+    let t = now();
+    let held_a = hold(&a, "k", 3, t);
+    let held_b = hold(&b, "k", 3, t);
+    assert_eq!((held_a.len(), held_b.len()), (3, 1));
+    assert_eq!(members(&s, "k"), 4);
+    let d = b.check(&req("k"), t).unwrap();
+    assert_eq!(d.in_flight.unwrap().in_use, 4);
+    // A release is queued to the lease thread; then the unit is anyone's.
+    a.release(held_a[0], crate::Ending::Complete).unwrap();
+    assert!(a.release(held_a[0], crate::Ending::Complete).is_err());
+    eventually("the release applied", || members(&s, "k") == 3);
+    assert_eq!(hold(&b, "k", 2, t).len(), 1);
+    // The windows charged only the admitted: 4 + 1 (the day's count: the
+    // minute may close under a slow run, miri's, and keep what it was
+    // leased).
+    drop((a, b));
+    assert_eq!(s.peek(&tag("k"), at(t)).unwrap().day_count, 5);
+}
+
+#[test]
+fn a_window_refusal_gives_the_in_flight_unit_back() {
+    let s = store();
+    // A day of 3 (a minute could end under a slow run, miri's).
+    let a = in_flight_host_of(&s, opts(1, DownPolicy::Local), in_flight_policy(3, 3));
+    let t = now();
+    // The day's 3 spent by requests that ended at once.
+    for _ in 0..3 {
+        let h = hold(&a, "k", 1, t);
+        a.release(h[0], crate::Ending::Complete).unwrap();
+        // Released in the store by the lease thread, at once.
+        eventually("the release applied", || members(&s, "k") == 0);
+    }
+    let d = a.check(&req("k"), t).unwrap();
+    assert!(!d.allowed && d.limited_by == crate::LimitedBy::Day, "{d:?}");
+    eventually("every member removed", || members(&s, "k") == 0);
+}
+
+#[test]
+fn a_host_that_stops_renewing_loses_its_units_within_the_bound() {
+    let s = store();
+    let t = now();
+    s.set_now(crate::now_ms());
+    let a = in_flight_host(&s, opts(2, DownPolicy::Local));
+    let b = in_flight_host(&s, opts(2, DownPolicy::Local));
+    assert_eq!(hold(&a, "k", 3, t).len(), 3);
+    let kept = hold(&b, "k", 1, t);
+    assert_eq!(hold(&b, "k", 1, t).len(), 0);
+    // Host a killed: nothing releases or renews its members.
+    drop(a);
+    // The store's clock a whole life (HOST_LIVES beats) later: a's
+    // members are gone; b's come back with its next renewal.
+    s.set_now(crate::now_ms() + 3_001);
+    eventually("b's member renewed, a's expired", || members(&s, "k") == 1);
+    assert_eq!(hold(&b, "k", 4, t).len(), 3);
+    b.release(kept[0], crate::Ending::Cut).unwrap();
+}
+
+#[test]
+fn in_flight_follows_the_down_policy_and_is_pushed() {
+    let s = store();
+    s.fail(Fault::Down);
+    // Two hosts: this one's share is 4 / 2.
+    let local = in_flight_host(&s, opts(2, DownPolicy::Local));
+    let t = now();
+    let held = hold(&local, "k", 5, t);
+    assert_eq!(held.len(), 2);
+    let open = in_flight_host(&s, opts(2, DownPolicy::Open));
+    assert_eq!(hold(&open, "o", 6, t).len(), 6);
+    let closed = in_flight_host(&s, opts(2, DownPolicy::Closed));
+    let d = closed.check(&req("c"), t).unwrap();
+    assert!(
+        !d.allowed && d.limited_by == crate::LimitedBy::InFlight,
+        "{d:?}"
+    );
+    assert_eq!(closed.stats(t).in_flight.unwrap().in_use, 0);
+    // Back: what was admitted meanwhile is pushed by the renewals.
+    s.heal();
+    eventually("the admissions pushed", || {
+        members(&s, "k") == 2 && members(&s, "o") == 6
+    });
+    // Exact again: 2 more for "k", none for "o" (6 over its 4).
+    assert_eq!(hold(&local, "k", 4, t).len(), 2);
+    assert_eq!(hold(&open, "o", 1, t).len(), 0);
+}
+
+#[test]
+fn an_admission_whose_reply_was_lost_counts_once_or_goes_back() {
+    let s = store();
+    let t = now();
+    // Closed: refused, and the member that went in is taken out again.
+    let closed = in_flight_host(&s, opts(1, DownPolicy::Closed));
+    s.fail(Fault::Timeout { applied: true });
+    assert!(!closed.check(&req("c"), t).unwrap().allowed);
+    // Local: admitted in its share, kept in the store, counted once.
+    let local = in_flight_host(&s, opts(1, DownPolicy::Local));
+    assert_eq!(hold(&local, "k", 1, t).len(), 1);
+    s.heal();
+    eventually("the refused member removed, the admitted kept", || {
+        members(&s, "c") == 0 && members(&s, "k") == 1
+    });
+    std::thread::sleep(Duration::from_millis(1_200));
+    assert_eq!(members(&s, "k"), 1);
+}

@@ -163,7 +163,7 @@ impl Joined {
                 p.model_id,
                 &refused,
                 limits,
-                tokens,
+                u64::from(tokens),
                 now_ms,
             );
             return Ok(d);

@@ -46,6 +46,9 @@ pub(super) enum Job {
         units: u32,
         at: Instant,
     },
+    /// An in-flight admission that ended (or was refused after the store
+    /// admitted it): its member out of the key's set. Idempotent.
+    Unhold { tag: Tag, member: String },
     /// A grant whose reply did not come: asked again under its id, it
     /// answers what it charged (or charges now), and that goes back.
     Recover {
@@ -278,9 +281,13 @@ impl Inner {
                 self.look_at_eviction();
             }
             self.flush();
-            if self.opts.hosts == 0 && last_beat.elapsed() >= hosts::EVERY {
+            if last_beat.elapsed() >= hosts::EVERY {
                 last_beat = std::time::Instant::now();
-                self.beat();
+                if self.opts.hosts == 0 {
+                    self.beat();
+                }
+                // In-flight members live HOST_LIVES beats unless renewed.
+                self.renew_in_flight();
             }
             // The time between two looks at the keys, for `lease_size`.
             let round = last_top_up.elapsed().max(tick);
@@ -402,6 +409,15 @@ impl Inner {
                         .fetch_add(minute.max(day) as u64, Relaxed);
                 }
                 Job::Recover { .. } => recovers.push(job),
+                Job::Unhold { tag, member } => match self.store.in_flight_release(&tag, &member) {
+                    Ok(_) => self.answered(),
+                    Err(e) if e.is_unavailable() => {
+                        self.failed(&e);
+                        left.push(Job::Unhold { tag, member });
+                    }
+                    // Redis answered with an error: retrying will not help.
+                    Err(_) => {}
+                },
                 _ => applies.push(job),
             }
         }
@@ -498,7 +514,7 @@ impl Inner {
                         at: *at,
                     })
                 }
-                Job::Recover { .. } => None,
+                Job::Recover { .. } | Job::Unhold { .. } => None,
             })
             .collect();
         let mut pushed = (0, 0);

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use super::gate::Gate;
 use super::{
-    windows, Applied, Ask, Counts, Eviction, Grant, Instant, OpId, QuotaStore, StoreError,
-    StoreOptions, StoreStats, Tag, DAY_GRACE, GRANT_RECORD_TTL, HOST_LIVES, MINUTE_GRACE,
+    windows, Applied, Ask, Counts, Eviction, Grant, InFlightAdmit, Instant, OpId, QuotaStore,
+    StoreError, StoreOptions, StoreStats, Tag, DAY_GRACE, GRANT_RECORD_TTL, HOST_LIVES,
+    MINUTE_GRACE,
 };
 use crate::window::{MS_PER_DAY, MS_PER_MINUTE};
 
@@ -69,6 +70,8 @@ struct Data {
     records: HashMap<(Tag, u8, OpId), (u64, u64)>,
     /// Live hosts: id to expiry.
     hosts: HashMap<String, u64>,
+    /// In-flight sets: tag to member to expiry.
+    in_flight: HashMap<Tag, HashMap<String, u64>>,
     eviction: Eviction,
     fault: Option<Fault>,
     /// Fixed by the test (`set_now`), else the system clock.
@@ -133,6 +136,7 @@ impl MemoryStore {
         let mut d = self.lock();
         d.counts.clear();
         d.records.clear();
+        d.in_flight.clear();
     }
 
     /// Drops `tag`'s counts, as an eviction would, and counts them evicted.
@@ -167,6 +171,15 @@ impl MemoryStore {
             d.counts.insert((tag.clone(), w), Count { n, expires_ms });
         }
         Ok(())
+    }
+
+    /// The live members of `tag`'s in-flight set, whatever the fault.
+    pub fn in_flight_peek(&self, tag: &Tag) -> u32 {
+        let d = self.lock();
+        let now = d.now();
+        d.in_flight
+            .get(tag)
+            .map_or(0, |s| s.values().filter(|&&e| e > now).count() as u32)
     }
 
     /// The counts of `tag` at `at` as they stand, whatever the fault.
@@ -302,6 +315,10 @@ impl Data {
         self.counts.retain(|_, c| c.expires_ms > now);
         self.records.retain(|_, (_, e)| *e > now);
         self.hosts.retain(|_, e| *e > now);
+        for set in self.in_flight.values_mut() {
+            set.retain(|_, e| *e > now);
+        }
+        self.in_flight.retain(|_, set| !set.is_empty());
     }
 
     fn counts_of(&self, tag: &Tag, minute: u64, day: u64) -> Counts {
@@ -438,6 +455,97 @@ impl QuotaStore for MemoryStore {
         )
     }
 
+    fn in_flight_admit(
+        &self,
+        tag: &Tag,
+        member: &str,
+        max: u32,
+        every: Duration,
+    ) -> Result<InFlightAdmit, StoreError> {
+        let life = (every * HOST_LIVES).as_millis() as u64;
+        self.call(
+            tag,
+            |a: &InFlightAdmit| a.replayed,
+            |d| {
+                let now = d.now();
+                d.expire(now);
+                let set = d.in_flight.entry(tag.clone()).or_default();
+                let replayed = set.contains_key(member);
+                let admitted = replayed || (set.len() as u64) < max as u64;
+                if admitted {
+                    set.insert(member.to_string(), now + life);
+                }
+                let count = set.len() as u32;
+                if set.is_empty() {
+                    d.in_flight.remove(tag);
+                }
+                InFlightAdmit {
+                    admitted,
+                    replayed,
+                    count,
+                }
+            },
+        )
+    }
+
+    fn in_flight_release(&self, tag: &Tag, member: &str) -> Result<u32, StoreError> {
+        self.call(
+            tag,
+            |_| false,
+            |d| {
+                let now = d.now();
+                d.expire(now);
+                let Some(set) = d.in_flight.get_mut(tag) else {
+                    return 0;
+                };
+                set.remove(member);
+                let n = set.len() as u32;
+                if n == 0 {
+                    d.in_flight.remove(tag);
+                }
+                n
+            },
+        )
+    }
+
+    fn in_flight_renew(
+        &self,
+        tag: &Tag,
+        members: &[String],
+        every: Duration,
+    ) -> Result<u32, StoreError> {
+        let life = (every * HOST_LIVES).as_millis() as u64;
+        self.call(
+            tag,
+            |_| false,
+            |d| {
+                let now = d.now();
+                d.expire(now);
+                if members.is_empty() {
+                    return d.in_flight.get(tag).map_or(0, |s| s.len() as u32);
+                }
+                let set = d.in_flight.entry(tag.clone()).or_default();
+                for m in members {
+                    set.insert(m.clone(), now + life);
+                }
+                set.len() as u32
+            },
+        )
+    }
+
+    fn in_flight_count(&self, tag: &Tag) -> Result<u32, StoreError> {
+        self.call(
+            tag,
+            |_| false,
+            |d| {
+                let now = d.now();
+                d.in_flight
+                    .get(tag)
+                    .map_or(0, |s| s.values().filter(|&&e| e > now).count() as u32)
+            },
+        )
+    }
+
     fn eviction(&self) -> Result<Eviction, StoreError> {
         let tag = Tag::new(b"eviction").expect("a valid tag");
         self.call(&tag, |_| false, |d| d.eviction.clone())
@@ -481,6 +589,36 @@ mod tests {
             },
             hosts,
         }
+    }
+
+    #[test]
+    fn in_flight_sets_admit_to_the_limit_once_per_member_and_expire() {
+        let s = store();
+        let t = Tag::new(b"f").unwrap();
+        let every = Duration::from_secs(1);
+        let a = s.in_flight_admit(&t, "h1:1", 2, every).unwrap();
+        assert_eq!((a.admitted, a.replayed, a.count), (true, false, 1));
+        // A retried admission counts once.
+        let a = s.in_flight_admit(&t, "h1:1", 2, every).unwrap();
+        assert_eq!((a.admitted, a.replayed, a.count), (true, true, 1));
+        assert!(s.in_flight_admit(&t, "h2:1", 2, every).unwrap().admitted);
+        let a = s.in_flight_admit(&t, "h2:2", 2, every).unwrap();
+        assert_eq!((a.admitted, a.count), (false, 2));
+        // Released twice: once.
+        assert_eq!(s.in_flight_release(&t, "h1:1").unwrap(), 1);
+        assert_eq!(s.in_flight_release(&t, "h1:1").unwrap(), 1);
+        assert!(s.in_flight_admit(&t, "h2:2", 2, every).unwrap().admitted);
+        // h2 renews; "h2:1" is not renewed and expires after 3 beats.
+        s.set_now(NOW + 2_500);
+        assert_eq!(s.in_flight_renew(&t, &["h2:2".into()], every).unwrap(), 2);
+        s.set_now(NOW + 3_000);
+        assert_eq!(s.in_flight_count(&t).unwrap(), 1);
+        // A renewal adds what is missing (pushed after an outage).
+        assert_eq!(s.in_flight_renew(&t, &["h3:1".into()], every).unwrap(), 2);
+        s.set_now(NOW + 5_499);
+        assert_eq!(s.in_flight_count(&t).unwrap(), 2);
+        s.set_now(NOW + 6_000);
+        assert_eq!(s.in_flight_count(&t).unwrap(), 0);
     }
 
     #[test]

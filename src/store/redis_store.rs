@@ -26,9 +26,9 @@ use self::conn::{Conn, Pool, Target};
 use self::script::{Call, Op, Times};
 use super::gate::Gate;
 use super::{
-    Applied, ApplyCall, Ask, BreakerState, Counts, Eviction, Grant, GrantCall, Instant, OpId,
-    QuotaStore, StoreError, StoreOptions, StoreStats, Tag, DAY_GRACE, GRANT_RECORD_TTL, HOST_LIVES,
-    MINUTE_GRACE,
+    Applied, ApplyCall, Ask, BreakerState, Counts, Eviction, Grant, GrantCall, InFlightAdmit,
+    Instant, OpId, QuotaStore, StoreError, StoreOptions, StoreStats, Tag, DAY_GRACE,
+    GRANT_RECORD_TTL, HOST_LIVES, MINUTE_GRACE,
 };
 use crate::policy::Limits;
 
@@ -42,6 +42,7 @@ pub struct Store {
     gate: Gate,
     script: redis::Script,
     beat_script: redis::Script,
+    in_flight_script: redis::Script,
     times: Times,
     /// The lease thread's own connection, outside the pool, for the host
     /// heartbeat and the eviction looks: never on a decision's path.
@@ -82,6 +83,7 @@ impl Store {
             pool: Pool::new(opts.max_connections),
             script: script::script(),
             beat_script: redis::Script::new(include_str!("redis_store/beat.lua")),
+            in_flight_script: redis::Script::new(include_str!("redis_store/in_flight.lua")),
             side: Mutex::new(None),
             times: Times {
                 minute_grace_ms: MINUTE_GRACE.as_millis() as u64,
@@ -326,6 +328,39 @@ impl Store {
             *side = None;
             classify(e, during, deadline).scrubbed(&self.url)
         })
+    }
+
+    /// One run of `store/in_flight.lua` on `tag`'s set (one key, so one
+    /// Cluster slot), through the breaker, the pool and the deadline, as
+    /// every count-changing call.
+    fn in_flight<R: redis::FromRedisValue>(
+        &self,
+        tag: &Tag,
+        during: &'static str,
+        args: &[&[u8]],
+    ) -> Result<R, StoreError> {
+        let mut key = Vec::with_capacity(8 + tag.as_bytes().len());
+        key.extend_from_slice(b"tg:{");
+        key.extend_from_slice(tag.as_bytes());
+        key.extend_from_slice(b"}:f");
+        self.gate.call(
+            tag,
+            |_| false,
+            || {
+                let start = std::time::Instant::now();
+                self.on_pooled(start, self.opts.deadline, |c| {
+                    let mut inv = self.in_flight_script.key(&key[..]);
+                    for a in args {
+                        inv.arg(*a);
+                    }
+                    inv.invoke(c)
+                })
+                .map_err(|e| match e {
+                    StoreError::Timeout { after, .. } => StoreError::Timeout { after, during },
+                    e => e.scrubbed(&self.url),
+                })
+            },
+        )
     }
 
     /// One script call through the breaker, the pool and the deadline.
@@ -700,6 +735,53 @@ impl QuotaStore for Store {
                 .invoke(c)
         })?;
         Ok(n.max(1))
+    }
+
+    fn in_flight_admit(
+        &self,
+        tag: &Tag,
+        member: &str,
+        max: u32,
+        every: Duration,
+    ) -> Result<InFlightAdmit, StoreError> {
+        let life = (every * HOST_LIVES).as_millis().to_string();
+        let max = max.to_string();
+        let r: Vec<i64> = self.in_flight(
+            tag,
+            "admitting in flight",
+            &[b"a", life.as_bytes(), max.as_bytes(), member.as_bytes()],
+        )?;
+        match r[..] {
+            [a, p, n] => Ok(InFlightAdmit {
+                admitted: a == 1,
+                replayed: p == 1,
+                count: n.clamp(0, u32::MAX as i64) as u32,
+            }),
+            _ => Err(StoreError::Protocol(format!(
+                "in-flight admission: {} values",
+                r.len()
+            ))),
+        }
+    }
+
+    fn in_flight_release(&self, tag: &Tag, member: &str) -> Result<u32, StoreError> {
+        self.in_flight(tag, "releasing in flight", &[b"r", member.as_bytes()])
+    }
+
+    fn in_flight_renew(
+        &self,
+        tag: &Tag,
+        members: &[String],
+        every: Duration,
+    ) -> Result<u32, StoreError> {
+        let life = (every * HOST_LIVES).as_millis().to_string();
+        let mut args: Vec<&[u8]> = vec![b"n", life.as_bytes()];
+        args.extend(members.iter().map(|m| m.as_bytes()));
+        self.in_flight(tag, "renewing in flight", &args)
+    }
+
+    fn in_flight_count(&self, tag: &Tag) -> Result<u32, StoreError> {
+        self.in_flight(tag, "counting in flight", &[b"c"])
     }
 
     /// `INFO memory` and `INFO stats` (and `CONFIG GET` where INFO lacks

@@ -14,7 +14,7 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use super::settle::Settle;
+use super::settle::OnEnd;
 use super::{blocking, Config, CostOf, TierOf};
 use crate::answer::{method_is_limited, Answer, Event, HttpRequest, Options};
 use crate::{BodyError, Decision, Error};
@@ -104,22 +104,31 @@ impl Owned {
     }
 }
 
-/// The core's answer to `req`. Decided on the caller's thread when it needs
-/// no wait: always on a local table, and on a limiter joined to the quota
-/// store whenever the units it holds (or an open breaker) settle it. A
-/// decision that needs a round trip to the store is pending there, charging
-/// nothing, and is made again on a thread that may block (for at most the
-/// store's deadline), so the async runtime never waits for Redis.
-async fn decide(cfg: &Arc<Config>, req: Owned, now_ms: u64) -> Answer {
+/// The core's answer to `req`, and the guard of what it took (a token
+/// reservation, an in-flight unit), made with the decision so that nothing
+/// taken is lost however the request goes on. Decided on the caller's
+/// thread when it needs no wait: always on a local table, and on a limiter
+/// joined to the quota store whenever the units it holds (or an open
+/// breaker) settle it. A decision that needs a round trip to the store is
+/// pending there, charging nothing, and is made again on a thread that may
+/// block (for at most the store's deadline), so the async runtime never
+/// waits for Redis; its guard is made on that thread too, so a request
+/// whose client went away meanwhile ends as cut when the unread result is
+/// dropped.
+async fn decide(cfg: &Arc<Config>, req: Owned, now_ms: u64) -> (Answer, Option<Box<OnEnd>>) {
     if let Some(a) = cfg.limiter.try_answer(&req.as_http(), now_ms, &cfg.options) {
-        return a;
+        return (a, OnEnd::of(cfg, a.decision()));
     }
     let c = cfg.clone();
-    let waited = blocking::run(move || c.limiter.answer(&req.as_http(), now_ms, &c.options)).await;
+    let waited = blocking::run(move || {
+        let a = c.limiter.answer(&req.as_http(), now_ms, &c.options);
+        (a, OnEnd::of(&c, a.decision()))
+    })
+    .await;
     waited.unwrap_or_else(|| {
         // Only if the limiter panicked: answered as its failure (500).
         let e = Error::Invalid("the decision panicked");
-        Answer::new(Event::Failed(&e), b"", &cfg.options)
+        (Answer::new(Event::Failed(&e), b"", &cfg.options), None)
     })
 }
 
@@ -147,8 +156,8 @@ where
             body: Bytes::new(),
             cost: 0,
         };
-        let a = decide(&cfg, early, (cfg.clock)()).await;
-        return pass_or_answer(&cfg, inner, parts, body, a).await;
+        let (a, end) = decide(&cfg, early, (cfg.clock)()).await;
+        return pass_or_answer(inner, parts, body, a, end).await;
     };
     let bytes = match read(body, cfg.max_body).await {
         Ok(b) => b,
@@ -182,19 +191,21 @@ where
         cost,
     };
     // Decided at the time the whole body is in (a pending decision too).
-    let a = decide(&cfg, req, (cfg.clock)()).await;
-    if !a.passes() {
-        return Ok(answer(a));
-    }
-    pass_or_answer(&cfg, inner, parts, B::from(bytes), a).await
+    let (a, end) = decide(&cfg, req, (cfg.clock)()).await;
+    pass_or_answer(inner, parts, B::from(bytes), a, end).await
 }
 
+/// Calls the inner service with an answer that passes, else answers. `end`
+/// goes with the response: its body settles and releases when it ends.
+/// Until there is one, dropping `end` does it, as cut: the inner service
+/// failed (`?` below), or this future was dropped (the client went away
+/// first, and hyper dropped the request).
 async fn pass_or_answer<S, B, R>(
-    cfg: &Arc<Config>,
     mut inner: S,
     mut parts: Parts,
     body: B,
     a: Answer,
+    end: Option<Box<OnEnd>>,
 ) -> Result<Response<ResponseBody<R>>, S::Error>
 where
     S: tower::Service<Request<B>, Response = Response<R>>,
@@ -207,19 +218,14 @@ where
     if let Some(d) = a.decision() {
         parts.extensions.insert::<Decision>(*d);
     }
-    // A reservation is settled by the response body; until there is one,
-    // by this guard, as cut (the service failed, or this future was
-    // dropped: the client went away first).
-    let ticket = a.decision().and_then(|d| d.tokens).and_then(|t| t.ticket);
-    let settle = ticket.map(|t| Settle::new(cfg.clone(), t));
     let mut res = inner.call(Request::from_parts(parts, body)).await?;
     set_headers(res.headers_mut(), &a);
     res.extensions_mut().insert(a);
-    Ok(match settle {
+    Ok(match end {
         None => res.map(ResponseBody::inner),
-        Some(mut s) => {
-            s.head(res.status(), res.headers());
-            res.map(|b| ResponseBody::settling(b, s))
+        Some(mut e) => {
+            e.head(res.status(), res.headers());
+            res.map(|b| ResponseBody::guarded(b, e))
         }
     })
 }

@@ -177,9 +177,16 @@ static void test_struct_sizes(void) {
 
     tg_stats *exact = malloc(sizeof *exact);
     REQUIRE(exact != NULL);
-    exact->size = 0;
+    exact->size = sizeof *exact;
     CHECK_ST(tg_limiter_stats(l, T0, exact), TG_OK);
     CHECK_EQ(exact->size, sizeof *exact);
+    CHECK_EQ(exact->has_in_flight, 1);
+    /* 0 is the first layout (0.3's): the in-flight fields stay untouched */
+    memset(exact, 0xAB, sizeof *exact);
+    exact->size = 0;
+    CHECK_ST(tg_limiter_stats(l, T0, exact), TG_OK);
+    CHECK_EQ(exact->size, offsetof(tg_stats, has_in_flight));
+    CHECK_EQ(exact->has_in_flight, 0xABABABABu);
     free(exact);
 
     unsigned char small[8];
@@ -252,6 +259,114 @@ static int collect_pair(void *ctx, const char *name, size_t name_len, const char
     for (size_t i = 0; w && i + w <= value_len; i++)
         if (memcmp(value + i, p->want, w) == 0) p->found = 1;
     return 0;
+}
+
+/* ---------------------------------------------------------------- in flight */
+
+static const char *IN_FLIGHT_POLICY =
+    "[models]\nm = { region = \"EU\" }\n"
+    "[tiers.developer]\nm = { rpm = 100, rpd = 1000, max_in_flight = 2 }\n";
+
+static tg_answer in_flight_answer(tg_limiter *l) {
+    tg_http_request hr;
+    memset(&hr, 0, sizeof hr);
+    hr.size = sizeof hr;
+    hr.cost = 1;
+    hr.method = "POST";
+    hr.method_len = 4;
+    hr.account = "inf";
+    hr.account_len = 3;
+    hr.tier = "developer";
+    hr.tier_len = 9;
+    hr.body = "{\"model\":\"m\"}";
+    hr.body_len = strlen(hr.body);
+    tg_answer a;
+    memset(&a, 0, sizeof a);
+    a.size = sizeof a;
+    CHECK_ST(tg_answer_request(l, &hr, T0, 0, 0, &a), TG_OK);
+    return a;
+}
+
+/* Two at once admitted, the third a 429 without retry-after, a release
+ * lets the next in, a second release of the same admission is refused. */
+static void test_in_flight(void) {
+    tg_policy *p = NULL;
+    tg_limiter *l = NULL;
+    char err[256];
+    REQUIRE(tg_policy_parse(IN_FLIGHT_POLICY, strlen(IN_FLIGHT_POLICY), &p, err, sizeof err) == TG_OK);
+    REQUIRE(tg_limiter_new(p, 64, &l) == TG_OK);
+    tg_answer a = in_flight_answer(l);
+    tg_answer b = in_flight_answer(l);
+    CHECK_EQ(a.http_status, 0);
+    CHECK_EQ(a.in_flight.has_in_flight, 1);
+    CHECK_EQ(b.in_flight.in_use, 2);
+    CHECK(a.in_flight.admission != 0);
+    tg_answer c = in_flight_answer(l);
+    CHECK_EQ(c.http_status, 429);
+    CHECK_EQ(c.decision.limited_by, TG_LIMIT_IN_FLIGHT);
+    CHECK_EQ(c.in_flight.admission, 0);
+    struct pairs h = {.want = "2"};
+    CHECK_ST(tg_answer_headers(&c, collect_pair, &h), TG_OK);
+    CHECK(strcmp(h.last, "content-type") == 0);
+    uint32_t left = 9;
+    CHECK_ST(tg_release(l, a.in_flight.admission, TG_END_COMPLETE, &left), TG_OK);
+    CHECK_EQ(left, 1);
+    CHECK_ST(tg_release(l, a.in_flight.admission, TG_END_COMPLETE, NULL), TG_E_INVALID);
+    CHECK_ST(tg_release(l, b.in_flight.admission, 99, NULL), TG_E_INVALID);
+    CHECK_ST(tg_release(l, 0, TG_END_COMPLETE, NULL), TG_E_INVALID);
+    CHECK_ST(tg_release(NULL, b.in_flight.admission, TG_END_CUT, NULL), TG_E_NULL);
+    tg_answer d = in_flight_answer(l);
+    CHECK_EQ(d.http_status, 0);
+    CHECK_ST(tg_release(l, d.in_flight.admission, TG_END_COMPLETE, NULL), TG_OK);
+    CHECK_ST(tg_release(l, b.in_flight.admission, TG_END_CUT, &left), TG_OK);
+    CHECK_EQ(left, 0);
+    tg_stats st = {.size = sizeof st};
+    CHECK_ST(tg_limiter_stats(l, 1000, &st), TG_OK);
+    CHECK_EQ(st.has_in_flight, 1);
+    CHECK_EQ(st.in_flight, 0);
+    CHECK_EQ(st.released_completed, 2);
+    CHECK_EQ(st.released_aborted, 1);
+    CHECK_EQ(st.refused_in_flight, 1);
+    /* The step-by-step path (nginx's): tg_check_units, then the renderers
+     * given the in-flight state. tg_check has nowhere to put an admission. */
+    tg_request r;
+    memset(&r, 0, sizeof r);
+    r.size = sizeof r;
+    r.account = "inf2";
+    r.account_len = 4;
+    r.model = "m";
+    r.model_len = 1;
+    r.tier = TG_TIER_DEVELOPER;
+    r.cost = 1;
+    tg_decision dd;
+    CHECK_ST(tg_check(l, &r, T0, &dd), TG_E_NO_IN_FLIGHT);
+    tg_in_flight f1 = {.size = sizeof f1}, f2 = {.size = sizeof f2}, f3 = {.size = sizeof f3};
+    tg_decision d1, d2, d3;
+    CHECK_ST(tg_check_units(l, &r, T0, &d1, NULL, &f1), TG_OK);
+    CHECK_ST(tg_check_units(l, &r, T0, &d2, NULL, &f2), TG_OK);
+    CHECK_ST(tg_check_units(l, &r, T0, &d3, NULL, &f3), TG_OK);
+    CHECK(d1.allowed && d2.allowed && !d3.allowed);
+    CHECK_EQ(d3.limited_by, TG_LIMIT_IN_FLIGHT);
+    CHECK_EQ(f3.has_in_flight, 1);
+    CHECK_EQ(f3.in_use, 2);
+    CHECK_EQ(f3.admission, 0);
+    struct pairs hp = {.want = "2"};
+    CHECK_ST(tg_decision_units_header_pairs(&d3, NULL, &f3, collect_pair, &hp), TG_OK);
+    CHECK(strcmp(hp.last, "x-ratelimit-in-flight") == 0);
+    struct pairs ip = {.want = "\"in-flight\";r=0"};
+    CHECK_ST(tg_decision_units_ietf_header_pairs(&d3, NULL, &f3, T0, collect_pair, &ip), TG_OK);
+    CHECK(ip.found);
+    char body[512];
+    size_t n = 0;
+    CHECK_ST(tg_decision_units_error_body(&d3, NULL, &f3, "m", 1, body, sizeof body, &n), TG_OK);
+    CHECK(strstr(body, "\"code\":\"in_flight_limit_exceeded\"") != NULL);
+    CHECK_ST(tg_release(l, f1.admission, TG_END_COMPLETE, NULL), TG_OK);
+    CHECK_ST(tg_release(l, f2.admission, TG_END_COMPLETE, NULL), TG_OK);
+    tg_stats old = {0};
+    CHECK_ST(tg_limiter_stats(l, 1000, &old), TG_OK);
+    CHECK_EQ(old.has_in_flight, 0);
+    tg_limiter_free(l);
+    tg_policy_free(p);
 }
 
 /* Reserve, refuse on tokens, answer with the token headers, read a
@@ -2227,6 +2342,7 @@ int main(void) {
         {"leases", test_leases},
         {"limiter_make", test_limiter_make},
         {"tokens", test_tokens},
+        {"in_flight", test_in_flight},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         int before = g_fail;

@@ -40,12 +40,47 @@ fn the_rust_api_answers_every_case() {
             body: body.as_bytes(),
             cost: 1,
         };
+        // Each earlier request runs to its end (released); the held ones
+        // run until the case's answer is in.
         for _ in 0..case["before"].as_u64().unwrap_or(0) {
-            l.answer(&req, NOW, &Options::default());
+            release(&l, &l.answer(&req, NOW, &Options::default()));
         }
-        check(
-            case,
-            &from_answer(&l.answer(&req, NOW, &Options::default())),
+        let held: Vec<Answer> = (0..held(case))
+            .map(|_| l.answer(&req, NOW, &Options::default()))
+            .collect();
+        let a = l.answer(&req, NOW, &Options::default());
+        check(case, &from_answer(&a));
+        for h in held.iter().chain([&a]) {
+            release(&l, h);
+        }
+    }
+}
+
+fn held(case: &Value) -> u64 {
+    case["held"].as_u64().unwrap_or(0)
+}
+
+/// Ends an answered request: its in-flight unit, if admitted, goes back.
+fn release(l: &Limiter, a: &Answer) {
+    if let Some(adm) = a
+        .decision()
+        .and_then(|d| d.in_flight)
+        .and_then(|f| f.admission)
+    {
+        l.release(adm, tollgate::Ending::Complete).unwrap();
+    }
+}
+
+fn release_c(l: *mut tg_limiter, a: &tg_answer) {
+    if a.in_flight.admission != 0 {
+        assert_eq!(
+            tg_release(
+                l,
+                a.in_flight.admission,
+                TG_END_COMPLETE,
+                std::ptr::null_mut()
+            ),
+            TG_OK
         );
     }
 }
@@ -143,11 +178,18 @@ fn the_c_abi_answers_every_case_in_one_call() {
             body: body.as_ptr().cast(),
             body_len: body.len(),
         };
-        let mut a = blank_answer();
-        for _ in 0..=case["before"].as_u64().unwrap_or(0) {
+        let mut answers = Vec::new();
+        for i in 0..=case["before"].as_u64().unwrap_or(0) + held(case) {
+            let mut a = blank_answer();
             assert_eq!(tg_answer_request(l, &req, NOW, 0, 0, &mut a), TG_OK);
+            if i < case["before"].as_u64().unwrap_or(0) {
+                release_c(l, &a);
+            } else {
+                answers.push(a);
+            }
         }
-        check(case, &from_c(&a));
+        check(case, &from_c(answers.last().unwrap()));
+        answers.iter().for_each(|a| release_c(l, a));
     }
     tg_limiter_free(l);
 }
@@ -162,20 +204,29 @@ fn the_c_abi_answers_every_case_step_by_step() {
     let mut mem = vec![0u64; tg_body_scan_size().div_ceil(8)];
     for case in &cases {
         let (method, account, tier, body) = request(case);
-        let answer = |status: tg_status, d: Option<(&tg_decision, &tg_tokens)>, model: &[u8]| {
+        type Units<'a> = (&'a tg_decision, &'a tg_tokens, &'a tg_in_flight);
+        let answer = |status: tg_status, d: Option<Units<'_>>, model: &[u8]| {
             let mut a = blank_answer();
-            let (d, t) = d.map_or((std::ptr::null(), std::ptr::null()), |(d, t)| {
-                (d as *const tg_decision, t as *const tg_tokens)
-            });
+            let (d, t, f) = d.map_or(
+                (std::ptr::null(), std::ptr::null(), std::ptr::null()),
+                |(d, t, f)| {
+                    (
+                        d as *const tg_decision,
+                        t as *const tg_tokens,
+                        f as *const tg_in_flight,
+                    )
+                },
+            );
             let (m, n) = (model.as_ptr().cast(), model.len());
             assert_eq!(
-                tg_answer_for_tokens(status, d, t, m, n, 0, 0, &mut a),
+                tg_answer_for_units(status, d, t, f, m, n, 0, 0, &mut a),
                 TG_OK
             );
             a
         };
-        let mut last = None;
-        for _ in 0..=case["before"].as_u64().unwrap_or(0) {
+        let mut answers = Vec::new();
+        let before = case["before"].as_u64().unwrap_or(0);
+        for i in 0..=before + held(case) {
             let a = if tg_method_limited(method.as_ptr().cast(), method.len()) == 0 {
                 answer(TG_E_NOT_LIMITED, None, b"")
             } else if account.is_none() {
@@ -225,16 +276,23 @@ fn the_c_abi_answers_every_case_step_by_step() {
                         // zero is valid.
                         let mut d: tg_decision = unsafe { std::mem::zeroed() };
                         let mut tk: tg_tokens = unsafe { std::mem::zeroed() };
-                        match tg_check_tokens(l, &r, NOW, &mut d, &mut tk) {
-                            TG_OK => answer(TG_OK, Some((&d, &tk)), &model),
+                        // SAFETY: plain data; zero is valid.
+                        let mut f: tg_in_flight = unsafe { std::mem::zeroed() };
+                        match tg_check_units(l, &r, NOW, &mut d, &mut tk, &mut f) {
+                            TG_OK => answer(TG_OK, Some((&d, &tk, &f)), &model),
                             s => answer(s, None, &model),
                         }
                     }
                 }
             };
-            last = Some(a);
+            if i < before {
+                release_c(l, &a);
+            } else {
+                answers.push(a);
+            }
         }
-        check(case, &from_c(&last.unwrap()));
+        check(case, &from_c(answers.last().unwrap()));
+        answers.iter().for_each(|a| release_c(l, a));
     }
     tg_limiter_free(l);
 }

@@ -90,8 +90,8 @@ fn no_space_is_an_error_naming_the_bytes_and_leaves_no_file() {
     assert_eq!(entries(&d.0), Vec::<String>::new(), "no file left behind");
 
     // A table that fits still works, through every page of it.
-    let l = Limiter::open(&Policy::builtin(), &path, 300, true).unwrap();
-    for i in 0..200 {
+    let l = Limiter::open(&Policy::builtin(), &path, 150, true).unwrap();
+    for i in 0..100 {
         let account = format!("acct-{i}");
         let r = Request::new(account.as_bytes(), b"DeepSeek-V3.1", Tier::Developer);
         l.check(&r, NOW).unwrap();

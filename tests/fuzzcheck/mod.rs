@@ -44,7 +44,8 @@ impl Mem {
 }
 
 fn slots_offset() -> usize {
-    tollgate::region_size(1).unwrap() - tollgate::BYTES_PER_SLOT
+    // The fixed part less the holder list, which lies after the slots.
+    tollgate::region_size(1).unwrap() - tollgate::BYTES_PER_SLOT - tollgate::HOLDERS_BYTES
 }
 
 /// A formatted region of `slots` slots with a little traffic in it.

@@ -209,13 +209,13 @@ fn stats_reports_the_table() {
     let out = stdout(&o);
     assert!(out.contains("6 used today"), "{out}");
     assert!(out.contains("994 free"), "{out}");
-    assert!(out.contains("128 per slot x 1000 slots"), "{out}");
+    assert!(out.contains("144 per slot x 1000 slots"), "{out}");
     let j = json(&run(&["stats", &f, "--json", "--now-ms", &now]));
     assert_eq!(j["slots"], 1000);
     assert_eq!(j["used"], 6);
     assert_eq!(j["free"], 994);
     assert_eq!(j["table_full"], 0);
-    assert_eq!(j["bytes_per_slot"], 128);
+    assert_eq!(j["bytes_per_slot"], 144);
     assert_eq!(
         j["bytes"].as_u64().unwrap() as usize,
         tollgate::region_size(1000).unwrap()
@@ -252,13 +252,13 @@ fn stats_and_top_read_a_table_of_leases() {
     let j = json(&run(&["stats", &f, "--json", "--now-ms", &now]));
     let bytes = tollgate::region_size_for_leases(64).unwrap() as u64;
     assert_eq!(j["bytes"].as_u64(), Some(bytes));
-    assert_eq!(j["bytes_per_slot"], 192);
+    assert_eq!(j["bytes_per_slot"], 208);
     assert_eq!(j["leases"]["keys_holding"], u64::from(held > 0));
     assert_eq!(j["leases"]["minute_units_held"], held);
     assert_eq!(j["leases"]["keys_down"], 0);
     let out = stdout(&run(&["stats", &f, "--now-ms", &now]));
     assert!(out.contains("one quota across hosts"), "{out}");
-    assert!(out.contains("192 per slot x 64 slots"), "{out}");
+    assert!(out.contains("208 per slot x 64 slots"), "{out}");
     // top shows what the headers show: the global count less what is held.
     let j = json(&run(&["top", &f, "--json", "--now-ms", &now]));
     let top = j["top"].as_array().unwrap();
@@ -1453,4 +1453,144 @@ fn resize_carries_a_layout_2_table_over() {
         ))
         .unwrap()
     );
+}
+
+#[test]
+fn operator_views_show_requests_in_flight_and_who_holds_them() {
+    let dir = Scratch::new("cli-in-flight");
+    let f = dir.file("t.tg");
+    let p = dir.file("p.toml");
+    let policy_text = "[models]\n\"m\" = { region = \"EU\" }\n[tiers.developer]\n\"m\" = { rpm = 100, rpd = 1000, max_in_flight = 3 }\n";
+    std::fs::write(&p, policy_text).unwrap();
+    let policy = tollgate::Policy::parse(policy_text, "p.toml").unwrap();
+    // This process holds two of alice's requests.
+    let l = tollgate::Limiter::open(&policy, &f, 64, true).unwrap();
+    let req = tollgate::Request::new(b"alice", b"m", tollgate::Tier::Developer);
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let d = l.check(&req, NOW).unwrap();
+            d.in_flight.unwrap().admission.unwrap()
+        })
+        .collect();
+    // A worker holds the third, and is killed holding it.
+    let locks = dir.file("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let mut w = worker(&[
+        &f,
+        "--policy",
+        &p,
+        "--account",
+        "alice",
+        "--model",
+        "m",
+        "--hold-ms",
+        "600000",
+        "--hold-exact",
+        "--locks",
+        &locks,
+        "--now-ms",
+        &NOW.to_string(),
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut a = [0u8; 1];
+    std::io::Read::read_exact(w.stdout.as_mut().unwrap(), &mut a).unwrap();
+    assert_eq!(&a, b"A");
+    let (me, them) = (std::process::id(), w.id());
+    let now = NOW.to_string();
+
+    let out = stdout(&run(&["top", &f, "--now-ms", &now, "--policy", &p]));
+    let row: Vec<&str> = out.lines().nth(2).unwrap().split_whitespace().collect();
+    let mut pids = [format!("{me}x2"), them.to_string()];
+    pids.sort();
+    assert_eq!(row[..5], ["alice", "m", "3/100", "3/1000", "3/3"], "{out}");
+    let mut shown: Vec<String> = row[5..].iter().map(|s| s.to_string()).collect();
+    shown.sort();
+    assert_eq!(shown, pids, "{out}");
+    let j = json(&run(&[
+        "top",
+        &f,
+        "--json",
+        "--now-ms",
+        &now,
+        "--by",
+        "in-flight",
+        "--policy",
+        &p,
+    ]));
+    assert_eq!(j["top"][0]["in_flight"], 3);
+    assert_eq!(j["top"][0]["max_in_flight"], 3);
+
+    let out = stdout(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "alice",
+        "--model",
+        "m",
+        "--now-ms",
+        &now,
+        "--policy",
+        &p,
+    ]));
+    assert!(
+        out.contains("flight  3 of 3 running now, held by pid "),
+        "{out}"
+    );
+    // Refused while three run: recorded, with the count.
+    let d = l.check(&req, NOW).unwrap();
+    assert_eq!(d.limited_by, tollgate::LimitedBy::InFlight);
+    let out = stdout(&run(&["refusals", &f]));
+    assert!(out.contains("in_flight") && out.contains("3/3"), "{out}");
+    let j = json(&run(&["refusals", &f, "--json"]));
+    assert_eq!(j["refusals"][0]["in_flight"], 3);
+    assert_eq!(j["refusals"][0]["max_in_flight"], 3);
+
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let o = run(&["verify", &f, "--now-ms", &now]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("1 request in flight held by 1 process that died"),
+        "{}",
+        stdout(&o)
+    );
+    let out = stdout(&run(&[
+        "inspect",
+        &f,
+        "--account",
+        "alice",
+        "--model",
+        "m",
+        "--now-ms",
+        &now,
+    ]));
+    assert!(out.contains("dead: reclaimed at the next sweep"), "{out}");
+    // A new process's first admission sweeps the dead one's unit back.
+    let o = run_worker(&[
+        &f,
+        "--policy",
+        &p,
+        "--account",
+        "alice",
+        "--model",
+        "m",
+        "--count",
+        "1",
+        "--json",
+        "--now-ms",
+        &now,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = json(&run(&["stats", &f, "--json", "--now-ms", &now]));
+    assert_eq!(j["in_flight"]["reclaimed"], 1, "{j}");
+    assert_eq!(j["in_flight"]["refused"], 1, "{j}");
+    for a in held {
+        l.release(a, tollgate::Ending::Cut).unwrap();
+    }
+    let j = json(&run(&["stats", &f, "--json", "--now-ms", &now]));
+    assert_eq!(j["in_flight"]["released_aborted"], 2, "{j}");
+    let out = stdout(&run(&["stats", &f, "--now-ms", &now]));
+    assert!(out.contains("in flight   "), "{out}");
 }

@@ -7,6 +7,13 @@
 //! (two bytes, little-endian, in one atomic pipe write) the moment each
 //! request is admitted, so a parent that SIGKILLs it knows every admission
 //! but the one in flight.
+//!
+//! With `--hold-ms`, runs requests of a key with an in-flight limit: each
+//! admitted request takes one of the lock files `--locks DIR/0..N-1` (N the
+//! key's limit) as the upstream's witness of what runs at once, holds it,
+//! then unlocks and releases. No free lock file means the limiter let more
+//! than N run: the worker says so and exits 3. The kernel drops a killed
+//! worker's locks at its death, before anyone can reclaim its units.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -81,6 +88,16 @@ struct Args {
     /// would then see as stale, and take)
     #[arg(long, default_value_t = u64::MAX)]
     churn_days: u64,
+    /// In-flight mode: hold each admitted request for up to this many
+    /// milliseconds (random, from --settle-seed), forever
+    #[arg(long = "hold-ms")]
+    hold_ms: Option<u64>,
+    /// In-flight mode: hold each request exactly --hold-ms
+    #[arg(long = "hold-exact")]
+    hold_exact: bool,
+    /// In-flight mode: the directory of the witness lock files
+    #[arg(long)]
+    locks: Option<PathBuf>,
 }
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
@@ -129,6 +146,9 @@ fn run(a: Args) -> Result<u8, String> {
         .map_err(|e| format!("{}: {e}", a.file.display()))?;
     if a.stream {
         put(b"R");
+    }
+    if let Some(hold) = a.hold_ms {
+        return hold_forever(&a, &l, hold);
     }
     let (mut admitted, mut denied, mut errors) = (0u64, 0u64, 0u64);
     let mut tally = |r: Result<tollgate::Decision, tollgate::Error>| match r {
@@ -209,4 +229,64 @@ fn run(a: Args) -> Result<u8, String> {
         }
     }
     Ok(if errors > 0 { 1 } else { 0 })
+}
+
+/// In-flight mode (`--hold-ms`): admit, take a witness lock, hold, unlock,
+/// release; a refusal waits a little and asks again. Writes `A` per
+/// admission. Runs until killed, or exits 3 when the witness finds more
+/// than the limit running.
+fn hold_forever(a: &Args, l: &Limiter, hold: u64) -> Result<u8, String> {
+    let dir = a.locks.as_ref().ok_or("--hold-ms needs --locks DIR")?;
+    let mut rng = a.settle_seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let req = Request::new(a.account.as_bytes(), a.model.as_bytes(), a.tier);
+    loop {
+        let now = a.now_ms.unwrap_or_else(tollgate::now_ms);
+        let d = l.check(&req, now).map_err(|e| format!("check: {e}"))?;
+        let Some(f) = d.in_flight else {
+            return Err("the key has no in-flight limit".into());
+        };
+        let Some(admission) = f.admission else {
+            std::thread::sleep(Duration::from_millis(1 + next() % 5));
+            continue;
+        };
+        let lock = (0..f.limit).find_map(|i| {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(i.to_string()))
+                .ok()?;
+            // SAFETY: flock on a live descriptor this closure owns.
+            let got = unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                )
+            };
+            (got == 0).then_some(file)
+        });
+        let Some(lock) = lock else {
+            eprintln!(
+                "tollgate-test-worker: admitted with all {} witness locks held: more than the limit running",
+                f.limit
+            );
+            return Ok(3);
+        };
+        put(b"A");
+        let ms = if a.hold_exact {
+            hold
+        } else {
+            next() % (hold + 1)
+        };
+        std::thread::sleep(Duration::from_millis(ms));
+        drop(lock);
+        l.release(admission, tollgate::Ending::Complete)
+            .map_err(|e| format!("release: {e}"))?;
+    }
 }

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ContextManager, TypeVar
+
+T = TypeVar("T")
 
 
 def _table() -> pathlib.Path:
@@ -33,6 +35,24 @@ def load(
     doc = json.loads(path.read_text(encoding="utf-8"))
     root = path.resolve().parents[1]
     return root / doc["policy"], list(doc["cases"])
+
+
+def run(case: Mapping[str, Any], send: Callable[[], T],
+        held: Callable[[int], ContextManager[Any]] | None = None) -> T:
+    """Sends a case by the table's rules and returns the case's answer:
+    the 'before' requests one after another, each to its end (`send` sends
+    the case's request and reads its whole answer), then, within
+    `held(n)`, the case's request. `held(n)` starts n identical requests
+    that stay running (their responses held open) until it exits, when it
+    lets them finish; it is needed only by a case with 'held'."""
+    for _ in range(case.get("before", 0)):
+        send()
+    n = case.get("held", 0)
+    if n == 0:
+        return send()
+    assert held is not None, f"{case['name']}: 'held' needs held()"
+    with held(n):
+        return send()
 
 
 def matches(want: Any, got: Any) -> bool:

@@ -65,8 +65,8 @@ def test_counts_survive_stop_and_start(nginx):
     m = nginx.metrics()
     zone_label = frozenset({"zone": "tg"}.items())
     assert m[("tollgate_region_bytes", zone_label)] == region.stat().st_size
-    # 1 MB at 128 bytes a slot
-    assert m[("tollgate_table_slots", zone_label)] > 7500
+    # 1 MB at 144 bytes a slot (with the in-flight areas of 0.4)
+    assert m[("tollgate_table_slots", zone_label)] > 6500
     assert m[("tollgate_table_used", zone_label)] == 1
     assert m[("tollgate_decisions_total", frozenset(
         {"zone": "tg", "model": "DeepSeek-V3.1",

@@ -578,7 +578,7 @@ def _slots(nginx):
 
 
 def test_table_full_closed(nginx):
-    nginx.start(zone="size=48k", extra="tollgate_table_full closed;")
+    nginx.start(zone="size=72k", extra="tollgate_table_full closed;")
     slots = _slots(nginx)
     assert 0 < slots < 200
     results = _fill_table(nginx, slots + 20)
@@ -598,7 +598,7 @@ def test_table_full_closed(nginx):
 
 def test_table_full_open(nginx):
     fresh_minute()
-    nginx.start(zone="size=48k", extra="tollgate_table_full open;")
+    nginx.start(zone="size=72k", extra="tollgate_table_full open;")
     slots = _slots(nginx)
     results = _fill_table(nginx, slots + 20)
     assert all(r.status == 200 for r in results)
@@ -903,8 +903,8 @@ def test_metrics_endpoint(nginx):
     assert dec("Meta-Llama-3.1-8B-Instruct", "passed") == 0
     zone = frozenset({"zone": "tg"}.items())
     assert m[("tollgate_table_used", zone)] == 1
-    # 1 MB at 128 bytes a slot
-    assert m[("tollgate_table_slots", zone)] > 7500
+    # 1 MB at 144 bytes a slot (with the in-flight areas of 0.4)
+    assert m[("tollgate_table_slots", zone)] > 6500
     assert m[("tollgate_region_bytes", zone)] > 0
     assert re.search(r'^tollgate_table_full_total\{zone="tg"\} 0$', body,
                      re.M)

@@ -1,12 +1,16 @@
 """The conformance table (tests/conformance.json at the repository root, its
 policy tests/conformance.toml) through the real stack: RateLimitMiddleware
 in a uvicorn server, requests over HTTP with httpx. Every binding runs the
-same table; the matching rules are tests/checks/conformance.rs's."""
+same table; the matching rules are tests/checks/conformance.rs's. A case's
+'before' requests each run to their end first; its 'held' requests are
+started first and kept open by the upstream (conformance_app.py) until the
+case's request has its answer."""
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +37,40 @@ def matches(want: Any, got: Any) -> bool:
     return bool(want == got) and type(want) is type(got)
 
 
-def send(client: httpx.Client, case: dict[str, Any]) -> httpx.Response:
+def request(client: httpx.Client, case: dict[str, Any], hold: str | None = None) -> httpx.Request:
     r = case["request"]
     headers = {"x-tollgate-tier": r["tier"], "content-type": "application/json"}
     if r["account"] is not None:
         headers["authorization"] = f"Bearer {r['account']}"
-    return client.request(r["method"], "/v1/chat/completions", content=r["body"].encode(), headers=headers)
+    if hold is not None:
+        headers["x-conformance-hold"] = hold
+    return client.build_request(r["method"], "/v1/chat/completions", content=r["body"].encode(), headers=headers)
+
+
+def send(client: httpx.Client, case: dict[str, Any]) -> httpx.Response:
+    """The case's request, read to its end."""
+    return client.send(request(client, case))
+
+
+def send_holding(client: httpx.Client, case: dict[str, Any]) -> httpx.Response:
+    """The case's request, after its ``held`` identical requests were started
+    (each on its own connection, admitted: its headers are in) with their
+    responses kept open by the upstream until this one has its answer; then
+    they end, each read to its end."""
+    name = f"hold-{uuid.uuid4().hex}"
+    held: list[tuple[httpx.Client, httpx.Response]] = []
+    try:
+        for _ in range(case.get("held", 0)):
+            c = httpx.Client(base_url=client.base_url, timeout=client.timeout)
+            held.append((c, c.send(request(c, case, name), stream=True)))
+            assert held[-1][1].status_code == 200, (case["name"], "a held request was not admitted")
+        return send(client, case)
+    finally:
+        client.get(f"/release?{name}")
+        for c, resp in held:
+            resp.read()
+            resp.close()
+            c.close()
 
 
 def check(case: dict[str, Any], resp: httpx.Response, want: dict[str, Any] | None = None) -> None:
@@ -68,9 +100,10 @@ def run_table(start_server, env: dict[str, str] | None = None) -> dict[str, http
     got = {}
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for case in CASES:
+            # Each 'before' request runs to its end before the next is sent.
             for _ in range(case.get("before", 0)):
                 send(client, case)
-            got[case["name"]] = send(client, case)
+            got[case["name"]] = send_holding(client, case)
     return got
 
 

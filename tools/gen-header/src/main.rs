@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The header's sections: (file, title). Each file of src/ffi must be here.
-const SECTIONS: [(&str, &str); 10] = [
+const SECTIONS: [(&str, &str); 11] = [
     ("src/ffi.rs", "Versions, statuses and limits"),
     (
         "src/ffi/guard.rs",
@@ -29,6 +29,10 @@ const SECTIONS: [(&str, &str); 10] = [
     (
         "src/ffi/tokens.rs",
         "Tokens: reservations, settling, and a response's usage",
+    ),
+    (
+        "src/ffi/in_flight.rs",
+        "In flight: admissions and their release",
     ),
     (
         "src/ffi/answer.rs",

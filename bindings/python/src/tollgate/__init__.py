@@ -9,6 +9,12 @@ library's. Quick start::
     if not d.allowed:
         status, headers, body = 429, d.headers, d.error_body
 
+A key with an in-flight limit (``max_in_flight``): the decision holds a unit
+until the request ends::
+
+    with limiter.check("acct-1", "DeepSeek-V3.1") as d:
+        ...  # released on exit: "cut" if an exception escaped, else "complete"
+
 One quota across hosts, through Redis::
 
     limiter = tollgate.Limiter.open("/dev/shm/tollgate", redis="redis://10.0.0.5:6379/0",
@@ -24,6 +30,7 @@ from ._decision import Decision
 from ._ffi import ACCOUNT_MAX, BODY_DEPTH_MAX, BODY_MODEL_MAX, LAYOUT_VERSION, MODEL_NAME_MAX, VERSION_NUMBER
 from ._ffi import library_path as _library_path
 from ._ffi import tg_version as _tg_version
+from ._in_flight import InFlight, InFlightStats
 from ._leases import LeaseStats
 from ._limiter import DEFAULT_SLOTS, Limiter, Stats
 from ._policy import Policy
@@ -35,6 +42,7 @@ from .errors import (
     CostTooLarge,
     InvalidArgument,
     InvalidArgumentType,
+    NoInFlight,
     NoLimitConfigured,
     NotJoined,
     NotLeased,
@@ -71,10 +79,13 @@ __all__ = [
     "BodyError",
     "CostTooLarge",
     "Decision",
+    "InFlight",
+    "InFlightStats",
     "InvalidArgument",
     "InvalidArgumentType",
     "LeaseStats",
     "Limiter",
+    "NoInFlight",
     "NoLimitConfigured",
     "NotJoined",
     "NotLeased",

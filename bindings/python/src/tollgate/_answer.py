@@ -5,12 +5,14 @@ this package holds no answer text of its own."""
 from __future__ import annotations
 
 import ctypes
-from ctypes import byref, c_size_t, c_uint32, c_uint64, create_string_buffer
+import struct
+from ctypes import byref, c_uint32, c_uint64
 
 from . import _ffi
 from ._decision import Decision, decision_from_answer
+from ._in_flight import IN_FLIGHT_STRUCT, attach
 from ._limiter import Limiter
-from ._render import answer_headers
+from ._render import answer_body, answer_headers
 from ._tokens import TokenWindows, windows_from_c
 from .errors import InvalidArgument, error_for
 
@@ -34,14 +36,24 @@ class Answer:
     to answer with, or 0: pass upstream with ``headers`` added to the
     upstream's response. ``headers`` are (name, value) byte pairs, names in
     lower case, in the library's order; ``body`` is the JSON body (empty
-    when passing)."""
+    when passing).
 
-    __slots__ = ("_c", "_decision", "_headers")
+    For a key with an in-flight limit, an admitted answer's ``decision``
+    holds the unit: release it with ``answer.decision.release(ending)`` once
+    the response has ended (it is released as cut if the answer and its
+    decision are collected first)."""
 
-    def __init__(self, c: _ffi.TgAnswer) -> None:
+    __slots__ = ("_c", "_decision", "_headers", "_limiter")
+
+    def __init__(self, c: _ffi.TgAnswer, limiter: Limiter | None = None) -> None:
         self._c = c
         self._headers: list[tuple[bytes, bytes]] | None = None
         self._decision: Decision | None = None
+        self._limiter = limiter
+        if limiter is not None and _admission_of(c):
+            # Made now, so that its finalizer guards the unit even if no one
+            # reads the decision.
+            self.decision  # noqa: B018
 
     @property
     def status(self) -> int:
@@ -67,6 +79,8 @@ class Answer:
             model = c.model[: c.model_len].decode("utf-8", "surrogateescape")
             d = decision_from_answer(c, model)
             d._tokens = windows_from_c(c.tokens)  # type: ignore[attr-defined]
+            if self._limiter is not None:
+                attach(d, self._limiter, *IN_FLIGHT_STRUCT.unpack_from(c, _IN_FLIGHT_OFF)[1:])
             self._decision = d
         return self._decision
 
@@ -88,14 +102,18 @@ class Answer:
     @property
     def body(self) -> bytes:
         """The answer's JSON body (tg_answer_body); b"" when it passes."""
-        if not self._c.http_status:
-            return b""
-        buf = create_string_buffer(_ffi.TG_ANSWER_BODY_MAX)
-        n = c_size_t(0)
-        st = _ffi.tg_answer_body(byref(self._c), buf, _ffi.TG_ANSWER_BODY_MAX, byref(n))
-        if st:
-            raise error_for(st, "tg_answer_body")
-        return buf.raw[: n.value]
+        return answer_body(self._c)
+
+
+_IN_FLIGHT_OFF = _ffi.TgAnswer.in_flight.offset
+_ADMISSION_OFF = _IN_FLIGHT_OFF + _ffi.TgInFlight.admission.offset
+_u64_at = struct.Struct("@Q").unpack_from
+
+
+def _admission_of(c: _ffi.TgAnswer) -> int:
+    """The answer's admission (0: none), read without making ctypes field
+    objects (once per request in the middleware)."""
+    return int(_u64_at(c, _ADMISSION_OFF)[0])
 
 
 def answer_request(
@@ -133,7 +151,7 @@ def answer_request(
         if st == _ffi.TG_PENDING:
             return None
         raise error_for(st, "tg_answer_request")
-    return Answer(out)
+    return Answer(out, limiter)
 
 
 def answer_request_waiting(
@@ -165,7 +183,7 @@ def answer_request_waiting(
     )
     if st:
         raise error_for(st, "tg_answer_request")
-    return Answer(out)
+    return Answer(out, limiter)
 
 
 _answer_raw = _ffi.fast_answer_request

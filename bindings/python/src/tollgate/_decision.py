@@ -9,17 +9,21 @@ import struct
 import sys
 from dataclasses import FrozenInstanceError, dataclass, fields
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _ffi
 from ._args import _ms
+from ._in_flight import Admission, Ending, InFlight
 from ._render import _decision_pairs, _render
 from ._tokens import TokenWindows, _c_of
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from 3.11; only annotations need it
 
 __all__ = ["Decision", "decision_from_answer"]
 
 _DECISION_SIZE = ctypes.sizeof(_ffi.TgDecision)
-_LIMITED_BY = (None, "minute", "day", "tokens_minute", "tokens_day")
+_LIMITED_BY = (None, "minute", "day", "tokens_minute", "tokens_day", "in_flight")
 _new = object.__new__
 _unpack = _ffi.DECISION_OUT.unpack_from
 
@@ -27,8 +31,17 @@ _unpack = _ffi.DECISION_OUT.unpack_from
 @dataclass(init=False, eq=False)
 class Decision:
     """The outcome of one check. ``allowed`` is the verdict; ``limited_by`` is
-    "minute", "day" or None; resets are epoch seconds; ``retry_after`` is in
-    whole seconds (0 when allowed). Truthy when allowed.
+    "minute", "day", "tokens_minute", "tokens_day", "in_flight" or None;
+    resets are epoch seconds; ``retry_after`` is in whole seconds (0 when
+    allowed, and for a refusal for in-flight, which no window dates). Truthy
+    when allowed.
+
+    For a key with an in-flight limit, ``in_flight`` has the limit and the
+    requests running, and an admitted decision holds a unit until
+    :meth:`release` (once; later calls do nothing). As a context manager it
+    releases on exit, "cut" if an exception escaped, else "complete"; a
+    decision collected (or left at exit) unreleased releases as "cut". A
+    decision of a key without one releases nothing.
 
     A dataclass whose fields cannot be assigned (FrozenInstanceError, as a
     frozen one) and whose values are the library's tg_decision as it wrote
@@ -36,7 +49,9 @@ class Decision:
     field other than ``allowed`` and ``model`` is first read. Equal (and
     hashed) by its fields."""
 
-    __slots__ = ("_fields", "_model", "_raw", "_tokens")
+    # __weakref__: an admitted decision's unit is released as cut when it
+    # is collected unreleased (weakref.finalize, see _in_flight).
+    __slots__ = ("__weakref__", "_admission", "_fields", "_in_flight", "_model", "_raw", "_tokens")
 
     allowed: bool
     limited_by: str | None
@@ -114,12 +129,53 @@ class Decision:
         return getattr(self, "_tokens", None)
 
     @property
+    def in_flight(self) -> InFlight | None:
+        """The key's in-flight limit, its requests running (this one included
+        when admitted) and whether this decision holds a unit, when the key
+        has an in-flight limit; else None."""
+        return getattr(self, "_in_flight", None)
+
+    @property
+    def released(self) -> bool:
+        """True once the unit this decision held is released (and for a
+        decision that holds none)."""
+        a: Admission | None = getattr(self, "_admission", None)
+        return a is None or a.released
+
+    def release(self, ending: Ending = "complete") -> int | None:
+        """Gives back the in-flight unit this decision holds, once its
+        request has ended, whatever ended it: ``ending`` is "complete" (ran
+        to its end), "failed" (a non-2xx) or "usage" (counted completed),
+        or "cut" (an exception, a cancelled task, the client gone: counted
+        aborted); a TG_END_* value too. Returns the key's requests still
+        running, or None when nothing was released: the decision holds no
+        unit, or released it already (a second call does nothing).
+        InvalidArgument for another ``ending`` or a closed Limiter."""
+        a: Admission | None = getattr(self, "_admission", None)
+        return None if a is None else a.release(ending)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        self.release("complete" if kind is None else "cut")
+
+    @property
     def header_items(self) -> list[tuple[bytes, bytes]]:
         """The headers as (name, value) byte pairs in the library's order,
         names in lower case (the shape ASGI and WSGI servers take): the six,
-        the six token headers when the key has a token limit, then
-        ``retry-after`` when denied."""
-        return _decision_pairs(self._c(), tokens=self._c_tokens())
+        the six token headers when the key has a token limit, the two
+        in-flight headers when it has an in-flight limit, then
+        ``retry-after`` when denied by a window."""
+        return _decision_pairs(self._c(), tokens=self._c_tokens(), in_flight=self._c_in_flight())
+
+    def _c_in_flight(self) -> _ffi.TgInFlight | None:
+        """The decision's requests in flight as the renderers take them (the
+        admission left out: they only render)."""
+        f: InFlight | None = getattr(self, "_in_flight", None)
+        if f is None:
+            return None
+        return _ffi.TgInFlight(ctypes.sizeof(_ffi.TgInFlight), 1, f.limit, f.in_use, 0)
 
     def _c_tokens(self) -> _ffi.TgTokens | None:
         t = self.tokens
@@ -136,7 +192,7 @@ class Decision:
         (tg_decision_ietf_headers); ``t`` counts from ``now`` (epoch seconds,
         None = the library's clock)."""
         ms = int(_ffi.tg_now_ms()) if now is None else _ms(now)
-        pairs = _decision_pairs(self._c(), ms, self._c_tokens())
+        pairs = _decision_pairs(self._c(), ms, self._c_tokens(), self._c_in_flight())
         return {k.decode("latin-1"): v.decode("latin-1") for k, v in pairs}
 
     @property
@@ -144,7 +200,16 @@ class Decision:
         """The OpenAI-shaped 429 JSON body naming the model and the limit hit
         (tg_decision_error_body)."""
         mb = self._model.encode("utf-8", "surrogateescape")
-        return _render(_ffi.tg_decision_error_body, self._c(), mb, len(mb)).decode("utf-8", "replace")
+        toks, fly = self._c_tokens(), self._c_in_flight()
+        body = _render(
+            _ffi.tg_decision_units_error_body,
+            self._c(),
+            None if toks is None else ctypes.byref(toks),
+            None if fly is None else ctypes.byref(fly),
+            mb,
+            len(mb),
+        )
+        return body.decode("utf-8", "replace")
 
 
 # `allowed` is 0 or 1: its low byte says which.

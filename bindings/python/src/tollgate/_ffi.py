@@ -77,6 +77,10 @@ TG_PENDING = 36
 TG_E_TOKENS_TOO_LARGE = 37
 TG_E_NO_TOKEN_WINDOWS = 38
 TG_E_USAGE = 39
+# In flight (docs/in-flight.md): the key has an in-flight limit and the
+# call hands out no admission to release (tg_check, tg_check_tokens), or
+# the table cannot hold one.
+TG_E_NO_IN_FLIGHT = 40
 TG_E_PANIC = 99
 
 TG_TIER_FREE = 0
@@ -88,6 +92,7 @@ TG_LIMIT_MINUTE = 1
 TG_LIMIT_DAY = 2
 TG_LIMIT_TOKENS_MINUTE = 3
 TG_LIMIT_TOKENS_DAY = 4
+TG_LIMIT_IN_FLIGHT = 5
 
 # How a response ended, for tg_settle.
 TG_END_USAGE = 0
@@ -205,6 +210,14 @@ class TgStats(Structure):
         ("region_bytes", c_uint64),
         ("layout_version", c_uint32),
         ("clock_faults", c_uint64),
+        # Since 0.4, written when `size` covers them: the table's requests
+        # in flight and their releases by cause.
+        ("has_in_flight", c_uint32),
+        ("in_flight", c_uint64),
+        ("released_completed", c_uint64),
+        ("released_aborted", c_uint64),
+        ("reclaimed", c_uint64),
+        ("refused_in_flight", c_uint64),
     ]
 
 
@@ -286,6 +299,16 @@ class TgLeaseStats(Structure):
     ]
 
 
+class TgInFlight(Structure):
+    _fields_ = [
+        ("size", c_uint32),
+        ("has_in_flight", c_uint32),
+        ("limit", c_uint32),
+        ("in_use", c_uint32),
+        ("admission", c_uint64),
+    ]
+
+
 class TgAnswer(Structure):
     _fields_ = [
         ("size", c_uint32),
@@ -298,6 +321,7 @@ class TgAnswer(Structure):
         ("model_len", c_uint32),
         ("model", ctypes.c_char * TG_ANSWER_MODEL_MAX),  # uint8_t[]; c_char slices to bytes
         ("tokens", TgTokens),  # since 0.4: written when `size` covers it
+        ("in_flight", TgInFlight),  # since 0.4
     ]
 
 
@@ -549,6 +573,57 @@ tg_decision_tokens_ietf_header_pairs = _proto(
     [POINTER(TgDecision), POINTER(TgTokens), c_uint64, HEADER_FN, ctypes.py_object],
     hold_gil=True,
 )
+tg_decision_units_header_pairs = _proto(
+    "tg_decision_units_header_pairs",
+    _i32,
+    [POINTER(TgDecision), POINTER(TgTokens), POINTER(TgInFlight), HEADER_FN, ctypes.py_object],
+    hold_gil=True,
+)
+tg_decision_units_ietf_header_pairs = _proto(
+    "tg_decision_units_ietf_header_pairs",
+    _i32,
+    [POINTER(TgDecision), POINTER(TgTokens), POINTER(TgInFlight), c_uint64, HEADER_FN, ctypes.py_object],
+    hold_gil=True,
+)
+tg_decision_units_error_body = _proto(
+    "tg_decision_units_error_body",
+    _i32,
+    [
+        POINTER(TgDecision),
+        POINTER(TgTokens),
+        POINTER(TgInFlight),
+        c_char_p,
+        c_size_t,
+        c_char_p,
+        c_size_t,
+        POINTER(c_size_t),
+    ],
+)
+# In flight: a check that hands out the admission, its answer, and its
+# release (src/ffi/in_flight.rs). On a limiter handle: they keep the GIL.
+tg_check_units = _proto(
+    "tg_check_units",
+    _i32,
+    [c_void_p, POINTER(TgRequestTokens), c_uint64, POINTER(TgDecision), POINTER(TgTokens), POINTER(TgInFlight)],
+    hold_gil=True,
+)
+tg_answer_for_units = _proto(
+    "tg_answer_for_units",
+    _i32,
+    [
+        c_int32,
+        POINTER(TgDecision),
+        POINTER(TgTokens),
+        POINTER(TgInFlight),
+        c_char_p,
+        c_size_t,
+        c_uint32,
+        c_uint32,
+        POINTER(TgAnswer),
+    ],
+    hold_gil=True,
+)
+tg_release = _proto("tg_release", _i32, [c_void_p, c_uint64, c_uint32, POINTER(c_uint32)], hold_gil=True)
 tg_usage_scan_size = _proto("tg_usage_scan_size", c_size_t, [], hold_gil=True)
 tg_usage_scan_init = _proto(
     "tg_usage_scan_init", _i32, [c_void_p, c_size_t, c_char_p, c_size_t, POINTER(c_void_p)], hold_gil=True

@@ -16,6 +16,7 @@ from . import _ffi
 from ._args import PathLike, StrOrBytes, _as_bytes, _bad_numbers, _fs_path, _ms, _numbers, _u32
 from ._decision import _DECISION_SIZE, Decision
 from ._handle import _Gate, _Handle
+from ._in_flight import InFlightStats, attach
 from ._leases import LeaseStats, RedisOptionValue, _join_args, _LeaseEvents, read_lease_stats
 from ._policy import Policy
 from ._tier import _TIER_TYPES, TierLike, _tier_value
@@ -173,6 +174,10 @@ _check_now_raw = _ffi.fast_check_now
 _wait_check = _ffi.wait_check
 _wait_check_now = _ffi.wait_check_now
 _PENDING = _ffi.TG_PENDING
+# tg_check's answer for a key with an in-flight limit: nothing decided, and
+# the decision is made again by tg_check_units, which hands out the
+# admission (_units). Keys without one keep the one-call hot path.
+_NO_IN_FLIGHT = _ffi.TG_E_NO_IN_FLIGHT
 
 
 class _Pending(Exception):
@@ -200,6 +205,9 @@ class Stats:
     #: Decisions that met counts a wrong clock had dated beyond the
     #: clock-fault bound and re-dated them (see the README's guarantees).
     clock_faults: int = 0
+    #: The table's requests in flight and their releases by cause, in a
+    #: table with the in-flight areas; else None.
+    in_flight: InFlightStats | None = None
 
 
 class Limiter(_Handle):
@@ -373,9 +381,18 @@ class Limiter(_Handle):
         :meth:`settle` settles once the response's usage is known
         (docs/tokens.md).
 
+        On a key with an in-flight limit (the policy's ``max_in_flight``)
+        an admitted Decision holds one of the key's units until its
+        ``release(ending)``; use it as a context manager to release on exit
+        (docs/in-flight.md)::
+
+            with limiter.check(account, model) as d:
+                if d.allowed:
+                    ...  # serve the request; the unit comes back on exit
+
         Raises UnknownModel, NoLimitConfigured, CostTooLarge,
-        TokensTooLarge, TableFull or InvalidArgument; a denial is not an
-        error but a Decision with ``allowed`` False.
+        TokensTooLarge, TableFull, NoInFlight or InvalidArgument; a denial
+        is not an error but a Decision with ``allowed`` False.
         """
         if tokens is not None or tpm is not None or tpd is not None:
             return self._check_tokens(account, model, tier, cost, now, rpm, rpd, tokens, tpm, tpd)
@@ -403,6 +420,8 @@ class Limiter(_Handle):
             if st:
                 if st == _PENDING:
                     return self._wait(req, now, a, mb, ms)
+                if st == _NO_IN_FLIGHT:
+                    return self._units_packed(req, now, a, mb, ms)
                 raise self._error(st, a, mb)
             d = _new(Decision)
             d._raw = bytes(buf)
@@ -535,6 +554,8 @@ class Limiter(_Handle):
         else:
             st = _check_raw(self._hp, req, c_uint64(_ms(now)), out)
         if st:
+            if st == _NO_IN_FLIGHT:
+                return self._units_packed(req, now, a, mb, ms)
             if st != _PENDING:
                 raise self._error(st, a, mb)
             if not wait:
@@ -559,25 +580,42 @@ class Limiter(_Handle):
         tpm: object,
         tpd: object,
     ) -> Decision:
-        # A check with a token reservation (tg_check_tokens): not the
-        # packed hot path, whose request is the 0.3 layout.
+        # A check with a token reservation: not the packed hot path, whose
+        # request is the 0.3 layout.
         mb, ms = _model_entry(model)
         a = _as_bytes(account, "account")
         t = _tier_value(tier)
         n_cost, n_rpm, n_rpd = _numbers(cost, rpm, rpd)
         n_tokens, n_tpm, n_tpd = _numbers(0 if tokens is None else tokens, tpm, tpd)
         req = _ffi.TgRequestTokens()
-        req.size = ctypes.sizeof(_ffi.TgRequestTokens)
         req.account, req.account_len = a, len(a)
         req.model, req.model_len = mb, len(mb)
         req.tier, req.cost = t, n_cost
         req.rpm, req.rpd = n_rpm or 0, n_rpd or 0
         req.tokens, req.tpm, req.tpd = n_tokens, n_tpm or 0, n_tpd or 0
+        return self._units(req, now, a, mb, ms)
+
+    def _units_packed(self, req: Any, now: float | None, a: bytes, mb: bytes, ms: str) -> Decision:
+        """A packed request (the hot path's) decided by tg_check_units: the
+        same request in the token layout, no tokens asked. Its account and
+        model point into ``a`` and ``mb``, which the caller keeps alive."""
+        raw = req if type(req) is bytes else bytes(req._obj)
+        full = raw + bytes(ctypes.sizeof(_ffi.TgRequestTokens) - len(raw))
+        return self._units(_ffi.TgRequestTokens.from_buffer_copy(full), now, a, mb, ms)
+
+    def _units(self, req: _ffi.TgRequestTokens, now: float | None, a: bytes, mb: bytes, ms: str) -> Decision:
+        # tg_check_units: the decision, the token windows and reservation,
+        # and the requests in flight with the admission to release (every
+        # check that needs more than the hot path's one call: a key with
+        # tokens asked or an in-flight limit).
+        req.size = ctypes.sizeof(_ffi.TgRequestTokens)
         out = _ffi.TgDecision()
         toks = _ffi.TgTokens()
         toks.size = ctypes.sizeof(_ffi.TgTokens)
+        f = _ffi.TgInFlight()
+        f.size = ctypes.sizeof(_ffi.TgInFlight)
         ms_now = int(_ffi.tg_now_ms()) if now is None else _ms(now)
-        st = _ffi.tg_check_tokens(self._ptr(), byref(req), ms_now, byref(out), byref(toks))
+        st = _ffi.tg_check_units(self._ptr(), byref(req), ms_now, byref(out), byref(toks), byref(f))
         if st:
             raise self._error(st, a, mb)
         d = _new(Decision)
@@ -585,6 +623,7 @@ class Limiter(_Handle):
         d._model = ms
         d._fields = None
         d._tokens = windows_from_c(toks)  # type: ignore[attr-defined]
+        attach(d, self, f.has_in_flight, f.limit, f.in_use, f.admission)
         return d
 
     def settle(self, ticket: Ticket, used: int | None = None, *, ending: str | None = None, now: float | None = None) -> int:
@@ -659,11 +698,19 @@ class Limiter(_Handle):
         """Slot usage of the region as of ``now`` (epoch seconds; None = the
         library's clock)."""
         out = _ffi.TgStats()
+        out.size = ctypes.sizeof(_ffi.TgStats)  # this layout's: the in-flight counters are written too
         ms = int(_ffi.tg_now_ms()) if now is None else _ms(now)
         st = _ffi.tg_limiter_stats(self._ptr(), ms, byref(out))
         if st:
             raise error_for(st, "tg_limiter_stats")
-        return Stats(out.slots, out.used, out.table_full, out.region_bytes, out.layout_version, out.clock_faults)
+        f = None
+        if out.has_in_flight:
+            f = InFlightStats(
+                out.in_flight, out.released_completed, out.released_aborted, out.reclaimed, out.refused_in_flight
+            )
+        return Stats(
+            out.slots, out.used, out.table_full, out.region_bytes, out.layout_version, out.clock_faults, f
+        )
 
     def lease_stats(self) -> LeaseStats | None:
         """The quota store's counters (mode, Redis up or down, latency,

@@ -10,7 +10,8 @@ from . import _ffi
 from ._args import StrOrBytes, _as_bytes
 from .errors import TollgateError, error_for
 
-__all__ = ["answer_headers", "unknown_model_body"]
+__all__ = ["answer_body", "answer_headers", "unknown_model_body"]
+
 
 def unknown_model_body(model: StrOrBytes) -> bytes:
     """The library's OpenAI-shaped JSON body for a model the policy does not
@@ -55,19 +56,35 @@ def answer_headers(answer: _ffi.TgAnswer) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def answer_body(answer: _ffi.TgAnswer) -> bytes:
+    """The JSON body of a tg_answer (tg_answer_body); b"" when it passes."""
+    if not answer.http_status:
+        return b""
+    buf = create_string_buffer(_ffi.TG_ANSWER_BODY_MAX)
+    n = c_size_t(0)
+    st = _ffi.tg_answer_body(byref(answer), buf, _ffi.TG_ANSWER_BODY_MAX, byref(n))
+    if st:
+        raise error_for(st, "tg_answer_body")
+    return buf.raw[: n.value]
+
+
 def _decision_pairs(
-    d: _ffi.TgDecision, now_ms: int | None = None, tokens: _ffi.TgTokens | None = None
+    d: _ffi.TgDecision,
+    now_ms: int | None = None,
+    tokens: _ffi.TgTokens | None = None,
+    in_flight: _ffi.TgInFlight | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The library's header pairs for a decision, in its order: the six,
-    the six token headers with ``tokens``, and retry-after
-    (tg_decision_tokens_header_pairs), or with ``now_ms`` the IETF fields
-    (tg_decision_tokens_ietf_header_pairs)."""
+    the six token headers with ``tokens``, the two in-flight headers with
+    ``in_flight``, and retry-after (tg_decision_units_header_pairs), or with
+    ``now_ms`` the IETF fields (tg_decision_units_ietf_header_pairs)."""
     out: list[tuple[bytes, bytes]] = []
     t = None if tokens is None else byref(tokens)
+    f = None if in_flight is None else byref(in_flight)
     if now_ms is None:
-        st = _ffi.tg_decision_tokens_header_pairs(byref(d), t, _COLLECT, out)
+        st = _ffi.tg_decision_units_header_pairs(byref(d), t, f, _COLLECT, out)
     else:
-        st = _ffi.tg_decision_tokens_ietf_header_pairs(byref(d), t, c_uint64(now_ms), _COLLECT, out)
+        st = _ffi.tg_decision_units_ietf_header_pairs(byref(d), t, f, c_uint64(now_ms), _COLLECT, out)
     if st:
-        raise error_for(st, "tg_decision_tokens_header_pairs")
+        raise error_for(st, "tg_decision_units_header_pairs")
     return out

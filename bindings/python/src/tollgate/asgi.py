@@ -41,6 +41,7 @@ from typing import Any, Callable, Union
 from . import _ffi
 from ._answer import answer_for, answer_request, answer_request_waiting, method_limited
 from ._body import body_model
+from ._decision import Decision
 from ._limiter import Limiter
 from ._tier import Tier, tier_parse
 from ._tokens import Ticket, UsageReader, ending_without_body, settle
@@ -412,18 +413,24 @@ class RateLimitMiddleware:
         ours = ans.headers
         tokens = ans.tokens
         ticket = None if tokens is None else tokens.ticket
-        if ticket is None:
+        held = decision if decision is not None and not decision.released else None
+        if ticket is None and held is None:
             await self.app(scope, _Replay(body, receive), _HeaderInjector(send, ours) if ours else send)
             return
-        # A token reservation: the response is read for its usage as it
-        # passes (never held back) and the reservation settled when it ends,
-        # or as cut when the app raises, the task is cancelled or the client
-        # goes away first.
-        settler = _Settler(self.limiter, ticket, send, ours)
+        # A token reservation or an in-flight unit: the request is told how
+        # it ended, once. The response is read for its usage as it passes
+        # (never held back); the reservation is settled when its last chunk
+        # passes and the unit released once that chunk is sent, or both as
+        # cut when the app raises, the task is cancelled or the client goes
+        # away first.
+        ender = _Ender(self.limiter, ticket, held, send, ours)
+        replay: _Replay | _Watch = _Replay(body, receive) if held is None else _Watch(body, receive, ender)
         try:
-            await self.app(scope, _Replay(body, receive), settler)
+            await self.app(scope, replay, ender)
         finally:
-            settler.end(cut=True)
+            ender.end(cut=True)
+            if isinstance(replay, _Watch):
+                replay.stop()
 
 
 class _Replay:
@@ -465,50 +472,139 @@ class _HeaderInjector:
         await self._send(message)
 
 
-class _Settler:
-    """The app's send for a request holding a token reservation: adds the
-    library's headers as _HeaderInjector does, feeds every body chunk to the
-    library's usage reader on its way out, and settles the reservation once
-    (tollgate/_tokens.py), when the last chunk passes or, cut, when the app
-    is done without sending it."""
+class _Watch(_Replay):
+    """The app's receive for a request holding an in-flight unit: the
+    buffered body, then the real channel, read by the middleware from the
+    start, so that a client gone (http.disconnect) ends the request at once,
+    whether the app listens for it or not (uvicorn drops what is sent to a
+    closed connection silently, and an app that never reads would hold the
+    unit to its end). The body was read whole, so the channel has nothing
+    else to say: its first message is handed to the app when it asks."""
 
-    __slots__ = ("_inject", "_limiter", "_reader", "_status", "_ticket")
+    __slots__ = ("_pump",)
 
-    def __init__(self, limiter: Limiter, ticket: Ticket, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, body: bytes, receive: Receive, ender: _Ender) -> None:
+        super().__init__(body, receive)
+        self._pump: asyncio.Future[Message] | None = asyncio.ensure_future(self._listen(receive, ender))
+
+    @staticmethod
+    async def _listen(receive: Receive, ender: _Ender) -> Message:
+        msg = await receive()
+        if msg.get("type") == "http.disconnect":
+            ender.end(cut=True)
+        return msg
+
+    async def __call__(self) -> Message:
+        body, self._body = self._body, None
+        if body is not None:
+            return {"type": "http.request", "body": body, "more_body": False}
+        pump = self._pump
+        if pump is None:
+            return await self._receive()
+        # Shielded: an app that stops waiting (a cancelled listener) does
+        # not stop the middleware's.
+        msg = await asyncio.shield(pump)
+        if msg.get("type") != "http.disconnect":
+            self._pump = None  # handed over once; then the channel itself
+        return msg
+
+    def stop(self) -> None:
+        """The app is done: stop listening (its result, if any, unwanted)."""
+        pump, self._pump = self._pump, None
+        if pump is not None and not pump.done():
+            pump.cancel()
+        elif pump is not None and not pump.cancelled():
+            pump.exception()  # retrieved, so asyncio does not log it
+
+
+class _Ender:
+    """The app's send for a request that must be told how it ended (a token
+    reservation to settle, an in-flight unit to release): adds the library's
+    headers as _HeaderInjector does, feeds every body chunk to the library's
+    usage reader on its way out, settles the reservation once
+    (tollgate/_tokens.py) when the last chunk passes, and releases the unit
+    once that chunk is sent, with the same ending; or both, cut, when the
+    app is done (or the client gone) without it."""
+
+    __slots__ = ("_decision", "_ending", "_inject", "_limiter", "_reader", "_status", "_ticket")
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        ticket: Ticket | None,
+        decision: Decision | None,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
         self._inject = _HeaderInjector(send, headers)
         self._limiter = limiter
         self._ticket: Ticket | None = ticket
+        self._decision: Decision | None = decision
         self._reader: UsageReader | None = None
         self._status = 0
+        self._ending: int | None = None
 
     async def __call__(self, message: Message) -> None:
         kind = message.get("type")
         if kind == "http.response.start":
             self._status = int(message.get("status", 0))
-            ct = next((bytes(v) for k, v in message.get("headers") or () if bytes(k).lower() == b"content-type"), None)
-            self._reader = UsageReader.open(ct)
+            if self._ticket is not None:
+                ct = next(
+                    (bytes(v) for k, v in message.get("headers") or () if bytes(k).lower() == b"content-type"), None
+                )
+                self._reader = UsageReader.open(ct)
         elif kind == "http.response.body":
             chunk = message.get("body", b"")
             if self._reader is not None and chunk:
                 self._reader.feed(bytes(chunk))
             if not message.get("more_body", False):
-                self.end(cut=False)
+                ending = self._settle(cut=False)
+                try:
+                    await self._inject(message)
+                except BaseException:
+                    self._release(_ffi.TG_END_CUT)  # the last chunk never left
+                    raise
+                self._release(ending)
+                return
         await self._inject(message)
 
     def end(self, cut: bool) -> None:
-        """Settles the reservation, once: by the usage read, else by how the
-        response ended (the library's rule)."""
+        """Ends the request, once: settled and released (no-ops if done)."""
+        self._release(self._settle(cut))
+
+    def _settle(self, cut: bool) -> int:
+        """How the response ended (a TG_END_* value), worked out once: by the
+        usage read, else by its status (the library's rule); the reservation
+        settled with it."""
+        ending = self._ending
+        if ending is not None:
+            return ending
+        used = 0
+        if self._reader is not None:
+            try:
+                ending, used = self._reader.finish(self._status, cut)
+            except TollgateError as e:  # never let this break a response
+                warnings.warn(f"tollgate: reading a response's usage failed: {e}", RuntimeWarning, stacklevel=2)
+        if ending is None:
+            # No usage read: the library's rule for a response without it.
+            ending = ending_without_body(self._status or 500, cut)
+        self._ending = ending
         ticket, self._ticket = self._ticket, None
-        if ticket is None:
+        if ticket is not None:
+            try:
+                settle(self._limiter, ticket, ending, used, None)
+            except TollgateError as e:
+                warnings.warn(f"tollgate: settling a token reservation failed: {e}", RuntimeWarning, stacklevel=2)
+        return ending
+
+    def _release(self, ending: int) -> None:
+        decision, self._decision = self._decision, None
+        if decision is None:
             return
         try:
-            if self._reader is not None:
-                ending, used = self._reader.finish(self._status, cut)
-            else:
-                ending, used = ending_without_body(self._status or 500, cut), 0
-            settle(self._limiter, ticket, ending, used, None)
-        except TollgateError as e:  # never let settling break a response
-            warnings.warn(f"tollgate: settling a token reservation failed: {e}", RuntimeWarning, stacklevel=2)
+            decision.release(ending)  # nothing if the app released it itself
+        except TollgateError as e:  # never let releasing break a response
+            warnings.warn(f"tollgate: releasing an in-flight unit failed: {e}", RuntimeWarning, stacklevel=2)
 
 
 async def _respond(send: Send, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:

@@ -104,6 +104,12 @@ class StoreError(TollgateError):
     follow the down policy, and :meth:`Limiter.lease_stats` says so."""
 
 
+class NoInFlight(TollgateError):
+    """The key has an in-flight limit the table cannot hold (TG_E_NO_IN_FLIGHT):
+    a table formatted before the in-flight areas (carry it over with
+    ``tollgate resize``), or every ledger entry or holder entry in use."""
+
+
 class PolicyError(TollgateError, ValueError):
     """The policy text or file is invalid or unreadable (TG_E_POLICY, or
     TG_E_IO while loading). ``file`` and ``line`` come from the library's
@@ -180,6 +186,7 @@ _BY_STATUS: dict[int, type[TollgateError]] = {
     _ffi.TG_E_NOT_JOINED: NotJoined,
     _ffi.TG_E_NOT_LEASED: NotLeased,
     _ffi.TG_E_STORE: StoreError,
+    _ffi.TG_E_NO_IN_FLIGHT: NoInFlight,
 }
 
 #: How much of a caller's value (an account id, a model name) an error

@@ -59,6 +59,26 @@ impl Seen {
         self.usage.as_ref().map_or(0, |u| u.day)
     }
 
+    fn in_flight(&self) -> u32 {
+        self.usage.as_ref().map_or(0, |u| u.in_flight)
+    }
+
+    /// "pid 41 (2), pid 57 (1, dead)": who holds the key's requests.
+    fn holders(&self) -> String {
+        let hs = self.usage.as_ref().map_or(&[][..], |u| &u.holders[..]);
+        hs.iter()
+            .map(|h| {
+                let dead = if h.alive {
+                    ""
+                } else {
+                    ", dead: reclaimed at the next sweep"
+                };
+                format!("pid {} ({}{dead})", h.pid, h.units)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn tokens(&self) -> (u32, u32) {
         self.usage
             .as_ref()
@@ -203,6 +223,11 @@ struct ModelJson<'a> {
     /// Tokens charged (settled, or reserved and not yet settled).
     tokens_minute_used: u32,
     tokens_day_used: u32,
+    /// Requests running now, and the processes holding them.
+    in_flight: u32,
+    holders: Vec<HolderJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_in_flight: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rpm: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -221,6 +246,13 @@ struct ModelJson<'a> {
     headers: Option<Headers<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct HolderJson {
+    pid: u32,
+    units: u32,
+    alive: bool,
 }
 
 fn print_json(
@@ -246,6 +278,18 @@ fn print_json(
                 day_used: s.day(),
                 tokens_minute_used: s.tokens().0,
                 tokens_day_used: s.tokens().1,
+                in_flight: s.in_flight(),
+                holders: s
+                    .usage
+                    .iter()
+                    .flat_map(|u| &u.holders)
+                    .map(|h| HolderJson {
+                        pid: h.pid,
+                        units: h.units,
+                        alive: h.alive,
+                    })
+                    .collect(),
+                max_in_flight: d.and_then(|d| d.in_flight).map(|f| f.limit),
                 rpm: d.map(|d| d.minute.limit),
                 tpm: d.and_then(|d| d.tokens).map(|t| t.minute.limit),
                 tpd: d.and_then(|d| d.tokens).map(|t| t.day.limit),
@@ -331,6 +375,16 @@ fn print_text(
 
 fn print_one(s: &Seen) {
     println!("model   {}", escape::term(&s.model));
+    let running = s.in_flight();
+    let holders = match s.holders() {
+        h if h.is_empty() => String::new(),
+        h => format!(", held by {h}"),
+    };
+    match s.verdict.as_ref().and_then(|v| v.as_ref().ok()?.in_flight) {
+        Some(f) => println!("flight  {running} of {} running now{holders}", f.limit),
+        None if running > 0 => println!("flight  {running} running now{holders}"),
+        None => {}
+    }
     let (tm, td) = s.tokens();
     match s.verdict.as_ref().and_then(|v| v.as_ref().ok()?.tokens) {
         Some(t) => {

@@ -61,6 +61,16 @@ struct Row {
     day_limit: u32,
     /// Tokens the refused request asked to reserve (0 unless on tokens).
     reserved: u32,
+    /// A refusal for in-flight: the key's requests running, and its
+    /// `max_in_flight` (absent for other refusals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_flight: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_in_flight: Option<u32>,
+}
+
+fn in_flight(r: &Refusal) -> bool {
+    r.limited_by == LimitedBy::InFlight
 }
 
 fn on_tokens(r: &Refusal) -> bool {
@@ -95,6 +105,8 @@ pub fn run(a: Args) -> Res<u8> {
                     day_count: r.day_count,
                     day_limit: r.day_limit,
                     reserved: r.reserved,
+                    in_flight: in_flight(r).then_some(r.in_flight),
+                    max_in_flight: in_flight(r).then_some(r.max_in_flight),
                 })
                 .collect(),
         });
@@ -123,6 +135,7 @@ pub fn run(a: Args) -> Res<u8> {
     // A refusal on tokens shows tokens against tpm/tpd, and what it asked
     // to reserve; a ring without one prints as before 0.4.
     let tokens = rows.iter().any(on_tokens);
+    let flight = rows.iter().any(in_flight);
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -144,6 +157,13 @@ pub fn run(a: Args) -> Res<u8> {
                     "-".into()
                 });
             }
+            if flight {
+                row.push(if in_flight(r) {
+                    of(r.in_flight, Some(r.max_in_flight))
+                } else {
+                    "-".into()
+                });
+            }
             row
         })
         .collect();
@@ -151,11 +171,19 @@ pub fn run(a: Args) -> Res<u8> {
     if tokens {
         head.push("RESERVE");
     }
+    if flight {
+        head.push("IN FLIGHT");
+    }
     print!("{}", table(&head, &body));
     println!("MINUTE and DAY: counts when refused (nothing was charged) / the limits in force");
     if tokens {
         println!(
             "on tokens (tokens_minute, tokens_day): tokens charged / tpm and tpd; RESERVE: the tokens the request asked to reserve"
+        );
+    }
+    if flight {
+        println!(
+            "in_flight: refused while the key had its max_in_flight requests running (IN FLIGHT: running / max_in_flight); no window was charged"
         );
     }
     Ok(0)

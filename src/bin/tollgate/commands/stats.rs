@@ -1,7 +1,8 @@
 //! `tollgate stats FILE`: how full the table is, what it refused for want
 //! of a slot, how often it met counts from a wrong clock, its layout and
 //! size, the models registered in it, and (a table with token windows)
-//! the tokens charged now.
+//! the tokens charged now, and (a table with in-flight limits) the requests
+//! running and their releases by cause.
 
 use std::path::PathBuf;
 
@@ -47,6 +48,18 @@ struct Json {
     /// Present for a table with token windows (formatted since 0.4).
     #[serde(skip_serializing_if = "Option::is_none")]
     tokens: Option<TokensJson>,
+    /// Present for a table with the in-flight areas (formatted since 0.4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_flight: Option<InFlightJson>,
+}
+
+#[derive(Serialize)]
+struct InFlightJson {
+    running: u64,
+    released_completed: u64,
+    released_aborted: u64,
+    reclaimed: u64,
+    refused: u64,
 }
 
 #[derive(Serialize)]
@@ -109,6 +122,13 @@ pub fn run(a: Args) -> Res<u8> {
                 minute: t.minute,
                 day: t.day,
             }),
+            in_flight: s.in_flight.map(|f| InFlightJson {
+                running: f.in_use,
+                released_completed: f.completed,
+                released_aborted: f.aborted,
+                reclaimed: f.reclaimed,
+                refused: f.refused,
+            }),
         });
         return Ok(0);
     }
@@ -158,6 +178,17 @@ pub fn run(a: Args) -> Res<u8> {
             t.day
         );
     }
+    if let Some(f) = s.in_flight {
+        println!(
+            "in flight   {} request{} running now; released since created: {} completed, {} aborted, {} reclaimed from dead processes; {} refused for in-flight",
+            f.in_use,
+            output::s(f.in_use),
+            f.completed,
+            f.aborted,
+            f.reclaimed,
+            f.refused
+        );
+    }
     if let Some(t) = leases {
         println!(
             "leases      one quota across hosts: {} key{} hold {} minute / {} day unit{} of leases now",
@@ -184,10 +215,7 @@ pub fn run(a: Args) -> Res<u8> {
     Ok(0)
 }
 
-/// Bytes each slot takes, as this table was formatted: hot state and name,
-/// the unit area (tables since 0.4) and for a table of leases the side
-/// area. The part before the slots is the same in every layout.
+/// Bytes each slot takes, as this table was formatted (the library says).
 fn bytes_per_slot(s: &tollgate::Stats) -> usize {
-    let fixed = tollgate::region_size(1).expect("one slot") - tollgate::BYTES_PER_SLOT;
-    s.bytes.saturating_sub(fixed) / (s.slots as usize).max(1)
+    s.bytes_per_slot
 }

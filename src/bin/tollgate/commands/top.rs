@@ -1,6 +1,8 @@
 //! `tollgate top FILE`: the busiest (account, model) keys now, with their
 //! limits when the operator names the policy, and their token windows when
-//! any key listed has tokens charged (or the policy has token limits).
+//! any key listed has tokens charged (or the policy has token limits), and
+//! their requests in flight with the pids holding them when any key listed
+//! has some running (or the policy has in-flight limits).
 
 use std::path::PathBuf;
 
@@ -18,7 +20,8 @@ pub struct Args {
     /// Region file
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// Rank by this window's count (requests, or tokens charged)
+    /// Rank by this window's count (requests, or tokens charged), or by
+    /// requests running now
     #[arg(long, value_enum, default_value = "minute")]
     by: By,
     /// How many keys to show
@@ -41,6 +44,7 @@ enum By {
     Day,
     TokensMinute,
     TokensDay,
+    InFlight,
 }
 
 impl By {
@@ -50,6 +54,7 @@ impl By {
             By::Day => "day",
             By::TokensMinute => "tokens-minute",
             By::TokensDay => "tokens-day",
+            By::InFlight => "in-flight",
         }
     }
 }
@@ -81,6 +86,11 @@ struct Row {
     /// a key without token limits.
     tpm: Option<u32>,
     tpd: Option<u32>,
+    /// Requests running now, the key's `max_in_flight` under `policy`,
+    /// and the pids holding them.
+    in_flight: u32,
+    max_in_flight: Option<u32>,
+    holders: Vec<u32>,
 }
 
 fn limits_of(policy: &Policy, tier: Tier, u: &KeyUsage) -> Option<Limits> {
@@ -93,19 +103,40 @@ fn token_limits_of(policy: &Policy, tier: Tier, u: &KeyUsage) -> Option<TokenLim
     policy.token_limits(tier, m, u.account.as_deref()?)
 }
 
+fn max_in_flight_of(policy: &Policy, tier: Tier, u: &KeyUsage) -> Option<u32> {
+    let m = policy.model_index(u.model.as_deref()?.as_bytes())?;
+    policy
+        .max_in_flight(tier, m, u.account.as_deref()?)
+        .map(u32::from)
+}
+
+/// "41x2 57" : the pids holding a key's requests, with counts over one.
+fn holders(u: &KeyUsage) -> String {
+    u.holders
+        .iter()
+        .map(|h| match (h.units, h.alive) {
+            (1, true) => h.pid.to_string(),
+            (n, true) => format!("{}x{n}", h.pid),
+            (n, false) => format!("{}x{n}(dead)", h.pid),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn run(a: Args) -> Res<u8> {
     let tier = a.tier.tier;
     let now = a.clock.now();
     let named = a.policy.load()?;
     let l = open_read_only(named.as_ref().map(|n| &n.policy), &a.file)?;
     let mut rows = l.usage(now).map_err(|e| super::fail(e.to_string()))?;
-    rows.retain(|u| u.day > 0 || u.tokens_day > 0);
+    rows.retain(|u| u.day > 0 || u.tokens_day > 0 || u.in_flight > 0);
     rows.sort_by(|x, y| {
         let key = |u: &KeyUsage| match a.by {
             By::Day => (u.day, u.minute),
             By::Minute => (u.minute, u.day),
             By::TokensMinute => (u.tokens_minute, u.tokens_day),
             By::TokensDay => (u.tokens_day, u.tokens_minute),
+            By::InFlight => (u.in_flight, u.minute),
         };
         key(y)
             .cmp(&key(x))
@@ -126,6 +157,16 @@ pub fn run(a: Args) -> Res<u8> {
     let tokens = rows.iter().any(|u| u.tokens_day > 0)
         || named.as_ref().is_some_and(|n| n.policy.has_token_limits())
         || matches!(a.by, By::TokensMinute | By::TokensDay);
+    let flight = |u: &KeyUsage| {
+        named
+            .as_ref()
+            .and_then(|n| max_in_flight_of(&n.policy, tier, u))
+    };
+    let in_flight = rows.iter().any(|u| u.in_flight > 0)
+        || named
+            .as_ref()
+            .is_some_and(|n| n.policy.has_in_flight_limits())
+        || a.by == By::InFlight;
     if a.json {
         output::json(&Json {
             now_ms: now,
@@ -147,6 +188,9 @@ pub fn run(a: Args) -> Res<u8> {
                     tokens_day: u.tokens_day,
                     tpm: tlim(u).map(|t| t.tpm),
                     tpd: tlim(u).map(|t| t.tpd),
+                    in_flight: u.in_flight,
+                    max_in_flight: flight(u),
+                    holders: u.holders.iter().map(|h| h.pid).collect(),
                 })
                 .collect(),
         });
@@ -188,6 +232,13 @@ pub fn run(a: Args) -> Res<u8> {
                     }
                 }
             }
+            if in_flight {
+                row.push(match &named {
+                    Some(_) => of(u.in_flight, flight(u)),
+                    None => u.in_flight.to_string(),
+                });
+                row.push(holders(u));
+            }
             row
         })
         .collect();
@@ -204,6 +255,9 @@ pub fn run(a: Args) -> Res<u8> {
     let mut head = vec!["ACCOUNT", "MODEL", "MINUTE", "DAY"];
     if tokens {
         head.extend(["TOKENS MINUTE", "TOKENS DAY"]);
+    }
+    if in_flight {
+        head.extend(["IN FLIGHT", "HELD BY (PID)"]);
     }
     print!("{}", table(&head, &body));
     Ok(0)
