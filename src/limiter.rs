@@ -634,6 +634,20 @@ impl Limiter {
             self.skew_minutes,
         )
         .map_err(|_| Error::TableFull)?;
+        Ok(self.local_decision(req, &key, model_id, outcome, limits, now_ms))
+    }
+
+    /// A local request-only decision's answer, its refusal recorded.
+    #[inline(always)]
+    fn local_decision(
+        &self,
+        req: &Request<'_>,
+        key: &key::KeyHash,
+        model_id: u16,
+        outcome: slot::Outcome,
+        limits: Limits,
+        now_ms: u64,
+    ) -> Decision {
         if !outcome.allowed {
             let fingerprint = key.id as u32;
             refusals::record(
@@ -647,7 +661,7 @@ impl Limiter {
                 now_ms,
             );
         }
-        Ok(Decision::new(outcome, limits, now_ms))
+        Decision::new(outcome, limits, now_ms)
     }
 
     /// Every decision but a request-only one on a local table: a key with
@@ -751,7 +765,7 @@ impl Limiter {
                 admission,
             });
         };
-        let found = slot::locate(&self.region, &key, req.account, now, req.cost > 0)
+        let found = slot::locate_from_home(&self.region, &key, req.account, now, req.cost > 0)
             .map_err(|_| Error::TableFull)?;
         let Some((i, gen)) = found.filter(|_| req.cost > 0) else {
             // A peek (or a key never seen): the count as it stands.
@@ -858,7 +872,25 @@ impl Limiter {
             idx: entry.idx,
             seq: entry.seq,
         };
-        match self.check_windows(req, now_ms, now, model, limits) {
+        // A local request-only key is decided at the slot just located
+        // (its unit held there keeps it bound): no second walk.
+        let windows = if !self.leased && resolve_tokens(&self.policy, req, model).is_none() {
+            slot::decide_at(
+                &self.region,
+                (i, gen),
+                &key,
+                req.account,
+                limits,
+                req.cost,
+                now,
+                self.skew_minutes,
+            )
+            .map_err(|_| Error::TableFull)
+            .map(|o| self.local_decision(req, &key, model_id, o, limits, now_ms))
+        } else {
+            self.check_windows(req, now_ms, now, model, limits)
+        };
+        match windows {
             Ok(mut d) if d.allowed => {
                 shown(&mut d, in_use, Some(admission));
                 Ok(d)
@@ -1457,6 +1489,54 @@ mod tests {
             });
             assert_eq!(admitted.load(Ordering::Relaxed), 5);
             assert_eq!(l.stats(T0).used, 1);
+        }
+    }
+
+    /// Racing admissions on a key with an in-flight limit, each held a
+    /// moment and released: never more than the limit held at once, and
+    /// the windows charged exactly what was admitted (a refusal for
+    /// in-flight takes nothing; one by a window gives its unit back). The
+    /// admission's windows are decided at the slot its unit located
+    /// (`slot::decide_at`). Small enough for miri.
+    #[test]
+    fn racing_admissions_hold_at_most_the_in_flight_limit() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let policy = Policy::parse(
+            "[models]\nm = { region = \"EU\" }\n[tiers.developer]\nm = { rpm = 5, rpd = 100, max_in_flight = 2 }\n",
+            "t",
+        )
+        .unwrap();
+        let rounds = if cfg!(miri) { 1 } else { 100 };
+        for round in 0..rounds {
+            let l = Limiter::new(&policy, 4).unwrap();
+            let (held, admitted) = (AtomicU32::new(0), AtomicU32::new(0));
+            let account = format!("f{round}");
+            let req = || Request::new(account.as_bytes(), b"m", Tier::Developer);
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| {
+                        for _ in 0..3 {
+                            let d = l.check(&req(), T0).unwrap();
+                            let Some(adm) = d.in_flight.and_then(|f| f.admission) else {
+                                assert!(!d.allowed);
+                                continue;
+                            };
+                            assert!(d.allowed);
+                            assert!(held.fetch_add(1, SeqCst) < 2, "more than 2 at once");
+                            admitted.fetch_add(1, SeqCst);
+                            held.fetch_sub(1, SeqCst);
+                            l.release(adm, Ending::Complete).unwrap();
+                        }
+                    });
+                }
+            });
+            let a = admitted.load(SeqCst);
+            assert!((1..=5).contains(&a), "{a} admitted");
+            let peek = l.check(&req().cost(0), T0).unwrap();
+            assert_eq!(peek.minute.remaining, 5 - a, "windows charged = admitted");
+            assert_eq!(peek.in_flight.unwrap().in_use, 0);
+            let st = l.stats(T0).in_flight.unwrap();
+            assert_eq!((st.in_use, st.completed), (0, u64::from(a)));
         }
     }
 

@@ -260,6 +260,29 @@ pub(crate) fn decide(
     probe(region, key, account, limits, cost, clock)
 }
 
+/// [`decide`] at slot `i`, bound to `key` as `gen`, which the caller
+/// located already (the in-flight path, to count the request in flight
+/// there): no second walk. Rebound since, it decides as [`decide`] does.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decide_at(
+    region: &Region,
+    (i, gen): (usize, u16),
+    key: &KeyHash,
+    account: &[u8],
+    limits: Limits,
+    cost: u32,
+    now: Instant,
+    skew: u32,
+) -> Result<Outcome, TableFull> {
+    let clock = Clock { now, skew };
+    let slot = region.slot(i);
+    match charge(region, slot, gen, slot.state(), limits, cost, clock) {
+        Some(o) => Ok(o),
+        None => probe(region, key, account, limits, cost, clock),
+    }
+}
+
 /// [`decide`] for a key not bound in its home slot: the probe walk, and
 /// binding a free slot. Out of line: it is the rarer and the longer path.
 #[inline(never)]
@@ -312,17 +335,9 @@ pub(crate) fn decide_tokens(
     let store = cost > 0;
     let mut first = true;
     loop {
-        // Most keys sit bound in their home slot: that without the walk.
         let found = if first {
             first = false;
-            let i = home(region, key);
-            let slot = region.slot(i);
-            let ident = slot.ident();
-            let at_home = ident >> 16 == key.id && slot.state() as u16 == ident as u16;
-            match at_home {
-                true => Some((i, ident as u16)),
-                false => locate(region, key, account, clock.now, store)?,
-            }
+            locate_from_home(region, key, account, clock.now, store)?
         } else {
             locate(region, key, account, clock.now, store)?
         };
@@ -711,6 +726,25 @@ pub(crate) fn locate(
         keep(region, i, gen, now);
         return Ok(Some((i, gen)));
     }
+}
+
+/// [`locate`], with the home slot tried first: most keys sit bound there,
+/// and are found without the walk.
+#[inline(always)]
+pub(crate) fn locate_from_home(
+    region: &Region,
+    key: &KeyHash,
+    account: &[u8],
+    now: Instant,
+    bind: bool,
+) -> Result<Option<(usize, u16)>, TableFull> {
+    let i = home(region, key);
+    let slot = region.slot(i);
+    let ident = slot.ident();
+    if ident >> 16 == key.id && slot.state() as u16 == ident as u16 {
+        return Ok(Some((i, ident as u16)));
+    }
+    locate(region, key, account, now, bind)
 }
 
 /// Whether the key bound to slot `i` as `gen` has requests in flight.
