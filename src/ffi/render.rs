@@ -160,17 +160,16 @@ pub extern "C" fn tg_decision_error_body(
     cap: usize,
     written: *mut usize,
 ) -> tg_status {
-    guard(|| {
-        let d = match decision_arg(decision) {
-            Ok(d) => d,
-            Err(s) => return s,
-        };
-        let model = match any_bytes(model, model_len) {
-            Ok(m) => m,
-            Err(s) => return s,
-        };
-        render(buf, cap, written, |s| d.write_error_body(model, s))
-    })
+    super::tg_decision_units_error_body(
+        decision,
+        std::ptr::null(),
+        std::ptr::null(),
+        model,
+        model_len,
+        buf,
+        cap,
+        written,
+    )
 }
 
 /// The OpenAI-shaped JSON body for a request naming a model the policy does
