@@ -400,7 +400,9 @@ def test_the_metrics(nginx, upstream):
 
 # ---- workers killed holding streams ---------------------------------------
 
-KILL_SECONDS = 50.0
+# Kills are counted, the time only bounds them: some 40 s on a quiet
+# machine, more when it is loaded.
+KILL_SECONDS = 100.0
 KILLS = 120
 
 
